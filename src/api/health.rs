@@ -1,0 +1,45 @@
+//! `/health` (liveness, no I/O), `/ready` (serving or not) and `/stats` (connection and request
+//! figures).
+
+use std::sync::Arc;
+
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use super::Body;
+use super::respond;
+use crate::state::{AppState, Phase};
+
+pub fn health() -> Response<Body> {
+    respond::json(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+pub fn ready(state: &Arc<AppState>) -> Response<Body> {
+    let phase = state.phase();
+    let status = if phase == Phase::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    respond::json(status, &json!({"status": phase.as_str()}))
+}
+
+pub fn stats(state: &Arc<AppState>) -> Response<Body> {
+    let c = state.conns.snapshot();
+    respond::json(
+        StatusCode::OK,
+        &json!({
+            "uptime_seconds": state.started.elapsed().as_secs_f64(),
+            "phase": state.phase().as_str(),
+            "connections": {
+                "open": c.open,
+                "total": c.total,
+                "by_protocol": {"h1": c.open_h1, "h2": c.open_h2},
+            },
+            "requests": {
+                "total": c.requests_total,
+                "by_protocol": {"h1": c.requests_h1, "h2": c.requests_h2},
+            },
+        }),
+    )
+}

@@ -1,0 +1,147 @@
+//! The HTTP API: one entry point per request, [`handle`], which names the request, routes it,
+//! runs the handler, turns any error into a response (in `respond`, the only place that does),
+//! and records metrics and the access log line.
+
+pub mod health;
+pub mod respond;
+pub mod router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, HeaderValue};
+use hyper::{Method, Request, Response};
+use metrics::{counter, histogram};
+
+use crate::conn::{ListenerKind, Protocol};
+use crate::error::{Error, Result};
+use crate::metrics::{REQUEST_DURATION_MS, REQUESTS_FAILED, REQUESTS_TOTAL};
+use crate::state::AppState;
+use router::Route;
+
+/// Response body type of every handler.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What a handler may know about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    pub listener: ListenerKind,
+    pub proto: Protocol,
+}
+
+pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let request_id = client_request_id(&req).unwrap_or_else(|| state.next_request_id());
+    state.conns.count_request(ctx.proto);
+    let route = Route::of(req.uri().path());
+    let method = req.method().clone();
+    let access_path = state
+        .config
+        .log
+        .access_log
+        .then(|| req.uri().path().to_owned());
+
+    let mut resp = match dispatch(&state, route, req).await {
+        Ok(r) => r,
+        Err(e) => respond::error_response(&e, &request_id),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(REQUEST_ID, v);
+    }
+
+    let status = resp.status();
+    let label = route.map_or("unmatched", Route::label);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    counter!(REQUESTS_TOTAL, "route" => label, "status" => status_label(status.as_u16())).increment(1);
+    if status.is_server_error() {
+        counter!(REQUESTS_FAILED, "route" => label).increment(1);
+    }
+    histogram!(REQUEST_DURATION_MS, "route" => label).record(ms);
+    if let Some(path) = access_path {
+        tracing::info!(
+            target: "access",
+            request_id = %request_id,
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            duration_ms = ms,
+            client = %ctx.peer,
+            proto = ctx.proto.as_str(),
+        );
+    }
+    resp
+}
+
+async fn dispatch(
+    state: &Arc<AppState>,
+    route: Option<Route>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let route = route.ok_or_else(|| Error::not_found(req.uri().path()))?;
+    if !route.allows(req.method()) {
+        return Err(Error::method_not_allowed(req.method(), route.allowed()));
+    }
+    let limit = state.config.server.max_body_bytes;
+    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+        match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
+            Some(n) if n > limit => return Err(Error::payload_too_large(limit)),
+            Some(_) => {}
+            None => return Err(Error::bad_request("invalid Content-Length header")),
+        }
+    }
+    match route {
+        Route::Health => Ok(health::health()),
+        Route::Ready => Ok(health::ready(state)),
+        Route::Stats => Ok(health::stats(state)),
+    }
+}
+
+/// Keeps a caller's `x-request-id` when it is short and plain, so ids can be followed across hops.
+fn client_request_id(req: &Request<Incoming>) -> Option<String> {
+    let v = req.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    ok.then(|| v.to_owned())
+}
+
+/// Status labels as static strings, so the hot path does not format numbers.
+fn status_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        402 => "402",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        c if c < 300 => "2xx",
+        c if c < 400 => "3xx",
+        c if c < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Methods a route answers; HEAD is implied wherever GET is.
+pub(crate) fn method_allowed(allowed: &[Method], m: &Method) -> bool {
+    allowed.contains(m) || (m == Method::HEAD && allowed.contains(&Method::GET))
+}

@@ -1,0 +1,100 @@
+//! Building responses, and the one place where an [`Error`] becomes an HTTP response.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use super::Body;
+use crate::error::{Error, Kind, Side};
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).expect("response types serialize");
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'static str,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+/// Maps an error to its status and JSON body `{"error":{"code","message","request_id"}}`, adds the
+/// headers its kind calls for, and logs faults that are not the client's.
+pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
+    match err.side {
+        Side::Client => tracing::debug!(request_id, error = %err, "client error"),
+        Side::Upstream => tracing::warn!(request_id, error = %err, "upstream error"),
+        Side::Internal => tracing::error!(request_id, error = %err, "internal error"),
+    }
+    let mut resp = json(
+        err.kind.status(),
+        &ErrorBody {
+            error: ErrorDetail {
+                code: err.kind.code(),
+                message: &err.message,
+                request_id,
+            },
+        },
+    );
+    if let Kind::MethodNotAllowed(allowed) = &err.kind {
+        let list = allowed
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Ok(v) = HeaderValue::from_str(&list) {
+            resp.headers_mut().insert(ALLOW, v);
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Method;
+
+    async fn body_json(resp: Response<Body>) -> serde_json::Value {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn error_shape_and_allow_header() {
+        let e = Error::method_not_allowed(&Method::POST, vec![Method::GET, Method::HEAD]);
+        let resp = error_response(&e, "rid-1");
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
+        let v = body_json(resp).await;
+        assert_eq!(v["error"]["code"], "method_not_allowed");
+        assert_eq!(v["error"]["request_id"], "rid-1");
+        assert!(v["error"]["message"].as_str().unwrap().contains("POST"));
+    }
+
+    #[tokio::test]
+    async fn internal_error_hides_its_source() {
+        let e = Error::internal(std::io::Error::other("secret-key-abc leaked"));
+        let resp = error_response(&e, "r");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let v = body_json(resp).await;
+        assert!(!v.to_string().contains("secret-key-abc"));
+    }
+}

@@ -1,0 +1,171 @@
+//! The command line: `serve` and `check-config` (more subcommands join as features land).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, Config, ConfigError, EXIT_BAD_CONFIG, LogFormat, Sources};
+use crate::server::{Daemon, Listeners, signals};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gpuproxyd",
+    version,
+    about = "Edge proxy in front of GPU-rental providers (Vast.ai, io.net)",
+    long_about = "Edge proxy in front of GPU-rental providers (Vast.ai, io.net).\n\n\
+Configuration layers, later wins: built-in defaults < TOML file (--config) < GPUPROXY_* \
+environment (GPUPROXY_SERVER_WORKERS=4 sets server.workers) < flags. Secrets come only from the \
+environment: DATABASE_URL, REDIS_URL, JWT_SECRET, VASTAI_API_KEY, IONET_API_KEY."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTPS (and optional plain HTTP) API listeners plus the metrics listener.
+    ///
+    /// SIGTERM/SIGINT drain and exit 0 (a second signal exits at once with 1); SIGHUP reloads the
+    /// TLS certificate and key. Exits 64 on a bad configuration.
+    Serve(ConfigArgs),
+    /// Validate the configuration and print the effective values (secrets redacted).
+    ///
+    /// Exits 0 when valid, 64 with a message naming the key at fault otherwise.
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (see config/gpuproxyd.toml for every key).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTPS listen address (server.https_listen), or "off".
+    #[arg(long, value_name = "ADDR")]
+    pub https_listen: Option<String>,
+    /// Plain-HTTP listen address for use behind a TLS terminator (server.http_listen), or "off".
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Prometheus metrics listen address (server.metrics_listen), or "off".
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Worker threads, 0 = one per core (server.workers).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Log format (log.format).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Set any key: --set server.shutdown_grace_ms=5000 (repeatable, applied last).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl ConfigArgs {
+    pub fn sources(&self) -> Sources {
+        let quoted = |key: &str, v: &Option<String>| {
+            v.as_ref().map(|v| {
+                format!(
+                    "{key}={}",
+                    toml::Value::String(v.clone())
+                )
+            })
+        };
+        let mut overrides: Vec<String> = [
+            quoted("server.https_listen", &self.https_listen),
+            quoted("server.http_listen", &self.http_listen),
+            quoted("server.metrics_listen", &self.metrics_listen),
+            self.workers.map(|w| format!("server.workers={w}")),
+            self.log_format.map(|f| {
+                format!(
+                    "log.format=\"{}\"",
+                    match f {
+                        LogFormat::Json => "json",
+                        LogFormat::Text => "text",
+                    }
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        overrides.extend(self.set.iter().cloned());
+        Sources {
+            file: self.config.clone(),
+            env: std::env::vars().collect(),
+            overrides,
+        }
+    }
+
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        config::load(&self.sources())
+    }
+}
+
+/// Runs the command line and returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig(args) => match args.load() {
+            Ok(c) => {
+                print!("{}", c.render_redacted());
+                eprintln!("configuration is valid");
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                EXIT_BAD_CONFIG
+            }
+        },
+        Command::Serve(args) => {
+            let config = match args.load() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return EXIT_BAD_CONFIG;
+                }
+            };
+            crate::logging::init(&config.log);
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            if config.server.workers > 0 {
+                rt.worker_threads(config.server.workers);
+            }
+            let rt = match rt.enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return 1;
+                }
+            };
+            rt.block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> i32 {
+    let listeners = match Listeners::bind(&config.server).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let daemon = match Daemon::new(config) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("invalid configuration: server.tls_cert/server.tls_key: {e}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let shutdown = match signals::install(daemon.cert_store()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    daemon.run(listeners, shutdown).await;
+    tracing::info!("stopped");
+    0
+}

@@ -1,0 +1,546 @@
+//! The one typed configuration tree, and where every config key is named.
+//!
+//! Layers, later wins: built-in defaults < TOML file < `GPUPROXY_*` environment < CLI flags
+//! (`--set section.key=value` and the named flags in `cli.rs`). Every layer is merged as a TOML value
+//! and deserialized once, with unknown keys rejected, so an error always names the key at fault.
+//!
+//! Secrets (`DATABASE_URL`, `REDIS_URL`, `JWT_SECRET`, `VASTAI_API_KEY`, `IONET_API_KEY`) are read only
+//! from the environment, held in [`Secret`], and never printed.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Prefix of environment variables that override config keys: `GPUPROXY_SERVER_HTTPS_LISTEN`
+/// sets `server.https_listen`.
+pub const ENV_PREFIX: &str = "GPUPROXY_";
+
+/// Exit status for a bad configuration (sysexits.h `EX_USAGE`), used by `serve` and `check-config`.
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTPS listener (TLS terminated here, ALPN h2 and http/1.1). "off" disables it.
+    pub https_listen: Listen,
+    /// Plain HTTP listener, for use behind a TLS-terminating load balancer. "off" disables it.
+    pub http_listen: Listen,
+    /// Prometheus scrape listener, kept apart so it can stay on loopback.
+    pub metrics_listen: Listen,
+    /// Tokio worker threads; 0 means one per core.
+    pub workers: usize,
+    /// PEM certificate chain for the HTTPS listener; reloaded on SIGHUP.
+    pub tls_cert: PathBuf,
+    /// PEM private key matching `tls_cert`; reloaded on SIGHUP.
+    pub tls_key: PathBuf,
+    /// A client that has not finished the TLS handshake by then is dropped.
+    pub tls_handshake_timeout_ms: u64,
+    /// Time allowed to receive a request's headers; hyper also applies it while a keep-alive
+    /// connection waits for its next request, so it doubles as the idle timeout.
+    pub header_read_timeout_ms: u64,
+    /// How long in-flight requests may run after SIGTERM before the process exits anyway.
+    pub shutdown_grace_ms: u64,
+    /// Largest request body accepted; larger ones get 413 before the body is read.
+    pub max_body_bytes: u64,
+    /// HTTP/2 streams one client connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            https_listen: Listen(Some(SocketAddr::from(([0, 0, 0, 0], 8443)))),
+            http_listen: Listen(None),
+            metrics_listen: Listen(Some(SocketAddr::from(([127, 0, 0, 1], 9090)))),
+            workers: 0,
+            tls_cert: PathBuf::from("certs/server.crt"),
+            tls_key: PathBuf::from("certs/server.key"),
+            tls_handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 30_000,
+            shutdown_grace_ms: 30_000,
+            max_body_bytes: 1 << 20,
+            h2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_timeout_ms)
+    }
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` for log shippers, `text` for people at a terminal.
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `gpuproxyd=debug,info`.
+    pub level: String,
+    /// One line per request (request id, method, path, status, duration, client address).
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A listen address that can be switched off with `"off"` (or an empty string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl Serialize for Listen {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(a) => s.collect_str(&a),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.trim() {
+            "" | "off" => Ok(Listen(None)),
+            t => t.parse().map(|a| Listen(Some(a))).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not an address like 127.0.0.1:8443 or [::]:8443 (or \"off\")"
+                ))
+            }),
+        }
+    }
+}
+
+/// A secret value: printable only as `<redacted>`, so it cannot leak through `{:?}` or a log field.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The one way to read the value; call it only where the secret is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The secrets, from the environment variables of the same (upper-case) names.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub database_url: Option<Secret>,
+    pub redis_url: Option<Secret>,
+    pub jwt_secret: Option<Secret>,
+    pub vastai_api_key: Option<Secret>,
+    pub ionet_api_key: Option<Secret>,
+}
+
+/// Environment variable names of the secrets, in the order of [`Secrets`]' fields.
+pub const SECRET_VARS: [&str; 5] = [
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "VASTAI_API_KEY",
+    "IONET_API_KEY",
+];
+
+impl Secrets {
+    pub fn from_env(env: &[(String, String)]) -> Secrets {
+        let get = |name: &str| {
+            env.iter()
+                .find(|(k, v)| k == name && !v.is_empty())
+                .map(|(_, v)| Secret::new(v.clone()))
+        };
+        Secrets {
+            database_url: get(SECRET_VARS[0]),
+            redis_url: get(SECRET_VARS[1]),
+            jwt_secret: get(SECRET_VARS[2]),
+            vastai_api_key: get(SECRET_VARS[3]),
+            ionet_api_key: get(SECRET_VARS[4]),
+        }
+    }
+
+    fn presence(&self) -> [(&'static str, bool); 5] {
+        [
+            (SECRET_VARS[0], self.database_url.is_some()),
+            (SECRET_VARS[1], self.redis_url.is_some()),
+            (SECRET_VARS[2], self.jwt_secret.is_some()),
+            (SECRET_VARS[3], self.vastai_api_key.is_some()),
+            (SECRET_VARS[4], self.ionet_api_key.is_some()),
+        ]
+    }
+}
+
+/// A configuration error that names the key (`server.https_listen`) or the source at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, environment variable, flag or file the error is about.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Everything [`load`] reads, gathered by the caller so tests can pass their own.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// The TOML file, if one is given.
+    pub file: Option<PathBuf>,
+    /// The process environment (only `GPUPROXY_*` and the secret names are looked at).
+    pub env: Vec<(String, String)>,
+    /// `key.path=value` overrides from the command line, applied last.
+    pub overrides: Vec<String>,
+}
+
+/// Builds the effective configuration from all layers and validates it.
+pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
+    let mut merged = defaults.clone();
+
+    if let Some(path) = &sources.file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(path.display().to_string(), format!("cannot read: {e}")))?;
+        let file: toml::Value = toml::from_str(&text)
+            .map_err(|e| err(path.display().to_string(), e.to_string().trim().to_string()))?;
+        merge(&mut merged, file);
+    }
+
+    let mut env: Vec<_> = sources
+        .env
+        .iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    env.sort();
+    for (name, value) in env {
+        let rest = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let path = resolve_env_key(&defaults, &rest).ok_or_else(|| {
+            err(
+                name.clone(),
+                "does not name a config key (GPUPROXY_<SECTION>_<KEY>, e.g. GPUPROXY_SERVER_WORKERS)",
+            )
+        })?;
+        set_path(&mut merged, &path, parse_scalar(value));
+    }
+
+    for o in &sources.overrides {
+        let (key, value) = o
+            .split_once('=')
+            .ok_or_else(|| err(o.clone(), "expected --set key.path=value"))?;
+        let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+        set_path(&mut merged, &path, parse_scalar(value.trim()));
+    }
+
+    let mut config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde reports an unknown field at its parent; put the field's own name in the key.
+        let key = match inner.split('`').nth(1) {
+            Some(field) if inner.starts_with("unknown field") => {
+                if path == "." {
+                    field.to_string()
+                } else {
+                    format!("{path}.{field}")
+                }
+            }
+            _ => path,
+        };
+        err(key, inner)
+    })?;
+    config.secrets = Secrets::from_env(&sources.env);
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Checks that cannot be expressed by types alone.
+fn validate(c: &Config) -> Result<(), ConfigError> {
+    let s = &c.server;
+    if s.https_listen.0.is_none() && s.http_listen.0.is_none() {
+        return Err(err(
+            "server.https_listen",
+            "both server.https_listen and server.http_listen are off: nothing would be served",
+        ));
+    }
+    if s.https_listen.0.is_some() {
+        for (key, path) in [("server.tls_cert", &s.tls_cert), ("server.tls_key", &s.tls_key)] {
+            if !Path::new(path).is_file() {
+                return Err(err(
+                    key,
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+    }
+    for (key, v) in [
+        ("server.tls_handshake_timeout_ms", s.tls_handshake_timeout_ms),
+        ("server.header_read_timeout_ms", s.header_read_timeout_ms),
+        ("server.max_body_bytes", s.max_body_bytes),
+        (
+            "server.h2_max_concurrent_streams",
+            u64::from(s.h2_max_concurrent_streams),
+        ),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be greater than 0"));
+        }
+    }
+    if s.workers > 1024 {
+        return Err(err("server.workers", "at most 1024 (0 = one per core)"));
+    }
+    tracing_subscriber::EnvFilter::try_new(&c.log.level)
+        .map_err(|e| err("log.level", format!("not a valid filter: {e}")))?;
+    Ok(())
+}
+
+/// Finds the key path an environment variable (lower-cased, prefix removed) names, by walking the
+/// defaults: `server_https_listen` → `["server", "https_listen"]`. Section and key names may
+/// themselves contain underscores; the defaults tree disambiguates.
+fn resolve_env_key(tree: &toml::Value, rest: &str) -> Option<Vec<String>> {
+    let table = tree.as_table()?;
+    for (k, v) in table {
+        if rest == k && !v.is_table() {
+            return Some(vec![k.clone()]);
+        }
+        if let Some(tail) = rest.strip_prefix(k.as_str()).and_then(|t| t.strip_prefix('_'))
+            && v.is_table()
+            && let Some(mut path) = resolve_env_key(v, tail)
+        {
+            path.insert(0, k.clone());
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// An override's value: a TOML literal if it parses as one (`8`, `true`, `[1,2]`), else a string.
+fn parse_scalar(s: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {s}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(s.to_string()))
+}
+
+fn set_path(root: &mut toml::Value, path: &[String], value: toml::Value) {
+    let mut cur = root;
+    for (i, k) in path.iter().enumerate() {
+        let table = match cur {
+            toml::Value::Table(t) => t,
+            other => {
+                *other = toml::Value::Table(Default::default());
+                other.as_table_mut().expect("just set")
+            }
+        };
+        if i + 1 == path.len() {
+            table.insert(k.clone(), value);
+            return;
+        }
+        cur = table
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, with each secret shown only as set or unset.
+    pub fn render_redacted(&self) -> String {
+        let mut out = toml::to_string_pretty(self).expect("config serializes");
+        out.push_str("\n# secrets (environment only)\n");
+        for (name, set) in self.secrets.presence() {
+            out.push_str(&format!(
+                "# {name} = {}\n",
+                if set { "<set, redacted>" } else { "<unset>" }
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(file: Option<&str>, env: &[(&str, &str)], overrides: &[&str]) -> Sources {
+        let file = file.map(|text| {
+            let dir = std::env::temp_dir().join(format!(
+                "gpuproxyd-config-test-{}-{}",
+                std::process::id(),
+                rand_suffix()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let p = dir.join("c.toml");
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        Sources {
+            file,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    const PLAIN: &str = "[server]\nhttps_listen = \"off\"\nhttp_listen = \"127.0.0.1:1\"\n";
+
+    #[test]
+    fn layers_apply_in_order() {
+        let c = load(&sources(
+            Some(&format!("{PLAIN}workers = 3\n[log]\nlevel = \"debug\"\n")),
+            &[("GPUPROXY_SERVER_WORKERS", "5"), ("GPUPROXY_LOG_ACCESS_LOG", "false")],
+            &["server.shutdown_grace_ms=7"],
+        ))
+        .unwrap();
+        assert_eq!(c.server.workers, 5, "env beats file");
+        assert_eq!(c.log.level, "debug", "file beats default");
+        assert!(!c.log.access_log);
+        assert_eq!(c.server.shutdown_grace_ms, 7, "flag applies");
+        let c = load(&sources(
+            Some(PLAIN),
+            &[("GPUPROXY_SERVER_WORKERS", "5")],
+            &["server.workers=9"],
+        ))
+        .unwrap();
+        assert_eq!(c.server.workers, 9, "flag beats env");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load(&sources(Some(&format!("{PLAIN}bogus = 1\n")), &[], &[])).unwrap_err();
+        assert_eq!(e.key, "server.bogus");
+        let e = load(&sources(Some("[nosuch]\nx=1\n"), &[], &[])).unwrap_err();
+        assert_eq!(e.key, "nosuch");
+        let e = load(&sources(Some(PLAIN), &[("GPUPROXY_SERVER_NOPE", "1")], &[])).unwrap_err();
+        assert_eq!(e.key, "GPUPROXY_SERVER_NOPE");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = load(&sources(
+            Some(&format!("{PLAIN}workers = \"many\"\n")),
+            &[],
+            &[],
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "server.workers");
+        let e = load(&sources(
+            Some("[server]\nhttps_listen = \"off\"\nhttp_listen = \"nonsense\"\n"),
+            &[],
+            &[],
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "server.http_listen");
+        assert!(e.message.contains("nonsense"), "{e}");
+        let e = load(&sources(
+            Some(&format!("{PLAIN}max_body_bytes = 0\n")),
+            &[],
+            &[],
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "server.max_body_bytes");
+    }
+
+    #[test]
+    fn secrets_only_from_env_and_redacted() {
+        let c = load(&sources(
+            Some(PLAIN),
+            &[("JWT_SECRET", "hunter2"), ("VASTAI_API_KEY", "vk-123")],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(c.secrets.jwt_secret.as_ref().unwrap().expose(), "hunter2");
+        let shown = format!("{}{:?}", c.render_redacted(), c);
+        assert!(!shown.contains("hunter2") && !shown.contains("vk-123"), "{shown}");
+        assert!(shown.contains("# JWT_SECRET = <set, redacted>"));
+        assert!(shown.contains("# DATABASE_URL = <unset>"));
+        // a secret is not a config key, so a file cannot set it
+        let e = load(&sources(
+            Some(&format!("{PLAIN}[secrets]\njwt_secret = \"x\"\n")),
+            &[],
+            &[],
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "secrets");
+    }
+
+    #[test]
+    fn rendered_config_loads_back() {
+        let c = load(&sources(Some(PLAIN), &[], &[])).unwrap();
+        let again = load(&sources(Some(&c.render_redacted()), &[], &[])).unwrap();
+        assert_eq!(again.server.http_listen, c.server.http_listen);
+        assert_eq!(again.server.https_listen, Listen(None));
+    }
+}

@@ -1,0 +1,172 @@
+//! The one error type of the request path.
+//!
+//! An [`Error`] carries a [`Kind`] (which fixes the HTTP status and the stable `code` string clients
+//! match on), the [`Side`] at fault, and whether the same request may be retried as it is. It is
+//! turned into an HTTP response in exactly one place: `api::respond::error_response`. Messages are
+//! written for the client; anything secret stays in `source`, which is logged, never sent.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use hyper::{Method, StatusCode};
+
+/// Who caused the failure: decides the log level and whether it counts as a server error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    BadRequest,
+    NotFound,
+    /// Carries the methods the route does allow, for the `Allow` header.
+    MethodNotAllowed(Vec<Method>),
+    PayloadTooLarge {
+        limit: u64,
+    },
+    UnsupportedMediaType,
+    /// The daemon is starting or draining.
+    Unavailable,
+    Internal,
+}
+
+impl Kind {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code in the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Kind::BadRequest => "bad_request",
+            Kind::NotFound => "not_found",
+            Kind::MethodNotAllowed(_) => "method_not_allowed",
+            Kind::PayloadTooLarge { .. } => "payload_too_large",
+            Kind::UnsupportedMediaType => "unsupported_media_type",
+            Kind::Unavailable => "unavailable",
+            Kind::Internal => "internal",
+        }
+    }
+}
+
+pub struct Error {
+    pub kind: Kind,
+    pub side: Side,
+    /// True when repeating the same request later can succeed without change.
+    pub retryable: bool,
+    /// Shown to the client.
+    pub message: Cow<'static, str>,
+    /// Logged only; may hold details the client must not see.
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: Kind, side: Side, message: impl Into<Cow<'static, str>>) -> Self {
+        let retryable = matches!(kind, Kind::Unavailable);
+        Error {
+            kind,
+            side,
+            retryable,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Kind::BadRequest, Side::Client, message)
+    }
+
+    pub fn not_found(path: &str) -> Self {
+        Error::new(
+            Kind::NotFound,
+            Side::Client,
+            format!("no route for {}", truncate(path, 200)),
+        )
+    }
+
+    pub fn method_not_allowed(method: &Method, allowed: Vec<Method>) -> Self {
+        let list = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Error::new(
+            Kind::MethodNotAllowed(allowed),
+            Side::Client,
+            format!("method {method} is not allowed here; allowed: {list}"),
+        )
+    }
+
+    pub fn payload_too_large(limit: u64) -> Self {
+        Error::new(
+            Kind::PayloadTooLarge { limit },
+            Side::Client,
+            format!("request body larger than {limit} bytes"),
+        )
+    }
+
+    pub fn unavailable(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Kind::Unavailable, Side::Internal, message)
+    }
+
+    pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error {
+            source: Some(Box::new(source)),
+            ..Error::new(Kind::Internal, Side::Internal, "internal error")
+        }
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("side", &self.side)
+            .field("retryable", &self.retryable)
+            .field("message", &self.message)
+            .field("source", &self.source.as_ref().map(|s| s.to_string()))
+            .finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.code(), self.message)?;
+        if let Some(s) = &self.source {
+            write!(f, " ({s})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Cuts client-supplied text echoed in a message, on a char boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,34 @@
+//! gpuproxyd: one daemon between API clients and GPU-rental providers.
+//!
+//! The request path, module by module (see shared/DESIGN.md for the whole picture):
+//!
+//! - [`server`]: listeners, TLS (rustls, ALPN h2/http1.1, SIGHUP reload), hyper serving, drain.
+//! - [`conn`]: connection accounting (open, by protocol, requests served).
+//! - [`api`]: routing, handlers, and the one place errors become HTTP responses.
+//! - [`error`]: the one error type (kind, side at fault, retryable).
+//! - [`config`]: the typed config tree: defaults < TOML < `GPUPROXY_*` env < flags.
+//! - [`metrics`]: metric names and the Prometheus exporter.
+//! - [`cli`]: the command line (`serve`, `check-config`), used by the thin `main.rs`.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+pub mod state;
+
+pub use server::{Daemon, Listeners};
+
+/// Runs a daemon on already-bound listeners until `shutdown` resolves, then drains.
+pub async fn run(
+    listeners: Listeners,
+    config: config::Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let daemon = Daemon::new(config)?;
+    daemon.run(listeners, shutdown).await;
+    Ok(())
+}

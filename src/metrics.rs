@@ -1,0 +1,86 @@
+//! Metric names, in one place, and the Prometheus exporter.
+//!
+//! Every metric the daemon exports is named by a constant here; the README, the alert rules in
+//! config/prometheus/ and the dashboard use the same strings. Histograms get explicit buckets
+//! (metrics-exporter-prometheus renders summaries otherwise, and `histogram_quantile` needs buckets).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Counter, labels `route`, `status`: every response the API listeners sent.
+pub const REQUESTS_TOTAL: &str = "gpuproxy_requests_total";
+/// Counter, labels `route`: responses with a 5xx status (the daemon's or an upstream's fault).
+pub const REQUESTS_FAILED: &str = "gpuproxy_requests_failed";
+/// Histogram, label `route`: time from request head to response head, in milliseconds.
+pub const REQUEST_DURATION_MS: &str = "gpuproxy_request_duration_milliseconds";
+/// Gauge: client connections open now (all listeners).
+pub const CONNECTIONS_ACTIVE: &str = "gpuproxy_connections_active";
+/// Counter, labels `listener` (`https`/`http`): client connections accepted.
+pub const CONNECTIONS_TOTAL: &str = "gpuproxy_connections_total";
+/// Counter: TLS handshakes that failed or timed out.
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "gpuproxy_tls_handshake_failures_total";
+/// Counter, label `result` (`ok`/`error`): TLS certificate reloads on SIGHUP.
+pub const TLS_RELOADS_TOTAL: &str = "gpuproxy_tls_reloads_total";
+/// Counter: accept() errors (e.g. out of file descriptors), each followed by a short back-off.
+pub const ACCEPT_ERRORS_TOTAL: &str = "gpuproxy_accept_errors_total";
+/// Gauge, labels `version`, `commit`: always 1; carries the build's identity.
+pub const BUILD_INFO: &str = "gpuproxy_build_info";
+
+/// Request-duration buckets in milliseconds: 0.1 ms to 10 s, roughly ×2.5 per step.
+pub const DURATION_BUCKETS_MS: [f64; 16] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+    10000.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once per process (tests may start several daemons in one
+/// process; they share it) and returns the handle that renders the scrape page.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_milliseconds".into()),
+                    &DURATION_BUCKETS_MS,
+                )
+                .expect("buckets are non-empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => option_env!("GPUPROXY_COMMIT").unwrap_or("unknown")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// Runs the exporter's periodic upkeep (draining histogram buffers) until the task is dropped.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    describe_counter!(REQUESTS_TOTAL, "Responses sent, by route and status.");
+    describe_counter!(REQUESTS_FAILED, "Responses with a 5xx status, by route.");
+    describe_histogram!(
+        REQUEST_DURATION_MS,
+        metrics::Unit::Milliseconds,
+        "Time from request head to response head."
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now.");
+    describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted, by listener.");
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes that failed or timed out."
+    );
+    describe_counter!(TLS_RELOADS_TOTAL, "TLS certificate reloads, by result.");
+    describe_counter!(ACCEPT_ERRORS_TOTAL, "accept() errors, e.g. EMFILE.");
+    describe_gauge!(BUILD_INFO, "Build identity; always 1.");
+}

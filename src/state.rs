@@ -1,0 +1,75 @@
+//! State shared by every connection and handler of one daemon.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::conn::ConnStats;
+
+/// Where the daemon is in its life; `/ready` answers 200 only in `Ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Starting = 0,
+    Ready = 1,
+    Draining = 2,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub started: Instant,
+    pub conns: Arc<ConnStats>,
+    phase: AtomicU8,
+    /// Random per process, so request ids from several daemons behind one balancer do not collide.
+    id_prefix: u32,
+    id_seq: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>) -> Arc<AppState> {
+        Arc::new(AppState {
+            config,
+            started: Instant::now(),
+            conns: Arc::new(ConnStats::default()),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            id_prefix: random_u32(),
+            id_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Ready,
+            _ => Phase::Draining,
+        }
+    }
+
+    pub fn set_phase(&self, p: Phase) {
+        self.phase.store(p as u8, Ordering::Release);
+    }
+
+    /// A fresh request id: 8 hex digits of process prefix, 12 of sequence.
+    pub fn next_request_id(&self) -> String {
+        let n = self.id_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:012x}", self.id_prefix, n & 0xffff_ffff_ffff)
+    }
+}
+
+/// Seeds from the OS (the same source std's HashMap uses), without another dependency.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id()) as u32
+}
