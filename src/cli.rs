@@ -63,12 +63,8 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     pub fn sources(&self) -> Sources {
         let quoted = |key: &str, v: &Option<String>| {
-            v.as_ref().map(|v| {
-                format!(
-                    "{key}={}",
-                    toml::Value::String(v.clone())
-                )
-            })
+            v.as_ref()
+                .map(|v| format!("{key}={}", toml::Value::String(v.clone())))
         };
         let mut overrides: Vec<String> = [
             quoted("server.https_listen", &self.https_listen),

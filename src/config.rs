@@ -51,12 +51,19 @@ pub struct ServerConfig {
     /// Time allowed to receive a request's headers; hyper also applies it while a keep-alive
     /// connection waits for its next request, so it doubles as the idle timeout.
     pub header_read_timeout_ms: u64,
-    /// How long in-flight requests may run after SIGTERM before the process exits anyway.
+    /// After SIGTERM, keep accepting this long while `/ready` answers 503, so a load balancer's
+    /// health check takes the daemon out before its listeners close.
+    pub drain_delay_ms: u64,
+    /// How long in-flight requests may run after the listeners close before the process exits
+    /// anyway.
     pub shutdown_grace_ms: u64,
     /// Largest request body accepted; larger ones get 413 before the body is read.
     pub max_body_bytes: u64,
     /// HTTP/2 streams one client connection may have open at once.
     pub h2_max_concurrent_streams: u32,
+    /// Serves `GET /debug/sleep?ms=N` (a request that takes N ms, at most 60 s) for drain and
+    /// timeout drills. Off in production.
+    pub debug_routes: bool,
 }
 
 impl Default for ServerConfig {
@@ -70,9 +77,11 @@ impl Default for ServerConfig {
             tls_key: PathBuf::from("certs/server.key"),
             tls_handshake_timeout_ms: 10_000,
             header_read_timeout_ms: 30_000,
+            drain_delay_ms: 0,
             shutdown_grace_ms: 30_000,
             max_body_bytes: 1 << 20,
             h2_max_concurrent_streams: 256,
+            debug_routes: false,
         }
     }
 }
@@ -83,6 +92,9 @@ impl ServerConfig {
     }
     pub fn header_read_timeout(&self) -> Duration {
         Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
@@ -285,11 +297,14 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let mut config: Config = serde_path_to_error::deserialize(merged).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        // serde reports an unknown field at its parent; put the field's own name in the key.
+        // An unknown field is reported at its parent (top level) or at itself (nested):
+        // make the key always end with the field's own name.
         let key = match inner.split('`').nth(1) {
             Some(field) if inner.starts_with("unknown field") => {
                 if path == "." {
                     field.to_string()
+                } else if path == field || path.ends_with(&format!(".{field}")) {
+                    path
                 } else {
                     format!("{path}.{field}")
                 }
@@ -313,7 +328,10 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         ));
     }
     if s.https_listen.0.is_some() {
-        for (key, path) in [("server.tls_cert", &s.tls_cert), ("server.tls_key", &s.tls_key)] {
+        for (key, path) in [
+            ("server.tls_cert", &s.tls_cert),
+            ("server.tls_key", &s.tls_key),
+        ] {
             if !Path::new(path).is_file() {
                 return Err(err(
                     key,
@@ -323,7 +341,10 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         }
     }
     for (key, v) in [
-        ("server.tls_handshake_timeout_ms", s.tls_handshake_timeout_ms),
+        (
+            "server.tls_handshake_timeout_ms",
+            s.tls_handshake_timeout_ms,
+        ),
         ("server.header_read_timeout_ms", s.header_read_timeout_ms),
         ("server.max_body_bytes", s.max_body_bytes),
         (
@@ -352,7 +373,9 @@ fn resolve_env_key(tree: &toml::Value, rest: &str) -> Option<Vec<String>> {
         if rest == k && !v.is_table() {
             return Some(vec![k.clone()]);
         }
-        if let Some(tail) = rest.strip_prefix(k.as_str()).and_then(|t| t.strip_prefix('_'))
+        if let Some(tail) = rest
+            .strip_prefix(k.as_str())
+            .and_then(|t| t.strip_prefix('_'))
             && v.is_table()
             && let Some(mut path) = resolve_env_key(v, tail)
         {
@@ -460,7 +483,10 @@ mod tests {
     fn layers_apply_in_order() {
         let c = load(&sources(
             Some(&format!("{PLAIN}workers = 3\n[log]\nlevel = \"debug\"\n")),
-            &[("GPUPROXY_SERVER_WORKERS", "5"), ("GPUPROXY_LOG_ACCESS_LOG", "false")],
+            &[
+                ("GPUPROXY_SERVER_WORKERS", "5"),
+                ("GPUPROXY_LOG_ACCESS_LOG", "false"),
+            ],
             &["server.shutdown_grace_ms=7"],
         ))
         .unwrap();
@@ -523,7 +549,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.secrets.jwt_secret.as_ref().unwrap().expose(), "hunter2");
         let shown = format!("{}{:?}", c.render_redacted(), c);
-        assert!(!shown.contains("hunter2") && !shown.contains("vk-123"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("vk-123"),
+            "{shown}"
+        );
         assert!(shown.contains("# JWT_SECRET = <set, redacted>"));
         assert!(shown.contains("# DATABASE_URL = <unset>"));
         // a secret is not a config key, so a file cannot set it

@@ -66,6 +66,17 @@ pub async fn upkeep(handle: PrometheusHandle) {
     }
 }
 
+/// Creates the series that alerts divide by or compare with at zero, so they exist before the
+/// first failure (a missing series makes `rate(failed) / rate(total)` empty, not 0).
+pub fn init_series(routes: &[&'static str]) {
+    for r in routes {
+        metrics::counter!(REQUESTS_FAILED, "route" => *r).absolute(0);
+    }
+    metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
+    metrics::counter!(ACCEPT_ERRORS_TOTAL).absolute(0);
+    gauge!(CONNECTIONS_ACTIVE).increment(0.0);
+}
+
 fn describe() {
     describe_counter!(REQUESTS_TOTAL, "Responses sent, by route and status.");
     describe_counter!(REQUESTS_FAILED, "Responses with a 5xx status, by route.");
@@ -75,7 +86,10 @@ fn describe() {
         "Time from request head to response head."
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now.");
-    describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted, by listener.");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Client connections accepted, by listener."
+    );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "TLS handshakes that failed or timed out."

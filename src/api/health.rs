@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::Body;
 use super::respond;
+use crate::error::{Error, Result};
 use crate::state::{AppState, Phase};
 
 pub fn health() -> Response<Body> {
@@ -42,4 +43,19 @@ pub fn stats(state: &Arc<AppState>) -> Response<Body> {
             },
         }),
     )
+}
+
+/// `GET /debug/sleep?ms=N`: answers after N milliseconds (0..=60000).
+pub async fn debug_sleep(query: Option<&str>) -> Result<Response<Body>> {
+    let ms = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="))
+        .ok_or_else(|| Error::bad_request("query parameter `ms` is required"))?
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms <= 60_000)
+        .ok_or_else(|| Error::bad_request("`ms` must be an integer from 0 to 60000"))?;
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    Ok(respond::json(StatusCode::OK, &json!({"slept_ms": ms})))
 }

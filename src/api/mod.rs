@@ -59,7 +59,8 @@ pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) 
     let status = resp.status();
     let label = route.map_or("unmatched", Route::label);
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    counter!(REQUESTS_TOTAL, "route" => label, "status" => status_label(status.as_u16())).increment(1);
+    counter!(REQUESTS_TOTAL, "route" => label, "status" => status_label(status.as_u16()))
+        .increment(1);
     if status.is_server_error() {
         counter!(REQUESTS_FAILED, "route" => label).increment(1);
     }
@@ -84,7 +85,9 @@ async fn dispatch(
     route: Option<Route>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
-    let route = route.ok_or_else(|| Error::not_found(req.uri().path()))?;
+    let route = route
+        .filter(|r| *r != Route::DebugSleep || state.config.server.debug_routes)
+        .ok_or_else(|| Error::not_found(req.uri().path()))?;
     if !route.allows(req.method()) {
         return Err(Error::method_not_allowed(req.method(), route.allowed()));
     }
@@ -100,6 +103,7 @@ async fn dispatch(
         Route::Health => Ok(health::health()),
         Route::Ready => Ok(health::ready(state)),
         Route::Stats => Ok(health::stats(state)),
+        Route::DebugSleep => health::debug_sleep(req.uri().query()).await,
     }
 }
 
@@ -108,8 +112,7 @@ fn client_request_id(req: &Request<Incoming>) -> Option<String> {
     let v = req.headers().get(REQUEST_ID)?.to_str().ok()?;
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     ok.then(|| v.to_owned())
 }

@@ -9,14 +9,19 @@ pub enum Route {
     Health,
     Ready,
     Stats,
+    /// Only when `server.debug_routes` is on.
+    DebugSleep,
 }
 
 impl Route {
+    pub const ALL: [Route; 4] = [Route::Health, Route::Ready, Route::Stats, Route::DebugSleep];
+
     pub fn of(path: &str) -> Option<Route> {
         match path {
             "/health" => Some(Route::Health),
             "/ready" => Some(Route::Ready),
             "/stats" => Some(Route::Stats),
+            "/debug/sleep" => Some(Route::DebugSleep),
             _ => None,
         }
     }
@@ -26,12 +31,13 @@ impl Route {
             Route::Health => "/health",
             Route::Ready => "/ready",
             Route::Stats => "/stats",
+            Route::DebugSleep => "/debug/sleep",
         }
     }
 
     fn methods(self) -> &'static [Method] {
         match self {
-            Route::Health | Route::Ready | Route::Stats => &[Method::GET],
+            Route::Health | Route::Ready | Route::Stats | Route::DebugSleep => &[Method::GET],
         }
     }
 

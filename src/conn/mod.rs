@@ -144,7 +144,10 @@ mod tests {
         let b = s.register(ListenerKind::Http);
         s.count_request(Protocol::Http2);
         let snap = s.snapshot();
-        assert_eq!((snap.open, snap.total, snap.open_h2, snap.open_h1), (2, 2, 1, 0));
+        assert_eq!(
+            (snap.open, snap.total, snap.open_h2, snap.open_h1),
+            (2, 2, 1, 0)
+        );
         assert_eq!((snap.requests_total, snap.requests_h2), (1, 1));
         drop(a);
         drop(b);

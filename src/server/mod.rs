@@ -73,6 +73,7 @@ pub struct Daemon {
 impl Daemon {
     /// Loads what must be valid before any socket is served (the TLS pair).
     pub fn new(config: Config) -> Result<Daemon, String> {
+        let prometheus = crate::metrics::install();
         let certs = match config.server.https_listen.0 {
             Some(_) => Some(CertStore::load(
                 &config.server.tls_cert,
@@ -80,6 +81,7 @@ impl Daemon {
             )?),
             None => None,
         };
+        crate::metrics::init_series(&api::router::Route::ALL.map(api::router::Route::label));
         let tls = certs
             .clone()
             .map(|c| TlsAcceptor::from(tls::server_config(c)));
@@ -87,7 +89,7 @@ impl Daemon {
             state: AppState::new(Arc::new(config)),
             certs,
             tls,
-            prometheus: crate::metrics::install(),
+            prometheus,
         })
     }
 
@@ -139,8 +141,19 @@ impl Daemon {
         shutdown.await;
 
         state.set_phase(Phase::Draining);
+        let delay = state.config.server.drain_delay();
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "/ready now 503; still accepting for the drain delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let open = state.conns.open();
-        tracing::info!(open_connections = open, "shutting down: draining connections");
+        tracing::info!(
+            open_connections = open,
+            "shutting down: draining connections"
+        );
         cancel.cancel();
         for t in accept_tasks {
             let _ = t.await;
@@ -373,7 +386,10 @@ async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, cancel: 
     }
 }
 
-fn metrics_response(req: &Request<hyper::body::Incoming>, handle: &PrometheusHandle) -> Response<Body> {
+fn metrics_response(
+    req: &Request<hyper::body::Incoming>,
+    handle: &PrometheusHandle,
+) -> Response<Body> {
     if req.uri().path() != "/metrics" {
         let e = crate::error::Error::not_found(req.uri().path());
         return respond::error_response(&e, "metrics");

@@ -32,7 +32,10 @@ pub fn install(certs: Option<Arc<CertStore>>) -> std::io::Result<impl Future<Out
             };
             match first.take() {
                 Some(tx) => {
-                    tracing::info!(signal = name, "stop requested; draining (send again to exit at once)");
+                    tracing::info!(
+                        signal = name,
+                        "stop requested; draining (send again to exit at once)"
+                    );
                     let _ = tx.send(());
                 }
                 None => {

@@ -1,0 +1,41 @@
+# Shared by scripts/demo.sh and scripts/test.sh: installs what they need on Debian.
+# shellcheck shell=bash
+
+# Debian packages the demo and the tests use (each named by what it provides).
+DEBIAN_PACKAGES=(
+  postgresql     # initdb, postgres, pg_ctl, psql (tests and demo start their own server)
+  pgbouncer      # transaction pooling in front of PostgreSQL
+  redis-server   # cache and coordination
+  openssl        # the demo's self-signed certificate
+  procps         # pgrep/ps used by tests
+  gcc            # C parts of mimalloc and ring
+  wrk            # loadtest/ scripts
+)
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_debian_packages() {
+  local missing=()
+  for p in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> installing Debian packages: ${missing[*]}"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+ensure_cargo() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust >= 1.85 with rustup (https://rustup.rs), then run this again" >&2
+    exit 1
+  fi
+  # One build cache outside the checkout, so fresh clones build incrementally.
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gpuproxyd-target}"
+}

@@ -1,0 +1,203 @@
+//! A small HTTPS client for tests: HTTP/1.1 or HTTP/2 chosen by ALPN, one connection reused for
+//! several requests, and the server certificate it was shown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+
+/// Accepts any certificate: tests check *which* certificate they were shown instead.
+#[derive(Debug)]
+struct AnyCert;
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn tls_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// One client connection.
+pub struct Conn {
+    sender: Sender,
+    pub alpn: Option<Vec<u8>>,
+    pub peer_cert: Vec<u8>,
+    /// Resolves when the server closed the connection (or sent GOAWAY and finished).
+    pub closed: tokio::task::JoinHandle<()>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub version: Version,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Conn {
+    /// Connects over TLS offering `alpn` (e.g. `&[b"h2", b"http/1.1"]`) and speaks what the
+    /// server picked.
+    pub async fn tls(addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<Conn> {
+        let tcp = TcpStream::connect(addr).await?;
+        let connector = tokio_rustls::TlsConnector::from(tls_config(alpn));
+        let tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        let (_, session) = tls.get_ref();
+        let alpn = session.alpn_protocol().map(|p| p.to_vec());
+        let peer_cert = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default();
+        let io = TokioIo::new(tls);
+        let h2 = alpn.as_deref() == Some(b"h2");
+        Self::handshake(io, h2, alpn, peer_cert).await
+    }
+
+    /// Plain HTTP/1.1 (or h2 with prior knowledge when `h2`).
+    pub async fn plain(addr: SocketAddr, h2: bool) -> std::io::Result<Conn> {
+        let tcp = TcpStream::connect(addr).await?;
+        Self::handshake(TokioIo::new(tcp), h2, None, Vec::new()).await
+    }
+
+    async fn handshake<I>(
+        io: I,
+        h2: bool,
+        alpn: Option<Vec<u8>>,
+        peer_cert: Vec<u8>,
+    ) -> std::io::Result<Conn>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, closed) = if h2 {
+            let (s, c) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(std::io::Error::other)?;
+            (
+                Sender::H2(s),
+                tokio::spawn(async move {
+                    let _ = c.await;
+                }),
+            )
+        } else {
+            let (s, c) = http1::handshake(io).await.map_err(std::io::Error::other)?;
+            (
+                Sender::H1(s),
+                tokio::spawn(async move {
+                    let _ = c.await;
+                }),
+            )
+        };
+        Ok(Conn {
+            sender,
+            alpn,
+            peer_cert,
+            closed,
+        })
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Resp, hyper::Error> {
+        let resp: Response<hyper::body::Incoming> = match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Resp {
+            status: parts.status.as_u16(),
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Resp, hyper::Error> {
+        self.send(request("GET", path, Bytes::new())).await
+    }
+}
+
+/// A request with the headers every test needs (Host for HTTP/1.1).
+pub fn request(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// One GET on a fresh TLS connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Resp {
+    let mut c = Conn::tls(addr, &[b"h2", b"http/1.1"])
+        .await
+        .expect("connect");
+    c.get(path).await.expect("request")
+}
