@@ -51,6 +51,19 @@ async fn h1_and_h2_over_tls_and_alpn_prefers_h2() {
 }
 
 #[tokio::test]
+async fn tls_12_and_13_both_work() {
+    let d = DaemonProc::start(Opts::default()).await;
+    for (v, want) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let mut c = Conn::tls_versions(d.https, &[b"h2"], &[v]).await.unwrap();
+        assert_eq!(c.tls_version, Some(want));
+        assert_eq!(c.get("/health").await.unwrap().status, 200);
+    }
+}
+
+#[tokio::test]
 async fn plain_listener_speaks_h1_and_h2_prior_knowledge() {
     let d = DaemonProc::start(Opts {
         plain: true,

@@ -52,10 +52,13 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
-fn tls_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+fn tls_config(
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert))
@@ -74,6 +77,7 @@ pub struct Conn {
     sender: Sender,
     pub alpn: Option<Vec<u8>>,
     pub peer_cert: Vec<u8>,
+    pub tls_version: Option<rustls::ProtocolVersion>,
     /// Resolves when the server closed the connection (or sent GOAWAY and finished).
     pub closed: tokio::task::JoinHandle<()>,
 }
@@ -99,12 +103,22 @@ impl Conn {
     /// Connects over TLS offering `alpn` (e.g. `&[b"h2", b"http/1.1"]`) and speaks what the
     /// server picked.
     pub async fn tls(addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<Conn> {
+        Self::tls_versions(addr, alpn, rustls::DEFAULT_VERSIONS).await
+    }
+
+    /// Like [`Conn::tls`], offering only the given TLS versions.
+    pub async fn tls_versions(
+        addr: SocketAddr,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> std::io::Result<Conn> {
         let tcp = TcpStream::connect(addr).await?;
-        let connector = tokio_rustls::TlsConnector::from(tls_config(alpn));
+        let connector = tokio_rustls::TlsConnector::from(tls_config(alpn, versions));
         let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await?;
         let (_, session) = tls.get_ref();
+        let version = session.protocol_version();
         let alpn = session.alpn_protocol().map(|p| p.to_vec());
         let peer_cert = session
             .peer_certificates()
@@ -113,7 +127,9 @@ impl Conn {
             .unwrap_or_default();
         let io = TokioIo::new(tls);
         let h2 = alpn.as_deref() == Some(b"h2");
-        Self::handshake(io, h2, alpn, peer_cert).await
+        let mut conn = Self::handshake(io, h2, alpn, peer_cert).await?;
+        conn.tls_version = version;
+        Ok(conn)
     }
 
     /// Plain HTTP/1.1 (or h2 with prior knowledge when `h2`).
@@ -154,6 +170,7 @@ impl Conn {
             sender,
             alpn,
             peer_cert,
+            tls_version: None,
             closed,
         })
     }
