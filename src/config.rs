@@ -25,6 +25,8 @@ pub const EXIT_BAD_CONFIG: i32 = 64;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub connections: ConnectionsConfig,
+    pub proxy_protocol: ProxyProtocolConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
     #[serde(skip)]
@@ -48,8 +50,8 @@ pub struct ServerConfig {
     pub tls_key: PathBuf,
     /// A client that has not finished the TLS handshake by then is dropped.
     pub tls_handshake_timeout_ms: u64,
-    /// Time allowed to receive a request's headers; hyper also applies it while a keep-alive
-    /// connection waits for its next request, so it doubles as the idle timeout.
+    /// Time allowed to receive a request's head once it has begun (a slowloris client is cut),
+    /// and for a new connection to begin its first request.
     pub header_read_timeout_ms: u64,
     /// After SIGTERM, keep accepting this long while `/ready` answers 503, so a load balancer's
     /// health check takes the daemon out before its listeners close.
@@ -76,7 +78,7 @@ impl Default for ServerConfig {
             tls_cert: PathBuf::from("certs/server.crt"),
             tls_key: PathBuf::from("certs/server.key"),
             tls_handshake_timeout_ms: 10_000,
-            header_read_timeout_ms: 30_000,
+            header_read_timeout_ms: 10_000,
             drain_delay_ms: 0,
             shutdown_grace_ms: 30_000,
             max_body_bytes: 1 << 20,
@@ -98,6 +100,93 @@ impl ServerConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+/// Connection governance: caps, timeouts and idle memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionsConfig {
+    /// Global cap on open client connections; 0 = as many as RLIMIT_NOFILE allows after
+    /// `fd_reserve`. A value the limit cannot hold stops the start (see `clamp_to_fd_limit`).
+    pub max: u64,
+    /// Cap per client address (after the PROXY protocol); IPv6 counted per `ipv6_prefix_len`.
+    pub max_per_ip: u32,
+    /// IPv6 clients sharing this prefix share one per-IP cap (one /64 is usually one site).
+    pub ipv6_prefix_len: u8,
+    /// File descriptors kept back from the cap for listeners, upstream, PostgreSQL and Redis.
+    pub fd_reserve: u64,
+    /// Start anyway with the cap lowered to what the limit holds (also `--clamp-to-fd-limit`).
+    pub clamp_to_fd_limit: bool,
+    /// A keep-alive connection waiting longer than this for its next request is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections older than this are closed gracefully (spreads load after a deploy); 0 = never.
+    pub max_age_ms: u64,
+    /// An HTTP/1 connection idle this long gives its HTTP buffers back and waits for its next
+    /// request holding only the socket; 0 keeps hyper's buffers for the connection's life.
+    pub park_after_ms: u64,
+    /// How often the reaper walks the table to enforce the timeouts above.
+    pub reap_interval_ms: u64,
+    /// Shards of the connection table (a power of two); 0 = 4 × workers.
+    pub shards: usize,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max: 0,
+            max_per_ip: 1024,
+            ipv6_prefix_len: 64,
+            fd_reserve: 1024,
+            clamp_to_fd_limit: false,
+            idle_timeout_ms: 60_000,
+            max_age_ms: 0,
+            park_after_ms: 1_000,
+            reap_interval_ms: 1_000,
+            shards: 0,
+        }
+    }
+}
+
+/// PROXY protocol (v1 and v2) on the listeners that enable it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocolConfig {
+    /// Expect headers on the HTTPS listener (HAProxy in TCP mode, `send-proxy-v2`).
+    pub https: bool,
+    /// Expect headers on the plain HTTP listener.
+    pub http: bool,
+    /// Peers allowed to send a header (the load balancers). They must send one; any other peer
+    /// is served as a direct client and refused if it sends a header.
+    pub trusted_cidrs: Vec<String>,
+    /// Time allowed for the header to arrive.
+    pub header_timeout_ms: u64,
+}
+
+impl Default for ProxyProtocolConfig {
+    fn default() -> Self {
+        ProxyProtocolConfig {
+            https: false,
+            http: false,
+            trusted_cidrs: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            header_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl ProxyProtocolConfig {
+    pub fn enabled_for(&self, l: crate::conn::ListenerKind) -> bool {
+        match l {
+            crate::conn::ListenerKind::Https => self.https,
+            crate::conn::ListenerKind::Http => self.http,
+        }
+    }
+    /// The trust list, parsed (validated at load, so this cannot fail afterwards).
+    pub fn trusted(&self) -> Vec<crate::conn::ip::Cidr> {
+        self.trusted_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
     }
 }
 
@@ -319,8 +408,9 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
 }
 
 /// Checks that cannot be expressed by types alone.
-fn validate(c: &Config) -> Result<(), ConfigError> {
-    let s = &c.server;
+fn validate(config: &Config) -> Result<(), ConfigError> {
+    let s = &config.server;
+    let cfg_proxy = &config.proxy_protocol;
     if s.https_listen.0.is_none() && s.http_listen.0.is_none() {
         return Err(err(
             "server.https_listen",
@@ -356,10 +446,39 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             return Err(err(key, "must be greater than 0"));
         }
     }
+    let c = &config.connections;
+    for (key, v) in [
+        ("connections.max_per_ip", u64::from(c.max_per_ip)),
+        ("connections.idle_timeout_ms", c.idle_timeout_ms),
+        ("connections.reap_interval_ms", c.reap_interval_ms),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be greater than 0"));
+        }
+    }
+    if c.ipv6_prefix_len > 128 {
+        return Err(err("connections.ipv6_prefix_len", "at most 128"));
+    }
+    if c.shards != 0 && !c.shards.is_power_of_two() {
+        return Err(err(
+            "connections.shards",
+            "must be a power of two (or 0 for automatic)",
+        ));
+    }
+    for (i, cidr) in cfg_proxy.trusted_cidrs.iter().enumerate() {
+        cidr.parse::<crate::conn::ip::Cidr>()
+            .map_err(|e| err(format!("proxy_protocol.trusted_cidrs[{i}]"), e))?;
+    }
+    if cfg_proxy.header_timeout_ms == 0 {
+        return Err(err(
+            "proxy_protocol.header_timeout_ms",
+            "must be greater than 0",
+        ));
+    }
     if s.workers > 1024 {
         return Err(err("server.workers", "at most 1024 (0 = one per core)"));
     }
-    tracing_subscriber::EnvFilter::try_new(&c.log.level)
+    tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .map_err(|e| err("log.level", format!("not a valid filter: {e}")))?;
     Ok(())
 }

@@ -30,6 +30,8 @@ pub enum Kind {
     UnsupportedMediaType,
     /// The daemon is starting or draining.
     Unavailable,
+    /// A connection cap refused the connection.
+    OverCapacity,
     Internal,
 }
 
@@ -41,7 +43,7 @@ impl Kind {
             Kind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Unavailable | Kind::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,6 +57,7 @@ impl Kind {
             Kind::PayloadTooLarge { .. } => "payload_too_large",
             Kind::UnsupportedMediaType => "unsupported_media_type",
             Kind::Unavailable => "unavailable",
+            Kind::OverCapacity => "over_capacity",
             Kind::Internal => "internal",
         }
     }
@@ -120,6 +123,17 @@ impl Error {
 
     pub fn unavailable(message: impl Into<Cow<'static, str>>) -> Self {
         Error::new(Kind::Unavailable, Side::Internal, message)
+    }
+
+    pub fn over_capacity(cap: &str) -> Self {
+        Error {
+            retryable: true,
+            ..Error::new(
+                Kind::OverCapacity,
+                Side::Client,
+                format!("connection refused by the {cap} connection limit; retry later"),
+            )
+        }
     }
 
     pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {

@@ -18,6 +18,16 @@ pub const REQUESTS_FAILED: &str = "gpuproxy_requests_failed";
 pub const REQUEST_DURATION_MS: &str = "gpuproxy_request_duration_milliseconds";
 /// Gauge: client connections open now (all listeners).
 pub const CONNECTIONS_ACTIVE: &str = "gpuproxy_connections_active";
+/// Gauge: the global connection cap in force (configured, or sized from the fd limit).
+pub const CONNECTIONS_MAX: &str = "gpuproxy_connections_max";
+/// Gauge: RLIMIT_NOFILE after raising the soft limit to the hard one.
+pub const FD_LIMIT: &str = "gpuproxy_fd_limit";
+/// Counter, label `reason` (`global_cap`, `per_ip_cap`, `proxy_untrusted`, `proxy_invalid`):
+/// connections refused before being served.
+pub const CONNECTIONS_REJECTED_TOTAL: &str = "gpuproxy_connections_rejected_total";
+/// Counter, label `reason` (`idle_timeout`, `header_timeout`, `handshake_timeout`, `max_age`,
+/// `drain`): connections the daemon closed.
+pub const CONNECTIONS_CLOSED_TOTAL: &str = "gpuproxy_connections_closed_total";
 /// Counter, labels `listener` (`https`/`http`): client connections accepted.
 pub const CONNECTIONS_TOTAL: &str = "gpuproxy_connections_total";
 /// Counter: TLS handshakes that failed or timed out.
@@ -73,6 +83,12 @@ pub fn init_series(routes: &[&'static str]) {
         metrics::counter!(REQUESTS_FAILED, "route" => *r).absolute(0);
     }
     metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
+    for r in crate::conn::RejectReason::ALL {
+        metrics::counter!(CONNECTIONS_REJECTED_TOTAL, "reason" => r.as_str()).absolute(0);
+    }
+    for r in crate::conn::CloseReason::ALL {
+        metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => r.as_str()).absolute(0);
+    }
     metrics::counter!(ACCEPT_ERRORS_TOTAL).absolute(0);
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
 }

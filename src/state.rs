@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::conn::ConnStats;
+use crate::conn::ConnTable;
 
 /// Where the daemon is in its life; `/ready` answers 200 only in `Ready`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +26,12 @@ impl Phase {
     }
 }
 
-#[derive(Debug)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub started: Instant,
-    pub conns: Arc<ConnStats>,
+    pub conns: Arc<ConnTable>,
+    /// RLIMIT_NOFILE after raising the soft limit to the hard one (reported in `/stats`).
+    pub fd_limit: u64,
     phase: AtomicU8,
     /// Random per process, so request ids from several daemons behind one balancer do not collide.
     id_prefix: u32,
@@ -38,11 +39,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>) -> Arc<AppState> {
+    pub fn new(config: Arc<Config>, conns: Arc<ConnTable>, fd_limit: u64) -> Arc<AppState> {
         Arc::new(AppState {
             config,
             started: Instant::now(),
-            conns: Arc::new(ConnStats::default()),
+            conns,
+            fd_limit,
             phase: AtomicU8::new(Phase::Starting as u8),
             id_prefix: random_u32(),
             id_seq: AtomicU64::new(0),

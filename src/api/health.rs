@@ -25,24 +25,41 @@ pub fn ready(state: &Arc<AppState>) -> Response<Body> {
     respond::json(status, &json!({"status": phase.as_str()}))
 }
 
-pub fn stats(state: &Arc<AppState>) -> Response<Body> {
+/// `/stats`: uptime, connection and request figures. `with_top_clients` adds the ten client
+/// addresses holding the most connections (operator data: only on the metrics listener until
+/// admin authentication exists).
+pub fn stats_response(state: &Arc<AppState>, with_top_clients: bool) -> Response<Body> {
     let c = state.conns.snapshot();
-    respond::json(
-        StatusCode::OK,
-        &json!({
-            "uptime_seconds": state.started.elapsed().as_secs_f64(),
-            "phase": state.phase().as_str(),
-            "connections": {
-                "open": c.open,
-                "total": c.total,
-                "by_protocol": {"h1": c.open_h1, "h2": c.open_h2},
-            },
-            "requests": {
-                "total": c.requests_total,
-                "by_protocol": {"h1": c.requests_h1, "h2": c.requests_h2},
-            },
-        }),
-    )
+    let mut v = json!({
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "phase": state.phase().as_str(),
+        "fd_limit": state.fd_limit,
+        "connections": {
+            "open": c.open,
+            "max": c.max,
+            "max_per_ip": c.max_per_ip,
+            "total": c.total,
+            "waiting": c.waiting,
+            "by_protocol": c.by_protocol,
+            "by_listener": {"https": c.https, "http": c.http},
+            "per_shard": c.per_shard,
+            "rejected": c.rejected,
+            "closed": c.closed,
+        },
+        "requests": {
+            "total": c.requests_total,
+            "by_protocol": {"h1": c.requests_h1, "h2": c.requests_h2},
+        },
+    });
+    if with_top_clients {
+        v["top_clients"] = state
+            .conns
+            .top_clients(10)
+            .into_iter()
+            .map(|(ip, n)| json!({"client": ip.to_string(), "connections": n}))
+            .collect();
+    }
+    respond::json(StatusCode::OK, &v)
 }
 
 /// `GET /debug/sleep?ms=N`: answers after N milliseconds (0..=60000).

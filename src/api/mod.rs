@@ -102,7 +102,7 @@ async fn dispatch(
     match route {
         Route::Health => Ok(health::health()),
         Route::Ready => Ok(health::ready(state)),
-        Route::Stats => Ok(health::stats(state)),
+        Route::Stats => Ok(health::stats_response(state, false)),
         Route::DebugSleep => health::debug_sleep(req.uri().query()).await,
     }
 }

@@ -67,6 +67,29 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
     resp
 }
 
+/// The same error as a complete HTTP/1.1 response with `Connection: close`, for the one place that
+/// answers without hyper: a plain-HTTP connection refused by a connection cap.
+pub fn raw_http1_error(err: &Error) -> Vec<u8> {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: ErrorDetail {
+            code: err.kind.code(),
+            message: &err.message,
+            request_id: "",
+        },
+    })
+    .expect("error body serializes");
+    let status = err.kind.status();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,17 @@
-//! Listeners, TLS, hyper serving and the drain on shutdown.
+//! Listeners, accepting, the metrics listener and the drain on shutdown.
 //!
 //! [`Daemon::run`] takes listeners that are already bound (tests bind port 0) and a shutdown future.
-//! Each accepted socket becomes one task: TLS handshake (HTTPS listener), protocol choice (ALPN, or
-//! the HTTP/2 preface on the plain listener), then hyper's HTTP/1 or HTTP/2 connection directly
-//! (not the `auto` builder, which costs ~8 KB more per connection; STACK-NOTES.md). On shutdown the
-//! listeners close, every connection is asked to finish gracefully (HTTP/1 closes once idle, HTTP/2
-//! sends GOAWAY), and `run` returns when all are gone or the grace period is over.
+//! Each accepted socket takes a place under the global cap and becomes one task
+//! (`connection.rs`: PROXY header, per-IP admission, TLS, hyper's HTTP/1 or HTTP/2 connection —
+//! chosen directly, not through the `auto` builder, which costs ~8 KB more per connection;
+//! STACK-NOTES.md). On shutdown the listeners close, every connection is asked to finish
+//! gracefully (HTTP/1 closes once idle, HTTP/2 sends GOAWAY), and `run` returns when all are gone
+//! or the grace period is over.
 
+mod connection;
+pub mod proxy;
 pub mod signals;
+pub mod stream;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -17,22 +21,25 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use metrics::counter;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::{counter, gauge};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, Body, ConnCtx, respond};
+use crate::api::{self, Body, respond};
 use crate::config::{Config, ServerConfig};
-use crate::conn::{ConnGuard, ListenerKind, Protocol};
-use crate::metrics::{ACCEPT_ERRORS_TOTAL, TLS_HANDSHAKE_FAILURES_TOTAL};
+use crate::conn::reaper::{self, ReapPolicy};
+use crate::conn::table::TableConfig;
+use crate::conn::{ConnTable, ListenerKind, fdlimit};
+use crate::metrics::{ACCEPT_ERRORS_TOTAL, CONNECTIONS_MAX, FD_LIMIT};
 use crate::state::{AppState, Phase};
+use connection::ConnEnv;
 use tls::CertStore;
 
 /// The sockets a daemon serves; `None` leaves that listener off.
@@ -71,7 +78,8 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Loads what must be valid before any socket is served (the TLS pair).
+    /// Loads what must be valid before any socket is served (the TLS pair), raises the file
+    /// descriptor limit and sizes the connection cap from it.
     pub fn new(config: Config) -> Result<Daemon, String> {
         let prometheus = crate::metrics::install();
         let certs = match config.server.https_listen.0 {
@@ -85,8 +93,45 @@ impl Daemon {
         let tls = certs
             .clone()
             .map(|c| TlsAcceptor::from(tls::server_config(c)));
+
+        let c = &config.connections;
+        let limits =
+            fdlimit::raise_nofile().map_err(|e| format!("cannot read RLIMIT_NOFILE: {e}"))?;
+        let max_total = fdlimit::size_cap(c.max, c.fd_reserve, limits.soft, c.clamp_to_fd_limit)
+            .map_err(|e| e.to_string())?;
+        if c.max > max_total {
+            tracing::warn!(
+                configured = c.max,
+                clamped = max_total,
+                fd_limit = limits.soft,
+                "connections.max clamped to the file-descriptor limit"
+            );
+        }
+        gauge!(FD_LIMIT).set(limits.soft as f64);
+        gauge!(CONNECTIONS_MAX).set(max_total as f64);
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let shards = match c.shards {
+            0 => (workers * 4).next_power_of_two(),
+            n => n,
+        };
+        let table = ConnTable::new(TableConfig {
+            shards,
+            max_total,
+            max_per_ip: c.max_per_ip,
+            v6_prefix: c.ipv6_prefix_len,
+        });
+        tracing::info!(
+            max_connections = max_total,
+            max_per_ip = c.max_per_ip,
+            fd_limit = limits.soft,
+            shards,
+            "connection caps"
+        );
         Ok(Daemon {
-            state: AppState::new(Arc::new(config)),
+            state: AppState::new(Arc::new(config), table, limits.soft),
             certs,
             tls,
             prometheus,
@@ -107,41 +152,57 @@ impl Daemon {
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let state = self.state;
+        let cfg = state.config.clone();
+        let env = Arc::new(ConnEnv {
+            state: state.clone(),
+            tls: self.tls,
+            trusted: cfg.proxy_protocol.trusted(),
+            cancel: cancel.clone(),
+        });
 
         let upkeep = tokio::spawn(crate::metrics::upkeep(self.prometheus.clone()));
-        let metrics_task = listeners
-            .metrics
-            .map(|l| tokio::spawn(serve_metrics(l, self.prometheus.clone(), cancel.clone())));
+        let reaper = tokio::spawn(reaper::run(
+            state.conns.clone(),
+            ReapPolicy {
+                idle_timeout_ms: cfg.connections.idle_timeout_ms,
+                first_request_timeout_ms: cfg.server.header_read_timeout_ms,
+                max_age_ms: cfg.connections.max_age_ms,
+            },
+            Duration::from_millis(cfg.connections.reap_interval_ms),
+        ));
+        let metrics_task = listeners.metrics.map(|l| {
+            tokio::spawn(serve_metrics(
+                l,
+                self.prometheus.clone(),
+                state.clone(),
+                cancel.clone(),
+            ))
+        });
 
         let mut accept_tasks = Vec::new();
-        if let (Some(l), Some(tls)) = (listeners.https, self.tls) {
-            log_listening(&l, "https");
-            accept_tasks.push(tokio::spawn(accept_loop(
-                l,
+        for (l, kind) in [
+            (
+                listeners.https.filter(|_| env.tls.is_some()),
                 ListenerKind::Https,
-                Some(tls),
-                state.clone(),
-                cancel.clone(),
-                tracker.clone(),
-            )));
-        }
-        if let Some(l) = listeners.http {
-            log_listening(&l, "http");
-            accept_tasks.push(tokio::spawn(accept_loop(
-                l,
-                ListenerKind::Http,
-                None,
-                state.clone(),
-                cancel.clone(),
-                tracker.clone(),
-            )));
+            ),
+            (listeners.http, ListenerKind::Http),
+        ] {
+            if let Some(l) = l {
+                log_listening(&l, kind.as_str());
+                accept_tasks.push(tokio::spawn(accept_loop(
+                    l,
+                    kind,
+                    env.clone(),
+                    tracker.clone(),
+                )));
+            }
         }
 
         state.set_phase(Phase::Ready);
         shutdown.await;
 
         state.set_phase(Phase::Draining);
-        let delay = state.config.server.drain_delay();
+        let delay = cfg.server.drain_delay();
         if !delay.is_zero() {
             tracing::info!(
                 delay_ms = delay.as_millis() as u64,
@@ -159,7 +220,7 @@ impl Daemon {
             let _ = t.await;
         }
         tracker.close();
-        let grace = state.config.server.shutdown_grace();
+        let grace = cfg.server.shutdown_grace();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(
                 open_connections = state.conns.open(),
@@ -169,6 +230,7 @@ impl Daemon {
         } else {
             tracing::info!("all connections drained");
         }
+        reaper.abort();
         if let Some(t) = metrics_task {
             t.abort();
         }
@@ -185,30 +247,34 @@ fn log_listening(l: &TcpListener, what: &str) {
 async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
-    tls: Option<TlsAcceptor>,
-    state: Arc<AppState>,
-    cancel: CancellationToken,
+    env: Arc<ConnEnv>,
     tracker: TaskTracker,
 ) {
     let mut backoff = Duration::from_millis(5);
+    let table = env.state.conns.clone();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = cancel.cancelled() => break,
+            _ = env.cancel.cancelled() => break,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let guard = state.conns.register(kind);
-                tracker.spawn(serve_conn(
-                    state.clone(),
-                    tls.clone(),
-                    stream,
-                    peer,
-                    kind,
-                    guard,
-                    cancel.clone(),
-                ));
+                match table.reserve(kind) {
+                    Ok(reservation) => {
+                        tracker.spawn(connection::serve(
+                            env.clone(),
+                            stream,
+                            peer,
+                            kind,
+                            reservation,
+                        ));
+                    }
+                    Err(reason) if kind == ListenerKind::Http => {
+                        tracker.spawn(connection::refuse_plain(stream, reason));
+                    }
+                    Err(_) => drop(stream),
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE and friends: accepting again at once would spin, so wait a little
@@ -217,7 +283,7 @@ async fn accept_loop(
                 tracing::warn!(listener = kind.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = cancel.cancelled() => break,
+                    _ = env.cancel.cancelled() => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -226,142 +292,13 @@ async fn accept_loop(
     // The listener drops here: new connections are refused from now on.
 }
 
-async fn serve_conn(
+/// The metrics listener: Prometheus text on `GET /metrics`, nothing else.
+async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
     state: Arc<AppState>,
-    tls: Option<TlsAcceptor>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    listener: ListenerKind,
-    mut guard: ConnGuard,
     cancel: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let cfg = &state.config.server;
-    match tls {
-        Some(acceptor) => {
-            let hs = tokio::time::timeout(cfg.tls_handshake_timeout(), acceptor.accept(stream));
-            let tls_stream = tokio::select! {
-                r = hs => r,
-                _ = cancel.cancelled() => return,
-            };
-            let tls_stream = match tls_stream {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
-                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
-                    tracing::debug!(client = %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let proto = match tls_stream.get_ref().1.alpn_protocol() {
-                Some(p) if p == tls::ALPN_H2 => Protocol::Http2,
-                _ => Protocol::Http1,
-            };
-            guard.set_protocol(proto);
-            let ctx = ConnCtx {
-                peer,
-                listener,
-                proto,
-            };
-            serve_http(state, TokioIo::new(tls_stream), ctx, cancel).await;
-        }
-        None => {
-            let sniff = tokio::time::timeout(cfg.header_read_timeout(), is_h2_preface(&stream));
-            let proto = tokio::select! {
-                r = sniff => match r {
-                    Ok(Ok(true)) => Protocol::Http2,
-                    Ok(Ok(false)) => Protocol::Http1,
-                    _ => return,
-                },
-                _ = cancel.cancelled() => return,
-            };
-            guard.set_protocol(proto);
-            let ctx = ConnCtx {
-                peer,
-                listener,
-                proto,
-            };
-            serve_http(state, TokioIo::new(stream), ctx, cancel).await;
-        }
-    }
-    drop(guard);
-}
-
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether a plain connection starts with the HTTP/2 prior-knowledge preface (h2c, e.g. HAProxy
-/// `proto h2`); looks without consuming.
-async fn is_h2_preface(stream: &TcpStream) -> io::Result<bool> {
-    let mut buf = [0u8; 24];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
-        }
-        // A partial preface: more bytes are on their way; peek would return at once, so wait.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Polls a hyper connection (HTTP/1 or HTTP/2; their `graceful_shutdown` methods share no trait)
-/// until it ends, starting a graceful shutdown when the daemon drains.
-macro_rules! drive {
-    ($conn:expr, $cancel:expr, $peer:expr) => {{
-        let mut conn = std::pin::pin!($conn);
-        let res = tokio::select! {
-            r = conn.as_mut() => r,
-            _ = $cancel.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        if let Err(e) = res {
-            tracing::debug!(client = %$peer, error = %e, "connection ended with an error");
-        }
-    }};
-}
-
-async fn serve_http<I>(state: Arc<AppState>, io: I, ctx: ConnCtx, cancel: CancellationToken)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let cfg = &state.config.server;
-    let header_timeout = cfg.header_read_timeout();
-    let streams = cfg.h2_max_concurrent_streams;
-    let st = state.clone();
-    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-        let st = st.clone();
-        async move { Ok::<_, Infallible>(api::handle(st, ctx, req).await) }
-    });
-    match ctx.proto {
-        Protocol::Http1 => {
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true)
-                .serve_connection(io, svc);
-            drive!(conn, cancel, ctx.peer);
-        }
-        Protocol::Http2 => {
-            let conn = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(streams)
-                .keep_alive_interval(Some(Duration::from_secs(30)))
-                .serve_connection(io, svc);
-            drive!(conn, cancel, ctx.peer);
-        }
-    }
-}
-
-/// The metrics listener: Prometheus text on `GET /metrics`, nothing else.
-async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, cancel: CancellationToken) {
     log_listening(&listener, "metrics");
     loop {
         let (stream, _) = tokio::select! {
@@ -372,10 +309,12 @@ async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, cancel: 
             _ = cancel.cancelled() => return,
         };
         let handle = handle.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let handle = handle.clone();
-                async move { Ok::<_, Infallible>(metrics_response(&req, &handle)) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(metrics_response(&req, &handle, &state)) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -386,10 +325,16 @@ async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, cancel: 
     }
 }
 
+/// `GET /metrics`, and `GET /stats` with the top client addresses (operator-only data, so it is
+/// served here rather than on the API listeners).
 fn metrics_response(
     req: &Request<hyper::body::Incoming>,
     handle: &PrometheusHandle,
+    state: &Arc<AppState>,
 ) -> Response<Body> {
+    if req.uri().path() == "/stats" {
+        return api::health::stats_response(state, true);
+    }
     if req.uri().path() != "/metrics" {
         let e = crate::error::Error::not_found(req.uri().path());
         return respond::error_response(&e, "metrics");

@@ -1,0 +1,394 @@
+//! One client connection, from accept to close:
+//!
+//! 1. PROXY header, on listeners that enable it (trusted peers must send one, others must not);
+//! 2. registration in the connection table under the client address (per-IP cap);
+//! 3. TLS handshake with a timeout (HTTPS listener); protocol from ALPN, or the h2c preface;
+//! 4. serving. HTTP/1 connections alternate between *waiting* — only the socket held, until it is
+//!    readable — and *active* — hyper serving — and go back to waiting (giving hyper's buffers
+//!    back) after `connections.park_after_ms` without traffic. HTTP/2 connections stay in hyper.
+//!
+//! The reaper or the drain ask a connection to close through its `ConnShared::close`; a waiting
+//! connection closes at once, an active one gracefully (HTTP/1 `Connection: close` after the
+//! current response, HTTP/2 GOAWAY).
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use metrics::counter;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::proxy::{self, HeaderError};
+use super::stream::{ClientIo, Prefixed, Tracked};
+use crate::api::{self, Body, ConnCtx};
+use crate::conn::ip::Cidr;
+use crate::conn::table::Reservation;
+use crate::conn::{CloseReason, ConnShared, ListenerKind, Phase, Protocol, RejectReason};
+use crate::error::Error;
+use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
+use crate::state::AppState;
+
+/// What every connection task of one daemon shares.
+pub struct ConnEnv {
+    pub state: Arc<AppState>,
+    pub tls: Option<TlsAcceptor>,
+    pub trusted: Vec<Cidr>,
+    pub cancel: CancellationToken,
+}
+
+pub async fn serve(
+    env: Arc<ConnEnv>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener: ListenerKind,
+    reservation: Reservation,
+) {
+    let _ = stream.set_nodelay(true);
+    let state = &env.state;
+    let cfg = &state.config;
+
+    // 1. PROXY protocol
+    let (client, prefix) = if cfg.proxy_protocol.enabled_for(listener) {
+        let trusted = env.trusted.iter().any(|c| c.contains(peer.ip()));
+        let timeout = Duration::from_millis(cfg.proxy_protocol.header_timeout_ms);
+        let read = tokio::time::timeout(timeout, proxy::read_header(&mut stream, peer, trusted));
+        let res = tokio::select! {
+            r = read => r,
+            _ = env.cancel.cancelled() => return,
+        };
+        match res {
+            Ok(Ok(x)) => x,
+            Ok(Err(HeaderError::Untrusted)) => {
+                state.conns.count_reject(RejectReason::ProxyUntrusted);
+                tracing::debug!(%peer, "PROXY header from an untrusted peer; closed");
+                return;
+            }
+            Ok(Err(HeaderError::Invalid(why))) => {
+                state.conns.count_reject(RejectReason::ProxyInvalid);
+                tracing::debug!(%peer, reason = why, "bad PROXY header; closed");
+                return;
+            }
+            Ok(Err(HeaderError::Io(_))) => return,
+            Err(_) => {
+                let r = if trusted {
+                    RejectReason::ProxyInvalid
+                } else {
+                    RejectReason::ProxyUntrusted
+                };
+                state.conns.count_reject(r);
+                return;
+            }
+        }
+    } else {
+        (peer, bytes::Bytes::new())
+    };
+
+    // 2. per-IP admission under the real client address
+    let tls = env.tls.clone().filter(|_| listener == ListenerKind::Https);
+    let handle = match reservation.register(client, listener, tls.is_some()) {
+        Ok(h) => h,
+        Err(reason) => {
+            if tls.is_none() {
+                refuse_plain(stream, reason).await;
+            }
+            return;
+        }
+    };
+    let shared = handle.shared.clone();
+    let sock = Prefixed::new(stream, prefix);
+
+    // 3. TLS and protocol
+    let (io, proto) = match tls {
+        Some(acceptor) => {
+            let hs =
+                tokio::time::timeout(cfg.server.tls_handshake_timeout(), acceptor.accept(sock));
+            let res = tokio::select! {
+                r = hs => r,
+                _ = env.cancel.cancelled() => return,
+                _ = shared.close.notified() => return,
+            };
+            let tls_stream = match res {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+                    tracing::debug!(%client, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    counter!(TLS_HANDSHAKE_FAILURES_TOTAL).increment(1);
+                    state.conns.count_close(CloseReason::HandshakeTimeout);
+                    return;
+                }
+            };
+            let proto = match tls_stream.get_ref().1.alpn_protocol() {
+                Some(p) if p == super::tls::ALPN_H2 => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            (ClientIo::Tls(Box::new(tls_stream)), proto)
+        }
+        None => {
+            let mut sock = sock;
+            let sniff =
+                tokio::time::timeout(cfg.server.header_read_timeout(), is_h2_preface(&mut sock));
+            let proto = tokio::select! {
+                r = sniff => match r {
+                    Ok(Ok(true)) => Protocol::Http2,
+                    Ok(Ok(false)) => Protocol::Http1,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        state.conns.count_close(CloseReason::HeaderTimeout);
+                        return;
+                    }
+                },
+                _ = env.cancel.cancelled() => return,
+                _ = shared.close.notified() => return,
+            };
+            (ClientIo::Plain(sock), proto)
+        }
+    };
+    shared.set_protocol(proto);
+    shared.set_phase(Phase::Waiting);
+    shared.touch();
+    let ctx = ConnCtx {
+        peer: client,
+        listener,
+        proto,
+    };
+    let io = Prefixed::new(io, bytes::Bytes::new());
+    match proto {
+        Protocol::Http1 => serve_h1(&env, io, ctx, &shared).await,
+        Protocol::Http2 => serve_h2(&env, io, ctx, &shared).await,
+    }
+    drop(handle);
+}
+
+/// The per-request service: counts the request on its connection and runs the API.
+#[derive(Clone)]
+struct ApiService {
+    state: Arc<AppState>,
+    ctx: ConnCtx,
+    shared: Arc<ConnShared>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ApiService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    /// Boxed so the future is `Unpin`, which `poll_without_shutdown` needs.
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let (state, ctx, shared) = (self.state.clone(), self.ctx, self.shared.clone());
+        Box::pin(async move {
+            shared.request_started();
+            let _done = InFlight(&shared);
+            Ok(api::handle(state, ctx, req).await)
+        })
+    }
+}
+
+/// Marks the request finished even when the client goes away mid-request.
+struct InFlight<'a>(&'a ConnShared);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+enum Wake {
+    Readable,
+    Close(CloseReason),
+    Gone,
+}
+
+/// Waits, holding only the socket, until the client sends something or the connection must close.
+async fn wait_readable(env: &ConnEnv, io: &Prefixed<ClientIo>, shared: &ConnShared) -> Wake {
+    if io.has_prefix() {
+        return Wake::Readable;
+    }
+    shared.set_phase(Phase::Waiting);
+    tokio::select! {
+        biased;
+        _ = env.cancel.cancelled() => Wake::Close(CloseReason::Drain),
+        _ = shared.close.notified() => Wake::Close(shared.close_reason().unwrap_or(CloseReason::Drain)),
+        r = poll_fn(|cx| io.inner.poll_read_ready(cx)) => match r {
+            Ok(()) => Wake::Readable,
+            Err(_) => Wake::Gone,
+        },
+    }
+}
+
+async fn serve_h1(
+    env: &ConnEnv,
+    mut io: Prefixed<ClientIo>,
+    ctx: ConnCtx,
+    shared: &Arc<ConnShared>,
+) {
+    let state = &env.state;
+    let cfg = &state.config;
+    let park_after = cfg.connections.park_after_ms;
+    loop {
+        match wait_readable(env, &io, shared).await {
+            Wake::Readable => {}
+            Wake::Close(reason) => {
+                state.conns.count_close(reason);
+                return;
+            }
+            Wake::Gone => return,
+        }
+        shared.set_phase(Phase::Active);
+        let svc = ApiService {
+            state: state.clone(),
+            ctx,
+            shared: shared.clone(),
+        };
+        let tracked = Tracked {
+            io,
+            shared: shared.clone(),
+        };
+        // Boxed: while the connection waits, its task should not carry hyper's state inline.
+        let mut conn = Box::new(
+            http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(cfg.server.header_read_timeout())
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tracked), svc),
+        );
+        let mut parking = false;
+        let mut closing: Option<CloseReason> = None;
+        let result = loop {
+            let park_timer = async {
+                if park_after == 0 || parking || closing.is_some() {
+                    std::future::pending::<()>().await
+                }
+                let idle = shared.idle_ms();
+                tokio::time::sleep(Duration::from_millis(
+                    park_after.saturating_sub(idle).max(1),
+                ))
+                .await;
+            };
+            tokio::select! {
+                r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                _ = park_timer => {
+                    if shared.inflight() == 0 && shared.idle_ms() >= park_after {
+                        parking = true;
+                        Pin::new(conn.as_mut()).graceful_shutdown();
+                    }
+                }
+                _ = env.cancel.cancelled(), if closing.is_none() => {
+                    closing = Some(CloseReason::Drain);
+                    Pin::new(conn.as_mut()).graceful_shutdown();
+                }
+                _ = shared.close.notified(), if closing.is_none() => {
+                    closing = Some(shared.close_reason().unwrap_or(CloseReason::Drain));
+                    Pin::new(conn.as_mut()).graceful_shutdown();
+                }
+            }
+        };
+        match result {
+            Err(e) => {
+                if e.is_timeout() {
+                    state.conns.count_close(CloseReason::HeaderTimeout);
+                }
+                tracing::debug!(client = %ctx.peer, error = %e, "HTTP/1 connection error");
+                return;
+            }
+            Ok(()) => {
+                if let Some(reason) = closing {
+                    state.conns.count_close(reason);
+                    return;
+                }
+                if !parking {
+                    return; // the client closed, or asked for `Connection: close`
+                }
+                let parts = conn.into_parts();
+                io = parts.io.into_inner().io;
+                if !parts.read_buf.is_empty() {
+                    io.unread(parts.read_buf);
+                }
+            }
+        }
+    }
+}
+
+async fn serve_h2(env: &ConnEnv, io: Prefixed<ClientIo>, ctx: ConnCtx, shared: &Arc<ConnShared>) {
+    let state = &env.state;
+    let cfg = &state.config;
+    shared.set_phase(Phase::Active);
+    let svc = ApiService {
+        state: state.clone(),
+        ctx,
+        shared: shared.clone(),
+    };
+    let tracked = Tracked {
+        io,
+        shared: shared.clone(),
+    };
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.server.h2_max_concurrent_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .serve_connection(TokioIo::new(tracked), svc);
+    let mut conn = std::pin::pin!(conn);
+    let (res, reason) = tokio::select! {
+        r = conn.as_mut() => (r, None),
+        _ = env.cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            (conn.await, Some(CloseReason::Drain))
+        }
+        _ = shared.close.notified() => {
+            conn.as_mut().graceful_shutdown();
+            (conn.await, Some(shared.close_reason().unwrap_or(CloseReason::Drain)))
+        }
+    };
+    if let Some(r) = reason {
+        state.conns.count_close(r);
+    }
+    if let Err(e) = res {
+        tracing::debug!(client = %ctx.peer, error = %e, "HTTP/2 connection error");
+    }
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection starts with the HTTP/2 prior-knowledge preface (h2c, e.g. HAProxy
+/// `proto h2`). Reads only as far as needed and puts what it read back in front.
+async fn is_h2_preface(sock: &mut Prefixed<TcpStream>) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let mut byte = [0u8; 24];
+    while buf.len() < H2_PREFACE.len() {
+        let want = H2_PREFACE.len() - buf.len();
+        let n = sock.read(&mut byte[..want]).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&byte[..n]);
+        if buf[..] != H2_PREFACE[..buf.len()] {
+            break;
+        }
+    }
+    let is_h2 = buf[..] == H2_PREFACE[..];
+    sock.unread(bytes::Bytes::from(buf));
+    Ok(is_h2)
+}
+
+/// Over a cap on the plain listener: a minimal 503 with `Connection: close`, then close.
+pub async fn refuse_plain(stream: TcpStream, reason: RejectReason) {
+    let err = Error::over_capacity(reason.as_str());
+    let bytes = api::respond::raw_http1_error(&err);
+    // best effort, without waiting: the point is to shed load
+    let _ = stream.try_write(&bytes);
+    let mut sink = [0u8; 2048];
+    let _ = stream.try_read(&mut sink); // unread request bytes would turn our FIN into a RST
+    drop(stream);
+}
