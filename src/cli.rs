@@ -55,6 +55,10 @@ pub struct ConfigArgs {
     /// Log format (log.format).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Start even when connections.max does not fit RLIMIT_NOFILE, lowering the cap to what fits
+    /// (connections.clamp_to_fd_limit).
+    #[arg(long)]
+    pub clamp_to_fd_limit: bool,
     /// Set any key: --set server.shutdown_grace_ms=5000 (repeatable, applied last).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -71,6 +75,8 @@ impl ConfigArgs {
             quoted("server.http_listen", &self.http_listen),
             quoted("server.metrics_listen", &self.metrics_listen),
             self.workers.map(|w| format!("server.workers={w}")),
+            self.clamp_to_fd_limit
+                .then(|| "connections.clamp_to_fd_limit=true".to_string()),
             self.log_format.map(|f| {
                 format!(
                     "log.format=\"{}\"",
@@ -150,7 +156,7 @@ async fn serve(config: Config) -> i32 {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            eprintln!("invalid configuration: server.tls_cert/server.tls_key: {e}");
+            eprintln!("cannot start: {e}");
             return EXIT_BAD_CONFIG;
         }
     };

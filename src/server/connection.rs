@@ -165,7 +165,9 @@ pub async fn serve(
     };
     let io = Prefixed::new(io, bytes::Bytes::new());
     match proto {
-        Protocol::Http1 => serve_h1(&env, io, ctx, &shared).await,
+        // After a TLS handshake the first request may already sit decrypted in rustls (it can
+        // arrive with the client's Finished), invisible to a socket-readiness wait: start hyper.
+        Protocol::Http1 => serve_h1(&env, io, ctx, &shared, listener == ListenerKind::Https).await,
         Protocol::Http2 => serve_h2(&env, io, ctx, &shared).await,
     }
     drop(handle);
@@ -232,12 +234,18 @@ async fn serve_h1(
     mut io: Prefixed<ClientIo>,
     ctx: ConnCtx,
     shared: &Arc<ConnShared>,
+    mut start_active: bool,
 ) {
     let state = &env.state;
     let cfg = &state.config;
     let park_after = cfg.connections.park_after_ms;
     loop {
-        match wait_readable(env, &io, shared).await {
+        let wake = if std::mem::take(&mut start_active) {
+            Wake::Readable
+        } else {
+            wait_readable(env, &io, shared).await
+        };
+        match wake {
             Wake::Readable => {}
             Wake::Close(reason) => {
                 state.conns.count_close(reason);

@@ -83,10 +83,11 @@ impl Daemon {
     pub fn new(config: Config) -> Result<Daemon, String> {
         let prometheus = crate::metrics::install();
         let certs = match config.server.https_listen.0 {
-            Some(_) => Some(CertStore::load(
-                &config.server.tls_cert,
-                &config.server.tls_key,
-            )?),
+            Some(_) => Some(
+                CertStore::load(&config.server.tls_cert, &config.server.tls_key).map_err(|e| {
+                    format!("invalid configuration: server.tls_cert/server.tls_key: {e}")
+                })?,
+            ),
             None => None,
         };
         crate::metrics::init_series(&api::router::Route::ALL.map(api::router::Route::label));
