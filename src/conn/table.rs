@@ -139,6 +139,12 @@ pub struct ConnShared {
     /// Milliseconds since the table's epoch.
     pub accepted_ms: u64,
     last_activity_ms: AtomicU64,
+    /// When bytes last arrived, and when a response last finished: a connection is parked only
+    /// if nothing arrived after its last response (no request head half-read by hyper).
+    last_read_ms: AtomicU64,
+    last_done_ms: AtomicU64,
+    /// The client asked for `Connection: close` (or spoke HTTP/1.0): do not park, close.
+    wants_close: std::sync::atomic::AtomicBool,
     requests: AtomicU64,
     inflight: AtomicU32,
     phase: AtomicU8,
@@ -156,6 +162,23 @@ impl ConnShared {
     }
     pub fn touch(&self) {
         self.last_activity_ms.store(self.now_ms(), Relaxed);
+    }
+    /// Bytes arrived from the client.
+    pub fn touch_read(&self) {
+        let now = self.now_ms();
+        self.last_activity_ms.store(now, Relaxed);
+        self.last_read_ms.store(now, Relaxed);
+    }
+    /// Nothing has arrived since the last response finished (and at least one did).
+    pub fn quiet_since_response(&self) -> bool {
+        let done = self.last_done_ms.load(Relaxed);
+        done > 0 && self.last_read_ms.load(Relaxed) <= done
+    }
+    pub fn set_wants_close(&self) {
+        self.wants_close.store(true, Relaxed);
+    }
+    pub fn wants_close(&self) -> bool {
+        self.wants_close.load(Relaxed)
     }
     pub fn idle_ms(&self) -> u64 {
         self.now_ms()
@@ -194,7 +217,9 @@ impl ConnShared {
     }
     pub fn request_finished(&self) {
         self.inflight.fetch_sub(1, Relaxed);
-        self.touch();
+        let now = self.now_ms().max(1);
+        self.last_activity_ms.store(now, Relaxed);
+        self.last_done_ms.store(now, Relaxed);
     }
     /// Asks the connection's task to close (gracefully where a request is in flight). The first
     /// reason given wins. Returns whether this call set it.
@@ -446,6 +471,9 @@ impl Reservation {
                 tls,
                 accepted_ms: now,
                 last_activity_ms: AtomicU64::new(now),
+                last_read_ms: AtomicU64::new(0),
+                last_done_ms: AtomicU64::new(0),
+                wants_close: std::sync::atomic::AtomicBool::new(false),
                 requests: AtomicU64::new(0),
                 inflight: AtomicU32::new(0),
                 phase: AtomicU8::new(if tls {

@@ -189,11 +189,28 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let (state, ctx, shared) = (self.state.clone(), self.ctx, self.shared.clone());
+        if client_wants_close(&req) {
+            shared.set_wants_close();
+        }
         Box::pin(async move {
             shared.request_started();
             let _done = InFlight(&shared);
             Ok(api::handle(state, ctx, req).await)
         })
+    }
+}
+
+/// `Connection: close`, or HTTP/1.0 without `keep-alive`.
+fn client_wants_close(req: &Request<Incoming>) -> bool {
+    let conn = req
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    match req.version() {
+        hyper::Version::HTTP_10 => !conn.is_some_and(|c| c.contains("keep-alive")),
+        hyper::Version::HTTP_11 => conn.is_some_and(|c| c.contains("close")),
+        _ => false,
     }
 }
 
@@ -287,7 +304,10 @@ async fn serve_h1(
             tokio::select! {
                 r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
                 _ = park_timer => {
-                    if shared.inflight() == 0 && shared.idle_ms() >= park_after {
+                    if shared.inflight() == 0
+                        && shared.quiet_since_response()
+                        && shared.idle_ms() >= park_after
+                    {
                         parking = true;
                         Pin::new(conn.as_mut()).graceful_shutdown();
                     }
@@ -315,7 +335,7 @@ async fn serve_h1(
                     state.conns.count_close(reason);
                     return;
                 }
-                if !parking {
+                if !parking || shared.wants_close() {
                     return; // the client closed, or asked for `Connection: close`
                 }
                 let parts = conn.into_parts();

@@ -185,7 +185,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.shared.touch();
+            this.shared.touch_read();
         }
         r
     }

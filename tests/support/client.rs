@@ -113,6 +113,16 @@ impl Conn {
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> std::io::Result<Conn> {
         let tcp = TcpStream::connect(addr).await?;
+        Self::tls_over(tcp, alpn, versions).await
+    }
+
+    /// TLS over a socket the caller opened (e.g. from another source address, or after writing
+    /// a PROXY header).
+    pub async fn tls_over(
+        tcp: TcpStream,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> std::io::Result<Conn> {
         let connector = tokio_rustls::TlsConnector::from(tls_config(alpn, versions));
         let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -135,6 +145,10 @@ impl Conn {
     /// Plain HTTP/1.1 (or h2 with prior knowledge when `h2`).
     pub async fn plain(addr: SocketAddr, h2: bool) -> std::io::Result<Conn> {
         let tcp = TcpStream::connect(addr).await?;
+        Self::plain_over(tcp, h2).await
+    }
+
+    pub async fn plain_over(tcp: TcpStream, h2: bool) -> std::io::Result<Conn> {
         Self::handshake(TokioIo::new(tcp), h2, None, Vec::new()).await
     }
 
@@ -217,4 +231,12 @@ pub async fn get(addr: SocketAddr, path: &str) -> Resp {
         .await
         .expect("connect");
     c.get(path).await.expect("request")
+}
+
+/// A TCP connection from a chosen loopback source address (127.0.0.x), so tests can act as
+/// several clients.
+pub async fn connect_from(src: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src.parse().unwrap(), 0))?;
+    sock.connect(addr).await
 }

@@ -84,16 +84,18 @@ impl DaemonProc {
         d
     }
 
-    /// Polls `/ready` until it answers 200.
+    /// Polls the metrics listener's `/stats` until the daemon says it is ready (the API
+    /// listeners may require a PROXY header, so they are not used for this).
     async fn wait_ready(&mut self) {
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {
                 panic!("gpuproxyd exited during start-up: {s}\n{}", self.log());
             }
-            if let Ok(mut c) = super::client::Conn::tls(self.https, &[b"http/1.1"]).await
-                && let Ok(r) = c.get("/ready").await
+            if let Ok(mut c) = super::client::Conn::plain(self.metrics, false).await
+                && let Ok(r) = c.get("/stats").await
                 && r.status == 200
+                && r.json()["phase"] == "ready"
             {
                 return;
             }
