@@ -684,6 +684,52 @@ mod tests {
         assert_eq!(e.key, "secrets");
     }
 
+    fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let Some(t) = v.as_table() {
+            for (k, v) in t {
+                let path = format!("{prefix}{k}");
+                if v.is_table() {
+                    keys(v, &format!("{path}."), out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shipped_example_names_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gpuproxyd.toml");
+        let file: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        keys(&defaults, "", &mut want);
+        keys(&file, "", &mut have);
+        want.sort();
+        have.sort();
+        assert_eq!(want, have, "config/gpuproxyd.toml must list every key");
+        // and it is valid (certificate files aside, which the demo creates)
+        let dir = std::env::temp_dir().join(format!("gpuproxyd-example-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["server.crt", "server.key"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        let mut src = sources(None, &[], &[]);
+        src.file = Some(path);
+        src.overrides = vec![
+            format!(
+                "server.tls_cert={:?}",
+                dir.join("server.crt").display().to_string()
+            ),
+            format!(
+                "server.tls_key={:?}",
+                dir.join("server.key").display().to_string()
+            ),
+        ];
+        load(&src).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn rendered_config_loads_back() {
         let c = load(&sources(Some(PLAIN), &[], &[])).unwrap();

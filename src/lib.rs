@@ -10,6 +10,7 @@
 //! - [`metrics`]: metric names and the Prometheus exporter.
 //! - [`cli`]: the command line (`serve`, `check-config`), used by the thin `main.rs`.
 
+pub mod alloc;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -60,7 +60,10 @@ pub async fn serve(
     let (client, prefix) = if cfg.proxy_protocol.enabled_for(listener) {
         let trusted = env.trusted.iter().any(|c| c.contains(peer.ip()));
         let timeout = Duration::from_millis(cfg.proxy_protocol.header_timeout_ms);
-        let read = tokio::time::timeout(timeout, proxy::read_header(&mut stream, peer, trusted));
+        let read = Box::pin(tokio::time::timeout(
+            timeout,
+            proxy::read_header(&mut stream, peer, trusted),
+        ));
         let res = tokio::select! {
             r = read => r,
             _ = env.cancel.cancelled() => return,
@@ -109,8 +112,12 @@ pub async fn serve(
     // 3. TLS and protocol
     let (io, proto) = match tls {
         Some(acceptor) => {
-            let hs =
-                tokio::time::timeout(cfg.server.tls_handshake_timeout(), acceptor.accept(sock));
+            // Boxed, like the serving futures below: the task's own state stays small for the
+            // whole life of the connection instead of being sized for its largest step.
+            let hs = Box::pin(tokio::time::timeout(
+                cfg.server.tls_handshake_timeout(),
+                acceptor.accept(sock),
+            ));
             let res = tokio::select! {
                 r = hs => r,
                 _ = env.cancel.cancelled() => return,
@@ -167,8 +174,11 @@ pub async fn serve(
     match proto {
         // After a TLS handshake the first request may already sit decrypted in rustls (it can
         // arrive with the client's Finished), invisible to a socket-readiness wait: start hyper.
-        Protocol::Http1 => serve_h1(&env, io, ctx, &shared, listener == ListenerKind::Https).await,
-        Protocol::Http2 => serve_h2(&env, io, ctx, &shared).await,
+        Protocol::Http1 => {
+            let tls = listener == ListenerKind::Https;
+            Box::pin(serve_h1(&env, io, ctx, &shared, tls)).await
+        }
+        Protocol::Http2 => Box::pin(serve_h2(&env, io, ctx, &shared)).await,
     }
     drop(handle);
 }
@@ -343,6 +353,8 @@ async fn serve_h1(
                 if !parts.read_buf.is_empty() {
                     io.unread(parts.read_buf);
                 }
+                drop(parts.service);
+                crate::alloc::after_park();
             }
         }
     }
