@@ -21,7 +21,7 @@ pub fn after_park() {
         if last.get().is_none_or(|t| now.duration_since(t) >= INTERVAL) {
             last.set(Some(now));
             // SAFETY: mi_collect only walks and purges the calling thread's own heap.
-            unsafe { libmimalloc_sys::mi_collect(false) };
+            unsafe { libmimalloc_sys::mi_collect(true) };
         }
     });
 }

@@ -32,7 +32,9 @@ use super::stream::{ClientIo, Prefixed, Tracked};
 use crate::api::{self, Body, ConnCtx};
 use crate::conn::ip::Cidr;
 use crate::conn::table::Reservation;
-use crate::conn::{CloseReason, ConnShared, ListenerKind, Phase, Protocol, RejectReason};
+use crate::conn::{
+    CloseReason, ConnHandle, ConnShared, ListenerKind, Phase, Protocol, RejectReason,
+};
 use crate::error::Error;
 use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
 use crate::state::AppState;
@@ -43,6 +45,9 @@ pub struct ConnEnv {
     pub tls: Option<TlsAcceptor>,
     pub trusted: Vec<Cidr>,
     pub cancel: CancellationToken,
+    /// Serving runs as a task of its own, spawned here when set-up is done, so the long-lived
+    /// task of an idle connection carries none of the set-up steps' state.
+    pub tracker: tokio_util::task::TaskTracker,
 }
 
 pub async fn serve(
@@ -171,16 +176,19 @@ pub async fn serve(
         proto,
     };
     let io = Prefixed::new(io, bytes::Bytes::new());
+    drop(shared);
     match proto {
         // After a TLS handshake the first request may already sit decrypted in rustls (it can
         // arrive with the client's Finished), invisible to a socket-readiness wait: start hyper.
         Protocol::Http1 => {
             let tls = listener == ListenerKind::Https;
-            Box::pin(serve_h1(&env, io, ctx, &shared, tls)).await
+            env.tracker
+                .spawn(serve_h1(env.clone(), io, ctx, handle, tls));
         }
-        Protocol::Http2 => Box::pin(serve_h2(&env, io, ctx, &shared)).await,
+        Protocol::Http2 => {
+            env.tracker.spawn(serve_h2(env.clone(), io, ctx, handle));
+        }
     }
-    drop(handle);
 }
 
 /// The per-request service: counts the request on its connection and runs the API.
@@ -257,12 +265,14 @@ async fn wait_readable(env: &ConnEnv, io: &Prefixed<ClientIo>, shared: &ConnShar
 }
 
 async fn serve_h1(
-    env: &ConnEnv,
+    env: Arc<ConnEnv>,
     mut io: Prefixed<ClientIo>,
     ctx: ConnCtx,
-    shared: &Arc<ConnShared>,
+    handle: ConnHandle,
     mut start_active: bool,
 ) {
+    let env = &*env;
+    let shared = &handle.shared;
     let state = &env.state;
     let cfg = &state.config;
     let park_after = cfg.connections.park_after_ms;
@@ -360,7 +370,9 @@ async fn serve_h1(
     }
 }
 
-async fn serve_h2(env: &ConnEnv, io: Prefixed<ClientIo>, ctx: ConnCtx, shared: &Arc<ConnShared>) {
+async fn serve_h2(env: Arc<ConnEnv>, io: Prefixed<ClientIo>, ctx: ConnCtx, handle: ConnHandle) {
+    let env = &*env;
+    let shared = &handle.shared;
     let state = &env.state;
     let cfg = &state.config;
     shared.set_phase(Phase::Active);

@@ -159,6 +159,7 @@ impl Daemon {
             tls: self.tls,
             trusted: cfg.proxy_protocol.trusted(),
             cancel: cancel.clone(),
+            tracker: tracker.clone(),
         });
 
         let upkeep = tokio::spawn(crate::metrics::upkeep(self.prometheus.clone()));
