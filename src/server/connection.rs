@@ -271,16 +271,13 @@ async fn serve_h1(
     handle: ConnHandle,
     mut start_active: bool,
 ) {
-    let env = &*env;
     let shared = &handle.shared;
     let state = &env.state;
-    let cfg = &state.config;
-    let park_after = cfg.connections.park_after_ms;
     loop {
         let wake = if std::mem::take(&mut start_active) {
             Wake::Readable
         } else {
-            wait_readable(env, &io, shared).await
+            wait_readable(&env, &io, shared).await
         };
         match wake {
             Wake::Readable => {}
@@ -290,82 +287,100 @@ async fn serve_h1(
             }
             Wake::Gone => return,
         }
-        shared.set_phase(Phase::Active);
-        let svc = ApiService {
-            state: state.clone(),
-            ctx,
-            shared: shared.clone(),
-        };
-        let tracked = Tracked {
-            io,
-            shared: shared.clone(),
-        };
-        // Boxed: while the connection waits, its task should not carry hyper's state inline.
-        let mut conn = Box::new(
-            http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(cfg.server.header_read_timeout())
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tracked), svc),
-        );
-        let mut parking = false;
-        let mut closing: Option<CloseReason> = None;
-        let result = loop {
-            let park_timer = async {
-                if park_after == 0 || parking || closing.is_some() {
-                    std::future::pending::<()>().await
-                }
-                let idle = shared.idle_ms();
-                tokio::time::sleep(Duration::from_millis(
-                    park_after.saturating_sub(idle).max(1),
-                ))
-                .await;
-            };
-            tokio::select! {
-                r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
-                _ = park_timer => {
-                    if shared.inflight() == 0
-                        && shared.quiet_since_response()
-                        && shared.idle_ms() >= park_after
-                    {
-                        parking = true;
-                        Pin::new(conn.as_mut()).graceful_shutdown();
-                    }
-                }
-                _ = env.cancel.cancelled(), if closing.is_none() => {
-                    closing = Some(CloseReason::Drain);
-                    Pin::new(conn.as_mut()).graceful_shutdown();
-                }
-                _ = shared.close.notified(), if closing.is_none() => {
-                    closing = Some(shared.close_reason().unwrap_or(CloseReason::Drain));
-                    Pin::new(conn.as_mut()).graceful_shutdown();
-                }
-            }
-        };
-        match result {
-            Err(e) => {
-                if e.is_timeout() {
-                    state.conns.count_close(CloseReason::HeaderTimeout);
-                }
-                tracing::debug!(client = %ctx.peer, error = %e, "HTTP/1 connection error");
-                return;
-            }
-            Ok(()) => {
-                if let Some(reason) = closing {
-                    state.conns.count_close(reason);
-                    return;
-                }
-                if !parking || shared.wants_close() {
-                    return; // the client closed, or asked for `Connection: close`
-                }
-                let parts = conn.into_parts();
-                io = parts.io.into_inner().io;
-                if !parts.read_buf.is_empty() {
-                    io.unread(parts.read_buf);
-                }
-                drop(parts.service);
+        // Boxed: a waiting connection's task carries none of the serving state inline.
+        match Box::pin(serve_h1_active(&env, io, ctx, shared)).await {
+            Some(parked) => {
+                io = parked;
                 crate::alloc::after_park();
             }
+            None => return,
+        }
+    }
+}
+
+/// Serves with hyper until the connection ends (`None`) or goes idle long enough to be parked:
+/// then hyper's connection is ended without closing the socket, and the socket (with any bytes
+/// hyper had read ahead) is handed back.
+async fn serve_h1_active(
+    env: &ConnEnv,
+    io: Prefixed<ClientIo>,
+    ctx: ConnCtx,
+    shared: &Arc<ConnShared>,
+) -> Option<Prefixed<ClientIo>> {
+    let state = &env.state;
+    let cfg = &state.config;
+    let park_after = cfg.connections.park_after_ms;
+    shared.set_phase(Phase::Active);
+    let svc = ApiService {
+        state: state.clone(),
+        ctx,
+        shared: shared.clone(),
+    };
+    let tracked = Tracked {
+        io,
+        shared: shared.clone(),
+    };
+    let mut conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.server.header_read_timeout())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(tracked), svc);
+    let mut parking = false;
+    let mut closing: Option<CloseReason> = None;
+    let result = loop {
+        let park_timer = async {
+            if park_after == 0 || parking || closing.is_some() {
+                std::future::pending::<()>().await
+            }
+            let idle = shared.idle_ms();
+            tokio::time::sleep(Duration::from_millis(
+                park_after.saturating_sub(idle).max(1),
+            ))
+            .await;
+        };
+        tokio::select! {
+            r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            _ = park_timer => {
+                if shared.inflight() == 0
+                    && shared.quiet_since_response()
+                    && shared.idle_ms() >= park_after
+                {
+                    parking = true;
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+            _ = env.cancel.cancelled(), if closing.is_none() => {
+                closing = Some(CloseReason::Drain);
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+            _ = shared.close.notified(), if closing.is_none() => {
+                closing = Some(shared.close_reason().unwrap_or(CloseReason::Drain));
+                Pin::new(&mut conn).graceful_shutdown();
+            }
+        }
+    };
+    match result {
+        Err(e) => {
+            if e.is_timeout() {
+                state.conns.count_close(CloseReason::HeaderTimeout);
+            }
+            tracing::debug!(client = %ctx.peer, error = %e, "HTTP/1 connection error");
+            None
+        }
+        Ok(()) => {
+            if let Some(reason) = closing {
+                state.conns.count_close(reason);
+                return None;
+            }
+            if !parking || shared.wants_close() {
+                return None; // the client closed, or asked for `Connection: close`
+            }
+            let parts = conn.into_parts();
+            let mut io = parts.io.into_inner().io;
+            if !parts.read_buf.is_empty() {
+                io.unread(parts.read_buf);
+            }
+            Some(io)
         }
     }
 }
