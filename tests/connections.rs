@@ -460,3 +460,48 @@ async fn health_is_answered_under_a_15000_connection_hold() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn out_of_file_descriptors_backs_off_and_keeps_serving() {
+    // 64 descriptors, almost none reserved: the cap (63) is above what is really left, so accept()
+    // runs into EMFILE while connections are held
+    let d = DaemonProc::start(Opts {
+        plain: true,
+        nofile: Some(64),
+        set: vec![
+            "connections.fd_reserve=1".into(),
+            "log.access_log=false".into(),
+        ],
+        ..Opts::default()
+    })
+    .await;
+    let addr = d.http.unwrap();
+    let mut first = Conn::plain(addr, false).await.unwrap();
+    assert_eq!(first.get("/health").await.unwrap().status, 200);
+    // the kernel completes these handshakes in the backlog; the daemon cannot accept them all
+    let mut flood = Vec::new();
+    for _ in 0..80 {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            flood.push(s);
+        }
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    let v = loop {
+        let v = first.get("/stats").await.unwrap().json();
+        if v["connections"]["accept_errors"].as_u64().unwrap() > 0 {
+            break v;
+        }
+        assert!(std::time::Instant::now() < end, "no accept error seen: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(v["connections"]["open"].as_u64().unwrap() < 80, "{v}");
+    // the open connection is still served
+    assert_eq!(first.get("/health").await.unwrap().status, 200);
+    // once descriptors free up, new connections are accepted again
+    drop(flood);
+    eventually("accepting again", || async {
+        let mut c = Conn::plain(addr, false).await.ok()?;
+        (c.get("/health").await.ok()?.status == 200).then_some(())
+    })
+    .await;
+}

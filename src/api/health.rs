@@ -45,6 +45,7 @@ pub fn stats_response(state: &Arc<AppState>, with_top_clients: bool) -> Response
             "per_shard": c.per_shard,
             "rejected": c.rejected,
             "closed": c.closed,
+            "accept_errors": c.accept_errors,
         },
         "requests": {
             "total": c.requests_total,

@@ -23,7 +23,9 @@ use tokio::sync::Notify;
 
 use super::ip::IpKey;
 use super::{ListenerKind, Protocol};
-use crate::metrics::{CONNECTIONS_CLOSED_TOTAL, CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL};
+use crate::metrics::{
+    ACCEPT_ERRORS_TOTAL, CONNECTIONS_CLOSED_TOTAL, CONNECTIONS_REJECTED_TOTAL, CONNECTIONS_TOTAL,
+};
 
 /// Why a connection was refused before it was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,7 @@ pub struct ConnTable {
     rejected: [AtomicU64; 4],
     closed: [AtomicU64; 5],
     requests_by_proto: [AtomicU64; 2],
+    accept_errors: AtomicU64,
     epoch: Instant,
     accepted_https: metrics::Counter,
     accepted_http: metrics::Counter,
@@ -275,6 +278,7 @@ pub struct TableSnapshot {
     pub waiting: u64,
     pub rejected: HashMap<&'static str, u64>,
     pub closed: HashMap<&'static str, u64>,
+    pub accept_errors: u64,
     pub requests_total: u64,
     pub requests_h1: u64,
     pub requests_h2: u64,
@@ -293,6 +297,7 @@ impl ConnTable {
             rejected: Default::default(),
             closed: Default::default(),
             requests_by_proto: Default::default(),
+            accept_errors: AtomicU64::new(0),
             epoch: Instant::now(),
             accepted_https: counter!(CONNECTIONS_TOTAL, "listener" => "https"),
             accepted_http: counter!(CONNECTIONS_TOTAL, "listener" => "http"),
@@ -341,6 +346,12 @@ impl ConnTable {
     pub fn count_close(&self, r: CloseReason) {
         self.closed[r as usize - 1].fetch_add(1, Relaxed);
         counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => r.as_str()).increment(1);
+    }
+
+    /// accept() failed (e.g. EMFILE); the accept loop backs off.
+    pub fn count_accept_error(&self) {
+        self.accept_errors.fetch_add(1, Relaxed);
+        counter!(ACCEPT_ERRORS_TOTAL).increment(1);
     }
 
     pub fn count_request(&self, p: Protocol) {
@@ -411,6 +422,7 @@ impl ConnTable {
                 .iter()
                 .map(|r| (r.as_str(), self.closed[*r as usize - 1].load(Relaxed)))
                 .collect(),
+            accept_errors: self.accept_errors.load(Relaxed),
             requests_total: h1 + h2,
             requests_h1: h1,
             requests_h2: h2,

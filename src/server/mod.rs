@@ -25,7 +25,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use metrics::{counter, gauge};
+use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -37,7 +37,7 @@ use crate::config::{Config, ServerConfig};
 use crate::conn::reaper::{self, ReapPolicy};
 use crate::conn::table::TableConfig;
 use crate::conn::{ConnTable, ListenerKind, fdlimit};
-use crate::metrics::{ACCEPT_ERRORS_TOTAL, CONNECTIONS_MAX, FD_LIMIT};
+use crate::metrics::{CONNECTIONS_MAX, FD_LIMIT};
 use crate::state::{AppState, Phase};
 use connection::ConnEnv;
 use tls::CertStore;
@@ -281,7 +281,7 @@ async fn accept_loop(
             Err(e) => {
                 // EMFILE/ENFILE and friends: accepting again at once would spin, so wait a little
                 // (growing to 1 s) while open connections keep being served.
-                counter!(ACCEPT_ERRORS_TOTAL).increment(1);
+                table.count_accept_error();
                 tracing::warn!(listener = kind.as_str(), error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}

@@ -27,6 +27,8 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     /// Also open the plain-HTTP listener.
     pub plain: bool,
+    /// Run with this RLIMIT_NOFILE (soft and hard).
+    pub nofile: Option<u64>,
 }
 
 impl DaemonProc {
@@ -70,6 +72,21 @@ impl DaemonProc {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit());
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd.spawn().expect("spawn gpuproxyd");
         let mut d = DaemonProc {
             child,
