@@ -27,6 +27,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub connections: ConnectionsConfig,
     pub proxy_protocol: ProxyProtocolConfig,
+    pub ratelimit: RateLimitConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
     #[serde(skip)]
@@ -187,6 +188,39 @@ impl ProxyProtocolConfig {
             .iter()
             .filter_map(|c| c.parse().ok())
             .collect()
+    }
+}
+
+/// Rate limiting (GCRA). The per-IP tier runs before authentication.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Send `RateLimit` on successful responses too (429s always carry it).
+    pub headers: bool,
+    /// Sustained requests per minute per client address (PROXY address when enabled).
+    pub ip_per_minute: u64,
+    /// Requests a fresh client address may send at once.
+    pub ip_burst: u64,
+    /// Keys a tier tracks individually; beyond, new keys share `overflow_cells` budgets.
+    pub max_keys: usize,
+    /// Shared cells for keys beyond `max_keys` (colliding keys are limited together).
+    pub overflow_cells: usize,
+    /// How often keys back at a full burst are forgotten.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            headers: true,
+            ip_per_minute: 1000,
+            ip_burst: 100,
+            max_keys: 100_000,
+            overflow_cells: 65_536,
+            sweep_interval_ms: 10_000,
+        }
     }
 }
 
@@ -451,6 +485,18 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ("connections.max_per_ip", u64::from(c.max_per_ip)),
         ("connections.idle_timeout_ms", c.idle_timeout_ms),
         ("connections.reap_interval_ms", c.reap_interval_ms),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be greater than 0"));
+        }
+    }
+    let r = &config.ratelimit;
+    for (key, v) in [
+        ("ratelimit.ip_per_minute", r.ip_per_minute),
+        ("ratelimit.ip_burst", r.ip_burst),
+        ("ratelimit.max_keys", r.max_keys as u64),
+        ("ratelimit.overflow_cells", r.overflow_cells as u64),
+        ("ratelimit.sweep_interval_ms", r.sweep_interval_ms),
     ] {
         if v == 0 {
             return Err(err(key, "must be greater than 0"));

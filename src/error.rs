@@ -18,7 +18,7 @@ pub enum Side {
     Internal,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Kind {
     BadRequest,
     NotFound,
@@ -32,6 +32,8 @@ pub enum Kind {
     Unavailable,
     /// A connection cap refused the connection.
     OverCapacity,
+    /// A rate limit refused the request; carries the headers' values.
+    RateLimited(crate::ratelimit::Verdict),
     Internal,
 }
 
@@ -44,6 +46,7 @@ impl Kind {
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Unavailable | Kind::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -58,6 +61,7 @@ impl Kind {
             Kind::UnsupportedMediaType => "unsupported_media_type",
             Kind::Unavailable => "unavailable",
             Kind::OverCapacity => "over_capacity",
+            Kind::RateLimited(_) => "rate_limited",
             Kind::Internal => "internal",
         }
     }
@@ -132,6 +136,28 @@ impl Error {
                 Kind::OverCapacity,
                 Side::Client,
                 format!("connection refused by the {cap} connection limit; retry later"),
+            )
+        }
+    }
+
+    pub fn rate_limited(v: crate::ratelimit::Verdict) -> Self {
+        let wait = match v.decision {
+            crate::ratelimit::gcra::Decision::Limited { retry_after } => {
+                crate::ratelimit::ceil_secs(retry_after)
+            }
+            _ => 0,
+        };
+        Error {
+            retryable: true,
+            ..Error::new(
+                Kind::RateLimited(v),
+                Side::Client,
+                format!(
+                    "rate limit `{}` ({} requests per {} s) exceeded; retry after {wait} s",
+                    v.tier.as_str(),
+                    v.quota.per_period,
+                    v.quota.period.as_secs()
+                ),
             )
         }
     }

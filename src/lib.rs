@@ -4,6 +4,7 @@
 //!
 //! - [`server`]: listeners, TLS (rustls, ALPN h2/http1.1, SIGHUP reload), hyper serving, drain.
 //! - [`conn`]: connection accounting (open, by protocol, requests served).
+//! - [`ratelimit`]: GCRA limiters per IP (per account and key once auth exists).
 //! - [`api`]: routing, handlers, and the one place errors become HTTP responses.
 //! - [`error`]: the one error type (kind, side at fault, retryable).
 //! - [`config`]: the typed config tree: defaults < TOML < `GPUPROXY_*` env < flags.
@@ -18,6 +19,7 @@ pub mod conn;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod ratelimit;
 pub mod server;
 pub mod state;
 

@@ -28,6 +28,10 @@ pub const CONNECTIONS_REJECTED_TOTAL: &str = "gpuproxy_connections_rejected_tota
 /// Counter, label `reason` (`idle_timeout`, `header_timeout`, `handshake_timeout`, `max_age`,
 /// `drain`): connections the daemon closed.
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "gpuproxy_connections_closed_total";
+/// Counter, label `tier` (`ip`): requests answered 429.
+pub const RATE_LIMITED_TOTAL: &str = "gpuproxy_rate_limited_total";
+/// Gauge, label `tier`: keys a rate-limit tier tracks individually (after the last sweep).
+pub const RATELIMIT_KEYS: &str = "gpuproxy_ratelimit_keys";
 /// Counter, labels `listener` (`https`/`http`): client connections accepted.
 pub const CONNECTIONS_TOTAL: &str = "gpuproxy_connections_total";
 /// Counter: TLS handshakes that failed or timed out.
@@ -90,6 +94,7 @@ pub fn init_series(routes: &[&'static str]) {
         metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => r.as_str()).absolute(0);
     }
     metrics::counter!(ACCEPT_ERRORS_TOTAL).absolute(0);
+    metrics::counter!(RATE_LIMITED_TOTAL, "tier" => "ip").absolute(0);
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
 }
 
@@ -112,5 +117,7 @@ fn describe() {
     );
     describe_counter!(TLS_RELOADS_TOTAL, "TLS certificate reloads, by result.");
     describe_counter!(ACCEPT_ERRORS_TOTAL, "accept() errors, e.g. EMFILE.");
+    describe_counter!(RATE_LIMITED_TOTAL, "Requests answered 429, by tier.");
+    describe_gauge!(RATELIMIT_KEYS, "Keys tracked per rate-limit tier.");
     describe_gauge!(BUILD_INFO, "Build identity; always 1.");
 }

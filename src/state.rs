@@ -30,6 +30,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub started: Instant,
     pub conns: Arc<ConnTable>,
+    pub limits: crate::ratelimit::RateLimits,
     /// RLIMIT_NOFILE after raising the soft limit to the hard one (reported in `/stats`).
     pub fd_limit: u64,
     phase: AtomicU8,
@@ -41,6 +42,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Arc<Config>, conns: Arc<ConnTable>, fd_limit: u64) -> Arc<AppState> {
         Arc::new(AppState {
+            limits: crate::ratelimit::RateLimits::new(&config.ratelimit),
             config,
             started: Instant::now(),
             conns,

@@ -17,9 +17,11 @@ use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::{Method, Request, Response};
 use metrics::{counter, histogram};
 
+use crate::conn::ip::IpKey;
 use crate::conn::{ListenerKind, Protocol};
 use crate::error::{Error, Result};
 use crate::metrics::{REQUEST_DURATION_MS, REQUESTS_FAILED, REQUESTS_TOTAL};
+use crate::ratelimit::gcra::Decision;
 use crate::state::AppState;
 use router::Route;
 
@@ -48,8 +50,24 @@ pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) 
         .access_log
         .then(|| req.uri().path().to_owned());
 
-    let mut resp = match dispatch(&state, route, req).await {
-        Ok(r) => r,
+    // per-IP tier first: an unauthenticated flood costs one atomic per request
+    let verdict = if route.is_none_or(Route::rate_limited) {
+        let key = IpKey::new(ctx.peer.ip(), state.config.connections.ipv6_prefix_len);
+        state.limits.check_ip(key)
+    } else {
+        None
+    };
+    let result = match verdict {
+        Some(v) if matches!(v.decision, Decision::Limited { .. }) => Err(Error::rate_limited(v)),
+        _ => dispatch(&state, route, req).await,
+    };
+    let mut resp = match result {
+        Ok(mut r) => {
+            if let Some(v) = verdict.filter(|_| state.limits.headers) {
+                respond::set_ratelimit_headers(&mut r, &v);
+            }
+            r
+        }
         Err(e) => respond::error_response(&e, &request_id),
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -54,6 +54,15 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
             },
         },
     );
+    if let Kind::RateLimited(v) = &err.kind {
+        if let crate::ratelimit::gcra::Decision::Limited { retry_after } = v.decision {
+            resp.headers_mut().insert(
+                RETRY_AFTER,
+                HeaderValue::from(crate::ratelimit::ceil_secs(retry_after)),
+            );
+        }
+        set_ratelimit_headers(&mut resp, v);
+    }
     if let Kind::MethodNotAllowed(allowed) = &err.kind {
         let list = allowed
             .iter()
@@ -65,6 +74,18 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
         }
     }
     resp
+}
+
+/// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) from a verdict.
+pub fn set_ratelimit_headers(resp: &mut Response<Body>, v: &crate::ratelimit::Verdict) {
+    for (name, value) in [
+        ("ratelimit-policy", v.policy_header()),
+        ("ratelimit", v.limit_header()),
+    ] {
+        if let Ok(val) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, val);
+        }
+    }
 }
 
 /// The same error as a complete HTTP/1.1 response with `Connection: close`, for the one place that

@@ -41,6 +41,11 @@ impl Route {
         }
     }
 
+    /// Liveness and readiness stay answerable for probes whatever a client address has spent.
+    pub fn rate_limited(self) -> bool {
+        !matches!(self, Route::Health | Route::Ready)
+    }
+
     pub fn allows(self, m: &Method) -> bool {
         super::method_allowed(self.methods(), m)
     }

@@ -172,6 +172,17 @@ impl Daemon {
             },
             Duration::from_millis(cfg.connections.reap_interval_ms),
         ));
+        let sweeper = {
+            let state = state.clone();
+            let every = Duration::from_millis(cfg.ratelimit.sweep_interval_ms);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    state.limits.sweep();
+                }
+            })
+        };
         let metrics_task = listeners.metrics.map(|l| {
             tokio::spawn(serve_metrics(
                 l,
@@ -233,6 +244,7 @@ impl Daemon {
             tracing::info!("all connections drained");
         }
         reaper.abort();
+        sweeper.abort();
         if let Some(t) = metrics_task {
             t.abort();
         }

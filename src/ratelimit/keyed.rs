@@ -1,0 +1,129 @@
+//! A keyed table of GCRA cells with bounded memory.
+//!
+//! Lookups of an existing key take no lock and allocate nothing (papaya's lock-free map; one
+//! atomic CAS per check). New keys are inserted until the table holds `max_keys`; after that a new
+//! key is checked against a fixed array of `overflow_cells` cells chosen by its hash, so keys that
+//! collide there share one budget. That degrades towards *stricter* limiting under address
+//! spraying, never towards letting everything through, and the memory stays bounded:
+//! `max_keys` entries plus the fixed array. [`KeyedLimiter::sweep`] forgets keys whose state is
+//! back at a full burst, which is what keeps the table small in normal operation.
+//!
+//! A key swept at the same moment it is checked may lose that one update (one extra admission at
+//! most); the bound above is unaffected.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::gcra::{Decision, Gcra, Quota};
+
+pub struct KeyedLimiter<K> {
+    gcra: Gcra,
+    map: papaya::HashMap<K, AtomicU64>,
+    max_keys: usize,
+    overflow: Box<[AtomicU64]>,
+    hasher: std::hash::RandomState,
+    epoch: Instant,
+}
+
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimiter<K> {
+    pub fn new(quota: Quota, max_keys: usize, overflow_cells: usize) -> Self {
+        KeyedLimiter {
+            gcra: Gcra::new(quota),
+            map: papaya::HashMap::new(),
+            max_keys,
+            overflow: (0..overflow_cells.max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            hasher: std::hash::RandomState::new(),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn quota(&self) -> Quota {
+        self.gcra.quota
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    pub fn check(&self, key: &K) -> Decision {
+        let now = self.now();
+        let map = self.map.pin();
+        if let Some(cell) = map.get(key) {
+            return self.gcra.check(cell, now);
+        }
+        if map.len() >= self.max_keys {
+            let i = (self.hasher.hash_one(key) as usize) % self.overflow.len();
+            return self.gcra.check(&self.overflow[i], now);
+        }
+        let cell = map.get_or_insert_with(key.clone(), || AtomicU64::new(0));
+        self.gcra.check(cell, now)
+    }
+
+    /// Forgets keys that are back at a full burst; returns how many keys remain.
+    pub fn sweep(&self) -> usize {
+        let now = self.now();
+        let map = self.map.pin();
+        map.retain(|_, v| !self.gcra.is_fresh(v.load(Ordering::Relaxed), now));
+        map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn keys_are_independent_and_swept_when_fresh() {
+        let l = KeyedLimiter::new(
+            Quota {
+                per_period: 10,
+                period: Duration::from_millis(100),
+                burst: 2,
+            },
+            1000,
+            16,
+        );
+        assert!(matches!(l.check(&1u32), Decision::Allowed { .. }));
+        assert!(matches!(l.check(&1u32), Decision::Allowed { .. }));
+        assert!(matches!(l.check(&1u32), Decision::Limited { .. }));
+        assert!(matches!(l.check(&2u32), Decision::Allowed { .. }));
+        assert_eq!(l.len(), 2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(l.sweep(), 0, "both back at a full burst after 2 intervals");
+    }
+
+    #[test]
+    fn a_million_distinct_keys_stay_within_the_bound() {
+        let max_keys = 50_000;
+        let l = KeyedLimiter::new(Quota::per_minute(1000, 10), max_keys, 4096);
+        let start = Instant::now();
+        let mut admitted = 0u64;
+        for ip in 0u32..1_000_000 {
+            if matches!(l.check(&ip), Decision::Allowed { .. }) {
+                admitted += 1;
+            }
+        }
+        let minutes = start.elapsed().as_secs_f64() / 60.0;
+        assert!(l.len() <= max_keys, "{} keys", l.len());
+        // keys past the bound share 4096 budgets: the spray is limited, not waved through
+        let overflow_bound = 4096.0 * (10.0 + 1000.0 * minutes + 1.0);
+        let beyond = admitted - max_keys as u64;
+        assert!(
+            (beyond as f64) <= overflow_bound,
+            "admitted {beyond} past the tracked keys; bound {overflow_bound}"
+        );
+        assert!(admitted < 1_000_000);
+    }
+}
