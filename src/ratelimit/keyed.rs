@@ -19,10 +19,12 @@ use super::gcra::{Decision, Gcra, Quota};
 
 pub struct KeyedLimiter<K> {
     gcra: Gcra,
-    map: papaya::HashMap<K, AtomicU64>,
+    /// foldhash: keys are addresses and ids, not attacker-chosen strings of any length, and its
+    /// per-process random seed keeps collisions unpredictable.
+    map: papaya::HashMap<K, AtomicU64, foldhash::fast::RandomState>,
     max_keys: usize,
     overflow: Box<[AtomicU64]>,
-    hasher: std::hash::RandomState,
+    hasher: foldhash::fast::RandomState,
     epoch: Instant,
 }
 
@@ -30,12 +32,12 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimiter<K> {
     pub fn new(quota: Quota, max_keys: usize, overflow_cells: usize) -> Self {
         KeyedLimiter {
             gcra: Gcra::new(quota),
-            map: papaya::HashMap::new(),
+            map: papaya::HashMap::with_hasher(foldhash::fast::RandomState::default()),
             max_keys,
             overflow: (0..overflow_cells.max(1))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             epoch: Instant::now(),
         }
     }
