@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod state;
+pub mod testkit;
 
 pub use server::{Daemon, Listeners};
 

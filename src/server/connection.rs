@@ -218,6 +218,26 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
     }
 }
 
+/// Marks the connection active and builds what hyper serves: the service and the tracked stream.
+fn activate(
+    state: &Arc<AppState>,
+    io: Prefixed<ClientIo>,
+    ctx: ConnCtx,
+    shared: &Arc<ConnShared>,
+) -> (ApiService, TokioIo<Tracked>) {
+    shared.set_phase(Phase::Active);
+    let svc = ApiService {
+        state: state.clone(),
+        ctx,
+        shared: shared.clone(),
+    };
+    let tracked = Tracked {
+        io,
+        shared: shared.clone(),
+    };
+    (svc, TokioIo::new(tracked))
+}
+
 /// `Connection: close`, or HTTP/1.0 without `keep-alive`.
 fn client_wants_close(req: &Request<Incoming>) -> bool {
     let conn = req
@@ -310,21 +330,12 @@ async fn serve_h1_active(
     let state = &env.state;
     let cfg = &state.config;
     let park_after = cfg.connections.park_after_ms;
-    shared.set_phase(Phase::Active);
-    let svc = ApiService {
-        state: state.clone(),
-        ctx,
-        shared: shared.clone(),
-    };
-    let tracked = Tracked {
-        io,
-        shared: shared.clone(),
-    };
+    let (svc, tracked) = activate(state, io, ctx, shared);
     let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.server.header_read_timeout())
         .keep_alive(true)
-        .serve_connection(TokioIo::new(tracked), svc);
+        .serve_connection(tracked, svc);
     let mut parking = false;
     let mut closing: Option<CloseReason> = None;
     let result = loop {
@@ -390,21 +401,12 @@ async fn serve_h2(env: Arc<ConnEnv>, io: Prefixed<ClientIo>, ctx: ConnCtx, handl
     let shared = &handle.shared;
     let state = &env.state;
     let cfg = &state.config;
-    shared.set_phase(Phase::Active);
-    let svc = ApiService {
-        state: state.clone(),
-        ctx,
-        shared: shared.clone(),
-    };
-    let tracked = Tracked {
-        io,
-        shared: shared.clone(),
-    };
+    let (svc, tracked) = activate(state, io, ctx, shared);
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.server.h2_max_concurrent_streams)
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .serve_connection(TokioIo::new(tracked), svc);
+        .serve_connection(tracked, svc);
     let mut conn = std::pin::pin!(conn);
     let (res, reason) = tokio::select! {
         r = conn.as_mut() => (r, None),

@@ -18,13 +18,20 @@ use std::time::{Duration, Instant};
 
 const DB_USER: &str = "gpuproxy";
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, below the ephemeral range (32768+), so the many outgoing
+/// connections tests make cannot take it between choosing and binding.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seed = RandomState::new();
+    loop {
+        let n = seed.hash_one((std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
+        let port = 20_000 + (n % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it returns `Some` or the deadline passes.
