@@ -2,14 +2,17 @@
 //!
 //! The request path, module by module (see shared/DESIGN.md for the whole picture):
 //!
-//! - [`server`]: listeners, TLS (rustls, ALPN h2/http1.1, SIGHUP reload), hyper serving, drain.
-//! - [`conn`]: connection accounting (open, by protocol, requests served).
+//! - [`server`]: listeners, PROXY protocol, TLS (rustls, ALPN h2/http1.1, SIGHUP reload), hyper
+//!   serving with idle HTTP/1 parking, drain.
+//! - [`conn`]: the sharded connection table, admission caps, the reaper, fd limits.
 //! - [`ratelimit`]: GCRA limiters per IP (per account and key once auth exists).
 //! - [`api`]: routing, handlers, and the one place errors become HTTP responses.
 //! - [`error`]: the one error type (kind, side at fault, retryable).
 //! - [`config`]: the typed config tree: defaults < TOML < `GPUPROXY_*` env < flags.
 //! - [`metrics`]: metric names and the Prometheus exporter.
 //! - [`cli`]: the command line (`serve`, `check-config`), used by the thin `main.rs`.
+//! - [`alloc`]: returning freed memory to the OS after connections park.
+//! - [`testkit`]: client pieces shared by the load tools and the tests.
 
 pub mod alloc;
 pub mod api;
