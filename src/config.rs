@@ -28,6 +28,9 @@ pub struct Config {
     pub connections: ConnectionsConfig,
     pub proxy_protocol: ProxyProtocolConfig,
     pub ratelimit: RateLimitConfig,
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
     #[serde(skip)]
@@ -202,6 +205,14 @@ pub struct RateLimitConfig {
     pub ip_per_minute: u64,
     /// Requests a fresh client address may send at once.
     pub ip_burst: u64,
+    /// Sustained requests per minute per account (all its keys together), unless the account
+    /// row overrides it.
+    pub account_per_minute: u64,
+    pub account_burst: u64,
+    /// Sustained requests per minute per API key (and the tokens issued from it), unless the key
+    /// row overrides it.
+    pub key_per_minute: u64,
+    pub key_burst: u64,
     /// Keys a tier tracks individually; beyond, new keys share `overflow_cells` budgets.
     pub max_keys: usize,
     /// Shared cells for keys beyond `max_keys` (colliding keys are limited together).
@@ -217,9 +228,120 @@ impl Default for RateLimitConfig {
             headers: true,
             ip_per_minute: 1000,
             ip_burst: 100,
+            account_per_minute: 10_000,
+            account_burst: 1_000,
+            key_per_minute: 100_000,
+            key_burst: 10_000,
             max_keys: 100_000,
             overflow_cells: 65_536,
             sweep_interval_ms: 10_000,
+        }
+    }
+}
+
+/// The PostgreSQL pool (bb8 + tokio-postgres), reached through PgBouncer in transaction mode at
+/// `DATABASE_URL`. Every query is an unnamed statement (`query_typed`), so any pool size works
+/// with any PgBouncer pool size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Connections the daemon keeps to PgBouncer at most.
+    pub pool_size: u32,
+    /// How long a request waits for a pooled connection (including opening one) before it is
+    /// answered 503 `auth_unavailable`.
+    pub acquire_timeout_ms: u64,
+    /// TCP connect plus startup of one new connection.
+    pub connect_timeout_ms: u64,
+    /// A query running longer than this is abandoned and counts as the database being down.
+    pub query_timeout_ms: u64,
+    /// Connections are replaced after this age (spreads reconnects after a PgBouncer restart).
+    pub max_lifetime_ms: u64,
+    /// Idle connections beyond need are closed after this long.
+    pub idle_timeout_ms: u64,
+    /// How often the pool is probed for `/ready` and the pool gauges.
+    pub health_interval_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            pool_size: 20,
+            acquire_timeout_ms: 1_000,
+            connect_timeout_ms: 1_000,
+            query_timeout_ms: 2_000,
+            max_lifetime_ms: 1_800_000,
+            idle_timeout_ms: 600_000,
+            health_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Redis (fred) at `REDIS_URL`: the shared auth cache and the revocation channel. Never on the
+/// critical path: every command has a short timeout and fails fast while disconnected.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// A command not answered by then counts as a miss (the caller goes on without Redis).
+    pub command_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Reconnect back-off grows up to this delay; reconnecting never stops.
+    pub reconnect_max_delay_ms: u64,
+    /// Prefix of every key and channel, so deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            command_timeout_ms: 250,
+            connect_timeout_ms: 500,
+            reconnect_max_delay_ms: 2_000,
+            key_prefix: "gpx:".into(),
+        }
+    }
+}
+
+/// Authentication: the key cache layers and JWTs (signed with `JWT_SECRET`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Life of a key in the in-process cache. With Redis down, a key revoked elsewhere can pass
+    /// on this daemon for at most this long.
+    pub cache_ttl_ms: u64,
+    /// Keys the in-process cache holds at most (beyond, lookups go to Redis/PostgreSQL).
+    pub cache_max_entries: usize,
+    /// An unknown key id is remembered as unknown this long, in process and in Redis.
+    pub negative_ttl_ms: u64,
+    /// Life of a key record in Redis.
+    pub redis_ttl_ms: u64,
+    /// While PostgreSQL is unreachable, an in-process entry fetched at most this long ago is
+    /// still honoured (cached keys keep working through a database outage).
+    pub stale_if_error_ms: u64,
+    /// Lifetime of the tokens `POST /v1/auth/token` issues.
+    pub jwt_ttl_ms: u64,
+    /// `iss` of issued tokens, required on presented ones.
+    pub jwt_issuer: String,
+    /// `aud` of issued tokens, required on presented ones.
+    pub jwt_audience: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub jwt_leeway_s: u64,
+    /// How often `api_keys.last_used_at` is written (one batched UPDATE per interval).
+    pub last_used_flush_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            cache_ttl_ms: 5_000,
+            cache_max_entries: 100_000,
+            negative_ttl_ms: 5_000,
+            redis_ttl_ms: 60_000,
+            stale_if_error_ms: 300_000,
+            jwt_ttl_ms: 900_000,
+            jwt_issuer: "gpuproxyd".into(),
+            jwt_audience: "gpuproxyd-api".into(),
+            jwt_leeway_s: 5,
+            last_used_flush_ms: 10_000,
         }
     }
 }
@@ -494,6 +616,10 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     for (key, v) in [
         ("ratelimit.ip_per_minute", r.ip_per_minute),
         ("ratelimit.ip_burst", r.ip_burst),
+        ("ratelimit.account_per_minute", r.account_per_minute),
+        ("ratelimit.account_burst", r.account_burst),
+        ("ratelimit.key_per_minute", r.key_per_minute),
+        ("ratelimit.key_burst", r.key_burst),
         ("ratelimit.max_keys", r.max_keys as u64),
         ("ratelimit.overflow_cells", r.overflow_cells as u64),
         ("ratelimit.sweep_interval_ms", r.sweep_interval_ms),
@@ -501,6 +627,44 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         if v == 0 {
             return Err(err(key, "must be greater than 0"));
         }
+    }
+    let (d, a, rd) = (&config.database, &config.auth, &config.redis);
+    for (key, v) in [
+        ("database.pool_size", u64::from(d.pool_size)),
+        ("database.acquire_timeout_ms", d.acquire_timeout_ms),
+        ("database.connect_timeout_ms", d.connect_timeout_ms),
+        ("database.query_timeout_ms", d.query_timeout_ms),
+        ("database.health_interval_ms", d.health_interval_ms),
+        ("redis.command_timeout_ms", rd.command_timeout_ms),
+        ("redis.connect_timeout_ms", rd.connect_timeout_ms),
+        ("auth.cache_ttl_ms", a.cache_ttl_ms),
+        ("auth.cache_max_entries", a.cache_max_entries as u64),
+        ("auth.jwt_ttl_ms", a.jwt_ttl_ms),
+        ("auth.last_used_flush_ms", a.last_used_flush_ms),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be greater than 0"));
+        }
+    }
+    if let Some(url) = &config.secrets.database_url {
+        url.expose()
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| err("DATABASE_URL", format!("not a PostgreSQL URL: {e}")))?;
+    }
+    if let Some(url) = &config.secrets.redis_url {
+        fred::prelude::Config::from_url(url.expose())
+            .map_err(|e| err("REDIS_URL", format!("not a Redis URL: {e}")))?;
+    }
+    if config
+        .secrets
+        .jwt_secret
+        .as_ref()
+        .is_some_and(|s| s.expose().len() < 32)
+    {
+        return Err(err(
+            "JWT_SECRET",
+            "must be at least 32 characters (e.g. `openssl rand -hex 32`)",
+        ));
     }
     if c.ipv6_prefix_len > 128 {
         return Err(err("connections.ipv6_prefix_len", "at most 128"));
@@ -708,11 +872,17 @@ mod tests {
     fn secrets_only_from_env_and_redacted() {
         let c = load(&sources(
             Some(PLAIN),
-            &[("JWT_SECRET", "hunter2"), ("VASTAI_API_KEY", "vk-123")],
+            &[
+                ("JWT_SECRET", "hunter2-hunter2-hunter2-hunter2-hunter2"),
+                ("VASTAI_API_KEY", "vk-123"),
+            ],
             &[],
         ))
         .unwrap();
-        assert_eq!(c.secrets.jwt_secret.as_ref().unwrap().expose(), "hunter2");
+        assert_eq!(
+            c.secrets.jwt_secret.as_ref().unwrap().expose(),
+            "hunter2-hunter2-hunter2-hunter2-hunter2"
+        );
         let shown = format!("{}{:?}", c.render_redacted(), c);
         assert!(
             !shown.contains("hunter2") && !shown.contains("vk-123"),
@@ -728,6 +898,16 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.key, "secrets");
+        // a short JWT secret is refused, by name
+        let e = load(&sources(Some(PLAIN), &[("JWT_SECRET", "short")], &[])).unwrap_err();
+        assert_eq!(e.key, "JWT_SECRET");
+        let e = load(&sources(
+            Some(PLAIN),
+            &[("DATABASE_URL", "nonsense://")],
+            &[],
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "DATABASE_URL");
     }
 
     fn keys(v: &toml::Value, prefix: &str, out: &mut Vec<String>) {

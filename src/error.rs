@@ -34,6 +34,19 @@ pub enum Kind {
     OverCapacity,
     /// A rate limit refused the request; carries the headers' values.
     RateLimited(crate::ratelimit::Verdict),
+    /// No valid credentials; carries the code (`missing_credentials`, `malformed_authorization`,
+    /// `invalid_credentials`, `token_expired`, `key_revoked`, `key_expired`). Which part of a key
+    /// was wrong is never told.
+    Unauthorized(&'static str),
+    /// Valid credentials that may not do this (`insufficient_scope`, `account_suspended`).
+    Forbidden(&'static str),
+    /// The record already exists (a unique name).
+    Conflict,
+    /// PostgreSQL (or PgBouncer) cannot be reached; the request may be retried.
+    DatabaseUnavailable,
+    /// Credentials could not be checked because the database is unreachable and they are not
+    /// cached: 503, never 401, so a client does not throw away a good key.
+    AuthUnavailable,
     Internal,
 }
 
@@ -47,6 +60,10 @@ impl Kind {
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Unavailable | Kind::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Kind::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden(_) => StatusCode::FORBIDDEN,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::DatabaseUnavailable | Kind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,6 +79,10 @@ impl Kind {
             Kind::Unavailable => "unavailable",
             Kind::OverCapacity => "over_capacity",
             Kind::RateLimited(_) => "rate_limited",
+            Kind::Unauthorized(code) | Kind::Forbidden(code) => code,
+            Kind::Conflict => "conflict",
+            Kind::DatabaseUnavailable => "database_unavailable",
+            Kind::AuthUnavailable => "auth_unavailable",
             Kind::Internal => "internal",
         }
     }
@@ -82,7 +103,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: Kind, side: Side, message: impl Into<Cow<'static, str>>) -> Self {
-        let retryable = matches!(kind, Kind::Unavailable);
+        let retryable = matches!(
+            kind,
+            Kind::Unavailable | Kind::DatabaseUnavailable | Kind::AuthUnavailable
+        );
         Error {
             kind,
             side,
@@ -160,6 +184,14 @@ impl Error {
                 ),
             )
         }
+    }
+
+    pub fn unauthorized(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Kind::Unauthorized(code), Side::Client, message)
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(Kind::Forbidden(code), Side::Client, message)
     }
 
     pub fn internal(source: impl std::error::Error + Send + Sync + 'static) -> Self {

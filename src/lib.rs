@@ -5,17 +5,24 @@
 //! - [`server`]: listeners, PROXY protocol, TLS (rustls, ALPN h2/http1.1, SIGHUP reload), hyper
 //!   serving with idle HTTP/1 parking, drain.
 //! - [`conn`]: the sharded connection table, admission caps, the reaper, fd limits.
-//! - [`ratelimit`]: GCRA limiters per IP (per account and key once auth exists).
+//! - [`ratelimit`]: GCRA limiters per IP, per account and per API key.
+//! - [`auth`]: API keys and JWTs, the key cache (in process → Redis → PostgreSQL).
+//! - [`accounts`]: PostgreSQL through PgBouncer (bb8 pool), migrations, account and key records.
+//! - [`cache`]: the Redis client (fred) with reconnects, timeouts and pub/sub.
 //! - [`api`]: routing, handlers, and the one place errors become HTTP responses.
 //! - [`error`]: the one error type (kind, side at fault, retryable).
 //! - [`config`]: the typed config tree: defaults < TOML < `GPUPROXY_*` env < flags.
 //! - [`metrics`]: metric names and the Prometheus exporter.
-//! - [`cli`]: the command line (`serve`, `check-config`), used by the thin `main.rs`.
+//! - [`cli`]: the command line (`serve`, `check-config`, `migrate`, `accounts`, `keys`), used by
+//!   the thin `main.rs`.
 //! - [`alloc`]: returning freed memory to the OS after connections park.
 //! - [`testkit`]: client pieces shared by the load tools and the tests.
 
+pub mod accounts;
 pub mod alloc;
 pub mod api;
+pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod conn;

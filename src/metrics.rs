@@ -28,7 +28,7 @@ pub const CONNECTIONS_REJECTED_TOTAL: &str = "gpuproxy_connections_rejected_tota
 /// Counter, label `reason` (`idle_timeout`, `header_timeout`, `handshake_timeout`, `max_age`,
 /// `drain`): connections the daemon closed.
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "gpuproxy_connections_closed_total";
-/// Counter, label `tier` (`ip`): requests answered 429.
+/// Counter, label `tier` (`ip`, `account`, `key`): requests answered 429.
 pub const RATE_LIMITED_TOTAL: &str = "gpuproxy_rate_limited_total";
 /// Gauge, label `tier`: keys a rate-limit tier tracks individually (after the last sweep).
 pub const RATELIMIT_KEYS: &str = "gpuproxy_ratelimit_keys";
@@ -40,6 +40,23 @@ pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "gpuproxy_tls_handshake_failures_
 pub const TLS_RELOADS_TOTAL: &str = "gpuproxy_tls_reloads_total";
 /// Counter: accept() errors (e.g. out of file descriptors), each followed by a short back-off.
 pub const ACCEPT_ERRORS_TOTAL: &str = "gpuproxy_accept_errors_total";
+/// Gauge: PostgreSQL connections of the pool in use now (checked out).
+pub const DB_CONNECTIONS_ACTIVE: &str = "gpuproxy_db_connections_active";
+/// Gauge: the pool's size (`database.pool_size`); alerts divide active by it.
+pub const DB_CONNECTIONS_MAX: &str = "gpuproxy_db_connections_max";
+/// Histogram: time a query waited for a pooled connection, in milliseconds.
+pub const DB_POOL_WAIT_MS: &str = "gpuproxy_db_pool_wait_milliseconds";
+/// Counter, label `result` (`ok`/`error`): statements sent to PostgreSQL (through PgBouncer).
+pub const DB_QUERIES_TOTAL: &str = "gpuproxy_db_queries_total";
+/// Gauge: 1 while the last database probe (or query) succeeded.
+pub const DB_UP: &str = "gpuproxy_db_up";
+/// Gauge: 1 while the Redis connection is up (0 also when Redis is not configured).
+pub const REDIS_UP: &str = "gpuproxy_redis_up";
+/// Counter, label `source` (`memory`, `redis`, `database`, `stale`): where a credential lookup
+/// was answered from.
+pub const AUTH_LOOKUPS_TOTAL: &str = "gpuproxy_auth_lookups_total";
+/// Counter, label `code` (the error code): requests refused by authentication.
+pub const AUTH_FAILURES_TOTAL: &str = "gpuproxy_auth_failures_total";
 /// Gauge, labels `version`, `commit`: always 1; carries the build's identity.
 pub const BUILD_INFO: &str = "gpuproxy_build_info";
 
@@ -94,7 +111,9 @@ pub fn init_series(routes: &[&'static str]) {
         metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => r.as_str()).absolute(0);
     }
     metrics::counter!(ACCEPT_ERRORS_TOTAL).absolute(0);
-    metrics::counter!(RATE_LIMITED_TOTAL, "tier" => "ip").absolute(0);
+    for t in crate::ratelimit::Tier::ALL {
+        metrics::counter!(RATE_LIMITED_TOTAL, "tier" => t.as_str()).absolute(0);
+    }
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
 }
 
@@ -119,5 +138,29 @@ fn describe() {
     describe_counter!(ACCEPT_ERRORS_TOTAL, "accept() errors, e.g. EMFILE.");
     describe_counter!(RATE_LIMITED_TOTAL, "Requests answered 429, by tier.");
     describe_gauge!(RATELIMIT_KEYS, "Keys tracked per rate-limit tier.");
+    describe_gauge!(
+        DB_CONNECTIONS_ACTIVE,
+        "Pooled PostgreSQL connections in use."
+    );
+    describe_gauge!(DB_CONNECTIONS_MAX, "Size of the PostgreSQL pool.");
+    describe_histogram!(
+        DB_POOL_WAIT_MS,
+        metrics::Unit::Milliseconds,
+        "Time waited for a pooled PostgreSQL connection."
+    );
+    describe_counter!(
+        DB_QUERIES_TOTAL,
+        "Statements sent to PostgreSQL, by result."
+    );
+    describe_gauge!(DB_UP, "1 while PostgreSQL answers.");
+    describe_gauge!(REDIS_UP, "1 while Redis is connected.");
+    describe_counter!(
+        AUTH_LOOKUPS_TOTAL,
+        "Credential lookups, by the layer that answered."
+    );
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Requests refused by authentication, by code."
+    );
     describe_gauge!(BUILD_INFO, "Build identity; always 1.");
 }

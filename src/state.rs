@@ -33,6 +33,12 @@ pub struct AppState {
     pub limits: crate::ratelimit::RateLimits,
     /// RLIMIT_NOFILE after raising the soft limit to the hard one (reported in `/stats`).
     pub fd_limit: u64,
+    /// The account database (through PgBouncer); `None` when `DATABASE_URL` is unset, and then
+    /// every authenticated route answers 503 `auth_unavailable`.
+    pub db: Option<Arc<crate::accounts::Db>>,
+    /// Redis; `None` when `REDIS_URL` is unset (the daemon then runs on its own caches).
+    pub redis: Option<crate::cache::Redis>,
+    pub auth: Arc<crate::auth::Auth>,
     phase: AtomicU8,
     /// Random per process, so request ids from several daemons behind one balancer do not collide.
     id_prefix: u32,
@@ -40,8 +46,17 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Arc<Config>, conns: Arc<ConnTable>, fd_limit: u64) -> Arc<AppState> {
+    pub fn new(
+        config: Arc<Config>,
+        conns: Arc<ConnTable>,
+        fd_limit: u64,
+        db: Option<Arc<crate::accounts::Db>>,
+        redis: Option<crate::cache::Redis>,
+    ) -> Arc<AppState> {
         Arc::new(AppState {
+            auth: crate::auth::Auth::new(&config, db.clone(), redis.clone()),
+            db,
+            redis,
             limits: crate::ratelimit::RateLimits::new(&config.ratelimit),
             config,
             started: Instant::now(),

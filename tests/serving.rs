@@ -256,7 +256,7 @@ fn check_config_prints_effective_config_with_secrets_redacted() {
         &["--config", cfg.to_str().unwrap(), "--workers", "3"],
         &[
             ("GPUPROXY_LOG_LEVEL", "debug"),
-            ("JWT_SECRET", "s3cr3t-value"),
+            ("JWT_SECRET", "s3cr3t-value-s3cr3t-value-s3cr3t-value"),
             ("DATABASE_URL", "postgres://u:pw-xyz@h/db"),
         ],
     );

@@ -15,14 +15,32 @@ pub fn health() -> Response<Body> {
     respond::json(StatusCode::OK, &json!({"status": "ok"}))
 }
 
+/// `/ready`: 200 `ready` when serving with every dependency up; 200 `degraded` while Redis is
+/// down (auth still works from PostgreSQL); 503 while starting or draining, or while PostgreSQL
+/// is unreachable (`down`: only cached keys would work).
 pub fn ready(state: &Arc<AppState>) -> Response<Body> {
     let phase = state.phase();
-    let status = if phase == Phase::Ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let dep = |configured: bool, up: bool| match (configured, up) {
+        (false, _) => "unconfigured",
+        (true, true) => "up",
+        (true, false) => "down",
     };
-    respond::json(status, &json!({"status": phase.as_str()}))
+    let db_up = state.db.as_ref().is_none_or(|d| d.is_up());
+    let redis_up = state.redis.as_ref().is_none_or(|r| r.is_up());
+    let (code, status) = match phase {
+        Phase::Ready if !db_up => (StatusCode::SERVICE_UNAVAILABLE, "down"),
+        Phase::Ready if !redis_up => (StatusCode::OK, "degraded"),
+        Phase::Ready => (StatusCode::OK, "ready"),
+        p => (StatusCode::SERVICE_UNAVAILABLE, p.as_str()),
+    };
+    respond::json(
+        code,
+        &json!({
+            "status": status,
+            "database": dep(state.db.is_some(), db_up),
+            "redis": dep(state.redis.is_some(), redis_up),
+        }),
+    )
 }
 
 /// `/stats`: uptime, connection and request figures. `with_top_clients` adds the ten client

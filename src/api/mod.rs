@@ -2,7 +2,11 @@
 //! runs the handler, turns any error into a response (in `respond`, the only place that does),
 //! and records metrics and the access log line.
 
+pub mod account;
+pub mod admin;
+pub mod body;
 pub mod health;
+pub mod openapi;
 pub mod respond;
 pub mod router;
 
@@ -21,9 +25,10 @@ use crate::conn::ip::IpKey;
 use crate::conn::{ListenerKind, Protocol};
 use crate::error::{Error, Result};
 use crate::metrics::{REQUEST_DURATION_MS, REQUESTS_FAILED, REQUESTS_TOTAL};
+use crate::ratelimit::Verdict;
 use crate::ratelimit::gcra::Decision;
 use crate::state::AppState;
-use router::Route;
+use router::{Access, Route};
 
 /// Response body type of every handler.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -42,7 +47,8 @@ pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) 
     let start = Instant::now();
     let request_id = client_request_id(&req).unwrap_or_else(|| state.next_request_id());
     state.conns.count_request(ctx.proto);
-    let route = Route::of(req.uri().path());
+    let matched = Route::of(req.uri().path()).map(|(r, p)| (r, p.map(str::to_owned)));
+    let route = matched.as_ref().map(|m| m.0);
     let method = req.method().clone();
     let access_path = state
         .config
@@ -59,11 +65,15 @@ pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) 
     };
     let result = match verdict {
         Some(v) if matches!(v.decision, Decision::Limited { .. }) => Err(Error::rate_limited(v)),
-        _ => dispatch(&state, route, req).await,
+        _ => dispatch(&state, matched, req).await,
     };
     let mut resp = match result {
-        Ok(mut r) => {
-            if let Some(v) = verdict.filter(|_| state.limits.headers) {
+        Ok((mut r, caller_verdict)) => {
+            let shown = match (verdict, caller_verdict) {
+                (Some(a), Some(b)) => Some(crate::ratelimit::tighter(a, b)),
+                (a, b) => a.or(b),
+            };
+            if let Some(v) = shown.filter(|_| state.limits.headers) {
                 respond::set_ratelimit_headers(&mut r, &v);
             }
             r
@@ -98,13 +108,15 @@ pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) 
     resp
 }
 
+/// Runs the route's handler, authenticating first where the route needs it. Returns the
+/// response and the caller's rate-limit verdict (for the headers).
 async fn dispatch(
     state: &Arc<AppState>,
-    route: Option<Route>,
+    matched: Option<(Route, Option<String>)>,
     req: Request<Incoming>,
-) -> Result<Response<Body>> {
-    let route = route
-        .filter(|r| *r != Route::DebugSleep || state.config.server.debug_routes)
+) -> Result<(Response<Body>, Option<Verdict>)> {
+    let (route, param) = matched
+        .filter(|(r, _)| *r != Route::DebugSleep || state.config.server.debug_routes)
         .ok_or_else(|| Error::not_found(req.uri().path()))?;
     if !route.allows(req.method()) {
         return Err(Error::method_not_allowed(req.method(), route.allowed()));
@@ -117,12 +129,41 @@ async fn dispatch(
             None => return Err(Error::bad_request("invalid Content-Length header")),
         }
     }
-    match route {
-        Route::Health => Ok(health::health()),
-        Route::Ready => Ok(health::ready(state)),
-        Route::Stats => Ok(health::stats_response(state, false)),
-        Route::DebugSleep => health::debug_sleep(req.uri().query()).await,
-    }
+    let (caller, verdict) = match route.access() {
+        Access::Public => (None, None),
+        access => {
+            let p = state.auth.authenticate(req.headers()).await?;
+            if access == Access::Admin && !p.is_admin() {
+                return Err(Error::forbidden(
+                    "insufficient_scope",
+                    "this endpoint needs a key with the `admin` scope",
+                ));
+            }
+            let v = state.limits.check_caller(&p.key);
+            if let Some(v) = v.filter(|v| matches!(v.decision, Decision::Limited { .. })) {
+                return Err(Error::rate_limited(v));
+            }
+            (Some(p), v)
+        }
+    };
+    let resp = match (route, caller) {
+        (Route::Health, _) => health::health(),
+        (Route::Ready, _) => health::ready(state),
+        (Route::Stats, _) => health::stats_response(state, false),
+        (Route::OpenApi, _) => openapi::document(),
+        (Route::DebugSleep, _) => health::debug_sleep(req.uri().query()).await?,
+        (Route::AuthToken, Some(p)) => account::token(state, &p)?,
+        (Route::Account, Some(p)) => account::show(state, &p).await?,
+        (_, Some(_)) => admin::handle(state, route, param, req).await?,
+        (_, None) => {
+            return Err(Error::new(
+                crate::error::Kind::Internal,
+                crate::error::Side::Internal,
+                "route without a caller",
+            ));
+        }
+    };
+    Ok((resp, verdict))
 }
 
 /// Keeps a caller's `x-request-id` when it is short and plain, so ids can be followed across hops.

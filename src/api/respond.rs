@@ -63,6 +63,15 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
         }
         set_ratelimit_headers(&mut resp, v);
     }
+    if let Kind::Unauthorized(code) = &err.kind {
+        let v = format!(
+            "Bearer realm=\"gpuproxyd\", error=\"invalid_token\", error_description=\"{code}\""
+        );
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, v);
+        }
+    }
     if let Kind::MethodNotAllowed(allowed) = &err.kind {
         let list = allowed
             .iter()

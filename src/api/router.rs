@@ -1,4 +1,5 @@
-//! Routing: path to [`Route`], and which methods each route takes.
+//! Routing: path to [`Route`] (plus the one path parameter some routes take), which methods each
+//! route takes, and who may call it.
 
 use hyper::Method;
 
@@ -9,21 +10,78 @@ pub enum Route {
     Health,
     Ready,
     Stats,
+    OpenApi,
     /// Only when `server.debug_routes` is on.
     DebugSleep,
+    AuthToken,
+    Account,
+    AdminAccounts,
+    AdminAccount,
+    AdminAccountSuspend,
+    AdminAccountResume,
+    AdminAccountKeys,
+    AdminKey,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Public,
+    /// Any valid key or token.
+    User,
+    /// Keys (and their tokens) with the `admin` scope.
+    Admin,
 }
 
 impl Route {
-    pub const ALL: [Route; 4] = [Route::Health, Route::Ready, Route::Stats, Route::DebugSleep];
+    pub const ALL: [Route; 13] = [
+        Route::Health,
+        Route::Ready,
+        Route::Stats,
+        Route::OpenApi,
+        Route::DebugSleep,
+        Route::AuthToken,
+        Route::Account,
+        Route::AdminAccounts,
+        Route::AdminAccount,
+        Route::AdminAccountSuspend,
+        Route::AdminAccountResume,
+        Route::AdminAccountKeys,
+        Route::AdminKey,
+    ];
 
-    pub fn of(path: &str) -> Option<Route> {
-        match path {
+    /// The route for a path, and its parameter (an account id or name, a key's public id) still
+    /// percent-encoded.
+    pub fn of(path: &str) -> Option<(Route, Option<&str>)> {
+        let plain = match path {
             "/health" => Some(Route::Health),
             "/ready" => Some(Route::Ready),
             "/stats" => Some(Route::Stats),
+            "/openapi.json" => Some(Route::OpenApi),
             "/debug/sleep" => Some(Route::DebugSleep),
+            "/v1/auth/token" => Some(Route::AuthToken),
+            "/v1/account" => Some(Route::Account),
+            "/v1/admin/accounts" => Some(Route::AdminAccounts),
             _ => None,
+        };
+        if let Some(r) = plain {
+            return Some((r, None));
         }
+        if let Some(rest) = path.strip_prefix("/v1/admin/accounts/") {
+            let (param, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let route = match tail {
+                "" => Route::AdminAccount,
+                "suspend" => Route::AdminAccountSuspend,
+                "resume" => Route::AdminAccountResume,
+                "keys" => Route::AdminAccountKeys,
+                _ => return None,
+            };
+            return (!param.is_empty()).then_some((route, Some(param)));
+        }
+        if let Some(id) = path.strip_prefix("/v1/admin/keys/") {
+            return (!id.is_empty() && !id.contains('/')).then_some((Route::AdminKey, Some(id)));
+        }
+        None
     }
 
     pub fn label(self) -> &'static str {
@@ -31,13 +89,48 @@ impl Route {
             Route::Health => "/health",
             Route::Ready => "/ready",
             Route::Stats => "/stats",
+            Route::OpenApi => "/openapi.json",
             Route::DebugSleep => "/debug/sleep",
+            Route::AuthToken => "/v1/auth/token",
+            Route::Account => "/v1/account",
+            Route::AdminAccounts => "/v1/admin/accounts",
+            Route::AdminAccount => "/v1/admin/accounts/{account}",
+            Route::AdminAccountSuspend => "/v1/admin/accounts/{account}/suspend",
+            Route::AdminAccountResume => "/v1/admin/accounts/{account}/resume",
+            Route::AdminAccountKeys => "/v1/admin/accounts/{account}/keys",
+            Route::AdminKey => "/v1/admin/keys/{public_id}",
         }
     }
 
-    fn methods(self) -> &'static [Method] {
+    pub fn methods(self) -> &'static [Method] {
         match self {
-            Route::Health | Route::Ready | Route::Stats | Route::DebugSleep => &[Method::GET],
+            Route::Health
+            | Route::Ready
+            | Route::Stats
+            | Route::OpenApi
+            | Route::DebugSleep
+            | Route::Account
+            | Route::AdminAccount => &[Method::GET],
+            Route::AuthToken | Route::AdminAccountSuspend | Route::AdminAccountResume => {
+                &[Method::POST]
+            }
+            Route::AdminAccounts | Route::AdminAccountKeys => &[Method::GET, Method::POST],
+            Route::AdminKey => &[Method::GET, Method::DELETE],
+        }
+    }
+
+    pub fn access(self) -> Access {
+        match self {
+            Route::Health | Route::Ready | Route::Stats | Route::OpenApi | Route::DebugSleep => {
+                Access::Public
+            }
+            Route::AuthToken | Route::Account => Access::User,
+            Route::AdminAccounts
+            | Route::AdminAccount
+            | Route::AdminAccountSuspend
+            | Route::AdminAccountResume
+            | Route::AdminAccountKeys
+            | Route::AdminKey => Access::Admin,
         }
     }
 
@@ -57,5 +150,59 @@ impl Route {
             v.push(Method::HEAD);
         }
         v
+    }
+}
+
+/// Decodes `%XX` escapes of a path parameter; `None` when they are broken or not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_with_parameters() {
+        assert_eq!(Route::of("/health"), Some((Route::Health, None)));
+        assert_eq!(
+            Route::of("/v1/admin/accounts/acme%20co/keys"),
+            Some((Route::AdminAccountKeys, Some("acme%20co")))
+        );
+        assert_eq!(
+            Route::of("/v1/admin/accounts/7"),
+            Some((Route::AdminAccount, Some("7")))
+        );
+        assert_eq!(Route::of("/v1/admin/accounts/"), None);
+        assert_eq!(Route::of("/v1/admin/accounts/7/other"), None);
+        assert_eq!(
+            Route::of("/v1/admin/keys/AAAAAAAAAAAA"),
+            Some((Route::AdminKey, Some("AAAAAAAAAAAA")))
+        );
+        assert_eq!(Route::of("/v1/admin/keys/a/b"), None);
+        assert_eq!(percent_decode("acme%20co").as_deref(), Some("acme co"));
+        assert_eq!(percent_decode("bad%2"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn every_route_has_a_label_and_methods() {
+        for r in Route::ALL {
+            assert!(r.label().starts_with('/'));
+            assert!(!r.methods().is_empty());
+        }
     }
 }

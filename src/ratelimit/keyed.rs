@@ -61,17 +61,23 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimiter<K> {
     }
 
     pub fn check(&self, key: &K) -> Decision {
+        self.check_with(key, &self.gcra)
+    }
+
+    /// Checks against another quota than the table's (a per-key or per-account override).
+    /// Freshness does not depend on the quota, so sweeping stays correct.
+    pub fn check_with(&self, key: &K, gcra: &Gcra) -> Decision {
         let now = self.now();
         let map = self.map.pin();
         if let Some(cell) = map.get(key) {
-            return self.gcra.check(cell, now);
+            return gcra.check(cell, now);
         }
         if map.len() >= self.max_keys {
             let i = (self.hasher.hash_one(key) as usize) % self.overflow.len();
-            return self.gcra.check(&self.overflow[i], now);
+            return gcra.check(&self.overflow[i], now);
         }
         let cell = map.get_or_insert_with(key.clone(), || AtomicU64::new(0));
-        self.gcra.check(cell, now)
+        gcra.check(cell, now)
     }
 
     /// Forgets keys that are back at a full burst; returns how many keys remain.

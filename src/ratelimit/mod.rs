@@ -1,6 +1,7 @@
 //! Rate limiting: GCRA cells (`gcra`), keyed tables with bounded memory (`keyed`), and the tiers
 //! the API applies. The per-IP tier runs before anything else a request costs; the per-account
-//! and per-key tiers join when authentication exists.
+//! and per-key tiers run right after authentication, with the overrides stored on the account
+//! and the key (an override without a burst gets a tenth of its per-minute rate, at least 1).
 
 pub mod gcra;
 pub mod keyed;
@@ -9,23 +10,41 @@ use std::time::Duration;
 
 use metrics::{counter, gauge};
 
+use crate::accounts::store::KeyRecord;
 use crate::config::RateLimitConfig;
 use crate::conn::ip::IpKey;
 use crate::metrics::{RATE_LIMITED_TOTAL, RATELIMIT_KEYS};
-use gcra::{Decision, Quota};
+use gcra::{Decision, Gcra, Quota};
 use keyed::KeyedLimiter;
 
 /// Which limit a decision came from (the `tier` label, and the name in the headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
     Ip,
+    Account,
+    Key,
 }
 
 impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Ip, Tier::Account, Tier::Key];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Ip => "ip",
+            Tier::Account => "account",
+            Tier::Key => "key",
         }
+    }
+}
+
+/// The (per minute, burst) in force for a tier given an override `(per minute, burst?)`.
+pub fn effective(over: Option<(u32, Option<u32>)>, per_minute: u64, burst: u64) -> (u64, u64) {
+    match over {
+        Some((rpm, b)) => (
+            u64::from(rpm),
+            b.map_or((u64::from(rpm) / 10).max(1), u64::from),
+        ),
+        None => (per_minute, burst),
     }
 }
 
@@ -65,6 +84,8 @@ pub fn ceil_secs(d: Duration) -> u64 {
 
 pub struct RateLimits {
     ip: Option<KeyedLimiter<IpKey>>,
+    account: Option<KeyedLimiter<i64>>,
+    key: Option<KeyedLimiter<i64>>,
     pub headers: bool,
 }
 
@@ -78,7 +99,68 @@ impl RateLimits {
                     c.overflow_cells,
                 )
             }),
+            account: c.enabled.then(|| {
+                KeyedLimiter::new(
+                    Quota::per_minute(c.account_per_minute, c.account_burst),
+                    c.max_keys,
+                    c.overflow_cells,
+                )
+            }),
+            key: c.enabled.then(|| {
+                KeyedLimiter::new(
+                    Quota::per_minute(c.key_per_minute, c.key_burst),
+                    c.max_keys,
+                    c.overflow_cells,
+                )
+            }),
             headers: c.headers,
+        }
+    }
+
+    /// The per-account and per-key tiers for an authenticated caller: the first that limits,
+    /// else the one with the least left (for the response headers).
+    pub fn check_caller(&self, key: &KeyRecord) -> Option<Verdict> {
+        let a = self.check_tier(
+            Tier::Account,
+            self.account.as_ref()?,
+            key.account_id,
+            key.account_rate_limit,
+        );
+        if matches!(a.decision, Decision::Limited { .. }) {
+            return Some(a);
+        }
+        let k = self.check_tier(
+            Tier::Key,
+            self.key.as_ref()?,
+            key.key_id,
+            key.key_rate_limit,
+        );
+        Some(tighter(a, k))
+    }
+
+    fn check_tier(
+        &self,
+        tier: Tier,
+        table: &KeyedLimiter<i64>,
+        id: i64,
+        over: Option<(u32, Option<u32>)>,
+    ) -> Verdict {
+        let (decision, quota) = match over {
+            None => (table.check(&id), table.quota()),
+            Some(_) => {
+                let d = table.quota();
+                let (rpm, burst) = effective(over, d.per_period, d.burst);
+                let g = Gcra::new(Quota::per_minute(rpm, burst));
+                (table.check_with(&id, &g), g.quota)
+            }
+        };
+        if matches!(decision, Decision::Limited { .. }) {
+            counter!(RATE_LIMITED_TOTAL, "tier" => tier.as_str()).increment(1);
+        }
+        Verdict {
+            tier,
+            quota,
+            decision,
         }
     }
 
@@ -101,5 +183,20 @@ impl RateLimits {
         if let Some(l) = &self.ip {
             gauge!(RATELIMIT_KEYS, "tier" => Tier::Ip.as_str()).set(l.sweep() as f64);
         }
+        if let Some(l) = &self.account {
+            gauge!(RATELIMIT_KEYS, "tier" => Tier::Account.as_str()).set(l.sweep() as f64);
+        }
+        if let Some(l) = &self.key {
+            gauge!(RATELIMIT_KEYS, "tier" => Tier::Key.as_str()).set(l.sweep() as f64);
+        }
     }
+}
+
+/// Of two allowed verdicts, the one with fewer requests left.
+pub fn tighter(a: Verdict, b: Verdict) -> Verdict {
+    let left = |v: &Verdict| match v.decision {
+        Decision::Allowed { remaining, .. } => remaining,
+        Decision::Limited { .. } => 0,
+    };
+    if left(&b) < left(&a) { b } else { a }
 }

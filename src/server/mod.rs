@@ -131,8 +131,27 @@ impl Daemon {
             shards,
             "connection caps"
         );
+        let db = match &config.secrets.database_url {
+            Some(url) => Some(crate::accounts::Db::new(url, &config.database)?),
+            None => {
+                tracing::warn!("DATABASE_URL is unset: authenticated routes answer 503");
+                None
+            }
+        };
+        let redis = match &config.secrets.redis_url {
+            Some(url) => Some(crate::cache::Redis::connect(url, &config.redis)?),
+            None => {
+                tracing::warn!("REDIS_URL is unset: running on in-process caches only");
+                None
+            }
+        };
+        if config.secrets.jwt_secret.is_none() {
+            tracing::warn!(
+                "JWT_SECRET is unset: POST /v1/auth/token answers 503, tokens are refused"
+            );
+        }
         Ok(Daemon {
-            state: AppState::new(Arc::new(config), table, limits.soft),
+            state: AppState::new(Arc::new(config), table, limits.soft, db, redis),
             certs,
             tls,
             prometheus,
@@ -183,6 +202,22 @@ impl Daemon {
                 }
             })
         };
+        let mut background = state.auth.spawn_tasks(&cfg);
+        if let Some(db) = &state.db {
+            background
+                .push(tokio::spawn(db.clone().monitor(Duration::from_millis(
+                    cfg.database.health_interval_ms,
+                ))));
+        }
+        if let Some(redis) = state.redis.clone() {
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    gauge!(crate::metrics::REDIS_UP).set(if redis.is_up() { 1.0 } else { 0.0 });
+                }
+            }));
+        }
         let metrics_task = listeners.metrics.map(|l| {
             tokio::spawn(serve_metrics(
                 l,
@@ -243,8 +278,13 @@ impl Daemon {
         } else {
             tracing::info!("all connections drained");
         }
+        // last uses seen during the drain are written before exit
+        state.auth.flush_last_used().await;
         reaper.abort();
         sweeper.abort();
+        for t in background {
+            t.abort();
+        }
         if let Some(t) = metrics_task {
             t.abort();
         }

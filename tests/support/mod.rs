@@ -2,6 +2,7 @@
 //! client and test certificates.
 #![allow(dead_code)]
 
+pub mod accounts;
 pub mod certs;
 pub mod client;
 pub mod daemon;

@@ -1,4 +1,7 @@
-//! The command line: `serve` and `check-config` (more subcommands join as features land).
+//! The command line: `serve`, `check-config`, and the account administration in `admin.rs`
+//! (`migrate`, `accounts …`, `keys …`).
+
+pub mod admin;
 
 use std::path::PathBuf;
 
@@ -33,6 +36,16 @@ pub enum Command {
     ///
     /// Exits 0 when valid, 64 with a message naming the key at fault otherwise.
     CheckConfig(ConfigArgs),
+    /// Apply the database migrations (each once, under an advisory lock; safe to run from
+    /// several hosts at once).
+    Migrate(admin::MigrateArgs),
+    /// Manage accounts (against DATABASE_URL).
+    #[command(subcommand)]
+    Accounts(admin::AccountsCmd),
+    /// Manage API keys (against DATABASE_URL; revocations reach running daemons through
+    /// REDIS_URL when it is set).
+    #[command(subcommand)]
+    Keys(admin::KeysCmd),
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +120,9 @@ impl ConfigArgs {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
+        Command::Migrate(a) => admin::migrate(a),
+        Command::Accounts(c) => admin::accounts(c),
+        Command::Keys(c) => admin::keys(c),
         Command::CheckConfig(args) => match args.load() {
             Ok(c) => {
                 print!("{}", c.render_redacted());

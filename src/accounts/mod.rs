@@ -1,0 +1,174 @@
+//! PostgreSQL: the pool (reached through PgBouncer in transaction mode), the migrations, and the
+//! account and key records (`store`).
+//!
+//! PgBouncer 1.18 in transaction mode cannot carry named prepared statements (measured in
+//! STACK-NOTES.md: `query` fails ~half the time). So every statement here goes through
+//! [`Db::query`], which uses tokio-postgres' `query_typed` (one unnamed statement per call, one
+//! round trip, parameter types given up front), and every column read is a built-in type. bb8's
+//! check-on-checkout is off (it cost a round trip per query); broken connections are dropped when
+//! they are returned, and a query that met a closed connection is retried once on a fresh one.
+
+pub mod admin;
+pub mod migrate;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bb8::{Pool, RunError};
+use bb8_postgres::PostgresConnectionManager;
+use metrics::{gauge, histogram};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{NoTls, Row};
+
+use crate::config::{DatabaseConfig, Secret};
+use crate::error::{Error, Kind, Side};
+use crate::metrics::{
+    DB_CONNECTIONS_ACTIVE, DB_CONNECTIONS_MAX, DB_POOL_WAIT_MS, DB_QUERIES_TOTAL, DB_UP,
+};
+use metrics::counter;
+
+/// A typed parameter: value and its PostgreSQL type (what `query_typed` needs).
+pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+pub struct Db {
+    pool: Pool<PostgresConnectionManager<NoTls>>,
+    query_timeout: Duration,
+    max: u32,
+    /// Last probe's result, for `/ready`; request failures set it too.
+    up: AtomicBool,
+}
+
+impl Db {
+    /// Builds the pool without connecting: the daemon starts (and reports the database down)
+    /// even while PgBouncer is unreachable, and the pool connects once it is back.
+    pub fn new(url: &Secret, cfg: &DatabaseConfig) -> Result<Arc<Db>, String> {
+        let mut pg: tokio_postgres::Config = url
+            .expose()
+            .parse()
+            .map_err(|e| format!("DATABASE_URL: {e}"))?;
+        pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        if pg.get_application_name().is_none() {
+            pg.application_name("gpuproxyd");
+        }
+        let pool = Pool::builder()
+            .max_size(cfg.pool_size)
+            .min_idle(None)
+            .test_on_check_out(false)
+            .connection_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
+            .max_lifetime(Some(Duration::from_millis(cfg.max_lifetime_ms.max(1))))
+            .idle_timeout(Some(Duration::from_millis(cfg.idle_timeout_ms.max(1))))
+            .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
+        Ok(Arc::new(Db {
+            pool,
+            query_timeout: Duration::from_millis(cfg.query_timeout_ms),
+            max: cfg.pool_size,
+            up: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Runs one statement as an unnamed prepared statement and returns its rows.
+    pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error> {
+        self.run(sql, params, true).await
+    }
+
+    /// `counted`: whether the statement shows in `gpuproxy_db_queries_total` (the health probe
+    /// does not, so the counter measures what requests and jobs cost).
+    async fn run(&self, sql: &str, params: &[Param<'_>], counted: bool) -> Result<Vec<Row>, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let waited = Instant::now();
+            let conn = match self.pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.up.store(false, Ordering::Relaxed);
+                    return Err(match e {
+                        RunError::User(e) => unavailable("cannot connect to the database", e),
+                        RunError::TimedOut => Error::new(
+                            Kind::DatabaseUnavailable,
+                            Side::Internal,
+                            "no database connection available in time",
+                        ),
+                    });
+                }
+            };
+            histogram!(DB_POOL_WAIT_MS).record(waited.elapsed().as_secs_f64() * 1e3);
+            let r = tokio::time::timeout(self.query_timeout, conn.query_typed(sql, params)).await;
+            if counted {
+                let ok = matches!(r, Ok(Ok(_)));
+                counter!(DB_QUERIES_TOTAL, "result" => if ok { "ok" } else { "error" })
+                    .increment(1);
+            }
+            match r {
+                Ok(Ok(rows)) => {
+                    self.up.store(true, Ordering::Relaxed);
+                    return Ok(rows);
+                }
+                // A connection PgBouncer closed (restart, server_lifetime) is only noticed on
+                // use; one retry gets a fresh one.
+                Ok(Err(e)) if e.is_closed() && attempt == 1 => continue,
+                Ok(Err(e)) => {
+                    let err = classify(e);
+                    if matches!(err.kind, Kind::DatabaseUnavailable) {
+                        self.up.store(false, Ordering::Relaxed);
+                    }
+                    return Err(err);
+                }
+                Err(_) => {
+                    self.up.store(false, Ordering::Relaxed);
+                    return Err(Error::new(
+                        Kind::DatabaseUnavailable,
+                        Side::Internal,
+                        "database query timed out",
+                    ));
+                }
+            }
+        }
+    }
+
+    pub async fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>, Error> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// Probes the pool (`/ready`) and publishes the pool gauges, every `interval`.
+    pub async fn monitor(self: Arc<Self>, interval: Duration) {
+        gauge!(DB_CONNECTIONS_MAX).set(self.max as f64);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // sets `up` either way
+            let _ = self.run("SELECT 1", &[], false).await;
+            gauge!(DB_UP).set(if self.is_up() { 1.0 } else { 0.0 });
+            let s = self.pool.state();
+            gauge!(DB_CONNECTIONS_ACTIVE)
+                .set(s.connections.saturating_sub(s.idle_connections) as f64);
+        }
+    }
+}
+
+fn unavailable(what: &'static str, e: tokio_postgres::Error) -> Error {
+    Error::new(Kind::DatabaseUnavailable, Side::Internal, what).with_source(e)
+}
+
+/// Splits database errors into "the database is unreachable" (503, retry later), a uniqueness
+/// conflict (409) and everything else (500).
+fn classify(e: tokio_postgres::Error) -> Error {
+    let code = e.as_db_error().map(|d| d.code().code().to_owned());
+    match code.as_deref() {
+        Some("23505") => Error::new(Kind::Conflict, Side::Client, "already exists").with_source(e),
+        // connection exception, operator intervention (shutdown), insufficient resources,
+        // PgBouncer's own errors (08P01)
+        Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
+            unavailable("the database is unavailable", e)
+        }
+        Some(_) => Error::internal(e),
+        None => unavailable("the database is unavailable", e),
+    }
+}

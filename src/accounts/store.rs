@@ -1,0 +1,463 @@
+//! Account and API-key records: every query the daemon and the admin commands run against them.
+//! All go through [`Db::query`] (unnamed statements, built-in column types only).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize, Serializer};
+use tokio_postgres::Row;
+use tokio_postgres::types::Type;
+
+use super::Db;
+use crate::auth::apikey;
+use crate::error::{Error, Kind, Side};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub id: i64,
+    pub name: String,
+    /// `active` or `suspended`; a suspended account's keys and tokens are refused.
+    pub status: String,
+    pub daily_budget_usd: f64,
+    pub max_instances: i32,
+    pub rate_limit_per_minute: Option<i32>,
+    pub rate_limit_burst: Option<i32>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: SystemTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub updated_at: SystemTime,
+}
+
+/// A key as shown to administrators (never the secret or its hash).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInfo {
+    pub public_id: String,
+    pub account_id: i64,
+    pub scopes: Vec<String>,
+    pub label: Option<String>,
+    pub rate_limit_per_minute: Option<i32>,
+    pub rate_limit_burst: Option<i32>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: SystemTime,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub expires_at: Option<SystemTime>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub revoked_at: Option<SystemTime>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub last_used_at: Option<SystemTime>,
+}
+
+/// What authentication needs to know about a key, as cached in process and in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KeyRecord {
+    pub key_id: i64,
+    pub public_id: String,
+    pub secret_hash: Vec<u8>,
+    pub scopes: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+    pub account_id: i64,
+    pub account_active: bool,
+    pub account_rate_limit: Option<(u32, Option<u32>)>,
+    pub key_rate_limit: Option<(u32, Option<u32>)>,
+}
+
+/// Fields of a new account; `None` takes the schema's default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    pub name: String,
+    pub daily_budget_usd: Option<f64>,
+    pub max_instances: Option<i32>,
+    pub rate_limit_per_minute: Option<i32>,
+    pub rate_limit_burst: Option<i32>,
+}
+
+/// Fields of a new key.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeySpec {
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub label: Option<String>,
+    pub expires_in_days: Option<u32>,
+    pub rate_limit_per_minute: Option<i32>,
+    pub rate_limit_burst: Option<i32>,
+}
+
+macro_rules! account_cols {
+    () => {
+        "id, name, status, daily_budget_usd::float8, max_instances, rate_limit_per_minute, \
+         rate_limit_burst, created_at, updated_at"
+    };
+}
+macro_rules! key_cols {
+    () => {
+        "public_id, account_id, scopes, label, rate_limit_per_minute, rate_limit_burst, \
+         created_at, expires_at, revoked_at, last_used_at"
+    };
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, Error> {
+    row.try_get(i).map_err(Error::internal)
+}
+
+fn account(row: &Row) -> Result<Account, Error> {
+    Ok(Account {
+        id: get(row, 0)?,
+        name: get(row, 1)?,
+        status: get(row, 2)?,
+        daily_budget_usd: get(row, 3)?,
+        max_instances: get(row, 4)?,
+        rate_limit_per_minute: get(row, 5)?,
+        rate_limit_burst: get(row, 6)?,
+        created_at: get(row, 7)?,
+        updated_at: get(row, 8)?,
+    })
+}
+
+fn key_info(row: &Row) -> Result<KeyInfo, Error> {
+    Ok(KeyInfo {
+        public_id: get(row, 0)?,
+        account_id: get(row, 1)?,
+        scopes: get(row, 2)?,
+        label: get(row, 3)?,
+        rate_limit_per_minute: get(row, 4)?,
+        rate_limit_burst: get(row, 5)?,
+        created_at: get(row, 6)?,
+        expires_at: get(row, 7)?,
+        revoked_at: get(row, 8)?,
+        last_used_at: get(row, 9)?,
+    })
+}
+
+/// How an account is named on the command line and in admin URLs: its id, or its name.
+pub enum AccountRef<'a> {
+    Id(i64),
+    Name(&'a str),
+}
+
+impl<'a> AccountRef<'a> {
+    pub fn parse(s: &'a str) -> AccountRef<'a> {
+        s.parse().map_or(AccountRef::Name(s), AccountRef::Id)
+    }
+}
+
+pub async fn create_account(db: &Db, a: &NewAccount) -> Result<Account, Error> {
+    let name = a.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(Error::bad_request("`name` must be 1 to 100 characters"));
+    }
+    if name.parse::<i64>().is_ok() {
+        return Err(Error::bad_request(
+            "`name` must not be a number (numbers name accounts by id)",
+        ));
+    }
+    if a.daily_budget_usd
+        .is_some_and(|b| !b.is_finite() || b < 0.0)
+    {
+        return Err(Error::bad_request("`daily_budget_usd` must be 0 or more"));
+    }
+    if a.max_instances.is_some_and(|n| n < 0) {
+        return Err(Error::bad_request("`max_instances` must be 0 or more"));
+    }
+    check_rate_limit(a.rate_limit_per_minute, a.rate_limit_burst)?;
+    let rows = db
+        .query(
+            concat!(
+                "INSERT INTO accounts (name, daily_budget_usd, max_instances, \
+                 rate_limit_per_minute, rate_limit_burst) \
+                 VALUES ($1, COALESCE($2::float8::numeric, 100), COALESCE($3, 5), $4, $5) \
+                 RETURNING ",
+                account_cols!()
+            ),
+            &[
+                (&name, Type::TEXT),
+                (&a.daily_budget_usd, Type::FLOAT8),
+                (&a.max_instances, Type::INT4),
+                (&a.rate_limit_per_minute, Type::INT4),
+                (&a.rate_limit_burst, Type::INT4),
+            ],
+        )
+        .await
+        .map_err(|e| conflict_as(e, format!("an account named `{name}` already exists")))?;
+    account(rows.first().ok_or_else(no_row)?)
+}
+
+pub async fn list_accounts(db: &Db, after_id: i64, limit: i64) -> Result<Vec<Account>, Error> {
+    db.query(
+        concat!(
+            "SELECT ",
+            account_cols!(),
+            " FROM accounts WHERE id > $1 ORDER BY id LIMIT $2"
+        ),
+        &[(&after_id, Type::INT8), (&limit, Type::INT8)],
+    )
+    .await?
+    .iter()
+    .map(account)
+    .collect()
+}
+
+pub async fn get_account(db: &Db, r: &AccountRef<'_>) -> Result<Account, Error> {
+    let row = match r {
+        AccountRef::Id(id) => {
+            db.query_opt(
+                concat!("SELECT ", account_cols!(), " FROM accounts WHERE id = $1"),
+                &[(id, Type::INT8)],
+            )
+            .await?
+        }
+        AccountRef::Name(n) => {
+            db.query_opt(
+                concat!("SELECT ", account_cols!(), " FROM accounts WHERE name = $1"),
+                &[(n, Type::TEXT)],
+            )
+            .await?
+        }
+    };
+    account(&row.ok_or_else(|| account_not_found(r))?)
+}
+
+/// Sets `active`/`suspended`; returns the account and the public ids of its keys (whose cached
+/// entries must now be dropped everywhere).
+pub async fn set_account_status(
+    db: &Db,
+    r: &AccountRef<'_>,
+    active: bool,
+) -> Result<(Account, Vec<String>), Error> {
+    let id = get_account(db, r).await?.id;
+    let status = if active { "active" } else { "suspended" };
+    let row = db
+        .query_opt(
+            concat!(
+                "UPDATE accounts SET status = $2, updated_at = now() WHERE id = $1 RETURNING ",
+                account_cols!()
+            ),
+            &[(&id, Type::INT8), (&status, Type::TEXT)],
+        )
+        .await?
+        .ok_or_else(|| account_not_found(r))?;
+    let ids = db
+        .query(
+            "SELECT public_id FROM api_keys WHERE account_id = $1",
+            &[(&id, Type::INT8)],
+        )
+        .await?
+        .iter()
+        .map(|r| get(r, 0))
+        .collect::<Result<_, _>>()?;
+    Ok((account(&row)?, ids))
+}
+
+/// Creates a key for an account; returns its record and the full token, which exists only in
+/// this return value.
+pub async fn create_key(
+    db: &Db,
+    r: &AccountRef<'_>,
+    spec: &NewKeySpec,
+) -> Result<(KeyInfo, String), Error> {
+    let account_id = get_account(db, r).await?.id;
+    let mut scopes = spec.scopes.clone();
+    if scopes.is_empty() {
+        scopes.push("user".into());
+    }
+    if let Some(bad) = scopes.iter().find(|s| *s != "user" && *s != "admin") {
+        return Err(Error::bad_request(format!(
+            "unknown scope `{}` (scopes are `user` and `admin`)",
+            crate::error::truncate(bad, 40)
+        )));
+    }
+    scopes.sort();
+    scopes.dedup();
+    if spec.label.as_ref().is_some_and(|l| l.len() > 200) {
+        return Err(Error::bad_request("`label` must be at most 200 characters"));
+    }
+    check_rate_limit(spec.rate_limit_per_minute, spec.rate_limit_burst)?;
+    let expires: Option<SystemTime> = match spec.expires_in_days {
+        Some(0) => return Err(Error::bad_request("`expires_in_days` must be at least 1")),
+        Some(d) => Some(SystemTime::now() + Duration::from_secs(u64::from(d) * 86_400)),
+        None => None,
+    };
+    let k = apikey::generate();
+    let hash = k.secret_hash.to_vec();
+    let rows = db
+        .query(
+            concat!(
+                "INSERT INTO api_keys (account_id, public_id, secret_hash, scopes, label, \
+                 expires_at, rate_limit_per_minute, rate_limit_burst) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+                key_cols!()
+            ),
+            &[
+                (&account_id, Type::INT8),
+                (&k.public_id, Type::TEXT),
+                (&hash, Type::BYTEA),
+                (&scopes, Type::TEXT_ARRAY),
+                (&spec.label, Type::TEXT),
+                (&expires, Type::TIMESTAMPTZ),
+                (&spec.rate_limit_per_minute, Type::INT4),
+                (&spec.rate_limit_burst, Type::INT4),
+            ],
+        )
+        .await?;
+    Ok((key_info(rows.first().ok_or_else(no_row)?)?, k.token))
+}
+
+pub async fn list_keys(db: &Db, r: &AccountRef<'_>) -> Result<Vec<KeyInfo>, Error> {
+    let id = get_account(db, r).await?.id;
+    db.query(
+        concat!(
+            "SELECT ",
+            key_cols!(),
+            " FROM api_keys WHERE account_id = $1 ORDER BY id"
+        ),
+        &[(&id, Type::INT8)],
+    )
+    .await?
+    .iter()
+    .map(key_info)
+    .collect()
+}
+
+pub async fn get_key(db: &Db, public_id: &str) -> Result<KeyInfo, Error> {
+    let row = db
+        .query_opt(
+            concat!(
+                "SELECT ",
+                key_cols!(),
+                " FROM api_keys WHERE public_id = $1"
+            ),
+            &[(&public_id, Type::TEXT)],
+        )
+        .await?
+        .ok_or_else(|| key_not_found(public_id))?;
+    key_info(&row)
+}
+
+/// Revokes a key (revoking a revoked key changes nothing and succeeds).
+pub async fn revoke_key(db: &Db, public_id: &str) -> Result<KeyInfo, Error> {
+    let row = db
+        .query_opt(
+            concat!(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) \
+                 WHERE public_id = $1 RETURNING ",
+                key_cols!()
+            ),
+            &[(&public_id, Type::TEXT)],
+        )
+        .await?
+        .ok_or_else(|| key_not_found(public_id))?;
+    key_info(&row)
+}
+
+/// The record authentication caches, or `None` when no key has this public id.
+pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, Error> {
+    let row = db
+        .query_opt(
+            "SELECT k.id, k.public_id, k.secret_hash, k.scopes, \
+                    extract(epoch FROM k.expires_at)::int8, k.revoked_at IS NOT NULL, \
+                    a.id, a.status = 'active', a.rate_limit_per_minute, a.rate_limit_burst, \
+                    k.rate_limit_per_minute, k.rate_limit_burst \
+             FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.public_id = $1",
+            &[(&public_id, Type::TEXT)],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let limit = |rpm: Option<i32>, burst: Option<i32>| {
+        rpm.map(|r| (r.max(1) as u32, burst.map(|b| b.max(1) as u32)))
+    };
+    Ok(Some(KeyRecord {
+        key_id: get(&row, 0)?,
+        public_id: get(&row, 1)?,
+        secret_hash: get(&row, 2)?,
+        scopes: get(&row, 3)?,
+        expires_at: get(&row, 4)?,
+        revoked: get(&row, 5)?,
+        account_id: get(&row, 6)?,
+        account_active: get(&row, 7)?,
+        account_rate_limit: limit(get(&row, 8)?, get(&row, 9)?),
+        key_rate_limit: limit(get(&row, 10)?, get(&row, 11)?),
+    }))
+}
+
+/// Writes `last_used_at` for many keys in one statement.
+pub async fn touch_last_used(db: &Db, uses: &[(i64, SystemTime)]) -> Result<(), Error> {
+    if uses.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = uses.iter().map(|u| u.0).collect();
+    let times: Vec<SystemTime> = uses.iter().map(|u| u.1).collect();
+    db.query(
+        "UPDATE api_keys k SET last_used_at = GREATEST(k.last_used_at, u.t) \
+         FROM unnest($1::int8[], $2::timestamptz[]) AS u(id, t) WHERE k.id = u.id",
+        &[(&ids, Type::INT8_ARRAY), (&times, Type::TIMESTAMPTZ_ARRAY)],
+    )
+    .await?;
+    Ok(())
+}
+
+fn check_rate_limit(rpm: Option<i32>, burst: Option<i32>) -> Result<(), Error> {
+    if rpm.is_some_and(|r| r <= 0) {
+        return Err(Error::bad_request(
+            "`rate_limit_per_minute` must be at least 1",
+        ));
+    }
+    if burst.is_some_and(|b| b <= 0) {
+        return Err(Error::bad_request("`rate_limit_burst` must be at least 1"));
+    }
+    if burst.is_some() && rpm.is_none() {
+        return Err(Error::bad_request(
+            "`rate_limit_burst` needs `rate_limit_per_minute`",
+        ));
+    }
+    Ok(())
+}
+
+fn conflict_as(e: Error, message: String) -> Error {
+    match e.kind {
+        Kind::Conflict => Error {
+            message: message.into(),
+            ..e
+        },
+        _ => e,
+    }
+}
+
+fn no_row() -> Error {
+    Error::new(Kind::Internal, Side::Internal, "statement returned no row")
+}
+
+fn account_not_found(r: &AccountRef<'_>) -> Error {
+    let what = match r {
+        AccountRef::Id(id) => format!("no account with id {id}"),
+        AccountRef::Name(n) => format!("no account named `{}`", crate::error::truncate(n, 100)),
+    };
+    Error::new(Kind::NotFound, Side::Client, what)
+}
+
+fn key_not_found(public_id: &str) -> Error {
+    Error::new(
+        Kind::NotFound,
+        Side::Client,
+        format!("no key `{}`", crate::error::truncate(public_id, 40)),
+    )
+}
+
+fn rfc3339<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_seconds(*t))
+}
+
+fn rfc3339_opt<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => rfc3339(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Unix seconds now (key expiry is compared in these).
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

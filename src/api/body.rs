@@ -1,0 +1,57 @@
+//! Reading request bodies: size-limited, JSON only, errors that name the field at fault.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Kind, Side};
+
+/// The body as `T`; an empty body is `None` (the caller decides whether that is allowed).
+pub async fn json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: u64,
+) -> Result<Option<T>, Error> {
+    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+        let mime = ct
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim();
+        if !mime.eq_ignore_ascii_case("application/json") {
+            return Err(Error::new(
+                Kind::UnsupportedMediaType,
+                Side::Client,
+                "request bodies must be `application/json`",
+            ));
+        }
+    }
+    let bytes: Bytes = Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::payload_too_large(limit)
+            } else {
+                Error::bad_request("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(de).map(Some).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            Error::bad_request(format!("invalid JSON body: {inner}"))
+        } else {
+            Error::bad_request(format!("invalid JSON body at `{path}`: {inner}"))
+        }
+    })
+}

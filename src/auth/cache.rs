@@ -1,0 +1,173 @@
+//! The in-process layer of the key cache: public id → key record (or "no such key"), with the
+//! time it was fetched. Readers take no lock (papaya). Bounded: at `auth.cache_max_entries` an
+//! insert first drops expired entries and, if the table is still full, is skipped (that lookup
+//! simply goes to Redis/PostgreSQL next time), so memory never grows past the bound.
+
+use std::sync::Arc;
+
+use crate::accounts::store::KeyRecord;
+
+#[derive(Clone)]
+struct Entry {
+    /// `None`: no key has this id (a negative entry).
+    record: Option<Arc<KeyRecord>>,
+    fetched_ms: u64,
+}
+
+/// What the cache knows about an id.
+pub enum Cached {
+    /// Fresh: answer from it.
+    Fresh(Option<Arc<KeyRecord>>),
+    /// Past its TTL but within `stale_ms`: usable only when the database cannot be asked.
+    Stale(Arc<KeyRecord>),
+    Miss,
+}
+
+pub struct KeyCache {
+    map: papaya::HashMap<Box<str>, Entry, foldhash::fast::RandomState>,
+    ttl_ms: u64,
+    negative_ttl_ms: u64,
+    stale_ms: u64,
+    max: usize,
+    clock: quanta::Clock,
+    epoch: u64,
+}
+
+impl KeyCache {
+    pub fn new(ttl_ms: u64, negative_ttl_ms: u64, stale_ms: u64, max: usize) -> KeyCache {
+        let clock = quanta::Clock::new();
+        KeyCache {
+            map: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+            ttl_ms,
+            negative_ttl_ms,
+            stale_ms: stale_ms.max(ttl_ms),
+            max,
+            epoch: clock.raw(),
+            clock,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.delta_as_nanos(self.epoch, self.clock.raw()) / 1_000_000
+    }
+
+    pub fn get(&self, id: &str) -> Cached {
+        let now = self.now_ms();
+        let map = self.map.pin();
+        let Some(e) = map.get(id) else {
+            return Cached::Miss;
+        };
+        let age = now.saturating_sub(e.fetched_ms);
+        match &e.record {
+            Some(r) if age < self.ttl_ms => Cached::Fresh(Some(r.clone())),
+            None if age < self.negative_ttl_ms => Cached::Fresh(None),
+            Some(r) if age < self.stale_ms => Cached::Stale(r.clone()),
+            _ => Cached::Miss,
+        }
+    }
+
+    pub fn put(&self, id: &str, record: Option<Arc<KeyRecord>>) {
+        let map = self.map.pin();
+        if map.len() >= self.max && !map.contains_key(id) {
+            self.sweep();
+            if map.len() >= self.max {
+                return;
+            }
+        }
+        map.insert(
+            id.into(),
+            Entry {
+                record,
+                fetched_ms: self.now_ms(),
+            },
+        );
+    }
+
+    pub fn remove(&self, id: &str) {
+        self.map.pin().remove(id);
+    }
+
+    /// Drops every entry (after missing revocation messages while Redis was unreachable).
+    pub fn clear(&self) {
+        self.map.pin().clear();
+    }
+
+    /// Drops entries too old to be used even as stale ones; returns how many remain.
+    pub fn sweep(&self) -> usize {
+        let now = self.now_ms();
+        let map = self.map.pin();
+        map.retain(|_, e| {
+            let limit = if e.record.is_some() {
+                self.stale_ms
+            } else {
+                self.negative_ttl_ms
+            };
+            now.saturating_sub(e.fetched_ms) < limit
+        });
+        map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.pin().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord {
+            key_id: 1,
+            public_id: id.into(),
+            secret_hash: vec![0; 32],
+            scopes: vec!["user".into()],
+            expires_at: None,
+            revoked: false,
+            account_id: 1,
+            account_active: true,
+            account_rate_limit: None,
+            key_rate_limit: None,
+        })
+    }
+
+    #[test]
+    fn fresh_stale_and_expired() {
+        let c = KeyCache::new(0, 0, 60_000, 10);
+        c.put("a", Some(rec("a")));
+        // ttl 0: immediately stale, still usable as stale
+        assert!(matches!(c.get("a"), Cached::Stale(_)));
+        c.put("n", None);
+        assert!(matches!(c.get("n"), Cached::Miss));
+        let c = KeyCache::new(60_000, 60_000, 60_000, 10);
+        c.put("a", Some(rec("a")));
+        c.put("n", None);
+        assert!(matches!(c.get("a"), Cached::Fresh(Some(_))));
+        assert!(matches!(c.get("n"), Cached::Fresh(None)));
+        c.remove("a");
+        assert!(matches!(c.get("a"), Cached::Miss));
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let c = KeyCache::new(60_000, 60_000, 60_000, 100);
+        for i in 0..1000 {
+            c.put(&format!("k{i}"), Some(rec("x")));
+        }
+        assert_eq!(c.len(), 100);
+        // entries that expire make room again
+        let c = KeyCache::new(0, 0, 0, 100);
+        for i in 0..1000 {
+            c.put(&format!("k{i}"), None);
+        }
+        assert!(c.len() <= 100);
+        assert!(matches!(c.get("k999"), Cached::Miss));
+    }
+}

@@ -1,0 +1,401 @@
+//! Authentication: who is calling. `Authorization: Bearer <API key or JWT>` becomes a
+//! [`Principal`], looked up in three layers: the in-process cache (`cache`), Redis, PostgreSQL.
+//!
+//! - Unknown ids are cached negatively (`auth.negative_ttl_ms`), in process and in Redis, so a
+//!   brute-force run against one id does not reach the database.
+//! - Revoking a key (or suspending an account) deletes its Redis entry and publishes its id on
+//!   the `<prefix>auth:revoked` channel; every daemon drops it from its in-process cache at once.
+//!   After a Redis disconnection each daemon clears its in-process cache (messages sent meanwhile
+//!   are lost). While Redis is unreachable, a revoked key can still pass on another daemon for at
+//!   most `auth.cache_ttl_ms` (its in-process entry's life), plus `auth.redis_ttl_ms` if the
+//!   revoking side could not delete the Redis entry.
+//! - PostgreSQL unreachable: cached keys keep working (entries up to `auth.stale_if_error_ms`
+//!   old), anything else gets 503 `auth_unavailable`, never 401.
+//! - `last_used_at` is written in one batched UPDATE per `auth.last_used_flush_ms`.
+
+pub mod apikey;
+pub mod cache;
+pub mod jwt;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper::HeaderMap;
+use hyper::header::AUTHORIZATION;
+use metrics::counter;
+
+use crate::accounts::Db;
+use crate::accounts::store::{self, KeyRecord, unix_now};
+use crate::cache::Redis;
+use crate::config::Config;
+use crate::error::{Error, Kind, Side};
+use crate::metrics::{AUTH_FAILURES_TOTAL, AUTH_LOOKUPS_TOTAL};
+use cache::{Cached, KeyCache};
+use jwt::Jwt;
+
+/// Longest `Authorization` value looked at; a JWT from this daemon is well under 1 KB.
+const MAX_AUTHORIZATION_LEN: usize = 4096;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    ApiKey,
+    Jwt,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key: Arc<KeyRecord>,
+    pub via: Via,
+}
+
+impl Principal {
+    pub fn account_id(&self) -> i64 {
+        self.key.account_id
+    }
+    pub fn is_admin(&self) -> bool {
+        self.key.scopes.iter().any(|s| s == "admin")
+    }
+}
+
+pub struct Auth {
+    db: Option<Arc<Db>>,
+    redis: Option<Redis>,
+    cache: KeyCache,
+    jwt: Option<Jwt>,
+    /// key id → unix second of its last use, waiting for the next batched write.
+    pending_uses: papaya::HashMap<i64, i64, foldhash::fast::RandomState>,
+    redis_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Auth {
+    pub fn new(config: &Config, db: Option<Arc<Db>>, redis: Option<Redis>) -> Arc<Auth> {
+        let a = &config.auth;
+        Arc::new(Auth {
+            db,
+            redis,
+            cache: KeyCache::new(
+                a.cache_ttl_ms,
+                a.negative_ttl_ms,
+                a.stale_if_error_ms,
+                a.cache_max_entries,
+            ),
+            jwt: config.secrets.jwt_secret.as_ref().map(|s| Jwt::new(s, a)),
+            pending_uses: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .build(),
+            redis_ttl: Duration::from_millis(a.redis_ttl_ms),
+            negative_ttl: Duration::from_millis(a.negative_ttl_ms.max(1)),
+        })
+    }
+
+    pub fn jwt(&self) -> Option<&Jwt> {
+        self.jwt.as_ref()
+    }
+
+    /// The caller behind the request's `Authorization` header.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Error> {
+        let r = self.authenticate_inner(headers).await;
+        if let Err(e) = &r {
+            counter!(AUTH_FAILURES_TOTAL, "code" => e.kind.code()).increment(1);
+        }
+        r
+    }
+
+    async fn authenticate_inner(&self, headers: &HeaderMap) -> Result<Principal, Error> {
+        let credential = bearer(headers)?;
+        if let Some((id, secret)) = apikey::parse(credential) {
+            let key = self.lookup(id).await?.ok_or_else(invalid)?;
+            if !apikey::verify(secret, &key.secret_hash) {
+                return Err(invalid());
+            }
+            self.admit(key, Via::ApiKey)
+        } else if credential.bytes().filter(|b| *b == b'.').count() == 2 {
+            let jwt = self.jwt.as_ref().ok_or_else(invalid)?;
+            let claims = jwt.validate(credential)?;
+            if !apikey::is_public_id(&claims.kid) {
+                return Err(invalid());
+            }
+            let key = self.lookup(&claims.kid).await?.ok_or_else(invalid)?;
+            if claims.sub != key.account_id.to_string() {
+                return Err(invalid());
+            }
+            self.admit(key, Via::Jwt)
+        } else {
+            Err(invalid())
+        }
+    }
+
+    /// Checks what the record itself says (revoked, expired, account suspended) and notes the use.
+    fn admit(&self, key: Arc<KeyRecord>, via: Via) -> Result<Principal, Error> {
+        if key.revoked {
+            return Err(Error::unauthorized(
+                "key_revoked",
+                "this API key has been revoked",
+            ));
+        }
+        let now = unix_now();
+        if key.expires_at.is_some_and(|e| e <= now) {
+            return Err(Error::unauthorized(
+                "key_expired",
+                "this API key has expired",
+            ));
+        }
+        if !key.account_active {
+            return Err(Error::forbidden(
+                "account_suspended",
+                "the account is suspended",
+            ));
+        }
+        let uses = self.pending_uses.pin();
+        if uses.get(&key.key_id) != Some(&now) {
+            uses.insert(key.key_id, now);
+        }
+        Ok(Principal { key, via })
+    }
+
+    /// The key record for a public id: in-process cache, then Redis, then PostgreSQL.
+    pub async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, Error> {
+        let stale = match self.cache.get(id) {
+            Cached::Fresh(r) => {
+                counter!(AUTH_LOOKUPS_TOTAL, "source" => "memory").increment(1);
+                return Ok(r);
+            }
+            Cached::Stale(r) => Some(r),
+            Cached::Miss => None,
+        };
+        let rkey = self
+            .redis
+            .as_ref()
+            .map(|r| r.key(&format!("auth:key:{id}")));
+        if let (Some(redis), Some(rkey)) = (&self.redis, &rkey)
+            && let Some(text) = redis.get(rkey).await
+        {
+            let rec = if text == "none" {
+                Some(None)
+            } else {
+                serde_json::from_str::<KeyRecord>(&text)
+                    .ok()
+                    .map(|r| Some(Arc::new(r)))
+            };
+            if let Some(rec) = rec {
+                counter!(AUTH_LOOKUPS_TOTAL, "source" => "redis").increment(1);
+                self.cache.put(id, rec.clone());
+                return Ok(rec);
+            }
+        }
+        let Some(db) = &self.db else {
+            return Err(Error::new(
+                Kind::AuthUnavailable,
+                Side::Internal,
+                "authentication is not configured on this daemon (DATABASE_URL is unset)",
+            ));
+        };
+        match store::key_record(db, id).await {
+            Ok(rec) => {
+                counter!(AUTH_LOOKUPS_TOTAL, "source" => "database").increment(1);
+                let rec = rec.map(Arc::new);
+                self.cache.put(id, rec.clone());
+                if let (Some(redis), Some(rkey)) = (&self.redis, rkey) {
+                    let (text, ttl) = match &rec {
+                        Some(r) => (
+                            serde_json::to_string(&**r).map_err(Error::internal)?,
+                            self.redis_ttl,
+                        ),
+                        None => ("none".to_owned(), self.negative_ttl),
+                    };
+                    redis.set_ex(&rkey, text, ttl).await;
+                }
+                Ok(rec)
+            }
+            Err(e) if matches!(e.kind, Kind::DatabaseUnavailable) => match stale {
+                Some(r) => {
+                    counter!(AUTH_LOOKUPS_TOTAL, "source" => "stale").increment(1);
+                    Ok(Some(r))
+                }
+                None => Err(Error::new(
+                    Kind::AuthUnavailable,
+                    Side::Internal,
+                    "credentials cannot be checked right now (database unreachable); retry shortly",
+                )
+                .with_source(e)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops keys from this daemon's cache.
+    pub fn forget(&self, ids: &[&str]) {
+        for id in ids {
+            self.cache.remove(id);
+        }
+    }
+
+    /// Starts the background work: the revocation subscriber, the `last_used_at` writer and
+    /// the cache sweeper.
+    pub fn spawn_tasks(self: &Arc<Self>, config: &Config) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Some(redis) = &self.redis {
+            let (a, b) = (self.clone(), self.clone());
+            match redis.subscribe(
+                revocation_channel(redis),
+                move |msg| a.forget(&msg.split(',').collect::<Vec<_>>()),
+                move || b.cache.clear(),
+            ) {
+                Ok(t) => tasks.push(t),
+                Err(e) => tracing::error!(error = %e, "cannot subscribe to key revocations"),
+            }
+        }
+        if self.db.is_some() {
+            let me = self.clone();
+            let every = Duration::from_millis(config.auth.last_used_flush_ms);
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    me.flush_last_used().await;
+                }
+            }));
+        }
+        let me = self.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                me.cache.sweep();
+            }
+        }));
+        tasks
+    }
+
+    /// Writes the pending `last_used_at` values in one statement; keeps them for the next round
+    /// when the database is unreachable.
+    pub async fn flush_last_used(&self) {
+        let Some(db) = &self.db else { return };
+        let taken: Vec<(i64, i64)> = {
+            let uses = self.pending_uses.pin();
+            let keys: Vec<i64> = uses.keys().copied().collect();
+            keys.into_iter()
+                .filter_map(|k| uses.remove(&k).map(|t| (k, *t)))
+                .collect()
+        };
+        if taken.is_empty() {
+            return;
+        }
+        let rows: Vec<(i64, SystemTime)> = taken
+            .iter()
+            .map(|(k, t)| (*k, UNIX_EPOCH + Duration::from_secs(*t as u64)))
+            .collect();
+        if let Err(e) = store::touch_last_used(db, &rows).await {
+            tracing::warn!(error = %e, keys = rows.len(), "cannot write last_used_at; will retry");
+            let uses = self.pending_uses.pin();
+            for (k, t) in taken {
+                uses.compute(k, |old| match old {
+                    Some((_, v)) if *v >= t => papaya::Operation::Abort(()),
+                    _ => papaya::Operation::Insert(t),
+                });
+            }
+        }
+    }
+}
+
+/// Deletes the Redis entries of these keys and tells every daemon to drop them.
+/// Used by the admin endpoints and commands after revoking or suspending.
+pub async fn publish_revoked(redis: &Redis, ids: &[String]) -> Result<(), String> {
+    let keys = ids
+        .iter()
+        .map(|i| redis.key(&format!("auth:key:{i}")))
+        .collect();
+    redis.del(keys).await?;
+    for chunk in ids.chunks(100) {
+        redis
+            .publish(&revocation_channel(redis), chunk.join(","))
+            .await?;
+    }
+    Ok(())
+}
+
+fn revocation_channel(redis: &Redis) -> String {
+    redis.key("auth:revoked")
+}
+
+fn invalid() -> Error {
+    Error::unauthorized("invalid_credentials", "invalid API key or token")
+}
+
+fn malformed(message: &'static str) -> Error {
+    Error::unauthorized("malformed_authorization", message)
+}
+
+/// The credential of `Authorization: Bearer <credential>`.
+fn bearer(headers: &HeaderMap) -> Result<&str, Error> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(Error::unauthorized(
+            "missing_credentials",
+            "send `Authorization: Bearer <API key or token>`",
+        ));
+    };
+    if values.next().is_some() {
+        return Err(malformed("send exactly one Authorization header"));
+    }
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(malformed("the Authorization header is too long"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| malformed("the Authorization header must be printable ASCII"))?;
+    let (scheme, rest) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(malformed(
+            "expected the Bearer scheme: `Authorization: Bearer <API key or token>`",
+        ));
+    }
+    let credential = rest.trim();
+    if credential.is_empty() {
+        return Err(malformed("the Bearer credential is empty"));
+    }
+    Ok(credential)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn with(v: &[u8]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_bytes(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(
+            bearer(&HeaderMap::new()).unwrap_err().kind.code(),
+            "missing_credentials"
+        );
+        for bad in [
+            &b""[..],
+            b"Bearer",
+            b"Bearer   ",
+            b"Basic dXNlcjpwYXNz",
+            b"Token abc",
+            "Bearer caf\u{e9}".as_bytes(),
+        ] {
+            assert_eq!(
+                bearer(&with(bad)).unwrap_err().kind.code(),
+                "malformed_authorization",
+                "{bad:?}"
+            );
+        }
+        let huge = format!("Bearer {}", "a".repeat(10_000));
+        assert_eq!(
+            bearer(&with(huge.as_bytes())).unwrap_err().kind.code(),
+            "malformed_authorization"
+        );
+        assert_eq!(bearer(&with(b"bearer  gpx_x ")).unwrap(), "gpx_x");
+    }
+}

@@ -1,0 +1,172 @@
+//! The Redis client: one multiplexed connection for commands, one for subscriptions.
+//!
+//! fred's default builder has no reconnect policy (after a Redis restart commands hang forever)
+//! and no timeouts (commands queue during an outage): STACK-NOTES.md. Here reconnecting never
+//! stops (exponential back-off up to `redis.reconnect_max_delay_ms`), and every request-path
+//! command runs with `fail_fast` and a timeout, so a down Redis costs a request well under a
+//! millisecond.
+
+use std::time::Duration;
+
+use fred::prelude::{
+    Builder, Client, ClientLike, Config as FredConfig, EventInterface, KeysInterface, Options,
+    PubsubInterface, ReconnectPolicy,
+};
+use fred::types::Expiration;
+
+use crate::config::{RedisConfig, Secret};
+
+#[derive(Clone)]
+pub struct Redis {
+    client: Client,
+    /// Kept to build the subscriber connection with the same settings.
+    builder_cfg: (FredConfig, RedisConfig),
+    opts: Options,
+    prefix: String,
+}
+
+impl Redis {
+    /// Builds the client and starts connecting in the background; returns at once even when
+    /// Redis is down (the daemon then runs degraded until it is back).
+    pub fn connect(url: &Secret, cfg: &RedisConfig) -> Result<Redis, String> {
+        let fc = FredConfig::from_url(url.expose()).map_err(|e| format!("REDIS_URL: {e}"))?;
+        let client = build(&fc, cfg)?;
+        client.connect();
+        Ok(Redis {
+            client,
+            builder_cfg: (fc, cfg.clone()),
+            opts: Options {
+                fail_fast: true,
+                timeout: Some(Duration::from_millis(cfg.command_timeout_ms)),
+                max_attempts: Some(1),
+                ..Default::default()
+            },
+            prefix: cfg.key_prefix.clone(),
+        })
+    }
+
+    /// Waits (up to `within`) for the first connection; for command-line tools that publish one
+    /// message and exit.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.client.wait_for_connect())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// `<prefix><name>`: every key and channel the daemon uses goes through here.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        self.client
+            .with_options(&self.opts)
+            .get::<Option<String>, _>(key)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Best effort: a failure only means the next reader goes to PostgreSQL.
+    pub async fn set_ex(&self, key: &str, value: String, ttl: Duration) {
+        let secs = ttl.as_millis().max(1) as i64;
+        let _ = self
+            .client
+            .with_options(&self.opts)
+            .set::<(), _, _>(key, value, Some(Expiration::PX(secs)), None, false)
+            .await;
+    }
+
+    pub async fn del(&self, keys: Vec<String>) -> Result<(), String> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .with_options(&self.opts)
+            .del::<(), _>(keys)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn publish(&self, channel: &str, message: String) -> Result<(), String> {
+        self.client
+            .with_options(&self.opts)
+            .publish::<(), _, _>(channel, message)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Delivers every message published on `channel` to `on_message`, for the life of the
+    /// process. `on_resubscribe` runs after every (re)subscription, because messages sent while
+    /// disconnected are lost: the caller drops what they might have invalidated.
+    pub fn subscribe(
+        &self,
+        channel: String,
+        on_message: impl Fn(&str) + Send + Sync + 'static,
+        on_resubscribe: impl Fn() + Send + Sync + 'static,
+    ) -> Result<tokio::task::JoinHandle<()>, String> {
+        let sub = build(&self.builder_cfg.0, &self.builder_cfg.1)?;
+        let mut messages = sub.message_rx();
+        let mut reconnects = sub.reconnect_rx();
+        sub.connect();
+        Ok(tokio::spawn(async move {
+            let subscribe = |sub: Client, channel: String| async move {
+                loop {
+                    if sub.wait_for_connect().await.is_ok()
+                        && sub.subscribe(channel.clone()).await.is_ok()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            subscribe(sub.clone(), channel.clone()).await;
+            on_resubscribe();
+            loop {
+                tokio::select! {
+                    m = messages.recv() => match m {
+                        Ok(m) => {
+                            if let Some(text) = m.value.as_str() {
+                                on_message(&text);
+                            }
+                        }
+                        // lagged: messages were lost, so treat it like a reconnect
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => on_resubscribe(),
+                        Err(_) => return,
+                    },
+                    r = reconnects.recv() => {
+                        if r.is_err() { return; }
+                        subscribe(sub.clone(), channel.clone()).await;
+                        on_resubscribe();
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn build(fc: &FredConfig, cfg: &RedisConfig) -> Result<Client, String> {
+    Builder::from_config(fc.clone())
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+            c.internal_command_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+            c.max_command_attempts = 2;
+            c.unresponsive.max_timeout = Some(Duration::from_secs(2));
+            c.unresponsive.interval = Duration::from_millis(500);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_millis(cfg.command_timeout_ms);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            100,
+            cfg.reconnect_max_delay_ms.min(u32::MAX as u64) as u32,
+            2,
+        ))
+        .build()
+        .map_err(|e| format!("cannot build the Redis client: {e}"))
+}

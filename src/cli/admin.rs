@@ -1,0 +1,422 @@
+//! `gpuproxyd migrate`, `gpuproxyd accounts …` and `gpuproxyd keys …`: the operator's side of
+//! accounts and keys, against `DATABASE_URL` (PgBouncer is fine: every statement is unnamed).
+//! Output is a table, or JSON with `--json`. Revoking and suspending also tell running daemons
+//! through Redis when `REDIS_URL` is set.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::accounts::store::{self, Account, AccountRef, KeyInfo, NewAccount, NewKeySpec};
+use crate::accounts::{Db, admin, migrate};
+use crate::cache::Redis;
+use crate::config::{DatabaseConfig, RedisConfig, Secret};
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL URL for the migrations; defaults to MIGRATE_DATABASE_URL, then DATABASE_URL.
+    /// A direct connection (not PgBouncer) is the usual choice for DDL; through PgBouncer works
+    /// too (only the simple protocol is used).
+    #[arg(long, value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AccountsCmd {
+    /// Create an account.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Spend allowed per UTC day, USD (default 100).
+        #[arg(long)]
+        daily_budget_usd: Option<f64>,
+        /// Instances running at once (default 5).
+        #[arg(long)]
+        max_instances: Option<i32>,
+        /// Override of ratelimit.account_per_minute for this account.
+        #[arg(long)]
+        rate_limit_per_minute: Option<i32>,
+        #[arg(long)]
+        rate_limit_burst: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List accounts by id.
+    List {
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one account (by id or name).
+    Show {
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend an account: its keys and tokens are refused (403 account_suspended).
+    Suspend {
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a suspended account active again.
+    Resume {
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create an API key; the token is printed once and cannot be shown again.
+    Create {
+        /// Account id or name.
+        #[arg(long)]
+        account: String,
+        /// `user` (default) or `admin`; repeatable.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        /// Override of ratelimit.key_per_minute for this key.
+        #[arg(long)]
+        rate_limit_per_minute: Option<i32>,
+        #[arg(long)]
+        rate_limit_burst: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an account's keys (never their secrets).
+    List {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its public id (the 12 characters after `gpx_`).
+    Revoke {
+        public_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a command on a small runtime of its own; returns the exit status.
+fn block_on(f: impl Future<Output = Result<(), String>>) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn env_secret(name: &str) -> Option<Secret> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+}
+
+fn db() -> Result<std::sync::Arc<Db>, String> {
+    let url = env_secret("DATABASE_URL").ok_or("DATABASE_URL is not set")?;
+    let cfg = DatabaseConfig {
+        pool_size: 2,
+        acquire_timeout_ms: 5_000,
+        connect_timeout_ms: 5_000,
+        query_timeout_ms: 30_000,
+        ..DatabaseConfig::default()
+    };
+    Db::new(&url, &cfg)
+}
+
+async fn redis() -> Option<Redis> {
+    let url = env_secret("REDIS_URL")?;
+    let r = Redis::connect(&url, &RedisConfig::default()).ok()?;
+    // a short wait: if Redis is down the command still succeeds, and says so
+    r.wait_connected(Duration::from_secs(2)).await;
+    Some(r)
+}
+
+pub fn migrate(args: MigrateArgs) -> i32 {
+    let url = args
+        .database_url
+        .or_else(|| std::env::var("MIGRATE_DATABASE_URL").ok())
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| !u.is_empty());
+    let Some(url) = url else {
+        eprintln!(
+            "error: no database URL: pass --database-url or set MIGRATE_DATABASE_URL or DATABASE_URL"
+        );
+        return crate::config::EXIT_BAD_CONFIG;
+    };
+    block_on(async move {
+        let r = migrate::run(&url).await?;
+        for (v, name) in &r.applied {
+            println!("applied {v:04} {name}");
+        }
+        println!(
+            "schema up to date: {} applied now, {} already applied",
+            r.applied.len(),
+            r.already
+        );
+        Ok(())
+    })
+}
+
+pub fn accounts(cmd: AccountsCmd) -> i32 {
+    block_on(async move {
+        let db = db()?;
+        let e = |e: crate::error::Error| e.message.to_string();
+        match cmd {
+            AccountsCmd::Create {
+                name,
+                daily_budget_usd,
+                max_instances,
+                rate_limit_per_minute,
+                rate_limit_burst,
+                json,
+            } => {
+                let a = store::create_account(
+                    &db,
+                    &NewAccount {
+                        name,
+                        daily_budget_usd,
+                        max_instances,
+                        rate_limit_per_minute,
+                        rate_limit_burst,
+                    },
+                )
+                .await
+                .map_err(e)?;
+                print_accounts(&[a], json);
+            }
+            AccountsCmd::List { after, limit, json } => {
+                let list = store::list_accounts(&db, after, limit.clamp(1, 10_000))
+                    .await
+                    .map_err(e)?;
+                print_accounts(&list, json);
+            }
+            AccountsCmd::Show { account, json } => {
+                let a = store::get_account(&db, &AccountRef::parse(&account))
+                    .await
+                    .map_err(e)?;
+                print_accounts(&[a], json);
+            }
+            AccountsCmd::Suspend { account, json } => {
+                set_status(&db, &account, false, json).await?;
+            }
+            AccountsCmd::Resume { account, json } => {
+                set_status(&db, &account, true, json).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn set_status(db: &Db, account: &str, active: bool, json: bool) -> Result<(), String> {
+    let redis = redis().await;
+    let (a, p) = admin::set_account_status(
+        db,
+        None,
+        redis.as_ref(),
+        &AccountRef::parse(account),
+        active,
+    )
+    .await
+    .map_err(|e| e.message.to_string())?;
+    if json {
+        print_json(&json!({"account": a, "propagation": p}));
+    } else {
+        print_accounts(&[a], false);
+        print_propagation(&p);
+    }
+    Ok(())
+}
+
+pub fn keys(cmd: KeysCmd) -> i32 {
+    block_on(async move {
+        let db = db()?;
+        let e = |e: crate::error::Error| e.message.to_string();
+        match cmd {
+            KeysCmd::Create {
+                account,
+                scopes,
+                label,
+                expires_in_days,
+                rate_limit_per_minute,
+                rate_limit_burst,
+                json,
+            } => {
+                let spec = NewKeySpec {
+                    scopes,
+                    label,
+                    expires_in_days,
+                    rate_limit_per_minute,
+                    rate_limit_burst,
+                };
+                let (key, token) = store::create_key(&db, &AccountRef::parse(&account), &spec)
+                    .await
+                    .map_err(e)?;
+                if json {
+                    print_json(&json!({"key": key, "token": token}));
+                } else {
+                    print_keys(&[key], false);
+                    println!("\ntoken (shown once, store it now):\n{token}");
+                }
+            }
+            KeysCmd::List { account, json } => {
+                let list = store::list_keys(&db, &AccountRef::parse(&account))
+                    .await
+                    .map_err(e)?;
+                print_keys(&list, json);
+            }
+            KeysCmd::Revoke { public_id, json } => {
+                if !crate::auth::apikey::is_public_id(&public_id) {
+                    return Err(
+                        "a key's public id is the 12 letters and digits after `gpx_`".into(),
+                    );
+                }
+                let redis = redis().await;
+                let (key, p) = admin::revoke_key(&db, None, redis.as_ref(), &public_id)
+                    .await
+                    .map_err(e)?;
+                if json {
+                    print_json(&json!({"key": key, "propagation": p}));
+                } else {
+                    print_keys(&[key], false);
+                    print_propagation(&p);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn print_json(v: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("records serialize")
+    );
+}
+
+fn print_propagation(p: &admin::Propagation) {
+    match (&p.propagated, &p.note) {
+        (true, _) => println!("running daemons were told through Redis"),
+        (false, Some(n)) => println!("note: {n}"),
+        (false, None) => {}
+    }
+}
+
+fn ts(t: Option<std::time::SystemTime>) -> String {
+    t.map_or("-".into(), |t| {
+        humantime::format_rfc3339_seconds(t).to_string()
+    })
+}
+
+fn print_accounts(list: &[Account], json: bool) {
+    if json {
+        return print_json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.to_string(),
+                a.name.clone(),
+                a.status.clone(),
+                format!("{:.2}", a.daily_budget_usd),
+                a.max_instances.to_string(),
+                a.rate_limit_per_minute
+                    .map_or("-".into(), |r| r.to_string()),
+                ts(Some(a.created_at)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "STATUS",
+            "BUDGET/DAY USD",
+            "MAX INSTANCES",
+            "RPM",
+            "CREATED",
+        ],
+        &rows,
+    );
+}
+
+fn print_keys(list: &[KeyInfo], json: bool) {
+    if json {
+        return print_json(&list);
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|k| {
+            vec![
+                k.public_id.clone(),
+                k.account_id.to_string(),
+                k.scopes.join(","),
+                k.label.clone().unwrap_or_else(|| "-".into()),
+                ts(Some(k.created_at)),
+                ts(k.expires_at),
+                ts(k.revoked_at),
+                ts(k.last_used_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PUBLIC ID",
+            "ACCOUNT",
+            "SCOPES",
+            "LABEL",
+            "CREATED",
+            "EXPIRES",
+            "REVOKED",
+            "LAST USED",
+        ],
+        &rows,
+    );
+}
+
+fn table(head: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(head.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

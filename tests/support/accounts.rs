@@ -1,0 +1,88 @@
+//! Accounts for tests: a migrated database of a test's own, the admin commands as a real user
+//! runs them, and the environment a daemon needs to reach the services.
+
+use std::process::{Command, Output};
+
+use super::services::{Services, free_port};
+
+/// A database of one test's own inside a service set, migrated with `gpuproxyd migrate`.
+pub struct TestDb<'a> {
+    pub services: &'a Services,
+    pub name: String,
+}
+
+impl<'a> TestDb<'a> {
+    pub fn new(services: &'a Services, prefix: &str) -> TestDb<'a> {
+        let name = format!("{prefix}_{}", free_port());
+        services.create_database(&name);
+        let out = gpuproxyd(
+            &["migrate", "--database-url", &services.postgres_url(&name)],
+            &[],
+        );
+        assert!(out.status.success(), "migrate failed: {}", stderr(&out));
+        TestDb { services, name }
+    }
+
+    /// DATABASE_URL (through PgBouncer), REDIS_URL and JWT_SECRET, for a daemon or a command.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "DATABASE_URL".into(),
+                self.services.pgbouncer_url(&self.name),
+            ),
+            ("REDIS_URL".into(), self.services.redis_url()),
+            ("JWT_SECRET".into(), JWT_SECRET.into()),
+        ]
+    }
+
+    /// Runs `gpuproxyd <args> --json` against this database and returns its JSON output.
+    pub fn cli(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let env = self.env();
+        let out = gpuproxyd(&a, &env);
+        assert!(
+            out.status.success(),
+            "gpuproxyd {args:?} failed: {}",
+            stderr(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "gpuproxyd {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Creates an account and one key for it; returns (account id, token).
+    pub fn account_with_key(&self, name: &str, scopes: &[&str]) -> (i64, String) {
+        let a = self.cli(&["accounts", "create", "--name", name]);
+        let id = a[0]["id"].as_i64().unwrap();
+        let mut args = vec!["keys", "create", "--account", name];
+        for s in scopes {
+            args.extend(["--scope", s]);
+        }
+        let k = self.cli(&args);
+        (id, k["token"].as_str().unwrap().to_owned())
+    }
+}
+
+pub const JWT_SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
+
+pub fn gpuproxyd(args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpuproxyd"))
+        .args(args)
+        .envs(env.iter().cloned())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run gpuproxyd")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The public id of a token `gpx_<id>_<secret>`.
+pub fn public_id(token: &str) -> &str {
+    &token[4..16]
+}
