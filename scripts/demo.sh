@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# Runs gpuproxyd for real on this machine: builds it, makes a self-signed certificate in
-# ./demo-data, and serves HTTPS on 127.0.0.1:8443 with metrics on 127.0.0.1:9090 until Ctrl-C.
+# Runs gpuproxyd for real on this machine, until Ctrl-C:
+#  - PostgreSQL, PgBouncer (transaction pooling) and Redis from Debian's packages, with their data
+#    in ./demo-data (or a private directory under /tmp when run as root and the checkout is not
+#    reachable by the `postgres` user), on ports of their own;
+#  - the schema (gpuproxyd migrate), a demo account and an admin API key;
+#  - the daemon: HTTPS on 127.0.0.1:8443, metrics on 127.0.0.1:9090.
+# It prints the API key and curl lines to try. Ctrl-C drains the daemon and stops the services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
+. scripts/services.sh
 install_debian_packages
 ensure_cargo
 
 DEMO_DIR="$PWD/demo-data"
+PG_PORT="${DEMO_PG_PORT:-55432}"
+BOUNCER_PORT="${DEMO_PGBOUNCER_PORT:-56432}"
+REDIS_PORT="${DEMO_REDIS_PORT:-56379}"
 mkdir -p "$DEMO_DIR/certs"
 
 echo "==> building gpuproxyd (release)"
@@ -21,17 +30,46 @@ if [ ! -s "$DEMO_DIR/certs/server.crt" ]; then
     -keyout "$DEMO_DIR/certs/server.key" -out "$DEMO_DIR/certs/server.crt" 2>/dev/null
 fi
 
+for p in 8443 9090; do
+  if svc_port_busy "$p"; then echo "port $p is in use (another demo running?)" >&2; exit 1; fi
+done
+echo "==> starting PostgreSQL :$PG_PORT, PgBouncer (transaction pooling) :$BOUNCER_PORT, Redis :$REDIS_PORT"
+services_start "$DEMO_DIR/services" "$PG_PORT" "$BOUNCER_PORT" "$REDIS_PORT"
+[ -s "$DEMO_DIR/jwt-secret" ] || openssl rand -hex 32 >"$DEMO_DIR/jwt-secret"
+JWT_SECRET="$(cat "$DEMO_DIR/jwt-secret")"
+export JWT_SECRET
+
+echo "==> gpuproxyd migrate"
+"$BIN" migrate
+
+# The key's secret is shown once at creation: keep it with the database it belongs to.
+KEY_FILE="$SVC_DIR/demo-api-key"
+if [ ! -s "$KEY_FILE" ]; then
+  echo "==> creating the demo account and an admin API key"
+  "$BIN" accounts show demo >/dev/null 2>&1 || "$BIN" accounts create --name demo --daily-budget-usd 50 >/dev/null
+  "$BIN" keys create --account demo --scope user --scope admin --label demo --json |
+    sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p' >"$KEY_FILE"
+fi
+API_KEY="$(cat "$KEY_FILE")"
+
 "$BIN" check-config --config config/gpuproxyd.toml >/dev/null
 
 cat <<MSG
 
-gpuproxyd is starting. Try, from another terminal:
+gpuproxyd is starting with PostgreSQL (via PgBouncer) and Redis. Your API key (admin scope):
 
-  curl --cacert demo-data/certs/server.crt https://localhost:8443/health
-  curl --cacert demo-data/certs/server.crt https://localhost:8443/stats
+  $API_KEY
+
+Try, from another terminal:
+
+  curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" https://localhost:8443/v1/account
+  curl --cacert demo-data/certs/server.crt -X POST -H "Authorization: Bearer $API_KEY" https://localhost:8443/v1/auth/token
+  curl --cacert demo-data/certs/server.crt https://localhost:8443/ready
   curl -s http://127.0.0.1:9090/metrics | grep gpuproxy_
 
-Ctrl-C drains and stops it (a second Ctrl-C exits at once); kill -HUP reloads the certificate.
+Accounts and keys: DATABASE_URL=$DATABASE_URL $BIN keys list --account demo
+
+Ctrl-C drains and stops it (a second Ctrl-C exits at once) and then stops the services.
 
 MSG
-exec "$BIN" serve --config config/gpuproxyd.toml --log-format text
+"$BIN" serve --config config/gpuproxyd.toml --log-format text || true

@@ -58,6 +58,10 @@ pub struct KeyRecord {
     pub revoked: bool,
     pub account_id: i64,
     pub account_active: bool,
+    /// What `GET /v1/account` shows, carried here so that answering it needs no query.
+    pub account_name: String,
+    pub account_daily_budget_usd: f64,
+    pub account_max_instances: i32,
     pub account_rate_limit: Option<(u32, Option<u32>)>,
     pub key_rate_limit: Option<(u32, Option<u32>)>,
 }
@@ -358,7 +362,8 @@ pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, E
             "SELECT k.id, k.public_id, k.secret_hash, k.scopes, \
                     extract(epoch FROM k.expires_at)::int8, k.revoked_at IS NOT NULL, \
                     a.id, a.status = 'active', a.rate_limit_per_minute, a.rate_limit_burst, \
-                    k.rate_limit_per_minute, k.rate_limit_burst \
+                    k.rate_limit_per_minute, k.rate_limit_burst, \
+                    a.name, a.daily_budget_usd::float8, a.max_instances \
              FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.public_id = $1",
             &[(&public_id, Type::TEXT)],
         )
@@ -376,6 +381,9 @@ pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, E
         revoked: get(&row, 5)?,
         account_id: get(&row, 6)?,
         account_active: get(&row, 7)?,
+        account_name: get(&row, 12)?,
+        account_daily_budget_usd: get(&row, 13)?,
+        account_max_instances: get(&row, 14)?,
         account_rate_limit: limit(get(&row, 8)?, get(&row, 9)?),
         key_rate_limit: limit(get(&row, 10)?, get(&row, 11)?),
     }))

@@ -33,7 +33,8 @@ use router::{Access, Route};
 /// Response body type of every handler.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: hyper::header::HeaderName =
+    hyper::header::HeaderName::from_static("x-request-id");
 
 /// What a handler may know about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -153,7 +154,7 @@ async fn dispatch(
         (Route::OpenApi, _) => openapi::document(),
         (Route::DebugSleep, _) => health::debug_sleep(req.uri().query()).await?,
         (Route::AuthToken, Some(p)) => account::token(state, &p)?,
-        (Route::Account, Some(p)) => account::show(state, &p).await?,
+        (Route::Account, Some(p)) => account::show(state, &p),
         (_, Some(_)) => admin::handle(state, route, param, req).await?,
         (_, None) => {
             return Err(Error::new(
@@ -168,7 +169,7 @@ async fn dispatch(
 
 /// Keeps a caller's `x-request-id` when it is short and plain, so ids can be followed across hops.
 fn client_request_id(req: &Request<Incoming>) -> Option<String> {
-    let v = req.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let v = req.headers().get(&REQUEST_ID)?.to_str().ok()?;
     let ok = !v.is_empty()
         && v.len() <= 64
         && v.bytes()

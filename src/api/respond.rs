@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -85,11 +85,14 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
     resp
 }
 
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
 /// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) from a verdict.
 pub fn set_ratelimit_headers(resp: &mut Response<Body>, v: &crate::ratelimit::Verdict) {
     for (name, value) in [
-        ("ratelimit-policy", v.policy_header()),
-        ("ratelimit", v.limit_header()),
+        (RATELIMIT_POLICY, v.policy_header()),
+        (RATELIMIT, v.limit_header()),
     ] {
         if let Ok(val) = HeaderValue::from_str(&value) {
             resp.headers_mut().insert(name, val);

@@ -133,6 +133,9 @@ mod tests {
             revoked: false,
             account_id: 1,
             account_active: true,
+            account_name: "acme".into(),
+            account_daily_budget_usd: 100.0,
+            account_max_instances: 5,
             account_rate_limit: None,
             key_rate_limit: None,
         })

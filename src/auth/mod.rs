@@ -17,6 +17,7 @@ pub mod apikey;
 pub mod cache;
 pub mod jwt;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,9 @@ use jwt::Jwt;
 
 /// Longest `Authorization` value looked at; a JWT from this daemon is well under 1 KB.
 const MAX_AUTHORIZATION_LEN: usize = 4096;
+
+/// A single-flight fetch's outcome, shared by every request that waited for it.
+type Fetched = Result<Option<Arc<KeyRecord>>, Arc<Error>>;
 
 /// How the caller proved who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +72,13 @@ pub struct Auth {
     pending_uses: papaya::HashMap<i64, i64, foldhash::fast::RandomState>,
     redis_ttl: Duration,
     negative_ttl: Duration,
+    /// Lookups being fetched now, by public id (see `lookup`).
+    inflight: std::sync::Mutex<HashMap<Box<str>, Arc<tokio::sync::OnceCell<Fetched>>>>,
+    /// Registered once: looking a labelled counter up per request cost more than the cache hit.
+    hits_memory: metrics::Counter,
+    hits_redis: metrics::Counter,
+    hits_database: metrics::Counter,
+    hits_stale: metrics::Counter,
 }
 
 impl Auth {
@@ -88,6 +99,11 @@ impl Auth {
                 .build(),
             redis_ttl: Duration::from_millis(a.redis_ttl_ms),
             negative_ttl: Duration::from_millis(a.negative_ttl_ms.max(1)),
+            inflight: Default::default(),
+            hits_memory: counter!(AUTH_LOOKUPS_TOTAL, "source" => "memory"),
+            hits_redis: counter!(AUTH_LOOKUPS_TOTAL, "source" => "redis"),
+            hits_database: counter!(AUTH_LOOKUPS_TOTAL, "source" => "database"),
+            hits_stale: counter!(AUTH_LOOKUPS_TOTAL, "source" => "stale"),
         })
     }
 
@@ -160,12 +176,39 @@ impl Auth {
     pub async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, Error> {
         let stale = match self.cache.get(id) {
             Cached::Fresh(r) => {
-                counter!(AUTH_LOOKUPS_TOTAL, "source" => "memory").increment(1);
+                self.hits_memory.increment(1);
                 return Ok(r);
             }
             Cached::Stale(r) => Some(r),
             Cached::Miss => None,
         };
+        // Single flight: when an entry expires under load, every request holding that key misses
+        // at once; one of them fetches, the others wait for its answer.
+        let cell = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            inflight.entry(id.into()).or_default().clone()
+        };
+        let result = cell
+            .get_or_init(|| async {
+                let r = self.fetch(id, stale).await.map_err(Arc::new);
+                let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                inflight.remove(id);
+                r
+            })
+            .await;
+        match result {
+            Ok(r) => Ok(r.clone()),
+            Err(e) => Err(Error::new(e.kind.clone(), e.side, e.message.clone())),
+        }
+    }
+
+    /// The miss path of [`Auth::lookup`]: Redis, then PostgreSQL (or the stale entry when the
+    /// database is unreachable).
+    async fn fetch(
+        &self,
+        id: &str,
+        stale: Option<Arc<KeyRecord>>,
+    ) -> Result<Option<Arc<KeyRecord>>, Error> {
         let rkey = self
             .redis
             .as_ref()
@@ -181,7 +224,7 @@ impl Auth {
                     .map(|r| Some(Arc::new(r)))
             };
             if let Some(rec) = rec {
-                counter!(AUTH_LOOKUPS_TOTAL, "source" => "redis").increment(1);
+                self.hits_redis.increment(1);
                 self.cache.put(id, rec.clone());
                 return Ok(rec);
             }
@@ -195,7 +238,7 @@ impl Auth {
         };
         match store::key_record(db, id).await {
             Ok(rec) => {
-                counter!(AUTH_LOOKUPS_TOTAL, "source" => "database").increment(1);
+                self.hits_database.increment(1);
                 let rec = rec.map(Arc::new);
                 self.cache.put(id, rec.clone());
                 if let (Some(redis), Some(rkey)) = (&self.redis, rkey) {
@@ -212,7 +255,7 @@ impl Auth {
             }
             Err(e) if matches!(e.kind, Kind::DatabaseUnavailable) => match stale {
                 Some(r) => {
-                    counter!(AUTH_LOOKUPS_TOTAL, "source" => "stale").increment(1);
+                    self.hits_stale.increment(1);
                     Ok(Some(r))
                 }
                 None => Err(Error::new(

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Throughput of an authenticated request with a cached API key (GET /v1/account) against
+# GET /health on the same daemon, with wrk over keep-alive HTTPS, and their ratio; then the
+# PostgreSQL statements the run cost per 1,000 authenticated requests (gpuproxy_db_queries_total,
+# which leaves out the pool's health probe).
+#
+#   loadtest/auth_ratio.sh [connections=64] [seconds=15] [wrk threads=2] [rounds=3]
+#
+# wrk shares the 2 cores with the daemon, so single runs swing by ±10%: the two targets are run
+# alternately for several rounds and the median of the per-round ratios is reported.
+#
+# Starts PostgreSQL, PgBouncer and Redis (scripts/services.sh) in a temporary directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+. scripts/services.sh
+ensure_cargo
+CONNS=${1:-64}
+SECS=${2:-15}
+THREADS=${3:-2}
+ROUNDS=${4:-3}
+command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
+
+cargo build --release --locked --bin gpuproxyd >/dev/null
+BIN="$CARGO_TARGET_DIR/release/gpuproxyd"
+WORK=$(mktemp -d /tmp/gpuproxyd-authload.XXXXXX)
+chmod 755 "$WORK"
+services_start "$WORK/services" 25432 26432 26379
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; services_stop; rm -rf "$WORK"' EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/k.pem" -out "$WORK/c.pem" 2>/dev/null
+export JWT_SECRET=$(openssl rand -hex 32)
+"$BIN" migrate >/dev/null
+"$BIN" accounts create --name load --json >/dev/null
+KEY=$("$BIN" keys create --account load --json | sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p')
+
+# limits stay on (their cost is part of the figure) but so high that wrk never trips them
+"$BIN" serve --https-listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19090 --http-listen off \
+  --set "server.tls_cert=\"$WORK/c.pem\"" --set "server.tls_key=\"$WORK/k.pem\"" \
+  --set log.access_log=false --set ratelimit.ip_per_minute=1000000000 \
+  --set ratelimit.ip_burst=1000000000 --set ratelimit.account_per_minute=1000000000 \
+  --set ratelimit.account_burst=1000000000 --set ratelimit.key_per_minute=1000000000 \
+  --set ratelimit.key_burst=1000000000 >/dev/null &
+for _ in $(seq 200); do svc_port_busy 18443 && break; sleep 0.05; done
+
+cat >"$WORK/auth.lua" <<LUA
+wrk.headers["Authorization"] = "Bearer $KEY"
+LUA
+rps() { wrk -t"$THREADS" -c"$CONNS" -d"${SECS}s" --latency "$@" | tee -a "$WORK/wrk.txt" | awk '/Requests\/sec/ {print $2}'; }
+queries() { curl -s http://127.0.0.1:19090/metrics | awk '/^gpuproxy_db_queries_total/ {s += $2} END {print s + 0}'; }
+auth_total() { curl -s http://127.0.0.1:19090/metrics | awk '/^gpuproxy_requests_total\{route="\/v1\/account",status="200"\}/ {print $2}'; }
+
+wrk -t1 -c8 -d2s https://127.0.0.1:18443/health >/dev/null
+wrk -t1 -c8 -d2s -s "$WORK/auth.lua" https://127.0.0.1:18443/v1/account >/dev/null   # warms the caches
+echo "wrk -t$THREADS -c$CONNS -d${SECS}s, keep-alive HTTPS (HTTP/1.1, TLS 1.3), $ROUNDS rounds"
+Q0=$(queries); N0=$(auth_total)
+RATIOS=()
+for r in $(seq "$ROUNDS"); do
+  H=$(rps https://127.0.0.1:18443/health)
+  A=$(rps -s "$WORK/auth.lua" https://127.0.0.1:18443/v1/account)
+  RATIO=$(awk -v a="$A" -v h="$H" 'BEGIN { printf "%.3f", a / h }')
+  RATIOS+=("$RATIO")
+  echo "round $r: GET /health $H req/s, GET /v1/account (cached API key) $A req/s, ratio $RATIO"
+done
+Q1=$(queries); N1=$(auth_total)
+printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR] = $1} END {printf "median ratio authenticated/health: %s\n", a[int((NR + 1) / 2)]}'
+awk -v q="$((Q1 - Q0))" -v n="$((N1 - N0))" \
+  'BEGIN { printf "PostgreSQL statements: %d for %d authenticated requests = %.4f per 1,000\n", q, n, n ? q * 1000 / n : 0 }'
