@@ -66,6 +66,28 @@ pub struct KeyRecord {
     pub key_rate_limit: Option<(u32, Option<u32>)>,
 }
 
+#[cfg(test)]
+impl KeyRecord {
+    /// An active user key of account 7, for unit tests.
+    pub fn sample(public_id: &str) -> KeyRecord {
+        KeyRecord {
+            key_id: 1,
+            public_id: public_id.into(),
+            secret_hash: vec![0; 32],
+            scopes: vec!["user".into()],
+            expires_at: None,
+            revoked: false,
+            account_id: 7,
+            account_active: true,
+            account_name: "acme".into(),
+            account_daily_budget_usd: 100.0,
+            account_max_instances: 5,
+            account_rate_limit: None,
+            key_rate_limit: None,
+        }
+    }
+}
+
 /// Fields of a new account; `None` takes the schema's default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -124,21 +124,7 @@ mod tests {
     use super::*;
 
     fn rec(id: &str) -> Arc<KeyRecord> {
-        Arc::new(KeyRecord {
-            key_id: 1,
-            public_id: id.into(),
-            secret_hash: vec![0; 32],
-            scopes: vec!["user".into()],
-            expires_at: None,
-            revoked: false,
-            account_id: 1,
-            account_active: true,
-            account_name: "acme".into(),
-            account_daily_budget_usd: 100.0,
-            account_max_instances: 5,
-            account_rate_limit: None,
-            key_rate_limit: None,
-        })
+        Arc::new(KeyRecord::sample(id))
     }
 
     #[test]
