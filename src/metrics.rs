@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics::{Counter, Histogram, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Counter, labels `route`, `status`: every response the API listeners sent.
@@ -97,6 +97,80 @@ pub async fn upkeep(handle: PrometheusHandle) {
     }
 }
 
+/// `status` label values: the codes the daemon answers with, then classes for anything else.
+/// Static strings so the hot path does not format numbers.
+const STATUS_LABELS: [&str; 22] = [
+    "200", "201", "204", "400", "401", "402", "403", "404", "405", "409", "413", "422", "429",
+    "500", "502", "503", "504", "2xx", "3xx", "4xx", "5xx", "1xx",
+];
+
+fn status_index(code: u16) -> usize {
+    STATUS_LABELS[..17]
+        .iter()
+        .position(|l| l.parse::<u16>() == Ok(code))
+        .unwrap_or(match code {
+            0..=199 => 21,
+            200..=299 => 17,
+            300..=399 => 18,
+            400..=499 => 19,
+            _ => 20,
+        })
+}
+
+/// The per-request series (`gpuproxy_requests_total`, `_failed`, `_duration_milliseconds`) as
+/// handles, one set per route. The `counter!` macros look a series up in the registry (hash the
+/// labels, take a shard lock) on every call; on the cheapest authenticated route that was a
+/// measurable share of the request. Each handle is registered the first time its route/status is
+/// seen, so `/metrics` lists only series that happened (plus the `_failed` ones `init_series`
+/// creates for the alerts).
+pub struct RequestMetrics {
+    routes: Box<[RouteSeries]>,
+}
+
+struct RouteSeries {
+    label: &'static str,
+    failed: OnceLock<Counter>,
+    duration: OnceLock<Histogram>,
+    by_status: [OnceLock<Counter>; STATUS_LABELS.len()],
+}
+
+impl RequestMetrics {
+    /// One slot per route label; callers index by the position of the label in `routes`.
+    pub fn new(routes: &[&'static str]) -> RequestMetrics {
+        RequestMetrics {
+            routes: routes
+                .iter()
+                .map(|&label| RouteSeries {
+                    label,
+                    failed: OnceLock::new(),
+                    duration: OnceLock::new(),
+                    by_status: std::array::from_fn(|_| OnceLock::new()),
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts one response of `route` (an index into the labels given to `new`).
+    pub fn record(&self, route: usize, status: u16, duration_ms: f64) {
+        let r = &self.routes[route];
+        let label = r.label;
+        let i = status_index(status);
+        r.by_status[i]
+            .get_or_init(|| {
+                metrics::counter!(REQUESTS_TOTAL, "route" => label, "status" => STATUS_LABELS[i])
+            })
+            .increment(1);
+        if status >= 500 {
+            r.failed
+                .get_or_init(|| metrics::counter!(REQUESTS_FAILED, "route" => label))
+                .increment(1);
+        }
+        r.duration
+            .get_or_init(|| metrics::histogram!(REQUEST_DURATION_MS, "route" => label))
+            .record(duration_ms);
+    }
+}
+
 /// Creates the series that alerts divide by or compare with at zero, so they exist before the
 /// first failure (a missing series makes `rate(failed) / rate(total)` empty, not 0).
 pub fn init_series(routes: &[&'static str]) {
@@ -163,4 +237,22 @@ fn describe() {
         "Requests refused by authentication, by code."
     );
     describe_gauge!(BUILD_INFO, "Build identity; always 1.");
+}
+
+#[cfg(test)]
+mod request_metrics_tests {
+    use super::*;
+
+    #[test]
+    fn status_labels() {
+        let label = |c| STATUS_LABELS[status_index(c)];
+        assert_eq!(label(200), "200");
+        assert_eq!(label(429), "429");
+        assert_eq!(label(504), "504");
+        assert_eq!(label(206), "2xx");
+        assert_eq!(label(301), "3xx");
+        assert_eq!(label(418), "4xx");
+        assert_eq!(label(599), "5xx");
+        assert_eq!(label(101), "1xx");
+    }
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     /// Redis; `None` when `REDIS_URL` is unset (the daemon then runs on its own caches).
     pub redis: Option<crate::cache::Redis>,
     pub auth: Arc<crate::auth::Auth>,
+    /// Indexed by `Route as usize`, with one more slot for unmatched paths.
+    pub request_metrics: crate::metrics::RequestMetrics,
     phase: AtomicU8,
     /// Random per process, so request ids from several daemons behind one balancer do not collide.
     id_prefix: u32,
@@ -58,6 +60,9 @@ impl AppState {
             db,
             redis,
             limits: crate::ratelimit::RateLimits::new(&config.ratelimit),
+            request_metrics: crate::metrics::RequestMetrics::new(
+                &crate::api::router::Route::metric_labels(),
+            ),
             config,
             started: Instant::now(),
             conns,

@@ -19,12 +19,10 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::{Method, Request, Response};
-use metrics::{counter, histogram};
 
 use crate::conn::ip::IpKey;
 use crate::conn::{ListenerKind, Protocol};
 use crate::error::{Error, Result};
-use crate::metrics::{REQUEST_DURATION_MS, REQUESTS_FAILED, REQUESTS_TOTAL};
 use crate::ratelimit::Verdict;
 use crate::ratelimit::gcra::Decision;
 use crate::state::AppState;
@@ -86,14 +84,12 @@ pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) 
     }
 
     let status = resp.status();
-    let label = route.map_or("unmatched", Route::label);
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    counter!(REQUESTS_TOTAL, "route" => label, "status" => status_label(status.as_u16()))
-        .increment(1);
-    if status.is_server_error() {
-        counter!(REQUESTS_FAILED, "route" => label).increment(1);
-    }
-    histogram!(REQUEST_DURATION_MS, "route" => label).record(ms);
+    state.request_metrics.record(
+        route.map_or(Route::ALL.len(), |r| r as usize),
+        status.as_u16(),
+        ms,
+    );
     if let Some(path) = access_path {
         tracing::info!(
             target: "access",
@@ -175,33 +171,6 @@ fn client_request_id(req: &Request<Incoming>) -> Option<String> {
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     ok.then(|| v.to_owned())
-}
-
-/// Status labels as static strings, so the hot path does not format numbers.
-fn status_label(code: u16) -> &'static str {
-    match code {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        400 => "400",
-        401 => "401",
-        402 => "402",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        409 => "409",
-        413 => "413",
-        422 => "422",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        c if c < 300 => "2xx",
-        c if c < 400 => "3xx",
-        c if c < 500 => "4xx",
-        _ => "5xx",
-    }
 }
 
 /// Methods a route answers; HEAD is implied wherever GET is.

@@ -90,14 +90,9 @@ const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) from a verdict.
 pub fn set_ratelimit_headers(resp: &mut Response<Body>, v: &crate::ratelimit::Verdict) {
-    for (name, value) in [
-        (RATELIMIT_POLICY, v.policy_header()),
-        (RATELIMIT, v.limit_header()),
-    ] {
-        if let Ok(val) = HeaderValue::from_str(&value) {
-            resp.headers_mut().insert(name, val);
-        }
-    }
+    let h = resp.headers_mut();
+    h.insert(RATELIMIT_POLICY, v.policy_header());
+    h.insert(RATELIMIT, v.limit_header());
 }
 
 /// The same error as a complete HTTP/1.1 response with `Connection: close`, for the one place that

@@ -50,6 +50,13 @@ impl Route {
         Route::AdminKey,
     ];
 
+    /// Every route's label, in `Route as usize` order, then `unmatched` for paths no route takes.
+    pub fn metric_labels() -> Vec<&'static str> {
+        let mut v: Vec<_> = Route::ALL.iter().map(|r| r.label()).collect();
+        v.push("unmatched");
+        v
+    }
+
     /// The route for a path, and its parameter (an account id or name, a key's public id) still
     /// percent-encoded.
     pub fn of(path: &str) -> Option<(Route, Option<&str>)> {
@@ -200,7 +207,8 @@ mod tests {
 
     #[test]
     fn every_route_has_a_label_and_methods() {
-        for r in Route::ALL {
+        for (i, r) in Route::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "Route::ALL is in declaration order");
             assert!(r.label().starts_with('/'));
             assert!(!r.methods().is_empty());
         }

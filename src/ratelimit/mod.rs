@@ -8,6 +8,8 @@ pub mod keyed;
 
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
+
 use metrics::{counter, gauge};
 
 use crate::accounts::store::KeyRecord;
@@ -58,23 +60,36 @@ pub struct Verdict {
 
 impl Verdict {
     /// `RateLimit-Policy` (IETF httpapi draft): `"ip";q=1000;w=60`.
-    pub fn policy_header(&self) -> String {
-        format!(
+    pub fn policy_header(&self) -> HeaderValue {
+        header_value(format_args!(
             "\"{}\";q={};w={}",
             self.tier.as_str(),
             self.quota.per_period,
             self.quota.period.as_secs().max(1)
-        )
+        ))
     }
 
     /// `RateLimit`: `"ip";r=<remaining>;t=<seconds until reset>`.
-    pub fn limit_header(&self) -> String {
+    pub fn limit_header(&self) -> HeaderValue {
         let (r, t) = match self.decision {
             Decision::Allowed { remaining, reset } => (remaining, ceil_secs(reset)),
             Decision::Limited { retry_after } => (0, ceil_secs(retry_after)),
         };
-        format!("\"{}\";r={r};t={t}", self.tier.as_str())
+        header_value(format_args!("\"{}\";r={r};t={t}", self.tier.as_str()))
     }
+}
+
+/// Formats a short header on the stack (both headers go on every limited route's response, so
+/// this saves a `String` per header).
+fn header_value(args: std::fmt::Arguments<'_>) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 96];
+    let mut w = &mut buf[..];
+    let n = match w.write_fmt(args) {
+        Ok(()) => 96 - w.len(),
+        Err(_) => 0,
+    };
+    HeaderValue::from_bytes(&buf[..n]).expect("ASCII digits and tier names")
 }
 
 /// Whole seconds, rounded up (a client that waits this long will succeed).
