@@ -31,6 +31,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub auth: AuthConfig,
+    pub providers: ProvidersConfig,
+    pub offers: OffersConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
     #[serde(skip)]
@@ -342,6 +344,107 @@ impl Default for AuthConfig {
             jwt_audience: "gpuproxyd-api".into(),
             jwt_leeway_s: 5,
             last_used_flush_ms: 10_000,
+        }
+    }
+}
+
+/// The provider clients: where they point, how long a call may take, and how failures are
+/// contained. Keys come from `VASTAI_API_KEY` / `IONET_API_KEY` only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    /// Vast.ai API root (tests and the demo point it at the sandbox). Offers need no key.
+    pub vastai_base_url: String,
+    /// io.net API root; io.net is skipped (reported `disabled`) when `IONET_API_KEY` is unset.
+    pub ionet_base_url: String,
+    /// Providers offered at all (`vastai`, `ionet`).
+    pub enabled: Vec<String>,
+    /// TCP + TLS connect, per attempt.
+    pub connect_timeout_ms: u64,
+    /// One attempt: request sent to the whole body read.
+    pub request_timeout_ms: u64,
+    /// Every attempt and back-off of one call together; retries never go past it.
+    pub total_timeout_ms: u64,
+    /// Idle keep-alive connections kept per provider host.
+    pub pool_max_idle_per_host: usize,
+    pub pool_idle_timeout_ms: u64,
+    /// Retries of an idempotent call after a connect error, timeout, 429, 502, 503 or 504.
+    pub max_retries: u32,
+    /// First back-off; doubles per retry up to `retry_max_backoff_ms`, with full jitter.
+    pub retry_base_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    /// After an upstream 429 without `Retry-After` (Vast.ai never sends one), calls to that
+    /// provider wait this long (they fail fast, so cached or stale answers are used meanwhile).
+    pub rate_limit_backoff_ms: u64,
+    /// Consecutive failed calls that open a provider's circuit.
+    pub breaker_consecutive_failures: u32,
+    /// Or: this share of failed calls among the last `breaker_window` calls.
+    pub breaker_error_rate: f64,
+    pub breaker_window: u32,
+    /// How long an open circuit refuses calls before one half-open probe is let through.
+    pub breaker_open_ms: u64,
+    /// Largest upstream body read (a provider answering more is treated as failing).
+    pub max_body_bytes: u64,
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        ProvidersConfig {
+            vastai_base_url: "https://console.vast.ai".into(),
+            ionet_base_url: "https://api.io.solutions".into(),
+            enabled: vec!["vastai".into(), "ionet".into()],
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 5_000,
+            total_timeout_ms: 10_000,
+            pool_max_idle_per_host: 32,
+            pool_idle_timeout_ms: 60_000,
+            max_retries: 2,
+            retry_base_backoff_ms: 100,
+            retry_max_backoff_ms: 2_000,
+            rate_limit_backoff_ms: 6_000,
+            breaker_consecutive_failures: 5,
+            breaker_error_rate: 0.5,
+            breaker_window: 20,
+            breaker_open_ms: 10_000,
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// `GET /v1/offers`: the cache in front of the providers, and paging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffersConfig {
+    /// A provider's answer is fresh this long.
+    pub cache_ttl_ms: u64,
+    /// After that, it is still served (marked stale) for this long while one background refresh
+    /// runs.
+    pub stale_while_revalidate_ms: u64,
+    /// While a provider fails, an answer up to this old is served (marked stale) instead of an
+    /// error; also the life of the Redis copy.
+    pub stale_if_error_ms: u64,
+    /// Provider answers the in-process layer keeps at most.
+    pub cache_max_entries: usize,
+    /// Page size when `limit` is not given, and the largest `limit` accepted.
+    pub default_limit: u32,
+    pub max_limit: u32,
+    /// Disk size used to price Vast.ai storage when `disk_gb` is not given.
+    pub default_disk_gb: u32,
+    /// Offers asked of Vast.ai's search per query (its `limit`).
+    pub vastai_search_limit: u32,
+}
+
+impl Default for OffersConfig {
+    fn default() -> Self {
+        OffersConfig {
+            cache_ttl_ms: 30_000,
+            stale_while_revalidate_ms: 30_000,
+            stale_if_error_ms: 600_000,
+            cache_max_entries: 4_096,
+            default_limit: 20,
+            max_limit: 200,
+            default_disk_gb: 20,
+            vastai_search_limit: 1_000,
         }
     }
 }
@@ -666,6 +769,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 32 characters (e.g. `openssl rand -hex 32`)",
         ));
     }
+    validate_providers(&config.providers, &config.offers)?;
     if c.ipv6_prefix_len > 128 {
         return Err(err("connections.ipv6_prefix_len", "at most 128"));
     }
@@ -690,6 +794,66 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .map_err(|e| err("log.level", format!("not a valid filter: {e}")))?;
+    Ok(())
+}
+
+fn validate_providers(p: &ProvidersConfig, o: &OffersConfig) -> Result<(), ConfigError> {
+    for (key, url) in [
+        ("providers.vastai_base_url", &p.vastai_base_url),
+        ("providers.ionet_base_url", &p.ionet_base_url),
+    ] {
+        let ok = url.parse::<hyper::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
+        if !ok {
+            return Err(err(key, format!("`{url}` is not an http(s) URL")));
+        }
+    }
+    for (i, name) in p.enabled.iter().enumerate() {
+        if crate::providers::ProviderId::parse(name).is_none() {
+            return Err(err(
+                format!("providers.enabled[{i}]"),
+                format!("unknown provider `{name}` (known: vastai, ionet)"),
+            ));
+        }
+    }
+    for (key, v) in [
+        ("providers.connect_timeout_ms", p.connect_timeout_ms),
+        ("providers.request_timeout_ms", p.request_timeout_ms),
+        ("providers.total_timeout_ms", p.total_timeout_ms),
+        (
+            "providers.breaker_consecutive_failures",
+            u64::from(p.breaker_consecutive_failures),
+        ),
+        ("providers.breaker_window", u64::from(p.breaker_window)),
+        ("providers.max_body_bytes", p.max_body_bytes),
+        ("offers.cache_ttl_ms", o.cache_ttl_ms),
+        ("offers.cache_max_entries", o.cache_max_entries as u64),
+        ("offers.default_limit", u64::from(o.default_limit)),
+        (
+            "offers.vastai_search_limit",
+            u64::from(o.vastai_search_limit),
+        ),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be greater than 0"));
+        }
+    }
+    if !(p.breaker_error_rate > 0.0 && p.breaker_error_rate <= 1.0) {
+        return Err(err("providers.breaker_error_rate", "must be in (0, 1]"));
+    }
+    if o.max_limit < o.default_limit {
+        return Err(err(
+            "offers.max_limit",
+            "must be at least offers.default_limit",
+        ));
+    }
+    if o.stale_if_error_ms < o.cache_ttl_ms {
+        return Err(err(
+            "offers.stale_if_error_ms",
+            "must be at least offers.cache_ttl_ms",
+        ));
+    }
     Ok(())
 }
 

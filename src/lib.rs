@@ -29,6 +29,7 @@ pub mod conn;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod providers;
 pub mod ratelimit;
 pub mod server;
 pub mod state;

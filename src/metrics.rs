@@ -57,6 +57,17 @@ pub const REDIS_UP: &str = "gpuproxy_redis_up";
 pub const AUTH_LOOKUPS_TOTAL: &str = "gpuproxy_auth_lookups_total";
 /// Counter, label `code` (the error code): requests refused by authentication.
 pub const AUTH_FAILURES_TOTAL: &str = "gpuproxy_auth_failures_total";
+/// Counter, labels `provider`, `op`, `status` (HTTP code, or `timeout`, `connect_error`,
+/// `connection_reset`, `malformed_response`, `circuit_open`, `backing_off`): every upstream attempt.
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "gpuproxy_upstream_requests_total";
+/// Histogram, labels `provider`, `op`: one upstream attempt, milliseconds.
+pub const UPSTREAM_DURATION_MS: &str = "gpuproxy_upstream_duration_milliseconds";
+/// Gauge, label `provider`: 1 while the provider's circuit breaker is open.
+pub const CIRCUIT_OPEN: &str = "gpuproxy_circuit_open";
+/// Counter, label `layer` (`memory`, `redis`, `stale`): provider answers served from cache.
+pub const CACHE_HITS_TOTAL: &str = "gpuproxy_cache_hits_total";
+/// Counter: provider answers that had to be fetched (one per upstream fetch, not per request).
+pub const CACHE_MISSES_TOTAL: &str = "gpuproxy_cache_misses_total";
 /// Gauge, labels `version`, `commit`: always 1; carries the build's identity.
 pub const BUILD_INFO: &str = "gpuproxy_build_info";
 
@@ -103,6 +114,11 @@ const STATUS_LABELS: [&str; 22] = [
     "200", "201", "204", "400", "401", "402", "403", "404", "405", "409", "413", "422", "429",
     "500", "502", "503", "504", "2xx", "3xx", "4xx", "5xx", "1xx",
 ];
+
+/// The `status` label of an HTTP code (a static string; classes for codes not listed).
+pub fn status_label(code: u16) -> &'static str {
+    STATUS_LABELS[status_index(code)]
+}
 
 fn status_index(code: u16) -> usize {
     STATUS_LABELS[..17]
@@ -188,6 +204,10 @@ pub fn init_series(routes: &[&'static str]) {
     for t in crate::ratelimit::Tier::ALL {
         metrics::counter!(RATE_LIMITED_TOTAL, "tier" => t.as_str()).absolute(0);
     }
+    for l in ["memory", "redis", "stale"] {
+        metrics::counter!(CACHE_HITS_TOTAL, "layer" => l).absolute(0);
+    }
+    metrics::counter!(CACHE_MISSES_TOTAL).absolute(0);
     gauge!(CONNECTIONS_ACTIVE).increment(0.0);
 }
 
@@ -236,6 +256,24 @@ fn describe() {
         AUTH_FAILURES_TOTAL,
         "Requests refused by authentication, by code."
     );
+    describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        "Provider API attempts, by provider, operation and outcome."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION_MS,
+        metrics::Unit::Milliseconds,
+        "Duration of one provider API attempt."
+    );
+    describe_gauge!(
+        CIRCUIT_OPEN,
+        "1 while a provider's circuit breaker is open."
+    );
+    describe_counter!(
+        CACHE_HITS_TOTAL,
+        "Provider answers served from cache, by layer (memory, redis, stale)."
+    );
+    describe_counter!(CACHE_MISSES_TOTAL, "Provider answers fetched upstream.");
     describe_gauge!(BUILD_INFO, "Build identity; always 1.");
 }
 

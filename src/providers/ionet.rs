@@ -1,0 +1,231 @@
+//! io.net (providers.md §2): the enterprise VMaaS hardware catalogue
+//! (`GET /enterprise/v1/io-cloud/vmaas/hardware`, key in `x-api-key`) and its normalization.
+//!
+//! Quirks handled here: the `{"data": {"hardware": [...]}}` envelope, `deploy_id` as an int or a
+//! string (it is what deploying takes, so it is the offer id), `price` for the whole
+//! configuration per hour, memory and storage in GB, `sold_out` only sometimes present, and a
+//! location that may be missing (then taken from the `id` suffix, `B200_sxm6x8__US`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request};
+use serde_json::Value;
+
+use super::http::{HttpClient, short};
+use super::model::{Offer, ProviderId, flag, id_string, location, num, round_to, text};
+use super::resilience::Gate;
+use super::vastai::check_status;
+use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
+use crate::config::{Config, Secret};
+
+pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+pub const VMAAS: &str = "/enterprise/v1/io-cloud/vmaas";
+
+pub struct Ionet {
+    base: String,
+    key: Option<Secret>,
+    http: HttpClient,
+    gate: Gate,
+}
+
+impl Ionet {
+    pub fn new(config: &Config, http: HttpClient) -> Ionet {
+        Ionet {
+            base: config
+                .providers
+                .ionet_base_url
+                .trim_end_matches('/')
+                .to_owned(),
+            key: config.secrets.ionet_api_key.clone(),
+            http,
+            gate: Gate::new(ProviderId::Ionet, &config.providers),
+        }
+    }
+
+    async fn hardware_once(
+        &self,
+        left: Duration,
+    ) -> Result<Vec<Offer>, (UpstreamError, Option<Duration>)> {
+        let key = self
+            .key
+            .as_ref()
+            .ok_or((UpstreamError::Disabled("IONET_API_KEY is not set"), None))?;
+        let mut v = HeaderValue::from_str(key.expose()).map_err(|_| {
+            (
+                UpstreamError::Disabled("IONET_API_KEY is not a valid header value"),
+                None,
+            )
+        })?;
+        v.set_sensitive(true);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}{VMAAS}/hardware", self.base))
+            .header(API_KEY_HEADER, v)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| (UpstreamError::Connect(e.to_string()), None))?;
+        let reply = self.http.send(req, left).await.map_err(|e| (e, None))?;
+        check_status(
+            reply.status.as_u16(),
+            &reply.body,
+            reply.headers.get(RETRY_AFTER),
+            Some(key),
+        )?;
+        let v: Value = serde_json::from_slice(&reply.body)
+            .map_err(|e| (UpstreamError::Decode(short(&e.to_string())), None))?;
+        let items = v
+            .pointer("/data/hardware")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                (
+                    UpstreamError::Decode("no `data.hardware` array".into()),
+                    None,
+                )
+            })?;
+        Ok(normalize_all(items))
+    }
+}
+
+impl Provider for Ionet {
+    fn id(&self) -> ProviderId {
+        ProviderId::Ionet
+    }
+
+    fn disabled(&self) -> Option<&'static str> {
+        self.key.is_none().then_some("IONET_API_KEY is not set")
+    }
+
+    /// The whole catalogue is one answer (a few hundred items): every query shares it.
+    fn search_key(&self, q: &SearchQuery) -> Option<String> {
+        (!q.interruptible).then(|| "ionet:hardware:v1".to_owned())
+    }
+
+    fn search<'a>(
+        &'a self,
+        _q: &'a SearchQuery,
+    ) -> BoxFuture<'a, Result<Vec<Offer>, UpstreamError>> {
+        Box::pin(async move {
+            if let Some(why) = self.disabled() {
+                return Err(UpstreamError::Disabled(why));
+            }
+            self.gate
+                .call("search", true, |left| self.hardware_once(left))
+                .await
+        })
+    }
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+pub fn normalize_all(items: &[Value]) -> Vec<Offer> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut skipped = 0usize;
+    for it in items {
+        match normalize(it) {
+            Some(o) => out.push(o),
+            None => skipped += 1,
+        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            provider = "ionet",
+            skipped,
+            "hardware items without deploy_id, cards or price skipped"
+        );
+    }
+    out
+}
+
+/// One hardware item; `None` without a `deploy_id`, a card count or a price.
+pub fn normalize(it: &Value) -> Option<Offer> {
+    let deploy_id = id_string(it.get("deploy_id"))?;
+    let cards = num(it.get("num_cards")).filter(|n| *n >= 1.0)? as u32;
+    let price = num(it.get("price")).filter(|p| *p >= 0.0)?;
+    let raw_name = text(it.get("name")).unwrap_or_default();
+    let mem = num(it.get("vram_per_card"));
+    let loc = text(it.get("location")).or_else(|| {
+        text(it.get("id"))
+            .and_then(|id| id.rsplit_once("__").map(|(_, l)| l.to_owned()))
+            .filter(|l| !l.is_empty() && !l.bytes().all(|b| b.is_ascii_digit()))
+    });
+    let (country, region) = location(loc.as_deref());
+    let where_ = country
+        .clone()
+        .or(region.clone())
+        .unwrap_or_else(|| "any".into());
+    Some(Offer {
+        id: format!("ionet:{deploy_id}@{where_}"),
+        provider: ProviderId::Ionet,
+        gpu_model: gpu::canonical(&raw_name, mem),
+        provider_gpu_name: raw_name,
+        gpu_count: cards,
+        gpu_memory_gb: mem.unwrap_or(0.0),
+        price_per_hour: round_to(price, 4),
+        price_per_gpu_hour: round_to(price / f64::from(cards), 4),
+        cpu_cores: num(it.get("vcpu")),
+        ram_gb: num(it.get("memory")),
+        disk_gb: num(it.get("storage")),
+        country,
+        region,
+        reliability: None,
+        interruptible: false,
+        min_bid_per_hour: None,
+        available: !flag(it.get("sold_out")).unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hardware_items_in_both_id_shapes() {
+        let a = json!({
+            "id": "12__2", "deploy_id": 12, "name": "GeForce RTX 4090", "num_cards": 2,
+            "supplier": "internal", "price": 0.98, "vram_per_card": 24, "vcpu": 16,
+            "memory": 64, "storage": 1000, "interconnect": null, "nvlink": false,
+            "location": "US", "sold_out": false
+        });
+        let o = normalize(&a).unwrap();
+        assert_eq!(o.id, "ionet:12@US");
+        assert_eq!(o.gpu_model, "RTX 4090");
+        assert_eq!((o.gpu_count, o.gpu_memory_gb), (2, 24.0));
+        assert_eq!((o.price_per_hour, o.price_per_gpu_hour), (0.98, 0.49));
+        assert_eq!(
+            (o.cpu_cores, o.ram_gb, o.disk_gb),
+            (Some(16.0), Some(64.0), Some(1000.0))
+        );
+        assert_eq!(o.country.as_deref(), Some("US"));
+        assert!(o.available && !o.interruptible && o.reliability.is_none());
+
+        let b = json!({
+            "id": "8B300.240V__FI", "deploy_id": "8B300.240V", "name": "B300", "num_cards": 8,
+            "price": "52.5", "vram_per_card": 288, "supplier": "external", "sold_out": true
+        });
+        let o = normalize(&b).unwrap();
+        assert_eq!(o.id, "ionet:8B300.240V@FI", "location from the id suffix");
+        assert_eq!(o.price_per_gpu_hour, 6.5625);
+        assert!(!o.available);
+        assert_eq!(o.ram_gb, None);
+    }
+
+    #[test]
+    fn unreadable_items_are_skipped() {
+        let items = vec![
+            json!({"deploy_id": null, "num_cards": 1, "price": 1.0}),
+            json!({"deploy_id": 3, "num_cards": 0, "price": 1.0}),
+            json!({"deploy_id": 4, "num_cards": 1, "price": "n/a"}),
+            json!({"deploy_id": 5, "num_cards": 1, "price": 1.5, "name": "H100 80GB HBM3"}),
+            json!(17),
+        ];
+        let out = normalize_all(&items);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].id, "ionet:5@any");
+        assert_eq!(out[0].gpu_model, "H100 80GB SXM");
+    }
+}

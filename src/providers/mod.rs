@@ -1,0 +1,174 @@
+//! The providers: one [`Provider`] trait, the Vast.ai and io.net clients behind it, the normalized
+//! model they map into, and what every upstream call goes through (`http` for the pooled client
+//! and its timeouts, `resilience` for retries, back-off and the circuit breaker).
+//!
+//! Provider keys are read from `VASTAI_API_KEY` / `IONET_API_KEY` into [`crate::config::Secret`]s,
+//! exposed only where a request header is built, and never copied into an error message: an
+//! upstream error carries the provider's status and a short, redacted excerpt of its body.
+
+pub mod gpu;
+pub mod http;
+pub mod ionet;
+pub mod model;
+pub mod resilience;
+pub mod vastai;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use model::{Offer, ProviderId};
+
+use crate::config::Config;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What of an offers query a provider answers upstream; everything else is applied to the
+/// provider's answer in process, so different client queries share one upstream call and one
+/// cache entry (Vast.ai allows about 10 searches a minute per IP).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SearchQuery {
+    /// Canonical GPU model or family (see `gpu`), pushed down where the provider can filter on it.
+    pub gpu: Option<String>,
+    pub interruptible: bool,
+    /// Disk the renter wants, in GB: Vast.ai prices storage (and filters hosts) by it.
+    pub disk_gb: u32,
+}
+
+/// A GPU-rental provider.
+pub trait Provider: Send + Sync {
+    fn id(&self) -> ProviderId;
+
+    /// Why the provider cannot be used as configured (e.g. no API key), if so.
+    fn disabled(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The normalized upstream query for `q`: the cache key of the answer. `None` when the
+    /// provider has nothing for such a query (io.net sells no interruptible capacity), so no call
+    /// is made.
+    fn search_key(&self, q: &SearchQuery) -> Option<String>;
+
+    /// The provider's offers for `q`, normalized. Offers that cannot be read are skipped (and
+    /// logged), not fatal to the answer.
+    fn search<'a>(&'a self, q: &'a SearchQuery)
+    -> BoxFuture<'a, Result<Vec<Offer>, UpstreamError>>;
+
+    /// The circuit breaker and back-off state, for `/ready` and `/stats`.
+    fn gate(&self) -> &resilience::Gate;
+}
+
+/// The configured providers, in a fixed order (Vast.ai, io.net).
+#[derive(Clone)]
+pub struct Providers {
+    pub list: Vec<Arc<dyn Provider>>,
+}
+
+impl Providers {
+    pub fn from_config(config: &Config) -> Providers {
+        let client = http::HttpClient::new(&config.providers);
+        let enabled = |p: ProviderId| {
+            config
+                .providers
+                .enabled
+                .iter()
+                .any(|n| ProviderId::parse(n) == Some(p))
+        };
+        let mut list: Vec<Arc<dyn Provider>> = Vec::new();
+        if enabled(ProviderId::Vastai) {
+            list.push(Arc::new(vastai::Vastai::new(config, client.clone())));
+        }
+        if enabled(ProviderId::Ionet) {
+            list.push(Arc::new(ionet::Ionet::new(config, client)));
+        }
+        Providers { list }
+    }
+}
+
+/// Why an upstream call failed. Display never includes a key or a full body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpstreamError {
+    /// TCP or TLS connect failed.
+    Connect(String),
+    /// An attempt (or the whole call) ran past its deadline.
+    Timeout,
+    /// The connection broke mid-request or mid-body.
+    Reset(String),
+    /// A non-success status; `detail` is the provider's own code/message, truncated and redacted.
+    Status { status: u16, detail: String },
+    /// The provider answered 429; it is left alone for a while.
+    RateLimited,
+    /// The body was not the JSON expected.
+    Decode(String),
+    /// The provider's circuit is open: no call was made.
+    CircuitOpen,
+    /// The provider asked us to slow down (a 429) and the back-off has not ended: no call made.
+    BackingOff,
+    /// The provider is not configured (no key).
+    Disabled(&'static str),
+}
+
+impl UpstreamError {
+    /// Stable code, used in `/v1/offers`' `providers` section and as a metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "connect_error",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Reset(_) => "connection_reset",
+            UpstreamError::Status { .. } => "bad_status",
+            UpstreamError::RateLimited => "rate_limited",
+            UpstreamError::Decode(_) => "malformed_response",
+            UpstreamError::CircuitOpen => "circuit_open",
+            UpstreamError::BackingOff => "backing_off",
+            UpstreamError::Disabled(_) => "disabled",
+        }
+    }
+
+    /// Worth another attempt of an idempotent call (the next one may well succeed).
+    pub fn retryable(&self) -> bool {
+        match self {
+            UpstreamError::Connect(_) | UpstreamError::Timeout | UpstreamError::Reset(_) => true,
+            UpstreamError::Status { status, .. } => matches!(status, 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
+    /// Counts against the provider's health (a 4xx other than 429 is our request's fault).
+    pub fn is_provider_fault(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => *status >= 500,
+            UpstreamError::Connect(_)
+            | UpstreamError::Timeout
+            | UpstreamError::Reset(_)
+            | UpstreamError::Decode(_)
+            | UpstreamError::RateLimited => true,
+            UpstreamError::CircuitOpen | UpstreamError::BackingOff | UpstreamError::Disabled(_) => {
+                false
+            }
+        }
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::Connect(e) => write!(f, "cannot connect: {e}"),
+            UpstreamError::Timeout => f.write_str("timed out"),
+            UpstreamError::Reset(e) => write!(f, "connection broken: {e}"),
+            UpstreamError::Status { status, detail } if detail.is_empty() => {
+                write!(f, "answered HTTP {status}")
+            }
+            UpstreamError::Status { status, detail } => {
+                write!(f, "answered HTTP {status}: {detail}")
+            }
+            UpstreamError::RateLimited => f.write_str("rate limited us (HTTP 429)"),
+            UpstreamError::Decode(e) => write!(f, "sent a malformed response: {e}"),
+            UpstreamError::CircuitOpen => {
+                f.write_str("circuit open after repeated failures; not called")
+            }
+            UpstreamError::BackingOff => f.write_str("backing off after a 429; not called"),
+            UpstreamError::Disabled(why) => f.write_str(why),
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The normalized model both providers map into: [`Offer`], and the lenient readers the
+//! normalizers share (numbers that arrive as strings, ids that are ints or strings, locations that
+//! come as "Region, CC", a bare country name, or null).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Which provider an offer or instance belongs to; also the `provider` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderId {
+    Vastai,
+    Ionet,
+}
+
+impl ProviderId {
+    pub const ALL: [ProviderId; 2] = [ProviderId::Vastai, ProviderId::Ionet];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderId::Vastai => "vastai",
+            ProviderId::Ionet => "ionet",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ProviderId> {
+        ProviderId::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// One rentable configuration, comparable across providers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    /// `vastai:<offer id>` or `ionet:<hardware deploy id>@<location>`: everything renting needs.
+    pub id: String,
+    pub provider: ProviderId,
+    /// Canonical model (see `gpu`), what filters match on.
+    pub gpu_model: String,
+    /// The provider's own spelling, for humans comparing with the provider's console.
+    pub provider_gpu_name: String,
+    pub gpu_count: u32,
+    pub gpu_memory_gb: f64,
+    /// USD per hour for the whole offer: on Vast.ai the compute price plus the storage for the
+    /// disk size asked for (`disk_gb`); on io.net the configuration's price.
+    pub price_per_hour: f64,
+    pub price_per_gpu_hour: f64,
+    /// CPU cores and RAM the renter gets (Vast reports the host's; this is the renter's share).
+    pub cpu_cores: Option<f64>,
+    pub ram_gb: Option<f64>,
+    pub disk_gb: Option<f64>,
+    /// ISO 3166-1 alpha-2, when the provider says where the machine is.
+    pub country: Option<String>,
+    pub region: Option<String>,
+    /// 0–1 where the provider measures it (Vast.ai); io.net publishes none.
+    pub reliability: Option<f64>,
+    /// Priced as a bid that can be outbid (Vast.ai "interruptible").
+    pub interruptible: bool,
+    pub min_bid_per_hour: Option<f64>,
+    pub available: bool,
+}
+
+/// A number that may arrive as a JSON number or as a numeric string; `None` for null, absent,
+/// non-finite or anything else.
+pub fn num(v: Option<&Value>) -> Option<f64> {
+    let n = match v? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }?;
+    n.is_finite().then_some(n)
+}
+
+/// An id that may be an integer or a string (io.net's `deploy_id`), as a string.
+pub fn id_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        _ => None,
+    }
+}
+
+pub fn text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        _ => None,
+    }
+}
+
+pub fn flag(v: Option<&Value>) -> Option<bool> {
+    match v? {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => n.as_f64().map(|x| x != 0.0),
+        Value::String(s) => match s.trim() {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Rounds to cents of a cent (prices) or tenths (sizes) so figures print cleanly.
+pub fn round_to(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
+
+/// Splits a location string into (country ISO2, region): "Alberta, CA" → (CA, Alberta);
+/// "Norway" → (NO, None); "US" → (US, None); anything unrecognized → (None, the text).
+pub fn location(raw: Option<&str>) -> (Option<String>, Option<String>) {
+    let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        return (None, None);
+    };
+    let (head, last) = match raw.rsplit_once(',') {
+        Some((h, l)) => (Some(h.trim()).filter(|h| !h.is_empty()), l.trim()),
+        None => (None, raw),
+    };
+    if last.len() == 2 && last.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return (Some(last.to_ascii_uppercase()), head.map(str::to_owned));
+    }
+    if let Some(cc) = country_code(last) {
+        return (Some(cc.to_owned()), head.map(str::to_owned));
+    }
+    (None, Some(raw.to_owned()))
+}
+
+/// ISO2 for the country names older Vast.ai data carries instead of "Region, CC".
+fn country_code(name: &str) -> Option<&'static str> {
+    const NAMES: &[(&str, &str)] = &[
+        ("united states", "US"),
+        ("usa", "US"),
+        ("canada", "CA"),
+        ("mexico", "MX"),
+        ("brazil", "BR"),
+        ("united kingdom", "GB"),
+        ("great britain", "GB"),
+        ("ireland", "IE"),
+        ("france", "FR"),
+        ("germany", "DE"),
+        ("the netherlands", "NL"),
+        ("netherlands", "NL"),
+        ("belgium", "BE"),
+        ("spain", "ES"),
+        ("portugal", "PT"),
+        ("italy", "IT"),
+        ("switzerland", "CH"),
+        ("austria", "AT"),
+        ("poland", "PL"),
+        ("czechia", "CZ"),
+        ("czech republic", "CZ"),
+        ("sweden", "SE"),
+        ("norway", "NO"),
+        ("finland", "FI"),
+        ("denmark", "DK"),
+        ("iceland", "IS"),
+        ("estonia", "EE"),
+        ("latvia", "LV"),
+        ("lithuania", "LT"),
+        ("romania", "RO"),
+        ("bulgaria", "BG"),
+        ("hungary", "HU"),
+        ("ukraine", "UA"),
+        ("turkey", "TR"),
+        ("israel", "IL"),
+        ("united arab emirates", "AE"),
+        ("india", "IN"),
+        ("china", "CN"),
+        ("hong kong", "HK"),
+        ("taiwan", "TW"),
+        ("japan", "JP"),
+        ("south korea", "KR"),
+        ("korea", "KR"),
+        ("singapore", "SG"),
+        ("vietnam", "VN"),
+        ("thailand", "TH"),
+        ("malaysia", "MY"),
+        ("indonesia", "ID"),
+        ("australia", "AU"),
+        ("new zealand", "NZ"),
+        ("south africa", "ZA"),
+        ("argentina", "AR"),
+        ("chile", "CL"),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, cc)| *cc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lenient_readers() {
+        assert_eq!(num(Some(&json!(1.5))), Some(1.5));
+        assert_eq!(num(Some(&json!(" 2.25 "))), Some(2.25));
+        assert_eq!(num(Some(&json!(null))), None);
+        assert_eq!(num(Some(&json!("n/a"))), None);
+        assert_eq!(num(None), None);
+        assert_eq!(id_string(Some(&json!(42))), Some("42".into()));
+        assert_eq!(
+            id_string(Some(&json!("8B300.240V"))),
+            Some("8B300.240V".into())
+        );
+        assert_eq!(id_string(Some(&json!(""))), None);
+        assert_eq!(flag(Some(&json!(1))), Some(true));
+        assert_eq!(flag(Some(&json!("false"))), Some(false));
+    }
+
+    #[test]
+    fn locations() {
+        let l = |s| location(Some(s));
+        assert_eq!(
+            l("Alberta, CA"),
+            (Some("CA".into()), Some("Alberta".into()))
+        );
+        assert_eq!(
+            l("The Netherlands, NL"),
+            (Some("NL".into()), Some("The Netherlands".into()))
+        );
+        assert_eq!(l("Norway"), (Some("NO".into()), None));
+        assert_eq!(l("us"), (Some("US".into()), None));
+        assert_eq!(
+            l("Quebec, Canada"),
+            (Some("CA".into()), Some("Quebec".into()))
+        );
+        assert_eq!(l("Somewhere odd"), (None, Some("Somewhere odd".into())));
+        assert_eq!(l(", "), (None, Some(",".into())));
+        assert_eq!(location(None), (None, None));
+        assert_eq!(location(Some("  ")), (None, None));
+    }
+}

@@ -1,0 +1,386 @@
+//! Vast.ai (providers.md §1): offer search (`POST /api/v0/bundles/`, no key needed; the key is
+//! sent as `Authorization: Bearer` when configured) and the normalization of its offers.
+//!
+//! Quirks handled here: memory in MB (MiB in practice: 24564 for a 24 GB card), CPU and RAM given
+//! for the whole host (the renter's share is `cpu_cores_effective` and RAM in proportion),
+//! storage priced per GB-month (an hour of `disk_gb` is added to the compute price, as gpuhunt
+//! does, so prices compare with io.net's), `geolocation` as "Region, CC", a bare country or null,
+//! numbers sometimes sent as strings, and unknown fields.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request};
+use serde_json::{Value, json};
+
+use super::http::{HttpClient, short};
+use super::model::{Offer, ProviderId, flag, location, num, round_to, text};
+use super::resilience::Gate;
+use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
+use crate::config::{Config, Secret};
+
+pub struct Vastai {
+    base: String,
+    key: Option<Secret>,
+    http: HttpClient,
+    gate: Gate,
+    search_limit: u32,
+}
+
+impl Vastai {
+    pub fn new(config: &Config, http: HttpClient) -> Vastai {
+        Vastai {
+            base: config
+                .providers
+                .vastai_base_url
+                .trim_end_matches('/')
+                .to_owned(),
+            key: config.secrets.vastai_api_key.clone(),
+            http,
+            gate: Gate::new(ProviderId::Vastai, &config.providers),
+            search_limit: config.offers.vastai_search_limit,
+        }
+    }
+
+    /// The search body: the official CLI's default filters, the pushed-down GPU names and the
+    /// disk the renter wants (which also prices storage: `allocated_storage`).
+    pub fn search_body(&self, q: &SearchQuery) -> Value {
+        let mut body = json!({
+            "verified": {"eq": true},
+            "external": {"eq": false},
+            "rentable": {"eq": true},
+            "rented": {"eq": false},
+            "disk_space": {"gte": q.disk_gb},
+            "order": [["dph_total", "asc"]],
+            "type": if q.interruptible { "bid" } else { "on-demand" },
+            "limit": self.search_limit,
+            "allocated_storage": q.disk_gb,
+        });
+        if let Some(names) = q.gpu.as_deref().and_then(gpu::vast_names) {
+            body["gpu_name"] = json!({ "in": names });
+        }
+        body
+    }
+
+    async fn search_once(
+        &self,
+        body: &Bytes,
+        q: &SearchQuery,
+        left: Duration,
+    ) -> Result<Vec<Offer>, (UpstreamError, Option<Duration>)> {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/api/v0/bundles/", self.base))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body.clone()))
+            .map_err(|e| (UpstreamError::Connect(e.to_string()), None))?;
+        if let Some(k) = &self.key
+            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+        {
+            let mut v = v;
+            v.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, v);
+        }
+        let reply = self.http.send(req, left).await.map_err(|e| (e, None))?;
+        check_status(
+            reply.status.as_u16(),
+            &reply.body,
+            reply.headers.get(RETRY_AFTER),
+            self.key.as_ref(),
+        )?;
+        let v: Value = serde_json::from_slice(&reply.body)
+            .map_err(|e| (UpstreamError::Decode(short(&e.to_string())), None))?;
+        let offers = v
+            .get("offers")
+            .and_then(Value::as_array)
+            .ok_or_else(|| (UpstreamError::Decode("no `offers` array".into()), None))?;
+        Ok(normalize_all(offers, f64::from(q.disk_gb), q.interruptible))
+    }
+}
+
+impl Provider for Vastai {
+    fn id(&self) -> ProviderId {
+        ProviderId::Vastai
+    }
+
+    fn search_key(&self, q: &SearchQuery) -> Option<String> {
+        let mut names = q
+            .gpu
+            .as_deref()
+            .and_then(gpu::vast_names)
+            .unwrap_or_default();
+        names.sort_unstable();
+        Some(format!(
+            "vastai:bundles:v1:type={}:disk={}:limit={}:gpu={}",
+            if q.interruptible { "bid" } else { "on-demand" },
+            q.disk_gb,
+            self.search_limit,
+            names.join("|")
+        ))
+    }
+
+    fn search<'a>(
+        &'a self,
+        q: &'a SearchQuery,
+    ) -> BoxFuture<'a, Result<Vec<Offer>, UpstreamError>> {
+        Box::pin(async move {
+            let body = Bytes::from(self.search_body(q).to_string());
+            self.gate
+                .call("search", true, |left| self.search_once(&body, q, left))
+                .await
+        })
+    }
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+/// Maps a non-success status to an error: 429 (with `Retry-After` when there is one), or the
+/// status with Vast's `error`/`msg` (redacted of our key, shortened).
+pub fn check_status(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<&HeaderValue>,
+    key: Option<&Secret>,
+) -> Result<(), (UpstreamError, Option<Duration>)> {
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    if status == 429 {
+        let after = retry_after
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        return Err((UpstreamError::RateLimited, after));
+    }
+    Err((
+        UpstreamError::Status {
+            status,
+            detail: error_detail(body, key),
+        },
+        None,
+    ))
+}
+
+/// A provider's error body, reduced to its code and message (JSON `error`/`msg`/`message`/
+/// `detail`, else the start of the text), with our key cut out should it be echoed.
+pub fn error_detail(body: &[u8], key: Option<&Secret>) -> String {
+    let text_body = String::from_utf8_lossy(body);
+    let detail = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => ["error", "msg", "message", "detail"]
+            .iter()
+            .filter_map(|k| match v.get(*k) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Null) | None => None,
+                Some(other) => Some(other.to_string()),
+            })
+            .collect::<Vec<_>>()
+            .join(": "),
+        Err(_) => text_body.trim().to_owned(),
+    };
+    let detail = match key.map(Secret::expose).filter(|k| !k.is_empty()) {
+        Some(k) => detail.replace(k, "<redacted>"),
+        None => detail,
+    };
+    short(&detail)
+}
+
+/// Normalizes every offer that can be read; the others are skipped and logged once per answer.
+pub fn normalize_all(offers: &[Value], disk_gb: f64, interruptible: bool) -> Vec<Offer> {
+    let mut out = Vec::with_capacity(offers.len());
+    let mut skipped = 0usize;
+    for o in offers {
+        match normalize(o, disk_gb, interruptible) {
+            Some(x) => out.push(x),
+            None => skipped += 1,
+        }
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            provider = "vastai",
+            skipped,
+            "offers without id, GPU count or price skipped"
+        );
+    }
+    out
+}
+
+/// One Vast.ai offer; `None` when it lacks what an offer needs (id, GPU count, a price).
+pub fn normalize(o: &Value, disk_gb: f64, interruptible: bool) -> Option<Offer> {
+    let id = o.get("id").and_then(Value::as_u64).or_else(|| {
+        num(o.get("id"))
+            .filter(|x| *x >= 0.0 && x.fract() == 0.0)
+            .map(|x| x as u64)
+    })?;
+    let gpu_count = num(o.get("num_gpus")).filter(|n| *n >= 1.0)? as u32;
+    let raw_name = text(o.get("gpu_name")).unwrap_or_default();
+    let mem_gb = num(o.get("gpu_ram")).map(|mb| round_to(mb / 1024.0, 1));
+    let storage_per_gb_month = num(o.get("storage_cost")).unwrap_or(0.0);
+    let storage_hour = disk_gb * storage_per_gb_month / 720.0;
+    let min_bid = num(o.get("min_bid"));
+    let compute = if interruptible {
+        min_bid?
+    } else {
+        num(o.get("dph_base")).or_else(|| num(o.get("dph_total")).map(|t| t - storage_hour))?
+    };
+    if compute < 0.0 {
+        return None;
+    }
+    let price = round_to(compute + storage_hour, 4);
+    let cores_host = num(o.get("cpu_cores")).filter(|c| *c > 0.0);
+    let cores = num(o.get("cpu_cores_effective")).or(cores_host);
+    let ram_gb = match (num(o.get("cpu_ram")), cores, cores_host) {
+        (Some(ram), Some(eff), Some(host)) => {
+            Some(round_to(ram * (eff / host).min(1.0) / 1024.0, 1))
+        }
+        _ => None,
+    };
+    let (country, region) = location(o.get("geolocation").and_then(Value::as_str));
+    let reliability = num(o.get("reliability2")).or_else(|| num(o.get("reliability")));
+    let available =
+        flag(o.get("rentable")).unwrap_or(true) && !flag(o.get("rented")).unwrap_or(false);
+    Some(Offer {
+        id: format!("vastai:{id}"),
+        provider: ProviderId::Vastai,
+        gpu_model: gpu::canonical(&raw_name, mem_gb),
+        provider_gpu_name: raw_name,
+        gpu_count,
+        gpu_memory_gb: mem_gb.unwrap_or(0.0),
+        price_per_hour: price,
+        price_per_gpu_hour: round_to(price / f64::from(gpu_count), 4),
+        cpu_cores: cores.map(|c| round_to(c, 1)),
+        ram_gb,
+        disk_gb: num(o.get("disk_space")).map(|d| round_to(d, 1)),
+        country,
+        region,
+        reliability: reliability.map(|r| round_to(r.clamp(0.0, 1.0), 4)),
+        interruptible,
+        min_bid_per_hour: min_bid.map(|b| round_to(b + storage_hour, 4)),
+        available,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A realistic offer, with the fields providers.md §1.4 lists (and some it does not).
+    fn sample() -> Value {
+        serde_json::from_str(
+            r#"{
+            "id": 7012345, "ask_contract_id": 7012345, "bundle_id": 991, "machine_id": 4242,
+            "host_id": 77, "cluster_id": null, "num_gpus": 2, "gpu_name": "A100 SXM4",
+            "gpu_ram": 81920, "gpu_total_ram": 163840, "gpu_frac": 1.0, "gpu_arch": "nvidia",
+            "compute_cap": 800, "cuda_max_good": 12.4, "driver_version": "550.54.14",
+            "cpu_name": "AMD EPYC 7V13 64-Core Processor  ", "cpu_cores": 128,
+            "cpu_cores_effective": 32.0, "cpu_ram": 515725, "cpu_arch": "amd64",
+            "disk_space": 812.4, "disk_bw": 3400.5, "inet_up": 850.1, "inet_down": 2100.0,
+            "dph_base": 2.4, "dph_total": 2.4222, "min_bid": 1.1, "storage_cost": 0.2,
+            "reliability": 0.991, "reliability2": 0.9934, "verification": "verified",
+            "geolocation": "Alberta, CA", "geolocode": 12, "hosting_type": 1,
+            "rentable": true, "rented": false, "is_bid": false, "start_date": 1.7e9,
+            "end_date": 1.8e9, "duration": 86400.0, "score": 412.1, "dlperf": 233.0,
+            "search": {"gpuCostPerHour": 2.4, "diskHour": 0.0222, "totalHour": 2.4222},
+            "sla_premium": 0.0, "brand_new_field": {"nested": [1, 2]}
+        }"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_full_offer() {
+        let o = normalize(&sample(), 80.0, false).unwrap();
+        assert_eq!(o.id, "vastai:7012345");
+        assert_eq!(o.gpu_model, "A100 80GB SXM");
+        assert_eq!(o.provider_gpu_name, "A100 SXM4");
+        assert_eq!(o.gpu_count, 2);
+        assert_eq!(o.gpu_memory_gb, 80.0);
+        // 2.4 + 80 GB × 0.2 $/GB-month / 720 h
+        assert_eq!(o.price_per_hour, 2.4222);
+        assert_eq!(o.price_per_gpu_hour, 1.2111);
+        assert_eq!(o.cpu_cores, Some(32.0));
+        // a quarter of the host's 515,725 MB
+        assert_eq!(o.ram_gb, Some(125.9));
+        assert_eq!(o.disk_gb, Some(812.4));
+        assert_eq!(o.country.as_deref(), Some("CA"));
+        assert_eq!(o.region.as_deref(), Some("Alberta"));
+        assert_eq!(o.reliability, Some(0.9934));
+        assert!(!o.interruptible && o.available);
+        assert_eq!(o.min_bid_per_hour, Some(1.1222));
+    }
+
+    #[test]
+    fn interruptible_offers_are_priced_at_the_minimum_bid() {
+        let o = normalize(&sample(), 0.0, true).unwrap();
+        assert!(o.interruptible);
+        assert_eq!(o.price_per_hour, 1.1);
+    }
+
+    #[test]
+    fn odd_values_do_not_fail_the_offer() {
+        let mut v = sample();
+        v["geolocation"] = Value::Null;
+        v["cpu_cores"] = Value::Null; // gpuhunt saw this
+        v["gpu_ram"] = json!("24564");
+        v["gpu_name"] = json!("RTX 4090");
+        v["dph_base"] = json!("0.35");
+        v["reliability2"] = Value::Null;
+        let o = normalize(&v, 0.0, false).unwrap();
+        assert_eq!((o.country, o.region), (None, None));
+        assert_eq!(o.ram_gb, None);
+        assert_eq!(o.cpu_cores, Some(32.0));
+        assert_eq!(o.gpu_memory_gb, 24.0);
+        assert_eq!(o.gpu_model, "RTX 4090");
+        assert_eq!(o.price_per_hour, 0.35);
+        assert_eq!(o.reliability, Some(0.991));
+
+        let mut bare = sample();
+        bare["geolocation"] = json!("Norway");
+        let o = normalize(&bare, 0.0, false).unwrap();
+        assert_eq!(o.country.as_deref(), Some("NO"));
+    }
+
+    #[test]
+    fn unreadable_offers_are_skipped_not_fatal() {
+        let mut no_id = sample();
+        no_id.as_object_mut().unwrap().remove("id");
+        let mut no_price = sample();
+        no_price["dph_base"] = Value::Null;
+        no_price["dph_total"] = json!("free");
+        let list = vec![
+            no_id,
+            sample(),
+            no_price,
+            json!("not an object"),
+            json!(null),
+        ];
+        let out = normalize_all(&list, 0.0, false);
+        assert_eq!(out.len(), 1);
+        // only dph_total: the storage part is taken out, then put back for the disk asked
+        let mut total_only = sample();
+        total_only["dph_base"] = Value::Null;
+        assert_eq!(
+            normalize(&total_only, 80.0, false).unwrap().price_per_hour,
+            2.4222
+        );
+    }
+
+    #[test]
+    fn error_bodies_are_reduced_and_redacted() {
+        let key = Secret::new("vk-123secret");
+        let d = error_detail(
+            br#"{"success":false,"error":"auth_error","msg":"Invalid user key vk-123secret"}"#,
+            Some(&key),
+        );
+        assert_eq!(d, "auth_error: Invalid user key <redacted>");
+        assert_eq!(
+            error_detail(b"API requests too frequent", None),
+            "API requests too frequent"
+        );
+        let r = check_status(429, b"API requests too frequent", None, None);
+        assert_eq!(r, Err((UpstreamError::RateLimited, None)));
+    }
+}
