@@ -1,0 +1,394 @@
+//! The sandbox io.net enterprise VMaaS API (providers.md §2.6).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use hyper::Method;
+use serde_json::{Value, json};
+
+use crate::Args;
+use crate::faults::Rng;
+use crate::inventory;
+use crate::server::{Answer, Api, Call};
+
+const VMAAS: &str = "/enterprise/v1/io-cloud/vmaas";
+
+struct Deployment {
+    id: String,
+    name: String,
+    hardware: Value,
+    gpus_per_vm: u64,
+    location: String,
+    duration_hours: u64,
+    created: Instant,
+    created_at: String,
+    destroyed: Option<Instant>,
+}
+
+struct World {
+    hardware: Vec<Value>,
+    deployments: Vec<Deployment>,
+    rng: Rng,
+}
+
+pub struct Ionet {
+    key: String,
+    provision: Duration,
+    deploy_returns_id: bool,
+    world: Mutex<World>,
+}
+
+fn detail(status: u16, msg: &str) -> Answer {
+    Answer::json(status, json!({"detail": msg}))
+}
+
+/// FastAPI's validation error shape.
+fn invalid(loc: &[&str], msg: &str, kind: &str) -> Answer {
+    Answer::json(
+        422,
+        json!({"detail": [{"loc": loc, "msg": msg, "type": kind}]}),
+    )
+}
+
+impl Ionet {
+    pub fn new(args: &Args) -> Ionet {
+        Ionet {
+            key: args.ionet_key.clone(),
+            provision: args.provision_time,
+            deploy_returns_id: args.ionet_deploy_response != "empty",
+            world: Mutex::new(World {
+                hardware: inventory::ionet_hardware(args.seed, args.ionet_hardware),
+                deployments: Vec::new(),
+                rng: Rng::new(args.seed ^ 0xd3_91),
+            }),
+        }
+    }
+
+    fn status(&self, d: &Deployment) -> &'static str {
+        match d.destroyed {
+            Some(t) if t.elapsed() < self.provision / 2 => "termination requested",
+            Some(_) => "destroyed",
+            None if d.created.elapsed() < self.provision => "deployment requested",
+            None => "running",
+        }
+    }
+
+    fn details(&self, d: &Deployment) -> Value {
+        let h = &d.hardware;
+        json!({
+            "id": d.id,
+            "status": self.status(d),
+            "name": d.name,
+            "created_at": d.created_at,
+            "started_at": if self.status(d) == "running" { json!(d.created_at) } else { Value::Null },
+            "finished_at": Value::Null,
+            "amount_paid": inventory::round(h["price"].as_f64().unwrap_or(0.0) * d.duration_hours as f64, 4),
+            "completed_percent": 0,
+            "total_gpus": d.gpus_per_vm,
+            "gpus_per_vm": d.gpus_per_vm,
+            "total_vms": 1,
+            "hardware_name": h["name"],
+            "hardware_id": h["deploy_id"],
+            "locations": [{"id": 1, "iso2": d.location, "name": d.location}],
+            "brand_name": "NVIDIA",
+            "compute_minutes_served": 0,
+            "compute_minutes_remaining": d.duration_hours * 60,
+            "ssh_keys": {},
+            "github_ids": [],
+        })
+    }
+
+    fn deploy(&self, call: &Call) -> Answer {
+        let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&call.body) else {
+            return invalid(&["body"], "Input should be a valid dictionary", "dict_type");
+        };
+        const ALLOWED: &[&str] = &[
+            "resource_private_name",
+            "duration_hours",
+            "gpus_per_vm",
+            "hardware_id",
+            "location_ids",
+            "node_pool_id",
+            "ssh_keys",
+            "github_ids",
+            "vm_image_type",
+            "network_services",
+            "vms_qty",
+        ];
+        if let Some(k) = body.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+            return invalid(
+                &["body", k],
+                "Extra inputs are not permitted",
+                "extra_forbidden",
+            );
+        }
+        let Some(name) = body
+            .get("resource_private_name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        else {
+            return invalid(
+                &["body", "resource_private_name"],
+                "Field required",
+                "missing",
+            );
+        };
+        let hours = body.get("duration_hours").and_then(Value::as_u64);
+        let Some(hours) = hours.filter(|h| (1..=8760).contains(h)) else {
+            return invalid(
+                &["body", "duration_hours"],
+                "Input should be between 1 and 8760",
+                "int_range",
+            );
+        };
+        let Some(gpus) = body
+            .get("gpus_per_vm")
+            .and_then(Value::as_u64)
+            .filter(|g| (1..=8).contains(g))
+        else {
+            return invalid(
+                &["body", "gpus_per_vm"],
+                "Input should be between 1 and 8",
+                "int_range",
+            );
+        };
+        let Some(hw_id) = body
+            .get("hardware_id")
+            .filter(|v| v.is_u64() || v.is_string())
+        else {
+            return invalid(&["body", "hardware_id"], "Field required", "missing");
+        };
+        let loc = match body.get("location_ids").and_then(Value::as_array) {
+            Some(l) if l.len() == 1 => l[0]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| l[0].to_string()),
+            _ => {
+                return invalid(
+                    &["body", "location_ids"],
+                    "List should have exactly 1 item",
+                    "too_short",
+                );
+            }
+        };
+        let mut world = self.world.lock().unwrap();
+        let same =
+            |v: &Value| v.to_string().trim_matches('"') == hw_id.to_string().trim_matches('"');
+        let Some(hw) = world
+            .hardware
+            .iter()
+            .find(|h| same(&h["deploy_id"]))
+            .cloned()
+        else {
+            return detail(400, "hardware not available");
+        };
+        if hw["sold_out"] == json!(true) {
+            return detail(400, "hardware sold out");
+        }
+        if !hw["location"].is_null() && hw["location"].as_str() != Some(loc.as_str()) {
+            return detail(400, "hardware not available in this location");
+        }
+        if world
+            .deployments
+            .iter()
+            .any(|d| d.name == name && d.destroyed.is_none())
+        {
+            return detail(409, "a deployment with this name exists");
+        }
+        let id = world.rng.uuid();
+        world.deployments.push(Deployment {
+            id: id.clone(),
+            name: name.to_owned(),
+            hardware: hw,
+            gpus_per_vm: gpus,
+            location: loc,
+            duration_hours: hours,
+            created: Instant::now(),
+            created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            destroyed: None,
+        });
+        if self.deploy_returns_id {
+            Answer::json(200, json!({"status": "success", "deployment_id": id}))
+        } else {
+            Answer::json(200, json!({}))
+        }
+    }
+
+    fn deployment_id<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(VMAAS)?
+            .strip_prefix("/deployment/")?
+            .split('/')
+            .next()
+    }
+}
+
+impl Api for Ionet {
+    fn op(&self, method: &Method, path: &str) -> &'static str {
+        let Some(p) = path.strip_prefix(VMAAS) else {
+            return "unknown";
+        };
+        match *method {
+            Method::GET if p == "/hardware" => "hardware",
+            Method::GET if p == "/hardware/max-gpus-per-vm" => "max_gpus",
+            Method::GET if p == "/available-vms" => "available",
+            Method::GET if p == "/price" => "price",
+            Method::POST if p == "/deploy" => "deploy",
+            Method::GET if p == "/deployments" => "list",
+            Method::GET if p.starts_with("/deployment/") && p.ends_with("/vms") => "vms",
+            Method::POST if p.starts_with("/deployment/") && p.ends_with("/extend") => "extend",
+            Method::GET if p.starts_with("/deployment/") => "show",
+            Method::DELETE if p.starts_with("/deployment/") => "destroy",
+            _ => "unknown",
+        }
+    }
+
+    fn handle(&self, op: &'static str, call: &Call) -> Answer {
+        match call.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+            None => return detail(401, "Not authenticated"),
+            Some(k) if k != self.key => return detail(403, "Invalid API key"),
+            Some(_) => {}
+        }
+        match op {
+            "hardware" => {
+                let world = self.world.lock().unwrap();
+                Answer::json(200, json!({"data": {"hardware": world.hardware}}))
+            }
+            "max_gpus" => {
+                let world = self.world.lock().unwrap();
+                let hw: Vec<Value> = world
+                    .hardware
+                    .iter()
+                    .map(|h| json!({"max_gpus_per_vm": h["num_cards"], "available": if h["sold_out"] == json!(true) {0} else {4}, "hardware_id": h["deploy_id"], "hardware_name": h["name"], "brand_name": "NVIDIA"}))
+                    .collect();
+                Answer::json(200, json!({"data": {"hardware": hw, "total": hw.len()}}))
+            }
+            "available" => match (call.param("hardware_id"), call.param("hardware_qty")) {
+                (Some(_), Some(q)) if q.parse::<u64>().is_ok_and(|q| q >= 1) => Answer::json(
+                    200,
+                    json!({"data": [{"id": 1, "iso2": "US", "name": "United States", "available_replicas": 4}]}),
+                ),
+                _ => invalid(&["query", "hardware_id"], "Field required", "missing"),
+            },
+            "price" => {
+                let locs = call
+                    .param("location_ids")
+                    .map(|s| serde_json::from_str::<Vec<Value>>(&s));
+                let Some(Ok(_)) = locs else {
+                    return invalid(
+                        &["query", "location_ids"],
+                        "Value error, must be a JSON array",
+                        "value_error",
+                    );
+                };
+                let world = self.world.lock().unwrap();
+                let hw = call.param("hardware_id").and_then(|id| {
+                    world
+                        .hardware
+                        .iter()
+                        .find(|h| h["deploy_id"].to_string().trim_matches('"') == id)
+                });
+                let Some(hw) = hw else {
+                    return detail(404, "Not Found");
+                };
+                let hours = call
+                    .param("duration_hours")
+                    .and_then(|h| h.parse::<f64>().ok())
+                    .unwrap_or(1.0);
+                let total = hw["price"].as_f64().unwrap_or(0.0) * hours;
+                Answer::json(
+                    200,
+                    json!({"data": {"replica_count": 1, "gpus_per_vm": hw["num_cards"], "available_replica_count": [4], "discount": 0, "ionet_fee": 0, "ionet_fee_percent": 0, "currency_conversion_fee": 0, "currency_conversion_fee_percent": 0, "total_cost_usdc": inventory::round(total, 4)}}),
+                )
+            }
+            "deploy" => self.deploy(call),
+            "list" => {
+                let page = call
+                    .param("page")
+                    .and_then(|p| p.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let size = call
+                    .param("page_size")
+                    .and_then(|p| p.parse::<usize>().ok())
+                    .unwrap_or(10)
+                    .clamp(1, 100);
+                let status = call.param("status");
+                let world = self.world.lock().unwrap();
+                let all: Vec<Value> = world
+                    .deployments
+                    .iter()
+                    .rev()
+                    .filter(|d| status.as_deref().is_none_or(|s| s == self.status(d)))
+                    .map(|d| json!({"id": d.id, "status": self.status(d), "name": d.name, "completed_percent": 0, "hardware_quantity": 1, "brand_name": "NVIDIA", "hardware_name": d.hardware["name"], "compute_minutes_served": 0, "compute_minutes_remaining": d.duration_hours * 60}))
+                    .collect();
+                let total = all.len();
+                let items: Vec<Value> = all.into_iter().skip(page * size).take(size).collect();
+                Answer::json(
+                    200,
+                    json!({"data": {"deployments": items, "total": total, "statuses": ["running", "completed", "failed", "deployment requested", "termination requested", "destroyed"]}}),
+                )
+            }
+            "show" | "vms" | "extend" | "destroy" => {
+                let mut world = self.world.lock().unwrap();
+                let Some(id) = self.deployment_id(&call.path) else {
+                    return detail(404, "Not Found");
+                };
+                let Some(d) = world.deployments.iter_mut().find(|d| d.id == id) else {
+                    return detail(404, "Not Found");
+                };
+                match op {
+                    "show" => Answer::json(200, json!({"data": self.details(d)})),
+                    "vms" => {
+                        let running = self.status(d) == "running";
+                        let workers = if running {
+                            vec![json!({
+                                "device_id": d.id, "vm_id": format!("vm-{}", &d.id[..8]),
+                                "hardware": d.hardware["name"], "brand_name": "NVIDIA",
+                                "created_at": d.created_at, "uptime_percent": 100, "gpus_per_vm": d.gpus_per_vm,
+                                "status": "running", "vm_events": [],
+                                "network_services": {"ssh": {"port": 22, "protocol": "tcp", "whitelist": ["0.0.0.0/0"], "public_port": 30022, "public_ip": "198.51.100.9", "srv_record": null}},
+                                "ssh_access": "ubuntu@198.51.100.9 -p 30022",
+                                "is_external": false
+                            })]
+                        } else {
+                            vec![]
+                        };
+                        Answer::json(
+                            200,
+                            json!({"data": {"total": workers.len(), "workers": workers}}),
+                        )
+                    }
+                    "extend" => {
+                        let hours = serde_json::from_slice::<Value>(&call.body)
+                            .ok()
+                            .and_then(|b| b["duration_hours"].as_u64())
+                            .filter(|h| *h > 0);
+                        let Some(h) = hours else {
+                            return invalid(
+                                &["body", "duration_hours"],
+                                "Input should be greater than 0",
+                                "greater_than",
+                            );
+                        };
+                        d.duration_hours += h;
+                        Answer::json(200, json!({"data": self.details(d)}))
+                    }
+                    _ => {
+                        if d.destroyed.is_none() {
+                            d.destroyed = Some(Instant::now());
+                        }
+                        Answer::json(200, json!({}))
+                    }
+                }
+            }
+            _ => detail(404, "Not Found"),
+        }
+    }
+
+    fn rate_limited(&self) -> Answer {
+        detail(429, "Too Many Requests")
+    }
+
+    fn server_error(&self, status: u16) -> Answer {
+        detail(status, "Internal Server Error")
+    }
+}
