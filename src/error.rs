@@ -47,6 +47,8 @@ pub enum Kind {
     /// Credentials could not be checked because the database is unreachable and they are not
     /// cached: 503, never 401, so a client does not throw away a good key.
     AuthUnavailable,
+    /// No provider could answer (and nothing cached was young enough to stand in).
+    ProvidersUnavailable,
     Internal,
 }
 
@@ -64,6 +66,7 @@ impl Kind {
             Kind::Forbidden(_) => StatusCode::FORBIDDEN,
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::DatabaseUnavailable | Kind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::ProvidersUnavailable => StatusCode::BAD_GATEWAY,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,6 +86,7 @@ impl Kind {
             Kind::Conflict => "conflict",
             Kind::DatabaseUnavailable => "database_unavailable",
             Kind::AuthUnavailable => "auth_unavailable",
+            Kind::ProvidersUnavailable => "providers_unavailable",
             Kind::Internal => "internal",
         }
     }
@@ -105,7 +109,10 @@ impl Error {
     pub fn new(kind: Kind, side: Side, message: impl Into<Cow<'static, str>>) -> Self {
         let retryable = matches!(
             kind,
-            Kind::Unavailable | Kind::DatabaseUnavailable | Kind::AuthUnavailable
+            Kind::Unavailable
+                | Kind::DatabaseUnavailable
+                | Kind::AuthUnavailable
+                | Kind::ProvidersUnavailable
         );
         Error {
             kind,

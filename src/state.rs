@@ -39,6 +39,9 @@ pub struct AppState {
     /// Redis; `None` when `REDIS_URL` is unset (the daemon then runs on its own caches).
     pub redis: Option<crate::cache::Redis>,
     pub auth: Arc<crate::auth::Auth>,
+    /// The provider clients, and the cache of their answers (`GET /v1/offers`).
+    pub providers: crate::providers::Providers,
+    pub offers_cache: Arc<crate::cache::swr::SwrCache<Vec<crate::providers::Offer>>>,
     /// Indexed by `Route as usize`, with one more slot for unmatched paths.
     pub request_metrics: crate::metrics::RequestMetrics,
     phase: AtomicU8,
@@ -57,6 +60,21 @@ impl AppState {
     ) -> Arc<AppState> {
         Arc::new(AppState {
             auth: crate::auth::Auth::new(&config, db.clone(), redis.clone()),
+            providers: crate::providers::Providers::from_config(&config),
+            offers_cache: crate::cache::swr::SwrCache::new(
+                "offers",
+                redis.clone(),
+                crate::cache::swr::Windows {
+                    ttl: std::time::Duration::from_millis(config.offers.cache_ttl_ms),
+                    stale_while_revalidate: std::time::Duration::from_millis(
+                        config.offers.stale_while_revalidate_ms,
+                    ),
+                    stale_if_error: std::time::Duration::from_millis(
+                        config.offers.stale_if_error_ms,
+                    ),
+                },
+                config.offers.cache_max_entries,
+            ),
             db,
             redis,
             limits: crate::ratelimit::RateLimits::new(&config.ratelimit),

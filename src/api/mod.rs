@@ -6,6 +6,7 @@ pub mod account;
 pub mod admin;
 pub mod body;
 pub mod health;
+pub mod offers;
 pub mod openapi;
 pub mod respond;
 pub mod router;
@@ -151,6 +152,7 @@ async fn dispatch(
         (Route::DebugSleep, _) => health::debug_sleep(req.uri().query()).await?,
         (Route::AuthToken, Some(p)) => account::token(state, &p)?,
         (Route::Account, Some(p)) => account::show(state, &p),
+        (Route::Offers, Some(_)) => offers::list(state, req.uri().query()).await?,
         (_, Some(_)) => admin::handle(state, route, param, req).await?,
         (_, None) => {
             return Err(Error::new(

@@ -21,6 +21,7 @@ pub enum Route {
     AdminAccountResume,
     AdminAccountKeys,
     AdminKey,
+    Offers,
 }
 
 /// Who may call a route.
@@ -34,7 +35,7 @@ pub enum Access {
 }
 
 impl Route {
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 14] = [
         Route::Health,
         Route::Ready,
         Route::Stats,
@@ -48,6 +49,7 @@ impl Route {
         Route::AdminAccountResume,
         Route::AdminAccountKeys,
         Route::AdminKey,
+        Route::Offers,
     ];
 
     /// Every route's label, in `Route as usize` order, then `unmatched` for paths no route takes.
@@ -69,6 +71,7 @@ impl Route {
             "/v1/auth/token" => Some(Route::AuthToken),
             "/v1/account" => Some(Route::Account),
             "/v1/admin/accounts" => Some(Route::AdminAccounts),
+            "/v1/offers" => Some(Route::Offers),
             _ => None,
         };
         if let Some(r) = plain {
@@ -106,6 +109,7 @@ impl Route {
             Route::AdminAccountResume => "/v1/admin/accounts/{account}/resume",
             Route::AdminAccountKeys => "/v1/admin/accounts/{account}/keys",
             Route::AdminKey => "/v1/admin/keys/{public_id}",
+            Route::Offers => "/v1/offers",
         }
     }
 
@@ -117,6 +121,7 @@ impl Route {
             | Route::OpenApi
             | Route::DebugSleep
             | Route::Account
+            | Route::Offers
             | Route::AdminAccount => &[Method::GET],
             Route::AuthToken | Route::AdminAccountSuspend | Route::AdminAccountResume => {
                 &[Method::POST]
@@ -131,7 +136,7 @@ impl Route {
             Route::Health | Route::Ready | Route::Stats | Route::OpenApi | Route::DebugSleep => {
                 Access::Public
             }
-            Route::AuthToken | Route::Account => Access::User,
+            Route::AuthToken | Route::Account | Route::Offers => Access::User,
             Route::AdminAccounts
             | Route::AdminAccount
             | Route::AdminAccountSuspend

@@ -3,5 +3,6 @@
 //! not answered within `redis.command_timeout_ms` (or at once while disconnected) is a miss.
 
 pub mod redis;
+pub mod swr;
 
 pub use redis::Redis;

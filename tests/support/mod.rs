@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod certs;
 pub mod client;
 pub mod daemon;
+pub mod sandbox;
 pub mod services;
 
 use std::future::Future;

@@ -107,7 +107,7 @@ pub fn ionet_hardware(seed: u64, n: usize) -> Vec<Value> {
                 "num_cards": cards,
                 "supplier": if i % 3 == 0 { "external" } else { "internal" },
                 "price": price,
-                "vram_per_card": g.2 / 1024,
+                "vram_per_card": (g.2 + 512) / 1024,
                 "vcpu": 8 * cards,
                 "memory": 64 * cards,
                 "storage": 500 * cards,

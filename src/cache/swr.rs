@@ -1,0 +1,419 @@
+//! A two-layer cache for provider answers: in process (papaya, bounded) in front of Redis, with
+//! single-flight fetches, stale-while-revalidate and stale-if-error.
+//!
+//! For an entry `age` old:
+//! - `age < ttl`: fresh, served.
+//! - `ttl ≤ age < ttl + stale_while_revalidate`: served marked stale, and one background refresh
+//!   starts (if none runs).
+//! - older, up to `stale_if_error`: a refresh runs and is waited for; if it fails, the old entry is
+//!   served marked stale instead of an error.
+//! - older still: gone; a miss.
+//!
+//! Single-flight: however many requests miss one key at once, one fetch runs (in its own task,
+//! so a client that hangs up does not cancel it for the others) and all of them get its result.
+//! Redis is read on an in-process miss and written after a fetch, each best effort with the
+//! Redis client's short timeouts: with Redis down this is an in-process cache and nothing fails.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use metrics::{Counter, counter};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use super::Redis;
+use crate::metrics::{CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL};
+use crate::providers::UpstreamError;
+
+/// A cached value and when it was fetched (wall clock, so ages carry across daemons via Redis).
+#[derive(Debug)]
+pub struct Entry<V> {
+    pub value: V,
+    pub fetched_at_ms: u64,
+}
+
+impl<V> Entry<V> {
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(unix_ms().saturating_sub(self.fetched_at_ms))
+    }
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    Redis,
+    /// Fetched for this request (or by the fetch it joined).
+    Upstream,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Memory => "memory",
+            Source::Redis => "redis",
+            Source::Upstream => "upstream",
+        }
+    }
+}
+
+pub struct Lookup<V> {
+    pub entry: Arc<Entry<V>>,
+    pub source: Source,
+    /// Past its TTL; `error` says why no fresh answer was had, when a refresh failed.
+    pub stale: bool,
+    pub error: Option<UpstreamError>,
+}
+
+type Shared<V> = Option<Result<Arc<Entry<V>>, UpstreamError>>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    pub ttl: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+pub struct SwrCache<V> {
+    /// Keeps Redis keys of different caches apart.
+    name: &'static str,
+    l1: papaya::HashMap<String, Arc<Entry<V>>, foldhash::fast::RandomState>,
+    inflight: Mutex<HashMap<String, watch::Receiver<Shared<V>>>>,
+    redis: Option<Redis>,
+    windows: Windows,
+    max_entries: usize,
+    hits_memory: Counter,
+    hits_redis: Counter,
+    hits_stale: Counter,
+    misses: Counter,
+}
+
+#[derive(Serialize, serde::Deserialize)]
+struct Stored<V> {
+    at: u64,
+    v: V,
+}
+
+impl<V> SwrCache<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub fn new(
+        name: &'static str,
+        redis: Option<Redis>,
+        windows: Windows,
+        max_entries: usize,
+    ) -> Arc<Self> {
+        Arc::new(SwrCache {
+            name,
+            l1: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+            inflight: Mutex::new(HashMap::new()),
+            redis,
+            windows,
+            max_entries: max_entries.max(1),
+            hits_memory: counter!(CACHE_HITS_TOTAL, "layer" => "memory"),
+            hits_redis: counter!(CACHE_HITS_TOTAL, "layer" => "redis"),
+            hits_stale: counter!(CACHE_HITS_TOTAL, "layer" => "stale"),
+            misses: counter!(CACHE_MISSES_TOTAL),
+        })
+    }
+
+    fn redis_key(&self, redis: &Redis, key: &str) -> String {
+        redis.key(&format!("{}:{key}", self.name))
+    }
+
+    /// The value for `key`, from cache or from `fetch` (see the module header for the rules).
+    pub async fn get<F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        fetch: F,
+    ) -> Result<Lookup<V>, UpstreamError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, UpstreamError>> + Send + 'static,
+    {
+        let mut found = self.l1.pin().get(key).cloned().map(|e| (e, Source::Memory));
+        if found.is_none() {
+            found = self.read_redis(key).await.map(|e| (e, Source::Redis));
+        }
+        let w = self.windows;
+        let Some((entry, source)) = found else {
+            let entry = self.fetch_shared(key, fetch).await?;
+            return Ok(Lookup {
+                entry,
+                source: Source::Upstream,
+                stale: false,
+                error: None,
+            });
+        };
+        let age = entry.age();
+        if age < w.ttl {
+            match source {
+                Source::Redis => self.hits_redis.increment(1),
+                _ => self.hits_memory.increment(1),
+            }
+            return Ok(Lookup {
+                entry,
+                source,
+                stale: false,
+                error: None,
+            });
+        }
+        if age < w.ttl + w.stale_while_revalidate {
+            drop(self.start_fetch(key, fetch));
+            self.hits_stale.increment(1);
+            return Ok(Lookup {
+                entry,
+                source,
+                stale: true,
+                error: None,
+            });
+        }
+        if age < w.stale_if_error {
+            return Ok(match self.fetch_shared(key, fetch).await {
+                Ok(fresh) => Lookup {
+                    entry: fresh,
+                    source: Source::Upstream,
+                    stale: false,
+                    error: None,
+                },
+                Err(e) => {
+                    self.hits_stale.increment(1);
+                    Lookup {
+                        entry,
+                        source,
+                        stale: true,
+                        error: Some(e),
+                    }
+                }
+            });
+        }
+        self.l1.pin().remove(key);
+        let entry = self.fetch_shared(key, fetch).await?;
+        Ok(Lookup {
+            entry,
+            source: Source::Upstream,
+            stale: false,
+            error: None,
+        })
+    }
+
+    async fn read_redis(&self, key: &str) -> Option<Arc<Entry<V>>> {
+        let redis = self.redis.as_ref()?;
+        let text = redis.get(&self.redis_key(redis, key)).await?;
+        let stored: Stored<V> = serde_json::from_str(&text).ok()?;
+        let entry = Arc::new(Entry {
+            value: stored.v,
+            fetched_at_ms: stored.at,
+        });
+        self.insert(key, entry.clone());
+        Some(entry)
+    }
+
+    async fn fetch_shared<F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        fetch: F,
+    ) -> Result<Arc<Entry<V>>, UpstreamError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, UpstreamError>> + Send + 'static,
+    {
+        let mut rx = self.start_fetch(key, fetch);
+        match rx.wait_for(Option::is_some).await {
+            Ok(v) => v.clone().expect("waited for Some"),
+            Err(_) => Err(UpstreamError::Reset(
+                "the fetch task ended without an answer".into(),
+            )),
+        }
+    }
+
+    /// Joins the fetch running for `key`, or starts one in its own task.
+    fn start_fetch<F, Fut>(self: &Arc<Self>, key: &str, fetch: F) -> watch::Receiver<Shared<V>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, UpstreamError>> + Send + 'static,
+    {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = inflight.get(key) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(key.to_owned(), rx.clone());
+        drop(inflight);
+        self.misses.increment(1);
+        let me = self.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let out = fetch().await.map(|v| {
+                Arc::new(Entry {
+                    value: v,
+                    fetched_at_ms: unix_ms(),
+                })
+            });
+            if let Ok(entry) = &out {
+                me.insert(&key, entry.clone());
+            }
+            // Redis first (bounded by its command timeout), so that once anyone has this answer
+            // every other daemon can find it
+            if let (Ok(entry), Some(redis)) = (&out, me.redis.as_ref())
+                && let Ok(text) = serde_json::to_string(&Stored {
+                    at: entry.fetched_at_ms,
+                    v: &entry.value,
+                })
+            {
+                redis
+                    .set_ex(&me.redis_key(redis, &key), text, me.windows.stale_if_error)
+                    .await;
+            }
+            me.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            let _ = tx.send(Some(out));
+        });
+        rx
+    }
+
+    /// Bounded: at `max_entries`, entries past `stale_if_error` go first, then any one.
+    fn insert(&self, key: &str, entry: Arc<Entry<V>>) {
+        let map = self.l1.pin();
+        if map.len() >= self.max_entries && !map.contains_key(key) {
+            let limit = self.windows.stale_if_error;
+            let old: Vec<String> = map
+                .iter()
+                .filter(|(_, e)| e.age() >= limit)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &old {
+                map.remove(k);
+            }
+            if map.len() >= self.max_entries
+                && let Some(k) = map.keys().next().cloned()
+            {
+                map.remove(&k);
+            }
+        }
+        map.insert(key.to_owned(), entry);
+    }
+
+    /// Drops every in-process entry (tests, and an operator's flush).
+    pub fn clear(&self) {
+        self.l1.pin().clear();
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn cache(ttl: u64, swr: u64, sie: u64) -> Arc<SwrCache<u32>> {
+        SwrCache::new(
+            "t",
+            None,
+            Windows {
+                ttl: Duration::from_millis(ttl),
+                stale_while_revalidate: Duration::from_millis(swr),
+                stale_if_error: Duration::from_millis(sie),
+            },
+            16,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_misses_fetch_once() {
+        let c = cache(60_000, 0, 60_000);
+        let calls = Arc::new(AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let (c, calls) = (c.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get("k", move || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok(7)
+                })
+                .await
+                .map(|l| l.entry.value)
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(7));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_while_revalidate_then_stale_if_error() {
+        let c = cache(20, 100_000, 200_000);
+        let first = c.get("k", || async { Ok(1) }).await.unwrap();
+        assert_eq!(
+            (first.entry.value, first.source, first.stale),
+            (1, Source::Upstream, false)
+        );
+        let hit = c.get("k", || async { Ok(99) }).await.unwrap();
+        assert_eq!(
+            (hit.entry.value, hit.source, hit.stale),
+            (1, Source::Memory, false)
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // stale: served at once, refresh in the background
+        let stale = c.get("k", || async { Ok(2) }).await.unwrap();
+        assert_eq!((stale.entry.value, stale.stale), (1, true));
+        for _ in 0..100 {
+            if c.l1.pin().get("k").is_some_and(|e| e.value == 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let fresh = c.get("k", || async { Ok(3) }).await.unwrap();
+        assert_eq!((fresh.entry.value, fresh.stale), (2, false));
+    }
+
+    #[tokio::test]
+    async fn failing_fetch_serves_the_stale_entry_until_its_limit() {
+        let c = cache(10, 0, 100_000);
+        c.get("k", || async { Ok(1) }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let l = c
+            .get("k", || async { Err(UpstreamError::Timeout) })
+            .await
+            .unwrap();
+        assert_eq!(
+            (l.entry.value, l.stale, l.error),
+            (1, true, Some(UpstreamError::Timeout))
+        );
+        let none = cache(10, 0, 15);
+        none.get("k", || async { Ok(1) }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let e = none
+            .get("k", || async { Err(UpstreamError::Timeout) })
+            .await;
+        assert_eq!(e.err(), Some(UpstreamError::Timeout), "too old to serve");
+    }
+
+    #[tokio::test]
+    async fn the_in_process_layer_is_bounded() {
+        let c = cache(60_000, 0, 60_000);
+        for i in 0..100u32 {
+            c.get(&format!("k{i}"), move || async move { Ok(i) })
+                .await
+                .unwrap();
+        }
+        assert!(c.l1.pin().len() <= 16);
+    }
+}

@@ -1,0 +1,149 @@
+//! The sandbox providers (`gpuproxy-sandbox`) as a process on free ports, with helpers to switch
+//! faults, read its call counters and fetch its raw inventory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+pub const VAST_KEY: &str = "test-vast-key";
+pub const IONET_KEY: &str = "test-ionet-key";
+
+pub struct Sandbox {
+    child: Child,
+    pub vast: String,
+    pub ionet: String,
+}
+
+impl Sandbox {
+    pub fn start(extra: &[&str]) -> Sandbox {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gpuproxy-sandbox"))
+            .args(["--vast-key", VAST_KEY, "--ionet-key", IONET_KEY])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn gpuproxy-sandbox");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("sandbox prints its URLs");
+        let v: Value = serde_json::from_str(&line).expect("a JSON line of URLs");
+        Sandbox {
+            child,
+            vast: v["vastai"].as_str().unwrap().to_owned(),
+            ionet: v["ionet"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// `--set` overrides pointing a daemon at this sandbox.
+    pub fn daemon_settings(&self) -> Vec<String> {
+        vec![
+            format!("providers.vastai_base_url={:?}", self.vast),
+            format!("providers.ionet_base_url={:?}", self.ionet),
+        ]
+    }
+
+    pub fn daemon_env() -> Vec<(String, String)> {
+        vec![
+            ("VASTAI_API_KEY".into(), VAST_KEY.into()),
+            ("IONET_API_KEY".into(), IONET_KEY.into()),
+        ]
+    }
+
+    fn base(&self, provider: &str) -> &str {
+        if provider == "vastai" {
+            &self.vast
+        } else {
+            &self.ionet
+        }
+    }
+
+    pub async fn faults(&self, provider: &str, faults: &str) {
+        let out = call(
+            self.base(provider),
+            "POST",
+            "/_sandbox/faults",
+            faults,
+            None,
+        )
+        .await;
+        assert_eq!(out["ok"], true, "faults refused: {out}");
+    }
+
+    pub async fn heal(&self, provider: &str) {
+        self.faults(provider, "{}").await;
+    }
+
+    /// Calls received per operation since the last reset.
+    pub async fn calls(&self, provider: &str, op: &str) -> u64 {
+        let v = call(self.base(provider), "GET", "/_sandbox/stats", "", None).await;
+        v["calls"][op].as_u64().unwrap_or(0)
+    }
+
+    pub async fn reset(&self) {
+        for p in ["vastai", "ionet"] {
+            call(self.base(p), "POST", "/_sandbox/reset", "", None).await;
+        }
+    }
+
+    /// The raw Vast.ai offers (up to 10,000) and io.net hardware, as the providers send them.
+    pub async fn raw_inventory(&self) -> (Vec<Value>, Vec<Value>) {
+        let v = call(
+            &self.vast,
+            "POST",
+            "/api/v0/bundles/",
+            r#"{"limit":10000}"#,
+            None,
+        )
+        .await;
+        let i = call(
+            &self.ionet,
+            "GET",
+            "/enterprise/v1/io-cloud/vmaas/hardware",
+            "",
+            Some(("x-api-key", IONET_KEY)),
+        )
+        .await;
+        (
+            v["offers"].as_array().unwrap().clone(),
+            i["data"]["hardware"].as_array().unwrap().clone(),
+        )
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    header: Option<(&str, &str)>,
+) -> Value {
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let mut c = super::client::Conn::plain(addr, false)
+        .await
+        .expect("connect to the sandbox");
+    let mut req =
+        super::client::request(method, path, bytes::Bytes::copy_from_slice(body.as_bytes()));
+    if let Some((k, v)) = header {
+        req.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let r = c.send(req).await.expect("sandbox answers");
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+        panic!(
+            "sandbox answered non-JSON ({e}): {}",
+            String::from_utf8_lossy(&r.body)
+        )
+    })
+}
