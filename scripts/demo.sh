@@ -4,6 +4,8 @@
 #    in ./demo-data (or a private directory under /tmp when run as root and the checkout is not
 #    reachable by the `postgres` user), on ports of their own;
 #  - the schema (gpuproxyd migrate), a demo account and an admin API key;
+#  - the sandbox providers (gpuproxy-sandbox: Vast.ai on 127.0.0.1:18081, io.net on :18082), which
+#    speak the providers' wire formats from a seeded inventory; the daemon is pointed at them;
 #  - the daemon: HTTPS on 127.0.0.1:8443, metrics on 127.0.0.1:9090.
 # It prints the API key and curl lines to try. Ctrl-C drains the daemon and stops the services.
 set -euo pipefail
@@ -19,9 +21,12 @@ BOUNCER_PORT="${DEMO_PGBOUNCER_PORT:-56432}"
 REDIS_PORT="${DEMO_REDIS_PORT:-56379}"
 mkdir -p "$DEMO_DIR/certs"
 
-echo "==> building gpuproxyd (release)"
-cargo build --release --locked --bin gpuproxyd
+echo "==> building gpuproxyd and gpuproxy-sandbox (release)"
+cargo build --release --locked --bin gpuproxyd --bin gpuproxy-sandbox
 BIN="$CARGO_TARGET_DIR/release/gpuproxyd"
+SANDBOX_BIN="$CARGO_TARGET_DIR/release/gpuproxy-sandbox"
+VAST_PORT="${DEMO_VAST_PORT:-18081}"
+IONET_PORT="${DEMO_IONET_PORT:-18082}"
 
 if [ ! -s "$DEMO_DIR/certs/server.crt" ]; then
   echo "==> generating a self-signed certificate for localhost"
@@ -30,7 +35,7 @@ if [ ! -s "$DEMO_DIR/certs/server.crt" ]; then
     -keyout "$DEMO_DIR/certs/server.key" -out "$DEMO_DIR/certs/server.crt" 2>/dev/null
 fi
 
-for p in 8443 9090; do
+for p in 8443 9090 "$VAST_PORT" "$IONET_PORT"; do
   if svc_port_busy "$p"; then echo "port $p is in use (another demo running?)" >&2; exit 1; fi
 done
 echo "==> starting PostgreSQL :$PG_PORT, PgBouncer (transaction pooling) :$BOUNCER_PORT, Redis :$REDIS_PORT"
@@ -52,24 +57,39 @@ if [ ! -s "$KEY_FILE" ]; then
 fi
 API_KEY="$(cat "$KEY_FILE")"
 
-"$BIN" check-config --config config/gpuproxyd.toml >/dev/null
+echo "==> starting the sandbox providers: Vast.ai :$VAST_PORT, io.net :$IONET_PORT"
+# the keys only the daemon holds; the sandbox checks them as the real providers would
+export VASTAI_API_KEY=demo-vast-key IONET_API_KEY=demo-ionet-key
+"$SANDBOX_BIN" --vast-listen "127.0.0.1:$VAST_PORT" --ionet-listen "127.0.0.1:$IONET_PORT" \
+  --vast-key "$VASTAI_API_KEY" --ionet-key "$IONET_API_KEY" >/dev/null &
+SANDBOX_PID=$!
+trap 'kill $SANDBOX_PID 2>/dev/null || true; services_stop' EXIT
+for _ in $(seq 100); do svc_port_busy "$IONET_PORT" && break; sleep 0.05; done
+PROVIDERS=(--set "providers.vastai_base_url=\"http://127.0.0.1:$VAST_PORT\""
+           --set "providers.ionet_base_url=\"http://127.0.0.1:$IONET_PORT\"")
+
+"$BIN" check-config --config config/gpuproxyd.toml "${PROVIDERS[@]}" >/dev/null
 
 cat <<MSG
 
-gpuproxyd is starting with PostgreSQL (via PgBouncer) and Redis. Your API key (admin scope):
+gpuproxyd is starting with PostgreSQL (via PgBouncer), Redis and the sandbox providers.
+Your API key (admin scope):
 
   $API_KEY
 
 Try, from another terminal:
 
   curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" https://localhost:8443/v1/account
+  curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" "https://localhost:8443/v1/offers?gpu=RTX%204090&sort=price&limit=5"
   curl --cacert demo-data/certs/server.crt -X POST -H "Authorization: Bearer $API_KEY" https://localhost:8443/v1/auth/token
   curl --cacert demo-data/certs/server.crt https://localhost:8443/ready
   curl -s http://127.0.0.1:9090/metrics | grep gpuproxy_
 
 Accounts and keys: DATABASE_URL=$DATABASE_URL $BIN keys list --account demo
 
+Sandbox faults (e.g. io.net failing):  curl -X POST -d '{"error_rate":1}' http://127.0.0.1:$IONET_PORT/_sandbox/faults
+
 Ctrl-C drains and stops it (a second Ctrl-C exits at once) and then stops the services.
 
 MSG
-"$BIN" serve --config config/gpuproxyd.toml --log-format text || true
+"$BIN" serve --config config/gpuproxyd.toml "${PROVIDERS[@]}" --log-format text || true
