@@ -42,6 +42,7 @@ pub struct AppState {
     /// The provider clients, and the cache of their answers (`GET /v1/offers`).
     pub providers: crate::providers::Providers,
     pub offers_cache: Arc<crate::cache::swr::SwrCache<Vec<crate::providers::Offer>>>,
+    pub offer_pages: crate::api::offers::PageCache,
     /// Indexed by `Route as usize`, with one more slot for unmatched paths.
     pub request_metrics: crate::metrics::RequestMetrics,
     phase: AtomicU8,
@@ -78,6 +79,7 @@ impl AppState {
             db,
             redis,
             limits: crate::ratelimit::RateLimits::new(&config.ratelimit),
+            offer_pages: crate::api::offers::PageCache::new(config.offers.cache_max_entries),
             request_metrics: crate::metrics::RequestMetrics::new(
                 &crate::api::router::Route::metric_labels(),
             ),

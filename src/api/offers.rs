@@ -321,6 +321,92 @@ pub fn sort(offers: &mut [&Offer], by: Sort) {
     });
 }
 
+/// Rendered pages: for a query (its filters' fingerprint and offset) over given provider answers
+/// (their entry ids), the `offers`/`count`/`total`/`next_cursor` members as JSON text and each
+/// provider's matching count. A hot query then costs a lookup instead of filtering, sorting and
+/// serializing a few hundred offers; a refreshed provider answer has a new entry id, so its pages
+/// are rendered again. Bounded like the answers cache.
+pub struct PageCache {
+    map: papaya::HashMap<(u64, usize), Arc<RenderedPage>, foldhash::fast::RandomState>,
+    max: usize,
+}
+
+pub struct RenderedPage {
+    versions: Vec<u64>,
+    fragment: bytes::Bytes,
+    matching: Vec<usize>,
+}
+
+impl PageCache {
+    pub fn new(max: usize) -> PageCache {
+        PageCache {
+            map: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+            max: max.max(1),
+        }
+    }
+
+    fn get(&self, key: (u64, usize), versions: &[u64]) -> Option<Arc<RenderedPage>> {
+        self.map
+            .pin()
+            .get(&key)
+            .filter(|p| p.versions == versions)
+            .cloned()
+    }
+
+    fn insert(&self, key: (u64, usize), page: Arc<RenderedPage>) {
+        let map = self.map.pin();
+        if map.len() >= self.max
+            && !map.contains_key(&key)
+            && let Some(k) = map.keys().next().copied()
+        {
+            map.remove(&k);
+        }
+        map.insert(key, page);
+    }
+}
+
+#[derive(Serialize)]
+struct PageFragment<'a> {
+    offers: Vec<&'a Offer>,
+    count: usize,
+    total: usize,
+    next_cursor: Option<String>,
+}
+
+/// Filters, sorts and pages the providers' answers (in `entries` order) and renders the result.
+fn render(f: &Filters, entries: &[Arc<Entry<Vec<Offer>>>]) -> RenderedPage {
+    let mut matching_per: Vec<usize> = Vec::with_capacity(entries.len());
+    let mut matching: Vec<&Offer> = Vec::new();
+    for e in entries {
+        let before = matching.len();
+        matching.extend(e.value.iter().filter(|o| f.matches(o)));
+        matching_per.push(matching.len() - before);
+    }
+    sort(&mut matching, f.sort);
+    let total = matching.len();
+    let end = (f.offset + f.limit as usize).min(total);
+    let page: Vec<&Offer> = matching
+        .get(f.offset.min(total)..end)
+        .unwrap_or_default()
+        .to_vec();
+    let json = serde_json::to_vec(&PageFragment {
+        count: page.len(),
+        offers: page,
+        total,
+        next_cursor: (end < total).then(|| format!("{end}.{:x}", f.fingerprint())),
+    })
+    .expect("offers serialize");
+    RenderedPage {
+        versions: entries.iter().map(|e| e.id).collect(),
+        // the object's members without its braces, to splice into the answer
+        fragment: bytes::Bytes::from(json[1..json.len() - 1].to_vec()),
+        matching: matching_per,
+    }
+}
+
 /// One provider's part in an answer.
 enum Outcome {
     Answered(Lookup<Vec<Offer>>),
@@ -347,17 +433,6 @@ struct ProviderReport {
 struct ReportError {
     code: &'static str,
     message: String,
-}
-
-#[derive(Serialize)]
-struct OffersPage<'a> {
-    status: &'static str,
-    stale: bool,
-    offers: Vec<&'a Offer>,
-    count: usize,
-    total: usize,
-    next_cursor: Option<String>,
-    providers: std::collections::BTreeMap<&'static str, ProviderReport>,
 }
 
 async fn ask(state: &Arc<AppState>, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
@@ -401,16 +476,16 @@ pub async fn list(state: &Arc<AppState>, query: Option<&str>) -> Result<Response
 
     let mut reports = std::collections::BTreeMap::new();
     let mut entries: Vec<Arc<Entry<Vec<Offer>>>> = Vec::new();
-    let (mut failed, mut answered, mut stale) = (Vec::new(), 0usize, false);
+    let mut answered: Vec<&'static str> = Vec::new();
+    let (mut failed, mut stale) = (Vec::new(), false);
     for (p, o) in ps.iter().zip(outcomes) {
         let name = p.id().as_str();
         let report = match o {
             Outcome::Answered(l) => {
-                answered += 1;
                 stale |= l.stale;
                 let r = ProviderReport {
                     status: if l.stale { "stale" } else { "ok" },
-                    offers: Some(l.entry.value.iter().filter(|o| f.matches(o)).count()),
+                    offers: None,
                     source: Some(if l.stale { "stale" } else { l.source.as_str() }),
                     age_seconds: Some((l.entry.age().as_secs_f64() * 10.0).round() / 10.0),
                     error: l.error.as_ref().map(|e| ReportError {
@@ -418,46 +493,24 @@ pub async fn list(state: &Arc<AppState>, query: Option<&str>) -> Result<Response
                         message: e.to_string(),
                     }),
                 };
+                answered.push(name);
                 entries.push(l.entry);
                 r
             }
             Outcome::Failed(e) => {
                 failed.push(format!("{name}: {e}"));
-                ProviderReport {
-                    status: "error",
-                    offers: None,
-                    source: None,
-                    age_seconds: None,
-                    error: Some(ReportError {
-                        code: e.code(),
-                        message: e.to_string(),
-                    }),
-                }
+                ProviderReport::not_answering("error", e.code(), e.to_string())
             }
-            Outcome::Disabled(why) => ProviderReport {
-                status: "disabled",
-                offers: None,
-                source: None,
-                age_seconds: None,
-                error: Some(ReportError {
-                    code: "disabled",
-                    message: why.to_owned(),
-                }),
-            },
-            Outcome::Skipped(why) => ProviderReport {
-                status: "skipped",
-                offers: None,
-                source: None,
-                age_seconds: None,
-                error: Some(ReportError {
-                    code: "skipped",
-                    message: why.to_owned(),
-                }),
-            },
+            Outcome::Disabled(why) => {
+                ProviderReport::not_answering("disabled", "disabled", why.into())
+            }
+            Outcome::Skipped(why) => {
+                ProviderReport::not_answering("skipped", "skipped", why.into())
+            }
         };
         reports.insert(name, report);
     }
-    if answered == 0 && !failed.is_empty() {
+    if answered.is_empty() && !failed.is_empty() {
         return Err(Error::new(
             Kind::ProvidersUnavailable,
             Side::Upstream,
@@ -465,34 +518,58 @@ pub async fn list(state: &Arc<AppState>, query: Option<&str>) -> Result<Response
         ));
     }
 
-    let mut matching: Vec<&Offer> = entries
-        .iter()
-        .flat_map(|e| e.value.iter())
-        .filter(|o| f.matches(o))
-        .collect();
-    sort(&mut matching, f.sort);
-    let total = matching.len();
-    let end = (f.offset + f.limit as usize).min(total);
-    let page: Vec<&Offer> = matching
-        .get(f.offset.min(total)..end)
-        .unwrap_or_default()
-        .to_vec();
-    let next_cursor = (end < total).then(|| format!("{end}.{:x}", f.fingerprint()));
-    let mut resp = respond::json(
-        StatusCode::OK,
-        &OffersPage {
-            status: if failed.is_empty() { "ok" } else { "partial" },
-            stale,
-            count: page.len(),
-            offers: page,
-            total,
-            next_cursor,
-            providers: reports,
-        },
+    let key = (f.fingerprint(), f.offset);
+    let versions: Vec<u64> = entries.iter().map(|e| e.id).collect();
+    let page = match state.offer_pages.get(key, &versions) {
+        Some(p) => p,
+        None => {
+            let p = Arc::new(render(&f, &entries));
+            state.offer_pages.insert(key, p.clone());
+            p
+        }
+    };
+    for (name, n) in answered.iter().zip(&page.matching) {
+        if let Some(r) = reports.get_mut(name) {
+            r.offers = Some(*n);
+        }
+    }
+    let providers = serde_json::to_vec(&reports).expect("reports serialize");
+    let status = if failed.is_empty() { "ok" } else { "partial" };
+    let mut body = Vec::with_capacity(page.fragment.len() + providers.len() + 64);
+    let _ = write!(
+        ByteWriter(&mut body),
+        "{{\"status\":\"{status}\",\"stale\":{stale},"
     );
+    body.extend_from_slice(&page.fragment);
+    body.extend_from_slice(b",\"providers\":");
+    body.extend_from_slice(&providers);
+    body.push(b'}');
+    let mut resp = respond::json_bytes(StatusCode::OK, body);
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
     Ok(resp)
+}
+
+/// `fmt::Write` into a byte buffer.
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl ProviderReport {
+    fn not_answering(status: &'static str, code: &'static str, message: String) -> ProviderReport {
+        ProviderReport {
+            status,
+            offers: None,
+            source: None,
+            age_seconds: None,
+            error: Some(ReportError { code, message }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -603,5 +680,35 @@ mod tests {
         assert!(!f.matches(&a));
         let f = parse("gpu=A100").unwrap();
         assert!(!f.matches(&a));
+    }
+
+    #[test]
+    fn pages_are_rendered_again_for_a_refreshed_answer() {
+        let f = parse("limit=1").unwrap();
+        let old = Arc::new(Entry::new(vec![offer("vastai:1", 2.0, 1, None)], 0));
+        let cache = PageCache::new(8);
+        let key = (f.fingerprint(), f.offset);
+        let p = Arc::new(render(&f, std::slice::from_ref(&old)));
+        assert_eq!(p.matching, [1]);
+        cache.insert(key, p);
+        assert!(cache.get(key, &[old.id]).is_some());
+        let new = Arc::new(Entry::new(
+            vec![
+                offer("vastai:2", 1.0, 1, None),
+                offer("vastai:3", 3.0, 1, None),
+            ],
+            1,
+        ));
+        assert!(
+            cache.get(key, &[new.id]).is_none(),
+            "another answer, another page"
+        );
+        let p = render(&f, std::slice::from_ref(&new));
+        let text = String::from_utf8(p.fragment.to_vec()).unwrap();
+        assert!(
+            text.starts_with("\"offers\":[{\"id\":\"vastai:2\""),
+            "{text}"
+        );
+        assert!(text.contains("\"total\":2") && text.contains("\"next_cursor\":\"1."));
     }
 }

@@ -16,7 +16,14 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    let body = serde_json::to_vec(value).expect("response types serialize");
+    json_bytes(
+        status,
+        serde_json::to_vec(value).expect("response types serialize"),
+    )
+}
+
+/// A response whose body is JSON text already.
+pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut()

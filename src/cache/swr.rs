@@ -33,9 +33,22 @@ use crate::providers::UpstreamError;
 pub struct Entry<V> {
     pub value: V,
     pub fetched_at_ms: u64,
+    /// Unique per entry made in this process, so work derived from an entry (a rendered page)
+    /// can tell whether it is still the entry in use.
+    pub id: u64,
 }
 
+static ENTRY_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl<V> Entry<V> {
+    pub fn new(value: V, fetched_at_ms: u64) -> Entry<V> {
+        Entry {
+            value,
+            fetched_at_ms,
+            id: ENTRY_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     pub fn age(&self) -> Duration {
         Duration::from_millis(unix_ms().saturating_sub(self.fetched_at_ms))
     }
@@ -208,10 +221,7 @@ where
         let redis = self.redis.as_ref()?;
         let text = redis.get(&self.redis_key(redis, key)).await?;
         let stored: Stored<V> = serde_json::from_str(&text).ok()?;
-        let entry = Arc::new(Entry {
-            value: stored.v,
-            fetched_at_ms: stored.at,
-        });
+        let entry = Arc::new(Entry::new(stored.v, stored.at));
         self.insert(key, entry.clone());
         Some(entry)
     }
@@ -251,12 +261,7 @@ where
         let me = self.clone();
         let key = key.to_owned();
         tokio::spawn(async move {
-            let out = fetch().await.map(|v| {
-                Arc::new(Entry {
-                    value: v,
-                    fetched_at_ms: unix_ms(),
-                })
-            });
+            let out = fetch().await.map(|v| Arc::new(Entry::new(v, unix_ms())));
             if let Ok(entry) = &out {
                 me.insert(&key, entry.clone());
             }
