@@ -184,33 +184,33 @@ async fn concurrent_identical_misses_make_one_upstream_call_per_provider() {
         &[
             "ratelimit.ip_per_minute=1000000",
             "ratelimit.ip_burst=100000",
+            "connections.max_per_ip=5000",
         ],
     )
     .await;
     // slow providers, so every request arrives while the first fetch is still out
-    sb.faults("vastai", r#"{"latency_ms": 1500}"#).await;
-    sb.faults("ionet", r#"{"latency_ms": 1500}"#).await;
+    sb.faults("vastai", r#"{"latency_ms": 3000}"#).await;
+    sb.faults("ionet", r#"{"latency_ms": 3000}"#).await;
 
+    // 1,000 connections first, then one request on each, all at once
     let mut conns = Vec::new();
-    for _ in 0..200 {
-        conns.push(Conn::tls(d.https, &[b"h2"]).await.unwrap());
+    for _ in 0..1000 {
+        conns.push(Conn::tls(d.https, &[b"http/1.1"]).await.unwrap());
     }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(conns.len()));
     let mut tasks = Vec::new();
     for mut c in conns {
-        let token = token.clone();
+        let (token, start) = (token.clone(), start.clone());
         tasks.push(tokio::spawn(async move {
-            let mut statuses = Vec::new();
-            for _ in 0..5 {
-                let mut req = request("GET", "/v1/offers?gpu=H100&limit=5", Bytes::new());
-                req.headers_mut()
-                    .insert("authorization", format!("Bearer {token}").parse().unwrap());
-                statuses.push(c.send(req).await.unwrap().status);
-            }
-            statuses
+            let mut req = request("GET", "/v1/offers?gpu=H100&limit=5", Bytes::new());
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            start.wait().await;
+            c.send(req).await.unwrap().status
         }));
     }
     for t in tasks {
-        assert!(t.await.unwrap().iter().all(|s| *s == 200));
+        assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(sb.calls("vastai", "search").await, 1);
     assert_eq!(sb.calls("ionet", "hardware").await, 1);
