@@ -28,7 +28,12 @@ pub fn free_port() -> u16 {
     loop {
         let n = seed.hash_one((std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
         let port = 20_000 + (n % 12_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // never the same port twice in one process: two services (or two temporary directories
+        // named after a port) chosen before either binds would otherwise collide
+        static HANDED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+        let mut handed = HANDED.lock().unwrap();
+        if !handed.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.push(port);
             return port;
         }
     }
