@@ -221,6 +221,11 @@ pub struct RateLimitConfig {
     pub overflow_cells: usize,
     /// How often keys back at a full burst are forgotten.
     pub sweep_interval_ms: u64,
+    /// With Redis: how often this daemon announces itself (a key that expires after
+    /// `peer_ttl_ms`) and counts the live daemons; each enforces 1/n of every limit.
+    pub peer_heartbeat_ms: u64,
+    /// Life of the announcement: a daemon that stops is no longer counted after this long.
+    pub peer_ttl_ms: u64,
 }
 
 impl Default for RateLimitConfig {
@@ -230,6 +235,8 @@ impl Default for RateLimitConfig {
             headers: true,
             ip_per_minute: 1000,
             ip_burst: 100,
+            peer_heartbeat_ms: 1_000,
+            peer_ttl_ms: 3_000,
             account_per_minute: 10_000,
             account_burst: 1_000,
             key_per_minute: 100_000,
@@ -719,6 +726,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     for (key, v) in [
         ("ratelimit.ip_per_minute", r.ip_per_minute),
         ("ratelimit.ip_burst", r.ip_burst),
+        ("ratelimit.peer_heartbeat_ms", r.peer_heartbeat_ms),
         ("ratelimit.account_per_minute", r.account_per_minute),
         ("ratelimit.account_burst", r.account_burst),
         ("ratelimit.key_per_minute", r.key_per_minute),
@@ -730,6 +738,12 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         if v == 0 {
             return Err(err(key, "must be greater than 0"));
         }
+    }
+    if r.peer_ttl_ms <= r.peer_heartbeat_ms {
+        return Err(err(
+            "ratelimit.peer_ttl_ms",
+            "must be longer than ratelimit.peer_heartbeat_ms (a live daemon would drop out between beats)",
+        ));
     }
     let (d, a, rd) = (&config.database, &config.auth, &config.redis);
     for (key, v) in [

@@ -57,6 +57,8 @@ pub const REDIS_UP: &str = "gpuproxy_redis_up";
 pub const AUTH_LOOKUPS_TOTAL: &str = "gpuproxy_auth_lookups_total";
 /// Counter, label `code` (the error code): requests refused by authentication.
 pub const AUTH_FAILURES_TOTAL: &str = "gpuproxy_auth_failures_total";
+/// Gauge: live daemons sharing the rate limits (this daemon enforces 1/n of each).
+pub const RATELIMIT_DAEMONS: &str = "gpuproxy_ratelimit_daemons";
 /// Counter, labels `provider`, `op`, `status` (HTTP code, or `timeout`, `connect_error`,
 /// `connection_reset`, `malformed_response`, `circuit_open`, `backing_off`): every upstream attempt.
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "gpuproxy_upstream_requests_total";

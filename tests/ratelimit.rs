@@ -83,3 +83,89 @@ async fn the_1001st_request_in_a_minute_is_limited() {
         "{page}"
     );
 }
+
+/// Three daemons sharing one Redis each enforce a third of the per-IP limit; a client spreading its
+/// requests over them gets the global limit in total (burst + rate × elapsed), within 10%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_share_one_global_limit() {
+    let s = support::services::shared();
+    let env = vec![("REDIS_URL".to_string(), s.redis_url())];
+    let set: Vec<String> = [
+        "ratelimit.ip_per_minute=600",
+        "ratelimit.ip_burst=30",
+        "ratelimit.peer_heartbeat_ms=200",
+        "ratelimit.peer_ttl_ms=1000",
+        "log.access_log=false",
+        "redis.key_prefix=\"gpx:share-test:\"",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        daemons.push(
+            DaemonProc::start(Opts {
+                set: set.clone(),
+                env: env.clone(),
+                ..Opts::default()
+            })
+            .await,
+        );
+    }
+    for d in &daemons {
+        support::eventually("every daemon to count three", || async {
+            let mut c = Conn::plain(d.metrics, false).await.ok()?;
+            let r = c.get("/stats").await.ok()?;
+            (r.json()["ratelimit"]["daemons"] == 3).then_some(())
+        })
+        .await;
+    }
+    let mut conns = Vec::new();
+    for d in &daemons {
+        conns.push(h2_from("127.0.0.50", d).await);
+    }
+    let (mut admitted, mut limited) = (0u64, 0u64);
+    let start = std::time::Instant::now();
+    let mut last = start;
+    while start.elapsed() < Duration::from_secs(6) {
+        for c in conns.iter_mut() {
+            // /openapi.json is public and rate limited
+            let r = c.get("/openapi.json").await.unwrap();
+            match r.status {
+                429 => limited += 1,
+                200 => admitted += 1,
+                other => panic!("unexpected status {other}"),
+            }
+            last = std::time::Instant::now();
+        }
+    }
+    let elapsed = (last - start).as_secs_f64();
+    // the global limit over the window: the burst plus 10 requests a second
+    let expected = 30.0 + 10.0 * elapsed;
+    let ratio = admitted as f64 / expected;
+    println!(
+        "three daemons: admitted {admitted} (limited {limited}) in {elapsed:.2} s; global limit allows {expected:.1}; ratio {ratio:.3}"
+    );
+    assert!(limited > 0, "the client went past the limit");
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "admitted {admitted}, expected {expected:.1} (ratio {ratio:.3})"
+    );
+
+    // Redis unreachable: every daemon keeps its last share (no daemon falls back to the whole limit)
+    s.redis.kill();
+    for d in &daemons {
+        support::eventually("/ready to say degraded", || async {
+            let r = support::client::get(d.https, "/ready").await;
+            (r.json()["status"] == "degraded").then_some(())
+        })
+        .await;
+    }
+    // several heartbeats fail meanwhile
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for d in &daemons {
+        let mut c = Conn::plain(d.metrics, false).await.unwrap();
+        let r = c.get("/stats").await.unwrap();
+        assert_eq!(r.json()["ratelimit"]["daemons"], 3);
+    }
+    s.redis.start();
+}

@@ -65,6 +65,7 @@ pub fn stats_response(state: &Arc<AppState>, with_top_clients: bool) -> Response
             "closed": c.closed,
             "accept_errors": c.accept_errors,
         },
+        "ratelimit": {"daemons": state.limits.daemons()},
         "requests": {
             "total": c.requests_total,
             "by_protocol": {"h1": c.requests_h1, "h2": c.requests_h2},

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fred::prelude::{
     Builder, Client, ClientLike, Config as FredConfig, EventInterface, KeysInterface, Options,
-    PubsubInterface, ReconnectPolicy,
+    PubsubInterface, ReconnectPolicy, SetsInterface,
 };
 use fred::types::Expiration;
 
@@ -79,6 +79,42 @@ impl Redis {
             .with_options(&self.opts)
             .set::<(), _, _>(key, value, Some(Expiration::PX(secs)), None, false)
             .await;
+    }
+
+    /// Announces this daemon among its peers: `member` gets a key `<members>:<member>` that expires
+    /// after `ttl`, and is listed in the set `members`. Returns how many listed members are still
+    /// alive (their key exists), dropping the dead ones from the set. Three round trips, once per
+    /// heartbeat; errors are returned so the caller can keep its last count.
+    pub async fn heartbeat(
+        &self,
+        members: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<u32, String> {
+        let c = self.client.with_options(&self.opts);
+        let own = format!("{members}:{member}");
+        let ms = ttl.as_millis().max(1) as i64;
+        c.set::<(), _, _>(&own, "1", Some(Expiration::PX(ms)), None, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.sadd::<(), _, _>(members, member)
+            .await
+            .map_err(|e| e.to_string())?;
+        let listed: Vec<String> = c.smembers(members).await.map_err(|e| e.to_string())?;
+        let keys: Vec<String> = listed.iter().map(|m| format!("{members}:{m}")).collect();
+        let alive: Vec<Option<String>> = c.mget(keys).await.map_err(|e| e.to_string())?;
+        let dead: Vec<&String> = listed
+            .iter()
+            .zip(&alive)
+            .filter(|(_, a)| a.is_none())
+            .map(|(m, _)| m)
+            .collect();
+        if !dead.is_empty() {
+            let _ = c
+                .srem::<(), _, _>(members, dead.into_iter().cloned().collect::<Vec<_>>())
+                .await;
+        }
+        Ok(alive.iter().filter(|a| a.is_some()).count().max(1) as u32)
     }
 
     pub async fn del(&self, keys: Vec<String>) -> Result<(), String> {

@@ -24,6 +24,18 @@ impl Quota {
             burst,
         }
     }
+
+    /// One daemon's share when `n` daemons enforce this quota together: the same count over an
+    /// n-times longer period (exactly 1/n of the rate, no rounding), and the burst divided by n,
+    /// rounded up (so n daemons together allow at most n − 1 requests more than the burst).
+    pub fn shared(self, n: u32) -> Quota {
+        let n = n.max(1);
+        Quota {
+            per_period: self.per_period,
+            period: self.period * n,
+            burst: self.burst.div_ceil(u64::from(n)).max(1),
+        }
+    }
 }
 
 /// The parameters derived from a [`Quota`].
@@ -95,6 +107,21 @@ impl Gcra {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_quota() {
+        let q = Quota::per_minute(1000, 100);
+        assert_eq!(q.shared(1), q);
+        let s = q.shared(3);
+        assert_eq!(
+            (s.per_period, s.period, s.burst),
+            (1000, Duration::from_secs(180), 34)
+        );
+        // three shares: exactly the rate, the burst plus at most n - 1
+        let g = Gcra::new(s);
+        assert_eq!(g.t * 1000, 180_000_000_000);
+        assert_eq!(Quota::per_minute(10, 1).shared(4).burst, 1);
+    }
     use proptest::prelude::*;
     use std::sync::Arc;
 

@@ -5,6 +5,7 @@
 
 pub mod gcra;
 pub mod keyed;
+pub mod peers;
 
 use std::time::Duration;
 
@@ -102,6 +103,9 @@ pub struct RateLimits {
     account: Option<KeyedLimiter<i64>>,
     key: Option<KeyedLimiter<i64>>,
     pub headers: bool,
+    /// Live daemons sharing the limits (see `peers`); this daemon enforces 1/n of each. Read
+    /// with one relaxed load per check; written by the heartbeat.
+    share: std::sync::atomic::AtomicU32,
 }
 
 impl RateLimits {
@@ -129,7 +133,18 @@ impl RateLimits {
                 )
             }),
             headers: c.headers,
+            share: std::sync::atomic::AtomicU32::new(1),
         }
+    }
+
+    /// Live daemons sharing the limits, as last counted.
+    pub fn daemons(&self) -> u32 {
+        self.share.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+
+    pub fn set_daemons(&self, n: u32) {
+        self.share
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The per-account and per-key tiers for an authenticated caller: the first that limits,
@@ -160,12 +175,17 @@ impl RateLimits {
         id: i64,
         over: Option<(u32, Option<u32>)>,
     ) -> Verdict {
+        let n = self.daemons();
         let (decision, quota) = match over {
-            None => (table.check(&id), table.quota()),
+            None if n == 1 => (table.check(&id), table.quota()),
+            None => {
+                let g = Gcra::new(table.quota().shared(n));
+                (table.check_with(&id, &g), g.quota)
+            }
             Some(_) => {
                 let d = table.quota();
                 let (rpm, burst) = effective(over, d.per_period, d.burst);
-                let g = Gcra::new(Quota::per_minute(rpm, burst));
+                let g = Gcra::new(Quota::per_minute(rpm, burst).shared(n));
                 (table.check_with(&id, &g), g.quota)
             }
         };
@@ -182,13 +202,19 @@ impl RateLimits {
     /// The per-IP tier; `None` when rate limiting is off.
     pub fn check_ip(&self, key: IpKey) -> Option<Verdict> {
         let l = self.ip.as_ref()?;
-        let decision = l.check(&key);
+        let n = self.daemons();
+        let (decision, quota) = if n == 1 {
+            (l.check(&key), l.quota())
+        } else {
+            let g = Gcra::new(l.quota().shared(n));
+            (l.check_with(&key, &g), g.quota)
+        };
         if matches!(decision, Decision::Limited { .. }) {
             counter!(RATE_LIMITED_TOTAL, "tier" => Tier::Ip.as_str()).increment(1);
         }
         Some(Verdict {
             tier: Tier::Ip,
-            quota: l.quota(),
+            quota,
             decision,
         })
     }

@@ -210,6 +210,10 @@ impl Daemon {
                 ))));
         }
         if let Some(redis) = state.redis.clone() {
+            background.push(tokio::spawn(crate::ratelimit::peers::run(
+                state.clone(),
+                redis.clone(),
+            )));
             background.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
                 loop {
