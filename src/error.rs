@@ -49,6 +49,13 @@ pub enum Kind {
     AuthUnavailable,
     /// No provider could answer (and nothing cached was young enough to stand in).
     ProvidersUnavailable,
+    /// A business rule said no: 402 `budget_exceeded`, 409 `price_changed` /
+    /// `offer_unavailable` / `instance_limit`, 422 `idempotency_key_reused`, 403
+    /// `passthrough_forbidden`, 502 `provider_refused`, … The error's `details` carry the figures.
+    Rejected {
+        status: StatusCode,
+        code: &'static str,
+    },
     Internal,
 }
 
@@ -67,6 +74,7 @@ impl Kind {
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::DatabaseUnavailable | Kind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::ProvidersUnavailable => StatusCode::BAD_GATEWAY,
+            Kind::Rejected { status, .. } => *status,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,6 +95,7 @@ impl Kind {
             Kind::DatabaseUnavailable => "database_unavailable",
             Kind::AuthUnavailable => "auth_unavailable",
             Kind::ProvidersUnavailable => "providers_unavailable",
+            Kind::Rejected { code, .. } => code,
             Kind::Internal => "internal",
         }
     }
@@ -101,6 +110,8 @@ pub struct Error {
     pub message: Cow<'static, str>,
     /// Logged only; may hold details the client must not see.
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// Shown to the client as `error.details`: the figures behind a refusal (budget, prices).
+    pub details: Option<Box<serde_json::Value>>,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -120,7 +131,20 @@ impl Error {
             retryable,
             message: message.into(),
             source: None,
+            details: None,
         }
+    }
+
+    /// A refusal by a business rule, with the figures the client needs to understand it.
+    pub fn rejected(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+        details: Option<serde_json::Value>,
+    ) -> Self {
+        let mut e = Error::new(Kind::Rejected { status, code }, Side::Client, message);
+        e.details = details.map(Box::new);
+        e
     }
 
     pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {

@@ -8,8 +8,10 @@
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 /// The migrations, in order: (version, name, SQL). New files are appended here.
-pub const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "accounts", include_str!("migrations/0001_accounts.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "accounts", include_str!("migrations/0001_accounts.sql")),
+    (2, "rentals", include_str!("migrations/0002_rentals.sql")),
+];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).
 const LOCK_KEY: i64 = 0x6770_7570_726f_7879;

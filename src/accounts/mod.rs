@@ -132,6 +132,49 @@ impl Db {
         }
     }
 
+    /// Runs `f` in one transaction on one pooled connection (BEGIN/COMMIT go as simple queries,
+    /// which transaction pooling carries; statements inside use `query_typed` like everything
+    /// else). Rolled back when `f` fails; the whole is bounded by `database.query_timeout_ms`
+    /// times 4 (a few statements).
+    pub async fn transaction<T>(
+        &self,
+        f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let work = async {
+            let mut conn = self.pool.get().await.map_err(|e| {
+                self.up.store(false, Ordering::Relaxed);
+                match e {
+                    RunError::User(e) => unavailable("cannot connect to the database", e),
+                    RunError::TimedOut => Error::new(
+                        Kind::DatabaseUnavailable,
+                        Side::Internal,
+                        "no database connection available in time",
+                    ),
+                }
+            })?;
+            let tx = conn.transaction().await.map_err(classify)?;
+            match f(&tx).await {
+                Ok(v) => {
+                    tx.commit().await.map_err(classify)?;
+                    counter!(DB_QUERIES_TOTAL, "result" => "ok").increment(1);
+                    Ok(v)
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        };
+        match tokio::time::timeout(self.query_timeout * 4, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                Kind::DatabaseUnavailable,
+                Side::Internal,
+                "database transaction timed out",
+            )),
+        }
+    }
+
     pub async fn query_opt(&self, sql: &str, params: &[Param<'_>]) -> Result<Option<Row>, Error> {
         Ok(self.query(sql, params).await?.into_iter().next())
     }
@@ -159,7 +202,7 @@ fn unavailable(what: &'static str, e: tokio_postgres::Error) -> Error {
 
 /// Splits database errors into "the database is unreachable" (503, retry later), a uniqueness
 /// conflict (409) and everything else (500).
-fn classify(e: tokio_postgres::Error) -> Error {
+pub fn classify(e: tokio_postgres::Error) -> Error {
     let code = e.as_db_error().map(|d| d.code().code().to_owned());
     match code.as_deref() {
         Some("23505") => Error::new(Kind::Conflict, Side::Client, "already exists").with_source(e),

@@ -14,6 +14,12 @@ pub async fn json<T: DeserializeOwned>(
     req: Request<Incoming>,
     limit: u64,
 ) -> Result<Option<T>, Error> {
+    let bytes = read(req, limit).await?;
+    parse(&bytes)
+}
+
+/// The raw body (JSON content type checked, size-limited), for callers that also hash it.
+pub async fn read(req: Request<Incoming>, limit: u64) -> Result<Bytes, Error> {
     if let Some(ct) = req.headers().get(CONTENT_TYPE) {
         let mime = ct
             .to_str()
@@ -41,10 +47,15 @@ pub async fn json<T: DeserializeOwned>(
             }
         })?
         .to_bytes();
+    Ok(bytes)
+}
+
+/// `bytes` as `T`; empty (or blank) is `None`. Errors name the field at fault.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map(Some).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

@@ -41,6 +41,8 @@ struct ErrorDetail<'a> {
     code: &'static str,
     message: &'a str,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
 }
 
 /// Maps an error to its status and JSON body `{"error":{"code","message","request_id"}}`, adds the
@@ -58,6 +60,7 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
                 code: err.kind.code(),
                 message: &err.message,
                 request_id,
+                details: err.details.as_deref(),
             },
         },
     );
@@ -110,6 +113,7 @@ pub fn raw_http1_error(err: &Error) -> Vec<u8> {
             code: err.kind.code(),
             message: &err.message,
             request_id: "",
+            details: None,
         },
     })
     .expect("error body serializes");

@@ -10,12 +10,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::http::{HttpClient, short};
-use super::model::{Offer, ProviderId, flag, id_string, location, num, round_to, text};
+use super::model::{
+    InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag, id_string,
+    location, num, round_to, text,
+};
 use super::resilience::Gate;
 use super::vastai::check_status;
 use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
@@ -23,6 +26,8 @@ use crate::config::{Config, Secret};
 
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 pub const VMAAS: &str = "/enterprise/v1/io-cloud/vmaas";
+/// Deployment names are `gpx-<our instance id>`: unique, and how the reconciler finds ours.
+pub const NAME_PREFIX: &str = "gpx-";
 
 pub struct Ionet {
     base: String,
@@ -119,6 +124,262 @@ impl Provider for Ionet {
     fn gate(&self) -> &Gate {
         &self.gate
     }
+
+    fn quote<'a>(
+        &'a self,
+        offer: &'a str,
+        _disk_gb: u32,
+    ) -> BoxFuture<'a, Result<Option<Quote>, UpstreamError>> {
+        Box::pin(async move {
+            let offers = self
+                .gate
+                .call("quote", true, |left| self.hardware_once(left))
+                .await?;
+            let want = format!("ionet:{offer}");
+            Ok(offers.into_iter().find(|o| o.id == want).map(|o| Quote {
+                price_per_hour: o.price_per_hour,
+                gpu_model: o.gpu_model,
+                gpu_count: o.gpu_count,
+                available: o.available,
+            }))
+        })
+    }
+
+    fn create<'a>(&'a self, req: &'a RentRequest) -> BoxFuture<'a, Result<String, UpstreamError>> {
+        Box::pin(async move {
+            let (hw, loc) = req.offer.rsplit_once('@').unwrap_or((&req.offer, "any"));
+            let hardware_id = hw
+                .parse::<u64>()
+                .map(|n| json!(n))
+                .unwrap_or_else(|_| json!(hw));
+            let name = format!("{NAME_PREFIX}{}", req.our_id);
+            let mut body = json!({
+                "resource_private_name": name,
+                "duration_hours": req.duration_hours,
+                "gpus_per_vm": req.gpu_count,
+                "hardware_id": hardware_id,
+                "location_ids": [loc],
+                "vm_image_type": "general",
+            });
+            if let Some(k) = &req.ssh_public_key {
+                body["ssh_keys"] = json!({"gpuproxyd": k});
+            }
+            let v = self
+                .call(
+                    "create",
+                    false,
+                    Method::POST,
+                    &format!("{VMAAS}/deploy"),
+                    Some(body),
+                )
+                .await?;
+            if let Some(id) = v.get("deployment_id").and_then(|i| id_string(Some(i))) {
+                return Ok(id);
+            }
+            // the deploy answer may carry no id (providers.md §2.4): find it by its unique name
+            self.find_by_name(&name).await?.ok_or_else(|| {
+                UpstreamError::Decode(
+                    "deploy answered without an id and no deployment has our name".into(),
+                )
+            })
+        })
+    }
+
+    fn instance<'a>(
+        &'a self,
+        provider_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RemoteInstance>, UpstreamError>> {
+        Box::pin(async move {
+            let d = match self
+                .call(
+                    "show",
+                    true,
+                    Method::GET,
+                    &format!("{VMAAS}/deployment/{provider_id}"),
+                    None,
+                )
+                .await
+            {
+                Ok(v) => v,
+                Err(UpstreamError::Status { status: 404, .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let data = d.get("data").cloned().unwrap_or(Value::Null);
+            let mut inst = remote_deployment(&data)
+                .ok_or_else(|| UpstreamError::Decode("deployment without id/status".into()))?;
+            if inst.status == InstanceStatus::Running {
+                let vms = self
+                    .call(
+                        "vms",
+                        true,
+                        Method::GET,
+                        &format!("{VMAAS}/deployment/{provider_id}/vms?page=0&page_size=20"),
+                        None,
+                    )
+                    .await?;
+                inst.ssh = vms
+                    .pointer("/data/workers")
+                    .and_then(Value::as_array)
+                    .and_then(|w| {
+                        w.iter().find_map(|w| {
+                            w.get("ssh_access")
+                                .and_then(Value::as_str)
+                                .and_then(parse_ssh)
+                        })
+                    });
+            }
+            Ok(Some(inst))
+        })
+    }
+
+    fn destroy<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            match self
+                .call(
+                    "destroy",
+                    true,
+                    Method::DELETE,
+                    &format!("{VMAAS}/deployment/{provider_id}"),
+                    None,
+                )
+                .await
+            {
+                Ok(_) | Err(UpstreamError::Status { status: 404, .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for page in 0..1000u32 {
+                let v = self
+                    .call(
+                        "list",
+                        true,
+                        Method::GET,
+                        &format!("{VMAAS}/deployments?page={page}&page_size=100"),
+                        None,
+                    )
+                    .await?;
+                let list = v
+                    .pointer("/data/deployments")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let total = v
+                    .pointer("/data/total")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                out.extend(list.iter().filter_map(remote_deployment));
+                if list.is_empty() || u64::from(page + 1) * 100 >= total {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Ionet {
+    async fn find_by_name(&self, name: &str) -> Result<Option<String>, UpstreamError> {
+        let want = name.strip_prefix(NAME_PREFIX);
+        Ok(self
+            .list_instances()
+            .await?
+            .into_iter()
+            .find(|d| d.our_id.as_deref() == want)
+            .map(|d| d.provider_id))
+    }
+
+    /// A call whose success is a 2xx with a JSON body (an empty body reads as `{}`).
+    async fn call(
+        &self,
+        op: &'static str,
+        idempotent: bool,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, UpstreamError> {
+        let key = self
+            .key
+            .as_ref()
+            .ok_or(UpstreamError::Disabled("IONET_API_KEY is not set"))?;
+        self.gate
+            .call(op, idempotent, |left| {
+                let (method, body) = (method.clone(), body.as_ref());
+                async move {
+                    let mut v = HeaderValue::from_str(key.expose()).map_err(|_| {
+                        (
+                            UpstreamError::Disabled("IONET_API_KEY is not a valid header value"),
+                            None,
+                        )
+                    })?;
+                    v.set_sensitive(true);
+                    let mut b = Request::builder()
+                        .method(method)
+                        .uri(format!("{}{path}", self.base))
+                        .header(API_KEY_HEADER, v);
+                    if body.is_some() {
+                        b = b.header(CONTENT_TYPE, "application/json");
+                    }
+                    let req = b
+                        .body(Full::new(
+                            body.map(|v| Bytes::from(v.to_string())).unwrap_or_default(),
+                        ))
+                        .map_err(|e| (UpstreamError::Connect(e.to_string()), None))?;
+                    let reply = self.http.send(req, left).await.map_err(|e| (e, None))?;
+                    check_status(
+                        reply.status.as_u16(),
+                        &reply.body,
+                        reply.headers.get(RETRY_AFTER),
+                        Some(key),
+                    )?;
+                    if reply.body.iter().all(u8::is_ascii_whitespace) {
+                        return Ok(json!({}));
+                    }
+                    serde_json::from_slice(&reply.body)
+                        .map_err(|e| (UpstreamError::Decode(short(&e.to_string())), None))
+                }
+            })
+            .await
+    }
+}
+
+/// A deployment (list item or details).
+pub fn remote_deployment(d: &Value) -> Option<RemoteInstance> {
+    let id = id_string(d.get("id"))?;
+    let status = match d.get("status").and_then(Value::as_str)? {
+        "running" => InstanceStatus::Running,
+        "deployment requested" => InstanceStatus::Provisioning,
+        "termination requested" => InstanceStatus::Terminating,
+        "destroyed" | "completed" => InstanceStatus::Terminated,
+        "failed" => InstanceStatus::Failed,
+        _ => InstanceStatus::Provisioning,
+    };
+    Some(RemoteInstance {
+        provider_id: id,
+        our_id: text(d.get("name")).and_then(|n| n.strip_prefix(NAME_PREFIX).map(str::to_owned)),
+        status,
+        ssh: None,
+    })
+}
+
+/// `user@host -p port` (or `ssh user@host`, port 22 when absent).
+pub fn parse_ssh(s: &str) -> Option<Ssh> {
+    let mut user_host = None;
+    let mut port = 22u16;
+    let mut words = s.split_whitespace().filter(|w| *w != "ssh");
+    while let Some(w) = words.next() {
+        if w == "-p" {
+            port = words.next()?.parse().ok()?;
+        } else if let Some((u, h)) = w.split_once('@') {
+            user_host = Some((u.to_owned(), h.to_owned()));
+        }
+    }
+    let (user, host) = user_host?;
+    Some(Ssh { host, port, user })
 }
 
 pub fn normalize_all(items: &[Value]) -> Vec<Offer> {

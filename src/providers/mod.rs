@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use model::{Offer, ProviderId};
+pub use model::{InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh};
 
 use crate::config::Config;
 
@@ -57,6 +57,31 @@ pub trait Provider: Send + Sync {
 
     /// The circuit breaker and back-off state, for `/ready` and `/stats`.
     fn gate(&self) -> &resilience::Gate;
+
+    /// The offer's current terms (`offer` is the provider's part of the id); `None` when it is
+    /// gone. Never cached: this is the price check at rent time.
+    fn quote<'a>(
+        &'a self,
+        offer: &'a str,
+        disk_gb: u32,
+    ) -> BoxFuture<'a, Result<Option<Quote>, UpstreamError>>;
+
+    /// Rents; returns the provider's instance id. Not idempotent, so never retried: a failure
+    /// whose outcome is unknown (timeout, reset) is settled by the reconciler, which finds the
+    /// instance by our id in its label/name.
+    fn create<'a>(&'a self, req: &'a RentRequest) -> BoxFuture<'a, Result<String, UpstreamError>>;
+
+    /// The instance as the provider sees it; `None` once it is gone.
+    fn instance<'a>(
+        &'a self,
+        provider_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RemoteInstance>, UpstreamError>>;
+
+    /// Destroys; an instance already gone counts as destroyed.
+    fn destroy<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), UpstreamError>>;
+
+    /// Every instance of ours the provider lists (all pages), for the reconciler.
+    fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>>;
 }
 
 /// The configured providers, in a fixed order (Vast.ai, io.net).
@@ -66,6 +91,10 @@ pub struct Providers {
 }
 
 impl Providers {
+    pub fn get(&self, id: ProviderId) -> Option<&Arc<dyn Provider>> {
+        self.list.iter().find(|p| p.id() == id)
+    }
+
     pub fn from_config(config: &Config) -> Providers {
         let client = http::HttpClient::new(&config.providers);
         let enabled = |p: ProviderId| {

@@ -61,6 +61,79 @@ pub struct Offer {
     pub available: bool,
 }
 
+/// Instance status, mapped from both providers into one set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Provisioning,
+    Running,
+    Stopped,
+    Failed,
+    Terminating,
+    Terminated,
+}
+
+impl InstanceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Provisioning => "provisioning",
+            InstanceStatus::Running => "running",
+            InstanceStatus::Stopped => "stopped",
+            InstanceStatus::Failed => "failed",
+            InstanceStatus::Terminating => "terminating",
+            InstanceStatus::Terminated => "terminated",
+        }
+    }
+
+    /// Still costs money (or may again).
+    pub fn is_open(self) -> bool {
+        !matches!(self, InstanceStatus::Failed | InstanceStatus::Terminated)
+    }
+}
+
+/// How to reach an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ssh {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+/// An instance as the provider reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteInstance {
+    pub provider_id: String,
+    /// Our instance id, read back from the Vast label / io.net deployment name.
+    pub our_id: Option<String>,
+    pub status: InstanceStatus,
+    pub ssh: Option<Ssh>,
+}
+
+/// An offer's current terms, fetched at rent time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quote {
+    pub price_per_hour: f64,
+    pub gpu_model: String,
+    pub gpu_count: u32,
+    pub available: bool,
+}
+
+/// What renting sends to a provider.
+#[derive(Debug, Clone)]
+pub struct RentRequest {
+    /// Our instance id; goes into the Vast label / io.net deployment name.
+    pub our_id: String,
+    /// The provider's part of the offer id (`vastai:<this>`, `ionet:<this>`).
+    pub offer: String,
+    pub image: String,
+    pub disk_gb: u32,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub ssh_public_key: Option<String>,
+    /// io.net deployments run for a fixed time.
+    pub duration_hours: u32,
+    pub gpu_count: u32,
+}
+
 /// A number that may arrive as a JSON number or as a numeric string; `None` for null, absent,
 /// non-finite or anything else.
 pub fn num(v: Option<&Value>) -> Option<f64> {

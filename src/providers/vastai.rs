@@ -16,7 +16,10 @@ use hyper::{Method, Request};
 use serde_json::{Value, json};
 
 use super::http::{HttpClient, short};
-use super::model::{Offer, ProviderId, flag, location, num, round_to, text};
+use super::model::{
+    InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag, location,
+    num, round_to, text,
+};
 use super::resilience::Gate;
 use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
 use crate::config::{Config, Secret};
@@ -136,6 +139,267 @@ impl Provider for Vastai {
     fn gate(&self) -> &Gate {
         &self.gate
     }
+
+    fn quote<'a>(
+        &'a self,
+        offer: &'a str,
+        disk_gb: u32,
+    ) -> BoxFuture<'a, Result<Option<Quote>, UpstreamError>> {
+        Box::pin(async move {
+            let Ok(id) = offer.parse::<u64>() else {
+                return Ok(None);
+            };
+            let body = json!({
+                "id": {"eq": id},
+                "rentable": {"eq": true},
+                "rented": {"eq": false},
+                "allocated_storage": disk_gb,
+                "limit": 1,
+                "type": "on-demand",
+            });
+            let v = self
+                .call("quote", true, Method::POST, "/api/v0/bundles/", Some(body))
+                .await?;
+            let offers = v
+                .get("offers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            Ok(offers
+                .iter()
+                .find(|o| o.get("id").and_then(Value::as_u64) == Some(id))
+                .and_then(|o| normalize(o, f64::from(disk_gb), false))
+                .map(|o| Quote {
+                    price_per_hour: o.price_per_hour,
+                    gpu_model: o.gpu_model,
+                    gpu_count: o.gpu_count,
+                    available: o.available,
+                }))
+        })
+    }
+
+    fn create<'a>(&'a self, req: &'a RentRequest) -> BoxFuture<'a, Result<String, UpstreamError>> {
+        Box::pin(async move {
+            let mut env = serde_json::Map::new();
+            for (k, v) in &req.env {
+                env.insert(k.clone(), json!(v));
+            }
+            if let Some(key) = &req.ssh_public_key {
+                env.insert("SSH_PUBLIC_KEY".into(), json!(key));
+            }
+            let body = json!({
+                "client_id": "me",
+                "image": req.image,
+                "disk": req.disk_gb,
+                "label": req.our_id,
+                "env": env,
+                "runtype": "ssh",
+                "target_state": "running",
+                "cancel_unavail": true,
+            });
+            let path = format!("/api/v0/asks/{}/", req.offer);
+            let reply = self
+                .gate
+                .call("create", false, |left| {
+                    self.send(Method::PUT, &path, Some(&body), left)
+                })
+                .await?;
+            let v: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+            let contract = v
+                .get("new_contract")
+                .and_then(|c| c.as_u64().or_else(|| num(Some(c)).map(|x| x as u64)));
+            let ok = reply.status.is_success()
+                && v.get("success").and_then(Value::as_bool) != Some(false);
+            match (ok, contract) {
+                (true, Some(id)) => Ok(id.to_string()),
+                (true, None) => Err(UpstreamError::Decode(
+                    "create answered without `new_contract`".into(),
+                )),
+                (false, contract) => {
+                    // Vast can refuse and still have created the instance (a bid left stopped):
+                    // destroy it, so a refusal never leaves something billing
+                    if let Some(id) = contract {
+                        tracing::warn!(
+                            provider = "vastai",
+                            instance = id,
+                            "create refused but an instance exists; destroying it"
+                        );
+                        let _ = self.destroy_id(&id.to_string()).await;
+                    }
+                    Err(check_status(
+                        reply.status.as_u16().max(400),
+                        &reply.body,
+                        None,
+                        self.key.as_ref(),
+                    )
+                    .err()
+                    .map(|(e, _)| e)
+                    .unwrap_or(UpstreamError::Status {
+                        status: reply.status.as_u16(),
+                        detail: String::new(),
+                    }))
+                }
+            }
+        })
+    }
+
+    fn instance<'a>(
+        &'a self,
+        provider_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RemoteInstance>, UpstreamError>> {
+        Box::pin(async move {
+            let path = format!("/api/v0/instances/{provider_id}/");
+            match self.call("show", true, Method::GET, &path, None).await {
+                Ok(v) => Ok(v
+                    .get("instances")
+                    .filter(|i| i.is_object())
+                    .and_then(remote_instance)),
+                Err(UpstreamError::Status { status: 404, .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn destroy<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(self.destroy_id(provider_id))
+    }
+
+    fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let mut after: Option<String> = None;
+            for _ in 0..1000 {
+                let mut path = "/api/v1/instances/?limit=25".to_owned();
+                if let Some(t) = &after {
+                    path.push_str("&after_token=");
+                    path.push_str(&crate::api::router::percent_encode(
+                        &serde_json::to_string(t).unwrap_or_default(),
+                    ));
+                }
+                let v = self.call("list", true, Method::GET, &path, None).await?;
+                if let Some(list) = v.get("instances").and_then(Value::as_array) {
+                    out.extend(list.iter().filter_map(remote_instance));
+                }
+                after = v.get("next_token").and_then(|t| match t {
+                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                });
+                if after.is_none() {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+impl Vastai {
+    async fn destroy_id(&self, provider_id: &str) -> Result<(), UpstreamError> {
+        let path = format!("/api/v0/instances/{provider_id}/");
+        match self
+            .call("destroy", true, Method::DELETE, &path, None)
+            .await
+        {
+            Ok(_) => Ok(()),
+            // already gone
+            Err(UpstreamError::Status { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One attempt of a call, with the key, returning the reply whatever its status.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        left: Duration,
+    ) -> Result<super::http::Reply, (UpstreamError, Option<Duration>)> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if body.is_some() {
+            b = b.header(CONTENT_TYPE, "application/json");
+        }
+        let mut req = b
+            .body(Full::new(
+                body.map(|v| Bytes::from(v.to_string())).unwrap_or_default(),
+            ))
+            .map_err(|e| (UpstreamError::Connect(e.to_string()), None))?;
+        if let Some(k) = &self.key
+            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+        {
+            v.set_sensitive(true);
+            req.headers_mut().insert(AUTHORIZATION, v);
+        }
+        self.http.send(req, left).await.map_err(|e| (e, None))
+    }
+
+    /// A call whose success is a 2xx with a JSON body.
+    async fn call(
+        &self,
+        op: &'static str,
+        idempotent: bool,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, UpstreamError> {
+        self.gate
+            .call(op, idempotent, |left| {
+                let (method, body) = (method.clone(), body.as_ref());
+                async move {
+                    let reply = self.send(method, path, body, left).await?;
+                    check_status(
+                        reply.status.as_u16(),
+                        &reply.body,
+                        reply.headers.get(RETRY_AFTER),
+                        self.key.as_ref(),
+                    )?;
+                    serde_json::from_slice(&reply.body)
+                        .map_err(|e| (UpstreamError::Decode(short(&e.to_string())), None))
+                }
+            })
+            .await
+    }
+}
+
+/// One Vast.ai instance object (v0 show or v1 list).
+pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
+    let id = v
+        .get("id")
+        .and_then(|i| i.as_u64().map(|n| n.to_string()))?;
+    let status = match v
+        .get("actual_status")
+        .and_then(Value::as_str)
+        .map(str::trim)
+    {
+        Some("running") => InstanceStatus::Running,
+        Some("stopped" | "exited" | "frozen") => InstanceStatus::Stopped,
+        _ if v.get("cur_state").and_then(Value::as_str) == Some("unloaded") => {
+            InstanceStatus::Terminated
+        }
+        // null (provisioning), created, loading, rebooting, offline, unknown
+        _ => InstanceStatus::Provisioning,
+    };
+    let ssh = match (text(v.get("ssh_host")), num(v.get("ssh_port"))) {
+        (Some(host), Some(port))
+            if status == InstanceStatus::Running && port > 0.0 && port < 65536.0 =>
+        {
+            Some(Ssh {
+                host,
+                port: port as u16,
+                user: "root".into(),
+            })
+        }
+        _ => None,
+    };
+    Some(RemoteInstance {
+        provider_id: id,
+        our_id: text(v.get("label")),
+        status,
+        ssh,
+    })
 }
 
 /// Maps a non-success status to an error: 429 (with `Retry-After` when there is one), or the
