@@ -33,6 +33,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub providers: ProvidersConfig,
     pub offers: OffersConfig,
+    pub rentals: RentalsConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
     #[serde(skip)]
@@ -456,6 +457,39 @@ impl Default for OffersConfig {
     }
 }
 
+/// Renting: the price check, status reads, the reconciler and `Idempotency-Key` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RentalsConfig {
+    /// A rental is refused (409 `price_changed`) when the offer's price now is above the price
+    /// the caller was shown (the offers cache) by more than this fraction.
+    pub price_tolerance: f64,
+    /// An instance's provider status is reused this long (a thousand pollers, one provider call).
+    pub status_cache_ms: u64,
+    /// How often the reconciler compares the ledger with the providers (it also runs at start).
+    pub reconcile_interval_ms: u64,
+    /// An intent still pending after this long is settled by the reconciler: adopted when the
+    /// provider has an instance with our id, marked failed otherwise.
+    pub intent_timeout_ms: u64,
+    /// `Idempotency-Key` records are kept this long.
+    pub idempotency_ttl_ms: u64,
+    /// io.net deployments run for a fixed time: this many hours when the request does not say.
+    pub default_duration_hours: u32,
+}
+
+impl Default for RentalsConfig {
+    fn default() -> Self {
+        RentalsConfig {
+            price_tolerance: 0.05,
+            status_cache_ms: 2_000,
+            reconcile_interval_ms: 60_000,
+            intent_timeout_ms: 120_000,
+            idempotency_ttl_ms: 86_400_000,
+            default_duration_hours: 24,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -784,6 +818,27 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     validate_providers(&config.providers, &config.offers)?;
+    let rc = &config.rentals;
+    for (key, v) in [
+        ("rentals.status_cache_ms", rc.status_cache_ms),
+        ("rentals.reconcile_interval_ms", rc.reconcile_interval_ms),
+        ("rentals.intent_timeout_ms", rc.intent_timeout_ms),
+        ("rentals.idempotency_ttl_ms", rc.idempotency_ttl_ms),
+        (
+            "rentals.default_duration_hours",
+            u64::from(rc.default_duration_hours),
+        ),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be greater than 0"));
+        }
+    }
+    if !(rc.price_tolerance >= 0.0 && rc.price_tolerance < 10.0) {
+        return Err(err(
+            "rentals.price_tolerance",
+            "a fraction from 0 (e.g. 0.05 = 5%)",
+        ));
+    }
     if c.ipv6_prefix_len > 128 {
         return Err(err("connections.ipv6_prefix_len", "at most 128"));
     }

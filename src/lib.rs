@@ -31,6 +31,7 @@ pub mod logging;
 pub mod metrics;
 pub mod providers;
 pub mod ratelimit;
+pub mod rentals;
 pub mod server;
 pub mod state;
 pub mod testkit;

@@ -57,6 +57,15 @@ pub const REDIS_UP: &str = "gpuproxy_redis_up";
 pub const AUTH_LOOKUPS_TOTAL: &str = "gpuproxy_auth_lookups_total";
 /// Counter, label `code` (the error code): requests refused by authentication.
 pub const AUTH_FAILURES_TOTAL: &str = "gpuproxy_auth_failures_total";
+/// Counter, labels `provider`, `result` (`created`, `refused`, `failed`, `unknown`): rentals.
+pub const RENTALS_TOTAL: &str = "gpuproxy_rentals_total";
+/// Gauge, label `provider`: instances the ledger has as running.
+pub const INSTANCES_RUNNING: &str = "gpuproxy_instances_running";
+/// Gauge: USD per hour of every open instance (provisioning, running, stopped, terminating).
+pub const SPEND_USD_PER_HOUR: &str = "gpuproxy_spend_usd_per_hour";
+/// Counter, label `action` (`adopted`, `abandoned`, `orphan_destroyed`, `status_synced`,
+/// `vanished`): what the reconciler did.
+pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
 /// Gauge: live daemons sharing the rate limits (this daemon enforces 1/n of each).
 pub const RATELIMIT_DAEMONS: &str = "gpuproxy_ratelimit_daemons";
 /// Counter, labels `provider`, `op`, `status` (HTTP code, or `timeout`, `connect_error`,

@@ -43,6 +43,8 @@ pub struct AppState {
     pub providers: crate::providers::Providers,
     pub offers_cache: Arc<crate::cache::swr::SwrCache<Vec<crate::providers::Offer>>>,
     pub offer_pages: crate::api::offers::PageCache,
+    /// Renting (needs the database); `None` without `DATABASE_URL`.
+    pub rentals: Option<Arc<crate::rentals::Rentals>>,
     /// Indexed by `Route as usize`, with one more slot for unmatched paths.
     pub request_metrics: crate::metrics::RequestMetrics,
     phase: AtomicU8,
@@ -59,23 +61,33 @@ impl AppState {
         db: Option<Arc<crate::accounts::Db>>,
         redis: Option<crate::cache::Redis>,
     ) -> Arc<AppState> {
+        let providers = crate::providers::Providers::from_config(&config);
+        let offers_cache = crate::cache::swr::SwrCache::new(
+            "offers",
+            redis.clone(),
+            crate::cache::swr::Windows {
+                ttl: std::time::Duration::from_millis(config.offers.cache_ttl_ms),
+                stale_while_revalidate: std::time::Duration::from_millis(
+                    config.offers.stale_while_revalidate_ms,
+                ),
+                stale_if_error: std::time::Duration::from_millis(config.offers.stale_if_error_ms),
+            },
+            config.offers.cache_max_entries,
+        );
+        let rentals = db.clone().map(|db| {
+            crate::rentals::Rentals::new(
+                config.clone(),
+                db,
+                providers.clone(),
+                offers_cache.clone(),
+                redis.clone(),
+            )
+        });
         Arc::new(AppState {
             auth: crate::auth::Auth::new(&config, db.clone(), redis.clone()),
-            providers: crate::providers::Providers::from_config(&config),
-            offers_cache: crate::cache::swr::SwrCache::new(
-                "offers",
-                redis.clone(),
-                crate::cache::swr::Windows {
-                    ttl: std::time::Duration::from_millis(config.offers.cache_ttl_ms),
-                    stale_while_revalidate: std::time::Duration::from_millis(
-                        config.offers.stale_while_revalidate_ms,
-                    ),
-                    stale_if_error: std::time::Duration::from_millis(
-                        config.offers.stale_if_error_ms,
-                    ),
-                },
-                config.offers.cache_max_entries,
-            ),
+            providers,
+            offers_cache,
+            rentals,
             db,
             redis,
             limits: crate::ratelimit::RateLimits::new(&config.ratelimit),

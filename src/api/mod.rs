@@ -6,6 +6,7 @@ pub mod account;
 pub mod admin;
 pub mod body;
 pub mod health;
+pub mod instances;
 pub mod offers;
 pub mod openapi;
 pub mod respond;
@@ -153,6 +154,21 @@ async fn dispatch(
         (Route::AuthToken, Some(p)) => account::token(state, &p)?,
         (Route::Account, Some(p)) => account::show(state, &p),
         (Route::Offers, Some(_)) => offers::list(state, req.uri().query()).await?,
+        (Route::Instances, Some(p)) if req.method() == Method::POST => {
+            instances::create(state, &p, req).await?
+        }
+        (Route::Instances, Some(p)) => instances::list(state, &p, req.uri().query()).await?,
+        (Route::Instance, Some(p)) => {
+            let id = param
+                .as_deref()
+                .and_then(router::percent_decode)
+                .ok_or_else(|| Error::bad_request("invalid instance id"))?;
+            if req.method() == Method::DELETE {
+                instances::destroy(state, &p, &id, req).await?
+            } else {
+                instances::show(state, &p, &id).await?
+            }
+        }
         (_, Some(_)) => admin::handle(state, route, param, req).await?,
         (_, None) => {
             return Err(Error::new(

@@ -22,6 +22,8 @@ pub enum Route {
     AdminAccountKeys,
     AdminKey,
     Offers,
+    Instances,
+    Instance,
 }
 
 /// Who may call a route.
@@ -35,7 +37,7 @@ pub enum Access {
 }
 
 impl Route {
-    pub const ALL: [Route; 14] = [
+    pub const ALL: [Route; 16] = [
         Route::Health,
         Route::Ready,
         Route::Stats,
@@ -50,6 +52,8 @@ impl Route {
         Route::AdminAccountKeys,
         Route::AdminKey,
         Route::Offers,
+        Route::Instances,
+        Route::Instance,
     ];
 
     /// Every route's label, in `Route as usize` order, then `unmatched` for paths no route takes.
@@ -72,6 +76,7 @@ impl Route {
             "/v1/account" => Some(Route::Account),
             "/v1/admin/accounts" => Some(Route::AdminAccounts),
             "/v1/offers" => Some(Route::Offers),
+            "/v1/instances" => Some(Route::Instances),
             _ => None,
         };
         if let Some(r) = plain {
@@ -87,6 +92,9 @@ impl Route {
                 _ => return None,
             };
             return (!param.is_empty()).then_some((route, Some(param)));
+        }
+        if let Some(id) = path.strip_prefix("/v1/instances/") {
+            return (!id.is_empty() && !id.contains('/')).then_some((Route::Instance, Some(id)));
         }
         if let Some(id) = path.strip_prefix("/v1/admin/keys/") {
             return (!id.is_empty() && !id.contains('/')).then_some((Route::AdminKey, Some(id)));
@@ -110,6 +118,8 @@ impl Route {
             Route::AdminAccountKeys => "/v1/admin/accounts/{account}/keys",
             Route::AdminKey => "/v1/admin/keys/{public_id}",
             Route::Offers => "/v1/offers",
+            Route::Instances => "/v1/instances",
+            Route::Instance => "/v1/instances/{id}",
         }
     }
 
@@ -127,7 +137,8 @@ impl Route {
                 &[Method::POST]
             }
             Route::AdminAccounts | Route::AdminAccountKeys => &[Method::GET, Method::POST],
-            Route::AdminKey => &[Method::GET, Method::DELETE],
+            Route::AdminKey | Route::Instance => &[Method::GET, Method::DELETE],
+            Route::Instances => &[Method::GET, Method::POST],
         }
     }
 
@@ -136,7 +147,11 @@ impl Route {
             Route::Health | Route::Ready | Route::Stats | Route::OpenApi | Route::DebugSleep => {
                 Access::Public
             }
-            Route::AuthToken | Route::Account | Route::Offers => Access::User,
+            Route::AuthToken
+            | Route::Account
+            | Route::Offers
+            | Route::Instances
+            | Route::Instance => Access::User,
             Route::AdminAccounts
             | Route::AdminAccount
             | Route::AdminAccountSuspend

@@ -308,6 +308,16 @@ where
         map.insert(key.to_owned(), entry);
     }
 
+    /// The first `Some` that `f` finds among the in-process entries (no I/O).
+    pub fn find<T>(&self, mut f: impl FnMut(&V) -> Option<T>) -> Option<T> {
+        self.l1.pin().iter().find_map(|(_, e)| f(&e.value))
+    }
+
+    /// Drops one key from the in-process layer (after a change the cached value no longer shows).
+    pub fn forget(&self, key: &str) {
+        self.l1.pin().remove(key);
+    }
+
     /// Drops every in-process entry (tests, and an operator's flush).
     pub fn clear(&self) {
         self.l1.pin().clear();

@@ -151,7 +151,14 @@ fn db() -> Result<std::sync::Arc<Db>, String> {
 
 async fn redis() -> Option<Redis> {
     let url = env_secret("REDIS_URL")?;
-    let r = Redis::connect(&url, &RedisConfig::default()).ok()?;
+    // the daemons' namespace: the same variable that overrides `redis.key_prefix` for them
+    let mut cfg = RedisConfig::default();
+    if let Ok(p) = std::env::var("GPUPROXY_REDIS_KEY_PREFIX")
+        && !p.is_empty()
+    {
+        cfg.key_prefix = p;
+    }
+    let r = Redis::connect(&url, &cfg).ok()?;
     // a short wait: if Redis is down the command still succeeds, and says so
     r.wait_connected(Duration::from_secs(2)).await;
     Some(r)

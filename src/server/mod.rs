@@ -209,6 +209,12 @@ impl Daemon {
                     cfg.database.health_interval_ms,
                 ))));
         }
+        if let Some(r) = &state.rentals {
+            background.push(tokio::spawn(crate::rentals::reconcile::run(
+                r.clone(),
+                Duration::from_millis(cfg.rentals.reconcile_interval_ms),
+            )));
+        }
         if let Some(redis) = state.redis.clone() {
             background.push(tokio::spawn(crate::ratelimit::peers::run(
                 state.clone(),

@@ -32,6 +32,12 @@ impl<'a> TestDb<'a> {
             ),
             ("REDIS_URL".into(), self.services.redis_url()),
             ("JWT_SECRET".into(), JWT_SECRET.into()),
+            // one Redis namespace per test database: the daemons and commands of one test share
+            // caches, revocations and rate-limit shares; other tests' are another deployment
+            (
+                "GPUPROXY_REDIS_KEY_PREFIX".into(),
+                format!("gpx:{}:", self.name),
+            ),
         ]
     }
 

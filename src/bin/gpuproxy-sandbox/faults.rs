@@ -23,6 +23,9 @@ pub struct Faults {
     pub truncate_rate: f64,
     /// Send the body in 4 pieces with this pause between them.
     pub slow_body_ms: u64,
+    /// Do the work first, then wait this long before answering (a provider that has accepted
+    /// a rental whose answer is late: the crash window of the caller).
+    pub answer_delay_ms: u64,
 }
 
 impl Faults {

@@ -391,4 +391,11 @@ impl Api for Ionet {
     fn server_error(&self, status: u16) -> Answer {
         detail(status, "Internal Server Error")
     }
+
+    fn reprice(&self, factor: f64) {
+        for h in self.world.lock().unwrap().hardware.iter_mut() {
+            let v = h["price"].as_f64().unwrap_or(0.0) * factor;
+            h["price"] = json!(inventory::round(v, 4));
+        }
+    }
 }

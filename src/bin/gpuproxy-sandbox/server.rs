@@ -89,6 +89,9 @@ pub trait Api: Send + Sync + 'static {
     fn rate_limited(&self) -> Answer;
     /// The provider's server error.
     fn server_error(&self, status: u16) -> Answer;
+    /// `POST /_sandbox/reprice` `{"factor": f}`: every price times f (a price that moved
+    /// between quote and rent).
+    fn reprice(&self, factor: f64);
 }
 
 pub struct Sandbox {
@@ -193,6 +196,9 @@ async fn handle(sb: &Sandbox, req: Request<Incoming>) -> Result<Resp, std::io::E
         return Ok(respond(sb.api.server_error(status), Delivery::Normal, 0));
     }
     let answer = sb.api.handle(op, &call);
+    if f.answer_delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(f.answer_delay_ms)).await;
+    }
     let how = if malformed {
         Delivery::Malformed
     } else if truncated {
@@ -221,6 +227,22 @@ fn control(sb: &Sandbox, call: &Call) -> Option<Answer> {
             let calls = sb.calls.lock().unwrap().clone();
             let total: u64 = calls.values().sum();
             Answer::json(200, json!({"calls": calls, "total": total}))
+        }
+        (&Method::POST, "/_sandbox/reprice") => {
+            match serde_json::from_slice::<serde_json::Value>(&call.body)
+                .ok()
+                .and_then(|v| v["factor"].as_f64())
+                .filter(|f| *f > 0.0)
+            {
+                Some(f) => {
+                    sb.api.reprice(f);
+                    Answer::json(200, json!({"ok": true}))
+                }
+                None => Answer::json(
+                    400,
+                    json!({"error": "expected {\"factor\": <positive number>}"}),
+                ),
+            }
         }
         (&Method::POST, "/_sandbox/reset") => {
             *sb.faults.lock().unwrap() = Faults::default();

@@ -391,4 +391,13 @@ impl Api for Vast {
             "error 500/0001: internal error, try again",
         )
     }
+
+    fn reprice(&self, factor: f64) {
+        for o in self.world.lock().unwrap().offers.iter_mut() {
+            for k in ["dph_base", "min_bid"] {
+                let v = o[k].as_f64().unwrap_or(0.0) * factor;
+                o[k] = json!(inventory::round(v, 4));
+            }
+        }
+    }
 }

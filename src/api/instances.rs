@@ -1,0 +1,235 @@
+//! `POST/GET /v1/instances` and `GET/DELETE /v1/instances/{id}`: the HTTP side of `rentals`.
+//! A caller only ever sees its own account's instances (anyone else's id is 404, not 403).
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::{Body, body, respond};
+use crate::auth::Principal;
+use crate::error::{Error, Kind, Result, Side};
+use crate::rentals::idempotency::{self, Begin};
+use crate::rentals::ledger::InstanceRow;
+use crate::rentals::{RentBody, Rentals};
+use crate::state::AppState;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn time(epoch: Option<f64>) -> Value {
+    epoch
+        .filter(|e| e.is_finite() && *e >= 0.0)
+        .map(|e| {
+            json!(
+                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs_f64(e))
+                    .to_string()
+            )
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// The normalized instance a client sees.
+pub fn view(r: &InstanceRow, events: Option<Vec<crate::rentals::ledger::Event>>) -> Value {
+    let mut v = json!({
+        "id": r.id,
+        "provider": r.provider,
+        "provider_instance_id": r.provider_instance_id,
+        "offer_id": r.offer_id,
+        "gpu_model": r.gpu_model,
+        "gpu_count": r.gpu_count,
+        "price_per_hour": r.price_per_hour,
+        // an intent not yet answered by the provider is, for the client, being provisioned
+        "status": if r.status == "pending" { "provisioning" } else { r.status.as_str() },
+        "ssh": r.ssh,
+        "image": r.image,
+        "disk_gb": r.disk_gb,
+        "label": r.label,
+        "failure": r.failure,
+        "created_at": time(Some(r.created_at)),
+        "started_at": time(r.started_at),
+        "terminated_at": time(r.terminated_at),
+    });
+    if let Some(ev) = events {
+        v["events"] = ev
+            .into_iter()
+            .map(|e| {
+                json!({"at": time(Some(e.at)), "kind": e.kind, "status": e.status,
+                       "price_per_hour": e.price_per_hour, "detail": e.detail})
+            })
+            .collect();
+    }
+    v
+}
+
+fn rentals(state: &Arc<AppState>) -> Result<&Arc<Rentals>> {
+    state.rentals.as_ref().ok_or_else(|| {
+        Error::new(
+            Kind::DatabaseUnavailable,
+            Side::Internal,
+            "renting needs the database (DATABASE_URL is not set)",
+        )
+    })
+}
+
+/// Runs `op` under the request's `Idempotency-Key`, when it has one.
+async fn idempotent(
+    state: &Arc<AppState>,
+    p: &Principal,
+    key: Option<String>,
+    request: &str,
+    body: &[u8],
+    op: impl AsyncFnOnce() -> Result<(StatusCode, Value)>,
+) -> Result<Response<Body>> {
+    let Some(key) = key else {
+        let (status, v) = op().await?;
+        return Ok(respond::json(status, &v));
+    };
+    idempotency::check_key(&key)?;
+    let r = rentals(state)?;
+    let db = r.db();
+    let account = p.account_id();
+    let digest = idempotency::hash(request, body);
+    let ttl = Duration::from_millis(state.config.rentals.idempotency_ttl_ms);
+    match idempotency::begin(db, account, &key, request, &digest, ttl).await? {
+        Begin::Replay { status, body } => {
+            let mut resp = respond::json_bytes(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                Bytes::from(body),
+            );
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(resp)
+        }
+        Begin::Run => match op().await {
+            Ok((status, v)) => {
+                let text = v.to_string();
+                idempotency::finish(db, account, &key, status.as_u16(), &text).await?;
+                Ok(respond::json_bytes(status, Bytes::from(text)))
+            }
+            Err(e) => {
+                let outcome_unknown = e
+                    .details
+                    .as_ref()
+                    .is_some_and(|d| d.get("instance_id").is_some());
+                if e.kind.status().is_server_error() && !outcome_unknown {
+                    let _ = idempotency::abandon(db, account, &key).await;
+                } else {
+                    let text = json!({"error": {"code": e.kind.code(), "message": e.message, "details": e.details}}).to_string();
+                    idempotency::finish(db, account, &key, e.kind.status().as_u16(), &text).await?;
+                }
+                Err(e)
+            }
+        },
+    }
+}
+
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>> {
+    match req.headers().get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.to_owned()))
+            .map_err(|_| Error::bad_request("invalid `Idempotency-Key`: visible ASCII only")),
+    }
+}
+
+/// `POST /v1/instances`.
+pub async fn create(
+    state: &Arc<AppState>,
+    p: &Principal,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let r = rentals(state)?.clone();
+    let key = idempotency_key(&req)?;
+    let raw = body::read(req, state.config.server.max_body_bytes).await?;
+    let b: RentBody =
+        body::parse(&raw)?.ok_or_else(|| Error::bad_request("a JSON body is required"))?;
+    let account = p.account_id();
+    idempotent(state, p, key, "POST /v1/instances", &raw, async || {
+        let row = r.rent(account, &b).await?;
+        Ok((StatusCode::CREATED, view(&row, None)))
+    })
+    .await
+}
+
+/// `GET /v1/instances?limit=&cursor=`: the caller's instances, newest first (statuses as the
+/// ledger has them; `GET /v1/instances/{id}` refreshes one from the provider).
+pub fn list_query(query: Option<&str>) -> Result<(Option<f64>, i64)> {
+    let (mut before, mut limit) = (None, 50i64);
+    for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=200).contains(n))
+                    .ok_or_else(|| {
+                        Error::bad_request("invalid query parameter `limit`: 1 to 200")
+                    })?
+            }
+            "cursor" => before = Some(v.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(
+                || {
+                    Error::bad_request(
+                        "invalid query parameter `cursor`: use `next_cursor` of the previous page",
+                    )
+                },
+            )?),
+            other => {
+                return Err(Error::bad_request(format!(
+                    "unknown query parameter `{}` (known: limit, cursor)",
+                    crate::error::truncate(other, 64)
+                )));
+            }
+        }
+    }
+    Ok((before, limit))
+}
+
+pub async fn list(
+    state: &Arc<AppState>,
+    p: &Principal,
+    query: Option<&str>,
+) -> Result<Response<Body>> {
+    let (before, limit) = list_query(query)?;
+    let rows = rentals(state)?
+        .list(p.account_id(), before, limit + 1)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = more
+        .then(|| page.last().map(|r| r.created_at.to_string()))
+        .flatten();
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({"instances": page.iter().map(|r| view(r, None)).collect::<Vec<_>>(), "next_cursor": next}),
+    ))
+}
+
+pub async fn show(state: &Arc<AppState>, p: &Principal, id: &str) -> Result<Response<Body>> {
+    let r = rentals(state)?;
+    let row = r.get(p.account_id(), id).await?;
+    let events = crate::rentals::ledger::events(r.db(), &row.id).await?;
+    Ok(respond::json(StatusCode::OK, &view(&row, Some(events))))
+}
+
+pub async fn destroy(
+    state: &Arc<AppState>,
+    p: &Principal,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let r = rentals(state)?.clone();
+    let key = idempotency_key(&req)?;
+    let account = p.account_id();
+    let request = format!("DELETE /v1/instances/{id}");
+    idempotent(state, p, key, &request, b"", async || {
+        let row = r.destroy(account, id).await?;
+        Ok((StatusCode::OK, view(&row, None)))
+    })
+    .await
+}

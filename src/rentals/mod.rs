@@ -1,0 +1,548 @@
+//! Renting instances: the price check, the budget, the ledger intent written before the provider
+//! is called and committed (or failed) after, status reads through a short cache, destroying,
+//! and (in `reconcile`) settling what a crash left between the two. `idempotency` makes a
+//! retried request replay the first answer.
+//!
+//! Order of a rental (`rent`): quote (uncached) → price checks → `ledger::reserve` (budget and
+//! instance limit under the account's row lock, intent row `pending`) → provider create (never
+//! retried) → `committed` (status `provisioning`) or `failed`. When the provider's answer is lost
+//! (timeout, reset), the provider's instance list is searched for our id at once; if that fails
+//! too, the intent stays pending and the reconciler settles it.
+
+pub mod idempotency;
+pub mod ledger;
+pub mod reconcile;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use metrics::counter;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::accounts::Db;
+use crate::cache::swr::{SwrCache, Windows};
+use crate::config::Config;
+use crate::error::{Error, Kind, Result, Side};
+use crate::metrics::RENTALS_TOTAL;
+use crate::providers::{
+    InstanceStatus, Provider, ProviderId, Providers, RentRequest, Ssh, UpstreamError,
+};
+use ledger::InstanceRow;
+
+/// `POST /v1/instances` body.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RentBody {
+    pub offer_id: String,
+    pub image: String,
+    pub disk_gb: u32,
+    pub label: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub ssh_public_key: Option<String>,
+    /// io.net only (its deployments run for a fixed time).
+    pub duration_hours: Option<u32>,
+    pub max_price_per_hour: Option<f64>,
+}
+
+impl RentBody {
+    fn validate(&self) -> Result<(ProviderId, &str)> {
+        let bad = |field: &str, why: &str| Error::bad_request(format!("invalid `{field}`: {why}"));
+        let (p, local) = self
+            .offer_id
+            .split_once(':')
+            .and_then(|(p, l)| Some((ProviderId::parse(p)?, l)))
+            .filter(|(_, l)| !l.is_empty() && l.len() <= 128)
+            .ok_or_else(|| {
+                bad(
+                    "offer_id",
+                    "expected `vastai:<id>` or `ionet:<id>@<location>` from GET /v1/offers",
+                )
+            })?;
+        if self.image.trim().is_empty() || self.image.len() > 512 {
+            return Err(bad(
+                "image",
+                "a container image reference of 1 to 512 characters",
+            ));
+        }
+        if !(8..=100_000).contains(&self.disk_gb) {
+            return Err(bad("disk_gb", "between 8 and 100000"));
+        }
+        if self.label.as_ref().is_some_and(|l| l.len() > 256) {
+            return Err(bad("label", "at most 256 characters"));
+        }
+        if self.env.len() > 64
+            || self
+                .env
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 4096)
+        {
+            return Err(bad(
+                "env",
+                "at most 64 variables, names of 1 to 128 and values up to 4096 characters",
+            ));
+        }
+        if self
+            .ssh_public_key
+            .as_ref()
+            .is_some_and(|k| k.len() > 8192 || !(k.starts_with("ssh-") || k.starts_with("ecdsa-")))
+        {
+            return Err(bad(
+                "ssh_public_key",
+                "an OpenSSH public key (`ssh-ed25519 AAAA…`)",
+            ));
+        }
+        if self
+            .duration_hours
+            .is_some_and(|h| !(1..=8760).contains(&h))
+        {
+            return Err(bad("duration_hours", "between 1 and 8760"));
+        }
+        if self
+            .max_price_per_hour
+            .is_some_and(|m| !(m.is_finite() && m > 0.0))
+        {
+            return Err(bad("max_price_per_hour", "a price greater than 0"));
+        }
+        Ok((p, local))
+    }
+}
+
+/// The provider's view of an instance, as cached for status reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteView {
+    pub status: InstanceStatus,
+    pub ssh: Option<Ssh>,
+}
+
+pub struct Rentals {
+    db: Arc<Db>,
+    providers: Providers,
+    config: Arc<Config>,
+    /// Provider status per instance, reused for `rentals.status_cache_ms` (single-flight: many
+    /// pollers of one instance make one provider call).
+    status: Arc<SwrCache<Option<RemoteView>>>,
+    /// The offers cache, for the price the caller was shown.
+    offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn upstream_error(p: ProviderId, e: &UpstreamError) -> Error {
+    let status = match e {
+        UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        UpstreamError::CircuitOpen | UpstreamError::BackingOff | UpstreamError::Disabled(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let mut err = Error::new(
+        Kind::Rejected {
+            status,
+            code: "provider_error",
+        },
+        Side::Upstream,
+        format!("{}: {e}", p.as_str()),
+    );
+    err.retryable = true;
+    err.details = Some(Box::new(
+        json!({"provider": p.as_str(), "reason": e.code()}),
+    ));
+    err
+}
+
+impl Rentals {
+    pub fn new(
+        config: Arc<Config>,
+        db: Arc<Db>,
+        providers: Providers,
+        offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
+        redis: Option<crate::cache::Redis>,
+    ) -> Arc<Rentals> {
+        let ttl = Duration::from_millis(config.rentals.status_cache_ms);
+        Arc::new(Rentals {
+            status: SwrCache::new(
+                "instance-status",
+                redis,
+                Windows {
+                    ttl,
+                    stale_while_revalidate: Duration::ZERO,
+                    stale_if_error: ttl * 30,
+                },
+                100_000,
+            ),
+            db,
+            providers,
+            config,
+            offers,
+        })
+    }
+
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    fn provider(&self, p: ProviderId) -> Result<&Arc<dyn Provider>> {
+        self.providers.get(p).ok_or_else(|| {
+            Error::rejected(
+                StatusCode::BAD_REQUEST,
+                "provider_disabled",
+                format!("provider `{}` is not enabled here", p.as_str()),
+                None,
+            )
+        })
+    }
+
+    /// The price the caller was shown for `offer_id`, from the in-process offers cache.
+    fn shown_price(&self, offer_id: &str) -> Option<f64> {
+        self.offers.find(|offers| {
+            offers
+                .iter()
+                .find(|o| o.id == offer_id)
+                .map(|o| o.price_per_hour)
+        })
+    }
+
+    pub async fn rent(&self, account_id: i64, body: &RentBody) -> Result<InstanceRow> {
+        let (pid, local) = body.validate()?;
+        let provider = self.provider(pid)?.clone();
+        let count = |result: &'static str| {
+            counter!(RENTALS_TOTAL, "provider" => pid.as_str(), "result" => result).increment(1);
+        };
+        let quote = provider
+            .quote(local, body.disk_gb)
+            .await
+            .map_err(|e| upstream_error(pid, &e))?
+            .filter(|q| q.available)
+            .ok_or_else(|| {
+                count("refused");
+                Error::rejected(
+                    StatusCode::CONFLICT,
+                    "offer_unavailable",
+                    format!("offer {} is no longer available", body.offer_id),
+                    Some(json!({"offer_id": body.offer_id})),
+                )
+            })?;
+        if let Some(max) = body.max_price_per_hour
+            && quote.price_per_hour > max
+        {
+            count("refused");
+            return Err(Error::rejected(
+                StatusCode::CONFLICT,
+                "price_changed",
+                format!(
+                    "offer {} costs {:.4} USD/h now, above max_price_per_hour {:.4}",
+                    body.offer_id, quote.price_per_hour, max
+                ),
+                Some(
+                    json!({"current_price_per_hour": quote.price_per_hour, "max_price_per_hour": max}),
+                ),
+            ));
+        }
+        if let Some(shown) = self.shown_price(&body.offer_id)
+            && quote.price_per_hour > shown * (1.0 + self.config.rentals.price_tolerance)
+        {
+            count("refused");
+            return Err(Error::rejected(
+                StatusCode::CONFLICT,
+                "price_changed",
+                format!(
+                    "offer {} costs {:.4} USD/h now, quoted {:.4} (tolerance {}%)",
+                    body.offer_id,
+                    quote.price_per_hour,
+                    shown,
+                    self.config.rentals.price_tolerance * 100.0
+                ),
+                Some(
+                    json!({"current_price_per_hour": quote.price_per_hour, "quoted_price_per_hour": shown}),
+                ),
+            ));
+        }
+        let id = new_id();
+        let row = ledger::reserve(
+            &self.db,
+            &ledger::NewInstance {
+                id: &id,
+                account_id,
+                provider: pid.as_str(),
+                offer_id: &body.offer_id,
+                gpu_model: &quote.gpu_model,
+                gpu_count: quote.gpu_count as i32,
+                price_per_hour: quote.price_per_hour,
+                image: &body.image,
+                disk_gb: body.disk_gb as i32,
+                label: body.label.as_deref(),
+            },
+        )
+        .await?;
+        let req = RentRequest {
+            our_id: id.clone(),
+            offer: local.to_owned(),
+            image: body.image.clone(),
+            disk_gb: body.disk_gb,
+            env: body.env.clone(),
+            ssh_public_key: body.ssh_public_key.clone(),
+            duration_hours: body
+                .duration_hours
+                .unwrap_or(self.config.rentals.default_duration_hours),
+            gpu_count: quote.gpu_count,
+        };
+        match provider.create(&req).await {
+            Ok(provider_id) => {
+                count("created");
+                self.commit(&row, &provider_id, "committed").await
+            }
+            // nothing was created: the provider refused, or the call never left
+            Err(
+                e @ (UpstreamError::Status {
+                    status: 400..=499, ..
+                }
+                | UpstreamError::Connect(_)
+                | UpstreamError::CircuitOpen
+                | UpstreamError::BackingOff
+                | UpstreamError::RateLimited
+                | UpstreamError::Disabled(_)),
+            ) => {
+                count("refused");
+                ledger::transition(
+                    &self.db,
+                    &id,
+                    &["pending"],
+                    "failed",
+                    "failed",
+                    None,
+                    None,
+                    Some(&e.to_string()),
+                )
+                .await?;
+                Err(match e {
+                    UpstreamError::Status {
+                        status: 404 | 409 | 410,
+                        ..
+                    } => Error::rejected(
+                        StatusCode::CONFLICT,
+                        "offer_unavailable",
+                        format!("the provider refused: {e}"),
+                        Some(json!({"offer_id": body.offer_id})),
+                    ),
+                    e => upstream_error(pid, &e),
+                })
+            }
+            // the answer was lost: look for our id at the provider now
+            Err(e) => {
+                tracing::warn!(instance = %id, provider = pid.as_str(), error = %e, "rental outcome unknown; looking it up");
+                match reconcile::find_ours(provider.as_ref(), &id).await {
+                    Ok(Some(remote)) => {
+                        count("created");
+                        self.commit(&row, &remote.provider_id, "adopted").await
+                    }
+                    Ok(None) => {
+                        count("failed");
+                        ledger::transition(
+                            &self.db,
+                            &id,
+                            &["pending"],
+                            "failed",
+                            "failed",
+                            None,
+                            None,
+                            Some(&e.to_string()),
+                        )
+                        .await?;
+                        Err(upstream_error(pid, &e))
+                    }
+                    Err(_) => {
+                        count("unknown");
+                        let mut err = upstream_error(pid, &e);
+                        err.message = format!(
+                            "{}; whether instance {id} was created is not known yet: the reconciler will settle it (GET /v1/instances/{id})",
+                            err.message
+                        )
+                        .into();
+                        err.details =
+                            Some(Box::new(json!({"instance_id": id, "reason": e.code()})));
+                        Err(err)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        row: &InstanceRow,
+        provider_id: &str,
+        kind: &str,
+    ) -> Result<InstanceRow> {
+        let detail = format!("provider instance {provider_id}");
+        ledger::transition(
+            &self.db,
+            &row.id,
+            &["pending", "failed"],
+            "provisioning",
+            kind,
+            Some(provider_id),
+            None,
+            Some(&detail),
+        )
+        .await?
+        .ok_or_else(|| Error::internal(std::io::Error::other("intent vanished before commit")))
+    }
+
+    /// An instance of the caller's (404 for anyone else's), its status refreshed from the
+    /// provider through the status cache.
+    pub async fn get(&self, account_id: i64, id: &str) -> Result<InstanceRow> {
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        self.refresh(row).await
+    }
+
+    /// Brings an open row up to date with the provider (cached), recording any change.
+    pub async fn refresh(&self, row: InstanceRow) -> Result<InstanceRow> {
+        let (Some(pid), true) = (
+            row.provider_instance_id.clone(),
+            matches!(
+                row.status.as_str(),
+                "provisioning" | "running" | "stopped" | "terminating"
+            ),
+        ) else {
+            return Ok(row);
+        };
+        let Some(p) = ProviderId::parse(&row.provider)
+            .and_then(|p| self.providers.get(p))
+            .cloned()
+        else {
+            return Ok(row);
+        };
+        let key = format!("{}:{pid}", row.provider);
+        let fetch_pid = pid.clone();
+        let view = match self
+            .status
+            .get(&key, move || async move {
+                Ok(p.instance(&fetch_pid).await?.map(|r| RemoteView {
+                    status: r.status,
+                    ssh: r.ssh,
+                }))
+            })
+            .await
+        {
+            Ok(l) => l.entry.value.clone(),
+            // the provider is failing: show what the ledger has
+            Err(_) => return Ok(row),
+        };
+        let (status, ssh) = match view {
+            Some(v) => (v.status, v.ssh),
+            None => (InstanceStatus::Terminated, None),
+        };
+        if status.as_str() == row.status && (ssh.is_none() || ssh == row.ssh) {
+            return Ok(row);
+        }
+        let from = [row.status.as_str()];
+        Ok(ledger::transition(
+            &self.db,
+            &row.id,
+            &from,
+            status.as_str(),
+            "status",
+            None,
+            ssh.as_ref(),
+            None,
+        )
+        .await?
+        .unwrap_or(row))
+    }
+
+    /// Destroys an instance of the caller's. Destroying one already ended answers its state.
+    pub async fn destroy(&self, account_id: i64, id: &str) -> Result<InstanceRow> {
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        if matches!(row.status.as_str(), "terminated" | "failed") {
+            return Ok(row);
+        }
+        let Some(pid) = row.provider_instance_id.clone() else {
+            return Err(Error::rejected(
+                StatusCode::CONFLICT,
+                "instance_pending",
+                "the instance is still being created; retry in a few seconds",
+                Some(json!({"instance_id": id})),
+            ));
+        };
+        let p = ProviderId::parse(&row.provider)
+            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
+        let provider = self.provider(p)?.clone();
+        let from = [row.status.as_str()];
+        let row = ledger::transition(
+            &self.db,
+            id,
+            &from,
+            "terminating",
+            "destroy_requested",
+            None,
+            None,
+            None,
+        )
+        .await?
+        .unwrap_or(row);
+        provider
+            .destroy(&pid)
+            .await
+            .map_err(|e| upstream_error(p, &e))?;
+        let gone = matches!(
+            provider.instance(&pid).await,
+            Ok(None)
+                | Ok(Some(crate::providers::RemoteInstance {
+                    status: InstanceStatus::Terminated,
+                    ..
+                }))
+        );
+        self.status.forget(&format!("{}:{pid}", row.provider));
+        if gone {
+            Ok(ledger::transition(
+                &self.db,
+                id,
+                &["terminating"],
+                "terminated",
+                "terminated",
+                None,
+                None,
+                None,
+            )
+            .await?
+            .unwrap_or(row))
+        } else {
+            Ok(row)
+        }
+    }
+
+    pub async fn list(
+        &self,
+        account_id: i64,
+        before: Option<f64>,
+        limit: i64,
+    ) -> Result<Vec<InstanceRow>> {
+        ledger::list(&self.db, account_id, before, limit).await
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+}

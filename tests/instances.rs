@@ -1,0 +1,465 @@
+//! Rentals end to end: the daemon as a process against both sandbox providers, with PostgreSQL
+//! (through PgBouncer) holding the ledger and Redis the caches.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use support::accounts::TestDb;
+use support::client::{Conn, Resp, request};
+use support::daemon::{DaemonProc, Opts};
+use support::eventually;
+use support::sandbox::Sandbox;
+use support::services;
+
+async fn call(
+    d: &DaemonProc,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    idem: Option<&str>,
+) -> Resp {
+    let mut c = Conn::tls(d.https, &[b"http/1.1"]).await.expect("connect");
+    let mut req = request(method, path, Bytes::copy_from_slice(body.as_bytes()));
+    let h = req.headers_mut();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    if !body.is_empty() {
+        h.insert("content-type", "application/json".parse().unwrap());
+    }
+    if let Some(k) = idem {
+        h.insert("idempotency-key", k.parse().unwrap());
+    }
+    c.send(req).await.expect("request")
+}
+
+async fn daemon(db: &TestDb<'_>, sb: &Sandbox, set: &[&str]) -> DaemonProc {
+    let mut env = db.env();
+    env.extend(Sandbox::daemon_env());
+    let mut all = sb.daemon_settings();
+    all.push(format!(
+        "redis.key_prefix=\"gpx:{}:\"",
+        sb.vast.rsplit(':').next().unwrap()
+    ));
+    all.extend(set.iter().map(|s| s.to_string()));
+    DaemonProc::start(Opts {
+        env,
+        set: all,
+        ..Default::default()
+    })
+    .await
+}
+
+/// The cheapest available offer of a provider.
+async fn offer(d: &DaemonProc, token: &str, provider: &str) -> Value {
+    let r = call(
+        d,
+        token,
+        "GET",
+        &format!("/v1/offers?providers={provider}&limit=1&sort=price"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    r.json()["offers"][0].clone()
+}
+
+fn rent_body(offer_id: &str) -> String {
+    json!({"offer_id": offer_id, "image": "pytorch/pytorch:latest", "disk_gb": 20,
+           "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtest test@example"})
+    .to_string()
+}
+
+fn account(db: &TestDb<'_>, name: &str, budget: f64, max: u32) -> String {
+    db.cli(&[
+        "accounts",
+        "create",
+        "--name",
+        name,
+        "--daily-budget-usd",
+        &budget.to_string(),
+        "--max-instances",
+        &max.to_string(),
+    ]);
+    let k = db.cli(&["keys", "create", "--account", name]);
+    k["token"].as_str().unwrap().to_owned()
+}
+
+async fn lifecycle(provider: &str) {
+    let s = services::shared();
+    let db = TestDb::new(s, &format!("rent_{provider}"));
+    let token = account(&db, "renter", 10_000.0, 5);
+    let (_, other) = db.account_with_key("someone_else", &[]);
+    let sb = Sandbox::start(&["--provision-time", "1s"]);
+    let d = daemon(&db, &sb, &[]).await;
+
+    let o = offer(&d, &token, provider).await;
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &rent_body(o["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let inst = r.json();
+    let id = inst["id"].as_str().unwrap().to_owned();
+    assert_eq!(inst["status"], "provisioning");
+    assert_eq!(inst["provider"], provider);
+    assert_eq!(inst["offer_id"], o["id"]);
+    assert_eq!(inst["price_per_hour"], o["price_per_hour"]);
+    assert!(inst["provider_instance_id"].is_string());
+
+    // another account cannot see or touch it: 404, not 403
+    assert_eq!(
+        call(&d, &other, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        call(
+            &d,
+            &other,
+            "DELETE",
+            &format!("/v1/instances/{id}"),
+            "",
+            None
+        )
+        .await
+        .status,
+        404
+    );
+
+    let running = eventually("the instance to run", || async {
+        let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .json();
+        (v["status"] == "running").then_some(v)
+    })
+    .await;
+    assert!(running["ssh"]["host"].is_string(), "{running}");
+    assert!(running["ssh"]["port"].as_u64().unwrap() > 0);
+
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let done = eventually("the instance to be terminated", || async {
+        let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .json();
+        (v["status"] == "terminated").then_some(v)
+    })
+    .await;
+    assert!(done["terminated_at"].is_string());
+    let kinds: Vec<&str> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    let statuses: Vec<&str> = done["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds[..2], ["intent", "committed"], "{kinds:?}");
+    assert_eq!(statuses[statuses.len() - 1], "terminated", "{kinds:?}");
+    assert!(kinds.contains(&"destroy_requested"));
+    let pos = |s: &str| {
+        statuses
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or_else(|| panic!("{s} in {statuses:?}"))
+    };
+    assert!(
+        pos("pending") < pos("provisioning")
+            && pos("provisioning") < pos("running")
+            && pos("running") < pos("terminated")
+    );
+    for e in done["events"].as_array().unwrap() {
+        assert_eq!(e["price_per_hour"], o["price_per_hour"]);
+    }
+    // the list shows it; the provider key never appears anywhere a client sees
+    let list = call(&d, &token, "GET", "/v1/instances", "", None).await;
+    assert_eq!(list.json()["instances"][0]["id"], id.as_str());
+    assert!(!String::from_utf8_lossy(&list.body).contains(support::sandbox::VAST_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_on_vastai() {
+    lifecycle("vastai").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_on_ionet() {
+    lifecycle("ionet").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_twenty_times_rents_once() {
+    let s = services::shared();
+    let db = TestDb::new(s, "rent_idem");
+    let token = account(&db, "retrier", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = daemon(&db, &sb, &[]).await;
+    let o = offer(&d, &token, "vastai").await;
+    let body = rent_body(o["id"].as_str().unwrap());
+    // a slow provider, so the twenty overlap
+    sb.faults("vastai", r#"{"ops": ["create"], "answer_delay_ms": 500}"#)
+        .await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (d_https, token, body) = (d.https, token.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::tls(d_https, &[b"http/1.1"]).await.unwrap();
+            let mut req = request("POST", "/v1/instances", Bytes::from(body));
+            let h = req.headers_mut();
+            h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            h.insert("content-type", "application/json".parse().unwrap());
+            h.insert("idempotency-key", "rent-once-7f3a".parse().unwrap());
+            c.send(req).await.unwrap()
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.json());
+        ids.insert(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "every answer names the same instance");
+    assert_eq!(
+        sb.calls("vastai", "create").await,
+        1,
+        "one rental at the provider"
+    );
+
+    // the same key with another body is refused
+    let other = rent_body("vastai:5000007");
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &other,
+        Some("rent-once-7f3a"),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["error"]["code"], "idempotency_key_reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_rentals_only_fit_the_budget() {
+    let s = services::shared();
+    let db = TestDb::new(s, "rent_budget");
+    let sb = Sandbox::start(&[]);
+    // an account to read prices with, then the budgeted one
+    let probe = account(&db, "probe", 10_000.0, 5);
+    let d = daemon(&db, &sb, &[]).await;
+    let o = offer(&d, &probe, "ionet").await;
+    let price = o["price_per_hour"].as_f64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let hours_left = (86_400.0 - now % 86_400.0) / 3600.0;
+    // room for two rentals until the end of the UTC day, not three
+    let budget = price * hours_left * 2.5;
+    let token = account(&db, "budgeted", budget, 10);
+    let body = rent_body(o["id"].as_str().unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let (d_https, token, body) = (d.https, token.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::tls(d_https, &[b"http/1.1"]).await.unwrap();
+            let mut req = request("POST", "/v1/instances", Bytes::from(body));
+            let h = req.headers_mut();
+            h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            h.insert("content-type", "application/json".parse().unwrap());
+            c.send(req).await.unwrap()
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            201 => ok += 1,
+            402 => {
+                refused += 1;
+                let e = &r.json()["error"];
+                assert_eq!(e["code"], "budget_exceeded");
+                assert!(
+                    e["details"]["projected_spend_usd"].as_f64().unwrap()
+                        > e["details"]["daily_budget_usd"].as_f64().unwrap()
+                );
+            }
+            other => panic!("unexpected {other}: {:?}", r.json()),
+        }
+    }
+    assert_eq!((ok, refused), (2, 3));
+    assert_eq!(sb.calls("ionet", "deploy").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_price_is_refused_and_nothing_is_rented() {
+    let s = services::shared();
+    let db = TestDb::new(s, "rent_price");
+    let token = account(&db, "careful", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = daemon(&db, &sb, &[]).await;
+    let o = offer(&d, &token, "vastai").await;
+    let id = o["id"].as_str().unwrap();
+    let shown = o["price_per_hour"].as_f64().unwrap();
+
+    // above the caller's ceiling
+    let body = json!({"offer_id": id, "image": "ubuntu:22.04", "disk_gb": 20, "max_price_per_hour": shown / 2.0}).to_string();
+    let r = call(&d, &token, "POST", "/v1/instances", &body, None).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"]["code"], "price_changed");
+    assert_eq!(
+        r.json()["error"]["details"]["current_price_per_hour"],
+        shown
+    );
+
+    // moved since the caller saw it (the offers cache still has the old price)
+    let a: std::net::SocketAddr = sb.vast.trim_start_matches("http://").parse().unwrap();
+    let mut c = Conn::plain(a, false).await.unwrap();
+    let r = c
+        .send(request(
+            "POST",
+            "/_sandbox/reprice",
+            Bytes::from_static(br#"{"factor": 1.5}"#),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = call(&d, &token, "POST", "/v1/instances", &rent_body(id), None).await;
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    let e = r.json()["error"].clone();
+    assert_eq!(e["code"], "price_changed");
+    assert_eq!(e["details"]["quoted_price_per_hour"], shown);
+    assert!(e["details"]["current_price_per_hour"].as_f64().unwrap() > shown * 1.4);
+    assert_eq!(sb.calls("vastai", "create").await, 0, "nothing rented");
+    let list = call(&d, &token, "GET", "/v1/instances", "", None)
+        .await
+        .json();
+    assert_eq!(list["instances"].as_array().unwrap().len(), 0);
+
+    // bad input is named
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        r#"{"offer_id": "aws:1", "image": "x", "disk_gb": 20}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`offer_id`")
+    );
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        r#"{"offer_id": "vastai:1", "image": "x"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_provider_and_ledger_is_reconciled_at_start() {
+    let s = services::shared();
+    let db = TestDb::new(s, "rent_crash");
+    let token = account(&db, "crashy", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = daemon(&db, &sb, &[]).await;
+    let o = offer(&d, &token, "vastai").await;
+    // the provider accepts at once but answers 30 s later: the daemon dies in between
+    sb.faults("vastai", r#"{"ops": ["create"], "answer_delay_ms": 30000}"#)
+        .await;
+    let body = rent_body(o["id"].as_str().unwrap());
+    let (https, t2) = (d.https, token.clone());
+    let pending = tokio::spawn(async move {
+        let mut c = Conn::tls(https, &[b"http/1.1"]).await.unwrap();
+        let mut req = request("POST", "/v1/instances", Bytes::from(body));
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t2}").parse().unwrap());
+        req.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        c.send(req).await
+    });
+    eventually("the provider to have the instance", || async {
+        (sb.calls("vastai", "create").await == 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    d.signal(libc::SIGKILL);
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the client saw the connection die"
+    );
+    drop(d);
+    sb.heal("vastai").await;
+
+    // restarted: the reconciler adopts what the provider created
+    let d = daemon(&db, &sb, &[]).await;
+    let list = eventually("the intent to be adopted", || async {
+        let v = call(&d, &token, "GET", "/v1/instances", "", None)
+            .await
+            .json();
+        (v["instances"][0]["provider_instance_id"].is_string()).then_some(v)
+    })
+    .await;
+    let insts = list["instances"].as_array().unwrap();
+    assert_eq!(insts.len(), 1, "no lost record, no duplicate");
+    let id = insts[0]["id"].as_str().unwrap();
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[..2], ["intent", "adopted"], "{kinds:?}");
+    assert_eq!(sb.calls("vastai", "create").await, 1, "rented once");
+    let page = d.scrape().await;
+    assert!(
+        page.contains(r#"gpuproxy_reconciler_actions_total{action="adopted"} 1"#),
+        "{page}"
+    );
+    // and it can be destroyed like any other
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+}
