@@ -34,6 +34,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub offers: OffersConfig,
     pub rentals: RentalsConfig,
+    pub passthrough: PassthroughConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
     #[serde(skip)]
@@ -457,6 +458,46 @@ impl Default for OffersConfig {
     }
 }
 
+/// `/v1/providers/{vastai|ionet}/{path}`: provider API calls forwarded with the provider key.
+/// Only `METHOD /path` rules listed here pass; `{instance}` matches one path segment that must be
+/// the provider id of one of the caller's own instances; a trailing `*` matches the rest.
+/// Listing or creating instances, and account endpoints, stay out: every account shares one
+/// provider key, so those would show or spend across accounts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassthroughConfig {
+    pub enabled: bool,
+    pub vastai: Vec<String>,
+    pub ionet: Vec<String>,
+}
+
+impl Default for PassthroughConfig {
+    fn default() -> Self {
+        PassthroughConfig {
+            enabled: true,
+            vastai: [
+                "GET /api/v0/instances/{instance}/",
+                "PUT /api/v0/instances/{instance}/",
+                "PUT /api/v0/instances/reboot/{instance}/",
+                "PUT /api/v0/instances/request_logs/{instance}/",
+                "POST /api/v0/bundles/",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ionet: [
+                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}",
+                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}/vms",
+                "POST /enterprise/v1/io-cloud/vmaas/deployment/{instance}/extend",
+                "GET /enterprise/v1/io-cloud/vmaas/hardware",
+                "GET /enterprise/v1/io-cloud/vmaas/available-vms",
+                "GET /enterprise/v1/io-cloud/vmaas/price",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
 /// Renting: the price check, status reads, the reconciler and `Idempotency-Key` records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -818,6 +859,15 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     validate_providers(&config.providers, &config.offers)?;
+    for (section, rules) in [
+        ("passthrough.vastai", &config.passthrough.vastai),
+        ("passthrough.ionet", &config.passthrough.ionet),
+    ] {
+        for (i, r) in rules.iter().enumerate() {
+            crate::providers::passthrough::Rule::parse(r)
+                .map_err(|e| err(format!("{section}[{i}]"), e))?;
+        }
+    }
     let rc = &config.rentals;
     for (key, v) in [
         ("rentals.status_cache_ms", rc.status_cache_ms),

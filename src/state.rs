@@ -43,6 +43,8 @@ pub struct AppState {
     pub providers: crate::providers::Providers,
     pub offers_cache: Arc<crate::cache::swr::SwrCache<Vec<crate::providers::Offer>>>,
     pub offer_pages: crate::api::offers::PageCache,
+    /// Passthrough rules per provider (`ProviderId as usize`), parsed once.
+    pub passthrough_rules: [Vec<crate::providers::passthrough::Rule>; 2],
     /// Renting (needs the database); `None` without `DATABASE_URL`.
     pub rentals: Option<Arc<crate::rentals::Rentals>>,
     /// Indexed by `Route as usize`, with one more slot for unmatched paths.
@@ -83,7 +85,17 @@ impl AppState {
                 redis.clone(),
             )
         });
+        let rules = |list: &[String]| {
+            list.iter()
+                .filter_map(|r| crate::providers::passthrough::Rule::parse(r).ok())
+                .collect::<Vec<_>>()
+        };
+        let passthrough_rules = [
+            rules(&config.passthrough.vastai),
+            rules(&config.passthrough.ionet),
+        ];
         Arc::new(AppState {
+            passthrough_rules,
             auth: crate::auth::Auth::new(&config, db.clone(), redis.clone()),
             providers,
             offers_cache,

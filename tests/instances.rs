@@ -463,3 +463,101 @@ async fn a_crash_between_provider_and_ledger_is_reconciled_at_start() {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.json());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_is_allow_listed_and_owner_only() {
+    let s = services::shared();
+    let db = TestDb::new(s, "passthru");
+    let token = account(&db, "owner", 10_000.0, 5);
+    let (_, other) = db.account_with_key("stranger", &[]);
+    let sb = Sandbox::start(&[]);
+    let d = daemon(&db, &sb, &[]).await;
+    let o = offer(&d, &token, "vastai").await;
+    let inst = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &rent_body(o["id"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .json();
+    let pid = inst["provider_instance_id"].as_str().unwrap().to_owned();
+
+    // allowed, the key injected by the daemon (the sandbox refuses calls without it)
+    let path = format!("/v1/providers/vastai/api/v0/instances/{pid}/");
+    let r = call(&d, &token, "GET", &path, "", None).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["instances"]["label"], inst["id"]);
+    assert!(!String::from_utf8_lossy(&r.body).contains(support::sandbox::VAST_KEY));
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/providers/vastai/api/v0/bundles/",
+        r#"{"limit": 2}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["offers"].as_array().unwrap().len(), 2);
+
+    // another account's instance: refused, naming the rule
+    let r = call(&d, &other, "GET", &path, "", None).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["error"]["code"], "passthrough_forbidden");
+    assert_eq!(
+        r.json()["error"]["details"]["rule"],
+        "GET /api/v0/instances/{instance}/"
+    );
+    // paths off the list: the instance list (every account's), creating, destroying, the account
+    for (m, p) in [
+        ("GET", "/v1/providers/vastai/api/v1/instances/"),
+        ("PUT", "/v1/providers/vastai/api/v0/asks/5000000/"),
+        (
+            "DELETE",
+            &format!("/v1/providers/vastai/api/v0/instances/{pid}/"),
+        ),
+        ("GET", "/v1/providers/vastai/api/v0/users/current/"),
+        (
+            "GET",
+            &format!("/v1/providers/vastai/api/v0/instances/{pid}/../../users/current/"),
+        ),
+        (
+            "GET",
+            "/v1/providers/ionet/enterprise/v1/io-cloud/vmaas/deployments",
+        ),
+    ] {
+        let r = call(&d, &token, m, p, "", None).await;
+        assert_eq!(
+            r.status,
+            403,
+            "{m} {p}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["error"]["code"], "passthrough_forbidden");
+    }
+    // io.net's catalogue through passthrough, with its own header
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/providers/ionet/enterprise/v1/io-cloud/vmaas/hardware",
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(!String::from_utf8_lossy(&r.body).contains(support::sandbox::IONET_KEY));
+
+    // the provider keys never reach the daemon's log
+    let log = d.log();
+    assert!(
+        log.contains("/v1/providers/"),
+        "the access log has the calls"
+    );
+    for key in [support::sandbox::VAST_KEY, support::sandbox::IONET_KEY] {
+        assert!(!log.contains(key), "the log holds a provider key");
+    }
+}

@@ -9,6 +9,7 @@ pub mod health;
 pub mod instances;
 pub mod offers;
 pub mod openapi;
+pub mod passthrough;
 pub mod respond;
 pub mod router;
 
@@ -158,6 +159,9 @@ async fn dispatch(
             instances::create(state, &p, req).await?
         }
         (Route::Instances, Some(p)) => instances::list(state, &p, req.uri().query()).await?,
+        (Route::Passthrough, Some(p)) => {
+            passthrough::forward(state, &p, param.as_deref().unwrap_or(""), req).await?
+        }
         (Route::Instance, Some(p)) => {
             let id = param
                 .as_deref()

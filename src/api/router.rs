@@ -24,6 +24,7 @@ pub enum Route {
     Offers,
     Instances,
     Instance,
+    Passthrough,
 }
 
 /// Who may call a route.
@@ -37,7 +38,7 @@ pub enum Access {
 }
 
 impl Route {
-    pub const ALL: [Route; 16] = [
+    pub const ALL: [Route; 17] = [
         Route::Health,
         Route::Ready,
         Route::Stats,
@@ -54,6 +55,7 @@ impl Route {
         Route::Offers,
         Route::Instances,
         Route::Instance,
+        Route::Passthrough,
     ];
 
     /// Every route's label, in `Route as usize` order, then `unmatched` for paths no route takes.
@@ -93,6 +95,12 @@ impl Route {
             };
             return (!param.is_empty()).then_some((route, Some(param)));
         }
+        if let Some(rest) = path.strip_prefix("/v1/providers/") {
+            return rest
+                .split_once('/')
+                .filter(|(p, r)| !p.is_empty() && !r.is_empty())
+                .map(|_| (Route::Passthrough, Some(rest)));
+        }
         if let Some(id) = path.strip_prefix("/v1/instances/") {
             return (!id.is_empty() && !id.contains('/')).then_some((Route::Instance, Some(id)));
         }
@@ -120,6 +128,7 @@ impl Route {
             Route::Offers => "/v1/offers",
             Route::Instances => "/v1/instances",
             Route::Instance => "/v1/instances/{id}",
+            Route::Passthrough => "/v1/providers/{provider}/{path}",
         }
     }
 
@@ -139,6 +148,7 @@ impl Route {
             Route::AdminAccounts | Route::AdminAccountKeys => &[Method::GET, Method::POST],
             Route::AdminKey | Route::Instance => &[Method::GET, Method::DELETE],
             Route::Instances => &[Method::GET, Method::POST],
+            Route::Passthrough => &[Method::GET, Method::POST, Method::PUT, Method::DELETE],
         }
     }
 
@@ -151,7 +161,8 @@ impl Route {
             | Route::Account
             | Route::Offers
             | Route::Instances
-            | Route::Instance => Access::User,
+            | Route::Instance
+            | Route::Passthrough => Access::User,
             Route::AdminAccounts
             | Route::AdminAccount
             | Route::AdminAccountSuspend

@@ -91,6 +91,20 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// Sends without reading the body: the response head within `request_timeout`, the body
+    /// left to the caller to stream (passthrough).
+    pub async fn stream(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.request_timeout, self.inner.request(req)).await {
+            Ok(r) => r.map_err(classify),
+            Err(_) => Err(UpstreamError::Timeout),
+        }
+    }
+}
+
 /// Sorts hyper-util's errors into connect failures (nothing was sent; safe to retry anything) and
 /// broken connections.
 fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {

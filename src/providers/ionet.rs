@@ -250,6 +250,15 @@ impl Provider for Ionet {
         })
     }
 
+    fn passthrough(&self) -> (&str, &HttpClient, Option<(HeaderName, HeaderValue)>) {
+        let auth = self.key.as_ref().and_then(|k| {
+            let mut v = HeaderValue::from_str(k.expose()).ok()?;
+            v.set_sensitive(true);
+            Some((API_KEY_HEADER, v))
+        });
+        (&self.base, &self.http, auth)
+    }
+
     fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>> {
         Box::pin(async move {
             let mut out = Vec::new();

@@ -10,6 +10,7 @@ pub mod gpu;
 pub mod http;
 pub mod ionet;
 pub mod model;
+pub mod passthrough;
 pub mod resilience;
 pub mod vastai;
 
@@ -79,6 +80,16 @@ pub trait Provider: Send + Sync {
 
     /// Destroys; an instance already gone counts as destroyed.
     fn destroy<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), UpstreamError>>;
+
+    /// Where passthrough requests go: the API root, the client, and the header carrying the key
+    /// (`None` when no key is configured).
+    fn passthrough(
+        &self,
+    ) -> (
+        &str,
+        &http::HttpClient,
+        Option<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    );
 
     /// Every instance of ours the provider lists (all pages), for the reconciler.
     fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>>;

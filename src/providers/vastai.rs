@@ -264,6 +264,21 @@ impl Provider for Vastai {
         Box::pin(self.destroy_id(provider_id))
     }
 
+    fn passthrough(
+        &self,
+    ) -> (
+        &str,
+        &HttpClient,
+        Option<(hyper::header::HeaderName, HeaderValue)>,
+    ) {
+        let auth = self.key.as_ref().and_then(|k| {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose())).ok()?;
+            v.set_sensitive(true);
+            Some((AUTHORIZATION, v))
+        });
+        (&self.base, &self.http, auth)
+    }
+
     fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>> {
         Box::pin(async move {
             let mut out = Vec::new();

@@ -1,0 +1,169 @@
+//! `/v1/providers/{vastai|ionet}/{path}`: an allow-listed provider API call made with the
+//! provider's key. The caller's `Authorization` (and every other header but content type and
+//! accept) is dropped, the provider key injected, and the response streamed back. A path naming
+//! an instance passes only for the caller's own instances; anything else is 403
+//! `passthrough_forbidden` saying which rule refused it.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper::{Request, Response, StatusCode};
+use metrics::counter;
+use serde_json::json;
+use tokio_postgres::types::Type;
+
+use super::Body;
+use crate::auth::Principal;
+use crate::error::{Error, Kind, Result, Side};
+use crate::metrics::UPSTREAM_REQUESTS_TOTAL;
+use crate::providers::{ProviderId, passthrough};
+use crate::state::AppState;
+
+fn forbidden(message: String, rule: Option<&str>) -> Error {
+    Error::rejected(
+        StatusCode::FORBIDDEN,
+        "passthrough_forbidden",
+        message,
+        Some(json!({ "rule": rule })),
+    )
+}
+
+pub async fn forward(
+    state: &Arc<AppState>,
+    p: &Principal,
+    param: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    if !state.config.passthrough.enabled {
+        return Err(forbidden("passthrough is switched off here".into(), None));
+    }
+    let (name, rest) = param.split_once('/').unwrap_or((param, ""));
+    let pid = ProviderId::parse(name).ok_or_else(|| {
+        Error::new(
+            Kind::NotFound,
+            Side::Client,
+            format!("no provider `{}`", crate::error::truncate(name, 32)),
+        )
+    })?;
+    let raw_path = format!("/{rest}");
+    let path = super::router::percent_decode(&raw_path)
+        .ok_or_else(|| Error::bad_request("the provider path has broken percent-encoding"))?;
+    let rules = &state.passthrough_rules[pid as usize];
+    let allowed =
+        passthrough::check(rules, req.method(), &path).map_err(|why| forbidden(why, None))?;
+    if let Some(instance) = &allowed.instance {
+        let db = state.db.as_ref().ok_or_else(|| {
+            Error::new(
+                Kind::DatabaseUnavailable,
+                Side::Internal,
+                "instance ownership needs the database",
+            )
+        })?;
+        let account = p.account_id();
+        let owned = db
+            .query_opt(
+                "SELECT 1 FROM instances WHERE provider = $1 AND provider_instance_id = $2 AND account_id = $3",
+                &[(&name, Type::TEXT), (instance, Type::TEXT), (&account, Type::INT8)],
+            )
+            .await?
+            .is_some();
+        if !owned {
+            return Err(forbidden(
+                format!(
+                    "instance {} is not one of this account's instances",
+                    crate::error::truncate(instance, 64)
+                ),
+                Some(&allowed.rule.text),
+            ));
+        }
+    }
+    let provider = state
+        .providers
+        .get(pid)
+        .ok_or_else(|| {
+            Error::new(
+                Kind::NotFound,
+                Side::Client,
+                format!("provider `{name}` is not enabled here"),
+            )
+        })?
+        .clone();
+    let (base, http, auth) = provider.passthrough();
+    let Some((auth_name, auth_value)) = auth else {
+        return Err(Error::rejected(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "provider_error",
+            format!("no API key is configured for {name}"),
+            None,
+        ));
+    };
+    let mut uri = format!("{base}{raw_path}");
+    if let Some(q) = req.uri().query() {
+        uri.push('?');
+        uri.push_str(q);
+    }
+    let method = req.method().clone();
+    let content_type = req.headers().get(CONTENT_TYPE).cloned();
+    let accept = req.headers().get(ACCEPT).cloned();
+    let limit = state.config.server.max_body_bytes;
+    let body = Limited::new(req.into_body(), limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::payload_too_large(limit)
+            } else {
+                Error::bad_request("the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    let mut up = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("gpuproxyd/", env!("CARGO_PKG_VERSION"))),
+        )
+        .body(Full::new(body))
+        .map_err(|_| Error::bad_request("the provider path is not a valid URI"))?;
+    let h = up.headers_mut();
+    if let Some(ct) = content_type {
+        h.insert(CONTENT_TYPE, ct);
+    }
+    if let Some(a) = accept {
+        h.insert(ACCEPT, a);
+    }
+    h.insert(auth_name, auth_value);
+    let resp = match http.stream(up).await {
+        Ok(r) => r,
+        Err(e) => {
+            counter!(UPSTREAM_REQUESTS_TOTAL, "provider" => pid.as_str(), "op" => "passthrough", "status" => e.code()).increment(1);
+            let status = if e == crate::providers::UpstreamError::Timeout {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            return Err(Error::new(
+                Kind::Rejected {
+                    status,
+                    code: "provider_error",
+                },
+                Side::Upstream,
+                format!("{name}: {e}"),
+            ));
+        }
+    };
+    counter!(UPSTREAM_REQUESTS_TOTAL, "provider" => pid.as_str(), "op" => "passthrough", "status" => crate::metrics::status_label(resp.status().as_u16())).increment(1);
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::new(body.boxed());
+    *out.status_mut() = parts.status;
+    // only what describes the body: no cookies, no provider headers
+    for name in [CONTENT_TYPE, hyper::header::CONTENT_LENGTH] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    Ok(out)
+}
