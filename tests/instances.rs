@@ -582,3 +582,103 @@ async fn passthrough_is_allow_listed_and_owner_only() {
         assert!(!log.contains(key), "the log holds a provider key");
     }
 }
+
+/// Live instances at the sandbox's Vast.ai, read with its key.
+async fn vast_instances(sb: &Sandbox) -> Vec<Value> {
+    let a: std::net::SocketAddr = sb.vast.trim_start_matches("http://").parse().unwrap();
+    let mut c = Conn::plain(a, false).await.unwrap();
+    let mut req = request("GET", "/api/v1/instances/?limit=25", Bytes::new());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", support::sandbox::VAST_KEY)
+            .parse()
+            .unwrap(),
+    );
+    let r = c.send(req).await.unwrap();
+    r.json()["instances"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_still_created_an_instance_leaves_nothing_running() {
+    let s = services::shared();
+    let db = TestDb::new(s, "rent_quirk");
+    let token = account(&db, "quirky", 10_000.0, 5);
+    let sb = Sandbox::start(&["--vast-refuse-after-create"]);
+    let d = daemon(&db, &sb, &[]).await;
+    let o = offer(&d, &token, "vastai").await;
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &rent_body(o["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert!(r.status >= 400, "{:?}", r.json());
+    assert_eq!(sb.calls("vastai", "create").await, 1);
+    assert!(
+        vast_instances(&sb).await.is_empty(),
+        "the instance Vast made anyway was destroyed"
+    );
+    let list = call(&d, &token, "GET", "/v1/instances", "", None)
+        .await
+        .json();
+    assert_eq!(list["instances"][0]["status"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_destroys_an_instance_made_for_a_failed_intent() {
+    let s = services::shared();
+    let db = TestDb::new(s, "rent_orphan");
+    let token = account(&db, "orphaned", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = daemon(&db, &sb, &[]).await;
+    let o = offer(&d, &token, "vastai").await;
+    let inst = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &rent_body(o["id"].as_str().unwrap()),
+        None,
+    )
+    .await
+    .json();
+    let id = inst["id"].as_str().unwrap().to_owned();
+    assert_eq!(vast_instances(&sb).await.len(), 1);
+    drop(d);
+    // the ledger says the intent failed (as after a lost answer), yet the provider has it
+    let (client, conn) = tokio_postgres::connect(&s.postgres_url(&db.name), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute(
+            "UPDATE instances SET status = 'failed', provider_instance_id = NULL WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let d = daemon(&db, &sb, &[]).await;
+    eventually("the orphan to be destroyed", || async {
+        vast_instances(&sb).await.is_empty().then_some(())
+    })
+    .await;
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "failed");
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"orphan_destroyed"), "{kinds:?}");
+    assert!(
+        d.scrape()
+            .await
+            .contains(r#"gpuproxy_reconciler_actions_total{action="orphan_destroyed"} 1"#)
+    );
+}

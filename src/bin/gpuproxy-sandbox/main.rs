@@ -64,6 +64,10 @@ pub struct Args {
     /// io.net's deploy answer: `empty` (as reported live) or `id` (`{"status","deployment_id"}`).
     #[arg(long, default_value = "id")]
     pub ionet_deploy_response: String,
+    /// Vast.ai's quirk (providers.md §1.3): create the instance, then answer 400 with
+    /// `success: false` and the `new_contract` anyway.
+    #[arg(long)]
+    pub vast_refuse_after_create: bool,
     /// Faults to start with, as the JSON `/_sandbox/faults` takes (applies to both providers).
     #[arg(long)]
     pub faults: Option<String>,

@@ -29,6 +29,7 @@ struct World {
 }
 
 pub struct Vast {
+    refuse_after_create: bool,
     key: String,
     provision: Duration,
     world: Mutex<World>,
@@ -37,6 +38,7 @@ pub struct Vast {
 impl Vast {
     pub fn new(args: &Args) -> Vast {
         Vast {
+            refuse_after_create: args.vast_refuse_after_create,
             key: args.vast_key.clone(),
             provision: args.provision_time,
             world: Mutex::new(World {
@@ -278,6 +280,12 @@ impl Vast {
                 created_unix: unix_now(),
             },
         );
+        if self.refuse_after_create {
+            return Answer::json(
+                400,
+                json!({"success": false, "error": "invalid_args", "msg": "bid too low; instance left stopped", "new_contract": id}),
+            );
+        }
         Answer::json(
             200,
             json!({"success": true, "new_contract": id, "instance_api_key": format!("ik-{id}")}),
