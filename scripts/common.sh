@@ -24,7 +24,16 @@ install_debian_packages() {
   if [ ${#missing[@]} -gt 0 ]; then
     echo "==> installing Debian packages: ${missing[*]}"
     as_root apt-get update -qq
+    # Packages such as haproxy and prometheus start a system service on install (on :9090, where
+    # the demo's metrics go): the tests and the demo run their own, so none is started here.
+    local policy=/usr/sbin/policy-rc.d created=""
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+      as_root chmod 755 "$policy"
+      created=1
+    fi
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if [ -n "$created" ]; then as_root rm -f "$policy"; fi
   fi
 }
 

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
+# the checks of the operations files run each ecosystem's own tool
+DEBIAN_PACKAGES+=(
+  haproxy        # haproxy -c, and the HAProxy-in-front integration test
+  prometheus     # promtool check rules / test rules
+  systemd        # systemd-analyze verify
+)
 install_debian_packages
 ensure_cargo
 

@@ -176,6 +176,12 @@ impl Rentals {
         offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
         redis: Option<crate::cache::Redis>,
     ) -> Arc<Rentals> {
+        // the series alerts and dashboards read exist before the first rental
+        for p in ProviderId::ALL {
+            for result in ["created", "refused", "failed", "unknown"] {
+                counter!(RENTALS_TOTAL, "provider" => p.as_str(), "result" => result).absolute(0);
+            }
+        }
         let ttl = Duration::from_millis(config.rentals.status_cache_ms);
         Arc::new(Rentals {
             status: SwrCache::new(

@@ -9,6 +9,7 @@
 //! or the grace period is over.
 
 mod connection;
+pub mod notify;
 pub mod proxy;
 pub mod signals;
 pub mod stream;
@@ -257,9 +258,13 @@ impl Daemon {
         }
 
         state.set_phase(Phase::Ready);
+        let notifier = notify::Notifier::from_env();
+        notifier.ready();
+        let watchdog = notifier.spawn_watchdog();
         shutdown.await;
 
         state.set_phase(Phase::Draining);
+        notifier.stopping();
         let delay = cfg.server.drain_delay();
         if !delay.is_zero() {
             tracing::info!(
@@ -292,6 +297,9 @@ impl Daemon {
         state.auth.flush_last_used().await;
         reaper.abort();
         sweeper.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         for t in background {
             t.abort();
         }
