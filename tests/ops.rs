@@ -413,3 +413,38 @@ async fn haproxy_in_front_passes_the_client_address_and_drains_a_daemon() {
     );
     drop(b);
 }
+
+#[test]
+fn doctor_passes_a_config_that_fits_and_fails_one_that_does_not() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let doctor = |max: u64| {
+        Command::new(env!("CARGO_BIN_EXE_gpuproxyd"))
+            .args([
+                "doctor",
+                "--https-listen",
+                "off",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--set",
+                &format!("connections.max={max}"),
+                "--set",
+                "connections.fd_reserve=1024",
+            ])
+            .output()
+            .unwrap()
+    };
+    let fits = doctor(lim.rlim_max.saturating_sub(1024).max(1));
+    let text = String::from_utf8_lossy(&fits.stdout);
+    assert!(fits.status.success(), "{text}");
+    assert!(text.contains("net.core.somaxconn") && text.contains("RLIMIT_NOFILE"));
+    let capped = doctor(lim.rlim_max * 2);
+    let text = String::from_utf8_lossy(&capped.stdout);
+    assert_eq!(capped.status.code(), Some(1), "{text}");
+    assert!(text.contains("CAPPED: RLIMIT_NOFILE hard limit"), "{text}");
+}

@@ -2,6 +2,7 @@
 //! (`migrate`, `accounts …`, `keys …`).
 
 pub mod admin;
+pub mod doctor;
 
 use std::path::PathBuf;
 
@@ -42,6 +43,9 @@ pub enum Command {
     /// Manage accounts (against DATABASE_URL).
     #[command(subcommand)]
     Accounts(admin::AccountsCmd),
+    /// Compare this host (RLIMIT_NOFILE, kernel settings) with the shipped recommendation and the
+    /// configured caps; exits 1 when the host would cap the daemon below its configuration.
+    Doctor(ConfigArgs),
     /// Manage API keys (against DATABASE_URL; revocations reach running daemons through
     /// REDIS_URL when it is set).
     #[command(subcommand)]
@@ -123,6 +127,13 @@ pub fn main() -> i32 {
         Command::Migrate(a) => admin::migrate(a),
         Command::Accounts(c) => admin::accounts(c),
         Command::Keys(c) => admin::keys(c),
+        Command::Doctor(args) => match args.load() {
+            Ok(c) => doctor::run(&c),
+            Err(e) => {
+                eprintln!("{e}");
+                EXIT_BAD_CONFIG
+            }
+        },
         Command::CheckConfig(args) => match args.load() {
             Ok(c) => {
                 print!("{}", c.render_redacted());
