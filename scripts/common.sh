@@ -42,7 +42,7 @@ ensure_cargo() {
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
   fi
   if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: install Rust >= 1.85 with rustup (https://rustup.rs), then run this again" >&2
+    echo "cargo not found: install Rust >= 1.88 with rustup (https://rustup.rs), then run this again" >&2
     exit 1
   fi
   # One build cache outside the checkout, so fresh clones build incrementally.

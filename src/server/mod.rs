@@ -397,7 +397,7 @@ async fn serve_metrics(
     }
 }
 
-/// `GET /metrics`, and `GET /stats` with the top client addresses (operator-only data, so it is
+/// `GET /metrics`, `GET /health`, and `GET /stats` with the top client addresses (operator-only data, so it is
 /// served here rather than on the API listeners).
 fn metrics_response(
     req: &Request<hyper::body::Incoming>,
@@ -406,6 +406,10 @@ fn metrics_response(
 ) -> Response<Body> {
     if req.uri().path() == "/stats" {
         return api::health::stats_response(state, true);
+    }
+    // liveness on the plain listener too, for container and orchestrator probes
+    if req.uri().path() == "/health" {
+        return api::health::health();
     }
     if req.uri().path() != "/metrics" {
         let e = crate::error::Error::not_found(req.uri().path());
