@@ -448,3 +448,41 @@ fn doctor_passes_a_config_that_fits_and_fails_one_that_does_not() {
     assert_eq!(capped.status.code(), Some(1), "{text}");
     assert!(text.contains("CAPPED: RLIMIT_NOFILE hard limit"), "{text}");
 }
+
+#[test]
+fn production_config_is_valid_and_fits_the_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, "").unwrap();
+    std::fs::write(&key, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gpuproxyd"))
+        .args([
+            "check-config",
+            "--config",
+            &repo("config/production-100k.toml"),
+        ])
+        .arg("--set")
+        .arg(format!("server.tls_cert={:?}", cert.display().to_string()))
+        .arg("--set")
+        .arg(format!("server.tls_key={:?}", key.display().to_string()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: gpuproxyd::config::Config =
+        toml::from_str(&std::fs::read_to_string(repo("config/production-100k.toml")).unwrap())
+            .unwrap();
+    assert!(c.connections.max >= 100_000);
+    assert!(
+        c.connections.max + c.connections.fd_reserve <= 1_048_576,
+        "fits LimitNOFILE"
+    );
+    assert!(c.proxy_protocol.https, "behind HAProxy with send-proxy-v2");
+    assert!(
+        c.server.drain_delay_ms + c.server.shutdown_grace_ms < 45_000,
+        "under TimeoutStopSec"
+    );
+}
