@@ -108,10 +108,10 @@ fn spawn(mut cmd: Command, death_signal: i32) -> Child {
     let user = service_user();
     unsafe {
         cmd.pre_exec(move || {
-            if let Some((uid, gid)) = user {
-                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some((uid, gid)) = user
+                && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             // after setuid, which clears it
             libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong);
