@@ -8,13 +8,17 @@
 //! - [`ratelimit`]: GCRA limiters per IP, per account and per API key.
 //! - [`auth`]: API keys and JWTs, the key cache (in process → Redis → PostgreSQL).
 //! - [`accounts`]: PostgreSQL through PgBouncer (bb8 pool), migrations, account and key records.
-//! - [`cache`]: the Redis client (fred) with reconnects, timeouts and pub/sub.
+//! - [`cache`]: the Redis client (fred) with reconnects, timeouts and pub/sub, and the two-layer
+//!   stale-while-revalidate cache with single-flight fetches (`cache::swr`).
+//! - [`providers`]: the `Provider` trait, Vast.ai and io.net clients, the normalized offer and
+//!   instance model, the pooled upstream client, breaker/retries, passthrough rules.
+//! - [`rentals`]: renting: price check, budget, ledger, idempotency, the reconciler.
 //! - [`api`]: routing, handlers, and the one place errors become HTTP responses.
 //! - [`error`]: the one error type (kind, side at fault, retryable).
 //! - [`config`]: the typed config tree: defaults < TOML < `GPUPROXY_*` env < flags.
 //! - [`metrics`]: metric names and the Prometheus exporter.
-//! - [`cli`]: the command line (`serve`, `check-config`, `migrate`, `accounts`, `keys`), used by
-//!   the thin `main.rs`.
+//! - [`cli`]: the command line (`serve`, `check-config`, `doctor`, `migrate`, `accounts`, `keys`),
+//!   used by the thin `main.rs`.
 //! - [`alloc`]: returning freed memory to the OS after connections park.
 //! - [`testkit`]: client pieces shared by the load tools and the tests.
 
