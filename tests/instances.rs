@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use support::accounts::TestDb;
 use support::client::{Conn, Resp, request};
-use support::daemon::{DaemonProc, Opts};
+use support::daemon::DaemonProc;
 use support::eventually;
 use support::sandbox::Sandbox;
 use support::services;
@@ -22,34 +22,12 @@ async fn call(
     body: &str,
     idem: Option<&str>,
 ) -> Resp {
-    let mut c = Conn::tls(d.https, &[b"http/1.1"]).await.expect("connect");
-    let mut req = request(method, path, Bytes::copy_from_slice(body.as_bytes()));
-    let h = req.headers_mut();
-    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    if !body.is_empty() {
-        h.insert("content-type", "application/json".parse().unwrap());
-    }
-    if let Some(k) = idem {
-        h.insert("idempotency-key", k.parse().unwrap());
-    }
-    c.send(req).await.expect("request")
+    let extra: Vec<(&str, &str)> = idem.map(|k| ("idempotency-key", k)).into_iter().collect();
+    support::client::authed(d.https, token, method, path, body, &extra).await
 }
 
 async fn daemon(db: &TestDb<'_>, sb: &Sandbox, set: &[&str]) -> DaemonProc {
-    let mut env = db.env();
-    env.extend(Sandbox::daemon_env());
-    let mut all = sb.daemon_settings();
-    all.push(format!(
-        "redis.key_prefix=\"gpx:{}:\"",
-        sb.vast.rsplit(':').next().unwrap()
-    ));
-    all.extend(set.iter().map(|s| s.to_string()));
-    DaemonProc::start(Opts {
-        env,
-        set: all,
-        ..Default::default()
-    })
-    .await
+    sb.daemon(db, set).await
 }
 
 /// The cheapest available offer of a provider.

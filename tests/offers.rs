@@ -9,36 +9,18 @@ use bytes::Bytes;
 use serde_json::Value;
 use support::accounts::TestDb;
 use support::client::{Conn, Resp, request};
-use support::daemon::{DaemonProc, Opts};
+use support::daemon::DaemonProc;
 use support::eventually;
 use support::sandbox::Sandbox;
 use support::services::{self, Services};
 
 async fn offers(d: &DaemonProc, token: &str, query: &str) -> Resp {
-    let mut c = Conn::tls(d.https, &[b"http/1.1"]).await.expect("connect");
-    let mut req = request("GET", &format!("/v1/offers{query}"), Bytes::new());
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    c.send(req).await.expect("request")
+    let path = format!("/v1/offers{query}");
+    support::client::authed(d.https, token, "GET", &path, "", &[]).await
 }
 
 async fn daemon(db: &TestDb<'_>, sb: &Sandbox, set: &[&str]) -> DaemonProc {
-    let mut env = db.env();
-    env.extend(Sandbox::daemon_env());
-    let mut all = sb.daemon_settings();
-    // one Redis namespace per sandbox: daemons of one test share it, other tests' entries
-    // (from another sandbox) are not seen
-    all.push(format!(
-        "redis.key_prefix=\"gpx:{}:\"",
-        sb.vast.rsplit(':').next().unwrap()
-    ));
-    all.extend(set.iter().map(|s| s.to_string()));
-    DaemonProc::start(Opts {
-        env,
-        set: all,
-        ..Default::default()
-    })
-    .await
+    sb.daemon(db, set).await
 }
 
 fn ids(v: &Value) -> Vec<String> {

@@ -36,7 +36,12 @@ pub async fn read(req: Request<Incoming>, limit: u64) -> Result<Bytes, Error> {
             ));
         }
     }
-    let bytes: Bytes = Limited::new(req.into_body(), limit as usize)
+    limited(req.into_body(), limit).await
+}
+
+/// Any body (JSON or not), size-limited: 413 past `limit`, 400 when it cannot be read.
+pub async fn limited(body: Incoming, limit: u64) -> Result<Bytes, Error> {
+    Ok(Limited::new(body, limit as usize)
         .collect()
         .await
         .map_err(|e| {
@@ -46,8 +51,7 @@ pub async fn read(req: Request<Incoming>, limit: u64) -> Result<Bytes, Error> {
                 Error::bad_request("the request body could not be read")
             }
         })?
-        .to_bytes();
-    Ok(bytes)
+        .to_bytes())
 }
 
 /// `bytes` as `T`; empty (or blank) is `None`. Errors name the field at fault.

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
@@ -108,17 +108,7 @@ pub async fn forward(
     let content_type = req.headers().get(CONTENT_TYPE).cloned();
     let accept = req.headers().get(ACCEPT).cloned();
     let limit = state.config.server.max_body_bytes;
-    let body = Limited::new(req.into_body(), limit as usize)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Error::payload_too_large(limit)
-            } else {
-                Error::bad_request("the request body could not be read")
-            }
-        })?
-        .to_bytes();
+    let body = super::body::limited(req.into_body(), limit).await?;
     let mut up = Request::builder()
         .method(method)
         .uri(uri)

@@ -327,17 +327,7 @@ impl Rentals {
                 | UpstreamError::Disabled(_)),
             ) => {
                 count("refused");
-                ledger::transition(
-                    &self.db,
-                    &id,
-                    &["pending"],
-                    "failed",
-                    "failed",
-                    None,
-                    None,
-                    Some(&e.to_string()),
-                )
-                .await?;
+                self.fail_intent(&id, &e).await?;
                 Err(match e {
                     UpstreamError::Status {
                         status: 404 | 409 | 410,
@@ -361,17 +351,7 @@ impl Rentals {
                     }
                     Ok(None) => {
                         count("failed");
-                        ledger::transition(
-                            &self.db,
-                            &id,
-                            &["pending"],
-                            "failed",
-                            "failed",
-                            None,
-                            None,
-                            Some(&e.to_string()),
-                        )
-                        .await?;
+                        self.fail_intent(&id, &e).await?;
                         Err(upstream_error(pid, &e))
                     }
                     Err(_) => {
@@ -389,6 +369,23 @@ impl Rentals {
                 }
             }
         }
+    }
+
+    /// Marks a pending intent failed: the provider created nothing for it.
+    async fn fail_intent(&self, id: &str, why: &UpstreamError) -> Result<()> {
+        let why = why.to_string();
+        ledger::transition(
+            &self.db,
+            id,
+            &["pending"],
+            "failed",
+            "failed",
+            None,
+            None,
+            Some(&why),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn commit(

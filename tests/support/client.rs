@@ -186,3 +186,29 @@ pub async fn connect_from(src: &str, addr: SocketAddr) -> std::io::Result<TcpStr
     sock.bind(SocketAddr::new(src.parse().unwrap(), 0))?;
     sock.connect(addr).await
 }
+
+/// One request on a fresh HTTP/1.1 TLS connection with `Authorization: Bearer <token>`, a JSON
+/// body when `body` is not empty, and any extra headers.
+pub async fn authed(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
+    let mut c = Conn::tls(addr, &[b"http/1.1"]).await.expect("connect");
+    let mut req = request(method, path, Bytes::copy_from_slice(body.as_bytes()));
+    let h = req.headers_mut();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    if !body.is_empty() {
+        h.insert("content-type", "application/json".parse().unwrap());
+    }
+    for (k, v) in headers {
+        h.insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    c.send(req).await.expect("request")
+}

@@ -45,6 +45,30 @@ impl Sandbox {
         ]
     }
 
+    /// A daemon against this sandbox, `db` and its Redis, with extra `--set` overrides. One Redis
+    /// namespace per sandbox: the daemons of one test share it; other tests' entries (from another
+    /// sandbox) are not seen.
+    pub async fn daemon(
+        &self,
+        db: &super::accounts::TestDb<'_>,
+        set: &[&str],
+    ) -> super::daemon::DaemonProc {
+        let mut env = db.env();
+        env.extend(Sandbox::daemon_env());
+        let mut all = self.daemon_settings();
+        all.push(format!(
+            "redis.key_prefix=\"gpx:{}:\"",
+            self.vast.rsplit(':').next().unwrap()
+        ));
+        all.extend(set.iter().map(|s| s.to_string()));
+        super::daemon::DaemonProc::start(super::daemon::Opts {
+            env,
+            set: all,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub fn daemon_env() -> Vec<(String, String)> {
         vec![
             ("VASTAI_API_KEY".into(), VAST_KEY.into()),
