@@ -376,6 +376,9 @@ pub struct ProvidersConfig {
     pub total_timeout_ms: u64,
     /// Idle keep-alive connections kept per provider host.
     pub pool_max_idle_per_host: usize,
+    /// Requests in flight (so connections) per provider host at most; more wait for a slot
+    /// within their timeout.
+    pub max_connections_per_host: usize,
     pub pool_idle_timeout_ms: u64,
     /// Retries of an idempotent call after a connect error, timeout, 429, 502, 503 or 504.
     pub max_retries: u32,
@@ -406,6 +409,7 @@ impl Default for ProvidersConfig {
             request_timeout_ms: 5_000,
             total_timeout_ms: 10_000,
             pool_max_idle_per_host: 32,
+            max_connections_per_host: 128,
             pool_idle_timeout_ms: 60_000,
             max_retries: 2,
             retry_base_backoff_ms: 100,
@@ -946,6 +950,10 @@ fn validate_providers(p: &ProvidersConfig, o: &OffersConfig) -> Result<(), Confi
         ),
         ("providers.breaker_window", u64::from(p.breaker_window)),
         ("providers.max_body_bytes", p.max_body_bytes),
+        (
+            "providers.max_connections_per_host",
+            p.max_connections_per_host as u64,
+        ),
         ("offers.cache_ttl_ms", o.cache_ttl_ms),
         ("offers.cache_max_entries", o.cache_max_entries as u64),
         ("offers.default_limit", u64::from(o.default_limit)),

@@ -3,7 +3,11 @@
 //! per host, HTTP/2 where the server offers it in ALPN, a connect timeout, and one attempt's
 //! timeout covering the request and the whole body. Retries and breakers are `resilience`'s job.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,6 +27,11 @@ pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     request_timeout: Duration,
     max_body: usize,
+    /// hyper-util's pool bounds idle connections only; this bounds requests in flight per host
+    /// (so connections to it) at `providers.max_connections_per_host`. A request waits for a
+    /// permit within its own timeout.
+    per_host: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    max_per_host: usize,
 }
 
 /// One attempt's outcome when the provider answered at all.
@@ -61,7 +70,28 @@ impl HttpClient {
             inner,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             max_body: usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
+            per_host: Arc::new(Mutex::new(HashMap::new())),
+            max_per_host: cfg.max_connections_per_host.max(1),
         }
+    }
+
+    /// A slot for one request to `req`'s host.
+    async fn permit(&self, req: &Request<Full<Bytes>>) -> OwnedSemaphorePermit {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        let sem = self
+            .per_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(host)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_host)))
+            .clone();
+        sem.acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     /// One attempt, bounded by `request_timeout` and by `limit` (what is left of the call's
@@ -72,6 +102,7 @@ impl HttpClient {
         limit: Duration,
     ) -> Result<Reply, UpstreamError> {
         let attempt = async {
+            let _slot = self.permit(&req).await;
             let resp = self.inner.request(req).await.map_err(classify)?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, self.max_body)
@@ -98,7 +129,12 @@ impl HttpClient {
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.request_timeout, self.inner.request(req)).await {
+        // the slot is held until the response head (the body streams on that connection)
+        let head = async {
+            let _slot = self.permit(&req).await;
+            self.inner.request(req).await
+        };
+        match tokio::time::timeout(self.request_timeout, head).await {
             Ok(r) => r.map_err(classify),
             Err(_) => Err(UpstreamError::Timeout),
         }
@@ -127,5 +163,57 @@ pub fn short(s: &str) -> String {
     match s.char_indices().nth(200) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_per_host_are_bounded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n2, m2) = (now.clone(), max.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let (now, max) = (n2.clone(), m2.clone());
+                tokio::spawn(async move {
+                    let cur = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(cur, Ordering::SeqCst);
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    now.fetch_sub(1, Ordering::SeqCst);
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        let client = HttpClient::new(&ProvidersConfig {
+            max_connections_per_host: 2,
+            ..ProvidersConfig::default()
+        });
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get(format!("http://{addr}/"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                c.send(req, Duration::from_secs(10)).await.map(|r| r.status)
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), StatusCode::OK);
+        }
+        assert_eq!(max.load(Ordering::SeqCst), 2);
     }
 }
