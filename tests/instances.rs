@@ -660,3 +660,30 @@ async fn the_reconciler_destroys_an_instance_made_for_a_failed_intent() {
             .contains(r#"gpuproxy_reconciler_actions_total{action="orphan_destroyed"} 1"#)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_expire() {
+    let s = services::shared();
+    let db = TestDb::new(s, "rent_idem_ttl");
+    let token = account(&db, "forgetful", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = daemon(&db, &sb, &["rentals.idempotency_ttl_ms=300"]).await;
+    let a = offer(&d, &token, "ionet").await;
+    let body = rent_body(a["id"].as_str().unwrap());
+    let first = call(&d, &token, "POST", "/v1/instances", &body, Some("k-ttl")).await;
+    assert_eq!(first.status, 201);
+    let replay = call(&d, &token, "POST", "/v1/instances", &body, Some("k-ttl")).await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.json()["id"], first.json()["id"]);
+    // once expired the key is free again: the same request runs anew
+    let again = eventually("the key to expire", || async {
+        let r = call(&d, &token, "POST", "/v1/instances", &body, Some("k-ttl")).await;
+        (r.header("idempotent-replayed").is_none()).then_some(r)
+    })
+    .await;
+    assert_eq!(again.status, 201);
+    assert_ne!(again.json()["id"], first.json()["id"]);
+    // a key that is not visible ASCII is refused
+    let r = call(&d, &token, "POST", "/v1/instances", &body, Some("bad key")).await;
+    assert_eq!(r.status, 400);
+}
