@@ -121,7 +121,7 @@ pub async fn serve(
             // whole life of the connection instead of being sized for its largest step.
             let hs = Box::pin(tokio::time::timeout(
                 cfg.server.tls_handshake_timeout(),
-                acceptor.accept(sock),
+                super::tls_io::TlsIo::accept(acceptor.config().clone(), sock),
             ));
             let res = tokio::select! {
                 r = hs => r,
@@ -141,7 +141,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let proto = match tls_stream.get_ref().1.alpn_protocol() {
+            let proto = match tls_stream.alpn_protocol() {
                 Some(p) if p == super::tls::ALPN_H2 => Protocol::Http2,
                 _ => Protocol::Http1,
             };
