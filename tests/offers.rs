@@ -176,11 +176,9 @@ async fn concurrent_identical_misses_make_one_upstream_call_per_provider() {
 
     // 1,000 connections first, then one request on each, all at once
     let mut conns = Vec::new();
-    let t0 = std::time::Instant::now();
     for _ in 0..1000 {
         conns.push(Conn::tls(d.https, &[b"http/1.1"]).await.unwrap());
     }
-    eprintln!("opened 1000 in {:?}", t0.elapsed());
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(conns.len()));
     let mut tasks = Vec::new();
     for mut c in conns {
@@ -190,33 +188,11 @@ async fn concurrent_identical_misses_make_one_upstream_call_per_provider() {
             req.headers_mut()
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
             start.wait().await;
-            c.send(req)
-                .await
-                .map(|r| r.status)
-                .map_err(|e| e.to_string())
+            c.send(req).await.unwrap().status
         }));
     }
-    let mut errs = Vec::new();
     for t in tasks {
-        match t.await.unwrap() {
-            Ok(200) => {}
-            other => errs.push(format!("{other:?}")),
-        }
-    }
-    if !errs.is_empty() {
-        let log = d.log();
-        let tail: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.contains("\"access\""))
-            .rev()
-            .take(15)
-            .collect();
-        panic!(
-            "{} failed: {:?}\n{}",
-            errs.len(),
-            &errs[..errs.len().min(3)],
-            tail.join("\n")
-        );
+        assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(sb.calls("vastai", "search").await, 1);
     assert_eq!(sb.calls("ionet", "hardware").await, 1);

@@ -343,11 +343,15 @@ async fn serve_h1_active(
             if park_after == 0 || parking || closing.is_some() {
                 std::future::pending::<()>().await
             }
+            // Idle past the mark yet not parked (a request in flight, or none served yet): check
+            // again a whole period later, not every millisecond.
             let idle = shared.idle_ms();
-            tokio::time::sleep(Duration::from_millis(
-                park_after.saturating_sub(idle).max(1),
-            ))
-            .await;
+            let wait = if idle >= park_after {
+                park_after
+            } else {
+                park_after - idle
+            };
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
         };
         tokio::select! {
             r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,

@@ -319,6 +319,11 @@ impl AsyncRead for TlsIo {
                 Step::Closed => return Poll::Ready(Ok(())),
                 Step::NeedRead | Step::Writable => {
                     ready!(this.poll_write_out(cx))?;
+                    // no buffer until the socket has bytes: an idle connection polled by hyper
+                    // allocates nothing
+                    if !this.sock.has_prefix() {
+                        ready!(this.sock.inner.poll_read_ready(cx))?;
+                    }
                     let used = this.incoming.len();
                     this.incoming.resize(used + READ_CHUNK, 0);
                     let mut rb = ReadBuf::new(&mut this.incoming[used..]);
