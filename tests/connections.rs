@@ -264,6 +264,39 @@ async fn parked_connections_keep_working() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
+#[tokio::test]
+async fn parked_tls_connections_keep_working_and_never_served_ones_are_left_alone() {
+    // TLS keeps no buffers while parked (tls_io.rs); requests after parking, over h1 and h2, and
+    // a connection that has not sent a request yet all still work
+    let d = DaemonProc::start(opts(false, &["connections.park_after_ms=50"])).await;
+    let fresh = Conn::tls(d.https, &[b"http/1.1"]).await.unwrap();
+    let mut c = Conn::tls(d.https, &[b"http/1.1"]).await.unwrap();
+    let mut h2 = Conn::tls(d.https, &[b"h2"]).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(c.get("/health").await.unwrap().status, 200);
+        assert_eq!(h2.get("/health").await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    eventually("a TLS connection parked", || async {
+        (stats(&d).await["connections"]["waiting"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(c.get("/health").await.unwrap().status, 200);
+    let body = vec![b'x'; 2_000_000];
+    let r = c
+        .send(support::client::request("POST", "/v1/auth/token", body))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 413,
+        "a large body is read (or refused) through the TLS layer"
+    );
+    // never served, idle past park_after: still answers
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut fresh = fresh;
+    assert_eq!(fresh.get("/health").await.unwrap().status, 200);
+}
+
 fn proxy_opts() -> Opts {
     opts(
         true,

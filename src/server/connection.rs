@@ -121,7 +121,7 @@ pub async fn serve(
             // whole life of the connection instead of being sized for its largest step.
             let hs = Box::pin(tokio::time::timeout(
                 cfg.server.tls_handshake_timeout(),
-                acceptor.accept(sock),
+                super::tls_io::TlsIo::accept(acceptor.config().clone(), sock),
             ));
             let res = tokio::select! {
                 r = hs => r,
@@ -141,7 +141,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let proto = match tls_stream.get_ref().1.alpn_protocol() {
+            let proto = match tls_stream.alpn_protocol() {
                 Some(p) if p == super::tls::ALPN_H2 => Protocol::Http2,
                 _ => Protocol::Http1,
             };
@@ -343,11 +343,15 @@ async fn serve_h1_active(
             if park_after == 0 || parking || closing.is_some() {
                 std::future::pending::<()>().await
             }
+            // Idle past the mark yet not parked (a request in flight, or none served yet): check
+            // again a whole period later, not every millisecond.
             let idle = shared.idle_ms();
-            tokio::time::sleep(Duration::from_millis(
-                park_after.saturating_sub(idle).max(1),
-            ))
-            .await;
+            let wait = if idle >= park_after {
+                park_after
+            } else {
+                park_after - idle
+            };
+            tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
         };
         tokio::select! {
             r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,

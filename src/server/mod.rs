@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod signals;
 pub mod stream;
 pub mod tls;
+pub mod tls_io;
 
 use std::convert::Infallible;
 use std::future::Future;

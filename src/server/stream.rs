@@ -2,8 +2,9 @@
 //!
 //! - [`Prefixed`] replays bytes already read (past a PROXY header, or hyper's read-ahead when a
 //!   connection is parked) before reading the socket again.
-//! - [`ClientIo`] is the client socket, plain or TLS (boxed: a rustls session is large, and an idle
-//!   connection's task should stay small), with a readiness check that needs no buffer.
+//! - [`ClientIo`] is the client socket, plain or TLS ([`super::tls_io::TlsIo`], boxed: a rustls
+//!   session is large, and an idle connection's task should stay small), with a readiness check
+//!   that needs no buffer.
 //! - [`Tracked`] is what hyper reads and writes: it stamps the connection's activity time whenever
 //!   bytes arrive, so a connection is never parked in the middle of a request.
 
@@ -15,7 +16,6 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 use crate::conn::ConnShared;
 
@@ -92,19 +92,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 /// A client socket, plain or TLS.
 pub enum ClientIo {
     Plain(Prefixed<TcpStream>),
-    Tls(Box<TlsStream<Prefixed<TcpStream>>>),
+    Tls(Box<super::tls_io::TlsIo>),
 }
 
 impl ClientIo {
     fn socket(&self) -> &Prefixed<TcpStream> {
         match self {
             ClientIo::Plain(s) => s,
-            ClientIo::Tls(t) => t.get_ref().0,
+            ClientIo::Tls(t) => t.socket(),
         }
     }
 
     /// Ready when a read would make progress (or fail), without reading.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let ClientIo::Tls(t) = self
+            && t.has_buffered()
+        {
+            return Poll::Ready(Ok(()));
+        }
         let s = self.socket();
         if s.has_prefix() {
             return Poll::Ready(Ok(()));
@@ -157,7 +162,7 @@ impl AsyncWrite for ClientIo {
     fn is_write_vectored(&self) -> bool {
         match self {
             ClientIo::Plain(s) => s.is_write_vectored(),
-            ClientIo::Tls(t) => t.is_write_vectored(),
+            ClientIo::Tls(_) => false,
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
