@@ -129,8 +129,13 @@ impl TlsIo {
         self.sock.flush().await
     }
 
-    /// Processes what `incoming` holds, one state at a time.
+    /// Processes what `incoming` holds, one state at a time. Decrypted bytes go straight into
+    /// `direct` when given (saving a copy and a buffer per request), the rest into `plaintext`.
     fn step(&mut self) -> io::Result<Step> {
+        self.step_into(None)
+    }
+
+    fn step_into(&mut self, mut direct: Option<&mut ReadBuf<'_>>) -> io::Result<Step> {
         let UnbufferedStatus { mut discard, state } =
             self.conn.process_tls_records(&mut self.incoming[..]);
         let step = match state.map_err(tls_err)? {
@@ -144,7 +149,15 @@ impl TlsIo {
                         self.plaintext.clear();
                         self.plain_pos = 0;
                     }
-                    self.plaintext.extend_from_slice(payload);
+                    let mut rest = payload;
+                    if self.plaintext.is_empty()
+                        && let Some(b) = direct.as_mut()
+                    {
+                        let k = rest.len().min(b.remaining());
+                        b.put_slice(&rest[..k]);
+                        rest = &rest[k..];
+                    }
+                    self.plaintext.extend_from_slice(rest);
                     discard += d;
                 }
                 Step::Progress
@@ -314,7 +327,12 @@ impl AsyncRead for TlsIo {
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            match this.step()? {
+            let before = buf.filled().len();
+            let step = this.step_into(Some(buf))?;
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+            match step {
                 Step::Progress => continue,
                 Step::Closed => return Poll::Ready(Ok(())),
                 Step::NeedRead | Step::Writable => {
@@ -325,11 +343,13 @@ impl AsyncRead for TlsIo {
                         ready!(this.sock.inner.poll_read_ready(cx))?;
                     }
                     let used = this.incoming.len();
-                    this.incoming.resize(used + READ_CHUNK, 0);
-                    let mut rb = ReadBuf::new(&mut this.incoming[used..]);
+                    this.incoming.reserve(READ_CHUNK);
+                    let spare = this.incoming.spare_capacity_mut();
+                    let mut rb = ReadBuf::uninit(&mut spare[..READ_CHUNK]);
                     let r = Pin::new(&mut this.sock).poll_read(cx, &mut rb);
                     let n = rb.filled().len();
-                    this.incoming.truncate(used + n);
+                    // SAFETY: ReadBuf guarantees its first `n` bytes were written.
+                    unsafe { this.incoming.set_len(used + n) };
                     if this.incoming.is_empty() {
                         this.incoming = Vec::new();
                     }
