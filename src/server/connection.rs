@@ -308,8 +308,10 @@ async fn serve_h1(
             Wake::Gone => return,
         }
         // Boxed: a waiting connection's task carries none of the serving state inline.
+        io.inner.set_active(true);
         match Box::pin(serve_h1_active(&env, io, ctx, shared)).await {
-            Some(parked) => {
+            Some(mut parked) => {
+                parked.inner.set_active(false);
                 io = parked;
                 crate::alloc::after_park();
             }

@@ -103,6 +103,13 @@ impl ClientIo {
         }
     }
 
+    /// TLS buffers kept between requests while served (`true`), or freed (`false`: parked).
+    pub fn set_active(&mut self, on: bool) {
+        if let ClientIo::Tls(t) = self {
+            t.set_retain(on);
+        }
+    }
+
     /// Ready when a read would make progress (or fail), without reading.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let ClientIo::Tls(t) = self

@@ -19,8 +19,10 @@ use tokio::net::TcpStream;
 
 use super::stream::Prefixed;
 
-/// Bytes asked of the socket per read: one full TLS record fits (16 KiB + overhead).
-const READ_CHUNK: usize = 18 * 1024;
+/// Bytes asked of the socket per read: a typical request's records fit; a larger record (up to
+/// 16 KiB) takes a few reads. Kept small because an active HTTP/1 connection keeps this buffer
+/// until it is parked.
+const READ_CHUNK: usize = 4 * 1024;
 
 pub struct TlsIo {
     sock: Prefixed<TcpStream>,
@@ -35,6 +37,10 @@ pub struct TlsIo {
     out_pos: usize,
     peer_closed: bool,
     handshake_done: bool,
+    /// While hyper serves an HTTP/1 connection, buffers keep their capacity between requests
+    /// (no allocation per request); `release` frees them when the connection is parked. Off
+    /// (free each buffer as soon as it is empty) for connections that are never parked (h2).
+    retain: bool,
 }
 
 /// What one round of record processing did.
@@ -70,6 +76,7 @@ impl TlsIo {
             out_pos: 0,
             peer_closed: false,
             handshake_done: false,
+            retain: false,
         };
         loop {
             match io.step()? {
@@ -99,6 +106,38 @@ impl TlsIo {
         Ok(io)
     }
 
+    /// Keep buffers between requests (see `retain`).
+    pub fn set_retain(&mut self, on: bool) {
+        self.retain = on;
+        if !on {
+            self.release();
+        }
+    }
+
+    /// Frees every buffer that holds nothing (a parked connection holds none).
+    pub fn release(&mut self) {
+        if self.incoming.is_empty() && !self.retain {
+            self.incoming = Vec::new();
+        }
+        if self.plain_pos == self.plaintext.len() {
+            self.plaintext = Vec::new();
+            self.plain_pos = 0;
+        }
+        if self.out_pos == self.outgoing.len() {
+            self.outgoing = Vec::new();
+            self.out_pos = 0;
+        }
+    }
+
+    fn empty_out(&mut self) {
+        if self.retain {
+            self.outgoing.clear();
+        } else {
+            self.outgoing = Vec::new();
+        }
+        self.out_pos = 0;
+    }
+
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
@@ -124,8 +163,7 @@ impl TlsIo {
         if self.out_pos < self.outgoing.len() {
             self.sock.write_all(&self.outgoing[self.out_pos..]).await?;
         }
-        self.outgoing = Vec::new();
-        self.out_pos = 0;
+        self.empty_out();
         self.sock.flush().await
     }
 
@@ -207,7 +245,7 @@ impl TlsIo {
         if discard > 0 {
             self.incoming.drain(..discard);
         }
-        if self.incoming.is_empty() {
+        if self.incoming.is_empty() && !self.retain {
             self.incoming = Vec::new();
         }
         Ok(step)
@@ -222,8 +260,7 @@ impl TlsIo {
             }
             self.out_pos += n;
         }
-        self.outgoing = Vec::new();
-        self.out_pos = 0;
+        self.empty_out();
         Poll::Ready(Ok(()))
     }
 
@@ -296,7 +333,7 @@ impl TlsIo {
             if discard > 0 {
                 self.incoming.drain(..discard);
             }
-            if self.incoming.is_empty() {
+            if self.incoming.is_empty() && !self.retain {
                 self.incoming = Vec::new();
             }
             if let Some(n) = written {
@@ -319,8 +356,11 @@ impl AsyncRead for TlsIo {
                 buf.put_slice(&this.plaintext[this.plain_pos..this.plain_pos + n]);
                 this.plain_pos += n;
                 if this.plain_pos == this.plaintext.len() {
-                    this.plaintext = Vec::new();
+                    this.plaintext.clear();
                     this.plain_pos = 0;
+                    if !this.retain {
+                        this.plaintext = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -350,7 +390,7 @@ impl AsyncRead for TlsIo {
                     let n = rb.filled().len();
                     // SAFETY: ReadBuf guarantees its first `n` bytes were written.
                     unsafe { this.incoming.set_len(used + n) };
-                    if this.incoming.is_empty() {
+                    if this.incoming.is_empty() && !this.retain {
                         this.incoming = Vec::new();
                     }
                     ready!(r)?;
