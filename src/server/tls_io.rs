@@ -212,18 +212,7 @@ impl TlsIo {
                 Step::Progress
             }
             ConnectionState::EncodeTlsData(mut enc) => {
-                let start = self.outgoing.len();
-                self.outgoing.resize(start + 4096, 0);
-                let n = match enc.encode(&mut self.outgoing[start..]) {
-                    Ok(n) => n,
-                    Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-                        self.outgoing.resize(start + required_size, 0);
-                        enc.encode(&mut self.outgoing[start..])
-                            .map_err(|e| io::Error::other(e.to_string()))?
-                    }
-                    Err(e) => return Err(io::Error::other(e.to_string())),
-                };
-                self.outgoing.truncate(start + n);
+                encode_into(&mut enc, &mut self.outgoing)?;
                 Step::Progress
             }
             // queued in `outgoing`, which is always written out in order before anything else
@@ -305,20 +294,7 @@ impl TlsIo {
                     None
                 }
                 ConnectionState::EncodeTlsData(mut enc) => {
-                    let start = self.outgoing.len();
-                    self.outgoing.resize(start + 4096, 0);
-                    let n = match enc.encode(&mut self.outgoing[start..]) {
-                        Ok(n) => n,
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => {
-                            self.outgoing.resize(start + required_size, 0);
-                            enc.encode(&mut self.outgoing[start..])
-                                .map_err(|e| io::Error::other(e.to_string()))?
-                        }
-                        Err(e) => return Err(io::Error::other(e.to_string())),
-                    };
-                    self.outgoing.truncate(start + n);
+                    encode_into(&mut enc, &mut self.outgoing)?;
                     None
                 }
                 ConnectionState::TransmitTlsData(t) => {
@@ -341,6 +317,26 @@ impl TlsIo {
             }
         }
     }
+}
+
+/// Appends the next handshake record to `out`, growing it to what rustls asks for.
+fn encode_into<D>(
+    enc: &mut rustls::unbuffered::EncodeTlsData<'_, D>,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let start = out.len();
+    out.resize(start + 4096, 0);
+    let n = match enc.encode(&mut out[start..]) {
+        Ok(n) => n,
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            out.resize(start + required_size, 0);
+            enc.encode(&mut out[start..])
+                .map_err(|e| io::Error::other(e.to_string()))?
+        }
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+    out.truncate(start + n);
+    Ok(())
 }
 
 impl AsyncRead for TlsIo {
