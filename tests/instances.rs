@@ -45,6 +45,21 @@ async fn offer(d: &DaemonProc, token: &str, provider: &str) -> Value {
     r.json()["offers"][0].clone()
 }
 
+/// Rents `offer` (as listed by `/v1/offers`) and returns the instance; the rental must succeed.
+async fn rent(d: &DaemonProc, token: &str, offer: &Value) -> Value {
+    let r = call(
+        d,
+        token,
+        "POST",
+        "/v1/instances",
+        &rent_body(offer["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    r.json()
+}
+
 fn rent_body(offer_id: &str) -> String {
     json!({"offer_id": offer_id, "image": "pytorch/pytorch:latest", "disk_gb": 20,
            "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtest test@example"})
@@ -472,16 +487,7 @@ async fn passthrough_is_allow_listed_and_owner_only() {
     let sb = Sandbox::start(&[]);
     let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
-    let inst = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        &rent_body(o["id"].as_str().unwrap()),
-        None,
-    )
-    .await
-    .json();
+    let inst = rent(&d, &token, &o).await;
     let pid = inst["provider_instance_id"].as_str().unwrap().to_owned();
 
     // allowed, the key injected by the daemon (the sandbox refuses calls without it)
@@ -613,16 +619,7 @@ async fn the_reconciler_destroys_an_instance_made_for_a_failed_intent() {
     let sb = Sandbox::start(&[]);
     let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
-    let inst = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        &rent_body(o["id"].as_str().unwrap()),
-        None,
-    )
-    .await
-    .json();
+    let inst = rent(&d, &token, &o).await;
     let id = inst["id"].as_str().unwrap().to_owned();
     assert_eq!(vast_instances(&sb).await.len(), 1);
     drop(d);
