@@ -4,10 +4,12 @@
 # PostgreSQL statements the run cost per 1,000 authenticated requests (gpuproxy_db_queries_total,
 # which leaves out the pool's health probe).
 #
-#   loadtest/auth_ratio.sh [connections=64] [seconds=15] [wrk threads=2] [rounds=3]
+#   loadtest/auth_ratio.sh [connections=64] [seconds=10] [wrk threads=2] [rounds=7]
 #
-# wrk shares the 2 cores with the daemon, so single runs swing by ±10%: the two targets are run
-# alternately for several rounds and the median of the per-round ratios is reported.
+# wrk shares the 2 cores with the daemon (on a VM whose neighbours come and go), so single runs of
+# the same target swing by ±15%: the two targets are run back to back for several rounds, the
+# order alternating (so neither always gets the later, warmer or noisier slot), and both the
+# median of the per-round ratios and the ratio of the mean rates are reported.
 #
 # Starts PostgreSQL, PgBouncer and Redis (scripts/services.sh) in a temporary directory.
 set -euo pipefail
@@ -16,9 +18,9 @@ cd "$(dirname "$0")/.."
 . scripts/services.sh
 ensure_cargo
 CONNS=${1:-64}
-SECS=${2:-15}
+SECS=${2:-10}
 THREADS=${3:-2}
-ROUNDS=${4:-3}
+ROUNDS=${4:-7}
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
 
 cargo build --release --locked --bin gpuproxyd >/dev/null
@@ -54,15 +56,24 @@ wrk -t1 -c8 -d2s https://127.0.0.1:18443/health >/dev/null
 wrk -t1 -c8 -d2s -s "$WORK/auth.lua" https://127.0.0.1:18443/v1/account >/dev/null   # warms the caches
 echo "wrk -t$THREADS -c$CONNS -d${SECS}s, keep-alive HTTPS (HTTP/1.1, TLS 1.3), $ROUNDS rounds"
 Q0=$(queries); N0=$(auth_total)
-RATIOS=()
+RATIOS=(); HS=(); AS=()
 for r in $(seq "$ROUNDS"); do
-  H=$(rps https://127.0.0.1:18443/health)
-  A=$(rps -s "$WORK/auth.lua" https://127.0.0.1:18443/v1/account)
+  if [ $((r % 2)) = 1 ]; then
+    H=$(rps https://127.0.0.1:18443/health)
+    A=$(rps -s "$WORK/auth.lua" https://127.0.0.1:18443/v1/account)
+  else
+    A=$(rps -s "$WORK/auth.lua" https://127.0.0.1:18443/v1/account)
+    H=$(rps https://127.0.0.1:18443/health)
+  fi
+  HS+=("$H"); AS+=("$A")
   RATIO=$(awk -v a="$A" -v h="$H" 'BEGIN { printf "%.3f", a / h }')
   RATIOS+=("$RATIO")
   echo "round $r: GET /health $H req/s, GET /v1/account (cached API key) $A req/s, ratio $RATIO"
 done
 Q1=$(queries); N1=$(auth_total)
 printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR] = $1} END {printf "median ratio authenticated/health: %s\n", a[int((NR + 1) / 2)]}'
+awk -v h="${HS[*]}" -v a="${AS[*]}" 'BEGIN {
+  nh = split(h, H, " "); split(a, A, " "); for (i = 1; i <= nh; i++) { sh += H[i]; sa += A[i] }
+  printf "mean rates: GET /health %.0f req/s, GET /v1/account %.0f req/s, ratio %.3f\n", sh / nh, sa / nh, sa / sh }'
 awk -v q="$((Q1 - Q0))" -v n="$((N1 - N0))" \
   'BEGIN { printf "PostgreSQL statements: %d for %d authenticated requests = %.4f per 1,000\n", q, n, n ? q * 1000 / n : 0 }'

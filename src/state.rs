@@ -43,6 +43,8 @@ pub struct AppState {
     pub providers: crate::providers::Providers,
     pub offers_cache: Arc<crate::cache::swr::SwrCache<Vec<crate::providers::Offer>>>,
     pub offer_pages: crate::api::offers::PageCache,
+    /// Rendered `GET /v1/account` bodies, one per cached key record.
+    pub account_views: crate::api::account::AccountViews,
     /// Passthrough rules per provider (`ProviderId as usize`), parsed once.
     pub passthrough_rules: [Vec<crate::providers::passthrough::Rule>; 2],
     /// Renting (needs the database); `None` without `DATABASE_URL`.
@@ -104,6 +106,7 @@ impl AppState {
             redis,
             limits: crate::ratelimit::RateLimits::new(&config.ratelimit),
             offer_pages: crate::api::offers::PageCache::new(config.offers.cache_max_entries),
+            account_views: crate::api::account::AccountViews::new(config.auth.cache_max_entries),
             request_metrics: crate::metrics::RequestMetrics::new(
                 &crate::api::router::Route::metric_labels(),
             ),

@@ -2,21 +2,83 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
 use super::{Body, respond};
+use crate::accounts::store::KeyRecord;
 use crate::auth::{Principal, Via};
+use crate::config::RateLimitConfig;
 use crate::error::{Error, Kind, Side};
 use crate::state::AppState;
 
 /// `GET /v1/account`: the account, its limits and budget, and the key in use. Answered from the
-/// cached key record (at most `auth.cache_ttl_ms` old): no query per request. Typed (not
-/// `json!`) because this is the cheapest authenticated route, the one load tests hit.
+/// cached key record (at most `auth.cache_ttl_ms` old): no query per request, and the body is
+/// rendered once per record (see [`AccountViews`]).
 pub fn show(state: &Arc<AppState>, p: &Principal) -> Response<Body> {
-    let k = &p.key;
-    let rl = &state.config.ratelimit;
+    respond::json_bytes(
+        StatusCode::OK,
+        state
+            .account_views
+            .body(&p.key, p.via, &state.config.ratelimit),
+    )
+}
+
+/// Rendered `GET /v1/account` bodies by (key id, how the caller authenticated). The body is a
+/// function of the key record and the (immutable) config only, and this is the cheapest
+/// authenticated route, the one load tests and dashboards poll: rendering it once per record
+/// instead of once per request is most of what separated it from `/health`.
+///
+/// An entry is valid while it was rendered from the very record the caller holds
+/// (`Arc::ptr_eq`): a refetched record (new limits, renamed account) renders anew. Bounded like
+/// the key cache; when full, entries whose record the key cache no longer holds are dropped.
+pub struct AccountViews {
+    map: papaya::HashMap<(i64, bool), (Arc<KeyRecord>, Bytes), foldhash::fast::RandomState>,
+    max: usize,
+}
+
+impl AccountViews {
+    pub fn new(max: usize) -> AccountViews {
+        AccountViews {
+            map: papaya::HashMap::builder()
+                .hasher(foldhash::fast::RandomState::default())
+                .build(),
+            max,
+        }
+    }
+
+    pub fn body(&self, key: &Arc<KeyRecord>, via: Via, rl: &RateLimitConfig) -> Bytes {
+        let id = (key.key_id, via == Via::Jwt);
+        let map = self.map.pin();
+        if let Some((rec, body)) = map.get(&id)
+            && Arc::ptr_eq(rec, key)
+        {
+            return body.clone();
+        }
+        let body = Bytes::from(render(key, via, rl));
+        if map.len() >= self.max && !map.contains_key(&id) {
+            // the key cache holds one reference to every record it still serves
+            map.retain(|_, (rec, _)| Arc::strong_count(rec) > 1);
+            if map.len() >= self.max {
+                return body;
+            }
+        }
+        map.insert(id, (key.clone(), body.clone()));
+        body
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.pin().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn render(k: &KeyRecord, via: Via, rl: &RateLimitConfig) -> Vec<u8> {
     let (acct_rpm, acct_burst) = crate::ratelimit::effective(
         k.account_rate_limit,
         rl.account_per_minute,
@@ -24,44 +86,42 @@ pub fn show(state: &Arc<AppState>, p: &Principal) -> Response<Body> {
     );
     let (key_rpm, key_burst) =
         crate::ratelimit::effective(k.key_rate_limit, rl.key_per_minute, rl.key_burst);
-    respond::json(
-        StatusCode::OK,
-        &AccountView {
-            account: AccountSummary {
-                id: k.account_id,
-                name: &k.account_name,
-                status: if k.account_active {
-                    "active"
-                } else {
-                    "suspended"
-                },
-                daily_budget_usd: k.account_daily_budget_usd,
-                max_instances: k.account_max_instances,
+    serde_json::to_vec(&AccountView {
+        account: AccountSummary {
+            id: k.account_id,
+            name: &k.account_name,
+            status: if k.account_active {
+                "active"
+            } else {
+                "suspended"
             },
-            limits: Limits {
-                account: Limit {
-                    requests_per_minute: acct_rpm,
-                    burst: acct_burst,
-                },
-                key: Limit {
-                    requests_per_minute: key_rpm,
-                    burst: key_burst,
-                },
-                max_instances: k.account_max_instances,
+            daily_budget_usd: k.account_daily_budget_usd,
+            max_instances: k.account_max_instances,
+        },
+        limits: Limits {
+            account: Limit {
+                requests_per_minute: acct_rpm,
+                burst: acct_burst,
             },
-            budget: Budget {
-                daily_usd: k.account_daily_budget_usd,
+            key: Limit {
+                requests_per_minute: key_rpm,
+                burst: key_burst,
             },
-            key: KeySummary {
-                public_id: &k.public_id,
-                scopes: &k.scopes,
-                via: match p.via {
-                    Via::ApiKey => "api_key",
-                    Via::Jwt => "jwt",
-                },
+            max_instances: k.account_max_instances,
+        },
+        budget: Budget {
+            daily_usd: k.account_daily_budget_usd,
+        },
+        key: KeySummary {
+            public_id: &k.public_id,
+            scopes: &k.scopes,
+            via: match via {
+                Via::ApiKey => "api_key",
+                Via::Jwt => "jwt",
             },
         },
-    )
+    })
+    .expect("the account view serializes")
 }
 
 #[derive(Serialize)]
@@ -141,4 +201,50 @@ pub fn no_db() -> Error {
         Side::Internal,
         "no database is configured on this daemon (DATABASE_URL is unset)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(body: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn bodies_are_rendered_once_per_record_and_bounded() {
+        let rl = crate::config::Config::default().ratelimit;
+        let views = AccountViews::new(2);
+        let a = Arc::new(KeyRecord::sample("AAAAAAAAAAAA"));
+        let first = views.body(&a, Via::ApiKey, &rl);
+        assert_eq!(views.body(&a, Via::ApiKey, &rl).as_ptr(), first.as_ptr());
+        assert_eq!(view(&first)["key"]["via"], "api_key");
+        assert_eq!(view(&first)["account"]["name"], "acme");
+        assert_eq!(view(&views.body(&a, Via::Jwt, &rl))["key"]["via"], "jwt");
+
+        // a refetched record (the account was renamed) is rendered anew
+        let mut renamed = KeyRecord::sample("AAAAAAAAAAAA");
+        renamed.account_name = "acme-2".into();
+        let b = Arc::new(renamed);
+        assert_eq!(
+            view(&views.body(&b, Via::ApiKey, &rl))["account"]["name"],
+            "acme-2"
+        );
+
+        // full: records nobody else holds make room; while all are held, nothing is kept
+        drop(a);
+        let mut other = KeyRecord::sample("BBBBBBBBBBBB");
+        other.key_id = 2;
+        let c = Arc::new(other);
+        views.body(&c, Via::ApiKey, &rl);
+        assert_eq!(views.len(), 2);
+        let mut third = KeyRecord::sample("CCCCCCCCCCCC");
+        third.key_id = 3;
+        let d = Arc::new(third);
+        assert_eq!(
+            view(&views.body(&d, Via::ApiKey, &rl))["key"]["public_id"],
+            "CCCCCCCCCCCC"
+        );
+        assert_eq!(views.len(), 2);
+    }
 }

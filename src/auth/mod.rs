@@ -190,7 +190,9 @@ impl Auth {
         };
         let result = cell
             .get_or_init(|| async {
-                let r = self.fetch(id, stale).await.map_err(Arc::new);
+                // boxed: this miss path (Redis, PostgreSQL) would otherwise make every
+                // authenticated request's future several KB, copied on each request
+                let r = Box::pin(self.fetch(id, stale)).await.map_err(Arc::new);
                 let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 inflight.remove(id);
                 r

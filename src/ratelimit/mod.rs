@@ -62,12 +62,11 @@ pub struct Verdict {
 impl Verdict {
     /// `RateLimit-Policy` (IETF httpapi draft): `"ip";q=1000;w=60`.
     pub fn policy_header(&self) -> HeaderValue {
-        header_value(format_args!(
-            "\"{}\";q={};w={}",
-            self.tier.as_str(),
-            self.quota.per_period,
-            self.quota.period.as_secs().max(1)
-        ))
+        header_value(
+            self.tier,
+            ('q', self.quota.per_period),
+            ('w', self.quota.period.as_secs().max(1)),
+        )
     }
 
     /// `RateLimit`: `"ip";r=<remaining>;t=<seconds until reset>`.
@@ -76,20 +75,37 @@ impl Verdict {
             Decision::Allowed { remaining, reset } => (remaining, ceil_secs(reset)),
             Decision::Limited { retry_after } => (0, ceil_secs(retry_after)),
         };
-        header_value(format_args!("\"{}\";r={r};t={t}", self.tier.as_str()))
+        header_value(self.tier, ('r', r), ('t', t))
     }
 }
 
-/// Formats a short header on the stack (both headers go on every limited route's response, so
-/// this saves a `String` per header).
-fn header_value(args: std::fmt::Arguments<'_>) -> HeaderValue {
-    use std::io::Write;
-    let mut buf = [0u8; 96];
-    let mut w = &mut buf[..];
-    let n = match w.write_fmt(args) {
-        Ok(()) => 96 - w.len(),
-        Err(_) => 0,
+/// `"<tier>";<a>=<n>;<b>=<m>`, written on the stack without `core::fmt` (both headers go on
+/// every limited route's response).
+fn header_value(tier: Tier, a: (char, u64), b: (char, u64)) -> HeaderValue {
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[n..n + bytes.len()].copy_from_slice(bytes);
+        n += bytes.len();
     };
+    put(b"\"");
+    put(tier.as_str().as_bytes());
+    put(b"\"");
+    for (name, value) in [a, b] {
+        put(&[b';', name as u8, b'=']);
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut v = value;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        put(&digits[i..]);
+    }
     HeaderValue::from_bytes(&buf[..n]).expect("ASCII digits and tier names")
 }
 
@@ -240,4 +256,35 @@ pub fn tighter(a: Verdict, b: Verdict) -> Verdict {
         Decision::Limited { .. } => 0,
     };
     if left(&b) < left(&a) { b } else { a }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_written_in_full() {
+        let v = Verdict {
+            tier: Tier::Account,
+            quota: Quota::per_minute(u64::MAX, 10),
+            decision: Decision::Allowed {
+                remaining: 0,
+                reset: Duration::from_millis(1500),
+            },
+        };
+        assert_eq!(
+            v.policy_header(),
+            format!("\"account\";q={};w=60", u64::MAX).as_str()
+        );
+        assert_eq!(v.limit_header(), "\"account\";r=0;t=2");
+        let v = Verdict {
+            tier: Tier::Ip,
+            quota: Quota::per_minute(1000, 100),
+            decision: Decision::Limited {
+                retry_after: Duration::from_secs(3),
+            },
+        };
+        assert_eq!(v.policy_header(), "\"ip\";q=1000;w=60");
+        assert_eq!(v.limit_header(), "\"ip\";r=0;t=3");
+    }
 }
