@@ -392,7 +392,11 @@ fn bearer(headers: &HeaderMap) -> Result<&str, Error> {
     let text = value
         .to_str()
         .map_err(|_| malformed("the Authorization header must be printable ASCII"))?;
-    let (scheme, rest) = text.trim().split_once(' ').unwrap_or((text.trim(), ""));
+    let text = text.trim();
+    let (scheme, rest) = match text.bytes().position(|b| b == b' ') {
+        Some(i) => (&text[..i], &text[i + 1..]),
+        None => (text, ""),
+    };
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(malformed(
             "expected the Bearer scheme: `Authorization: Bearer <API key or token>`",

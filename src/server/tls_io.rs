@@ -23,6 +23,12 @@ use super::stream::Prefixed;
 /// 16 KiB) takes a few reads. Kept small because an active HTTP/1 connection keeps this buffer
 /// until it is parked.
 const READ_CHUNK: usize = 4 * 1024;
+/// Room made in `outgoing` per TLS record beyond its plaintext (header, nonce, tag, content type;
+/// 22 to 29 bytes for the suites we offer). The room is zero-filled before rustls writes into it,
+/// once per response, so it is kept tight; a suite needing more gets it on a second try.
+const RECORD_OVERHEAD: usize = 32;
+/// Largest plaintext per TLS record.
+const MAX_FRAGMENT: usize = 16 * 1024;
 
 pub struct TlsIo {
     sock: Prefixed<TcpStream>,
@@ -262,7 +268,8 @@ impl TlsIo {
                 ConnectionState::WriteTraffic(mut wt) => {
                     let start = self.outgoing.len();
                     let len = data.map_or(0, <[u8]>::len);
-                    self.outgoing.resize(start + len + 1024, 0);
+                    let room = len + RECORD_OVERHEAD * (len / MAX_FRAGMENT + 1);
+                    self.outgoing.resize(start + room, 0);
                     let mut run = |out: &mut [u8]| match data {
                         Some(d) => wt.encrypt(d, out),
                         None => wt.queue_close_notify(out),
@@ -412,7 +419,7 @@ impl AsyncWrite for TlsIo {
         if this.outgoing.len() - this.out_pos > 64 * 1024 {
             ready!(this.poll_write_out(cx))?;
         }
-        let n = buf.len().min(16 * 1024 * 4);
+        let n = buf.len().min(MAX_FRAGMENT * 4);
         let n = this.encrypt(Some(&buf[..n]))?;
         // start sending now; what the socket does not take yet goes with the next write or flush
         if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
