@@ -153,7 +153,11 @@ where
     {
         let mut found = self.l1.pin().get(key).cloned().map(|e| (e, Source::Memory));
         if found.is_none() {
-            found = self.read_redis(key).await.map(|e| (e, Source::Redis));
+            // boxed: the Redis read is the miss path, and inline it made every lookup's
+            // future (two per offers request) several KB, copied on each request
+            found = Box::pin(self.read_redis(key))
+                .await
+                .map(|e| (e, Source::Redis));
         }
         let w = self.windows;
         let Some((entry, source)) = found else {
