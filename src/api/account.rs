@@ -29,7 +29,7 @@ pub fn show(state: &Arc<AppState>, p: &Principal) -> Response<Body> {
 /// Rendered `GET /v1/account` bodies by (key id, how the caller authenticated). The body is a
 /// function of the key record and the (immutable) config only, and this is the cheapest
 /// authenticated route, the one load tests and dashboards poll: rendering it once per record
-/// instead of once per request is most of what separated it from `/health`.
+/// takes serialization off the per-request path.
 ///
 /// An entry is valid while it was rendered from the very record the caller holds
 /// (`Arc::ptr_eq`): a refetched record (new limits, renamed account) renders anew. Bounded like
