@@ -60,6 +60,11 @@ async fn rent(d: &DaemonProc, token: &str, offer: &Value) -> Value {
     r.json()
 }
 
+/// `DELETE /v1/instances/{id}` as the holder of `token`.
+async fn destroy(d: &DaemonProc, token: &str, id: &str) -> Resp {
+    call(d, token, "DELETE", &format!("/v1/instances/{id}"), "", None).await
+}
+
 fn rent_body(offer_id: &str) -> String {
     json!({"offer_id": offer_id, "image": "pytorch/pytorch:latest", "disk_gb": 20,
            "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtest test@example"})
@@ -117,19 +122,7 @@ async fn lifecycle(provider: &str) {
             .status,
         404
     );
-    assert_eq!(
-        call(
-            &d,
-            &other,
-            "DELETE",
-            &format!("/v1/instances/{id}"),
-            "",
-            None
-        )
-        .await
-        .status,
-        404
-    );
+    assert_eq!(destroy(&d, &other, &id).await.status, 404);
 
     let running = eventually("the instance to run", || async {
         let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
@@ -160,15 +153,7 @@ async fn lifecycle(provider: &str) {
     let calls = sb.calls(provider, "show").await - before;
     assert!(calls <= 3, "{calls} provider status calls for 100 polls");
 
-    let r = call(
-        &d,
-        &token,
-        "DELETE",
-        &format!("/v1/instances/{id}"),
-        "",
-        None,
-    )
-    .await;
+    let r = destroy(&d, &token, &id).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     let done = eventually("the instance to be terminated", || async {
         let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
@@ -466,15 +451,7 @@ async fn a_crash_between_provider_and_ledger_is_reconciled_at_start() {
         "{page}"
     );
     // and it can be destroyed like any other
-    let r = call(
-        &d,
-        &token,
-        "DELETE",
-        &format!("/v1/instances/{id}"),
-        "",
-        None,
-    )
-    .await;
+    let r = destroy(&d, &token, id).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
 }
 
