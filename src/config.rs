@@ -481,9 +481,10 @@ impl Default for PassthroughConfig {
             enabled: true,
             vastai: [
                 "GET /api/v0/instances/{instance}/",
-                "PUT /api/v0/instances/{instance}/",
-                "PUT /api/v0/instances/reboot/{instance}/",
-                "PUT /api/v0/instances/request_logs/{instance}/",
+                // start/stop only: the label holds our id, and a state change is recorded
+                "PUT /api/v0/instances/{instance}/ body=state",
+                "PUT /api/v0/instances/reboot/{instance}/ body=",
+                "PUT /api/v0/instances/request_logs/{instance}/ body=",
                 "POST /api/v0/bundles/",
             ]
             .map(String::from)
@@ -520,6 +521,14 @@ pub struct RentalsConfig {
     pub idempotency_ttl_ms: u64,
     /// io.net deployments run for a fixed time: this many hours when the request does not say.
     pub default_duration_hours: u32,
+    /// SSH keys an account may store in `/v1/ssh-keys`.
+    pub max_ssh_keys: u32,
+    /// An instance the provider reports in a state that never reaches `running` (Vast: exited,
+    /// offline, unknown, a failed container create) this long is destroyed and marked failed.
+    pub dead_state_grace_ms: u64,
+    /// An instance not `running` this long after the provider accepted it is destroyed and
+    /// marked failed (it would bill its disk, or more, forever).
+    pub provisioning_timeout_ms: u64,
 }
 
 impl Default for RentalsConfig {
@@ -531,6 +540,9 @@ impl Default for RentalsConfig {
             intent_timeout_ms: 120_000,
             idempotency_ttl_ms: 86_400_000,
             default_duration_hours: 24,
+            max_ssh_keys: 20,
+            dead_state_grace_ms: 120_000,
+            provisioning_timeout_ms: 600_000,
         }
     }
 }
@@ -881,6 +893,12 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         (
             "rentals.default_duration_hours",
             u64::from(rc.default_duration_hours),
+        ),
+        ("rentals.max_ssh_keys", u64::from(rc.max_ssh_keys)),
+        ("rentals.dead_state_grace_ms", rc.dead_state_grace_ms),
+        (
+            "rentals.provisioning_timeout_ms",
+            rc.provisioning_timeout_ms,
         ),
     ] {
         if v == 0 {

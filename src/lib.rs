@@ -12,7 +12,9 @@
 //!   stale-while-revalidate cache with single-flight fetches (`cache::swr`).
 //! - [`providers`]: the `Provider` trait, Vast.ai and io.net clients, the normalized offer and
 //!   instance model, the pooled upstream client, breaker/retries, passthrough rules.
-//! - [`rentals`]: renting: price check, budget, ledger, idempotency, the reconciler.
+//! - [`rentals`]: renting: offer claims, price and bid checks, budget, ledger (spend by event
+//!   segments), SSH keys per account and their per-instance attach, idempotency, the reconciler
+//!   (adoption, dead and stuck instances).
 //! - [`api`]: routing, handlers, and the one place errors become HTTP responses.
 //! - [`error`]: the one error type (kind, side at fault, retryable).
 //! - [`config`]: the typed config tree: defaults < TOML < `GPUPROXY_*` env < flags.

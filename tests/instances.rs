@@ -11,20 +11,9 @@ use support::accounts::TestDb;
 use support::client::{Conn, Resp, request};
 use support::daemon::DaemonProc;
 use support::eventually;
+use support::rentals::{account, call, cheapest, message, post, rent_body, spawn_post};
 use support::sandbox::Sandbox;
 use support::services;
-
-async fn call(
-    d: &DaemonProc,
-    token: &str,
-    method: &str,
-    path: &str,
-    body: &str,
-    idem: Option<&str>,
-) -> Resp {
-    let extra: Vec<(&str, &str)> = idem.map(|k| ("idempotency-key", k)).into_iter().collect();
-    support::client::authed(d.https, token, method, path, body, &extra).await
-}
 
 async fn daemon(db: &TestDb<'_>, sb: &Sandbox, set: &[&str]) -> DaemonProc {
     sb.daemon(db, set).await
@@ -32,17 +21,7 @@ async fn daemon(db: &TestDb<'_>, sb: &Sandbox, set: &[&str]) -> DaemonProc {
 
 /// The cheapest available offer of a provider.
 async fn offer(d: &DaemonProc, token: &str, provider: &str) -> Value {
-    let r = call(
-        d,
-        token,
-        "GET",
-        &format!("/v1/offers?providers={provider}&limit=1&sort=price"),
-        "",
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", r.json());
-    r.json()["offers"][0].clone()
+    cheapest(d, token, provider, "").await
 }
 
 /// Rents `offer` (as listed by `/v1/offers`) and returns the instance; the rental must succeed.
@@ -63,27 +42,6 @@ async fn rent(d: &DaemonProc, token: &str, offer: &Value) -> Value {
 /// `DELETE /v1/instances/{id}` as the holder of `token`.
 async fn destroy(d: &DaemonProc, token: &str, id: &str) -> Resp {
     call(d, token, "DELETE", &format!("/v1/instances/{id}"), "", None).await
-}
-
-fn rent_body(offer_id: &str) -> String {
-    json!({"offer_id": offer_id, "image": "pytorch/pytorch:latest", "disk_gb": 20,
-           "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGtest test@example"})
-    .to_string()
-}
-
-fn account(db: &TestDb<'_>, name: &str, budget: f64, max: u32) -> String {
-    db.cli(&[
-        "accounts",
-        "create",
-        "--name",
-        name,
-        "--daily-budget-usd",
-        &budget.to_string(),
-        "--max-instances",
-        &max.to_string(),
-    ]);
-    let k = db.cli(&["keys", "create", "--account", name]);
-    k["token"].as_str().unwrap().to_owned()
 }
 
 async fn lifecycle(provider: &str) {
@@ -222,16 +180,12 @@ async fn one_idempotency_key_twenty_times_rents_once() {
         .await;
     let mut tasks = Vec::new();
     for _ in 0..20 {
-        let (d_https, token, body) = (d.https, token.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = Conn::tls(d_https, &[b"http/1.1"]).await.unwrap();
-            let mut req = request("POST", "/v1/instances", Bytes::from(body));
-            let h = req.headers_mut();
-            h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-            h.insert("content-type", "application/json".parse().unwrap());
-            h.insert("idempotency-key", "rent-once-7f3a".parse().unwrap());
-            c.send(req).await.unwrap()
-        }));
+        tasks.push(spawn_post(
+            d.https,
+            token.clone(),
+            body.clone(),
+            Some("rent-once-7f3a"),
+        ));
     }
     let mut ids = std::collections::HashSet::new();
     for t in tasks {
@@ -282,15 +236,7 @@ async fn parallel_rentals_only_fit_the_budget() {
     let body = rent_body(o["id"].as_str().unwrap());
     let mut tasks = Vec::new();
     for _ in 0..5 {
-        let (d_https, token, body) = (d.https, token.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = Conn::tls(d_https, &[b"http/1.1"]).await.unwrap();
-            let mut req = request("POST", "/v1/instances", Bytes::from(body));
-            let h = req.headers_mut();
-            h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-            h.insert("content-type", "application/json".parse().unwrap());
-            c.send(req).await.unwrap()
-        }));
+        tasks.push(spawn_post(d.https, token.clone(), body.clone(), None));
     }
     let (mut ok, mut refused) = (0, 0);
     for t in tasks {
@@ -326,7 +272,7 @@ async fn a_moved_price_is_refused_and_nothing_is_rented() {
 
     // above the caller's ceiling
     let body = json!({"offer_id": id, "image": "ubuntu:22.04", "disk_gb": 20, "max_price_per_hour": shown / 2.0}).to_string();
-    let r = call(&d, &token, "POST", "/v1/instances", &body, None).await;
+    let r = post(&d, &token, &body).await;
     assert_eq!(r.status, 409);
     assert_eq!(r.json()["error"]["code"], "price_changed");
     assert_eq!(
@@ -346,7 +292,7 @@ async fn a_moved_price_is_refused_and_nothing_is_rented() {
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    let r = call(&d, &token, "POST", "/v1/instances", &rent_body(id), None).await;
+    let r = post(&d, &token, &rent_body(id)).await;
     assert_eq!(r.status, 409, "{:?}", r.json());
     let e = r.json()["error"].clone();
     assert_eq!(e["code"], "price_changed");
@@ -359,31 +305,15 @@ async fn a_moved_price_is_refused_and_nothing_is_rented() {
     assert_eq!(list["instances"].as_array().unwrap().len(), 0);
 
     // bad input is named
-    let r = call(
+    let r = post(
         &d,
         &token,
-        "POST",
-        "/v1/instances",
         r#"{"offer_id": "aws:1", "image": "x", "disk_gb": 20}"#,
-        None,
     )
     .await;
     assert_eq!(r.status, 400);
-    assert!(
-        r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`offer_id`")
-    );
-    let r = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        r#"{"offer_id": "vastai:1", "image": "x"}"#,
-        None,
-    )
-    .await;
+    assert!(message(&r).contains("`offer_id`"));
+    let r = post(&d, &token, r#"{"offer_id": "vastai:1", "image": "x"}"#).await;
     assert_eq!(r.status, 400);
 }
 

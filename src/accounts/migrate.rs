@@ -11,6 +11,11 @@ use tokio_postgres::{NoTls, SimpleQueryMessage};
 pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "accounts", include_str!("migrations/0001_accounts.sql")),
     (2, "rentals", include_str!("migrations/0002_rentals.sql")),
+    (
+        3,
+        "rentals_truth",
+        include_str!("migrations/0003_rentals_truth.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

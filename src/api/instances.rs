@@ -14,13 +14,13 @@ use super::{Body, body, respond};
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::rentals::idempotency::{self, Begin};
-use crate::rentals::ledger::InstanceRow;
+use crate::rentals::ledger::{Event, InstanceKey, InstanceRow};
 use crate::rentals::{RentBody, Rentals};
 use crate::state::AppState;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-fn time(epoch: Option<f64>) -> Value {
+pub fn time(epoch: Option<f64>) -> Value {
     epoch
         .filter(|e| e.is_finite() && *e >= 0.0)
         .map(|e| {
@@ -32,8 +32,8 @@ fn time(epoch: Option<f64>) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The normalized instance a client sees.
-pub fn view(r: &InstanceRow, events: Option<Vec<crate::rentals::ledger::Event>>) -> Value {
+/// The normalized instance a client sees; with `detail` (one instance), its events and SSH keys.
+pub fn view(r: &InstanceRow, detail: Option<(Vec<Event>, Vec<InstanceKey>)>) -> Value {
     let mut v = json!({
         "id": r.id,
         "provider": r.provider,
@@ -45,6 +45,11 @@ pub fn view(r: &InstanceRow, events: Option<Vec<crate::rentals::ledger::Event>>)
         // an intent not yet answered by the provider is, for the client, being provisioned
         "status": if r.status == "pending" { "provisioning" } else { r.status.as_str() },
         "ssh": r.ssh,
+        // what to paste into a terminal, once the provider gives host and port
+        "ssh_command": r.ssh.as_ref().map(|s| format!("ssh -p {} {}@{}", s.port, s.user, s.host)),
+        "interruptible": r.bid_per_hour.is_some(),
+        "bid_per_hour": r.bid_per_hour,
+        "storage_per_hour": r.storage_per_hour,
         "image": r.image,
         "disk_gb": r.disk_gb,
         "label": r.label,
@@ -52,15 +57,19 @@ pub fn view(r: &InstanceRow, events: Option<Vec<crate::rentals::ledger::Event>>)
         "created_at": time(Some(r.created_at)),
         "started_at": time(r.started_at),
         "terminated_at": time(r.terminated_at),
+        // the provider reports a state that never reaches running (destroyed after a grace)
+        "dead_state": r.dead_reason,
     });
-    if let Some(ev) = events {
+    if let Some((ev, keys)) = detail {
         v["events"] = ev
             .into_iter()
             .map(|e| {
                 json!({"at": time(Some(e.at)), "kind": e.kind, "status": e.status,
-                       "price_per_hour": e.price_per_hour, "detail": e.detail})
+                       "price_per_hour": e.price_per_hour, "rate_per_hour": e.rate_per_hour,
+                       "detail": e.detail})
             })
             .collect();
+        v["ssh_keys"] = json!(keys);
     }
     v
 }
@@ -214,7 +223,31 @@ pub async fn show(state: &Arc<AppState>, p: &Principal, id: &str) -> Result<Resp
     let r = rentals(state)?;
     let row = r.get(p.account_id(), id).await?;
     let events = crate::rentals::ledger::events(r.db(), &row.id).await?;
-    Ok(respond::json(StatusCode::OK, &view(&row, Some(events))))
+    let keys = crate::rentals::ledger::instance_keys(r.db(), &row.id).await?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &view(&row, Some((events, keys))),
+    ))
+}
+
+/// `PUT /v1/instances/{id}/bid` `{"bid_per_hour": x}`.
+pub async fn bid(
+    state: &Arc<AppState>,
+    p: &Principal,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct BidBody {
+        bid_per_hour: f64,
+    }
+    let r = rentals(state)?.clone();
+    let b: BidBody = body::json(req, state.config.server.max_body_bytes)
+        .await?
+        .ok_or_else(|| Error::bad_request("a JSON body {\"bid_per_hour\": <USD/h>} is required"))?;
+    let row = r.set_bid(p.account_id(), id, b.bid_per_hour).await?;
+    Ok(respond::json(StatusCode::OK, &view(&row, None)))
 }
 
 pub async fn destroy(

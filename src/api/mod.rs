@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod passthrough;
 pub mod respond;
 pub mod router;
+pub mod sshkeys;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,6 +170,16 @@ async fn dispatch(
                 req,
             ))
             .await?
+        }
+        (Route::InstanceBid, Some(p)) => {
+            let id = param
+                .as_deref()
+                .and_then(router::percent_decode)
+                .ok_or_else(|| Error::bad_request("invalid instance id"))?;
+            Box::pin(instances::bid(state, &p, &id, req)).await?
+        }
+        (Route::SshKeys | Route::SshKey, Some(p)) => {
+            Box::pin(sshkeys::handle(state, &p, route, param.as_deref(), req)).await?
         }
         (Route::Instance, Some(p)) => {
             let id = param

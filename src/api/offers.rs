@@ -598,6 +598,7 @@ mod tests {
             reliability: rel,
             interruptible: false,
             min_bid_per_hour: None,
+            storage_per_hour: 0.0,
             available: true,
         }
     }

@@ -2,13 +2,17 @@
 //! provider's key. The caller's `Authorization` (and every other header but content type and
 //! accept) is dropped, the provider key injected, and the response streamed back. A path naming
 //! an instance passes only for the caller's own instances; anything else is 403
-//! `passthrough_forbidden` saying which rule refused it.
+//! `passthrough_forbidden` saying which rule refused it. A rule's `body=` keys limit what the
+//! body may hold; a `state` change (start/stop) is checked and recorded in the ledger. Calls go
+//! through the provider's gate (circuit breaker, 429 back-off) like every other upstream call.
 
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, USER_AGENT};
+use std::time::Duration;
+
+use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
 use hyper::{Request, Response, StatusCode};
 use metrics::counter;
 use serde_json::json;
@@ -18,7 +22,7 @@ use super::Body;
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::metrics::UPSTREAM_REQUESTS_TOTAL;
-use crate::providers::{ProviderId, passthrough};
+use crate::providers::{ProviderId, UpstreamError, passthrough};
 use crate::state::AppState;
 
 fn forbidden(message: String, rule: Option<&str>) -> Error {
@@ -109,6 +113,36 @@ pub async fn forward(
     let accept = req.headers().get(ACCEPT).cloned();
     let limit = state.config.server.max_body_bytes;
     let body = super::body::limited(req.into_body(), limit).await?;
+    allowed
+        .rule
+        .check_body(&body)
+        .map_err(|why| forbidden(why, Some(&allowed.rule.text)))?;
+    // a start or stop: checked and then recorded, so the ledger bills what the provider does
+    let state_change = match (&allowed.instance, &allowed.rule.body_keys) {
+        (Some(instance), Some(keys)) if keys.iter().any(|k| k == "state") => {
+            match serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("state").cloned())
+            {
+                Some(s) => {
+                    let s = s.as_str().unwrap_or("").to_owned();
+                    let r = state.rentals.as_ref().ok_or_else(|| {
+                        Error::new(
+                            Kind::DatabaseUnavailable,
+                            Side::Internal,
+                            "state changes need the database",
+                        )
+                    })?;
+                    let row = r
+                        .check_state_change(p.account_id(), name, instance, &s)
+                        .await?;
+                    Some((r.clone(), row, s))
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
     let mut up = Request::builder()
         .method(method)
         .uri(uri)
@@ -126,25 +160,45 @@ pub async fn forward(
         h.insert(ACCEPT, a);
     }
     h.insert(auth_name, auth_value);
-    let resp = match http.stream(up).await {
-        Ok(r) => r,
-        Err(e) => {
-            counter!(UPSTREAM_REQUESTS_TOTAL, "provider" => pid.as_str(), "op" => "passthrough", "status" => e.code()).increment(1);
-            let status = if e == crate::providers::UpstreamError::Timeout {
-                StatusCode::GATEWAY_TIMEOUT
-            } else {
-                StatusCode::BAD_GATEWAY
-            };
-            return Err(Error::new(
-                Kind::Rejected {
-                    status,
-                    code: "provider_error",
-                },
-                Side::Upstream,
-                format!("{name}: {e}"),
-            ));
-        }
-    };
+    // one attempt (a passthrough call may not be idempotent), through the breaker and back-off;
+    // a 429 or 5xx counts against the provider and answers as our own upstream error
+    let mut once = Some(up);
+    let resp = provider
+        .gate()
+        .call("passthrough", false, |_left| {
+            let req = once.take();
+            async move {
+                let req = req.ok_or((UpstreamError::Reset("already sent".into()), None))?;
+                let resp = http.stream(req).await.map_err(|e| (e, None))?;
+                let status = resp.status().as_u16();
+                if status == 429 {
+                    let after = resp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    return Err((UpstreamError::RateLimited, after));
+                }
+                if status >= 500 {
+                    return Err((
+                        UpstreamError::Status {
+                            status,
+                            detail: String::new(),
+                        },
+                        None,
+                    ));
+                }
+                Ok(resp)
+            }
+        })
+        .await
+        .map_err(|e| crate::rentals::upstream_error(pid, &e))?;
+    if let Some((r, row, s)) = state_change
+        && resp.status().is_success()
+    {
+        r.record_state_change(&row, &s).await?;
+    }
     counter!(UPSTREAM_REQUESTS_TOTAL, "provider" => pid.as_str(), "op" => "passthrough", "status" => crate::metrics::status_label(resp.status().as_u16())).increment(1);
     let (parts, body) = resp.into_parts();
     let mut out = Response::new(body.boxed());

@@ -24,6 +24,9 @@ pub enum Route {
     Offers,
     Instances,
     Instance,
+    InstanceBid,
+    SshKeys,
+    SshKey,
     Passthrough,
 }
 
@@ -38,7 +41,7 @@ pub enum Access {
 }
 
 impl Route {
-    pub const ALL: [Route; 17] = [
+    pub const ALL: [Route; 20] = [
         Route::Health,
         Route::Ready,
         Route::Stats,
@@ -55,6 +58,9 @@ impl Route {
         Route::Offers,
         Route::Instances,
         Route::Instance,
+        Route::InstanceBid,
+        Route::SshKeys,
+        Route::SshKey,
         Route::Passthrough,
     ];
 
@@ -79,6 +85,7 @@ impl Route {
             "/v1/admin/accounts" => Some(Route::AdminAccounts),
             "/v1/offers" => Some(Route::Offers),
             "/v1/instances" => Some(Route::Instances),
+            "/v1/ssh-keys" => Some(Route::SshKeys),
             _ => None,
         };
         if let Some(r) = plain {
@@ -101,8 +108,16 @@ impl Route {
                 .filter(|(p, r)| !p.is_empty() && !r.is_empty())
                 .map(|_| (Route::Passthrough, Some(rest)));
         }
-        if let Some(id) = path.strip_prefix("/v1/instances/") {
-            return (!id.is_empty() && !id.contains('/')).then_some((Route::Instance, Some(id)));
+        if let Some(rest) = path.strip_prefix("/v1/instances/") {
+            let (id, route) = match rest.split_once('/') {
+                None => (rest, Route::Instance),
+                Some((id, "bid")) => (id, Route::InstanceBid),
+                Some(_) => return None,
+            };
+            return (!id.is_empty()).then_some((route, Some(id)));
+        }
+        if let Some(id) = path.strip_prefix("/v1/ssh-keys/") {
+            return (!id.is_empty() && !id.contains('/')).then_some((Route::SshKey, Some(id)));
         }
         if let Some(id) = path.strip_prefix("/v1/admin/keys/") {
             return (!id.is_empty() && !id.contains('/')).then_some((Route::AdminKey, Some(id)));
@@ -128,6 +143,9 @@ impl Route {
             Route::Offers => "/v1/offers",
             Route::Instances => "/v1/instances",
             Route::Instance => "/v1/instances/{id}",
+            Route::InstanceBid => "/v1/instances/{id}/bid",
+            Route::SshKeys => "/v1/ssh-keys",
+            Route::SshKey => "/v1/ssh-keys/{id}",
             Route::Passthrough => "/v1/providers/{provider}/{path}",
         }
     }
@@ -147,7 +165,9 @@ impl Route {
             }
             Route::AdminAccounts | Route::AdminAccountKeys => &[Method::GET, Method::POST],
             Route::AdminKey | Route::Instance => &[Method::GET, Method::DELETE],
-            Route::Instances => &[Method::GET, Method::POST],
+            Route::Instances | Route::SshKeys => &[Method::GET, Method::POST],
+            Route::InstanceBid => &[Method::PUT],
+            Route::SshKey => &[Method::DELETE],
             Route::Passthrough => &[Method::GET, Method::POST, Method::PUT, Method::DELETE],
         }
     }
@@ -162,6 +182,9 @@ impl Route {
             | Route::Offers
             | Route::Instances
             | Route::Instance
+            | Route::InstanceBid
+            | Route::SshKeys
+            | Route::SshKey
             | Route::Passthrough => Access::User,
             Route::AdminAccounts
             | Route::AdminAccount
@@ -244,6 +267,16 @@ mod tests {
             Some((Route::AdminKey, Some("AAAAAAAAAAAA")))
         );
         assert_eq!(Route::of("/v1/admin/keys/a/b"), None);
+        assert_eq!(
+            Route::of("/v1/instances/abc/bid"),
+            Some((Route::InstanceBid, Some("abc")))
+        );
+        assert_eq!(Route::of("/v1/instances/abc/other"), None);
+        assert_eq!(Route::of("/v1/instances//bid"), None);
+        assert_eq!(
+            Route::of("/v1/ssh-keys/sshk_1"),
+            Some((Route::SshKey, Some("sshk_1")))
+        );
         assert_eq!(percent_decode("acme%20co").as_deref(), Some("acme co"));
         assert_eq!(percent_decode("bad%2"), None);
         assert_eq!(percent_decode("%ff"), None);

@@ -317,9 +317,42 @@ where
         self.l1.pin().iter().find_map(|(_, e)| f(&e.value))
     }
 
-    /// Drops one key from the in-process layer (after a change the cached value no longer shows).
-    pub fn forget(&self, key: &str) {
+    /// Rewrites cached values in place: for every in-process entry where `f` returns a new value,
+    /// that value replaces it (keeping its age) here and in Redis. Entries other daemons fetched
+    /// that this one never read stay in Redis until they expire.
+    pub async fn edit(&self, f: impl Fn(&V) -> Option<V>) {
+        let changed: Vec<(String, Arc<Entry<V>>)> = {
+            let map = self.l1.pin();
+            map.iter()
+                .filter_map(|(k, e)| {
+                    let v = f(&e.value)?;
+                    Some((k.clone(), Arc::new(Entry::new(v, e.fetched_at_ms))))
+                })
+                .collect()
+        };
+        for (k, e) in changed {
+            self.l1.pin().insert(k.clone(), e.clone());
+            if let Some(redis) = &self.redis
+                && let Ok(text) = serde_json::to_string(&Stored {
+                    at: e.fetched_at_ms,
+                    v: &e.value,
+                })
+            {
+                let left = self.windows.stale_if_error.saturating_sub(e.age());
+                if !left.is_zero() {
+                    redis.set_ex(&self.redis_key(redis, &k), text, left).await;
+                }
+            }
+        }
+    }
+
+    /// Drops one key here and in Redis (after a change the cached value no longer shows, on
+    /// this daemon or any other that reads it from Redis).
+    pub async fn forget(&self, key: &str) {
         self.l1.pin().remove(key);
+        if let Some(redis) = &self.redis {
+            let _ = redis.del(vec![self.redis_key(redis, key)]).await;
+        }
     }
 
     /// Drops every in-process entry (tests, and an operator's flush).

@@ -138,6 +138,8 @@ impl Provider for Ionet {
             let want = format!("ionet:{offer}");
             Ok(offers.into_iter().find(|o| o.id == want).map(|o| Quote {
                 price_per_hour: o.price_per_hour,
+                storage_per_hour: 0.0,
+                min_bid: None,
                 gpu_model: o.gpu_model,
                 gpu_count: o.gpu_count,
                 available: o.available,
@@ -147,7 +149,10 @@ impl Provider for Ionet {
 
     fn create<'a>(&'a self, req: &'a RentRequest) -> BoxFuture<'a, Result<String, UpstreamError>> {
         Box::pin(async move {
-            let (hw, loc) = req.offer.rsplit_once('@').unwrap_or((&req.offer, "any"));
+            // exactly the configuration the offer id names: hardware, card count, location
+            let (cards, hw, loc) = parse_offer(&req.offer).ok_or(UpstreamError::Disabled(
+                "not an io.net offer id (`<cards>x<hardware>@<location>`)",
+            ))?;
             let hardware_id = hw
                 .parse::<u64>()
                 .map(|n| json!(n))
@@ -156,13 +161,18 @@ impl Provider for Ionet {
             let mut body = json!({
                 "resource_private_name": name,
                 "duration_hours": req.duration_hours,
-                "gpus_per_vm": req.gpu_count,
+                "gpus_per_vm": cards,
                 "hardware_id": hardware_id,
                 "location_ids": [loc],
                 "vm_image_type": "general",
             });
-            if let Some(k) = &req.ssh_public_key {
-                body["ssh_keys"] = json!({"gpuproxyd": k});
+            if !req.ssh_keys.is_empty() {
+                let keys: serde_json::Map<String, Value> = req
+                    .ssh_keys
+                    .iter()
+                    .map(|(n, k)| (n.clone(), json!(k)))
+                    .collect();
+                body["ssh_keys"] = Value::Object(keys);
             }
             let v = self
                 .call(
@@ -372,7 +382,18 @@ pub fn remote_deployment(d: &Value) -> Option<RemoteInstance> {
         our_id: text(d.get("name")).and_then(|n| n.strip_prefix(NAME_PREFIX).map(str::to_owned)),
         status,
         ssh: None,
+        dead: None,
     })
+}
+
+/// The io.net part of an offer id, `<cards>x<deploy id>@<location>`: (cards, deploy id,
+/// location). The deploy id may itself hold `x` or `@` (`8B300.240V`), so the card count is
+/// read up to the first `x` and the location after the last `@`.
+pub fn parse_offer(local: &str) -> Option<(u32, &str, &str)> {
+    let (rest, loc) = local.rsplit_once('@')?;
+    let (cards, hw) = rest.split_once('x')?;
+    let cards: u32 = cards.parse().ok().filter(|c| (1..=8).contains(c))?;
+    (!hw.is_empty() && !loc.is_empty()).then_some((cards, hw, loc))
 }
 
 /// `user@host -p port` (or `ssh user@host`, port 22 when absent).
@@ -428,7 +449,7 @@ pub fn normalize(it: &Value) -> Option<Offer> {
         .or(region.clone())
         .unwrap_or_else(|| "any".into());
     Some(Offer {
-        id: format!("ionet:{deploy_id}@{where_}"),
+        id: format!("ionet:{cards}x{deploy_id}@{where_}"),
         provider: ProviderId::Ionet,
         gpu_model: gpu::canonical(&raw_name, mem),
         provider_gpu_name: raw_name,
@@ -444,6 +465,7 @@ pub fn normalize(it: &Value) -> Option<Offer> {
         reliability: None,
         interruptible: false,
         min_bid_per_hour: None,
+        storage_per_hour: 0.0,
         available: !flag(it.get("sold_out")).unwrap_or(false),
     })
 }
@@ -462,7 +484,7 @@ mod tests {
             "location": "US", "sold_out": false
         });
         let o = normalize(&a).unwrap();
-        assert_eq!(o.id, "ionet:12@US");
+        assert_eq!(o.id, "ionet:2x12@US");
         assert_eq!(o.gpu_model, "RTX 4090");
         assert_eq!((o.gpu_count, o.gpu_memory_gb), (2, 24.0));
         assert_eq!((o.price_per_hour, o.price_per_gpu_hour), (0.98, 0.49));
@@ -478,7 +500,15 @@ mod tests {
             "price": "52.5", "vram_per_card": 288, "supplier": "external", "sold_out": true
         });
         let o = normalize(&b).unwrap();
-        assert_eq!(o.id, "ionet:8B300.240V@FI", "location from the id suffix");
+        assert_eq!(o.id, "ionet:8x8B300.240V@FI", "location from the id suffix");
+        assert_eq!(
+            parse_offer("8x8B300.240V@FI"),
+            Some((8, "8B300.240V", "FI"))
+        );
+        assert_eq!(parse_offer("2x12@US"), Some((2, "12", "US")));
+        for bad in ["12@US", "0x12@US", "9x12@US", "2x@US", "2x12@", "2x12"] {
+            assert_eq!(parse_offer(bad), None, "{bad}");
+        }
         assert_eq!(o.price_per_gpu_hour, 6.5625);
         assert!(!o.available);
         assert_eq!(o.ram_gb, None);
@@ -495,7 +525,7 @@ mod tests {
         ];
         let out = normalize_all(&items);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].id, "ionet:5@any");
+        assert_eq!(out[0].id, "ionet:1x5@any");
         assert_eq!(out[0].gpu_model, "H100 80GB SXM");
     }
 }

@@ -93,6 +93,37 @@ pub trait Provider: Send + Sync {
 
     /// Every instance of ours the provider lists (all pages), for the reconciler.
     fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>>;
+
+    /// One offer is one machine that only one renter can hold (Vast): a rented offer leaves the
+    /// cached answers at once. io.net configurations have several replicas.
+    fn exclusive_offers(&self) -> bool {
+        false
+    }
+
+    /// SSH keys go in the create call (`RentRequest::ssh_keys`); otherwise they are attached one
+    /// by one with [`Provider::attach_ssh_key`] once the instance exists.
+    fn ssh_keys_at_create(&self) -> bool {
+        true
+    }
+
+    /// Adds one public key to one instance (never to the provider account: with one shared
+    /// provider key that would reach every tenant's instances).
+    fn attach_ssh_key<'a>(
+        &'a self,
+        _provider_id: &'a str,
+        _public_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::Disabled("keys are given at create here")) })
+    }
+
+    /// Changes an interruptible instance's bid (compute USD/h).
+    fn set_bid<'a>(
+        &'a self,
+        _provider_id: &'a str,
+        _bid_per_hour: f64,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::Disabled("this provider has no bids")) })
+    }
 }
 
 /// The configured providers, in a fixed order (Vast.ai, io.net).

@@ -33,7 +33,10 @@ impl ProviderId {
 /// One rentable configuration, comparable across providers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Offer {
-    /// `vastai:<offer id>` or `ionet:<hardware deploy id>@<location>`: everything renting needs.
+    /// Names exactly one rentable configuration, everything renting needs:
+    /// `vastai:<offer id>` (on demand), `vastai:<offer id>:bid` (interruptible, at a bid), or
+    /// `ionet:<cards>x<hardware deploy id>@<location>` (io.net lists one hardware type once per
+    /// card count and location, each at its own price).
     pub id: String,
     pub provider: ProviderId,
     /// Canonical model (see `gpu`), what filters match on.
@@ -57,7 +60,12 @@ pub struct Offer {
     pub reliability: Option<f64>,
     /// Priced as a bid that can be outbid (Vast.ai "interruptible").
     pub interruptible: bool,
+    /// The lowest bid plus the storage (USD/h): what the offer costs at its minimum bid.
     pub min_bid_per_hour: Option<f64>,
+    /// The part of the price that is the disk (Vast prices storage by `disk_gb`; billed in
+    /// every state). A rental's `bid_per_hour` is the compute part: price = bid + this.
+    #[serde(default)]
+    pub storage_per_hour: f64,
     pub available: bool,
 }
 
@@ -68,6 +76,9 @@ pub enum InstanceStatus {
     Provisioning,
     Running,
     Stopped,
+    /// An interruptible (bid) instance that was outbid: stopped by the provider, still billing
+    /// its disk, resumed by a higher bid.
+    Interrupted,
     Failed,
     Terminating,
     Terminated,
@@ -79,6 +90,7 @@ impl InstanceStatus {
             InstanceStatus::Provisioning => "provisioning",
             InstanceStatus::Running => "running",
             InstanceStatus::Stopped => "stopped",
+            InstanceStatus::Interrupted => "interrupted",
             InstanceStatus::Failed => "failed",
             InstanceStatus::Terminating => "terminating",
             InstanceStatus::Terminated => "terminated",
@@ -107,12 +119,21 @@ pub struct RemoteInstance {
     pub our_id: Option<String>,
     pub status: InstanceStatus,
     pub ssh: Option<Ssh>,
+    /// The provider reports a state that never reaches `running` (Vast: exited, offline,
+    /// unknown, a failed container create): why, as the provider put it.
+    pub dead: Option<String>,
 }
 
 /// An offer's current terms, fetched at rent time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quote {
+    /// For an interruptible offer: at its current minimum bid.
     pub price_per_hour: f64,
+    /// The part of the price that is the disk, billed in every state (Vast: also while stopped
+    /// or outbid); 0 where the provider prices no storage.
+    pub storage_per_hour: f64,
+    /// Interruptible offers: the lowest bid (compute only, as Vast's `price` takes it).
+    pub min_bid: Option<f64>,
     pub gpu_model: String,
     pub gpu_count: u32,
     pub available: bool,
@@ -128,7 +149,11 @@ pub struct RentRequest {
     pub image: String,
     pub disk_gb: u32,
     pub env: std::collections::BTreeMap<String, String>,
-    pub ssh_public_key: Option<String>,
+    /// (name, OpenSSH public key): io.net takes them in the deploy body; Vast attaches them per
+    /// instance after create (`Provider::attach_ssh_key`).
+    pub ssh_keys: Vec<(String, String)>,
+    /// Interruptible rentals: the bid, sent as Vast's `price`. On-demand rentals send none.
+    pub bid_per_hour: Option<f64>,
     /// io.net deployments run for a fixed time.
     pub duration_hours: u32,
     pub gpu_count: u32,

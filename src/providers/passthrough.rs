@@ -1,10 +1,15 @@
 //! Passthrough rules: which provider API calls a client may make through
 //! `/v1/providers/{provider}/{path}` (`passthrough.vastai`, `passthrough.ionet`).
 //!
-//! A rule is `METHOD /path/with/{instance}/segments`; `{instance}` matches one segment and names
-//! an instance (the caller must own it: checked by the handler against the ledger); a final `*`
-//! matches any rest. Matching is on the decoded path, segment by segment; `.` and `..` segments
-//! and empty paths never match.
+//! A rule is `METHOD /path/with/{instance}/segments [body=key,key]`; `{instance}` matches one
+//! segment and names an instance (the caller must own it: checked by the handler against the
+//! ledger); a final `*` matches any rest; `body=` limits the JSON body to those top-level keys
+//! (Vast's `PUT /api/v0/instances/{id}/` also changes the label, which the reconciler reads our
+//! id from, so the default rule forwards only `state`). Matching is on the decoded path, segment
+//! by segment; `.` and `..` segments and empty paths never match.
+//!
+//! No rule may reach an `ssh` path, and no request path with an `ssh` segment passes: Vast's
+//! `POST /api/v0/ssh/` adds a key to every instance of the (shared) provider account.
 
 use hyper::Method;
 
@@ -20,7 +25,12 @@ pub struct Rule {
     pub text: String,
     method: Method,
     segs: Vec<Seg>,
+    /// The JSON body keys the rule forwards; `None` = any body.
+    pub body_keys: Option<Vec<String>>,
 }
+
+/// Path segments no rule and no request may contain.
+const FORBIDDEN_SEGMENTS: &[&str] = &["ssh"];
 
 /// What a matching rule says about a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,11 +51,55 @@ fn segments(path: &str) -> Option<(Vec<&str>, bool)> {
 }
 
 impl Rule {
+    /// Whether `body` may be forwarded under this rule: with `body=`, a JSON object with only
+    /// those keys (an empty body passes). The error names the first key refused.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), String> {
+        let Some(keys) = &self.body_keys else {
+            return Ok(());
+        };
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| format!("the body must be a JSON object (rule `{}`)", self.text))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| format!("the body must be a JSON object (rule `{}`)", self.text))?;
+        match obj.keys().find(|k| !keys.contains(k)) {
+            Some(k) => Err(format!(
+                "body key `{}` is not forwarded (rule `{}` allows: {})",
+                crate::error::truncate(k, 64),
+                self.text,
+                keys.join(", ")
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Rule, String> {
-        let (m, path) = text
-            .trim()
-            .split_once(' ')
-            .ok_or_else(|| format!("`{text}`: expected `METHOD /path`"))?;
+        let mut words = text.split_whitespace();
+        let (Some(m), Some(path)) = (words.next(), words.next()) else {
+            return Err(format!("`{text}`: expected `METHOD /path [body=key,…]`"));
+        };
+        let body_keys = match words.next() {
+            None => None,
+            Some(w) => {
+                let keys: Vec<String> = w
+                    .strip_prefix("body=")
+                    .ok_or_else(|| {
+                        format!("`{text}`: after the path only `body=key,…` may follow")
+                    })?
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                // `body=` alone: no keys (an empty body or `{}`)
+                Some(keys)
+            }
+        };
+        if words.next().is_some() {
+            return Err(format!("`{text}`: expected `METHOD /path [body=key,…]`"));
+        }
         let method: Method = m
             .parse()
             .map_err(|_| format!("`{text}`: `{m}` is not an HTTP method"))?;
@@ -61,13 +115,17 @@ impl Rule {
                 "{instance}" => Ok(Seg::Instance),
                 "*" if i == n - 1 => Ok(Seg::Rest),
                 "*" => Err(format!("`{text}`: `*` only at the end")),
+                lit if FORBIDDEN_SEGMENTS.contains(&lit) => Err(format!(
+                    "`{text}`: `{lit}` paths are never forwarded (they reach every tenant's instances)"
+                )),
                 lit => Ok(Seg::Lit(lit.to_owned())),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Rule {
-            text: text.trim().to_owned(),
+            text: text.split_whitespace().collect::<Vec<_>>().join(" "),
             method,
             segs,
+            body_keys,
         })
     }
 
@@ -94,6 +152,15 @@ impl Rule {
 
 /// The first rule allowing `method path`, or why none does.
 pub fn check<'r>(rules: &'r [Rule], method: &Method, path: &str) -> Result<Allowed<'r>, String> {
+    if path
+        .split('/')
+        .any(|s| FORBIDDEN_SEGMENTS.iter().any(|f| s.eq_ignore_ascii_case(f)))
+    {
+        return Err(format!(
+            "`{method} {}`: SSH key paths are never forwarded; use /v1/ssh-keys and `ssh_key_ids`",
+            crate::error::truncate(path, 200)
+        ));
+    }
     for r in rules {
         if let Some(instance) = r.matches(method, path) {
             return Ok(Allowed { rule: r, instance });
@@ -160,5 +227,35 @@ mod tests {
         let r = [Rule::parse("GET /files/*").unwrap()];
         assert!(check(&r, &Method::GET, "/files/x/y").is_ok());
         assert!(check(&r, &Method::GET, "/files/").is_err());
+        // nothing reaches an ssh path, whatever the rules say
+        assert!(Rule::parse("POST /api/v0/ssh/").is_err());
+        assert!(Rule::parse("POST /api/v0/instances/{instance}/ssh/").is_err());
+        let any = [Rule::parse("POST /api/*").unwrap()];
+        assert!(check(&any, &Method::POST, "/api/v0/ssh/").is_err());
+        assert!(check(&any, &Method::POST, "/api/v0/instances/1/SSH/").is_err());
+        let empty = Rule::parse("PUT /a body=").unwrap();
+        assert!(empty.check_body(b"{}").is_ok());
+        assert!(empty.check_body(br#"{"x": 1}"#).is_err());
+        assert!(Rule::parse("PUT /a label=x").is_err());
+    }
+
+    #[test]
+    fn body_rules_forward_only_their_keys() {
+        let r = rules();
+        let a = check(&r, &Method::PUT, "/api/v0/instances/7/").unwrap();
+        assert!(a.rule.check_body(br#"{"state": "stopped"}"#).is_ok());
+        assert!(a.rule.check_body(b"").is_ok());
+        let e = a
+            .rule
+            .check_body(br#"{"state": "running", "label": "x"}"#)
+            .unwrap_err();
+        assert!(e.contains("`label`"), "{e}");
+        assert!(a.rule.check_body(b"[1]").is_err());
+        assert!(a.rule.check_body(b"not json").is_err());
+        // the default rules: no label changes, no ssh
+        for text in crate::config::PassthroughConfig::default().vastai {
+            let rule = Rule::parse(&text).unwrap();
+            assert!(rule.check_body(br#"{"label": "x"}"#).is_err() || rule.method != Method::PUT);
+        }
     }
 }

@@ -24,6 +24,9 @@ use super::resilience::Gate;
 use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
 use crate::config::{Config, Secret};
 
+/// The offer id suffix of an interruptible offer: `vastai:<id>:bid` rents at a bid.
+pub const BID_SUFFIX: &str = ":bid";
+
 pub struct Vastai {
     base: String,
     key: Option<Secret>,
@@ -146,7 +149,11 @@ impl Provider for Vastai {
         disk_gb: u32,
     ) -> BoxFuture<'a, Result<Option<Quote>, UpstreamError>> {
         Box::pin(async move {
-            let Ok(id) = offer.parse::<u64>() else {
+            let (raw, bid) = match offer.strip_suffix(BID_SUFFIX) {
+                Some(r) => (r, true),
+                None => (offer, false),
+            };
+            let Ok(id) = raw.parse::<u64>() else {
                 return Ok(None);
             };
             let body = json!({
@@ -155,7 +162,7 @@ impl Provider for Vastai {
                 "rented": {"eq": false},
                 "allocated_storage": disk_gb,
                 "limit": 1,
-                "type": "on-demand",
+                "type": if bid { "bid" } else { "on-demand" },
             });
             let v = self
                 .call("quote", true, Method::POST, "/api/v0/bundles/", Some(body))
@@ -165,15 +172,20 @@ impl Provider for Vastai {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            let disk = f64::from(disk_gb);
             Ok(offers
                 .iter()
                 .find(|o| o.get("id").and_then(Value::as_u64) == Some(id))
-                .and_then(|o| normalize(o, f64::from(disk_gb), false))
-                .map(|o| Quote {
-                    price_per_hour: o.price_per_hour,
-                    gpu_model: o.gpu_model,
-                    gpu_count: o.gpu_count,
-                    available: o.available,
+                .and_then(|o| {
+                    let n = normalize(o, disk, bid)?;
+                    Some(Quote {
+                        price_per_hour: n.price_per_hour,
+                        storage_per_hour: round_to(storage_per_hour(o, disk), 6),
+                        min_bid: if bid { num(o.get("min_bid")) } else { None },
+                        gpu_model: n.gpu_model,
+                        gpu_count: n.gpu_count,
+                        available: n.available,
+                    })
                 }))
         })
     }
@@ -184,10 +196,8 @@ impl Provider for Vastai {
             for (k, v) in &req.env {
                 env.insert(k.clone(), json!(v));
             }
-            if let Some(key) = &req.ssh_public_key {
-                env.insert("SSH_PUBLIC_KEY".into(), json!(key));
-            }
-            let body = json!({
+            // keys are attached per instance once it exists (`attach_ssh_key`), never as env
+            let mut body = json!({
                 "client_id": "me",
                 "image": req.image,
                 "disk": req.disk_gb,
@@ -197,7 +207,21 @@ impl Provider for Vastai {
                 "target_state": "running",
                 "cancel_unavail": true,
             });
-            let path = format!("/api/v0/asks/{}/", req.offer);
+            // without `price` Vast rents on demand at the full price and does not say so
+            // (providers.md §4.1): an interruptible rental always sends its bid
+            let ask = match (req.offer.strip_suffix(BID_SUFFIX), req.bid_per_hour) {
+                (Some(ask), Some(bid)) => {
+                    body["price"] = json!(bid);
+                    ask
+                }
+                (Some(_), None) => {
+                    return Err(UpstreamError::Disabled(
+                        "an interruptible rental needs a bid",
+                    ));
+                }
+                (None, _) => req.offer.as_str(),
+            };
+            let path = format!("/api/v0/asks/{ask}/");
             let reply = self
                 .gate
                 .call("create", false, |left| {
@@ -277,6 +301,54 @@ impl Provider for Vastai {
             Some((AUTHORIZATION, v))
         });
         (&self.base, &self.http, auth)
+    }
+
+    fn exclusive_offers(&self) -> bool {
+        true
+    }
+
+    fn ssh_keys_at_create(&self) -> bool {
+        false
+    }
+
+    fn attach_ssh_key<'a>(
+        &'a self,
+        provider_id: &'a str,
+        public_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            // per instance (providers.md §4.1); `POST /api/v0/ssh/` would add the key to the
+            // account and every instance of every tenant
+            let path = format!("/api/v0/instances/{provider_id}/ssh/");
+            self.call(
+                "ssh_attach",
+                true,
+                Method::POST,
+                &path,
+                Some(json!({ "ssh_key": public_key })),
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn set_bid<'a>(
+        &'a self,
+        provider_id: &'a str,
+        bid_per_hour: f64,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let path = format!("/api/v0/instances/bid_price/{provider_id}/");
+            self.call(
+                "set_bid",
+                true,
+                Method::PUT,
+                &path,
+                Some(json!({"client_id": "me", "price": bid_per_hour})),
+            )
+            .await
+            .map(|_| ())
+        })
     }
 
     fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>> {
@@ -380,21 +452,41 @@ impl Vastai {
 }
 
 /// One Vast.ai instance object (v0 show or v1 list).
+///
+/// `actual_status` null/`created`/`loading`/`rebooting` is provisioning; `exited`, `unknown`,
+/// `offline` and a `created` whose message says the container could not be created never reach
+/// `running` (they are reported as `dead`); a bid instance that is stopped was outbid
+/// (`interrupted`); `cur_state: unloaded` means destroyed.
 pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
     let id = v
         .get("id")
         .and_then(|i| i.as_u64().map(|n| n.to_string()))?;
-    let status = match v
+    let actual = v
         .get("actual_status")
         .and_then(Value::as_str)
-        .map(str::trim)
-    {
+        .map(str::trim);
+    let msg = text(v.get("status_msg")).unwrap_or_default();
+    let is_bid = flag(v.get("is_bid")).unwrap_or(false);
+    let unloaded = v.get("cur_state").and_then(Value::as_str) == Some("unloaded");
+    let mut dead = None;
+    let status = match actual {
+        _ if unloaded => InstanceStatus::Terminated,
         Some("running") => InstanceStatus::Running,
-        Some("stopped" | "exited" | "frozen") => InstanceStatus::Stopped,
-        _ if v.get("cur_state").and_then(Value::as_str) == Some("unloaded") => {
-            InstanceStatus::Terminated
+        Some("stopped") if is_bid => InstanceStatus::Interrupted,
+        Some("stopped" | "frozen") => InstanceStatus::Stopped,
+        Some(s @ ("exited" | "unknown" | "offline")) => {
+            dead = Some(if msg.is_empty() {
+                s.to_owned()
+            } else {
+                format!("{s}: {}", short(&msg))
+            });
+            InstanceStatus::Provisioning
         }
-        // null (provisioning), created, loading, rebooting, offline, unknown
+        Some("created") if msg.contains("OCI runtime create failed") => {
+            dead = Some(format!("created: {}", short(&msg)));
+            InstanceStatus::Provisioning
+        }
+        // null (provisioning), created, loading, rebooting
         _ => InstanceStatus::Provisioning,
     };
     let ssh = match (text(v.get("ssh_host")), num(v.get("ssh_port"))) {
@@ -414,6 +506,7 @@ pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
         our_id: text(v.get("label")),
         status,
         ssh,
+        dead,
     })
 }
 
@@ -467,6 +560,11 @@ pub fn error_detail(body: &[u8], key: Option<&Secret>) -> String {
     short(&detail)
 }
 
+/// An offer's storage price for `disk_gb` GB, per hour (Vast prices it per GB-month).
+fn storage_per_hour(o: &Value, disk_gb: f64) -> f64 {
+    disk_gb * num(o.get("storage_cost")).unwrap_or(0.0) / 720.0
+}
+
 /// Normalizes every offer that can be read; the others are skipped and logged once per answer.
 pub fn normalize_all(offers: &[Value], disk_gb: f64, interruptible: bool) -> Vec<Offer> {
     let mut out = Vec::with_capacity(offers.len());
@@ -497,8 +595,7 @@ pub fn normalize(o: &Value, disk_gb: f64, interruptible: bool) -> Option<Offer> 
     let gpu_count = num(o.get("num_gpus")).filter(|n| *n >= 1.0)? as u32;
     let raw_name = text(o.get("gpu_name")).unwrap_or_default();
     let mem_gb = num(o.get("gpu_ram")).map(|mb| round_to(mb / 1024.0, 1));
-    let storage_per_gb_month = num(o.get("storage_cost")).unwrap_or(0.0);
-    let storage_hour = disk_gb * storage_per_gb_month / 720.0;
+    let storage_hour = storage_per_hour(o, disk_gb);
     let min_bid = num(o.get("min_bid"));
     let compute = if interruptible {
         min_bid?
@@ -522,7 +619,11 @@ pub fn normalize(o: &Value, disk_gb: f64, interruptible: bool) -> Option<Offer> 
     let available =
         flag(o.get("rentable")).unwrap_or(true) && !flag(o.get("rented")).unwrap_or(false);
     Some(Offer {
-        id: format!("vastai:{id}"),
+        id: if interruptible {
+            format!("vastai:{id}{BID_SUFFIX}")
+        } else {
+            format!("vastai:{id}")
+        },
         provider: ProviderId::Vastai,
         gpu_model: gpu::canonical(&raw_name, mem_gb),
         provider_gpu_name: raw_name,
@@ -538,6 +639,7 @@ pub fn normalize(o: &Value, disk_gb: f64, interruptible: bool) -> Option<Offer> 
         reliability: reliability.map(|r| round_to(r.clamp(0.0, 1.0), 4)),
         interruptible,
         min_bid_per_hour: min_bid.map(|b| round_to(b + storage_hour, 4)),
+        storage_per_hour: round_to(storage_hour, 6),
         available,
     })
 }
@@ -596,6 +698,48 @@ mod tests {
         let o = normalize(&sample(), 0.0, true).unwrap();
         assert!(o.interruptible);
         assert_eq!(o.price_per_hour, 1.1);
+        assert_eq!(
+            o.id, "vastai:7012345:bid",
+            "a bid rental is its own configuration"
+        );
+    }
+
+    #[test]
+    fn instance_states_that_never_run_are_dead_and_an_outbid_bid_is_interrupted() {
+        let inst = |actual: Value, msg: &str, bid: bool| {
+            remote_instance(&json!({"id": 9, "label": "x", "actual_status": actual,
+                "status_msg": msg, "is_bid": bid, "cur_state": "running"}))
+            .unwrap()
+        };
+        for s in ["exited", "offline", "unknown"] {
+            let r = inst(json!(s), "", false);
+            assert_eq!(r.status, InstanceStatus::Provisioning);
+            assert_eq!(r.dead.as_deref(), Some(s));
+        }
+        let r = inst(
+            json!("created"),
+            "OCI runtime create failed: no such file",
+            false,
+        );
+        assert!(r.dead.unwrap().contains("OCI runtime create failed"));
+        assert_eq!(inst(json!("created"), "", false).dead, None);
+        assert_eq!(inst(Value::Null, "", false).dead, None);
+        assert_eq!(
+            inst(json!("loading"), "", false).status,
+            InstanceStatus::Provisioning
+        );
+        assert_eq!(
+            inst(json!("stopped"), "", true).status,
+            InstanceStatus::Interrupted
+        );
+        assert_eq!(
+            inst(json!("stopped"), "", false).status,
+            InstanceStatus::Stopped
+        );
+        assert_eq!(
+            inst(json!("running"), "", true).status,
+            InstanceStatus::Running
+        );
     }
 
     #[test]

@@ -1,18 +1,25 @@
 //! The rentals ledger in PostgreSQL: instance rows and their append-only events. Every state
 //! change writes the row and one event in the same transaction.
 //!
-//! Budget (checked in `reserve`, atomically with writing the intent: the account row is locked
-//! `FOR UPDATE`, so two rentals of one account are checked one after the other):
+//! Every event carries the instance's price and the *rate* it bills from that event on (see
+//! [`rate`]): the full price while
+//! provisioning, running or terminating, the storage price while stopped or interrupted (the
+//! provider still bills the disk), 0 once ended. Spend over a window is the sum, over each
+//! instance's event segments (one event to the next, the last one to now), of rate × hours of the
+//! segment inside the window; pending intents and failed or ended rows bill nothing.
+//!
+//! Budget (checked in `reserve`, `set_bid` and passthrough starts, atomically with the change: the
+//! account row is locked `FOR UPDATE`, so two changes of one account are checked one after the
+//! other):
 //!
 //! ```text
-//! projected = spent today + (hourly price of open instances + price of the new one) × hours left today
+//! projected = spent today + (current rate of open instances + the new rate) × hours left today
 //! ```
 //!
-//! where *today* is the UTC day, *spent today* is Σ price × hours each instance was open today
-//! (from `started_at`, or `created_at` for a pending intent, to `terminated_at` or now), and *open*
-//! means pending, provisioning, running, stopped or terminating. A rental is refused (402
-//! `budget_exceeded`) when `projected > daily_budget_usd`, or (409 `instance_limit`) when the
-//! account already has `max_instances` open instances.
+//! where *today* is the UTC day and *open* means pending, provisioning, running, stopped,
+//! interrupted or terminating. A rental is refused (402 `budget_exceeded`) when
+//! `projected > daily_budget_usd`, or (409 `instance_limit`) when the account already has
+//! `max_instances` open instances.
 
 use hyper::StatusCode;
 use serde::Serialize;
@@ -39,6 +46,11 @@ pub struct InstanceRow {
     pub image: String,
     pub disk_gb: i32,
     pub label: Option<String>,
+    /// Interruptible rentals: the bid sent to the provider (compute USD/h; `price_per_hour` is
+    /// the bid plus the storage).
+    pub bid_per_hour: Option<f64>,
+    /// What the instance bills while stopped or interrupted.
+    pub storage_per_hour: f64,
     /// `pending` inside the ledger; shown to clients as `provisioning` (see `api::instances`).
     pub status: String,
     pub ssh: Option<Ssh>,
@@ -46,12 +58,32 @@ pub struct InstanceRow {
     pub created_at: f64,
     pub started_at: Option<f64>,
     pub terminated_at: Option<f64>,
+    /// Since when the provider reports a state that never reaches `running`, and which.
+    pub dead_since: Option<f64>,
+    pub dead_reason: Option<String>,
+}
+
+impl InstanceRow {
+    /// Still costs money (or may again).
+    pub fn is_open(&self) -> bool {
+        !matches!(self.status.as_str(), "failed" | "terminated")
+    }
+}
+
+/// The rate (USD/h) an instance in `status` bills: see the module header.
+pub fn rate(status: &str, price_per_hour: f64, storage_per_hour: f64) -> f64 {
+    match status {
+        "pending" | "provisioning" | "running" | "terminating" => price_per_hour,
+        "stopped" | "interrupted" => storage_per_hour,
+        _ => 0.0,
+    }
 }
 
 const COLS: &str = "id, account_id, provider, provider_instance_id, offer_id, gpu_model, \
     gpu_count, price_per_hour, image, disk_gb, label, status, ssh_host, ssh_port, ssh_user, \
     failure, extract(epoch from created_at)::float8, extract(epoch from started_at)::float8, \
-    extract(epoch from terminated_at)::float8";
+    extract(epoch from terminated_at)::float8, bid_per_hour, storage_per_hour, \
+    extract(epoch from dead_since)::float8, dead_reason";
 
 fn row(r: &Row) -> InstanceRow {
     let ssh = match (r.get::<_, Option<String>>(12), r.get::<_, Option<i32>>(13)) {
@@ -82,6 +114,10 @@ fn row(r: &Row) -> InstanceRow {
         created_at: r.get(16),
         started_at: r.get(17),
         terminated_at: r.get(18),
+        bid_per_hour: r.get(19),
+        storage_per_hour: r.get(20),
+        dead_since: r.get(21),
+        dead_reason: r.get(22),
     }
 }
 
@@ -96,83 +132,131 @@ pub struct NewInstance<'a> {
     pub image: &'a str,
     pub disk_gb: i32,
     pub label: Option<&'a str>,
+    pub bid_per_hour: Option<f64>,
+    pub storage_per_hour: f64,
+    /// (name, public key, fingerprint) of the keys the instance must get.
+    pub ssh_keys: &'a [(String, String, String)],
 }
 
 fn db_err(e: tokio_postgres::Error) -> Error {
     classify(e)
 }
 
-/// Checks the budget and the instance limit and writes the intent (status `pending`), in one
-/// transaction under the account's row lock.
+/// Spent today (UTC) by the account, from the event segments (module header).
+pub const SPENT_TODAY: &str = "WITH seg AS ( \
+      SELECT e.rate_per_hour AS rate, e.status, e.at AS t0, \
+        coalesce(lead(e.at) OVER (PARTITION BY e.instance_id ORDER BY e.id), now()) AS t1 \
+      FROM instance_events e JOIN instances i ON i.id = e.instance_id \
+      WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > date_trunc('day', now(), 'UTC')) \
+    SELECT coalesce(sum(coalesce(rate, 0) * extract(epoch from (least(t1, now()) \
+        - greatest(t0, date_trunc('day', now(), 'UTC')))) / 3600.0) \
+      FILTER (WHERE status NOT IN ('pending', 'failed', 'terminated') \
+        AND t1 > date_trunc('day', now(), 'UTC')), 0)::float8 FROM seg";
+
+/// Checks, inside `tx`, that the account is active, below its instance limit (when `new_instance`)
+/// and that its projected spend with `extra_per_hour` more fits the daily budget. Locks the
+/// account row, so checks of one account run one after the other. `replacing` is an instance
+/// whose current rate the new one replaces (a changed bid, a start).
+pub async fn budget_check(
+    tx: &tokio_postgres::Transaction<'_>,
+    account_id: i64,
+    extra_per_hour: f64,
+    new_instance: bool,
+    replacing: Option<&str>,
+) -> Result<()> {
+    let acct = tx
+        .query_typed(
+            "SELECT daily_budget_usd::float8, max_instances, status FROM accounts \
+             WHERE id = $1 FOR UPDATE",
+            &[(&account_id, Type::INT8)],
+        )
+        .await
+        .map_err(db_err)?;
+    let acct = acct
+        .first()
+        .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such account"))?;
+    let (budget, max_instances, status): (f64, i32, String) =
+        (acct.get(0), acct.get(1), acct.get(2));
+    if status != "active" {
+        return Err(Error::forbidden(
+            "account_suspended",
+            "the account is suspended",
+        ));
+    }
+    let sums = tx
+        .query_typed(
+            "SELECT count(*) FILTER (WHERE status NOT IN ('failed', 'terminated'))::int8, \
+               coalesce(sum(CASE WHEN status IN ('stopped', 'interrupted') THEN storage_per_hour \
+                   ELSE price_per_hour END) \
+                 FILTER (WHERE status NOT IN ('failed', 'terminated') \
+                   AND id IS DISTINCT FROM $2), 0)::float8, \
+               (extract(epoch from (date_trunc('day', now(), 'UTC') + interval '1 day' - now())) / 3600.0)::float8 \
+             FROM instances WHERE account_id = $1",
+            &[(&account_id, Type::INT8), (&replacing, Type::TEXT)],
+        )
+        .await
+        .map_err(db_err)?;
+    let s = &sums[0];
+    let (open, open_per_hour, hours_left): (i64, f64, f64) = (s.get(0), s.get(1), s.get(2));
+    if new_instance && open >= i64::from(max_instances) {
+        return Err(Error::rejected(
+            StatusCode::CONFLICT,
+            "instance_limit",
+            format!("the account already has {open} open instances (at most {max_instances})"),
+            Some(json!({"open_instances": open, "max_instances": max_instances})),
+        ));
+    }
+    let spent_today: f64 = tx
+        .query_typed(SPENT_TODAY, &[(&account_id, Type::INT8)])
+        .await
+        .map_err(db_err)?[0]
+        .get(0);
+    let projected = spent_today + (open_per_hour + extra_per_hour) * hours_left;
+    if projected > budget {
+        let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
+        return Err(Error::rejected(
+            StatusCode::PAYMENT_REQUIRED,
+            "budget_exceeded",
+            format!(
+                "{:.4} USD/h more would bring today's projected spend to {:.2} USD, over the daily budget of {:.2} USD",
+                extra_per_hour, projected, budget
+            ),
+            Some(json!({
+                "daily_budget_usd": r2(budget),
+                "spent_today_usd": r2(spent_today),
+                "open_instances_usd_per_hour": r2(open_per_hour),
+                "price_per_hour": r2(extra_per_hour),
+                "hours_left_today": r2(hours_left),
+                "projected_spend_usd": r2(projected),
+            })),
+        ));
+    }
+    Ok(())
+}
+
+/// Spent today by the account (USD), for reports and tests.
+pub async fn spent_today(db: &Db, account_id: i64) -> Result<f64> {
+    Ok(db
+        .query(SPENT_TODAY, &[(&account_id, Type::INT8)])
+        .await?
+        .first()
+        .map(|r| r.get(0))
+        .unwrap_or(0.0))
+}
+
+/// Checks the budget and the instance limit and writes the intent (status `pending`) and the
+/// keys the instance must get, in one transaction under the account's row lock.
 pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
     db.transaction(async |tx| {
-        let acct = tx
-            .query_typed(
-                "SELECT daily_budget_usd::float8, max_instances, status FROM accounts \
-                 WHERE id = $1 FOR UPDATE",
-                &[(&n.account_id, Type::INT8)],
-            )
-            .await
-            .map_err(db_err)?;
-        let acct = acct
-            .first()
-            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such account"))?;
-        let (budget, max_instances, status): (f64, i32, String) =
-            (acct.get(0), acct.get(1), acct.get(2));
-        if status != "active" {
-            return Err(Error::forbidden("account_suspended", "the account is suspended"));
-        }
-        let sums = tx
-            .query_typed(
-                "SELECT count(*) FILTER (WHERE status NOT IN ('failed', 'terminated'))::int8, \
-                   coalesce(sum(price_per_hour) FILTER (WHERE status NOT IN ('failed', 'terminated')), 0)::float8, \
-                   coalesce(sum(price_per_hour * extract(epoch from (coalesce(terminated_at, now()) \
-                       - greatest(coalesce(started_at, created_at), date_trunc('day', now(), 'UTC')))) / 3600.0) \
-                     FILTER (WHERE status <> 'failed' \
-                       AND coalesce(terminated_at, now()) > date_trunc('day', now(), 'UTC')), 0)::float8, \
-                   (extract(epoch from (date_trunc('day', now(), 'UTC') + interval '1 day' - now())) / 3600.0)::float8 \
-                 FROM instances WHERE account_id = $1",
-                &[(&n.account_id, Type::INT8)],
-            )
-            .await
-            .map_err(db_err)?;
-        let s = &sums[0];
-        let (open, open_per_hour, spent_today, hours_left): (i64, f64, f64, f64) =
-            (s.get(0), s.get(1), s.get(2), s.get(3));
-        if open >= i64::from(max_instances) {
-            return Err(Error::rejected(
-                StatusCode::CONFLICT,
-                "instance_limit",
-                format!("the account already has {open} open instances (at most {max_instances})"),
-                Some(json!({"open_instances": open, "max_instances": max_instances})),
-            ));
-        }
-        let projected = spent_today + (open_per_hour + n.price_per_hour) * hours_left;
-        if projected > budget {
-            let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
-            return Err(Error::rejected(
-                StatusCode::PAYMENT_REQUIRED,
-                "budget_exceeded",
-                format!(
-                    "renting at {:.4} USD/h would bring today's projected spend to {:.2} USD, over the daily budget of {:.2} USD",
-                    n.price_per_hour, projected, budget
-                ),
-                Some(json!({
-                    "daily_budget_usd": r2(budget),
-                    "spent_today_usd": r2(spent_today),
-                    "open_instances_usd_per_hour": r2(open_per_hour),
-                    "price_per_hour": r2(n.price_per_hour),
-                    "hours_left_today": r2(hours_left),
-                    "projected_spend_usd": r2(projected),
-                })),
-            ));
-        }
+        budget_check(tx, n.account_id, n.price_per_hour, true, None).await?;
         let rows = tx
             .query_typed(
                 &format!(
                     "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, \
-                       gpu_count, price_per_hour, image, disk_gb, label, status) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending') RETURNING {COLS}"
+                       gpu_count, price_per_hour, image, disk_gb, label, status, bid_per_hour, \
+                       storage_per_hour) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12) \
+                     RETURNING {COLS}"
                 ),
                 &[
                     (&n.id, Type::TEXT),
@@ -185,11 +269,39 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
                     (&n.image, Type::TEXT),
                     (&n.disk_gb, Type::INT4),
                     (&n.label, Type::TEXT),
+                    (&n.bid_per_hour, Type::FLOAT8),
+                    (&n.storage_per_hour, Type::FLOAT8),
                 ],
             )
             .await
             .map_err(db_err)?;
-        event_tx(tx, n.id, "intent", Some("pending"), Some(n.price_per_hour), None).await?;
+        for (name, key, fingerprint) in n.ssh_keys {
+            tx.query_typed(
+                "INSERT INTO instance_ssh_keys (instance_id, fingerprint, public_key, name) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[
+                    (&n.id, Type::TEXT),
+                    (fingerprint, Type::TEXT),
+                    (key, Type::TEXT),
+                    (name, Type::TEXT),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        }
+        let detail = n
+            .bid_per_hour
+            .map(|b| format!("interruptible at a bid of {b} USD/h"));
+        event_tx(
+            tx,
+            n.id,
+            "intent",
+            Some("pending"),
+            n.price_per_hour,
+            0.0,
+            detail.as_deref(),
+        )
+        .await?;
         Ok(row(&rows[0]))
     })
     .await
@@ -200,22 +312,249 @@ async fn event_tx(
     id: &str,
     kind: &str,
     status: Option<&str>,
-    price: Option<f64>,
+    price: f64,
+    rate: f64,
     detail: Option<&str>,
 ) -> Result<()> {
     tx.query_typed(
-        "INSERT INTO instance_events (instance_id, kind, status, price_per_hour, detail) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO instance_events (instance_id, kind, status, price_per_hour, rate_per_hour, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
         &[
             (&id, Type::TEXT),
             (&kind, Type::TEXT),
             (&status, Type::TEXT),
             (&price, Type::FLOAT8),
+            (&rate, Type::FLOAT8),
             (&detail, Type::TEXT),
         ],
     )
     .await
     .map_err(db_err)?;
+    Ok(())
+}
+
+/// Records an event that changes no status (a key attached, a dead state seen), at the rate in
+/// force.
+pub async fn note(db: &Db, id: &str, kind: &str, detail: &str) -> Result<()> {
+    db.transaction(async |tx| {
+        let rows = tx
+            .query_typed(
+                &format!("SELECT {COLS} FROM instances WHERE id = $1"),
+                &[(&id, Type::TEXT)],
+            )
+            .await
+            .map_err(db_err)?;
+        let Some(r) = rows.first().map(row) else {
+            return Ok(());
+        };
+        let billed = rate(&r.status, r.price_per_hour, r.storage_per_hour);
+        event_tx(
+            tx,
+            id,
+            kind,
+            Some(&r.status),
+            r.price_per_hour,
+            billed,
+            Some(detail),
+        )
+        .await
+    })
+    .await
+}
+
+/// A changed bid: the new bid and price (bid + storage), checked against the budget first.
+pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64) -> Result<InstanceRow> {
+    let price = bid + r.storage_per_hour;
+    db.transaction(async |tx| {
+        // while outbid it bills storage only; the raised bid bills in full once it runs again
+        budget_check(tx, r.account_id, price, false, Some(&r.id)).await?;
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "UPDATE instances SET bid_per_hour = $2, price_per_hour = $3, updated_at = now() \
+                     WHERE id = $1 RETURNING {COLS}"
+                ),
+                &[
+                    (&r.id, Type::TEXT),
+                    (&bid, Type::FLOAT8),
+                    (&price, Type::FLOAT8),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        let n = rows
+            .first()
+            .map(row)
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such instance"))?;
+        let billed = rate(&n.status, n.price_per_hour, n.storage_per_hour);
+        let detail = format!("bid {bid} USD/h");
+        event_tx(
+            tx,
+            &n.id,
+            "bid_changed",
+            Some(&n.status),
+            n.price_per_hour,
+            billed,
+            Some(&detail),
+        )
+        .await?;
+        Ok(n)
+    })
+    .await
+}
+
+/// Marks (or clears, with `None`) the dead state the provider reports. Returns whether this is
+/// the first sighting (an event is written then).
+pub async fn set_dead(db: &Db, id: &str, reason: Option<&str>) -> Result<bool> {
+    let first = db
+        .query(
+            "UPDATE instances SET dead_since = CASE WHEN $2::text IS NULL THEN NULL \
+               ELSE coalesce(dead_since, now()) END, dead_reason = $2 \
+             WHERE id = $1 AND (dead_reason IS DISTINCT FROM $2) \
+             RETURNING (dead_since IS NOT NULL AND dead_since = now())",
+            &[(&id, Type::TEXT), (&reason, Type::TEXT)],
+        )
+        .await?
+        .first()
+        .is_some_and(|r| r.get::<_, bool>(0));
+    if first && let Some(why) = reason {
+        note(
+            db,
+            id,
+            "dead_state_seen",
+            &format!("the provider reports `{why}`, a state that never reaches running"),
+        )
+        .await?;
+    }
+    Ok(first)
+}
+
+/// One key an instance must get, and how far it is.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceKey {
+    pub name: String,
+    pub fingerprint: String,
+    #[serde(skip)]
+    pub public_key: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+pub async fn instance_keys(db: &Db, id: &str) -> Result<Vec<InstanceKey>> {
+    Ok(db
+        .query(
+            "SELECT name, fingerprint, public_key, state, attempts, last_error \
+             FROM instance_ssh_keys WHERE instance_id = $1 ORDER BY name, fingerprint",
+            &[(&id, Type::TEXT)],
+        )
+        .await?
+        .iter()
+        .map(|r| InstanceKey {
+            name: r.get(0),
+            fingerprint: r.get(1),
+            public_key: r.get(2),
+            state: r.get(3),
+            attempts: r.get(4),
+            last_error: r.get(5),
+        })
+        .collect())
+}
+
+/// Instances with keys still to attach (every account: the reconciler's view).
+pub async fn with_pending_keys(db: &Db) -> Result<Vec<String>> {
+    Ok(db
+        .query(
+            "SELECT DISTINCT k.instance_id FROM instance_ssh_keys k \
+             JOIN instances i ON i.id = k.instance_id \
+             WHERE k.state = 'pending' AND i.status IN ('provisioning', 'running') \
+               AND i.provider_instance_id IS NOT NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Records an attach attempt: `error` `None` = attached; `give_up` turns a failure final.
+pub async fn key_attempt(
+    db: &Db,
+    id: &str,
+    fingerprint: &str,
+    error: Option<&str>,
+    give_up: bool,
+) -> Result<()> {
+    let state = match (error, give_up) {
+        (None, _) => "attached",
+        (Some(_), true) => "failed",
+        (Some(_), false) => "pending",
+    };
+    db.query(
+        "UPDATE instance_ssh_keys SET state = $3, attempts = attempts + 1, last_error = $4, \
+           attached_at = CASE WHEN $3 = 'attached' THEN now() ELSE attached_at END \
+         WHERE instance_id = $1 AND fingerprint = $2 AND state = 'pending'",
+        &[
+            (&id, Type::TEXT),
+            (&fingerprint, Type::TEXT),
+            (&state, Type::TEXT),
+            (&error, Type::TEXT),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks every pending key of an instance attached (the provider took them at create).
+pub async fn keys_attached_at_create(db: &Db, id: &str) -> Result<()> {
+    db.query(
+        "UPDATE instance_ssh_keys SET state = 'attached', attempts = 1, attached_at = now() \
+         WHERE instance_id = $1 AND state = 'pending'",
+        &[(&id, Type::TEXT)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Claims `offer` for the rental `instance` until `ttl_ms` from now; `false` when another rental
+/// holds a live claim on it (or the ledger has an open instance on it already).
+pub async fn claim_offer(
+    db: &Db,
+    provider: &str,
+    offer: &str,
+    instance: &str,
+    ttl_ms: u64,
+) -> Result<bool> {
+    let key = format!("{provider}:{offer}");
+    let ttl = ttl_ms as f64 / 1000.0;
+    let bid = format!("{key}{}", crate::providers::vastai::BID_SUFFIX);
+    Ok(!db
+        .query(
+            "INSERT INTO offer_claims (offer_id, instance_id, expires_at) \
+             SELECT $1, $2, now() + make_interval(secs => $3) \
+             WHERE NOT EXISTS (SELECT 1 FROM instances WHERE offer_id IN ($1, $4) \
+               AND status NOT IN ('failed', 'terminated')) \
+             ON CONFLICT (offer_id) DO UPDATE SET instance_id = EXCLUDED.instance_id, \
+               expires_at = EXCLUDED.expires_at WHERE offer_claims.expires_at < now() \
+             RETURNING 1",
+            &[
+                (&key, Type::TEXT),
+                (&instance, Type::TEXT),
+                (&ttl, Type::FLOAT8),
+                (&bid, Type::TEXT),
+            ],
+        )
+        .await?
+        .is_empty())
+}
+
+pub async fn release_offer(db: &Db, provider: &str, offer: &str, instance: &str) -> Result<()> {
+    let key = format!("{provider}:{offer}");
+    db.query(
+        "DELETE FROM offer_claims WHERE offer_id = $1 AND instance_id = $2",
+        &[(&key, Type::TEXT), (&instance, Type::TEXT)],
+    )
+    .await?;
     Ok(())
 }
 
@@ -274,7 +613,8 @@ pub async fn transition(
         let Some(r) = rows.first().map(row) else {
             return Ok(None);
         };
-        event_tx(tx, id, kind, Some(status), Some(r.price_per_hour), detail).await?;
+        let billed = rate(status, r.price_per_hour, r.storage_per_hour);
+        event_tx(tx, id, kind, Some(status), r.price_per_hour, billed, detail).await?;
         Ok(Some(r))
     })
     .await
@@ -285,6 +625,30 @@ pub async fn get(db: &Db, account_id: i64, id: &str) -> Result<Option<InstanceRo
         .query_opt(
             &format!("SELECT {COLS} FROM instances WHERE id = $1 AND account_id = $2"),
             &[(&id, Type::TEXT), (&account_id, Type::INT8)],
+        )
+        .await?
+        .as_ref()
+        .map(row))
+}
+
+/// The account's instance that the provider knows as `provider_instance_id`.
+pub async fn by_provider_id(
+    db: &Db,
+    account_id: i64,
+    provider: &str,
+    provider_instance_id: &str,
+) -> Result<Option<InstanceRow>> {
+    Ok(db
+        .query_opt(
+            &format!(
+                "SELECT {COLS} FROM instances WHERE provider = $1 AND provider_instance_id = $2 \
+                   AND account_id = $3"
+            ),
+            &[
+                (&provider, Type::TEXT),
+                (&provider_instance_id, Type::TEXT),
+                (&account_id, Type::INT8),
+            ],
         )
         .await?
         .as_ref()
@@ -355,14 +719,16 @@ pub struct Event {
     pub kind: String,
     pub status: Option<String>,
     pub price_per_hour: Option<f64>,
+    /// What the instance billed from this event on.
+    pub rate_per_hour: Option<f64>,
     pub detail: Option<String>,
 }
 
 pub async fn events(db: &Db, id: &str) -> Result<Vec<Event>> {
     Ok(db
         .query(
-            "SELECT extract(epoch from at)::float8, kind, status, price_per_hour, detail \
-             FROM instance_events WHERE instance_id = $1 ORDER BY id",
+            "SELECT extract(epoch from at)::float8, kind, status, price_per_hour, detail, \
+               rate_per_hour FROM instance_events WHERE instance_id = $1 ORDER BY id",
             &[(&id, Type::TEXT)],
         )
         .await?
@@ -373,6 +739,7 @@ pub async fn events(db: &Db, id: &str) -> Result<Vec<Event>> {
             status: r.get(2),
             price_per_hour: r.get(3),
             detail: r.get(4),
+            rate_per_hour: r.get(5),
         })
         .collect())
 }

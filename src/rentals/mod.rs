@@ -3,15 +3,23 @@
 //! and (in `reconcile`) settling what a crash left between the two. `idempotency` makes a
 //! retried request replay the first answer.
 //!
-//! Order of a rental (`rent`): quote (uncached) → price checks → `ledger::reserve` (budget and
-//! instance limit under the account's row lock, intent row `pending`) → provider create (never
-//! retried) → `committed` (status `provisioning`) or `failed`. When the provider's answer is lost
-//! (timeout, reset), the provider's instance list is searched for our id at once; if that fails
-//! too, the intent stays pending and the reconciler settles it.
+//! Order of a rental (`rent`): input and SSH keys checked → the offer claimed (one rental of a
+//! Vast offer at a time, across daemons: `ledger::claim_offer`) → quote (uncached) → price and
+//! bid checks → `ledger::reserve` (budget and instance limit under the account's row lock,
+//! intent row `pending`) → provider create (never retried) → `committed` (status `provisioning`)
+//! or `failed` → claim released; a rented Vast offer leaves the offers cache at once. When the
+//! provider's answer is lost (timeout, reset), the provider's instance list is searched for our
+//! id at once; if that fails too, the intent stays pending and the reconciler settles it.
+//!
+//! Interruptible (bid) rentals always send their bid (`bid_per_hour`, default the offer's
+//! current minimum bid): Vast rents on demand at the full price otherwise. SSH keys go where
+//! the provider documents them: io.net's deploy body, or Vast's per-instance attach (`keys`).
 
 pub mod idempotency;
+pub mod keys;
 pub mod ledger;
 pub mod reconcile;
+pub mod sshkeys;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,10 +50,31 @@ pub struct RentBody {
     pub label: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// One OpenSSH public key given inline (it is not stored in `/v1/ssh-keys`).
     pub ssh_public_key: Option<String>,
+    /// Keys of the account's `/v1/ssh-keys` the instance gets.
+    #[serde(default)]
+    pub ssh_key_ids: Vec<String>,
     /// io.net only (its deployments run for a fixed time).
     pub duration_hours: Option<u32>,
     pub max_price_per_hour: Option<f64>,
+    /// Interruptible offers (`vastai:<id>:bid`) only: the bid, compute USD/h (the instance's
+    /// price is the bid plus its storage). Default: the offer's current minimum bid.
+    pub bid_per_hour: Option<f64>,
+}
+
+/// Vast's accepted bid range (USD/h).
+pub const MAX_BID: f64 = 128.0;
+
+/// Checks a bid (`field` names it in the error).
+pub fn check_bid(field: &str, bid: f64, cap: Option<f64>) -> Result<()> {
+    let cap = cap.unwrap_or(MAX_BID).min(MAX_BID);
+    if !(bid.is_finite() && bid >= 0.001 && bid <= cap) {
+        return Err(Error::bad_request(format!(
+            "invalid `{field}`: a bid of at least 0.001 and at most {cap} USD/h"
+        )));
+    }
+    Ok(())
 }
 
 impl RentBody {
@@ -59,9 +88,15 @@ impl RentBody {
             .ok_or_else(|| {
                 bad(
                     "offer_id",
-                    "expected `vastai:<id>` or `ionet:<id>@<location>` from GET /v1/offers",
+                    "expected `vastai:<id>`, `vastai:<id>:bid` or `ionet:<cards>x<id>@<location>` from GET /v1/offers",
                 )
             })?;
+        if p == ProviderId::Ionet && crate::providers::ionet::parse_offer(local).is_none() {
+            return Err(bad(
+                "offer_id",
+                "io.net offers are `ionet:<cards>x<hardware>@<location>` (from GET /v1/offers)",
+            ));
+        }
         if self.image.trim().is_empty() || self.image.len() > 512 {
             return Err(bad(
                 "image",
@@ -85,15 +120,16 @@ impl RentBody {
                 "at most 64 variables, names of 1 to 128 and values up to 4096 characters",
             ));
         }
-        if self
-            .ssh_public_key
-            .as_ref()
-            .is_some_and(|k| k.len() > 8192 || !(k.starts_with("ssh-") || k.starts_with("ecdsa-")))
+        if let Some(k) = &self.ssh_public_key {
+            sshkeys::parse(k).map_err(|why| bad("ssh_public_key", &why))?;
+        }
+        if self.ssh_key_ids.len() > 64
+            || self
+                .ssh_key_ids
+                .iter()
+                .any(|k| k.is_empty() || k.len() > 64)
         {
-            return Err(bad(
-                "ssh_public_key",
-                "an OpenSSH public key (`ssh-ed25519 AAAA…`)",
-            ));
+            return Err(bad("ssh_key_ids", "at most 64 ids from GET /v1/ssh-keys"));
         }
         if self
             .duration_hours
@@ -107,6 +143,15 @@ impl RentBody {
         {
             return Err(bad("max_price_per_hour", "a price greater than 0"));
         }
+        if let Some(bid) = self.bid_per_hour {
+            if !local.ends_with(crate::providers::vastai::BID_SUFFIX) {
+                return Err(bad(
+                    "bid_per_hour",
+                    "only for interruptible offers (ids ending in `:bid`, from GET /v1/offers?interruptible=true)",
+                ));
+            }
+            check_bid("bid_per_hour", bid, self.max_price_per_hour)?;
+        }
         Ok((p, local))
     }
 }
@@ -116,6 +161,8 @@ impl RentBody {
 pub struct RemoteView {
     pub status: InstanceStatus,
     pub ssh: Option<Ssh>,
+    #[serde(default)]
+    pub dead: Option<String>,
 }
 
 pub struct Rentals {
@@ -129,7 +176,7 @@ pub struct Rentals {
     offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("the OS random source works");
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -145,12 +192,13 @@ fn new_id() -> String {
     )
 }
 
-fn upstream_error(p: ProviderId, e: &UpstreamError) -> Error {
+pub(crate) fn upstream_error(p: ProviderId, e: &UpstreamError) -> Error {
     let status = match e {
         UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        UpstreamError::CircuitOpen | UpstreamError::BackingOff | UpstreamError::Disabled(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        UpstreamError::CircuitOpen
+        | UpstreamError::BackingOff
+        | UpstreamError::RateLimited
+        | UpstreamError::Disabled(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
     };
     let mut err = Error::new(
@@ -229,6 +277,89 @@ impl Rentals {
     pub async fn rent(&self, account_id: i64, body: &RentBody) -> Result<InstanceRow> {
         let (pid, local) = body.validate()?;
         let provider = self.provider(pid)?.clone();
+        let keys = sshkeys::for_rental(
+            &self.db,
+            account_id,
+            &body.ssh_key_ids,
+            body.ssh_public_key.as_deref(),
+        )
+        .await?;
+        let id = new_id();
+        // one rental of an exclusive offer at a time, whichever daemon takes it
+        let claim = provider.exclusive_offers().then(|| {
+            local
+                .strip_suffix(crate::providers::vastai::BID_SUFFIX)
+                .unwrap_or(local)
+        });
+        if let Some(offer) = claim
+            && !ledger::claim_offer(
+                &self.db,
+                pid.as_str(),
+                offer,
+                &id,
+                self.config.rentals.intent_timeout_ms,
+            )
+            .await?
+        {
+            counter!(RENTALS_TOTAL, "provider" => pid.as_str(), "result" => "refused").increment(1);
+            return Err(Error::rejected(
+                StatusCode::CONFLICT,
+                "offer_unavailable",
+                format!(
+                    "offer {} is being rented or is rented already",
+                    body.offer_id
+                ),
+                Some(json!({"offer_id": body.offer_id})),
+            ));
+        }
+        let out = self
+            .rent_claimed(account_id, body, &id, pid, local, &provider, &keys)
+            .await;
+        if let Some(offer) = claim {
+            if let Err(e) = ledger::release_offer(&self.db, pid.as_str(), offer, &id).await {
+                tracing::warn!(offer, error = %e, "offer claim not released; it expires by itself");
+            }
+            if out.is_ok() {
+                self.drop_rented_offer(&format!("{}:{offer}", pid.as_str()))
+                    .await;
+            }
+        }
+        let row = out?;
+        if !keys.is_empty() {
+            if provider.ssh_keys_at_create() {
+                ledger::keys_attached_at_create(&self.db, &row.id).await?;
+            } else {
+                keys::spawn_attach(self.db.clone(), provider, row.clone(), self.config.clone());
+            }
+        }
+        Ok(row)
+    }
+
+    /// Takes a rented (exclusive) offer out of every cached answer, on demand and bid alike, in
+    /// process and in Redis: the next page never shows it.
+    async fn drop_rented_offer(&self, offer_id: &str) {
+        let bid = format!("{offer_id}{}", crate::providers::vastai::BID_SUFFIX);
+        let gone = |o: &crate::providers::Offer| o.id == offer_id || o.id == bid;
+        self.offers
+            .edit(|list: &Vec<crate::providers::Offer>| {
+                list.iter()
+                    .any(gone)
+                    .then(|| list.iter().filter(|o| !gone(o)).cloned().collect())
+            })
+            .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn rent_claimed(
+        &self,
+        account_id: i64,
+        body: &RentBody,
+        id: &str,
+        pid: ProviderId,
+        local: &str,
+        provider: &Arc<dyn Provider>,
+        keys: &[(String, String, String)],
+    ) -> Result<InstanceRow> {
         let count = |result: &'static str| {
             counter!(RENTALS_TOTAL, "provider" => pid.as_str(), "result" => result).increment(1);
         };
@@ -246,8 +377,32 @@ impl Rentals {
                     Some(json!({"offer_id": body.offer_id})),
                 )
             })?;
+        // an interruptible offer rents at a bid: the one asked for, or the current minimum
+        let bid = match quote.min_bid {
+            Some(min) => {
+                let bid = body.bid_per_hour.unwrap_or(min);
+                if bid < min {
+                    count("refused");
+                    return Err(Error::rejected(
+                        StatusCode::CONFLICT,
+                        "bid_too_low",
+                        format!(
+                            "the minimum bid for offer {} is {min:.4} USD/h now; `bid_per_hour` {bid:.4} would be outbid at once",
+                            body.offer_id
+                        ),
+                        Some(json!({"min_bid_per_hour": min, "bid_per_hour": bid})),
+                    ));
+                }
+                Some(bid)
+            }
+            None => None,
+        };
+        let price = match bid {
+            Some(b) => crate::providers::model::round_to(b + quote.storage_per_hour, 6),
+            None => quote.price_per_hour,
+        };
         if let Some(max) = body.max_price_per_hour
-            && quote.price_per_hour > max
+            && price > max
         {
             count("refused");
             return Err(Error::rejected(
@@ -255,14 +410,14 @@ impl Rentals {
                 "price_changed",
                 format!(
                     "offer {} costs {:.4} USD/h now, above max_price_per_hour {:.4}",
-                    body.offer_id, quote.price_per_hour, max
+                    body.offer_id, price, max
                 ),
-                Some(
-                    json!({"current_price_per_hour": quote.price_per_hour, "max_price_per_hour": max}),
-                ),
+                Some(json!({"current_price_per_hour": price, "max_price_per_hour": max})),
             ));
         }
-        if let Some(shown) = self.shown_price(&body.offer_id)
+        // the shown price is checked for on-demand rentals; a bid is the caller's own price
+        if bid.is_none()
+            && let Some(shown) = self.shown_price(&body.offer_id)
             && quote.price_per_hour > shown * (1.0 + self.config.rentals.price_tolerance)
         {
             count("refused");
@@ -281,30 +436,36 @@ impl Rentals {
                 ),
             ));
         }
-        let id = new_id();
         let row = ledger::reserve(
             &self.db,
             &ledger::NewInstance {
-                id: &id,
+                id,
                 account_id,
                 provider: pid.as_str(),
                 offer_id: &body.offer_id,
                 gpu_model: &quote.gpu_model,
                 gpu_count: quote.gpu_count as i32,
-                price_per_hour: quote.price_per_hour,
+                price_per_hour: price,
                 image: &body.image,
                 disk_gb: body.disk_gb as i32,
                 label: body.label.as_deref(),
+                bid_per_hour: bid,
+                storage_per_hour: quote.storage_per_hour,
+                ssh_keys: keys,
             },
         )
         .await?;
         let req = RentRequest {
-            our_id: id.clone(),
+            our_id: id.to_owned(),
             offer: local.to_owned(),
             image: body.image.clone(),
             disk_gb: body.disk_gb,
             env: body.env.clone(),
-            ssh_public_key: body.ssh_public_key.clone(),
+            ssh_keys: keys
+                .iter()
+                .map(|(n, k, _)| (n.clone(), k.clone()))
+                .collect(),
+            bid_per_hour: bid,
             duration_hours: body
                 .duration_hours
                 .unwrap_or(self.config.rentals.default_duration_hours),
@@ -327,7 +488,7 @@ impl Rentals {
                 | UpstreamError::Disabled(_)),
             ) => {
                 count("refused");
-                self.fail_intent(&id, &e).await?;
+                self.fail_intent(id, &e).await?;
                 Err(match e {
                     UpstreamError::Status {
                         status: 404 | 409 | 410,
@@ -344,14 +505,14 @@ impl Rentals {
             // the answer was lost: look for our id at the provider now
             Err(e) => {
                 tracing::warn!(instance = %id, provider = pid.as_str(), error = %e, "rental outcome unknown; looking it up");
-                match reconcile::find_ours(provider.as_ref(), &id).await {
+                match reconcile::find_ours(provider.as_ref(), id).await {
                     Ok(Some(remote)) => {
                         count("created");
                         self.commit(&row, &remote.provider_id, "adopted").await
                     }
                     Ok(None) => {
                         count("failed");
-                        self.fail_intent(&id, &e).await?;
+                        self.fail_intent(id, &e).await?;
                         Err(upstream_error(pid, &e))
                     }
                     Err(_) => {
@@ -371,6 +532,57 @@ impl Rentals {
         }
     }
 
+    /// `PUT /v1/instances/{id}/bid`: raises (or lowers) an interruptible instance's bid at the
+    /// provider, then in the ledger (budget checked first); an outbid instance resumes once its
+    /// bid is high enough again.
+    pub async fn set_bid(&self, account_id: i64, id: &str, bid: f64) -> Result<InstanceRow> {
+        check_bid("bid_per_hour", bid, None)?;
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        if row.bid_per_hour.is_none() {
+            return Err(Error::rejected(
+                StatusCode::CONFLICT,
+                "not_interruptible",
+                "this instance was rented on demand: it has no bid",
+                Some(json!({"instance_id": id})),
+            ));
+        }
+        let pid = match (row.status.as_str(), row.provider_instance_id.clone()) {
+            ("provisioning" | "running" | "interrupted", Some(pid)) => pid,
+            (status, _) => {
+                return Err(Error::rejected(
+                    StatusCode::CONFLICT,
+                    "instance_not_open",
+                    format!("the instance is {status}: its bid cannot change now"),
+                    Some(json!({"instance_id": id, "status": status})),
+                ));
+            }
+        };
+        let p = ProviderId::parse(&row.provider)
+            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
+        let provider = self.provider(p)?.clone();
+        // the budget first: a bid the account cannot pay never reaches the provider
+        self.db
+            .transaction(async |tx| {
+                ledger::budget_check(
+                    tx,
+                    account_id,
+                    bid + row.storage_per_hour,
+                    false,
+                    Some(&row.id),
+                )
+                .await
+            })
+            .await?;
+        provider
+            .set_bid(&pid, bid)
+            .await
+            .map_err(|e| upstream_error(p, &e))?;
+        self.status.forget(&format!("{}:{pid}", row.provider)).await;
+        let row = ledger::set_bid(&self.db, &row, bid).await?;
+        self.refresh(row).await
+    }
     /// Marks a pending intent failed: the provider created nothing for it.
     async fn fail_intent(&self, id: &str, why: &UpstreamError) -> Result<()> {
         let why = why.to_string();
@@ -424,7 +636,7 @@ impl Rentals {
             row.provider_instance_id.clone(),
             matches!(
                 row.status.as_str(),
-                "provisioning" | "running" | "stopped" | "terminating"
+                "provisioning" | "running" | "stopped" | "interrupted" | "terminating"
             ),
         ) else {
             return Ok(row);
@@ -443,6 +655,7 @@ impl Rentals {
                 Ok(p.instance(&fetch_pid).await?.map(|r| RemoteView {
                     status: r.status,
                     ssh: r.ssh,
+                    dead: r.dead,
                 }))
             })
             .await
@@ -451,20 +664,44 @@ impl Rentals {
             // the provider is failing: show what the ledger has
             Err(_) => return Ok(row),
         };
-        let (status, ssh) = match view {
-            Some(v) => (v.status, v.ssh),
-            None => (InstanceStatus::Terminated, None),
+        let view = view.unwrap_or(RemoteView {
+            status: InstanceStatus::Terminated,
+            ssh: None,
+            dead: None,
+        });
+        self.apply(row, &view, "status").await
+    }
+
+    /// Records what the provider reports about an open row: a dead state, a status change (an
+    /// instance the renter stopped stays `stopped`, not `interrupted`), new SSH details.
+    pub async fn apply(
+        &self,
+        row: InstanceRow,
+        view: &RemoteView,
+        kind: &str,
+    ) -> Result<InstanceRow> {
+        if view.dead != row.dead_reason && view.status.is_open() {
+            ledger::set_dead(&self.db, &row.id, view.dead.as_deref()).await?;
+        }
+        let status = match view.status {
+            InstanceStatus::Interrupted if row.status == "stopped" => InstanceStatus::Stopped,
+            s => s,
         };
+        let ssh = view.ssh.clone();
         if status.as_str() == row.status && (ssh.is_none() || ssh == row.ssh) {
             return Ok(row);
         }
+        let kind = match status {
+            InstanceStatus::Interrupted => "interrupted",
+            _ => kind,
+        };
         let from = [row.status.as_str()];
         Ok(ledger::transition(
             &self.db,
             &row.id,
             &from,
             status.as_str(),
-            "status",
+            kind,
             None,
             ssh.as_ref(),
             None,
@@ -478,7 +715,7 @@ impl Rentals {
         let row = ledger::get(&self.db, account_id, id)
             .await?
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
-        if matches!(row.status.as_str(), "terminated" | "failed") {
+        if !row.is_open() {
             return Ok(row);
         }
         let Some(pid) = row.provider_instance_id.clone() else {
@@ -517,7 +754,7 @@ impl Rentals {
                     ..
                 }))
         );
-        self.status.forget(&format!("{}:{pid}", row.provider));
+        self.status.forget(&format!("{}:{pid}", row.provider)).await;
         if gone {
             Ok(ledger::transition(
                 &self.db,
@@ -543,6 +780,68 @@ impl Rentals {
         limit: i64,
     ) -> Result<Vec<InstanceRow>> {
         ledger::list(&self.db, account_id, before, limit).await
+    }
+
+    /// A start or stop asked through passthrough (`{"state": "running"|"stopped"}` on the
+    /// caller's instance `provider_instance_id`), checked before it is forwarded: a start must
+    /// fit the budget (the instance bills in full again). Returns the row, for
+    /// [`Rentals::record_state_change`] once the provider has done it.
+    pub async fn check_state_change(
+        &self,
+        account_id: i64,
+        provider: &str,
+        provider_instance_id: &str,
+        state: &str,
+    ) -> Result<InstanceRow> {
+        if !matches!(state, "running" | "stopped") {
+            return Err(Error::bad_request(
+                "invalid `state`: `running` or `stopped`",
+            ));
+        }
+        let row = ledger::by_provider_id(&self.db, account_id, provider, provider_instance_id)
+            .await?
+            .filter(InstanceRow::is_open)
+            .ok_or_else(|| {
+                Error::rejected(
+                    StatusCode::CONFLICT,
+                    "instance_not_open",
+                    "the instance has ended: its state cannot change",
+                    None,
+                )
+            })?;
+        if state == "running" {
+            self.db
+                .transaction(async |tx| {
+                    ledger::budget_check(tx, account_id, row.price_per_hour, false, Some(&row.id))
+                        .await
+                })
+                .await?;
+        }
+        Ok(row)
+    }
+
+    /// Records a start or stop the provider accepted: a stopped instance bills its storage only.
+    pub async fn record_state_change(&self, row: &InstanceRow, state: &str) -> Result<()> {
+        let (to, kind) = if state == "stopped" {
+            ("stopped", "stopped")
+        } else {
+            ("provisioning", "started")
+        };
+        if let Some(pid) = &row.provider_instance_id {
+            self.status.forget(&format!("{}:{pid}", row.provider)).await;
+        }
+        ledger::transition(
+            &self.db,
+            &row.id,
+            &[row.status.as_str()],
+            to,
+            kind,
+            None,
+            None,
+            Some("through passthrough"),
+        )
+        .await?;
+        Ok(())
     }
 
     pub fn providers(&self) -> &Providers {

@@ -4,8 +4,13 @@
 //!   `rentals.intent_timeout_ms`, or at start any pending from before this process: an instance
 //!   with our id is adopted (`adopted`), otherwise the intent is marked failed (`abandoned`);
 //! - destroys an instance that exists for an intent marked failed (`orphan_destroyed`);
-//! - brings open instances' statuses up to date (`status_synced`), and marks terminated the
-//!   ones the provider no longer lists (`vanished`);
+//! - brings open instances' statuses up to date (`status_synced`; an outbid bid instance becomes
+//!   `interrupted`), and marks terminated the ones the provider no longer lists (`vanished`);
+//! - destroys and marks failed an instance the provider has reported in a state that never
+//!   reaches `running` for `rentals.dead_state_grace_ms` (`dead_destroyed`), or one still not
+//!   running `rentals.provisioning_timeout_ms` after the provider accepted it
+//!   (`stuck_destroyed`): both stop billing in the ledger;
+//! - retries SSH keys not yet attached (providers that take them per instance);
 //! - publishes `gpuproxy_instances_running{provider}` and `gpuproxy_spend_usd_per_hour`.
 //!
 //! A provider that cannot be listed is skipped for that round: nothing is concluded from silence.
@@ -53,6 +58,8 @@ pub async fn run(r: Arc<Rentals>, interval: Duration) {
         "orphan_destroyed",
         "status_synced",
         "vanished",
+        "dead_destroyed",
+        "stuck_destroyed",
     ] {
         counter!(RECONCILER_ACTIONS_TOTAL, "action" => a).absolute(0);
     }
@@ -144,7 +151,11 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
         }
 
         for row in failed.iter().filter(|x| x.provider == name) {
-            if let Some(i) = ours.get(row.id.as_str()).filter(|i| i.status.is_open()) {
+            // (one being torn down already needs nothing more)
+            if let Some(i) = ours
+                .get(row.id.as_str())
+                .filter(|i| i.status.is_open() && i.status != InstanceStatus::Terminating)
+            {
                 tracing::warn!(instance = %row.id, provider = name, provider_id = %i.provider_id, "destroying an instance created for a failed intent");
                 if p.destroy(&i.provider_id).await.is_ok() {
                     let detail = format!("destroyed provider instance {}", i.provider_id);
@@ -164,37 +175,109 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
             }
         }
 
+        let grace = r.config.rentals.dead_state_grace_ms as f64 / 1000.0;
+        let stuck_after = r.config.rentals.provisioning_timeout_ms as f64 / 1000.0;
         for row in open.iter().filter(|x| x.provider == name) {
             let Some(pid) = row.provider_instance_id.as_deref() else {
                 continue;
             };
-            let (status, kind) = match by_pid.get(pid) {
-                Some(i) => (i.status, "status"),
-                None => (InstanceStatus::Terminated, "vanished"),
-            };
-            if status.as_str() != row.status {
-                let ssh = by_pid.get(pid).and_then(|i| i.ssh.as_ref());
+            let Some(i) = by_pid.get(pid) else {
                 if ledger::transition(
                     &db,
                     &row.id,
                     &[row.status.as_str()],
-                    status.as_str(),
-                    kind,
+                    "terminated",
+                    "vanished",
                     None,
-                    ssh,
+                    None,
                     None,
                 )
                 .await?
                 .is_some()
                 {
-                    act(if kind == "vanished" {
-                        "vanished"
-                    } else {
-                        "status_synced"
-                    });
+                    act("vanished");
+                }
+                continue;
+            };
+            let view = super::RemoteView {
+                status: i.status,
+                ssh: i.ssh.clone(),
+                dead: i.dead.clone(),
+            };
+            let after = r.apply((*row).clone(), &view, "status").await?;
+            if after.status != row.status {
+                act("status_synced");
+            }
+            let since = |t: Option<f64>| t.map(|t| now() - t);
+            let why = match (&i.dead, since(row.dead_since)) {
+                (Some(dead), Some(age)) if age >= grace => Some((
+                    "dead_destroyed",
+                    format!(
+                        "the provider reported `{dead}` for {age:.0} s (rentals.dead_state_grace_ms): it never reaches running"
+                    ),
+                )),
+                _ if after.status == "provisioning"
+                    && since(after.started_at).is_some_and(|a| a >= stuck_after) =>
+                {
+                    Some((
+                        "stuck_destroyed",
+                        format!(
+                            "not running {stuck_after:.0} s after the provider accepted it (rentals.provisioning_timeout_ms)"
+                        ),
+                    ))
+                }
+                _ => None,
+            };
+            if let Some((action, detail)) = why {
+                destroy_failed(r, p.as_ref(), &after, pid, action, &detail).await?;
+            }
+        }
+
+        if !p.ssh_keys_at_create() {
+            let pending = ledger::with_pending_keys(&db).await?;
+            for row in open
+                .iter()
+                .filter(|x| x.provider == name && pending.contains(&x.id))
+            {
+                if let Some(pid) = row.provider_instance_id.as_deref() {
+                    super::keys::attach_pending(&db, p.as_ref(), &row.id, pid, 0).await?;
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Destroys an instance that will never serve (dead or stuck) and marks it failed with why:
+/// its spend stops there. Left for the next round when the provider refuses the destroy.
+async fn destroy_failed(
+    r: &Rentals,
+    p: &dyn Provider,
+    row: &ledger::InstanceRow,
+    pid: &str,
+    action: &'static str,
+    detail: &str,
+) -> Result<()> {
+    if let Err(e) = p.destroy(pid).await {
+        tracing::warn!(instance = %row.id, error = %e, action, "could not destroy; next round retries");
+        return Ok(());
+    }
+    tracing::warn!(instance = %row.id, provider_id = pid, action, detail, "destroyed an instance that will not run");
+    r.status.forget(&format!("{}:{pid}", row.provider)).await;
+    if ledger::transition(
+        &r.db,
+        &row.id,
+        &[row.status.as_str()],
+        "failed",
+        action,
+        None,
+        None,
+        Some(detail),
+    )
+    .await?
+    .is_some()
+    {
+        act(action);
     }
     Ok(())
 }

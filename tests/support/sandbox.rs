@@ -106,6 +106,29 @@ impl Sandbox {
         v["calls"][op].as_u64().unwrap_or(0)
     }
 
+    /// A sandbox control call (`/_sandbox/...`) on one provider's listener.
+    pub async fn control(&self, provider: &str, method: &str, path: &str, body: &str) -> Value {
+        call(self.base(provider), method, path, body, None).await
+    }
+
+    /// The sandbox Vast's instances (live and destroyed): keys, bid, charges.
+    pub async fn vast_ledger(&self) -> Vec<Value> {
+        self.control("vastai", "GET", "/_sandbox/vast/instances", "")
+            .await["instances"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// The sandbox io.net's deployments: configuration, price, keys.
+    pub async fn ionet_deployments(&self) -> Vec<Value> {
+        self.control("ionet", "GET", "/_sandbox/ionet/deployments", "")
+            .await["deployments"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     pub async fn reset(&self) {
         for p in ["vastai", "ionet"] {
             call(self.base(p), "POST", "/_sandbox/reset", "", None).await;

@@ -85,7 +85,48 @@ pub fn vast_offers(seed: u64, n: usize) -> Vec<Value> {
         .collect()
 }
 
+/// io.net lists one hardware type once per card count and location (providers.md §4.2): the
+/// first types of the catalogue come as such families (one `deploy_id`, 1/2/4/8 cards, two
+/// countries, each configuration its own price), the rest one configuration each.
 pub fn ionet_hardware(seed: u64, n: usize) -> Vec<Value> {
+    let mut out = ionet_families(seed);
+    out.extend(ionet_singles(seed, n.saturating_sub(out.len())));
+    out
+}
+
+fn ionet_families(seed: u64) -> Vec<Value> {
+    let mut rng = Rng::new(seed ^ 0xfa_111);
+    let mut out = Vec::new();
+    for (f, g) in [GPUS[0], GPUS[5]].iter().enumerate() {
+        let deploy_id = 12 + f as u64 * 1000;
+        let places = [COUNTRIES[f], COUNTRIES[f + 2]];
+        for cc in places {
+            for cards in [1u64, 2, 4, 8] {
+                // bigger configurations are a little cheaper per card, and places differ
+                let per_card = g.3 * (1.0 - 0.03 * cards as f64) * (0.9 + 0.3 * rng.unit());
+                out.push(json!({
+                    "id": format!("{deploy_id}__{cards}"),
+                    "deploy_id": deploy_id,
+                    "name": g.1,
+                    "num_cards": cards,
+                    "supplier": "internal",
+                    "price": round(per_card * cards as f64, 4),
+                    "vram_per_card": (g.2 + 512) / 1024,
+                    "vcpu": 8 * cards,
+                    "memory": 64 * cards,
+                    "storage": 500 * cards,
+                    "interconnect": if cards == 8 { json!("sxm") } else { Value::Null },
+                    "nvlink": cards == 8,
+                    "location": cc,
+                    "sold_out": false
+                }));
+            }
+        }
+    }
+    out
+}
+
+fn ionet_singles(seed: u64, n: usize) -> Vec<Value> {
     let mut rng = Rng::new(seed ^ 0x10_7e7);
     (0..n)
         .map(|i| {

@@ -19,6 +19,10 @@ struct Deployment {
     hardware: Value,
     gpus_per_vm: u64,
     location: String,
+    /// The configuration's price (USD/h), as deployed.
+    price: f64,
+    /// `{name: public key}` from the deploy body.
+    ssh_keys: Value,
     duration_hours: u64,
     created: Instant,
     created_at: String,
@@ -82,7 +86,7 @@ impl Ionet {
             "created_at": d.created_at,
             "started_at": if self.status(d) == "running" { json!(d.created_at) } else { Value::Null },
             "finished_at": Value::Null,
-            "amount_paid": inventory::round(h["price"].as_f64().unwrap_or(0.0) * d.duration_hours as f64, 4),
+            "amount_paid": inventory::round(d.price * d.duration_hours as f64, 4),
             "completed_percent": 0,
             "total_gpus": d.gpus_per_vm,
             "gpus_per_vm": d.gpus_per_vm,
@@ -93,7 +97,7 @@ impl Ionet {
             "brand_name": "NVIDIA",
             "compute_minutes_served": 0,
             "compute_minutes_remaining": d.duration_hours * 60,
-            "ssh_keys": {},
+            "ssh_keys": d.ssh_keys,
             "github_ids": [],
         })
     }
@@ -171,22 +175,45 @@ impl Ionet {
                 );
             }
         };
+        let ssh_keys = match body.get("ssh_keys") {
+            None | Some(Value::Null) => json!({}),
+            Some(Value::Object(m)) if m.values().all(Value::is_string) => json!(m),
+            Some(_) => {
+                return invalid(
+                    &["body", "ssh_keys"],
+                    "Input should be a valid dictionary of strings",
+                    "dict_type",
+                );
+            }
+        };
         let mut world = self.world.lock().unwrap();
         let same =
             |v: &Value| v.to_string().trim_matches('"') == hw_id.to_string().trim_matches('"');
-        let Some(hw) = world
+        // one hardware type is listed per card count and location: the configuration deployed
+        // (and billed) is the one with these cards here
+        let listed: Vec<&Value> = world
             .hardware
             .iter()
-            .find(|h| same(&h["deploy_id"]))
-            .cloned()
-        else {
+            .filter(|h| same(&h["deploy_id"]))
+            .collect();
+        if listed.is_empty() {
             return detail(400, "hardware not available");
+        }
+        let Some(hw) = listed
+            .iter()
+            .find(|h| {
+                h["num_cards"].as_u64() == Some(gpus)
+                    && (h["location"].is_null() || h["location"].as_str() == Some(loc.as_str()))
+            })
+            .map(|h| (*h).clone())
+        else {
+            return detail(
+                400,
+                &format!("hardware not available with {gpus} GPUs per VM in {loc}"),
+            );
         };
         if hw["sold_out"] == json!(true) {
             return detail(400, "hardware sold out");
-        }
-        if !hw["location"].is_null() && hw["location"].as_str() != Some(loc.as_str()) {
-            return detail(400, "hardware not available in this location");
         }
         if world
             .deployments
@@ -199,8 +226,10 @@ impl Ionet {
         world.deployments.push(Deployment {
             id: id.clone(),
             name: name.to_owned(),
+            price: hw["price"].as_f64().unwrap_or(0.0),
             hardware: hw,
             gpus_per_vm: gpus,
+            ssh_keys,
             location: loc,
             duration_hours: hours,
             created: Instant::now(),
@@ -390,6 +419,24 @@ impl Api for Ionet {
 
     fn server_error(&self, status: u16) -> Answer {
         detail(status, "Internal Server Error")
+    }
+
+    fn control(&self, call: &Call) -> Option<Answer> {
+        if call.method != Method::GET || call.path != "/_sandbox/ionet/deployments" {
+            return None;
+        }
+        let world = self.world.lock().unwrap();
+        let all: Vec<Value> = world
+            .deployments
+            .iter()
+            .map(|d| {
+                json!({"id": d.id, "name": d.name, "status": self.status(d),
+                       "hardware_id": d.hardware["deploy_id"], "gpus_per_vm": d.gpus_per_vm,
+                       "location": d.location, "price_per_hour": d.price,
+                       "ssh_keys": d.ssh_keys})
+            })
+            .collect();
+        Some(Answer::json(200, json!({"deployments": all})))
     }
 
     fn reprice(&self, factor: f64) {

@@ -89,6 +89,14 @@ async fn main() {
         }
     };
     let vast = Arc::new(vast::Vast::new(&args));
+    // billing by state: every instance's charges settled at the rate of its state now
+    let billing = vast.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            billing.settle_all();
+        }
+    });
     let ionet = Arc::new(ionet::Ionet::new(&args));
     let vl = tokio::net::TcpListener::bind(args.vast_listen).await;
     let il = tokio::net::TcpListener::bind(args.ionet_listen).await;

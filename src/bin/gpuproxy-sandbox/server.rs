@@ -92,6 +92,11 @@ pub trait Api: Send + Sync + 'static {
     /// `POST /_sandbox/reprice` `{"factor": f}`: every price times f (a price that moved
     /// between quote and rent).
     fn reprice(&self, factor: f64);
+    /// The provider's own control endpoints under `/_sandbox/` (scripted states, what each
+    /// instance holds and was billed); `None` for paths it does not know.
+    fn control(&self, _call: &Call) -> Option<Answer> {
+        None
+    }
 }
 
 pub struct Sandbox {
@@ -249,6 +254,7 @@ fn control(sb: &Sandbox, call: &Call) -> Option<Answer> {
             sb.calls.lock().unwrap().clear();
             Answer::json(200, json!({"ok": true}))
         }
+        (_, p) if p.starts_with("/_sandbox/") => return sb.api.control(call),
         _ => return None,
     };
     Some(r)

@@ -1,4 +1,16 @@
-//! The sandbox Vast.ai API (providers.md §1.8).
+//! The sandbox Vast.ai API (providers.md §1.8), with the behaviours that cost money (§4.1):
+//! - a create without `price` rents on demand at the full price, even for a bid offer (so a
+//!   client that forgets the bid is caught); with `price` the instance is a bid at that price;
+//! - `POST /_sandbox/vast/outbid {"id"}` outbids a bid instance: it goes `stopped` (still
+//!   billing its disk) until `PUT /api/v0/instances/bid_price/{id}/` bids at least 25% more;
+//! - `POST /_sandbox/vast/script {"next_states": [...]}` makes the next creates end in a state
+//!   that never runs (`exited`, `offline`, `unknown`, `oci_failed`) or never get past `loading`
+//!   (`stuck`);
+//! - two creates of one offer are both accepted; the later one goes `offline` soon after;
+//! - SSH keys are attached per instance (`POST /api/v0/instances/{id}/ssh/`, refused until the
+//!   instance is scheduled); the account-wide `POST /api/v0/ssh/` reaches every instance;
+//! - billing by state: storage from creation, the GPU while running; `GET /_sandbox/vast/instances`
+//!   shows what each instance holds and was charged.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -20,12 +32,31 @@ struct Instance {
     disk: f64,
     created: Instant,
     created_unix: f64,
+    /// The bid (`price`), when rented interruptible.
+    bid: Option<f64>,
+    /// Outbid: stopped until a bid of at least this comes.
+    outbid_below: Option<f64>,
+    /// Stopped by the renter (`PUT /api/v0/instances/{id}/ {"state": "stopped"}`).
+    stopped: bool,
+    /// A scripted end: a state that never runs, or `stuck` in loading.
+    doom: Option<String>,
+    /// Bought while another create of the offer held it: fails soon after.
+    lost_race: bool,
+    /// (key id, public key) attached to this instance.
+    ssh_keys: Vec<(u64, String)>,
+    /// Settled charges, USD, and when they were last settled.
+    charged: f64,
+    settled: Instant,
 }
 
 struct World {
     offers: Vec<Value>,
     instances: BTreeMap<u64, Instance>,
+    /// Destroyed instances keep their bill (and keys) for the tests to read.
+    gone: Vec<Value>,
     next_id: u64,
+    next_key_id: u64,
+    script: std::collections::VecDeque<String>,
 }
 
 pub struct Vast {
@@ -44,7 +75,10 @@ impl Vast {
             world: Mutex::new(World {
                 offers: inventory::vast_offers(args.seed, args.vast_offers),
                 instances: BTreeMap::new(),
+                gone: Vec::new(),
                 next_id: 30_000_000,
+                next_key_id: 700,
+                script: Default::default(),
             }),
         }
     }
@@ -59,18 +93,85 @@ impl Vast {
             || call.param("api_key").as_deref() == Some(self.key.as_str())
     }
 
-    fn instance_json(&self, i: &Instance) -> Value {
+    /// (actual_status, status_msg, intended/cur state) as of now.
+    fn state(&self, i: &Instance) -> (Value, &'static str, &'static str) {
         let age = i.created.elapsed();
-        let status = if age < self.provision / 2 {
-            Value::Null
-        } else if age < self.provision {
-            json!("loading")
+        if age < self.provision / 2 {
+            return (Value::Null, "scheduling", "running");
+        }
+        if i.lost_race {
+            return (
+                json!("offline"),
+                "machine is rented by another client",
+                "running",
+            );
+        }
+        match i.doom.as_deref() {
+            Some("stuck") => return (json!("loading"), "pulling image", "running"),
+            Some("oci_failed") => {
+                return (
+                    json!("created"),
+                    "Error response from daemon: OCI runtime create failed: unable to start container process",
+                    "running",
+                );
+            }
+            Some(s @ ("exited" | "offline" | "unknown")) => {
+                return (json!(s), "container exited", "running");
+            }
+            _ => {}
+        }
+        if age < self.provision {
+            return (json!("loading"), "pulling image", "running");
+        }
+        if i.outbid_below.is_some() {
+            return (
+                json!("stopped"),
+                "outbid: stopped until the bid is raised",
+                "stopped",
+            );
+        }
+        if i.stopped {
+            return (json!("stopped"), "stopped by the renter", "stopped");
+        }
+        (json!("running"), "success, running", "running")
+    }
+
+    fn storage_per_hour(i: &Instance) -> f64 {
+        i.offer["storage_cost"].as_f64().unwrap_or(0.0) * i.disk / 720.0
+    }
+
+    /// Compute price per hour: the bid, or the on-demand price.
+    fn compute_per_hour(i: &Instance) -> f64 {
+        i.bid
+            .unwrap_or_else(|| i.offer["dph_base"].as_f64().unwrap_or(0.0))
+    }
+
+    /// Adds the charges since the last settlement, at the rate of the state now: storage
+    /// always, the GPU while running. Run every 50 ms, so a state's time is billed within that.
+    fn settle(&self, i: &mut Instance) {
+        let hours = i.settled.elapsed().as_secs_f64() / 3600.0;
+        i.settled = Instant::now();
+        let gpu = if self.state(i).0 == json!("running") {
+            Self::compute_per_hour(i)
         } else {
-            json!("running")
+            0.0
         };
+        i.charged += (Self::storage_per_hour(i) + gpu) * hours;
+    }
+
+    pub fn settle_all(&self) {
+        let mut world = self.world.lock().unwrap();
+        for i in world.instances.values_mut() {
+            self.settle(i);
+        }
+    }
+
+    fn instance_json(&self, i: &Instance) -> Value {
+        let (status, msg, intended) = self.state(i);
         let running = status == json!("running");
         let o = &i.offer;
-        let storage = o["storage_cost"].as_f64().unwrap_or(0.0) * i.disk / 720.0;
+        let storage = Self::storage_per_hour(i);
+        let compute = Self::compute_per_hour(i);
         json!({
             "id": i.id,
             "machine_id": o["machine_id"],
@@ -78,10 +179,10 @@ impl Vast {
             "bundle_id": o["bundle_id"],
             "label": i.label,
             "actual_status": status,
-            "intended_status": "running",
-            "cur_state": "running",
-            "next_state": "running",
-            "status_msg": if running { "success, running" } else { "pulling image" },
+            "intended_status": intended,
+            "cur_state": intended,
+            "next_state": intended,
+            "status_msg": msg,
             "image_uuid": i.image,
             "num_gpus": o["num_gpus"],
             "gpu_name": o["gpu_name"],
@@ -89,10 +190,11 @@ impl Vast {
             "gpu_totalram": o["gpu_total_ram"],
             "cpu_cores_effective": o["cpu_cores_effective"],
             "disk_space": i.disk,
-            "dph_base": o["dph_base"],
-            "dph_total": o["dph_base"].as_f64().unwrap_or(0.0) + storage,
+            "dph_base": compute,
+            "dph_total": compute + storage,
             "storage_cost": o["storage_cost"],
-            "is_bid": false,
+            "min_bid": o["min_bid"],
+            "is_bid": i.bid.is_some(),
             "start_date": i.created_unix,
             "ssh_host": if running { json!(format!("ssh{}.vast.ai", i.id % 10)) } else { Value::Null },
             "ssh_port": if running { json!(20_000 + i.id % 10_000) } else { Value::Null },
@@ -101,6 +203,23 @@ impl Vast {
             "direct_port_start": -1,
             "direct_port_end": -1,
             "geolocation": o["geolocation"],
+        })
+    }
+
+    /// What the tests read: each instance's keys, bid and bill (live and destroyed).
+    fn ledger_json(&self, i: &Instance) -> Value {
+        json!({
+            "id": i.id,
+            "offer_id": i.offer["id"],
+            "label": i.label,
+            "actual_status": self.state(i).0,
+            "is_bid": i.bid.is_some(),
+            "bid": i.bid,
+            "dph_base": Self::compute_per_hour(i),
+            "storage_per_hour": Self::storage_per_hour(i),
+            "charged_usd": i.charged,
+            "ssh_keys": i.ssh_keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>(),
+            "destroyed": false,
         })
     }
 }
@@ -242,7 +361,16 @@ impl Vast {
         if disk < 8.0 {
             return fail(400, "invalid_args", "disk must be at least 8 GB");
         }
+        // without `price` Vast rents on demand at the full price, whatever was meant
+        let bid = match body.get("price") {
+            None | Some(Value::Null) => None,
+            Some(p) => match p.as_f64().filter(|p| (0.001..=128.0).contains(p)) {
+                Some(p) => Some(p),
+                None => return fail(400, "invalid_price", "price must be between 0.001 and 128"),
+            },
+        };
         let mut world = self.world.lock().unwrap();
+        // a second buyer of a rented offer is accepted too, and fails later (providers.md §4.1)
         let taken = world
             .instances
             .values()
@@ -259,15 +387,9 @@ impl Vast {
                 &format!("error 404/3603: ask {ask} not found"),
             );
         };
-        if taken {
-            return fail(
-                404,
-                "no_such_ask",
-                &format!("error 404/3603: ask {ask} is no longer available"),
-            );
-        }
         world.next_id += 1;
         let id = world.next_id;
+        let doom = world.script.pop_front();
         world.instances.insert(
             id,
             Instance {
@@ -278,6 +400,14 @@ impl Vast {
                 disk,
                 created: Instant::now(),
                 created_unix: unix_now(),
+                bid,
+                outbid_below: None,
+                stopped: false,
+                doom,
+                lost_race: taken,
+                ssh_keys: Vec::new(),
+                charged: 0.0,
+                settled: Instant::now(),
             },
         );
         if self.refuse_after_create {
@@ -290,6 +420,117 @@ impl Vast {
             200,
             json!({"success": true, "new_contract": id, "instance_api_key": format!("ik-{id}")}),
         )
+    }
+
+    /// `PUT /api/v0/instances/{id}/`: `{"state": "running"|"stopped"}` and/or `{"label"}`.
+    fn manage(&self, call: &Call) -> Answer {
+        let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        let mut world = self.world.lock().unwrap();
+        let Some(i) =
+            id_in(&call.path, "/api/v0/instances/").and_then(|id| world.instances.get_mut(&id))
+        else {
+            return fail(404, "no_such_instance", "error 404/3603: no such instance");
+        };
+        self.settle(i);
+        match body.get("state").and_then(Value::as_str) {
+            Some("stopped") => i.stopped = true,
+            Some("running") => i.stopped = false,
+            Some(_) => return fail(400, "invalid_args", "state must be running or stopped"),
+            None => {}
+        }
+        if let Some(l) = body.get("label").and_then(Value::as_str) {
+            i.label = Some(l.to_owned());
+        }
+        Answer::json(200, json!({"success": true}))
+    }
+
+    /// `PUT /api/v0/instances/bid_price/{id}/ {"client_id": "me", "price": x}`.
+    fn set_bid(&self, call: &Call) -> Answer {
+        let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        let Some(price) = body
+            .get("price")
+            .and_then(Value::as_f64)
+            .filter(|p| (0.001..=128.0).contains(p))
+        else {
+            return fail(400, "invalid_price", "price must be between 0.001 and 128");
+        };
+        let mut world = self.world.lock().unwrap();
+        let Some(i) = id_in(&call.path, "/api/v0/instances/bid_price/")
+            .and_then(|id| world.instances.get_mut(&id))
+        else {
+            return fail(404, "no_such_instance", "error 404/3603: no such instance");
+        };
+        if i.bid.is_none() {
+            return fail(400, "invalid_args", "not an interruptible instance");
+        }
+        self.settle(i);
+        i.bid = Some(price);
+        if i.outbid_below.is_some_and(|min| price >= min) {
+            i.outbid_below = None;
+        }
+        Answer::json(200, json!({"success": true}))
+    }
+
+    /// `POST /api/v0/instances/{id}/ssh/ {"ssh_key"}`; `GET` lists; `DELETE .../ssh/{key}/`.
+    fn instance_ssh(&self, op: &str, call: &Call) -> Answer {
+        let p = trim(&call.path);
+        let rest = p.strip_prefix("/api/v0/instances/").unwrap_or("");
+        let mut parts = rest.split('/');
+        let id = parts.next().and_then(|i| i.parse::<u64>().ok());
+        let key_id = parts.nth(1).and_then(|k| k.parse::<u64>().ok());
+        let mut world = self.world.lock().unwrap();
+        world.next_key_id += 1;
+        let next_key = world.next_key_id;
+        let Some(i) = id.and_then(|id| world.instances.get_mut(&id)) else {
+            return fail(404, "no_such_instance", "error 404/3603: no such instance");
+        };
+        match op {
+            "ssh_attach" => {
+                let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+                let Some(key) = body.get("ssh_key").and_then(Value::as_str) else {
+                    return fail(400, "invalid_args", "ssh_key is required");
+                };
+                if self.state(i).0.is_null() {
+                    return fail(
+                        400,
+                        "instance_not_ready",
+                        "the instance is not scheduled yet; try again",
+                    );
+                }
+                if !i.ssh_keys.iter().any(|(_, k)| k == key.trim()) {
+                    i.ssh_keys.push((next_key, key.trim().to_owned()));
+                }
+                Answer::json(200, json!({"success": true, "key_id": next_key}))
+            }
+            "ssh_detach" => {
+                let before = i.ssh_keys.len();
+                i.ssh_keys.retain(|(k, _)| Some(*k) != key_id);
+                if i.ssh_keys.len() == before {
+                    return fail(404, "not_found", "no such key on this instance");
+                }
+                Answer::json(200, json!({"success": true}))
+            }
+            _ => Answer::json(
+                200,
+                json!({"ssh_keys": i.ssh_keys.iter().map(|(id, k)| json!({"id": id, "public_key": k})).collect::<Vec<_>>()}),
+            ),
+        }
+    }
+
+    /// `POST /api/v0/ssh/`: the account-wide key, added to every instance of the account (with a
+    /// shared provider key: every tenant's). Modelled so a test can show it is never called.
+    fn account_ssh(&self, call: &Call) -> Answer {
+        let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        let Some(key) = body.get("ssh_key").and_then(Value::as_str) else {
+            return fail(400, "invalid_args", "ssh_key is required");
+        };
+        let mut world = self.world.lock().unwrap();
+        world.next_key_id += 1;
+        let kid = world.next_key_id;
+        for i in world.instances.values_mut() {
+            i.ssh_keys.push((kid, key.trim().to_owned()));
+        }
+        Answer::json(200, json!({"success": true, "id": kid}))
     }
 
     fn list(&self, call: &Call) -> Answer {
@@ -346,6 +587,16 @@ impl Api for Vast {
             Method::PUT if p.starts_with("/api/v0/asks/") => "create",
             Method::GET if p == "/api/v1/instances" => "list",
             Method::GET if p == "/api/v0/instances" => "list_v0",
+            Method::POST if p == "/api/v0/ssh" => "ssh_account",
+            Method::POST if p.starts_with("/api/v0/instances/") && p.ends_with("/ssh") => {
+                "ssh_attach"
+            }
+            Method::GET if p.starts_with("/api/v0/instances/") && p.ends_with("/ssh") => "ssh_list",
+            Method::DELETE if p.starts_with("/api/v0/instances/") && p.contains("/ssh/") => {
+                "ssh_detach"
+            }
+            Method::PUT if p.starts_with("/api/v0/instances/bid_price/") => "set_bid",
+            Method::PUT if p.starts_with("/api/v0/instances/") => "manage",
             Method::GET if p.starts_with("/api/v0/instances/") => "show",
             Method::DELETE if p.starts_with("/api/v0/instances/") => "destroy",
             Method::GET if p == "/api/v0/users/current" => "user",
@@ -362,6 +613,10 @@ impl Api for Vast {
             "create" => self.create(call),
             "list" => self.list(call),
             "list_v0" => fail(410, "deprecated", "Use /api/v1/instances/ instead"),
+            "manage" => self.manage(call),
+            "set_bid" => self.set_bid(call),
+            "ssh_attach" | "ssh_list" | "ssh_detach" => self.instance_ssh(op, call),
+            "ssh_account" => self.account_ssh(call),
             "show" => {
                 let world = self.world.lock().unwrap();
                 let inst =
@@ -376,7 +631,13 @@ impl Api for Vast {
                 match id_in(&call.path, "/api/v0/instances/")
                     .and_then(|id| world.instances.remove(&id))
                 {
-                    Some(_) => Answer::json(200, json!({"success": true})),
+                    Some(mut i) => {
+                        self.settle(&mut i);
+                        let mut v = self.ledger_json(&i);
+                        v["destroyed"] = json!(true);
+                        world.gone.push(v);
+                        Answer::json(200, json!({"success": true}))
+                    }
                     None => fail(404, "no_such_instance", "error 404/3603: no such instance"),
                 }
             }
@@ -398,6 +659,64 @@ impl Api for Vast {
             "server_error",
             "error 500/0001: internal error, try again",
         )
+    }
+
+    fn control(&self, call: &Call) -> Option<Answer> {
+        let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        Some(match (&call.method, call.path.as_str()) {
+            (&Method::GET, "/_sandbox/vast/instances") => {
+                self.settle_all();
+                let world = self.world.lock().unwrap();
+                let mut all: Vec<Value> = world
+                    .instances
+                    .values()
+                    .map(|i| self.ledger_json(i))
+                    .collect();
+                all.extend(world.gone.iter().cloned());
+                Answer::json(200, json!({"instances": all}))
+            }
+            (&Method::POST, "/_sandbox/vast/outbid") => {
+                let mut world = self.world.lock().unwrap();
+                let want = body.get("id").and_then(Value::as_u64);
+                let mut n = 0;
+                for i in world.instances.values_mut() {
+                    if let (Some(bid), true) = (i.bid, want.is_none_or(|w| w == i.id)) {
+                        self.settle(i);
+                        i.outbid_below = Some(bid * 1.25);
+                        n += 1;
+                    }
+                }
+                Answer::json(200, json!({"ok": true, "outbid": n}))
+            }
+            (&Method::POST, "/_sandbox/vast/script") => {
+                let states: Vec<String> = body
+                    .get("next_states")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                const KNOWN: &[&str] = &[
+                    "exited",
+                    "offline",
+                    "unknown",
+                    "oci_failed",
+                    "stuck",
+                    "normal",
+                ];
+                if let Some(bad) = states.iter().find(|s| !KNOWN.contains(&s.as_str())) {
+                    return Some(Answer::json(
+                        400,
+                        json!({"error": format!("unknown state {bad}; known: {KNOWN:?}")}),
+                    ));
+                }
+                self.world.lock().unwrap().script.extend(states);
+                Answer::json(200, json!({"ok": true}))
+            }
+            _ => return None,
+        })
     }
 
     fn reprice(&self, factor: f64) {

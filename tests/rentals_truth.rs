@@ -1,0 +1,852 @@
+//! Rentals against what the providers really do (providers.md §4): bids, SSH keys per instance,
+//! io.net configurations, instances that never run, one buyer per offer, and passthrough that
+//! cannot undo the ledger. The daemon runs as a process against the sandbox providers over HTTP,
+//! with PostgreSQL (through PgBouncer) and Redis.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+use support::accounts::TestDb;
+use support::rentals::{
+    KEY_A, KEY_B, KEY_C, account, call, cheapest, kinds, message, post, rent_body, spawn_post,
+    until,
+};
+use support::sandbox::Sandbox;
+use support::services;
+
+fn fp_set(keys: &Value) -> BTreeSet<String> {
+    keys.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn keyset(keys: &[&str]) -> BTreeSet<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+/// The sandbox Vast instance (live or destroyed) with this provider id.
+async fn vast_instance(sb: &Sandbox, pid: &str) -> Value {
+    sb.vast_ledger()
+        .await
+        .into_iter()
+        .find(|i| i["id"].as_u64().is_some_and(|n| n.to_string() == pid))
+        .unwrap_or_else(|| panic!("no sandbox instance {pid}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bid_rental_sends_its_price_and_is_billed_at_the_bid() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_bid");
+    let token = account(&db, "bidder", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "1s"]);
+    let d = sb.daemon(&db, &[]).await;
+
+    let o = cheapest(&d, &token, "vastai", "&interruptible=true").await;
+    let id = o["id"].as_str().unwrap();
+    assert!(
+        id.ends_with(":bid"),
+        "an interruptible offer is its own id: {id}"
+    );
+    let storage_20gb = o["storage_per_hour"].as_f64().unwrap();
+    assert!(storage_20gb > 0.0, "{o}");
+
+    // the default bid: the offer's current minimum
+    let started = std::time::Instant::now();
+    let r = post(&d, &token, &rent_body(id)).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let inst = r.json();
+    assert_eq!(inst["interruptible"], true);
+    let bid = inst["bid_per_hour"].as_f64().unwrap();
+    let pid = inst["provider_instance_id"].as_str().unwrap().to_owned();
+    let at_vast = vast_instance(&sb, &pid).await;
+    assert_eq!(
+        at_vast["is_bid"], true,
+        "the create sent `price`: {at_vast}"
+    );
+    assert_eq!(at_vast["bid"].as_f64(), Some(bid));
+    assert_eq!(at_vast["dph_base"].as_f64(), Some(bid), "billed at the bid");
+    let storage = inst["storage_per_hour"].as_f64().unwrap();
+    assert!((storage - at_vast["storage_per_hour"].as_f64().unwrap()).abs() < 1e-6);
+    assert!((storage - storage_20gb).abs() < 1e-3);
+    assert!((inst["price_per_hour"].as_f64().unwrap() - (bid + storage)).abs() < 1e-6);
+    let v = until(&d, &token, inst["id"].as_str().unwrap(), "running", |v| {
+        v["status"] == "running"
+    })
+    .await;
+    assert!(
+        v["events"][0]["detail"].as_str().unwrap().contains("bid"),
+        "the ledger records the bid: {v}"
+    );
+
+    // an explicit bid above the minimum, on another bid offer
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/offers?providers=vastai&interruptible=true&limit=5&sort=price",
+        "",
+        None,
+    )
+    .await;
+    let other = r.json()["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] != o["id"])
+        .unwrap()
+        .clone();
+    let min = other["min_bid_per_hour"].as_f64().unwrap() - storage_20gb;
+    let want = (min * 1.2 * 1e4).round() / 1e4;
+    let body = json!({"offer_id": other["id"], "image": "ubuntu:22.04", "disk_gb": 20,
+                      "bid_per_hour": want})
+    .to_string();
+    let r = post(&d, &token, &body).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let pid2 = r.json()["provider_instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(vast_instance(&sb, &pid2).await["bid"].as_f64(), Some(want));
+
+    // the sandbox bills the first instance at most bid + storage for the time it has existed
+    let billed = vast_instance(&sb, &pid).await["charged_usd"]
+        .as_f64()
+        .unwrap();
+    let existed_h = started.elapsed().as_secs_f64() / 3600.0;
+    assert!(billed > 0.0);
+    assert!(
+        billed <= (bid + storage) * existed_h * 1.001,
+        "{billed} > {}",
+        (bid + storage) * existed_h
+    );
+
+    // an on-demand rental never sends a price
+    let od = cheapest(&d, &token, "vastai", "").await;
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &rent_body(od["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let od_pid = r.json()["provider_instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let at_vast = vast_instance(&sb, &od_pid).await;
+    assert_eq!(at_vast["is_bid"], false);
+    assert_eq!(r.json()["bid_per_hour"], Value::Null);
+
+    // bad bids are named and rent nothing
+    let creates = sb.calls("vastai", "create").await;
+    let rentals_before = call(&d, &token, "GET", "/v1/instances", "", None)
+        .await
+        .json()["instances"]
+        .as_array()
+        .unwrap()
+        .len();
+    for (bid, offer, field) in [
+        (json!(0), other["id"].clone(), "bid_per_hour"),
+        (json!(-1), other["id"].clone(), "bid_per_hour"),
+        (json!(500), other["id"].clone(), "bid_per_hour"),
+        (json!(0.5), od["id"].clone(), "bid_per_hour"),
+    ] {
+        let body =
+            json!({"offer_id": offer, "image": "ubuntu:22.04", "disk_gb": 20, "bid_per_hour": bid})
+                .to_string();
+        let r = post(&d, &token, &body).await;
+        assert_eq!(r.status, 400, "{bid} on {offer}: {:?}", r.json());
+        assert!(message(&r).contains(field), "{:?}", r.json());
+    }
+    // a bid above the caller's own cap
+    let body = json!({"offer_id": other["id"], "image": "u", "disk_gb": 20, "bid_per_hour": 5.0,
+                      "max_price_per_hour": 1.0})
+    .to_string();
+    assert_eq!(post(&d, &token, &body).await.status, 400);
+    // the default bid above max_price_per_hour: refused as a moved price
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/offers?providers=vastai&interruptible=true&limit=10&sort=price",
+        "",
+        None,
+    )
+    .await;
+    let fresh = r.json()["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] != o["id"] && x["id"] != other["id"])
+        .unwrap()
+        .clone();
+    let body = json!({"offer_id": fresh["id"], "image": "u", "disk_gb": 20,
+                      "max_price_per_hour": fresh["price_per_hour"].as_f64().unwrap() / 2.0})
+    .to_string();
+    let r = post(&d, &token, &body).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"]["code"], "price_changed");
+    // a bid under the current minimum would be outbid at once
+    let body = json!({"offer_id": fresh["id"], "image": "u", "disk_gb": 20, "bid_per_hour": 0.001})
+        .to_string();
+    let r = post(&d, &token, &body).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"]["code"], "bid_too_low");
+    assert_eq!(
+        sb.calls("vastai", "create").await,
+        creates,
+        "nothing rented"
+    );
+    let after = call(&d, &token, "GET", "/v1/instances", "", None)
+        .await
+        .json()["instances"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(after, rentals_before, "no ledger rows either");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbid_instance_is_interrupted_and_a_raised_bid_resumes_it() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_outbid");
+    let token = account(&db, "outbid", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "1s"]);
+    let d = sb.daemon(&db, &["rentals.status_cache_ms=100"]).await;
+    let o = cheapest(&d, &token, "vastai", "&interruptible=true").await;
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &rent_body(o["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let inst = r.json();
+    let id = inst["id"].as_str().unwrap().to_owned();
+    let pid: u64 = inst["provider_instance_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bid = inst["bid_per_hour"].as_f64().unwrap();
+    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+
+    let out = sb
+        .control(
+            "vastai",
+            "POST",
+            "/_sandbox/vast/outbid",
+            &json!({"id": pid}).to_string(),
+        )
+        .await;
+    assert_eq!(out["outbid"], 1);
+    let v = until(&d, &token, &id, "interrupted", |v| {
+        v["status"] == "interrupted"
+    })
+    .await;
+    let ev = v["events"].as_array().unwrap();
+    let last = ev.last().unwrap();
+    assert_eq!(last["kind"], "interrupted", "{v}");
+    assert_eq!(
+        last["rate_per_hour"], v["storage_per_hour"],
+        "an outbid instance still bills its disk"
+    );
+    assert!(last["rate_per_hour"].as_f64().unwrap() > 0.0);
+
+    // a bid that is still too low: accepted, still interrupted
+    let path = format!("/v1/instances/{id}/bid");
+    let low = json!({"bid_per_hour": bid * 1.1}).to_string();
+    let r = call(&d, &token, "PUT", &path, &low, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(sb.calls("vastai", "set_bid").await, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "interrupted");
+    // high enough: it runs again, at the new bid
+    let high = (bid * 1.5 * 1e4).round() / 1e4;
+    let r = call(
+        &d,
+        &token,
+        "PUT",
+        &path,
+        &json!({"bid_per_hour": high}).to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let v = until(&d, &token, &id, "running again", |v| {
+        v["status"] == "running"
+    })
+    .await;
+    assert_eq!(v["bid_per_hour"].as_f64(), Some(high));
+    let k = kinds(&v);
+    assert!(k.contains(&"bid_changed".to_owned()), "{k:?}");
+    assert_eq!(
+        vast_instance(&sb, &pid.to_string()).await["bid"].as_f64(),
+        Some(high)
+    );
+
+    // bad input
+    for bad in [
+        json!({"bid_per_hour": 0}),
+        json!({"bid_per_hour": 129}),
+        json!({"bid": 1}),
+    ] {
+        let r = call(&d, &token, "PUT", &path, &bad.to_string(), None).await;
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.json());
+        assert!(message(&r).contains("bid"));
+    }
+    let od = cheapest(&d, &token, "vastai", "").await;
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &rent_body(od["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let od_id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = call(
+        &d,
+        &token,
+        "PUT",
+        &format!("/v1/instances/{od_id}/bid"),
+        &low,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"]["code"], "not_interruptible");
+    let (_, stranger) = db.account_with_key("stranger", &[]);
+    let r = call(&d, &stranger, "PUT", &path, &low, None).await;
+    assert_eq!(r.status, 404, "another account's instance");
+    assert_eq!(
+        sb.calls("vastai", "set_bid").await,
+        2,
+        "no provider call for bad input"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_keys_reach_exactly_the_renters_instances() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_ssh");
+    let a = account(&db, "alice", 10_000.0, 5);
+    let b = account(&db, "bob", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "1s"]);
+    let d = sb.daemon(&db, &["rentals.max_ssh_keys=2"]).await;
+
+    let add = |token: String, name: &str, key: &str| {
+        let body = json!({"name": name, "public_key": key}).to_string();
+        let d = &d;
+        async move { call(d, &token, "POST", "/v1/ssh-keys", &body, None).await }
+    };
+    let r = add(a.clone(), "laptop", &format!("{KEY_A} alice@laptop")).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let a1 = r.json();
+    assert!(a1["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
+    assert_eq!(a1["public_key"], KEY_A, "stored without the comment");
+    let r = add(a.clone(), "again", KEY_A).await;
+    assert_eq!(r.status, 409);
+    assert_eq!(r.json()["error"]["code"], "ssh_key_exists");
+    for bad in ["ssh-ed25519 AAAA", "hello", "ssh-dss AAAAB3NzaC1kc3M="] {
+        let r = add(a.clone(), "bad", bad).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(message(&r).contains("`public_key`"));
+    }
+    let r = add(a.clone(), "", KEY_C).await;
+    assert_eq!(r.status, 400);
+    assert!(message(&r).contains("`name`"));
+    let r = add(b.clone(), "bob", KEY_B).await;
+    assert_eq!(r.status, 201);
+    let b1 = r.json();
+    let r = add(a.clone(), "desk", KEY_C).await;
+    assert_eq!(r.status, 201);
+    let r = add(a.clone(), "third", &KEY_B.replace("AAAAIG90", "AAAAIG91")).await;
+    assert_eq!(r.status, 409, "rentals.max_ssh_keys=2: {:?}", r.json());
+    assert_eq!(r.json()["error"]["code"], "ssh_key_limit");
+    let list = call(&d, &a, "GET", "/v1/ssh-keys", "", None).await.json();
+    assert_eq!(list["ssh_keys"].as_array().unwrap().len(), 2);
+
+    // renting with another account's key id: refused, naming the field, nothing rented
+    let vast = cheapest(&d, &a, "vastai", "").await;
+    let body = |offer: &Value, ids: Vec<&Value>, inline: Option<&str>| {
+        let mut v = json!({"offer_id": offer["id"], "image": "ubuntu:22.04", "disk_gb": 20,
+                           "ssh_key_ids": ids});
+        if let Some(k) = inline {
+            v["ssh_public_key"] = json!(k);
+        }
+        v.to_string()
+    };
+    let r = post(&d, &a, &body(&vast, vec![&b1["id"]], None)).await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
+    assert!(message(&r).contains("`ssh_key_ids`"));
+    let r = post(&d, &a, &body(&vast, vec![&json!("sshk_nope")], None)).await;
+    assert_eq!(r.status, 400);
+    let r = post(&d, &a, &body(&vast, vec![], Some("ssh-ed25519 xx"))).await;
+    assert_eq!(r.status, 400);
+    assert!(message(&r).contains("`ssh_public_key`"));
+    assert_eq!(sb.calls("vastai", "create").await, 0);
+
+    // Alice: her stored key and one inline; Bob: his
+    let r = post(&d, &a, &body(&vast, vec![&a1["id"]], Some(KEY_C))).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let ia = r.json();
+    let vast_b = cheapest(&d, &b, "vastai", "").await;
+    let r = post(&d, &b, &body(&vast_b, vec![&b1["id"]], None)).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let ib = r.json();
+    for (token, inst) in [(&a, &ia), (&b, &ib)] {
+        let v = until(
+            &d,
+            token,
+            inst["id"].as_str().unwrap(),
+            "keys attached and running",
+            |v| {
+                v["status"] == "running"
+                    && v["ssh_keys"]
+                        .as_array()
+                        .is_some_and(|k| k.iter().all(|k| k["state"] == "attached"))
+            },
+        )
+        .await;
+        let cmd = v["ssh_command"].as_str().unwrap();
+        assert!(cmd.starts_with("ssh -p ") && cmd.contains("root@"), "{cmd}");
+        assert!(kinds(&v).contains(&"ssh_key_attached".to_owned()));
+    }
+    let at = |pid: &Value| {
+        let sb = &sb;
+        let pid = pid.as_str().unwrap().to_owned();
+        async move { vast_instance(sb, &pid).await["ssh_keys"].clone() }
+    };
+    assert_eq!(
+        fp_set(&at(&ia["provider_instance_id"]).await),
+        keyset(&[KEY_A, KEY_C])
+    );
+    assert_eq!(
+        fp_set(&at(&ib["provider_instance_id"]).await),
+        keyset(&[KEY_B])
+    );
+    assert_eq!(
+        sb.calls("vastai", "ssh_account").await,
+        0,
+        "never the account-wide endpoint"
+    );
+
+    // io.net takes the keys in the deploy body
+    let io = cheapest(&d, &a, "ionet", "").await;
+    let r = post(&d, &a, &body(&io, vec![&a1["id"]], None)).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let dep = sb
+        .ionet_deployments()
+        .await
+        .into_iter()
+        .find(|x| x["id"] == r.json()["provider_instance_id"])
+        .unwrap();
+    let sent: BTreeSet<String> = dep["ssh_keys"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(sent, keyset(&[KEY_A]));
+    let v = call(
+        &d,
+        &a,
+        "GET",
+        &format!("/v1/instances/{}", r.json()["id"].as_str().unwrap()),
+        "",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(v["ssh_keys"][0]["state"], "attached");
+
+    // deleting: one's own only
+    let path = format!("/v1/ssh-keys/{}", a1["id"].as_str().unwrap());
+    assert_eq!(call(&d, &b, "DELETE", &path, "", None).await.status, 404);
+    assert_eq!(call(&d, &a, "DELETE", &path, "", None).await.status, 200);
+    assert_eq!(call(&d, &a, "DELETE", &path, "", None).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_ionet");
+    let token = account(&db, "configs", 100_000.0, 20);
+    let sb = Sandbox::start(&[]);
+    let d = sb.daemon(&db, &[]).await;
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/offers?providers=ionet&limit=200",
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // one hardware type (deploy id 12) at 1, 2, 4 and 8 cards in two countries
+    let family: Vec<Value> = r.json()["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| {
+            o["id"]
+                .as_str()
+                .unwrap()
+                .split_once('x')
+                .is_some_and(|(_, rest)| rest.starts_with("12@"))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(family.len(), 8, "{family:?}");
+    let ids: BTreeSet<&str> = family.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 8, "every configuration has its own id");
+    let prices: BTreeSet<String> = family
+        .iter()
+        .map(|o| o["price_per_hour"].to_string())
+        .collect();
+    assert!(
+        prices.len() > 4,
+        "configurations are priced apart: {prices:?}"
+    );
+    for o in &family {
+        let r = call(
+            &d,
+            &token,
+            "POST",
+            "/v1/instances",
+            &rent_body(o["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}: {:?}", o["id"], r.json());
+        let inst = r.json();
+        assert_eq!(inst["gpu_count"], o["gpu_count"]);
+        assert_eq!(inst["price_per_hour"], o["price_per_hour"]);
+        let dep = sb
+            .ionet_deployments()
+            .await
+            .into_iter()
+            .find(|x| x["id"] == inst["provider_instance_id"])
+            .unwrap();
+        assert_eq!(dep["gpus_per_vm"], o["gpu_count"], "{}", o["id"]);
+        assert_eq!(dep["price_per_hour"], o["price_per_hour"], "{}", o["id"]);
+        assert_eq!(dep["location"], o["country"], "{}", o["id"]);
+    }
+    // an id without the card count is refused, naming the field
+    let r = post(&d, &token, &rent_body("ionet:12@US")).await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
+    assert!(message(&r).contains("`offer_id`"));
+}
+
+/// Spent today by the account, from the ledger (the query the budget uses).
+async fn spent(s: &services::Services, db: &TestDb<'_>, account: &str) -> f64 {
+    let (client, conn) = tokio_postgres::connect(&s.postgres_url(&db.name), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let id: i64 = client
+        .query_one("SELECT id FROM accounts WHERE name = $1", &[&account])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .query_one(gpuproxyd::rentals::ledger::SPENT_TODAY, &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_and_stuck_instances_are_destroyed_and_stop_billing() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_dead");
+    let token = account(&db, "unlucky", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "1s"]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "rentals.dead_state_grace_ms=1000",
+                "rentals.provisioning_timeout_ms=3000",
+                "rentals.status_cache_ms=100",
+            ],
+        )
+        .await;
+    let r = sb
+        .control(
+            "vastai",
+            "POST",
+            "/_sandbox/vast/script",
+            r#"{"next_states": ["exited", "stuck"]}"#,
+        )
+        .await;
+    assert_eq!(r["ok"], true);
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/offers?providers=vastai&limit=3&sort=price",
+        "",
+        None,
+    )
+    .await;
+    let offers = r.json()["offers"].as_array().unwrap().clone();
+    let mut ids = Vec::new();
+    for o in &offers[..2] {
+        let r = call(
+            &d,
+            &token,
+            "POST",
+            "/v1/instances",
+            &rent_body(o["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{:?}", r.json());
+        ids.push((
+            r.json()["id"].as_str().unwrap().to_owned(),
+            r.json()["provider_instance_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    for ((id, pid), (action, why)) in ids.iter().zip([
+        ("dead_destroyed", "exited"),
+        ("stuck_destroyed", "rentals.provisioning_timeout_ms"),
+    ]) {
+        let v = until(&d, &token, id, action, |v| v["status"] == "failed").await;
+        let k = kinds(&v);
+        assert_eq!(k.last().map(String::as_str), Some(action), "{k:?}");
+        if action == "dead_destroyed" {
+            assert!(k.contains(&"dead_state_seen".to_owned()), "{k:?}");
+        }
+        assert!(v["failure"].as_str().unwrap().contains(why), "{v}");
+        assert!(v["terminated_at"].is_string());
+        assert_eq!(
+            v["events"].as_array().unwrap().last().unwrap()["rate_per_hour"],
+            0.0
+        );
+        let at_vast = vast_instance(&sb, pid).await;
+        assert_eq!(
+            at_vast["destroyed"], true,
+            "destroyed at the provider: {at_vast}"
+        );
+    }
+    let page = d.scrape().await;
+    for a in ["dead_destroyed", "stuck_destroyed"] {
+        assert!(
+            page.contains(&format!(
+                "gpuproxy_reconciler_actions_total{{action=\"{a}\"}} 1"
+            )),
+            "{a}: {page}"
+        );
+    }
+    // nothing open: spend stands still
+    let before = spent(s, &db, "unlucky").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(spent(s, &db, "unlucky").await, before);
+    assert!(before > 0.0, "the time they were up was billed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_parallel_rentals_of_one_offer_from_two_accounts_rent_once() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_once");
+    let a = account(&db, "first", 10_000.0, 30);
+    let b = account(&db, "second", 10_000.0, 30);
+    let sb = Sandbox::start(&[]);
+    let d = sb.daemon(&db, &["ratelimit.ip_burst=10000"]).await;
+    let o = cheapest(&d, &a, "vastai", "").await;
+    let id = o["id"].as_str().unwrap().to_owned();
+    // a slow provider, so that the twenty overlap
+    sb.faults("vastai", r#"{"ops": ["create"], "answer_delay_ms": 400}"#)
+        .await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let token = if i % 2 == 0 { &a } else { &b };
+        tasks.push(spawn_post(d.https, token.clone(), rent_body(&id), None));
+    }
+    let (mut created, mut refused) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            201 => created += 1,
+            409 => {
+                assert_eq!(
+                    r.json()["error"]["code"],
+                    "offer_unavailable",
+                    "{:?}",
+                    r.json()
+                );
+                refused += 1;
+            }
+            other => panic!("{other}: {:?}", r.json()),
+        }
+    }
+    assert_eq!((created, refused), (1, 19));
+    assert_eq!(sb.calls("vastai", "create").await, 1, "one provider create");
+    sb.heal("vastai").await;
+
+    // the rented offer is gone from the cached answers at once: here, and in Redis (a second
+    // daemon reads the answer from there)
+    let listed = |v: Value| {
+        v["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id.as_str())
+    };
+    let searches = sb.calls("vastai", "search").await;
+    let page = call(
+        &d,
+        &a,
+        "GET",
+        "/v1/offers?providers=vastai&limit=200&sort=price",
+        "",
+        None,
+    )
+    .await;
+    assert!(
+        !listed(page.json()),
+        "the rented offer is still listed here"
+    );
+    let d2 = sb.daemon(&db, &[]).await;
+    let page = call(
+        &d2,
+        &a,
+        "GET",
+        "/v1/offers?providers=vastai&limit=200&sort=price",
+        "",
+        None,
+    )
+    .await;
+    assert!(
+        !listed(page.json()),
+        "the rented offer is still listed in Redis"
+    );
+    assert_eq!(
+        sb.calls("vastai", "search").await,
+        searches,
+        "both answered from cache"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_cannot_change_a_label_and_records_state_changes() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_passthru");
+    let token = account(&db, "tinkerer", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "500ms"]);
+    let d = sb
+        .daemon(&db, &["providers.rate_limit_backoff_ms=60000"])
+        .await;
+    let o = cheapest(&d, &token, "vastai", "").await;
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &rent_body(o["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let inst = r.json();
+    let id = inst["id"].as_str().unwrap().to_owned();
+    let pid = inst["provider_instance_id"].as_str().unwrap().to_owned();
+    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    let path = format!("/v1/providers/vastai/api/v0/instances/{pid}/");
+
+    // the label holds our id: never changed through passthrough
+    for body in [
+        json!({"label": "mine now"}),
+        json!({"state": "running", "label": "x"}),
+    ] {
+        let r = call(&d, &token, "PUT", &path, &body.to_string(), None).await;
+        assert_eq!(r.status, 403, "{body}");
+        assert_eq!(r.json()["error"]["code"], "passthrough_forbidden");
+        assert!(message(&r).contains("`label`"));
+    }
+    assert_eq!(sb.calls("vastai", "manage").await, 0);
+    assert_eq!(vast_instance(&sb, &pid).await["label"], id.as_str());
+    let r = call(&d, &token, "PUT", &path, r#"{"state": "paused"}"#, None).await;
+    assert_eq!(r.status, 400);
+    assert!(message(&r).contains("`state`"));
+
+    // stop and start are recorded: stopped bills storage only
+    let r = call(&d, &token, "PUT", &path, r#"{"state": "stopped"}"#, None).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "stopped", "{v}");
+    let last = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "stopped")
+        .unwrap()
+        .clone();
+    assert_eq!(last["rate_per_hour"], v["storage_per_hour"]);
+    let r = call(&d, &token, "PUT", &path, r#"{"state": "running"}"#, None).await;
+    assert_eq!(r.status, 200);
+    let v = until(&d, &token, &id, "running again", |v| {
+        v["status"] == "running"
+    })
+    .await;
+    assert!(kinds(&v).contains(&"started".to_owned()));
+
+    // no ssh path, whatever the method
+    for p in [
+        "/v1/providers/vastai/api/v0/ssh/".to_owned(),
+        format!("/v1/providers/vastai/api/v0/instances/{pid}/ssh/"),
+    ] {
+        let r = call(
+            &d,
+            &token,
+            "POST",
+            &p,
+            &json!({"ssh_key": KEY_A}).to_string(),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 403, "{p}");
+    }
+    assert_eq!(sb.calls("vastai", "ssh_account").await, 0);
+
+    // passthrough obeys the provider's 429 back-off like every other call
+    sb.faults("vastai", r#"{"ops": ["search"], "rate_limit_burst": 1}"#)
+        .await;
+    let search = "/v1/providers/vastai/api/v0/bundles/";
+    let r = call(&d, &token, "POST", search, r#"{"limit": 1}"#, None).await;
+    assert_eq!(r.status, 503, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"]["details"]["reason"], "rate_limited");
+    let calls = sb.calls("vastai", "search").await;
+    let r = call(&d, &token, "POST", search, r#"{"limit": 1}"#, None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["details"]["reason"], "backing_off");
+    assert_eq!(
+        sb.calls("vastai", "search").await,
+        calls,
+        "not called while backing off"
+    );
+}

@@ -1,0 +1,129 @@
+//! Helpers of the rental tests: authenticated calls, budgeted accounts, offers and rent bodies.
+
+use serde_json::{Value, json};
+
+use super::accounts::TestDb;
+use super::client::Resp;
+use super::daemon::DaemonProc;
+
+/// Throwaway OpenSSH ed25519 public keys (valid encodings of made-up key bytes).
+pub const KEY_A: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRlc3RrZXl0ZXN0a2V5dGVzdGtleXRlc3RrZXl0ZXN0";
+pub const KEY_B: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG90aGVya2V5b3RoZXJrZXlvdGhlcmtleW90aGVya2V5";
+pub const KEY_C: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRoaXJka2V5dGhpcmRrZXl0aGlyZGtleXRoaXJka2V5";
+
+/// One request as the holder of `token`, with an `Idempotency-Key` when given.
+pub async fn call(
+    d: &DaemonProc,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    idem: Option<&str>,
+) -> Resp {
+    let extra: Vec<(&str, &str)> = idem.map(|k| ("idempotency-key", k)).into_iter().collect();
+    super::client::authed(d.https, token, method, path, body, &extra).await
+}
+
+/// An account with a daily budget and an instance limit, and a key for it.
+pub fn account(db: &TestDb<'_>, name: &str, budget: f64, max: u32) -> String {
+    db.cli(&[
+        "accounts",
+        "create",
+        "--name",
+        name,
+        "--daily-budget-usd",
+        &budget.to_string(),
+        "--max-instances",
+        &max.to_string(),
+    ]);
+    let k = db.cli(&["keys", "create", "--account", name]);
+    k["token"].as_str().unwrap().to_owned()
+}
+
+/// The cheapest available offer of a provider (`query` adds filters, e.g. `&interruptible=true`).
+pub async fn cheapest(d: &DaemonProc, token: &str, provider: &str, query: &str) -> Value {
+    let r = call(
+        d,
+        token,
+        "GET",
+        &format!("/v1/offers?providers={provider}&limit=1&sort=price{query}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    r.json()["offers"][0].clone()
+}
+
+pub fn rent_body(offer_id: &str) -> String {
+    json!({"offer_id": offer_id, "image": "pytorch/pytorch:latest", "disk_gb": 20,
+           "ssh_public_key": format!("{KEY_A} test@example")})
+    .to_string()
+}
+
+/// `GET /v1/instances/{id}` until `done` holds for it.
+pub async fn until(
+    d: &DaemonProc,
+    token: &str,
+    id: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    super::eventually(what, || async {
+        let v = call(d, token, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .json();
+        done(&v).then_some(v)
+    })
+    .await
+}
+
+/// The `kind`s of an instance's events, in order.
+pub fn kinds(v: &Value) -> Vec<String> {
+    v["events"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .map(|e| e["kind"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `POST /v1/instances` with `body` as the holder of `token`.
+pub async fn post(d: &DaemonProc, token: &str, body: &str) -> Resp {
+    call(d, token, "POST", "/v1/instances", body, None).await
+}
+
+/// `POST /v1/instances` on a connection of its own, in a task (for rentals that overlap).
+pub fn spawn_post(
+    https: std::net::SocketAddr,
+    token: String,
+    body: String,
+    idem: Option<&'static str>,
+) -> tokio::task::JoinHandle<Resp> {
+    tokio::spawn(async move {
+        let mut c = super::client::Conn::tls(https, &[b"http/1.1"])
+            .await
+            .unwrap();
+        let mut req = super::client::request("POST", "/v1/instances", bytes::Bytes::from(body));
+        let h = req.headers_mut();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        h.insert("content-type", "application/json".parse().unwrap());
+        if let Some(k) = idem {
+            h.insert("idempotency-key", k.parse().unwrap());
+        }
+        c.send(req).await.unwrap()
+    })
+}
+
+/// The error message of an answer (empty when it has none).
+pub fn message(r: &Resp) -> String {
+    r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
