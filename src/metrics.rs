@@ -61,10 +61,11 @@ pub const AUTH_FAILURES_TOTAL: &str = "gpuproxy_auth_failures_total";
 pub const RENTALS_TOTAL: &str = "gpuproxy_rentals_total";
 /// Gauge, label `provider`: instances the ledger has as running.
 pub const INSTANCES_RUNNING: &str = "gpuproxy_instances_running";
-/// Gauge: USD per hour of every open instance (provisioning, running, stopped, terminating).
+/// Gauge: USD per hour the open instances bill now (the full price while provisioning, running or
+/// terminating; the storage price while stopped or interrupted).
 pub const SPEND_USD_PER_HOUR: &str = "gpuproxy_spend_usd_per_hour";
 /// Counter, label `action` (`adopted`, `abandoned`, `orphan_destroyed`, `status_synced`,
-/// `vanished`): what the reconciler did.
+/// `vanished`, `dead_destroyed`, `stuck_destroyed`): what the reconciler did.
 pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
 /// Gauge: live daemons sharing the rate limits (this daemon enforces 1/n of each).
 pub const RATELIMIT_DAEMONS: &str = "gpuproxy_ratelimit_daemons";

@@ -295,5 +295,9 @@ fn publish_gauges(rows: &[ledger::InstanceRow]) {
             .count();
         gauge!(INSTANCES_RUNNING, "provider" => p.as_str()).set(running as f64);
     }
-    gauge!(SPEND_USD_PER_HOUR).set(open().map(|x| x.price_per_hour).sum::<f64>());
+    gauge!(SPEND_USD_PER_HOUR).set(
+        open()
+            .map(|x| ledger::rate(&x.status, x.price_per_hour, x.storage_per_hour))
+            .sum::<f64>(),
+    );
 }
