@@ -9,10 +9,13 @@ DEBIAN_PACKAGES+=(
   haproxy        # haproxy -c, and the HAProxy-in-front integration test
   prometheus     # promtool check rules / test rules
   systemd        # systemd-analyze verify
+  python3        # scripts/modgraph.py: the module layers
 )
 install_debian_packages
 ensure_cargo
 
+echo "==> module layers (scripts/modgraph.py)"
+python3 scripts/modgraph.py src
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

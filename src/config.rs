@@ -183,14 +183,14 @@ impl Default for ProxyProtocolConfig {
 }
 
 impl ProxyProtocolConfig {
-    pub fn enabled_for(&self, l: crate::conn::ListenerKind) -> bool {
+    pub fn enabled_for(&self, l: crate::types::listener::ListenerKind) -> bool {
         match l {
-            crate::conn::ListenerKind::Https => self.https,
-            crate::conn::ListenerKind::Http => self.http,
+            crate::types::listener::ListenerKind::Https => self.https,
+            crate::types::listener::ListenerKind::Http => self.http,
         }
     }
     /// The trust list, parsed (validated at load, so this cannot fail afterwards).
-    pub fn trusted(&self) -> Vec<crate::conn::ip::Cidr> {
+    pub fn trusted(&self) -> Vec<crate::types::ip::Cidr> {
         self.trusted_cidrs
             .iter()
             .filter_map(|c| c.parse().ok())
@@ -880,7 +880,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ("passthrough.ionet", &config.passthrough.ionet),
     ] {
         for (i, r) in rules.iter().enumerate() {
-            crate::providers::passthrough::Rule::parse(r)
+            crate::types::passthrough::Rule::parse(r)
                 .map_err(|e| err(format!("{section}[{i}]"), e))?;
         }
     }
@@ -921,7 +921,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     for (i, cidr) in cfg_proxy.trusted_cidrs.iter().enumerate() {
-        cidr.parse::<crate::conn::ip::Cidr>()
+        cidr.parse::<crate::types::ip::Cidr>()
             .map_err(|e| err(format!("proxy_protocol.trusted_cidrs[{i}]"), e))?;
     }
     if cfg_proxy.header_timeout_ms == 0 {
@@ -951,7 +951,7 @@ fn validate_providers(p: &ProvidersConfig, o: &OffersConfig) -> Result<(), Confi
         }
     }
     for (i, name) in p.enabled.iter().enumerate() {
-        if crate::providers::ProviderId::parse(name).is_none() {
+        if crate::types::ProviderId::parse(name).is_none() {
             return Err(err(
                 format!("providers.enabled[{i}]"),
                 format!("unknown provider `{name}` (known: vastai, ionet)"),

@@ -33,7 +33,7 @@ pub enum Kind {
     /// A connection cap refused the connection.
     OverCapacity,
     /// A rate limit refused the request; carries the headers' values.
-    RateLimited(crate::ratelimit::Verdict),
+    RateLimited(crate::types::limits::Verdict),
     /// No valid credentials; carries the code (`missing_credentials`, `malformed_authorization`,
     /// `invalid_credentials`, `token_expired`, `key_revoked`, `key_expired`). Which part of a key
     /// was wrong is never told.
@@ -195,10 +195,10 @@ impl Error {
         }
     }
 
-    pub fn rate_limited(v: crate::ratelimit::Verdict) -> Self {
+    pub fn rate_limited(v: crate::types::limits::Verdict) -> Self {
         let wait = match v.decision {
-            crate::ratelimit::gcra::Decision::Limited { retry_after } => {
-                crate::ratelimit::ceil_secs(retry_after)
+            crate::types::limits::Decision::Limited { retry_after } => {
+                crate::types::limits::ceil_secs(retry_after)
             }
             _ => 0,
         };
@@ -262,14 +262,4 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Cuts client-supplied text echoed in a message, on a char boundary.
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub use crate::types::text::truncate;

@@ -6,16 +6,22 @@
 //!   serving with idle HTTP/1 parking, drain.
 //! - [`conn`]: the sharded connection table, admission caps, the reaper, fd limits.
 //! - [`ratelimit`]: GCRA limiters per IP, per account and per API key.
-//! - [`auth`]: API keys and JWTs, the key cache (in process → Redis → PostgreSQL).
-//! - [`accounts`]: PostgreSQL through PgBouncer (bb8 pool), migrations, account and key records.
+//! - [`auth`]: API keys and JWTs, the key cache (in process → Redis → PostgreSQL), and the
+//!   admin changes every daemon's cache must hear of (`auth::admin`).
+//! - [`accounts`]: PostgreSQL through PgBouncer (bb8 pool), migrations, account and key records,
+//!   API key generation and hashing (`accounts::apikey`).
 //! - [`cache`]: the Redis client (fred) with reconnects, timeouts and pub/sub, and the two-layer
 //!   stale-while-revalidate cache with single-flight fetches (`cache::swr`).
 //! - [`providers`]: the `Provider` trait, Vast.ai and io.net clients, the normalized offer and
-//!   instance model, the pooled upstream client, breaker/retries, passthrough rules.
+//!   instance model, the pooled upstream client, breaker/retries.
 //! - [`rentals`]: renting: offer claims, price and bid checks, budget, ledger (spend by event
 //!   segments), SSH keys per account and their per-instance attach, idempotency, the reconciler
 //!   (adoption, dead and stuck instances).
-//! - [`api`]: routing, handlers, and the one place errors become HTTP responses.
+//! - [`api`]: routing, handlers (over `api::Api`: the services plus the API's render caches and
+//!   request metrics), and the one place errors become HTTP responses.
+//! - [`state`]: the services of one daemon (`AppState`).
+//! - [`types`]: leaf data every layer shares: provider ids, passthrough rules, client address
+//!   keys and CIDRs, listener kinds, rate-limit verdicts, text helpers.
 //! - [`error`]: the one error type (kind, side at fault, retryable).
 //! - [`config`]: the typed config tree: defaults < TOML < `GPUPROXY_*` env < flags.
 //! - [`metrics`]: metric names and the Prometheus exporter.
@@ -41,6 +47,7 @@ pub mod rentals;
 pub mod server;
 pub mod state;
 pub mod testkit;
+pub mod types;
 
 pub use server::{Daemon, Listeners};
 

@@ -206,21 +206,11 @@ pub fn init_series(routes: &[&'static str]) {
         metrics::counter!(REQUESTS_FAILED, "route" => *r).absolute(0);
     }
     metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
-    for r in crate::conn::RejectReason::ALL {
-        metrics::counter!(CONNECTIONS_REJECTED_TOTAL, "reason" => r.as_str()).absolute(0);
-    }
-    for r in crate::conn::CloseReason::ALL {
-        metrics::counter!(CONNECTIONS_CLOSED_TOTAL, "reason" => r.as_str()).absolute(0);
-    }
     metrics::counter!(ACCEPT_ERRORS_TOTAL).absolute(0);
-    for t in crate::ratelimit::Tier::ALL {
-        metrics::counter!(RATE_LIMITED_TOTAL, "tier" => t.as_str()).absolute(0);
-    }
     for l in ["memory", "redis", "stale"] {
         metrics::counter!(CACHE_HITS_TOTAL, "layer" => l).absolute(0);
     }
     metrics::counter!(CACHE_MISSES_TOTAL).absolute(0);
-    gauge!(CONNECTIONS_ACTIVE).increment(0.0);
 }
 
 fn describe() {

@@ -30,7 +30,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub started: Instant,
     pub conns: Arc<ConnTable>,
-    pub limits: crate::ratelimit::RateLimits,
+    pub limits: Arc<crate::ratelimit::RateLimits>,
     /// RLIMIT_NOFILE after raising the soft limit to the hard one (reported in `/stats`).
     pub fd_limit: u64,
     /// The account database (through PgBouncer); `None` when `DATABASE_URL` is unset, and then
@@ -42,15 +42,10 @@ pub struct AppState {
     /// The provider clients, and the cache of their answers (`GET /v1/offers`).
     pub providers: crate::providers::Providers,
     pub offers_cache: Arc<crate::cache::swr::SwrCache<Vec<crate::providers::Offer>>>,
-    pub offer_pages: crate::api::offers::PageCache,
-    /// Rendered `GET /v1/account` bodies, one per cached key record.
-    pub account_views: crate::api::account::AccountViews,
     /// Passthrough rules per provider (`ProviderId as usize`), parsed once.
-    pub passthrough_rules: [Vec<crate::providers::passthrough::Rule>; 2],
+    pub passthrough_rules: [Vec<crate::types::passthrough::Rule>; 2],
     /// Renting (needs the database); `None` without `DATABASE_URL`.
     pub rentals: Option<Arc<crate::rentals::Rentals>>,
-    /// Indexed by `Route as usize`, with one more slot for unmatched paths.
-    pub request_metrics: crate::metrics::RequestMetrics,
     phase: AtomicU8,
     /// Random per process, so request ids from several daemons behind one balancer do not collide.
     id_prefix: u32,
@@ -89,7 +84,7 @@ impl AppState {
         });
         let rules = |list: &[String]| {
             list.iter()
-                .filter_map(|r| crate::providers::passthrough::Rule::parse(r).ok())
+                .filter_map(|r| crate::types::passthrough::Rule::parse(r).ok())
                 .collect::<Vec<_>>()
         };
         let passthrough_rules = [
@@ -104,12 +99,7 @@ impl AppState {
             rentals,
             db,
             redis,
-            limits: crate::ratelimit::RateLimits::new(&config.ratelimit),
-            offer_pages: crate::api::offers::PageCache::new(config.offers.cache_max_entries),
-            account_views: crate::api::account::AccountViews::new(config.auth.cache_max_entries),
-            request_metrics: crate::metrics::RequestMetrics::new(
-                &crate::api::router::Route::metric_labels(),
-            ),
+            limits: Arc::new(crate::ratelimit::RateLimits::new(&config.ratelimit)),
             config,
             started: Instant::now(),
             conns,

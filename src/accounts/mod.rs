@@ -8,7 +8,7 @@
 //! check-on-checkout is off (it cost a round trip per query); broken connections are dropped when
 //! they are returned, and a query that met a closed connection is retried once on a fresh one.
 
-pub mod admin;
+pub mod apikey;
 pub mod migrate;
 pub mod store;
 

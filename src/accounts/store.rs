@@ -8,7 +8,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
 use super::Db;
-use crate::auth::apikey;
+use super::apikey;
 use crate::error::{Error, Kind, Side};
 
 #[derive(Debug, Clone, Serialize)]

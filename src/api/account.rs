@@ -7,17 +7,17 @@ use hyper::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
+use super::Api;
 use super::{Body, respond};
 use crate::accounts::store::KeyRecord;
 use crate::auth::{Principal, Via};
 use crate::config::RateLimitConfig;
 use crate::error::{Error, Kind, Side};
-use crate::state::AppState;
 
 /// `GET /v1/account`: the account, its limits and budget, and the key in use. Answered from the
 /// cached key record (at most `auth.cache_ttl_ms` old): no query per request, and the body is
 /// rendered once per record (see [`AccountViews`]).
-pub fn show(state: &Arc<AppState>, p: &Principal) -> Response<Body> {
+pub fn show(state: &Arc<Api>, p: &Principal) -> Response<Body> {
     respond::json_bytes(
         StatusCode::OK,
         state
@@ -167,7 +167,7 @@ struct KeySummary<'a> {
 }
 
 /// `POST /v1/auth/token`: exchanges the API key in `Authorization` for a short-lived JWT.
-pub fn token(state: &Arc<AppState>, p: &Principal) -> Result<Response<Body>, Error> {
+pub fn token(state: &Arc<Api>, p: &Principal) -> Result<Response<Body>, Error> {
     if p.via != Via::ApiKey {
         return Err(Error::forbidden(
             "api_key_required",

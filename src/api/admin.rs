@@ -1,5 +1,5 @@
 //! `/v1/admin/...`: accounts and keys over HTTPS, for keys with the `admin` scope. The same
-//! operations as the `gpuproxyd accounts|keys` commands (`accounts::store`, `accounts::admin`).
+//! operations as the `gpuproxyd accounts|keys` commands (`accounts::store`, `auth::admin`).
 
 use std::sync::Arc;
 
@@ -7,17 +7,18 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use super::Api;
 use super::account::no_db;
 use super::router::{Route, percent_decode};
 use super::{Body, body, respond};
+use crate::accounts::Db;
 use crate::accounts::store::{self, AccountRef, NewAccount, NewKeySpec};
-use crate::accounts::{Db, admin};
+use crate::auth::admin;
 use crate::auth::apikey;
 use crate::error::{Error, Result};
-use crate::state::AppState;
 
 pub async fn handle(
-    state: &Arc<AppState>,
+    state: &Arc<Api>,
     route: Route,
     param: Option<String>,
     req: Request<Incoming>,

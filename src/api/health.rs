@@ -1,8 +1,6 @@
 //! `/health` (liveness, no I/O), `/ready` (serving or not) and `/stats` (connection and request
 //! figures).
 
-use std::sync::Arc;
-
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
@@ -18,7 +16,7 @@ pub fn health() -> Response<Body> {
 /// `/ready`: 200 `ready` when serving with every dependency up; 200 `degraded` while Redis is
 /// down (auth still works from PostgreSQL); 503 while starting or draining, or while PostgreSQL
 /// is unreachable (`down`: only cached keys would work).
-pub fn ready(state: &Arc<AppState>) -> Response<Body> {
+pub fn ready(state: &AppState) -> Response<Body> {
     let phase = state.phase();
     let dep = |configured: bool, up: bool| match (configured, up) {
         (false, _) => "unconfigured",
@@ -46,7 +44,7 @@ pub fn ready(state: &Arc<AppState>) -> Response<Body> {
 /// `/stats`: uptime, connection and request figures. `with_top_clients` adds the ten client
 /// addresses holding the most connections (operator data: only on the metrics listener until
 /// admin authentication exists).
-pub fn stats_response(state: &Arc<AppState>, with_top_clients: bool) -> Response<Body> {
+pub fn stats_response(state: &AppState, with_top_clients: bool) -> Response<Body> {
     let c = state.conns.snapshot();
     let mut v = json!({
         "uptime_seconds": state.started.elapsed().as_secs_f64(),

@@ -10,13 +10,13 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::Api;
 use super::{Body, body, respond};
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::rentals::idempotency::{self, Begin};
 use crate::rentals::ledger::{Event, InstanceKey, InstanceRow};
 use crate::rentals::{RentBody, Rentals};
-use crate::state::AppState;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -74,7 +74,7 @@ pub fn view(r: &InstanceRow, detail: Option<(Vec<Event>, Vec<InstanceKey>)>) -> 
     v
 }
 
-fn rentals(state: &Arc<AppState>) -> Result<&Arc<Rentals>> {
+fn rentals(state: &Arc<Api>) -> Result<&Arc<Rentals>> {
     state.rentals.as_ref().ok_or_else(|| {
         Error::new(
             Kind::DatabaseUnavailable,
@@ -86,7 +86,7 @@ fn rentals(state: &Arc<AppState>) -> Result<&Arc<Rentals>> {
 
 /// Runs `op` under the request's `Idempotency-Key`, when it has one.
 async fn idempotent(
-    state: &Arc<AppState>,
+    state: &Arc<Api>,
     p: &Principal,
     key: Option<String>,
     request: &str,
@@ -148,7 +148,7 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>> {
 
 /// `POST /v1/instances`.
 pub async fn create(
-    state: &Arc<AppState>,
+    state: &Arc<Api>,
     p: &Principal,
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
@@ -199,11 +199,7 @@ pub fn list_query(query: Option<&str>) -> Result<(Option<f64>, i64)> {
     Ok((before, limit))
 }
 
-pub async fn list(
-    state: &Arc<AppState>,
-    p: &Principal,
-    query: Option<&str>,
-) -> Result<Response<Body>> {
+pub async fn list(state: &Arc<Api>, p: &Principal, query: Option<&str>) -> Result<Response<Body>> {
     let (before, limit) = list_query(query)?;
     let rows = rentals(state)?
         .list(p.account_id(), before, limit + 1)
@@ -219,7 +215,7 @@ pub async fn list(
     ))
 }
 
-pub async fn show(state: &Arc<AppState>, p: &Principal, id: &str) -> Result<Response<Body>> {
+pub async fn show(state: &Arc<Api>, p: &Principal, id: &str) -> Result<Response<Body>> {
     let r = rentals(state)?;
     let row = r.get(p.account_id(), id).await?;
     let events = crate::rentals::ledger::events(r.db(), &row.id).await?;
@@ -232,7 +228,7 @@ pub async fn show(state: &Arc<AppState>, p: &Principal, id: &str) -> Result<Resp
 
 /// `PUT /v1/instances/{id}/bid` `{"bid_per_hour": x}`.
 pub async fn bid(
-    state: &Arc<AppState>,
+    state: &Arc<Api>,
     p: &Principal,
     id: &str,
     req: Request<Incoming>,
@@ -251,7 +247,7 @@ pub async fn bid(
 }
 
 pub async fn destroy(
-    state: &Arc<AppState>,
+    state: &Arc<Api>,
     p: &Principal,
     id: &str,
     req: Request<Incoming>,

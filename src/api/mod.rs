@@ -24,12 +24,13 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::{Method, Request, Response};
 
-use crate::conn::ip::IpKey;
 use crate::conn::{ListenerKind, Protocol};
 use crate::error::{Error, Result};
+use crate::metrics::RequestMetrics;
 use crate::ratelimit::Verdict;
 use crate::ratelimit::gcra::Decision;
 use crate::state::AppState;
+use crate::types::ip::IpKey;
 use router::{Access, Route};
 
 /// Response body type of every handler.
@@ -46,7 +47,38 @@ pub struct ConnCtx {
     pub proto: Protocol,
 }
 
-pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) -> Response<Body> {
+/// What the handlers work with: the daemon's services ([`AppState`], reached through `Deref`)
+/// and what only the API needs: its render caches and its request metrics.
+pub struct Api {
+    pub app: Arc<AppState>,
+    /// Rendered `GET /v1/offers` pages.
+    pub offer_pages: offers::PageCache,
+    /// Rendered `GET /v1/account` bodies, one per cached key record.
+    pub account_views: account::AccountViews,
+    /// Indexed by `Route as usize`, with one more slot for unmatched paths.
+    pub request_metrics: RequestMetrics,
+}
+
+impl Api {
+    pub fn new(app: Arc<AppState>) -> Arc<Api> {
+        Arc::new(Api {
+            offer_pages: offers::PageCache::new(app.config.offers.cache_max_entries),
+            account_views: account::AccountViews::new(app.config.auth.cache_max_entries),
+            request_metrics: RequestMetrics::new(&Route::metric_labels()),
+            app,
+        })
+    }
+}
+
+impl std::ops::Deref for Api {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        &self.app
+    }
+}
+
+pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let request_id = client_request_id(&req).unwrap_or_else(|| state.next_request_id());
     state.conns.count_request(ctx.proto);
@@ -112,7 +144,7 @@ pub async fn handle(state: Arc<AppState>, ctx: ConnCtx, req: Request<Incoming>) 
 /// Runs the route's handler, authenticating first where the route needs it. Returns the
 /// response and the caller's rate-limit verdict (for the headers).
 async fn dispatch(
-    state: &Arc<AppState>,
+    state: &Arc<Api>,
     matched: Option<(Route, Option<String>)>,
     req: Request<Incoming>,
 ) -> Result<(Response<Body>, Option<Verdict>)> {

@@ -14,12 +14,12 @@ use hyper::header::{CACHE_CONTROL, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
+use super::Api;
 use super::{Body, respond};
 use crate::cache::swr::{Entry, Lookup};
 use crate::config::OffersConfig;
 use crate::error::{Error, Kind, Result, Side};
 use crate::providers::{Offer, Provider, ProviderId, SearchQuery, UpstreamError, gpu};
-use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
@@ -435,7 +435,7 @@ struct ReportError {
     message: String,
 }
 
-async fn ask(state: &Arc<AppState>, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
+async fn ask(state: &Arc<Api>, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
     if !f.wants(p.id()) {
         return Outcome::Skipped("not among the providers asked for");
     }
@@ -457,7 +457,7 @@ async fn ask(state: &Arc<AppState>, p: &Arc<dyn Provider>, f: &Filters) -> Outco
     }
 }
 
-pub async fn list(state: &Arc<AppState>, query: Option<&str>) -> Result<Response<Body>> {
+pub async fn list(state: &Arc<Api>, query: Option<&str>) -> Result<Response<Body>> {
     let f = Filters::parse(query, &state.config.offers)?;
     let ps = &state.providers.list;
     let outcomes: Vec<Outcome> = match ps.as_slice() {

@@ -18,12 +18,13 @@ use metrics::counter;
 use serde_json::json;
 use tokio_postgres::types::Type;
 
+use super::Api;
 use super::Body;
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::metrics::UPSTREAM_REQUESTS_TOTAL;
-use crate::providers::{ProviderId, UpstreamError, passthrough};
-use crate::state::AppState;
+use crate::providers::UpstreamError;
+use crate::types::{ProviderId, passthrough};
 
 fn forbidden(message: String, rule: Option<&str>) -> Error {
     Error::rejected(
@@ -35,7 +36,7 @@ fn forbidden(message: String, rule: Option<&str>) -> Error {
 }
 
 pub async fn forward(
-    state: &Arc<AppState>,
+    state: &Arc<Api>,
     p: &Principal,
     param: &str,
     req: Request<Incoming>,

@@ -7,12 +7,12 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::Api;
 use super::router::Route;
 use super::{Body, body, instances::time, respond};
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::rentals::sshkeys::{self, Key, NewKey};
-use crate::state::AppState;
 
 fn view(k: &Key) -> Value {
     json!({"id": k.id, "name": k.name, "public_key": k.public_key,
@@ -20,7 +20,7 @@ fn view(k: &Key) -> Value {
 }
 
 pub async fn handle(
-    state: &Arc<AppState>,
+    state: &Arc<Api>,
     p: &Principal,
     route: Route,
     param: Option<&str>,

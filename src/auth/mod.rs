@@ -13,7 +13,8 @@
 //!   old), anything else gets 503 `auth_unavailable`, never 401.
 //! - `last_used_at` is written in one batched UPDATE per `auth.last_used_flush_ms`.
 
-pub mod apikey;
+pub mod admin;
+pub use crate::accounts::apikey;
 pub mod cache;
 pub mod jwt;
 

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::accounts::store::{self, Account, AccountRef, KeyInfo, NewAccount, NewKeySpec};
-use crate::accounts::{Db, admin, migrate};
+use crate::accounts::{Db, migrate};
+use crate::auth::admin;
 use crate::cache::Redis;
 use crate::config::{DatabaseConfig, RedisConfig, Secret};
 

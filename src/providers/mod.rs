@@ -10,7 +10,6 @@ pub mod gpu;
 pub mod http;
 pub mod ionet;
 pub mod model;
-pub mod passthrough;
 pub mod resilience;
 pub mod vastai;
 

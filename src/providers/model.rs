@@ -3,32 +3,9 @@
 //! come as "Region, CC", a bare country name, or null).
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::types::ProviderId;
 use serde_json::Value;
-
-/// Which provider an offer or instance belongs to; also the `provider` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderId {
-    Vastai,
-    Ionet,
-}
-
-impl ProviderId {
-    pub const ALL: [ProviderId; 2] = [ProviderId::Vastai, ProviderId::Ionet];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderId::Vastai => "vastai",
-            ProviderId::Ionet => "ionet",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ProviderId> {
-        ProviderId::ALL
-            .into_iter()
-            .find(|p| p.as_str().eq_ignore_ascii_case(s))
-    }
-}
 
 /// One rentable configuration, comparable across providers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

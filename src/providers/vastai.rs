@@ -359,7 +359,7 @@ impl Provider for Vastai {
                 let mut path = "/api/v1/instances/?limit=25".to_owned();
                 if let Some(t) = &after {
                     path.push_str("&after_token=");
-                    path.push_str(&crate::api::router::percent_encode(
+                    path.push_str(&crate::types::text::percent_encode(
                         &serde_json::to_string(t).unwrap_or_default(),
                     ));
                 }

@@ -8,35 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Requests per period with a burst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    pub per_period: u64,
-    pub period: Duration,
-    pub burst: u64,
-}
-
-impl Quota {
-    pub fn per_minute(n: u64, burst: u64) -> Quota {
-        Quota {
-            per_period: n,
-            period: Duration::from_secs(60),
-            burst,
-        }
-    }
-
-    /// One daemon's share when `n` daemons enforce this quota together: the same count over an
-    /// n-times longer period (exactly 1/n of the rate, no rounding), and the burst divided by n,
-    /// rounded up (so n daemons together allow at most n − 1 requests more than the burst).
-    pub fn shared(self, n: u32) -> Quota {
-        let n = n.max(1);
-        Quota {
-            per_period: self.per_period,
-            period: self.period * n,
-            burst: self.burst.div_ceil(u64::from(n)).max(1),
-        }
-    }
-}
+pub use crate::types::limits::{Decision, Quota};
 
 /// The parameters derived from a [`Quota`].
 #[derive(Debug, Clone, Copy)]
@@ -46,21 +18,6 @@ pub struct Gcra {
     /// Burst tolerance in nanoseconds.
     tau: u64,
     pub quota: Quota,
-}
-
-/// The outcome of one check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allowed {
-        /// Requests that could still be made right now.
-        remaining: u64,
-        /// Until the key is back to a full burst.
-        reset: Duration,
-    },
-    Limited {
-        /// Wait at least this long before the next request can succeed.
-        retry_after: Duration,
-    },
 }
 
 impl Gcra {

@@ -7,36 +7,20 @@ pub mod gcra;
 pub mod keyed;
 pub mod peers;
 
-use std::time::Duration;
-
-use hyper::header::HeaderValue;
-
 use metrics::{counter, gauge};
 
 use crate::accounts::store::KeyRecord;
 use crate::config::RateLimitConfig;
-use crate::conn::ip::IpKey;
 use crate::metrics::{RATE_LIMITED_TOTAL, RATELIMIT_KEYS};
-use gcra::{Decision, Gcra, Quota};
+use crate::types::ip::IpKey;
+pub use crate::types::limits::{Decision, Quota, Tier, Verdict, ceil_secs};
+use gcra::Gcra;
 use keyed::KeyedLimiter;
 
-/// Which limit a decision came from (the `tier` label, and the name in the headers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Ip,
-    Account,
-    Key,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Ip, Tier::Account, Tier::Key];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Ip => "ip",
-            Tier::Account => "account",
-            Tier::Key => "key",
-        }
+/// Creates the `tier` series at zero, so alerts see them before the first 429.
+pub fn init_series() {
+    for t in Tier::ALL {
+        counter!(RATE_LIMITED_TOTAL, "tier" => t.as_str()).absolute(0);
     }
 }
 
@@ -49,69 +33,6 @@ pub fn effective(over: Option<(u32, Option<u32>)>, per_minute: u64, burst: u64) 
         ),
         None => (per_minute, burst),
     }
-}
-
-/// The outcome of the tiers for one request, with what the response headers need.
-#[derive(Debug, Clone, Copy)]
-pub struct Verdict {
-    pub tier: Tier,
-    pub quota: Quota,
-    pub decision: Decision,
-}
-
-impl Verdict {
-    /// `RateLimit-Policy` (IETF httpapi draft): `"ip";q=1000;w=60`.
-    pub fn policy_header(&self) -> HeaderValue {
-        header_value(
-            self.tier,
-            ('q', self.quota.per_period),
-            ('w', self.quota.period.as_secs().max(1)),
-        )
-    }
-
-    /// `RateLimit`: `"ip";r=<remaining>;t=<seconds until reset>`.
-    pub fn limit_header(&self) -> HeaderValue {
-        let (r, t) = match self.decision {
-            Decision::Allowed { remaining, reset } => (remaining, ceil_secs(reset)),
-            Decision::Limited { retry_after } => (0, ceil_secs(retry_after)),
-        };
-        header_value(self.tier, ('r', r), ('t', t))
-    }
-}
-
-/// `"<tier>";<a>=<n>;<b>=<m>`, written on the stack without `core::fmt` (both headers go on
-/// every limited route's response).
-fn header_value(tier: Tier, a: (char, u64), b: (char, u64)) -> HeaderValue {
-    let mut buf = [0u8; 64];
-    let mut n = 0;
-    let mut put = |bytes: &[u8]| {
-        buf[n..n + bytes.len()].copy_from_slice(bytes);
-        n += bytes.len();
-    };
-    put(b"\"");
-    put(tier.as_str().as_bytes());
-    put(b"\"");
-    for (name, value) in [a, b] {
-        put(&[b';', name as u8, b'=']);
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut v = value;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        put(&digits[i..]);
-    }
-    HeaderValue::from_bytes(&buf[..n]).expect("ASCII digits and tier names")
-}
-
-/// Whole seconds, rounded up (a client that waits this long will succeed).
-pub fn ceil_secs(d: Duration) -> u64 {
-    d.as_nanos().div_ceil(1_000_000_000) as u64
 }
 
 pub struct RateLimits {
@@ -261,6 +182,7 @@ pub fn tighter(a: Verdict, b: Verdict) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn headers_are_written_in_full() {

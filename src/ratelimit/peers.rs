@@ -17,31 +17,31 @@ use std::time::Duration;
 
 use metrics::gauge;
 
+use super::RateLimits;
 use crate::cache::Redis;
+use crate::config::RateLimitConfig;
 use crate::metrics::RATELIMIT_DAEMONS;
-use crate::state::AppState;
 
-/// Runs the heartbeat until the task is dropped.
-pub async fn run(state: Arc<AppState>, redis: Redis) {
-    let cfg = &state.config.ratelimit;
+/// Runs the heartbeat until the task is dropped, setting `limits`' share.
+pub async fn run(cfg: RateLimitConfig, limits: Arc<RateLimits>, redis: Redis) {
     let every = Duration::from_millis(cfg.peer_heartbeat_ms);
     let ttl = Duration::from_millis(cfg.peer_ttl_ms);
     let members = redis.key("ratelimit:daemons");
     let me = instance_id();
-    gauge!(RATELIMIT_DAEMONS).set(f64::from(state.limits.daemons()));
+    gauge!(RATELIMIT_DAEMONS).set(f64::from(limits.daemons()));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         match redis.heartbeat(&members, &me, ttl).await {
             Ok(n) => {
-                if n != state.limits.daemons() {
+                if n != limits.daemons() {
                     tracing::info!(
                         daemons = n,
                         "rate-limit share changed: enforcing 1/{n} of each limit"
                     );
                 }
-                state.limits.set_daemons(n);
+                limits.set_daemons(n);
                 gauge!(RATELIMIT_DAEMONS).set(f64::from(n));
             }
             Err(e) => {

@@ -30,18 +30,18 @@ use tokio_util::sync::CancellationToken;
 use super::proxy::{self, HeaderError};
 use super::stream::{ClientIo, Prefixed, Tracked};
 use crate::api::{self, Body, ConnCtx};
-use crate::conn::ip::Cidr;
 use crate::conn::table::Reservation;
 use crate::conn::{
     CloseReason, ConnHandle, ConnShared, ListenerKind, Phase, Protocol, RejectReason,
 };
 use crate::error::Error;
 use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
-use crate::state::AppState;
+use crate::types::ip::Cidr;
 
 /// What every connection task of one daemon shares.
 pub struct ConnEnv {
-    pub state: Arc<AppState>,
+    /// The API's handlers and the daemon's services behind them.
+    pub state: Arc<api::Api>,
     pub tls: Option<TlsAcceptor>,
     pub trusted: Vec<Cidr>,
     pub cancel: CancellationToken,
@@ -194,7 +194,7 @@ pub async fn serve(
 /// The per-request service: counts the request on its connection and runs the API.
 #[derive(Clone)]
 struct ApiService {
-    state: Arc<AppState>,
+    state: Arc<api::Api>,
     ctx: ConnCtx,
     shared: Arc<ConnShared>,
 }
@@ -220,7 +220,7 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
 
 /// Marks the connection active and builds what hyper serves: the service and the tracked stream.
 fn activate(
-    state: &Arc<AppState>,
+    state: &Arc<api::Api>,
     io: Prefixed<ClientIo>,
     ctx: ConnCtx,
     shared: &Arc<ConnShared>,

@@ -93,6 +93,8 @@ impl Daemon {
             None => None,
         };
         crate::metrics::init_series(&api::router::Route::ALL.map(api::router::Route::label));
+        crate::conn::init_series();
+        crate::ratelimit::init_series();
         let tls = certs
             .clone()
             .map(|c| TlsAcceptor::from(tls::server_config(c)));
@@ -176,7 +178,7 @@ impl Daemon {
         let state = self.state;
         let cfg = state.config.clone();
         let env = Arc::new(ConnEnv {
-            state: state.clone(),
+            state: api::Api::new(state.clone()),
             tls: self.tls,
             trusted: cfg.proxy_protocol.trusted(),
             cancel: cancel.clone(),
@@ -219,7 +221,8 @@ impl Daemon {
         }
         if let Some(redis) = state.redis.clone() {
             background.push(tokio::spawn(crate::ratelimit::peers::run(
-                state.clone(),
+                cfg.ratelimit.clone(),
+                state.limits.clone(),
                 redis.clone(),
             )));
             background.push(tokio::spawn(async move {

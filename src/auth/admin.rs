@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use super::Db;
-use super::store::{self, Account, AccountRef, KeyInfo};
-use crate::auth::Auth;
+use super::Auth;
+use crate::accounts::Db;
+use crate::accounts::store::{self, Account, AccountRef, KeyInfo};
 use crate::cache::Redis;
 use crate::error::Error;
 

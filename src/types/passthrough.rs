@@ -68,7 +68,7 @@ impl Rule {
         match obj.keys().find(|k| !keys.contains(k)) {
             Some(k) => Err(format!(
                 "body key `{}` is not forwarded (rule `{}` allows: {})",
-                crate::error::truncate(k, 64),
+                crate::types::text::truncate(k, 64),
                 self.text,
                 keys.join(", ")
             )),
@@ -158,7 +158,7 @@ pub fn check<'r>(rules: &'r [Rule], method: &Method, path: &str) -> Result<Allow
     {
         return Err(format!(
             "`{method} {}`: SSH key paths are never forwarded; use /v1/ssh-keys and `ssh_key_ids`",
-            crate::error::truncate(path, 200)
+            crate::types::text::truncate(path, 200)
         ));
     }
     for r in rules {
@@ -168,7 +168,7 @@ pub fn check<'r>(rules: &'r [Rule], method: &Method, path: &str) -> Result<Allow
     }
     Err(format!(
         "`{method} {}` matches no passthrough rule (allowed: {})",
-        crate::error::truncate(path, 200),
+        crate::types::text::truncate(path, 200),
         rules
             .iter()
             .map(|r| r.text.as_str())

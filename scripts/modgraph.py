@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The top-level module graph of src/ (an edge A -> B: a `crate::B` path in a file of module A,
+tests and comments left out), checked against the layers below: a module may import modules of
+its own layer or lower, never higher, and no import cycle may form. Prints the graph; exits 1 on
+a cycle or an upward import. Run by scripts/test.sh.
+
+Layers, lowest first (README "Layout"):
+  0 types                                        leaf data shared by everyone
+  1 error, metrics, config, alloc, logging       names, one error type, one config tree
+  2 providers, accounts, cache, ratelimit, conn  the services' parts
+  3 rentals, auth                                domain logic over them
+  4 state                                        the services of one daemon
+  5 api                                          routes, handlers, render caches, respond
+  6 server                                       listeners, TLS, serving, drain
+  7 cli, testkit                                 the binary's commands, test helpers
+"""
+import os
+import re
+import sys
+
+LAYERS = [
+    ["types"],
+    ["error", "metrics", "config", "alloc", "logging"],
+    ["providers", "accounts", "cache", "ratelimit", "conn"],
+    ["rentals", "auth"],
+    ["state"],
+    ["api"],
+    ["server"],
+    ["cli", "testkit"],
+]
+LAYER = {m: i for i, names in enumerate(LAYERS) for m in names}
+
+
+def strip_tests(text):
+    out, i = [], 0
+    for m in re.finditer(r"#\[cfg\(test\)\]\s*(pub\s+)?mod\s+\w+\s*\{", text):
+        if m.start() < i:
+            continue
+        out.append(text[i:m.start()])
+        depth, j = 1, m.end()
+        while j < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        i = j
+    out.append(text[i:])
+    return "".join(out)
+
+
+def graph(src):
+    mods = set()
+    for n in os.listdir(src):
+        if n.endswith(".rs") and n not in ("lib.rs", "main.rs"):
+            mods.add(n[:-3])
+        elif os.path.isdir(os.path.join(src, n)) and n != "bin":
+            mods.add(n)
+    edges = {m: set() for m in mods}
+    for m in mods:
+        paths = [os.path.join(src, m + ".rs")] if os.path.isfile(os.path.join(src, m + ".rs")) else []
+        for root, _, files in os.walk(os.path.join(src, m)):
+            paths += [os.path.join(root, f) for f in files if f.endswith(".rs")]
+        for p in paths:
+            text = re.sub(r"//.*", "", strip_tests(open(p, encoding="utf-8").read()))
+            for b in re.findall(r"crate::(\w+)", text):
+                if b in mods and b != m:
+                    edges[m].add(b)
+            for grp in re.findall(r"crate::\{([^}]*)\}", text):
+                for b in re.findall(r"(?:^|,)\s*(\w+)", grp):
+                    if b in mods and b != m:
+                        edges[m].add(b)
+    return mods, edges
+
+
+def cycles(mods, edges):
+    index, low, stack, on, comps, counter = {}, {}, [], set(), [], [0]
+    sys.setrecursionlimit(10000)
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            comps.append(sorted(comp))
+
+    for v in sorted(mods):
+        if v not in index:
+            visit(v)
+    return [c for c in comps if len(c) > 1]
+
+
+def main():
+    src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
+    mods, edges = graph(src)
+    bad = []
+    for m in sorted(mods, key=lambda m: (LAYER.get(m, 99), m)):
+        print(f"{LAYER.get(m, '?')} {m:10} -> {', '.join(sorted(edges[m])) or '-'}")
+        if m not in LAYER:
+            bad.append(f"module `{m}` has no layer: add it to LAYERS in scripts/modgraph.py")
+        for b in sorted(edges[m]):
+            if m in LAYER and b in LAYER and LAYER[b] > LAYER[m]:
+                bad.append(f"`{m}` (layer {LAYER[m]}) imports `{b}` (layer {LAYER[b]}), a higher layer")
+    for c in cycles(mods, edges):
+        bad.append(f"import cycle: {' -> '.join(c)}")
+    for b in bad:
+        print(f"modgraph: {b}", file=sys.stderr)
+    print(f"modules={len(mods)} problems={len(bad)}")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
