@@ -11,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::Api;
+use super::router::Call;
 use super::{Body, body, respond};
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
@@ -147,11 +148,9 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>> {
 }
 
 /// `POST /v1/instances`.
-pub async fn create(
-    state: &Arc<Api>,
-    p: &Principal,
-    req: Request<Incoming>,
-) -> Result<Response<Body>> {
+pub async fn create(c: Call) -> Result<Response<Body>> {
+    let (state, p, req) = (&c.api, c.principal()?.clone(), c.req);
+    let p = &p;
     let r = rentals(state)?.clone();
     let key = idempotency_key(&req)?;
     let raw = body::read(req, state.config.server.max_body_bytes).await?;
@@ -215,7 +214,9 @@ pub async fn list(state: &Arc<Api>, p: &Principal, query: Option<&str>) -> Resul
     ))
 }
 
-pub async fn show(state: &Arc<Api>, p: &Principal, id: &str) -> Result<Response<Body>> {
+pub async fn show(c: Call) -> Result<Response<Body>> {
+    let id = &c.decoded_param("instance id")?;
+    let (state, p) = (&c.api, c.principal()?);
     let r = rentals(state)?;
     let row = r.get(p.account_id(), id).await?;
     let events = crate::rentals::ledger::events(r.db(), &row.id).await?;
@@ -227,12 +228,9 @@ pub async fn show(state: &Arc<Api>, p: &Principal, id: &str) -> Result<Response<
 }
 
 /// `PUT /v1/instances/{id}/bid` `{"bid_per_hour": x}`.
-pub async fn bid(
-    state: &Arc<Api>,
-    p: &Principal,
-    id: &str,
-    req: Request<Incoming>,
-) -> Result<Response<Body>> {
+pub async fn bid(c: Call) -> Result<Response<Body>> {
+    let id = &c.decoded_param("instance id")?;
+    let (state, p, req) = (&c.api, c.principal()?.clone(), c.req);
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct BidBody {
@@ -246,12 +244,10 @@ pub async fn bid(
     Ok(respond::json(StatusCode::OK, &view(&row, None)))
 }
 
-pub async fn destroy(
-    state: &Arc<Api>,
-    p: &Principal,
-    id: &str,
-    req: Request<Incoming>,
-) -> Result<Response<Body>> {
+pub async fn destroy(c: Call) -> Result<Response<Body>> {
+    let id = &c.decoded_param("instance id")?;
+    let (state, p, req) = (&c.api, c.principal()?.clone(), c.req);
+    let p = &p;
     let r = rentals(state)?.clone();
     let key = idempotency_key(&req)?;
     let account = p.account_id();

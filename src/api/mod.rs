@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderValue};
-use hyper::{Method, Request, Response};
+use hyper::{Request, Response};
 
 use crate::conn::{ListenerKind, Protocol};
 use crate::error::{Error, Result};
@@ -31,7 +31,7 @@ use crate::ratelimit::Verdict;
 use crate::ratelimit::gcra::Decision;
 use crate::state::AppState;
 use crate::types::ip::IpKey;
-use router::{Access, Route};
+use router::{Access, ROUTES, Route};
 
 /// Response body type of every handler.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -82,8 +82,11 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
     let start = Instant::now();
     let request_id = client_request_id(&req).unwrap_or_else(|| state.next_request_id());
     state.conns.count_request(ctx.proto);
-    let matched = Route::of(req.uri().path()).map(|(r, p)| (r, p.map(str::to_owned)));
-    let route = matched.as_ref().map(|m| m.0);
+    let matched = Route::of(req.uri().path())
+        .filter(|(_, r, _)| !r.debug_only || state.config.server.debug_routes)
+        .map(|(i, r, p)| (i, r, p.map(str::to_owned)));
+    let slot = matched.as_ref().map_or(ROUTES.len(), |m| m.0);
+    let route = matched.as_ref().map(|m| m.1);
     let method = req.method().clone();
     let access_path = state
         .config
@@ -92,7 +95,7 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
         .then(|| req.uri().path().to_owned());
 
     // per-IP tier first: an unauthenticated flood costs one atomic per request
-    let verdict = if route.is_none_or(Route::rate_limited) {
+    let verdict = if route.is_none_or(|r| r.rate_limited) {
         let key = IpKey::new(ctx.peer.ip(), state.config.connections.ipv6_prefix_len);
         state.limits.check_ip(key)
     } else {
@@ -100,7 +103,7 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
     };
     let result = match verdict {
         Some(v) if matches!(v.decision, Decision::Limited { .. }) => Err(Error::rate_limited(v)),
-        _ => dispatch(&state, matched, req).await,
+        _ => dispatch(&state, matched.map(|(_, r, p)| (r, p)), req).await,
     };
     let mut resp = match result {
         Ok((mut r, caller_verdict)) => {
@@ -121,11 +124,7 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
 
     let status = resp.status();
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    state.request_metrics.record(
-        route.map_or(Route::ALL.len(), |r| r as usize),
-        status.as_u16(),
-        ms,
-    );
+    state.request_metrics.record(slot, status.as_u16(), ms);
     if let Some(path) = access_path {
         tracing::info!(
             target: "access",
@@ -145,15 +144,13 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
 /// response and the caller's rate-limit verdict (for the headers).
 async fn dispatch(
     state: &Arc<Api>,
-    matched: Option<(Route, Option<String>)>,
+    matched: Option<(&'static Route, Option<String>)>,
     req: Request<Incoming>,
 ) -> Result<(Response<Body>, Option<Verdict>)> {
-    let (route, param) = matched
-        .filter(|(r, _)| *r != Route::DebugSleep || state.config.server.debug_routes)
-        .ok_or_else(|| Error::not_found(req.uri().path()))?;
-    if !route.allows(req.method()) {
-        return Err(Error::method_not_allowed(req.method(), route.allowed()));
-    }
+    let (route, param) = matched.ok_or_else(|| Error::not_found(req.uri().path()))?;
+    let handler = route
+        .handler(req.method())
+        .ok_or_else(|| Error::method_not_allowed(req.method(), route.allowed()))?;
     let limit = state.config.server.max_body_bytes;
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
@@ -162,7 +159,7 @@ async fn dispatch(
             None => return Err(Error::bad_request("invalid Content-Length header")),
         }
     }
-    let (caller, verdict) = match route.access() {
+    let (caller, verdict) = match route.access {
         Access::Public => (None, None),
         access => {
             let p = state.auth.authenticate(req.headers()).await?;
@@ -179,61 +176,13 @@ async fn dispatch(
             (Some(p), v)
         }
     };
-    let resp = match (route, caller) {
-        (Route::Health, _) => health::health(),
-        (Route::Ready, _) => health::ready(state),
-        (Route::Stats, _) => health::stats_response(state, false),
-        (Route::OpenApi, _) => openapi::document(),
-        (Route::DebugSleep, _) => Box::pin(health::debug_sleep(req.uri().query())).await?,
-        (Route::AuthToken, Some(p)) => account::token(state, &p)?,
-        (Route::Account, Some(p)) => account::show(state, &p),
-        (Route::Offers, Some(_)) => Box::pin(offers::list(state, req.uri().query())).await?,
-        (Route::Instances, Some(p)) if req.method() == Method::POST => {
-            Box::pin(instances::create(state, &p, req)).await?
-        }
-        (Route::Instances, Some(p)) => {
-            Box::pin(instances::list(state, &p, req.uri().query())).await?
-        }
-        (Route::Passthrough, Some(p)) => {
-            Box::pin(passthrough::forward(
-                state,
-                &p,
-                param.as_deref().unwrap_or(""),
-                req,
-            ))
-            .await?
-        }
-        (Route::InstanceBid, Some(p)) => {
-            let id = param
-                .as_deref()
-                .and_then(router::percent_decode)
-                .ok_or_else(|| Error::bad_request("invalid instance id"))?;
-            Box::pin(instances::bid(state, &p, &id, req)).await?
-        }
-        (Route::SshKeys | Route::SshKey, Some(p)) => {
-            Box::pin(sshkeys::handle(state, &p, route, param.as_deref(), req)).await?
-        }
-        (Route::Instance, Some(p)) => {
-            let id = param
-                .as_deref()
-                .and_then(router::percent_decode)
-                .ok_or_else(|| Error::bad_request("invalid instance id"))?;
-            if req.method() == Method::DELETE {
-                Box::pin(instances::destroy(state, &p, &id, req)).await?
-            } else {
-                Box::pin(instances::show(state, &p, &id)).await?
-            }
-        }
-        (_, Some(_)) => Box::pin(admin::handle(state, route, param, req)).await?,
-        (_, None) => {
-            return Err(Error::new(
-                crate::error::Kind::Internal,
-                crate::error::Side::Internal,
-                "route without a caller",
-            ));
-        }
+    let call = router::Call {
+        api: state.clone(),
+        caller,
+        param,
+        req,
     };
-    Ok((resp, verdict))
+    Ok((handler(call).resolve().await?, verdict))
 }
 
 /// Keeps a caller's `x-request-id` when it is short and plain, so ids can be followed across hops.
@@ -244,11 +193,6 @@ fn client_request_id(req: &Request<Incoming>) -> Option<String> {
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
     ok.then(|| v.to_owned())
-}
-
-/// Methods a route answers; HEAD is implied wherever GET is.
-pub(crate) fn method_allowed(allowed: &[Method], m: &Method) -> bool {
-    allowed.contains(m) || (m == Method::HEAD && allowed.contains(&Method::GET))
 }
 
 #[cfg(test)]

@@ -6,10 +6,7 @@
 //! body may hold; a `state` change (start/stop) is checked and recorded in the ledger. Calls go
 //! through the provider's gate (circuit breaker, 429 back-off) like every other upstream call.
 
-use std::sync::Arc;
-
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use std::time::Duration;
 
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
@@ -18,9 +15,8 @@ use metrics::counter;
 use serde_json::json;
 use tokio_postgres::types::Type;
 
-use super::Api;
 use super::Body;
-use crate::auth::Principal;
+use super::router::Call;
 use crate::error::{Error, Kind, Result, Side};
 use crate::metrics::UPSTREAM_REQUESTS_TOTAL;
 use crate::providers::UpstreamError;
@@ -35,12 +31,14 @@ fn forbidden(message: String, rule: Option<&str>) -> Error {
     )
 }
 
-pub async fn forward(
-    state: &Arc<Api>,
-    p: &Principal,
-    param: &str,
-    req: Request<Incoming>,
-) -> Result<Response<Body>> {
+pub async fn forward(c: Call) -> Result<Response<Body>> {
+    let (state, p, param, req) = (
+        &c.api,
+        c.principal()?.clone(),
+        c.param.unwrap_or_default(),
+        c.req,
+    );
+    let (p, param) = (&p, param.as_str());
     if !state.config.passthrough.enabled {
         return Err(forbidden("passthrough is switched off here".into(), None));
     }

@@ -1,34 +1,24 @@
-//! Routing: path to [`Route`] (plus the one path parameter some routes take), which methods each
-//! route takes, and who may call it.
+//! The route table: every route declared once ([`ROUTES`]: pattern, access, whether the per-IP
+//! tier applies, and a handler per method), used for matching, the 405 `Allow` header, the
+//! access checks in `dispatch`, the `route` metric label and the OpenAPI comparison test.
+//!
+//! A pattern is matched segment by segment: a literal matches itself, `{name}` one non-empty
+//! segment, and a final `{path}` whatever non-empty rest follows (the passthrough tail). The handler gets
+//! the text from the first parameter to the end of the last one, still percent-encoded (for
+//! passthrough: `vastai/api/v0/...`). A new route is one entry here plus its handler.
 
-use hyper::Method;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
-/// Every route the API listeners serve. The label is the `route` metric label, so it must stay a
-/// small fixed set (never the raw path).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Health,
-    Ready,
-    Stats,
-    OpenApi,
-    /// Only when `server.debug_routes` is on.
-    DebugSleep,
-    AuthToken,
-    Account,
-    AdminAccounts,
-    AdminAccount,
-    AdminAccountSuspend,
-    AdminAccountResume,
-    AdminAccountKeys,
-    AdminKey,
-    Offers,
-    Instances,
-    Instance,
-    InstanceBid,
-    SshKeys,
-    SshKey,
-    Passthrough,
-}
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::{Api, Body, account, admin, health, instances, offers, openapi, passthrough, sshkeys};
+use crate::auth::Principal;
+use crate::error::{Error, Kind, Result, Side};
+
+pub use crate::types::text::{percent_decode, percent_encode};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,173 +30,323 @@ pub enum Access {
     Admin,
 }
 
-impl Route {
-    pub const ALL: [Route; 20] = [
-        Route::Health,
-        Route::Ready,
-        Route::Stats,
-        Route::OpenApi,
-        Route::DebugSleep,
-        Route::AuthToken,
-        Route::Account,
-        Route::AdminAccounts,
-        Route::AdminAccount,
-        Route::AdminAccountSuspend,
-        Route::AdminAccountResume,
-        Route::AdminAccountKeys,
-        Route::AdminKey,
-        Route::Offers,
-        Route::Instances,
-        Route::Instance,
-        Route::InstanceBid,
-        Route::SshKeys,
-        Route::SshKey,
-        Route::Passthrough,
-    ];
+/// A request as a handler receives it: authenticated already where the route needs it.
+pub struct Call {
+    pub api: Arc<Api>,
+    /// The caller (`None` on public routes).
+    pub caller: Option<Principal>,
+    /// The path parameter(s), still percent-encoded (see the module header).
+    pub param: Option<String>,
+    pub req: Request<Incoming>,
+}
 
-    /// Every route's label, in `Route as usize` order, then `unmatched` for paths no route takes.
-    pub fn metric_labels() -> Vec<&'static str> {
-        let mut v: Vec<_> = Route::ALL.iter().map(|r| r.label()).collect();
-        v.push("unmatched");
-        v
+impl Call {
+    /// The caller of a route that is not public.
+    pub fn principal(&self) -> Result<&Principal> {
+        self.caller
+            .as_ref()
+            .ok_or_else(|| Error::new(Kind::Internal, Side::Internal, "route without a caller"))
     }
 
-    /// The route for a path, and its parameter (an account id or name, a key's public id) still
-    /// percent-encoded.
-    pub fn of(path: &str) -> Option<(Route, Option<&str>)> {
-        let plain = match path {
-            "/health" => Some(Route::Health),
-            "/ready" => Some(Route::Ready),
-            "/stats" => Some(Route::Stats),
-            "/openapi.json" => Some(Route::OpenApi),
-            "/debug/sleep" => Some(Route::DebugSleep),
-            "/v1/auth/token" => Some(Route::AuthToken),
-            "/v1/account" => Some(Route::Account),
-            "/v1/admin/accounts" => Some(Route::AdminAccounts),
-            "/v1/offers" => Some(Route::Offers),
-            "/v1/instances" => Some(Route::Instances),
-            "/v1/ssh-keys" => Some(Route::SshKeys),
-            _ => None,
-        };
-        if let Some(r) = plain {
-            return Some((r, None));
+    /// The path parameter, percent-decoded; `what` names it in the error.
+    pub fn decoded_param(&self, what: &str) -> Result<String> {
+        self.param
+            .as_deref()
+            .and_then(percent_decode)
+            .ok_or_else(|| Error::bad_request(format!("invalid {what}")))
+    }
+}
+
+/// What a handler gives back: the answer at once (cheap routes, no allocation), or a boxed future
+/// (so a request's own future stays small whatever the handler holds).
+pub enum Reply {
+    Now(Result<Response<Body>>),
+    Later(Pin<Box<dyn Future<Output = Result<Response<Body>>> + Send>>),
+}
+
+impl Reply {
+    /// Runs a cheap handler at once (a closure, so it can use `?`).
+    pub fn now(f: impl FnOnce() -> Result<Response<Body>>) -> Reply {
+        Reply::Now(f())
+    }
+
+    pub async fn resolve(self) -> Result<Response<Body>> {
+        match self {
+            Reply::Now(r) => r,
+            Reply::Later(f) => f.await,
         }
-        if let Some(rest) = path.strip_prefix("/v1/admin/accounts/") {
-            let (param, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let route = match tail {
-                "" => Route::AdminAccount,
-                "suspend" => Route::AdminAccountSuspend,
-                "resume" => Route::AdminAccountResume,
-                "keys" => Route::AdminAccountKeys,
+    }
+}
+
+pub type Handler = fn(Call) -> Reply;
+
+/// One route.
+pub struct Route {
+    /// The path pattern; also the `route` metric label and the OpenAPI path.
+    pub pattern: &'static str,
+    pub access: Access,
+    /// The per-IP tier applies (not to liveness and readiness probes).
+    pub rate_limited: bool,
+    /// Served only when `server.debug_routes` is on.
+    pub debug_only: bool,
+    pub methods: &'static [(Method, Handler)],
+}
+
+macro_rules! later {
+    ($c:ident => $body:expr) => {
+        |$c: Call| Reply::Later(Box::pin(async move { $body }))
+    };
+}
+
+macro_rules! now {
+    ($c:ident => $body:expr) => {
+        |$c: Call| Reply::now(|| $body)
+    };
+}
+
+const fn route(
+    pattern: &'static str,
+    access: Access,
+    methods: &'static [(Method, Handler)],
+) -> Route {
+    Route {
+        pattern,
+        access,
+        rate_limited: true,
+        debug_only: false,
+        methods,
+    }
+}
+
+use Access::{Admin, Public, User};
+
+/// Every route the API listeners serve, in a fixed order (the index is the metric slot).
+pub static ROUTES: &[Route] = &[
+    Route {
+        rate_limited: false,
+        ..route(
+            "/health",
+            Public,
+            &[(Method::GET, now!(_c => Ok(health::health())))],
+        )
+    },
+    Route {
+        rate_limited: false,
+        ..route(
+            "/ready",
+            Public,
+            &[(Method::GET, now!(c => Ok(health::ready(&c.api))))],
+        )
+    },
+    route(
+        "/stats",
+        Public,
+        &[(
+            Method::GET,
+            now!(c => Ok(health::stats_response(&c.api, false))),
+        )],
+    ),
+    route(
+        "/openapi.json",
+        Public,
+        &[(Method::GET, now!(_c => Ok(openapi::document())))],
+    ),
+    Route {
+        debug_only: true,
+        ..route(
+            "/debug/sleep",
+            Public,
+            &[(
+                Method::GET,
+                later!(c => health::debug_sleep(c.req.uri().query()).await),
+            )],
+        )
+    },
+    route(
+        "/v1/auth/token",
+        User,
+        &[(
+            Method::POST,
+            now!(c => account::token(&c.api, c.principal()?)),
+        )],
+    ),
+    route(
+        "/v1/account",
+        User,
+        &[(
+            Method::GET,
+            now!(c => Ok(account::show(&c.api, c.principal()?))),
+        )],
+    ),
+    route(
+        "/v1/admin/accounts",
+        Admin,
+        &[
+            (Method::GET, later!(c => admin::list_accounts(c).await)),
+            (Method::POST, later!(c => admin::create_account(c).await)),
+        ],
+    ),
+    route(
+        "/v1/admin/accounts/{account}",
+        Admin,
+        &[(Method::GET, later!(c => admin::show_account(c).await))],
+    ),
+    route(
+        "/v1/admin/accounts/{account}/suspend",
+        Admin,
+        &[(
+            Method::POST,
+            later!(c => admin::set_account_status(c, false).await),
+        )],
+    ),
+    route(
+        "/v1/admin/accounts/{account}/resume",
+        Admin,
+        &[(
+            Method::POST,
+            later!(c => admin::set_account_status(c, true).await),
+        )],
+    ),
+    route(
+        "/v1/admin/accounts/{account}/keys",
+        Admin,
+        &[
+            (Method::GET, later!(c => admin::list_keys(c).await)),
+            (Method::POST, later!(c => admin::create_key(c).await)),
+        ],
+    ),
+    route(
+        "/v1/admin/keys/{public_id}",
+        Admin,
+        &[
+            (Method::GET, later!(c => admin::show_key(c).await)),
+            (Method::DELETE, later!(c => admin::revoke_key(c).await)),
+        ],
+    ),
+    route(
+        "/v1/offers",
+        User,
+        &[(
+            Method::GET,
+            later!(c => offers::list(&c.api, c.req.uri().query()).await),
+        )],
+    ),
+    route(
+        "/v1/instances",
+        User,
+        &[
+            (
+                Method::GET,
+                later!(c => instances::list(&c.api, c.principal()?, c.req.uri().query()).await),
+            ),
+            (Method::POST, later!(c => instances::create(c).await)),
+        ],
+    ),
+    route(
+        "/v1/instances/{id}",
+        User,
+        &[
+            (Method::GET, later!(c => instances::show(c).await)),
+            (Method::DELETE, later!(c => instances::destroy(c).await)),
+        ],
+    ),
+    route(
+        "/v1/instances/{id}/bid",
+        User,
+        &[(Method::PUT, later!(c => instances::bid(c).await))],
+    ),
+    route(
+        "/v1/ssh-keys",
+        User,
+        &[
+            (Method::GET, later!(c => sshkeys::list(c).await)),
+            (Method::POST, later!(c => sshkeys::create(c).await)),
+        ],
+    ),
+    route(
+        "/v1/ssh-keys/{id}",
+        User,
+        &[(Method::DELETE, later!(c => sshkeys::delete(c).await))],
+    ),
+    route(
+        "/v1/providers/{provider}/{path}",
+        User,
+        &[
+            (Method::GET, later!(c => passthrough::forward(c).await)),
+            (Method::POST, later!(c => passthrough::forward(c).await)),
+            (Method::PUT, later!(c => passthrough::forward(c).await)),
+            (Method::DELETE, later!(c => passthrough::forward(c).await)),
+        ],
+    ),
+];
+
+impl Route {
+    /// The route for a path: its index in [`ROUTES`] (the metric slot), the route, and its
+    /// parameter text (see the module header).
+    pub fn of(path: &str) -> Option<(usize, &'static Route, Option<&str>)> {
+        ROUTES
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| r.matches(path).map(|p| (i, r, p)))
+    }
+
+    /// `Some(param)` when `path` matches (the inner `None` for a pattern without parameters).
+    fn matches<'p>(&self, path: &'p str) -> Option<Option<&'p str>> {
+        if !self.pattern.contains('{') {
+            return (path == self.pattern).then_some(None);
+        }
+        let mut pat = self.pattern.split('/').peekable();
+        let mut rest = path;
+        let (mut first, mut last) = (None::<usize>, 0usize);
+        let base = path.as_ptr() as usize;
+        while let Some(p) = pat.next() {
+            let (seg, tail) = match rest.split_once('/') {
+                Some((s, t)) => (s, Some(t)),
+                None => (rest, None),
+            };
+            let at = seg.as_ptr() as usize - base;
+            if p == "{path}" && pat.peek().is_none() {
+                // the tail: whatever follows (passthrough checks its segments itself)
+                if rest.is_empty() {
+                    return None;
+                }
+                first.get_or_insert(at);
+                return Some(Some(&path[first.unwrap_or(at)..]));
+            }
+            if p.starts_with('{') {
+                if seg.is_empty() {
+                    return None;
+                }
+                first.get_or_insert(at);
+                last = at + seg.len();
+            } else if p != seg {
+                return None;
+            }
+            match (tail, pat.peek()) {
+                (Some(t), Some(_)) => rest = t,
+                (None, None) => return Some(first.map(|f| &path[f..last])),
                 _ => return None,
-            };
-            return (!param.is_empty()).then_some((route, Some(param)));
-        }
-        if let Some(rest) = path.strip_prefix("/v1/providers/") {
-            return rest
-                .split_once('/')
-                .filter(|(p, r)| !p.is_empty() && !r.is_empty())
-                .map(|_| (Route::Passthrough, Some(rest)));
-        }
-        if let Some(rest) = path.strip_prefix("/v1/instances/") {
-            let (id, route) = match rest.split_once('/') {
-                None => (rest, Route::Instance),
-                Some((id, "bid")) => (id, Route::InstanceBid),
-                Some(_) => return None,
-            };
-            return (!id.is_empty()).then_some((route, Some(id)));
-        }
-        if let Some(id) = path.strip_prefix("/v1/ssh-keys/") {
-            return (!id.is_empty() && !id.contains('/')).then_some((Route::SshKey, Some(id)));
-        }
-        if let Some(id) = path.strip_prefix("/v1/admin/keys/") {
-            return (!id.is_empty() && !id.contains('/')).then_some((Route::AdminKey, Some(id)));
+            }
         }
         None
     }
 
-    pub fn label(self) -> &'static str {
-        match self {
-            Route::Health => "/health",
-            Route::Ready => "/ready",
-            Route::Stats => "/stats",
-            Route::OpenApi => "/openapi.json",
-            Route::DebugSleep => "/debug/sleep",
-            Route::AuthToken => "/v1/auth/token",
-            Route::Account => "/v1/account",
-            Route::AdminAccounts => "/v1/admin/accounts",
-            Route::AdminAccount => "/v1/admin/accounts/{account}",
-            Route::AdminAccountSuspend => "/v1/admin/accounts/{account}/suspend",
-            Route::AdminAccountResume => "/v1/admin/accounts/{account}/resume",
-            Route::AdminAccountKeys => "/v1/admin/accounts/{account}/keys",
-            Route::AdminKey => "/v1/admin/keys/{public_id}",
-            Route::Offers => "/v1/offers",
-            Route::Instances => "/v1/instances",
-            Route::Instance => "/v1/instances/{id}",
-            Route::InstanceBid => "/v1/instances/{id}/bid",
-            Route::SshKeys => "/v1/ssh-keys",
-            Route::SshKey => "/v1/ssh-keys/{id}",
-            Route::Passthrough => "/v1/providers/{provider}/{path}",
-        }
+    /// Every route's label, in [`ROUTES`] order, then `unmatched` for paths no route takes.
+    pub fn metric_labels() -> Vec<&'static str> {
+        let mut v: Vec<_> = ROUTES.iter().map(|r| r.pattern).collect();
+        v.push("unmatched");
+        v
     }
 
-    pub fn methods(self) -> &'static [Method] {
-        match self {
-            Route::Health
-            | Route::Ready
-            | Route::Stats
-            | Route::OpenApi
-            | Route::DebugSleep
-            | Route::Account
-            | Route::Offers
-            | Route::AdminAccount => &[Method::GET],
-            Route::AuthToken | Route::AdminAccountSuspend | Route::AdminAccountResume => {
-                &[Method::POST]
-            }
-            Route::AdminAccounts | Route::AdminAccountKeys => &[Method::GET, Method::POST],
-            Route::AdminKey | Route::Instance => &[Method::GET, Method::DELETE],
-            Route::Instances | Route::SshKeys => &[Method::GET, Method::POST],
-            Route::InstanceBid => &[Method::PUT],
-            Route::SshKey => &[Method::DELETE],
-            Route::Passthrough => &[Method::GET, Method::POST, Method::PUT, Method::DELETE],
-        }
-    }
-
-    pub fn access(self) -> Access {
-        match self {
-            Route::Health | Route::Ready | Route::Stats | Route::OpenApi | Route::DebugSleep => {
-                Access::Public
-            }
-            Route::AuthToken
-            | Route::Account
-            | Route::Offers
-            | Route::Instances
-            | Route::Instance
-            | Route::InstanceBid
-            | Route::SshKeys
-            | Route::SshKey
-            | Route::Passthrough => Access::User,
-            Route::AdminAccounts
-            | Route::AdminAccount
-            | Route::AdminAccountSuspend
-            | Route::AdminAccountResume
-            | Route::AdminAccountKeys
-            | Route::AdminKey => Access::Admin,
-        }
-    }
-
-    /// Liveness and readiness stay answerable for probes whatever a client address has spent.
-    pub fn rate_limited(self) -> bool {
-        !matches!(self, Route::Health | Route::Ready)
-    }
-
-    pub fn allows(self, m: &Method) -> bool {
-        super::method_allowed(self.methods(), m)
+    /// The handler for `m` (HEAD is served by the GET handler).
+    pub fn handler(&self, m: &Method) -> Option<Handler> {
+        let find = |want: &Method| self.methods.iter().find(|(x, _)| x == want).map(|x| x.1);
+        find(m).or_else(|| (*m == Method::HEAD).then(|| find(&Method::GET)).flatten())
     }
 
     /// For the `Allow` header of a 405.
-    pub fn allowed(self) -> Vec<Method> {
-        let mut v = self.methods().to_vec();
+    pub fn allowed(&self) -> Vec<Method> {
+        let mut v: Vec<Method> = self.methods.iter().map(|(m, _)| m.clone()).collect();
         if v.contains(&Method::GET) {
             v.push(Method::HEAD);
         }
@@ -214,51 +354,90 @@ impl Route {
     }
 }
 
-pub use crate::types::text::{percent_decode, percent_encode};
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn of(path: &str) -> Option<(&'static str, Option<&str>)> {
+        Route::of(path).map(|(_, r, p)| (r.pattern, p))
+    }
+
     #[test]
     fn paths_route_with_parameters() {
-        assert_eq!(Route::of("/health"), Some((Route::Health, None)));
+        assert_eq!(of("/health"), Some(("/health", None)));
         assert_eq!(
-            Route::of("/v1/admin/accounts/acme%20co/keys"),
-            Some((Route::AdminAccountKeys, Some("acme%20co")))
+            of("/v1/admin/accounts/acme%20co/keys"),
+            Some(("/v1/admin/accounts/{account}/keys", Some("acme%20co")))
         );
         assert_eq!(
-            Route::of("/v1/admin/accounts/7"),
-            Some((Route::AdminAccount, Some("7")))
+            of("/v1/admin/accounts/7"),
+            Some(("/v1/admin/accounts/{account}", Some("7")))
         );
-        assert_eq!(Route::of("/v1/admin/accounts/"), None);
-        assert_eq!(Route::of("/v1/admin/accounts/7/other"), None);
+        assert_eq!(of("/v1/admin/accounts/"), None);
+        assert_eq!(of("/v1/admin/accounts/7/other"), None);
         assert_eq!(
-            Route::of("/v1/admin/keys/AAAAAAAAAAAA"),
-            Some((Route::AdminKey, Some("AAAAAAAAAAAA")))
+            of("/v1/admin/keys/AAAAAAAAAAAA"),
+            Some(("/v1/admin/keys/{public_id}", Some("AAAAAAAAAAAA")))
         );
-        assert_eq!(Route::of("/v1/admin/keys/a/b"), None);
+        assert_eq!(of("/v1/admin/keys/a/b"), None);
         assert_eq!(
-            Route::of("/v1/instances/abc/bid"),
-            Some((Route::InstanceBid, Some("abc")))
+            of("/v1/instances/abc/bid"),
+            Some(("/v1/instances/{id}/bid", Some("abc")))
         );
-        assert_eq!(Route::of("/v1/instances/abc/other"), None);
-        assert_eq!(Route::of("/v1/instances//bid"), None);
+        assert_eq!(of("/v1/instances/abc/other"), None);
+        assert_eq!(of("/v1/instances//bid"), None);
+        assert_eq!(of("/v1/instances/"), None);
         assert_eq!(
-            Route::of("/v1/ssh-keys/sshk_1"),
-            Some((Route::SshKey, Some("sshk_1")))
+            of("/v1/ssh-keys/sshk_1"),
+            Some(("/v1/ssh-keys/{id}", Some("sshk_1")))
         );
+        assert_eq!(
+            of("/v1/providers/vastai/api/v0/bundles/"),
+            Some((
+                "/v1/providers/{provider}/{path}",
+                Some("vastai/api/v0/bundles/")
+            ))
+        );
+        assert_eq!(of("/v1/providers/vastai/"), None);
+        assert_eq!(
+            of("/v1/providers/vastai/api/v0/bundles"),
+            Some((
+                "/v1/providers/{provider}/{path}",
+                Some("vastai/api/v0/bundles")
+            ))
+        );
+        assert_eq!(of("/v1/providers/vastai"), None);
+        assert_eq!(of("/v1/providers//x"), None);
+        assert_eq!(of("/nope"), None);
+        assert_eq!(of(""), None);
         assert_eq!(percent_decode("acme%20co").as_deref(), Some("acme co"));
         assert_eq!(percent_decode("bad%2"), None);
         assert_eq!(percent_decode("%ff"), None);
     }
 
     #[test]
-    fn every_route_has_a_label_and_methods() {
-        for (i, r) in Route::ALL.into_iter().enumerate() {
-            assert_eq!(r as usize, i, "Route::ALL is in declaration order");
-            assert!(r.label().starts_with('/'));
-            assert!(!r.methods().is_empty());
+    fn every_route_is_declared_once_with_methods() {
+        let mut seen = std::collections::HashSet::new();
+        for r in ROUTES {
+            assert!(r.pattern.starts_with('/'));
+            assert!(seen.insert(r.pattern), "{} twice", r.pattern);
+            assert!(!r.methods.is_empty());
+            let ms: std::collections::HashSet<_> = r.methods.iter().map(|m| &m.0).collect();
+            assert_eq!(ms.len(), r.methods.len(), "{}: a method twice", r.pattern);
         }
+        assert!(
+            Route::of("/v1/instances")
+                .unwrap()
+                .1
+                .handler(&Method::HEAD)
+                .is_some()
+        );
+        assert!(
+            Route::of("/v1/instances")
+                .unwrap()
+                .1
+                .handler(&Method::PATCH)
+                .is_none()
+        );
     }
 }

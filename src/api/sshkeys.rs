@@ -3,14 +3,11 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::Api;
-use super::router::Route;
+use super::router::Call;
 use super::{Body, body, instances::time, respond};
-use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::rentals::sshkeys::{self, Key, NewKey};
 
@@ -19,44 +16,42 @@ fn view(k: &Key) -> Value {
            "fingerprint": k.fingerprint, "created_at": time(Some(k.created_at))})
 }
 
-pub async fn handle(
-    state: &Arc<Api>,
-    p: &Principal,
-    route: Route,
-    param: Option<&str>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>> {
-    let db = state.db.as_ref().ok_or_else(|| {
+fn db(c: &Call) -> Result<Arc<crate::accounts::Db>> {
+    c.api.db.clone().ok_or_else(|| {
         Error::new(
             Kind::DatabaseUnavailable,
             Side::Internal,
             "SSH keys need the database (DATABASE_URL is not set)",
         )
-    })?;
-    let account = p.account_id();
-    match (route, req.method().clone()) {
-        (Route::SshKeys, Method::POST) => {
-            let k: NewKey = body::json(req, state.config.server.max_body_bytes)
-                .await?
-                .ok_or_else(|| {
-                    Error::bad_request("a JSON body {\"name\", \"public_key\"} is required")
-                })?;
-            let key = sshkeys::create(db, account, state.config.rentals.max_ssh_keys, &k).await?;
-            Ok(respond::json(StatusCode::CREATED, &view(&key)))
-        }
-        (Route::SshKeys, _) => {
-            let keys = sshkeys::list(db, account).await?;
-            Ok(respond::json(
-                StatusCode::OK,
-                &json!({"ssh_keys": keys.iter().map(view).collect::<Vec<_>>()}),
-            ))
-        }
-        _ => {
-            let id = param
-                .and_then(super::router::percent_decode)
-                .ok_or_else(|| Error::bad_request("invalid SSH key id"))?;
-            let key = sshkeys::delete(db, account, &id).await?;
-            Ok(respond::json(StatusCode::OK, &view(&key)))
-        }
-    }
+    })
+}
+
+/// `POST /v1/ssh-keys`.
+pub async fn create(c: Call) -> Result<Response<Body>> {
+    let (db, account) = (db(&c)?, c.principal()?.account_id());
+    let (max, limit) = (
+        c.api.config.rentals.max_ssh_keys,
+        c.api.config.server.max_body_bytes,
+    );
+    let k: NewKey = body::json(c.req, limit)
+        .await?
+        .ok_or_else(|| Error::bad_request("a JSON body {\"name\", \"public_key\"} is required"))?;
+    let key = sshkeys::create(&db, account, max, &k).await?;
+    Ok(respond::json(StatusCode::CREATED, &view(&key)))
+}
+
+/// `GET /v1/ssh-keys`.
+pub async fn list(c: Call) -> Result<Response<Body>> {
+    let keys = sshkeys::list(&*db(&c)?, c.principal()?.account_id()).await?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({"ssh_keys": keys.iter().map(view).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `DELETE /v1/ssh-keys/{id}`.
+pub async fn delete(c: Call) -> Result<Response<Body>> {
+    let id = c.decoded_param("SSH key id")?;
+    let key = sshkeys::delete(&*db(&c)?, c.principal()?.account_id(), &id).await?;
+    Ok(respond::json(StatusCode::OK, &view(&key)))
 }

@@ -92,7 +92,12 @@ impl Daemon {
             ),
             None => None,
         };
-        crate::metrics::init_series(&api::router::Route::ALL.map(api::router::Route::label));
+        crate::metrics::init_series(
+            &api::router::ROUTES
+                .iter()
+                .map(|r| r.pattern)
+                .collect::<Vec<_>>(),
+        );
         crate::conn::init_series();
         crate::ratelimit::init_series();
         let tls = certs
