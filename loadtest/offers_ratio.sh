@@ -41,8 +41,8 @@ for _ in $(seq 100); do svc_port_busy 18182 && break; sleep 0.05; done
 # limits stay on (their cost is part of the figure) but so high that wrk never trips them
 "$BIN" serve --https-listen 127.0.0.1:18453 --metrics-listen 127.0.0.1:19091 --http-listen off \
   --set "server.tls_cert=\"$WORK/c.pem\"" --set "server.tls_key=\"$WORK/k.pem\"" \
-  --set 'providers.vastai_base_url="http://127.0.0.1:18181"' \
-  --set 'providers.ionet_base_url="http://127.0.0.1:18182"' \
+  --set 'providers.vastai.base_url="http://127.0.0.1:18181"' \
+  --set 'providers.ionet.base_url="http://127.0.0.1:18182"' \
   --set "offers.cache_ttl_ms=$TTL_MS" \
   --set log.access_log=false --set ratelimit.ip_per_minute=1000000000 \
   --set ratelimit.ip_burst=1000000000 --set ratelimit.account_per_minute=1000000000 \

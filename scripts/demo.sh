@@ -65,8 +65,8 @@ export VASTAI_API_KEY=demo-vast-key IONET_API_KEY=demo-ionet-key
 SANDBOX_PID=$!
 trap 'kill $SANDBOX_PID 2>/dev/null || true; services_stop' EXIT
 for _ in $(seq 100); do svc_port_busy "$IONET_PORT" && break; sleep 0.05; done
-PROVIDERS=(--set "providers.vastai_base_url=\"http://127.0.0.1:$VAST_PORT\""
-           --set "providers.ionet_base_url=\"http://127.0.0.1:$IONET_PORT\"")
+PROVIDERS=(--set "providers.vastai.base_url=\"http://127.0.0.1:$VAST_PORT\""
+           --set "providers.ionet.base_url=\"http://127.0.0.1:$IONET_PORT\"")
 
 "$BIN" check-config --config config/gpuproxyd.toml "${PROVIDERS[@]}" >/dev/null
 

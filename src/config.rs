@@ -7,6 +7,7 @@
 //! Secrets (`DATABASE_URL`, `REDIS_URL`, `JWT_SECRET`, `VASTAI_API_KEY`, `IONET_API_KEY`) are read only
 //! from the environment, held in [`Secret`], and never printed.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -357,17 +358,18 @@ impl Default for AuthConfig {
     }
 }
 
-/// The provider clients: where they point, how long a call may take, and how failures are
-/// contained. Keys come from `VASTAI_API_KEY` / `IONET_API_KEY` only.
+/// The clients a `[providers.<id>]` table may name as its `kind`.
+pub const PROVIDER_KINDS: &[&str] = &["vastai", "ionet", "generic"];
+
+/// The provider clients: one `[providers.<id>]` table per provider (the registry: adding a
+/// provider is a table, plus a client file when its API is new), and the HTTP settings they
+/// share: how long a call may take and how failures are contained.
+///
+/// (No `deny_unknown_fields` here: serde cannot combine it with the flattened tables. A
+/// misspelled setting is still refused, as a value that is not a provider table.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ProvidersConfig {
-    /// Vast.ai API root (tests and the demo point it at the sandbox). Offers need no key.
-    pub vastai_base_url: String,
-    /// io.net API root; io.net is skipped (reported `disabled`) when `IONET_API_KEY` is unset.
-    pub ionet_base_url: String,
-    /// Providers offered at all (`vastai`, `ionet`).
-    pub enabled: Vec<String>,
     /// TCP + TLS connect, per attempt.
     pub connect_timeout_ms: u64,
     /// One attempt: request sent to the whole body read.
@@ -397,14 +399,87 @@ pub struct ProvidersConfig {
     pub breaker_open_ms: u64,
     /// Largest upstream body read (a provider answering more is treated as failing).
     pub max_body_bytes: u64,
+    /// `[providers.<id>]`: every provider by id (the table's name, which prefixes its offer ids
+    /// and labels its metrics).
+    #[serde(flatten)]
+    pub tables: BTreeMap<String, ProviderTable>,
+}
+
+/// One provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderTable {
+    /// The client that speaks its API (one of [`PROVIDER_KINDS`]); empty: the table's name.
+    pub kind: String,
+    /// Offered at all; a disabled provider is not asked and cannot be rented from.
+    pub enabled: bool,
+    /// API root (tests and the demo point it at the sandbox).
+    pub base_url: String,
+    /// The environment variable holding its API key (keys never sit in a file). Without the
+    /// key, Vast.ai still searches (its search needs none); io.net reports `disabled`.
+    pub api_key_env: String,
+    /// Offers one search asks for (Vast.ai's `limit`; others list everything).
+    pub search_limit: u32,
+    /// `/v1/providers/<id>/{path}` rules (see `[passthrough]`): `METHOD /path [body=keys]`.
+    pub passthrough: Vec<crate::types::passthrough::Rule>,
+}
+
+impl Default for ProviderTable {
+    fn default() -> Self {
+        ProviderTable {
+            kind: String::new(),
+            enabled: true,
+            base_url: String::new(),
+            api_key_env: String::new(),
+            search_limit: 1_000,
+            passthrough: Vec::new(),
+        }
+    }
+}
+
+impl ProviderTable {
+    /// The client kind, the table's name when `kind` is not given.
+    pub fn kind<'a>(&'a self, id: &'a str) -> &'a str {
+        if self.kind.is_empty() { id } else { &self.kind }
+    }
+}
+
+fn rules(list: &[&str]) -> Vec<crate::types::passthrough::Rule> {
+    list.iter()
+        .map(|r| crate::types::passthrough::Rule::parse(r).expect("default rules parse"))
+        .collect()
 }
 
 impl Default for ProvidersConfig {
     fn default() -> Self {
+        let vastai = ProviderTable {
+            base_url: "https://console.vast.ai".into(),
+            api_key_env: "VASTAI_API_KEY".into(),
+            passthrough: rules(&[
+                "GET /api/v0/instances/{instance}/",
+                // start/stop only: the label holds our id, and a state change is recorded
+                "PUT /api/v0/instances/{instance}/ body=state",
+                "PUT /api/v0/instances/reboot/{instance}/ body=",
+                "PUT /api/v0/instances/request_logs/{instance}/ body=",
+                "POST /api/v0/bundles/",
+            ]),
+            ..ProviderTable::default()
+        };
+        let ionet = ProviderTable {
+            base_url: "https://api.io.solutions".into(),
+            api_key_env: "IONET_API_KEY".into(),
+            passthrough: rules(&[
+                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}",
+                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}/vms",
+                "POST /enterprise/v1/io-cloud/vmaas/deployment/{instance}/extend",
+                "GET /enterprise/v1/io-cloud/vmaas/hardware",
+                "GET /enterprise/v1/io-cloud/vmaas/available-vms",
+                "GET /enterprise/v1/io-cloud/vmaas/price",
+            ]),
+            ..ProviderTable::default()
+        };
         ProvidersConfig {
-            vastai_base_url: "https://console.vast.ai".into(),
-            ionet_base_url: "https://api.io.solutions".into(),
-            enabled: vec!["vastai".into(), "ionet".into()],
+            tables: BTreeMap::from([("vastai".into(), vastai), ("ionet".into(), ionet)]),
             connect_timeout_ms: 2_000,
             request_timeout_ms: 5_000,
             total_timeout_ms: 10_000,
@@ -443,8 +518,6 @@ pub struct OffersConfig {
     pub max_limit: u32,
     /// Disk size used to price Vast.ai storage when `disk_gb` is not given.
     pub default_disk_gb: u32,
-    /// Offers asked of Vast.ai's search per query (its `limit`).
-    pub vastai_search_limit: u32,
 }
 
 impl Default for OffersConfig {
@@ -457,49 +530,25 @@ impl Default for OffersConfig {
             default_limit: 20,
             max_limit: 200,
             default_disk_gb: 20,
-            vastai_search_limit: 1_000,
         }
     }
 }
 
-/// `/v1/providers/{vastai|ionet}/{path}`: provider API calls forwarded with the provider key.
-/// Only `METHOD /path` rules listed here pass; `{instance}` matches one path segment that must be
-/// the provider id of one of the caller's own instances; a trailing `*` matches the rest.
-/// Listing or creating instances, and account endpoints, stay out: every account shares one
-/// provider key, so those would show or spend across accounts.
+/// `/v1/providers/{provider}/{path}`: provider API calls forwarded with the provider key. Only
+/// the `passthrough` rules of the provider's table pass (`METHOD /path [body=keys]`);
+/// `{instance}` matches one path segment that must be the provider id of one of the caller's
+/// own instances; a trailing `*` matches the rest. Listing or creating instances, and account
+/// endpoints, stay out: every account shares one provider key, so those would show or spend
+/// across accounts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PassthroughConfig {
     pub enabled: bool,
-    pub vastai: Vec<String>,
-    pub ionet: Vec<String>,
 }
 
 impl Default for PassthroughConfig {
     fn default() -> Self {
-        PassthroughConfig {
-            enabled: true,
-            vastai: [
-                "GET /api/v0/instances/{instance}/",
-                // start/stop only: the label holds our id, and a state change is recorded
-                "PUT /api/v0/instances/{instance}/ body=state",
-                "PUT /api/v0/instances/reboot/{instance}/ body=",
-                "PUT /api/v0/instances/request_logs/{instance}/ body=",
-                "POST /api/v0/bundles/",
-            ]
-            .map(String::from)
-            .to_vec(),
-            ionet: [
-                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}",
-                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}/vms",
-                "POST /enterprise/v1/io-cloud/vmaas/deployment/{instance}/extend",
-                "GET /enterprise/v1/io-cloud/vmaas/hardware",
-                "GET /enterprise/v1/io-cloud/vmaas/available-vms",
-                "GET /enterprise/v1/io-cloud/vmaas/price",
-            ]
-            .map(String::from)
-            .to_vec(),
-        }
+        PassthroughConfig { enabled: true }
     }
 }
 
@@ -628,21 +677,20 @@ pub struct Secrets {
     pub database_url: Option<Secret>,
     pub redis_url: Option<Secret>,
     pub jwt_secret: Option<Secret>,
-    pub vastai_api_key: Option<Secret>,
-    pub ionet_api_key: Option<Secret>,
+    /// Provider API keys, by the environment variable their table names (`api_key_env`).
+    pub provider_keys: BTreeMap<String, Secret>,
 }
 
-/// Environment variable names of the secrets, in the order of [`Secrets`]' fields.
-pub const SECRET_VARS: [&str; 5] = [
-    "DATABASE_URL",
-    "REDIS_URL",
-    "JWT_SECRET",
-    "VASTAI_API_KEY",
-    "IONET_API_KEY",
-];
+/// Environment variable names of the secrets every deployment has, in the order of
+/// [`Secrets`]' fields (provider keys come from the variables their tables name).
+pub const SECRET_VARS: [&str; 3] = ["DATABASE_URL", "REDIS_URL", "JWT_SECRET"];
 
 impl Secrets {
-    pub fn from_env(env: &[(String, String)]) -> Secrets {
+    /// The secrets from `env`; `key_vars` are the provider tables' `api_key_env` names.
+    pub fn from_env<'a>(
+        env: &[(String, String)],
+        key_vars: impl IntoIterator<Item = &'a str>,
+    ) -> Secrets {
         let get = |name: &str| {
             env.iter()
                 .find(|(k, v)| k == name && !v.is_empty())
@@ -652,19 +700,31 @@ impl Secrets {
             database_url: get(SECRET_VARS[0]),
             redis_url: get(SECRET_VARS[1]),
             jwt_secret: get(SECRET_VARS[2]),
-            vastai_api_key: get(SECRET_VARS[3]),
-            ionet_api_key: get(SECRET_VARS[4]),
+            provider_keys: key_vars
+                .into_iter()
+                .filter(|v| !v.is_empty())
+                .filter_map(|v| Some((v.to_owned(), get(v)?)))
+                .collect(),
         }
     }
 
-    fn presence(&self) -> [(&'static str, bool); 5] {
-        [
-            (SECRET_VARS[0], self.database_url.is_some()),
-            (SECRET_VARS[1], self.redis_url.is_some()),
-            (SECRET_VARS[2], self.jwt_secret.is_some()),
-            (SECRET_VARS[3], self.vastai_api_key.is_some()),
-            (SECRET_VARS[4], self.ionet_api_key.is_some()),
-        ]
+    /// The API key in the environment variable `var` (a provider table's `api_key_env`).
+    pub fn provider_key(&self, var: &str) -> Option<&Secret> {
+        self.provider_keys.get(var)
+    }
+
+    fn presence(&self, key_vars: &[&str]) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = vec![
+            (SECRET_VARS[0].into(), self.database_url.is_some()),
+            (SECRET_VARS[1].into(), self.redis_url.is_some()),
+            (SECRET_VARS[2].into(), self.jwt_secret.is_some()),
+        ];
+        v.extend(
+            key_vars
+                .iter()
+                .map(|k| (k.to_string(), self.provider_keys.contains_key(*k))),
+        );
+        v
     }
 }
 
@@ -759,7 +819,13 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         };
         err(key, inner)
     })?;
-    config.secrets = Secrets::from_env(&sources.env);
+    let key_vars: Vec<String> = config
+        .providers
+        .tables
+        .values()
+        .map(|t| t.api_key_env.clone())
+        .collect();
+    config.secrets = Secrets::from_env(&sources.env, key_vars.iter().map(String::as_str));
     validate(&config)?;
     Ok(config)
 }
@@ -875,15 +941,6 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     validate_providers(&config.providers, &config.offers)?;
-    for (section, rules) in [
-        ("passthrough.vastai", &config.passthrough.vastai),
-        ("passthrough.ionet", &config.passthrough.ionet),
-    ] {
-        for (i, r) in rules.iter().enumerate() {
-            crate::types::passthrough::Rule::parse(r)
-                .map_err(|e| err(format!("{section}[{i}]"), e))?;
-        }
-    }
     let rc = &config.rentals;
     for (key, v) in [
         ("rentals.status_cache_ms", rc.status_cache_ms),
@@ -939,23 +996,36 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 fn validate_providers(p: &ProvidersConfig, o: &OffersConfig) -> Result<(), ConfigError> {
-    for (key, url) in [
-        ("providers.vastai_base_url", &p.vastai_base_url),
-        ("providers.ionet_base_url", &p.ionet_base_url),
-    ] {
-        let ok = url.parse::<hyper::Uri>().ok().is_some_and(|u| {
+    for (id, t) in &p.tables {
+        let key = |k: &str| format!("providers.{id}.{k}");
+        if crate::types::ProviderId::register(id).is_none() {
+            return Err(err(
+                format!("providers.{id}"),
+                "not a provider table, or not a valid provider id (1 to 32 lower-case letters, \
+                 digits, `_` or `-`, starting with a letter)",
+            ));
+        }
+        if !PROVIDER_KINDS.contains(&t.kind(id)) {
+            return Err(err(
+                key("kind"),
+                format!(
+                    "unknown provider kind `{}` (known: {})",
+                    t.kind(id),
+                    PROVIDER_KINDS.join(", ")
+                ),
+            ));
+        }
+        let ok = t.base_url.parse::<hyper::Uri>().ok().is_some_and(|u| {
             matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
         });
         if !ok {
-            return Err(err(key, format!("`{url}` is not an http(s) URL")));
-        }
-    }
-    for (i, name) in p.enabled.iter().enumerate() {
-        if crate::types::ProviderId::parse(name).is_none() {
             return Err(err(
-                format!("providers.enabled[{i}]"),
-                format!("unknown provider `{name}` (known: vastai, ionet)"),
+                key("base_url"),
+                format!("`{}` is not an http(s) URL", t.base_url),
             ));
+        }
+        if t.search_limit == 0 {
+            return Err(err(key("search_limit"), "must be greater than 0"));
         }
     }
     for (key, v) in [
@@ -975,10 +1045,6 @@ fn validate_providers(p: &ProvidersConfig, o: &OffersConfig) -> Result<(), Confi
         ("offers.cache_ttl_ms", o.cache_ttl_ms),
         ("offers.cache_max_entries", o.cache_max_entries as u64),
         ("offers.default_limit", u64::from(o.default_limit)),
-        (
-            "offers.vastai_search_limit",
-            u64::from(o.vastai_search_limit),
-        ),
     ] {
         if v == 0 {
             return Err(err(key, "must be greater than 0"));
@@ -1073,7 +1139,14 @@ impl Config {
     pub fn render_redacted(&self) -> String {
         let mut out = toml::to_string_pretty(self).expect("config serializes");
         out.push_str("\n# secrets (environment only)\n");
-        for (name, set) in self.secrets.presence() {
+        let vars: Vec<&str> = self
+            .providers
+            .tables
+            .values()
+            .map(|t| t.api_key_env.as_str())
+            .filter(|v| !v.is_empty())
+            .collect();
+        for (name, set) in self.secrets.presence(&vars) {
             out.push_str(&format!(
                 "# {name} = {}\n",
                 if set { "<set, redacted>" } else { "<unset>" }

@@ -49,14 +49,82 @@ pub enum Kind {
     AuthUnavailable,
     /// No provider could answer (and nothing cached was young enough to stand in).
     ProvidersUnavailable,
-    /// A business rule said no: 402 `budget_exceeded`, 409 `price_changed` /
-    /// `offer_unavailable` / `instance_limit`, 422 `idempotency_key_reused`, 403
-    /// `passthrough_forbidden`, 502 `provider_refused`, … The error's `details` carry the figures.
-    Rejected {
-        status: StatusCode,
-        code: &'static str,
-    },
+    /// A business rule said no; the error's `details` carry the figures. Domain layers name the
+    /// rule, this module alone decides its status.
+    Refused(Refusal),
+    /// A provider failed, refused, or could not be asked (`provider_error`).
+    Upstream(UpstreamFault),
     Internal,
+}
+
+/// The business rules that refuse a request, as the domain layers name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    BudgetExceeded,
+    PriceChanged,
+    BidTooLow,
+    OfferUnavailable,
+    InstanceLimit,
+    InstancePending,
+    InstanceNotOpen,
+    NotInterruptible,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    PassthroughForbidden,
+    ProviderDisabled,
+    SshKeyExists,
+    SshKeyLimit,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::BudgetExceeded => "budget_exceeded",
+            Refusal::PriceChanged => "price_changed",
+            Refusal::BidTooLow => "bid_too_low",
+            Refusal::OfferUnavailable => "offer_unavailable",
+            Refusal::InstanceLimit => "instance_limit",
+            Refusal::InstancePending => "instance_pending",
+            Refusal::InstanceNotOpen => "instance_not_open",
+            Refusal::NotInterruptible => "not_interruptible",
+            Refusal::IdempotencyInProgress => "idempotency_in_progress",
+            Refusal::IdempotencyKeyReused => "idempotency_key_reused",
+            Refusal::PassthroughForbidden => "passthrough_forbidden",
+            Refusal::ProviderDisabled => "provider_disabled",
+            Refusal::SshKeyExists => "ssh_key_exists",
+            Refusal::SshKeyLimit => "ssh_key_limit",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Refusal::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
+            Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::PassthroughForbidden => StatusCode::FORBIDDEN,
+            Refusal::ProviderDisabled => StatusCode::BAD_REQUEST,
+            Refusal::PriceChanged
+            | Refusal::BidTooLow
+            | Refusal::OfferUnavailable
+            | Refusal::InstanceLimit
+            | Refusal::InstancePending
+            | Refusal::InstanceNotOpen
+            | Refusal::NotInterruptible
+            | Refusal::IdempotencyInProgress
+            | Refusal::SshKeyExists
+            | Refusal::SshKeyLimit => StatusCode::CONFLICT,
+        }
+    }
+}
+
+/// How a provider call went wrong, as far as the client is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFault {
+    /// It did not answer in time (504).
+    Timeout,
+    /// It was not asked: circuit open, backing off after a 429, no key (503, retry later).
+    NotAsked,
+    /// It answered with an error or garbage, or the connection broke (502).
+    Failed,
 }
 
 impl Kind {
@@ -74,7 +142,10 @@ impl Kind {
             Kind::Conflict => StatusCode::CONFLICT,
             Kind::DatabaseUnavailable | Kind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::ProvidersUnavailable => StatusCode::BAD_GATEWAY,
-            Kind::Rejected { status, .. } => *status,
+            Kind::Refused(r) => r.status(),
+            Kind::Upstream(UpstreamFault::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Upstream(UpstreamFault::NotAsked) => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Upstream(UpstreamFault::Failed) => StatusCode::BAD_GATEWAY,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,7 +166,8 @@ impl Kind {
             Kind::DatabaseUnavailable => "database_unavailable",
             Kind::AuthUnavailable => "auth_unavailable",
             Kind::ProvidersUnavailable => "providers_unavailable",
-            Kind::Rejected { code, .. } => code,
+            Kind::Refused(r) => r.code(),
+            Kind::Upstream(_) => "provider_error",
             Kind::Internal => "internal",
         }
     }
@@ -136,13 +208,12 @@ impl Error {
     }
 
     /// A refusal by a business rule, with the figures the client needs to understand it.
-    pub fn rejected(
-        status: StatusCode,
-        code: &'static str,
+    pub fn refused(
+        rule: Refusal,
         message: impl Into<Cow<'static, str>>,
         details: Option<serde_json::Value>,
     ) -> Self {
-        let mut e = Error::new(Kind::Rejected { status, code }, Side::Client, message);
+        let mut e = Error::new(Kind::Refused(rule), Side::Client, message);
         e.details = details.map(Box::new);
         e
     }
@@ -260,6 +331,12 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 pub use crate::types::text::truncate;

@@ -28,7 +28,9 @@
 //! - [`cli`]: the command line (`serve`, `check-config`, `doctor`, `migrate`, `accounts`, `keys`),
 //!   used by the thin `main.rs`.
 //! - [`alloc`]: returning freed memory to the OS after connections park.
-//! - [`testkit`]: client pieces shared by the load tools and the tests.
+//!
+//! (`src/testkit.rs` is not part of the library: the load tools and the tests include it, so its
+//! accept-any-certificate verifier never ships in the daemon.)
 
 pub mod accounts;
 pub mod alloc;
@@ -46,7 +48,6 @@ pub mod ratelimit;
 pub mod rentals;
 pub mod server;
 pub mod state;
-pub mod testkit;
 pub mod types;
 
 pub use server::{Daemon, Listeners};

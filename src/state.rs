@@ -42,8 +42,6 @@ pub struct AppState {
     /// The provider clients, and the cache of their answers (`GET /v1/offers`).
     pub providers: crate::providers::Providers,
     pub offers_cache: Arc<crate::cache::swr::SwrCache<Vec<crate::providers::Offer>>>,
-    /// Passthrough rules per provider (`ProviderId as usize`), parsed once.
-    pub passthrough_rules: [Vec<crate::types::passthrough::Rule>; 2],
     /// Renting (needs the database); `None` without `DATABASE_URL`.
     pub rentals: Option<Arc<crate::rentals::Rentals>>,
     phase: AtomicU8,
@@ -82,17 +80,7 @@ impl AppState {
                 redis.clone(),
             )
         });
-        let rules = |list: &[String]| {
-            list.iter()
-                .filter_map(|r| crate::types::passthrough::Rule::parse(r).ok())
-                .collect::<Vec<_>>()
-        };
-        let passthrough_rules = [
-            rules(&config.passthrough.vastai),
-            rules(&config.passthrough.ionet),
-        ];
         Arc::new(AppState {
-            passthrough_rules,
             auth: crate::auth::Auth::new(&config, db.clone(), redis.clone()),
             providers,
             offers_cache,

@@ -1,5 +1,7 @@
-//! Client-side pieces shared by the load tools (`src/bin/`) and the integration tests: they talk
-//! to a daemon of our own, usually with a self-signed certificate.
+//! Client-side pieces shared by the load tools (`src/bin/`) and the integration tests, which
+//! include this file by path: it is not a module of the library, so its accept-any-certificate
+//! verifier never ships in the daemon. They talk to a daemon of our own, usually with a
+//! self-signed certificate.
 
 use std::sync::Arc;
 

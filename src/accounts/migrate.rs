@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rentals_truth",
         include_str!("migrations/0003_rentals_truth.sql"),
     ),
+    (
+        4,
+        "provider_registry",
+        include_str!("migrations/0004_provider_registry.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

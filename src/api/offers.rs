@@ -165,7 +165,7 @@ impl Filters {
                             bad(
                                 name,
                                 format!(
-                                    "unknown provider `{}` (known: vastai, ionet)",
+                                    "unknown provider `{}` (see `providers` in an answer)",
                                     crate::error::truncate(p, 32)
                                 ),
                             )
@@ -460,19 +460,9 @@ async fn ask(state: &Arc<Api>, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
 pub async fn list(state: &Arc<Api>, query: Option<&str>) -> Result<Response<Body>> {
     let f = Filters::parse(query, &state.config.offers)?;
     let ps = &state.providers.list;
-    let outcomes: Vec<Outcome> = match ps.as_slice() {
-        [a, b] => {
-            let (x, y) = tokio::join!(ask(state, a, &f), ask(state, b, &f));
-            vec![x, y]
-        }
-        list => {
-            let mut v = Vec::with_capacity(list.len());
-            for p in list {
-                v.push(ask(state, p, &f).await);
-            }
-            v
-        }
-    };
+    // every provider at once, however many there are
+    let outcomes: Vec<Outcome> =
+        futures_util::future::join_all(ps.iter().map(|p| ask(state, p, &f))).await;
 
     let mut reports = std::collections::BTreeMap::new();
     let mut entries: Vec<Arc<Entry<Vec<Offer>>>> = Vec::new();
@@ -583,7 +573,7 @@ mod tests {
     fn offer(id: &str, price: f64, gpus: u32, rel: Option<f64>) -> Offer {
         Offer {
             id: id.into(),
-            provider: ProviderId::Vastai,
+            provider: ProviderId::register("vastai").unwrap(),
             gpu_model: "RTX 4090".into(),
             provider_gpu_name: "RTX 4090".into(),
             gpu_count: gpus,
@@ -605,12 +595,19 @@ mod tests {
 
     #[test]
     fn parses_every_filter() {
+        for p in ["vastai", "ionet"] {
+            ProviderId::register(p);
+        }
         let f = parse("gpu=geforce+rtx+4090&min_gpus=2&max_gpus=8&min_gpu_memory_gb=20&max_price=3.5&providers=ionet,vastai&countries=us,ca&interruptible=false&sort=price_per_gpu&limit=5&disk_gb=50").unwrap();
         assert_eq!(f.gpu.as_deref(), Some("RTX 4090"));
         assert_eq!((f.min_gpus, f.max_gpus), (Some(2), Some(8)));
         assert_eq!(
             f.providers,
-            Some(vec![ProviderId::Vastai, ProviderId::Ionet])
+            // a set, kept sorted by id
+            Some(vec![
+                ProviderId::register("ionet").unwrap(),
+                ProviderId::register("vastai").unwrap()
+            ])
         );
         assert_eq!(f.countries, Some(vec!["CA".to_owned(), "US".to_owned()]));
         assert_eq!((f.sort, f.limit, f.disk_gb), (Sort::PricePerGpu, 5, 50));

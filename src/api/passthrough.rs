@@ -10,22 +10,21 @@ use http_body_util::{BodyExt, Full};
 use std::time::Duration;
 
 use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use metrics::counter;
 use serde_json::json;
 use tokio_postgres::types::Type;
 
 use super::Body;
 use super::router::Call;
-use crate::error::{Error, Kind, Result, Side};
+use crate::error::{Error, Kind, Refusal, Result, Side};
 use crate::metrics::UPSTREAM_REQUESTS_TOTAL;
 use crate::providers::UpstreamError;
 use crate::types::{ProviderId, passthrough};
 
 fn forbidden(message: String, rule: Option<&str>) -> Error {
-    Error::rejected(
-        StatusCode::FORBIDDEN,
-        "passthrough_forbidden",
+    Error::refused(
+        Refusal::PassthroughForbidden,
         message,
         Some(json!({ "rule": rule })),
     )
@@ -53,7 +52,13 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
     let raw_path = format!("/{rest}");
     let path = super::router::percent_decode(&raw_path)
         .ok_or_else(|| Error::bad_request("the provider path has broken percent-encoding"))?;
-    let rules = &state.passthrough_rules[pid as usize];
+    let rules = state
+        .config
+        .providers
+        .tables
+        .get(pid.as_str())
+        .map(|t| t.passthrough.as_slice())
+        .unwrap_or_default();
     let allowed =
         passthrough::check(rules, req.method(), &path).map_err(|why| forbidden(why, None))?;
     if let Some(instance) = &allowed.instance {
@@ -95,11 +100,9 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
         .clone();
     let (base, http, auth) = provider.passthrough();
     let Some((auth_name, auth_value)) = auth else {
-        return Err(Error::rejected(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "provider_error",
-            format!("no API key is configured for {name}"),
-            None,
+        return Err(crate::providers::upstream_error(
+            pid,
+            &UpstreamError::Disabled("no API key is configured for it"),
         ));
     };
     let mut uri = format!("{base}{raw_path}");
@@ -192,7 +195,7 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
             }
         })
         .await
-        .map_err(|e| crate::rentals::upstream_error(pid, &e))?;
+        .map_err(|e| crate::providers::upstream_error(pid, &e))?;
     if let Some((r, row, s)) = state_change
         && resp.status().is_success()
     {

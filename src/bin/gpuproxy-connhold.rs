@@ -12,6 +12,9 @@
 //! Output: JSON lines on stdout. `{"event":"held",...}` once every connection is open (or failed),
 //! `{"event":"poke",...}` after each periodic round, `{"event":"done",...}` at the end.
 
+#[path = "../testkit.rs"]
+mod testkit;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
@@ -103,9 +106,8 @@ fn source_ip(child: usize, i: usize, sources: usize) -> IpAddr {
 /// One client configuration for every connection of this process.
 fn tls_connector() -> tokio_rustls::TlsConnector {
     static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    let cfg = CONFIG.get_or_init(|| {
-        gpuproxyd::testkit::insecure_client_config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS)
-    });
+    let cfg = CONFIG
+        .get_or_init(|| testkit::insecure_client_config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS));
     tokio_rustls::TlsConnector::from(cfg.clone())
 }
 

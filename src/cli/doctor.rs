@@ -142,33 +142,8 @@ pub fn run(config: &Config) -> i32 {
     }
 
     let head = ["setting", "current", "recommended", "status", "why"];
-    let width = |i: usize| {
-        rows.iter()
-            .map(|r| r[i].len())
-            .chain([head[i].len()])
-            .max()
-            .unwrap_or(0)
-            .min(40)
-    };
-    let w: Vec<usize> = (0..4).map(width).collect();
-    let line = |r: [&str; 5]| {
-        println!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        );
-    };
-    line(head);
-    for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
-    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    super::table::print(&head, &rows, 40);
     let differs = rows.iter().filter(|r| r[3] != "ok").count();
     println!();
     if fatal.is_empty() {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod doctor;
+pub mod table;
 
 use std::path::PathBuf;
 

@@ -8,21 +8,19 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
-use hyper::{Method, Request};
+use hyper::Method;
+use hyper::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
-use super::http::{HttpClient, short};
+use super::api::{JsonApi, KeyHeader};
+use super::http::HttpClient;
 use super::model::{
     InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag, id_string,
     location, num, round_to, text,
 };
 use super::resilience::Gate;
-use super::vastai::check_status;
 use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
-use crate::config::{Config, Secret};
+use crate::config::{Config, ProviderTable};
 
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 pub const VMAAS: &str = "/enterprise/v1/io-cloud/vmaas";
@@ -30,23 +28,22 @@ pub const VMAAS: &str = "/enterprise/v1/io-cloud/vmaas";
 pub const NAME_PREFIX: &str = "gpx-";
 
 pub struct Ionet {
-    base: String,
-    key: Option<Secret>,
-    http: HttpClient,
-    gate: Gate,
+    id: ProviderId,
+    api: JsonApi,
 }
 
 impl Ionet {
-    pub fn new(config: &Config, http: HttpClient) -> Ionet {
+    pub fn new(id: ProviderId, table: &ProviderTable, config: &Config, http: HttpClient) -> Ionet {
         Ionet {
-            base: config
-                .providers
-                .ionet_base_url
-                .trim_end_matches('/')
-                .to_owned(),
-            key: config.secrets.ionet_api_key.clone(),
-            http,
-            gate: Gate::new(ProviderId::Ionet, &config.providers),
+            id,
+            api: JsonApi::new(
+                &table.base_url,
+                http,
+                Gate::new(id, &config.providers),
+                config.secrets.provider_key(&table.api_key_env).cloned(),
+                KeyHeader::Plain(API_KEY_HEADER),
+                Some("no io.net API key (the variable its table's api_key_env names is unset)"),
+            ),
         }
     }
 
@@ -54,32 +51,11 @@ impl Ionet {
         &self,
         left: Duration,
     ) -> Result<Vec<Offer>, (UpstreamError, Option<Duration>)> {
-        let key = self
-            .key
-            .as_ref()
-            .ok_or((UpstreamError::Disabled("IONET_API_KEY is not set"), None))?;
-        let mut v = HeaderValue::from_str(key.expose()).map_err(|_| {
-            (
-                UpstreamError::Disabled("IONET_API_KEY is not a valid header value"),
-                None,
-            )
-        })?;
-        v.set_sensitive(true);
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}{VMAAS}/hardware", self.base))
-            .header(API_KEY_HEADER, v)
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| (UpstreamError::Connect(e.to_string()), None))?;
-        let reply = self.http.send(req, left).await.map_err(|e| (e, None))?;
-        check_status(
-            reply.status.as_u16(),
-            &reply.body,
-            reply.headers.get(RETRY_AFTER),
-            Some(key),
-        )?;
-        let v: Value = serde_json::from_slice(&reply.body)
-            .map_err(|e| (UpstreamError::Decode(short(&e.to_string())), None))?;
+        let reply = self
+            .api
+            .send(Method::GET, &format!("{VMAAS}/hardware"), None, left)
+            .await?;
+        let v = self.api.json(&reply)?;
         let items = v
             .pointer("/data/hardware")
             .and_then(Value::as_array)
@@ -89,22 +65,22 @@ impl Ionet {
                     None,
                 )
             })?;
-        Ok(normalize_all(items))
+        Ok(normalize_all(self.id, items))
     }
 }
 
 impl Provider for Ionet {
     fn id(&self) -> ProviderId {
-        ProviderId::Ionet
+        self.id
     }
 
     fn disabled(&self) -> Option<&'static str> {
-        self.key.is_none().then_some("IONET_API_KEY is not set")
+        self.api.disabled()
     }
 
     /// The whole catalogue is one answer (a few hundred items): every query shares it.
     fn search_key(&self, q: &SearchQuery) -> Option<String> {
-        (!q.interruptible).then(|| "ionet:hardware:v1".to_owned())
+        (!q.interruptible).then(|| format!("{}:hardware:v1", self.id))
     }
 
     fn search<'a>(
@@ -115,14 +91,15 @@ impl Provider for Ionet {
             if let Some(why) = self.disabled() {
                 return Err(UpstreamError::Disabled(why));
             }
-            self.gate
+            self.api
+                .gate
                 .call("search", true, |left| self.hardware_once(left))
                 .await
         })
     }
 
     fn gate(&self) -> &Gate {
-        &self.gate
+        &self.api.gate
     }
 
     fn quote<'a>(
@@ -132,10 +109,11 @@ impl Provider for Ionet {
     ) -> BoxFuture<'a, Result<Option<Quote>, UpstreamError>> {
         Box::pin(async move {
             let offers = self
+                .api
                 .gate
                 .call("quote", true, |left| self.hardware_once(left))
                 .await?;
-            let want = format!("ionet:{offer}");
+            let want = format!("{}:{offer}", self.id);
             Ok(offers.into_iter().find(|o| o.id == want).map(|o| Quote {
                 price_per_hour: o.price_per_hour,
                 storage_per_hour: 0.0,
@@ -175,6 +153,7 @@ impl Provider for Ionet {
                 body["ssh_keys"] = Value::Object(keys);
             }
             let v = self
+                .api
                 .call(
                     "create",
                     false,
@@ -201,6 +180,7 @@ impl Provider for Ionet {
     ) -> BoxFuture<'a, Result<Option<RemoteInstance>, UpstreamError>> {
         Box::pin(async move {
             let d = match self
+                .api
                 .call(
                     "show",
                     true,
@@ -219,6 +199,7 @@ impl Provider for Ionet {
                 .ok_or_else(|| UpstreamError::Decode("deployment without id/status".into()))?;
             if inst.status == InstanceStatus::Running {
                 let vms = self
+                    .api
                     .call(
                         "vms",
                         true,
@@ -245,6 +226,7 @@ impl Provider for Ionet {
     fn destroy<'a>(&'a self, provider_id: &'a str) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
             match self
+                .api
                 .call(
                     "destroy",
                     true,
@@ -261,12 +243,13 @@ impl Provider for Ionet {
     }
 
     fn passthrough(&self) -> (&str, &HttpClient, Option<(HeaderName, HeaderValue)>) {
-        let auth = self.key.as_ref().and_then(|k| {
-            let mut v = HeaderValue::from_str(k.expose()).ok()?;
-            v.set_sensitive(true);
-            Some((API_KEY_HEADER, v))
-        });
-        (&self.base, &self.http, auth)
+        self.api.passthrough()
+    }
+
+    fn check_offer_id(&self, local: &str) -> Result<(), &'static str> {
+        parse_offer(local).map(|_| ()).ok_or(
+            "io.net offers are `<provider>:<cards>x<hardware>@<location>` (from GET /v1/offers)",
+        )
     }
 
     fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>> {
@@ -274,6 +257,7 @@ impl Provider for Ionet {
             let mut out = Vec::new();
             for page in 0..1000u32 {
                 let v = self
+                    .api
                     .call(
                         "list",
                         true,
@@ -310,59 +294,6 @@ impl Ionet {
             .into_iter()
             .find(|d| d.our_id.as_deref() == want)
             .map(|d| d.provider_id))
-    }
-
-    /// A call whose success is a 2xx with a JSON body (an empty body reads as `{}`).
-    async fn call(
-        &self,
-        op: &'static str,
-        idempotent: bool,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, UpstreamError> {
-        let key = self
-            .key
-            .as_ref()
-            .ok_or(UpstreamError::Disabled("IONET_API_KEY is not set"))?;
-        self.gate
-            .call(op, idempotent, |left| {
-                let (method, body) = (method.clone(), body.as_ref());
-                async move {
-                    let mut v = HeaderValue::from_str(key.expose()).map_err(|_| {
-                        (
-                            UpstreamError::Disabled("IONET_API_KEY is not a valid header value"),
-                            None,
-                        )
-                    })?;
-                    v.set_sensitive(true);
-                    let mut b = Request::builder()
-                        .method(method)
-                        .uri(format!("{}{path}", self.base))
-                        .header(API_KEY_HEADER, v);
-                    if body.is_some() {
-                        b = b.header(CONTENT_TYPE, "application/json");
-                    }
-                    let req = b
-                        .body(Full::new(
-                            body.map(|v| Bytes::from(v.to_string())).unwrap_or_default(),
-                        ))
-                        .map_err(|e| (UpstreamError::Connect(e.to_string()), None))?;
-                    let reply = self.http.send(req, left).await.map_err(|e| (e, None))?;
-                    check_status(
-                        reply.status.as_u16(),
-                        &reply.body,
-                        reply.headers.get(RETRY_AFTER),
-                        Some(key),
-                    )?;
-                    if reply.body.iter().all(u8::is_ascii_whitespace) {
-                        return Ok(json!({}));
-                    }
-                    serde_json::from_slice(&reply.body)
-                        .map_err(|e| (UpstreamError::Decode(short(&e.to_string())), None))
-                }
-            })
-            .await
     }
 }
 
@@ -412,11 +343,11 @@ pub fn parse_ssh(s: &str) -> Option<Ssh> {
     Some(Ssh { host, port, user })
 }
 
-pub fn normalize_all(items: &[Value]) -> Vec<Offer> {
+pub fn normalize_all(pid: ProviderId, items: &[Value]) -> Vec<Offer> {
     let mut out = Vec::with_capacity(items.len());
     let mut skipped = 0usize;
     for it in items {
-        match normalize(it) {
+        match normalize(pid, it) {
             Some(o) => out.push(o),
             None => skipped += 1,
         }
@@ -432,7 +363,7 @@ pub fn normalize_all(items: &[Value]) -> Vec<Offer> {
 }
 
 /// One hardware item; `None` without a `deploy_id`, a card count or a price.
-pub fn normalize(it: &Value) -> Option<Offer> {
+pub fn normalize(pid: ProviderId, it: &Value) -> Option<Offer> {
     let deploy_id = id_string(it.get("deploy_id"))?;
     let cards = num(it.get("num_cards")).filter(|n| *n >= 1.0)? as u32;
     let price = num(it.get("price")).filter(|p| *p >= 0.0)?;
@@ -449,8 +380,8 @@ pub fn normalize(it: &Value) -> Option<Offer> {
         .or(region.clone())
         .unwrap_or_else(|| "any".into());
     Some(Offer {
-        id: format!("ionet:{cards}x{deploy_id}@{where_}"),
-        provider: ProviderId::Ionet,
+        id: format!("{pid}:{cards}x{deploy_id}@{where_}"),
+        provider: pid,
         gpu_model: gpu::canonical(&raw_name, mem),
         provider_gpu_name: raw_name,
         gpu_count: cards,
@@ -473,6 +404,10 @@ pub fn normalize(it: &Value) -> Option<Offer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn io() -> ProviderId {
+        ProviderId::register("ionet").unwrap()
+    }
     use serde_json::json;
 
     #[test]
@@ -483,7 +418,7 @@ mod tests {
             "memory": 64, "storage": 1000, "interconnect": null, "nvlink": false,
             "location": "US", "sold_out": false
         });
-        let o = normalize(&a).unwrap();
+        let o = normalize(io(), &a).unwrap();
         assert_eq!(o.id, "ionet:2x12@US");
         assert_eq!(o.gpu_model, "RTX 4090");
         assert_eq!((o.gpu_count, o.gpu_memory_gb), (2, 24.0));
@@ -499,7 +434,7 @@ mod tests {
             "id": "8B300.240V__FI", "deploy_id": "8B300.240V", "name": "B300", "num_cards": 8,
             "price": "52.5", "vram_per_card": 288, "supplier": "external", "sold_out": true
         });
-        let o = normalize(&b).unwrap();
+        let o = normalize(io(), &b).unwrap();
         assert_eq!(o.id, "ionet:8x8B300.240V@FI", "location from the id suffix");
         assert_eq!(
             parse_offer("8x8B300.240V@FI"),
@@ -523,7 +458,7 @@ mod tests {
             json!({"deploy_id": 5, "num_cards": 1, "price": 1.5, "name": "H100 80GB HBM3"}),
             json!(17),
         ];
-        let out = normalize_all(&items);
+        let out = normalize_all(io(), &items);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].id, "ionet:1x5@any");
         assert_eq!(out[0].gpu_model, "H100 80GB SXM");

@@ -6,6 +6,8 @@
 //! exposed only where a request header is built, and never copied into an error message: an
 //! upstream error carries the provider's status and a short, redacted excerpt of its body.
 
+pub mod api;
+pub mod generic;
 pub mod gpu;
 pub mod http;
 pub mod ionet;
@@ -93,6 +95,12 @@ pub trait Provider: Send + Sync {
     /// Every instance of ours the provider lists (all pages), for the reconciler.
     fn list_instances(&self) -> BoxFuture<'_, Result<Vec<RemoteInstance>, UpstreamError>>;
 
+    /// Whether the provider's part of an offer id can name an offer at all (checked before
+    /// anything is asked of the provider); the error says what one looks like.
+    fn check_offer_id(&self, _local: &str) -> Result<(), &'static str> {
+        Ok(())
+    }
+
     /// One offer is one machine that only one renter can hold (Vast): a rented offer leaves the
     /// cached answers at once. io.net configurations have several replicas.
     fn exclusive_offers(&self) -> bool {
@@ -125,7 +133,7 @@ pub trait Provider: Send + Sync {
     }
 }
 
-/// The configured providers, in a fixed order (Vast.ai, io.net).
+/// The configured providers: one client per enabled `[providers.<id>]` table, in id order.
 #[derive(Clone)]
 pub struct Providers {
     pub list: Vec<Arc<dyn Provider>>,
@@ -136,24 +144,44 @@ impl Providers {
         self.list.iter().find(|p| p.id() == id)
     }
 
+    /// The registry: each enabled table becomes the client of its `kind`. Adding a provider
+    /// whose API is new is one client file and one line here; one more of a known kind is a
+    /// config table alone.
     pub fn from_config(config: &Config) -> Providers {
         let client = http::HttpClient::new(&config.providers);
-        let enabled = |p: ProviderId| {
-            config
-                .providers
-                .enabled
-                .iter()
-                .any(|n| ProviderId::parse(n) == Some(p))
-        };
         let mut list: Vec<Arc<dyn Provider>> = Vec::new();
-        if enabled(ProviderId::Vastai) {
-            list.push(Arc::new(vastai::Vastai::new(config, client.clone())));
-        }
-        if enabled(ProviderId::Ionet) {
-            list.push(Arc::new(ionet::Ionet::new(config, client)));
+        for (name, t) in config.providers.tables.iter().filter(|(_, t)| t.enabled) {
+            let id = ProviderId::register(name).expect("ids are checked when config loads");
+            let c = client.clone();
+            list.push(match t.kind(name) {
+                "vastai" => Arc::new(vastai::Vastai::new(id, t, config, c)),
+                "ionet" => Arc::new(ionet::Ionet::new(id, t, config, c)),
+                "generic" => Arc::new(generic::Generic::new(id, t, config, c)),
+                other => unreachable!("provider kind `{other}` passed config validation"),
+            });
         }
         Providers { list }
     }
+}
+
+/// The error a client sees for a failed provider call: `provider_error`, retryable, with the
+/// provider and the reason in `details` (the status is `error`'s to pick from the fault).
+pub fn upstream_error(p: ProviderId, e: &UpstreamError) -> crate::error::Error {
+    use crate::error::{Error, Kind, Side, UpstreamFault};
+    let fault = match e {
+        UpstreamError::Timeout => UpstreamFault::Timeout,
+        UpstreamError::CircuitOpen
+        | UpstreamError::BackingOff
+        | UpstreamError::RateLimited
+        | UpstreamError::Disabled(_) => UpstreamFault::NotAsked,
+        _ => UpstreamFault::Failed,
+    };
+    let mut err = Error::new(Kind::Upstream(fault), Side::Upstream, format!("{p}: {e}"));
+    err.retryable = true;
+    err.details = Some(Box::new(
+        serde_json::json!({"provider": p.as_str(), "reason": e.code()}),
+    ));
+    err
 }
 
 /// Why an upstream call failed. Display never includes a key or a full body.

@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn opens_on_consecutive_failures_and_probes_once() {
-        let b = Breaker::new(ProviderId::Vastai, &cfg());
+        let b = Breaker::new(ProviderId::register("vastai").unwrap(), &cfg());
         for _ in 0..2 {
             assert!(b.allow());
             b.record(true);
@@ -307,7 +307,7 @@ mod tests {
 
     #[test]
     fn opens_on_error_rate_without_a_streak() {
-        let b = Breaker::new(ProviderId::Ionet, &cfg());
+        let b = Breaker::new(ProviderId::register("ionet").unwrap(), &cfg());
         // fail, ok, fail, ok ...: never 3 in a row, but half of the window fails
         for i in 0..10 {
             b.record(i % 2 == 0);
@@ -318,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn retries_only_idempotent_retryable_failures() {
         let gate = Gate::new(
-            ProviderId::Vastai,
+            ProviderId::register("vastai").unwrap(),
             &ProvidersConfig {
                 breaker_consecutive_failures: 100,
                 ..cfg()
@@ -363,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_429_backs_the_provider_off() {
-        let gate = Gate::new(ProviderId::Vastai, &cfg());
+        let gate = Gate::new(ProviderId::register("vastai").unwrap(), &cfg());
         let r: Result<(), _> = gate
             .call("search", true, |_| async {
                 Err((UpstreamError::RateLimited, None))
@@ -385,7 +385,7 @@ mod tests {
     #[tokio::test]
     async fn retries_stop_at_the_deadline() {
         let gate = Gate::new(
-            ProviderId::Vastai,
+            ProviderId::register("vastai").unwrap(),
             &ProvidersConfig {
                 total_timeout_ms: 50,
                 retry_base_backoff_ms: 200,

@@ -9,12 +9,12 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
-use hyper::{Method, Request};
+use hyper::Method;
+use hyper::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
+use super::api::{JsonApi, KeyHeader};
+pub use super::api::{check_status, error_detail};
 use super::http::{HttpClient, short};
 use super::model::{
     InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag, location,
@@ -22,31 +22,31 @@ use super::model::{
 };
 use super::resilience::Gate;
 use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
-use crate::config::{Config, Secret};
+use crate::config::{Config, ProviderTable};
 
 /// The offer id suffix of an interruptible offer: `vastai:<id>:bid` rents at a bid.
 pub const BID_SUFFIX: &str = ":bid";
 
 pub struct Vastai {
-    base: String,
-    key: Option<Secret>,
-    http: HttpClient,
-    gate: Gate,
+    id: ProviderId,
+    api: JsonApi,
     search_limit: u32,
 }
 
 impl Vastai {
-    pub fn new(config: &Config, http: HttpClient) -> Vastai {
+    pub fn new(id: ProviderId, table: &ProviderTable, config: &Config, http: HttpClient) -> Vastai {
         Vastai {
-            base: config
-                .providers
-                .vastai_base_url
-                .trim_end_matches('/')
-                .to_owned(),
-            key: config.secrets.vastai_api_key.clone(),
-            http,
-            gate: Gate::new(ProviderId::Vastai, &config.providers),
-            search_limit: config.offers.vastai_search_limit,
+            id,
+            // searching needs no key; the rest does (the provider answers 401 without one)
+            api: JsonApi::new(
+                &table.base_url,
+                http,
+                Gate::new(id, &config.providers),
+                config.secrets.provider_key(&table.api_key_env).cloned(),
+                KeyHeader::Bearer,
+                None,
+            ),
+            search_limit: table.search_limit,
         }
     }
 
@@ -72,43 +72,31 @@ impl Vastai {
 
     async fn search_once(
         &self,
-        body: &Bytes,
+        body: &Value,
         q: &SearchQuery,
         left: Duration,
     ) -> Result<Vec<Offer>, (UpstreamError, Option<Duration>)> {
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}/api/v0/bundles/", self.base))
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(body.clone()))
-            .map_err(|e| (UpstreamError::Connect(e.to_string()), None))?;
-        if let Some(k) = &self.key
-            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-        {
-            let mut v = v;
-            v.set_sensitive(true);
-            req.headers_mut().insert(AUTHORIZATION, v);
-        }
-        let reply = self.http.send(req, left).await.map_err(|e| (e, None))?;
-        check_status(
-            reply.status.as_u16(),
-            &reply.body,
-            reply.headers.get(RETRY_AFTER),
-            self.key.as_ref(),
-        )?;
-        let v: Value = serde_json::from_slice(&reply.body)
-            .map_err(|e| (UpstreamError::Decode(short(&e.to_string())), None))?;
+        let reply = self
+            .api
+            .send(Method::POST, "/api/v0/bundles/", Some(body), left)
+            .await?;
+        let v = self.api.json(&reply)?;
         let offers = v
             .get("offers")
             .and_then(Value::as_array)
             .ok_or_else(|| (UpstreamError::Decode("no `offers` array".into()), None))?;
-        Ok(normalize_all(offers, f64::from(q.disk_gb), q.interruptible))
+        Ok(normalize_all(
+            self.id,
+            offers,
+            f64::from(q.disk_gb),
+            q.interruptible,
+        ))
     }
 }
 
 impl Provider for Vastai {
     fn id(&self) -> ProviderId {
-        ProviderId::Vastai
+        self.id
     }
 
     fn search_key(&self, q: &SearchQuery) -> Option<String> {
@@ -119,7 +107,8 @@ impl Provider for Vastai {
             .unwrap_or_default();
         names.sort_unstable();
         Some(format!(
-            "vastai:bundles:v1:type={}:disk={}:limit={}:gpu={}",
+            "{}:bundles:v1:type={}:disk={}:limit={}:gpu={}",
+            self.id,
             if q.interruptible { "bid" } else { "on-demand" },
             q.disk_gb,
             self.search_limit,
@@ -132,15 +121,16 @@ impl Provider for Vastai {
         q: &'a SearchQuery,
     ) -> BoxFuture<'a, Result<Vec<Offer>, UpstreamError>> {
         Box::pin(async move {
-            let body = Bytes::from(self.search_body(q).to_string());
-            self.gate
+            let body = self.search_body(q);
+            self.api
+                .gate
                 .call("search", true, |left| self.search_once(&body, q, left))
                 .await
         })
     }
 
     fn gate(&self) -> &Gate {
-        &self.gate
+        &self.api.gate
     }
 
     fn quote<'a>(
@@ -165,6 +155,7 @@ impl Provider for Vastai {
                 "type": if bid { "bid" } else { "on-demand" },
             });
             let v = self
+                .api
                 .call("quote", true, Method::POST, "/api/v0/bundles/", Some(body))
                 .await?;
             let offers = v
@@ -177,7 +168,7 @@ impl Provider for Vastai {
                 .iter()
                 .find(|o| o.get("id").and_then(Value::as_u64) == Some(id))
                 .and_then(|o| {
-                    let n = normalize(o, disk, bid)?;
+                    let n = normalize(self.id, o, disk, bid)?;
                     Some(Quote {
                         price_per_hour: n.price_per_hour,
                         storage_per_hour: round_to(storage_per_hour(o, disk), 6),
@@ -223,9 +214,10 @@ impl Provider for Vastai {
             };
             let path = format!("/api/v0/asks/{ask}/");
             let reply = self
+                .api
                 .gate
                 .call("create", false, |left| {
-                    self.send(Method::PUT, &path, Some(&body), left)
+                    self.api.send(Method::PUT, &path, Some(&body), left)
                 })
                 .await?;
             let v: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
@@ -250,18 +242,7 @@ impl Provider for Vastai {
                         );
                         let _ = self.destroy_id(&id.to_string()).await;
                     }
-                    Err(check_status(
-                        reply.status.as_u16().max(400),
-                        &reply.body,
-                        None,
-                        self.key.as_ref(),
-                    )
-                    .err()
-                    .map(|(e, _)| e)
-                    .unwrap_or(UpstreamError::Status {
-                        status: reply.status.as_u16(),
-                        detail: String::new(),
-                    }))
+                    Err(self.api.error_of(reply.status.as_u16(), &reply.body))
                 }
             }
         })
@@ -273,7 +254,7 @@ impl Provider for Vastai {
     ) -> BoxFuture<'a, Result<Option<RemoteInstance>, UpstreamError>> {
         Box::pin(async move {
             let path = format!("/api/v0/instances/{provider_id}/");
-            match self.call("show", true, Method::GET, &path, None).await {
+            match self.api.call("show", true, Method::GET, &path, None).await {
                 Ok(v) => Ok(v
                     .get("instances")
                     .filter(|i| i.is_object())
@@ -288,19 +269,8 @@ impl Provider for Vastai {
         Box::pin(self.destroy_id(provider_id))
     }
 
-    fn passthrough(
-        &self,
-    ) -> (
-        &str,
-        &HttpClient,
-        Option<(hyper::header::HeaderName, HeaderValue)>,
-    ) {
-        let auth = self.key.as_ref().and_then(|k| {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose())).ok()?;
-            v.set_sensitive(true);
-            Some((AUTHORIZATION, v))
-        });
-        (&self.base, &self.http, auth)
+    fn passthrough(&self) -> (&str, &HttpClient, Option<(HeaderName, HeaderValue)>) {
+        self.api.passthrough()
     }
 
     fn exclusive_offers(&self) -> bool {
@@ -320,15 +290,16 @@ impl Provider for Vastai {
             // per instance (providers.md §4.1); `POST /api/v0/ssh/` would add the key to the
             // account and every instance of every tenant
             let path = format!("/api/v0/instances/{provider_id}/ssh/");
-            self.call(
-                "ssh_attach",
-                true,
-                Method::POST,
-                &path,
-                Some(json!({ "ssh_key": public_key })),
-            )
-            .await
-            .map(|_| ())
+            self.api
+                .call(
+                    "ssh_attach",
+                    true,
+                    Method::POST,
+                    &path,
+                    Some(json!({ "ssh_key": public_key })),
+                )
+                .await
+                .map(|_| ())
         })
     }
 
@@ -339,15 +310,16 @@ impl Provider for Vastai {
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
             let path = format!("/api/v0/instances/bid_price/{provider_id}/");
-            self.call(
-                "set_bid",
-                true,
-                Method::PUT,
-                &path,
-                Some(json!({"client_id": "me", "price": bid_per_hour})),
-            )
-            .await
-            .map(|_| ())
+            self.api
+                .call(
+                    "set_bid",
+                    true,
+                    Method::PUT,
+                    &path,
+                    Some(json!({"client_id": "me", "price": bid_per_hour})),
+                )
+                .await
+                .map(|_| ())
         })
     }
 
@@ -363,7 +335,10 @@ impl Provider for Vastai {
                         &serde_json::to_string(t).unwrap_or_default(),
                     ));
                 }
-                let v = self.call("list", true, Method::GET, &path, None).await?;
+                let v = self
+                    .api
+                    .call("list", true, Method::GET, &path, None)
+                    .await?;
                 if let Some(list) = v.get("instances").and_then(Value::as_array) {
                     out.extend(list.iter().filter_map(remote_instance));
                 }
@@ -385,6 +360,7 @@ impl Vastai {
     async fn destroy_id(&self, provider_id: &str) -> Result<(), UpstreamError> {
         let path = format!("/api/v0/instances/{provider_id}/");
         match self
+            .api
             .call("destroy", true, Method::DELETE, &path, None)
             .await
         {
@@ -393,61 +369,6 @@ impl Vastai {
             Err(UpstreamError::Status { status: 404, .. }) => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    /// One attempt of a call, with the key, returning the reply whatever its status.
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&Value>,
-        left: Duration,
-    ) -> Result<super::http::Reply, (UpstreamError, Option<Duration>)> {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        if body.is_some() {
-            b = b.header(CONTENT_TYPE, "application/json");
-        }
-        let mut req = b
-            .body(Full::new(
-                body.map(|v| Bytes::from(v.to_string())).unwrap_or_default(),
-            ))
-            .map_err(|e| (UpstreamError::Connect(e.to_string()), None))?;
-        if let Some(k) = &self.key
-            && let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-        {
-            v.set_sensitive(true);
-            req.headers_mut().insert(AUTHORIZATION, v);
-        }
-        self.http.send(req, left).await.map_err(|e| (e, None))
-    }
-
-    /// A call whose success is a 2xx with a JSON body.
-    async fn call(
-        &self,
-        op: &'static str,
-        idempotent: bool,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, UpstreamError> {
-        self.gate
-            .call(op, idempotent, |left| {
-                let (method, body) = (method.clone(), body.as_ref());
-                async move {
-                    let reply = self.send(method, path, body, left).await?;
-                    check_status(
-                        reply.status.as_u16(),
-                        &reply.body,
-                        reply.headers.get(RETRY_AFTER),
-                        self.key.as_ref(),
-                    )?;
-                    serde_json::from_slice(&reply.body)
-                        .map_err(|e| (UpstreamError::Decode(short(&e.to_string())), None))
-                }
-            })
-            .await
     }
 }
 
@@ -510,67 +431,22 @@ pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
     })
 }
 
-/// Maps a non-success status to an error: 429 (with `Retry-After` when there is one), or the
-/// status with Vast's `error`/`msg` (redacted of our key, shortened).
-pub fn check_status(
-    status: u16,
-    body: &[u8],
-    retry_after: Option<&HeaderValue>,
-    key: Option<&Secret>,
-) -> Result<(), (UpstreamError, Option<Duration>)> {
-    if (200..300).contains(&status) {
-        return Ok(());
-    }
-    if status == 429 {
-        let after = retry_after
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        return Err((UpstreamError::RateLimited, after));
-    }
-    Err((
-        UpstreamError::Status {
-            status,
-            detail: error_detail(body, key),
-        },
-        None,
-    ))
-}
-
-/// A provider's error body, reduced to its code and message (JSON `error`/`msg`/`message`/
-/// `detail`, else the start of the text), with our key cut out should it be echoed.
-pub fn error_detail(body: &[u8], key: Option<&Secret>) -> String {
-    let text_body = String::from_utf8_lossy(body);
-    let detail = match serde_json::from_slice::<Value>(body) {
-        Ok(v) => ["error", "msg", "message", "detail"]
-            .iter()
-            .filter_map(|k| match v.get(*k) {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Null) | None => None,
-                Some(other) => Some(other.to_string()),
-            })
-            .collect::<Vec<_>>()
-            .join(": "),
-        Err(_) => text_body.trim().to_owned(),
-    };
-    let detail = match key.map(Secret::expose).filter(|k| !k.is_empty()) {
-        Some(k) => detail.replace(k, "<redacted>"),
-        None => detail,
-    };
-    short(&detail)
-}
-
 /// An offer's storage price for `disk_gb` GB, per hour (Vast prices it per GB-month).
 fn storage_per_hour(o: &Value, disk_gb: f64) -> f64 {
     disk_gb * num(o.get("storage_cost")).unwrap_or(0.0) / 720.0
 }
 
 /// Normalizes every offer that can be read; the others are skipped and logged once per answer.
-pub fn normalize_all(offers: &[Value], disk_gb: f64, interruptible: bool) -> Vec<Offer> {
+pub fn normalize_all(
+    pid: ProviderId,
+    offers: &[Value],
+    disk_gb: f64,
+    interruptible: bool,
+) -> Vec<Offer> {
     let mut out = Vec::with_capacity(offers.len());
     let mut skipped = 0usize;
     for o in offers {
-        match normalize(o, disk_gb, interruptible) {
+        match normalize(pid, o, disk_gb, interruptible) {
             Some(x) => out.push(x),
             None => skipped += 1,
         }
@@ -586,7 +462,7 @@ pub fn normalize_all(offers: &[Value], disk_gb: f64, interruptible: bool) -> Vec
 }
 
 /// One Vast.ai offer; `None` when it lacks what an offer needs (id, GPU count, a price).
-pub fn normalize(o: &Value, disk_gb: f64, interruptible: bool) -> Option<Offer> {
+pub fn normalize(pid: ProviderId, o: &Value, disk_gb: f64, interruptible: bool) -> Option<Offer> {
     let id = o.get("id").and_then(Value::as_u64).or_else(|| {
         num(o.get("id"))
             .filter(|x| *x >= 0.0 && x.fract() == 0.0)
@@ -620,11 +496,11 @@ pub fn normalize(o: &Value, disk_gb: f64, interruptible: bool) -> Option<Offer> 
         flag(o.get("rentable")).unwrap_or(true) && !flag(o.get("rented")).unwrap_or(false);
     Some(Offer {
         id: if interruptible {
-            format!("vastai:{id}{BID_SUFFIX}")
+            format!("{pid}:{id}{BID_SUFFIX}")
         } else {
-            format!("vastai:{id}")
+            format!("{pid}:{id}")
         },
-        provider: ProviderId::Vastai,
+        provider: pid,
         gpu_model: gpu::canonical(&raw_name, mem_gb),
         provider_gpu_name: raw_name,
         gpu_count,
@@ -647,6 +523,11 @@ pub fn normalize(o: &Value, disk_gb: f64, interruptible: bool) -> Option<Offer> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
+
+    fn vast() -> ProviderId {
+        ProviderId::register("vastai").unwrap()
+    }
 
     /// A realistic offer, with the fields providers.md §1.4 lists (and some it does not).
     fn sample() -> Value {
@@ -673,7 +554,7 @@ mod tests {
 
     #[test]
     fn a_full_offer() {
-        let o = normalize(&sample(), 80.0, false).unwrap();
+        let o = normalize(vast(), &sample(), 80.0, false).unwrap();
         assert_eq!(o.id, "vastai:7012345");
         assert_eq!(o.gpu_model, "A100 80GB SXM");
         assert_eq!(o.provider_gpu_name, "A100 SXM4");
@@ -695,7 +576,7 @@ mod tests {
 
     #[test]
     fn interruptible_offers_are_priced_at_the_minimum_bid() {
-        let o = normalize(&sample(), 0.0, true).unwrap();
+        let o = normalize(vast(), &sample(), 0.0, true).unwrap();
         assert!(o.interruptible);
         assert_eq!(o.price_per_hour, 1.1);
         assert_eq!(
@@ -751,7 +632,7 @@ mod tests {
         v["gpu_name"] = json!("RTX 4090");
         v["dph_base"] = json!("0.35");
         v["reliability2"] = Value::Null;
-        let o = normalize(&v, 0.0, false).unwrap();
+        let o = normalize(vast(), &v, 0.0, false).unwrap();
         assert_eq!((o.country, o.region), (None, None));
         assert_eq!(o.ram_gb, None);
         assert_eq!(o.cpu_cores, Some(32.0));
@@ -762,7 +643,7 @@ mod tests {
 
         let mut bare = sample();
         bare["geolocation"] = json!("Norway");
-        let o = normalize(&bare, 0.0, false).unwrap();
+        let o = normalize(vast(), &bare, 0.0, false).unwrap();
         assert_eq!(o.country.as_deref(), Some("NO"));
     }
 
@@ -780,13 +661,15 @@ mod tests {
             json!("not an object"),
             json!(null),
         ];
-        let out = normalize_all(&list, 0.0, false);
+        let out = normalize_all(vast(), &list, 0.0, false);
         assert_eq!(out.len(), 1);
         // only dph_total: the storage part is taken out, then put back for the disk asked
         let mut total_only = sample();
         total_only["dph_base"] = Value::Null;
         assert_eq!(
-            normalize(&total_only, 80.0, false).unwrap().price_per_hour,
+            normalize(vast(), &total_only, 80.0, false)
+                .unwrap()
+                .price_per_hour,
             2.4222
         );
     }

@@ -10,12 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use hyper::StatusCode;
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::Type;
 
 use crate::accounts::Db;
-use crate::error::{Error, Result};
+use crate::error::{Error, Refusal, Result};
 
 pub enum Begin {
     /// This request runs; call `finish` (or `abandon`) with its answer.
@@ -93,9 +92,8 @@ pub async fn begin(
             continue;
         }
         if req != request || h != digest {
-            return Err(Error::rejected(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+            return Err(Error::refused(
+                Refusal::IdempotencyKeyReused,
                 "this Idempotency-Key was used for a different request or body",
                 None,
             ));
@@ -107,9 +105,8 @@ pub async fn begin(
             });
         }
         if Instant::now() > deadline {
-            return Err(Error::rejected(
-                StatusCode::CONFLICT,
-                "idempotency_in_progress",
+            return Err(Error::refused(
+                Refusal::IdempotencyInProgress,
                 "a request with this Idempotency-Key is still running; retry later",
                 None,
             ));

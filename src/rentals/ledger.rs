@@ -21,14 +21,13 @@
 //! `projected > daily_budget_usd`, or (409 `instance_limit`) when the account already has
 //! `max_instances` open instances.
 
-use hyper::StatusCode;
 use serde::Serialize;
 use serde_json::json;
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
 use crate::accounts::{Db, classify};
-use crate::error::{Error, Kind, Result, Side};
+use crate::error::{Error, Kind, Refusal, Result, Side};
 use crate::providers::{InstanceStatus, Ssh};
 
 /// An instance as the ledger has it.
@@ -199,9 +198,8 @@ pub async fn budget_check(
     let s = &sums[0];
     let (open, open_per_hour, hours_left): (i64, f64, f64) = (s.get(0), s.get(1), s.get(2));
     if new_instance && open >= i64::from(max_instances) {
-        return Err(Error::rejected(
-            StatusCode::CONFLICT,
-            "instance_limit",
+        return Err(Error::refused(
+            Refusal::InstanceLimit,
             format!("the account already has {open} open instances (at most {max_instances})"),
             Some(json!({"open_instances": open, "max_instances": max_instances})),
         ));
@@ -214,9 +212,8 @@ pub async fn budget_check(
     let projected = spent_today + (open_per_hour + extra_per_hour) * hours_left;
     if projected > budget {
         let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
-        return Err(Error::rejected(
-            StatusCode::PAYMENT_REQUIRED,
-            "budget_exceeded",
+        return Err(Error::refused(
+            Refusal::BudgetExceeded,
             format!(
                 "{:.4} USD/h more would bring today's projected spend to {:.2} USD, over the daily budget of {:.2} USD",
                 extra_per_hour, projected, budget

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::StatusCode;
 use metrics::counter;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -33,7 +32,7 @@ use serde_json::json;
 use crate::accounts::Db;
 use crate::cache::swr::{SwrCache, Windows};
 use crate::config::Config;
-use crate::error::{Error, Kind, Result, Side};
+use crate::error::{Error, Kind, Refusal, Result, Side};
 use crate::metrics::RENTALS_TOTAL;
 use crate::providers::{
     InstanceStatus, Provider, ProviderId, Providers, RentRequest, Ssh, UpstreamError,
@@ -91,12 +90,6 @@ impl RentBody {
                     "expected `vastai:<id>`, `vastai:<id>:bid` or `ionet:<cards>x<id>@<location>` from GET /v1/offers",
                 )
             })?;
-        if p == ProviderId::Ionet && crate::providers::ionet::parse_offer(local).is_none() {
-            return Err(bad(
-                "offer_id",
-                "io.net offers are `ionet:<cards>x<hardware>@<location>` (from GET /v1/offers)",
-            ));
-        }
         if self.image.trim().is_empty() || self.image.len() > 512 {
             return Err(bad(
                 "image",
@@ -192,29 +185,7 @@ pub(crate) fn new_id() -> String {
     )
 }
 
-pub(crate) fn upstream_error(p: ProviderId, e: &UpstreamError) -> Error {
-    let status = match e {
-        UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        UpstreamError::CircuitOpen
-        | UpstreamError::BackingOff
-        | UpstreamError::RateLimited
-        | UpstreamError::Disabled(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    let mut err = Error::new(
-        Kind::Rejected {
-            status,
-            code: "provider_error",
-        },
-        Side::Upstream,
-        format!("{}: {e}", p.as_str()),
-    );
-    err.retryable = true;
-    err.details = Some(Box::new(
-        json!({"provider": p.as_str(), "reason": e.code()}),
-    ));
-    err
-}
+use crate::providers::upstream_error;
 
 impl Rentals {
     pub fn new(
@@ -225,9 +196,10 @@ impl Rentals {
         redis: Option<crate::cache::Redis>,
     ) -> Arc<Rentals> {
         // the series alerts and dashboards read exist before the first rental
-        for p in ProviderId::ALL {
+        for p in &providers.list {
             for result in ["created", "refused", "failed", "unknown"] {
-                counter!(RENTALS_TOTAL, "provider" => p.as_str(), "result" => result).absolute(0);
+                counter!(RENTALS_TOTAL, "provider" => p.id().as_str(), "result" => result)
+                    .absolute(0);
             }
         }
         let ttl = Duration::from_millis(config.rentals.status_cache_ms);
@@ -255,9 +227,8 @@ impl Rentals {
 
     fn provider(&self, p: ProviderId) -> Result<&Arc<dyn Provider>> {
         self.providers.get(p).ok_or_else(|| {
-            Error::rejected(
-                StatusCode::BAD_REQUEST,
-                "provider_disabled",
+            Error::refused(
+                Refusal::ProviderDisabled,
                 format!("provider `{}` is not enabled here", p.as_str()),
                 None,
             )
@@ -277,6 +248,9 @@ impl Rentals {
     pub async fn rent(&self, account_id: i64, body: &RentBody) -> Result<InstanceRow> {
         let (pid, local) = body.validate()?;
         let provider = self.provider(pid)?.clone();
+        provider
+            .check_offer_id(local)
+            .map_err(|why| Error::bad_request(format!("invalid `offer_id`: {why}")))?;
         let keys = sshkeys::for_rental(
             &self.db,
             account_id,
@@ -302,9 +276,8 @@ impl Rentals {
             .await?
         {
             counter!(RENTALS_TOTAL, "provider" => pid.as_str(), "result" => "refused").increment(1);
-            return Err(Error::rejected(
-                StatusCode::CONFLICT,
-                "offer_unavailable",
+            return Err(Error::refused(
+                Refusal::OfferUnavailable,
                 format!(
                     "offer {} is being rented or is rented already",
                     body.offer_id
@@ -370,9 +343,8 @@ impl Rentals {
             .filter(|q| q.available)
             .ok_or_else(|| {
                 count("refused");
-                Error::rejected(
-                    StatusCode::CONFLICT,
-                    "offer_unavailable",
+                Error::refused(
+                    Refusal::OfferUnavailable,
                     format!("offer {} is no longer available", body.offer_id),
                     Some(json!({"offer_id": body.offer_id})),
                 )
@@ -383,9 +355,8 @@ impl Rentals {
                 let bid = body.bid_per_hour.unwrap_or(min);
                 if bid < min {
                     count("refused");
-                    return Err(Error::rejected(
-                        StatusCode::CONFLICT,
-                        "bid_too_low",
+                    return Err(Error::refused(
+                        Refusal::BidTooLow,
                         format!(
                             "the minimum bid for offer {} is {min:.4} USD/h now; `bid_per_hour` {bid:.4} would be outbid at once",
                             body.offer_id
@@ -405,9 +376,8 @@ impl Rentals {
             && price > max
         {
             count("refused");
-            return Err(Error::rejected(
-                StatusCode::CONFLICT,
-                "price_changed",
+            return Err(Error::refused(
+                Refusal::PriceChanged,
                 format!(
                     "offer {} costs {:.4} USD/h now, above max_price_per_hour {:.4}",
                     body.offer_id, price, max
@@ -421,9 +391,8 @@ impl Rentals {
             && quote.price_per_hour > shown * (1.0 + self.config.rentals.price_tolerance)
         {
             count("refused");
-            return Err(Error::rejected(
-                StatusCode::CONFLICT,
-                "price_changed",
+            return Err(Error::refused(
+                Refusal::PriceChanged,
                 format!(
                     "offer {} costs {:.4} USD/h now, quoted {:.4} (tolerance {}%)",
                     body.offer_id,
@@ -493,9 +462,8 @@ impl Rentals {
                     UpstreamError::Status {
                         status: 404 | 409 | 410,
                         ..
-                    } => Error::rejected(
-                        StatusCode::CONFLICT,
-                        "offer_unavailable",
+                    } => Error::refused(
+                        Refusal::OfferUnavailable,
                         format!("the provider refused: {e}"),
                         Some(json!({"offer_id": body.offer_id})),
                     ),
@@ -541,9 +509,8 @@ impl Rentals {
             .await?
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
         if row.bid_per_hour.is_none() {
-            return Err(Error::rejected(
-                StatusCode::CONFLICT,
-                "not_interruptible",
+            return Err(Error::refused(
+                Refusal::NotInterruptible,
                 "this instance was rented on demand: it has no bid",
                 Some(json!({"instance_id": id})),
             ));
@@ -551,9 +518,8 @@ impl Rentals {
         let pid = match (row.status.as_str(), row.provider_instance_id.clone()) {
             ("provisioning" | "running" | "interrupted", Some(pid)) => pid,
             (status, _) => {
-                return Err(Error::rejected(
-                    StatusCode::CONFLICT,
-                    "instance_not_open",
+                return Err(Error::refused(
+                    Refusal::InstanceNotOpen,
                     format!("the instance is {status}: its bid cannot change now"),
                     Some(json!({"instance_id": id, "status": status})),
                 ));
@@ -719,9 +685,8 @@ impl Rentals {
             return Ok(row);
         }
         let Some(pid) = row.provider_instance_id.clone() else {
-            return Err(Error::rejected(
-                StatusCode::CONFLICT,
-                "instance_pending",
+            return Err(Error::refused(
+                Refusal::InstancePending,
                 "the instance is still being created; retry in a few seconds",
                 Some(json!({"instance_id": id})),
             ));
@@ -802,9 +767,8 @@ impl Rentals {
             .await?
             .filter(InstanceRow::is_open)
             .ok_or_else(|| {
-                Error::rejected(
-                    StatusCode::CONFLICT,
-                    "instance_not_open",
+                Error::refused(
+                    Refusal::InstanceNotOpen,
                     "the instance has ended: its state cannot change",
                     None,
                 )

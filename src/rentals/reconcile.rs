@@ -25,7 +25,7 @@ use super::Rentals;
 use super::ledger;
 use crate::error::Result;
 use crate::metrics::{INSTANCES_RUNNING, RECONCILER_ACTIONS_TOTAL, SPEND_USD_PER_HOUR};
-use crate::providers::{InstanceStatus, Provider, ProviderId, RemoteInstance, UpstreamError};
+use crate::providers::{InstanceStatus, Provider, RemoteInstance, UpstreamError};
 
 /// Looks for the instance created for our id.
 pub async fn find_ours(
@@ -78,7 +78,7 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
     let timeout = r.config.rentals.intent_timeout_ms as f64 / 1000.0;
     let db = r.db.clone();
     let rows = ledger::for_reconciler(&db, 7.0 * 86_400.0).await?;
-    publish_gauges(&rows);
+    publish_gauges(&r.providers, &rows);
     let pending: Vec<_> = rows.iter().filter(|x| x.status == "pending").collect();
     let failed: Vec<_> = rows.iter().filter(|x| x.status == "failed").collect();
     let open: Vec<_> = rows
@@ -284,12 +284,12 @@ async fn destroy_failed(
 
 /// `gpuproxy_instances_running{provider}` and `gpuproxy_spend_usd_per_hour` from the ledger rows
 /// of this round (as of its start).
-fn publish_gauges(rows: &[ledger::InstanceRow]) {
+fn publish_gauges(providers: &crate::providers::Providers, rows: &[ledger::InstanceRow]) {
     let open = || {
         rows.iter()
             .filter(|x| !matches!(x.status.as_str(), "failed" | "terminated"))
     };
-    for p in ProviderId::ALL {
+    for p in providers.list.iter().map(|p| p.id()) {
         let running = open()
             .filter(|x| x.provider == p.as_str() && x.status == "running")
             .count();

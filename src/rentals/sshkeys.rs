@@ -5,14 +5,13 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::Type;
 
 use crate::accounts::Db;
-use crate::error::{Error, Kind, Result, Side};
+use crate::error::{Error, Kind, Refusal, Result, Side};
 
 /// Key types a provider's images accept (OpenSSH names).
 const TYPES: &[&str] = &[
@@ -163,15 +162,13 @@ pub async fn create(db: &Db, account_id: i64, max: u32, k: &NewKey) -> Result<Ke
         )
         .await?;
     Err(match dup {
-        Some(r) => Error::rejected(
-            StatusCode::CONFLICT,
-            "ssh_key_exists",
+        Some(r) => Error::refused(
+            Refusal::SshKeyExists,
             format!("this key is stored already as {}", r.get::<_, String>(0)),
             Some(json!({"id": r.get::<_, String>(0), "fingerprint": key.fingerprint})),
         ),
-        None => Error::rejected(
-            StatusCode::CONFLICT,
-            "ssh_key_limit",
+        None => Error::refused(
+            Refusal::SshKeyLimit,
             format!("the account has {max} SSH keys already (rentals.max_ssh_keys)"),
             Some(json!({"max_ssh_keys": max})),
         ),

@@ -1,5 +1,5 @@
 //! Passthrough rules: which provider API calls a client may make through
-//! `/v1/providers/{provider}/{path}` (`passthrough.vastai`, `passthrough.ionet`).
+//! `/v1/providers/{provider}/{path}` (each provider table's `passthrough` list).
 //!
 //! A rule is `METHOD /path/with/{instance}/segments [body=key,key]`; `{instance}` matches one
 //! segment and names an instance (the caller must own it: checked by the handler against the
@@ -20,7 +20,10 @@ enum Seg {
     Rest,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Read from config as its text (`serde(try_from)`): a rule that does not parse is a config
+/// error naming it, and nothing parses it again later.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Rule {
     pub text: String,
     method: Method,
@@ -48,6 +51,20 @@ fn segments(path: &str) -> Option<(Vec<&str>, bool)> {
         return None;
     }
     Some((segs, trailing))
+}
+
+impl TryFrom<String> for Rule {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Rule, String> {
+        Rule::parse(&s)
+    }
+}
+
+impl From<Rule> for String {
+    fn from(r: Rule) -> String {
+        r.text
+    }
 }
 
 impl Rule {
@@ -182,11 +199,9 @@ mod tests {
     use super::*;
 
     fn rules() -> Vec<Rule> {
-        crate::config::PassthroughConfig::default()
-            .vastai
-            .iter()
-            .map(|r| Rule::parse(r).unwrap())
-            .collect()
+        crate::config::ProvidersConfig::default().tables["vastai"]
+            .passthrough
+            .clone()
     }
 
     #[test]
@@ -253,8 +268,7 @@ mod tests {
         assert!(a.rule.check_body(b"[1]").is_err());
         assert!(a.rule.check_body(b"not json").is_err());
         // the default rules: no label changes, no ssh
-        for text in crate::config::PassthroughConfig::default().vastai {
-            let rule = Rule::parse(&text).unwrap();
+        for rule in rules() {
             assert!(rule.check_body(br#"{"label": "x"}"#).is_err() || rule.method != Method::PUT);
         }
     }

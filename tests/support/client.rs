@@ -67,9 +67,9 @@ impl Conn {
         alpn: &[&[u8]],
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> std::io::Result<Conn> {
-        let connector = tokio_rustls::TlsConnector::from(
-            gpuproxyd::testkit::insecure_client_config(alpn, versions),
-        );
+        let connector = tokio_rustls::TlsConnector::from(super::testkit::insecure_client_config(
+            alpn, versions,
+        ));
         let tls = connector
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await?;

@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod rentals;
 pub mod sandbox;
 pub mod services;
+#[path = "../../src/testkit.rs"]
+pub mod testkit;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -40,8 +40,8 @@ impl Sandbox {
     /// `--set` overrides pointing a daemon at this sandbox.
     pub fn daemon_settings(&self) -> Vec<String> {
         vec![
-            format!("providers.vastai_base_url={:?}", self.vast),
-            format!("providers.ionet_base_url={:?}", self.ionet),
+            format!("providers.vastai.base_url={:?}", self.vast),
+            format!("providers.ionet.base_url={:?}", self.ionet),
         ]
     }
 
@@ -53,8 +53,23 @@ impl Sandbox {
         db: &super::accounts::TestDb<'_>,
         set: &[&str],
     ) -> super::daemon::DaemonProc {
+        self.daemon_with_env(db, set, &[]).await
+    }
+
+    /// [`Sandbox::daemon`] with more environment variables (another provider's key, say).
+    pub async fn daemon_with_env(
+        &self,
+        db: &super::accounts::TestDb<'_>,
+        set: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> super::daemon::DaemonProc {
         let mut env = db.env();
         env.extend(Sandbox::daemon_env());
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
         let mut all = self.daemon_settings();
         all.push(format!(
             "redis.key_prefix=\"gpx:{}:\"",
