@@ -49,15 +49,6 @@ async fn daemon(db: &TestDb<'_>, set: &[&str]) -> DaemonProc {
     .await
 }
 
-/// Sum of a counter's series on the metrics page.
-fn metric_sum(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_key_authenticates_and_revocation_reaches_every_daemon() {
     let s = services::shared();
@@ -342,7 +333,7 @@ async fn warm_caches_send_no_query_and_unknown_ids_are_cached_negatively() {
     )
     .await;
     assert_eq!(account(&d, &token).await.status, 200);
-    let before = metric_sum(&d.scrape().await, "gpuproxy_db_queries_total");
+    let before = support::metrics::sum(&d.scrape().await, "gpuproxy_db_queries_total");
     let mut c = Conn::tls(d.https, &[b"h2"]).await.unwrap();
     for _ in 0..200 {
         let mut req = request("POST", "/v1/auth/token", Bytes::new());
@@ -358,7 +349,7 @@ async fn warm_caches_send_no_query_and_unknown_ids_are_cached_negatively() {
             .insert("authorization", guess.parse().unwrap());
         assert_eq!(c.send(req).await.unwrap().status, 401);
     }
-    let after = metric_sum(&d.scrape().await, "gpuproxy_db_queries_total");
+    let after = support::metrics::sum(&d.scrape().await, "gpuproxy_db_queries_total");
     // one lookup of the unknown id (later ones hit the negative entry) and at most a couple of
     // batched last_used writes; none per request
     assert!(

@@ -32,13 +32,6 @@ fn ids(v: &Value) -> Vec<String> {
         .collect()
 }
 
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_filtered_sorted_and_paged() {
     let s = services::shared();
@@ -197,7 +190,10 @@ async fn concurrent_identical_misses_make_one_upstream_call_per_provider() {
     assert_eq!(sb.calls("vastai", "search").await, 1);
     assert_eq!(sb.calls("ionet", "hardware").await, 1);
     let page = d.scrape().await;
-    assert_eq!(metric(&page, "gpuproxy_cache_misses_total"), 2.0);
+    assert_eq!(
+        support::metrics::value(&page, "gpuproxy_cache_misses_total"),
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +287,7 @@ async fn breaker_opens_serves_stale_and_recovers() {
     // three failures in a row: the circuit is open, no call goes out
     let page = d.scrape().await;
     assert_eq!(
-        metric(&page, r#"gpuproxy_circuit_open{provider="ionet"}"#),
+        support::metrics::value(&page, r#"gpuproxy_circuit_open{provider="ionet"}"#),
         1.0
     );
     let calls = sb.calls("ionet", "hardware").await;
@@ -309,7 +305,7 @@ async fn breaker_opens_serves_stale_and_recovers() {
     .await;
     let page = d.scrape().await;
     assert_eq!(
-        metric(&page, r#"gpuproxy_circuit_open{provider="ionet"}"#),
+        support::metrics::value(&page, r#"gpuproxy_circuit_open{provider="ionet"}"#),
         0.0
     );
 }

@@ -44,7 +44,7 @@ pub fn view(r: &InstanceRow, detail: Option<(Vec<Event>, Vec<InstanceKey>)>) -> 
         "gpu_count": r.gpu_count,
         "price_per_hour": r.price_per_hour,
         // an intent not yet answered by the provider is, for the client, being provisioned
-        "status": if r.status == "pending" { "provisioning" } else { r.status.as_str() },
+        "status": if r.status == crate::rentals::ledger::Status::Pending { "provisioning" } else { r.status.as_str() },
         "ssh": r.ssh,
         // what to paste into a terminal, once the provider gives host and port
         "ssh_command": r.ssh.as_ref().map(|s| format!("ssh -p {} {}@{}", s.port, s.user, s.host)),

@@ -51,7 +51,7 @@ pub struct InstanceRow {
     /// What the instance bills while stopped or interrupted.
     pub storage_per_hour: f64,
     /// `pending` inside the ledger; shown to clients as `provisioning` (see `api::instances`).
-    pub status: String,
+    pub status: Status,
     pub ssh: Option<Ssh>,
     pub failure: Option<String>,
     pub created_at: f64,
@@ -65,16 +65,126 @@ pub struct InstanceRow {
 impl InstanceRow {
     /// Still costs money (or may again).
     pub fn is_open(&self) -> bool {
-        !matches!(self.status.as_str(), "failed" | "terminated")
+        self.status.is_open()
     }
 }
 
-/// The rate (USD/h) an instance in `status` bills: see the module header.
-pub fn rate(status: &str, price_per_hour: f64, storage_per_hour: f64) -> f64 {
-    match status {
-        "pending" | "provisioning" | "running" | "terminating" => price_per_hour,
-        "stopped" | "interrupted" => storage_per_hour,
-        _ => 0.0,
+/// An instance's status in the ledger: the provider's statuses plus `pending`, an intent the
+/// provider has not answered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Provisioning,
+    Running,
+    Stopped,
+    Interrupted,
+    Failed,
+    Terminating,
+    Terminated,
+}
+
+impl Status {
+    pub const ALL: [Status; 8] = [
+        Status::Pending,
+        Status::Provisioning,
+        Status::Running,
+        Status::Stopped,
+        Status::Interrupted,
+        Status::Failed,
+        Status::Terminating,
+        Status::Terminated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Provisioning => "provisioning",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Interrupted => "interrupted",
+            Status::Failed => "failed",
+            Status::Terminating => "terminating",
+            Status::Terminated => "terminated",
+        }
+    }
+
+    /// The column's text (its CHECK constraint allows only these).
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Still costs money (or may again).
+    pub fn is_open(self) -> bool {
+        !matches!(self, Status::Failed | Status::Terminated)
+    }
+
+    /// The rate (USD/h) an instance in this status bills: see the module header.
+    pub fn rate(self, price_per_hour: f64, storage_per_hour: f64) -> f64 {
+        match self {
+            Status::Pending | Status::Provisioning | Status::Running | Status::Terminating => {
+                price_per_hour
+            }
+            Status::Stopped | Status::Interrupted => storage_per_hour,
+            Status::Failed | Status::Terminated => 0.0,
+        }
+    }
+}
+
+impl From<InstanceStatus> for Status {
+    fn from(s: InstanceStatus) -> Status {
+        match s {
+            InstanceStatus::Provisioning => Status::Provisioning,
+            InstanceStatus::Running => Status::Running,
+            InstanceStatus::Stopped => Status::Stopped,
+            InstanceStatus::Interrupted => Status::Interrupted,
+            InstanceStatus::Failed => Status::Failed,
+            InstanceStatus::Terminating => Status::Terminating,
+            InstanceStatus::Terminated => Status::Terminated,
+        }
+    }
+}
+
+/// One state change: the statuses it may start from, where it goes, the event it records, and
+/// what it learns on the way (the provider's id, SSH details, why).
+#[derive(Debug, Clone, Copy)]
+pub struct Transition<'a> {
+    pub from: &'a [Status],
+    pub to: Status,
+    pub event: &'a str,
+    pub provider_instance_id: Option<&'a str>,
+    pub ssh: Option<&'a Ssh>,
+    pub detail: Option<&'a str>,
+}
+
+impl<'a> Transition<'a> {
+    pub fn new(from: &'a [Status], to: Status, event: &'a str) -> Transition<'a> {
+        Transition {
+            from,
+            to,
+            event,
+            provider_instance_id: None,
+            ssh: None,
+            detail: None,
+        }
+    }
+
+    pub fn provider_id(self, id: Option<&'a str>) -> Self {
+        Transition {
+            provider_instance_id: id,
+            ..self
+        }
+    }
+
+    pub fn ssh(self, ssh: Option<&'a Ssh>) -> Self {
+        Transition { ssh, ..self }
+    }
+
+    pub fn detail(self, detail: &'a str) -> Self {
+        Transition {
+            detail: Some(detail),
+            ..self
+        }
     }
 }
 
@@ -107,7 +217,7 @@ fn row(r: &Row) -> InstanceRow {
         image: r.get(8),
         disk_gb: r.get(9),
         label: r.get(10),
-        status: r.get(11),
+        status: Status::parse(r.get::<_, &str>(11)).unwrap_or(Status::Failed),
         ssh,
         failure: r.get(15),
         created_at: r.get(16),
@@ -344,12 +454,12 @@ pub async fn note(db: &Db, id: &str, kind: &str, detail: &str) -> Result<()> {
         let Some(r) = rows.first().map(row) else {
             return Ok(());
         };
-        let billed = rate(&r.status, r.price_per_hour, r.storage_per_hour);
+        let billed = r.status.rate(r.price_per_hour, r.storage_per_hour);
         event_tx(
             tx,
             id,
             kind,
-            Some(&r.status),
+            Some(r.status.as_str()),
             r.price_per_hour,
             billed,
             Some(detail),
@@ -383,13 +493,13 @@ pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64) -> Result<InstanceRow> 
             .first()
             .map(row)
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such instance"))?;
-        let billed = rate(&n.status, n.price_per_hour, n.storage_per_hour);
+        let billed = n.status.rate(n.price_per_hour, n.storage_per_hour);
         let detail = format!("bid {bid} USD/h");
         event_tx(
             tx,
             &n.id,
             "bid_changed",
-            Some(&n.status),
+            Some(n.status.as_str()),
             n.price_per_hour,
             billed,
             Some(&detail),
@@ -555,21 +665,15 @@ pub async fn release_offer(db: &Db, provider: &str, offer: &str, instance: &str)
     Ok(())
 }
 
-/// Moves an instance to `status` (when it is in one of `from`), with an event of `kind`; sets
-/// `started_at` when it becomes provisioning/running the first time and `terminated_at` when it
-/// ends. Returns the row after, or `None` when it was not in `from` (someone else moved it).
-#[allow(clippy::too_many_arguments)]
-pub async fn transition(
-    db: &Db,
-    id: &str,
-    from: &[&str],
-    status: &str,
-    kind: &str,
-    provider_instance_id: Option<&str>,
-    ssh: Option<&Ssh>,
-    detail: Option<&str>,
-) -> Result<Option<InstanceRow>> {
-    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+/// Applies `t` (when the instance is in one of `t.from`): the new status and one event, in one
+/// transaction; sets `started_at` when it becomes provisioning/running the first time and
+/// `terminated_at` when it ends. Returns the row after, or `None` when it was not in `from`
+/// (someone else moved it).
+pub async fn transition(db: &Db, id: &str, t: Transition<'_>) -> Result<Option<InstanceRow>> {
+    let from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
+    let status = t.to.as_str();
+    let (kind, provider_instance_id, ssh, detail) =
+        (t.event, t.provider_instance_id, t.ssh, t.detail);
     let (host, port, user) = match ssh {
         Some(s) => (
             Some(s.host.clone()),
@@ -578,7 +682,7 @@ pub async fn transition(
         ),
         None => (None, None, None),
     };
-    let failure = (status == "failed").then_some(detail).flatten();
+    let failure = (t.to == Status::Failed).then_some(detail).flatten();
     db.transaction(async |tx| {
         let rows = tx
             .query_typed(
@@ -610,7 +714,7 @@ pub async fn transition(
         let Some(r) = rows.first().map(row) else {
             return Ok(None);
         };
-        let billed = rate(status, r.price_per_hour, r.storage_per_hour);
+        let billed = t.to.rate(r.price_per_hour, r.storage_per_hour);
         event_tx(tx, id, kind, Some(status), r.price_per_hour, billed, detail).await?;
         Ok(Some(r))
     })

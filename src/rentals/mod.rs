@@ -37,7 +37,7 @@ use crate::metrics::RENTALS_TOTAL;
 use crate::providers::{
     InstanceStatus, Provider, ProviderId, Providers, RentRequest, Ssh, UpstreamError,
 };
-use ledger::InstanceRow;
+use ledger::{InstanceRow, Status, Transition};
 
 /// `POST /v1/instances` body.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -169,20 +169,9 @@ pub struct Rentals {
     offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
 }
 
+/// A fresh random id (UUID v4), ours for an instance.
 pub(crate) fn new_id() -> String {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 use crate::providers::upstream_error;
@@ -515,9 +504,10 @@ impl Rentals {
                 Some(json!({"instance_id": id})),
             ));
         }
-        let pid = match (row.status.as_str(), row.provider_instance_id.clone()) {
-            ("provisioning" | "running" | "interrupted", Some(pid)) => pid,
+        let pid = match (row.status, row.provider_instance_id.clone()) {
+            (Status::Provisioning | Status::Running | Status::Interrupted, Some(pid)) => pid,
             (status, _) => {
+                let status = status.as_str();
                 return Err(Error::refused(
                     Refusal::InstanceNotOpen,
                     format!("the instance is {status}: its bid cannot change now"),
@@ -555,12 +545,7 @@ impl Rentals {
         ledger::transition(
             &self.db,
             id,
-            &["pending"],
-            "failed",
-            "failed",
-            None,
-            None,
-            Some(&why),
+            Transition::new(&[Status::Pending], Status::Failed, "failed").detail(&why),
         )
         .await?;
         Ok(())
@@ -576,12 +561,13 @@ impl Rentals {
         ledger::transition(
             &self.db,
             &row.id,
-            &["pending", "failed"],
-            "provisioning",
-            kind,
-            Some(provider_id),
-            None,
-            Some(&detail),
+            Transition::new(
+                &[Status::Pending, Status::Failed],
+                Status::Provisioning,
+                kind,
+            )
+            .provider_id(Some(provider_id))
+            .detail(&detail),
         )
         .await?
         .ok_or_else(|| Error::internal(std::io::Error::other("intent vanished before commit")))
@@ -600,10 +586,8 @@ impl Rentals {
     pub async fn refresh(&self, row: InstanceRow) -> Result<InstanceRow> {
         let (Some(pid), true) = (
             row.provider_instance_id.clone(),
-            matches!(
-                row.status.as_str(),
-                "provisioning" | "running" | "stopped" | "interrupted" | "terminating"
-            ),
+            // the provider has it (pending has no provider id; ended rows are settled)
+            row.status.is_open() && row.status != Status::Pending,
         ) else {
             return Ok(row);
         };
@@ -650,27 +634,23 @@ impl Rentals {
             ledger::set_dead(&self.db, &row.id, view.dead.as_deref()).await?;
         }
         let status = match view.status {
-            InstanceStatus::Interrupted if row.status == "stopped" => InstanceStatus::Stopped,
+            InstanceStatus::Interrupted if row.status == Status::Stopped => InstanceStatus::Stopped,
             s => s,
         };
         let ssh = view.ssh.clone();
-        if status.as_str() == row.status && (ssh.is_none() || ssh == row.ssh) {
+        let status = Status::from(status);
+        if status == row.status && (ssh.is_none() || ssh == row.ssh) {
             return Ok(row);
         }
         let kind = match status {
-            InstanceStatus::Interrupted => "interrupted",
+            Status::Interrupted => "interrupted",
             _ => kind,
         };
-        let from = [row.status.as_str()];
+        let from = [row.status];
         Ok(ledger::transition(
             &self.db,
             &row.id,
-            &from,
-            status.as_str(),
-            kind,
-            None,
-            ssh.as_ref(),
-            None,
+            Transition::new(&from, status, kind).ssh(ssh.as_ref()),
         )
         .await?
         .unwrap_or(row))
@@ -694,16 +674,11 @@ impl Rentals {
         let p = ProviderId::parse(&row.provider)
             .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
         let provider = self.provider(p)?.clone();
-        let from = [row.status.as_str()];
+        let from = [row.status];
         let row = ledger::transition(
             &self.db,
             id,
-            &from,
-            "terminating",
-            "destroy_requested",
-            None,
-            None,
-            None,
+            Transition::new(&from, Status::Terminating, "destroy_requested"),
         )
         .await?
         .unwrap_or(row);
@@ -724,12 +699,7 @@ impl Rentals {
             Ok(ledger::transition(
                 &self.db,
                 id,
-                &["terminating"],
-                "terminated",
-                "terminated",
-                None,
-                None,
-                None,
+                Transition::new(&[Status::Terminating], Status::Terminated, "terminated"),
             )
             .await?
             .unwrap_or(row))
@@ -787,9 +757,9 @@ impl Rentals {
     /// Records a start or stop the provider accepted: a stopped instance bills its storage only.
     pub async fn record_state_change(&self, row: &InstanceRow, state: &str) -> Result<()> {
         let (to, kind) = if state == "stopped" {
-            ("stopped", "stopped")
+            (Status::Stopped, "stopped")
         } else {
-            ("provisioning", "started")
+            (Status::Provisioning, "started")
         };
         if let Some(pid) = &row.provider_instance_id {
             self.status.forget(&format!("{}:{pid}", row.provider)).await;
@@ -797,12 +767,7 @@ impl Rentals {
         ledger::transition(
             &self.db,
             &row.id,
-            &[row.status.as_str()],
-            to,
-            kind,
-            None,
-            None,
-            Some("through passthrough"),
+            Transition::new(&[row.status], to, kind).detail("through passthrough"),
         )
         .await?;
         Ok(())

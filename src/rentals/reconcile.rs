@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use metrics::{counter, gauge};
 
 use super::Rentals;
-use super::ledger;
+use super::ledger::{self, Status, Transition};
 use crate::error::Result;
 use crate::metrics::{INSTANCES_RUNNING, RECONCILER_ACTIONS_TOTAL, SPEND_USD_PER_HOUR};
 use crate::providers::{InstanceStatus, Provider, RemoteInstance, UpstreamError};
@@ -79,11 +79,14 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
     let db = r.db.clone();
     let rows = ledger::for_reconciler(&db, 7.0 * 86_400.0).await?;
     publish_gauges(&r.providers, &rows);
-    let pending: Vec<_> = rows.iter().filter(|x| x.status == "pending").collect();
-    let failed: Vec<_> = rows.iter().filter(|x| x.status == "failed").collect();
+    let pending: Vec<_> = rows
+        .iter()
+        .filter(|x| x.status == Status::Pending)
+        .collect();
+    let failed: Vec<_> = rows.iter().filter(|x| x.status == Status::Failed).collect();
     let open: Vec<_> = rows
         .iter()
-        .filter(|x| !matches!(x.status.as_str(), "pending" | "failed"))
+        .filter(|x| !matches!(x.status, Status::Pending | Status::Failed))
         .collect();
     for p in &r.providers.list {
         let name = p.id().as_str();
@@ -116,12 +119,9 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                     if ledger::transition(
                         &db,
                         &row.id,
-                        &["pending"],
-                        "provisioning",
-                        "adopted",
-                        Some(&i.provider_id),
-                        None,
-                        Some(&detail),
+                        Transition::new(&[Status::Pending], Status::Provisioning, "adopted")
+                            .provider_id(Some(&i.provider_id))
+                            .detail(&detail),
                     )
                     .await?
                     .is_some()
@@ -134,12 +134,8 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                     if ledger::transition(
                         &db,
                         &row.id,
-                        &["pending"],
-                        "failed",
-                        "abandoned",
-                        None,
-                        None,
-                        Some("no instance with our id at the provider"),
+                        Transition::new(&[Status::Pending], Status::Failed, "abandoned")
+                            .detail("no instance with our id at the provider"),
                     )
                     .await?
                     .is_some()
@@ -162,12 +158,9 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                     ledger::transition(
                         &db,
                         &row.id,
-                        &["failed"],
-                        "failed",
-                        "orphan_destroyed",
-                        Some(&i.provider_id),
-                        None,
-                        Some(&detail),
+                        Transition::new(&[Status::Failed], Status::Failed, "orphan_destroyed")
+                            .provider_id(Some(&i.provider_id))
+                            .detail(&detail),
                     )
                     .await?;
                     act("orphan_destroyed");
@@ -185,12 +178,7 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                 if ledger::transition(
                     &db,
                     &row.id,
-                    &[row.status.as_str()],
-                    "terminated",
-                    "vanished",
-                    None,
-                    None,
-                    None,
+                    Transition::new(&[row.status], Status::Terminated, "vanished"),
                 )
                 .await?
                 .is_some()
@@ -216,7 +204,7 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                         "the provider reported `{dead}` for {age:.0} s (rentals.dead_state_grace_ms): it never reaches running"
                     ),
                 )),
-                _ if after.status == "provisioning"
+                _ if after.status == Status::Provisioning
                     && since(after.started_at).is_some_and(|a| a >= stuck_after) =>
                 {
                     Some((
@@ -267,12 +255,7 @@ async fn destroy_failed(
     if ledger::transition(
         &r.db,
         &row.id,
-        &[row.status.as_str()],
-        "failed",
-        action,
-        None,
-        None,
-        Some(detail),
+        Transition::new(&[row.status], Status::Failed, action).detail(detail),
     )
     .await?
     .is_some()
@@ -285,19 +268,16 @@ async fn destroy_failed(
 /// `gpuproxy_instances_running{provider}` and `gpuproxy_spend_usd_per_hour` from the ledger rows
 /// of this round (as of its start).
 fn publish_gauges(providers: &crate::providers::Providers, rows: &[ledger::InstanceRow]) {
-    let open = || {
-        rows.iter()
-            .filter(|x| !matches!(x.status.as_str(), "failed" | "terminated"))
-    };
+    let open = || rows.iter().filter(|x| x.status.is_open());
     for p in providers.list.iter().map(|p| p.id()) {
         let running = open()
-            .filter(|x| x.provider == p.as_str() && x.status == "running")
+            .filter(|x| x.provider == p.as_str() && x.status == Status::Running)
             .count();
         gauge!(INSTANCES_RUNNING, "provider" => p.as_str()).set(running as f64);
     }
     gauge!(SPEND_USD_PER_HOUR).set(
         open()
-            .map(|x| ledger::rate(&x.status, x.price_per_hour, x.storage_per_hour))
+            .map(|x| x.status.rate(x.price_per_hour, x.storage_per_hour))
             .sum::<f64>(),
     );
 }

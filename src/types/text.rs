@@ -12,33 +12,48 @@ pub fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// What `percent_encode` leaves as is: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Encodes everything but unreserved characters (RFC 3986) as `%XX`, for query values.
 pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
-/// Decodes `%XX` escapes of a path parameter; `None` when they are broken or not UTF-8.
+/// Decodes `%XX` escapes of a path parameter; `None` when they are broken (the crate would pass
+/// a stray `%` through; a path parameter with one is refused instead) or not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let broken = b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !b
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if broken {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_round_trips_and_refuses_broken_escapes() {
+        assert_eq!(percent_encode("a b/é~"), "a%20b%2F%C3%A9~");
+        assert_eq!(percent_decode("a%20b%2F%C3%A9~").as_deref(), Some("a b/é~"));
+        for bad in ["bad%2", "%zz", "%", "%ff"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+        assert_eq!(truncate("héllo", 2), "h");
+    }
 }

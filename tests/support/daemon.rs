@@ -41,16 +41,14 @@ impl DaemonProc {
         std::fs::create_dir_all(&dir).unwrap();
         let cert = certs::generate();
         let (cert_path, key_path) = cert.write(&dir);
-        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = opts
-            .plain
-            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        // every listener on port 0: the daemon binds, then says where (no probe-then-bind race)
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let http = opts.plain.then_some(any);
         let log = dir.join("daemon.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuproxyd"));
         cmd.arg("serve")
-            .args(["--https-listen", &https.to_string()])
-            .args(["--metrics-listen", &metrics.to_string()])
+            .args(["--https-listen", &any.to_string()])
+            .args(["--metrics-listen", &any.to_string()])
             .args([
                 "--http-listen",
                 &http.map_or("off".to_string(), |a| a.to_string()),
@@ -87,18 +85,59 @@ impl DaemonProc {
                 });
             }
         }
-        let child = cmd.spawn().expect("spawn gpuproxyd");
+        let mut child = cmd.spawn().expect("spawn gpuproxyd");
+        let bound = Self::bound(&mut child, &log, opts.plain).await;
         let mut d = DaemonProc {
             child,
             dir,
-            https,
-            metrics,
-            http,
+            https: bound["https"],
+            metrics: bound["metrics"],
+            http: bound.get("http").copied(),
             cert,
             log,
         };
         d.wait_ready().await;
         d
+    }
+
+    /// The addresses the daemon's listeners bound, read from its `listening` log lines.
+    async fn bound(
+        child: &mut Child,
+        log: &std::path::Path,
+        plain: bool,
+    ) -> std::collections::HashMap<String, SocketAddr> {
+        let want: &[&str] = if plain {
+            &["https", "metrics", "http"]
+        } else {
+            &["https", "metrics"]
+        };
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let found: std::collections::HashMap<String, SocketAddr> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| {
+                    let f = v.get("fields").unwrap_or(&v);
+                    (f["message"] == "listening").then_some(())?;
+                    Some((
+                        f["listener"].as_str()?.to_owned(),
+                        f["addr"].as_str()?.parse().ok()?,
+                    ))
+                })
+                .collect();
+            if want.iter().all(|w| found.contains_key(*w)) {
+                return found;
+            }
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("gpuproxyd exited during start-up: {s}\n{text}");
+            }
+            assert!(
+                Instant::now() < end,
+                "gpuproxyd never said where it listens\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Polls the metrics listener's `/stats` until the daemon says it is ready (the API

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod certs;
 pub mod client;
 pub mod daemon;
+pub mod metrics;
 pub mod rentals;
 pub mod sandbox;
 pub mod services;

@@ -1,25 +1,12 @@
-//! `GET /v1/offers`: both providers searched in parallel (through the offers cache), merged,
-//! filtered, sorted and paged. One provider failing still gives an answer with the other's offers
-//! (`status: "partial"`) and a `providers` section saying which failed and why.
-//!
-//! What each provider is asked upstream is only what changes its answer (GPU model for Vast.ai,
-//! interruptible or not, disk size); every other filter, the sort and the paging run here on the
-//! cached answer, so many different client queries share one upstream call per TTL.
+//! `GET /v1/offers` query parameters: parsing and checking them (every error names the
+//! parameter), the filter an offer must pass, the sort, and the fingerprint a cursor is tied to.
 
 use std::fmt::Write as _;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 
-use hyper::header::{CACHE_CONTROL, HeaderValue};
-use hyper::{Response, StatusCode};
-use serde::Serialize;
-
-use super::Api;
-use super::{Body, respond};
-use crate::cache::swr::{Entry, Lookup};
 use crate::config::OffersConfig;
-use crate::error::{Error, Kind, Result, Side};
-use crate::providers::{Offer, Provider, ProviderId, SearchQuery, UpstreamError, gpu};
+use crate::error::{Error, Result};
+use crate::providers::{Offer, ProviderId, SearchQuery, gpu};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
@@ -71,7 +58,7 @@ fn bad(param: &str, why: impl std::fmt::Display) -> Error {
 }
 
 fn decode(raw: &str) -> Option<String> {
-    super::router::percent_decode(&raw.replace('+', " "))
+    crate::types::text::percent_decode(&raw.replace('+', " "))
 }
 
 fn number<T: std::str::FromStr>(param: &str, v: &str) -> Result<T> {
@@ -247,7 +234,7 @@ impl Filters {
     }
 
     /// Identifies the filters and sort (not the page), so a cursor is only used with its query.
-    fn fingerprint(&self) -> u64 {
+    pub(super) fn fingerprint(&self) -> u64 {
         let mut s = String::new();
         let _ = write!(
             s,
@@ -321,277 +308,10 @@ pub fn sort(offers: &mut [&Offer], by: Sort) {
     });
 }
 
-/// Rendered pages: for a query (its filters' fingerprint and offset) over given provider answers
-/// (their entry ids), the `offers`/`count`/`total`/`next_cursor` members as JSON text and each
-/// provider's matching count. A hot query then costs a lookup instead of filtering, sorting and
-/// serializing a few hundred offers; a refreshed provider answer has a new entry id, so its pages
-/// are rendered again. Bounded like the answers cache.
-pub struct PageCache {
-    map: papaya::HashMap<(u64, usize), Arc<RenderedPage>, foldhash::fast::RandomState>,
-    max: usize,
-}
-
-pub struct RenderedPage {
-    versions: Vec<u64>,
-    fragment: bytes::Bytes,
-    matching: Vec<usize>,
-}
-
-impl PageCache {
-    pub fn new(max: usize) -> PageCache {
-        PageCache {
-            map: papaya::HashMap::builder()
-                .hasher(foldhash::fast::RandomState::default())
-                .resize_mode(papaya::ResizeMode::Blocking)
-                .build(),
-            max: max.max(1),
-        }
-    }
-
-    fn get(&self, key: (u64, usize), versions: &[u64]) -> Option<Arc<RenderedPage>> {
-        self.map
-            .pin()
-            .get(&key)
-            .filter(|p| p.versions == versions)
-            .cloned()
-    }
-
-    fn insert(&self, key: (u64, usize), page: Arc<RenderedPage>) {
-        let map = self.map.pin();
-        if map.len() >= self.max
-            && !map.contains_key(&key)
-            && let Some(k) = map.keys().next().copied()
-        {
-            map.remove(&k);
-        }
-        map.insert(key, page);
-    }
-}
-
-#[derive(Serialize)]
-struct PageFragment<'a> {
-    offers: Vec<&'a Offer>,
-    count: usize,
-    total: usize,
-    next_cursor: Option<String>,
-}
-
-/// Filters, sorts and pages the providers' answers (in `entries` order) and renders the result.
-fn render(f: &Filters, entries: &[Arc<Entry<Vec<Offer>>>]) -> RenderedPage {
-    let mut matching_per: Vec<usize> = Vec::with_capacity(entries.len());
-    let mut matching: Vec<&Offer> = Vec::new();
-    for e in entries {
-        let before = matching.len();
-        matching.extend(e.value.iter().filter(|o| f.matches(o)));
-        matching_per.push(matching.len() - before);
-    }
-    sort(&mut matching, f.sort);
-    let total = matching.len();
-    let end = (f.offset + f.limit as usize).min(total);
-    let page: Vec<&Offer> = matching
-        .get(f.offset.min(total)..end)
-        .unwrap_or_default()
-        .to_vec();
-    let json = serde_json::to_vec(&PageFragment {
-        count: page.len(),
-        offers: page,
-        total,
-        next_cursor: (end < total).then(|| format!("{end}.{:x}", f.fingerprint())),
-    })
-    .expect("offers serialize");
-    RenderedPage {
-        versions: entries.iter().map(|e| e.id).collect(),
-        // the object's members without its braces, to splice into the answer
-        fragment: bytes::Bytes::from(json[1..json.len() - 1].to_vec()),
-        matching: matching_per,
-    }
-}
-
-/// One provider's part in an answer.
-enum Outcome {
-    Answered(Lookup<Vec<Offer>>),
-    Failed(UpstreamError),
-    Disabled(&'static str),
-    /// Not asked: excluded by `providers`, or it sells nothing of the kind asked for.
-    Skipped(&'static str),
-}
-
-#[derive(Serialize)]
-struct ProviderReport {
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offers: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    age_seconds: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ReportError>,
-}
-
-#[derive(Serialize)]
-struct ReportError {
-    code: &'static str,
-    message: String,
-}
-
-async fn ask(state: &Arc<Api>, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
-    if !f.wants(p.id()) {
-        return Outcome::Skipped("not among the providers asked for");
-    }
-    if let Some(why) = p.disabled() {
-        return Outcome::Disabled(why);
-    }
-    let q = f.search_query();
-    let Some(key) = p.search_key(&q) else {
-        return Outcome::Skipped("sells no offers of this kind");
-    };
-    let provider = p.clone();
-    match state
-        .offers_cache
-        .get(&key, move || async move { provider.search(&q).await })
-        .await
-    {
-        Ok(l) => Outcome::Answered(l),
-        Err(e) => Outcome::Failed(e),
-    }
-}
-
-pub async fn list(state: &Arc<Api>, query: Option<&str>) -> Result<Response<Body>> {
-    let f = Filters::parse(query, &state.config.offers)?;
-    let ps = &state.providers.list;
-    // every provider at once, however many there are
-    let outcomes: Vec<Outcome> =
-        futures_util::future::join_all(ps.iter().map(|p| ask(state, p, &f))).await;
-
-    let mut reports = std::collections::BTreeMap::new();
-    let mut entries: Vec<Arc<Entry<Vec<Offer>>>> = Vec::new();
-    let mut answered: Vec<&'static str> = Vec::new();
-    let (mut failed, mut stale) = (Vec::new(), false);
-    for (p, o) in ps.iter().zip(outcomes) {
-        let name = p.id().as_str();
-        let report = match o {
-            Outcome::Answered(l) => {
-                stale |= l.stale;
-                let r = ProviderReport {
-                    status: if l.stale { "stale" } else { "ok" },
-                    offers: None,
-                    source: Some(if l.stale { "stale" } else { l.source.as_str() }),
-                    age_seconds: Some((l.entry.age().as_secs_f64() * 10.0).round() / 10.0),
-                    error: l.error.as_ref().map(|e| ReportError {
-                        code: e.code(),
-                        message: e.to_string(),
-                    }),
-                };
-                answered.push(name);
-                entries.push(l.entry);
-                r
-            }
-            Outcome::Failed(e) => {
-                failed.push(format!("{name}: {e}"));
-                ProviderReport::not_answering("error", e.code(), e.to_string())
-            }
-            Outcome::Disabled(why) => {
-                ProviderReport::not_answering("disabled", "disabled", why.into())
-            }
-            Outcome::Skipped(why) => {
-                ProviderReport::not_answering("skipped", "skipped", why.into())
-            }
-        };
-        reports.insert(name, report);
-    }
-    if answered.is_empty() && !failed.is_empty() {
-        return Err(Error::new(
-            Kind::ProvidersUnavailable,
-            Side::Upstream,
-            format!("no provider could answer: {}", failed.join("; ")),
-        ));
-    }
-
-    let key = (f.fingerprint(), f.offset);
-    let versions: Vec<u64> = entries.iter().map(|e| e.id).collect();
-    let page = match state.offer_pages.get(key, &versions) {
-        Some(p) => p,
-        None => {
-            let p = Arc::new(render(&f, &entries));
-            state.offer_pages.insert(key, p.clone());
-            p
-        }
-    };
-    for (name, n) in answered.iter().zip(&page.matching) {
-        if let Some(r) = reports.get_mut(name) {
-            r.offers = Some(*n);
-        }
-    }
-    let providers = serde_json::to_vec(&reports).expect("reports serialize");
-    let status = if failed.is_empty() { "ok" } else { "partial" };
-    let mut body = Vec::with_capacity(page.fragment.len() + providers.len() + 64);
-    let _ = write!(
-        ByteWriter(&mut body),
-        "{{\"status\":\"{status}\",\"stale\":{stale},"
-    );
-    body.extend_from_slice(&page.fragment);
-    body.extend_from_slice(b",\"providers\":");
-    body.extend_from_slice(&providers);
-    body.push(b'}');
-    let mut resp = respond::json_bytes(StatusCode::OK, body);
-    resp.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
-    Ok(resp)
-}
-
-/// `fmt::Write` into a byte buffer.
-struct ByteWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for ByteWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
-}
-
-impl ProviderReport {
-    fn not_answering(status: &'static str, code: &'static str, message: String) -> ProviderReport {
-        ProviderReport {
-            status,
-            offers: None,
-            source: None,
-            age_seconds: None,
-            error: Some(ReportError { code, message }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{offer, parse};
     use super::*;
-
-    fn parse(q: &str) -> Result<Filters> {
-        Filters::parse(Some(q), &OffersConfig::default())
-    }
-
-    fn offer(id: &str, price: f64, gpus: u32, rel: Option<f64>) -> Offer {
-        Offer {
-            id: id.into(),
-            provider: ProviderId::register("vastai").unwrap(),
-            gpu_model: "RTX 4090".into(),
-            provider_gpu_name: "RTX 4090".into(),
-            gpu_count: gpus,
-            gpu_memory_gb: 24.0,
-            price_per_hour: price,
-            price_per_gpu_hour: price / f64::from(gpus),
-            cpu_cores: None,
-            ram_gb: None,
-            disk_gb: None,
-            country: Some("US".into()),
-            region: None,
-            reliability: rel,
-            interruptible: false,
-            min_bid_per_hour: None,
-            storage_per_hour: 0.0,
-            available: true,
-        }
-    }
 
     #[test]
     fn parses_every_filter() {
@@ -632,7 +352,7 @@ mod tests {
             ("colour=red", "colour"),
         ] {
             let e = parse(q).unwrap_err();
-            assert_eq!(e.kind.status(), StatusCode::BAD_REQUEST, "{q}");
+            assert_eq!(e.kind.status(), hyper::StatusCode::BAD_REQUEST, "{q}");
             assert!(
                 e.message.contains(&format!("`{param}`")),
                 "{q}: {}",
@@ -678,35 +398,5 @@ mod tests {
         assert!(!f.matches(&a));
         let f = parse("gpu=A100").unwrap();
         assert!(!f.matches(&a));
-    }
-
-    #[test]
-    fn pages_are_rendered_again_for_a_refreshed_answer() {
-        let f = parse("limit=1").unwrap();
-        let old = Arc::new(Entry::new(vec![offer("vastai:1", 2.0, 1, None)], 0));
-        let cache = PageCache::new(8);
-        let key = (f.fingerprint(), f.offset);
-        let p = Arc::new(render(&f, std::slice::from_ref(&old)));
-        assert_eq!(p.matching, [1]);
-        cache.insert(key, p);
-        assert!(cache.get(key, &[old.id]).is_some());
-        let new = Arc::new(Entry::new(
-            vec![
-                offer("vastai:2", 1.0, 1, None),
-                offer("vastai:3", 3.0, 1, None),
-            ],
-            1,
-        ));
-        assert!(
-            cache.get(key, &[new.id]).is_none(),
-            "another answer, another page"
-        );
-        let p = render(&f, std::slice::from_ref(&new));
-        let text = String::from_utf8(p.fragment.to_vec()).unwrap();
-        assert!(
-            text.starts_with("\"offers\":[{\"id\":\"vastai:2\""),
-            "{text}"
-        );
-        assert!(text.contains("\"total\":2") && text.contains("\"next_cursor\":\"1."));
     }
 }

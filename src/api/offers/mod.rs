@@ -1,0 +1,218 @@
+//! `GET /v1/offers`: both providers searched in parallel (through the offers cache), merged,
+//! filtered, sorted and paged. One provider failing still gives an answer with the other's offers
+//! (`status: "partial"`) and a `providers` section saying which failed and why.
+//!
+//! What each provider is asked upstream is only what changes its answer (GPU model for Vast.ai,
+//! interruptible or not, disk size); every other filter, the sort and the paging run here on the
+//! cached answer, so many different client queries share one upstream call per TTL.
+
+mod filters;
+mod pages;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use hyper::header::{CACHE_CONTROL, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+pub use filters::{Filters, Sort, sort};
+pub use pages::PageCache;
+use pages::render;
+
+use super::Api;
+use super::{Body, respond};
+use crate::cache::swr::{Entry, Lookup};
+use crate::error::{Error, Kind, Result, Side};
+use crate::providers::{Offer, Provider, UpstreamError};
+
+/// One provider's part in an answer.
+enum Outcome {
+    Answered(Lookup<Vec<Offer>>),
+    Failed(UpstreamError),
+    Disabled(&'static str),
+    /// Not asked: excluded by `providers`, or it sells nothing of the kind asked for.
+    Skipped(&'static str),
+}
+
+#[derive(Serialize)]
+struct ProviderReport {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ReportError>,
+}
+
+#[derive(Serialize)]
+struct ReportError {
+    code: &'static str,
+    message: String,
+}
+
+async fn ask(state: &Arc<Api>, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
+    if !f.wants(p.id()) {
+        return Outcome::Skipped("not among the providers asked for");
+    }
+    if let Some(why) = p.disabled() {
+        return Outcome::Disabled(why);
+    }
+    let q = f.search_query();
+    let Some(key) = p.search_key(&q) else {
+        return Outcome::Skipped("sells no offers of this kind");
+    };
+    let provider = p.clone();
+    match state
+        .offers_cache
+        .get(&key, move || async move { provider.search(&q).await })
+        .await
+    {
+        Ok(l) => Outcome::Answered(l),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+pub async fn list(state: &Arc<Api>, query: Option<&str>) -> Result<Response<Body>> {
+    let f = Filters::parse(query, &state.config.offers)?;
+    let ps = &state.providers.list;
+    // every provider at once, however many there are
+    let outcomes: Vec<Outcome> =
+        futures_util::future::join_all(ps.iter().map(|p| ask(state, p, &f))).await;
+
+    let mut reports = std::collections::BTreeMap::new();
+    let mut entries: Vec<Arc<Entry<Vec<Offer>>>> = Vec::new();
+    let mut answered: Vec<&'static str> = Vec::new();
+    let (mut failed, mut stale) = (Vec::new(), false);
+    for (p, o) in ps.iter().zip(outcomes) {
+        let name = p.id().as_str();
+        let report = match o {
+            Outcome::Answered(l) => {
+                stale |= l.stale;
+                let r = ProviderReport {
+                    status: if l.stale { "stale" } else { "ok" },
+                    offers: None,
+                    source: Some(if l.stale { "stale" } else { l.source.as_str() }),
+                    age_seconds: Some((l.entry.age().as_secs_f64() * 10.0).round() / 10.0),
+                    error: l.error.as_ref().map(|e| ReportError {
+                        code: e.code(),
+                        message: e.to_string(),
+                    }),
+                };
+                answered.push(name);
+                entries.push(l.entry);
+                r
+            }
+            Outcome::Failed(e) => {
+                failed.push(format!("{name}: {e}"));
+                ProviderReport::not_answering("error", e.code(), e.to_string())
+            }
+            Outcome::Disabled(why) => {
+                ProviderReport::not_answering("disabled", "disabled", why.into())
+            }
+            Outcome::Skipped(why) => {
+                ProviderReport::not_answering("skipped", "skipped", why.into())
+            }
+        };
+        reports.insert(name, report);
+    }
+    if answered.is_empty() && !failed.is_empty() {
+        return Err(Error::new(
+            Kind::ProvidersUnavailable,
+            Side::Upstream,
+            format!("no provider could answer: {}", failed.join("; ")),
+        ));
+    }
+
+    let key = (f.fingerprint(), f.offset);
+    let versions: Vec<u64> = entries.iter().map(|e| e.id).collect();
+    let page = match state.offer_pages.get(key, &versions) {
+        Some(p) => p,
+        None => {
+            let p = Arc::new(render(&f, &entries));
+            state.offer_pages.insert(key, p.clone());
+            p
+        }
+    };
+    for (name, n) in answered.iter().zip(&page.matching) {
+        if let Some(r) = reports.get_mut(name) {
+            r.offers = Some(*n);
+        }
+    }
+    let providers = serde_json::to_vec(&reports).expect("reports serialize");
+    let status = if failed.is_empty() { "ok" } else { "partial" };
+    let mut body = Vec::with_capacity(page.fragment.len() + providers.len() + 64);
+    let _ = write!(
+        ByteWriter(&mut body),
+        "{{\"status\":\"{status}\",\"stale\":{stale},"
+    );
+    body.extend_from_slice(&page.fragment);
+    body.extend_from_slice(b",\"providers\":");
+    body.extend_from_slice(&providers);
+    body.push(b'}');
+    let mut resp = respond::json_bytes(StatusCode::OK, body);
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+    Ok(resp)
+}
+
+/// `fmt::Write` into a byte buffer.
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl ProviderReport {
+    fn not_answering(status: &'static str, code: &'static str, message: String) -> ProviderReport {
+        ProviderReport {
+            status,
+            offers: None,
+            source: None,
+            age_seconds: None,
+            error: Some(ReportError { code, message }),
+        }
+    }
+}
+
+/// Test helpers the filters and pages tests share.
+#[cfg(test)]
+mod testing {
+    use super::Filters;
+    use crate::config::OffersConfig;
+    use crate::error::Result;
+    use crate::providers::{Offer, ProviderId};
+
+    pub fn parse(q: &str) -> Result<Filters> {
+        Filters::parse(Some(q), &OffersConfig::default())
+    }
+
+    pub fn offer(id: &str, price: f64, gpus: u32, rel: Option<f64>) -> Offer {
+        Offer {
+            id: id.into(),
+            provider: ProviderId::register("vastai").unwrap(),
+            gpu_model: "RTX 4090".into(),
+            provider_gpu_name: "RTX 4090".into(),
+            gpu_count: gpus,
+            gpu_memory_gb: 24.0,
+            price_per_hour: price,
+            price_per_gpu_hour: price / f64::from(gpus),
+            cpu_cores: None,
+            ram_gb: None,
+            disk_gb: None,
+            country: Some("US".into()),
+            region: None,
+            reliability: rel,
+            interruptible: false,
+            min_bid_per_hour: None,
+            storage_per_hour: 0.0,
+            available: true,
+        }
+    }
+}
