@@ -49,8 +49,9 @@ impl<V> Entry<V> {
         }
     }
 
-    pub fn age(&self) -> Duration {
-        Duration::from_millis(unix_ms().saturating_sub(self.fetched_at_ms))
+    /// How old the entry is at `now_ms` (a [`WallClock`] reading).
+    pub fn age_at(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.fetched_at_ms))
     }
 }
 
@@ -75,6 +76,8 @@ impl Source {
 
 pub struct Lookup<V> {
     pub entry: Arc<Entry<V>>,
+    /// The entry's age when it was looked up.
+    pub age: Duration,
     pub source: Source,
     /// Past its TTL; `error` says why no fresh answer was had, when a refresh failed.
     pub stale: bool,
@@ -90,9 +93,38 @@ pub struct Windows {
     pub stale_if_error: Duration,
 }
 
+/// Wall-clock milliseconds since the epoch (entries' ages travel between daemons through Redis),
+/// read through quanta: cheap, and tests move time with its mock instead of sleeping.
+#[derive(Clone)]
+pub struct WallClock {
+    clock: quanta::Clock,
+    base_unix_ms: u64,
+    base_raw: u64,
+}
+
+impl WallClock {
+    pub fn system() -> WallClock {
+        WallClock::with(quanta::Clock::new(), unix_ms())
+    }
+
+    /// `clock` read as starting at `base_unix_ms` now.
+    pub fn with(clock: quanta::Clock, base_unix_ms: u64) -> WallClock {
+        WallClock {
+            base_raw: clock.raw(),
+            clock,
+            base_unix_ms,
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.base_unix_ms + self.clock.delta_as_nanos(self.base_raw, self.clock.raw()) / 1_000_000
+    }
+}
+
 pub struct SwrCache<V> {
     /// Keeps Redis keys of different caches apart.
     name: &'static str,
+    clock: WallClock,
     l1: papaya::HashMap<String, Arc<Entry<V>>, foldhash::fast::RandomState>,
     inflight: Mutex<HashMap<String, watch::Receiver<Shared<V>>>>,
     redis: Option<Redis>,
@@ -120,8 +152,19 @@ where
         windows: Windows,
         max_entries: usize,
     ) -> Arc<Self> {
+        Self::with_clock(name, redis, windows, max_entries, WallClock::system())
+    }
+
+    pub fn with_clock(
+        name: &'static str,
+        redis: Option<Redis>,
+        windows: Windows,
+        max_entries: usize,
+        clock: WallClock,
+    ) -> Arc<Self> {
         Arc::new(SwrCache {
             name,
+            clock,
             l1: papaya::HashMap::builder()
                 .hasher(foldhash::fast::RandomState::default())
                 .resize_mode(papaya::ResizeMode::Blocking)
@@ -164,12 +207,13 @@ where
             let entry = self.fetch_shared(key, fetch).await?;
             return Ok(Lookup {
                 entry,
+                age: Duration::ZERO,
                 source: Source::Upstream,
                 stale: false,
                 error: None,
             });
         };
-        let age = entry.age();
+        let age = entry.age_at(self.clock.now_ms());
         if age < w.ttl {
             match source {
                 Source::Redis => self.hits_redis.increment(1),
@@ -177,6 +221,7 @@ where
             }
             return Ok(Lookup {
                 entry,
+                age,
                 source,
                 stale: false,
                 error: None,
@@ -187,6 +232,7 @@ where
             self.hits_stale.increment(1);
             return Ok(Lookup {
                 entry,
+                age,
                 source,
                 stale: true,
                 error: None,
@@ -196,6 +242,7 @@ where
             return Ok(match self.fetch_shared(key, fetch).await {
                 Ok(fresh) => Lookup {
                     entry: fresh,
+                    age: Duration::ZERO,
                     source: Source::Upstream,
                     stale: false,
                     error: None,
@@ -204,6 +251,7 @@ where
                     self.hits_stale.increment(1);
                     Lookup {
                         entry,
+                        age,
                         source,
                         stale: true,
                         error: Some(e),
@@ -215,6 +263,7 @@ where
         let entry = self.fetch_shared(key, fetch).await?;
         Ok(Lookup {
             entry,
+            age: Duration::ZERO,
             source: Source::Upstream,
             stale: false,
             error: None,
@@ -265,7 +314,8 @@ where
         let me = self.clone();
         let key = key.to_owned();
         tokio::spawn(async move {
-            let out = fetch().await.map(|v| Arc::new(Entry::new(v, unix_ms())));
+            let at = me.clock.now_ms();
+            let out = fetch().await.map(|v| Arc::new(Entry::new(v, at)));
             if let Ok(entry) = &out {
                 me.insert(&key, entry.clone());
             }
@@ -294,10 +344,10 @@ where
     fn insert(&self, key: &str, entry: Arc<Entry<V>>) {
         let map = self.l1.pin();
         if map.len() >= self.max_entries && !map.contains_key(key) {
-            let limit = self.windows.stale_if_error;
+            let (limit, now) = (self.windows.stale_if_error, self.clock.now_ms());
             let old: Vec<String> = map
                 .iter()
-                .filter(|(_, e)| e.age() >= limit)
+                .filter(|(_, e)| e.age_at(now) >= limit)
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in &old {
@@ -338,7 +388,10 @@ where
                     v: &e.value,
                 })
             {
-                let left = self.windows.stale_if_error.saturating_sub(e.age());
+                let left = self
+                    .windows
+                    .stale_if_error
+                    .saturating_sub(e.age_at(self.clock.now_ms()));
                 if !left.is_zero() {
                     redis.set_ex(&self.redis_key(redis, &k), text, left).await;
                 }
@@ -373,8 +426,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn cache(ttl: u64, swr: u64, sie: u64) -> Arc<SwrCache<u32>> {
-        SwrCache::new(
+    /// A cache whose time the test moves (`time.increment`).
+    fn cache(ttl: u64, swr: u64, sie: u64) -> (Arc<SwrCache<u32>>, Arc<quanta::Mock>) {
+        let (clock, time) = quanta::Clock::mock();
+        let c = SwrCache::with_clock(
             "t",
             None,
             Windows {
@@ -383,12 +438,14 @@ mod tests {
                 stale_if_error: Duration::from_millis(sie),
             },
             16,
-        )
+            WallClock::with(clock, 1_000_000),
+        );
+        (c, time)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_misses_fetch_once() {
-        let c = cache(60_000, 0, 60_000);
+        let (c, _) = cache(60_000, 0, 60_000);
         let calls = Arc::new(AtomicU32::new(0));
         let mut tasks = Vec::new();
         for _ in 0..1000 {
@@ -411,7 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn stale_while_revalidate_then_stale_if_error() {
-        let c = cache(20, 100_000, 200_000);
+        let (c, time) = cache(20, 100_000, 200_000);
         let first = c.get("k", || async { Ok(1) }).await.unwrap();
         assert_eq!(
             (first.entry.value, first.source, first.stale),
@@ -422,7 +479,7 @@ mod tests {
             (hit.entry.value, hit.source, hit.stale),
             (1, Source::Memory, false)
         );
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        time.increment(Duration::from_millis(30));
         // stale: served at once, refresh in the background
         let stale = c.get("k", || async { Ok(2) }).await.unwrap();
         assert_eq!((stale.entry.value, stale.stale), (1, true));
@@ -438,9 +495,9 @@ mod tests {
 
     #[tokio::test]
     async fn failing_fetch_serves_the_stale_entry_until_its_limit() {
-        let c = cache(10, 0, 100_000);
+        let (c, time) = cache(10, 0, 100_000);
         c.get("k", || async { Ok(1) }).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        time.increment(Duration::from_millis(20));
         let l = c
             .get("k", || async { Err(UpstreamError::Timeout) })
             .await
@@ -449,9 +506,9 @@ mod tests {
             (l.entry.value, l.stale, l.error),
             (1, true, Some(UpstreamError::Timeout))
         );
-        let none = cache(10, 0, 15);
+        let (none, time) = cache(10, 0, 15);
         none.get("k", || async { Ok(1) }).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        time.increment(Duration::from_millis(15));
         let e = none
             .get("k", || async { Err(UpstreamError::Timeout) })
             .await;
@@ -460,7 +517,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_in_process_layer_is_bounded() {
-        let c = cache(60_000, 0, 60_000);
+        let (c, _) = cache(60_000, 0, 60_000);
         for i in 0..100u32 {
             c.get(&format!("k{i}"), move || async move { Ok(i) })
                 .await

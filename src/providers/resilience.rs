@@ -27,7 +27,7 @@ pub enum BreakerState {
 
 struct BreakerInner {
     state: BreakerState,
-    opened_at: Instant,
+    opened_at: quanta::Instant,
     probe_in_flight: bool,
     consecutive_failures: u32,
     /// Outcomes of the last `window` calls (true = failed).
@@ -41,15 +41,25 @@ pub struct Breaker {
     window: usize,
     open_for: Duration,
     provider: ProviderId,
+    /// Injected so tests move time instead of sleeping (quanta's mock).
+    clock: quanta::Clock,
 }
 
 impl Breaker {
     pub fn new(provider: ProviderId, cfg: &ProvidersConfig) -> Breaker {
+        Self::with_clock(provider, cfg, quanta::Clock::new())
+    }
+
+    pub fn with_clock(
+        provider: ProviderId,
+        cfg: &ProvidersConfig,
+        clock: quanta::Clock,
+    ) -> Breaker {
         gauge!(CIRCUIT_OPEN, "provider" => provider.as_str()).set(0.0);
         Breaker {
             inner: Mutex::new(BreakerInner {
                 state: BreakerState::Closed,
-                opened_at: Instant::now(),
+                opened_at: clock.now(),
                 probe_in_flight: false,
                 consecutive_failures: 0,
                 recent: VecDeque::new(),
@@ -59,6 +69,7 @@ impl Breaker {
             window: cfg.breaker_window as usize,
             open_for: Duration::from_millis(cfg.breaker_open_ms),
             provider,
+            clock,
         }
     }
 
@@ -76,7 +87,7 @@ impl Breaker {
         let mut b = self.lock();
         match b.state {
             BreakerState::Closed => true,
-            BreakerState::Open if b.opened_at.elapsed() >= self.open_for => {
+            BreakerState::Open if self.clock.now() - b.opened_at >= self.open_for => {
                 b.state = BreakerState::HalfOpen;
                 b.probe_in_flight = true;
                 true
@@ -126,7 +137,7 @@ impl Breaker {
 
     fn open(&self, b: &mut BreakerInner) {
         b.state = BreakerState::Open;
-        b.opened_at = Instant::now();
+        b.opened_at = self.clock.now();
         b.recent.clear();
         b.consecutive_failures = 0;
         gauge!(CIRCUIT_OPEN, "provider" => self.provider.as_str()).set(1.0);
@@ -284,7 +295,8 @@ mod tests {
 
     #[test]
     fn opens_on_consecutive_failures_and_probes_once() {
-        let b = Breaker::new(ProviderId::register("vastai").unwrap(), &cfg());
+        let (clock, time) = quanta::Clock::mock();
+        let b = Breaker::with_clock(ProviderId::register("vastai").unwrap(), &cfg(), clock);
         for _ in 0..2 {
             assert!(b.allow());
             b.record(true);
@@ -293,12 +305,14 @@ mod tests {
         b.record(true);
         assert_eq!(b.state(), BreakerState::Open);
         assert!(!b.allow());
-        std::thread::sleep(Duration::from_millis(40));
+        time.increment(Duration::from_millis(29));
+        assert!(!b.allow(), "still open before the pause ends");
+        time.increment(Duration::from_millis(1));
         assert!(b.allow(), "one probe after the pause");
         assert!(!b.allow(), "only one probe at a time");
         b.record(true);
         assert_eq!(b.state(), BreakerState::Open, "a failed probe reopens");
-        std::thread::sleep(Duration::from_millis(40));
+        time.increment(Duration::from_millis(30));
         assert!(b.allow());
         b.record(false);
         assert_eq!(b.state(), BreakerState::Closed);

@@ -32,7 +32,16 @@ pub struct KeyedLimiter<K> {
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedLimiter<K> {
     pub fn new(quota: Quota, max_keys: usize, overflow_cells: usize) -> Self {
-        let clock = quanta::Clock::new();
+        Self::with_clock(quota, max_keys, overflow_cells, quanta::Clock::new())
+    }
+
+    /// With a given clock (tests pass quanta's mock and move time themselves).
+    pub fn with_clock(
+        quota: Quota,
+        max_keys: usize,
+        overflow_cells: usize,
+        clock: quanta::Clock,
+    ) -> Self {
         KeyedLimiter {
             gcra: Gcra::new(quota),
             // Blocking resizes: with incremental ones a resize finishes only as later inserts
@@ -104,7 +113,8 @@ mod tests {
 
     #[test]
     fn keys_are_independent_and_swept_when_fresh() {
-        let l = KeyedLimiter::new(
+        let (clock, time) = quanta::Clock::mock();
+        let l = KeyedLimiter::with_clock(
             Quota {
                 per_period: 10,
                 period: Duration::from_millis(100),
@@ -112,13 +122,20 @@ mod tests {
             },
             1000,
             16,
+            clock,
         );
         assert!(matches!(l.check(&1u32), Decision::Allowed { .. }));
         assert!(matches!(l.check(&1u32), Decision::Allowed { .. }));
         assert!(matches!(l.check(&1u32), Decision::Limited { .. }));
         assert!(matches!(l.check(&2u32), Decision::Allowed { .. }));
         assert_eq!(l.len(), 2);
-        std::thread::sleep(Duration::from_millis(50));
+        time.increment(Duration::from_millis(10));
+        assert_eq!(
+            l.sweep(),
+            1,
+            "key 1 is not back at a full burst after one interval"
+        );
+        time.increment(Duration::from_millis(10));
         assert_eq!(l.sweep(), 0, "both back at a full burst after 2 intervals");
     }
 

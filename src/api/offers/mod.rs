@@ -96,7 +96,7 @@ pub async fn list(state: &Arc<Api>, query: Option<&str>) -> Result<Response<Body
                     status: if l.stale { "stale" } else { "ok" },
                     offers: None,
                     source: Some(if l.stale { "stale" } else { l.source.as_str() }),
-                    age_seconds: Some((l.entry.age().as_secs_f64() * 10.0).round() / 10.0),
+                    age_seconds: Some((l.age.as_secs_f64() * 10.0).round() / 10.0),
                     error: l.error.as_ref().map(|e| ReportError {
                         code: e.code(),
                         message: e.to_string(),
