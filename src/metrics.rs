@@ -149,8 +149,8 @@ fn status_index(code: u16) -> usize {
 /// handles, one set per route. The `counter!` macros look a series up in the registry (hash the
 /// labels, take a shard lock) on every call; on the cheapest authenticated route that was a
 /// measurable share of the request. Each handle is registered the first time its route/status is
-/// seen, so `/metrics` lists only series that happened (plus the `_failed` ones `init_series`
-/// creates for the alerts).
+/// seen, so `/metrics` lists only series that happened (plus the `_failed` ones, created at 0
+/// for the alerts).
 pub struct RequestMetrics {
     routes: Box<[RouteSeries]>,
 }
@@ -163,16 +163,22 @@ struct RouteSeries {
 }
 
 impl RequestMetrics {
-    /// One slot per route label; callers index by the position of the label in `routes`.
+    /// One slot per route label; callers index by the position of the label in `routes`. The
+    /// `_failed` series exist from the start, at 0: the alerts divide by them (a missing series
+    /// makes `rate(failed) / rate(total)` empty, not 0).
     pub fn new(routes: &[&'static str]) -> RequestMetrics {
         RequestMetrics {
             routes: routes
                 .iter()
-                .map(|&label| RouteSeries {
-                    label,
-                    failed: OnceLock::new(),
-                    duration: OnceLock::new(),
-                    by_status: std::array::from_fn(|_| OnceLock::new()),
+                .map(|&label| {
+                    let failed = metrics::counter!(REQUESTS_FAILED, "route" => label);
+                    failed.absolute(0);
+                    RouteSeries {
+                        label,
+                        failed: OnceLock::from(failed),
+                        duration: OnceLock::new(),
+                        by_status: std::array::from_fn(|_| OnceLock::new()),
+                    }
                 })
                 .collect(),
         }
@@ -197,20 +203,6 @@ impl RequestMetrics {
             .get_or_init(|| metrics::histogram!(REQUEST_DURATION_MS, "route" => label))
             .record(duration_ms);
     }
-}
-
-/// Creates the series that alerts divide by or compare with at zero, so they exist before the
-/// first failure (a missing series makes `rate(failed) / rate(total)` empty, not 0).
-pub fn init_series(routes: &[&'static str]) {
-    for r in routes {
-        metrics::counter!(REQUESTS_FAILED, "route" => *r).absolute(0);
-    }
-    metrics::counter!(TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
-    metrics::counter!(ACCEPT_ERRORS_TOTAL).absolute(0);
-    for l in ["memory", "redis", "stale"] {
-        metrics::counter!(CACHE_HITS_TOTAL, "layer" => l).absolute(0);
-    }
-    metrics::counter!(CACHE_MISSES_TOTAL).absolute(0);
 }
 
 fn describe() {

@@ -63,11 +63,11 @@ impl AppState {
             "offers",
             redis.clone(),
             crate::cache::swr::Windows {
-                ttl: std::time::Duration::from_millis(config.offers.cache_ttl_ms),
+                ttl: config.offers.cache_ttl_ms.get(),
                 stale_while_revalidate: std::time::Duration::from_millis(
-                    config.offers.stale_while_revalidate_ms,
+                    config.offers.stale_while_revalidate_ms.ms(),
                 ),
-                stale_if_error: std::time::Duration::from_millis(config.offers.stale_if_error_ms),
+                stale_if_error: config.offers.stale_if_error_ms.get(),
             },
             config.offers.cache_max_entries,
         );

@@ -451,8 +451,8 @@ async fn pool_of_20_through_pgbouncer_pool_of_2_has_no_errors() {
         &gpuproxyd::config::Secret::new(s.pgbouncer_url(&db.name)),
         &gpuproxyd::config::DatabaseConfig {
             pool_size: 20,
-            acquire_timeout_ms: 30_000,
-            query_timeout_ms: 30_000,
+            acquire_timeout_ms: gpuproxyd::config::Millis(30_000),
+            query_timeout_ms: gpuproxyd::config::Millis(30_000),
             ..Default::default()
         },
     )

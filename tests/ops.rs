@@ -112,7 +112,7 @@ fn systemd_unit_verifies_and_outlasts_the_drain() {
         .expect("TimeoutStopSec=<n>s");
     let c = gpuproxyd::config::ServerConfig::default();
     assert!(
-        stop * 1000 > c.shutdown_grace_ms + c.drain_delay_ms,
+        stop * 1000 > c.shutdown_grace_ms.ms() + c.drain_delay_ms.ms(),
         "TimeoutStopSec {stop}s"
     );
     // verify it with the binary in place of /usr/local/bin/gpuproxyd
@@ -482,7 +482,7 @@ fn production_config_is_valid_and_fits_the_unit() {
     );
     assert!(c.proxy_protocol.https, "behind HAProxy with send-proxy-v2");
     assert!(
-        c.server.drain_delay_ms + c.server.shutdown_grace_ms < 45_000,
+        c.server.drain_delay_ms.ms() + c.server.shutdown_grace_ms.ms() < 45_000,
         "under TimeoutStopSec"
     );
 }

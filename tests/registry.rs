@@ -244,7 +244,11 @@ fn a_provider_table_is_checked_when_the_config_loads() {
         ),
         (
             vec!["providers.vastai.passthrough=[\"POST /api/v0/ssh/\"]"],
-            "providers",
+            "providers.vastai.passthrough[0]",
+        ),
+        (
+            vec!["providers.conect_timeout_ms=3"],
+            "providers.conect_timeout_ms",
         ),
     ] {
         let mut args = vec![

@@ -48,7 +48,7 @@ impl Db {
             .expose()
             .parse()
             .map_err(|e| format!("DATABASE_URL: {e}"))?;
-        pg.connect_timeout(Duration::from_millis(cfg.connect_timeout_ms));
+        pg.connect_timeout(cfg.connect_timeout_ms.get());
         if pg.get_application_name().is_none() {
             pg.application_name("gpuproxyd");
         }
@@ -56,13 +56,21 @@ impl Db {
             .max_size(cfg.pool_size)
             .min_idle(None)
             .test_on_check_out(false)
-            .connection_timeout(Duration::from_millis(cfg.acquire_timeout_ms))
-            .max_lifetime(Some(Duration::from_millis(cfg.max_lifetime_ms.max(1))))
-            .idle_timeout(Some(Duration::from_millis(cfg.idle_timeout_ms.max(1))))
+            .connection_timeout(cfg.acquire_timeout_ms.get())
+            .max_lifetime(Some(
+                cfg.max_lifetime_ms
+                    .get()
+                    .max(std::time::Duration::from_millis(1)),
+            ))
+            .idle_timeout(Some(
+                cfg.idle_timeout_ms
+                    .get()
+                    .max(std::time::Duration::from_millis(1)),
+            ))
             .build_unchecked(PostgresConnectionManager::new(pg, NoTls));
         Ok(Arc::new(Db {
             pool,
-            query_timeout: Duration::from_millis(cfg.query_timeout_ms),
+            query_timeout: cfg.query_timeout_ms.get(),
             max: cfg.pool_size,
             up: AtomicBool::new(false),
         }))

@@ -103,7 +103,7 @@ async fn idempotent(
     let db = r.db();
     let account = p.account_id();
     let digest = idempotency::hash(request, body);
-    let ttl = Duration::from_millis(state.config.rentals.idempotency_ttl_ms);
+    let ttl = state.config.rentals.idempotency_ttl_ms.get();
     match idempotency::begin(db, account, &key, request, &digest, ttl).await? {
         Begin::Replay { status, body } => {
             let mut resp = respond::json_bytes(

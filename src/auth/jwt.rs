@@ -47,7 +47,7 @@ impl Jwt {
             validation,
             issuer: cfg.jwt_issuer.clone(),
             audience: cfg.jwt_audience.clone(),
-            ttl_s: (cfg.jwt_ttl_ms / 1000).max(1) as i64,
+            ttl_s: (cfg.jwt_ttl_ms.ms() / 1000).max(1) as i64,
         }
     }
 

@@ -89,17 +89,20 @@ impl Auth {
             db,
             redis,
             cache: KeyCache::new(
-                a.cache_ttl_ms,
-                a.negative_ttl_ms,
-                a.stale_if_error_ms,
+                a.cache_ttl_ms.ms(),
+                a.negative_ttl_ms.ms(),
+                a.stale_if_error_ms.ms(),
                 a.cache_max_entries,
             ),
             jwt: config.secrets.jwt_secret.as_ref().map(|s| Jwt::new(s, a)),
             pending_uses: papaya::HashMap::builder()
                 .hasher(foldhash::fast::RandomState::default())
                 .build(),
-            redis_ttl: Duration::from_millis(a.redis_ttl_ms),
-            negative_ttl: Duration::from_millis(a.negative_ttl_ms.max(1)),
+            redis_ttl: a.redis_ttl_ms.get(),
+            negative_ttl: a
+                .negative_ttl_ms
+                .get()
+                .max(std::time::Duration::from_millis(1)),
             inflight: Default::default(),
             hits_memory: counter!(AUTH_LOOKUPS_TOTAL, "source" => "memory"),
             hits_redis: counter!(AUTH_LOOKUPS_TOTAL, "source" => "redis"),
@@ -296,7 +299,7 @@ impl Auth {
         }
         if self.db.is_some() {
             let me = self.clone();
-            let every = Duration::from_millis(config.auth.last_used_flush_ms);
+            let every = config.auth.last_used_flush_ms.get();
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {

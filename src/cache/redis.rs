@@ -37,7 +37,7 @@ impl Redis {
             builder_cfg: (fc, cfg.clone()),
             opts: Options {
                 fail_fast: true,
-                timeout: Some(Duration::from_millis(cfg.command_timeout_ms)),
+                timeout: Some(cfg.command_timeout_ms.get()),
                 max_attempts: Some(1),
                 ..Default::default()
             },
@@ -188,19 +188,19 @@ impl Redis {
 fn build(fc: &FredConfig, cfg: &RedisConfig) -> Result<Client, String> {
     Builder::from_config(fc.clone())
         .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_millis(cfg.connect_timeout_ms);
-            c.internal_command_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+            c.connection_timeout = cfg.connect_timeout_ms.get();
+            c.internal_command_timeout = cfg.connect_timeout_ms.get();
             c.max_command_attempts = 2;
             c.unresponsive.max_timeout = Some(Duration::from_secs(2));
             c.unresponsive.interval = Duration::from_millis(500);
         })
         .with_performance_config(|p| {
-            p.default_command_timeout = Duration::from_millis(cfg.command_timeout_ms);
+            p.default_command_timeout = cfg.command_timeout_ms.get();
         })
         .set_policy(ReconnectPolicy::new_exponential(
             0,
             100,
-            cfg.reconnect_max_delay_ms.min(u32::MAX as u64) as u32,
+            cfg.reconnect_max_delay_ms.ms().min(u32::MAX as u64) as u32,
             2,
         ))
         .build()

@@ -28,6 +28,14 @@ use super::Redis;
 use crate::metrics::{CACHE_HITS_TOTAL, CACHE_MISSES_TOTAL};
 use crate::providers::UpstreamError;
 
+/// Creates the cache series at 0, so hit ratios exist before the first lookup.
+pub fn init_series() {
+    for l in ["memory", "redis", "stale"] {
+        metrics::counter!(CACHE_HITS_TOTAL, "layer" => l).absolute(0);
+    }
+    metrics::counter!(CACHE_MISSES_TOTAL).absolute(0);
+}
+
 /// A cached value and when it was fetched (wall clock, so ages carry across daemons via Redis).
 #[derive(Debug)]
 pub struct Entry<V> {

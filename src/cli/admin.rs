@@ -142,9 +142,9 @@ fn db() -> Result<std::sync::Arc<Db>, String> {
     let url = env_secret("DATABASE_URL").ok_or("DATABASE_URL is not set")?;
     let cfg = DatabaseConfig {
         pool_size: 2,
-        acquire_timeout_ms: 5_000,
-        connect_timeout_ms: 5_000,
-        query_timeout_ms: 30_000,
+        acquire_timeout_ms: crate::config::Millis(5_000),
+        connect_timeout_ms: crate::config::Millis(5_000),
+        query_timeout_ms: crate::config::Millis(30_000),
         ..DatabaseConfig::default()
     };
     Db::new(&url, &cfg)

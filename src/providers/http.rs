@@ -46,7 +46,7 @@ impl HttpClient {
     pub fn new(cfg: &ProvidersConfig) -> HttpClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        http.set_connect_timeout(Some(cfg.connect_timeout_ms.get()));
         http.set_nodelay(true);
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -64,11 +64,11 @@ impl HttpClient {
             .wrap_connector(http);
         let inner = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_millis(cfg.pool_idle_timeout_ms))
+            .pool_idle_timeout(cfg.pool_idle_timeout_ms.get())
             .build(https);
         HttpClient {
             inner,
-            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            request_timeout: cfg.request_timeout_ms.get(),
             max_body: usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
             per_host: Arc::new(Mutex::new(HashMap::new())),
             max_per_host: cfg.max_connections_per_host.max(1),

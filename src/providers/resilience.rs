@@ -67,7 +67,7 @@ impl Breaker {
             consecutive: cfg.breaker_consecutive_failures,
             error_rate: cfg.breaker_error_rate,
             window: cfg.breaker_window as usize,
-            open_for: Duration::from_millis(cfg.breaker_open_ms),
+            open_for: cfg.breaker_open_ms.get(),
             provider,
             clock,
         }
@@ -167,10 +167,10 @@ impl Gate {
             backoff_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             max_retries: cfg.max_retries,
-            base_backoff: Duration::from_millis(cfg.retry_base_backoff_ms),
-            max_backoff: Duration::from_millis(cfg.retry_max_backoff_ms),
-            rate_limit_backoff: Duration::from_millis(cfg.rate_limit_backoff_ms),
-            total_timeout: Duration::from_millis(cfg.total_timeout_ms),
+            base_backoff: cfg.retry_base_backoff_ms.get(),
+            max_backoff: cfg.retry_max_backoff_ms.get(),
+            rate_limit_backoff: cfg.rate_limit_backoff_ms.get(),
+            total_timeout: cfg.total_timeout_ms.get(),
         }
     }
 
@@ -283,12 +283,12 @@ mod tests {
             breaker_consecutive_failures: 3,
             breaker_error_rate: 0.5,
             breaker_window: 10,
-            breaker_open_ms: 30,
+            breaker_open_ms: crate::config::Millis(30),
             max_retries: 2,
-            retry_base_backoff_ms: 1,
-            retry_max_backoff_ms: 2,
-            rate_limit_backoff_ms: 60_000,
-            total_timeout_ms: 5_000,
+            retry_base_backoff_ms: crate::config::Millis(1),
+            retry_max_backoff_ms: crate::config::Millis(2),
+            rate_limit_backoff_ms: crate::config::Millis(60_000),
+            total_timeout_ms: crate::config::Millis(5_000),
             ..ProvidersConfig::default()
         }
     }
@@ -401,9 +401,9 @@ mod tests {
         let gate = Gate::new(
             ProviderId::register("vastai").unwrap(),
             &ProvidersConfig {
-                total_timeout_ms: 50,
-                retry_base_backoff_ms: 200,
-                retry_max_backoff_ms: 200,
+                total_timeout_ms: crate::config::Millis(50),
+                retry_base_backoff_ms: crate::config::Millis(200),
+                retry_max_backoff_ms: crate::config::Millis(200),
                 max_retries: 10,
                 breaker_consecutive_failures: 100,
                 ..cfg()

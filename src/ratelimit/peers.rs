@@ -13,7 +13,6 @@
 //! daemon that has never reached Redis counts only itself.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::gauge;
 
@@ -24,8 +23,8 @@ use crate::metrics::RATELIMIT_DAEMONS;
 
 /// Runs the heartbeat until the task is dropped, setting `limits`' share.
 pub async fn run(cfg: RateLimitConfig, limits: Arc<RateLimits>, redis: Redis) {
-    let every = Duration::from_millis(cfg.peer_heartbeat_ms);
-    let ttl = Duration::from_millis(cfg.peer_ttl_ms);
+    let every = cfg.peer_heartbeat_ms.get();
+    let ttl = cfg.peer_ttl_ms.get();
     let members = redis.key("ratelimit:daemons");
     let me = instance_id();
     gauge!(RATELIMIT_DAEMONS).set(f64::from(limits.daemons()));

@@ -29,7 +29,7 @@ pub fn spawn_attach(
     let Some(pid) = row.provider_instance_id.clone() else {
         return;
     };
-    let deadline = Instant::now() + Duration::from_millis(config.rentals.provisioning_timeout_ms);
+    let deadline = Instant::now() + config.rentals.provisioning_timeout_ms.get();
     tokio::spawn(async move {
         let mut failures_running = 0u32;
         while Instant::now() < deadline {

@@ -191,7 +191,7 @@ impl Rentals {
                     .absolute(0);
             }
         }
-        let ttl = Duration::from_millis(config.rentals.status_cache_ms);
+        let ttl = config.rentals.status_cache_ms.get();
         Arc::new(Rentals {
             status: SwrCache::new(
                 "instance-status",
@@ -260,7 +260,7 @@ impl Rentals {
                 pid.as_str(),
                 offer,
                 &id,
-                self.config.rentals.intent_timeout_ms,
+                self.config.rentals.intent_timeout_ms.ms(),
             )
             .await?
         {
@@ -338,62 +338,7 @@ impl Rentals {
                     Some(json!({"offer_id": body.offer_id})),
                 )
             })?;
-        // an interruptible offer rents at a bid: the one asked for, or the current minimum
-        let bid = match quote.min_bid {
-            Some(min) => {
-                let bid = body.bid_per_hour.unwrap_or(min);
-                if bid < min {
-                    count("refused");
-                    return Err(Error::refused(
-                        Refusal::BidTooLow,
-                        format!(
-                            "the minimum bid for offer {} is {min:.4} USD/h now; `bid_per_hour` {bid:.4} would be outbid at once",
-                            body.offer_id
-                        ),
-                        Some(json!({"min_bid_per_hour": min, "bid_per_hour": bid})),
-                    ));
-                }
-                Some(bid)
-            }
-            None => None,
-        };
-        let price = match bid {
-            Some(b) => crate::providers::model::round_to(b + quote.storage_per_hour, 6),
-            None => quote.price_per_hour,
-        };
-        if let Some(max) = body.max_price_per_hour
-            && price > max
-        {
-            count("refused");
-            return Err(Error::refused(
-                Refusal::PriceChanged,
-                format!(
-                    "offer {} costs {:.4} USD/h now, above max_price_per_hour {:.4}",
-                    body.offer_id, price, max
-                ),
-                Some(json!({"current_price_per_hour": price, "max_price_per_hour": max})),
-            ));
-        }
-        // the shown price is checked for on-demand rentals; a bid is the caller's own price
-        if bid.is_none()
-            && let Some(shown) = self.shown_price(&body.offer_id)
-            && quote.price_per_hour > shown * (1.0 + self.config.rentals.price_tolerance)
-        {
-            count("refused");
-            return Err(Error::refused(
-                Refusal::PriceChanged,
-                format!(
-                    "offer {} costs {:.4} USD/h now, quoted {:.4} (tolerance {}%)",
-                    body.offer_id,
-                    quote.price_per_hour,
-                    shown,
-                    self.config.rentals.price_tolerance * 100.0
-                ),
-                Some(
-                    json!({"current_price_per_hour": quote.price_per_hour, "quoted_price_per_hour": shown}),
-                ),
-            ));
-        }
+        let (bid, price) = self.terms(body, &quote).inspect_err(|_| count("refused"))?;
         let row = ledger::reserve(
             &self.db,
             &ledger::NewInstance {
@@ -487,6 +432,70 @@ impl Rentals {
                 }
             }
         }
+    }
+
+    /// Step 2 of a rental: the terms it rents at, from the fresh quote: the bid (interruptible
+    /// offers: the one asked for, or the current minimum) and the price, checked against the
+    /// caller's ceiling and the price it was shown.
+    fn terms(
+        &self,
+        body: &RentBody,
+        quote: &crate::providers::Quote,
+    ) -> Result<(Option<f64>, f64)> {
+        // an interruptible offer rents at a bid: the one asked for, or the current minimum
+        let bid = match quote.min_bid {
+            Some(min) => {
+                let bid = body.bid_per_hour.unwrap_or(min);
+                if bid < min {
+                    return Err(Error::refused(
+                        Refusal::BidTooLow,
+                        format!(
+                            "the minimum bid for offer {} is {min:.4} USD/h now; `bid_per_hour` {bid:.4} would be outbid at once",
+                            body.offer_id
+                        ),
+                        Some(json!({"min_bid_per_hour": min, "bid_per_hour": bid})),
+                    ));
+                }
+                Some(bid)
+            }
+            None => None,
+        };
+        let price = match bid {
+            Some(b) => crate::providers::model::round_to(b + quote.storage_per_hour, 6),
+            None => quote.price_per_hour,
+        };
+        if let Some(max) = body.max_price_per_hour
+            && price > max
+        {
+            return Err(Error::refused(
+                Refusal::PriceChanged,
+                format!(
+                    "offer {} costs {:.4} USD/h now, above max_price_per_hour {:.4}",
+                    body.offer_id, price, max
+                ),
+                Some(json!({"current_price_per_hour": price, "max_price_per_hour": max})),
+            ));
+        }
+        // the shown price is checked for on-demand rentals; a bid is the caller's own price
+        if bid.is_none()
+            && let Some(shown) = self.shown_price(&body.offer_id)
+            && quote.price_per_hour > shown * (1.0 + self.config.rentals.price_tolerance)
+        {
+            return Err(Error::refused(
+                Refusal::PriceChanged,
+                format!(
+                    "offer {} costs {:.4} USD/h now, quoted {:.4} (tolerance {}%)",
+                    body.offer_id,
+                    quote.price_per_hour,
+                    shown,
+                    self.config.rentals.price_tolerance * 100.0
+                ),
+                Some(
+                    json!({"current_price_per_hour": quote.price_per_hour, "quoted_price_per_hour": shown}),
+                ),
+            ));
+        }
+        Ok((bid, price))
     }
 
     /// `PUT /v1/instances/{id}/bid`: raises (or lowers) an interruptible instance's bid at the

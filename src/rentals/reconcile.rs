@@ -75,7 +75,7 @@ pub async fn run(r: Arc<Rentals>, interval: Duration) {
 
 /// One round over every provider.
 pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
-    let timeout = r.config.rentals.intent_timeout_ms as f64 / 1000.0;
+    let timeout = r.config.rentals.intent_timeout_ms.ms() as f64 / 1000.0;
     let db = r.db.clone();
     let rows = ledger::for_reconciler(&db, 7.0 * 86_400.0).await?;
     publish_gauges(&r.providers, &rows);
@@ -168,8 +168,8 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
             }
         }
 
-        let grace = r.config.rentals.dead_state_grace_ms as f64 / 1000.0;
-        let stuck_after = r.config.rentals.provisioning_timeout_ms as f64 / 1000.0;
+        let grace = r.config.rentals.dead_state_grace_ms.ms() as f64 / 1000.0;
+        let stuck_after = r.config.rentals.provisioning_timeout_ms.ms() as f64 / 1000.0;
         for row in open.iter().filter(|x| x.provider == name) {
             let Some(pid) = row.provider_instance_id.as_deref() else {
                 continue;

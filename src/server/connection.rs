@@ -64,7 +64,7 @@ pub async fn serve(
     // 1. PROXY protocol
     let (client, prefix) = if cfg.proxy_protocol.enabled_for(listener) {
         let trusted = env.trusted.iter().any(|c| c.contains(peer.ip()));
-        let timeout = Duration::from_millis(cfg.proxy_protocol.header_timeout_ms);
+        let timeout = cfg.proxy_protocol.header_timeout_ms.get();
         let read = Box::pin(tokio::time::timeout(
             timeout,
             proxy::read_header(&mut stream, peer, trusted),
@@ -342,16 +342,16 @@ async fn serve_h1_active(
     let mut closing: Option<CloseReason> = None;
     let result = loop {
         let park_timer = async {
-            if park_after == 0 || parking || closing.is_some() {
+            if park_after.ms() == 0 || parking || closing.is_some() {
                 std::future::pending::<()>().await
             }
             // Idle past the mark yet not parked (a request in flight, or none served yet): check
             // again a whole period later, not every millisecond.
             let idle = shared.idle_ms();
-            let wait = if idle >= park_after {
-                park_after
+            let wait = if idle >= park_after.ms() {
+                park_after.ms()
             } else {
-                park_after - idle
+                park_after.ms() - idle
             };
             tokio::time::sleep(Duration::from_millis(wait.max(1))).await;
         };
@@ -360,7 +360,7 @@ async fn serve_h1_active(
             _ = park_timer => {
                 if shared.inflight() == 0
                     && shared.quiet_since_response()
-                    && shared.idle_ms() >= park_after
+                    && shared.idle_ms() >= park_after.ms()
                 {
                     parking = true;
                     Pin::new(&mut conn).graceful_shutdown();

@@ -92,14 +92,13 @@ impl Daemon {
             ),
             None => None,
         };
-        crate::metrics::init_series(
-            &api::router::ROUTES
-                .iter()
-                .map(|r| r.pattern)
-                .collect::<Vec<_>>(),
-        );
+        // each module creates the series its alerts need at 0 (the API's own come with its
+        // request metrics)
+        metrics::counter!(crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL).absolute(0);
+        metrics::counter!(crate::metrics::ACCEPT_ERRORS_TOTAL).absolute(0);
         crate::conn::init_series();
         crate::ratelimit::init_series();
+        crate::cache::swr::init_series();
         let tls = certs
             .clone()
             .map(|c| TlsAcceptor::from(tls::server_config(c)));
@@ -194,15 +193,15 @@ impl Daemon {
         let reaper = tokio::spawn(reaper::run(
             state.conns.clone(),
             ReapPolicy {
-                idle_timeout_ms: cfg.connections.idle_timeout_ms,
-                first_request_timeout_ms: cfg.server.header_read_timeout_ms,
-                max_age_ms: cfg.connections.max_age_ms,
+                idle_timeout_ms: cfg.connections.idle_timeout_ms.ms(),
+                first_request_timeout_ms: cfg.server.header_read_timeout_ms.ms(),
+                max_age_ms: cfg.connections.max_age_ms.ms(),
             },
-            Duration::from_millis(cfg.connections.reap_interval_ms),
+            cfg.connections.reap_interval_ms.get(),
         ));
         let sweeper = {
             let state = state.clone();
-            let every = Duration::from_millis(cfg.ratelimit.sweep_interval_ms);
+            let every = cfg.ratelimit.sweep_interval_ms.get();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
@@ -215,13 +214,13 @@ impl Daemon {
         if let Some(db) = &state.db {
             background
                 .push(tokio::spawn(db.clone().monitor(Duration::from_millis(
-                    cfg.database.health_interval_ms,
+                    cfg.database.health_interval_ms.ms(),
                 ))));
         }
         if let Some(r) = &state.rentals {
             background.push(tokio::spawn(crate::rentals::reconcile::run(
                 r.clone(),
-                Duration::from_millis(cfg.rentals.reconcile_interval_ms),
+                cfg.rentals.reconcile_interval_ms.get(),
             )));
         }
         if let Some(redis) = state.redis.clone() {

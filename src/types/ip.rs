@@ -56,7 +56,9 @@ fn prefix_mask(len: u8) -> u128 {
 }
 
 /// An address block such as `10.0.0.0/8` or `fd00::/8` (a bare address is a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Read from config as its text (`serde(try_from)`): a bad block is a config error naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Cidr {
     addr: IpAddr,
     len: u8,
@@ -79,6 +81,20 @@ impl Cidr {
             }
             _ => false,
         }
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Cidr, String> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
     }
 }
 

@@ -1,0 +1,202 @@
+//! `[providers]` (shared HTTP settings and one `[providers.<id>]` table per provider),
+//! `[offers]` and `[passthrough]`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+
+/// The clients a `[providers.<id>]` table may name as its `kind`.
+pub const PROVIDER_KINDS: &[&str] = &["vastai", "ionet", "generic"];
+
+/// The provider clients: one `[providers.<id>]` table per provider (the registry: adding a
+/// provider is a table, plus a client file when its API is new), and the HTTP settings they
+/// share: how long a call may take and how failures are contained.
+///
+/// (No `deny_unknown_fields` here: serde cannot combine it with the flattened tables. A
+/// misspelled setting is still refused, as a value that is not a provider table.)
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProvidersConfig {
+    /// TCP + TLS connect, per attempt.
+    pub connect_timeout_ms: Millis,
+    /// One attempt: request sent to the whole body read.
+    pub request_timeout_ms: Millis,
+    /// Every attempt and back-off of one call together; retries never go past it.
+    pub total_timeout_ms: Millis,
+    /// Idle keep-alive connections kept per provider host.
+    pub pool_max_idle_per_host: usize,
+    /// Requests in flight (so connections) per provider host at most; more wait for a slot
+    /// within their timeout.
+    pub max_connections_per_host: usize,
+    pub pool_idle_timeout_ms: Millis,
+    /// Retries of an idempotent call after a connect error, timeout, 429, 502, 503 or 504.
+    pub max_retries: u32,
+    /// First back-off; doubles per retry up to `retry_max_backoff_ms`, with full jitter.
+    pub retry_base_backoff_ms: Millis,
+    pub retry_max_backoff_ms: Millis,
+    /// After an upstream 429 without `Retry-After` (Vast.ai never sends one), calls to that
+    /// provider wait this long (they fail fast, so cached or stale answers are used meanwhile).
+    pub rate_limit_backoff_ms: Millis,
+    /// Consecutive failed calls that open a provider's circuit.
+    pub breaker_consecutive_failures: u32,
+    /// Or: this share of failed calls among the last `breaker_window` calls.
+    pub breaker_error_rate: f64,
+    pub breaker_window: u32,
+    /// How long an open circuit refuses calls before one half-open probe is let through.
+    pub breaker_open_ms: Millis,
+    /// Largest upstream body read (a provider answering more is treated as failing).
+    pub max_body_bytes: u64,
+    /// `[providers.<id>]`: every provider by id (the table's name, which prefixes its offer ids
+    /// and labels its metrics).
+    #[serde(flatten)]
+    pub tables: BTreeMap<String, ProviderTable>,
+}
+
+/// One provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderTable {
+    /// The client that speaks its API (one of [`PROVIDER_KINDS`]); empty: the table's name.
+    pub kind: String,
+    /// Offered at all; a disabled provider is not asked and cannot be rented from.
+    pub enabled: bool,
+    /// API root (tests and the demo point it at the sandbox).
+    pub base_url: String,
+    /// The environment variable holding its API key (keys never sit in a file). Without the
+    /// key, Vast.ai still searches (its search needs none); io.net reports `disabled`.
+    pub api_key_env: String,
+    /// Offers one search asks for (Vast.ai's `limit`; others list everything).
+    pub search_limit: u32,
+    /// `/v1/providers/<id>/{path}` rules (see `[passthrough]`): `METHOD /path [body=keys]`.
+    pub passthrough: Vec<crate::types::passthrough::Rule>,
+}
+
+impl Default for ProviderTable {
+    fn default() -> Self {
+        ProviderTable {
+            kind: String::new(),
+            enabled: true,
+            base_url: String::new(),
+            api_key_env: String::new(),
+            search_limit: 1_000,
+            passthrough: Vec::new(),
+        }
+    }
+}
+
+impl ProviderTable {
+    /// The client kind, the table's name when `kind` is not given.
+    pub fn kind<'a>(&'a self, id: &'a str) -> &'a str {
+        if self.kind.is_empty() { id } else { &self.kind }
+    }
+}
+
+fn rules(list: &[&str]) -> Vec<crate::types::passthrough::Rule> {
+    list.iter()
+        .map(|r| crate::types::passthrough::Rule::parse(r).expect("default rules parse"))
+        .collect()
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        let vastai = ProviderTable {
+            base_url: "https://console.vast.ai".into(),
+            api_key_env: "VASTAI_API_KEY".into(),
+            passthrough: rules(&[
+                "GET /api/v0/instances/{instance}/",
+                // start/stop only: the label holds our id, and a state change is recorded
+                "PUT /api/v0/instances/{instance}/ body=state",
+                "PUT /api/v0/instances/reboot/{instance}/ body=",
+                "PUT /api/v0/instances/request_logs/{instance}/ body=",
+                "POST /api/v0/bundles/",
+            ]),
+            ..ProviderTable::default()
+        };
+        let ionet = ProviderTable {
+            base_url: "https://api.io.solutions".into(),
+            api_key_env: "IONET_API_KEY".into(),
+            passthrough: rules(&[
+                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}",
+                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}/vms",
+                "POST /enterprise/v1/io-cloud/vmaas/deployment/{instance}/extend",
+                "GET /enterprise/v1/io-cloud/vmaas/hardware",
+                "GET /enterprise/v1/io-cloud/vmaas/available-vms",
+                "GET /enterprise/v1/io-cloud/vmaas/price",
+            ]),
+            ..ProviderTable::default()
+        };
+        ProvidersConfig {
+            tables: BTreeMap::from([("vastai".into(), vastai), ("ionet".into(), ionet)]),
+            connect_timeout_ms: Millis(2_000),
+            request_timeout_ms: Millis(5_000),
+            total_timeout_ms: Millis(10_000),
+            pool_max_idle_per_host: 32,
+            max_connections_per_host: 128,
+            pool_idle_timeout_ms: Millis(60_000),
+            max_retries: 2,
+            retry_base_backoff_ms: Millis(100),
+            retry_max_backoff_ms: Millis(2_000),
+            rate_limit_backoff_ms: Millis(6_000),
+            breaker_consecutive_failures: 5,
+            breaker_error_rate: 0.5,
+            breaker_window: 20,
+            breaker_open_ms: Millis(10_000),
+            max_body_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// `GET /v1/offers`: the cache in front of the providers, and paging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffersConfig {
+    /// A provider's answer is fresh this long.
+    pub cache_ttl_ms: Millis,
+    /// After that, it is still served (marked stale) for this long while one background refresh
+    /// runs.
+    pub stale_while_revalidate_ms: Millis,
+    /// While a provider fails, an answer up to this old is served (marked stale) instead of an
+    /// error; also the life of the Redis copy.
+    pub stale_if_error_ms: Millis,
+    /// Provider answers the in-process layer keeps at most.
+    pub cache_max_entries: usize,
+    /// Page size when `limit` is not given, and the largest `limit` accepted.
+    pub default_limit: u32,
+    pub max_limit: u32,
+    /// Disk size used to price Vast.ai storage when `disk_gb` is not given.
+    pub default_disk_gb: u32,
+}
+
+impl Default for OffersConfig {
+    fn default() -> Self {
+        OffersConfig {
+            cache_ttl_ms: Millis(30_000),
+            stale_while_revalidate_ms: Millis(30_000),
+            stale_if_error_ms: Millis(600_000),
+            cache_max_entries: 4_096,
+            default_limit: 20,
+            max_limit: 200,
+            default_disk_gb: 20,
+        }
+    }
+}
+
+/// `/v1/providers/{provider}/{path}`: provider API calls forwarded with the provider key. Only
+/// the `passthrough` rules of the provider's table pass (`METHOD /path [body=keys]`);
+/// `{instance}` matches one path segment that must be the provider id of one of the caller's
+/// own instances; a trailing `*` matches the rest. Listing or creating instances, and account
+/// endpoints, stay out: every account shares one provider key, so those would show or spend
+/// across accounts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PassthroughConfig {
+    pub enabled: bool,
+}
+
+impl Default for PassthroughConfig {
+    fn default() -> Self {
+        PassthroughConfig { enabled: true }
+    }
+}

@@ -1,0 +1,50 @@
+//! `[rentals]`: price checks, status cache, reconciler, idempotency, SSH keys, dead and stuck
+//! instances.
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+
+/// Renting: the price check, status reads, the reconciler and `Idempotency-Key` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RentalsConfig {
+    /// A rental is refused (409 `price_changed`) when the offer's price now is above the price
+    /// the caller was shown (the offers cache) by more than this fraction.
+    pub price_tolerance: f64,
+    /// An instance's provider status is reused this long (a thousand pollers, one provider call).
+    pub status_cache_ms: Millis,
+    /// How often the reconciler compares the ledger with the providers (it also runs at start).
+    pub reconcile_interval_ms: Millis,
+    /// An intent still pending after this long is settled by the reconciler: adopted when the
+    /// provider has an instance with our id, marked failed otherwise.
+    pub intent_timeout_ms: Millis,
+    /// `Idempotency-Key` records are kept this long.
+    pub idempotency_ttl_ms: Millis,
+    /// io.net deployments run for a fixed time: this many hours when the request does not say.
+    pub default_duration_hours: u32,
+    /// SSH keys an account may store in `/v1/ssh-keys`.
+    pub max_ssh_keys: u32,
+    /// An instance the provider reports in a state that never reaches `running` (Vast: exited,
+    /// offline, unknown, a failed container create) this long is destroyed and marked failed.
+    pub dead_state_grace_ms: Millis,
+    /// An instance not `running` this long after the provider accepted it is destroyed and
+    /// marked failed (it would bill its disk, or more, forever).
+    pub provisioning_timeout_ms: Millis,
+}
+
+impl Default for RentalsConfig {
+    fn default() -> Self {
+        RentalsConfig {
+            price_tolerance: 0.05,
+            status_cache_ms: Millis(2_000),
+            reconcile_interval_ms: Millis(60_000),
+            intent_timeout_ms: Millis(120_000),
+            idempotency_ttl_ms: Millis(86_400_000),
+            default_duration_hours: 24,
+            max_ssh_keys: 20,
+            dead_state_grace_ms: Millis(120_000),
+            provisioning_timeout_ms: Millis(600_000),
+        }
+    }
+}

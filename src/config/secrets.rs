@@ -1,0 +1,81 @@
+//! Secrets: read from the environment only, printable only as `<redacted>`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A secret value: printable only as `<redacted>`, so it cannot leak through `{:?}` or a log field.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The one way to read the value; call it only where the secret is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The secrets, from the environment variables of the same (upper-case) names.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub database_url: Option<Secret>,
+    pub redis_url: Option<Secret>,
+    pub jwt_secret: Option<Secret>,
+    /// Provider API keys, by the environment variable their table names (`api_key_env`).
+    pub provider_keys: BTreeMap<String, Secret>,
+}
+
+/// Environment variable names of the secrets every deployment has, in the order of
+/// [`Secrets`]' fields (provider keys come from the variables their tables name).
+pub const SECRET_VARS: [&str; 3] = ["DATABASE_URL", "REDIS_URL", "JWT_SECRET"];
+
+impl Secrets {
+    /// The secrets from `env`; `key_vars` are the provider tables' `api_key_env` names.
+    pub fn from_env<'a>(
+        env: &[(String, String)],
+        key_vars: impl IntoIterator<Item = &'a str>,
+    ) -> Secrets {
+        let get = |name: &str| {
+            env.iter()
+                .find(|(k, v)| k == name && !v.is_empty())
+                .map(|(_, v)| Secret::new(v.clone()))
+        };
+        Secrets {
+            database_url: get(SECRET_VARS[0]),
+            redis_url: get(SECRET_VARS[1]),
+            jwt_secret: get(SECRET_VARS[2]),
+            provider_keys: key_vars
+                .into_iter()
+                .filter(|v| !v.is_empty())
+                .filter_map(|v| Some((v.to_owned(), get(v)?)))
+                .collect(),
+        }
+    }
+
+    /// The API key in the environment variable `var` (a provider table's `api_key_env`).
+    pub fn provider_key(&self, var: &str) -> Option<&Secret> {
+        self.provider_keys.get(var)
+    }
+
+    pub(super) fn presence(&self, key_vars: &[&str]) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = vec![
+            (SECRET_VARS[0].into(), self.database_url.is_some()),
+            (SECRET_VARS[1].into(), self.redis_url.is_some()),
+            (SECRET_VARS[2].into(), self.jwt_secret.is_some()),
+        ];
+        v.extend(
+            key_vars
+                .iter()
+                .map(|k| (k.to_string(), self.provider_keys.contains_key(*k))),
+        );
+        v
+    }
+}
