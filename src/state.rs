@@ -69,7 +69,7 @@ impl AppState {
                 ),
                 stale_if_error: config.offers.stale_if_error_ms.get(),
             },
-            config.offers.cache_max_entries,
+            config.offers.cache_max_entries.get(),
         );
         let rentals = db.clone().map(|db| {
             crate::rentals::Rentals::new(

@@ -450,7 +450,7 @@ async fn pool_of_20_through_pgbouncer_pool_of_2_has_no_errors() {
     let pool = gpuproxyd::accounts::Db::new(
         &gpuproxyd::config::Secret::new(s.pgbouncer_url(&db.name)),
         &gpuproxyd::config::DatabaseConfig {
-            pool_size: 20,
+            pool_size: 20.try_into().unwrap(),
             acquire_timeout_ms: gpuproxyd::config::Millis(30_000),
             query_timeout_ms: gpuproxyd::config::Millis(30_000),
             ..Default::default()

@@ -53,7 +53,7 @@ impl Db {
             pg.application_name("gpuproxyd");
         }
         let pool = Pool::builder()
-            .max_size(cfg.pool_size)
+            .max_size(cfg.pool_size.get())
             .min_idle(None)
             .test_on_check_out(false)
             .connection_timeout(cfg.acquire_timeout_ms.get())
@@ -71,7 +71,7 @@ impl Db {
         Ok(Arc::new(Db {
             pool,
             query_timeout: cfg.query_timeout_ms.get(),
-            max: cfg.pool_size,
+            max: cfg.pool_size.get(),
             up: AtomicBool::new(false),
         }))
     }

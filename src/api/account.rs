@@ -81,11 +81,14 @@ impl AccountViews {
 fn render(k: &KeyRecord, via: Via, rl: &RateLimitConfig) -> Vec<u8> {
     let (acct_rpm, acct_burst) = crate::ratelimit::effective(
         k.account_rate_limit,
-        rl.account_per_minute,
-        rl.account_burst,
+        rl.account_per_minute.get(),
+        rl.account_burst.get(),
     );
-    let (key_rpm, key_burst) =
-        crate::ratelimit::effective(k.key_rate_limit, rl.key_per_minute, rl.key_burst);
+    let (key_rpm, key_burst) = crate::ratelimit::effective(
+        k.key_rate_limit,
+        rl.key_per_minute.get(),
+        rl.key_burst.get(),
+    );
     serde_json::to_vec(&AccountView {
         account: AccountSummary {
             id: k.account_id,

@@ -36,7 +36,7 @@ fn ctx(c: &Call) -> Result<Ctx> {
 pub async fn create_account(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
     let limit = c.api.config.server.max_body_bytes;
-    let new: NewAccount = body::json(c.req, limit)
+    let new: NewAccount = body::json(c.req, limit.get())
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body with at least `name` is required"))?;
     let a = store::create_account(&x.db, &new).await?;
@@ -85,7 +85,7 @@ pub async fn set_account_status(c: Call, active: bool) -> Result<Response<Body>>
 pub async fn create_key(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
     let limit = c.api.config.server.max_body_bytes;
-    let spec: NewKeySpec = body::json(c.req, limit).await?.unwrap_or_default();
+    let spec: NewKeySpec = body::json(c.req, limit.get()).await?.unwrap_or_default();
     let (key, token) = store::create_key(&x.db, &AccountRef::parse(&x.param), &spec).await?;
     Ok(respond::json(
         StatusCode::CREATED,

@@ -153,7 +153,7 @@ pub async fn create(c: Call) -> Result<Response<Body>> {
     let p = &p;
     let r = rentals(state)?.clone();
     let key = idempotency_key(&req)?;
-    let raw = body::read(req, state.config.server.max_body_bytes).await?;
+    let raw = body::read(req, state.config.server.max_body_bytes.get()).await?;
     let b: RentBody =
         body::parse(&raw)?.ok_or_else(|| Error::bad_request("a JSON body is required"))?;
     let account = p.account_id();
@@ -237,7 +237,7 @@ pub async fn bid(c: Call) -> Result<Response<Body>> {
         bid_per_hour: f64,
     }
     let r = rentals(state)?.clone();
-    let b: BidBody = body::json(req, state.config.server.max_body_bytes)
+    let b: BidBody = body::json(req, state.config.server.max_body_bytes.get())
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body {\"bid_per_hour\": <USD/h>} is required"))?;
     let row = r.set_bid(p.account_id(), id, b.bid_per_hour).await?;

@@ -62,8 +62,8 @@ pub struct Api {
 impl Api {
     pub fn new(app: Arc<AppState>) -> Arc<Api> {
         Arc::new(Api {
-            offer_pages: offers::PageCache::new(app.config.offers.cache_max_entries),
-            account_views: account::AccountViews::new(app.config.auth.cache_max_entries),
+            offer_pages: offers::PageCache::new(app.config.offers.cache_max_entries.get()),
+            account_views: account::AccountViews::new(app.config.auth.cache_max_entries.get()),
             request_metrics: RequestMetrics::new(&Route::metric_labels()),
             app,
         })
@@ -154,7 +154,7 @@ async fn dispatch(
     let limit = state.config.server.max_body_bytes;
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
         match len.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
-            Some(n) if n > limit => return Err(Error::payload_too_large(limit)),
+            Some(n) if n > limit.get() => return Err(Error::payload_too_large(limit.get())),
             Some(_) => {}
             None => return Err(Error::bad_request("invalid Content-Length header")),
         }

@@ -33,10 +33,10 @@ pub async fn create(c: Call) -> Result<Response<Body>> {
         c.api.config.rentals.max_ssh_keys,
         c.api.config.server.max_body_bytes,
     );
-    let k: NewKey = body::json(c.req, limit)
+    let k: NewKey = body::json(c.req, limit.get())
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body {\"name\", \"public_key\"} is required"))?;
-    let key = sshkeys::create(&db, account, max, &k).await?;
+    let key = sshkeys::create(&db, account, max.get(), &k).await?;
     Ok(respond::json(StatusCode::CREATED, &view(&key)))
 }
 

@@ -92,7 +92,7 @@ impl Auth {
                 a.cache_ttl_ms.ms(),
                 a.negative_ttl_ms.ms(),
                 a.stale_if_error_ms.ms(),
-                a.cache_max_entries,
+                a.cache_max_entries.get(),
             ),
             jwt: config.secrets.jwt_secret.as_ref().map(|s| Jwt::new(s, a)),
             pending_uses: papaya::HashMap::builder()

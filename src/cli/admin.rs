@@ -141,7 +141,7 @@ fn env_secret(name: &str) -> Option<Secret> {
 fn db() -> Result<std::sync::Arc<Db>, String> {
     let url = env_secret("DATABASE_URL").ok_or("DATABASE_URL is not set")?;
     let cfg = DatabaseConfig {
-        pool_size: 2,
+        pool_size: crate::config::nz32(2),
         acquire_timeout_ms: crate::config::Millis(5_000),
         connect_timeout_ms: crate::config::Millis(5_000),
         query_timeout_ms: crate::config::Millis(30_000),

@@ -35,6 +35,29 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// A non-zero default (config counts where 0 would be meaningless are `NonZero*`: a 0 in a file
+/// is refused when it is read, naming the key).
+pub(crate) const fn nz32(v: u32) -> std::num::NonZeroU32 {
+    match std::num::NonZeroU32::new(v) {
+        Some(n) => n,
+        None => panic!("a zero default"),
+    }
+}
+
+pub(crate) const fn nz64(v: u64) -> std::num::NonZeroU64 {
+    match std::num::NonZeroU64::new(v) {
+        Some(n) => n,
+        None => panic!("a zero default"),
+    }
+}
+
+pub(crate) const fn nzsize(v: usize) -> std::num::NonZeroUsize {
+    match std::num::NonZeroUsize::new(v) {
+        Some(n) => n,
+        None => panic!("a zero default"),
+    }
+}
+
 /// Prefix of environment variables that override config keys: `GPUPROXY_SERVER_HTTPS_LISTEN`
 /// sets `server.https_listen`.
 pub const ENV_PREFIX: &str = "GPUPROXY_";
@@ -227,11 +250,6 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "server.header_read_timeout_ms",
             s.header_read_timeout_ms.ms(),
         ),
-        ("server.max_body_bytes", s.max_body_bytes),
-        (
-            "server.h2_max_concurrent_streams",
-            u64::from(s.h2_max_concurrent_streams),
-        ),
     ] {
         if v == 0 {
             return Err(err(key, "must be greater than 0"));
@@ -239,7 +257,6 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     let c = &config.connections;
     for (key, v) in [
-        ("connections.max_per_ip", u64::from(c.max_per_ip)),
         ("connections.idle_timeout_ms", c.idle_timeout_ms.ms()),
         ("connections.reap_interval_ms", c.reap_interval_ms.ms()),
     ] {
@@ -249,15 +266,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     let r = &config.ratelimit;
     for (key, v) in [
-        ("ratelimit.ip_per_minute", r.ip_per_minute),
-        ("ratelimit.ip_burst", r.ip_burst),
         ("ratelimit.peer_heartbeat_ms", r.peer_heartbeat_ms.ms()),
-        ("ratelimit.account_per_minute", r.account_per_minute),
-        ("ratelimit.account_burst", r.account_burst),
-        ("ratelimit.key_per_minute", r.key_per_minute),
-        ("ratelimit.key_burst", r.key_burst),
-        ("ratelimit.max_keys", r.max_keys as u64),
-        ("ratelimit.overflow_cells", r.overflow_cells as u64),
         ("ratelimit.sweep_interval_ms", r.sweep_interval_ms.ms()),
     ] {
         if v == 0 {
@@ -272,7 +281,6 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     let (d, a, rd) = (&config.database, &config.auth, &config.redis);
     for (key, v) in [
-        ("database.pool_size", u64::from(d.pool_size)),
         ("database.acquire_timeout_ms", d.acquire_timeout_ms.ms()),
         ("database.connect_timeout_ms", d.connect_timeout_ms.ms()),
         ("database.query_timeout_ms", d.query_timeout_ms.ms()),
@@ -280,7 +288,6 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ("redis.command_timeout_ms", rd.command_timeout_ms.ms()),
         ("redis.connect_timeout_ms", rd.connect_timeout_ms.ms()),
         ("auth.cache_ttl_ms", a.cache_ttl_ms.ms()),
-        ("auth.cache_max_entries", a.cache_max_entries as u64),
         ("auth.jwt_ttl_ms", a.jwt_ttl_ms.ms()),
         ("auth.last_used_flush_ms", a.last_used_flush_ms.ms()),
     ] {
@@ -318,11 +325,6 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ),
         ("rentals.intent_timeout_ms", rc.intent_timeout_ms.ms()),
         ("rentals.idempotency_ttl_ms", rc.idempotency_ttl_ms.ms()),
-        (
-            "rentals.default_duration_hours",
-            u64::from(rc.default_duration_hours),
-        ),
-        ("rentals.max_ssh_keys", u64::from(rc.max_ssh_keys)),
         ("rentals.dead_state_grace_ms", rc.dead_state_grace_ms.ms()),
         (
             "rentals.provisioning_timeout_ms",
@@ -391,27 +393,12 @@ fn validate_providers(p: &ProvidersConfig, o: &OffersConfig) -> Result<(), Confi
                 format!("`{}` is not an http(s) URL", t.base_url),
             ));
         }
-        if t.search_limit == 0 {
-            return Err(err(key("search_limit"), "must be greater than 0"));
-        }
     }
     for (key, v) in [
         ("providers.connect_timeout_ms", p.connect_timeout_ms.ms()),
         ("providers.request_timeout_ms", p.request_timeout_ms.ms()),
         ("providers.total_timeout_ms", p.total_timeout_ms.ms()),
-        (
-            "providers.breaker_consecutive_failures",
-            u64::from(p.breaker_consecutive_failures),
-        ),
-        ("providers.breaker_window", u64::from(p.breaker_window)),
-        ("providers.max_body_bytes", p.max_body_bytes),
-        (
-            "providers.max_connections_per_host",
-            p.max_connections_per_host as u64,
-        ),
         ("offers.cache_ttl_ms", o.cache_ttl_ms.ms()),
-        ("offers.cache_max_entries", o.cache_max_entries as u64),
-        ("offers.default_limit", u64::from(o.default_limit)),
     ] {
         if v == 0 {
             return Err(err(key, "must be greater than 0"));
@@ -420,7 +407,7 @@ fn validate_providers(p: &ProvidersConfig, o: &OffersConfig) -> Result<(), Confi
     if !(p.breaker_error_rate > 0.0 && p.breaker_error_rate <= 1.0) {
         return Err(err("providers.breaker_error_rate", "must be in (0, 1]"));
     }
-    if o.max_limit < o.default_limit {
+    if o.max_limit < o.default_limit.get() {
         return Err(err(
             "offers.max_limit",
             "must be at least offers.default_limit",

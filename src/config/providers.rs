@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+
 use serde::{Deserialize, Serialize};
+
+use super::{nz32, nz64, nzsize};
 
 use super::Millis;
 
@@ -29,7 +33,7 @@ pub struct ProvidersConfig {
     pub pool_max_idle_per_host: usize,
     /// Requests in flight (so connections) per provider host at most; more wait for a slot
     /// within their timeout.
-    pub max_connections_per_host: usize,
+    pub max_connections_per_host: NonZeroUsize,
     pub pool_idle_timeout_ms: Millis,
     /// Retries of an idempotent call after a connect error, timeout, 429, 502, 503 or 504.
     pub max_retries: u32,
@@ -40,14 +44,14 @@ pub struct ProvidersConfig {
     /// provider wait this long (they fail fast, so cached or stale answers are used meanwhile).
     pub rate_limit_backoff_ms: Millis,
     /// Consecutive failed calls that open a provider's circuit.
-    pub breaker_consecutive_failures: u32,
+    pub breaker_consecutive_failures: NonZeroU32,
     /// Or: this share of failed calls among the last `breaker_window` calls.
     pub breaker_error_rate: f64,
-    pub breaker_window: u32,
+    pub breaker_window: NonZeroU32,
     /// How long an open circuit refuses calls before one half-open probe is let through.
     pub breaker_open_ms: Millis,
     /// Largest upstream body read (a provider answering more is treated as failing).
-    pub max_body_bytes: u64,
+    pub max_body_bytes: NonZeroU64,
     /// `[providers.<id>]`: every provider by id (the table's name, which prefixes its offer ids
     /// and labels its metrics).
     #[serde(flatten)]
@@ -68,7 +72,7 @@ pub struct ProviderTable {
     /// key, Vast.ai still searches (its search needs none); io.net reports `disabled`.
     pub api_key_env: String,
     /// Offers one search asks for (Vast.ai's `limit`; others list everything).
-    pub search_limit: u32,
+    pub search_limit: NonZeroU32,
     /// `/v1/providers/<id>/{path}` rules (see `[passthrough]`): `METHOD /path [body=keys]`.
     pub passthrough: Vec<crate::types::passthrough::Rule>,
 }
@@ -80,7 +84,7 @@ impl Default for ProviderTable {
             enabled: true,
             base_url: String::new(),
             api_key_env: String::new(),
-            search_limit: 1_000,
+            search_limit: nz32(1_000),
             passthrough: Vec::new(),
         }
     }
@@ -133,17 +137,17 @@ impl Default for ProvidersConfig {
             request_timeout_ms: Millis(5_000),
             total_timeout_ms: Millis(10_000),
             pool_max_idle_per_host: 32,
-            max_connections_per_host: 128,
+            max_connections_per_host: nzsize(128),
             pool_idle_timeout_ms: Millis(60_000),
             max_retries: 2,
             retry_base_backoff_ms: Millis(100),
             retry_max_backoff_ms: Millis(2_000),
             rate_limit_backoff_ms: Millis(6_000),
-            breaker_consecutive_failures: 5,
+            breaker_consecutive_failures: nz32(5),
             breaker_error_rate: 0.5,
-            breaker_window: 20,
+            breaker_window: nz32(20),
             breaker_open_ms: Millis(10_000),
-            max_body_bytes: 32 * 1024 * 1024,
+            max_body_bytes: nz64(32 * 1024 * 1024),
         }
     }
 }
@@ -161,9 +165,9 @@ pub struct OffersConfig {
     /// error; also the life of the Redis copy.
     pub stale_if_error_ms: Millis,
     /// Provider answers the in-process layer keeps at most.
-    pub cache_max_entries: usize,
+    pub cache_max_entries: NonZeroUsize,
     /// Page size when `limit` is not given, and the largest `limit` accepted.
-    pub default_limit: u32,
+    pub default_limit: NonZeroU32,
     pub max_limit: u32,
     /// Disk size used to price Vast.ai storage when `disk_gb` is not given.
     pub default_disk_gb: u32,
@@ -175,8 +179,8 @@ impl Default for OffersConfig {
             cache_ttl_ms: Millis(30_000),
             stale_while_revalidate_ms: Millis(30_000),
             stale_if_error_ms: Millis(600_000),
-            cache_max_entries: 4_096,
-            default_limit: 20,
+            cache_max_entries: nzsize(4_096),
+            default_limit: nz32(20),
             max_limit: 200,
             default_disk_gb: 20,
         }

@@ -1,7 +1,11 @@
 //! `[rentals]`: price checks, status cache, reconciler, idempotency, SSH keys, dead and stuck
 //! instances.
 
+use std::num::NonZeroU32;
+
 use serde::{Deserialize, Serialize};
+
+use super::nz32;
 
 use super::Millis;
 
@@ -22,9 +26,9 @@ pub struct RentalsConfig {
     /// `Idempotency-Key` records are kept this long.
     pub idempotency_ttl_ms: Millis,
     /// io.net deployments run for a fixed time: this many hours when the request does not say.
-    pub default_duration_hours: u32,
+    pub default_duration_hours: NonZeroU32,
     /// SSH keys an account may store in `/v1/ssh-keys`.
-    pub max_ssh_keys: u32,
+    pub max_ssh_keys: NonZeroU32,
     /// An instance the provider reports in a state that never reaches `running` (Vast: exited,
     /// offline, unknown, a failed container create) this long is destroyed and marked failed.
     pub dead_state_grace_ms: Millis,
@@ -41,8 +45,8 @@ impl Default for RentalsConfig {
             reconcile_interval_ms: Millis(60_000),
             intent_timeout_ms: Millis(120_000),
             idempotency_ttl_ms: Millis(86_400_000),
-            default_duration_hours: 24,
-            max_ssh_keys: 20,
+            default_duration_hours: nz32(24),
+            max_ssh_keys: nz32(20),
             dead_state_grace_ms: Millis(120_000),
             provisioning_timeout_ms: Millis(600_000),
         }

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::num::{NonZeroU32, NonZeroU64};
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{nz32, nz64};
 
 use super::Millis;
 
@@ -36,9 +40,9 @@ pub struct ServerConfig {
     /// anyway.
     pub shutdown_grace_ms: Millis,
     /// Largest request body accepted; larger ones get 413 before the body is read.
-    pub max_body_bytes: u64,
+    pub max_body_bytes: NonZeroU64,
     /// HTTP/2 streams one client connection may have open at once.
-    pub h2_max_concurrent_streams: u32,
+    pub h2_max_concurrent_streams: NonZeroU32,
     /// Serves `GET /debug/sleep?ms=N` (a request that takes N ms, at most 60 s) for drain and
     /// timeout drills. Off in production.
     pub debug_routes: bool,
@@ -57,8 +61,8 @@ impl Default for ServerConfig {
             header_read_timeout_ms: Millis(10_000),
             drain_delay_ms: Millis(0),
             shutdown_grace_ms: Millis(30_000),
-            max_body_bytes: 1 << 20,
-            h2_max_concurrent_streams: 256,
+            max_body_bytes: nz64(1 << 20),
+            h2_max_concurrent_streams: nz32(256),
             debug_routes: false,
         }
     }
@@ -87,7 +91,7 @@ pub struct ConnectionsConfig {
     /// `fd_reserve`. A value the limit cannot hold stops the start (see `clamp_to_fd_limit`).
     pub max: u64,
     /// Cap per client address (after the PROXY protocol); IPv6 counted per `ipv6_prefix_len`.
-    pub max_per_ip: u32,
+    pub max_per_ip: NonZeroU32,
     /// IPv6 clients sharing this prefix share one per-IP cap (one /64 is usually one site).
     pub ipv6_prefix_len: u8,
     /// File descriptors kept back from the cap for listeners, upstream, PostgreSQL and Redis.
@@ -111,7 +115,7 @@ impl Default for ConnectionsConfig {
     fn default() -> Self {
         ConnectionsConfig {
             max: 0,
-            max_per_ip: 1024,
+            max_per_ip: nz32(1024),
             ipv6_prefix_len: 64,
             fd_reserve: 1024,
             clamp_to_fd_limit: false,

@@ -1,7 +1,11 @@
 //! `[database]`, `[redis]` and `[auth]`: the pool through PgBouncer, the Redis client, the
 //! key cache and tokens.
 
+use std::num::{NonZeroU32, NonZeroUsize};
+
 use serde::{Deserialize, Serialize};
+
+use super::{nz32, nzsize};
 
 use super::Millis;
 
@@ -12,7 +16,7 @@ use super::Millis;
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// Connections the daemon keeps to PgBouncer at most.
-    pub pool_size: u32,
+    pub pool_size: NonZeroU32,
     /// How long a request waits for a pooled connection (including opening one) before it is
     /// answered 503 `auth_unavailable`.
     pub acquire_timeout_ms: Millis,
@@ -31,7 +35,7 @@ pub struct DatabaseConfig {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
-            pool_size: 20,
+            pool_size: nz32(20),
             acquire_timeout_ms: Millis(1_000),
             connect_timeout_ms: Millis(1_000),
             query_timeout_ms: Millis(2_000),
@@ -75,7 +79,7 @@ pub struct AuthConfig {
     /// on this daemon for at most this long.
     pub cache_ttl_ms: Millis,
     /// Keys the in-process cache holds at most (beyond, lookups go to Redis/PostgreSQL).
-    pub cache_max_entries: usize,
+    pub cache_max_entries: NonZeroUsize,
     /// An unknown key id is remembered as unknown this long, in process and in Redis.
     pub negative_ttl_ms: Millis,
     /// Life of a key record in Redis.
@@ -99,7 +103,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             cache_ttl_ms: Millis(5_000),
-            cache_max_entries: 100_000,
+            cache_max_entries: nzsize(100_000),
             negative_ttl_ms: Millis(5_000),
             redis_ttl_ms: Millis(60_000),
             stale_if_error_ms: Millis(300_000),

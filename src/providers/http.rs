@@ -69,9 +69,9 @@ impl HttpClient {
         HttpClient {
             inner,
             request_timeout: cfg.request_timeout_ms.get(),
-            max_body: usize::try_from(cfg.max_body_bytes).unwrap_or(usize::MAX),
+            max_body: usize::try_from(cfg.max_body_bytes.get()).unwrap_or(usize::MAX),
             per_host: Arc::new(Mutex::new(HashMap::new())),
-            max_per_host: cfg.max_connections_per_host.max(1),
+            max_per_host: cfg.max_connections_per_host.get(),
         }
     }
 
@@ -198,7 +198,7 @@ mod tests {
             }
         });
         let client = HttpClient::new(&ProvidersConfig {
-            max_connections_per_host: 2,
+            max_connections_per_host: crate::config::nzsize(2),
             ..ProvidersConfig::default()
         });
         let mut tasks = Vec::new();

@@ -64,9 +64,9 @@ impl Breaker {
                 consecutive_failures: 0,
                 recent: VecDeque::new(),
             }),
-            consecutive: cfg.breaker_consecutive_failures,
+            consecutive: cfg.breaker_consecutive_failures.get(),
             error_rate: cfg.breaker_error_rate,
-            window: cfg.breaker_window as usize,
+            window: cfg.breaker_window.get() as usize,
             open_for: cfg.breaker_open_ms.get(),
             provider,
             clock,
@@ -280,9 +280,9 @@ mod tests {
 
     fn cfg() -> ProvidersConfig {
         ProvidersConfig {
-            breaker_consecutive_failures: 3,
+            breaker_consecutive_failures: crate::config::nz32(3),
             breaker_error_rate: 0.5,
-            breaker_window: 10,
+            breaker_window: crate::config::nz32(10),
             breaker_open_ms: crate::config::Millis(30),
             max_retries: 2,
             retry_base_backoff_ms: crate::config::Millis(1),
@@ -334,7 +334,7 @@ mod tests {
         let gate = Gate::new(
             ProviderId::register("vastai").unwrap(),
             &ProvidersConfig {
-                breaker_consecutive_failures: 100,
+                breaker_consecutive_failures: crate::config::nz32(100),
                 ..cfg()
             },
         );
@@ -405,7 +405,7 @@ mod tests {
                 retry_base_backoff_ms: crate::config::Millis(200),
                 retry_max_backoff_ms: crate::config::Millis(200),
                 max_retries: 10,
-                breaker_consecutive_failures: 100,
+                breaker_consecutive_failures: crate::config::nz32(100),
                 ..cfg()
             },
         );

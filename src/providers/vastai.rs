@@ -46,7 +46,7 @@ impl Vastai {
                 KeyHeader::Bearer,
                 None,
             ),
-            search_limit: table.search_limit,
+            search_limit: table.search_limit.get(),
         }
     }
 

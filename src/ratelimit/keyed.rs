@@ -139,6 +139,33 @@ mod tests {
         assert_eq!(l.sweep(), 0, "both back at a full burst after 2 intervals");
     }
 
+    /// Three daemons, each enforcing a third of a 600/min, burst-30 limit, one client sending
+    /// to them in turn as fast as it likes for 6 s of (mock) time: the client gets the global
+    /// limit (30 + 10/s), plus at most n - 1 = 2 of burst rounding, never more.
+    #[test]
+    fn three_shares_add_up_to_the_global_limit() {
+        let (clock, time) = quanta::Clock::mock();
+        let share = Quota::per_minute(600, 30).shared(3);
+        let daemons: Vec<KeyedLimiter<u32>> = (0..3)
+            .map(|_| KeyedLimiter::with_clock(share, 100, 16, clock.clone()))
+            .collect();
+        let mut admitted = 0u64;
+        for step in 0..60_000u64 {
+            // a request every 0.1 ms of mock time, round-robin over the daemons
+            let d = &daemons[(step % 3) as usize];
+            if matches!(d.check(&1), Decision::Allowed { .. }) {
+                admitted += 1;
+            }
+            time.increment(Duration::from_micros(100));
+        }
+        let expected = 30 + 10 * 6;
+        // at most n - 1 over; at most one refill per daemon short (the one due at exactly 6 s)
+        assert!(
+            (expected - 3..=expected + 2).contains(&admitted),
+            "admitted {admitted}, global limit {expected}"
+        );
+    }
+
     #[test]
     fn a_million_distinct_keys_stay_within_the_bound() {
         let max_keys = 50_000;

@@ -50,23 +50,23 @@ impl RateLimits {
         RateLimits {
             ip: c.enabled.then(|| {
                 KeyedLimiter::new(
-                    Quota::per_minute(c.ip_per_minute, c.ip_burst),
-                    c.max_keys,
-                    c.overflow_cells,
+                    Quota::per_minute(c.ip_per_minute.get(), c.ip_burst.get()),
+                    c.max_keys.get(),
+                    c.overflow_cells.get(),
                 )
             }),
             account: c.enabled.then(|| {
                 KeyedLimiter::new(
-                    Quota::per_minute(c.account_per_minute, c.account_burst),
-                    c.max_keys,
-                    c.overflow_cells,
+                    Quota::per_minute(c.account_per_minute.get(), c.account_burst.get()),
+                    c.max_keys.get(),
+                    c.overflow_cells.get(),
                 )
             }),
             key: c.enabled.then(|| {
                 KeyedLimiter::new(
-                    Quota::per_minute(c.key_per_minute, c.key_burst),
-                    c.max_keys,
-                    c.overflow_cells,
+                    Quota::per_minute(c.key_per_minute.get(), c.key_burst.get()),
+                    c.max_keys.get(),
+                    c.overflow_cells.get(),
                 )
             }),
             headers: c.headers,

@@ -371,7 +371,7 @@ impl Rentals {
             bid_per_hour: bid,
             duration_hours: body
                 .duration_hours
-                .unwrap_or(self.config.rentals.default_duration_hours),
+                .unwrap_or(self.config.rentals.default_duration_hours.get()),
             gpu_count: quote.gpu_count,
         };
         match provider.create(&req).await {

@@ -410,7 +410,7 @@ async fn serve_h2(env: Arc<ConnEnv>, io: Prefixed<ClientIo>, ctx: ConnCtx, handl
     let (svc, tracked) = activate(state, io, ctx, shared);
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_concurrent_streams(cfg.server.h2_max_concurrent_streams)
+        .max_concurrent_streams(cfg.server.h2_max_concurrent_streams.get())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .serve_connection(tracked, svc);
     let mut conn = std::pin::pin!(conn);

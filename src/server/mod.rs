@@ -129,7 +129,7 @@ impl Daemon {
         let table = ConnTable::new(TableConfig {
             shards,
             max_total,
-            max_per_ip: c.max_per_ip,
+            max_per_ip: c.max_per_ip.get(),
             v6_prefix: c.ipv6_prefix_len,
         });
         tracing::info!(

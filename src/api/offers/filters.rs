@@ -98,7 +98,7 @@ impl Filters {
             include_unavailable: false,
             disk_gb: cfg.default_disk_gb,
             sort: Sort::Price,
-            limit: cfg.default_limit,
+            limit: cfg.default_limit.get(),
             offset: 0,
         };
         let mut seen: Vec<&str> = Vec::new();
