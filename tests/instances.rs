@@ -55,15 +55,7 @@ async fn lifecycle(provider: &str) {
     let d = daemon(&db, &sb, &["ratelimit.ip_burst=10000"]).await;
 
     let o = offer(&d, &token, provider).await;
-    let r = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        &rent_body(o["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
     let inst = r.json();
     let id = inst["id"].as_str().unwrap().to_owned();
@@ -497,15 +489,7 @@ async fn a_refusal_that_still_created_an_instance_leaves_nothing_running() {
     let sb = Sandbox::start(&["--vast-refuse-after-create"]);
     let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
-    let r = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        &rent_body(o["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
     assert!(r.status >= 400, "{:?}", r.json());
     assert_eq!(sb.calls("vastai", "create").await, 1);
     assert!(

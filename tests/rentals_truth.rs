@@ -28,6 +28,26 @@ fn keyset(keys: &[&str]) -> BTreeSet<String> {
     keys.iter().map(|k| k.to_string()).collect()
 }
 
+/// The cheapest interruptible Vast offer that is none of `not`.
+async fn another_bid_offer(d: &support::daemon::DaemonProc, token: &str, not: &[&Value]) -> Value {
+    let r = call(
+        d,
+        token,
+        "GET",
+        "/v1/offers?providers=vastai&interruptible=true&limit=10&sort=price",
+        "",
+        None,
+    )
+    .await;
+    r.json()["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| not.iter().all(|n| n["id"] != x["id"]))
+        .unwrap()
+        .clone()
+}
+
 /// The sandbox Vast instance (live or destroyed) with this provider id.
 async fn vast_instance(sb: &Sandbox, pid: &str) -> Value {
     sb.vast_ledger()
@@ -83,22 +103,7 @@ async fn a_bid_rental_sends_its_price_and_is_billed_at_the_bid() {
     );
 
     // an explicit bid above the minimum, on another bid offer
-    let r = call(
-        &d,
-        &token,
-        "GET",
-        "/v1/offers?providers=vastai&interruptible=true&limit=5&sort=price",
-        "",
-        None,
-    )
-    .await;
-    let other = r.json()["offers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] != o["id"])
-        .unwrap()
-        .clone();
+    let other = another_bid_offer(&d, &token, &[&o]).await;
     let min = other["min_bid_per_hour"].as_f64().unwrap() - storage_20gb;
     let want = (min * 1.2 * 1e4).round() / 1e4;
     let body = json!({"offer_id": other["id"], "image": "ubuntu:22.04", "disk_gb": 20,
@@ -126,15 +131,7 @@ async fn a_bid_rental_sends_its_price_and_is_billed_at_the_bid() {
 
     // an on-demand rental never sends a price
     let od = cheapest(&d, &token, "vastai", "").await;
-    let r = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        &rent_body(od["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let r = post(&d, &token, &rent_body(od["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
     let od_pid = r.json()["provider_instance_id"]
         .as_str()
@@ -171,22 +168,7 @@ async fn a_bid_rental_sends_its_price_and_is_billed_at_the_bid() {
     .to_string();
     assert_eq!(post(&d, &token, &body).await.status, 400);
     // the default bid above max_price_per_hour: refused as a moved price
-    let r = call(
-        &d,
-        &token,
-        "GET",
-        "/v1/offers?providers=vastai&interruptible=true&limit=10&sort=price",
-        "",
-        None,
-    )
-    .await;
-    let fresh = r.json()["offers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["id"] != o["id"] && x["id"] != other["id"])
-        .unwrap()
-        .clone();
+    let fresh = another_bid_offer(&d, &token, &[&o, &other]).await;
     let body = json!({"offer_id": fresh["id"], "image": "u", "disk_gb": 20,
                       "max_price_per_hour": fresh["price_per_hour"].as_f64().unwrap() / 2.0})
     .to_string();
@@ -221,15 +203,7 @@ async fn an_outbid_instance_is_interrupted_and_a_raised_bid_resumes_it() {
     let sb = Sandbox::start(&["--provision-time", "1s"]);
     let d = sb.daemon(&db, &["rentals.status_cache_ms=100"]).await;
     let o = cheapest(&d, &token, "vastai", "&interruptible=true").await;
-    let r = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        &rent_body(o["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
     let inst = r.json();
     let id = inst["id"].as_str().unwrap().to_owned();
@@ -309,15 +283,7 @@ async fn an_outbid_instance_is_interrupted_and_a_raised_bid_resumes_it() {
         assert!(message(&r).contains("bid"));
     }
     let od = cheapest(&d, &token, "vastai", "").await;
-    let r = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        &rent_body(od["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let r = post(&d, &token, &rent_body(od["id"].as_str().unwrap())).await;
     let od_id = r.json()["id"].as_str().unwrap().to_owned();
     let r = call(
         &d,
@@ -525,15 +491,7 @@ async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
         "configurations are priced apart: {prices:?}"
     );
     for o in &family {
-        let r = call(
-            &d,
-            &token,
-            "POST",
-            "/v1/instances",
-            &rent_body(o["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+        let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
         assert_eq!(r.status, 201, "{}: {:?}", o["id"], r.json());
         let inst = r.json();
         assert_eq!(inst["gpu_count"], o["gpu_count"]);
@@ -610,15 +568,7 @@ async fn dead_and_stuck_instances_are_destroyed_and_stop_billing() {
     let offers = r.json()["offers"].as_array().unwrap().clone();
     let mut ids = Vec::new();
     for o in &offers[..2] {
-        let r = call(
-            &d,
-            &token,
-            "POST",
-            "/v1/instances",
-            &rent_body(o["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+        let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
         assert_eq!(r.status, 201, "{:?}", r.json());
         ids.push((
             r.json()["id"].as_str().unwrap().to_owned(),
@@ -759,15 +709,7 @@ async fn passthrough_cannot_change_a_label_and_records_state_changes() {
         .daemon(&db, &["providers.rate_limit_backoff_ms=60000"])
         .await;
     let o = cheapest(&d, &token, "vastai", "").await;
-    let r = call(
-        &d,
-        &token,
-        "POST",
-        "/v1/instances",
-        &rent_body(o["id"].as_str().unwrap()),
-        None,
-    )
-    .await;
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201);
     let inst = r.json();
     let id = inst["id"].as_str().unwrap().to_owned();

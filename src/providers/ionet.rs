@@ -114,14 +114,7 @@ impl Provider for Ionet {
                 .call("quote", true, |left| self.hardware_once(left))
                 .await?;
             let want = format!("{}:{offer}", self.id);
-            Ok(offers.into_iter().find(|o| o.id == want).map(|o| Quote {
-                price_per_hour: o.price_per_hour,
-                storage_per_hour: 0.0,
-                min_bid: None,
-                gpu_model: o.gpu_model,
-                gpu_count: o.gpu_count,
-                available: o.available,
-            }))
+            Ok(offers.into_iter().find(|o| o.id == want).map(Quote::of))
         })
     }
 

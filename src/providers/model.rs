@@ -101,6 +101,21 @@ pub struct RemoteInstance {
     pub dead: Option<String>,
 }
 
+impl Quote {
+    /// The terms of a catalogue offer (no bids, no separately priced storage: io.net and generic
+    /// providers).
+    pub fn of(o: Offer) -> Quote {
+        Quote {
+            price_per_hour: o.price_per_hour,
+            storage_per_hour: 0.0,
+            min_bid: None,
+            gpu_model: o.gpu_model,
+            gpu_count: o.gpu_count,
+            available: o.available,
+        }
+    }
+}
+
 /// An offer's current terms, fetched at rent time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quote {
