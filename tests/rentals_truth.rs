@@ -792,3 +792,35 @@ async fn passthrough_cannot_change_a_label_and_records_state_changes() {
         "not called while backing off"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_key_the_provider_keeps_refusing_is_given_up_visibly() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_ssh_fail");
+    let token = account(&db, "locked_out", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "500ms"]);
+    let d = sb.daemon(&db, &[]).await;
+    // Vast refuses every per-instance attach
+    sb.faults(
+        "vastai",
+        r#"{"ops": ["ssh_attach"], "error_rate": 1, "error_status": 400}"#,
+    )
+    .await;
+    let o = cheapest(&d, &token, "vastai", "").await;
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let v = until(&d, &token, &id, "the key to be given up", |v| {
+        v["ssh_keys"][0]["state"] == "failed"
+    })
+    .await;
+    let key = &v["ssh_keys"][0];
+    assert!(key["attempts"].as_u64().unwrap() >= 3, "{key}");
+    assert!(key["last_error"].as_str().unwrap().contains("400"), "{key}");
+    assert!(kinds(&v).contains(&"ssh_key_failed".to_owned()), "{v}");
+    assert_eq!(
+        sb.calls("vastai", "ssh_account").await,
+        0,
+        "no account-wide fallback"
+    );
+}
