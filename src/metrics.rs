@@ -65,7 +65,7 @@ pub const INSTANCES_RUNNING: &str = "gpuproxy_instances_running";
 /// terminating; the storage price while stopped or interrupted).
 pub const SPEND_USD_PER_HOUR: &str = "gpuproxy_spend_usd_per_hour";
 /// Counter, label `action` (`adopted`, `abandoned`, `orphan_destroyed`, `status_synced`,
-/// `vanished`, `dead_destroyed`, `stuck_destroyed`): what the reconciler did.
+/// `vanished`, `dead_destroyed`, `stuck_destroyed`, `expired`): what the reconciler did.
 pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
 /// Gauge: live daemons sharing the rate limits (this daemon enforces 1/n of each).
 pub const RATELIMIT_DAEMONS: &str = "gpuproxy_ratelimit_daemons";

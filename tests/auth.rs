@@ -425,9 +425,10 @@ async fn two_migrations_at_once_leave_one_schema() {
     assert_eq!(out.matches("applied 0002").count(), 1, "{out}");
     assert_eq!(out.matches("applied 0003").count(), 1, "{out}");
     assert_eq!(out.matches("applied 0004").count(), 1, "{out}");
+    assert_eq!(out.matches("applied 0005").count(), 1, "{out}");
     // and again: nothing to do
     let c = support::accounts::gpuproxyd(&["migrate", "--database-url", &url], &[]);
-    assert!(String::from_utf8_lossy(&c.stdout).contains("0 applied now, 4 already applied"));
+    assert!(String::from_utf8_lossy(&c.stdout).contains("0 applied now, 5 already applied"));
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();

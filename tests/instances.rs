@@ -217,13 +217,8 @@ async fn parallel_rentals_only_fit_the_budget() {
     let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &probe, "ionet").await;
     let price = o["price_per_hour"].as_f64().unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let hours_left = (86_400.0 - now % 86_400.0) / 3600.0;
-    // room for two rentals until the end of the UTC day, not three
-    let budget = price * hours_left * 2.5;
+    // room for two rentals over the 24 h window ahead, not three
+    let budget = price * 24.0 * 2.5;
     let token = account(&db, "budgeted", budget, 10);
     let body = rent_body(o["id"].as_str().unwrap());
     let mut tasks = Vec::new();

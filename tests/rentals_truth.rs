@@ -512,7 +512,7 @@ async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
     assert!(message(&r).contains("`offer_id`"));
 }
 
-/// Spent today by the account, from the ledger (the query the budget uses).
+/// Spent by the account over the last 24 h, from the ledger (the query the budget uses).
 async fn spent(s: &services::Services, db: &TestDb<'_>, account: &str) -> f64 {
     let (client, conn) = tokio_postgres::connect(&s.postgres_url(&db.name), tokio_postgres::NoTls)
         .await
@@ -524,7 +524,7 @@ async fn spent(s: &services::Services, db: &TestDb<'_>, account: &str) -> f64 {
         .unwrap()
         .get(0);
     client
-        .query_one(gpuproxyd::rentals::ledger::SPENT_TODAY, &[&id])
+        .query_one(gpuproxyd::rentals::ledger::SPENT_IN_WINDOW, &[&id, &24i32])
         .await
         .unwrap()
         .get(0)
@@ -822,5 +822,94 @@ async fn an_ssh_key_the_provider_keeps_refusing_is_given_up_visibly() {
         sb.calls("vastai", "ssh_account").await,
         0,
         "no account-wide fallback"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_is_a_rolling_window_whatever_the_hour() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_window");
+    let probe = account(&db, "probe", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = sb.daemon(&db, &[]).await;
+    let o = cheapest(&d, &probe, "ionet", "").await;
+    let price = o["price_per_hour"].as_f64().unwrap();
+    // ten hours of it: a day-based budget at 23:55 (5 minutes left) admitted a hundred of these;
+    // over the 24 h ahead even one is too much, at any hour
+    let token = account(&db, "late_night", price * 10.0, 200);
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 402, "{:?}", r.json());
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "budget_exceeded");
+    assert_eq!(e["details"]["window_hours"], 24);
+    assert!(
+        (e["details"]["projected_spend_usd"].as_f64().unwrap() - price * 24.0).abs() < 0.01,
+        "{e}"
+    );
+    assert_eq!(sb.calls("ionet", "deploy").await, 0, "nothing rented");
+    // with the window set to 8 h the same budget fits one
+    let d8 = sb.daemon(&db, &["rentals.budget_window_hours=8"]).await;
+    let r = post(&d8, &token, &rent_body(o["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_is_destroyed_when_its_lifetime_ends() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_expiry");
+    let token = account(&db, "short_lived", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "300ms"]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "rentals.status_cache_ms=100",
+            ],
+        )
+        .await;
+    let o = cheapest(&d, &token, "vastai", "").await;
+    let offer = o["id"].as_str().unwrap();
+    // bad lifetimes are named and rent nothing
+    for (extra, field) in [
+        (json!({"max_duration_hours": 0}), "max_duration_hours"),
+        (json!({"max_duration_hours": -1}), "max_duration_hours"),
+        (json!({"max_duration_hours": 9000}), "max_duration_hours"),
+        (json!({"expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
+        (json!({"expires_at": "tomorrow"}), "expires_at"),
+        (
+            json!({"max_duration_hours": 1, "expires_at": "2099-01-01T00:00:00Z"}),
+            "max_duration_hours",
+        ),
+    ] {
+        let mut body = json!({"offer_id": offer, "image": "ubuntu:22.04", "disk_gb": 20});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = post(&d, &token, &body.to_string()).await;
+        assert_eq!(r.status, 400, "{extra}: {:?}", r.json());
+        assert!(message(&r).contains(field), "{extra}: {}", message(&r));
+    }
+    assert_eq!(sb.calls("vastai", "create").await, 0);
+
+    // ~1.8 s of life (no sleeping for hours: the duration is in hours, fractions allowed)
+    let body = json!({"offer_id": offer, "image": "ubuntu:22.04", "disk_gb": 20,
+                      "max_duration_hours": 0.0005})
+    .to_string();
+    let r = post(&d, &token, &body).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert!(r.json()["expires_at"].is_string());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let pid = r.json()["provider_instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = until(&d, &token, &id, "expiry", |v| v["status"] == "terminated").await;
+    assert_eq!(kinds(&v).last().map(String::as_str), Some("expired"), "{v}");
+    assert_eq!(vast_instance(&sb, &pid).await["destroyed"], true);
+    assert!(
+        d.scrape()
+            .await
+            .contains(r#"gpuproxy_reconciler_actions_total{action="expired"} 1"#)
     );
 }

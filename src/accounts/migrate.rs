@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "provider_registry",
         include_str!("migrations/0004_provider_registry.sql"),
     ),
+    (
+        5,
+        "rental_lifetime",
+        include_str!("migrations/0005_rental_lifetime.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

@@ -60,6 +60,7 @@ pub fn view(r: &InstanceRow, detail: Option<(Vec<Event>, Vec<InstanceKey>)>) -> 
         "terminated_at": time(r.terminated_at),
         // the provider reports a state that never reaches running (destroyed after a grace)
         "dead_state": r.dead_reason,
+        "expires_at": time(r.expires_at),
     });
     if let Some((ev, keys)) = detail {
         v["events"] = ev

@@ -335,6 +335,12 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(err(key, "must be greater than 0"));
         }
     }
+    if !(rc.default_max_duration_hours >= 0.0 && rc.default_max_duration_hours <= 8760.0) {
+        return Err(err(
+            "rentals.default_max_duration_hours",
+            "hours from 0 (no default lifetime) to 8760",
+        ));
+    }
     if !(rc.price_tolerance >= 0.0 && rc.price_tolerance < 10.0) {
         return Err(err(
             "rentals.price_tolerance",

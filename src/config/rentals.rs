@@ -27,6 +27,12 @@ pub struct RentalsConfig {
     pub idempotency_ttl_ms: Millis,
     /// io.net deployments run for a fixed time: this many hours when the request does not say.
     pub default_duration_hours: NonZeroU32,
+    /// Every rental is destroyed this many hours after it was made unless it says otherwise
+    /// (`max_duration_hours` / `expires_at`); 0: no default lifetime.
+    pub default_max_duration_hours: f64,
+    /// The budget is a rolling window this long: spend in the last window plus what everything
+    /// open (and the new rental) would cost over the next one must fit the account's budget.
+    pub budget_window_hours: NonZeroU32,
     /// SSH keys an account may store in `/v1/ssh-keys`.
     pub max_ssh_keys: NonZeroU32,
     /// An instance the provider reports in a state that never reaches `running` (Vast: exited,
@@ -46,6 +52,8 @@ impl Default for RentalsConfig {
             intent_timeout_ms: Millis(120_000),
             idempotency_ttl_ms: Millis(86_400_000),
             default_duration_hours: nz32(24),
+            default_max_duration_hours: 0.0,
+            budget_window_hours: nz32(24),
             max_ssh_keys: nz32(20),
             dead_state_grace_ms: Millis(120_000),
             provisioning_timeout_ms: Millis(600_000),

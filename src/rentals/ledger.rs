@@ -10,15 +10,16 @@
 //!
 //! Budget (checked in `reserve`, `set_bid` and passthrough starts, atomically with the change: the
 //! account row is locked `FOR UPDATE`, so two changes of one account are checked one after the
-//! other):
+//! other), over a rolling window of W = `rentals.budget_window_hours` (24):
 //!
 //! ```text
-//! projected = spent today + (current rate of open instances + the new rate) × hours left today
+//! projected = spent in the last W hours + (current rate of open instances + the new rate) × W
 //! ```
 //!
-//! where *today* is the UTC day and *open* means pending, provisioning, running, stopped,
-//! interrupted or terminating. A rental is refused (402 `budget_exceeded`) when
-//! `projected > daily_budget_usd`, or (409 `instance_limit`) when the account already has
+//! *Open* means pending, provisioning, running, stopped, interrupted or terminating. The hour of
+//! the day does not matter (a day-based budget admitted any number of expensive instances at
+//! 23:55). A rental is refused (402 `budget_exceeded`) when `projected > daily_budget_usd` (the
+//! account's budget per window), or (409 `instance_limit`) when the account already has
 //! `max_instances` open instances.
 
 use serde::Serialize;
@@ -60,6 +61,8 @@ pub struct InstanceRow {
     /// Since when the provider reports a state that never reaches `running`, and which.
     pub dead_since: Option<f64>,
     pub dead_reason: Option<String>,
+    /// When the reconciler destroys it (the rental's `max_duration_hours` / `expires_at`).
+    pub expires_at: Option<f64>,
 }
 
 impl InstanceRow {
@@ -192,7 +195,7 @@ const COLS: &str = "id, account_id, provider, provider_instance_id, offer_id, gp
     gpu_count, price_per_hour, image, disk_gb, label, status, ssh_host, ssh_port, ssh_user, \
     failure, extract(epoch from created_at)::float8, extract(epoch from started_at)::float8, \
     extract(epoch from terminated_at)::float8, bid_per_hour, storage_per_hour, \
-    extract(epoch from dead_since)::float8, dead_reason";
+    extract(epoch from dead_since)::float8, dead_reason, extract(epoch from expires_at)::float8";
 
 fn row(r: &Row) -> InstanceRow {
     let ssh = match (r.get::<_, Option<String>>(12), r.get::<_, Option<i32>>(13)) {
@@ -227,6 +230,7 @@ fn row(r: &Row) -> InstanceRow {
         storage_per_hour: r.get(20),
         dead_since: r.get(21),
         dead_reason: r.get(22),
+        expires_at: r.get(23),
     }
 }
 
@@ -245,30 +249,37 @@ pub struct NewInstance<'a> {
     pub storage_per_hour: f64,
     /// (name, public key, fingerprint) of the keys the instance must get.
     pub ssh_keys: &'a [(String, String, String)],
+    /// The budget's rolling window (`rentals.budget_window_hours`).
+    pub budget_window_hours: u32,
+    /// Epoch seconds when the instance is to be destroyed.
+    pub expires_at: Option<f64>,
 }
 
 fn db_err(e: tokio_postgres::Error) -> Error {
     classify(e)
 }
 
-/// Spent today (UTC) by the account, from the event segments (module header).
-pub const SPENT_TODAY: &str = "WITH seg AS ( \
+/// Spent by the account over the last `$2` hours, from the event segments (module header).
+pub const SPENT_IN_WINDOW: &str = "WITH w AS (SELECT now() - make_interval(hours => $2) AS t), \
+    seg AS ( \
       SELECT e.rate_per_hour AS rate, e.status, e.at AS t0, \
         coalesce(lead(e.at) OVER (PARTITION BY e.instance_id ORDER BY e.id), now()) AS t1 \
-      FROM instance_events e JOIN instances i ON i.id = e.instance_id \
-      WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > date_trunc('day', now(), 'UTC')) \
+      FROM instance_events e JOIN instances i ON i.id = e.instance_id, w \
+      WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > w.t) \
     SELECT coalesce(sum(coalesce(rate, 0) * extract(epoch from (least(t1, now()) \
-        - greatest(t0, date_trunc('day', now(), 'UTC')))) / 3600.0) \
-      FILTER (WHERE status NOT IN ('pending', 'failed', 'terminated') \
-        AND t1 > date_trunc('day', now(), 'UTC')), 0)::float8 FROM seg";
+        - greatest(t0, w.t))) / 3600.0) \
+      FILTER (WHERE status NOT IN ('pending', 'failed', 'terminated') AND t1 > w.t), 0)::float8 \
+    FROM seg, w";
 
 /// Checks, inside `tx`, that the account is active, below its instance limit (when `new_instance`)
-/// and that its projected spend with `extra_per_hour` more fits the daily budget. Locks the
-/// account row, so checks of one account run one after the other. `replacing` is an instance
-/// whose current rate the new one replaces (a changed bid, a start).
+/// and that its projected spend with `extra_per_hour` more fits its budget over the rolling
+/// window of `window_hours`. Locks the account row, so checks of one account run one after the
+/// other. `replacing` is an instance whose current rate the new one replaces (a changed bid, a
+/// start).
 pub async fn budget_check(
     tx: &tokio_postgres::Transaction<'_>,
     account_id: i64,
+    window_hours: u32,
     extra_per_hour: f64,
     new_instance: bool,
     replacing: Option<&str>,
@@ -298,15 +309,16 @@ pub async fn budget_check(
                coalesce(sum(CASE WHEN status IN ('stopped', 'interrupted') THEN storage_per_hour \
                    ELSE price_per_hour END) \
                  FILTER (WHERE status NOT IN ('failed', 'terminated') \
-                   AND id IS DISTINCT FROM $2), 0)::float8, \
-               (extract(epoch from (date_trunc('day', now(), 'UTC') + interval '1 day' - now())) / 3600.0)::float8 \
+                   AND id IS DISTINCT FROM $2), 0)::float8 \
              FROM instances WHERE account_id = $1",
             &[(&account_id, Type::INT8), (&replacing, Type::TEXT)],
         )
         .await
         .map_err(db_err)?;
     let s = &sums[0];
-    let (open, open_per_hour, hours_left): (i64, f64, f64) = (s.get(0), s.get(1), s.get(2));
+    let (open, open_per_hour): (i64, f64) = (s.get(0), s.get(1));
+    let hours = f64::from(window_hours);
+    let window = i32::try_from(window_hours).unwrap_or(i32::MAX);
     if new_instance && open >= i64::from(max_instances) {
         return Err(Error::refused(
             Refusal::InstanceLimit,
@@ -314,26 +326,31 @@ pub async fn budget_check(
             Some(json!({"open_instances": open, "max_instances": max_instances})),
         ));
     }
-    let spent_today: f64 = tx
-        .query_typed(SPENT_TODAY, &[(&account_id, Type::INT8)])
+    let spent: f64 = tx
+        .query_typed(
+            SPENT_IN_WINDOW,
+            &[(&account_id, Type::INT8), (&window, Type::INT4)],
+        )
         .await
         .map_err(db_err)?[0]
         .get(0);
-    let projected = spent_today + (open_per_hour + extra_per_hour) * hours_left;
+    // what the last window cost, plus what everything open (and the new rate) would cost over
+    // the next one: the hour of the day does not matter
+    let projected = spent + (open_per_hour + extra_per_hour) * hours;
     if projected > budget {
         let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
         return Err(Error::refused(
             Refusal::BudgetExceeded,
             format!(
-                "{:.4} USD/h more would bring today's projected spend to {:.2} USD, over the daily budget of {:.2} USD",
+                "{:.4} USD/h more would bring the projected spend over {window_hours} h to {:.2} USD, over the budget of {:.2} USD per {window_hours} h",
                 extra_per_hour, projected, budget
             ),
             Some(json!({
                 "daily_budget_usd": r2(budget),
-                "spent_today_usd": r2(spent_today),
+                "window_hours": window_hours,
+                "spent_in_window_usd": r2(spent),
                 "open_instances_usd_per_hour": r2(open_per_hour),
                 "price_per_hour": r2(extra_per_hour),
-                "hours_left_today": r2(hours_left),
                 "projected_spend_usd": r2(projected),
             })),
         ));
@@ -341,10 +358,14 @@ pub async fn budget_check(
     Ok(())
 }
 
-/// Spent today by the account (USD), for reports and tests.
-pub async fn spent_today(db: &Db, account_id: i64) -> Result<f64> {
+/// Spent by the account over the last `window_hours` (USD), for reports.
+pub async fn spent_in_window(db: &Db, account_id: i64, window_hours: u32) -> Result<f64> {
+    let window = i32::try_from(window_hours).unwrap_or(i32::MAX);
     Ok(db
-        .query(SPENT_TODAY, &[(&account_id, Type::INT8)])
+        .query(
+            SPENT_IN_WINDOW,
+            &[(&account_id, Type::INT8), (&window, Type::INT4)],
+        )
         .await?
         .first()
         .map(|r| r.get(0))
@@ -355,14 +376,23 @@ pub async fn spent_today(db: &Db, account_id: i64) -> Result<f64> {
 /// keys the instance must get, in one transaction under the account's row lock.
 pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
     db.transaction(async |tx| {
-        budget_check(tx, n.account_id, n.price_per_hour, true, None).await?;
+        budget_check(
+            tx,
+            n.account_id,
+            n.budget_window_hours,
+            n.price_per_hour,
+            true,
+            None,
+        )
+        .await?;
         let rows = tx
             .query_typed(
                 &format!(
                     "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, \
                        gpu_count, price_per_hour, image, disk_gb, label, status, bid_per_hour, \
-                       storage_per_hour) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12) \
+                       storage_per_hour, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, \
+                       to_timestamp($13)) \
                      RETURNING {COLS}"
                 ),
                 &[
@@ -378,6 +408,7 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
                     (&n.label, Type::TEXT),
                     (&n.bid_per_hour, Type::FLOAT8),
                     (&n.storage_per_hour, Type::FLOAT8),
+                    (&n.expires_at, Type::FLOAT8),
                 ],
             )
             .await
@@ -470,11 +501,11 @@ pub async fn note(db: &Db, id: &str, kind: &str, detail: &str) -> Result<()> {
 }
 
 /// A changed bid: the new bid and price (bid + storage), checked against the budget first.
-pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64) -> Result<InstanceRow> {
+pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64, window_hours: u32) -> Result<InstanceRow> {
     let price = bid + r.storage_per_hour;
     db.transaction(async |tx| {
         // while outbid it bills storage only; the raised bid bills in full once it runs again
-        budget_check(tx, r.account_id, price, false, Some(&r.id)).await?;
+        budget_check(tx, r.account_id, window_hours, price, false, Some(&r.id)).await?;
         let rows = tx
             .query_typed(
                 &format!(

@@ -60,7 +60,14 @@ pub struct RentBody {
     /// Interruptible offers (`vastai:<id>:bid`) only: the bid, compute USD/h (the instance's
     /// price is the bid plus its storage). Default: the offer's current minimum bid.
     pub bid_per_hour: Option<f64>,
+    /// The instance is destroyed this long after the rental (hours, fractions allowed) ...
+    pub max_duration_hours: Option<f64>,
+    /// ... or at this time (RFC 3339). Default: `rentals.default_max_duration_hours` (0: none).
+    pub expires_at: Option<String>,
 }
+
+/// The longest lifetime a rental may ask for (a year).
+const MAX_LIFETIME_HOURS: f64 = 8760.0;
 
 /// Vast's accepted bid range (USD/h).
 pub const MAX_BID: f64 = 128.0;
@@ -77,6 +84,29 @@ pub fn check_bid(field: &str, bid: f64, cap: Option<f64>) -> Result<()> {
 }
 
 impl RentBody {
+    /// When the instance is to be destroyed (epoch seconds), from the body or the default.
+    fn expiry(&self, now: f64, default_hours: f64) -> Result<Option<f64>> {
+        if let Some(t) = &self.expires_at {
+            let at = humantime::parse_rfc3339_weak(t)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64())
+                .ok_or_else(|| {
+                    Error::bad_request(
+                        "invalid `expires_at`: an RFC 3339 time, e.g. 2026-12-24T18:00:00Z",
+                    )
+                })?;
+            if at <= now || at > now + MAX_LIFETIME_HOURS * 3600.0 {
+                return Err(Error::bad_request(
+                    "invalid `expires_at`: in the future, at most a year from now",
+                ));
+            }
+            return Ok(Some(at));
+        }
+        let hours = self.max_duration_hours.unwrap_or(default_hours);
+        Ok((hours > 0.0).then_some(now + hours * 3600.0))
+    }
+
     fn validate(&self) -> Result<(ProviderId, &str)> {
         let bad = |field: &str, why: &str| Error::bad_request(format!("invalid `{field}`: {why}"));
         let (p, local) = self
@@ -135,6 +165,21 @@ impl RentBody {
             .is_some_and(|m| !(m.is_finite() && m > 0.0))
         {
             return Err(bad("max_price_per_hour", "a price greater than 0"));
+        }
+        match (self.max_duration_hours, &self.expires_at) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "max_duration_hours",
+                    "give either `max_duration_hours` or `expires_at`, not both",
+                ));
+            }
+            (Some(h), None) if !(h.is_finite() && h > 0.0 && h <= MAX_LIFETIME_HOURS) => {
+                return Err(bad(
+                    "max_duration_hours",
+                    "more than 0 and at most 8760 hours",
+                ));
+            }
+            _ => {}
         }
         if let Some(bid) = self.bid_per_hour {
             if !local.ends_with(crate::providers::vastai::BID_SUFFIX) {
@@ -236,6 +281,11 @@ impl Rentals {
 
     pub async fn rent(&self, account_id: i64, body: &RentBody) -> Result<InstanceRow> {
         let (pid, local) = body.validate()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let expires_at = body.expiry(now, self.config.rentals.default_max_duration_hours)?;
         let provider = self.provider(pid)?.clone();
         provider
             .check_offer_id(local)
@@ -275,7 +325,9 @@ impl Rentals {
             ));
         }
         let out = self
-            .rent_claimed(account_id, body, &id, pid, local, &provider, &keys)
+            .rent_claimed(
+                account_id, body, &id, pid, local, &provider, &keys, expires_at,
+            )
             .await;
         if let Some(offer) = claim {
             if let Err(e) = ledger::release_offer(&self.db, pid.as_str(), offer, &id).await {
@@ -321,6 +373,7 @@ impl Rentals {
         local: &str,
         provider: &Arc<dyn Provider>,
         keys: &[(String, String, String)],
+        expires_at: Option<f64>,
     ) -> Result<InstanceRow> {
         let count = |result: &'static str| {
             counter!(RENTALS_TOTAL, "provider" => pid.as_str(), "result" => result).increment(1);
@@ -355,6 +408,8 @@ impl Rentals {
                 bid_per_hour: bid,
                 storage_per_hour: quote.storage_per_hour,
                 ssh_keys: keys,
+                budget_window_hours: self.config.rentals.budget_window_hours.get(),
+                expires_at,
             },
         )
         .await?;
@@ -533,6 +588,7 @@ impl Rentals {
                 ledger::budget_check(
                     tx,
                     account_id,
+                    self.config.rentals.budget_window_hours.get(),
                     bid + row.storage_per_hour,
                     false,
                     Some(&row.id),
@@ -545,7 +601,13 @@ impl Rentals {
             .await
             .map_err(|e| upstream_error(p, &e))?;
         self.status.forget(&format!("{}:{pid}", row.provider)).await;
-        let row = ledger::set_bid(&self.db, &row, bid).await?;
+        let row = ledger::set_bid(
+            &self.db,
+            &row,
+            bid,
+            self.config.rentals.budget_window_hours.get(),
+        )
+        .await?;
         self.refresh(row).await
     }
     /// Marks a pending intent failed: the provider created nothing for it.
@@ -755,8 +817,15 @@ impl Rentals {
         if state == "running" {
             self.db
                 .transaction(async |tx| {
-                    ledger::budget_check(tx, account_id, row.price_per_hour, false, Some(&row.id))
-                        .await
+                    ledger::budget_check(
+                        tx,
+                        account_id,
+                        self.config.rentals.budget_window_hours.get(),
+                        row.price_per_hour,
+                        false,
+                        Some(&row.id),
+                    )
+                    .await
                 })
                 .await?;
         }

@@ -60,6 +60,7 @@ pub async fn run(r: Arc<Rentals>, interval: Duration) {
         "vanished",
         "dead_destroyed",
         "stuck_destroyed",
+        "expired",
     ] {
         counter!(RECONCILER_ACTIONS_TOTAL, "action" => a).absolute(0);
     }
@@ -218,6 +219,8 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
             };
             if let Some((action, detail)) = why {
                 destroy_failed(r, p.as_ref(), &after, pid, action, &detail).await?;
+            } else if after.expires_at.is_some_and(|t| t <= now()) {
+                expire(r, p.as_ref(), &after, pid).await?;
             }
         }
 
@@ -232,6 +235,28 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Destroys an instance whose lifetime is over and marks it terminated (`expired`): it stops
+/// billing there. Left for the next round when the provider refuses the destroy.
+async fn expire(r: &Rentals, p: &dyn Provider, row: &ledger::InstanceRow, pid: &str) -> Result<()> {
+    if let Err(e) = p.destroy(pid).await {
+        tracing::warn!(instance = %row.id, error = %e, "could not destroy an expired instance; next round retries");
+        return Ok(());
+    }
+    r.status.forget(&format!("{}:{pid}", row.provider)).await;
+    let detail = "its lifetime ended (max_duration_hours / expires_at)";
+    if ledger::transition(
+        &r.db,
+        &row.id,
+        Transition::new(&[row.status], Status::Terminated, "expired").detail(detail),
+    )
+    .await?
+    .is_some()
+    {
+        act("expired");
     }
     Ok(())
 }
