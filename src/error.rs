@@ -74,6 +74,7 @@ pub enum Refusal {
     ProviderDisabled,
     SshKeyExists,
     SshKeyLimit,
+    NotStoppable,
 }
 
 impl Refusal {
@@ -93,6 +94,7 @@ impl Refusal {
             Refusal::ProviderDisabled => "provider_disabled",
             Refusal::SshKeyExists => "ssh_key_exists",
             Refusal::SshKeyLimit => "ssh_key_limit",
+            Refusal::NotStoppable => "not_stoppable",
         }
     }
 
@@ -111,7 +113,8 @@ impl Refusal {
             | Refusal::NotInterruptible
             | Refusal::IdempotencyInProgress
             | Refusal::SshKeyExists
-            | Refusal::SshKeyLimit => StatusCode::CONFLICT,
+            | Refusal::SshKeyLimit
+            | Refusal::NotStoppable => StatusCode::CONFLICT,
         }
     }
 }

@@ -329,7 +329,7 @@ async fn warm_caches_send_no_query_and_unknown_ids_are_cached_negatively() {
     let (_, token) = db.account_with_key("warmco", &[]);
     let d = daemon(
         &db,
-        &["auth.last_used_flush_ms=200", "ratelimit.ip_burst=10000"],
+        &["auth.last_used_flush_ms=3000", "ratelimit.ip_burst=10000"],
     )
     .await;
     assert_eq!(account(&d, &token).await.status, 200);

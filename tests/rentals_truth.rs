@@ -913,3 +913,70 @@ async fn an_instance_is_destroyed_when_its_lifetime_ends() {
             .contains(r#"gpuproxy_reconciler_actions_total{action="expired"} 1"#)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_and_start_go_through_the_ledger() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_stop");
+    let token = account(&db, "pauser", 10_000.0, 5);
+    let (_, other) = db.account_with_key("nosy", &[]);
+    let sb = Sandbox::start(&["--provision-time", "300ms"]);
+    let d = sb.daemon(&db, &["rentals.status_cache_ms=100"]).await;
+    let o = cheapest(&d, &token, "vastai", "").await;
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let pid = r.json()["provider_instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+
+    let stop = format!("/v1/instances/{id}/stop");
+    assert_eq!(call(&d, &other, "POST", &stop, "", None).await.status, 404);
+    let r = call(&d, &token, "POST", &stop, "", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["status"], "stopped");
+    assert_eq!(vast_instance(&sb, &pid).await["actual_status"], "stopped");
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    let ev = v["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(ev["kind"], "stopped", "{v}");
+    assert_eq!(
+        ev["rate_per_hour"], v["storage_per_hour"],
+        "a stopped instance bills its disk"
+    );
+
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        &format!("/v1/instances/{id}/start"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let v = until(&d, &token, &id, "running again", |v| {
+        v["status"] == "running"
+    })
+    .await;
+    assert!(kinds(&v).contains(&"started".to_owned()));
+
+    // io.net deployments run for their paid hours: they cannot be stopped
+    let io = cheapest(&d, &token, "ionet", "").await;
+    let r = post(&d, &token, &rent_body(io["id"].as_str().unwrap())).await;
+    let io_id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        &format!("/v1/instances/{io_id}/stop"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(r.json()["error"]["code"], "not_stoppable");
+}

@@ -228,6 +228,16 @@ pub async fn show(c: Call) -> Result<Response<Body>> {
     ))
 }
 
+/// `POST /v1/instances/{id}/stop` and `/start`.
+pub async fn set_running(c: Call, running: bool) -> Result<Response<Body>> {
+    let id = c.decoded_param("instance id")?;
+    let r = rentals(&c.api)?.clone();
+    let row = r
+        .set_running(c.principal()?.account_id(), &id, running)
+        .await?;
+    Ok(respond::json(StatusCode::OK, &view(&row, None)))
+}
+
 /// `PUT /v1/instances/{id}/bid` `{"bid_per_hour": x}`.
 pub async fn bid(c: Call) -> Result<Response<Body>> {
     let id = &c.decoded_param("instance id")?;

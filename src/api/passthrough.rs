@@ -199,7 +199,8 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
     if let Some((r, row, s)) = state_change
         && resp.status().is_success()
     {
-        r.record_state_change(&row, &s).await?;
+        r.record_state_change(&row, &s, "through passthrough")
+            .await?;
     }
     counter!(UPSTREAM_REQUESTS_TOTAL, "provider" => pid.as_str(), "op" => "passthrough", "status" => crate::metrics::status_label(resp.status().as_u16())).increment(1);
     let (parts, body) = resp.into_parts();

@@ -256,6 +256,22 @@ pub static ROUTES: &[Route] = &[
         &[(Method::PUT, later!(c => instances::bid(c).await))],
     ),
     route(
+        "/v1/instances/{id}/stop",
+        User,
+        &[(
+            Method::POST,
+            later!(c => instances::set_running(c, false).await),
+        )],
+    ),
+    route(
+        "/v1/instances/{id}/start",
+        User,
+        &[(
+            Method::POST,
+            later!(c => instances::set_running(c, true).await),
+        )],
+    ),
+    route(
         "/v1/ssh-keys",
         User,
         &[

@@ -123,6 +123,20 @@ pub trait Provider: Send + Sync {
         Box::pin(async { Err(UpstreamError::Disabled("keys are given at create here")) })
     }
 
+    /// Stops (`running: false`) or starts an instance; providers that cannot stop one (io.net
+    /// deployments run for their paid hours) answer `Disabled`.
+    fn set_running<'a>(
+        &'a self,
+        _provider_id: &'a str,
+        _running: bool,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async {
+            Err(UpstreamError::Disabled(
+                "this provider cannot stop an instance",
+            ))
+        })
+    }
+
     /// Changes an interruptible instance's bid (compute USD/h).
     fn set_bid<'a>(
         &'a self,

@@ -303,6 +303,27 @@ impl Provider for Vastai {
         })
     }
 
+    fn set_running<'a>(
+        &'a self,
+        provider_id: &'a str,
+        running: bool,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let path = format!("/api/v0/instances/{provider_id}/");
+            let state = if running { "running" } else { "stopped" };
+            self.api
+                .call(
+                    "manage",
+                    true,
+                    Method::PUT,
+                    &path,
+                    Some(json!({ "state": state })),
+                )
+                .await
+                .map(|_| ())
+        })
+    }
+
     fn set_bid<'a>(
         &'a self,
         provider_id: &'a str,

@@ -815,25 +815,82 @@ impl Rentals {
                 )
             })?;
         if state == "running" {
-            self.db
-                .transaction(async |tx| {
-                    ledger::budget_check(
-                        tx,
-                        account_id,
-                        self.config.rentals.budget_window_hours.get(),
-                        row.price_per_hour,
-                        false,
-                        Some(&row.id),
-                    )
-                    .await
-                })
-                .await?;
+            self.start_fits_budget(account_id, &row).await?;
         }
         Ok(row)
     }
 
+    /// A start bills the instance in full again: it must fit the budget first.
+    async fn start_fits_budget(&self, account_id: i64, row: &InstanceRow) -> Result<()> {
+        self.db
+            .transaction(async |tx| {
+                ledger::budget_check(
+                    tx,
+                    account_id,
+                    self.config.rentals.budget_window_hours.get(),
+                    row.price_per_hour,
+                    false,
+                    Some(&row.id),
+                )
+                .await
+            })
+            .await
+    }
+
+    /// `POST /v1/instances/{id}/stop|start`: through the provider and the ledger (a stopped
+    /// instance bills its storage only; a start is checked against the budget first).
+    pub async fn set_running(
+        &self,
+        account_id: i64,
+        id: &str,
+        running: bool,
+    ) -> Result<InstanceRow> {
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        let pid = match (&row.provider_instance_id, row.is_open()) {
+            (Some(pid), true) if row.status != Status::Terminating => pid.clone(),
+            _ => {
+                return Err(Error::refused(
+                    Refusal::InstanceNotOpen,
+                    format!(
+                        "the instance is {}: it cannot be stopped or started now",
+                        row.status.as_str()
+                    ),
+                    Some(json!({"instance_id": id, "status": row.status.as_str()})),
+                ));
+            }
+        };
+        let p = ProviderId::parse(&row.provider)
+            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
+        let provider = self.provider(p)?.clone();
+        if running {
+            self.start_fits_budget(account_id, &row).await?;
+        }
+        match provider.set_running(&pid, running).await {
+            Ok(()) => {}
+            Err(UpstreamError::Disabled(why)) => {
+                return Err(Error::refused(
+                    Refusal::NotStoppable,
+                    format!("{}: {why}", row.provider),
+                    Some(json!({"instance_id": id, "provider": row.provider})),
+                ));
+            }
+            Err(e) => return Err(upstream_error(p, &e)),
+        }
+        let state = if running { "running" } else { "stopped" };
+        self.record_state_change(&row, state, "asked through the API")
+            .await?;
+        Ok(ledger::get(&self.db, account_id, id).await?.unwrap_or(row))
+    }
+
     /// Records a start or stop the provider accepted: a stopped instance bills its storage only.
-    pub async fn record_state_change(&self, row: &InstanceRow, state: &str) -> Result<()> {
+    pub async fn record_state_change(
+        &self,
+        row: &InstanceRow,
+        state: &str,
+        how: &str,
+    ) -> Result<()> {
         let (to, kind) = if state == "stopped" {
             (Status::Stopped, "stopped")
         } else {
@@ -845,7 +902,7 @@ impl Rentals {
         ledger::transition(
             &self.db,
             &row.id,
-            Transition::new(&[row.status], to, kind).detail("through passthrough"),
+            Transition::new(&[row.status], to, kind).detail(how),
         )
         .await?;
         Ok(())
