@@ -980,3 +980,70 @@ async fn stop_and_start_go_through_the_ledger() {
     assert_eq!(r.status, 409, "{:?}", r.json());
     assert_eq!(r.json()["error"]["code"], "not_stoppable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_buys_io_net_hours_within_the_budget_and_moves_the_expiry() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_extend");
+    let probe = account(&db, "probe_x", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "300ms"]);
+    let d = sb.daemon(&db, &[]).await;
+    let o = cheapest(&d, &probe, "ionet", "").await;
+    let price = o["price_per_hour"].as_f64().unwrap();
+    // room for the rental over the 24 h window and 20 more hours, not 100
+    let token = account(&db, "extender", price * 46.0, 5);
+    let body = json!({"offer_id": o["id"], "image": "ubuntu:22.04", "disk_gb": 20,
+                      "duration_hours": 2, "max_duration_hours": 2})
+    .to_string();
+    let r = post(&d, &token, &body).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let pid = r.json()["provider_instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let expiry = r.json()["expires_at"].as_str().unwrap().to_owned();
+    let path = format!("/v1/instances/{id}/extend");
+
+    for bad in [
+        json!({"hours": 0}),
+        json!({"hours": -1}),
+        json!({"days": 1}),
+    ] {
+        let r = call(&d, &token, "POST", &path, &bad.to_string(), None).await;
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.json());
+    }
+    let r = call(&d, &token, "POST", &path, r#"{"hours": 100}"#, None).await;
+    assert_eq!(r.status, 402, "{:?}", r.json());
+    assert_eq!(
+        sb.calls("ionet", "extend").await,
+        0,
+        "refused before the provider"
+    );
+
+    let r = call(&d, &token, "POST", &path, r#"{"hours": 20}"#, None).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(sb.calls("ionet", "extend").await, 1);
+    assert!(
+        r.json()["expires_at"].as_str().unwrap() > expiry.as_str(),
+        "the expiry moved"
+    );
+    let dep = sb
+        .ionet_deployments()
+        .await
+        .into_iter()
+        .find(|x| x["id"] == pid.as_str())
+        .unwrap();
+    assert_eq!(dep["id"], pid.as_str());
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    let ev = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "extended")
+        .cloned()
+        .unwrap();
+    assert!(ev["detail"].as_str().unwrap().contains("+20 h"), "{ev}");
+}

@@ -228,6 +228,24 @@ pub async fn show(c: Call) -> Result<Response<Body>> {
     ))
 }
 
+/// `POST /v1/instances/{id}/extend` `{"hours": n}`.
+pub async fn extend(c: Call) -> Result<Response<Body>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ExtendBody {
+        hours: u32,
+    }
+    let id = c.decoded_param("instance id")?;
+    let account = c.principal()?.account_id();
+    let r = rentals(&c.api)?.clone();
+    let limit = c.api.config.server.max_body_bytes.get();
+    let b: ExtendBody = body::json(c.req, limit)
+        .await?
+        .ok_or_else(|| Error::bad_request("a JSON body {\"hours\": <1 to 8760>} is required"))?;
+    let row = r.extend(account, &id, b.hours).await?;
+    Ok(respond::json(StatusCode::OK, &view(&row, None)))
+}
+
 /// `POST /v1/instances/{id}/stop` and `/start`.
 pub async fn set_running(c: Call, running: bool) -> Result<Response<Body>> {
     let id = c.decoded_param("instance id")?;

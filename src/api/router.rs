@@ -256,6 +256,11 @@ pub static ROUTES: &[Route] = &[
         &[(Method::PUT, later!(c => instances::bid(c).await))],
     ),
     route(
+        "/v1/instances/{id}/extend",
+        User,
+        &[(Method::POST, later!(c => instances::extend(c).await))],
+    ),
+    route(
         "/v1/instances/{id}/stop",
         User,
         &[(

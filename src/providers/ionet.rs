@@ -239,6 +239,30 @@ impl Provider for Ionet {
         self.api.passthrough()
     }
 
+    fn sells_time(&self) -> bool {
+        true
+    }
+
+    fn extend<'a>(
+        &'a self,
+        provider_id: &'a str,
+        hours: u32,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            // spends money: never retried (a lost answer is settled by reading the deployment)
+            self.api
+                .call(
+                    "extend",
+                    false,
+                    Method::POST,
+                    &format!("{VMAAS}/deployment/{provider_id}/extend"),
+                    Some(json!({ "duration_hours": hours })),
+                )
+                .await
+                .map(|_| ())
+        })
+    }
+
     fn check_offer_id(&self, local: &str) -> Result<(), &'static str> {
         parse_offer(local).map(|_| ()).ok_or(
             "io.net offers are `<provider>:<cards>x<hardware>@<location>` (from GET /v1/offers)",

@@ -123,6 +123,21 @@ pub trait Provider: Send + Sync {
         Box::pin(async { Err(UpstreamError::Disabled("keys are given at create here")) })
     }
 
+    /// Its instances run for a paid time that `extend` buys more of (io.net); otherwise they run
+    /// until destroyed.
+    fn sells_time(&self) -> bool {
+        false
+    }
+
+    /// Buys `hours` more of a deployment that runs for a paid time (see `sells_time`).
+    fn extend<'a>(
+        &'a self,
+        _provider_id: &'a str,
+        _hours: u32,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::Disabled("this provider sells no paid time")) })
+    }
+
     /// Stops (`running: false`) or starts an instance; providers that cannot stop one (io.net
     /// deployments run for their paid hours) answer `Disabled`.
     fn set_running<'a>(

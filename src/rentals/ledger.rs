@@ -541,6 +541,52 @@ pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64, window_hours: u32) -> R
     .await
 }
 
+/// Records an extension: `hours` more of the instance's life (the expiry moves, when it has one),
+/// and `committed_usd` the provider charged for them (0 where it sells no paid time), as an
+/// `extended` event. The budget was checked before the provider was asked.
+pub async fn extend(
+    db: &Db,
+    r: &InstanceRow,
+    hours: u32,
+    committed_usd: f64,
+) -> Result<InstanceRow> {
+    let h = f64::from(hours);
+    db.transaction(async |tx| {
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "UPDATE instances SET expires_at = CASE WHEN expires_at IS NULL THEN NULL \
+                       ELSE greatest(expires_at, now()) + make_interval(secs => $2) END, \
+                       updated_at = now() WHERE id = $1 RETURNING {COLS}"
+                ),
+                &[(&r.id, Type::TEXT), (&(h * 3600.0), Type::FLOAT8)],
+            )
+            .await
+            .map_err(db_err)?;
+        let n = rows
+            .first()
+            .map(row)
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such instance"))?;
+        let detail = if committed_usd > 0.0 {
+            format!("+{hours} h, {committed_usd:.4} USD committed")
+        } else {
+            format!("+{hours} h")
+        };
+        event_tx(
+            tx,
+            &n.id,
+            "extended",
+            Some(n.status.as_str()),
+            n.price_per_hour,
+            n.status.rate(n.price_per_hour, n.storage_per_hour),
+            Some(&detail),
+        )
+        .await?;
+        Ok(n)
+    })
+    .await
+}
+
 /// Marks (or clears, with `None`) the dead state the provider reports. Returns whether this is
 /// the first sighting (an event is written then).
 pub async fn set_dead(db: &Db, id: &str, reason: Option<&str>) -> Result<bool> {

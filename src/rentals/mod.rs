@@ -837,6 +837,65 @@ impl Rentals {
             .await
     }
 
+    /// `POST /v1/instances/{id}/extend {"hours"}`: moves the expiry (when the rental has one) and,
+    /// where the provider sells paid time (io.net), buys the hours: that spend is checked against
+    /// the budget before the provider is asked, and recorded.
+    pub async fn extend(&self, account_id: i64, id: &str, hours: u32) -> Result<InstanceRow> {
+        if !(1..=8760).contains(&hours) {
+            return Err(Error::bad_request("invalid `hours`: 1 to 8760"));
+        }
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        let pid = match (&row.provider_instance_id, row.is_open()) {
+            (Some(pid), true) if row.status != Status::Terminating => pid.clone(),
+            _ => {
+                return Err(Error::refused(
+                    Refusal::InstanceNotOpen,
+                    format!(
+                        "the instance is {}: it cannot be extended",
+                        row.status.as_str()
+                    ),
+                    Some(json!({"instance_id": id, "status": row.status.as_str()})),
+                ));
+            }
+        };
+        let p = ProviderId::parse(&row.provider)
+            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
+        let provider = self.provider(p)?.clone();
+        let window = self.config.rentals.budget_window_hours.get();
+        let cost = row.price_per_hour * f64::from(hours);
+        // the spend must fit the budget before the provider is asked for it
+        if provider.sells_time() {
+            self.db
+                .transaction(async |tx| {
+                    ledger::budget_check(
+                        tx,
+                        account_id,
+                        window,
+                        cost / f64::from(window),
+                        false,
+                        None,
+                    )
+                    .await
+                })
+                .await?;
+            provider
+                .extend(&pid, hours)
+                .await
+                .map_err(|e| upstream_error(p, &e))?;
+            ledger::extend(&self.db, &row, hours, cost).await
+        } else if row.expires_at.is_some() {
+            ledger::extend(&self.db, &row, hours, 0.0).await
+        } else {
+            Err(Error::refused(
+                Refusal::InstanceNotOpen,
+                "the instance has no lifetime to extend (it runs until destroyed)",
+                Some(json!({"instance_id": id})),
+            ))
+        }
+    }
+
     /// `POST /v1/instances/{id}/stop|start`: through the provider and the ledger (a stopped
     /// instance bills its storage only; a start is checked against the budget first).
     pub async fn set_running(
