@@ -837,13 +837,14 @@ impl Rentals {
             .await
     }
 
-    /// `POST /v1/instances/{id}/extend {"hours"}`: moves the expiry (when the rental has one) and,
-    /// where the provider sells paid time (io.net), buys the hours: that spend is checked against
-    /// the budget before the provider is asked, and recorded.
-    pub async fn extend(&self, account_id: i64, id: &str, hours: u32) -> Result<InstanceRow> {
-        if !(1..=8760).contains(&hours) {
-            return Err(Error::bad_request("invalid `hours`: 1 to 8760"));
-        }
+    /// The caller's instance while the provider holds it (not pending, not ending), with its
+    /// provider id and client; `what` says, in the 409, what cannot be done otherwise.
+    async fn live(
+        &self,
+        account_id: i64,
+        id: &str,
+        what: &str,
+    ) -> Result<(InstanceRow, String, ProviderId, Arc<dyn Provider>)> {
         let row = ledger::get(&self.db, account_id, id)
             .await?
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
@@ -852,10 +853,7 @@ impl Rentals {
             _ => {
                 return Err(Error::refused(
                     Refusal::InstanceNotOpen,
-                    format!(
-                        "the instance is {}: it cannot be extended",
-                        row.status.as_str()
-                    ),
+                    format!("the instance is {}: {what}", row.status.as_str()),
                     Some(json!({"instance_id": id, "status": row.status.as_str()})),
                 ));
             }
@@ -863,6 +861,17 @@ impl Rentals {
         let p = ProviderId::parse(&row.provider)
             .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
         let provider = self.provider(p)?.clone();
+        Ok((row, pid, p, provider))
+    }
+
+    /// `POST /v1/instances/{id}/extend {"hours"}`: moves the expiry (when the rental has one) and,
+    /// where the provider sells paid time (io.net), buys the hours: that spend is checked against
+    /// the budget before the provider is asked, and recorded.
+    pub async fn extend(&self, account_id: i64, id: &str, hours: u32) -> Result<InstanceRow> {
+        if !(1..=8760).contains(&hours) {
+            return Err(Error::bad_request("invalid `hours`: 1 to 8760"));
+        }
+        let (row, pid, p, provider) = self.live(account_id, id, "it cannot be extended").await?;
         let window = self.config.rentals.budget_window_hours.get();
         let cost = row.price_per_hour * f64::from(hours);
         // the spend must fit the budget before the provider is asked for it
@@ -904,25 +913,9 @@ impl Rentals {
         id: &str,
         running: bool,
     ) -> Result<InstanceRow> {
-        let row = ledger::get(&self.db, account_id, id)
-            .await?
-            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
-        let pid = match (&row.provider_instance_id, row.is_open()) {
-            (Some(pid), true) if row.status != Status::Terminating => pid.clone(),
-            _ => {
-                return Err(Error::refused(
-                    Refusal::InstanceNotOpen,
-                    format!(
-                        "the instance is {}: it cannot be stopped or started now",
-                        row.status.as_str()
-                    ),
-                    Some(json!({"instance_id": id, "status": row.status.as_str()})),
-                ));
-            }
-        };
-        let p = ProviderId::parse(&row.provider)
-            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
-        let provider = self.provider(p)?.clone();
+        let (row, pid, p, provider) = self
+            .live(account_id, id, "it cannot be stopped or started now")
+            .await?;
         if running {
             self.start_fits_budget(account_id, &row).await?;
         }
