@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rental_lifetime",
         include_str!("migrations/0005_rental_lifetime.sql"),
     ),
+    (
+        6,
+        "spec_rentals",
+        include_str!("migrations/0006_spec_rentals.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

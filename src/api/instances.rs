@@ -17,7 +17,17 @@ use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::rentals::idempotency::{self, Begin};
 use crate::rentals::ledger::{Event, InstanceKey, InstanceRow};
-use crate::rentals::{RentBody, Rentals};
+use crate::rentals::{RentBody, Rentals, Renter};
+
+/// A rental by spec's answer and instance list the offers tried (`tries`) and why each was left.
+async fn with_tries(r: &Rentals, row: &InstanceRow, v: &mut Value) -> Result<()> {
+    if let Some(req) = &row.rental_request_id {
+        let tries = crate::rentals::ledger::tries(r.db(), req).await?;
+        v["rental_request_id"] = json!(req);
+        v["tries"] = crate::rentals::failover::tries_view(&tries);
+    }
+    Ok(())
+}
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -157,10 +167,15 @@ pub async fn create(c: Call) -> Result<Response<Body>> {
     let raw = body::read(req, state.config.server.max_body_bytes.get()).await?;
     let b: RentBody =
         body::parse(&raw)?.ok_or_else(|| Error::bad_request("a JSON body is required"))?;
-    let account = p.account_id();
+    let who = Renter {
+        account_id: p.account_id(),
+        key_id: Some(p.key.key_id),
+    };
     idempotent(state, p, key, "POST /v1/instances", &raw, async || {
-        let row = r.rent(account, &b).await?;
-        Ok((StatusCode::CREATED, view(&row, None)))
+        let row = r.rent(who, &b).await?;
+        let mut v = view(&row, None);
+        with_tries(&r, &row, &mut v).await?;
+        Ok((StatusCode::CREATED, v))
     })
     .await
 }
@@ -222,10 +237,9 @@ pub async fn show(c: Call) -> Result<Response<Body>> {
     let row = r.get(p.account_id(), id).await?;
     let events = crate::rentals::ledger::events(r.db(), &row.id).await?;
     let keys = crate::rentals::ledger::instance_keys(r.db(), &row.id).await?;
-    Ok(respond::json(
-        StatusCode::OK,
-        &view(&row, Some((events, keys))),
-    ))
+    let mut v = view(&row, Some((events, keys)));
+    with_tries(r, &row, &mut v).await?;
+    Ok(respond::json(StatusCode::OK, &v))
 }
 
 /// `POST /v1/instances/{id}/extend` `{"hours": n}`.

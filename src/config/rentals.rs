@@ -41,6 +41,12 @@ pub struct RentalsConfig {
     /// An instance not `running` this long after the provider accepted it is destroyed and
     /// marked failed (it would bill its disk, or more, forever).
     pub provisioning_timeout_ms: Millis,
+    /// A rental by `spec` tries at most this many matching offers, cheapest first.
+    pub max_offers_tried: NonZeroU32,
+    /// A rental by `spec` waits this long for each try to be `running` (a try the provider
+    /// reports dead before then is destroyed and the next offer tried); a try still provisioning
+    /// at the end is the answer, and the reconciler watches it from there.
+    pub failover_wait_ms: Millis,
 }
 
 impl Default for RentalsConfig {
@@ -57,6 +63,8 @@ impl Default for RentalsConfig {
             max_ssh_keys: nz32(20),
             dead_state_grace_ms: Millis(120_000),
             provisioning_timeout_ms: Millis(600_000),
+            max_offers_tried: nz32(5),
+            failover_wait_ms: Millis(90_000),
         }
     }
 }

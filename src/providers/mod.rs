@@ -20,7 +20,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use model::{InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh};
+pub use model::{
+    InstanceStatus, Offer, OfferFilter, ProviderId, Quote, RemoteInstance, RentRequest, Ssh,
+};
 
 use crate::config::Config;
 

@@ -46,6 +46,54 @@ pub struct Offer {
     pub available: bool,
 }
 
+/// What an offer must be: the filters of `GET /v1/offers` and of a rental by `spec`, in one
+/// place so both choose the same offers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OfferFilter {
+    /// Canonical model or family (see `gpu`).
+    pub gpu: Option<String>,
+    pub min_gpus: Option<u32>,
+    pub max_gpus: Option<u32>,
+    pub min_gpu_memory_gb: Option<f64>,
+    /// USD/h for the whole offer.
+    pub max_price: Option<f64>,
+    pub max_price_per_gpu: Option<f64>,
+    /// ISO 3166-1 alpha-2 codes, upper case.
+    pub countries: Option<Vec<String>>,
+    pub interruptible: bool,
+    pub include_unavailable: bool,
+    /// 0–1; an offer without a figure (io.net) does not pass a minimum.
+    pub min_reliability: Option<f64>,
+}
+
+impl OfferFilter {
+    pub fn matches(&self, o: &Offer) -> bool {
+        (self.include_unavailable || o.available)
+            && o.interruptible == self.interruptible
+            && self
+                .gpu
+                .as_ref()
+                .is_none_or(|g| super::gpu::matches(g, &o.gpu_model))
+            && self.min_gpus.is_none_or(|n| o.gpu_count >= n)
+            && self.max_gpus.is_none_or(|n| o.gpu_count <= n)
+            && self
+                .min_gpu_memory_gb
+                .is_none_or(|m| o.gpu_memory_gb + 0.05 >= m)
+            && self.max_price.is_none_or(|m| o.price_per_hour <= m)
+            && self
+                .max_price_per_gpu
+                .is_none_or(|m| o.price_per_gpu_hour <= m)
+            && self.countries.as_ref().is_none_or(|cs| {
+                o.country
+                    .as_ref()
+                    .is_some_and(|c| cs.iter().any(|x| x == c))
+            })
+            && self
+                .min_reliability
+                .is_none_or(|m| o.reliability.is_some_and(|r| r >= m))
+    }
+}
+
 /// Instance status, mapped from both providers into one set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

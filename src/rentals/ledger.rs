@@ -63,6 +63,12 @@ pub struct InstanceRow {
     pub dead_reason: Option<String>,
     /// When the reconciler destroys it (the rental's `max_duration_hours` / `expires_at`).
     pub expires_at: Option<f64>,
+    /// A rental by spec: the request all its tries share, and which try this is (1, 2, ...).
+    pub rental_request_id: Option<String>,
+    pub try_index: Option<i32>,
+    /// The key that rented it (per-key spend caps, usage by key).
+    #[serde(skip)]
+    pub api_key_id: Option<i64>,
 }
 
 impl InstanceRow {
@@ -195,7 +201,8 @@ const COLS: &str = "id, account_id, provider, provider_instance_id, offer_id, gp
     gpu_count, price_per_hour, image, disk_gb, label, status, ssh_host, ssh_port, ssh_user, \
     failure, extract(epoch from created_at)::float8, extract(epoch from started_at)::float8, \
     extract(epoch from terminated_at)::float8, bid_per_hour, storage_per_hour, \
-    extract(epoch from dead_since)::float8, dead_reason, extract(epoch from expires_at)::float8";
+    extract(epoch from dead_since)::float8, dead_reason, extract(epoch from expires_at)::float8, \
+    rental_request_id, try_index, api_key_id";
 
 fn row(r: &Row) -> InstanceRow {
     let ssh = match (r.get::<_, Option<String>>(12), r.get::<_, Option<i32>>(13)) {
@@ -231,6 +238,9 @@ fn row(r: &Row) -> InstanceRow {
         dead_since: r.get(21),
         dead_reason: r.get(22),
         expires_at: r.get(23),
+        rental_request_id: r.get(24),
+        try_index: r.get(25),
+        api_key_id: r.get(26),
     }
 }
 
@@ -253,6 +263,9 @@ pub struct NewInstance<'a> {
     pub budget_window_hours: u32,
     /// Epoch seconds when the instance is to be destroyed.
     pub expires_at: Option<f64>,
+    /// A try of a rental by spec: (request id, try number).
+    pub request: Option<(&'a str, i32)>,
+    pub api_key_id: Option<i64>,
 }
 
 fn db_err(e: tokio_postgres::Error) -> Error {
@@ -390,9 +403,9 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
                 &format!(
                     "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, \
                        gpu_count, price_per_hour, image, disk_gb, label, status, bid_per_hour, \
-                       storage_per_hour, expires_at) \
+                       storage_per_hour, expires_at, rental_request_id, try_index, api_key_id) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, \
-                       to_timestamp($13)) \
+                       to_timestamp($13), $14, $15, $16) \
                      RETURNING {COLS}"
                 ),
                 &[
@@ -409,6 +422,9 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
                     (&n.bid_per_hour, Type::FLOAT8),
                     (&n.storage_per_hour, Type::FLOAT8),
                     (&n.expires_at, Type::FLOAT8),
+                    (&n.request.map(|r| r.0), Type::TEXT),
+                    (&n.request.map(|r| r.1), Type::INT4),
+                    (&n.api_key_id, Type::INT8),
                 ],
             )
             .await
@@ -443,6 +459,73 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
         Ok(row(&rows[0]))
     })
     .await
+}
+
+/// A try of a rental by spec that failed before its intent could be reserved (the offer was
+/// gone, its price moved, another rental held it): recorded as an intent that failed at once, so
+/// every try is in the ledger. Bills nothing.
+pub async fn failed_try(db: &Db, n: &NewInstance<'_>, why: &str) -> Result<()> {
+    db.transaction(async |tx| {
+        tx.query_typed(
+            "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, gpu_count, \
+               price_per_hour, image, disk_gb, label, status, failure, storage_per_hour, \
+               rental_request_id, try_index, api_key_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'failed', $11, $12, $13, $14, $15)",
+            &[
+                (&n.id, Type::TEXT),
+                (&n.account_id, Type::INT8),
+                (&n.provider, Type::TEXT),
+                (&n.offer_id, Type::TEXT),
+                (&n.gpu_model, Type::TEXT),
+                (&n.gpu_count, Type::INT4),
+                (&n.price_per_hour, Type::FLOAT8),
+                (&n.image, Type::TEXT),
+                (&n.disk_gb, Type::INT4),
+                (&n.label, Type::TEXT),
+                (&why, Type::TEXT),
+                (&n.storage_per_hour, Type::FLOAT8),
+                (&n.request.map(|r| r.0), Type::TEXT),
+                (&n.request.map(|r| r.1), Type::INT4),
+                (&n.api_key_id, Type::INT8),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+        event_tx(
+            tx,
+            n.id,
+            "intent",
+            Some("pending"),
+            n.price_per_hour,
+            0.0,
+            None,
+        )
+        .await?;
+        event_tx(
+            tx,
+            n.id,
+            "failed",
+            Some("failed"),
+            n.price_per_hour,
+            0.0,
+            Some(why),
+        )
+        .await
+    })
+    .await
+}
+
+/// The tries of a rental by spec, in order.
+pub async fn tries(db: &Db, request_id: &str) -> Result<Vec<InstanceRow>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {COLS} FROM instances WHERE rental_request_id = $1 ORDER BY try_index"
+            ),
+            &[(&request_id, Type::TEXT)],
+        )
+        .await?;
+    Ok(rows.iter().map(row).collect())
 }
 
 async fn event_tx(

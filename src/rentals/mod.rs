@@ -15,6 +15,7 @@
 //! current minimum bid): Vast rents on demand at the full price otherwise. SSH keys go where
 //! the provider documents them: io.net's deploy body, or Vast's per-instance attach (`keys`).
 
+pub mod failover;
 pub mod idempotency;
 pub mod keys;
 pub mod ledger;
@@ -43,7 +44,12 @@ use ledger::{InstanceRow, Status, Transition};
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RentBody {
+    /// One offer (from `GET /v1/offers`) ...
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub offer_id: String,
+    /// ... or what any acceptable offer is: the matching offers are tried in order (failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<failover::Spec>,
     pub image: String,
     pub disk_gb: u32,
     pub label: Option<String>,
@@ -107,6 +113,7 @@ impl RentBody {
         Ok((hours > 0.0).then_some(now + hours * 3600.0))
     }
 
+    /// The offer's provider and the provider's part of its id, the rest of the body checked.
     fn validate(&self) -> Result<(ProviderId, &str)> {
         let bad = |field: &str, why: &str| Error::bad_request(format!("invalid `{field}`: {why}"));
         let (p, local) = self
@@ -120,6 +127,22 @@ impl RentBody {
                     "expected `vastai:<id>`, `vastai:<id>:bid` or `ionet:<cards>x<id>@<location>` from GET /v1/offers",
                 )
             })?;
+        self.check_common()?;
+        if let Some(bid) = self.bid_per_hour {
+            if !local.ends_with(crate::providers::vastai::BID_SUFFIX) {
+                return Err(bad(
+                    "bid_per_hour",
+                    "only for interruptible offers (ids ending in `:bid`, from GET /v1/offers?interruptible=true)",
+                ));
+            }
+            check_bid("bid_per_hour", bid, self.max_price_per_hour)?;
+        }
+        Ok((p, local))
+    }
+
+    /// Everything but the offer: image, disk, env, keys, durations, the price ceiling.
+    fn check_common(&self) -> Result<()> {
+        let bad = |field: &str, why: &str| Error::bad_request(format!("invalid `{field}`: {why}"));
         if self.image.trim().is_empty() || self.image.len() > 512 {
             return Err(bad(
                 "image",
@@ -181,17 +204,15 @@ impl RentBody {
             }
             _ => {}
         }
-        if let Some(bid) = self.bid_per_hour {
-            if !local.ends_with(crate::providers::vastai::BID_SUFFIX) {
-                return Err(bad(
-                    "bid_per_hour",
-                    "only for interruptible offers (ids ending in `:bid`, from GET /v1/offers?interruptible=true)",
-                ));
-            }
-            check_bid("bid_per_hour", bid, self.max_price_per_hour)?;
-        }
-        Ok((p, local))
+        Ok(())
     }
+}
+
+/// Who rents: the account, and the API key (per-key spend caps and usage by key).
+#[derive(Debug, Clone, Copy)]
+pub struct Renter {
+    pub account_id: i64,
+    pub key_id: Option<i64>,
 }
 
 /// The provider's view of an instance, as cached for status reads.
@@ -212,6 +233,14 @@ pub struct Rentals {
     status: Arc<SwrCache<Option<RemoteView>>>,
     /// The offers cache, for the price the caller was shown.
     offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
+}
+
+/// The intent a rental writes: our id, the try it is of a rental by spec, when it expires.
+struct Intent<'a> {
+    who: Renter,
+    id: &'a str,
+    request: Option<(&'a str, i32)>,
+    expires_at: Option<f64>,
 }
 
 /// A fresh random id (UUID v4), ours for an instance.
@@ -279,7 +308,30 @@ impl Rentals {
         })
     }
 
-    pub async fn rent(&self, account_id: i64, body: &RentBody) -> Result<InstanceRow> {
+    /// `POST /v1/instances`: one offer (`offer_id`), or the offers matching a `spec` in turn.
+    pub async fn rent(&self, who: Renter, body: &RentBody) -> Result<InstanceRow> {
+        match (&body.spec, body.offer_id.is_empty()) {
+            (Some(spec), true) => self.rent_by_spec(who, body, spec).await,
+            (None, false) => self.rent_offer(who, body, &new_id(), None).await,
+            (Some(_), false) => Err(Error::bad_request(
+                "invalid `spec`: give either `offer_id` or `spec`, not both",
+            )),
+            (None, true) => Err(Error::bad_request(
+                "invalid `offer_id`: give `offer_id` (from GET /v1/offers) or a `spec` to rent by",
+            )),
+        }
+    }
+
+    /// Rents one offer under our id `id`; `request` (request id, try number) when it is a try of
+    /// a rental by spec.
+    async fn rent_offer(
+        &self,
+        who: Renter,
+        body: &RentBody,
+        id: &str,
+        request: Option<(&str, i32)>,
+    ) -> Result<InstanceRow> {
+        let account_id = who.account_id;
         let (pid, local) = body.validate()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -297,7 +349,6 @@ impl Rentals {
             body.ssh_public_key.as_deref(),
         )
         .await?;
-        let id = new_id();
         // one rental of an exclusive offer at a time, whichever daemon takes it
         let claim = provider.exclusive_offers().then(|| {
             local
@@ -309,7 +360,7 @@ impl Rentals {
                 &self.db,
                 pid.as_str(),
                 offer,
-                &id,
+                id,
                 self.config.rentals.intent_timeout_ms.ms(),
             )
             .await?
@@ -326,11 +377,21 @@ impl Rentals {
         }
         let out = self
             .rent_claimed(
-                account_id, body, &id, pid, local, &provider, &keys, expires_at,
+                body,
+                Intent {
+                    who,
+                    id,
+                    request,
+                    expires_at,
+                },
+                pid,
+                local,
+                &provider,
+                &keys,
             )
             .await;
         if let Some(offer) = claim {
-            if let Err(e) = ledger::release_offer(&self.db, pid.as_str(), offer, &id).await {
+            if let Err(e) = ledger::release_offer(&self.db, pid.as_str(), offer, id).await {
                 tracing::warn!(offer, error = %e, "offer claim not released; it expires by itself");
             }
             if out.is_ok() {
@@ -363,18 +424,16 @@ impl Rentals {
             .await;
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn rent_claimed(
         &self,
-        account_id: i64,
         body: &RentBody,
-        id: &str,
+        intent: Intent<'_>,
         pid: ProviderId,
         local: &str,
         provider: &Arc<dyn Provider>,
         keys: &[(String, String, String)],
-        expires_at: Option<f64>,
     ) -> Result<InstanceRow> {
+        let (id, who) = (intent.id, intent.who);
         let count = |result: &'static str| {
             counter!(RENTALS_TOTAL, "provider" => pid.as_str(), "result" => result).increment(1);
         };
@@ -396,7 +455,7 @@ impl Rentals {
             &self.db,
             &ledger::NewInstance {
                 id,
-                account_id,
+                account_id: who.account_id,
                 provider: pid.as_str(),
                 offer_id: &body.offer_id,
                 gpu_model: &quote.gpu_model,
@@ -409,7 +468,9 @@ impl Rentals {
                 storage_per_hour: quote.storage_per_hour,
                 ssh_keys: keys,
                 budget_window_hours: self.config.rentals.budget_window_hours.get(),
-                expires_at,
+                expires_at: intent.expires_at,
+                request: intent.request,
+                api_key_id: who.key_id,
             },
         )
         .await?;

@@ -38,7 +38,7 @@ pub async fn find_ours(
         .find(|r| r.our_id.as_deref() == Some(our_id)))
 }
 
-fn now() -> f64 {
+pub(super) fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

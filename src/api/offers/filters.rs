@@ -6,7 +6,7 @@ use std::hash::BuildHasher;
 
 use crate::config::OffersConfig;
 use crate::error::{Error, Result};
-use crate::providers::{Offer, ProviderId, SearchQuery, gpu};
+use crate::providers::{Offer, OfferFilter, ProviderId, SearchQuery, gpu};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
@@ -20,16 +20,9 @@ pub enum Sort {
 /// The client's query, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filters {
-    pub gpu: Option<String>,
-    pub min_gpus: Option<u32>,
-    pub max_gpus: Option<u32>,
-    pub min_gpu_memory_gb: Option<f64>,
-    pub max_price: Option<f64>,
-    pub max_price_per_gpu: Option<f64>,
+    /// What an offer must be (shared with renting by spec).
+    pub offer: OfferFilter,
     pub providers: Option<Vec<ProviderId>>,
-    pub countries: Option<Vec<String>>,
-    pub interruptible: bool,
-    pub include_unavailable: bool,
     pub disk_gb: u32,
     pub sort: Sort,
     pub limit: u32,
@@ -86,16 +79,8 @@ fn positive(param: &str, x: f64) -> Result<f64> {
 impl Filters {
     pub fn parse(query: Option<&str>, cfg: &OffersConfig) -> Result<Filters> {
         let mut f = Filters {
-            gpu: None,
-            min_gpus: None,
-            max_gpus: None,
-            min_gpu_memory_gb: None,
-            max_price: None,
-            max_price_per_gpu: None,
+            offer: OfferFilter::default(),
             providers: None,
-            countries: None,
-            interruptible: false,
-            include_unavailable: false,
             disk_gb: cfg.default_disk_gb,
             sort: Sort::Price,
             limit: cfg.default_limit.get(),
@@ -125,7 +110,7 @@ impl Filters {
                     if v.len() > 64 {
                         return Err(bad(name, "at most 64 characters"));
                     }
-                    f.gpu = Some(gpu::canonical(&v, None));
+                    f.offer.gpu = Some(gpu::canonical(&v, None));
                 }
                 "min_gpus" | "max_gpus" => {
                     let n: u32 = number(name, &v)?;
@@ -133,17 +118,17 @@ impl Filters {
                         return Err(bad(name, "must be between 1 and 64"));
                     }
                     if *name == "min_gpus" {
-                        f.min_gpus = Some(n)
+                        f.offer.min_gpus = Some(n)
                     } else {
-                        f.max_gpus = Some(n)
+                        f.offer.max_gpus = Some(n)
                     }
                 }
                 "min_gpu_memory_gb" => {
-                    f.min_gpu_memory_gb = Some(positive(name, number(name, &v)?)?)
+                    f.offer.min_gpu_memory_gb = Some(positive(name, number(name, &v)?)?)
                 }
-                "max_price" => f.max_price = Some(positive(name, number(name, &v)?)?),
+                "max_price" => f.offer.max_price = Some(positive(name, number(name, &v)?)?),
                 "max_price_per_gpu" => {
-                    f.max_price_per_gpu = Some(positive(name, number(name, &v)?)?)
+                    f.offer.max_price_per_gpu = Some(positive(name, number(name, &v)?)?)
                 }
                 "providers" => {
                     let mut list = Vec::new();
@@ -180,10 +165,10 @@ impl Filters {
                     }
                     list.sort();
                     list.dedup();
-                    f.countries = Some(list);
+                    f.offer.countries = Some(list);
                 }
-                "interruptible" => f.interruptible = boolean(name, &v)?,
-                "include_unavailable" => f.include_unavailable = boolean(name, &v)?,
+                "interruptible" => f.offer.interruptible = boolean(name, &v)?,
+                "include_unavailable" => f.offer.include_unavailable = boolean(name, &v)?,
                 "disk_gb" => {
                     let n: u32 = number(name, &v)?;
                     if !(1..=100_000).contains(&n) {
@@ -213,7 +198,7 @@ impl Filters {
                 _ => unreachable!("every known parameter is handled"),
             }
         }
-        if let (Some(lo), Some(hi)) = (f.min_gpus, f.max_gpus)
+        if let (Some(lo), Some(hi)) = (f.offer.min_gpus, f.offer.max_gpus)
             && lo > hi
         {
             return Err(bad("min_gpus", "greater than max_gpus"));
@@ -239,16 +224,16 @@ impl Filters {
         let _ = write!(
             s,
             "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{}",
-            self.gpu,
-            self.min_gpus,
-            self.max_gpus,
-            self.min_gpu_memory_gb,
-            self.max_price,
-            self.max_price_per_gpu,
+            self.offer.gpu,
+            self.offer.min_gpus,
+            self.offer.max_gpus,
+            self.offer.min_gpu_memory_gb,
+            self.offer.max_price,
+            self.offer.max_price_per_gpu,
             self.providers,
-            self.countries,
-            self.interruptible,
-            self.include_unavailable,
+            self.offer.countries,
+            self.offer.interruptible,
+            self.offer.include_unavailable,
             self.disk_gb,
             self.sort,
             self.limit
@@ -258,8 +243,8 @@ impl Filters {
 
     pub fn search_query(&self) -> SearchQuery {
         SearchQuery {
-            gpu: self.gpu.clone(),
-            interruptible: self.interruptible,
+            gpu: self.offer.gpu.clone(),
+            interruptible: self.offer.interruptible,
             disk_gb: self.disk_gb,
         }
     }
@@ -269,26 +254,7 @@ impl Filters {
     }
 
     pub fn matches(&self, o: &Offer) -> bool {
-        (self.include_unavailable || o.available)
-            && o.interruptible == self.interruptible
-            && self
-                .gpu
-                .as_ref()
-                .is_none_or(|g| gpu::matches(g, &o.gpu_model))
-            && self.min_gpus.is_none_or(|n| o.gpu_count >= n)
-            && self.max_gpus.is_none_or(|n| o.gpu_count <= n)
-            && self
-                .min_gpu_memory_gb
-                .is_none_or(|m| o.gpu_memory_gb + 0.05 >= m)
-            && self.max_price.is_none_or(|m| o.price_per_hour <= m)
-            && self
-                .max_price_per_gpu
-                .is_none_or(|m| o.price_per_gpu_hour <= m)
-            && self.countries.as_ref().is_none_or(|cs| {
-                o.country
-                    .as_ref()
-                    .is_some_and(|c| cs.iter().any(|x| x == c))
-            })
+        self.offer.matches(o)
     }
 }
 
@@ -319,8 +285,8 @@ mod tests {
             ProviderId::register(p);
         }
         let f = parse("gpu=geforce+rtx+4090&min_gpus=2&max_gpus=8&min_gpu_memory_gb=20&max_price=3.5&providers=ionet,vastai&countries=us,ca&interruptible=false&sort=price_per_gpu&limit=5&disk_gb=50").unwrap();
-        assert_eq!(f.gpu.as_deref(), Some("RTX 4090"));
-        assert_eq!((f.min_gpus, f.max_gpus), (Some(2), Some(8)));
+        assert_eq!(f.offer.gpu.as_deref(), Some("RTX 4090"));
+        assert_eq!((f.offer.min_gpus, f.offer.max_gpus), (Some(2), Some(8)));
         assert_eq!(
             f.providers,
             // a set, kept sorted by id
@@ -329,7 +295,10 @@ mod tests {
                 ProviderId::register("vastai").unwrap()
             ])
         );
-        assert_eq!(f.countries, Some(vec!["CA".to_owned(), "US".to_owned()]));
+        assert_eq!(
+            f.offer.countries,
+            Some(vec!["CA".to_owned(), "US".to_owned()])
+        );
         assert_eq!((f.sort, f.limit, f.disk_gb), (Sort::PricePerGpu, 5, 50));
     }
 

@@ -5,7 +5,9 @@
 //!   billing its disk) until `PUT /api/v0/instances/bid_price/{id}/` bids at least 25% more;
 //! - `POST /_sandbox/vast/script {"next_states": [...]}` makes the next creates end in a state
 //!   that never runs (`exited`, `offline`, `unknown`, `oci_failed`) or never get past `loading`
-//!   (`stuck`);
+//!   (`stuck`), or refuse them (`refused`: 400, nothing created);
+//! - `POST /_sandbox/vast/withdraw {"id"}` takes an offer off the market (rented elsewhere): it
+//!   leaves search, and quotes and creates of it answer 404;
 //! - two creates of one offer are both accepted; the later one goes `offline` soon after;
 //! - SSH keys are attached per instance (`POST /api/v0/instances/{id}/ssh/`, refused until the
 //!   instance is scheduled); the account-wide `POST /api/v0/ssh/` reaches every instance;
@@ -387,9 +389,16 @@ impl Vast {
                 &format!("error 404/3603: ask {ask} not found"),
             );
         };
+        let doom = world.script.pop_front();
+        if doom.as_deref() == Some("refused") {
+            return fail(
+                400,
+                "invalid_args",
+                "error 400/2301: the host declined the rental; try another offer",
+            );
+        }
         world.next_id += 1;
         let id = world.next_id;
-        let doom = world.script.pop_front();
         world.instances.insert(
             id,
             Instance {
@@ -688,6 +697,18 @@ impl Api for Vast {
                 }
                 Answer::json(200, json!({"ok": true, "outbid": n}))
             }
+            (&Method::POST, "/_sandbox/vast/withdraw") => {
+                let Some(ask) = body.get("id").and_then(Value::as_u64) else {
+                    return Some(Answer::json(400, json!({"error": "`id`: an offer id"})));
+                };
+                let mut world = self.world.lock().unwrap();
+                let before = world.offers.len();
+                world.offers.retain(|o| o["id"].as_u64() != Some(ask));
+                Answer::json(
+                    200,
+                    json!({"ok": true, "withdrawn": before - world.offers.len()}),
+                )
+            }
             (&Method::POST, "/_sandbox/vast/script") => {
                 let states: Vec<String> = body
                     .get("next_states")
@@ -705,6 +726,7 @@ impl Api for Vast {
                     "oci_failed",
                     "stuck",
                     "normal",
+                    "refused",
                 ];
                 if let Some(bad) = states.iter().find(|s| !KNOWN.contains(&s.as_str())) {
                     return Some(Answer::json(

@@ -1,0 +1,447 @@
+//! Renting by `spec`, with failover: the offers matching the spec are ranked (price, then
+//! reliability) and tried in order, across providers, up to `rentals.max_offers_tried`.
+//!
+//! Every try is an instance row of its own (its intent), numbered under one `rental_request_id`:
+//! a try that fails before its intent could be reserved (the offer is gone, its price moved,
+//! another rental holds it) is recorded as an intent that failed at once. A try the provider
+//! created is watched until it runs (at most `rentals.failover_wait_ms`); if the provider reports
+//! it dead first (a state that never runs, for `rentals.dead_state_grace_ms`) it is destroyed and
+//! marked failed before the next offer is tried, so one request never has two live instances.
+//! If it cannot be destroyed, the failover stops there (the reconciler destroys it later).
+//!
+//! A refusal that is not about the offer (the budget, the instance limit, a suspended account)
+//! ends the failover at once: the next offer would be refused too.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::ledger::{self, InstanceRow, Status, Transition};
+use super::{RemoteView, RentBody, Rentals, Renter, new_id};
+use crate::error::{Error, Kind, Refusal, Result};
+use crate::providers::{Offer, OfferFilter, ProviderId, SearchQuery, gpu};
+
+/// `spec` of `POST /v1/instances`: what any acceptable offer is.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// A GPU model or family (`RTX 4090`, `H100`), as `GET /v1/offers?gpu=` takes.
+    pub gpu: Option<String>,
+    pub min_gpus: Option<u32>,
+    pub max_gpus: Option<u32>,
+    pub min_gpu_memory_gb: Option<f64>,
+    /// A ceiling on the whole offer's price (USD/h) ...
+    pub max_price_per_hour: Option<f64>,
+    /// ... and/or on its price per GPU: at least one is required.
+    pub max_price_per_gpu: Option<f64>,
+    /// Only these providers (default: every enabled one).
+    pub providers: Option<Vec<String>>,
+    /// ISO 3166-1 alpha-2 codes.
+    pub countries: Option<Vec<String>>,
+    /// Interruptible offers only (each rented at its current minimum bid), or on-demand only.
+    #[serde(default)]
+    pub interruptible: bool,
+    /// 0–1; providers that publish no reliability (io.net) do not pass a minimum.
+    pub min_reliability: Option<f64>,
+}
+
+fn bad(field: &str, why: impl std::fmt::Display) -> Error {
+    Error::bad_request(format!("invalid `spec.{field}`: {why}"))
+}
+
+impl Spec {
+    /// The filter every candidate must pass, and the providers to search; every error names the
+    /// field.
+    pub fn check(&self, enabled: &[ProviderId]) -> Result<(OfferFilter, Vec<ProviderId>)> {
+        let positive = |field: &str, x: Option<f64>| match x {
+            Some(v) if !(v.is_finite() && v > 0.0) => Err(bad(field, "a number greater than 0")),
+            _ => Ok(x),
+        };
+        let gpus = |field: &str, n: Option<u32>| match n {
+            Some(n) if !(1..=64).contains(&n) => Err(bad(field, "between 1 and 64")),
+            _ => Ok(n),
+        };
+        let gpu = match &self.gpu {
+            Some(g) if g.trim().is_empty() || g.len() > 64 => {
+                return Err(bad("gpu", "a GPU model of 1 to 64 characters"));
+            }
+            Some(g) => Some(gpu::canonical(g, None)),
+            None => None,
+        };
+        let (min_gpus, max_gpus) = (
+            gpus("min_gpus", self.min_gpus)?,
+            gpus("max_gpus", self.max_gpus)?,
+        );
+        if let (Some(lo), Some(hi)) = (min_gpus, max_gpus)
+            && lo > hi
+        {
+            return Err(bad("min_gpus", "greater than `max_gpus`"));
+        }
+        let max_price = positive("max_price_per_hour", self.max_price_per_hour)?;
+        let max_price_per_gpu = positive("max_price_per_gpu", self.max_price_per_gpu)?;
+        if max_price.is_none() && max_price_per_gpu.is_none() {
+            return Err(bad(
+                "max_price_per_hour",
+                "a rental by spec needs a price ceiling: `max_price_per_hour` or `max_price_per_gpu`",
+            ));
+        }
+        if self
+            .min_reliability
+            .is_some_and(|r| !(r.is_finite() && (0.0..=1.0).contains(&r)))
+        {
+            return Err(bad("min_reliability", "between 0 and 1"));
+        }
+        let countries = match &self.countries {
+            Some(cs) => {
+                if cs.is_empty() || cs.len() > 64 {
+                    return Err(bad("countries", "1 to 64 ISO 3166-1 alpha-2 codes"));
+                }
+                let mut out = Vec::with_capacity(cs.len());
+                for c in cs {
+                    if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                        return Err(bad(
+                            "countries",
+                            format!(
+                                "`{}` is not an ISO 3166-1 alpha-2 code",
+                                crate::error::truncate(c, 16)
+                            ),
+                        ));
+                    }
+                    out.push(c.to_ascii_uppercase());
+                }
+                Some(out)
+            }
+            None => None,
+        };
+        let providers = match &self.providers {
+            None => enabled.to_vec(),
+            Some(list) if list.is_empty() => {
+                return Err(bad("providers", "at least one provider"));
+            }
+            Some(list) => {
+                let mut out = Vec::new();
+                for name in list {
+                    let p = ProviderId::parse(name)
+                        .filter(|p| enabled.contains(p))
+                        .ok_or_else(|| {
+                            bad(
+                                "providers",
+                                format!(
+                                    "`{}` is not a provider enabled here",
+                                    crate::error::truncate(name, 32)
+                                ),
+                            )
+                        })?;
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
+                out
+            }
+        };
+        Ok((
+            OfferFilter {
+                gpu,
+                min_gpus,
+                max_gpus,
+                min_gpu_memory_gb: positive("min_gpu_memory_gb", self.min_gpu_memory_gb)?,
+                max_price,
+                max_price_per_gpu,
+                countries,
+                interruptible: self.interruptible,
+                include_unavailable: false,
+                min_reliability: self.min_reliability,
+            },
+            providers,
+        ))
+    }
+}
+
+/// Cheapest first; among equal prices the more reliable (offers without a figure last); then
+/// by id, so the order is stable.
+fn rank(offers: &mut [Offer]) {
+    offers.sort_by(|a, b| {
+        a.price_per_hour
+            .total_cmp(&b.price_per_hour)
+            .then_with(|| {
+                b.reliability
+                    .unwrap_or(-1.0)
+                    .total_cmp(&a.reliability.unwrap_or(-1.0))
+            })
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
+/// How a try that the provider created ended.
+enum Watched {
+    /// Running, or still provisioning when the wait ended: the rental's answer.
+    Kept(InstanceRow),
+    /// Reported dead (or gone) before it ran: why.
+    Died(InstanceRow, String),
+}
+
+/// Whether a failed try is about that offer (the next one may do), or about the request or
+/// account (every other offer would fail the same way).
+fn offer_specific(e: &Error) -> bool {
+    let outcome_unknown = e
+        .details
+        .as_ref()
+        .is_some_and(|d| d.get("instance_id").is_some());
+    match &e.kind {
+        Kind::Refused(
+            Refusal::OfferUnavailable
+            | Refusal::PriceChanged
+            | Refusal::BidTooLow
+            | Refusal::ProviderDisabled,
+        ) => true,
+        Kind::Upstream(_) => !outcome_unknown,
+        _ => false,
+    }
+}
+
+impl Rentals {
+    /// `POST /v1/instances` with a `spec`: see the module header.
+    pub(super) async fn rent_by_spec(
+        &self,
+        who: Renter,
+        body: &RentBody,
+        spec: &Spec,
+    ) -> Result<InstanceRow> {
+        let enabled: Vec<ProviderId> = self.providers.list.iter().map(|p| p.id()).collect();
+        let (filter, providers) = spec.check(&enabled)?;
+        body.check_common()?;
+        if body.bid_per_hour.is_some() {
+            return Err(Error::bad_request(
+                "invalid `bid_per_hour`: a rental by spec bids each interruptible offer's current minimum; rent an `offer_id` to bid your own price",
+            ));
+        }
+        let candidates = self.candidates(&filter, &providers, body.disk_gb).await?;
+        if candidates.is_empty() {
+            return Err(Error::refused(
+                Refusal::OfferUnavailable,
+                "no available offer matches the spec",
+                Some(json!({"offers_matching": 0})),
+            ));
+        }
+        let request_id = new_id();
+        for (n, offer) in candidates.iter().enumerate() {
+            let index = n as i32 + 1;
+            let id = new_id();
+            let mut b = body.clone();
+            b.spec = None;
+            b.offer_id = offer.id.clone();
+            // the ceiling each try is held to: the spec's, per offer
+            b.max_price_per_hour = [
+                body.max_price_per_hour,
+                filter.max_price,
+                filter
+                    .max_price_per_gpu
+                    .map(|m| m * f64::from(offer.gpu_count)),
+            ]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min);
+            match self
+                .rent_offer(who, &b, &id, Some((&request_id, index)))
+                .await
+            {
+                Ok(row) => match self.watch(row).await? {
+                    Watched::Kept(row) => return Ok(row),
+                    Watched::Died(row, why) => self.abandon(&row, &why).await?,
+                },
+                Err(e) if offer_specific(&e) => {
+                    tracing::info!(request = %request_id, offer = %offer.id, error = %e.message, "rental by spec: offer left, trying the next");
+                    // refused before its intent was written: record the try anyway
+                    if ledger::get(&self.db, who.account_id, &id).await?.is_none() {
+                        ledger::failed_try(
+                            &self.db,
+                            &ledger::NewInstance {
+                                id: &id,
+                                account_id: who.account_id,
+                                provider: offer.provider.as_str(),
+                                offer_id: &offer.id,
+                                gpu_model: &offer.gpu_model,
+                                gpu_count: offer.gpu_count as i32,
+                                price_per_hour: offer.price_per_hour,
+                                image: &body.image,
+                                disk_gb: body.disk_gb as i32,
+                                label: body.label.as_deref(),
+                                bid_per_hour: None,
+                                storage_per_hour: offer.storage_per_hour,
+                                ssh_keys: &[],
+                                budget_window_hours: self.config.rentals.budget_window_hours.get(),
+                                expires_at: None,
+                                request: Some((&request_id, index)),
+                                api_key_id: who.key_id,
+                            },
+                            &format!("{}: {}", e.kind.code(), e.message),
+                        )
+                        .await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let tries = ledger::tries(&self.db, &request_id).await?;
+        Err(Error::refused(
+            Refusal::OfferUnavailable,
+            format!(
+                "none of the {} offers tried could be rented (see `details.tries`)",
+                tries.len()
+            ),
+            Some(json!({"rental_request_id": request_id, "tries": tries_view(&tries)})),
+        ))
+    }
+
+    /// The available offers matching `filter` from `providers`, through the offers cache,
+    /// ranked, at most `rentals.max_offers_tried`. A provider that cannot answer adds nothing.
+    async fn candidates(
+        &self,
+        filter: &OfferFilter,
+        providers: &[ProviderId],
+        disk_gb: u32,
+    ) -> Result<Vec<Offer>> {
+        let q = SearchQuery {
+            gpu: filter.gpu.clone(),
+            interruptible: filter.interruptible,
+            disk_gb,
+        };
+        let asks = self
+            .providers
+            .list
+            .iter()
+            .filter(|p| providers.contains(&p.id()) && p.disabled().is_none())
+            .filter_map(|p| Some((p.clone(), p.search_key(&q)?)))
+            .map(|(p, key)| {
+                let q = q.clone();
+                async move {
+                    let name = p.id();
+                    let out = self
+                        .offers
+                        .get(&key, move || async move { p.search(&q).await })
+                        .await;
+                    (name, out)
+                }
+            });
+        let mut all = Vec::new();
+        for (name, out) in futures_util::future::join_all(asks).await {
+            match out {
+                Ok(l) => all.extend(l.entry.value.iter().filter(|o| filter.matches(o)).cloned()),
+                Err(e) => {
+                    tracing::warn!(provider = name.as_str(), error = %e, "rental by spec: provider not searched")
+                }
+            }
+        }
+        rank(&mut all);
+        all.truncate(self.config.rentals.max_offers_tried.get() as usize);
+        Ok(all)
+    }
+
+    /// Follows a try the provider created until it runs, is reported dead for the grace, ends,
+    /// or `rentals.failover_wait_ms` passes.
+    async fn watch(&self, mut row: InstanceRow) -> Result<Watched> {
+        let (Some(pid), Some(p)) = (
+            row.provider_instance_id.clone(),
+            ProviderId::parse(&row.provider).and_then(|p| self.providers.get(p).cloned()),
+        ) else {
+            return Ok(Watched::Kept(row));
+        };
+        let cfg = &self.config.rentals;
+        let deadline = Instant::now() + cfg.failover_wait_ms.get();
+        let poll = cfg
+            .status_cache_ms
+            .get()
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let grace = cfg.dead_state_grace_ms.ms() as f64 / 1000.0;
+        loop {
+            if Instant::now() >= deadline {
+                return Ok(Watched::Kept(row));
+            }
+            tokio::time::sleep(poll).await;
+            let remote = match p.instance(&pid).await {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    return Ok(Watched::Died(row, "the provider no longer lists it".into()));
+                }
+                // the provider is failing: ask again
+                Err(_) => continue,
+            };
+            let view = RemoteView {
+                status: remote.status,
+                ssh: remote.ssh.clone(),
+                dead: remote.dead.clone(),
+            };
+            row = self.apply(row, &view, "status").await?;
+            let row_now = ledger::get(&self.db, row.account_id, &row.id)
+                .await?
+                .unwrap_or(row);
+            row = row_now;
+            if row.status == Status::Running {
+                return Ok(Watched::Kept(row));
+            }
+            if !row.status.is_open() {
+                let why = format!("the provider reported it {}", remote.status.as_str());
+                return Ok(Watched::Died(row, why));
+            }
+            if let (Some(dead), Some(since)) = (&remote.dead, row.dead_since)
+                && super::reconcile::now() - since >= grace
+            {
+                let why = format!(
+                    "the provider reported `{dead}` for {grace:.0} s or more: it never reaches running"
+                );
+                return Ok(Watched::Died(row, why));
+            }
+        }
+    }
+
+    /// Destroys a try that will not run and marks it failed (`failover_abandoned`) before the
+    /// next one is tried. A destroy the provider refuses ends the failover with its error.
+    async fn abandon(&self, row: &InstanceRow, why: &str) -> Result<()> {
+        let p = ProviderId::parse(&row.provider)
+            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
+        if let Some(pid) = &row.provider_instance_id {
+            let provider = self.provider(p)?.clone();
+            if let Err(e) = provider.destroy(pid).await
+                && !matches!(provider.instance(pid).await, Ok(None))
+            {
+                return Err(crate::providers::upstream_error(p, &e));
+            }
+            self.status.forget(&format!("{}:{pid}", row.provider)).await;
+        }
+        let from = [
+            row.status,
+            Status::Provisioning,
+            Status::Running,
+            Status::Stopped,
+            Status::Interrupted,
+            Status::Failed,
+        ];
+        ledger::transition(
+            &self.db,
+            &row.id,
+            Transition::new(&from, Status::Failed, "failover_abandoned").detail(why),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The tries of a rental by spec as the client sees them: which offer, what became of it, why
+/// it was left.
+pub fn tries_view(tries: &[InstanceRow]) -> serde_json::Value {
+    tries
+        .iter()
+        .map(|t| {
+            json!({
+                "try": t.try_index,
+                "offer_id": t.offer_id,
+                "provider": t.provider,
+                "instance_id": t.id,
+                "price_per_hour": t.price_per_hour,
+                "status": if t.status == Status::Pending { "provisioning" } else { t.status.as_str() },
+                "left_because": t.failure,
+            })
+        })
+        .collect()
+}
