@@ -67,6 +67,9 @@ pub const SPEND_USD_PER_HOUR: &str = "gpuproxy_spend_usd_per_hour";
 /// Counter, label `action` (`adopted`, `abandoned`, `orphan_destroyed`, `status_synced`,
 /// `vanished`, `dead_destroyed`, `stuck_destroyed`, `expired`): what the reconciler did.
 pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
+/// Counter, labels `budget` (`window`, `monthly`, `key`) and `event` (`warning`, `exhausted`,
+/// `stopped`, `destroyed`, `not_stoppable`): budgets crossed and what the reconciler did about it.
+pub const BUDGET_EVENTS_TOTAL: &str = "gpuproxy_budget_events_total";
 /// Gauge: live daemons sharing the rate limits (this daemon enforces 1/n of each).
 pub const RATELIMIT_DAEMONS: &str = "gpuproxy_ratelimit_daemons";
 /// Counter, labels `provider`, `op`, `status` (HTTP code, or `timeout`, `connect_error`,
@@ -207,6 +210,10 @@ impl RequestMetrics {
 
 fn describe() {
     describe_counter!(REQUESTS_TOTAL, "Responses sent, by route and status.");
+    describe_counter!(
+        BUDGET_EVENTS_TOTAL,
+        "Budgets crossed (warning, exhausted) and instances stopped or destroyed because of it."
+    );
     describe_counter!(REQUESTS_FAILED, "Responses with a 5xx status, by route.");
     describe_histogram!(
         REQUEST_DURATION_MS,

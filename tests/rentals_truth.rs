@@ -524,7 +524,10 @@ async fn spent(s: &services::Services, db: &TestDb<'_>, account: &str) -> f64 {
         .unwrap()
         .get(0);
     client
-        .query_one(gpuproxyd::rentals::ledger::SPENT_IN_WINDOW, &[&id, &24i32])
+        .query_one(
+            gpuproxyd::rentals::ledger::SPENT,
+            &[&id, &None::<i64>, &24i32],
+        )
         .await
         .unwrap()
         .get(0)

@@ -297,3 +297,304 @@ async fn bad_spec_input_names_the_field_and_changes_nothing() {
     assert_eq!(list["instances"], json!([]));
     assert!(sb.vast_ledger().await.is_empty());
 }
+
+/// Rows of a query against the test database (the ledger's own tables).
+async fn sql(db: &TestDb<'_>, query: &str) -> Vec<tokio_postgres::Row> {
+    let url = services::shared().postgres_url(&db.name);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client.query(query, &[]).await.unwrap()
+}
+
+/// `(budget, kind, instance)` of an account's budget events, in order.
+async fn budget_events(db: &TestDb<'_>, account: &str) -> Vec<(String, String, Option<String>)> {
+    sql(
+        db,
+        &format!(
+            "SELECT e.budget, e.kind, e.instance_id FROM budget_events e \
+             JOIN accounts a ON a.id = e.account_id WHERE a.name = '{account}' ORDER BY e.id"
+        ),
+    )
+    .await
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// What an account has spent over the last 24 h, from the ledger.
+async fn spent(db: &TestDb<'_>, account: &str) -> f64 {
+    let url = services::shared().postgres_url(&db.name);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let id: i64 = client
+        .query_one("SELECT id FROM accounts WHERE name = $1", &[&account])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .query_one(
+            gpuproxyd::rentals::ledger::SPENT,
+            &[&id, &None::<i64>, &24i32],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The `n` most expensive on-demand Vast offers (spend adds up in seconds).
+async fn dear_offers(d: &support::daemon::DaemonProc, token: &str, n: usize) -> Vec<String> {
+    let ranked = ranked_vast_offers(d, token).await;
+    ranked
+        .iter()
+        .rev()
+        .filter(|o| o["price_per_hour"].as_f64().unwrap() < 100.0)
+        .take(n)
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn offer_body(offer_id: &str) -> String {
+    json!({"offer_id": offer_id, "image": "pytorch/pytorch:latest", "disk_gb": 20}).to_string()
+}
+
+async fn rent_running(d: &support::daemon::DaemonProc, token: &str, offer_id: &str) -> Value {
+    let r = post(d, token, &offer_body(offer_id)).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    until(d, token, &id, "running", |v| v["status"] == "running").await
+}
+
+/// The public id of a key (`gpx_<public id>_<secret>`).
+fn public_id(token: &str) -> &str {
+    token.split('_').nth(1).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_crossed_by_running_instances_warns_once_then_stops_them_and_refuses_rentals() {
+    let s = services::shared();
+    let db = TestDb::new(s, "spend_budget_stop");
+    let token = account(&db, "spender", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "400ms"]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "rentals.status_cache_ms=100",
+                // a warning once a few thousandths of a dollar are spent
+                "rentals.budget_warn_ratio=0.0000003",
+            ],
+        )
+        .await;
+    let offers = dear_offers(&d, &token, 3).await;
+    let a = rent_running(&d, &token, &offers[0]).await;
+    let b = rent_running(&d, &token, &offers[1]).await;
+    // the warning: once, however many rounds pass
+    support::eventually("a budget warning", || async {
+        budget_events(&db, "spender")
+            .await
+            .iter()
+            .any(|e| e.1 == "budget.warning")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let ev = budget_events(&db, "spender").await;
+    assert_eq!(ev, vec![("window".into(), "budget.warning".into(), None)]);
+
+    // spend passes the budget (lowered under what was spent): the next round stops both
+    support::eventually("spend over 0.0002 USD", || async {
+        (spent(&db, "spender").await > 0.0002).then_some(())
+    })
+    .await;
+    db.cli(&[
+        "accounts",
+        "update",
+        "spender",
+        "--daily-budget-usd",
+        "0.0001",
+    ]);
+    for inst in [&a, &b] {
+        let id = inst["id"].as_str().unwrap();
+        let v = until(&d, &token, id, "stopped by the budget", |v| {
+            v["status"] == "stopped"
+        })
+        .await;
+        assert!(kinds(&v).contains(&"budget_stopped".to_owned()), "{v:#}");
+        let pid = inst["provider_instance_id"].as_str().unwrap();
+        let at_vast = sb
+            .vast_ledger()
+            .await
+            .into_iter()
+            .find(|i| i["id"].as_u64().map(|x| x.to_string()).as_deref() == Some(pid))
+            .unwrap();
+        assert_eq!(at_vast["actual_status"], "stopped", "{at_vast}");
+    }
+    let ev = budget_events(&db, "spender").await;
+    let kinds_of: Vec<&str> = ev.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        kinds_of,
+        [
+            "budget.warning",
+            "budget.exhausted",
+            "budget.action",
+            "budget.action"
+        ],
+        "{ev:?}"
+    );
+    // new rentals and starts: 402 until spend falls back
+    let r = post(&d, &token, &offer_body(&offers[2])).await;
+    assert_eq!(r.status, 402, "{:?}", r.json());
+    assert_eq!(r.json()["error"]["details"]["budget"], "window");
+    let start = call(
+        &d,
+        &token,
+        "POST",
+        &format!("/v1/instances/{}/start", a["id"].as_str().unwrap()),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(start.status, 402, "{:?}", start.json());
+    // more rounds: nothing recorded twice
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(budget_events(&db, "spender").await.len(), 4);
+    // a raised budget lets rentals through again
+    db.cli(&[
+        "accounts",
+        "update",
+        "spender",
+        "--daily-budget-usd",
+        "10000",
+    ]);
+    let r = post(&d, &token, &offer_body(&offers[2])).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_budget_destroys_and_a_key_cap_alerts_per_policy() {
+    let s = services::shared();
+    let db = TestDb::new(s, "spend_budget_month_key");
+    let token = account(&db, "monthly", 10_000.0, 5);
+    let other = db.cli(&["keys", "create", "--account", "monthly"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sb = Sandbox::start(&["--provision-time", "400ms"]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "rentals.status_cache_ms=100",
+            ],
+        )
+        .await;
+    let offers = dear_offers(&d, &token, 4).await;
+
+    // a key's cap, policy alert: recorded and counted, nothing stopped, that key refused
+    db.cli(&[
+        "accounts",
+        "update",
+        "monthly",
+        "--on-budget-exhausted",
+        "alert",
+    ]);
+    let a = rent_running(&d, &token, &offers[0]).await;
+    support::eventually("spend over 0.0002 USD", || async {
+        (spent(&db, "monthly").await > 0.0002).then_some(())
+    })
+    .await;
+    let k = db.cli(&[
+        "keys",
+        "update",
+        public_id(&token),
+        "--spend-limit-usd",
+        "0.0001",
+    ]);
+    assert_eq!(k[0]["spend_limit_usd"], 0.0001);
+    support::eventually("the key's budget exhausted", || async {
+        budget_events(&db, "monthly")
+            .await
+            .iter()
+            .any(|e| e.0 == "key" && e.1 == "budget.exhausted")
+            .then_some(())
+    })
+    .await;
+    let r = post(&d, &token, &offer_body(&offers[1])).await;
+    assert_eq!(r.status, 402, "{:?}", r.json());
+    assert_eq!(r.json()["error"]["details"]["budget"], "key");
+    let b = post(&d, &other, &offer_body(&offers[1])).await;
+    assert_eq!(b.status, 201, "another key of the account: {:?}", b.json());
+    let v = call(
+        &d,
+        &token,
+        "GET",
+        &format!("/v1/instances/{}", a["id"].as_str().unwrap()),
+        "",
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(v["status"], "running", "alert only: {v:#}");
+
+    // the month's budget, policy destroy: every open instance destroyed
+    db.cli(&[
+        "accounts",
+        "update",
+        "monthly",
+        "--monthly-budget-usd",
+        "0.0001",
+        "--on-budget-exhausted",
+        "destroy",
+    ]);
+    for id in [a["id"].as_str().unwrap(), b.json()["id"].as_str().unwrap()] {
+        let v = until(&d, &other, id, "destroyed by the budget", |v| {
+            v["status"] == "terminated"
+        })
+        .await;
+        assert!(kinds(&v).contains(&"budget_destroyed".to_owned()), "{v:#}");
+    }
+    assert!(
+        sb.vast_ledger()
+            .await
+            .iter()
+            .all(|i| i["destroyed"] == true),
+        "destroyed at the provider"
+    );
+    let r = post(&d, &other, &offer_body(&offers[2])).await;
+    assert_eq!(r.status, 402, "{:?}", r.json());
+    assert_eq!(r.json()["error"]["details"]["budget"], "monthly");
+    // bad input to the account and key changes names the field
+    for (args, field) in [
+        (
+            vec![
+                "accounts",
+                "update",
+                "monthly",
+                "--on-budget-exhausted",
+                "pause",
+            ],
+            "on_budget_exhausted",
+        ),
+        (
+            vec!["accounts", "update", "monthly", "--monthly-budget-usd=-3"],
+            "monthly_budget_usd",
+        ),
+        (
+            vec!["keys", "update", public_id(&token), "--spend-limit-usd=-1"],
+            "spend_limit_usd",
+        ),
+    ] {
+        let out = support::accounts::gpuproxyd(&args, &db.env());
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(field),
+            "{args:?}"
+        );
+    }
+}

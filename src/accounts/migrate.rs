@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "spec_rentals",
         include_str!("migrations/0006_spec_rentals.sql"),
     ),
+    (
+        7,
+        "budget_policies",
+        include_str!("migrations/0007_budget_policies.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

@@ -17,7 +17,12 @@ pub struct Account {
     pub name: String,
     /// `active` or `suspended`; a suspended account's keys and tokens are refused.
     pub status: String,
+    /// Spend allowed per rolling window (`rentals.budget_window_hours`, 24 by default).
     pub daily_budget_usd: f64,
+    /// Spend allowed since the start of the UTC month (none when NULL).
+    pub monthly_budget_usd: Option<f64>,
+    /// What the reconciler does once a budget is spent: `stop`, `destroy` or `alert`.
+    pub on_budget_exhausted: String,
     pub max_instances: i32,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_burst: Option<i32>,
@@ -36,6 +41,8 @@ pub struct KeyInfo {
     pub label: Option<String>,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_burst: Option<i32>,
+    /// Spend allowed to the instances this key rented, per rolling window (none when NULL).
+    pub spend_limit_usd: Option<f64>,
     #[serde(serialize_with = "rfc3339")]
     pub created_at: SystemTime,
     #[serde(serialize_with = "rfc3339_opt")]
@@ -94,9 +101,60 @@ impl KeyRecord {
 pub struct NewAccount {
     pub name: String,
     pub daily_budget_usd: Option<f64>,
+    pub monthly_budget_usd: Option<f64>,
+    pub on_budget_exhausted: Option<String>,
     pub max_instances: Option<i32>,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_burst: Option<i32>,
+}
+
+/// A change to an account's spending terms; an absent field is left as it is, and
+/// `monthly_budget_usd: null` removes the monthly budget.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountChange {
+    pub daily_budget_usd: Option<f64>,
+    #[serde(default, deserialize_with = "present")]
+    pub monthly_budget_usd: Option<Option<f64>>,
+    pub on_budget_exhausted: Option<String>,
+    pub max_instances: Option<i32>,
+}
+
+/// A change to a key's spend cap: `spend_limit_usd: null` removes it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyChange {
+    #[serde(default, deserialize_with = "present")]
+    pub spend_limit_usd: Option<Option<f64>>,
+}
+
+/// A field that may be given as `null` (Some(None)) or left out (None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
+}
+
+/// The policies `on_budget_exhausted` takes.
+pub const BUDGET_POLICIES: [&str; 3] = ["stop", "destroy", "alert"];
+
+fn check_money(field: &str, v: Option<f64>) -> Result<(), Error> {
+    if v.is_some_and(|b| !b.is_finite() || !(0.0..=1e9).contains(&b)) {
+        return Err(Error::bad_request(format!(
+            "invalid `{field}`: 0 or more (USD, at most 1e9)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_policy(p: Option<&str>) -> Result<(), Error> {
+    if let Some(p) = p
+        && !BUDGET_POLICIES.contains(&p)
+    {
+        return Err(Error::bad_request(format!(
+            "invalid `on_budget_exhausted`: `stop`, `destroy` or `alert`, not `{}`",
+            crate::error::truncate(p, 32)
+        )));
+    }
+    Ok(())
 }
 
 /// Fields of a new key.
@@ -109,18 +167,20 @@ pub struct NewKeySpec {
     pub expires_in_days: Option<u32>,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_burst: Option<i32>,
+    /// USD per rolling window for the instances this key rents.
+    pub spend_limit_usd: Option<f64>,
 }
 
 macro_rules! account_cols {
     () => {
         "id, name, status, daily_budget_usd::float8, max_instances, rate_limit_per_minute, \
-         rate_limit_burst, created_at, updated_at"
+         rate_limit_burst, created_at, updated_at, monthly_budget_usd::float8, on_budget_exhausted"
     };
 }
 macro_rules! key_cols {
     () => {
         "public_id, account_id, scopes, label, rate_limit_per_minute, rate_limit_burst, \
-         created_at, expires_at, revoked_at, last_used_at"
+         created_at, expires_at, revoked_at, last_used_at, spend_limit_usd::float8"
     };
 }
 
@@ -139,6 +199,8 @@ fn account(row: &Row) -> Result<Account, Error> {
         rate_limit_burst: get(row, 6)?,
         created_at: get(row, 7)?,
         updated_at: get(row, 8)?,
+        monthly_budget_usd: get(row, 9)?,
+        on_budget_exhausted: get(row, 10)?,
     })
 }
 
@@ -154,6 +216,7 @@ fn key_info(row: &Row) -> Result<KeyInfo, Error> {
         expires_at: get(row, 7)?,
         revoked_at: get(row, 8)?,
         last_used_at: get(row, 9)?,
+        spend_limit_usd: get(row, 10)?,
     })
 }
 
@@ -179,11 +242,9 @@ pub async fn create_account(db: &Db, a: &NewAccount) -> Result<Account, Error> {
             "`name` must not be a number (numbers name accounts by id)",
         ));
     }
-    if a.daily_budget_usd
-        .is_some_and(|b| !b.is_finite() || b < 0.0)
-    {
-        return Err(Error::bad_request("`daily_budget_usd` must be 0 or more"));
-    }
+    check_money("daily_budget_usd", a.daily_budget_usd)?;
+    check_money("monthly_budget_usd", a.monthly_budget_usd)?;
+    check_policy(a.on_budget_exhausted.as_deref())?;
     if a.max_instances.is_some_and(|n| n < 0) {
         return Err(Error::bad_request("`max_instances` must be 0 or more"));
     }
@@ -192,8 +253,9 @@ pub async fn create_account(db: &Db, a: &NewAccount) -> Result<Account, Error> {
         .query(
             concat!(
                 "INSERT INTO accounts (name, daily_budget_usd, max_instances, \
-                 rate_limit_per_minute, rate_limit_burst) \
-                 VALUES ($1, COALESCE($2::float8::numeric, 100), COALESCE($3, 5), $4, $5) \
+                 rate_limit_per_minute, rate_limit_burst, monthly_budget_usd, on_budget_exhausted) \
+                 VALUES ($1, COALESCE($2::float8::numeric, 100), COALESCE($3, 5), $4, $5, \
+                   $6::float8::numeric, COALESCE($7, 'stop')) \
                  RETURNING ",
                 account_cols!()
             ),
@@ -203,6 +265,8 @@ pub async fn create_account(db: &Db, a: &NewAccount) -> Result<Account, Error> {
                 (&a.max_instances, Type::INT4),
                 (&a.rate_limit_per_minute, Type::INT4),
                 (&a.rate_limit_burst, Type::INT4),
+                (&a.monthly_budget_usd, Type::FLOAT8),
+                (&a.on_budget_exhausted, Type::TEXT),
             ],
         )
         .await
@@ -245,6 +309,81 @@ pub async fn get_account(db: &Db, r: &AccountRef<'_>) -> Result<Account, Error> 
     account(&row.ok_or_else(|| account_not_found(r))?)
 }
 
+/// Changes an account's spending terms; returns the account and the public ids of its keys
+/// (whose cached entries carry the budget `GET /v1/account` shows).
+pub async fn update_account(
+    db: &Db,
+    r: &AccountRef<'_>,
+    c: &AccountChange,
+) -> Result<(Account, Vec<String>), Error> {
+    check_money("daily_budget_usd", c.daily_budget_usd)?;
+    check_money("monthly_budget_usd", c.monthly_budget_usd.flatten())?;
+    check_policy(c.on_budget_exhausted.as_deref())?;
+    if c.max_instances.is_some_and(|n| n < 0) {
+        return Err(Error::bad_request("invalid `max_instances`: 0 or more"));
+    }
+    let id = get_account(db, r).await?.id;
+    let (set_monthly, monthly) = (
+        c.monthly_budget_usd.is_some(),
+        c.monthly_budget_usd.flatten(),
+    );
+    let row = db
+        .query_opt(
+            concat!(
+                "UPDATE accounts SET \
+                   daily_budget_usd = COALESCE($2::float8::numeric, daily_budget_usd), \
+                   monthly_budget_usd = CASE WHEN $3 THEN $4::float8::numeric \
+                     ELSE monthly_budget_usd END, \
+                   on_budget_exhausted = COALESCE($5, on_budget_exhausted), \
+                   max_instances = COALESCE($6, max_instances), updated_at = now() \
+                 WHERE id = $1 RETURNING ",
+                account_cols!()
+            ),
+            &[
+                (&id, Type::INT8),
+                (&c.daily_budget_usd, Type::FLOAT8),
+                (&set_monthly, Type::BOOL),
+                (&monthly, Type::FLOAT8),
+                (&c.on_budget_exhausted, Type::TEXT),
+                (&c.max_instances, Type::INT4),
+            ],
+        )
+        .await?
+        .ok_or_else(|| account_not_found(r))?;
+    Ok((account(&row)?, account_key_ids(db, id).await?))
+}
+
+async fn account_key_ids(db: &Db, account_id: i64) -> Result<Vec<String>, Error> {
+    db.query(
+        "SELECT public_id FROM api_keys WHERE account_id = $1",
+        &[(&account_id, Type::INT8)],
+    )
+    .await?
+    .iter()
+    .map(|r| get(r, 0))
+    .collect()
+}
+
+/// Sets or removes a key's spend cap.
+pub async fn update_key(db: &Db, public_id: &str, c: &KeyChange) -> Result<KeyInfo, Error> {
+    let Some(limit) = c.spend_limit_usd else {
+        return get_key(db, public_id).await;
+    };
+    check_money("spend_limit_usd", limit)?;
+    let row = db
+        .query_opt(
+            concat!(
+                "UPDATE api_keys SET spend_limit_usd = $2::float8::numeric \
+                 WHERE public_id = $1 RETURNING ",
+                key_cols!()
+            ),
+            &[(&public_id, Type::TEXT), (&limit, Type::FLOAT8)],
+        )
+        .await?
+        .ok_or_else(|| key_not_found(public_id))?;
+    key_info(&row)
+}
+
 /// Sets `active`/`suspended`; returns the account and the public ids of its keys (whose cached
 /// entries must now be dropped everywhere).
 pub async fn set_account_status(
@@ -264,16 +403,7 @@ pub async fn set_account_status(
         )
         .await?
         .ok_or_else(|| account_not_found(r))?;
-    let ids = db
-        .query(
-            "SELECT public_id FROM api_keys WHERE account_id = $1",
-            &[(&id, Type::INT8)],
-        )
-        .await?
-        .iter()
-        .map(|r| get(r, 0))
-        .collect::<Result<_, _>>()?;
-    Ok((account(&row)?, ids))
+    Ok((account(&row)?, account_key_ids(db, id).await?))
 }
 
 /// Creates a key for an account; returns its record and the full token, which exists only in
@@ -300,6 +430,7 @@ pub async fn create_key(
         return Err(Error::bad_request("`label` must be at most 200 characters"));
     }
     check_rate_limit(spec.rate_limit_per_minute, spec.rate_limit_burst)?;
+    check_money("spend_limit_usd", spec.spend_limit_usd)?;
     let expires: Option<SystemTime> = match spec.expires_in_days {
         Some(0) => return Err(Error::bad_request("`expires_in_days` must be at least 1")),
         Some(d) => Some(SystemTime::now() + Duration::from_secs(u64::from(d) * 86_400)),
@@ -311,8 +442,8 @@ pub async fn create_key(
         .query(
             concat!(
                 "INSERT INTO api_keys (account_id, public_id, secret_hash, scopes, label, \
-                 expires_at, rate_limit_per_minute, rate_limit_burst) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+                 expires_at, rate_limit_per_minute, rate_limit_burst, spend_limit_usd) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::float8::numeric) RETURNING ",
                 key_cols!()
             ),
             &[
@@ -324,6 +455,7 @@ pub async fn create_key(
                 (&expires, Type::TIMESTAMPTZ),
                 (&spec.rate_limit_per_minute, Type::INT4),
                 (&spec.rate_limit_burst, Type::INT4),
+                (&spec.spend_limit_usd, Type::FLOAT8),
             ],
         )
         .await?;

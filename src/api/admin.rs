@@ -10,7 +10,7 @@ use super::account::no_db;
 use super::router::{Call, percent_decode};
 use super::{Body, body, respond};
 use crate::accounts::Db;
-use crate::accounts::store::{self, AccountRef, NewAccount, NewKeySpec};
+use crate::accounts::store::{self, AccountChange, AccountRef, KeyChange, NewAccount, NewKeySpec};
 use crate::auth::admin;
 use crate::auth::apikey;
 use crate::error::{Error, Result};
@@ -62,6 +62,30 @@ pub async fn show_account(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
     let a = store::get_account(&x.db, &AccountRef::parse(&x.param)).await?;
     Ok(respond::json(StatusCode::OK, &a))
+}
+
+/// `PATCH /v1/admin/accounts/{account}` `{daily_budget_usd?, monthly_budget_usd?,
+/// on_budget_exhausted?, max_instances?}`.
+pub async fn update_account(c: Call) -> Result<Response<Body>> {
+    let x = ctx(&c)?;
+    let limit = c.api.config.server.max_body_bytes;
+    let change: AccountChange = body::json(c.req, limit.get()).await?.ok_or_else(|| {
+        Error::bad_request(
+            "a JSON body with `daily_budget_usd`, `monthly_budget_usd`, `on_budget_exhausted` or `max_instances` is required",
+        )
+    })?;
+    let (a, p) = admin::update_account(
+        &x.db,
+        Some(&c.api.auth),
+        c.api.redis.as_ref(),
+        &AccountRef::parse(&x.param),
+        &change,
+    )
+    .await?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({"account": a, "propagation": p}),
+    ))
 }
 
 /// `POST /v1/admin/accounts/{account}/suspend|resume`.
@@ -120,6 +144,20 @@ pub async fn show_key(c: Call) -> Result<Response<Body>> {
     Ok(respond::json(
         StatusCode::OK,
         &store::get_key(&x.db, &x.param).await?,
+    ))
+}
+
+/// `PATCH /v1/admin/keys/{public_id}` `{"spend_limit_usd": x | null}`.
+pub async fn update_key(c: Call) -> Result<Response<Body>> {
+    let x = ctx(&c)?;
+    key_id(&x)?;
+    let limit = c.api.config.server.max_body_bytes;
+    let change: KeyChange = body::json(c.req, limit.get()).await?.ok_or_else(|| {
+        Error::bad_request("a JSON body {\"spend_limit_usd\": <USD or null>} is required")
+    })?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &store::update_key(&x.db, &x.param, &change).await?,
     ))
 }
 

@@ -189,7 +189,10 @@ pub static ROUTES: &[Route] = &[
     route(
         "/v1/admin/accounts/{account}",
         Admin,
-        &[(Method::GET, later!(c => admin::show_account(c).await))],
+        &[
+            (Method::GET, later!(c => admin::show_account(c).await)),
+            (Method::PATCH, later!(c => admin::update_account(c).await)),
+        ],
     ),
     route(
         "/v1/admin/accounts/{account}/suspend",
@@ -220,6 +223,7 @@ pub static ROUTES: &[Route] = &[
         Admin,
         &[
             (Method::GET, later!(c => admin::show_key(c).await)),
+            (Method::PATCH, later!(c => admin::update_key(c).await)),
             (Method::DELETE, later!(c => admin::revoke_key(c).await)),
         ],
     ),

@@ -61,6 +61,20 @@ pub async fn revoke_key(
     Ok((key, p))
 }
 
+/// Changes an account's spending terms, and drops its keys' cached records (they carry the budget
+/// `GET /v1/account` shows) here and, through Redis, in every daemon.
+pub async fn update_account(
+    db: &Db,
+    local: Option<&Auth>,
+    redis: Option<&Redis>,
+    r: &AccountRef<'_>,
+    change: &store::AccountChange,
+) -> Result<(Account, Propagation), Error> {
+    let (account, ids) = store::update_account(db, r, change).await?;
+    let p = propagate(local, redis, &ids).await;
+    Ok((account, p))
+}
+
 pub async fn set_account_status(
     db: &Db,
     local: Option<&Auth>,

@@ -9,7 +9,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::accounts::store::{self, Account, AccountRef, KeyInfo, NewAccount, NewKeySpec};
+use crate::accounts::store::{
+    self, Account, AccountChange, AccountRef, KeyChange, KeyInfo, NewAccount, NewKeySpec,
+};
 use crate::accounts::{Db, migrate};
 use crate::auth::admin;
 use crate::cache::Redis;
@@ -30,9 +32,15 @@ pub enum AccountsCmd {
     Create {
         #[arg(long)]
         name: String,
-        /// Spend allowed per UTC day, USD (default 100).
+        /// Spend allowed per rolling window of rentals.budget_window_hours, USD (default 100).
         #[arg(long)]
         daily_budget_usd: Option<f64>,
+        /// Spend allowed per UTC month, USD (default: none).
+        #[arg(long)]
+        monthly_budget_usd: Option<f64>,
+        /// What the reconciler does once a budget is spent: stop (default), destroy or alert.
+        #[arg(long)]
+        on_budget_exhausted: Option<String>,
         /// Instances running at once (default 5).
         #[arg(long)]
         max_instances: Option<i32>,
@@ -56,6 +64,22 @@ pub enum AccountsCmd {
     /// Show one account (by id or name).
     Show {
         account: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change an account's budgets, its policy when one is spent, or its instance limit.
+    Update {
+        account: String,
+        #[arg(long)]
+        daily_budget_usd: Option<f64>,
+        /// USD per UTC month, or `none` to remove the monthly budget.
+        #[arg(long, value_parser = money_or_none)]
+        monthly_budget_usd: Option<MoneyOrNone>,
+        /// stop, destroy or alert.
+        #[arg(long)]
+        on_budget_exhausted: Option<String>,
+        #[arg(long)]
+        max_instances: Option<i32>,
         #[arg(long)]
         json: bool,
     },
@@ -92,6 +116,17 @@ pub enum KeysCmd {
         rate_limit_per_minute: Option<i32>,
         #[arg(long)]
         rate_limit_burst: Option<i32>,
+        /// USD per rolling window the instances this key rents may spend (default: no cap).
+        #[arg(long)]
+        spend_limit_usd: Option<f64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set (USD per window) or remove (`none`) a key's spend cap.
+    Update {
+        public_id: String,
+        #[arg(long, value_parser = money_or_none)]
+        spend_limit_usd: Option<MoneyOrNone>,
         #[arg(long)]
         json: bool,
     },
@@ -108,6 +143,20 @@ pub enum KeysCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A USD amount, or `none` (no limit). A type of its own: clap reads `Option<Option<_>>` as a
+/// flag whose value may be left out.
+#[derive(Debug, Clone, Copy)]
+pub struct MoneyOrNone(Option<f64>);
+
+fn money_or_none(s: &str) -> Result<MoneyOrNone, String> {
+    if s == "none" {
+        return Ok(MoneyOrNone(None));
+    }
+    s.parse::<f64>()
+        .map(|x| MoneyOrNone(Some(x)))
+        .map_err(|_| format!("`{s}` is neither a USD amount nor `none`"))
 }
 
 /// Runs a command on a small runtime of its own; returns the exit status.
@@ -199,6 +248,8 @@ pub fn accounts(cmd: AccountsCmd) -> i32 {
             AccountsCmd::Create {
                 name,
                 daily_budget_usd,
+                monthly_budget_usd,
+                on_budget_exhausted,
                 max_instances,
                 rate_limit_per_minute,
                 rate_limit_burst,
@@ -209,6 +260,8 @@ pub fn accounts(cmd: AccountsCmd) -> i32 {
                     &NewAccount {
                         name,
                         daily_budget_usd,
+                        monthly_budget_usd,
+                        on_budget_exhausted,
                         max_instances,
                         rate_limit_per_minute,
                         rate_limit_burst,
@@ -229,6 +282,37 @@ pub fn accounts(cmd: AccountsCmd) -> i32 {
                     .await
                     .map_err(e)?;
                 print_accounts(&[a], json);
+            }
+            AccountsCmd::Update {
+                account,
+                daily_budget_usd,
+                monthly_budget_usd,
+                on_budget_exhausted,
+                max_instances,
+                json,
+            } => {
+                let change = AccountChange {
+                    daily_budget_usd,
+                    monthly_budget_usd: monthly_budget_usd.map(|m| m.0),
+                    on_budget_exhausted,
+                    max_instances,
+                };
+                let redis = redis().await;
+                let (a, p) = admin::update_account(
+                    &db,
+                    None,
+                    redis.as_ref(),
+                    &AccountRef::parse(&account),
+                    &change,
+                )
+                .await
+                .map_err(e)?;
+                if json {
+                    print_json(&json!({"account": a, "propagation": p}));
+                } else {
+                    print_accounts(&[a], false);
+                    print_propagation(&p);
+                }
             }
             AccountsCmd::Suspend { account, json } => {
                 set_status(&db, &account, false, json).await?;
@@ -273,6 +357,7 @@ pub fn keys(cmd: KeysCmd) -> i32 {
                 expires_in_days,
                 rate_limit_per_minute,
                 rate_limit_burst,
+                spend_limit_usd,
                 json,
             } => {
                 let spec = NewKeySpec {
@@ -281,6 +366,7 @@ pub fn keys(cmd: KeysCmd) -> i32 {
                     expires_in_days,
                     rate_limit_per_minute,
                     rate_limit_burst,
+                    spend_limit_usd,
                 };
                 let (key, token) = store::create_key(&db, &AccountRef::parse(&account), &spec)
                     .await
@@ -291,6 +377,22 @@ pub fn keys(cmd: KeysCmd) -> i32 {
                     print_keys(&[key], false);
                     println!("\ntoken (shown once, store it now):\n{token}");
                 }
+            }
+            KeysCmd::Update {
+                public_id,
+                spend_limit_usd,
+                json,
+            } => {
+                let key = store::update_key(
+                    &db,
+                    &public_id,
+                    &KeyChange {
+                        spend_limit_usd: spend_limit_usd.map(|m| m.0),
+                    },
+                )
+                .await
+                .map_err(e)?;
+                print_keys(&[key], json);
             }
             KeysCmd::List { account, json } => {
                 let list = store::list_keys(&db, &AccountRef::parse(&account))

@@ -341,6 +341,12 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "hours from 0 (no default lifetime) to 8760",
         ));
     }
+    if !(rc.budget_warn_ratio > 0.0 && rc.budget_warn_ratio <= 1.0) {
+        return Err(err(
+            "rentals.budget_warn_ratio",
+            "a fraction above 0 and at most 1 (e.g. 0.8 = 80%)",
+        ));
+    }
     if !(rc.price_tolerance >= 0.0 && rc.price_tolerance < 10.0) {
         return Err(err(
             "rentals.price_tolerance",

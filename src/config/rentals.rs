@@ -41,6 +41,9 @@ pub struct RentalsConfig {
     /// An instance not `running` this long after the provider accepted it is destroyed and
     /// marked failed (it would bill its disk, or more, forever).
     pub provisioning_timeout_ms: Millis,
+    /// Each reconciler round records a `budget.warning` (once per budget period) for an account
+    /// or key that has spent this fraction of a budget.
+    pub budget_warn_ratio: f64,
     /// A rental by `spec` tries at most this many matching offers, cheapest first.
     pub max_offers_tried: NonZeroU32,
     /// A rental by `spec` waits this long for each try to be `running` (a try the provider
@@ -63,6 +66,7 @@ impl Default for RentalsConfig {
             max_ssh_keys: nz32(20),
             dead_state_grace_ms: Millis(120_000),
             provisioning_timeout_ms: Millis(600_000),
+            budget_warn_ratio: 0.8,
             max_offers_tried: nz32(5),
             failover_wait_ms: Millis(90_000),
         }

@@ -20,7 +20,9 @@
 //! the day does not matter (a day-based budget admitted any number of expensive instances at
 //! 23:55). A rental is refused (402 `budget_exceeded`) when `projected > daily_budget_usd` (the
 //! account's budget per window), or (409 `instance_limit`) when the account already has
-//! `max_instances` open instances.
+//! `max_instances` open instances. The month's budget (`monthly_budget_usd`, spent since the start
+//! of the UTC month) and the renting key's (`spend_limit_usd`, its instances only) are checked
+//! the same way ([`Budgets::figures`]); `budget` enforces them between rentals.
 
 use serde::Serialize;
 use serde_json::json;
@@ -272,117 +274,238 @@ fn db_err(e: tokio_postgres::Error) -> Error {
     classify(e)
 }
 
-/// Spent by the account over the last `$2` hours, from the event segments (module header).
-pub const SPENT_IN_WINDOW: &str = "WITH w AS (SELECT now() - make_interval(hours => $2) AS t), \
+/// An account's spend (USD) by budget, from the event segments (module header): over the last
+/// `$3` hours; since the start of the UTC month; over the last `$3` hours by the instances key
+/// `$2` rented.
+pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS win, \
+      (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS mon), \
     seg AS ( \
-      SELECT e.rate_per_hour AS rate, e.status, e.at AS t0, \
+      SELECT i.api_key_id AS key, e.rate_per_hour AS rate, e.status, e.at AS t0, \
         coalesce(lead(e.at) OVER (PARTITION BY e.instance_id ORDER BY e.id), now()) AS t1 \
-      FROM instance_events e JOIN instances i ON i.id = e.instance_id, w \
-      WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > w.t) \
-    SELECT coalesce(sum(coalesce(rate, 0) * extract(epoch from (least(t1, now()) \
-        - greatest(t0, w.t))) / 3600.0) \
-      FILTER (WHERE status NOT IN ('pending', 'failed', 'terminated') AND t1 > w.t), 0)::float8 \
-    FROM seg, w";
+      FROM instance_events e JOIN instances i ON i.id = e.instance_id, t \
+      WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > least(t.win, t.mon)), \
+    b AS (SELECT key, coalesce(rate, 0) AS rate, t0, least(t1, now()) AS t1 FROM seg \
+      WHERE status NOT IN ('pending', 'failed', 'terminated')) \
+    SELECT \
+      coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.win)))) \
+        FILTER (WHERE t1 > t.win), 0)::float8 / 3600.0, \
+      coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.mon)))) \
+        FILTER (WHERE t1 > t.mon), 0)::float8 / 3600.0, \
+      coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.win)))) \
+        FILTER (WHERE t1 > t.win AND key = $2), 0)::float8 / 3600.0 \
+    FROM b, t";
 
-/// Checks, inside `tx`, that the account is active, below its instance limit (when `new_instance`)
-/// and that its projected spend with `extra_per_hour` more fits its budget over the rolling
-/// window of `window_hours`. Locks the account row, so checks of one account run one after the
-/// other. `replacing` is an instance whose current rate the new one replaces (a changed bid, a
-/// start).
-pub async fn budget_check(
+/// An account's limits and what it has spent and has open against each, as of now.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Budgets {
+    pub status: String,
+    pub max_instances: i32,
+    pub open_instances: i64,
+    /// What everything open bills per hour now (the instance being replaced left out).
+    pub open_per_hour: f64,
+    /// Of which the instances the key rented.
+    pub key_open_per_hour: f64,
+    pub window_hours: u32,
+    pub window_budget: f64,
+    pub spent_in_window: f64,
+    pub monthly_budget: Option<f64>,
+    pub spent_this_month: f64,
+    pub key_limit: Option<f64>,
+    pub key_spent_in_window: f64,
+    pub on_exhausted: String,
+}
+
+/// One budget's figures: which, the limit, spent, and the rate that adds to it.
+pub struct Figure {
+    pub budget: &'static str,
+    pub limit: f64,
+    pub spent: f64,
+    pub open_per_hour: f64,
+}
+
+impl Budgets {
+    /// The budgets that apply (the monthly one and the key's only when set).
+    pub fn figures(&self) -> Vec<Figure> {
+        let mut out = vec![Figure {
+            budget: "window",
+            limit: self.window_budget,
+            spent: self.spent_in_window,
+            open_per_hour: self.open_per_hour,
+        }];
+        if let Some(limit) = self.monthly_budget {
+            out.push(Figure {
+                budget: "monthly",
+                limit,
+                spent: self.spent_this_month,
+                open_per_hour: self.open_per_hour,
+            });
+        }
+        if let Some(limit) = self.key_limit {
+            out.push(Figure {
+                budget: "key",
+                limit,
+                spent: self.key_spent_in_window,
+                open_per_hour: self.key_open_per_hour,
+            });
+        }
+        out
+    }
+}
+
+/// Reads an account's budgets (locking its row `FOR UPDATE` when `lock`, so the checks of one
+/// account run one after the other). `key`: the key whose cap applies; `replacing`: an instance
+/// whose current rate a change replaces (a changed bid, a start).
+pub async fn budgets(
     tx: &tokio_postgres::Transaction<'_>,
     account_id: i64,
+    key: Option<i64>,
     window_hours: u32,
-    extra_per_hour: f64,
-    new_instance: bool,
     replacing: Option<&str>,
-) -> Result<()> {
+    lock: bool,
+) -> Result<Budgets> {
     let acct = tx
         .query_typed(
-            "SELECT daily_budget_usd::float8, max_instances, status FROM accounts \
-             WHERE id = $1 FOR UPDATE",
-            &[(&account_id, Type::INT8)],
+            &format!(
+                "SELECT daily_budget_usd::float8, max_instances, status, \
+                   monthly_budget_usd::float8, on_budget_exhausted, \
+                   (SELECT spend_limit_usd::float8 FROM api_keys WHERE id = $2 AND account_id = $1) \
+                 FROM accounts WHERE id = $1{}",
+                if lock { " FOR UPDATE" } else { "" }
+            ),
+            &[(&account_id, Type::INT8), (&key, Type::INT8)],
         )
         .await
         .map_err(db_err)?;
     let acct = acct
         .first()
         .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such account"))?;
-    let (budget, max_instances, status): (f64, i32, String) =
-        (acct.get(0), acct.get(1), acct.get(2));
-    if status != "active" {
-        return Err(Error::forbidden(
-            "account_suspended",
-            "the account is suspended",
-        ));
-    }
     let sums = tx
         .query_typed(
             "SELECT count(*) FILTER (WHERE status NOT IN ('failed', 'terminated'))::int8, \
                coalesce(sum(CASE WHEN status IN ('stopped', 'interrupted') THEN storage_per_hour \
                    ELSE price_per_hour END) \
                  FILTER (WHERE status NOT IN ('failed', 'terminated') \
-                   AND id IS DISTINCT FROM $2), 0)::float8 \
+                   AND id IS DISTINCT FROM $2), 0)::float8, \
+               coalesce(sum(CASE WHEN status IN ('stopped', 'interrupted') THEN storage_per_hour \
+                   ELSE price_per_hour END) \
+                 FILTER (WHERE status NOT IN ('failed', 'terminated') \
+                   AND id IS DISTINCT FROM $2 AND api_key_id = $3), 0)::float8 \
              FROM instances WHERE account_id = $1",
-            &[(&account_id, Type::INT8), (&replacing, Type::TEXT)],
+            &[
+                (&account_id, Type::INT8),
+                (&replacing, Type::TEXT),
+                (&key, Type::INT8),
+            ],
         )
         .await
         .map_err(db_err)?;
-    let s = &sums[0];
-    let (open, open_per_hour): (i64, f64) = (s.get(0), s.get(1));
-    let hours = f64::from(window_hours);
     let window = i32::try_from(window_hours).unwrap_or(i32::MAX);
-    if new_instance && open >= i64::from(max_instances) {
-        return Err(Error::refused(
-            Refusal::InstanceLimit,
-            format!("the account already has {open} open instances (at most {max_instances})"),
-            Some(json!({"open_instances": open, "max_instances": max_instances})),
-        ));
-    }
-    let spent: f64 = tx
+    let spent = tx
         .query_typed(
-            SPENT_IN_WINDOW,
-            &[(&account_id, Type::INT8), (&window, Type::INT4)],
+            SPENT,
+            &[
+                (&account_id, Type::INT8),
+                (&key, Type::INT8),
+                (&window, Type::INT4),
+            ],
         )
         .await
-        .map_err(db_err)?[0]
-        .get(0);
-    // what the last window cost, plus what everything open (and the new rate) would cost over
-    // the next one: the hour of the day does not matter
-    let projected = spent + (open_per_hour + extra_per_hour) * hours;
-    if projected > budget {
-        let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
-        return Err(Error::refused(
-            Refusal::BudgetExceeded,
-            format!(
-                "{:.4} USD/h more would bring the projected spend over {window_hours} h to {:.2} USD, over the budget of {:.2} USD per {window_hours} h",
-                extra_per_hour, projected, budget
-            ),
-            Some(json!({
-                "daily_budget_usd": r2(budget),
-                "window_hours": window_hours,
-                "spent_in_window_usd": r2(spent),
-                "open_instances_usd_per_hour": r2(open_per_hour),
-                "price_per_hour": r2(extra_per_hour),
-                "projected_spend_usd": r2(projected),
-            })),
-        ));
-    }
-    Ok(())
+        .map_err(db_err)?;
+    let (s, sp) = (&sums[0], &spent[0]);
+    Ok(Budgets {
+        window_budget: acct.get(0),
+        max_instances: acct.get(1),
+        status: acct.get(2),
+        monthly_budget: acct.get(3),
+        on_exhausted: acct.get(4),
+        key_limit: acct.get(5),
+        open_instances: s.get(0),
+        open_per_hour: s.get(1),
+        key_open_per_hour: s.get(2),
+        window_hours,
+        spent_in_window: sp.get(0),
+        spent_this_month: sp.get(1),
+        key_spent_in_window: sp.get(2),
+    })
 }
 
-/// Spent by the account over the last `window_hours` (USD), for reports.
-pub async fn spent_in_window(db: &Db, account_id: i64, window_hours: u32) -> Result<f64> {
-    let window = i32::try_from(window_hours).unwrap_or(i32::MAX);
-    Ok(db
-        .query(
-            SPENT_IN_WINDOW,
-            &[(&account_id, Type::INT8), (&window, Type::INT4)],
-        )
-        .await?
-        .first()
-        .map(|r| r.get(0))
-        .unwrap_or(0.0))
+/// What a budget check is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend<'a> {
+    pub account_id: i64,
+    /// The key the instance is charged to (its `spend_limit_usd`).
+    pub key_id: Option<i64>,
+    pub window_hours: u32,
+    /// The rate (USD/h) the change adds.
+    pub extra_per_hour: f64,
+    /// A new instance (the instance limit applies).
+    pub new_instance: bool,
+    pub replacing: Option<&'a str>,
+}
+
+/// Checks, inside `tx`, that the account is active, below its instance limit (for a new
+/// instance), and that every budget that applies (the rolling window's, the month's, the key's)
+/// fits: spent + (open + the new rate) × window ≤ limit. Locks the account row, so checks of
+/// one account run one after the other.
+pub async fn budget_check(tx: &tokio_postgres::Transaction<'_>, s: &Spend<'_>) -> Result<()> {
+    let b = budgets(
+        tx,
+        s.account_id,
+        s.key_id,
+        s.window_hours,
+        s.replacing,
+        true,
+    )
+    .await?;
+    if b.status != "active" {
+        return Err(Error::forbidden(
+            "account_suspended",
+            "the account is suspended",
+        ));
+    }
+    if s.new_instance && b.open_instances >= i64::from(b.max_instances) {
+        return Err(Error::refused(
+            Refusal::InstanceLimit,
+            format!(
+                "the account already has {} open instances (at most {})",
+                b.open_instances, b.max_instances
+            ),
+            Some(json!({"open_instances": b.open_instances, "max_instances": b.max_instances})),
+        ));
+    }
+    let hours = f64::from(s.window_hours);
+    for f in b.figures() {
+        // what was spent, plus what everything open (and the new rate) would cost over the next
+        // window: the hour of the day does not matter
+        let projected = f.spent + (f.open_per_hour + s.extra_per_hour) * hours;
+        if projected > f.limit {
+            let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
+            let (what, since) = match f.budget {
+                "monthly" => ("the monthly budget", "this month"),
+                "key" => ("this key's spend limit", "in the window"),
+                _ => ("the budget", "in the window"),
+            };
+            return Err(Error::refused(
+                Refusal::BudgetExceeded,
+                format!(
+                    "{:.4} USD/h more would bring the projected spend ({:.2} USD spent {since}, plus {} h of everything open) to {:.2} USD, over {what} of {:.2} USD",
+                    s.extra_per_hour, f.spent, s.window_hours, projected, f.limit
+                ),
+                Some(json!({
+                    "budget": f.budget,
+                    "limit_usd": r2(f.limit),
+                    "daily_budget_usd": r2(b.window_budget),
+                    "window_hours": s.window_hours,
+                    "spent_usd": r2(f.spent),
+                    "spent_in_window_usd": r2(b.spent_in_window),
+                    "open_instances_usd_per_hour": r2(f.open_per_hour),
+                    "price_per_hour": r2(s.extra_per_hour),
+                    "projected_spend_usd": r2(projected),
+                })),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the budget and the instance limit and writes the intent (status `pending`) and the
@@ -391,11 +514,14 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
     db.transaction(async |tx| {
         budget_check(
             tx,
-            n.account_id,
-            n.budget_window_hours,
-            n.price_per_hour,
-            true,
-            None,
+            &Spend {
+                account_id: n.account_id,
+                key_id: n.api_key_id,
+                window_hours: n.budget_window_hours,
+                extra_per_hour: n.price_per_hour,
+                new_instance: true,
+                replacing: None,
+            },
         )
         .await?;
         let rows = tx
@@ -515,6 +641,21 @@ pub async fn failed_try(db: &Db, n: &NewInstance<'_>, why: &str) -> Result<()> {
     .await
 }
 
+/// An account's open instances (only those `key` rented, when given), oldest first.
+pub async fn open_of(db: &Db, account_id: i64, key: Option<i64>) -> Result<Vec<InstanceRow>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {COLS} FROM instances WHERE account_id = $1 \
+                   AND ($2::int8 IS NULL OR api_key_id = $2) \
+                   AND status NOT IN ('failed', 'terminated') ORDER BY created_at"
+            ),
+            &[(&account_id, Type::INT8), (&key, Type::INT8)],
+        )
+        .await?;
+    Ok(rows.iter().map(row).collect())
+}
+
 /// The tries of a rental by spec, in order.
 pub async fn tries(db: &Db, request_id: &str) -> Result<Vec<InstanceRow>> {
     let rows = db
@@ -588,7 +729,18 @@ pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64, window_hours: u32) -> R
     let price = bid + r.storage_per_hour;
     db.transaction(async |tx| {
         // while outbid it bills storage only; the raised bid bills in full once it runs again
-        budget_check(tx, r.account_id, window_hours, price, false, Some(&r.id)).await?;
+        budget_check(
+            tx,
+            &Spend {
+                account_id: r.account_id,
+                key_id: r.api_key_id,
+                window_hours,
+                extra_per_hour: price,
+                new_instance: false,
+                replacing: Some(&r.id),
+            },
+        )
+        .await?;
         let rows = tx
             .query_typed(
                 &format!(

@@ -15,6 +15,7 @@
 //! current minimum bid): Vast rents on demand at the full price otherwise. SSH keys go where
 //! the provider documents them: io.net's deploy body, or Vast's per-instance attach (`keys`).
 
+pub mod budget;
 pub mod failover;
 pub mod idempotency;
 pub mod keys;
@@ -644,18 +645,7 @@ impl Rentals {
             .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
         let provider = self.provider(p)?.clone();
         // the budget first: a bid the account cannot pay never reaches the provider
-        self.db
-            .transaction(async |tx| {
-                ledger::budget_check(
-                    tx,
-                    account_id,
-                    self.config.rentals.budget_window_hours.get(),
-                    bid + row.storage_per_hour,
-                    false,
-                    Some(&row.id),
-                )
-                .await
-            })
+        self.fits_budget(&row, bid + row.storage_per_hour, Some(&row.id))
             .await?;
         provider
             .set_bid(&pid, bid)
@@ -876,25 +866,35 @@ impl Rentals {
                 )
             })?;
         if state == "running" {
-            self.start_fits_budget(account_id, &row).await?;
+            self.start_fits_budget(&row).await?;
         }
         Ok(row)
     }
 
     /// A start bills the instance in full again: it must fit the budget first.
-    async fn start_fits_budget(&self, account_id: i64, row: &InstanceRow) -> Result<()> {
+    async fn start_fits_budget(&self, row: &InstanceRow) -> Result<()> {
+        self.fits_budget(row, row.price_per_hour, Some(&row.id))
+            .await
+    }
+
+    /// Checks that `extra_per_hour` more for `row` (replacing its current rate, or on top of
+    /// it) fits every budget of its account and of the key that rented it.
+    async fn fits_budget(
+        &self,
+        row: &InstanceRow,
+        extra_per_hour: f64,
+        replacing: Option<&str>,
+    ) -> Result<()> {
+        let spend = ledger::Spend {
+            account_id: row.account_id,
+            key_id: row.api_key_id,
+            window_hours: self.config.rentals.budget_window_hours.get(),
+            extra_per_hour,
+            new_instance: false,
+            replacing,
+        };
         self.db
-            .transaction(async |tx| {
-                ledger::budget_check(
-                    tx,
-                    account_id,
-                    self.config.rentals.budget_window_hours.get(),
-                    row.price_per_hour,
-                    false,
-                    Some(&row.id),
-                )
-                .await
-            })
+            .transaction(async |tx| ledger::budget_check(tx, &spend).await)
             .await
     }
 
@@ -937,18 +937,7 @@ impl Rentals {
         let cost = row.price_per_hour * f64::from(hours);
         // the spend must fit the budget before the provider is asked for it
         if provider.sells_time() {
-            self.db
-                .transaction(async |tx| {
-                    ledger::budget_check(
-                        tx,
-                        account_id,
-                        window,
-                        cost / f64::from(window),
-                        false,
-                        None,
-                    )
-                    .await
-                })
+            self.fits_budget(&row, cost / f64::from(window), None)
                 .await?;
             provider
                 .extend(&pid, hours)
@@ -978,7 +967,7 @@ impl Rentals {
             .live(account_id, id, "it cannot be stopped or started now")
             .await?;
         if running {
-            self.start_fits_budget(account_id, &row).await?;
+            self.start_fits_budget(&row).await?;
         }
         match provider.set_running(&pid, running).await {
             Ok(()) => {}

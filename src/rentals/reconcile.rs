@@ -11,6 +11,7 @@
 //!   running `rentals.provisioning_timeout_ms` after the provider accepted it
 //!   (`stuck_destroyed`): both stop billing in the ledger;
 //! - retries SSH keys not yet attached (providers that take them per instance);
+//! - enforces the budgets (`budget`): warnings, and the account's policy once one is spent;
 //! - publishes `gpuproxy_instances_running{provider}` and `gpuproxy_spend_usd_per_hour`.
 //!
 //! A provider that cannot be listed is skipped for that round: nothing is concluded from silence.
@@ -64,6 +65,7 @@ pub async fn run(r: Arc<Rentals>, interval: Duration) {
     ] {
         counter!(RECONCILER_ACTIONS_TOTAL, "action" => a).absolute(0);
     }
+    super::budget::register_metrics();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -236,7 +238,8 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
             }
         }
     }
-    Ok(())
+    // budgets last: the statuses are up to date
+    super::budget::enforce(r).await
 }
 
 /// Destroys an instance whose lifetime is over and marks it terminated (`expired`): it stops
