@@ -13,6 +13,7 @@ pub mod passthrough;
 pub mod respond;
 pub mod router;
 pub mod sshkeys;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
-use super::{Api, Body, account, admin, health, instances, offers, openapi, passthrough, sshkeys};
+use super::{
+    Api, Body, account, admin, health, instances, offers, openapi, passthrough, sshkeys, usage,
+};
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 
@@ -234,6 +236,16 @@ pub static ROUTES: &[Route] = &[
             Method::GET,
             later!(c => offers::list(&c.api, c.req.uri().query()).await),
         )],
+    ),
+    route(
+        "/v1/usage",
+        User,
+        &[(Method::GET, later!(c => usage::mine(c).await))],
+    ),
+    route(
+        "/v1/admin/accounts/{account}/usage",
+        Admin,
+        &[(Method::GET, later!(c => usage::of_account(c).await))],
     ),
     route(
         "/v1/instances",

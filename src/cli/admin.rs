@@ -145,6 +145,92 @@ pub enum KeysCmd {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Account id or name.
+    #[arg(long)]
+    pub account: String,
+    /// Start: RFC 3339 or a date (2026-12-01); default the start of the UTC month.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End: RFC 3339 or a date; default now.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// day, instance, key or provider.
+    #[arg(long, default_value = "day")]
+    pub group_by: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gpuproxyd usage`: the report `GET /v1/usage` serves, for any account.
+pub fn usage(a: UsageArgs) -> i32 {
+    use crate::rentals::usage::{self, GroupBy, Span};
+    block_on(async move {
+        let db = db()?;
+        let e = |e: crate::error::Error| e.message.to_string();
+        let group_by = GroupBy::parse(&a.group_by)
+            .ok_or("invalid `--group-by`: day, instance, key or provider")?;
+        let span = Span {
+            from: a
+                .from
+                .as_deref()
+                .map(|v| usage::parse_time("from", v))
+                .transpose()
+                .map_err(e)?,
+            to: a
+                .to
+                .as_deref()
+                .map(|v| usage::parse_time("to", v))
+                .transpose()
+                .map_err(e)?,
+        };
+        let account = store::get_account(&db, &AccountRef::parse(&a.account))
+            .await
+            .map_err(e)?;
+        let r = usage::report(&db, account.id, span, group_by)
+            .await
+            .map_err(e)?;
+        if a.json {
+            print_json(&usage::to_json(&account.name, &r));
+            return Ok(());
+        }
+        let t = |x: f64| {
+            ts(Some(
+                std::time::UNIX_EPOCH + Duration::from_secs_f64(x.max(0.0)),
+            ))
+        };
+        println!(
+            "account {} ({}), {} to {}",
+            account.name,
+            account.id,
+            t(r.from),
+            t(r.to)
+        );
+        let mut rows: Vec<Vec<String>> = r
+            .groups
+            .iter()
+            .map(|g| {
+                vec![
+                    g.key.clone(),
+                    format!("{:.4}", g.figures.usd),
+                    format!("{:.3}", g.figures.gpu_hours),
+                    format!("{:.3}", g.figures.instance_hours),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            "TOTAL".into(),
+            format!("{:.4}", r.totals.usd),
+            format!("{:.3}", r.totals.gpu_hours),
+            format!("{:.3}", r.totals.instance_hours),
+        ]);
+        let head = a.group_by.to_uppercase();
+        table(&[&head, "USD", "GPU-HOURS", "INSTANCE-HOURS"], &rows);
+        Ok(())
+    })
+}
+
 /// A USD amount, or `none` (no limit). A type of its own: clap reads `Option<Option<_>>` as a
 /// flag whose value may be left out.
 #[derive(Debug, Clone, Copy)]

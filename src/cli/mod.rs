@@ -51,6 +51,9 @@ pub enum Command {
     /// REDIS_URL when it is set).
     #[command(subcommand)]
     Keys(admin::KeysCmd),
+    /// An account's usage from the rentals ledger (USD, GPU-hours, instance-hours), as a table
+    /// or JSON (against DATABASE_URL).
+    Usage(admin::UsageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +131,7 @@ pub fn main() -> i32 {
         Command::Migrate(a) => admin::migrate(a),
         Command::Accounts(c) => admin::accounts(c),
         Command::Keys(c) => admin::keys(c),
+        Command::Usage(a) => admin::usage(a),
         Command::Doctor(args) => match args.load() {
             Ok(c) => doctor::run(&c),
             Err(e) => {

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod ledger;
 pub mod reconcile;
 pub mod sshkeys;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,226 @@
+//! Usage reports from the ledger: what an account's instances billed between two times, in USD,
+//! GPU-hours and instance-hours, grouped by UTC day, instance, key or provider.
+//!
+//! The figures are the ledger's event segments (see `ledger`), cut at `from`, `to` and at UTC
+//! midnight: USD is rate × hours; instance-hours count every segment that bills (provisioning,
+//! running, stopped, interrupted, terminating); GPU-hours count GPUs × hours of the segments
+//! billing the full price (provisioning, running, terminating). The totals are the sums of the
+//! groups, and equal the spend the budgets see over the same span.
+
+use serde::Serialize;
+use tokio_postgres::types::Type;
+
+use crate::accounts::Db;
+use crate::error::{Error, Result};
+
+/// How a report's rows are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    Day,
+    Instance,
+    Key,
+    Provider,
+}
+
+impl GroupBy {
+    pub fn parse(s: &str) -> Option<GroupBy> {
+        match s {
+            "day" => Some(GroupBy::Day),
+            "instance" => Some(GroupBy::Instance),
+            "key" => Some(GroupBy::Key),
+            "provider" => Some(GroupBy::Provider),
+            _ => None,
+        }
+    }
+
+    /// The SQL expression a row is grouped by (a fixed string per variant).
+    fn expr(self) -> &'static str {
+        match self {
+            GroupBy::Day => "to_char(day, 'YYYY-MM-DD')",
+            GroupBy::Instance => "instance",
+            GroupBy::Key => "coalesce(public_id, '-')",
+            GroupBy::Provider => "provider",
+        }
+    }
+}
+
+/// What a report covers; `from` `None`: the start of the current UTC month; `to` `None`: now.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub from: Option<f64>,
+    pub to: Option<f64>,
+}
+
+/// The longest span one report covers (days).
+pub const MAX_SPAN_DAYS: f64 = 400.0;
+
+/// Parses `from` / `to` of a report: RFC 3339, or a date (`2026-12-01`, midnight UTC); the
+/// error names `field`.
+pub fn parse_time(field: &str, v: &str) -> Result<f64> {
+    let text = if v.len() == 10 {
+        format!("{v}T00:00:00Z")
+    } else {
+        v.to_owned()
+    };
+    humantime::parse_rfc3339_weak(&text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+        .ok_or_else(|| {
+            Error::bad_request(format!(
+                "invalid `{field}`: an RFC 3339 time (2026-12-01T00:00:00Z) or a date (2026-12-01)"
+            ))
+        })
+}
+
+impl Span {
+    pub fn check(&self) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        if let (Some(f), t) = (self.from, self.to.unwrap_or(now)) {
+            if f >= t {
+                return Err(Error::bad_request("invalid `from`: it must be before `to`"));
+            }
+            if t - f > MAX_SPAN_DAYS * 86_400.0 {
+                return Err(Error::bad_request(format!(
+                    "invalid `from`: a report covers at most {MAX_SPAN_DAYS} days"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Figures {
+    pub usd: f64,
+    pub gpu_hours: f64,
+    pub instance_hours: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub key: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub account_id: i64,
+    /// Epoch seconds (the API shows RFC 3339).
+    pub from: f64,
+    pub to: f64,
+    pub group_by: GroupBy,
+    pub totals: Figures,
+    pub groups: Vec<Group>,
+}
+
+const REPORT: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
+      (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')) AS t0, \
+      least(coalesce(to_timestamp($3), now()), now()) AS t1), \
+    seg AS ( \
+      SELECT i.id AS instance, i.provider, k.public_id, i.gpu_count, \
+        coalesce(e.rate_per_hour, 0) AS rate, e.status, e.at AS s0, \
+        least(coalesce(lead(e.at) OVER (PARTITION BY e.instance_id ORDER BY e.id), now()), now()) AS s1 \
+      FROM instance_events e JOIN instances i ON i.id = e.instance_id \
+        LEFT JOIN api_keys k ON k.id = i.api_key_id, span \
+      WHERE i.account_id = $1 AND i.created_at < span.t1 \
+        AND coalesce(i.terminated_at, now()) > span.t0), \
+    billed AS (SELECT * FROM seg WHERE status NOT IN ('pending', 'failed', 'terminated')), \
+    days AS (SELECT (d AT TIME ZONE 'UTC') AS d0, ((d + interval '1 day') AT TIME ZONE 'UTC') AS d1 \
+      FROM span, generate_series(date_trunc('day', span.t0 AT TIME ZONE 'UTC'), \
+        span.t1 AT TIME ZONE 'UTC', interval '1 day') AS d), \
+    parts AS ( \
+      SELECT b.*, days.d0 AS day, extract(epoch from (least(b.s1, days.d1, span.t1) \
+        - greatest(b.s0, days.d0, span.t0))) / 3600.0 AS h \
+      FROM billed b JOIN days ON b.s0 < days.d1 AND b.s1 > days.d0, span) \
+    SELECT {group}::text, coalesce(sum(rate * h), 0)::float8, \
+      coalesce(sum(gpu_count * h) FILTER (WHERE status IN ('provisioning', 'running', 'terminating')), 0)::float8, \
+      coalesce(sum(h), 0)::float8 \
+    FROM parts WHERE h > 0 GROUP BY 1 ORDER BY 1";
+
+const SPAN: &str = "SELECT extract(epoch from coalesce(to_timestamp($1), \
+      (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')))::float8, \
+    extract(epoch from least(coalesce(to_timestamp($2), now()), now()))::float8";
+
+/// An account's usage over `span`, grouped by `group_by`.
+pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> Result<Report> {
+    span.check()?;
+    let sql = REPORT.replace("{group}", group_by.expr());
+    let rows = db
+        .query(
+            &sql,
+            &[
+                (&account_id, Type::INT8),
+                (&span.from, Type::FLOAT8),
+                (&span.to, Type::FLOAT8),
+            ],
+        )
+        .await?;
+    let bounds = db
+        .query(
+            SPAN,
+            &[(&span.from, Type::FLOAT8), (&span.to, Type::FLOAT8)],
+        )
+        .await?;
+    let (from, to): (f64, f64) = bounds.first().map_or((0.0, 0.0), |r| (r.get(0), r.get(1)));
+    let round = |x: f64| (x * 1e6).round() / 1e6;
+    let groups: Vec<Group> = rows
+        .iter()
+        .map(|r| Group {
+            key: r.get(0),
+            figures: Figures {
+                usd: r.get(1),
+                gpu_hours: r.get(2),
+                instance_hours: r.get(3),
+            },
+        })
+        .collect();
+    let totals = Figures {
+        usd: round(groups.iter().map(|g| g.figures.usd).sum()),
+        gpu_hours: round(groups.iter().map(|g| g.figures.gpu_hours).sum()),
+        instance_hours: round(groups.iter().map(|g| g.figures.instance_hours).sum()),
+    };
+    Ok(Report {
+        account_id,
+        from,
+        to,
+        group_by,
+        totals,
+        groups: groups
+            .into_iter()
+            .map(|g| Group {
+                key: g.key,
+                figures: Figures {
+                    usd: round(g.figures.usd),
+                    gpu_hours: round(g.figures.gpu_hours),
+                    instance_hours: round(g.figures.instance_hours),
+                },
+            })
+            .collect(),
+    })
+}
+
+/// A report as `GET /v1/usage` and `gpuproxyd usage --json` show it (times in RFC 3339).
+pub fn to_json(account_name: &str, r: &Report) -> serde_json::Value {
+    let t = |x: f64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(x.max(0.0)),
+        )
+        .to_string()
+    };
+    serde_json::json!({
+        "account_id": r.account_id,
+        "account": account_name,
+        "from": t(r.from),
+        "to": t(r.to),
+        "group_by": r.group_by,
+        "currency": "USD",
+        "totals": r.totals,
+        "groups": r.groups,
+    })
+}
