@@ -70,6 +70,13 @@ pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
 /// Counter, labels `budget` (`window`, `monthly`, `key`) and `event` (`warning`, `exhausted`,
 /// `stopped`, `destroyed`, `not_stoppable`): budgets crossed and what the reconciler did about it.
 pub const BUDGET_EVENTS_TOTAL: &str = "gpuproxy_budget_events_total";
+/// Gauge, label `provider`: the sum over instances of |billed − ledger| (USD) at the last
+/// reconciliation with the provider's charges.
+pub const BILLING_DRIFT_USD: &str = "gpuproxy_billing_drift_usd";
+/// Gauge: `rentals.billing_drift_alert_usd`, for the alert rule to compare with.
+pub const BILLING_DRIFT_ALERT_USD: &str = "gpuproxy_billing_drift_alert_usd";
+/// Gauge, label `provider`: when the provider's charges were last reconciled (unix seconds).
+pub const BILLING_RECONCILED_AT: &str = "gpuproxy_billing_reconciled_timestamp_seconds";
 /// Gauge: live daemons sharing the rate limits (this daemon enforces 1/n of each).
 pub const RATELIMIT_DAEMONS: &str = "gpuproxy_ratelimit_daemons";
 /// Counter, labels `provider`, `op`, `status` (HTTP code, or `timeout`, `connect_error`,
@@ -210,6 +217,18 @@ impl RequestMetrics {
 
 fn describe() {
     describe_counter!(REQUESTS_TOTAL, "Responses sent, by route and status.");
+    describe_gauge!(
+        BILLING_DRIFT_USD,
+        "Sum over instances of |provider billed - ledger| at the last reconciliation, USD."
+    );
+    describe_gauge!(
+        BILLING_DRIFT_ALERT_USD,
+        "rentals.billing_drift_alert_usd: the drift that alerts."
+    );
+    describe_gauge!(
+        BILLING_RECONCILED_AT,
+        "When the provider's charges were last reconciled with the ledger (unix seconds)."
+    );
     describe_counter!(
         BUDGET_EVENTS_TOTAL,
         "Budgets crossed (warning, exhausted) and instances stopped or destroyed because of it."

@@ -804,3 +804,159 @@ async fn the_usage_report_adds_up_to_the_ledger_and_the_providers_charges() {
     let r = call(&d, &token, "GET", "/v1/admin/accounts/ops/usage", "", None).await;
     assert_eq!(r.status, 403);
 }
+
+/// `GET /v1/admin/reconciliation`, Vast's part of it, and the line of one provider instance.
+async fn reconciliation(
+    d: &support::daemon::DaemonProc,
+    admin: &str,
+    pid: &str,
+) -> (Value, Value, Option<Value>) {
+    let v = call(d, admin, "GET", "/v1/admin/reconciliation", "", None)
+        .await
+        .json();
+    let vast = v["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "vastai")
+        .unwrap()
+        .clone();
+    let inst = vast["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["provider_instance_id"] == pid)
+        .cloned();
+    (v, vast, inst)
+}
+
+async fn metrics_page(d: &support::daemon::DaemonProc) -> String {
+    let mut c = support::client::Conn::plain(d.metrics, false)
+        .await
+        .unwrap();
+    let r = c.get("/metrics").await.unwrap();
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_charges_are_reconciled_and_a_billing_difference_shows_as_drift() {
+    let s = services::shared();
+    let db = TestDb::new(s, "spend_billing");
+    let token = account(&db, "billed", 10_000.0, 5);
+    let (_, admin) = db.account_with_key("auditor", &["admin"]);
+    let sb = Sandbox::start(&["--provision-time", "400ms"]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "rentals.status_cache_ms=100",
+                "rentals.billing_reconcile_interval_ms=300",
+                "rentals.billing_drift_alert_usd=0.5",
+            ],
+        )
+        .await;
+    let offers = dear_offers(&d, &token, 2).await;
+    let a = rent_running(&d, &token, &offers[0]).await;
+    let a_id = a["id"].as_str().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{a_id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let a = until(&d, &token, a_id, "terminated", |v| {
+        v["status"] == "terminated"
+    })
+    .await;
+    let pid = a["provider_instance_id"].as_str().unwrap().to_owned();
+    let slack = a["price_per_hour"].as_f64().unwrap() * 1.0 / 3600.0;
+
+    // a run after the instance ended: billed and ledger agree within the provisioning time
+    let (v, vast, inst) =
+        support::eventually("a reconciliation with the ended instance", || async {
+            let (v, vast, inst) = reconciliation(&d, &admin, &pid).await;
+            let inst = inst?;
+            // a run that read the bill after the instance ended
+            let after_end =
+                epoch(vast["as_of"].as_str()?) > epoch(a["terminated_at"].as_str().unwrap()) + 0.2;
+            (after_end && inst["billed_usd"].as_f64()? > 0.0).then_some((v, vast, inst))
+        })
+        .await;
+    assert_eq!(vast["status"], "reconciled", "{v:#}");
+    assert_eq!(inst["instance_id"], a_id);
+    let ledger = spend_from_events(&a, 0.0, f64::MAX);
+    assert!(
+        (inst["ledger_usd"].as_f64().unwrap() - ledger).abs() < 1e-5,
+        "{v:#}"
+    );
+    assert!(inst["drift_usd"].as_f64().unwrap().abs() <= slack, "{v:#}");
+    let io = v["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "ionet")
+        .unwrap();
+    assert_eq!(io["status"], "no_charges_api");
+    let page = metrics_page(&d).await;
+    assert!(
+        support::metrics::value(&page, "gpuproxy_billing_drift_usd{provider=\"vastai\"}") < 0.5,
+        "{page}"
+    );
+    assert_eq!(
+        support::metrics::value(&page, "gpuproxy_billing_drift_alert_usd"),
+        0.5
+    );
+
+    // the provider bills 2 USD more than its model: the next run shows it, first in the list
+    let r = sb
+        .control(
+            "vastai",
+            "POST",
+            "/_sandbox/vast/surcharge",
+            &json!({"id": pid.parse::<u64>().unwrap(), "amount": 2.0}).to_string(),
+        )
+        .await;
+    assert_eq!(r["ok"], true);
+    let (v, _, inst) = support::eventually("the surcharge reconciled", || async {
+        let (v, vast, inst) = reconciliation(&d, &admin, &pid).await;
+        let inst = inst?;
+        (inst["drift_usd"].as_f64()? > 1.9 && vast["instances"][0] == inst)
+            .then_some((v, vast, inst))
+    })
+    .await;
+    assert!(
+        (inst["billed_usd"].as_f64().unwrap() - inst["ledger_usd"].as_f64().unwrap() - 2.0).abs()
+            <= slack,
+        "{v:#}"
+    );
+    let drift = support::eventually("the drift metric", || async {
+        let page = metrics_page(&d).await;
+        let x = support::metrics::value(&page, "gpuproxy_billing_drift_usd{provider=\"vastai\"}");
+        (x > 1.9).then_some(x)
+    })
+    .await;
+    assert!(
+        drift > 0.5,
+        "above rentals.billing_drift_alert_usd: GpuproxyBillingDrift fires"
+    );
+    // only admins; no parameters
+    let r = call(&d, &token, "GET", "/v1/admin/reconciliation", "", None).await;
+    assert_eq!(r.status, 403);
+    let r = call(
+        &d,
+        &admin,
+        "GET",
+        "/v1/admin/reconciliation?provider=x",
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(message(&r).contains("provider"), "{}", message(&r));
+}

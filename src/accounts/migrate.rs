@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "budget_policies",
         include_str!("migrations/0007_budget_policies.sql"),
     ),
+    (
+        8,
+        "provider_charges",
+        include_str!("migrations/0008_provider_charges.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

@@ -173,6 +173,43 @@ pub async fn revoke_key(c: Call) -> Result<Response<Body>> {
     ))
 }
 
+/// `GET /v1/admin/reconciliation`: the providers' charges against the ledger, per instance
+/// (`rentals::billing`), for every provider that publishes charges.
+pub async fn reconciliation(c: Call) -> Result<Response<Body>> {
+    let x = ctx(&c)?;
+    if let Some(q) = c.req.uri().query().filter(|q| !q.is_empty()) {
+        return Err(Error::bad_request(format!(
+            "unknown query parameter `{}` (this route takes none)",
+            crate::error::truncate(q.split('=').next().unwrap_or(q), 64)
+        )));
+    }
+    let mut providers = Vec::new();
+    for p in c.api.providers.list.iter() {
+        let name = p.id().as_str();
+        if p.publishes_charges() {
+            let rep = crate::rentals::billing::report(&x.db, name).await?;
+            let mut v = serde_json::to_value(&rep).map_err(Error::internal)?;
+            v["as_of"] = super::instances::time(rep.as_of);
+            v["status"] = json!(if rep.as_of.is_some() {
+                "reconciled"
+            } else {
+                "not_yet"
+            });
+            providers.push(v);
+        } else {
+            providers.push(json!({"provider": name, "status": "no_charges_api"}));
+        }
+    }
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({
+            "alert_threshold_usd": c.api.config.rentals.billing_drift_alert_usd,
+            "interval_ms": c.api.config.rentals.billing_reconcile_interval_ms.ms(),
+            "providers": providers,
+        }),
+    ))
+}
+
 /// An integer query parameter within `[min, max]`, or an error naming it.
 fn query_int(query: &str, name: &str, min: i64, max: i64) -> Result<Option<i64>> {
     let Some(v) = query

@@ -238,6 +238,11 @@ pub static ROUTES: &[Route] = &[
         )],
     ),
     route(
+        "/v1/admin/reconciliation",
+        Admin,
+        &[(Method::GET, later!(c => admin::reconciliation(c).await))],
+    ),
+    route(
         "/v1/usage",
         User,
         &[(Method::GET, later!(c => usage::mine(c).await))],

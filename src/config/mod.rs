@@ -324,6 +324,11 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             rc.reconcile_interval_ms.ms(),
         ),
         ("rentals.intent_timeout_ms", rc.intent_timeout_ms.ms()),
+        (
+            "rentals.billing_reconcile_interval_ms",
+            rc.billing_reconcile_interval_ms.ms(),
+        ),
+        ("rentals.failover_wait_ms", rc.failover_wait_ms.ms()),
         ("rentals.idempotency_ttl_ms", rc.idempotency_ttl_ms.ms()),
         ("rentals.dead_state_grace_ms", rc.dead_state_grace_ms.ms()),
         (
@@ -340,6 +345,9 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "rentals.default_max_duration_hours",
             "hours from 0 (no default lifetime) to 8760",
         ));
+    }
+    if !(rc.billing_drift_alert_usd.is_finite() && rc.billing_drift_alert_usd >= 0.0) {
+        return Err(err("rentals.billing_drift_alert_usd", "USD, 0 or more"));
     }
     if !(rc.budget_warn_ratio > 0.0 && rc.budget_warn_ratio <= 1.0) {
         return Err(err(

@@ -44,6 +44,12 @@ pub struct RentalsConfig {
     /// Each reconciler round records a `budget.warning` (once per budget period) for an account
     /// or key that has spent this fraction of a budget.
     pub budget_warn_ratio: f64,
+    /// How often the providers' charges (Vast: `GET /api/v0/charges/`) are pulled and compared
+    /// with the ledger, per instance (also once shortly after start).
+    pub billing_reconcile_interval_ms: Millis,
+    /// The drift (sum over instances of |billed − ledger|, USD, per provider) that alerts
+    /// (`gpuproxy_billing_drift_alert_usd`).
+    pub billing_drift_alert_usd: f64,
     /// A rental by `spec` tries at most this many matching offers, cheapest first.
     pub max_offers_tried: NonZeroU32,
     /// A rental by `spec` waits this long for each try to be `running` (a try the provider
@@ -67,6 +73,8 @@ impl Default for RentalsConfig {
             dead_state_grace_ms: Millis(120_000),
             provisioning_timeout_ms: Millis(600_000),
             budget_warn_ratio: 0.8,
+            billing_reconcile_interval_ms: Millis(86_400_000),
+            billing_drift_alert_usd: 5.0,
             max_offers_tried: nz32(5),
             failover_wait_ms: Millis(90_000),
         }

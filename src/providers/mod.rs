@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use model::{
-    InstanceStatus, Offer, OfferFilter, ProviderId, Quote, RemoteInstance, RentRequest, Ssh,
+    Charge, InstanceStatus, Offer, OfferFilter, ProviderId, Quote, RemoteInstance, RentRequest, Ssh,
 };
 
 use crate::config::Config;
@@ -161,6 +161,21 @@ pub trait Provider: Send + Sync {
         _bid_per_hour: f64,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async { Err(UpstreamError::Disabled("this provider has no bids")) })
+    }
+
+    /// Whether `charges` reads the provider's bill (the others answer `None`).
+    fn publishes_charges(&self) -> bool {
+        false
+    }
+
+    /// What the provider billed between `from` and `to` (epoch seconds), line by line, for
+    /// reconciling the ledger; `None` when it publishes no charges.
+    fn charges<'a>(
+        &'a self,
+        _from: f64,
+        _to: f64,
+    ) -> BoxFuture<'a, Result<Option<Vec<Charge>>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
     }
 }
 

@@ -94,6 +94,27 @@ impl OfferFilter {
     }
 }
 
+/// One line of a provider's bill for one of its instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    pub provider_instance_id: String,
+    /// Epoch seconds (the line's date).
+    pub at: f64,
+    pub description: String,
+    pub amount_usd: f64,
+}
+
+impl Charge {
+    /// Names the line across fetches (providers give lines no id; a line for a running instance
+    /// grows from one fetch to the next).
+    pub fn key(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.provider_instance_id, self.at, self.description
+        )
+    }
+}
+
 /// Instance status, mapped from both providers into one set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -21,7 +21,7 @@ use super::model::{
     num, round_to, text,
 };
 use super::resilience::Gate;
-use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
+use super::{BoxFuture, Charge, Provider, SearchQuery, UpstreamError, gpu};
 use crate::config::{Config, ProviderTable};
 
 /// The offer id suffix of an interruptible offer: `vastai:<id>:bid` rents at a bid.
@@ -321,6 +321,66 @@ impl Provider for Vastai {
                 )
                 .await
                 .map(|_| ())
+        })
+    }
+
+    fn publishes_charges(&self) -> bool {
+        true
+    }
+
+    /// `GET /api/v0/charges/` (providers.md §4.1), paged by `after_token`, 100 lines a page.
+    fn charges<'a>(
+        &'a self,
+        from: f64,
+        to: f64,
+    ) -> BoxFuture<'a, Result<Option<Vec<Charge>>, UpstreamError>> {
+        Box::pin(async move {
+            let filters =
+                json!({"day": {"gte": from, "lte": to}, "type": {"in": ["instance", "volume"]}});
+            let filters = crate::types::text::percent_encode(&filters.to_string());
+            let mut out = Vec::new();
+            let mut after: Option<String> = None;
+            for _ in 0..10_000 {
+                let mut path = format!("/api/v0/charges/?select_filters={filters}&limit=100");
+                if let Some(t) = &after {
+                    path.push_str("&after_token=");
+                    path.push_str(&crate::types::text::percent_encode(t));
+                }
+                let v = self
+                    .api
+                    .call("charges", true, Method::GET, &path, None)
+                    .await?;
+                for line in v
+                    .get("results")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    // lines of other things (volumes of their own) name no instance
+                    let Some(id) = line.get("instance_id").and_then(|i| num(Some(i))) else {
+                        continue;
+                    };
+                    out.push(Charge {
+                        provider_instance_id: (id as u64).to_string(),
+                        at: num(line.get("timestamp")).unwrap_or(0.0),
+                        description: line
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_owned(),
+                        amount_usd: num(line.get("amount")).unwrap_or(0.0),
+                    });
+                }
+                after = v.get("next_token").and_then(|t| match t {
+                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                });
+                if after.is_none() {
+                    break;
+                }
+            }
+            Ok(Some(out))
         })
     }
 

@@ -15,6 +15,7 @@
 //! current minimum bid): Vast rents on demand at the full price otherwise. SSH keys go where
 //! the provider documents them: io.net's deploy body, or Vast's per-instance attach (`keys`).
 
+pub mod billing;
 pub mod budget;
 pub mod failover;
 pub mod idempotency;

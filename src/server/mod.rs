@@ -222,6 +222,10 @@ impl Daemon {
                 r.clone(),
                 cfg.rentals.reconcile_interval_ms.get(),
             )));
+            background.push(tokio::spawn(crate::rentals::billing::run(
+                r.clone(),
+                cfg.rentals.billing_reconcile_interval_ms.get(),
+            )));
         }
         if let Some(redis) = state.redis.clone() {
             background.push(tokio::spawn(crate::ratelimit::peers::run(

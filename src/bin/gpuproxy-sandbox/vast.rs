@@ -12,7 +12,9 @@
 //! - SSH keys are attached per instance (`POST /api/v0/instances/{id}/ssh/`, refused until the
 //!   instance is scheduled); the account-wide `POST /api/v0/ssh/` reaches every instance;
 //! - billing by state: storage from creation, the GPU while running; `GET /_sandbox/vast/instances`
-//!   shows what each instance holds and was charged.
+//!   shows what each instance holds and was charged, and `GET /api/v0/charges/` (paged, `limit`
+//!   at most 100) bills it; `POST /_sandbox/vast/surcharge {"id", "amount"}` adds a charge line
+//!   the model did not make (a bill that differs from the ledger).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -59,6 +61,9 @@ struct World {
     next_id: u64,
     next_key_id: u64,
     script: std::collections::VecDeque<String>,
+    /// Extra charge lines (`POST /_sandbox/vast/surcharge`): a bill that differs from the
+    /// billing-by-state model, as a real one may.
+    surcharges: Vec<Value>,
 }
 
 pub struct Vast {
@@ -81,6 +86,7 @@ impl Vast {
                 next_id: 30_000_000,
                 next_key_id: 700,
                 script: Default::default(),
+                surcharges: Vec::new(),
             }),
         }
     }
@@ -220,6 +226,7 @@ impl Vast {
             "dph_base": Self::compute_per_hour(i),
             "storage_per_hour": Self::storage_per_hour(i),
             "charged_usd": i.charged,
+            "created_unix": i.created_unix,
             "ssh_keys": i.ssh_keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>(),
             "destroyed": false,
         })
@@ -542,6 +549,71 @@ impl Vast {
         Answer::json(200, json!({"success": true, "id": kid}))
     }
 
+    /// `GET /api/v0/charges/?select_filters={"day":{"gte":t0,"lte":t1},"type":{"in":[...]}}
+    /// &limit=&after_token=`: one `instance` line per instance (live or destroyed) with what the
+    /// billing-by-state model charged it, dated at its creation, plus any surcharges.
+    fn charges(&self, call: &Call) -> Answer {
+        let limit = match call.param("limit").map(|l| l.parse::<usize>()) {
+            None => 25,
+            Some(Ok(n)) if (1..=100).contains(&n) => n,
+            Some(_) => return fail(400, "invalid_args", "limit must be between 1 and 100"),
+        };
+        let filters: Value = match call.param("select_filters") {
+            None => Value::Null,
+            Some(f) => match serde_json::from_str(&f) {
+                Ok(v) => v,
+                Err(_) => return fail(400, "invalid_args", "select_filters is not JSON"),
+            },
+        };
+        let (gte, lte) = (
+            filters["day"]["gte"].as_f64().unwrap_or(0.0),
+            filters["day"]["lte"].as_f64().unwrap_or(f64::MAX),
+        );
+        let types: Vec<&str> = filters["type"]["in"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let after = call
+            .param("after_token")
+            .and_then(|t| t.trim_matches('"').parse::<usize>().ok())
+            .unwrap_or(0);
+        self.settle_all();
+        let world = self.world.lock().unwrap();
+        let mut lines: Vec<Value> = world
+            .instances
+            .values()
+            .map(|i| self.ledger_json(i))
+            .chain(world.gone.iter().cloned())
+            .map(|i| {
+                json!({
+                    "type": "instance",
+                    "description": format!("Instance {}: GPU and storage", i["id"]),
+                    "timestamp": i["created_unix"],
+                    "quantity": 1,
+                    "rate": i["dph_base"],
+                    "amount": inventory::round(i["charged_usd"].as_f64().unwrap_or(0.0), 6),
+                    "instance_id": i["id"],
+                })
+            })
+            .chain(world.surcharges.iter().cloned())
+            .filter(|l| {
+                let t = l["timestamp"].as_f64().unwrap_or(0.0);
+                t >= gte
+                    && t <= lte
+                    && (types.is_empty() || types.contains(&l["type"].as_str().unwrap_or("")))
+            })
+            .collect();
+        let more = lines.len() > after + limit;
+        lines = lines.into_iter().skip(after).take(limit).collect();
+        Answer::json(
+            200,
+            json!({
+                "results": lines,
+                "next_token": if more { json!((after + limit).to_string()) } else { Value::Null },
+            }),
+        )
+    }
+
     fn list(&self, call: &Call) -> Answer {
         let limit = call
             .param("limit")
@@ -609,6 +681,7 @@ impl Api for Vast {
             Method::GET if p.starts_with("/api/v0/instances/") => "show",
             Method::DELETE if p.starts_with("/api/v0/instances/") => "destroy",
             Method::GET if p == "/api/v0/users/current" => "user",
+            Method::GET if p == "/api/v0/charges" => "charges",
             _ => "unknown",
         }
     }
@@ -622,6 +695,7 @@ impl Api for Vast {
             "create" => self.create(call),
             "list" => self.list(call),
             "list_v0" => fail(410, "deprecated", "Use /api/v1/instances/ instead"),
+            "charges" => self.charges(call),
             "manage" => self.manage(call),
             "set_bid" => self.set_bid(call),
             "ssh_attach" | "ssh_list" | "ssh_detach" => self.instance_ssh(op, call),
@@ -696,6 +770,29 @@ impl Api for Vast {
                     }
                 }
                 Answer::json(200, json!({"ok": true, "outbid": n}))
+            }
+            (&Method::POST, "/_sandbox/vast/surcharge") => {
+                let (Some(id), Some(amount)) = (
+                    body.get("id").and_then(Value::as_u64),
+                    body.get("amount").and_then(Value::as_f64),
+                ) else {
+                    return Some(Answer::json(
+                        400,
+                        json!({"error": "`id` (an instance) and `amount` (USD)"}),
+                    ));
+                };
+                let mut world = self.world.lock().unwrap();
+                let n = world.surcharges.len();
+                world.surcharges.push(json!({
+                    "type": "instance",
+                    "description": format!("Instance {id}: adjustment {n}"),
+                    "timestamp": unix_now(),
+                    "quantity": 1,
+                    "rate": amount,
+                    "amount": amount,
+                    "instance_id": id,
+                }));
+                Answer::json(200, json!({"ok": true}))
             }
             (&Method::POST, "/_sandbox/vast/withdraw") => {
                 let Some(ask) = body.get("id").and_then(Value::as_u64) else {
