@@ -960,3 +960,125 @@ async fn the_providers_charges_are_reconciled_and_a_billing_difference_shows_as_
     assert_eq!(r.status, 400);
     assert!(message(&r).contains("provider"), "{}", message(&r));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_to_the_lifecycle_and_budget_endpoints_names_the_field_and_changes_nothing() {
+    let s = services::shared();
+    let db = TestDb::new(s, "spend_bad_input");
+    let token = account(&db, "owner", 10_000.0, 5);
+    let stranger = account(&db, "stranger", 10_000.0, 5);
+    let (_, admin) = db.account_with_key("root", &["admin"]);
+    let sb = Sandbox::start(&["--provision-time", "400ms"]);
+    let d = sb.daemon(&db, &["rentals.status_cache_ms=100"]).await;
+    let offers = dear_offers(&d, &token, 1).await;
+    let body = json!({"offer_id": offers[0], "image": "pytorch/pytorch:latest", "disk_gb": 20,
+                      "max_duration_hours": 2})
+    .to_string();
+    let r = post(&d, &token, &body).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let v = until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    let before = (v["expires_at"].clone(), kinds(&v).len());
+
+    let extend = format!("/v1/instances/{id}/extend");
+    for (b, field) in [
+        (r#"{"hours": -1}"#, "hours"),
+        (r#"{"hours": 0}"#, "hours"),
+        (r#"{"hours": 2.5}"#, "hours"),
+        (r#"{"hours": 2, "minutes": 5}"#, "minutes"),
+        ("", "hours"),
+    ] {
+        let r = call(&d, &token, "POST", &extend, b, None).await;
+        assert_eq!(r.status, 400, "{b}: {:?}", r.json());
+        assert!(message(&r).contains(field), "{b}: {}", message(&r));
+    }
+    // another account's instance does not exist for it
+    for path in [
+        extend.clone(),
+        format!("/v1/instances/{id}/stop"),
+        format!("/v1/instances/{id}/start"),
+    ] {
+        let r = call(&d, &stranger, "POST", &path, r#"{"hours": 1}"#, None).await;
+        assert_eq!(r.status, 404, "{path}: {:?}", r.json());
+        assert_eq!(r.json()["error"]["code"], "not_found");
+    }
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!((v["expires_at"].clone(), kinds(&v).len()), before, "{v:#}");
+    assert_eq!(v["status"], "running");
+
+    // account and key changes over HTTPS
+    let account_path = "/v1/admin/accounts/owner";
+    for (b, field) in [
+        (r#"{"daily_budget": 5}"#, "daily_budget"),
+        (r#"{"on_budget_exhausted": "pause"}"#, "on_budget_exhausted"),
+        (r#"{"monthly_budget_usd": -1}"#, "monthly_budget_usd"),
+        (r#"{"max_instances": -2}"#, "max_instances"),
+    ] {
+        let r = call(&d, &admin, "PATCH", account_path, b, None).await;
+        assert_eq!(r.status, 400, "{b}: {:?}", r.json());
+        assert!(message(&r).contains(field), "{b}: {}", message(&r));
+    }
+    let shown = call(&d, &admin, "GET", account_path, "", None).await.json();
+    assert_eq!(shown["on_budget_exhausted"], "stop");
+    assert_eq!(shown["monthly_budget_usd"], Value::Null);
+    let r = call(
+        &d,
+        &admin,
+        "PATCH",
+        account_path,
+        r#"{"monthly_budget_usd": 900, "on_budget_exhausted": "alert"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["account"]["monthly_budget_usd"], 900.0);
+    assert_eq!(
+        r.json()["account"]["daily_budget_usd"],
+        10_000.0,
+        "left as it was"
+    );
+    let r = call(
+        &d,
+        &admin,
+        "PATCH",
+        account_path,
+        r#"{"monthly_budget_usd": null}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["account"]["monthly_budget_usd"], Value::Null);
+    assert_eq!(r.json()["account"]["on_budget_exhausted"], "alert");
+    let key_path = format!("/v1/admin/keys/{}", public_id(&token));
+    for (b, field) in [
+        (r#"{"spend_limit_usd": -1}"#, "spend_limit_usd"),
+        (r#"{"spend_limit": 1}"#, "spend_limit"),
+    ] {
+        let r = call(&d, &admin, "PATCH", &key_path, b, None).await;
+        assert_eq!(r.status, 400, "{b}: {:?}", r.json());
+        assert!(message(&r).contains(field), "{b}: {}", message(&r));
+    }
+    let r = call(
+        &d,
+        &admin,
+        "PATCH",
+        &key_path,
+        r#"{"spend_limit_usd": 12.5}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["spend_limit_usd"], 12.5);
+    // not for users
+    let r = call(
+        &d,
+        &token,
+        "PATCH",
+        &key_path,
+        r#"{"spend_limit_usd": null}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
