@@ -86,6 +86,9 @@ Try, from another terminal:
     -d '{"name": "laptop", "public_key": "'"\$(cat ~/.ssh/id_ed25519.pub)"'"}' https://localhost:8443/v1/ssh-keys
   curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" -H "Content-Type: application/json" \
     -d '{"offer_id": "<an id from /v1/offers>", "image": "ubuntu:22.04", "disk_gb": 20, "ssh_key_ids": ["<id from /v1/ssh-keys>"]}' https://localhost:8443/v1/instances
+  curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" -H "Content-Type: application/json" \
+    -d '{"spec": {"gpu": "RTX 4090", "max_price_per_hour": 2}, "image": "ubuntu:22.04", "disk_gb": 20, "max_duration_hours": 1}' https://localhost:8443/v1/instances
+  curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" "https://localhost:8443/v1/usage?group_by=instance"
   curl --cacert demo-data/certs/server.crt https://localhost:8443/ready
   curl -s http://127.0.0.1:9090/metrics | grep gpuproxy_
 

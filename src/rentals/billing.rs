@@ -183,7 +183,8 @@ pub async fn report(db: &Db, provider: &str) -> Result<ProviderReport> {
             })
             .billed_usd = r.get(1);
     }
-    let round = |x: f64| (x * 1e6).round() / 1e6;
+    // (+ 0.0: no "-0.0" in answers)
+    let round = |x: f64| (x * 1e6).round() / 1e6 + 0.0;
     let mut instances: Vec<InstanceDrift> = by_pid
         .into_values()
         .map(|mut d| {

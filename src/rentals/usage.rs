@@ -168,7 +168,8 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
         )
         .await?;
     let (from, to): (f64, f64) = bounds.first().map_or((0.0, 0.0), |r| (r.get(0), r.get(1)));
-    let round = |x: f64| (x * 1e6).round() / 1e6;
+    // (+ 0.0: no "-0.0" in answers)
+    let round = |x: f64| (x * 1e6).round() / 1e6 + 0.0;
     let groups: Vec<Group> = rows
         .iter()
         .map(|r| Group {
