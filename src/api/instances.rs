@@ -196,7 +196,8 @@ pub fn list_query(query: Option<&str>) -> Result<(Option<f64>, i64)> {
                         Error::bad_request("invalid query parameter `limit`: 1 to 200")
                     })?
             }
-            "cursor" => before = Some(v.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(
+            // a creation time (epoch seconds): between 1970 and 5138, or it is no cursor of ours
+            "cursor" => before = Some(v.parse::<f64>().ok().filter(|x| (0.0..1e11).contains(x)).ok_or_else(
                 || {
                     Error::bad_request(
                         "invalid query parameter `cursor`: use `next_cursor` of the previous page",

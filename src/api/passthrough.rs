@@ -50,8 +50,9 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
         )
     })?;
     let raw_path = format!("/{rest}");
-    let path = super::router::percent_decode(&raw_path)
-        .ok_or_else(|| Error::bad_request("the provider path has broken percent-encoding"))?;
+    let path = super::router::percent_decode(&raw_path).ok_or_else(|| {
+        Error::bad_request("the provider path has broken percent-encoding or a control character")
+    })?;
     let rules = state
         .config
         .providers

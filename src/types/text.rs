@@ -24,8 +24,10 @@ pub fn percent_encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
-/// Decodes `%XX` escapes of a path parameter; `None` when they are broken (the crate would pass
-/// a stray `%` through; a path parameter with one is refused instead) or not UTF-8.
+/// Decodes `%XX` escapes of a path parameter or query value; `None` when they are broken (the
+/// crate would pass a stray `%` through; a value with one is refused instead), not UTF-8, or
+/// decode to a control character (a NUL reaches PostgreSQL as an encoding error otherwise; no
+/// id, name or filter has one).
 pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let broken = b.iter().enumerate().any(|(i, &c)| {
@@ -40,6 +42,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
         .ok()
+        .filter(|c| !c.chars().any(char::is_control))
         .map(|c| c.into_owned())
 }
 
@@ -51,6 +54,9 @@ mod tests {
     fn percent_round_trips_and_refuses_broken_escapes() {
         assert_eq!(percent_encode("a b/é~"), "a%20b%2F%C3%A9~");
         assert_eq!(percent_decode("a%20b%2F%C3%A9~").as_deref(), Some("a b/é~"));
+        for control in ["%00", "a%00b", "%0A", "%7F", "%C2%85"] {
+            assert_eq!(percent_decode(control), None, "{control}");
+        }
         for bad in ["bad%2", "%zz", "%", "%ff"] {
             assert_eq!(percent_decode(bad), None, "{bad}");
         }

@@ -29,6 +29,9 @@ pub struct Filters {
     pub offset: usize,
 }
 
+/// The largest offset a cursor may carry.
+const MAX_OFFSET: usize = 10_000_000;
+
 const PARAMS: &[&str] = &[
     "gpu",
     "min_gpus",
@@ -207,9 +210,12 @@ impl Filters {
             let (off, fp) = c
                 .split_once('.')
                 .ok_or_else(|| bad("cursor", "not a cursor from a previous page"))?;
+            // no page is further than the longest answer we would ever hold
             let off: usize = off
                 .parse()
-                .map_err(|_| bad("cursor", "not a cursor from a previous page"))?;
+                .ok()
+                .filter(|o| *o <= MAX_OFFSET)
+                .ok_or_else(|| bad("cursor", "not a cursor from a previous page"))?;
             if fp != format!("{:x}", f.fingerprint()) {
                 return Err(bad("cursor", "belongs to a query with other filters"));
             }

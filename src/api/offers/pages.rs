@@ -75,7 +75,7 @@ pub(super) fn render(f: &Filters, entries: &[Arc<Entry<Vec<Offer>>>]) -> Rendere
     }
     sort(&mut matching, f.sort);
     let total = matching.len();
-    let end = (f.offset + f.limit as usize).min(total);
+    let end = f.offset.saturating_add(f.limit as usize).min(total);
     let page: Vec<&Offer> = matching
         .get(f.offset.min(total)..end)
         .unwrap_or_default()
