@@ -78,3 +78,177 @@ async fn nul_bytes_and_huge_cursors_are_client_errors_naming_the_parameter() {
     assert_eq!(r.status, 400, "{:?}", r.json());
     assert!(message(&r).contains("gpu"), "{}", message(&r));
 }
+
+async fn metrics_page(d: &support::daemon::DaemonProc) -> String {
+    let mut c = support::client::Conn::plain(d.metrics, false)
+        .await
+        .unwrap();
+    let r = c.get("/metrics").await.unwrap();
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_idempotency_key_neither_floods_the_database_nor_sticks() {
+    use std::time::{Duration, Instant};
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_idem");
+    let token = account(&db, "abandoner", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = sb
+        .daemon(
+            &db,
+            // the waiters, not the rate limits, are under test
+            &[
+                "rentals.idempotency_max_waiters=32",
+                "ratelimit.enabled=false",
+            ],
+        )
+        .await;
+    let offer = support::rentals::cheapest(&d, &token, "vastai", "").await;
+    let body = support::rentals::rent_body(offer["id"].as_str().unwrap());
+    // the provider takes 4 s to answer the rental
+    sb.faults("vastai", r#"{"ops": ["create"], "answer_delay_ms": 4000}"#)
+        .await;
+    let first =
+        support::rentals::spawn_post(d.https, token.clone(), body.clone(), Some("abandoned-1"));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // the client goes away mid-rental
+    first.abort();
+    let _ = first.await;
+
+    let before = support::metrics::sum(&metrics_page(&d).await, "gpuproxy_db_queries_total");
+    let t0 = Instant::now();
+    let waiters: Vec<_> = (0..200)
+        .map(|_| {
+            support::rentals::spawn_post(d.https, token.clone(), body.clone(), Some("abandoned-1"))
+        })
+        .collect();
+    // the daemon stays ready meanwhile
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = support::client::Conn::tls(d.https, &[b"http/1.1"])
+        .await
+        .unwrap()
+        .get("/ready")
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200, "{:?}", ready.json());
+    let (mut replayed, mut busy) = (std::collections::HashSet::new(), 0);
+    for w in waiters {
+        let r = w.await.unwrap();
+        match r.status {
+            201 => {
+                replayed.insert(r.json()["id"].as_str().unwrap().to_owned());
+            }
+            409 => {
+                assert_eq!(r.json()["error"]["code"], "idempotency_in_progress");
+                assert!(r.header("retry-after").is_some(), "409 says when to retry");
+                busy += 1;
+            }
+            other => panic!("{other}: {:?}", r.json()),
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let after = support::metrics::sum(&metrics_page(&d).await, "gpuproxy_db_queries_total");
+    let per_second = (after - before) / elapsed;
+    eprintln!(
+        "200 waiters: {} statements in {elapsed:.1} s = {per_second:.0}/s; {} answered the rental, {busy} told to retry",
+        after - before,
+        200 - busy
+    );
+    assert!(per_second < 150.0, "{per_second} statements/s");
+    assert!(busy >= 200 - 32, "at most 32 wait: {busy} refused");
+    assert_eq!(
+        replayed.len(),
+        1,
+        "every waiter that got an answer got the same instance"
+    );
+
+    // the abandoned request's outcome was recorded: a retry replays it, one rental in all
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &body,
+        Some("abandoned-1"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert!(replayed.contains(r.json()["id"].as_str().unwrap()));
+    assert_eq!(sb.calls("vastai", "create").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_not_stored_under_their_idempotency_keys() {
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_idem_refusals");
+    let token = account(&db, "poor", 0.01, 5);
+    let sb = Sandbox::start(&[]);
+    let d = sb.daemon(&db, &[]).await;
+    let offer = support::rentals::cheapest(&d, &token, "vastai", "").await;
+    let body = support::rentals::rent_body(offer["id"].as_str().unwrap());
+    for i in 0..20 {
+        let r = call(
+            &d,
+            &token,
+            "POST",
+            "/v1/instances",
+            &body,
+            Some(&format!("k-{i}")),
+        )
+        .await;
+        assert_eq!(r.status, 402, "{:?}", r.json());
+    }
+    let url = s.postgres_url(&db.name);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM idempotency_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "a refusal is not worth replaying: nothing kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_daemon_died_is_taken_over_once_its_lease_runs_out() {
+    use std::time::Duration;
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_idem_lease");
+    let token = account(&db, "survivor", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let set = ["rentals.idempotency_lease_ms=1000"];
+    let a = sb.daemon(&db, &set).await;
+    let offer = support::rentals::cheapest(&a, &token, "vastai", "").await;
+    let body = support::rentals::rent_body(offer["id"].as_str().unwrap());
+    sb.faults("vastai", r#"{"ops": ["create"], "answer_delay_ms": 2000}"#)
+        .await;
+    let first = support::rentals::spawn_post(a.https, token.clone(), body.clone(), Some("lease-1"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // the daemon dies mid-rental, its record left running
+    a.signal(libc::SIGKILL);
+    let _ = first.await;
+    let b = sb.daemon(&db, &set).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t = std::time::Instant::now();
+    let r = call(&b, &token, "POST", "/v1/instances", &body, Some("lease-1")).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "answered, not held until idempotency_wait_ms"
+    );
+    assert_ne!(
+        r.json()["error"]["code"],
+        "idempotency_in_progress",
+        "{:?}",
+        r.json()
+    );
+    // the takeover ran the rental again; the offer was still claimed by the dead daemon's
+    // intent, so nothing was rented twice
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(r.json()["error"]["code"], "offer_unavailable");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sb.calls("vastai", "create").await, 1);
+}

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "provider_charges",
         include_str!("migrations/0008_provider_charges.sql"),
     ),
+    (
+        9,
+        "idempotency_lease",
+        include_str!("migrations/0009_idempotency_lease.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

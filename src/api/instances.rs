@@ -15,7 +15,7 @@ use super::router::Call;
 use super::{Body, body, respond};
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
-use crate::rentals::idempotency::{self, Begin};
+use crate::rentals::idempotency::{self, Begin, Outcome};
 use crate::rentals::ledger::{Event, InstanceKey, InstanceRow};
 use crate::rentals::{RentBody, Rentals, Renter};
 
@@ -96,26 +96,41 @@ fn rentals(state: &Arc<Api>) -> Result<&Arc<Rentals>> {
     })
 }
 
-/// Runs `op` under the request's `Idempotency-Key`, when it has one.
-async fn idempotent(
+/// An error as the body a replay gives back.
+fn error_body(e: &Error) -> String {
+    json!({"error": {"code": e.kind.code(), "message": e.message, "details": e.details}})
+        .to_string()
+}
+
+/// Runs `op` under the request's `Idempotency-Key`, when it has one: in a task of its own that
+/// records the answer whatever becomes of this request (`rentals::idempotency`).
+async fn idempotent<F>(
     state: &Arc<Api>,
     p: &Principal,
     key: Option<String>,
     request: &str,
     body: &[u8],
-    op: impl AsyncFnOnce() -> Result<(StatusCode, Value)>,
-) -> Result<Response<Body>> {
+    op: F,
+) -> Result<Response<Body>>
+where
+    F: Future<Output = Result<(StatusCode, Value)>> + Send + 'static,
+{
     let Some(key) = key else {
-        let (status, v) = op().await?;
+        let (status, v) = op.await?;
         return Ok(respond::json(status, &v));
     };
     idempotency::check_key(&key)?;
     let r = rentals(state)?;
-    let db = r.db();
+    let cfg = &state.config.rentals;
     let account = p.account_id();
     let digest = idempotency::hash(request, body);
-    let ttl = state.config.rentals.idempotency_ttl_ms.get();
-    match idempotency::begin(db, account, &key, request, &digest, ttl).await? {
+    let claim = idempotency::Request {
+        account_id: account,
+        key: &key,
+        request,
+        digest: &digest,
+    };
+    match r.idempotency().begin(r.db(), cfg, &claim).await? {
         Begin::Replay { status, body } => {
             let mut resp = respond::json_bytes(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
@@ -125,26 +140,43 @@ async fn idempotent(
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(resp)
         }
-        Begin::Run => match op().await {
-            Ok((status, v)) => {
-                let text = v.to_string();
-                idempotency::finish(db, account, &key, status.as_u16(), &text).await?;
-                Ok(respond::json_bytes(status, Bytes::from(text)))
-            }
-            Err(e) => {
-                let outcome_unknown = e
-                    .details
-                    .as_ref()
-                    .is_some_and(|d| d.get("instance_id").is_some());
-                if e.kind.status().is_server_error() && !outcome_unknown {
-                    let _ = idempotency::abandon(db, account, &key).await;
-                } else {
-                    let text = json!({"error": {"code": e.kind.code(), "message": e.message, "details": e.details}}).to_string();
-                    idempotency::finish(db, account, &key, e.kind.status().as_u16(), &text).await?;
+        Begin::Run => {
+            // the error itself comes back through a slot: the task keeps only what it records
+            let failure = Arc::new(std::sync::Mutex::new(None));
+            let slot = failure.clone();
+            let op = async move {
+                match op.await {
+                    Ok((status, v)) => Outcome {
+                        status: status.as_u16(),
+                        body: v.to_string(),
+                        outcome_unknown: false,
+                    },
+                    Err(e) => {
+                        let out = Outcome {
+                            status: e.kind.status().as_u16(),
+                            body: error_body(&e),
+                            outcome_unknown: e
+                                .details
+                                .as_ref()
+                                .is_some_and(|d| d.get("instance_id").is_some()),
+                        };
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        out
+                    }
                 }
-                Err(e)
+            };
+            let out = r
+                .idempotency()
+                .run(r.db().clone(), cfg, account, key.clone(), op)
+                .await?;
+            if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(e);
             }
-        },
+            Ok(respond::json_bytes(
+                StatusCode::from_u16(out.status).unwrap_or(StatusCode::OK),
+                Bytes::from(out.body),
+            ))
+        }
     }
 }
 
@@ -171,7 +203,7 @@ pub async fn create(c: Call) -> Result<Response<Body>> {
         account_id: p.account_id(),
         key_id: Some(p.key.key_id),
     };
-    idempotent(state, p, key, "POST /v1/instances", &raw, async || {
+    idempotent(state, p, key, "POST /v1/instances", &raw, async move {
         let row = r.rent(who, &b).await?;
         let mut v = view(&row, None);
         with_tries(&r, &row, &mut v).await?;
@@ -296,8 +328,9 @@ pub async fn destroy(c: Call) -> Result<Response<Body>> {
     let key = idempotency_key(&req)?;
     let account = p.account_id();
     let request = format!("DELETE /v1/instances/{id}");
-    idempotent(state, p, key, &request, b"", async || {
-        let row = r.destroy(account, id).await?;
+    let owned = id.clone();
+    idempotent(state, p, key, &request, b"", async move {
+        let row = r.destroy(account, &owned).await?;
         Ok((StatusCode::OK, view(&row, None)))
     })
     .await

@@ -73,6 +73,13 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
         }
         set_ratelimit_headers(&mut resp, v);
     }
+    if matches!(
+        err.kind,
+        Kind::Refused(crate::error::Refusal::IdempotencyInProgress)
+    ) {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(2u32));
+    }
     if let Kind::Unauthorized(code) = &err.kind {
         let v = format!(
             "Bearer realm=\"gpuproxyd\", error=\"invalid_token\", error_description=\"{code}\""

@@ -330,6 +330,8 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ),
         ("rentals.failover_wait_ms", rc.failover_wait_ms.ms()),
         ("rentals.idempotency_ttl_ms", rc.idempotency_ttl_ms.ms()),
+        ("rentals.idempotency_lease_ms", rc.idempotency_lease_ms.ms()),
+        ("rentals.idempotency_wait_ms", rc.idempotency_wait_ms.ms()),
         ("rentals.dead_state_grace_ms", rc.dead_state_grace_ms.ms()),
         (
             "rentals.provisioning_timeout_ms",

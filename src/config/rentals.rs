@@ -25,6 +25,14 @@ pub struct RentalsConfig {
     pub intent_timeout_ms: Millis,
     /// `Idempotency-Key` records are kept this long.
     pub idempotency_ttl_ms: Millis,
+    /// A running `Idempotency-Key` record's lease, renewed by its request; once it runs out (the
+    /// daemon died) the next request with the key takes it over.
+    pub idempotency_lease_ms: Millis,
+    /// Requests waiting for a running key's answer, per key and daemon; more get 409
+    /// `idempotency_in_progress` with `Retry-After` at once.
+    pub idempotency_max_waiters: NonZeroU32,
+    /// How long such a request waits before 409 `idempotency_in_progress`.
+    pub idempotency_wait_ms: Millis,
     /// io.net deployments run for a fixed time: this many hours when the request does not say.
     pub default_duration_hours: NonZeroU32,
     /// Every rental is destroyed this many hours after it was made unless it says otherwise
@@ -66,6 +74,9 @@ impl Default for RentalsConfig {
             reconcile_interval_ms: Millis(60_000),
             intent_timeout_ms: Millis(120_000),
             idempotency_ttl_ms: Millis(86_400_000),
+            idempotency_lease_ms: Millis(30_000),
+            idempotency_max_waiters: nz32(32),
+            idempotency_wait_ms: Millis(60_000),
             default_duration_hours: nz32(24),
             default_max_duration_hours: 0.0,
             budget_window_hours: nz32(24),

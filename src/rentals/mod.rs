@@ -236,6 +236,8 @@ pub struct Rentals {
     status: Arc<SwrCache<Option<RemoteView>>>,
     /// The offers cache, for the price the caller was shown.
     offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
+    /// Who waits on which `Idempotency-Key` in this daemon.
+    idempotency: Arc<idempotency::Local>,
 }
 
 /// The intent a rental writes: our id, the try it is of a rental by spec, when it expires.
@@ -284,11 +286,16 @@ impl Rentals {
             providers,
             config,
             offers,
+            idempotency: Arc::default(),
         })
     }
 
     pub fn db(&self) -> &Arc<Db> {
         &self.db
+    }
+
+    pub fn idempotency(&self) -> &Arc<idempotency::Local> {
+        &self.idempotency
     }
 
     fn provider(&self, p: ProviderId) -> Result<&Arc<dyn Provider>> {

@@ -11,6 +11,7 @@
 //!   running `rentals.provisioning_timeout_ms` after the provider accepted it
 //!   (`stuck_destroyed`): both stop billing in the ledger;
 //! - retries SSH keys not yet attached (providers that take them per instance);
+//! - deletes expired `Idempotency-Key` records;
 //! - enforces the budgets (`budget`): warnings, and the account's policy once one is spent;
 //! - publishes `gpuproxy_instances_running{provider}` and `gpuproxy_spend_usd_per_hour`.
 //!
@@ -237,6 +238,11 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                 }
             }
         }
+    }
+    match super::idempotency::sweep(&db).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(deleted = n, "expired Idempotency-Key records swept"),
+        Err(e) => tracing::warn!(error = %e, "Idempotency-Key sweep failed; next round retries"),
     }
     // budgets last: the statuses are up to date
     super::budget::enforce(r).await
