@@ -24,14 +24,18 @@ FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home /nonexistent --shell /usr/sbin/nologin gpuproxyd
 COPY --from=build /out/gpuproxyd /usr/local/bin/gpuproxyd
 COPY config/gpuproxyd.toml /etc/gpuproxyd/gpuproxyd.toml
-# listeners on all interfaces inside the container; certificate and key mounted here
+# the API on all interfaces inside the container; the metrics listener (with /stats, which lists
+# the top client addresses) on loopback only: the health check runs inside the container. To let
+# Prometheus scrape it, set GPUPROXY_SERVER_METRICS_LISTEN to the container's address on a
+# private network (never a published port). Certificate and key are mounted here.
 ENV GPUPROXY_SERVER_HTTPS_LISTEN=0.0.0.0:8443 \
-    GPUPROXY_SERVER_METRICS_LISTEN=0.0.0.0:9090 \
+    GPUPROXY_SERVER_METRICS_LISTEN=127.0.0.1:9090 \
     GPUPROXY_SERVER_TLS_CERT=/etc/gpuproxyd/tls/server.crt \
     GPUPROXY_SERVER_TLS_KEY=/etc/gpuproxyd/tls/server.key
 USER gpuproxyd
-# 8443: the HTTPS API (HTTP/2 and HTTP/1.1); 9090: /metrics, /health, /stats (plain HTTP)
-EXPOSE 8443 9090
+# 8443: the HTTPS API (HTTP/2 and HTTP/1.1). 9090 (/metrics, /health, /stats, plain HTTP) is not
+# exposed: loopback unless GPUPROXY_SERVER_METRICS_LISTEN names a private address
+EXPOSE 8443
 # liveness over the metrics listener, with bash's /dev/tcp (no curl in the image)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9090 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]

@@ -507,6 +507,9 @@ async fn out_of_file_descriptors_backs_off_and_keeps_serving() {
     let addr = d.http.unwrap();
     let mut first = Conn::plain(addr, false).await.unwrap();
     assert_eq!(first.get("/health").await.unwrap().status, 200);
+    // /stats lives on the metrics listener: its connection is opened before descriptors run out
+    let mut metrics = Conn::plain(d.metrics, false).await.unwrap();
+    assert_eq!(metrics.get("/stats").await.unwrap().status, 200);
     // the kernel completes these handshakes in the backlog; the daemon cannot accept them all
     let mut flood = Vec::new();
     for _ in 0..80 {
@@ -516,7 +519,7 @@ async fn out_of_file_descriptors_backs_off_and_keeps_serving() {
     }
     let end = std::time::Instant::now() + Duration::from_secs(15);
     let v = loop {
-        let v = first.get("/stats").await.unwrap().json();
+        let v = metrics.get("/stats").await.unwrap().json();
         if v["connections"]["accept_errors"].as_u64().unwrap() > 0 {
             break v;
         }

@@ -252,3 +252,75 @@ async fn a_key_whose_daemon_died_is_taken_over_once_its_lease_runs_out() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sb.calls("vastai", "create").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_stay_off_the_api_and_passthrough_forwards_only_what_it_checked() {
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_exposure");
+    let token = account(&db, "curious", 100.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = sb.daemon(&db, &[]).await;
+    // /stats walks every connection and names client addresses: metrics listener only
+    let r = support::client::get(d.https, "/stats").await;
+    assert_eq!(r.status, 404, "{:?}", r.json());
+    let mut m = support::client::Conn::plain(d.metrics, false)
+        .await
+        .unwrap();
+    assert_eq!(m.get("/stats").await.unwrap().status, 200);
+
+    let offer = support::rentals::cheapest(&d, &token, "ionet", "").await;
+    let deploy = offer["id"]
+        .as_str()
+        .unwrap()
+        .split_once('x')
+        .unwrap()
+        .1
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let base = "/v1/providers/ionet/enterprise/v1/io-cloud/vmaas/price";
+    let q = format!(
+        "location_ids=%5B%22US%22%5D&hardware_id={deploy}&currency=usdc&duration_hours=2&gpus_per_vm=1&replica_count=1"
+    );
+    let r = call(&d, &token, "GET", &format!("{base}?{q}"), "", None).await;
+    assert_eq!(
+        r.status,
+        200,
+        "the named parameters reach io.net: {:?}",
+        r.json()
+    );
+    assert!(r.json()["data"]["total_cost_usdc"].as_f64().unwrap() > 0.0);
+    let before = sb.calls("ionet", "price").await;
+    for extra in ["api_key=x", "page_size=1000", "%00=1"] {
+        let r = call(&d, &token, "GET", &format!("{base}?{q}&{extra}"), "", None).await;
+        assert_eq!(r.status, 403, "{extra}: {:?}", r.json());
+        assert_eq!(r.json()["error"]["code"], "passthrough_forbidden");
+    }
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        &format!("{base}?{q}&api_key=x"),
+        "",
+        None,
+    )
+    .await;
+    assert!(message(&r).contains("`api_key`"), "{}", message(&r));
+    assert_eq!(
+        sb.calls("ionet", "price").await,
+        before,
+        "nothing refused was sent"
+    );
+    // the paid extend is not a passthrough rule (it would bypass the budget and the ledger)
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/providers/ionet/enterprise/v1/io-cloud/vmaas/deployment/00000000-0000-0000-0000-000000000000/extend",
+        r#"{"duration_hours": 100}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 403, "{:?}", r.json());
+}

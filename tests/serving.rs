@@ -37,7 +37,13 @@ async fn h1_and_h2_over_tls_and_alpn_prefers_h2() {
     assert_eq!(none.alpn, None);
     assert_eq!(none.get("/health").await.unwrap().status, 200);
 
-    let stats = h2.get("/stats").await.unwrap().json();
+    let stats = Conn::plain(d.metrics, false)
+        .await
+        .unwrap()
+        .get("/stats")
+        .await
+        .unwrap()
+        .json();
     assert!(
         stats["connections"]["open"].as_u64().unwrap() >= 3,
         "{stats}"

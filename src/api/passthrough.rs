@@ -106,10 +106,15 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
             &UpstreamError::Disabled("no API key is configured for it"),
         ));
     };
-    let mut uri = format!("{base}{raw_path}");
-    if let Some(q) = req.uri().query() {
+    // what was checked is what is sent: the decoded path and the named parameters, encoded again
+    let mut uri = format!("{base}{}", passthrough::forward_path(&path));
+    if let Some(q) = allowed
+        .rule
+        .forward_query(req.uri().query())
+        .map_err(|why| forbidden(why, Some(&allowed.rule.text)))?
+    {
         uri.push('?');
-        uri.push_str(q);
+        uri.push_str(&q);
     }
     let method = req.method().clone();
     let content_type = req.headers().get(CONTENT_TYPE).cloned();

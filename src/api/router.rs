@@ -141,14 +141,6 @@ pub static ROUTES: &[Route] = &[
         )
     },
     route(
-        "/stats",
-        Public,
-        &[(
-            Method::GET,
-            now!(c => Ok(health::stats_response(&c.api, false))),
-        )],
-    ),
-    route(
         "/openapi.json",
         Public,
         &[(Method::GET, now!(_c => Ok(openapi::document())))],

@@ -124,10 +124,9 @@ impl Default for ProvidersConfig {
             passthrough: rules(&[
                 "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}",
                 "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}/vms",
-                "POST /enterprise/v1/io-cloud/vmaas/deployment/{instance}/extend",
-                "GET /enterprise/v1/io-cloud/vmaas/hardware",
-                "GET /enterprise/v1/io-cloud/vmaas/available-vms",
-                "GET /enterprise/v1/io-cloud/vmaas/price",
+                "GET /enterprise/v1/io-cloud/vmaas/hardware query=gpu,regions,gpu_family[],gpu_memory_min,gpu_memory_max,cpu_cores_min,cpu_cores_max,device_memory_min,device_memory_max,storage_min,storage_max,supplier",
+                "GET /enterprise/v1/io-cloud/vmaas/available-vms query=hardware_id,hardware_qty,node_pool_id",
+                "GET /enterprise/v1/io-cloud/vmaas/price query=location_ids,hardware_id,currency,duration_hours,gpus_per_vm,replica_count",
             ]),
             ..ProviderTable::default()
         };

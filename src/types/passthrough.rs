@@ -1,12 +1,15 @@
 //! Passthrough rules: which provider API calls a client may make through
 //! `/v1/providers/{provider}/{path}` (each provider table's `passthrough` list).
 //!
-//! A rule is `METHOD /path/with/{instance}/segments [body=key,key]`; `{instance}` matches one
-//! segment and names an instance (the caller must own it: checked by the handler against the
-//! ledger); a final `*` matches any rest; `body=` limits the JSON body to those top-level keys
-//! (Vast's `PUT /api/v0/instances/{id}/` also changes the label, which the reconciler reads our
-//! id from, so the default rule forwards only `state`). Matching is on the decoded path, segment
-//! by segment; `.` and `..` segments and empty paths never match.
+//! A rule is `METHOD /path/with/{instance}/segments [body=key,key] [query=name,name]`;
+//! `{instance}` matches one segment (at most one per rule) and names an instance (the caller must
+//! own it: checked by the handler against the ledger); a final `*` matches any rest; `body=`
+//! limits the JSON body to those top-level keys (Vast's `PUT /api/v0/instances/{id}/` also
+//! changes the label, which the reconciler reads our id from, so the default rule forwards only
+//! `state`); `query=` names the query parameters forwarded (none without it). Matching is on the
+//! decoded path, segment by segment; `.` and `..` segments and empty paths never match; what is
+//! forwarded is that decoded path and query, encoded again ([`forward_path`],
+//! [`Rule::forward_query`]), never the client's raw text.
 //!
 //! No rule may reach an `ssh` path, and no request path with an `ssh` segment passes: Vast's
 //! `POST /api/v0/ssh/` adds a key to every instance of the (shared) provider account.
@@ -30,6 +33,8 @@ pub struct Rule {
     segs: Vec<Seg>,
     /// The JSON body keys the rule forwards; `None` = any body.
     pub body_keys: Option<Vec<String>>,
+    /// The query parameters the rule forwards (none when empty).
+    pub query_keys: Vec<String>,
 }
 
 /// Path segments no rule and no request may contain.
@@ -93,29 +98,69 @@ impl Rule {
         }
     }
 
+    /// The query the provider gets: the client's parameters, decoded, each one the rule names,
+    /// encoded again. The error names the first parameter refused.
+    pub fn forward_query(&self, query: Option<&str>) -> Result<Option<String>, String> {
+        let Some(q) = query.filter(|q| !q.is_empty()) else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |x: &str| crate::types::text::percent_decode(&x.replace('+', " "));
+            let (Some(k), Some(v)) = (decode(k), decode(v)) else {
+                return Err("the query has broken percent-encoding or a control character".into());
+            };
+            if !self.query_keys.contains(&k) {
+                return Err(format!(
+                    "query parameter `{}` is not forwarded (rule `{}` allows: {})",
+                    crate::types::text::truncate(&k, 64),
+                    self.text,
+                    if self.query_keys.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        self.query_keys.join(", ")
+                    }
+                ));
+            }
+            out.push(format!(
+                "{}={}",
+                crate::types::text::percent_encode(&k),
+                crate::types::text::percent_encode(&v)
+            ));
+        }
+        Ok((!out.is_empty()).then(|| out.join("&")))
+    }
+
     pub fn parse(text: &str) -> Result<Rule, String> {
         let mut words = text.split_whitespace();
         let (Some(m), Some(path)) = (words.next(), words.next()) else {
-            return Err(format!("`{text}`: expected `METHOD /path [body=key,…]`"));
+            return Err(format!(
+                "`{text}`: expected `METHOD /path [body=key,…] [query=name,…]`"
+            ));
         };
-        let body_keys = match words.next() {
-            None => None,
-            Some(w) => {
-                let keys: Vec<String> = w
-                    .strip_prefix("body=")
-                    .ok_or_else(|| {
-                        format!("`{text}`: after the path only `body=key,…` may follow")
-                    })?
-                    .split(',')
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_owned)
-                    .collect();
+        let list = |w: &str| -> Vec<String> {
+            w.split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let (mut body_keys, mut query_keys) = (None, None);
+        for w in words {
+            if let Some(keys) = w.strip_prefix("body=")
+                && body_keys.is_none()
+            {
                 // `body=` alone: no keys (an empty body or `{}`)
-                Some(keys)
+                body_keys = Some(list(keys));
+            } else if let Some(keys) = w.strip_prefix("query=")
+                && query_keys.is_none()
+            {
+                query_keys = Some(list(keys));
+            } else {
+                return Err(format!(
+                    "`{text}`: after the path only `body=key,…` and `query=name,…` may follow, once each"
+                ));
             }
-        };
-        if words.next().is_some() {
-            return Err(format!("`{text}`: expected `METHOD /path [body=key,…]`"));
         }
         let method: Method = m
             .parse()
@@ -125,6 +170,11 @@ impl Rule {
             format!("`{text}`: the path must start with / and have no empty segments")
         })?;
         let n = raw.len();
+        if raw.iter().filter(|s| **s == "{instance}").count() > 1 {
+            return Err(format!(
+                "`{text}`: at most one `{{instance}}` per rule (each must be checked against the ledger)"
+            ));
+        }
         let segs = raw
             .iter()
             .enumerate()
@@ -143,6 +193,7 @@ impl Rule {
             method,
             segs,
             body_keys,
+            query_keys: query_keys.unwrap_or_default(),
         })
     }
 
@@ -165,6 +216,15 @@ impl Rule {
         }
         (segs.len() == self.segs.len()).then_some(instance)
     }
+}
+
+/// The decoded path `path` encoded again, segment by segment, for the provider: what it gets is
+/// what was matched, whatever encoding the client chose.
+pub fn forward_path(path: &str) -> String {
+    path.split('/')
+        .map(crate::types::text::percent_encode)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The first rule allowing `method path`, or why none does.
@@ -252,6 +312,42 @@ mod tests {
         assert!(empty.check_body(b"{}").is_ok());
         assert!(empty.check_body(br#"{"x": 1}"#).is_err());
         assert!(Rule::parse("PUT /a label=x").is_err());
+        assert!(Rule::parse("PUT /a body= body=x").is_err());
+        // two instances, of which only one would be checked
+        assert!(Rule::parse("GET /i/{instance}/to/{instance}").is_err());
+        assert!(Rule::parse("GET /i/{instance}/logs query=tail body=").is_ok());
+    }
+
+    #[test]
+    fn only_named_query_parameters_are_forwarded_encoded_again() {
+        let r = Rule::parse("GET /price query=hardware_id,location_ids").unwrap();
+        assert_eq!(r.forward_query(None).unwrap(), None);
+        assert_eq!(
+            r.forward_query(Some("hardware_id=12&location_ids=%5B%22US%22%5D"))
+                .unwrap()
+                .as_deref(),
+            Some("hardware_id=12&location_ids=%5B%22US%22%5D")
+        );
+        assert_eq!(
+            r.forward_query(Some("hardware_id=a+b")).unwrap().as_deref(),
+            Some("hardware_id=a%20b")
+        );
+        let e = r
+            .forward_query(Some("hardware_id=1&api_key=x"))
+            .unwrap_err();
+        assert!(e.contains("`api_key`"), "{e}");
+        assert!(r.forward_query(Some("hardware_id=%00")).is_err());
+        let none = Rule::parse("GET /a").unwrap();
+        assert!(
+            none.forward_query(Some("x=1"))
+                .unwrap_err()
+                .contains("none")
+        );
+        assert_eq!(
+            forward_path("/api/v0/instances/a b/"),
+            "/api/v0/instances/a%20b/"
+        );
+        assert_eq!(forward_path("/a/%2F/"), "/a/%252F/");
     }
 
     #[test]
