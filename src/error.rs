@@ -24,6 +24,8 @@ pub enum Kind {
     NotFound,
     /// Carries the methods the route does allow, for the `Allow` header.
     MethodNotAllowed(Vec<Method>),
+    /// The request body did not arrive in time (408).
+    RequestTimeout,
     PayloadTooLarge {
         limit: u64,
     },
@@ -137,6 +139,7 @@ impl Kind {
             Kind::NotFound => StatusCode::NOT_FOUND,
             Kind::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Kind::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::Unavailable | Kind::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Kind::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -160,6 +163,7 @@ impl Kind {
             Kind::NotFound => "not_found",
             Kind::MethodNotAllowed(_) => "method_not_allowed",
             Kind::PayloadTooLarge { .. } => "payload_too_large",
+            Kind::RequestTimeout => "request_timeout",
             Kind::UnsupportedMediaType => "unsupported_media_type",
             Kind::Unavailable => "unavailable",
             Kind::OverCapacity => "over_capacity",

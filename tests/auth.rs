@@ -204,7 +204,7 @@ async fn malformed_authorization_headers_get_401_with_a_code() {
     let d = daemon(&db, &[]).await;
     let r = call(&d, "GET", "/v1/account", None, "").await;
     assert_eq!((r.status, code(&r).as_str()), (401, "missing_credentials"));
-    let huge = format!("Bearer gpx_{}", "a".repeat(20_000));
+    let huge = format!("Bearer gpx_{}", "a".repeat(10_000));
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", b"".to_vec()),
         ("scheme only", b"Bearer".to_vec()),
@@ -220,6 +220,10 @@ async fn malformed_authorization_headers_get_401_with_a_code() {
     }
     let r = call(&d, "GET", "/v1/account", Some(b"Bearer not-a-key"), "").await;
     assert_eq!((r.status, code(&r).as_str()), (401, "invalid_credentials"));
+    // a head over server.max_header_bytes (16 KiB) is refused before authentication
+    let over = format!("Bearer gpx_{}", "a".repeat(20_000));
+    let r = call(&d, "GET", "/v1/account", Some(over.as_bytes()), "").await;
+    assert_eq!(r.status, 431);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -324,3 +324,151 @@ async fn stats_stay_off_the_api_and_passthrough_forwards_only_what_it_checked() 
     .await;
     assert_eq!(r.status, 403, "{:?}", r.json());
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Reads what the server sends until it closes (or `wait` passes); returns it.
+async fn read_until_close(s: &mut tokio::net::TcpStream, wait: std::time::Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_heads_get_431_hold_little_memory_and_the_backlog_is_as_configured() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let d = support::daemon::DaemonProc::start(support::daemon::Opts {
+        plain: true,
+        set: vec![
+            "server.body_read_timeout_ms=1000".into(),
+            "log.access_log=false".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let addr = d.http.unwrap();
+
+    // the listen backlog asked for is the configured one
+    let ss = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", d.https.port())])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&ss.stdout).into_owned();
+    let send_q: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(send_q, 4096.min(somaxconn), "{line}");
+
+    // a 400 KB header line: 431, not 200
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let big = format!(
+        "GET /health HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(400_000)
+    );
+    let _ = s.write_all(big.as_bytes()).await;
+    let answer = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{:?}",
+        &answer[..answer.len().min(200)]
+    );
+
+    // 500 connections each holding an unfinished head just under the cap
+    let before = rss_kib(d.pid());
+    let mut held = Vec::new();
+    for i in 0..500 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "GET /health HTTP/1.1\r\nhost: x\r\nx-{i}: {}",
+            "b".repeat(15_000)
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(d.pid());
+    let per = (after.saturating_sub(before)) as f64 / 500.0;
+    eprintln!("500 unfinished 15 KB heads: RSS {before} -> {after} KiB, {per:.1} KiB each");
+    assert!(per < 32.0, "{per} KiB per connection");
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_gets_408_and_its_connection_closes() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_trickle");
+    let token = account(&db, "trickler", 100.0, 5);
+    let mut env = db.env();
+    env.extend(support::sandbox::Sandbox::daemon_env());
+    let d = support::daemon::DaemonProc::start(support::daemon::Opts {
+        plain: true,
+        env,
+        set: vec!["server.body_read_timeout_ms=1000".into()],
+        ..Default::default()
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(d.http.unwrap())
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /v1/ssh-keys HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: Bearer {token}\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let t = Instant::now();
+    // one byte every 100 ms, for up to a minute
+    let trickle = tokio::spawn(async move {
+        for _ in 0..600 {
+            if wr.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut out)).await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&out);
+    eprintln!("trickled body answered and closed after {:?}", t.elapsed());
+    assert!(closed.is_ok(), "the connection was closed: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("server.body_read_timeout_ms"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_headers_only_on_both_protocols() {
+    let d = support::daemon::DaemonProc::start(support::daemon::Opts::default()).await;
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let mut c = support::client::Conn::tls(d.https, &[alpn]).await.unwrap();
+        let get = c.get("/openapi.json").await.unwrap();
+        let head = c
+            .send(support::client::request(
+                "HEAD",
+                "/openapi.json",
+                bytes::Bytes::new(),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty());
+        assert_eq!(
+            head.header("content-length"),
+            Some(get.body.len().to_string().as_str()),
+            "{alpn:?}"
+        );
+    }
+}

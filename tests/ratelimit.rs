@@ -58,7 +58,8 @@ async fn the_1001st_request_in_a_minute_is_limited() {
         "admitted {admitted}, refill {refill}"
     );
     assert_eq!(r.status, 429);
-    let v = r.json();
+    // a HEAD has no body: the JSON error of a GET, limited too
+    let v = c.get("/openapi.json").await.unwrap().json();
     assert_eq!(v["error"]["code"], "rate_limited");
     assert!(
         v["error"]["message"].as_str().unwrap().contains("`ip`"),
@@ -84,7 +85,8 @@ async fn the_1001st_request_in_a_minute_is_limited() {
 
     let page = d.scrape().await;
     assert!(
-        page.contains("gpuproxy_rate_limited_total{tier=\"ip\"} 1"),
+        // the HEAD that met the limit and the GET that read its JSON error
+        page.contains("gpuproxy_rate_limited_total{tier=\"ip\"} 2"),
         "{page}"
     );
 }

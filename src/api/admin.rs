@@ -35,8 +35,8 @@ fn ctx(c: &Call) -> Result<Ctx> {
 /// `POST /v1/admin/accounts`.
 pub async fn create_account(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
-    let limit = c.api.config.server.max_body_bytes;
-    let new: NewAccount = body::json(c.req, limit.get())
+    let limit = &c.api.config.server;
+    let new: NewAccount = body::json(c.req, limit)
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body with at least `name` is required"))?;
     let a = store::create_account(&x.db, &new).await?;
@@ -68,8 +68,8 @@ pub async fn show_account(c: Call) -> Result<Response<Body>> {
 /// on_budget_exhausted?, max_instances?}`.
 pub async fn update_account(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
-    let limit = c.api.config.server.max_body_bytes;
-    let change: AccountChange = body::json(c.req, limit.get()).await?.ok_or_else(|| {
+    let limit = &c.api.config.server;
+    let change: AccountChange = body::json(c.req, limit).await?.ok_or_else(|| {
         Error::bad_request(
             "a JSON body with `daily_budget_usd`, `monthly_budget_usd`, `on_budget_exhausted` or `max_instances` is required",
         )
@@ -108,8 +108,8 @@ pub async fn set_account_status(c: Call, active: bool) -> Result<Response<Body>>
 /// `POST /v1/admin/accounts/{account}/keys`.
 pub async fn create_key(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
-    let limit = c.api.config.server.max_body_bytes;
-    let spec: NewKeySpec = body::json(c.req, limit.get()).await?.unwrap_or_default();
+    let limit = &c.api.config.server;
+    let spec: NewKeySpec = body::json(c.req, limit).await?.unwrap_or_default();
     let (key, token) = store::create_key(&x.db, &AccountRef::parse(&x.param), &spec).await?;
     Ok(respond::json(
         StatusCode::CREATED,
@@ -151,8 +151,8 @@ pub async fn show_key(c: Call) -> Result<Response<Body>> {
 pub async fn update_key(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
     key_id(&x)?;
-    let limit = c.api.config.server.max_body_bytes;
-    let change: KeyChange = body::json(c.req, limit.get()).await?.ok_or_else(|| {
+    let limit = &c.api.config.server;
+    let change: KeyChange = body::json(c.req, limit).await?.ok_or_else(|| {
         Error::bad_request("a JSON body {\"spend_limit_usd\": <USD or null>} is required")
     })?;
     Ok(respond::json(

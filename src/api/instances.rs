@@ -196,7 +196,7 @@ pub async fn create(c: Call) -> Result<Response<Body>> {
     let p = &p;
     let r = rentals(state)?.clone();
     let key = idempotency_key(&req)?;
-    let raw = body::read(req, state.config.server.max_body_bytes.get()).await?;
+    let raw = body::read(req, &state.config.server).await?;
     let b: RentBody =
         body::parse(&raw)?.ok_or_else(|| Error::bad_request("a JSON body is required"))?;
     let who = Renter {
@@ -285,7 +285,7 @@ pub async fn extend(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("instance id")?;
     let account = c.principal()?.account_id();
     let r = rentals(&c.api)?.clone();
-    let limit = c.api.config.server.max_body_bytes.get();
+    let limit = &c.api.config.server;
     let b: ExtendBody = body::json(c.req, limit)
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body {\"hours\": <1 to 8760>} is required"))?;
@@ -313,7 +313,7 @@ pub async fn bid(c: Call) -> Result<Response<Body>> {
         bid_per_hour: f64,
     }
     let r = rentals(state)?.clone();
-    let b: BidBody = body::json(req, state.config.server.max_body_bytes.get())
+    let b: BidBody = body::json(req, &state.config.server)
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body {\"bid_per_hour\": <USD/h>} is required"))?;
     let row = r.set_bid(p.account_id(), id, b.bid_per_hour).await?;

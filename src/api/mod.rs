@@ -122,6 +122,9 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }
+    if method == hyper::Method::HEAD {
+        resp = head_of(resp);
+    }
 
     let status = resp.status();
     let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -139,6 +142,26 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
         );
     }
     resp
+}
+
+/// The answer to a HEAD: the GET's status and headers (with its length), no body. hyper leaves
+/// the body out on HTTP/1 itself, but on HTTP/2 would send it, which clients reject.
+fn head_of(resp: Response<Body>) -> Response<Body> {
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+    let len = resp.body().size_hint().exact();
+    let (mut parts, _) = resp.into_parts();
+    if let Some(n) = len {
+        parts
+            .headers
+            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Response::from_parts(
+        parts,
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
 }
 
 /// Runs the route's handler, authenticating first where the route needs it. Returns the

@@ -119,8 +119,8 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
     let method = req.method().clone();
     let content_type = req.headers().get(CONTENT_TYPE).cloned();
     let accept = req.headers().get(ACCEPT).cloned();
-    let limit = state.config.server.max_body_bytes;
-    let body = super::body::limited(req.into_body(), limit.get()).await?;
+    let limit = &state.config.server;
+    let body = super::body::limited(req.into_body(), limit).await?;
     allowed
         .rule
         .check_body(&body)

@@ -29,11 +29,8 @@ fn db(c: &Call) -> Result<Arc<crate::accounts::Db>> {
 /// `POST /v1/ssh-keys`.
 pub async fn create(c: Call) -> Result<Response<Body>> {
     let (db, account) = (db(&c)?, c.principal()?.account_id());
-    let (max, limit) = (
-        c.api.config.rentals.max_ssh_keys,
-        c.api.config.server.max_body_bytes,
-    );
-    let k: NewKey = body::json(c.req, limit.get())
+    let (max, api) = (c.api.config.rentals.max_ssh_keys, c.api.clone());
+    let k: NewKey = body::json(c.req, &api.config.server)
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body {\"name\", \"public_key\"} is required"))?;
     let key = sshkeys::create(&db, account, max.get(), &k).await?;

@@ -315,6 +315,16 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "must be at least 32 characters (e.g. `openssl rand -hex 32`)",
         ));
     }
+    let sc = &config.server;
+    if !(8192..=1 << 20).contains(&sc.max_header_bytes.get()) {
+        return Err(err(
+            "server.max_header_bytes",
+            "between 8192 and 1048576 (hyper reads at least 8 KiB at once)",
+        ));
+    }
+    if sc.body_read_timeout_ms.ms() == 0 {
+        return Err(err("server.body_read_timeout_ms", "must be greater than 0"));
+    }
     validate_providers(&config.providers, &config.offers)?;
     let rc = &config.rentals;
     for (key, v) in [

@@ -41,6 +41,16 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: Millis,
     /// Largest request body accepted; larger ones get 413 before the body is read.
     pub max_body_bytes: NonZeroU64,
+    /// A request body must have arrived this long after the handler asks for it (a trickled
+    /// body gets 408 and its connection closes).
+    pub body_read_timeout_ms: Millis,
+    /// Largest request head (request line and headers) accepted: HTTP/1 read buffer and HTTP/2
+    /// header list. An API needs a few KiB; a larger head gets 431, and a connection can never
+    /// hold more than this while its head is unfinished. At least 8192.
+    pub max_header_bytes: NonZeroU32,
+    /// The listen backlog asked of the kernel (capped by `net.core.somaxconn`): connections the
+    /// kernel completes while the daemon is busy accepting.
+    pub listen_backlog: NonZeroU32,
     /// HTTP/2 streams one client connection may have open at once.
     pub h2_max_concurrent_streams: NonZeroU32,
     /// Serves `GET /debug/sleep?ms=N` (a request that takes N ms, at most 60 s) for drain and
@@ -62,6 +72,9 @@ impl Default for ServerConfig {
             drain_delay_ms: Millis(0),
             shutdown_grace_ms: Millis(30_000),
             max_body_bytes: nz64(1 << 20),
+            body_read_timeout_ms: Millis(30_000),
+            max_header_bytes: nz32(16_384),
+            listen_backlog: nz32(4096),
             h2_max_concurrent_streams: nz32(256),
             debug_routes: false,
         }

@@ -99,7 +99,7 @@ pub async fn attach_pending(
                 }
                 let give_up = running == Some(true) && failures_running + 1 >= MAX_ATTEMPTS_RUNNING;
                 let why = e.to_string();
-                ledger::key_attempt(db, instance_id, &k.fingerprint, Some(&why), give_up).await?;
+                // the event before the key's state: whoever sees `failed` sees why
                 if give_up {
                     tracing::warn!(instance = instance_id, fingerprint = %k.fingerprint, error = %why, "SSH key could not be attached; giving up");
                     ledger::note(
@@ -112,6 +112,7 @@ pub async fn attach_pending(
                 } else {
                     left = true;
                 }
+                ledger::key_attempt(db, instance_id, &k.fingerprint, Some(&why), give_up).await?;
             }
         }
     }

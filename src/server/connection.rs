@@ -336,6 +336,8 @@ async fn serve_h1_active(
     let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.server.header_read_timeout())
+        // an unfinished head holds at most this much (hyper's default is about 400 KiB)
+        .max_buf_size(cfg.server.max_header_bytes.get() as usize)
         .keep_alive(true)
         .serve_connection(tracked, svc);
     let mut parking = false;
@@ -411,6 +413,7 @@ async fn serve_h2(env: Arc<ConnEnv>, io: Prefixed<ClientIo>, ctx: ConnCtx, handl
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(cfg.server.h2_max_concurrent_streams.get())
+        .max_header_list_size(cfg.server.max_header_bytes.get())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .serve_connection(tracked, svc);
     let mut conn = std::pin::pin!(conn);

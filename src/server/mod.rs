@@ -55,18 +55,28 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the addresses the configuration names.
     pub async fn bind(cfg: &ServerConfig) -> io::Result<Listeners> {
-        async fn one(addr: Option<SocketAddr>, what: &str) -> io::Result<Option<TcpListener>> {
-            match addr {
-                None => Ok(None),
-                Some(a) => TcpListener::bind(a).await.map(Some).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot bind {what} listener {a}: {e}"))
-                }),
-            }
-        }
+        // the configured backlog (tokio's bind asks for 1024 whatever the host allows)
+        let backlog = cfg.listen_backlog.get();
+        let one = |addr: Option<SocketAddr>, what: &str| -> io::Result<Option<TcpListener>> {
+            let Some(a) = addr else { return Ok(None) };
+            let bind = || -> io::Result<TcpListener> {
+                let socket = if a.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(a)?;
+                socket.listen(backlog)
+            };
+            bind().map(Some).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot bind {what} listener {a}: {e}"))
+            })
+        };
         Ok(Listeners {
-            https: one(cfg.https_listen.0, "https").await?,
-            http: one(cfg.http_listen.0, "http").await?,
-            metrics: one(cfg.metrics_listen.0, "metrics").await?,
+            https: one(cfg.https_listen.0, "https")?,
+            http: one(cfg.http_listen.0, "http")?,
+            metrics: one(cfg.metrics_listen.0, "metrics")?,
         })
     }
 }
