@@ -49,6 +49,8 @@ pub enum Kind {
     /// Credentials could not be checked because the database is unreachable and they are not
     /// cached: 503, never 401, so a client does not throw away a good key.
     AuthUnavailable,
+    /// Too many lookups the key cache cannot answer right now (503 with `Retry-After`).
+    AuthBusy,
     /// No provider could answer (and nothing cached was young enough to stand in).
     ProvidersUnavailable,
     /// A business rule said no; the error's `details` carry the figures. Domain layers name the
@@ -146,7 +148,9 @@ impl Kind {
             Kind::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Kind::Forbidden(_) => StatusCode::FORBIDDEN,
             Kind::Conflict => StatusCode::CONFLICT,
-            Kind::DatabaseUnavailable | Kind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::DatabaseUnavailable | Kind::AuthUnavailable | Kind::AuthBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Kind::ProvidersUnavailable => StatusCode::BAD_GATEWAY,
             Kind::Refused(r) => r.status(),
             Kind::Upstream(UpstreamFault::Timeout) => StatusCode::GATEWAY_TIMEOUT,
@@ -172,6 +176,7 @@ impl Kind {
             Kind::Conflict => "conflict",
             Kind::DatabaseUnavailable => "database_unavailable",
             Kind::AuthUnavailable => "auth_unavailable",
+            Kind::AuthBusy => "auth_busy",
             Kind::ProvidersUnavailable => "providers_unavailable",
             Kind::Refused(r) => r.code(),
             Kind::Upstream(_) => "provider_error",
@@ -202,6 +207,7 @@ impl Error {
             Kind::Unavailable
                 | Kind::DatabaseUnavailable
                 | Kind::AuthUnavailable
+                | Kind::AuthBusy
                 | Kind::ProvidersUnavailable
         );
         Error {

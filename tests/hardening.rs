@@ -472,3 +472,95 @@ async fn head_answers_headers_only_on_both_protocols() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_key_ids_cost_at_most_the_capped_lookups() {
+    use std::time::Instant;
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_random_keys");
+    let token = account(&db, "real", 100.0, 5);
+    let mut env = db.env();
+    env.extend(support::sandbox::Sandbox::daemon_env());
+    let d = support::daemon::DaemonProc::start(support::daemon::Opts {
+        env,
+        set: vec![
+            "auth.max_uncached_lookups_per_second=50".into(),
+            // the lookups, not the rate limits, are under test
+            "ratelimit.enabled=false".into(),
+            "log.access_log=false".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // a real key, cached before the flood
+    assert_eq!(
+        call(&d, &token, "GET", "/v1/account", "", None)
+            .await
+            .status,
+        200
+    );
+    let page = metrics_page(&d).await;
+    let lookups = |p: &str| {
+        support::metrics::value(p, "gpuproxy_auth_lookups_total{source=\"database\"}")
+            + support::metrics::value(p, "gpuproxy_auth_lookups_total{source=\"redis\"}")
+    };
+    let before = lookups(&page);
+    let t0 = Instant::now();
+    // 10,000 random key ids from 50 addresses
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let (addr, token) = (d.https, token.clone());
+            tokio::spawn(async move {
+                let tcp = support::client::connect_from(&format!("127.0.5.{}", i + 1), addr)
+                    .await
+                    .unwrap();
+                let mut c =
+                    support::client::Conn::tls_over(tcp, &[b"h2"], rustls::DEFAULT_VERSIONS)
+                        .await
+                        .unwrap();
+                let (mut unknown, mut busy) = (0u32, 0u32);
+                for n in 0..200u32 {
+                    let id = format!("{:0>12}", format!("r{i}x{n}"));
+                    let fake = format!("gpx_{id}{}", &token[16..]);
+                    let mut req =
+                        support::client::request("GET", "/v1/account", bytes::Bytes::new());
+                    req.headers_mut()
+                        .insert("authorization", format!("Bearer {fake}").parse().unwrap());
+                    let r = c.send(req).await.unwrap();
+                    match (r.status, r.json()["error"]["code"].as_str()) {
+                        (401, Some("invalid_credentials")) => unknown += 1,
+                        (503, Some("auth_busy")) => {
+                            assert!(r.header("retry-after").is_some());
+                            busy += 1
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+                (unknown, busy)
+            })
+        })
+        .collect();
+    let (mut unknown, mut busy) = (0, 0);
+    for t in tasks {
+        let (u, b) = t.await.unwrap();
+        unknown += u;
+        busy += b;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let made = lookups(&metrics_page(&d).await) - before;
+    eprintln!(
+        "10,000 random ids in {elapsed:.1} s: {made} lookups past the cache (cap 50/s), {unknown} answered 401, {busy} 503 auth_busy"
+    );
+    assert!(
+        made <= 50.0 * elapsed + 50.0 + 1.0,
+        "{made} lookups in {elapsed} s"
+    );
+    assert_eq!(unknown + busy, 10_000);
+    // the real key kept working throughout
+    assert_eq!(
+        call(&d, &token, "GET", "/v1/account", "", None)
+            .await
+            .status,
+        200
+    );
+}

@@ -75,7 +75,7 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
     }
     if matches!(
         err.kind,
-        Kind::Refused(crate::error::Refusal::IdempotencyInProgress)
+        Kind::Refused(crate::error::Refusal::IdempotencyInProgress) | Kind::AuthBusy
     ) {
         resp.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(2u32));

@@ -1,9 +1,11 @@
 //! The in-process layer of the key cache: public id → key record (or "no such key"), with the
-//! time it was fetched. Readers take no lock (papaya). Bounded: at `auth.cache_max_entries` an
-//! insert first drops expired entries and, if the table is still full, is skipped (that lookup
-//! simply goes to Redis/PostgreSQL next time), so memory never grows past the bound.
+//! time it was fetched and last used. Readers take no lock (papaya). Bounded at
+//! `auth.cache_max_entries`: a full table drops its expired entries (at most once a second, not
+//! on every insert), then evicts the least recently used of a few sampled entries (approximate
+//! LRU, as Redis does), so keys in use stay while a flood of unknown ids churns.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::accounts::store::KeyRecord;
 
@@ -12,7 +14,12 @@ struct Entry {
     /// `None`: no key has this id (a negative entry).
     record: Option<Arc<KeyRecord>>,
     fetched_ms: u64,
+    /// Last read (ms since the cache's epoch), for eviction.
+    used_ms: Arc<AtomicU64>,
 }
+
+/// Entries compared to pick one to evict.
+const EVICTION_SAMPLE: usize = 8;
 
 /// What the cache knows about an id.
 pub enum Cached {
@@ -31,6 +38,8 @@ pub struct KeyCache {
     max: usize,
     clock: quanta::Clock,
     epoch: u64,
+    /// When the last sweep of expired entries ran (ms since `epoch`).
+    swept_ms: AtomicU64,
 }
 
 impl KeyCache {
@@ -47,6 +56,7 @@ impl KeyCache {
             max,
             epoch: clock.raw(),
             clock,
+            swept_ms: AtomicU64::new(0),
         }
     }
 
@@ -61,6 +71,7 @@ impl KeyCache {
             return Cached::Miss;
         };
         let age = now.saturating_sub(e.fetched_ms);
+        e.used_ms.store(now, Ordering::Relaxed);
         match &e.record {
             Some(r) if age < self.ttl_ms => Cached::Fresh(Some(r.clone())),
             None if age < self.negative_ttl_ms => Cached::Fresh(None),
@@ -71,17 +82,42 @@ impl KeyCache {
 
     pub fn put(&self, id: &str, record: Option<Arc<KeyRecord>>) {
         let map = self.map.pin();
+        let now = self.now_ms();
         if map.len() >= self.max && !map.contains_key(id) {
-            self.sweep();
-            if map.len() >= self.max {
-                return;
+            let last = self.swept_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= 1_000
+                && self
+                    .swept_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.sweep();
+            }
+            while map.len() >= self.max {
+                // the least recently used of a few entries, from a varying place in the table
+                let room = map.len().saturating_sub(EVICTION_SAMPLE).clamp(1, 256);
+                let skip = (self.clock.raw() as usize) % room;
+                // on a tie, an unknown id goes before a key
+                let victim = map
+                    .iter()
+                    .skip(skip)
+                    .take(EVICTION_SAMPLE)
+                    .min_by_key(|(_, e)| (e.used_ms.load(Ordering::Relaxed), e.record.is_some()))
+                    .map(|(k, _)| k.clone());
+                match victim {
+                    Some(k) => {
+                        map.remove(&k);
+                    }
+                    None => break,
+                }
             }
         }
         map.insert(
             id.into(),
             Entry {
                 record,
-                fetched_ms: self.now_ms(),
+                fetched_ms: now,
+                used_ms: Arc::new(AtomicU64::new(now)),
             },
         );
     }
@@ -145,10 +181,17 @@ mod tests {
     }
 
     #[test]
-    fn size_is_bounded() {
+    fn size_is_bounded_and_keys_in_use_stay() {
         let c = KeyCache::new(60_000, 60_000, 60_000, 100);
-        for i in 0..1000 {
+        c.put("hot", Some(rec("hot")));
+        for i in 0..300 {
             c.put(&format!("k{i}"), Some(rec("x")));
+            // a key in use is read all the time
+            std::thread::sleep(std::time::Duration::from_micros(1_100));
+            assert!(
+                matches!(c.get("hot"), Cached::Fresh(Some(_))),
+                "evicted at {i}"
+            );
         }
         assert_eq!(c.len(), 100);
         // entries that expire make room again

@@ -75,11 +75,59 @@ pub struct Auth {
     negative_ttl: Duration,
     /// Lookups being fetched now, by public id (see `lookup`).
     inflight: std::sync::Mutex<HashMap<Box<str>, Arc<tokio::sync::OnceCell<Fetched>>>>,
+    /// Lookups past the in-process cache allowed per second (`auth.max_uncached_lookups_per_second`).
+    misses: MissBudget,
     /// Registered once: looking a labelled counter up per request cost more than the cache hit.
     hits_memory: metrics::Counter,
     hits_redis: metrics::Counter,
     hits_database: metrics::Counter,
     hits_stale: metrics::Counter,
+}
+
+/// Removes a public id from the single-flight map when dropped.
+struct Forget<'a>(
+    &'a std::sync::Mutex<HashMap<Box<str>, Arc<tokio::sync::OnceCell<Fetched>>>>,
+    &'a str,
+);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(self.1);
+    }
+}
+
+/// A token bucket for the lookups the in-process cache cannot answer: `per_second` a second,
+/// as many at once. One lock, taken on misses only.
+struct MissBudget {
+    per_second: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl MissBudget {
+    fn new(per_second: u32) -> MissBudget {
+        let per_second = f64::from(per_second);
+        MissBudget {
+            per_second,
+            state: std::sync::Mutex::new((per_second, std::time::Instant::now())),
+        }
+    }
+
+    fn take(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * self.per_second;
+        s.0 = (s.0 + refill).min(self.per_second);
+        s.1 = now;
+        if s.0 >= 1.0 {
+            s.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Auth {
@@ -104,6 +152,7 @@ impl Auth {
                 .get()
                 .max(std::time::Duration::from_millis(1)),
             inflight: Default::default(),
+            misses: MissBudget::new(a.max_uncached_lookups_per_second.get()),
             hits_memory: counter!(AUTH_LOOKUPS_TOTAL, "source" => "memory"),
             hits_redis: counter!(AUTH_LOOKUPS_TOTAL, "source" => "redis"),
             hits_database: counter!(AUTH_LOOKUPS_TOTAL, "source" => "database"),
@@ -194,12 +243,26 @@ impl Auth {
         };
         let result = cell
             .get_or_init(|| async {
+                // the entry goes when this fetch ends, also when its request is dropped
+                // mid-fetch (it stayed forever otherwise: one per random id)
+                let _forget = Forget(&self.inflight, id);
+                if !self.misses.take() {
+                    // over budget: a key that was cached keeps working from its stale entry
+                    return match stale {
+                        Some(r) => {
+                            self.hits_stale.increment(1);
+                            Ok(Some(r))
+                        }
+                        None => Err(Arc::new(Error::new(
+                            Kind::AuthBusy,
+                            Side::Internal,
+                            "too many keys to look up right now (auth.max_uncached_lookups_per_second); retry in a second",
+                        ))),
+                    };
+                }
                 // boxed: this miss path (Redis, PostgreSQL) would otherwise make every
                 // authenticated request's future several KB, copied on each request
-                let r = Box::pin(self.fetch(id, stale)).await.map_err(Arc::new);
-                let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-                inflight.remove(id);
-                r
+                Box::pin(self.fetch(id, stale)).await.map_err(Arc::new)
             })
             .await;
         match result {

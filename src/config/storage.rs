@@ -82,6 +82,10 @@ pub struct AuthConfig {
     pub cache_max_entries: NonZeroUsize,
     /// An unknown key id is remembered as unknown this long, in process and in Redis.
     pub negative_ttl_ms: Millis,
+    /// Lookups the in-process cache cannot answer (Redis, then PostgreSQL) this daemon makes per
+    /// second at most, bursts included; beyond, 503 `auth_busy` with `Retry-After` (a flood of
+    /// random key ids never becomes a database storm). Cached keys are not affected.
+    pub max_uncached_lookups_per_second: NonZeroU32,
     /// Life of a key record in Redis.
     pub redis_ttl_ms: Millis,
     /// While PostgreSQL is unreachable, an in-process entry fetched at most this long ago is
@@ -105,6 +109,7 @@ impl Default for AuthConfig {
             cache_ttl_ms: Millis(5_000),
             cache_max_entries: nzsize(100_000),
             negative_ttl_ms: Millis(5_000),
+            max_uncached_lookups_per_second: crate::config::nz32(500),
             redis_ttl_ms: Millis(60_000),
             stale_if_error_ms: Millis(300_000),
             jwt_ttl_ms: Millis(900_000),
