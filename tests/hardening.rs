@@ -564,3 +564,95 @@ async fn random_key_ids_cost_at_most_the_capped_lookups() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_disk_sizes_make_a_bounded_number_of_upstream_searches() {
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_disk_sizes");
+    let token = account(&db, "sizer", 100.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = sb
+        .daemon(&db, &["ratelimit.enabled=false", "log.access_log=false"])
+        .await;
+    let before = sb.calls("vastai", "search").await;
+    let sizes: Vec<u32> = (0..60).map(|i| 1 + i * 1_693).collect();
+    let mut price_of = std::collections::BTreeMap::new();
+    for gb in &sizes {
+        let r = call(
+            &d,
+            &token,
+            "GET",
+            &format!("/v1/offers?providers=vastai&disk_gb={gb}&sort=price&limit=200"),
+            "",
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{gb}: {:?}", r.json());
+        for o in r.json()["offers"].as_array().unwrap() {
+            price_of.insert(
+                (o["id"].as_str().unwrap().to_owned(), *gb),
+                o["price_per_hour"].as_f64().unwrap(),
+            );
+        }
+    }
+    let searches = sb.calls("vastai", "search").await - before;
+    let buckets: std::collections::BTreeSet<u32> = sizes
+        .iter()
+        .map(|g| gpuproxyd::providers::model::disk_bucket(*g))
+        .collect();
+    eprintln!(
+        "60 disk sizes: {searches} upstream searches ({} size steps)",
+        buckets.len()
+    );
+    assert!(searches <= buckets.len() as u64, "{searches} searches");
+    // prices still follow the size asked: more disk never costs less
+    let one = price_of.keys().next().unwrap().0.clone();
+    let mut last = 0.0;
+    for gb in &sizes {
+        if let Some(p) = price_of.get(&(one.clone(), *gb)) {
+            assert!(*p >= last, "{one} at {gb} GB: {p} < {last}");
+            last = *p;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_account_costs_no_provider_calls() {
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_spent");
+    let token = account(&db, "spent", 0.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = sb.daemon(&db, &["ratelimit.enabled=false"]).await;
+    let offers = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/offers?providers=vastai&limit=20",
+        "",
+        None,
+    )
+    .await
+    .json()["offers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let before = sb.calls("vastai", "search").await;
+    for (i, o) in offers.iter().enumerate() {
+        let body = support::rentals::rent_body(o["id"].as_str().unwrap());
+        let r = call(
+            &d,
+            &token,
+            "POST",
+            "/v1/instances",
+            &body,
+            Some(&format!("spent-{i}")),
+        )
+        .await;
+        assert_eq!(r.status, 402, "{:?}", r.json());
+    }
+    assert_eq!(
+        sb.calls("vastai", "search").await,
+        before,
+        "refused before the quote: no upstream search"
+    );
+}

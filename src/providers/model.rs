@@ -115,6 +115,68 @@ impl Charge {
     }
 }
 
+/// Disk sizes (GB) offer searches are made for: a query's `disk_gb` is rounded up to one of
+/// these (the usual sizes are steps themselves), so one tenant trying every size from 1 to
+/// 100,000 makes 13 upstream searches, not 100,000 (each also a cache entry); prices are then
+/// scaled to the size asked ([`Offer::at_disk`]).
+pub const DISK_STEPS: [u32; 13] = [
+    10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+];
+
+/// The disk size a search for `gb` is made for.
+pub fn disk_bucket(gb: u32) -> u32 {
+    DISK_STEPS
+        .into_iter()
+        .find(|s| *s >= gb)
+        .unwrap_or(DISK_STEPS[DISK_STEPS.len() - 1])
+}
+
+impl Offer {
+    /// An available on-demand RTX 4090 offer in the US, for unit tests.
+    #[cfg(test)]
+    pub fn sample(id: &str, price: f64, gpus: u32, rel: Option<f64>) -> Offer {
+        Offer {
+            id: id.into(),
+            provider: ProviderId::register("vastai").unwrap(),
+            gpu_model: "RTX 4090".into(),
+            provider_gpu_name: "RTX 4090".into(),
+            gpu_count: gpus,
+            gpu_memory_gb: 24.0,
+            price_per_hour: price,
+            price_per_gpu_hour: price / f64::from(gpus),
+            cpu_cores: None,
+            ram_gb: None,
+            disk_gb: None,
+            country: Some("US".into()),
+            region: None,
+            reliability: rel,
+            interruptible: false,
+            min_bid_per_hour: None,
+            storage_per_hour: 0.0,
+            available: true,
+        }
+    }
+
+    /// This offer, priced for `priced_gb` of disk, as it costs with `asked_gb`: the storage part
+    /// (Vast bills it per GB) scales, the rest does not.
+    pub fn at_disk(&self, asked_gb: u32, priced_gb: u32) -> Offer {
+        if asked_gb == priced_gb || priced_gb == 0 || self.storage_per_hour == 0.0 {
+            return self.clone();
+        }
+        let storage = self.storage_per_hour * f64::from(asked_gb) / f64::from(priced_gb);
+        let delta = storage - self.storage_per_hour;
+        // the precision the normalizers give prices
+        let price = round_to(self.price_per_hour + delta, 4);
+        Offer {
+            price_per_hour: price,
+            price_per_gpu_hour: round_to(price / f64::from(self.gpu_count.max(1)), 4),
+            min_bid_per_hour: self.min_bid_per_hour.map(|b| round_to(b + delta, 4)),
+            storage_per_hour: round_to(storage, 6),
+            ..self.clone()
+        }
+    }
+}
+
 /// Instance status, mapped from both providers into one set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -352,6 +414,30 @@ fn country_code(name: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn disk_sizes_share_a_few_searches_and_prices_scale_back() {
+        assert_eq!(disk_bucket(1), 10);
+        assert_eq!(disk_bucket(20), 20);
+        assert_eq!(disk_bucket(21), 50);
+        assert_eq!(disk_bucket(99_999), 100_000);
+        let all: std::collections::BTreeSet<u32> = (1..=100_000).map(disk_bucket).collect();
+        assert_eq!(all.len(), DISK_STEPS.len());
+        let o = Offer {
+            price_per_hour: 1.05,
+            price_per_gpu_hour: 0.525,
+            gpu_count: 2,
+            storage_per_hour: 0.05,
+            min_bid_per_hour: Some(0.55),
+            ..Offer::sample("vastai:1", 1.0, 2, None)
+        };
+        let a = o.at_disk(20, 50);
+        assert_eq!(a.storage_per_hour, 0.02);
+        assert_eq!(a.price_per_hour, 1.02);
+        assert_eq!(a.price_per_gpu_hour, 0.51);
+        assert_eq!(a.min_bid_per_hour, Some(0.52));
+        assert_eq!(o.at_disk(50, 50), o);
+    }
 
     #[test]
     fn lenient_readers() {

@@ -302,10 +302,12 @@ impl Rentals {
         providers: &[ProviderId],
         disk_gb: u32,
     ) -> Result<Vec<Offer>> {
+        // the sizes GET /v1/offers searches for (shares its cache), priced back to `disk_gb`
+        let priced = crate::providers::model::disk_bucket(disk_gb);
         let q = SearchQuery {
             gpu: filter.gpu.clone(),
             interruptible: filter.interruptible,
-            disk_gb,
+            disk_gb: priced,
         };
         let asks = self
             .providers
@@ -327,7 +329,13 @@ impl Rentals {
         let mut all = Vec::new();
         for (name, out) in futures_util::future::join_all(asks).await {
             match out {
-                Ok(l) => all.extend(l.entry.value.iter().filter(|o| filter.matches(o)).cloned()),
+                Ok(l) => all.extend(
+                    l.entry
+                        .value
+                        .iter()
+                        .map(|o| o.at_disk(disk_gb, priced))
+                        .filter(|o| filter.matches(o)),
+                ),
                 Err(e) => {
                     tracing::warn!(provider = name.as_str(), error = %e, "rental by spec: provider not searched")
                 }

@@ -359,6 +359,20 @@ impl Rentals {
             body.ssh_public_key.as_deref(),
         )
         .await?;
+        // the budget and the instance limit before any provider call (the quote is upstream
+        // work: a spent account or one at its limit costs none), at the price it was shown;
+        // `reserve` checks again, atomically, at the quoted price
+        let spend = ledger::Spend {
+            account_id,
+            key_id: who.key_id,
+            window_hours: self.config.rentals.budget_window_hours.get(),
+            extra_per_hour: self.shown_price(&body.offer_id).unwrap_or(0.0),
+            new_instance: true,
+            replacing: None,
+        };
+        self.db
+            .transaction(async |tx| ledger::budget_check(tx, &spend).await)
+            .await?;
         // one rental of an exclusive offer at a time, whichever daemon takes it
         let claim = provider.exclusive_offers().then(|| {
             local

@@ -251,7 +251,8 @@ impl Filters {
         SearchQuery {
             gpu: self.offer.gpu.clone(),
             interruptible: self.offer.interruptible,
-            disk_gb: self.disk_gb,
+            // a few sizes upstream (prices are scaled back to `disk_gb` when rendered)
+            disk_gb: crate::providers::model::disk_bucket(self.disk_gb),
         }
     }
 

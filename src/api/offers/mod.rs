@@ -187,32 +187,13 @@ mod testing {
     use super::Filters;
     use crate::config::OffersConfig;
     use crate::error::Result;
-    use crate::providers::{Offer, ProviderId};
+    use crate::providers::Offer;
 
     pub fn parse(q: &str) -> Result<Filters> {
         Filters::parse(Some(q), &OffersConfig::default())
     }
 
     pub fn offer(id: &str, price: f64, gpus: u32, rel: Option<f64>) -> Offer {
-        Offer {
-            id: id.into(),
-            provider: ProviderId::register("vastai").unwrap(),
-            gpu_model: "RTX 4090".into(),
-            provider_gpu_name: "RTX 4090".into(),
-            gpu_count: gpus,
-            gpu_memory_gb: 24.0,
-            price_per_hour: price,
-            price_per_gpu_hour: price / f64::from(gpus),
-            cpu_cores: None,
-            ram_gb: None,
-            disk_gb: None,
-            country: Some("US".into()),
-            region: None,
-            reliability: rel,
-            interruptible: false,
-            min_bid_per_hour: None,
-            storage_per_hour: 0.0,
-            available: true,
-        }
+        Offer::sample(id, price, gpus, rel)
     }
 }

@@ -67,12 +67,21 @@ struct PageFragment<'a> {
 /// Filters, sorts and pages the providers' answers (in `entries` order) and renders the result.
 pub(super) fn render(f: &Filters, entries: &[Arc<Entry<Vec<Offer>>>]) -> RenderedPage {
     let mut matching_per: Vec<usize> = Vec::with_capacity(entries.len());
-    let mut matching: Vec<&Offer> = Vec::new();
+    // the answers are priced for the disk size the search was made for; the client asked for
+    // `disk_gb`, so filters and prices see the offers at that size
+    let priced = crate::providers::model::disk_bucket(f.disk_gb);
+    let mut owned: Vec<Offer> = Vec::new();
     for e in entries {
-        let before = matching.len();
-        matching.extend(e.value.iter().filter(|o| f.matches(o)));
-        matching_per.push(matching.len() - before);
+        let before = owned.len();
+        owned.extend(
+            e.value
+                .iter()
+                .map(|o| o.at_disk(f.disk_gb, priced))
+                .filter(|o| f.matches(o)),
+        );
+        matching_per.push(owned.len() - before);
     }
+    let mut matching: Vec<&Offer> = owned.iter().collect();
     sort(&mut matching, f.sort);
     let total = matching.len();
     let end = f.offset.saturating_add(f.limit as usize).min(total);
