@@ -51,6 +51,9 @@ pub enum Kind {
     AuthUnavailable,
     /// Too many lookups the key cache cannot answer right now (503 with `Retry-After`).
     AuthBusy,
+    /// A rental whose outcome is not known (the provider's answer or our record of it was lost):
+    /// `details.instance_id` names it; the reconciler settles it (502).
+    OutcomeUnknown,
     /// No provider could answer (and nothing cached was young enough to stand in).
     ProvidersUnavailable,
     /// A business rule said no; the error's `details` carry the figures. Domain layers name the
@@ -155,7 +158,7 @@ impl Kind {
             Kind::Refused(r) => r.status(),
             Kind::Upstream(UpstreamFault::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             Kind::Upstream(UpstreamFault::NotAsked) => StatusCode::SERVICE_UNAVAILABLE,
-            Kind::Upstream(UpstreamFault::Failed) => StatusCode::BAD_GATEWAY,
+            Kind::Upstream(UpstreamFault::Failed) | Kind::OutcomeUnknown => StatusCode::BAD_GATEWAY,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -177,6 +180,7 @@ impl Kind {
             Kind::DatabaseUnavailable => "database_unavailable",
             Kind::AuthUnavailable => "auth_unavailable",
             Kind::AuthBusy => "auth_busy",
+            Kind::OutcomeUnknown => "outcome_unknown",
             Kind::ProvidersUnavailable => "providers_unavailable",
             Kind::Refused(r) => r.code(),
             Kind::Upstream(_) => "provider_error",

@@ -656,3 +656,77 @@ async fn a_spent_account_costs_no_provider_calls() {
         "refused before the quote: no upstream search"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rental_the_ledger_could_not_record_says_its_outcome_is_unknown() {
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_unknown");
+    let token = account(&db, "unlucky", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "rentals.intent_timeout_ms=500",
+            ],
+        )
+        .await;
+    let offer = support::rentals::cheapest(&d, &token, "vastai", "").await;
+    let body = support::rentals::rent_body(offer["id"].as_str().unwrap());
+    // the ledger fails right when it would record what the provider created
+    let url = s.postgres_url(&db.name);
+    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    pg.batch_execute(
+        "CREATE FUNCTION gpx_test_boom() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'the ledger is down (test)'; END $$; \
+         CREATE TRIGGER boom BEFORE UPDATE ON instances FOR EACH ROW \
+           WHEN (NEW.status = 'provisioning') EXECUTE FUNCTION gpx_test_boom();",
+    )
+    .await
+    .unwrap();
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &body,
+        Some("unknown-1"),
+    )
+    .await;
+    assert_eq!(r.status, 502, "{:?}", r.json());
+    let e = r.json()["error"].clone();
+    assert_eq!(e["code"], "outcome_unknown", "{e}");
+    assert_eq!(e["details"]["outcome"], "unknown");
+    assert_eq!(e["details"]["reason"], "ledger_unavailable");
+    let id = e["details"]["instance_id"].as_str().unwrap().to_owned();
+    assert_eq!(sb.calls("vastai", "create").await, 1);
+    // a retry under the key is told the same, and rents nothing
+    let again = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/instances",
+        &body,
+        Some("unknown-1"),
+    )
+    .await;
+    assert_eq!(again.status, 502);
+    assert_eq!(again.json()["error"]["details"]["instance_id"], id.as_str());
+    assert_eq!(sb.calls("vastai", "create").await, 1);
+    // the ledger is back: the reconciler adopts what the provider created
+    pg.batch_execute("DROP TRIGGER boom ON instances")
+        .await
+        .unwrap();
+    let v = support::rentals::until(&d, &token, &id, "adopted", |v| {
+        v["provider_instance_id"].is_string()
+    })
+    .await;
+    assert!(
+        support::rentals::kinds(&v).contains(&"adopted".to_owned()),
+        "{v}"
+    );
+}

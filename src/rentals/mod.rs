@@ -240,6 +240,23 @@ pub struct Rentals {
     idempotency: Arc<idempotency::Local>,
 }
 
+/// A rental whose outcome is not known (the provider's answer, or our record of it, was lost),
+/// whatever layer failed: 502 `outcome_unknown` naming the instance, which the reconciler
+/// settles. Kept under an `Idempotency-Key`, so a retry never rents twice.
+fn outcome_unknown(id: &str, reason: &str, what: &str) -> Error {
+    let mut e = Error::new(
+        Kind::OutcomeUnknown,
+        Side::Upstream,
+        format!(
+            "{what}; whether instance {id} was created is not known yet: the reconciler will settle it (GET /v1/instances/{id})"
+        ),
+    );
+    e.details = Some(Box::new(
+        json!({"instance_id": id, "outcome": "unknown", "reason": reason}),
+    ));
+    e
+}
+
 /// The intent a rental writes: our id, the try it is of a rental by spec, when it expires.
 struct Intent<'a> {
     who: Renter,
@@ -517,7 +534,13 @@ impl Rentals {
         match provider.create(&req).await {
             Ok(provider_id) => {
                 count("created");
-                self.commit(&row, &provider_id, "committed").await
+                // the provider has it: a failure to record that must not read as "nothing rented"
+                self.commit(&row, &provider_id, "committed")
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(instance = %id, provider_id, error = %e, "rented, but the ledger could not record it; the reconciler adopts it");
+                        outcome_unknown(id, "ledger_unavailable", &format!("the provider created instance {provider_id} but the ledger could not record it ({})", e.message))
+                    })
             }
             // nothing was created: the provider refused, or the call never left
             Err(
@@ -550,7 +573,9 @@ impl Rentals {
                 match reconcile::find_ours(provider.as_ref(), id).await {
                     Ok(Some(remote)) => {
                         count("created");
-                        self.commit(&row, &remote.provider_id, "adopted").await
+                        self.commit(&row, &remote.provider_id, "adopted")
+                            .await
+                            .map_err(|e| outcome_unknown(id, "ledger_unavailable", &e.message))
                     }
                     Ok(None) => {
                         count("failed");
@@ -559,15 +584,11 @@ impl Rentals {
                     }
                     Err(_) => {
                         count("unknown");
-                        let mut err = upstream_error(pid, &e);
-                        err.message = format!(
-                            "{}; whether instance {id} was created is not known yet: the reconciler will settle it (GET /v1/instances/{id})",
-                            err.message
-                        )
-                        .into();
-                        err.details =
-                            Some(Box::new(json!({"instance_id": id, "reason": e.code()})));
-                        Err(err)
+                        Err(outcome_unknown(
+                            id,
+                            e.code(),
+                            &upstream_error(pid, &e).message,
+                        ))
                     }
                 }
             }
