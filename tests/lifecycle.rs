@@ -185,3 +185,67 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     assert_eq!(c.get("/health").await.unwrap().status, 200);
     assert_eq!(open.get("/health").await.unwrap().status, 200);
 }
+
+/// Keeps requesting on one connection until the server says it closes (`Connection: close`, or
+/// the connection will not take another request); returns (answered, failed).
+async fn keep_requesting(mut c: Conn) -> (u64, u64, String) {
+    use support::client::Unsent;
+    let mut ok = 0;
+    loop {
+        match c
+            .try_send(support::client::request(
+                "GET",
+                "/health",
+                bytes::Bytes::new(),
+            ))
+            .await
+        {
+            Ok(r) => {
+                ok += 1;
+                if r.header("connection") == Some("close") {
+                    return (ok, 0, String::new());
+                }
+            }
+            Err(Unsent::NotSent(_)) => return (ok, 0, String::new()),
+            Err(Unsent::Failed(e)) => return (ok, 1, e.to_string()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_fails_no_request_on_keep_alive_connections() {
+    let mut d = DaemonProc::start(Opts {
+        set: vec!["log.access_log=false".into()],
+        ..Opts::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let alpn: &[&[u8]] = if i % 5 == 0 { &[b"h2"] } else { &[b"http/1.1"] };
+        let c = Conn::tls(d.https, alpn).await.unwrap();
+        if alpn[0] == b"h2" {
+            // a few streams at once on each HTTP/2 connection
+            for _ in 0..4 {
+                let c2 = Conn::tls(d.https, alpn).await.unwrap();
+                tasks.push(tokio::spawn(keep_requesting(c2)));
+            }
+        }
+        tasks.push(tokio::spawn(keep_requesting(c)));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    d.signal(libc::SIGTERM);
+    let (mut ok, mut failed, mut errors) = (0, 0, Vec::new());
+    for t in tasks {
+        let (o, f, e) = t.await.unwrap();
+        ok += o;
+        failed += f;
+        if f > 0 {
+            errors.push(e);
+        }
+    }
+    eprintln!("through SIGTERM: {ok} answered, {failed} failed {errors:?}");
+    assert!(ok > 100, "the load ran: {ok}");
+    assert_eq!(failed, 0, "{errors:?}");
+    let status = d.wait_exit(std::time::Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+}

@@ -39,6 +39,10 @@ pub struct ServerConfig {
     /// How long in-flight requests may run after the listeners close before the process exits
     /// anyway.
     pub shutdown_grace_ms: Millis,
+    /// When the listeners close, an idle HTTP/1 keep-alive connection stays open this long for a
+    /// request the client may already have sent (closing it at once loses that request); one that
+    /// arrives is answered with `Connection: close`.
+    pub drain_linger_ms: Millis,
     /// Largest request body accepted; larger ones get 413 before the body is read.
     pub max_body_bytes: NonZeroU64,
     /// A request body must have arrived this long after the handler asks for it (a trickled
@@ -71,6 +75,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: Millis(10_000),
             drain_delay_ms: Millis(0),
             shutdown_grace_ms: Millis(30_000),
+            drain_linger_ms: Millis(1_000),
             max_body_bytes: nz64(1 << 20),
             body_read_timeout_ms: Millis(30_000),
             max_header_bytes: nz32(16_384),

@@ -213,7 +213,18 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
         Box::pin(async move {
             shared.request_started();
             let _done = InFlight(&shared);
-            Ok(api::handle(state, ctx, req).await)
+            let mut resp = api::handle(state.clone(), ctx, req).await;
+            // draining: an HTTP/1 client learns it must not send on this connection again (hyper
+            // closes it after this answer); HTTP/2 gets GOAWAY instead
+            if ctx.proto == crate::conn::Protocol::Http1
+                && state.phase() == crate::state::Phase::Draining
+            {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp)
         })
     }
 }
@@ -273,14 +284,23 @@ async fn wait_readable(env: &ConnEnv, io: &Prefixed<ClientIo>, shared: &ConnShar
         return Wake::Readable;
     }
     shared.set_phase(Phase::Waiting);
-    tokio::select! {
-        biased;
-        _ = env.cancel.cancelled() => Wake::Close(CloseReason::Drain),
-        _ = shared.close.notified() => Wake::Close(shared.close_reason().unwrap_or(CloseReason::Drain)),
-        r = poll_fn(|cx| io.inner.poll_read_ready(cx)) => match r {
+    let readable = || async {
+        match poll_fn(|cx| io.inner.poll_read_ready(cx)).await {
             Ok(()) => Wake::Readable,
             Err(_) => Wake::Gone,
-        },
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = env.cancel.cancelled() => {
+            // a request may be on the wire already: serve what comes within the linger
+            let linger = env.state.config.server.drain_linger_ms.get();
+            tokio::time::timeout(linger, readable())
+                .await
+                .unwrap_or(Wake::Close(CloseReason::Drain))
+        }
+        _ = shared.close.notified() => Wake::Close(shared.close_reason().unwrap_or(CloseReason::Drain)),
+        w = readable() => w,
     }
 }
 
@@ -342,7 +362,15 @@ async fn serve_h1_active(
         .serve_connection(tracked, svc);
     let mut parking = false;
     let mut closing: Option<CloseReason> = None;
+    // draining: when an idle connection is closed (see `server.drain_linger_ms`)
+    let mut linger: Option<tokio::time::Instant> = None;
     let result = loop {
+        let linger_timer = async {
+            match linger {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
         let park_timer = async {
             if park_after.ms() == 0 || parking || closing.is_some() {
                 std::future::pending::<()>().await
@@ -369,7 +397,13 @@ async fn serve_h1_active(
                 }
             }
             _ = env.cancel.cancelled(), if closing.is_none() => {
+                // not at once: a request may be on the wire; what arrives is answered with
+                // `Connection: close`, and an idle connection closes after the linger
                 closing = Some(CloseReason::Drain);
+                linger = Some(tokio::time::Instant::now() + cfg.server.drain_linger_ms.get());
+            }
+            _ = linger_timer => {
+                linger = None;
                 Pin::new(&mut conn).graceful_shutdown();
             }
             _ = shared.close.notified(), if closing.is_none() => {

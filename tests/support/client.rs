@@ -26,6 +26,15 @@ pub struct Conn {
     pub closed: tokio::task::JoinHandle<()>,
 }
 
+/// Why [`Conn::try_send`] got no answer.
+#[derive(Debug)]
+pub enum Unsent {
+    /// The connection would not take it: nothing reached the server.
+    NotSent(hyper::Error),
+    /// Sent, and lost.
+    Failed(hyper::Error),
+}
+
 pub struct Resp {
     pub status: u16,
     pub version: Version,
@@ -153,6 +162,26 @@ impl Conn {
             version: parts.version,
             headers: parts.headers,
             body,
+        })
+    }
+
+    /// Like [`Conn::send`], telling a request the connection refused before sending it (closed,
+    /// or the server said GOAWAY: a client would open a new connection) from one that failed
+    /// after it was sent.
+    pub async fn try_send(&mut self, req: Request<Full<Bytes>>) -> Result<Resp, Unsent> {
+        let ready = match &mut self.sender {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        };
+        if let Err(e) = ready {
+            return Err(Unsent::NotSent(e));
+        }
+        self.send(req).await.map_err(|e| {
+            if e.is_canceled() {
+                Unsent::NotSent(e)
+            } else {
+                Unsent::Failed(e)
+            }
         })
     }
 
