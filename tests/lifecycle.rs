@@ -224,7 +224,7 @@ async fn sigterm_under_load_fails_no_request_on_keep_alive_connections() {
         let alpn: &[&[u8]] = if i % 5 == 0 { &[b"h2"] } else { &[b"http/1.1"] };
         let c = Conn::tls(d.https, alpn).await.unwrap();
         if alpn[0] == b"h2" {
-            // a few streams at once on each HTTP/2 connection
+            // more HTTP/2 connections: 32 HTTP/1.1 and 40 HTTP/2 in all
             for _ in 0..4 {
                 let c2 = Conn::tls(d.https, alpn).await.unwrap();
                 tasks.push(tokio::spawn(keep_requesting(c2)));
