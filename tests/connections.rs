@@ -537,3 +537,27 @@ async fn out_of_file_descriptors_backs_off_and_keeps_serving() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn silent_untrusted_peers_on_a_proxy_listener_count_against_their_own_cap() {
+    let d = DaemonProc::start(proxy_opts()).await;
+    let addr = d.http.unwrap();
+    // 127.0.0.9 is not trusted: it is its own client, capped at 1 from accept on
+    let _silent = connect_from("127.0.0.9", addr).await.unwrap();
+    // (let the daemon accept and count the first)
+    eventually("the first silent connection counted", || async {
+        (stats(&d).await["connections"]["open"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    let mut second = connect_from("127.0.0.9", addr).await.unwrap();
+    let reply = String::from_utf8_lossy(&read_to_close(&mut second).await).into_owned();
+    assert!(
+        reply.starts_with("HTTP/1.1 503"),
+        "refused at once: {reply}"
+    );
+    let v = stats(&d).await;
+    assert!(
+        v["connections"]["rejected"]["per_ip_cap"].as_u64().unwrap() >= 1,
+        "{v}"
+    );
+}

@@ -61,9 +61,28 @@ pub async fn serve(
     let state = &env.state;
     let cfg = &state.config;
 
+    let tls = env.tls.clone().filter(|_| listener == ListenerKind::Https);
+    // A peer outside `trusted_cidrs` is its own client (it may not send a PROXY header): it is
+    // counted against its address's cap at once, not only after the header wait, so silent
+    // untrusted peers cannot hold global slots past their per-IP cap.
+    let proxied = cfg.proxy_protocol.enabled_for(listener);
+    let trusted = proxied && env.trusted.iter().any(|c| c.contains(peer.ip()));
+    let mut reservation = Some(reservation);
+    let mut early = None;
+    if proxied && !trusted {
+        match admit(reservation.take(), peer, listener, tls.is_some()) {
+            Ok(h) => early = Some(h),
+            Err(reason) => {
+                if tls.is_none() {
+                    refuse_plain(stream, reason).await;
+                }
+                return;
+            }
+        }
+    }
+
     // 1. PROXY protocol
-    let (client, prefix) = if cfg.proxy_protocol.enabled_for(listener) {
-        let trusted = env.trusted.iter().any(|c| c.contains(peer.ip()));
+    let (client, prefix) = if proxied {
         let timeout = cfg.proxy_protocol.header_timeout_ms.get();
         let read = Box::pin(tokio::time::timeout(
             timeout,
@@ -100,9 +119,11 @@ pub async fn serve(
         (peer, bytes::Bytes::new())
     };
 
-    // 2. per-IP admission under the real client address
-    let tls = env.tls.clone().filter(|_| listener == ListenerKind::Https);
-    let handle = match reservation.register(client, listener, tls.is_some()) {
+    // 2. per-IP admission under the real client address (done already for untrusted peers)
+    let handle = match early.map_or_else(
+        || admit(reservation.take(), client, listener, tls.is_some()),
+        Ok,
+    ) {
         Ok(h) => h,
         Err(reason) => {
             if tls.is_none() {
@@ -226,6 +247,20 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             }
             Ok(resp)
         })
+    }
+}
+
+/// Registers the connection under `client` (its per-IP cap), from its global reservation.
+fn admit(
+    reservation: Option<Reservation>,
+    client: SocketAddr,
+    listener: ListenerKind,
+    tls: bool,
+) -> Result<ConnHandle, RejectReason> {
+    match reservation {
+        Some(r) => r.register(client, listener, tls),
+        // (each path takes the reservation once)
+        None => Err(RejectReason::ProxyInvalid),
     }
 }
 
