@@ -66,6 +66,10 @@ struct Args {
     /// Fraction of the held connections used in each periodic round.
     #[arg(long, default_value_t = 0.01)]
     poke_fraction: f64,
+    /// Slowloris instead of idle keep-alive: each connection sends an unfinished request head
+    /// and one more header line a second, reconnecting whenever the server cuts it.
+    #[arg(long)]
+    slowloris: bool,
     /// (internal) index of this child; children number their sources apart.
     #[arg(long, hide = true)]
     child_index: Option<usize>,
@@ -146,7 +150,8 @@ async fn request(conn: &mut Conn, path: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-async fn open_one(args: &Args, child: usize, i: usize) -> Result<Conn, &'static str> {
+/// Connects (PROXY header and TLS as asked) from this connection's source address.
+async fn connect_one(args: &Args, child: usize, i: usize) -> Result<Box<dyn Stream>, &'static str> {
     let src = source_ip(child, i, args.sources);
     let sock = TcpSocket::new_v4().map_err(|_| "socket")?;
     sock.bind(SocketAddr::new(src, 0)).map_err(|_| "bind")?;
@@ -163,7 +168,7 @@ async fn open_one(args: &Args, child: usize, i: usize) -> Result<Conn, &'static 
         let hdr = gpuproxyd::server::proxy::encode_v2(claimed, args.target);
         tcp.write_all(&hdr).await.map_err(|_| "write")?;
     }
-    let stream: Box<dyn Stream> = if args.tls {
+    Ok(if args.tls {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         Box::new(
             tokio::time::timeout(Duration::from_secs(10), tls_connector().connect(name, tcp))
@@ -173,7 +178,11 @@ async fn open_one(args: &Args, child: usize, i: usize) -> Result<Conn, &'static 
         )
     } else {
         Box::new(tcp)
-    };
+    })
+}
+
+async fn open_one(args: &Args, child: usize, i: usize) -> Result<Conn, &'static str> {
+    let stream = connect_one(args, child, i).await?;
     let mut conn = BufReader::with_capacity(1024, stream);
     tokio::time::timeout(Duration::from_secs(10), request(&mut conn, &args.path))
         .await
@@ -197,9 +206,50 @@ fn emit(r: &Report) {
     println!("{}", serde_json::to_string(r).unwrap());
 }
 
+/// One slowloris connection slot until `deadline`: an unfinished head, a header line a second,
+/// a new connection whenever the server cuts it. Returns how many times it was cut.
+async fn slowloris(args: Arc<Args>, child: usize, i: usize, deadline: Instant) -> usize {
+    let mut cut = 0;
+    while Instant::now() < deadline {
+        let Ok(mut s) = connect_one(&args, child, i).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let head = format!("GET {} HTTP/1.1\r\nhost: localhost\r\n", args.path);
+        if s.write_all(head.as_bytes()).await.is_ok() {
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if s.write_all(b"x-slow: 1\r\n").await.is_err() {
+                    break;
+                }
+            }
+        }
+        cut += 1;
+    }
+    cut
+}
+
 /// Holds this process's share of connections.
 async fn run_worker(args: Args, child: usize) {
     let start = Instant::now();
+    if args.slowloris {
+        let deadline = Instant::now() + Duration::from_secs(args.hold_secs);
+        let args = Arc::new(args);
+        let tasks: Vec<_> = (0..args.connections)
+            .map(|i| tokio::spawn(slowloris(args.clone(), child, i, deadline)))
+            .collect();
+        let mut report = Report {
+            event: "slowloris".into(),
+            held: args.connections,
+            ..Default::default()
+        };
+        for t in tasks {
+            *report.errors.entry("cut_by_server".into()).or_default() += t.await.unwrap_or(0);
+        }
+        report.open_secs = start.elapsed().as_secs_f64();
+        emit(&report);
+        return;
+    }
     let sem = Arc::new(Semaphore::new(args.concurrency));
     let mut tasks = Vec::with_capacity(args.connections);
     let args = Arc::new(args);
@@ -288,6 +338,9 @@ fn child_args(a: &Args, n: usize, c: usize) -> Vec<String> {
     }
     if a.proxy_v2 {
         v.push("--proxy-v2".into());
+    }
+    if a.slowloris {
+        v.push("--slowloris".into());
     }
     v
 }
