@@ -730,3 +730,71 @@ async fn a_rental_the_ledger_could_not_record_says_its_outcome_is_unknown() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_dropped_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let d = support::daemon::DaemonProc::start(support::daemon::Opts {
+        plain: true,
+        set: vec![
+            "connections.write_timeout_ms=1000".into(),
+            "connections.reap_interval_ms=200".into(),
+            "ratelimit.enabled=false".into(),
+            "log.access_log=false".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(d.http.unwrap()).await.unwrap();
+    // 300 pipelined requests for a 100 KB document, and never a byte read
+    let one = "GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n".repeat(300);
+    s.write_all(one.as_bytes()).await.unwrap();
+    let metrics = d.metrics;
+    let closed = support::eventually("the stalled connection dropped", || async {
+        let mut m = support::client::Conn::plain(metrics, false).await.ok()?;
+        let v = m.get("/stats").await.ok()?.json();
+        let n = v["connections"]["closed"]["write_timeout"].as_u64()?;
+        (n >= 1).then_some(v)
+    })
+    .await;
+    assert_eq!(closed["connections"]["open"], 0, "{closed}");
+    // the daemon still serves
+    let mut m2 = support::client::Conn::plain(d.http.unwrap(), false)
+        .await
+        .unwrap();
+    assert_eq!(m2.get("/health").await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_does_not_go_when_asked_is_forced_closed() {
+    let d = support::daemon::DaemonProc::start(support::daemon::Opts {
+        plain: true,
+        set: vec![
+            "server.debug_routes=true".into(),
+            "connections.max_age_ms=300".into(),
+            "connections.force_close_after_ms=1000".into(),
+            "connections.reap_interval_ms=200".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let mut c = support::client::Conn::plain(d.http.unwrap(), false)
+        .await
+        .unwrap();
+    // asked to close at 300 ms (max age), gracefully: it waits for the request, which runs 30 s
+    let t = std::time::Instant::now();
+    let r = c.get("/debug/sleep?ms=30000").await;
+    assert!(
+        r.is_err(),
+        "dropped before the answer: {:?}",
+        r.map(|r| r.status)
+    );
+    eprintln!("forced close after {:?}", t.elapsed());
+    let mut m = support::client::Conn::plain(d.metrics, false)
+        .await
+        .unwrap();
+    let v = m.get("/stats").await.unwrap().json();
+    assert_eq!(v["connections"]["closed"]["forced"], 1, "{v}");
+}

@@ -258,6 +258,11 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     let c = &config.connections;
     for (key, v) in [
         ("connections.idle_timeout_ms", c.idle_timeout_ms.ms()),
+        ("connections.write_timeout_ms", c.write_timeout_ms.ms()),
+        (
+            "connections.force_close_after_ms",
+            c.force_close_after_ms.ms(),
+        ),
         ("connections.reap_interval_ms", c.reap_interval_ms.ms()),
     ] {
         if v == 0 {

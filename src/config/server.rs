@@ -120,6 +120,12 @@ pub struct ConnectionsConfig {
     pub idle_timeout_ms: Millis,
     /// Connections older than this are closed gracefully (spreads load after a deploy); 0 = never.
     pub max_age_ms: Millis,
+    /// A connection whose client has read nothing of an answer for this long is dropped (a
+    /// client that never reads holds its buffers and task otherwise).
+    pub write_timeout_ms: Millis,
+    /// A connection asked to close (idle, too old, draining) and still open this long after is
+    /// dropped (its client neither finished nor read what was in flight).
+    pub force_close_after_ms: Millis,
     /// An HTTP/1 connection idle this long gives its HTTP buffers back and waits for its next
     /// request holding only the socket; 0 keeps hyper's buffers for the connection's life.
     pub park_after_ms: Millis,
@@ -139,6 +145,8 @@ impl Default for ConnectionsConfig {
             clamp_to_fd_limit: false,
             idle_timeout_ms: Millis(60_000),
             max_age_ms: Millis(0),
+            write_timeout_ms: Millis(30_000),
+            force_close_after_ms: Millis(30_000),
             park_after_ms: Millis(1_000),
             reap_interval_ms: Millis(1_000),
             shards: 0,

@@ -1,7 +1,9 @@
 //! The reaper: one task that walks the shards every `connections.reap_interval_ms` and asks
 //! connections to close when they have been idle too long, never sent a complete first request
 //! in time, or reached their maximum age. Connections with a request in flight are never touched
-//! for idleness. It also refreshes the connection gauges.
+//! for idleness. It drops at once a connection whose client has not read an answer for
+//! `connections.write_timeout_ms`, and one still open `connections.force_close_after_ms` after
+//! it was asked to close. It also refreshes the connection gauges.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,10 @@ pub struct ReapPolicy {
     pub first_request_timeout_ms: u64,
     /// Connections older than this are closed gracefully; 0 = no limit.
     pub max_age_ms: u64,
+    /// A connection whose answer the client has not read for this long is dropped at once.
+    pub write_timeout_ms: u64,
+    /// A connection asked to close and still open this long after is dropped at once.
+    pub force_close_after_ms: u64,
 }
 
 /// One pass over the table; returns how many connections were asked to close.
@@ -26,6 +32,19 @@ pub fn reap_once(table: &ConnTable, policy: &ReapPolicy) -> usize {
     let now = table.now_ms();
     let mut asked = 0;
     table.for_each(|c| {
+        // hard closes first: a client that does not read, or one that did not go when asked
+        if c.write_stalled_ms() > policy.write_timeout_ms {
+            c.kill(CloseReason::WriteTimeout);
+            asked += 1;
+            return;
+        }
+        if c.close_asked_for_ms()
+            .is_some_and(|t| t > policy.force_close_after_ms)
+        {
+            c.kill(CloseReason::Forced);
+            asked += 1;
+            return;
+        }
         let reason =
             if policy.max_age_ms > 0 && now.saturating_sub(c.accepted_ms) > policy.max_age_ms {
                 Some(CloseReason::MaxAge)

@@ -65,15 +65,21 @@ pub enum CloseReason {
     HandshakeTimeout = 3,
     MaxAge = 4,
     Drain = 5,
+    /// The client read nothing of an answer for `connections.write_timeout_ms` (closed hard).
+    WriteTimeout = 6,
+    /// Asked to close, still open `connections.force_close_after_ms` later (closed hard).
+    Forced = 7,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 5] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::IdleTimeout,
         CloseReason::HeaderTimeout,
         CloseReason::HandshakeTimeout,
         CloseReason::MaxAge,
         CloseReason::Drain,
+        CloseReason::WriteTimeout,
+        CloseReason::Forced,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -82,6 +88,8 @@ impl CloseReason {
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::MaxAge => "max_age",
             CloseReason::Drain => "drain",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::Forced => "forced",
         }
     }
     fn from_u8(v: u8) -> Option<CloseReason> {
@@ -117,7 +125,7 @@ pub struct ConnTable {
     open: AtomicU64,
     total: AtomicU64,
     rejected: [AtomicU64; 4],
-    closed: [AtomicU64; 5],
+    closed: [AtomicU64; CloseReason::ALL.len()],
     requests_by_proto: [AtomicU64; 2],
     accept_errors: AtomicU64,
     epoch: Instant,
@@ -154,8 +162,15 @@ pub struct ConnShared {
     /// 0 = unknown yet, 1 = h1, 2 = h2.
     proto: AtomicU8,
     close_reason: AtomicU8,
+    /// When `close_reason` was set (ms), for the forced close of one that does not go.
+    close_asked_ms: AtomicU64,
+    /// Since when a write has been waiting for the client to read (ms + 1; 0 = not waiting).
+    write_blocked_ms: AtomicU64,
     /// Signalled by the reaper (with `close_reason` set first).
     pub close: Notify,
+    /// Signalled by the reaper to drop the connection at once (no graceful end: the client does
+    /// not read, or did not go when asked).
+    pub kill: Notify,
     epoch: Instant,
 }
 
@@ -232,9 +247,43 @@ impl ConnShared {
             .compare_exchange(0, reason as u8, Relaxed, Relaxed)
             .is_ok();
         if set {
+            self.close_asked_ms.store(self.now_ms(), Relaxed);
             self.close.notify_one();
         }
         set
+    }
+    /// How long ago the connection was asked to close, if it was.
+    pub fn close_asked_for_ms(&self) -> Option<u64> {
+        self.close_reason().map(|_| {
+            self.now_ms()
+                .saturating_sub(self.close_asked_ms.load(Relaxed))
+        })
+    }
+    /// A write could not proceed (the client's receive window is full).
+    pub fn write_blocked(&self) {
+        let _ = self
+            .write_blocked_ms
+            .compare_exchange(0, self.now_ms() + 1, Relaxed, Relaxed);
+    }
+    /// A write went through.
+    pub fn write_progressed(&self) {
+        if self.write_blocked_ms.load(Relaxed) != 0 {
+            self.write_blocked_ms.store(0, Relaxed);
+        }
+    }
+    /// How long a write has been waiting for the client to read (0 when none is).
+    pub fn write_stalled_ms(&self) -> u64 {
+        match self.write_blocked_ms.load(Relaxed) {
+            0 => 0,
+            t => self.now_ms().saturating_sub(t - 1),
+        }
+    }
+    /// Drops the connection at once; `reason` replaces any earlier one (what closed it).
+    pub fn kill(&self, reason: CloseReason) {
+        if !self.request_close(reason) {
+            self.close_reason.store(reason as u8, Relaxed);
+        }
+        self.kill.notify_one();
     }
     pub fn close_reason(&self) -> Option<CloseReason> {
         CloseReason::from_u8(self.close_reason.load(Relaxed))
@@ -495,7 +544,10 @@ impl Reservation {
                 }),
                 proto: AtomicU8::new(0),
                 close_reason: AtomicU8::new(0),
+                close_asked_ms: AtomicU64::new(0),
+                write_blocked_ms: AtomicU64::new(0),
                 close: Notify::new(),
+                kill: Notify::new(),
                 epoch: table.epoch,
             });
             let slot = shard.conns.insert(shared.clone());

@@ -441,6 +441,11 @@ async fn serve_h1_active(
                 linger = None;
                 Pin::new(&mut conn).graceful_shutdown();
             }
+            _ = shared.kill.notified() => {
+                // dropped with hyper's state: the socket closes now, whatever it was writing
+                state.conns.count_close(shared.close_reason().unwrap_or(CloseReason::Forced));
+                return None;
+            }
             _ = shared.close.notified(), if closing.is_none() => {
                 closing = Some(shared.close_reason().unwrap_or(CloseReason::Drain));
                 Pin::new(&mut conn).graceful_shutdown();
@@ -494,8 +499,12 @@ async fn serve_h2(env: Arc<ConnEnv>, io: Prefixed<ClientIo>, ctx: ConnCtx, handl
         }
         _ = shared.close.notified() => {
             conn.as_mut().graceful_shutdown();
-            (conn.await, Some(shared.close_reason().unwrap_or(CloseReason::Drain)))
+            tokio::select! {
+                r = conn.as_mut() => (r, Some(shared.close_reason().unwrap_or(CloseReason::Drain))),
+                _ = shared.kill.notified() => (Ok(()), shared.close_reason()),
+            }
         }
+        _ = shared.kill.notified() => (Ok(()), shared.close_reason()),
     };
     if let Some(r) = reason {
         state.conns.count_close(r);

@@ -206,6 +206,8 @@ impl Daemon {
                 idle_timeout_ms: cfg.connections.idle_timeout_ms.ms(),
                 first_request_timeout_ms: cfg.server.header_read_timeout_ms.ms(),
                 max_age_ms: cfg.connections.max_age_ms.ms(),
+                write_timeout_ms: cfg.connections.write_timeout_ms.ms(),
+                force_close_after_ms: cfg.connections.force_close_after_ms.ms(),
             },
             cfg.connections.reap_interval_ms.get(),
         ));
