@@ -82,6 +82,8 @@ pub enum Refusal {
     SshKeyExists,
     SshKeyLimit,
     NotStoppable,
+    /// The account's provider calls this minute are spent (429, `Retry-After`).
+    UpstreamBudget,
 }
 
 impl Refusal {
@@ -102,12 +104,14 @@ impl Refusal {
             Refusal::SshKeyExists => "ssh_key_exists",
             Refusal::SshKeyLimit => "ssh_key_limit",
             Refusal::NotStoppable => "not_stoppable",
+            Refusal::UpstreamBudget => "upstream_budget_exceeded",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
             Refusal::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
+            Refusal::UpstreamBudget => StatusCode::TOO_MANY_REQUESTS,
             Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::PassthroughForbidden => StatusCode::FORBIDDEN,
             Refusal::ProviderDisabled => StatusCode::BAD_REQUEST,

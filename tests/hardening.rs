@@ -798,3 +798,43 @@ async fn a_connection_that_does_not_go_when_asked_is_forced_closed() {
     let v = m.get("/stats").await.unwrap().json();
     assert_eq!(v["connections"]["closed"]["forced"], 1, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_cannot_spend_the_shared_provider_calls() {
+    let s = services::shared();
+    let db = TestDb::new(s, "hard_upstream_budget");
+    let token = account(&db, "greedy", 10_000.0, 5);
+    let other = account(&db, "polite", 10_000.0, 5);
+    let sb = Sandbox::start(&[]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                // 8 a minute, bursts of 2
+                "rentals.account_upstream_calls_per_minute=8",
+                "ratelimit.enabled=false",
+            ],
+        )
+        .await;
+    let before = sb.calls("vastai", "search").await;
+    let gone = support::rentals::rent_body("vastai:999999999");
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = call(&d, &token, "POST", "/v1/instances", &gone, None).await;
+        if r.status == 429 {
+            assert_eq!(r.json()["error"]["code"], "upstream_budget_exceeded");
+            assert!(r.header("retry-after").is_some());
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses[..2], [409, 409], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| *s == 429), "{statuses:?}");
+    assert_eq!(
+        sb.calls("vastai", "search").await - before,
+        2,
+        "quotes only within the budget"
+    );
+    // another account is not affected
+    let r = call(&d, &other, "POST", "/v1/instances", &gone, None).await;
+    assert_eq!(r.status, 409, "{:?}", r.json());
+}

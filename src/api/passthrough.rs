@@ -88,6 +88,10 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
             ));
         }
     }
+    // one provider call on the account's budget (the provider key is shared by all accounts)
+    if let Some(r) = &state.rentals {
+        r.upstream_call(p.account_id())?;
+    }
     let provider = state
         .providers
         .get(pid)

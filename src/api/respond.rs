@@ -80,6 +80,13 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
         resp.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(2u32));
     }
+    if let (Kind::Refused(crate::error::Refusal::UpstreamBudget), Some(d)) =
+        (&err.kind, &err.details)
+    {
+        let secs = d["retry_after_s"].as_u64().unwrap_or(1);
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
     if let Kind::Unauthorized(code) = &err.kind {
         let v = format!(
             "Bearer realm=\"gpuproxyd\", error=\"invalid_token\", error_description=\"{code}\""

@@ -58,6 +58,11 @@ pub struct RentalsConfig {
     /// The drift (sum over instances of |billed − ledger|, USD, per provider) that alerts
     /// (`gpuproxy_billing_drift_alert_usd`).
     pub billing_drift_alert_usd: f64,
+    /// Provider calls an account's requests may cause per minute (rental quotes, each try of a
+    /// rental by spec, passthrough calls), bursts of a quarter of it; beyond, 429
+    /// `upstream_budget_exceeded` with `Retry-After`. One tenant cannot spend the shared
+    /// provider key's rate limits for all.
+    pub account_upstream_calls_per_minute: NonZeroU32,
     /// A rental by `spec` tries at most this many matching offers, cheapest first.
     pub max_offers_tried: NonZeroU32,
     /// A rental by `spec` waits this long for each try to be `running` (a try the provider
@@ -86,6 +91,7 @@ impl Default for RentalsConfig {
             budget_warn_ratio: 0.8,
             billing_reconcile_interval_ms: Millis(86_400_000),
             billing_drift_alert_usd: 5.0,
+            account_upstream_calls_per_minute: nz32(120),
             max_offers_tried: nz32(5),
             failover_wait_ms: Millis(90_000),
         }

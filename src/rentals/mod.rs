@@ -238,6 +238,8 @@ pub struct Rentals {
     offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
     /// Who waits on which `Idempotency-Key` in this daemon.
     idempotency: Arc<idempotency::Local>,
+    /// Provider calls per account (`rentals.account_upstream_calls_per_minute`).
+    upstream_calls: crate::ratelimit::keyed::KeyedLimiter<i64>,
 }
 
 /// A rental whose outcome is not known (the provider's answer, or our record of it, was lost),
@@ -288,6 +290,12 @@ impl Rentals {
             }
         }
         let ttl = config.rentals.status_cache_ms.get();
+        let calls = u64::from(config.rentals.account_upstream_calls_per_minute.get());
+        let upstream_calls = crate::ratelimit::keyed::KeyedLimiter::new(
+            crate::ratelimit::Quota::per_minute(calls, (calls / 4).max(1)),
+            100_000,
+            4_096,
+        );
         Arc::new(Rentals {
             status: SwrCache::new(
                 "instance-status",
@@ -304,11 +312,29 @@ impl Rentals {
             config,
             offers,
             idempotency: Arc::default(),
+            upstream_calls,
         })
     }
 
     pub fn db(&self) -> &Arc<Db> {
         &self.db
+    }
+
+    /// Takes one provider call from the account's budget, or refuses (429 with when to retry).
+    pub fn upstream_call(&self, account_id: i64) -> Result<()> {
+        match self.upstream_calls.check(&account_id) {
+            crate::ratelimit::Decision::Limited { retry_after } => {
+                let secs = crate::ratelimit::ceil_secs(retry_after);
+                Err(Error::refused(
+                    Refusal::UpstreamBudget,
+                    format!(
+                        "this account's provider calls are spent for now (rentals.account_upstream_calls_per_minute); retry in {secs} s"
+                    ),
+                    Some(json!({"retry_after_s": secs})),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn idempotency(&self) -> &Arc<idempotency::Local> {
@@ -478,6 +504,7 @@ impl Rentals {
         let count = |result: &'static str| {
             counter!(RENTALS_TOTAL, "provider" => pid.as_str(), "result" => result).increment(1);
         };
+        self.upstream_call(who.account_id)?;
         let quote = provider
             .quote(local, body.disk_gb)
             .await

@@ -239,6 +239,7 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
             }
         }
     }
+    r.upstream_calls.sweep();
     match super::idempotency::sweep(&db).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(deleted = n, "expired Idempotency-Key records swept"),
