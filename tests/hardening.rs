@@ -79,14 +79,6 @@ async fn nul_bytes_and_huge_cursors_are_client_errors_naming_the_parameter() {
     assert!(message(&r).contains("gpu"), "{}", message(&r));
 }
 
-async fn metrics_page(d: &support::daemon::DaemonProc) -> String {
-    let mut c = support::client::Conn::plain(d.metrics, false)
-        .await
-        .unwrap();
-    let r = c.get("/metrics").await.unwrap();
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_idempotency_key_neither_floods_the_database_nor_sticks() {
     use std::time::{Duration, Instant};
@@ -116,7 +108,7 @@ async fn an_abandoned_idempotency_key_neither_floods_the_database_nor_sticks() {
     first.abort();
     let _ = first.await;
 
-    let before = support::metrics::sum(&metrics_page(&d).await, "gpuproxy_db_queries_total");
+    let before = support::metrics::sum(&d.scrape().await, "gpuproxy_db_queries_total");
     let t0 = Instant::now();
     let waiters: Vec<_> = (0..200)
         .map(|_| {
@@ -148,7 +140,7 @@ async fn an_abandoned_idempotency_key_neither_floods_the_database_nor_sticks() {
         }
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let after = support::metrics::sum(&metrics_page(&d).await, "gpuproxy_db_queries_total");
+    let after = support::metrics::sum(&d.scrape().await, "gpuproxy_db_queries_total");
     let per_second = (after - before) / elapsed;
     eprintln!(
         "200 waiters: {} statements in {elapsed:.1} s = {per_second:.0}/s; {} answered the rental, {busy} told to retry",
@@ -200,11 +192,7 @@ async fn refusals_are_not_stored_under_their_idempotency_keys() {
         .await;
         assert_eq!(r.status, 402, "{:?}", r.json());
     }
-    let url = s.postgres_url(&db.name);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = db.client().await;
     let n: i64 = client
         .query_one("SELECT count(*) FROM idempotency_keys", &[])
         .await
@@ -499,7 +487,7 @@ async fn random_key_ids_cost_at_most_the_capped_lookups() {
             .status,
         200
     );
-    let page = metrics_page(&d).await;
+    let page = d.scrape().await;
     let lookups = |p: &str| {
         support::metrics::value(p, "gpuproxy_auth_lookups_total{source=\"database\"}")
             + support::metrics::value(p, "gpuproxy_auth_lookups_total{source=\"redis\"}")
@@ -547,7 +535,7 @@ async fn random_key_ids_cost_at_most_the_capped_lookups() {
         busy += b;
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let made = lookups(&metrics_page(&d).await) - before;
+    let made = lookups(&d.scrape().await) - before;
     eprintln!(
         "10,000 random ids in {elapsed:.1} s: {made} lookups past the cache (cap 50/s), {unknown} answered 401, {busy} 503 auth_busy"
     );
@@ -675,11 +663,7 @@ async fn a_rental_the_ledger_could_not_record_says_its_outcome_is_unknown() {
     let offer = support::rentals::cheapest(&d, &token, "vastai", "").await;
     let body = support::rentals::rent_body(offer["id"].as_str().unwrap());
     // the ledger fails right when it would record what the provider created
-    let url = s.postgres_url(&db.name);
-    let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let pg = db.client().await;
     pg.batch_execute(
         "CREATE FUNCTION gpx_test_boom() RETURNS trigger LANGUAGE plpgsql AS \
            $$ BEGIN RAISE EXCEPTION 'the ledger is down (test)'; END $$; \

@@ -512,27 +512,6 @@ async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
     assert!(message(&r).contains("`offer_id`"));
 }
 
-/// Spent by the account over the last 24 h, from the ledger (the query the budget uses).
-async fn spent(s: &services::Services, db: &TestDb<'_>, account: &str) -> f64 {
-    let (client, conn) = tokio_postgres::connect(&s.postgres_url(&db.name), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let id: i64 = client
-        .query_one("SELECT id FROM accounts WHERE name = $1", &[&account])
-        .await
-        .unwrap()
-        .get(0);
-    client
-        .query_one(
-            gpuproxyd::rentals::ledger::SPENT,
-            &[&id, &None::<i64>, &24i32],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_and_stuck_instances_are_destroyed_and_stop_billing() {
     let s = services::shared();
@@ -613,9 +592,9 @@ async fn dead_and_stuck_instances_are_destroyed_and_stop_billing() {
         );
     }
     // nothing open: spend stands still
-    let before = spent(s, &db, "unlucky").await;
+    let before = support::rentals::spent(&db, "unlucky").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(spent(s, &db, "unlucky").await, before);
+    assert_eq!(support::rentals::spent(&db, "unlucky").await, before);
     assert!(before > 0.0, "the time they were up was billed");
 }
 

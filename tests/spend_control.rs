@@ -300,12 +300,7 @@ async fn bad_spec_input_names_the_field_and_changes_nothing() {
 
 /// Rows of a query against the test database (the ledger's own tables).
 async fn sql(db: &TestDb<'_>, query: &str) -> Vec<tokio_postgres::Row> {
-    let url = services::shared().postgres_url(&db.name);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client.query(query, &[]).await.unwrap()
+    db.client().await.query(query, &[]).await.unwrap()
 }
 
 /// `(budget, kind, instance)` of an account's budget events, in order.
@@ -321,28 +316,6 @@ async fn budget_events(db: &TestDb<'_>, account: &str) -> Vec<(String, String, O
     .iter()
     .map(|r| (r.get(0), r.get(1), r.get(2)))
     .collect()
-}
-
-/// What an account has spent over the last 24 h, from the ledger.
-async fn spent(db: &TestDb<'_>, account: &str) -> f64 {
-    let url = services::shared().postgres_url(&db.name);
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let id: i64 = client
-        .query_one("SELECT id FROM accounts WHERE name = $1", &[&account])
-        .await
-        .unwrap()
-        .get(0);
-    client
-        .query_one(
-            gpuproxyd::rentals::ledger::SPENT,
-            &[&id, &None::<i64>, &24i32],
-        )
-        .await
-        .unwrap()
-        .get(0)
 }
 
 /// The `n` most expensive on-demand Vast offers (spend adds up in seconds).
@@ -408,7 +381,7 @@ async fn a_budget_crossed_by_running_instances_warns_once_then_stops_them_and_re
 
     // spend passes the budget (lowered under what was spent): the next round stops both
     support::eventually("spend over 0.0002 USD", || async {
-        (spent(&db, "spender").await > 0.0002).then_some(())
+        (support::rentals::spent(&db, "spender").await > 0.0002).then_some(())
     })
     .await;
     db.cli(&[
@@ -506,7 +479,7 @@ async fn a_monthly_budget_destroys_and_a_key_cap_alerts_per_policy() {
     ]);
     let a = rent_running(&d, &token, &offers[0]).await;
     support::eventually("spend over 0.0002 USD", || async {
-        (spent(&db, "monthly").await > 0.0002).then_some(())
+        (support::rentals::spent(&db, "monthly").await > 0.0002).then_some(())
     })
     .await;
     let k = db.cli(&[
@@ -830,14 +803,6 @@ async fn reconciliation(
     (v, vast, inst)
 }
 
-async fn metrics_page(d: &support::daemon::DaemonProc) -> String {
-    let mut c = support::client::Conn::plain(d.metrics, false)
-        .await
-        .unwrap();
-    let r = c.get("/metrics").await.unwrap();
-    String::from_utf8_lossy(&r.body).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_providers_charges_are_reconciled_and_a_billing_difference_shows_as_drift() {
     let s = services::shared();
@@ -903,7 +868,7 @@ async fn the_providers_charges_are_reconciled_and_a_billing_difference_shows_as_
         .find(|p| p["provider"] == "ionet")
         .unwrap();
     assert_eq!(io["status"], "no_charges_api");
-    let page = metrics_page(&d).await;
+    let page = d.scrape().await;
     assert!(
         support::metrics::value(&page, "gpuproxy_billing_drift_usd{provider=\"vastai\"}") < 0.5,
         "{page}"
@@ -936,7 +901,7 @@ async fn the_providers_charges_are_reconciled_and_a_billing_difference_shows_as_
         "{v:#}"
     );
     let drift = support::eventually("the drift metric", || async {
-        let page = metrics_page(&d).await;
+        let page = d.scrape().await;
         let x = support::metrics::value(&page, "gpuproxy_billing_drift_usd{provider=\"vastai\"}");
         (x > 1.9).then_some(x)
     })

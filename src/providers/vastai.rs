@@ -371,11 +371,7 @@ impl Provider for Vastai {
                         amount_usd: num(line.get("amount")).unwrap_or(0.0),
                     });
                 }
-                after = v.get("next_token").and_then(|t| match t {
-                    Value::String(s) if !s.is_empty() => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                });
+                after = next_token(&v);
                 if after.is_none() {
                     break;
                 }
@@ -423,11 +419,7 @@ impl Provider for Vastai {
                 if let Some(list) = v.get("instances").and_then(Value::as_array) {
                     out.extend(list.iter().filter_map(remote_instance));
                 }
-                after = v.get("next_token").and_then(|t| match t {
-                    Value::String(s) if !s.is_empty() => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                });
+                after = next_token(&v);
                 if after.is_none() {
                     break;
                 }
@@ -435,6 +427,15 @@ impl Provider for Vastai {
             Ok(out)
         })
     }
+}
+
+/// The `next_token` of a paged answer (a string or a number; empty or absent: the last page).
+fn next_token(v: &Value) -> Option<String> {
+    v.get("next_token").and_then(|t| match t {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 impl Vastai {

@@ -41,6 +41,16 @@ impl<'a> TestDb<'a> {
         ]
     }
 
+    /// A direct connection to this database (not through PgBouncer), for reading the ledger.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let url = self.services.postgres_url(&self.name);
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
     /// Runs `gpuproxyd <args> --json` against this database and returns its JSON output.
     pub fn cli(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();

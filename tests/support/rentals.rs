@@ -127,3 +127,21 @@ pub fn message(r: &Resp) -> String {
         .unwrap_or("")
         .to_owned()
 }
+
+/// What an account has spent over the last 24 h, from the ledger (the query the budgets use).
+pub async fn spent(db: &TestDb<'_>, account: &str) -> f64 {
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one("SELECT id FROM accounts WHERE name = $1", &[&account])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .query_one(
+            gpuproxyd::rentals::ledger::SPENT,
+            &[&id, &None::<i64>, &24i32],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
