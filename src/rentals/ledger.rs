@@ -524,37 +524,7 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
             },
         )
         .await?;
-        let rows = tx
-            .query_typed(
-                &format!(
-                    "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, \
-                       gpu_count, price_per_hour, image, disk_gb, label, status, bid_per_hour, \
-                       storage_per_hour, expires_at, rental_request_id, try_index, api_key_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, \
-                       to_timestamp($13), $14, $15, $16) \
-                     RETURNING {COLS}"
-                ),
-                &[
-                    (&n.id, Type::TEXT),
-                    (&n.account_id, Type::INT8),
-                    (&n.provider, Type::TEXT),
-                    (&n.offer_id, Type::TEXT),
-                    (&n.gpu_model, Type::TEXT),
-                    (&n.gpu_count, Type::INT4),
-                    (&n.price_per_hour, Type::FLOAT8),
-                    (&n.image, Type::TEXT),
-                    (&n.disk_gb, Type::INT4),
-                    (&n.label, Type::TEXT),
-                    (&n.bid_per_hour, Type::FLOAT8),
-                    (&n.storage_per_hour, Type::FLOAT8),
-                    (&n.expires_at, Type::FLOAT8),
-                    (&n.request.map(|r| r.0), Type::TEXT),
-                    (&n.request.map(|r| r.1), Type::INT4),
-                    (&n.api_key_id, Type::INT8),
-                ],
-            )
-            .await
-            .map_err(db_err)?;
+        let rows = insert_instance(tx, n, Status::Pending, None).await?;
         for (name, key, fingerprint) in n.ssh_keys {
             tx.query_typed(
                 "INSERT INTO instance_ssh_keys (instance_id, fingerprint, public_key, name) \
@@ -592,31 +562,7 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
 /// every try is in the ledger. Bills nothing.
 pub async fn failed_try(db: &Db, n: &NewInstance<'_>, why: &str) -> Result<()> {
     db.transaction(async |tx| {
-        tx.query_typed(
-            "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, gpu_count, \
-               price_per_hour, image, disk_gb, label, status, failure, storage_per_hour, \
-               rental_request_id, try_index, api_key_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'failed', $11, $12, $13, $14, $15)",
-            &[
-                (&n.id, Type::TEXT),
-                (&n.account_id, Type::INT8),
-                (&n.provider, Type::TEXT),
-                (&n.offer_id, Type::TEXT),
-                (&n.gpu_model, Type::TEXT),
-                (&n.gpu_count, Type::INT4),
-                (&n.price_per_hour, Type::FLOAT8),
-                (&n.image, Type::TEXT),
-                (&n.disk_gb, Type::INT4),
-                (&n.label, Type::TEXT),
-                (&why, Type::TEXT),
-                (&n.storage_per_hour, Type::FLOAT8),
-                (&n.request.map(|r| r.0), Type::TEXT),
-                (&n.request.map(|r| r.1), Type::INT4),
-                (&n.api_key_id, Type::INT8),
-            ],
-        )
-        .await
-        .map_err(db_err)?;
+        insert_instance(tx, n, Status::Failed, Some(why)).await?;
         event_tx(
             tx,
             n.id,
@@ -667,6 +613,49 @@ pub async fn tries(db: &Db, request_id: &str) -> Result<Vec<InstanceRow>> {
         )
         .await?;
     Ok(rows.iter().map(row).collect())
+}
+
+/// The instance row of an intent: `pending` (a rental about to call the provider), or `failed`
+/// with why (a try of a rental by spec refused before that).
+async fn insert_instance(
+    tx: &tokio_postgres::Transaction<'_>,
+    n: &NewInstance<'_>,
+    status: Status,
+    failure: Option<&str>,
+) -> Result<Vec<Row>> {
+    let status = status.as_str();
+    tx.query_typed(
+        &format!(
+            "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, \
+               gpu_count, price_per_hour, image, disk_gb, label, status, bid_per_hour, \
+               storage_per_hour, expires_at, rental_request_id, try_index, api_key_id, failure) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+               to_timestamp($14), $15, $16, $17, $18) \
+             RETURNING {COLS}"
+        ),
+        &[
+            (&n.id, Type::TEXT),
+            (&n.account_id, Type::INT8),
+            (&n.provider, Type::TEXT),
+            (&n.offer_id, Type::TEXT),
+            (&n.gpu_model, Type::TEXT),
+            (&n.gpu_count, Type::INT4),
+            (&n.price_per_hour, Type::FLOAT8),
+            (&n.image, Type::TEXT),
+            (&n.disk_gb, Type::INT4),
+            (&n.label, Type::TEXT),
+            (&status, Type::TEXT),
+            (&n.bid_per_hour, Type::FLOAT8),
+            (&n.storage_per_hour, Type::FLOAT8),
+            (&n.expires_at, Type::FLOAT8),
+            (&n.request.map(|r| r.0), Type::TEXT),
+            (&n.request.map(|r| r.1), Type::INT4),
+            (&n.api_key_id, Type::INT8),
+            (&failure, Type::TEXT),
+        ],
+    )
+    .await
+    .map_err(db_err)
 }
 
 async fn event_tx(
