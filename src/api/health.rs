@@ -13,9 +13,11 @@ pub fn health() -> Response<Body> {
     respond::json(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// `/ready`: 200 `ready` when serving with every dependency up; 200 `degraded` while Redis is
-/// down (auth still works from PostgreSQL); 503 while starting or draining, or while PostgreSQL
-/// is unreachable (`down`: only cached keys would work).
+/// `/ready`: 200 `ready` when serving with every dependency up; 200 `degraded` while a shared
+/// dependency is down (Redis: auth works from PostgreSQL; PostgreSQL/PgBouncer: cached keys keep
+/// working), with each one's state in the body: a balancer health-checking `/ready` must not take
+/// every daemon out at once for what is wrong with all of them. 503 only for what is this
+/// daemon's own: starting or draining.
 pub fn ready(state: &AppState) -> Response<Body> {
     let phase = state.phase();
     let dep = |configured: bool, up: bool| match (configured, up) {
@@ -26,8 +28,7 @@ pub fn ready(state: &AppState) -> Response<Body> {
     let db_up = state.db.as_ref().is_none_or(|d| d.is_up());
     let redis_up = state.redis.as_ref().is_none_or(|r| r.is_up());
     let (code, status) = match phase {
-        Phase::Ready if !db_up => (StatusCode::SERVICE_UNAVAILABLE, "down"),
-        Phase::Ready if !redis_up => (StatusCode::OK, "degraded"),
+        Phase::Ready if !db_up || !redis_up => (StatusCode::OK, "degraded"),
         Phase::Ready => (StatusCode::OK, "ready"),
         p => (StatusCode::SERVICE_UNAVAILABLE, p.as_str()),
     };
