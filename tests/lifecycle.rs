@@ -207,7 +207,7 @@ async fn keep_requesting(mut c: Conn) -> (u64, u64, String) {
                 }
             }
             Err(Unsent::NotSent(_)) => return (ok, 0, String::new()),
-            Err(Unsent::Failed(e)) => return (ok, 1, e.to_string()),
+            Err(Unsent::Failed(e)) => return (ok, 1, format!("{e:?}")),
         }
     }
 }

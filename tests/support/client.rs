@@ -177,7 +177,9 @@ impl Conn {
             return Err(Unsent::NotSent(e));
         }
         self.send(req).await.map_err(|e| {
-            if e.is_canceled() {
+            // a stream the server's GOAWAY already excluded was not processed (RFC 9113 §6.8):
+            // a client retries it on a new connection
+            if e.is_canceled() || format!("{e:?}").contains("GoAway(") {
                 Unsent::NotSent(e)
             } else {
                 Unsent::Failed(e)
