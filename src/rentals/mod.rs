@@ -238,6 +238,9 @@ pub struct Rentals {
     offers: Arc<SwrCache<Vec<crate::providers::Offer>>>,
     /// Who waits on which `Idempotency-Key` in this daemon.
     idempotency: Arc<idempotency::Local>,
+    /// Rentals the provider accepted but the ledger could not record (our id, provider id): the
+    /// next reconciler round records them, without waiting for `rentals.intent_timeout_ms`.
+    uncommitted: std::sync::Mutex<Vec<(String, String)>>,
     /// Provider calls per account (`rentals.account_upstream_calls_per_minute`).
     upstream_calls: crate::ratelimit::keyed::KeyedLimiter<i64>,
 }
@@ -312,12 +315,45 @@ impl Rentals {
             config,
             offers,
             idempotency: Arc::default(),
+            uncommitted: Default::default(),
             upstream_calls,
         })
     }
 
     pub fn db(&self) -> &Arc<Db> {
         &self.db
+    }
+
+    fn remember_uncommitted(&self, id: &str, provider_id: &str) {
+        self.uncommitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id.to_owned(), provider_id.to_owned()));
+    }
+
+    /// Records the rentals the ledger missed (see `uncommitted`); those it still cannot record
+    /// wait for the next round. Returns how many were recorded.
+    pub(crate) async fn commit_missed(&self) -> usize {
+        let missed =
+            std::mem::take(&mut *self.uncommitted.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut done = 0;
+        for (id, provider_id) in missed {
+            let detail =
+                format!("provider instance {provider_id} (recorded once the ledger was back)");
+            match ledger::transition(
+                &self.db,
+                &id,
+                Transition::new(&[Status::Pending], Status::Provisioning, "adopted")
+                    .provider_id(Some(&provider_id))
+                    .detail(&detail),
+            )
+            .await
+            {
+                Ok(_) => done += 1,
+                Err(_) => self.remember_uncommitted(&id, &provider_id),
+            }
+        }
+        done
     }
 
     /// Takes one provider call from the account's budget, or refuses (429 with when to retry).
@@ -565,7 +601,8 @@ impl Rentals {
                 self.commit(&row, &provider_id, "committed")
                     .await
                     .map_err(|e| {
-                        tracing::error!(instance = %id, provider_id, error = %e, "rented, but the ledger could not record it; the reconciler adopts it");
+                        tracing::error!(instance = %id, provider_id, error = %e, "rented, but the ledger could not record it; the next reconciler round records it");
+                        self.remember_uncommitted(id, &provider_id);
                         outcome_unknown(id, "ledger_unavailable", &format!("the provider created instance {provider_id} but the ledger could not record it ({})", e.message))
                     })
             }
@@ -602,7 +639,10 @@ impl Rentals {
                         count("created");
                         self.commit(&row, &remote.provider_id, "adopted")
                             .await
-                            .map_err(|e| outcome_unknown(id, "ledger_unavailable", &e.message))
+                            .map_err(|e| {
+                                self.remember_uncommitted(id, &remote.provider_id);
+                                outcome_unknown(id, "ledger_unavailable", &e.message)
+                            })
                     }
                     Ok(None) => {
                         count("failed");

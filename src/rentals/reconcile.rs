@@ -1,5 +1,6 @@
 //! The reconciler: at start and every `rentals.reconcile_interval_ms` it lists each provider's
 //! instances (ours carry our id in the Vast label / io.net deployment name) and
+//! - records at once the rentals the provider accepted while the ledger could not record them;
 //! - settles intents left `pending` (by a crash, or a lost answer) once they are older than
 //!   `rentals.intent_timeout_ms`, or at start any pending from before this process: an instance
 //!   with our id is adopted (`adopted`), otherwise the intent is marked failed (`abandoned`);
@@ -48,7 +49,11 @@ pub(super) fn now() -> f64 {
 }
 
 fn act(action: &'static str) {
-    counter!(RECONCILER_ACTIONS_TOTAL, "action" => action).increment(1);
+    act_n(action, 1);
+}
+
+fn act_n(action: &'static str, n: usize) {
+    counter!(RECONCILER_ACTIONS_TOTAL, "action" => action).increment(n as u64);
 }
 
 /// Runs at once, then every `interval`, until dropped.
@@ -79,6 +84,11 @@ pub async fn run(r: Arc<Rentals>, interval: Duration) {
 
 /// One round over every provider.
 pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
+    // rentals the ledger missed while it was down, first: no need to wait for the intent timeout
+    let recorded = r.commit_missed().await;
+    if recorded > 0 {
+        act_n("adopted", recorded);
+    }
     let timeout = r.config.rentals.intent_timeout_ms.ms() as f64 / 1000.0;
     let db = r.db.clone();
     let rows = ledger::for_reconciler(&db, 7.0 * 86_400.0).await?;
