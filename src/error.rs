@@ -346,7 +346,14 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind.code(), self.message)?;
         if let Some(s) = &self.source {
-            write!(f, " ({s})")?;
+            // the whole chain: a database error says what went wrong only in its source
+            write!(f, " ({s}")?;
+            let mut inner = s.source();
+            while let Some(e) = inner {
+                write!(f, ": {e}")?;
+                inner = e.source();
+            }
+            write!(f, ")")?;
         }
         Ok(())
     }

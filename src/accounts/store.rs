@@ -233,11 +233,10 @@ impl<'a> AccountRef<'a> {
 }
 
 pub async fn create_account(db: &Db, a: &NewAccount) -> Result<Account, Error> {
+    check_account_name(&a.name)?;
     let name = a.name.trim();
-    if name.is_empty() || name.len() > 100 {
-        return Err(Error::bad_request("`name` must be 1 to 100 characters"));
-    }
-    if name.parse::<i64>().is_ok() {
+    let digits = name.strip_prefix(['+', '-']).unwrap_or(name);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Error::bad_request(
             "`name` must not be a number (numbers name accounts by id)",
         ));
@@ -426,13 +425,17 @@ pub async fn create_key(
     }
     scopes.sort();
     scopes.dedup();
-    if spec.label.as_ref().is_some_and(|l| l.len() > 200) {
+    if spec.label.as_ref().is_some_and(|l| l.chars().count() > 200) {
         return Err(Error::bad_request("`label` must be at most 200 characters"));
     }
     check_rate_limit(spec.rate_limit_per_minute, spec.rate_limit_burst)?;
     check_money("spend_limit_usd", spec.spend_limit_usd)?;
     let expires: Option<SystemTime> = match spec.expires_in_days {
-        Some(0) => return Err(Error::bad_request("`expires_in_days` must be at least 1")),
+        Some(d) if !(1..=MAX_KEY_DAYS).contains(&d) => {
+            return Err(Error::bad_request(format!(
+                "`expires_in_days` must be 1 to {MAX_KEY_DAYS}"
+            )));
+        }
         Some(d) => Some(SystemTime::now() + Duration::from_secs(u64::from(d) * 86_400)),
         None => None,
     };
@@ -556,6 +559,20 @@ pub async fn touch_last_used(db: &Db, uses: &[(i64, SystemTime)]) -> Result<(), 
         &[(&ids, Type::INT8_ARRAY), (&times, Type::TIMESTAMPTZ_ARRAY)],
     )
     .await?;
+    Ok(())
+}
+
+/// The longest key lifetime (a hundred years: "never" is leaving `expires_in_days` out).
+const MAX_KEY_DAYS: u32 = 36_500;
+
+/// 1 to 100 characters, not only spaces, no control characters (a name is also a path segment
+/// of the admin routes, where control characters are refused).
+fn check_account_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(Error::bad_request(
+            "`name` must be 1 to 100 characters, not only spaces, without control characters",
+        ));
+    }
     Ok(())
 }
 

@@ -123,7 +123,7 @@ impl RentBody {
             .offer_id
             .split_once(':')
             .and_then(|(p, l)| Some((ProviderId::parse(p)?, l)))
-            .filter(|(_, l)| !l.is_empty() && l.len() <= 128)
+            .filter(|(_, l)| !l.is_empty() && l.chars().count() <= 128)
             .ok_or_else(|| {
                 bad(
                     "offer_id",
@@ -146,7 +146,7 @@ impl RentBody {
     /// Everything but the offer: image, disk, env, keys, durations, the price ceiling.
     fn check_common(&self) -> Result<()> {
         let bad = |field: &str, why: &str| Error::bad_request(format!("invalid `{field}`: {why}"));
-        if self.image.trim().is_empty() || self.image.len() > 512 {
+        if self.image.trim().is_empty() || self.image.chars().count() > 512 {
             return Err(bad(
                 "image",
                 "a container image reference of 1 to 512 characters",
@@ -155,14 +155,14 @@ impl RentBody {
         if !(8..=100_000).contains(&self.disk_gb) {
             return Err(bad("disk_gb", "between 8 and 100000"));
         }
-        if self.label.as_ref().is_some_and(|l| l.len() > 256) {
+        if self.label.as_ref().is_some_and(|l| l.chars().count() > 256) {
             return Err(bad("label", "at most 256 characters"));
         }
         if self.env.len() > 64
             || self
                 .env
                 .iter()
-                .any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 4096)
+                .any(|(k, v)| k.is_empty() || k.chars().count() > 128 || v.chars().count() > 4096)
         {
             return Err(bad(
                 "env",
@@ -176,7 +176,7 @@ impl RentBody {
             || self
                 .ssh_key_ids
                 .iter()
-                .any(|k| k.is_empty() || k.len() > 64)
+                .any(|k| k.is_empty() || k.chars().count() > 64)
         {
             return Err(bad("ssh_key_ids", "at most 64 ids from GET /v1/ssh-keys"));
         }
