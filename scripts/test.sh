@@ -10,6 +10,7 @@ DEBIAN_PACKAGES+=(
   prometheus     # promtool check rules / test rules
   systemd        # systemd-analyze verify
   python3        # scripts/modgraph.py: the module layers
+  python3-venv   # tests/schemathesis.rs installs schemathesis into a virtual environment
 )
 install_debian_packages
 ensure_cargo
