@@ -8,7 +8,7 @@ Layers, lowest first (README "Layout"):
   0 types                                        leaf data shared by everyone
   1 error, metrics, config, alloc, logging       names, one error type, one config tree
   2 providers, accounts, cache, ratelimit, conn  the services' parts
-  3 rentals, auth                                domain logic over them
+  3 rentals, auth, events                        domain logic over them
   4 state                                        the services of one daemon
   5 api                                          routes, handlers, render caches, respond
   6 server                                       listeners, TLS, serving, drain
@@ -23,7 +23,7 @@ LAYERS = [
     ["types"],
     ["error", "metrics", "config", "alloc", "logging"],
     ["providers", "accounts", "cache", "ratelimit", "conn"],
-    ["rentals", "auth"],
+    ["rentals", "auth", "events"],
     ["state"],
     ["api"],
     ["server"],

@@ -84,6 +84,8 @@ pub enum Refusal {
     NotStoppable,
     /// The account's provider calls this minute are spent (429, `Retry-After`).
     UpstreamBudget,
+    /// `events.max_streams_per_account` event streams are open for the account or key.
+    StreamLimit,
 }
 
 impl Refusal {
@@ -105,13 +107,14 @@ impl Refusal {
             Refusal::SshKeyLimit => "ssh_key_limit",
             Refusal::NotStoppable => "not_stoppable",
             Refusal::UpstreamBudget => "upstream_budget_exceeded",
+            Refusal::StreamLimit => "stream_limit",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
             Refusal::BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
-            Refusal::UpstreamBudget => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::UpstreamBudget | Refusal::StreamLimit => StatusCode::TOO_MANY_REQUESTS,
             Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::PassthroughForbidden => StatusCode::FORBIDDEN,
             Refusal::ProviderDisabled => StatusCode::BAD_REQUEST,

@@ -17,6 +17,8 @@
 //! - [`rentals`]: renting: offer claims, price and bid checks, budget, ledger (spend by event
 //!   segments), SSH keys per account and their per-instance attach, idempotency, the reconciler
 //!   (adoption, dead and stuck instances).
+//! - [`events`]: the account event log (written with the changes it reports) and the fan-out
+//!   that delivers it to `GET /v1/events` streams on every daemon (`events::hub`).
 //! - [`api`]: routing, handlers (over `api::Api`: the services plus the API's render caches and
 //!   request metrics), and the one place errors become HTTP responses.
 //! - [`state`]: the services of one daemon (`AppState`).
@@ -41,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod events;
 pub mod logging;
 pub mod metrics;
 pub mod providers;

@@ -70,6 +70,13 @@ pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
 /// Counter, labels `budget` (`window`, `monthly`, `key`) and `event` (`warning`, `exhausted`,
 /// `stopped`, `destroyed`, `not_stoppable`): budgets crossed and what the reconciler did about it.
 pub const BUDGET_EVENTS_TOTAL: &str = "gpuproxy_budget_events_total";
+/// Gauge: `GET /v1/events` streams open on this daemon.
+pub const EVENT_STREAMS: &str = "gpuproxy_event_streams";
+/// Counter, label `reason` (`client`, `slow_consumer`, `draining`, `unavailable`): event
+/// streams ended, by why.
+pub const EVENT_STREAMS_CLOSED_TOTAL: &str = "gpuproxy_event_streams_closed_total";
+/// Counter: events delivered to streams (each event once per stream it reached).
+pub const EVENTS_DELIVERED_TOTAL: &str = "gpuproxy_events_delivered_total";
 /// Gauge, label `provider`: the sum over instances of |billed − ledger| (USD) at the last
 /// reconciliation with the provider's charges.
 pub const BILLING_DRIFT_USD: &str = "gpuproxy_billing_drift_usd";
@@ -228,6 +235,15 @@ fn describe() {
     describe_gauge!(
         BILLING_RECONCILED_AT,
         "When the provider's charges were last reconciled with the ledger (unix seconds)."
+    );
+    describe_gauge!(EVENT_STREAMS, "GET /v1/events streams open on this daemon.");
+    describe_counter!(
+        EVENT_STREAMS_CLOSED_TOTAL,
+        "Event streams ended, by reason (client, slow_consumer, draining, unavailable)."
+    );
+    describe_counter!(
+        EVENTS_DELIVERED_TOTAL,
+        "Events delivered to streams (once per stream reached)."
     );
     describe_counter!(
         BUDGET_EVENTS_TOTAL,

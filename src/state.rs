@@ -44,6 +44,8 @@ pub struct AppState {
     pub offers_cache: Arc<crate::cache::swr::SwrCache<Vec<crate::providers::Offer>>>,
     /// Renting (needs the database); `None` without `DATABASE_URL`.
     pub rentals: Option<Arc<crate::rentals::Rentals>>,
+    /// The event streams' fan-out (needs the database); `None` without `DATABASE_URL`.
+    pub events: Option<Arc<crate::events::hub::Hub>>,
     phase: AtomicU8,
     /// Random per process, so request ids from several daemons behind one balancer do not collide.
     id_prefix: u32,
@@ -80,7 +82,11 @@ impl AppState {
                 redis.clone(),
             )
         });
+        let events = db
+            .clone()
+            .map(|db| crate::events::hub::Hub::new(db, redis.clone(), &config.events));
         Arc::new(AppState {
+            events,
             auth: crate::auth::Auth::new(&config, db.clone(), redis.clone()),
             providers,
             offers_cache,

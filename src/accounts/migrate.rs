@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "idempotency_lease",
         include_str!("migrations/0009_idempotency_lease.sql"),
     ),
+    (
+        10,
+        "account_events",
+        include_str!("migrations/0010_account_events.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

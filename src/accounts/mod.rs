@@ -9,6 +9,7 @@
 //! they are returned, and a query that met a closed connection is retried once on a fresh one.
 
 pub mod apikey;
+pub mod event_log;
 pub mod migrate;
 pub mod store;
 
@@ -38,6 +39,23 @@ pub struct Db {
     max: u32,
     /// Last probe's result, for `/ready`; request failures set it too.
     up: AtomicBool,
+    /// Told, after a transaction commits, which accounts it wrote events for (the event
+    /// streams' fan-out publishes them); set once at start.
+    on_events: std::sync::OnceLock<EventsHook>,
+}
+
+/// What [`Db::on_events_committed`] installs.
+type EventsHook = Box<dyn Fn(&[i64]) + Send + Sync>;
+
+tokio::task_local! {
+    /// The accounts the running transaction wrote events for ([`events_written`]).
+    static EVENT_ACCOUNTS: std::cell::RefCell<Vec<i64>>;
+}
+
+/// Called by whatever appends to the event log inside [`Db::transaction`]: once the
+/// transaction commits, the `on_events` hook hears of `account_id` (and not if it rolls back).
+pub fn events_written(account_id: i64) {
+    let _ = EVENT_ACCOUNTS.try_with(|a| a.borrow_mut().push(account_id));
 }
 
 impl Db {
@@ -73,7 +91,13 @@ impl Db {
             query_timeout: cfg.query_timeout_ms.get(),
             max: cfg.pool_size.get(),
             up: AtomicBool::new(false),
+            on_events: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets the hook told of committed events (see [`events_written`]); later calls are ignored.
+    pub fn on_events_committed(&self, f: impl Fn(&[i64]) + Send + Sync + 'static) {
+        let _ = self.on_events.set(Box::new(f));
     }
 
     pub fn is_up(&self) -> bool {
@@ -173,8 +197,22 @@ impl Db {
                 }
             }
         };
-        match tokio::time::timeout(self.query_timeout * 4, work).await {
-            Ok(r) => r,
+        let (result, accounts) = EVENT_ACCOUNTS
+            .scope(std::cell::RefCell::new(Vec::new()), async {
+                let r = tokio::time::timeout(self.query_timeout * 4, work).await;
+                (r, EVENT_ACCOUNTS.with(|a| a.take()))
+            })
+            .await;
+        match result {
+            Ok(r) => {
+                if r.is_ok()
+                    && !accounts.is_empty()
+                    && let Some(f) = self.on_events.get()
+                {
+                    f(&accounts);
+                }
+                r
+            }
             Err(_) => Err(Error::new(
                 Kind::DatabaseUnavailable,
                 Side::Internal,

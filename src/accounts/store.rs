@@ -496,20 +496,41 @@ pub async fn get_key(db: &Db, public_id: &str) -> Result<KeyInfo, Error> {
     key_info(&row)
 }
 
-/// Revokes a key (revoking a revoked key changes nothing and succeeds).
+/// Revokes a key (revoking a revoked key changes nothing and succeeds); the first revocation
+/// is a `key.revoked` event of the key's account.
 pub async fn revoke_key(db: &Db, public_id: &str) -> Result<KeyInfo, Error> {
-    let row = db
-        .query_opt(
-            concat!(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) \
-                 WHERE public_id = $1 RETURNING ",
-                key_cols!()
-            ),
-            &[(&public_id, Type::TEXT)],
-        )
-        .await?
-        .ok_or_else(|| key_not_found(public_id))?;
-    key_info(&row)
+    db.transaction(async |tx| {
+        let fresh = tx
+            .query_typed(
+                "SELECT account_id, revoked_at IS NULL FROM api_keys WHERE public_id = $1 \
+                 FOR UPDATE",
+                &[(&public_id, Type::TEXT)],
+            )
+            .await
+            .map_err(super::classify)?;
+        let Some(fresh) = fresh.first() else {
+            return Err(key_not_found(public_id));
+        };
+        let rows = tx
+            .query_typed(
+                concat!(
+                    "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) \
+                     WHERE public_id = $1 RETURNING ",
+                    key_cols!()
+                ),
+                &[(&public_id, Type::TEXT)],
+            )
+            .await
+            .map_err(super::classify)?;
+        let key = key_info(rows.first().ok_or_else(|| key_not_found(public_id))?)?;
+        if fresh.get::<_, bool>(1) {
+            let data = serde_json::json!({"public_id": public_id, "label": key.label});
+            super::event_log::append(tx, fresh.get(0), super::event_log::KEY_REVOKED, None, &data)
+                .await?;
+        }
+        Ok(key)
+    })
+    .await
 }
 
 /// The record authentication caches, or `None` when no key has this public id.

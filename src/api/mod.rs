@@ -5,6 +5,7 @@
 pub mod account;
 pub mod admin;
 pub mod body;
+pub mod events;
 pub mod health;
 pub mod instances;
 pub mod offers;

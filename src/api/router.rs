@@ -15,7 +15,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use super::{
-    Api, Body, account, admin, health, instances, offers, openapi, passthrough, sshkeys, usage,
+    Api, Body, account, admin, events, health, instances, offers, openapi, passthrough, sshkeys,
+    usage,
 };
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
@@ -233,6 +234,11 @@ pub static ROUTES: &[Route] = &[
         "/v1/admin/reconciliation",
         Admin,
         &[(Method::GET, later!(c => admin::reconciliation(c).await))],
+    ),
+    route(
+        "/v1/events",
+        User,
+        &[(Method::GET, later!(c => events::stream(c).await))],
     ),
     route(
         "/v1/usage",

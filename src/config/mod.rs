@@ -10,6 +10,7 @@
 //! The sections live in this module's files (`server`, `ratelimit`, `storage`, `providers`,
 //! `rentals`, `secrets`); this file loads, merges and validates them.
 
+mod events;
 mod millis;
 mod providers;
 mod ratelimit;
@@ -18,6 +19,7 @@ mod secrets;
 mod server;
 mod storage;
 
+pub use events::EventsConfig;
 pub use millis::Millis;
 pub use providers::{
     OffersConfig, PROVIDER_KINDS, PassthroughConfig, ProviderTable, ProvidersConfig,
@@ -78,6 +80,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub offers: OffersConfig,
     pub rentals: RentalsConfig,
+    pub events: EventsConfig,
     pub passthrough: PassthroughConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
@@ -331,6 +334,15 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(err("server.body_read_timeout_ms", "must be greater than 0"));
     }
     validate_providers(&config.providers, &config.offers)?;
+    let ec = &config.events;
+    for (key, v) in [
+        ("events.ping_interval_ms", ec.ping_interval_ms.ms()),
+        ("events.poll_fallback_ms", ec.poll_fallback_ms.ms()),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be greater than 0"));
+        }
+    }
     let rc = &config.rentals;
     for (key, v) in [
         ("rentals.status_cache_ms", rc.status_cache_ms.ms()),

@@ -21,6 +21,7 @@ use tokio_postgres::types::Type;
 use super::Rentals;
 use super::ledger::{self, Figure, InstanceRow, Status, Transition};
 use crate::error::Result;
+use crate::events;
 use crate::metrics::BUDGET_EVENTS_TOTAL;
 use crate::providers::{ProviderId, UpstreamError};
 
@@ -79,23 +80,36 @@ async fn record_once(
          RETURNING id",
         period_start(s.figure.budget)
     );
-    let rows =
-        r.db.query(
-            &sql,
-            &[
-                (&s.account_id, Type::INT8),
-                (&s.figure.budget, Type::TEXT),
-                (&s.key_id, Type::INT8),
-                (&kind, Type::TEXT),
-                (&window, Type::INT4),
-                (&s.figure.spent, Type::FLOAT8),
-                (&s.figure.limit, Type::FLOAT8),
-                (&instance, Type::TEXT),
-                (&detail, Type::TEXT),
-            ],
-        )
-        .await?;
-    Ok(!rows.is_empty())
+    // the event log hears of warnings and exhaustion (budget.action rows are the actions taken;
+    // their instances' own events report them)
+    let logged = [events::BUDGET_WARNING, events::BUDGET_EXHAUSTED].contains(&kind);
+    r.db.transaction(async |tx| {
+        let rows = tx
+            .query_typed(
+                &sql,
+                &[
+                    (&s.account_id, Type::INT8),
+                    (&s.figure.budget, Type::TEXT),
+                    (&s.key_id, Type::INT8),
+                    (&kind, Type::TEXT),
+                    (&window, Type::INT4),
+                    (&s.figure.spent, Type::FLOAT8),
+                    (&s.figure.limit, Type::FLOAT8),
+                    (&instance, Type::TEXT),
+                    (&detail, Type::TEXT),
+                ],
+            )
+            .await
+            .map_err(crate::accounts::classify)?;
+        if !rows.is_empty() && logged {
+            let data = serde_json::json!({"budget": s.figure.budget, "key_id": s.key_id,
+                "spent_usd": s.figure.spent, "limit_usd": s.figure.limit,
+                "policy": s.policy, "detail": detail});
+            events::append(tx, s.account_id, kind, None, &data).await?;
+        }
+        Ok(!rows.is_empty())
+    })
+    .await
 }
 
 /// One round over every account with open instances.

@@ -31,6 +31,7 @@ use tokio_postgres::types::Type;
 
 use crate::accounts::{Db, classify};
 use crate::error::{Error, Kind, Refusal, Result, Side};
+use crate::events;
 use crate::providers::{InstanceStatus, Ssh};
 
 /// An instance as the ledger has it.
@@ -552,6 +553,8 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
             detail.as_deref(),
         )
         .await?;
+        events::append_for_instance(tx, n.account_id, n.id, "intent", Some("pending"), None)
+            .await?;
         Ok(row(&rows[0]))
     })
     .await
@@ -582,7 +585,9 @@ pub async fn failed_try(db: &Db, n: &NewInstance<'_>, why: &str) -> Result<()> {
             0.0,
             Some(why),
         )
-        .await
+        .await?;
+        events::append_for_instance(tx, n.account_id, n.id, "failed", Some("failed"), Some(why))
+            .await
     })
     .await
 }
@@ -1017,6 +1022,7 @@ pub async fn transition(db: &Db, id: &str, t: Transition<'_>) -> Result<Option<I
         };
         let billed = t.to.rate(r.price_per_hour, r.storage_per_hour);
         event_tx(tx, id, kind, Some(status), r.price_per_hour, billed, detail).await?;
+        events::append_for_instance(tx, r.account_id, id, kind, Some(status), detail).await?;
         Ok(Some(r))
     })
     .await

@@ -255,6 +255,11 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
         Ok(n) => tracing::debug!(deleted = n, "expired Idempotency-Key records swept"),
         Err(e) => tracing::warn!(error = %e, "Idempotency-Key sweep failed; next round retries"),
     }
+    match crate::events::sweep(&db, r.config.events.retention_hours.get()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(deleted = n, "events past events.retention_hours swept"),
+        Err(e) => tracing::warn!(error = %e, "event log sweep failed; next round retries"),
+    }
     // budgets last: the statuses are up to date
     super::budget::enforce(r).await
 }

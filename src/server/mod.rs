@@ -223,6 +223,9 @@ impl Daemon {
             })
         };
         let mut background = state.auth.spawn_tasks(&cfg);
+        if let Some(hub) = &state.events {
+            background.extend(hub.spawn());
+        }
         if let Some(db) = &state.db {
             background
                 .push(tokio::spawn(db.clone().monitor(Duration::from_millis(
@@ -302,6 +305,10 @@ impl Daemon {
             open_connections = open,
             "shutting down: draining connections"
         );
+        // event streams end now with their reconnect hint (they would hold the drain otherwise)
+        if let Some(hub) = &state.events {
+            hub.drain();
+        }
         cancel.cancel();
         for t in accept_tasks {
             let _ = t.await;

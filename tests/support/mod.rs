@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod rentals;
 pub mod sandbox;
 pub mod services;
+pub mod sse;
 #[path = "../../src/testkit.rs"]
 pub mod testkit;
 

@@ -1,0 +1,58 @@
+//! Writing the account event log (`account_events`, migration 0010): the row every
+//! account-visible change adds in its own transaction, and the names of the event types. Reading
+//! and delivering the log is `crate::events`; this part lives with the account records because
+//! they write to it too (a revoked key).
+
+use serde_json::Value;
+use tokio_postgres::types::Type;
+
+use super::{classify, events_written};
+use crate::error::Error;
+
+pub const STATUS_CHANGED: &str = "instance.status_changed";
+pub const INTERRUPTED: &str = "instance.interrupted";
+pub const EXPIRED: &str = "instance.expired";
+pub const FAILED_OVER: &str = "rental.failed_over";
+pub const BUDGET_WARNING: &str = "budget.warning";
+pub const BUDGET_EXHAUSTED: &str = "budget.exhausted";
+pub const KEY_REVOKED: &str = "key.revoked";
+
+/// The event types a client can ask for (`types=`), as they appear in the stream.
+pub const TYPES: [&str; 7] = [
+    STATUS_CHANGED,
+    INTERRUPTED,
+    EXPIRED,
+    FAILED_OVER,
+    BUDGET_WARNING,
+    BUDGET_EXHAUSTED,
+    KEY_REVOKED,
+];
+
+/// Appends an event for `account_id` in `tx`; returns its `seq` (per account, from 1, no gaps:
+/// taken from `accounts.event_seq`, whose row lock holds until commit, so one account's events
+/// commit in `seq` order).
+pub async fn append(
+    tx: &tokio_postgres::Transaction<'_>,
+    account_id: i64,
+    kind: &str,
+    instance_id: Option<&str>,
+    data: &Value,
+) -> Result<i64, Error> {
+    let rows = tx
+        .query_typed(
+            "WITH a AS (UPDATE accounts SET event_seq = event_seq + 1 WHERE id = $1 \
+                        RETURNING id, event_seq) \
+             INSERT INTO account_events (account_id, seq, type, instance_id, data) \
+             SELECT id, event_seq, $2, $3, $4 FROM a RETURNING seq",
+            &[
+                (&account_id, Type::INT8),
+                (&kind, Type::TEXT),
+                (&instance_id, Type::TEXT),
+                (data, Type::JSONB),
+            ],
+        )
+        .await
+        .map_err(classify)?;
+    events_written(account_id);
+    Ok(rows.first().map_or(0, |r| r.get(0)))
+}

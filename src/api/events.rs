@@ -1,0 +1,376 @@
+//! `GET /v1/events`: the caller's account events as Server-Sent Events.
+//!
+//! - Each event is `id: <seq>`, `event: <type>`, `data: <JSON>`; `seq` counts per account
+//!   without gaps, so `Last-Event-ID` (or `?after=`) resumes exactly: the log is read from there
+//!   up to where the live feed took over (`events::hub::Subscription::from`), then live events
+//!   follow. Without either, the stream starts with the next event.
+//! - `types=` (comma-separated) and `instance=` filter what is sent; filtered events still move
+//!   the stream on.
+//! - It opens with `event: open` (`last_event_id`: where it starts) and a `retry:` hint.
+//! - A comment (`: ping`) every `events.ping_interval_ms` with nothing else to send.
+//! - The stream ends with `event: close` and a reason: `slow_consumer` (its queue overflowed;
+//!   resume from the log), `draining` (with `retry:`, reconnect elsewhere), `unavailable` (the
+//!   log could not be read).
+//! - The body is a state machine polled by hyper: no task per stream.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use metrics::{counter, gauge};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::Body;
+use super::account::no_db;
+use super::router::{Call, percent_decode};
+use crate::accounts::Db;
+use crate::error::{Error, Result};
+use crate::events::hub::Subscription;
+use crate::events::{self, Event};
+use crate::metrics::{EVENT_STREAMS, EVENT_STREAMS_CLOSED_TOTAL, EVENTS_DELIVERED_TOTAL};
+
+/// Log rows read at once while catching up.
+const PAGE: i64 = 500;
+/// What EventSource clients wait before reconnecting (ms).
+const RETRY_MS: u32 = 2000;
+
+/// What the client asked for.
+#[derive(Debug, Default, PartialEq)]
+struct Query {
+    after: Option<i64>,
+    types: Option<Vec<String>>,
+    instance: Option<String>,
+}
+
+/// An event id as the client gives it back: 1 to 18 digits (what the document says).
+fn parse_id(what: &str, v: &str) -> Result<i64> {
+    Some(v)
+        .filter(|v| (1..=18).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<i64>().ok())
+        .ok_or_else(|| {
+            Error::bad_request(format!(
+                "invalid {what}: the `id` of an event from this stream (1 to 18 digits)"
+            ))
+        })
+}
+
+impl Query {
+    fn parse(q: Option<&str>, last_event_id: Option<&HeaderValue>) -> Result<Query> {
+        let mut out = Query::default();
+        for kv in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let v = percent_decode(v).ok_or_else(|| {
+                Error::bad_request(format!(
+                    "invalid query parameter `{}`: broken percent-encoding or a control character",
+                    crate::error::truncate(k, 32)
+                ))
+            })?;
+            match k {
+                "after" => out.after = Some(parse_id("query parameter `after`", &v)?),
+                "types" => {
+                    let types: Vec<String> = v.split(',').map(|t| t.trim().to_owned()).collect();
+                    if let Some(bad) = types.iter().find(|t| !events::TYPES.contains(&t.as_str())) {
+                        return Err(Error::bad_request(format!(
+                            "invalid query parameter `types`: `{}` is not one of {}",
+                            crate::error::truncate(bad, 48),
+                            events::TYPES.join(", ")
+                        )));
+                    }
+                    out.types = Some(types);
+                }
+                "instance" => {
+                    if v.is_empty() || v.chars().count() > 128 {
+                        return Err(Error::bad_request(
+                            "invalid query parameter `instance`: an instance id",
+                        ));
+                    }
+                    out.instance = Some(v);
+                }
+                other => {
+                    return Err(Error::bad_request(format!(
+                        "unknown query parameter `{}` (known: after, types, instance)",
+                        crate::error::truncate(other, 64)
+                    )));
+                }
+            }
+        }
+        // a reconnecting EventSource repeats the original URL: the header is the newer word
+        if let Some(h) = last_event_id {
+            let v = h
+                .to_str()
+                .map_err(|_| Error::bad_request("invalid `Last-Event-ID` header"))?;
+            if !v.is_empty() {
+                out.after = Some(parse_id("`Last-Event-ID` header", v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn wants(&self, e: &Event) -> bool {
+        self.types.as_ref().is_none_or(|t| t.contains(&e.kind))
+            && self
+                .instance
+                .as_ref()
+                .is_none_or(|i| e.instance_id.as_deref() == Some(i.as_str()))
+    }
+}
+
+/// `GET /v1/events`.
+pub async fn stream(c: Call) -> Result<Response<Body>> {
+    let q = Query::parse(c.req.uri().query(), c.req.headers().get("last-event-id"))?;
+    let p = c.principal()?;
+    let hub = c.api.events.clone().ok_or_else(no_db)?;
+    let db = c.api.db.clone().ok_or_else(no_db)?;
+    let sub = hub.subscribe(p.account_id(), p.key.key_id).await?;
+    let every = c.api.config.events.ping_interval_ms.get();
+    let body = SseBody::new(db, p.account_id(), sub, q, every);
+    let mut r = Response::new(body.boxed());
+    *r.status_mut() = StatusCode::OK;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // nginx and similar: pass each event on as it comes
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+/// A read of the log in flight (a task: the body must be `Sync`, and a database future is not).
+type Fetch = tokio::task::JoinHandle<Result<Vec<Event>>>;
+
+struct SseBody {
+    db: Arc<Db>,
+    account_id: i64,
+    sub: Subscription,
+    q: Query,
+    /// The last event this stream has passed (sent or filtered out).
+    last: i64,
+    /// Read the log until `last` reaches this (the start, or a gap before a live event).
+    upto: i64,
+    from_log: VecDeque<Event>,
+    fetch: Option<Fetch>,
+    /// A live event waiting for the log to fill what comes before it.
+    held: Option<Arc<Event>>,
+    ping: Pin<Box<tokio::time::Sleep>>,
+    every: Duration,
+    draining: Pin<Box<WaitForCancellationFutureOwned>>,
+    started: bool,
+    /// Why it ended (counted on drop); `None` while open.
+    ended: Option<&'static str>,
+}
+
+impl SseBody {
+    fn new(db: Arc<Db>, account_id: i64, sub: Subscription, q: Query, every: Duration) -> Self {
+        gauge!(EVENT_STREAMS).increment(1.0);
+        // without a resume point, the stream starts with what comes next
+        let last = q.after.unwrap_or(sub.from).min(sub.from);
+        let upto = sub.from;
+        let draining = Box::pin(sub.draining.clone().cancelled_owned());
+        SseBody {
+            db,
+            account_id,
+            q,
+            last,
+            upto,
+            from_log: VecDeque::new(),
+            fetch: None,
+            held: None,
+            ping: Box::pin(tokio::time::sleep(every)),
+            every,
+            draining,
+            sub,
+            started: false,
+            ended: None,
+        }
+    }
+
+    fn frame(
+        &mut self,
+        text: String,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        self.ping
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.every);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(text)))))
+    }
+
+    /// The last frame: `event: close` with the reason (and `retry:` when draining).
+    fn close(
+        &mut self,
+        reason: &'static str,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        self.ended = Some(reason);
+        let retry = if reason == "draining" {
+            format!("retry: {RETRY_MS}\n")
+        } else {
+            String::new()
+        };
+        let data = serde_json::json!({"reason": reason, "last_event_id": self.last});
+        self.frame(format!("{retry}event: close\ndata: {data}\n\n"))
+    }
+
+    /// `e` passes the stream: `Some(frame text)` when the client wants it.
+    fn pass(&mut self, e: &Event) -> Option<String> {
+        if e.seq <= self.last {
+            return None;
+        }
+        self.last = e.seq;
+        if !self.q.wants(e) {
+            return None;
+        }
+        counter!(EVENTS_DELIVERED_TOTAL).increment(1);
+        Some(format!(
+            "id: {}\nevent: {}\ndata: {}\n\n",
+            e.seq,
+            e.kind,
+            e.to_json()
+        ))
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        if let Some(f) = &self.fetch {
+            f.abort();
+        }
+        gauge!(EVENT_STREAMS).decrement(1.0);
+        counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => self.ended.unwrap_or("client"))
+            .increment(1);
+    }
+}
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
+        let me = &mut *self;
+        if me.ended.is_some() {
+            return Poll::Ready(None);
+        }
+        if !me.started {
+            me.started = true;
+            let data = serde_json::json!({"last_event_id": me.last});
+            return me.frame(format!("retry: {RETRY_MS}\nevent: open\ndata: {data}\n\n"));
+        }
+        if me.draining.as_mut().poll(cx).is_ready() {
+            return me.close("draining");
+        }
+        loop {
+            // 1. what the log gave
+            if let Some(e) = me.from_log.pop_front() {
+                if let Some(text) = me.pass(&e) {
+                    return me.frame(text);
+                }
+                continue;
+            }
+            // 2. the log still owes events before `upto`
+            if me.last < me.upto {
+                let fetch = me.fetch.get_or_insert_with(|| {
+                    let (db, account, after, upto) =
+                        (me.db.clone(), me.account_id, me.last, me.upto);
+                    tokio::spawn(async move { events::read(&db, account, after, upto, PAGE).await })
+                });
+                match Pin::new(fetch).poll(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(r) => {
+                        me.fetch = None;
+                        match r.unwrap_or_else(|e| Err(Error::internal(e))) {
+                            // swept (past events.retention_hours): nothing more to read there
+                            Ok(v) if v.is_empty() => me.last = me.upto,
+                            Ok(v) => me.from_log.extend(v),
+                            Err(_) => return me.close("unavailable"),
+                        }
+                        continue;
+                    }
+                }
+            }
+            // 3. a live event, once what precedes it has passed
+            if let Some(e) = me.held.take() {
+                if e.seq > me.last + 1 {
+                    me.upto = e.seq - 1;
+                    me.held = Some(e);
+                    continue;
+                }
+                if let Some(text) = me.pass(&e) {
+                    return me.frame(text);
+                }
+                continue;
+            }
+            match me.sub.rx.poll_recv(cx) {
+                Poll::Ready(Some(e)) => me.held = Some(e),
+                Poll::Ready(None) => {
+                    let reason = if me.sub.slow.load(Ordering::Acquire) {
+                        "slow_consumer"
+                    } else {
+                        "unavailable"
+                    };
+                    return me.close(reason);
+                }
+                Poll::Pending => break,
+            }
+        }
+        if me.ping.as_mut().poll(cx).is_ready() {
+            return me.frame(": ping\n\n".to_owned());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_points_and_filters_are_checked() {
+        let h = HeaderValue::from_static("41");
+        let q = Query::parse(Some("after=7&types=instance.status_changed"), Some(&h)).unwrap();
+        assert_eq!(q.after, Some(41), "the header is the newer word");
+        assert_eq!(
+            q.types.as_deref(),
+            Some(&["instance.status_changed".to_owned()][..])
+        );
+        for bad in [
+            "after=-1",
+            "after=x",
+            "types=instance.nope",
+            "instance=",
+            "foo=1",
+            "after=%00",
+        ] {
+            let e = Query::parse(Some(bad), None).unwrap_err();
+            assert_eq!(e.kind.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+        let e = Query::parse(None, Some(&HeaderValue::from_static("x"))).unwrap_err();
+        assert!(e.to_string().contains("Last-Event-ID"), "{e}");
+    }
+
+    #[test]
+    fn filters_match_type_and_instance() {
+        let e = Event {
+            account_id: 1,
+            seq: 3,
+            at: String::new(),
+            kind: events::STATUS_CHANGED.into(),
+            instance_id: Some("i-1".into()),
+            data: serde_json::json!({}),
+        };
+        let q = |s: &str| Query::parse(Some(s), None).unwrap();
+        assert!(q("").wants(&e));
+        assert!(q("types=instance.status_changed,budget.warning").wants(&e));
+        assert!(!q("types=budget.warning").wants(&e));
+        assert!(q("instance=i-1").wants(&e));
+        assert!(!q("instance=i-2").wants(&e));
+    }
+}

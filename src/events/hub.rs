@@ -1,0 +1,319 @@
+//! The fan-out from the event log to the open streams of this daemon.
+//!
+//! - One feed per account with streams here: the last `seq` delivered to them, and the streams
+//!   (each a bounded queue of `events.max_queue`).
+//! - A committed transaction that wrote events tells the hub of its accounts (`Db`'s hook): the
+//!   hub reads the new rows at once and publishes the account ids on one Redis channel, which
+//!   every daemon's hub subscribes to (one subscription per daemon, not per stream).
+//! - The log is also read every `events.poll_fallback_ms` for every feed, so an event whose
+//!   notice was lost (Redis down, a reconnect) arrives at most that late, and none is lost.
+//! - Delivery never waits: a stream whose queue is full is dropped from its feed and told it
+//!   was too slow (`slow_consumer`); the client resumes from the log with `Last-Event-ID`.
+//! - One account's events commit in `seq` order (`accounts::event_log`), so a feed that has
+//!   delivered `seq` N has delivered everything before it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Event, latest, read_many};
+use crate::accounts::Db;
+use crate::cache::Redis;
+use crate::config::EventsConfig;
+use crate::error::{Error, Kind, Refusal, Result, Side};
+
+/// Rows read from the log at once; a feed further behind is read again at once.
+const READ_LIMIT: i64 = 1000;
+/// A burst larger than `events.max_queue` goes out in parts this far apart.
+const BURST_PAUSE: Duration = Duration::from_millis(20);
+
+pub struct Hub {
+    db: Arc<Db>,
+    redis: Option<Redis>,
+    cfg: EventsConfig,
+    feeds: Mutex<HashMap<i64, Feed>>,
+    /// Accounts told of new events since the last read.
+    poked: Mutex<HashSet<i64>>,
+    wake: Notify,
+    next_id: AtomicU64,
+    /// Cancelled when the daemon drains: every stream ends with its reconnect hint.
+    draining: CancellationToken,
+}
+
+struct Feed {
+    last: i64,
+    streams: Vec<Sub>,
+}
+
+struct Sub {
+    id: u64,
+    /// The key that opened it (what `key.revoked` of that key ends, later).
+    #[allow(dead_code)]
+    key_id: i64,
+    tx: mpsc::Sender<Arc<Event>>,
+    slow: Arc<AtomicBool>,
+}
+
+/// A stream's registration: live events after `from` arrive on `rx`; dropping it leaves the
+/// feed.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Arc<Event>>,
+    /// The feed's last delivered `seq` when the stream joined: the log up to here is the
+    /// stream's to read, everything after arrives on `rx`.
+    pub from: i64,
+    /// Set when the hub dropped the stream for falling `events.max_queue` behind.
+    pub slow: Arc<AtomicBool>,
+    pub draining: CancellationToken,
+    hub: Arc<Hub>,
+    account_id: i64,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut feeds = self.hub.feeds.lock().unwrap();
+        if let Some(f) = feeds.get_mut(&self.account_id) {
+            f.streams.retain(|s| s.id != self.id);
+            if f.streams.is_empty() {
+                feeds.remove(&self.account_id);
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(db: Arc<Db>, redis: Option<Redis>, cfg: &EventsConfig) -> Arc<Hub> {
+        let hub = Arc::new(Hub {
+            db: db.clone(),
+            redis,
+            cfg: cfg.clone(),
+            feeds: Mutex::new(HashMap::new()),
+            poked: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            next_id: AtomicU64::new(1),
+            draining: CancellationToken::new(),
+        });
+        let weak = Arc::downgrade(&hub);
+        db.on_events_committed(move |accounts| {
+            if let Some(hub) = weak.upgrade() {
+                hub.committed(accounts);
+            }
+        });
+        hub
+    }
+
+    fn channel(redis: &Redis) -> String {
+        redis.key("events")
+    }
+
+    /// Events were committed for `accounts` here: read them now, and tell the other daemons.
+    fn committed(&self, accounts: &[i64]) {
+        self.poke(accounts.iter().copied());
+        if let Some(redis) = self.redis.clone() {
+            let ids = accounts
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            tokio::spawn(async move {
+                // lost when Redis is down: the other daemons' polls cover it
+                let _ = redis.publish(&Hub::channel(&redis), ids).await;
+            });
+        }
+    }
+
+    fn poke(&self, accounts: impl Iterator<Item = i64>) {
+        self.poked.lock().unwrap().extend(accounts);
+        self.wake.notify_one();
+    }
+
+    /// Streams open now (for `/stats` and the gauge).
+    pub fn streams(&self) -> usize {
+        self.feeds
+            .lock()
+            .unwrap()
+            .values()
+            .map(|f| f.streams.len())
+            .sum()
+    }
+
+    /// Every stream ends (SSE: `retry:` and a `draining` close), so clients reconnect elsewhere.
+    pub fn drain(&self) {
+        self.draining.cancel();
+    }
+
+    /// Registers a stream of `account_id`, opened with key `key_id`: 429 `stream_limit` past
+    /// `events.max_streams_per_account`.
+    pub async fn subscribe(self: &Arc<Self>, account_id: i64, key_id: i64) -> Result<Subscription> {
+        // a new feed starts at the account's latest event (read without the lock held; again
+        // if the feed went away meanwhile)
+        let mut latest_seq = None;
+        loop {
+            {
+                let mut feeds = self.feeds.lock().unwrap();
+                if feeds.contains_key(&account_id) || latest_seq.is_some() {
+                    return self.join(&mut feeds, account_id, key_id, latest_seq.unwrap_or(0));
+                }
+            }
+            latest_seq = Some(latest(&self.db, account_id).await?);
+        }
+    }
+
+    fn join(
+        self: &Arc<Self>,
+        feeds: &mut HashMap<i64, Feed>,
+        account_id: i64,
+        key_id: i64,
+        latest_seq: i64,
+    ) -> Result<Subscription> {
+        let cap = self.cfg.max_streams_per_account.get() as usize;
+        let feed = feeds.entry(account_id).or_insert(Feed {
+            last: latest_seq,
+            streams: Vec::new(),
+        });
+        if feed.streams.len() >= cap {
+            if feed.streams.is_empty() {
+                feeds.remove(&account_id);
+            }
+            return Err(Error::new(
+                Kind::Refused(Refusal::StreamLimit),
+                Side::Client,
+                format!(
+                    "{cap} event streams are open for this account \
+                     (events.max_streams_per_account)"
+                ),
+            ));
+        }
+        let (tx, rx) = mpsc::channel(self.cfg.max_queue.get() as usize);
+        let slow = Arc::new(AtomicBool::new(false));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        feed.streams.push(Sub {
+            id,
+            key_id,
+            tx,
+            slow: slow.clone(),
+        });
+        Ok(Subscription {
+            rx,
+            from: feed.last,
+            slow,
+            draining: self.draining.clone(),
+            hub: self.clone(),
+            account_id,
+            id,
+        })
+    }
+
+    /// The hub's work for the life of the daemon: the Redis subscription, and the reads of the
+    /// log (on notice, and every `events.poll_fallback_ms`).
+    pub fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Some(redis) = &self.redis {
+            let (a, b) = (Arc::downgrade(self), Arc::downgrade(self));
+            let on_message = move |msg: &str| {
+                if let Some(hub) = a.upgrade() {
+                    hub.poke(msg.split(',').filter_map(|s| s.parse().ok()));
+                }
+            };
+            // notices sent while disconnected are lost: read every feed
+            let on_resubscribe = move || {
+                if let Some(hub) = b.upgrade() {
+                    let all: Vec<i64> = hub.feeds.lock().unwrap().keys().copied().collect();
+                    hub.poke(all.into_iter());
+                }
+            };
+            match redis.subscribe(Hub::channel(redis), on_message, on_resubscribe) {
+                Ok(t) => tasks.push(t),
+                Err(e) => tracing::error!(error = %e, "cannot subscribe to event notices"),
+            }
+        }
+        let hub = self.clone();
+        tasks.push(tokio::spawn(async move { hub.run().await }));
+        tasks
+    }
+
+    async fn run(self: Arc<Self>) {
+        let every = Duration::from_millis(self.cfg.poll_fallback_ms.ms());
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let all = tokio::select! {
+                _ = self.wake.notified() => false,
+                _ = tick.tick() => true,
+            };
+            let poked: HashSet<i64> = std::mem::take(&mut *self.poked.lock().unwrap());
+            let after: Vec<(i64, i64)> = {
+                let feeds = self.feeds.lock().unwrap();
+                feeds
+                    .iter()
+                    .filter(|(a, _)| all || poked.contains(a))
+                    .map(|(a, f)| (*a, f.last))
+                    .collect()
+            };
+            if after.is_empty() {
+                continue;
+            }
+            match read_many(&self.db, &after, READ_LIMIT).await {
+                Ok(events) => {
+                    if events.len() as i64 == READ_LIMIT {
+                        // more to read: go round again at once
+                        self.poke(after.iter().map(|(a, _)| *a));
+                    }
+                    let behind = self.deliver(events);
+                    if !behind.is_empty() {
+                        // a burst: the rest once the streams have had a moment to take this part
+                        let hub = Arc::downgrade(&self);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(BURST_PAUSE).await;
+                            if let Some(hub) = hub.upgrade() {
+                                hub.poke(behind.into_iter());
+                            }
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "event log read failed; the next poll retries");
+                }
+            }
+        }
+    }
+
+    /// Hands each event to its account's streams, in order; a stream whose queue is full is
+    /// dropped and marked slow. At most `events.max_queue` events per account at once (a stream
+    /// that reads could not take more at once); returns the accounts with more to come.
+    fn deliver(&self, events: Vec<Event>) -> HashSet<i64> {
+        let max = i64::from(self.cfg.max_queue.get());
+        let mut first: HashMap<i64, i64> = HashMap::new();
+        let mut behind = HashSet::new();
+        let mut feeds = self.feeds.lock().unwrap();
+        for e in events {
+            let Some(feed) = feeds.get_mut(&e.account_id) else {
+                continue;
+            };
+            // read twice (a notice and a poll): delivered once
+            if e.seq <= feed.last {
+                continue;
+            }
+            let start = *first.entry(e.account_id).or_insert(e.seq);
+            if e.seq - start >= max {
+                behind.insert(e.account_id);
+                continue;
+            }
+            feed.last = e.seq;
+            let e = Arc::new(e);
+            feed.streams.retain(|s| match s.tx.try_send(e.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.slow.store(true, Ordering::Release);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+        behind
+    }
+}

@@ -1,0 +1,186 @@
+//! The account event stream (`GET /v1/events`, issue 17), end to end: the daemon as a process
+//! with PostgreSQL (through PgBouncer), Redis and the sandbox providers; rentals made over HTTP;
+//! the stream read as Server-Sent Events.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::accounts::TestDb;
+use support::rentals::{account, call, cheapest, post, rent_body};
+use support::sandbox::Sandbox;
+use support::services;
+use support::sse::{Sse, SseEvent};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn is_status(e: &SseEvent, instance: &str, status: &str) -> bool {
+    e.event == "instance.status_changed"
+        && e.data["instance_id"] == instance
+        && e.data["data"]["status"] == status
+}
+
+/// Rents the cheapest on-demand Vast offer and destroys it; returns the instance id.
+async fn rent_and_destroy(d: &support::daemon::DaemonProc, token: &str) -> String {
+    let offer = cheapest(d, token, "vastai", "").await;
+    let r = post(d, token, &rent_body(offer["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = call(d, token, "DELETE", &format!("/v1/instances/{id}"), "", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_changes_stream_in_order_resume_without_gaps_and_stay_in_their_account() {
+    let s = services::shared();
+    let db = TestDb::new(s, "ev1");
+    let sandbox = Sandbox::start(&[]);
+    let a = account(&db, "alpha", 1000.0, 10);
+    let b = account(&db, "beta", 1000.0, 10);
+    let d = sandbox.daemon(&db, &["ratelimit.enabled=false"]).await;
+
+    let mut sa = Sse::open(d.https, &a, "/v1/events", None, None)
+        .await
+        .unwrap();
+    let mut sb = Sse::open(d.https, &b, "/v1/events", None, None)
+        .await
+        .unwrap();
+    let open = sa.next(WAIT).await.unwrap();
+    assert_eq!(open.event, "open");
+    assert_eq!(open.retry, Some(2000));
+    let start = open.data["last_event_id"].as_i64().unwrap();
+    assert_eq!(sb.next(WAIT).await.unwrap().event, "open");
+
+    let id = rent_and_destroy(&d, &a).await;
+    let got = sa.until(WAIT, |e| is_status(e, &id, "terminated")).await;
+    // every event has the next id: nothing missing, nothing twice, in commit order
+    let ids: Vec<i64> = got.iter().map(|e| e.id.unwrap()).collect();
+    let expected: Vec<i64> = (start + 1..=start + got.len() as i64).collect();
+    assert_eq!(ids, expected, "{got:#?}");
+    // the statuses are the ledger's, in its order
+    let statuses: Vec<&str> = got
+        .iter()
+        .filter(|e| e.event == "instance.status_changed")
+        .map(|e| e.data["data"]["status"].as_str().unwrap())
+        .collect();
+    let ledger = call(&d, &a, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    let mut ledger_statuses: Vec<&str> = ledger["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    ledger_statuses.dedup();
+    let mut stream_statuses = statuses.clone();
+    stream_statuses.dedup();
+    assert_eq!(stream_statuses, ledger_statuses, "{got:#?}\n{ledger:#?}");
+    assert_eq!(statuses.first(), Some(&"pending"));
+    for e in &got {
+        assert_eq!(e.data["id"].as_i64(), e.id, "data.id is the event id");
+        assert!(e.data["at"].as_str().unwrap().ends_with('Z'));
+    }
+
+    // resume after the second event: the rest again, from the log, then live
+    let after = ids[1];
+    let mut again = Sse::open(d.https, &a, "/v1/events", Some(after), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.next(WAIT).await.unwrap().data["last_event_id"],
+        after,
+        "it starts where it was asked to"
+    );
+    let replay = again.until(WAIT, |e| is_status(e, &id, "terminated")).await;
+    let replay_ids: Vec<i64> = replay.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(replay_ids, ids[2..].to_vec());
+    // `?after=` does the same, and filters choose what is sent
+    let mut filtered = Sse::open(
+        d.https,
+        &a,
+        &format!("/v1/events?after={start}&types=instance.status_changed&instance={id}"),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    filtered.next(WAIT).await.unwrap();
+    let only = filtered
+        .until(WAIT, |e| is_status(e, &id, "terminated"))
+        .await;
+    assert!(only.iter().all(|e| e.event == "instance.status_changed"));
+    assert_eq!(only.len(), statuses.len());
+
+    // account B saw none of it; its own event (a key revoked) reaches it alone
+    let extra = db.cli(&["keys", "create", "--account", "beta"]);
+    let public_id = extra["key"]["public_id"]
+        .as_str()
+        .or(extra["public_id"].as_str())
+        .unwrap()
+        .to_owned();
+    db.cli(&["keys", "revoke", &public_id]);
+    let e = sb.next(WAIT).await.expect("B's own event");
+    assert_eq!(e.event, "key.revoked", "{e:?}");
+    assert_eq!(e.data["data"]["public_id"], public_id.as_str());
+    assert!(
+        sa.next(Duration::from_millis(1500)).await.is_none(),
+        "A never sees B's events"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_and_the_stream_cap_get_json_errors() {
+    let s = services::shared();
+    let db = TestDb::new(s, "ev2");
+    let sandbox = Sandbox::start(&[]);
+    let a = account(&db, "gamma", 100.0, 1);
+    let d = sandbox
+        .daemon(
+            &db,
+            &[
+                "ratelimit.enabled=false",
+                "events.max_streams_per_account=2",
+            ],
+        )
+        .await;
+    for (path, last, what) in [
+        ("/v1/events?after=-3", None, "after"),
+        ("/v1/events?types=instance.bogus", None, "types"),
+        ("/v1/events?bogus=1", None, "bogus"),
+        ("/v1/events", Some(-1), "Last-Event-ID"),
+    ] {
+        let Err((status, body)) = Sse::open(d.https, &a, path, last, None).await else {
+            panic!("{path} opened");
+        };
+        assert_eq!(status, 400, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(what),
+            "{v}"
+        );
+    }
+    let Err((status, _)) = Sse::open(d.https, "gpx_nope", "/v1/events", None, None).await else {
+        panic!("opened without a key");
+    };
+    assert_eq!(status, 401);
+    let _one = Sse::open(d.https, &a, "/v1/events", None, None)
+        .await
+        .unwrap();
+    let _two = Sse::open(d.https, &a, "/v1/events", None, None)
+        .await
+        .unwrap();
+    let Err((status, body)) = Sse::open(d.https, &a, "/v1/events", None, None).await else {
+        panic!("a third stream opened");
+    };
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("stream_limit"), "{body}");
+    // a stream closed frees its place
+    drop(_one);
+    support::eventually("the closed stream's place", || async {
+        Sse::open(d.https, &a, "/v1/events", None, None).await.ok()
+    })
+    .await;
+}
