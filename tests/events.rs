@@ -184,3 +184,159 @@ async fn bad_requests_and_the_stream_cap_get_json_errors() {
     })
     .await;
 }
+
+/// Adds `n` events to an account's log the way a writer does (the next seqs, in one
+/// transaction): a burst no client reads as fast as it comes.
+async fn burst(db: &TestDb<'_>, account: &str, n: i64) {
+    db.client()
+        .await
+        .execute(
+            "WITH a AS (UPDATE accounts SET event_seq = event_seq + $2 WHERE name = $1 \
+                        RETURNING id, event_seq) \
+             INSERT INTO account_events (account_id, seq, type, data) \
+             SELECT a.id, a.event_seq - $2 + g, 'budget.warning', \
+                    jsonb_build_object('n', g, 'pad', repeat('x', 200)) \
+             FROM a, generate_series(1, $2) g",
+            &[&account, &n],
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_closed_as_slow_consumer_and_others_keep_up() {
+    let s = services::shared();
+    let db = TestDb::new(s, "ev3");
+    let sandbox = Sandbox::start(&[]);
+    let slow = account(&db, "slowpoke", 100.0, 1);
+    let other = account(&db, "prompt", 100.0, 1);
+    let d = sandbox
+        .daemon(
+            &db,
+            &["ratelimit.enabled=false", "events.poll_fallback_ms=200"],
+        )
+        .await;
+    // a small receive buffer, and nothing read after the first event
+    let mut stalled = Sse::open(d.https, &slow, "/v1/events", None, Some(4096))
+        .await
+        .unwrap();
+    let start = stalled.next(WAIT).await.unwrap().data["last_event_id"]
+        .as_i64()
+        .unwrap();
+    let mut reader = Sse::open(d.https, &other, "/v1/events", None, None)
+        .await
+        .unwrap();
+    reader.next(WAIT).await.unwrap();
+
+    burst(&db, "slowpoke", 20_000).await;
+    support::eventually(
+        "the stalled stream to be dropped as slow_consumer",
+        || async {
+            let page = d.scrape().await;
+            (support::metrics::value(
+                &page,
+                "gpuproxy_event_streams_closed_total{reason=\"slow_consumer\"}",
+            ) >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    // the other account's stream is not held up: its event arrives
+    let extra = db.cli(&["keys", "create", "--account", "prompt"]);
+    let public_id = extra["key"]["public_id"].as_str().unwrap().to_owned();
+    db.cli(&["keys", "revoke", &public_id]);
+    let e = reader.next(WAIT).await.expect("the other client's event");
+    assert_eq!(e.event, "key.revoked");
+
+    // the stalled client, reading again: what was buffered, in order, then the reason
+    let mut expect = start + 1;
+    let close = loop {
+        let e = stalled
+            .next(WAIT)
+            .await
+            .expect("buffered events, then close");
+        if e.event == "close" {
+            break e;
+        }
+        assert_eq!(e.id, Some(expect), "no gap in what was delivered");
+        expect += 1;
+    };
+    assert_eq!(close.data["reason"], "slow_consumer");
+    let last = close.data["last_event_id"].as_i64().unwrap();
+    assert_eq!(last, expect - 1);
+    assert!(last < start + 20_000, "it was dropped before the end");
+    assert!(
+        stalled.next(Duration::from_secs(2)).await.is_none(),
+        "and ended"
+    );
+    // resuming from there reads the log on: nothing lost
+    let mut resumed = Sse::open(d.https, &slow, "/v1/events", Some(last), None)
+        .await
+        .unwrap();
+    resumed.next(WAIT).await.unwrap();
+    assert_eq!(resumed.next(WAIT).await.unwrap().id, Some(last + 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_cross_daemons_through_redis_survive_its_loss_and_streams_end_on_drain() {
+    // its own services: this test kills Redis
+    let s = services::Services::start();
+    let db = TestDb::new(&s, "ev4");
+    let sandbox = Sandbox::start(&[]);
+    let a = account(&db, "delta", 1000.0, 10);
+    // the writer and a reader that polls only once a minute: what reaches it fast came
+    // through Redis
+    let slow_poll = ["ratelimit.enabled=false", "events.poll_fallback_ms=60000"];
+    let writer = sandbox.daemon(&db, &slow_poll).await;
+    let via_redis = sandbox.daemon(&db, &slow_poll).await;
+    let polling = sandbox
+        .daemon(
+            &db,
+            &["ratelimit.enabled=false", "events.poll_fallback_ms=500"],
+        )
+        .await;
+    let mut on_redis = Sse::open(via_redis.https, &a, "/v1/events", None, None)
+        .await
+        .unwrap();
+    let mut on_poll = Sse::open(polling.https, &a, "/v1/events", None, None)
+        .await
+        .unwrap();
+    let start = on_redis.next(WAIT).await.unwrap().data["last_event_id"]
+        .as_i64()
+        .unwrap();
+    on_poll.next(WAIT).await.unwrap();
+
+    let id = rent_and_destroy(&writer, &a).await;
+    let got = on_redis
+        .until(WAIT, |e| is_status(e, &id, "terminated"))
+        .await;
+    assert_eq!(got[0].id, Some(start + 1));
+    let end = got.last().unwrap().id.unwrap();
+    let got = on_poll.until(WAIT, |e| e.id == Some(end)).await;
+    assert_eq!(got.len() as i64, end - start);
+
+    // Redis gone: the polling daemon still gets every event, within its poll
+    s.redis.kill();
+    let id = rent_and_destroy(&writer, &a).await;
+    let got = on_poll
+        .until(WAIT, |e| is_status(e, &id, "terminated"))
+        .await;
+    let ids: Vec<i64> = got.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(ids, (end + 1..=end + ids.len() as i64).collect::<Vec<_>>());
+    let end = *ids.last().unwrap();
+    // Redis back: the daemon that missed the notices reads what it missed at once
+    s.redis.start();
+    let got = on_redis.until(WAIT, |e| e.id == Some(end)).await;
+    assert_eq!(
+        got[0].id,
+        Some(start + (end - start) - ids.len() as i64 + 1)
+    );
+
+    // SIGTERM: the stream ends with its reconnect hint
+    polling.signal(libc::SIGTERM);
+    let close = on_poll.until(WAIT, |e| e.event == "close").await;
+    let close = close.last().unwrap();
+    assert_eq!(close.data["reason"], "draining");
+    assert_eq!(close.retry, Some(2000));
+    assert_eq!(close.data["last_event_id"], end);
+}

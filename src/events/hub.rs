@@ -26,8 +26,6 @@ use crate::cache::Redis;
 use crate::config::EventsConfig;
 use crate::error::{Error, Kind, Refusal, Result, Side};
 
-/// Rows read from the log at once; a feed further behind is read again at once.
-const READ_LIMIT: i64 = 1000;
 /// A burst larger than `events.max_queue` goes out in parts this far apart.
 const BURST_PAUSE: Duration = Duration::from_millis(20);
 
@@ -257,12 +255,9 @@ impl Hub {
             if after.is_empty() {
                 continue;
             }
-            match read_many(&self.db, &after, READ_LIMIT).await {
+            let per_account = i64::from(self.cfg.max_queue.get());
+            match read_many(&self.db, &after, per_account).await {
                 Ok(events) => {
-                    if events.len() as i64 == READ_LIMIT {
-                        // more to read: go round again at once
-                        self.poke(after.iter().map(|(a, _)| *a));
-                    }
                     let behind = self.deliver(events);
                     if !behind.is_empty() {
                         // a burst: the rest once the streams have had a moment to take this part
@@ -283,24 +278,20 @@ impl Hub {
     }
 
     /// Hands each event to its account's streams, in order; a stream whose queue is full is
-    /// dropped and marked slow. At most `events.max_queue` events per account at once (a stream
-    /// that reads could not take more at once); returns the accounts with more to come.
+    /// dropped and marked slow. The reads bring at most `events.max_queue` events per account
+    /// (a stream that reads could not take more at once); returns the accounts that may have
+    /// more to come.
     fn deliver(&self, events: Vec<Event>) -> HashSet<i64> {
-        let max = i64::from(self.cfg.max_queue.get());
-        let mut first: HashMap<i64, i64> = HashMap::new();
-        let mut behind = HashSet::new();
+        let max = self.cfg.max_queue.get() as usize;
+        let mut read: HashMap<i64, usize> = HashMap::new();
         let mut feeds = self.feeds.lock().unwrap();
         for e in events {
+            *read.entry(e.account_id).or_default() += 1;
             let Some(feed) = feeds.get_mut(&e.account_id) else {
                 continue;
             };
             // read twice (a notice and a poll): delivered once
             if e.seq <= feed.last {
-                continue;
-            }
-            let start = *first.entry(e.account_id).or_insert(e.seq);
-            if e.seq - start >= max {
-                behind.insert(e.account_id);
                 continue;
             }
             feed.last = e.seq;
@@ -314,6 +305,9 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
         }
-        behind
+        read.into_iter()
+            .filter(|(_, n)| *n >= max)
+            .map(|(a, _)| a)
+            .collect()
     }
 }

@@ -111,22 +111,23 @@ pub async fn read(
     Ok(rows.iter().map(row).collect())
 }
 
-/// The events after each (account, seq) pair, in one query (the fan-out's reads), oldest
-/// first per account, at most `limit` in all.
-pub async fn read_many(db: &Db, after: &[(i64, i64)], limit: i64) -> Result<Vec<Event>> {
+/// The events after each (account, seq) pair, in one query (the fan-out's reads): at most
+/// `per_account` for each account (one account's burst does not hold up the others), oldest
+/// first per account.
+pub async fn read_many(db: &Db, after: &[(i64, i64)], per_account: i64) -> Result<Vec<Event>> {
     let (accounts, seqs): (Vec<i64>, Vec<i64>) = after.iter().copied().unzip();
     let rows = db
         .query(
             &format!(
-                "SELECT {COLS} FROM account_events e \
-                 JOIN unnest($1::int8[], $2::int8[]) AS w(a, s) \
-                   ON e.account_id = w.a AND e.seq > w.s \
-                 ORDER BY e.account_id, e.seq LIMIT $3"
+                "SELECT e.* FROM unnest($1::int8[], $2::int8[]) AS w(a, s) \
+                 CROSS JOIN LATERAL (SELECT {COLS} FROM account_events \
+                   WHERE account_id = w.a AND seq > w.s ORDER BY seq LIMIT $3) e \
+                 ORDER BY e.account_id, e.seq"
             ),
             &[
                 (&accounts, Type::INT8_ARRAY),
                 (&seqs, Type::INT8_ARRAY),
-                (&limit, Type::INT8),
+                (&per_account, Type::INT8),
             ],
         )
         .await?;
