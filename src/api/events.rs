@@ -242,8 +242,12 @@ impl Drop for SseBody {
             f.abort();
         }
         gauge!(EVENT_STREAMS).decrement(1.0);
-        counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => self.ended.unwrap_or("client"))
-            .increment(1);
+        match self.ended {
+            // the hub counted it when it dropped the stream
+            Some("slow_consumer") => {}
+            reason => counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => reason.unwrap_or("client"))
+                .increment(1),
+        }
     }
 }
 

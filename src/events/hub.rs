@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use metrics::counter;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,7 @@ use crate::accounts::Db;
 use crate::cache::Redis;
 use crate::config::EventsConfig;
 use crate::error::{Error, Kind, Refusal, Result, Side};
+use crate::metrics::EVENT_STREAMS_CLOSED_TOTAL;
 
 /// A burst larger than `events.max_queue` goes out in parts this far apart.
 const BURST_PAUSE: Duration = Duration::from_millis(20);
@@ -299,7 +301,10 @@ impl Hub {
             feed.streams.retain(|s| match s.tx.try_send(e.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    // counted here: its body may not be polled again until the client reads
+                    // (or the write timeout closes the connection)
                     s.slow.store(true, Ordering::Release);
+                    counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => "slow_consumer").increment(1);
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
