@@ -70,6 +70,14 @@ struct Args {
     /// and one more header line a second, reconnecting whenever the server cuts it.
     #[arg(long)]
     slowloris: bool,
+    /// A header sent with every request (`Name: value`), e.g. `Authorization: Bearer gpx_...`.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Hold Server-Sent Events streams (`--path /v1/events`): each connection's request is
+    /// answered with a stream that stays open; every event after the first is timed from its
+    /// `at` (commit time) to its arrival, reported as the latencies.
+    #[arg(long)]
+    sse: bool,
     /// (internal) index of this child; children number their sources apart.
     #[arg(long, hide = true)]
     child_index: Option<usize>,
@@ -115,9 +123,21 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(cfg.clone())
 }
 
-/// Sends one request and reads the whole response; errors are named by kind.
-async fn request(conn: &mut Conn, path: &str) -> Result<(), &'static str> {
-    let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+/// The request head: `path`, and the `--header`s.
+fn head(path: &str, headers: &[String]) -> String {
+    let mut req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// Sends one request and reads the whole response (an event stream: its head and first event);
+/// errors are named by kind.
+async fn request(conn: &mut Conn, args: &Args) -> Result<(), &'static str> {
+    let req = head(&args.path, &args.headers);
     conn.get_mut()
         .write_all(req.as_bytes())
         .await
@@ -143,6 +163,18 @@ async fn request(conn: &mut Conn, path: &str) -> Result<(), &'static str> {
         }
         if line == "\r\n" {
             break;
+        }
+    }
+    if args.sse {
+        // chunked: read up to the end of the first event (`open`)
+        loop {
+            line.clear();
+            if conn.read_line(&mut line).await.map_err(|_| "read")? == 0 {
+                return Err("closed");
+            }
+            if line.starts_with("event: open") {
+                return Ok(());
+            }
         }
     }
     let mut body = vec![0u8; len];
@@ -184,7 +216,7 @@ async fn connect_one(args: &Args, child: usize, i: usize) -> Result<Box<dyn Stre
 async fn open_one(args: &Args, child: usize, i: usize) -> Result<Conn, &'static str> {
     let stream = connect_one(args, child, i).await?;
     let mut conn = BufReader::with_capacity(1024, stream);
-    tokio::time::timeout(Duration::from_secs(10), request(&mut conn, &args.path))
+    tokio::time::timeout(Duration::from_secs(10), request(&mut conn, args))
         .await
         .map_err(|_| "request_timeout")??;
     Ok(conn)
@@ -215,7 +247,8 @@ async fn slowloris(args: Arc<Args>, child: usize, i: usize, deadline: Instant) -
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let head = format!("GET {} HTTP/1.1\r\nhost: localhost\r\n", args.path);
+        let mut head = head(&args.path, &args.headers);
+        head.truncate(head.len() - 2); // unfinished
         if s.write_all(head.as_bytes()).await.is_ok() {
             while Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -278,6 +311,10 @@ async fn run_worker(args: Args, child: usize) {
     emit(&report);
 
     let deadline = Instant::now() + Duration::from_secs(args.hold_secs);
+    if args.sse {
+        hold_streams(conns, deadline).await;
+        return;
+    }
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (child as u64);
     while Instant::now() < deadline {
         let wait = if args.poke_every_secs == 0 {
@@ -300,7 +337,7 @@ async fn run_worker(args: Args, child: usize) {
             rng ^= rng << 17;
             let idx = (rng as usize) % conns.len();
             let t = Instant::now();
-            match request(&mut conns[idx], &args.path).await {
+            match request(&mut conns[idx], &args).await {
                 Ok(()) => round.latencies_ms.push(t.elapsed().as_secs_f64() * 1e3),
                 Err(kind) => {
                     *round.errors.entry(format!("poke_{kind}")).or_default() += 1;
@@ -315,6 +352,57 @@ async fn run_worker(args: Args, child: usize) {
     emit(&Report {
         event: "done".into(),
         held: conns.len(),
+        ..Default::default()
+    });
+}
+
+/// Reads every stream until `deadline`, timing each event from its `at` to its arrival; reports
+/// the latencies (as a `poke` report) and what is still open.
+async fn hold_streams(conns: Vec<Conn>, deadline: Instant) {
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let lat = lat.clone();
+            tokio::spawn(async move {
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    let n = tokio::time::timeout_at(deadline.into(), c.read_line(&mut line)).await;
+                    match n {
+                        Err(_) => return true,
+                        Ok(Ok(0)) | Ok(Err(_)) => return false,
+                        Ok(Ok(_)) => {}
+                    }
+                    let Some(at) = line
+                        .strip_prefix("data: ")
+                        .and_then(|d| d.split("\"at\":\"").nth(1))
+                        .and_then(|r| r.split('"').next())
+                        .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    else {
+                        continue;
+                    };
+                    let now = std::time::SystemTime::now();
+                    let ms = now.duration_since(at).unwrap_or_default().as_secs_f64() * 1e3;
+                    lat.lock().unwrap().push(ms);
+                }
+            })
+        })
+        .collect();
+    let mut open = 0;
+    for t in tasks {
+        open += usize::from(t.await.unwrap_or(false));
+    }
+    let latencies_ms = std::mem::take(&mut *lat.lock().unwrap());
+    emit(&Report {
+        event: "poke".into(),
+        poke_requests: latencies_ms.len(),
+        latencies_ms,
+        ..Default::default()
+    });
+    emit(&Report {
+        event: "done".into(),
+        held: open,
         ..Default::default()
     });
 }
@@ -341,6 +429,12 @@ fn child_args(a: &Args, n: usize, c: usize) -> Vec<String> {
     }
     if a.slowloris {
         v.push("--slowloris".into());
+    }
+    if a.sse {
+        v.push("--sse".into());
+    }
+    for h in &a.headers {
+        v.push(format!("--header={h}"));
     }
     v
 }

@@ -156,6 +156,9 @@ pub struct ConnShared {
     last_done_ms: AtomicU64,
     /// The client asked for `Connection: close` (or spoke HTTP/1.0): do not park, close.
     wants_close: std::sync::atomic::AtomicBool,
+    /// A long-lived response (an event stream) is being written: the TLS buffers are freed
+    /// whenever empty, as on a parked connection, since this one will not park for its life.
+    streaming: std::sync::atomic::AtomicBool,
     requests: AtomicU64,
     inflight: AtomicU32,
     phase: AtomicU8,
@@ -197,6 +200,12 @@ impl ConnShared {
     }
     pub fn wants_close(&self) -> bool {
         self.wants_close.load(Relaxed)
+    }
+    pub fn set_streaming(&self) {
+        self.streaming.store(true, Relaxed);
+    }
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Relaxed)
     }
     pub fn idle_ms(&self) -> u64 {
         self.now_ms()
@@ -535,6 +544,7 @@ impl Reservation {
                 last_read_ms: AtomicU64::new(0),
                 last_done_ms: AtomicU64::new(0),
                 wants_close: std::sync::atomic::AtomicBool::new(false),
+                streaming: std::sync::atomic::AtomicBool::new(false),
                 requests: AtomicU64::new(0),
                 inflight: AtomicU32::new(0),
                 phase: AtomicU8::new(if tls {

@@ -235,6 +235,13 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             shared.request_started();
             let _done = InFlight(&shared);
             let mut resp = api::handle(state.clone(), ctx, req).await;
+            if resp
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes() == b"text/event-stream")
+            {
+                shared.set_streaming();
+            }
             // draining: an HTTP/1 client learns it must not send on this connection again (hyper
             // closes it after this answer); HTTP/2 gets GOAWAY instead
             if ctx.proto == crate::conn::Protocol::Http1

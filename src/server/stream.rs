@@ -206,10 +206,14 @@ impl AsyncRead for Tracked {
 impl Tracked {
     /// Notes whether a write went through or waits for the client to read (the reaper drops a
     /// connection whose writes wait too long).
-    fn note_write<T>(&self, r: &Poll<io::Result<T>>) {
+    fn note_write<T>(&mut self, r: &Poll<io::Result<T>>) {
         match r {
             Poll::Pending => self.shared.write_blocked(),
             Poll::Ready(_) => self.shared.write_progressed(),
+        }
+        if self.shared.is_streaming() {
+            // an event stream never parks: its TLS buffers go whenever they are empty
+            self.io.inner.set_active(false);
         }
     }
 }
