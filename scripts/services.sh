@@ -68,6 +68,8 @@ max_client_conn = 10000
 ignore_startup_parameters = extra_float_digits,options
 logfile = $SVC_DIR/pgbouncer.log
 pidfile = $SVC_DIR/pgbouncer.pid
+; recover within a second of PostgreSQL being back (config/pgbouncer.ini)
+server_login_retry = 1
 INI
   echo "\"$SVC_DB_USER\" \"\"" >"$SVC_DIR/userlist.txt"
   [ "$(id -u)" = 0 ] && chown postgres: "$SVC_DIR/pgbouncer.ini" "$SVC_DIR/userlist.txt"

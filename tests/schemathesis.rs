@@ -64,8 +64,14 @@ fn st_run(
     report: &Path,
 ) -> Result<(), String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi");
+    // schemathesis keeps a cache (crashes to replay first) in its working directory: a fresh one
+    // per run, so every run is the same seeded run, and nothing lands in the source tree
+    let cwd = report.join("workdir");
+    let _ = std::fs::remove_dir_all(&cwd);
+    std::fs::create_dir_all(&cwd).expect("schemathesis working directory");
     let mut cmd = Command::new(st);
-    cmd.arg("--config-file")
+    cmd.current_dir(&cwd)
+        .arg("--config-file")
         .arg(dir.join("schemathesis.toml"))
         .arg("run")
         .arg(dir.join("openapi.json"))

@@ -53,7 +53,7 @@ pub fn poll_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
     }
 }
 
-fn which(name: &str, dirs: &[PathBuf], package: &str) -> PathBuf {
+pub fn which(name: &str, dirs: &[PathBuf], package: &str) -> PathBuf {
     for d in dirs {
         let p = d.join(name);
         if p.is_file() {
@@ -139,13 +139,13 @@ fn spawn(mut cmd: Command, death_signal: i32) -> Child {
     rrx.recv().unwrap().expect("spawn service")
 }
 
-fn chown_to_service_user(path: &Path) {
+pub fn chown_to_service_user(path: &Path) {
     if let Some((uid, gid)) = service_user() {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     }
 }
 
-fn run_ok(cmd: &mut Command, what: &str) {
+pub fn run_ok(cmd: &mut Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         out.status.success(),
@@ -163,6 +163,31 @@ fn port_open(port: u16) -> bool {
     .is_ok()
 }
 
+/// The settings of the shipped `config/pgbouncer.ini` that decide how an outage ends (the
+/// line after each `; recovery` comment), so the tests run PgBouncer as operators are told to.
+fn shipped_recovery_settings() -> String {
+    let ini = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgbouncer.ini"),
+    )
+    .expect("config/pgbouncer.ini");
+    let mut out = String::new();
+    let mut take = false;
+    for line in ini.lines() {
+        if line.starts_with("; recovery") {
+            take = true;
+        } else if take && !line.starts_with(';') {
+            out.push_str(line);
+            out.push('\n');
+            take = false;
+        }
+    }
+    assert!(
+        out.contains("server_login_retry"),
+        "recovery settings in config/pgbouncer.ini"
+    );
+    out
+}
+
 /// One server process that can be stopped and started again on the same port.
 pub struct Svc {
     pub name: &'static str,
@@ -173,7 +198,7 @@ pub struct Svc {
 }
 
 impl Svc {
-    fn new(
+    pub fn new(
         name: &'static str,
         port: u16,
         death_signal: i32,
@@ -213,6 +238,14 @@ impl Svc {
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap().take() {
             stop_child(&mut child, libc::SIGTERM);
+        }
+    }
+
+    /// Stops the process with `sig` (PostgreSQL: SIGINT is its fast shutdown, which ends client
+    /// sessions instead of waiting for them), and waits for it.
+    pub fn stop_with(&self, sig: i32) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            stop_child(&mut child, sig);
         }
     }
 
@@ -342,10 +375,11 @@ impl Services {
                  auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
                  default_pool_size = {}\nmax_client_conn = 5000\n\
                  ignore_startup_parameters = extra_float_digits,options\n\
-                 admin_users = {DB_USER}\nlogfile = {}\nserver_reset_query =\n",
+                 admin_users = {DB_USER}\nlogfile = {}\nserver_reset_query =\n{}",
                 userlist.display(),
                 opts.pgbouncer_pool_size,
-                dir.join("pgbouncer.log").display()
+                dir.join("pgbouncer.log").display(),
+                shipped_recovery_settings()
             ),
         )
         .unwrap();
