@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::accounts::TestDb;
-use support::rentals::{account, call, cheapest, post, rent_body};
+use support::rentals::{account, call, rent_and_destroy};
 use support::sandbox::Sandbox;
 use support::services;
 use support::sse::{Sse, SseEvent};
@@ -19,17 +19,6 @@ fn is_status(e: &SseEvent, instance: &str, status: &str) -> bool {
     e.event == "instance.status_changed"
         && e.data["instance_id"] == instance
         && e.data["data"]["status"] == status
-}
-
-/// Rents the cheapest on-demand Vast offer and destroys it; returns the instance id.
-async fn rent_and_destroy(d: &support::daemon::DaemonProc, token: &str) -> String {
-    let offer = cheapest(d, token, "vastai", "").await;
-    let r = post(d, token, &rent_body(offer["id"].as_str().unwrap())).await;
-    assert_eq!(r.status, 201, "{:?}", r.json());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
-    let r = call(d, token, "DELETE", &format!("/v1/instances/{id}"), "", None).await;
-    assert_eq!(r.status, 200, "{:?}", r.json());
-    id
 }
 
 #[tokio::test(flavor = "multi_thread")]

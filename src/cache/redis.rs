@@ -1,5 +1,12 @@
 //! The Redis client: one multiplexed connection for commands, one for subscriptions.
 //!
+//! `REDIS_URL` picks the deployment (fred parses it): one node (`redis://`), a Cluster
+//! (`redis-cluster://`, seed nodes as `node=` parameters), or a master found through Sentinel
+//! (`redis-sentinel://…?sentinelServiceName=`), each over TLS with the `rediss` schemes. In a
+//! Cluster no command may span hash slots: keys read or written together share a hash tag
+//! ([`Redis::tagged_key`]) and deletes of several keys go one key per command. Plain pub/sub
+//! reaches every node of a Cluster, so the channels need nothing special.
+//!
 //! fred's default builder has no reconnect policy (after a Redis restart commands hang forever)
 //! and no timeouts (commands queue during an outage): STACK-NOTES.md. Here reconnecting never
 //! stops (exponential back-off up to `redis.reconnect_max_delay_ms`), and every request-path
@@ -29,7 +36,15 @@ impl Redis {
     /// Builds the client and starts connecting in the background; returns at once even when
     /// Redis is down (the daemon then runs degraded until it is back).
     pub fn connect(url: &Secret, cfg: &RedisConfig) -> Result<Redis, String> {
-        let fc = FredConfig::from_url(url.expose()).map_err(|e| format!("REDIS_URL: {e}"))?;
+        let mut fc = FredConfig::from_url(url.expose()).map_err(|e| format!("REDIS_URL: {e}"))?;
+        if !cfg.tls_ca_file.is_empty() {
+            let Some(tls) = fc.tls.as_mut() else {
+                return Err("redis.tls_ca_file is set but REDIS_URL is not a TLS URL \
+                            (rediss://, rediss-cluster:// or rediss-sentinel://)"
+                    .into());
+            };
+            tls.connector = tls_connector(&cfg.tls_ca_file)?;
+        }
         let client = build(&fc, cfg)?;
         client.connect();
         Ok(Redis {
@@ -81,8 +96,15 @@ impl Redis {
             .await;
     }
 
+    /// `<prefix><name>` as one hash tag: keys built on it (`<tagged>:…`) all live in one slot
+    /// of a Cluster, so one command may read several of them.
+    pub fn tagged_key(&self, name: &str) -> String {
+        format!("{{{}{name}}}", self.prefix)
+    }
+
     /// Announces this daemon among its peers: `member` gets a key `<members>:<member>` that expires
-    /// after `ttl`, and is listed in the set `members`. Returns how many listed members are still
+    /// after `ttl`, and is listed in the set `members` (a [`Redis::tagged_key`], so the set and the
+    /// member keys share a Cluster slot and one MGET reads them). Returns how many listed members are still
     /// alive (their key exists), dropping the dead ones from the set. Three round trips, once per
     /// heartbeat; errors are returned so the caller can keep its last count.
     pub async fn heartbeat(
@@ -117,14 +139,13 @@ impl Redis {
         Ok(alive.iter().filter(|a| a.is_some()).count().max(1) as u32)
     }
 
+    /// Deletes `keys`, one key per command (sent together): unrelated keys live in different
+    /// slots of a Cluster, where one DEL naming them all is refused (CROSSSLOT).
     pub async fn del(&self, keys: Vec<String>) -> Result<(), String> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        self.client
-            .with_options(&self.opts)
-            .del::<(), _>(keys)
+        let c = self.client.with_options(&self.opts);
+        futures_util::future::try_join_all(keys.into_iter().map(|k| c.del::<(), _>(k)))
             .await
+            .map(|_| ())
             .map_err(|e| e.to_string())
     }
 
@@ -183,6 +204,32 @@ impl Redis {
             }
         }))
     }
+}
+
+/// A rustls connector trusting only the CA certificates in the PEM file at `path`.
+fn tls_connector(path: &str) -> Result<fred::types::config::TlsConnector, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("redis.tls_ca_file {path}: {e}"))?
+    {
+        let cert = cert.map_err(|e| format!("redis.tls_ca_file {path}: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("redis.tls_ca_file {path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("redis.tls_ca_file {path}: no certificate in it"));
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tls.into())
 }
 
 fn build(fc: &FredConfig, cfg: &RedisConfig) -> Result<Client, String> {

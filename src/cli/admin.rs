@@ -15,7 +15,7 @@ use crate::accounts::store::{
 use crate::accounts::{Db, migrate};
 use crate::auth::admin;
 use crate::cache::Redis;
-use crate::config::{DatabaseConfig, RedisConfig, Secret};
+use crate::config::{DatabaseConfig, Secret};
 
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
@@ -285,19 +285,22 @@ fn db() -> Result<std::sync::Arc<Db>, String> {
     Db::new(&url, &cfg)
 }
 
-async fn redis() -> Option<Redis> {
-    let url = env_secret("REDIS_URL")?;
-    // the daemons' namespace: the same variable that overrides `redis.key_prefix` for them
-    let mut cfg = RedisConfig::default();
-    if let Ok(p) = std::env::var("GPUPROXY_REDIS_KEY_PREFIX")
-        && !p.is_empty()
-    {
-        cfg.key_prefix = p;
-    }
-    let r = Redis::connect(&url, &cfg).ok()?;
+/// The daemons' Redis, configured as they are from the environment (`REDIS_URL` and the
+/// `GPUPROXY_REDIS_*` keys: the key prefix names their namespace, a TLS URL may need
+/// `GPUPROXY_REDIS_TLS_CA_FILE`). `None` without `REDIS_URL`; a bad URL or CA file is an error.
+async fn redis() -> Result<Option<Redis>, String> {
+    let Some(url) = env_secret("REDIS_URL") else {
+        return Ok(None);
+    };
+    let sources = crate::config::Sources {
+        env: std::env::vars().collect(),
+        ..Default::default()
+    };
+    let cfg = crate::config::load_unchecked(&sources).map_err(|e| e.to_string())?;
+    let r = Redis::connect(&url, &cfg.redis)?;
     // a short wait: if Redis is down the command still succeeds, and says so
     r.wait_connected(Duration::from_secs(2)).await;
-    Some(r)
+    Ok(Some(r))
 }
 
 pub fn migrate(args: MigrateArgs) -> i32 {
@@ -383,7 +386,7 @@ pub fn accounts(cmd: AccountsCmd) -> i32 {
                     on_budget_exhausted,
                     max_instances,
                 };
-                let redis = redis().await;
+                let redis = redis().await?;
                 let (a, p) = admin::update_account(
                     &db,
                     None,
@@ -412,7 +415,7 @@ pub fn accounts(cmd: AccountsCmd) -> i32 {
 }
 
 async fn set_status(db: &Db, account: &str, active: bool, json: bool) -> Result<(), String> {
-    let redis = redis().await;
+    let redis = redis().await?;
     let (a, p) = admin::set_account_status(
         db,
         None,
@@ -492,7 +495,7 @@ pub fn keys(cmd: KeysCmd) -> i32 {
                         "a key's public id is the 12 letters and digits after `gpx_`".into(),
                     );
                 }
-                let redis = redis().await;
+                let redis = redis().await?;
                 let (key, p) = admin::revoke_key(&db, None, redis.as_ref(), &public_id)
                     .await
                     .map_err(e)?;

@@ -124,6 +124,14 @@ pub struct Sources {
 
 /// Builds the effective configuration from all layers and validates it.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let config = load_unchecked(sources)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// [`load`] without the checks that only matter to a serving daemon (certificate files,
+/// listeners): for the admin commands, which read the storage sections only.
+pub fn load_unchecked(sources: &Sources) -> Result<Config, ConfigError> {
     let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
     let mut merged = defaults.clone();
 
@@ -187,7 +195,6 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         .map(|t| t.api_key_env.clone())
         .collect();
     config.secrets = Secrets::from_env(&sources.env, key_vars.iter().map(String::as_str));
-    validate(&config)?;
     Ok(config)
 }
 

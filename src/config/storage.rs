@@ -58,6 +58,10 @@ pub struct RedisConfig {
     pub reconnect_max_delay_ms: Millis,
     /// Prefix of every key and channel, so deployments can share one Redis.
     pub key_prefix: String,
+    /// PEM file of the CA certificates trusted for a TLS `REDIS_URL` (`rediss://`,
+    /// `rediss-cluster://`, `rediss-sentinel://`); empty: the system's roots. Managed Redis
+    /// services and self-run ones usually sign with a private CA.
+    pub tls_ca_file: String,
 }
 
 impl Default for RedisConfig {
@@ -67,6 +71,7 @@ impl Default for RedisConfig {
             connect_timeout_ms: Millis(500),
             reconnect_max_delay_ms: Millis(2_000),
             key_prefix: "gpx:".into(),
+            tls_ca_file: String::new(),
         }
     }
 }

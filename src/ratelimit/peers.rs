@@ -25,7 +25,7 @@ use crate::metrics::RATELIMIT_DAEMONS;
 pub async fn run(cfg: RateLimitConfig, limits: Arc<RateLimits>, redis: Redis) {
     let every = cfg.peer_heartbeat_ms.get();
     let ttl = cfg.peer_ttl_ms.get();
-    let members = redis.key("ratelimit:daemons");
+    let members = redis.tagged_key("ratelimit:daemons");
     let me = instance_id();
     gauge!(RATELIMIT_DAEMONS).set(f64::from(limits.daemons()));
     let mut tick = tokio::time::interval(every);

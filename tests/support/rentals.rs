@@ -64,6 +64,17 @@ pub fn rent_body(offer_id: &str) -> String {
     .to_string()
 }
 
+/// Rents the cheapest on-demand Vast offer and destroys it; returns the instance id.
+pub async fn rent_and_destroy(d: &DaemonProc, token: &str) -> String {
+    let offer = cheapest(d, token, "vastai", "").await;
+    let r = post(d, token, &rent_body(offer["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = call(d, token, "DELETE", &format!("/v1/instances/{id}"), "", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    id
+}
+
 /// `GET /v1/instances/{id}` until `done` holds for it.
 pub async fn until(
     d: &DaemonProc,

@@ -71,10 +71,7 @@ impl Sandbox {
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
         let mut all = self.daemon_settings();
-        all.push(format!(
-            "redis.key_prefix=\"gpx:{}:\"",
-            self.vast.rsplit(':').next().unwrap()
-        ));
+        all.push(format!("redis.key_prefix={:?}", self.redis_prefix()));
         all.extend(set.iter().map(|s| s.to_string()));
         super::daemon::DaemonProc::start(super::daemon::Opts {
             env,
@@ -82,6 +79,12 @@ impl Sandbox {
             ..Default::default()
         })
         .await
+    }
+
+    /// The Redis namespace of this sandbox's daemons (a command that should reach them, such as
+    /// `keys revoke`, needs it as `GPUPROXY_REDIS_KEY_PREFIX`).
+    pub fn redis_prefix(&self) -> String {
+        format!("gpx:{}:", self.vast.rsplit(':').next().unwrap())
     }
 
     pub fn daemon_env() -> Vec<(String, String)> {
