@@ -2,14 +2,18 @@
 //! get 503 `database_unavailable` and `/ready` says `degraded` (200: a shared dependency's outage
 //! must not take every daemon out of the balancer); once PostgreSQL answers again, a rental made
 //! 2 s later succeeds (the shipped PgBouncer settings retry a failed server login after 1 s, not
-//! PgBouncer's default 15 s).
+//! PgBouncer's default 15 s). And a `DATABASE_URL` naming several PgBouncers with
+//! `target_session_attrs=read-write`: a read-only host is passed over, and a PgBouncer that
+//! crashes under load costs reconnects to the next host, not failed requests.
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::accounts::TestDb;
-use support::rentals::{account, cheapest, post, rent_body};
+use support::rentals::{account, call, cheapest, post, rent_body};
 use support::sandbox::Sandbox;
 use support::services::Services;
 
@@ -57,6 +61,79 @@ async fn rentals_recover_within_two_seconds_of_postgres_coming_back() {
     .await;
     // ... and 2 s later the first rental attempted through PgBouncer goes through
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let offer = cheapest(&d, &token, "vastai", "").await;
+    let r = post(&d, &token, &rent_body(offer["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(ready_status(&d).await, (200, "ready".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_host_database_url_skips_read_only_hosts_and_rides_out_a_pgbouncer_crash() {
+    let s = support::services::shared();
+    let db = TestDb::new(s, "multihost");
+    let sandbox = Sandbox::start(&[]);
+    let token = account(&db, "multihost", 1000.0, 10);
+    // first a host whose sessions are read-only (as a hot standby's), then two that write
+    let read_only = s.extra_pgbouncer(
+        "pgbouncer-ro",
+        "connect_query='SET default_transaction_read_only = on'",
+    );
+    let first = s.extra_pgbouncer("pgbouncer-rw1", "");
+    let url = s.multi_host_url(
+        &[read_only.port, first.port, s.pgbouncer.port],
+        &db.name,
+        "target_session_attrs=read-write",
+    );
+    let d = sandbox
+        .daemon_with_env(
+            &db,
+            &["ratelimit.enabled=false"],
+            &[("DATABASE_URL", url.as_str())],
+        )
+        .await;
+    // a rental writes: it went to a read-write host
+    let offer = cheapest(&d, &token, "vastai", "").await;
+    let r = post(&d, &token, &rent_body(offer["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+
+    // clients list their instances (a database read each time) while the PgBouncer in use dies
+    let d = Arc::new(d);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (d, token, stop) = (d.clone(), token.clone(), stop.clone());
+            let (ok, failed) = (ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = call(&d, &token, "GET", "/v1/instances", "", None).await;
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        eprintln!("failed: {} {:?}", r.status, r.json());
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    support::eventually("requests to flow", || async {
+        (ok.load(Ordering::Relaxed) > 20).then_some(())
+    })
+    .await;
+    let before = ok.load(Ordering::Relaxed);
+    first.kill();
+    support::eventually("requests to go on through the next host", || async {
+        (ok.load(Ordering::Relaxed) > before + 100).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("through the PgBouncer crash: {ok} answered 200, {failed} not");
+    assert_eq!(failed, 0);
     let offer = cheapest(&d, &token, "vastai", "").await;
     let r = post(&d, &token, &rent_body(offer["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bb8::{Pool, RunError};
+use bb8::{Pool, PooledConnection, RunError};
 use bb8_postgres::PostgresConnectionManager;
 use metrics::{gauge, histogram};
 use tokio_postgres::types::{ToSql, Type};
@@ -104,6 +104,33 @@ impl Db {
         self.up.load(Ordering::Relaxed)
     }
 
+    /// A pooled connection that is still open. Connections whose server went away (PgBouncer
+    /// stopped or switched to the next host of `DATABASE_URL`, PostgreSQL restarted) are
+    /// dropped here, not handed to a query: a switch costs reconnects, not failed requests.
+    async fn checkout(
+        &self,
+    ) -> Result<PooledConnection<'_, PostgresConnectionManager<NoTls>>, Error> {
+        let mut dropped = 0;
+        loop {
+            match self.pool.get().await {
+                // back in the pool, bb8 sees it broken (`is_closed`) and discards it
+                Ok(c) if c.is_closed() && dropped <= self.max => dropped += 1,
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    self.up.store(false, Ordering::Relaxed);
+                    return Err(match e {
+                        RunError::User(e) => unavailable("cannot connect to the database", e),
+                        RunError::TimedOut => Error::new(
+                            Kind::DatabaseUnavailable,
+                            Side::Internal,
+                            "no database connection available in time",
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
     /// Runs one statement as an unnamed prepared statement and returns its rows.
     pub async fn query(&self, sql: &str, params: &[Param<'_>]) -> Result<Vec<Row>, Error> {
         self.run(sql, params, true).await
@@ -116,20 +143,7 @@ impl Db {
         loop {
             attempt += 1;
             let waited = Instant::now();
-            let conn = match self.pool.get().await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.up.store(false, Ordering::Relaxed);
-                    return Err(match e {
-                        RunError::User(e) => unavailable("cannot connect to the database", e),
-                        RunError::TimedOut => Error::new(
-                            Kind::DatabaseUnavailable,
-                            Side::Internal,
-                            "no database connection available in time",
-                        ),
-                    });
-                }
-            };
+            let conn = self.checkout().await?;
             histogram!(DB_POOL_WAIT_MS).record(waited.elapsed().as_secs_f64() * 1e3);
             let r = tokio::time::timeout(self.query_timeout, conn.query_typed(sql, params)).await;
             if counted {
@@ -142,9 +156,10 @@ impl Db {
                     self.up.store(true, Ordering::Relaxed);
                     return Ok(rows);
                 }
-                // A connection PgBouncer closed (restart, server_lifetime) is only noticed on
-                // use; one retry gets a fresh one.
-                Ok(Err(e)) if e.is_closed() && attempt == 1 => continue,
+                // A connection PgBouncer closed (restart, server_lifetime, a crash) is only
+                // noticed on use; the next attempt gets another (checkout skips those already
+                // known closed), up to one per pooled connection.
+                Ok(Err(e)) if e.is_closed() && attempt <= self.max => continue,
                 Ok(Err(e)) => {
                     let err = classify(e);
                     if matches!(err.kind, Kind::DatabaseUnavailable) {
@@ -173,17 +188,7 @@ impl Db {
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let work = async {
-            let mut conn = self.pool.get().await.map_err(|e| {
-                self.up.store(false, Ordering::Relaxed);
-                match e {
-                    RunError::User(e) => unavailable("cannot connect to the database", e),
-                    RunError::TimedOut => Error::new(
-                        Kind::DatabaseUnavailable,
-                        Side::Internal,
-                        "no database connection available in time",
-                    ),
-                }
-            })?;
+            let mut conn = self.checkout().await?;
             let tx = conn.transaction().await.map_err(classify)?;
             match f(&tx).await {
                 Ok(v) => {
@@ -254,6 +259,9 @@ pub fn classify(e: tokio_postgres::Error) -> Error {
         Some("23505") => Error::new(Kind::Conflict, Side::Client, "already exists").with_source(e),
         // connection exception, operator intervention (shutdown), insufficient resources,
         // PgBouncer's own errors (08P01)
+        // a read-only server (a standby that `DATABASE_URL` reached without
+        // `target_session_attrs=read-write`, or a primary just demoted): unavailable for writes
+        Some("25006") => unavailable("the database is read-only", e),
         Some(c) if c.starts_with("08") || c.starts_with("57") || c.starts_with("53") => {
             unavailable("the database is unavailable", e)
         }

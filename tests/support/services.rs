@@ -188,6 +188,40 @@ fn shipped_recovery_settings() -> String {
     out
 }
 
+/// A PgBouncer (transaction pooling, the shipped recovery settings) on a free port in front of
+/// the PostgreSQL on `pg_port`, its files `dir/<name>.*`; `db_params` go on its catch-all
+/// database line (a `connect_query`, say).
+fn pgbouncer(dir: &Path, name: &'static str, pg_port: u16, pool_size: u32, db_params: &str) -> Svc {
+    let bin = which("pgbouncer", &[], "pgbouncer");
+    let port = free_port();
+    let ini = dir.join(format!("{name}.ini"));
+    let userlist = dir.join(format!("{name}.users"));
+    std::fs::write(&userlist, format!("\"{DB_USER}\" \"\"\n")).unwrap();
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={pg_port} {db_params}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
+             default_pool_size = {pool_size}\nmax_client_conn = 5000\n\
+             ignore_startup_parameters = extra_float_digits,options\n\
+             admin_users = {DB_USER}\nlogfile = {}\nserver_reset_query =\n{}",
+            userlist.display(),
+            dir.join(format!("{name}.log")).display(),
+            shipped_recovery_settings()
+        ),
+    )
+    .unwrap();
+    for p in [&ini, &userlist] {
+        chown_to_service_user(p);
+    }
+    Svc::new(name, port, libc::SIGINT, move || {
+        let mut c = Command::new(&bin);
+        c.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    })
+}
+
 /// One server process that can be stopped and started again on the same port.
 pub struct Svc {
     pub name: &'static str,
@@ -266,6 +300,14 @@ impl Svc {
     }
 }
 
+/// A service a test started for itself stops with it (the shared set is stopped by its
+/// `atexit` hook instead).
+impl Drop for Svc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn stop_child(child: &mut Child, sig: i32) {
     unsafe {
         libc::kill(child.id() as i32, sig);
@@ -321,7 +363,6 @@ impl Services {
         let initdb = which("initdb", &pg_dirs, "postgresql");
         let postgres_bin = which("postgres", &pg_dirs, "postgresql");
         let pg_bin = postgres_bin.parent().unwrap().to_path_buf();
-        let pgbouncer_bin = which("pgbouncer", &[], "pgbouncer");
         let redis_bin = which("redis-server", &[], "redis-server");
 
         let data = dir.join("pg");
@@ -363,34 +404,7 @@ impl Services {
             })
         };
 
-        let bouncer_port = free_port();
-        let ini = dir.join("pgbouncer.ini");
-        let userlist = dir.join("userlist.txt");
-        std::fs::write(&userlist, format!("\"{DB_USER}\" \"\"\n")).unwrap();
-        std::fs::write(
-            &ini,
-            format!(
-                "[databases]\n* = host=127.0.0.1 port={pg_port}\n\n[pgbouncer]\n\
-                 listen_addr = 127.0.0.1\nlisten_port = {bouncer_port}\nunix_socket_dir =\n\
-                 auth_type = trust\nauth_file = {}\npool_mode = transaction\n\
-                 default_pool_size = {}\nmax_client_conn = 5000\n\
-                 ignore_startup_parameters = extra_float_digits,options\n\
-                 admin_users = {DB_USER}\nlogfile = {}\nserver_reset_query =\n{}",
-                userlist.display(),
-                opts.pgbouncer_pool_size,
-                dir.join("pgbouncer.log").display(),
-                shipped_recovery_settings()
-            ),
-        )
-        .unwrap();
-        for p in [&ini, &userlist] {
-            chown_to_service_user(p);
-        }
-        let bouncer = Svc::new("pgbouncer", bouncer_port, libc::SIGINT, move || {
-            let mut c = Command::new(&pgbouncer_bin);
-            c.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
-            c
-        });
+        let bouncer = pgbouncer(&dir, "pgbouncer", pg_port, opts.pgbouncer_pool_size, "");
 
         let redis_port = free_port();
         let redis_dir = dir.join("redis");
@@ -426,6 +440,22 @@ impl Services {
             "postgres://{DB_USER}@127.0.0.1:{}/{db}",
             self.pgbouncer.port
         )
+    }
+
+    /// Another PgBouncer in front of this PostgreSQL, started (stopped when dropped: the caller
+    /// owns it). `db_params` as for the built-in one, e.g. a `connect_query` that makes every
+    /// session read-only, as a hot standby's are.
+    pub fn extra_pgbouncer(&self, name: &'static str, db_params: &str) -> Svc {
+        let b = pgbouncer(&self.dir, name, self.postgres.port, 20, db_params);
+        b.start();
+        b
+    }
+
+    /// A `DATABASE_URL` naming several PgBouncers (tried in order when connecting), with
+    /// `query` appended (`target_session_attrs=read-write`, say).
+    pub fn multi_host_url(&self, ports: &[u16], db: &str, query: &str) -> String {
+        let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("postgres://{DB_USER}@{}/{db}?{query}", hosts.join(","))
     }
 
     /// A URL that reaches PostgreSQL directly (for migrations and DDL).
