@@ -2,7 +2,7 @@
 # Run:
 #   docker run --rm -p 8443:8443 -p 9090:9090 --ulimit nofile=1048576:1048576 \
 #     -v /etc/gpuproxyd/tls:/etc/gpuproxyd/tls:ro --env-file secrets.env gpuproxyd
-# secrets.env holds DATABASE_URL, REDIS_URL, JWT_SECRET, VASTAI_API_KEY, IONET_API_KEY (never baked
+# secrets.env holds DATABASE_URL (DATABASE_READ_URL), REDIS_URL, JWT_SECRET, VASTAI_API_KEY, IONET_API_KEY (never baked
 # into the image). The host's kernel settings still matter: see sysctl/ and `gpuproxyd doctor`.
 
 # --- build: the Rust toolchain, the locked dependency set, a release binary

@@ -58,6 +58,7 @@ impl AppState {
         conns: Arc<ConnTable>,
         fd_limit: u64,
         db: Option<Arc<crate::accounts::Db>>,
+        read_db: Option<Arc<crate::accounts::Db>>,
         redis: Option<crate::cache::Redis>,
     ) -> Arc<AppState> {
         let providers = crate::providers::Providers::from_config(&config);
@@ -87,7 +88,7 @@ impl AppState {
             .map(|db| crate::events::hub::Hub::new(db, redis.clone(), &config.events));
         Arc::new(AppState {
             events,
-            auth: crate::auth::Auth::new(&config, db.clone(), redis.clone()),
+            auth: crate::auth::Auth::new(&config, db.clone(), read_db, redis.clone()),
             providers,
             offers_cache,
             rentals,

@@ -4,7 +4,8 @@
 //! 2 s later succeeds (the shipped PgBouncer settings retry a failed server login after 1 s, not
 //! PgBouncer's default 15 s). And a `DATABASE_URL` naming several PgBouncers with
 //! `target_session_attrs=read-write`: a read-only host is passed over, and a PgBouncer that
-//! crashes under load costs reconnects to the next host, not failed requests.
+//! crashes under load costs reconnects to the next host, not failed requests. And a streaming
+//! replica at `DATABASE_READ_URL` serving key lookups without ever trusting its lag.
 
 mod support;
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use support::accounts::TestDb;
+use support::accounts::{TestDb, public_id};
 use support::rentals::{account, call, cheapest, post, rent_body};
 use support::sandbox::Sandbox;
 use support::services::Services;
@@ -138,4 +139,89 @@ async fn a_multi_host_database_url_skips_read_only_hosts_and_rides_out_a_pgbounc
     let r = post(&d, &token, &rent_body(offer["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
     assert_eq!(ready_status(&d).await, (200, "ready".to_owned()));
+}
+
+async fn ready(d: &support::daemon::DaemonProc) -> serde_json::Value {
+    support::client::get(d.https, "/ready").await.json()
+}
+
+async fn account_status(d: &support::daemon::DaemonProc, token: &str) -> u16 {
+    call(d, token, "GET", "/v1/account", "", None).await.status
+}
+
+async fn replica_lookups(d: &support::daemon::DaemonProc) -> f64 {
+    support::metrics::value(
+        &d.scrape().await,
+        "gpuproxy_auth_lookups_total{source=\"replica\"}",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_lookups_read_a_replica_and_never_trust_its_lag() {
+    let s = support::services::shared();
+    let db = TestDb::new(s, "replica");
+    let sandbox = Sandbox::start(&[]);
+    let (_, token) = db.account_with_key("replicated", &[]);
+    let replica = s.start_replica();
+    let replica_url = s.url_on_port(replica.port, &db.name);
+    let d = sandbox
+        .daemon_with_env(
+            &db,
+            &["ratelimit.enabled=false", "auth.cache_ttl_ms=600000"],
+            &[("DATABASE_READ_URL", replica_url.as_str())],
+        )
+        .await;
+    support::eventually("the replica to be up", || async {
+        (ready(&d).await["database_read"] == "up").then_some(())
+    })
+    .await;
+
+    // a key the replica has is looked up there
+    assert_eq!(account_status(&d, &token).await, 200);
+    assert_eq!(replica_lookups(&d).await, 1.0);
+
+    // replay paused: the replica lags as far as we like
+    let (rc, conn) = tokio_postgres::connect(&replica_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    rc.simple_query("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    // a key created since is not on the replica: the primary is asked, not "unknown key"
+    let (_, fresh) = db.account_with_key("fresh", &[]);
+    assert_eq!(account_status(&d, &fresh).await, 200);
+    // a revocation the replica does not show yet still takes effect at once
+    let prefix = sandbox.redis_prefix();
+    db.cli_env(
+        &["keys", "revoke", public_id(&token)],
+        &[("GPUPROXY_REDIS_KEY_PREFIX", prefix.as_str())],
+    );
+    support::eventually("the revoked key to be refused", || async {
+        (account_status(&d, &token).await == 401).then_some(())
+    })
+    .await;
+    let still = rc
+        .query_one(
+            "SELECT revoked_at IS NULL FROM api_keys WHERE public_id = $1",
+            &[&public_id(&token)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        still.get::<_, bool>(0),
+        "the replica still shows the key active"
+    );
+
+    // the replica gone: lookups go to the primary, /ready says so
+    drop(rc);
+    replica.stop_with(libc::SIGINT);
+    support::eventually("/ready to report the replica down", || async {
+        let r = ready(&d).await;
+        (r["database_read"] == "down").then_some(r)
+    })
+    .await;
+    let (_, third) = db.account_with_key("third", &[]);
+    assert_eq!(account_status(&d, &third).await, 200);
+    assert_eq!(ready(&d).await["status"], "degraded");
 }

@@ -28,13 +28,13 @@ fn revoke(
     redis_url: &str,
     extra: &[(&str, &str)],
 ) {
-    let mut env = db.env();
-    env.push(("REDIS_URL".into(), redis_url.into()));
-    env.push(("GPUPROXY_REDIS_KEY_PREFIX".into(), sandbox.redis_prefix()));
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let out = gpuproxyd(&["keys", "revoke", public_id(token), "--json"], &env);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let prefix = sandbox.redis_prefix();
+    let mut env = vec![
+        ("REDIS_URL", redis_url),
+        ("GPUPROXY_REDIS_KEY_PREFIX", prefix.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let v = db.cli_env(&["keys", "revoke", public_id(token)], &env);
     assert_eq!(v["propagation"]["propagated"], true, "{v}");
 }
 

@@ -230,6 +230,17 @@ impl Db {
         Ok(self.query(sql, params).await?.into_iter().next())
     }
 
+    /// Probes a pool whose figures are not published (the read replica's), every `interval`:
+    /// keeps [`Db::is_up`] true while it answers, so callers can skip it while it does not.
+    pub async fn probe(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _ = self.run("SELECT 1", &[], false).await;
+        }
+    }
+
     /// Probes the pool (`/ready`) and publishes the pool gauges, every `interval`.
     pub async fn monitor(self: Arc<Self>, interval: Duration) {
         gauge!(DB_CONNECTIONS_MAX).set(self.max as f64);

@@ -27,8 +27,11 @@ pub fn ready(state: &AppState) -> Response<Body> {
     };
     let db_up = state.db.as_ref().is_none_or(|d| d.is_up());
     let redis_up = state.redis.as_ref().is_none_or(|r| r.is_up());
+    // down, key lookups go to the primary: degraded (more load there), not broken
+    let replica = state.auth.replica_up();
+    let replica_up = replica.unwrap_or(true);
     let (code, status) = match phase {
-        Phase::Ready if !db_up || !redis_up => (StatusCode::OK, "degraded"),
+        Phase::Ready if !db_up || !redis_up || !replica_up => (StatusCode::OK, "degraded"),
         Phase::Ready => (StatusCode::OK, "ready"),
         p => (StatusCode::SERVICE_UNAVAILABLE, p.as_str()),
     };
@@ -38,6 +41,7 @@ pub fn ready(state: &AppState) -> Response<Body> {
             "status": status,
             "database": dep(state.db.is_some(), db_up),
             "redis": dep(state.redis.is_some(), redis_up),
+            "database_read": dep(replica.is_some(), replica_up),
         }),
     )
 }

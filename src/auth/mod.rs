@@ -12,11 +12,13 @@
 //! - PostgreSQL unreachable: cached keys keep working (entries up to `auth.stale_if_error_ms`
 //!   old), anything else gets 503 `auth_unavailable`, never 401.
 //! - `last_used_at` is written in one batched UPDATE per `auth.last_used_flush_ms`.
+//! - With `DATABASE_READ_URL`, PostgreSQL lookups go to that replica first (`replica`).
 
 pub mod admin;
 pub use crate::accounts::apikey;
 pub mod cache;
 pub mod jwt;
+pub mod replica;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +68,8 @@ impl Principal {
 
 pub struct Auth {
     db: Option<Arc<Db>>,
+    /// `DATABASE_READ_URL`'s pool, asked before `db` (see `replica`).
+    replica: Option<replica::ReadReplica>,
     redis: Option<Redis>,
     cache: KeyCache,
     jwt: Option<Jwt>,
@@ -131,10 +135,18 @@ impl MissBudget {
 }
 
 impl Auth {
-    pub fn new(config: &Config, db: Option<Arc<Db>>, redis: Option<Redis>) -> Arc<Auth> {
+    pub fn new(
+        config: &Config,
+        db: Option<Arc<Db>>,
+        read_db: Option<Arc<Db>>,
+        redis: Option<Redis>,
+    ) -> Arc<Auth> {
         let a = &config.auth;
         Arc::new(Auth {
             db,
+            replica: read_db.map(|r| {
+                replica::ReadReplica::new(r, config.database.read_primary_after_change_ms.get())
+            }),
             redis,
             cache: KeyCache::new(
                 a.cache_ttl_ms.ms(),
@@ -158,6 +170,11 @@ impl Auth {
             hits_database: counter!(AUTH_LOOKUPS_TOTAL, "source" => "database"),
             hits_stale: counter!(AUTH_LOOKUPS_TOTAL, "source" => "stale"),
         })
+    }
+
+    /// Whether the read replica answers; `None` without `DATABASE_READ_URL`.
+    pub fn replica_up(&self) -> Option<bool> {
+        self.replica.as_ref().map(|r| r.db().is_up())
     }
 
     pub fn jwt(&self) -> Option<&Jwt> {
@@ -305,9 +322,17 @@ impl Auth {
                 "authentication is not configured on this daemon (DATABASE_URL is unset)",
             ));
         };
-        match store::key_record(db, id).await {
-            Ok(rec) => {
-                self.hits_database.increment(1);
+        let found = match &self.replica {
+            Some(r) => r.key_record(db, id).await,
+            None => store::key_record(db, id)
+                .await
+                .map(|r| (r, replica::Source::Primary)),
+        };
+        match found {
+            Ok((rec, source)) => {
+                if matches!(source, replica::Source::Primary) {
+                    self.hits_database.increment(1);
+                }
                 let rec = rec.map(Arc::new);
                 self.cache.put(id, rec.clone());
                 if let (Some(redis), Some(rkey)) = (&self.redis, rkey) {
@@ -340,6 +365,9 @@ impl Auth {
 
     /// Drops keys from this daemon's cache.
     pub fn forget(&self, ids: &[&str]) {
+        if let Some(r) = &self.replica {
+            r.changed();
+        }
         for id in ids {
             self.cache.remove(id);
         }
@@ -351,14 +379,31 @@ impl Auth {
         let mut tasks = Vec::new();
         if let Some(redis) = &self.redis {
             let (a, b) = (self.clone(), self.clone());
+            let subscribed = std::sync::atomic::AtomicBool::new(false);
             match redis.subscribe(
                 revocation_channel(redis),
                 move |msg| a.forget(&msg.split(',').collect::<Vec<_>>()),
-                move || b.cache.clear(),
+                move || {
+                    // after a disconnection messages may have been lost: the replica may hide
+                    // a change too (the first subscription, at start, missed nothing)
+                    if let Some(r) = &b.replica
+                        && subscribed.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        r.changed();
+                    }
+                    b.cache.clear()
+                },
             ) {
                 Ok(t) => tasks.push(t),
                 Err(e) => tracing::error!(error = %e, "cannot subscribe to key revocations"),
             }
+        }
+        if let Some(r) = &self.replica {
+            tasks.push(tokio::spawn(
+                r.db()
+                    .clone()
+                    .probe(config.database.health_interval_ms.get()),
+            ));
         }
         if self.db.is_some() {
             let me = self.clone();

@@ -182,6 +182,9 @@ impl Redis {
                 }
             };
             subscribe(sub.clone(), channel.clone()).await;
+            // connections made before that subscription succeeded (the first one among them)
+            // are covered by it: only later ones are reconnections
+            while reconnects.try_recv().is_ok() {}
             on_resubscribe();
             loop {
                 tokio::select! {

@@ -4,7 +4,7 @@
 //! (`--set section.key=value` and the named flags in `cli.rs`). Every layer is merged as a TOML value
 //! and deserialized once, with unknown keys rejected, so an error always names the key at fault.
 //!
-//! Secrets (`DATABASE_URL`, `REDIS_URL`, `JWT_SECRET`, `VASTAI_API_KEY`, `IONET_API_KEY`) are read only
+//! Secrets (`DATABASE_URL`, `DATABASE_READ_URL`, `REDIS_URL`, `JWT_SECRET`, `VASTAI_API_KEY`, `IONET_API_KEY`) are read only
 //! from the environment, held in [`Secret`], and never printed.
 //!
 //! The sections live in this module's files (`server`, `ratelimit`, `storage`, `providers`,
@@ -310,10 +310,21 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(err(key, "must be greater than 0"));
         }
     }
-    if let Some(url) = &config.secrets.database_url {
-        url.expose()
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| err("DATABASE_URL", format!("not a PostgreSQL URL: {e}")))?;
+    for (name, url) in [
+        ("DATABASE_URL", &config.secrets.database_url),
+        ("DATABASE_READ_URL", &config.secrets.database_read_url),
+    ] {
+        if let Some(url) = url {
+            url.expose()
+                .parse::<tokio_postgres::Config>()
+                .map_err(|e| err(name, format!("not a PostgreSQL URL: {e}")))?;
+        }
+    }
+    if config.secrets.database_read_url.is_some() && config.secrets.database_url.is_none() {
+        return Err(err(
+            "DATABASE_READ_URL",
+            "needs DATABASE_URL too (the replica only serves key lookups)",
+        ));
     }
     if let Some(url) = &config.secrets.redis_url {
         fred::prelude::Config::from_url(url.expose())

@@ -29,13 +29,20 @@ pub struct Secrets {
     pub database_url: Option<Secret>,
     pub redis_url: Option<Secret>,
     pub jwt_secret: Option<Secret>,
+    /// A read replica for key lookups (optional).
+    pub database_read_url: Option<Secret>,
     /// Provider API keys, by the environment variable their table names (`api_key_env`).
     pub provider_keys: BTreeMap<String, Secret>,
 }
 
 /// Environment variable names of the secrets every deployment has, in the order of
 /// [`Secrets`]' fields (provider keys come from the variables their tables name).
-pub const SECRET_VARS: [&str; 3] = ["DATABASE_URL", "REDIS_URL", "JWT_SECRET"];
+pub const SECRET_VARS: [&str; 4] = [
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "DATABASE_READ_URL",
+];
 
 impl Secrets {
     /// The secrets from `env`; `key_vars` are the provider tables' `api_key_env` names.
@@ -52,6 +59,7 @@ impl Secrets {
             database_url: get(SECRET_VARS[0]),
             redis_url: get(SECRET_VARS[1]),
             jwt_secret: get(SECRET_VARS[2]),
+            database_read_url: get(SECRET_VARS[3]),
             provider_keys: key_vars
                 .into_iter()
                 .filter(|v| !v.is_empty())
@@ -70,6 +78,7 @@ impl Secrets {
             (SECRET_VARS[0].into(), self.database_url.is_some()),
             (SECRET_VARS[1].into(), self.redis_url.is_some()),
             (SECRET_VARS[2].into(), self.jwt_secret.is_some()),
+            (SECRET_VARS[3].into(), self.database_read_url.is_some()),
         ];
         v.extend(
             key_vars

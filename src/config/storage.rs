@@ -30,6 +30,9 @@ pub struct DatabaseConfig {
     pub idle_timeout_ms: Millis,
     /// How often the pool is probed for `/ready` and the pool gauges.
     pub health_interval_ms: Millis,
+    /// With `DATABASE_READ_URL` (a replica for key lookups): after a key or account change this
+    /// daemon hears of, lookups go to the primary this long. Keep it above the replica's lag.
+    pub read_primary_after_change_ms: Millis,
 }
 
 impl Default for DatabaseConfig {
@@ -42,6 +45,7 @@ impl Default for DatabaseConfig {
             max_lifetime_ms: Millis(1_800_000),
             idle_timeout_ms: Millis(600_000),
             health_interval_ms: Millis(1_000),
+            read_primary_after_change_ms: Millis(5_000),
         }
     }
 }

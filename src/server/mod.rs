@@ -156,6 +156,10 @@ impl Daemon {
                 None
             }
         };
+        let read_db = match &config.secrets.database_read_url {
+            Some(url) => Some(crate::accounts::Db::new(url, &config.database)?),
+            None => None,
+        };
         let redis = match &config.secrets.redis_url {
             Some(url) => Some(crate::cache::Redis::connect(url, &config.redis)?),
             None => {
@@ -169,7 +173,7 @@ impl Daemon {
             );
         }
         Ok(Daemon {
-            state: AppState::new(Arc::new(config), table, limits.soft, db, redis),
+            state: AppState::new(Arc::new(config), table, limits.soft, db, read_db, redis),
             certs,
             tls,
             prometheus,

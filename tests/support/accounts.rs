@@ -53,9 +53,16 @@ impl<'a> TestDb<'a> {
 
     /// Runs `gpuproxyd <args> --json` against this database and returns its JSON output.
     pub fn cli(&self, args: &[&str]) -> serde_json::Value {
+        self.cli_env(args, &[])
+    }
+
+    /// [`TestDb::cli`] with more environment (later entries win: another `REDIS_URL`, the
+    /// key prefix of a sandbox's daemons, …).
+    pub fn cli_env(&self, args: &[&str], extra: &[(&str, &str)]) -> serde_json::Value {
         let mut a = args.to_vec();
         a.push("--json");
-        let env = self.env();
+        let mut env = self.env();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let out = gpuproxyd(&a, &env);
         assert!(
             out.status.success(),

@@ -188,6 +188,30 @@ fn shipped_recovery_settings() -> String {
     out
 }
 
+/// A PostgreSQL server on `port` over the cluster in `data` (its socket in `sock`), set up for
+/// tests: no fsync, loopback only.
+fn postgres(name: &'static str, bin: &Path, data: &Path, sock: &Path, port: u16) -> Svc {
+    let (bin, data, sock) = (bin.to_path_buf(), data.to_path_buf(), sock.to_path_buf());
+    Svc::new(name, port, libc::SIGQUIT, move || {
+        let mut c = Command::new(&bin);
+        c.arg("-D").arg(&data).arg("-p").arg(port.to_string());
+        c.arg("-k").arg(&sock);
+        for s in [
+            "listen_addresses=127.0.0.1",
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+            "max_connections=300",
+            "shared_buffers=32MB",
+            "log_min_messages=warning",
+        ] {
+            c.arg("-c").arg(s);
+        }
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    })
+}
+
 /// A PgBouncer (transaction pooling, the shipped recovery settings) on a free port in front of
 /// the PostgreSQL on `pg_port`, its files `dir/<name>.*`; `db_params` go on its catch-all
 /// database line (a `connect_query`, say).
@@ -382,27 +406,7 @@ impl Services {
         run_ok(&mut init, "initdb");
 
         let pg_port = free_port();
-        let pg = {
-            let (bin, data, sock) = (postgres_bin.clone(), data.clone(), dir.clone());
-            Svc::new("postgres", pg_port, libc::SIGQUIT, move || {
-                let mut c = Command::new(&bin);
-                c.arg("-D").arg(&data).arg("-p").arg(pg_port.to_string());
-                c.arg("-k").arg(&sock);
-                for s in [
-                    "listen_addresses=127.0.0.1",
-                    "fsync=off",
-                    "synchronous_commit=off",
-                    "full_page_writes=off",
-                    "max_connections=300",
-                    "shared_buffers=32MB",
-                    "log_min_messages=warning",
-                ] {
-                    c.arg("-c").arg(s);
-                }
-                c.stdout(Stdio::null()).stderr(Stdio::null());
-                c
-            })
-        };
+        let pg = postgres("postgres", &postgres_bin, &data, &dir, pg_port);
 
         let bouncer = pgbouncer(&dir, "pgbouncer", pg_port, opts.pgbouncer_pool_size, "");
 
@@ -449,6 +453,50 @@ impl Services {
         let b = pgbouncer(&self.dir, name, self.postgres.port, 20, db_params);
         b.start();
         b
+    }
+
+    /// A hot standby of this PostgreSQL (`pg_basebackup -R`, streaming replication), started;
+    /// stopped when the returned service is dropped.
+    pub fn start_replica(&self) -> Svc {
+        let port = free_port();
+        let data = self.dir.join(format!("replica-{port}"));
+        let mut backup = Command::new(which(
+            "pg_basebackup",
+            std::slice::from_ref(&self.pg_bin),
+            "postgresql",
+        ));
+        backup
+            .args(["-h", "127.0.0.1", "-p", &self.postgres.port.to_string()])
+            .args([
+                "-U",
+                DB_USER,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data);
+        if let Some((uid, gid)) = service_user() {
+            backup.uid(uid).gid(gid);
+        }
+        run_ok(&mut backup, "pg_basebackup");
+        let replica = postgres(
+            "postgres-replica",
+            &self.pg_bin.join("postgres"),
+            &data,
+            &self.dir,
+            port,
+        );
+        replica.start();
+        replica
+    }
+
+    /// A direct URL to a server of this set other than the primary (a replica).
+    pub fn url_on_port(&self, port: u16, db: &str) -> String {
+        format!("postgres://{DB_USER}@127.0.0.1:{port}/{db}")
     }
 
     /// A `DATABASE_URL` naming several PgBouncers (tried in order when connecting), with
