@@ -14,7 +14,6 @@ use std::time::Duration;
 use support::client::{Conn, connect_from};
 use support::daemon::{DaemonProc, Opts};
 use support::eventually;
-use support::services::free_port;
 
 fn repo(path: &str) -> String {
     format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
@@ -300,66 +299,11 @@ async fn haproxy_in_front_passes_the_client_address_and_drains_a_daemon() {
         .await
     };
     let (mut a, b) = (start().await, start().await);
-    // the shipped file, with this test's addresses and without the root-only settings
-    let front = free_port();
-    let stats = free_port();
-    let cfg = std::fs::read_to_string(repo("haproxy/haproxy.cfg"))
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            let t = l.trim();
-            !(t.starts_with("chroot")
-                || t.starts_with("user ")
-                || t.starts_with("group ")
-                || t.starts_with("stats socket")
-                || t.starts_with("fd-hard-limit"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace("bind :443", &format!("bind 127.0.0.1:{front}"))
-        .replace("bind 127.0.0.1:8404", &format!("bind 127.0.0.1:{stats}"))
-        .replace("10.0.0.11:8443", &a.https.to_string())
-        .replace("10.0.0.12:8443", &b.https.to_string())
-        .replace("inter 1s", "inter 200ms")
-        .replace("slowstart 30s", "slowstart 1s")
-        .replace("maxconn 250000", "maxconn 5000");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("haproxy.cfg");
-    std::fs::write(&path, cfg + "\n").unwrap();
-    let mut haproxy = Command::new("haproxy")
-        .args(["-db", "-f"])
-        .arg(&path)
-        .stdout(std::fs::File::create(dir.path().join("haproxy.log")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("haproxy.err")).unwrap())
-        .spawn()
-        .expect("haproxy");
-    let hlog = dir.path().to_owned();
-    let haproxy_log = move || {
-        format!(
-            "{}{}",
-            std::fs::read_to_string(hlog.join("haproxy.log")).unwrap_or_default(),
-            std::fs::read_to_string(hlog.join("haproxy.err")).unwrap_or_default()
-        )
-    };
-    let front_addr: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
-    // both servers up (health checks over TLS with PROXY v2)
-    eventually("HAProxy to see both daemons up", || {
-        if let Ok(Some(st)) = haproxy.try_wait() {
-            panic!("haproxy exited: {st}\n{}", haproxy_log());
-        }
-        let (a, b) = (&a, &b);
-        async move {
-            let mut n = 0;
-            for d in [&a, &b] {
-                let s = d.scrape().await;
-                if s.contains("gpuproxy_requests_total{route=\"/ready\",status=\"200\"}") {
-                    n += 1;
-                }
-            }
-            (n == 2).then_some(())
-        }
-    })
-    .await;
+    // the shipped file, with this test's addresses; both servers up (health checks over TLS
+    // with PROXY v2)
+    let mut haproxy = support::topology::Haproxy::start(&[a.https, b.https], None);
+    haproxy.wait_all_up(2).await;
+    let front_addr = haproxy.front;
 
     // the client address reaches the daemon through PROXY v2
     let tcp = connect_from("127.0.0.77", front_addr).await.unwrap();
@@ -403,8 +347,7 @@ async fn haproxy_in_front_passes_the_client_address_and_drains_a_daemon() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     tx.send(()).unwrap();
     let (ok, failures) = client.await.unwrap();
-    let _ = haproxy.kill();
-    let _ = haproxy.wait();
+    drop(haproxy);
     assert!(ok > 20, "only {ok} requests made it");
     assert!(
         failures.is_empty(),

@@ -29,6 +29,9 @@ pub struct Opts {
     pub plain: bool,
     /// Run with this RLIMIT_NOFILE (soft and hard).
     pub nofile: Option<u64>,
+    /// Bind the HTTPS listener to this port (a balancer's fixed backend address; a restarted
+    /// daemon takes its predecessor's place) instead of a free one.
+    pub https_port: Option<u16>,
 }
 
 impl DaemonProc {
@@ -44,10 +47,11 @@ impl DaemonProc {
         // every listener on port 0: the daemon binds, then says where (no probe-then-bind race)
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let http = opts.plain.then_some(any);
+        let https = SocketAddr::from(([127, 0, 0, 1], opts.https_port.unwrap_or(0)));
         let log = dir.join("daemon.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuproxyd"));
         cmd.arg("serve")
-            .args(["--https-listen", &any.to_string()])
+            .args(["--https-listen", &https.to_string()])
             .args(["--metrics-listen", &any.to_string()])
             .args([
                 "--http-listen",

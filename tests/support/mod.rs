@@ -14,6 +14,7 @@ pub mod services;
 pub mod sse;
 #[path = "../../src/testkit.rs"]
 pub mod testkit;
+pub mod topology;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

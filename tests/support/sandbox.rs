@@ -63,6 +63,17 @@ impl Sandbox {
         set: &[&str],
         extra_env: &[(&str, &str)],
     ) -> super::daemon::DaemonProc {
+        super::daemon::DaemonProc::start(self.daemon_opts(db, set, extra_env)).await
+    }
+
+    /// What [`Sandbox::daemon_with_env`] starts a daemon with, for callers that add options
+    /// (a fixed port).
+    pub fn daemon_opts(
+        &self,
+        db: &super::accounts::TestDb<'_>,
+        set: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> super::daemon::Opts {
         let mut env = db.env();
         env.extend(Sandbox::daemon_env());
         env.extend(
@@ -73,12 +84,11 @@ impl Sandbox {
         let mut all = self.daemon_settings();
         all.push(format!("redis.key_prefix={:?}", self.redis_prefix()));
         all.extend(set.iter().map(|s| s.to_string()));
-        super::daemon::DaemonProc::start(super::daemon::Opts {
+        super::daemon::Opts {
             env,
             set: all,
             ..Default::default()
-        })
-        .await
+        }
     }
 
     /// The Redis namespace of this sandbox's daemons (a command that should reach them, such as
