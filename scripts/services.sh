@@ -26,6 +26,26 @@ services_stop() {
   [ -n "${SVC_DIR:-}" ] && svc_as "$SVC_PG_BIN/pg_ctl" -D "$SVC_DIR/pg" stop -m fast -w >/dev/null 2>&1 || true
 }
 
+# PgBouncer alone (services_start runs it; fault drills stop it with pgbouncer_stop and run it
+# again with this).
+pgbouncer_start() {
+  if [ "$(id -u)" = 0 ]; then
+    setsid runuser -u postgres -- /usr/sbin/pgbouncer "$SVC_DIR/pgbouncer.ini" >/dev/null 2>&1 &
+  else
+    setsid /usr/sbin/pgbouncer "$SVC_DIR/pgbouncer.ini" >/dev/null 2>&1 &
+  fi
+  SVC_PIDS+=($!)
+}
+
+# Stops PgBouncer (by its pid file: runuser may not pass a signal on) and waits until it is gone.
+pgbouncer_stop() {
+  local pid
+  pid="$(cat "$SVC_DIR/pgbouncer.pid" 2>/dev/null)" || return 0
+  kill -INT "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
 services_start() {
   SVC_DIR="$1"
   local pg_port="$2" bouncer_port="$3" redis_port="$4"
@@ -68,19 +88,15 @@ max_client_conn = 10000
 ignore_startup_parameters = extra_float_digits,options
 logfile = $SVC_DIR/pgbouncer.log
 pidfile = $SVC_DIR/pgbouncer.pid
-; recover within a second of PostgreSQL being back (config/pgbouncer.ini)
-server_login_retry = 1
 INI
+  # recover within a second of PostgreSQL being back: the shipped settings marked "recovery"
+  awk '/^; recovery/ { take = 1; next } take && !/^;/ { print; take = 0 }' \
+    config/pgbouncer.ini >>"$SVC_DIR/pgbouncer.ini"
   echo "\"$SVC_DB_USER\" \"\"" >"$SVC_DIR/userlist.txt"
   [ "$(id -u)" = 0 ] && chown postgres: "$SVC_DIR/pgbouncer.ini" "$SVC_DIR/userlist.txt"
+  pgbouncer_start
   # setsid: Ctrl-C on the terminal reaches the daemon, not the services (services_stop ends them
   # after the daemon has drained).
-  if [ "$(id -u)" = 0 ]; then
-    setsid runuser -u postgres -- /usr/sbin/pgbouncer "$SVC_DIR/pgbouncer.ini" >/dev/null 2>&1 &
-  else
-    setsid /usr/sbin/pgbouncer "$SVC_DIR/pgbouncer.ini" >/dev/null 2>&1 &
-  fi
-  SVC_PIDS+=($!)
   setsid redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$SVC_DIR" >"$SVC_DIR/redis.log" 2>&1 &
   SVC_PIDS+=($!)

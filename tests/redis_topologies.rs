@@ -102,12 +102,14 @@ async fn a_cluster_spreads_keys_and_fans_out_revocations_and_events() {
         })
         .await;
 
-    // keys written by the daemons (auth records, offer answers) live on more than one master
+    // keys written by the daemons live on every master: 30 unknown key ids make 30 negative
+    // auth entries (`auth:key:<id>`), spread over the slots
+    for i in 0..30 {
+        let unknown = format!("gpx_UNKNOW{i:06}_{}", "Z".repeat(32));
+        assert_eq!(account_status(&a, &unknown).await, 401);
+    }
     let spread = cluster.keys_per_node();
-    assert!(
-        spread.iter().filter(|n| **n > 0).count() >= 2,
-        "keys per node: {spread:?}"
-    );
+    assert!(spread.iter().all(|n| *n > 0), "keys per node: {spread:?}");
 
     // a revocation published through the Cluster reaches both daemons' in-process caches
     for d in [&a, &b] {
