@@ -5,7 +5,8 @@
 //! PgBouncer's default 15 s). And a `DATABASE_URL` naming several PgBouncers with
 //! `target_session_attrs=read-write`: a read-only host is passed over, and a PgBouncer that
 //! crashes under load costs reconnects to the next host, not failed requests. And a streaming
-//! replica at `DATABASE_READ_URL` serving key lookups without ever trusting its lag.
+//! replica at `DATABASE_READ_URL` serving key lookups without ever trusting its lag, and a
+//! primary switch (the standby promoted) that costs a reconnect, not an outage.
 
 mod support;
 
@@ -224,4 +225,53 @@ async fn key_lookups_read_a_replica_and_never_trust_its_lag() {
     let (_, third) = db.account_with_key("third", &[]);
     assert_eq!(account_status(&d, &third).await, 200);
     assert_eq!(ready(&d).await["status"], "degraded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promoted_standby_takes_over_the_writes_without_a_restart() {
+    // its own services: this test stops the primary
+    let s = Services::start();
+    let db = TestDb::new(&s, "promote");
+    let sandbox = Sandbox::start(&[]);
+    let token = account(&db, "promoted", 1000.0, 10);
+    let standby = s.start_replica();
+    // the primary and the standby, directly: the writable one is whichever is primary now
+    let url = s.multi_host_url(
+        &[s.postgres.port, standby.port],
+        &db.name,
+        "target_session_attrs=read-write",
+    );
+    let d = sandbox
+        .daemon_with_env(
+            &db,
+            &["ratelimit.enabled=false"],
+            &[("DATABASE_URL", url.as_str())],
+        )
+        .await;
+    let offer = cheapest(&d, &token, "vastai", "").await;
+    let body = rent_body(offer["id"].as_str().unwrap());
+    assert_eq!(post(&d, &token, &body).await.status, 201);
+
+    // the primary goes away and the standby is promoted (what a failover manager does)
+    s.postgres.stop_with(libc::SIGINT);
+    let r = post(&d, &token, &body).await;
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    let (sc, conn) = tokio_postgres::connect(
+        &s.url_on_port(standby.port, &db.name),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sc.simple_query("SELECT pg_promote()").await.unwrap();
+    // the daemon's next connections skip the dead host and find the new primary writable
+    let offer = cheapest(&d, &token, "vastai", "").await;
+    let body = rent_body(offer["id"].as_str().unwrap());
+    let r = support::eventually("a rental on the promoted primary", || async {
+        let r = post(&d, &token, &body).await;
+        (r.status == 201).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 201);
+    assert_eq!(ready_status(&d).await, (200, "ready".to_owned()));
 }
