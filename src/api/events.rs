@@ -13,11 +13,8 @@
 //!   log could not be read).
 //! - The body is a state machine polled by hyper: no task per stream.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,29 +23,22 @@ use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
-use metrics::{counter, gauge};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Body;
 use super::account::no_db;
 use super::router::{Call, percent_decode};
-use crate::accounts::Db;
 use crate::error::{Error, Result};
-use crate::events::hub::Subscription;
-use crate::events::{self, Event};
-use crate::metrics::{EVENT_STREAMS, EVENT_STREAMS_CLOSED_TOTAL, EVENTS_DELIVERED_TOTAL};
+use crate::events;
+use crate::events::feed::{Feed, Filter, Item};
 
-/// Log rows read at once while catching up.
-const PAGE: i64 = 500;
 /// What EventSource clients wait before reconnecting (ms).
 const RETRY_MS: u32 = 2000;
 
 /// What the client asked for.
 #[derive(Debug, Default, PartialEq)]
-struct Query {
-    after: Option<i64>,
-    types: Option<Vec<String>>,
-    instance: Option<String>,
+pub(super) struct Query {
+    pub after: Option<i64>,
+    pub filter: Filter,
 }
 
 /// An event id as the client gives it back: 1 to 18 digits (what the document says).
@@ -64,7 +54,7 @@ fn parse_id(what: &str, v: &str) -> Result<i64> {
 }
 
 impl Query {
-    fn parse(q: Option<&str>, last_event_id: Option<&HeaderValue>) -> Result<Query> {
+    pub(super) fn parse(q: Option<&str>, last_event_id: Option<&HeaderValue>) -> Result<Query> {
         let mut out = Query::default();
         for kv in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
@@ -85,7 +75,7 @@ impl Query {
                             events::TYPES.join(", ")
                         )));
                     }
-                    out.types = Some(types);
+                    out.filter.types = Some(types);
                 }
                 "instance" => {
                     if v.is_empty() || v.chars().count() > 128 {
@@ -93,7 +83,7 @@ impl Query {
                             "invalid query parameter `instance`: an instance id",
                         ));
                     }
-                    out.instance = Some(v);
+                    out.filter.instance = Some(v);
                 }
                 other => {
                     return Err(Error::bad_request(format!(
@@ -114,14 +104,6 @@ impl Query {
         }
         Ok(out)
     }
-
-    fn wants(&self, e: &Event) -> bool {
-        self.types.as_ref().is_none_or(|t| t.contains(&e.kind))
-            && self
-                .instance
-                .as_ref()
-                .is_none_or(|i| e.instance_id.as_deref() == Some(i.as_str()))
-    }
 }
 
 /// `GET /v1/events`.
@@ -132,7 +114,8 @@ pub async fn stream(c: Call) -> Result<Response<Body>> {
     let db = c.api.db.clone().ok_or_else(no_db)?;
     let sub = hub.subscribe(p.account_id(), p.key.key_id).await?;
     let every = c.api.config.events.ping_interval_ms.get();
-    let body = SseBody::new(db, p.account_id(), sub, q, every);
+    let feed = Feed::new(db, p.account_id(), sub, q.after, q.filter);
+    let body = SseBody::new(feed, every);
     let mut r = Response::new(body.boxed());
     *r.status_mut() = StatusCode::OK;
     let h = r.headers_mut();
@@ -143,52 +126,24 @@ pub async fn stream(c: Call) -> Result<Response<Body>> {
     Ok(r)
 }
 
-/// A read of the log in flight (a task: the body must be `Sync`, and a database future is not).
-type Fetch = tokio::task::JoinHandle<Result<Vec<Event>>>;
-
+/// The SSE carrier of a [`Feed`]: the `open` event first, a comment ping when nothing else was
+/// sent for `every`, `event: close` last.
 struct SseBody {
-    db: Arc<Db>,
-    account_id: i64,
-    sub: Subscription,
-    q: Query,
-    /// The last event this stream has passed (sent or filtered out).
-    last: i64,
-    /// Read the log until `last` reaches this (the start, or a gap before a live event).
-    upto: i64,
-    from_log: VecDeque<Event>,
-    fetch: Option<Fetch>,
-    /// A live event waiting for the log to fill what comes before it.
-    held: Option<Arc<Event>>,
+    feed: Feed,
     ping: Pin<Box<tokio::time::Sleep>>,
     every: Duration,
-    draining: Pin<Box<WaitForCancellationFutureOwned>>,
     started: bool,
-    /// Why it ended (counted on drop); `None` while open.
-    ended: Option<&'static str>,
+    done: bool,
 }
 
 impl SseBody {
-    fn new(db: Arc<Db>, account_id: i64, sub: Subscription, q: Query, every: Duration) -> Self {
-        gauge!(EVENT_STREAMS).increment(1.0);
-        // without a resume point, the stream starts with what comes next
-        let last = q.after.unwrap_or(sub.from).min(sub.from);
-        let upto = sub.from;
-        let draining = Box::pin(sub.draining.clone().cancelled_owned());
+    fn new(feed: Feed, every: Duration) -> Self {
         SseBody {
-            db,
-            account_id,
-            q,
-            last,
-            upto,
-            from_log: VecDeque::new(),
-            fetch: None,
-            held: None,
+            feed,
             ping: Box::pin(tokio::time::sleep(every)),
             every,
-            draining,
-            sub,
             started: false,
-            ended: None,
+            done: false,
         }
     }
 
@@ -201,54 +156,6 @@ impl SseBody {
             .reset(tokio::time::Instant::now() + self.every);
         Poll::Ready(Some(Ok(Frame::data(Bytes::from(text)))))
     }
-
-    /// The last frame: `event: close` with the reason (and `retry:` when draining).
-    fn close(
-        &mut self,
-        reason: &'static str,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
-        self.ended = Some(reason);
-        let retry = if reason == "draining" {
-            format!("retry: {RETRY_MS}\n")
-        } else {
-            String::new()
-        };
-        let data = serde_json::json!({"reason": reason, "last_event_id": self.last});
-        self.frame(format!("{retry}event: close\ndata: {data}\n\n"))
-    }
-
-    /// `e` passes the stream: `Some(frame text)` when the client wants it.
-    fn pass(&mut self, e: &Event) -> Option<String> {
-        if e.seq <= self.last {
-            return None;
-        }
-        self.last = e.seq;
-        if !self.q.wants(e) {
-            return None;
-        }
-        counter!(EVENTS_DELIVERED_TOTAL).increment(1);
-        Some(format!(
-            "id: {}\nevent: {}\ndata: {}\n\n",
-            e.seq,
-            e.kind,
-            e.to_json()
-        ))
-    }
-}
-
-impl Drop for SseBody {
-    fn drop(&mut self) {
-        if let Some(f) = &self.fetch {
-            f.abort();
-        }
-        gauge!(EVENT_STREAMS).decrement(1.0);
-        match self.ended {
-            // the hub counted it when it dropped the stream
-            Some("slow_consumer") => {}
-            reason => counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => reason.unwrap_or("client"))
-                .increment(1),
-        }
-    }
 }
 
 impl hyper::body::Body for SseBody {
@@ -260,75 +167,41 @@ impl hyper::body::Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, hyper::Error>>> {
         let me = &mut *self;
-        if me.ended.is_some() {
+        if me.done {
             return Poll::Ready(None);
         }
         if !me.started {
             me.started = true;
-            let data = serde_json::json!({"last_event_id": me.last});
+            let data = serde_json::json!({"last_event_id": me.feed.last()});
             return me.frame(format!("retry: {RETRY_MS}\nevent: open\ndata: {data}\n\n"));
         }
-        if me.draining.as_mut().poll(cx).is_ready() {
-            return me.close("draining");
-        }
-        loop {
-            // 1. what the log gave
-            if let Some(e) = me.from_log.pop_front() {
-                if let Some(text) = me.pass(&e) {
-                    return me.frame(text);
-                }
-                continue;
+        match me.feed.poll_next(cx) {
+            Poll::Ready(Item::Event(e)) => {
+                let text = format!(
+                    "id: {}\nevent: {}\ndata: {}\n\n",
+                    e.seq,
+                    e.kind,
+                    e.to_json()
+                );
+                me.frame(text)
             }
-            // 2. the log still owes events before `upto`
-            if me.last < me.upto {
-                let fetch = me.fetch.get_or_insert_with(|| {
-                    let (db, account, after, upto) =
-                        (me.db.clone(), me.account_id, me.last, me.upto);
-                    tokio::spawn(async move { events::read(&db, account, after, upto, PAGE).await })
-                });
-                match Pin::new(fetch).poll(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(r) => {
-                        me.fetch = None;
-                        match r.unwrap_or_else(|e| Err(Error::internal(e))) {
-                            // swept (past events.retention_hours): nothing more to read there
-                            Ok(v) if v.is_empty() => me.last = me.upto,
-                            Ok(v) => me.from_log.extend(v),
-                            Err(_) => return me.close("unavailable"),
-                        }
-                        continue;
-                    }
-                }
+            Poll::Ready(Item::End(reason)) => {
+                me.done = true;
+                let retry = if reason == "draining" {
+                    format!("retry: {RETRY_MS}\n")
+                } else {
+                    String::new()
+                };
+                let data = serde_json::json!({"reason": reason, "last_event_id": me.feed.last()});
+                me.frame(format!("{retry}event: close\ndata: {data}\n\n"))
             }
-            // 3. a live event, once what precedes it has passed
-            if let Some(e) = me.held.take() {
-                if e.seq > me.last + 1 {
-                    me.upto = e.seq - 1;
-                    me.held = Some(e);
-                    continue;
+            Poll::Pending => {
+                if me.ping.as_mut().poll(cx).is_ready() {
+                    return me.frame(": ping\n\n".to_owned());
                 }
-                if let Some(text) = me.pass(&e) {
-                    return me.frame(text);
-                }
-                continue;
-            }
-            match me.sub.rx.poll_recv(cx) {
-                Poll::Ready(Some(e)) => me.held = Some(e),
-                Poll::Ready(None) => {
-                    let reason = if me.sub.slow.load(Ordering::Acquire) {
-                        "slow_consumer"
-                    } else {
-                        "unavailable"
-                    };
-                    return me.close(reason);
-                }
-                Poll::Pending => break,
+                Poll::Pending
             }
         }
-        if me.ping.as_mut().poll(cx).is_ready() {
-            return me.frame(": ping\n\n".to_owned());
-        }
-        Poll::Pending
     }
 }
 
@@ -342,7 +215,7 @@ mod tests {
         let q = Query::parse(Some("after=7&types=instance.status_changed"), Some(&h)).unwrap();
         assert_eq!(q.after, Some(41), "the header is the newer word");
         assert_eq!(
-            q.types.as_deref(),
+            q.filter.types.as_deref(),
             Some(&["instance.status_changed".to_owned()][..])
         );
         for bad in [
@@ -362,7 +235,7 @@ mod tests {
 
     #[test]
     fn filters_match_type_and_instance() {
-        let e = Event {
+        let e = events::Event {
             account_id: 1,
             seq: 3,
             at: String::new(),
@@ -371,10 +244,14 @@ mod tests {
             data: serde_json::json!({}),
         };
         let q = |s: &str| Query::parse(Some(s), None).unwrap();
-        assert!(q("").wants(&e));
-        assert!(q("types=instance.status_changed,budget.warning").wants(&e));
-        assert!(!q("types=budget.warning").wants(&e));
-        assert!(q("instance=i-1").wants(&e));
-        assert!(!q("instance=i-2").wants(&e));
+        assert!(q("").filter.wants(&e));
+        assert!(
+            q("types=instance.status_changed,budget.warning")
+                .filter
+                .wants(&e)
+        );
+        assert!(!q("types=budget.warning").filter.wants(&e));
+        assert!(q("instance=i-1").filter.wants(&e));
+        assert!(!q("instance=i-2").filter.wants(&e));
     }
 }

@@ -7,7 +7,9 @@
 //! or [`append_for_instance`] inside [`Db::transaction`]; once the
 //! transaction commits, [`hub::Hub`] hears of the account and delivers the new rows to the
 //! account's open streams (`GET /v1/events`), on this daemon and, through Redis, on the others.
+//! [`feed::Feed`] is one client's view of them, whatever carries it (SSE or WebSocket).
 
+pub mod feed;
 pub mod hub;
 
 use serde_json::{Value, json};

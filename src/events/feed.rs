@@ -1,0 +1,203 @@
+//! One client's view of its account's events, whatever carries them (Server-Sent Events or a
+//! WebSocket): the log from the resume point up to where the live feed took over
+//! ([`Subscription::from`]), then live events, any gap before a live event filled from the log
+//! first; filtered by type and instance (filtered events still move the feed on). It ends with a
+//! reason: `slow_consumer` (the hub dropped it for falling `events.max_queue` behind),
+//! `draining` (the daemon is shutting down), `unavailable` (the log could not be read).
+//!
+//! A state machine polled by its carrier: no task per stream.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use metrics::{counter, gauge};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::hub::Subscription;
+use super::{Event, read};
+use crate::accounts::Db;
+use crate::error::{Error, Result};
+use crate::metrics::{EVENT_STREAMS, EVENT_STREAMS_CLOSED_TOTAL, EVENTS_DELIVERED_TOTAL};
+
+/// Log rows read at once while catching up.
+const PAGE: i64 = 500;
+
+/// Which events a client wants (`types=`, `instance=`).
+#[derive(Debug, Default, PartialEq)]
+pub struct Filter {
+    pub types: Option<Vec<String>>,
+    pub instance: Option<String>,
+}
+
+impl Filter {
+    pub fn wants(&self, e: &Event) -> bool {
+        self.types.as_ref().is_none_or(|t| t.contains(&e.kind))
+            && self
+                .instance
+                .as_ref()
+                .is_none_or(|i| e.instance_id.as_deref() == Some(i.as_str()))
+    }
+}
+
+/// What the feed has next.
+pub enum Item {
+    Event(Arc<Event>),
+    /// The feed is over, for this reason.
+    End(&'static str),
+}
+
+/// A read of the log in flight (a task: the feed must be `Sync`, and a database future is not).
+type Fetch = tokio::task::JoinHandle<Result<Vec<Event>>>;
+
+pub struct Feed {
+    db: Arc<Db>,
+    account_id: i64,
+    sub: Subscription,
+    filter: Filter,
+    /// The last event this feed has passed (sent or filtered out).
+    last: i64,
+    /// Read the log until `last` reaches this (the start, or a gap before a live event).
+    upto: i64,
+    from_log: VecDeque<Event>,
+    fetch: Option<Fetch>,
+    /// A live event waiting for the log to fill what comes before it.
+    held: Option<Arc<Event>>,
+    draining: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Why it ended (counted on drop); `None` while open or when the client left.
+    ended: Option<&'static str>,
+}
+
+impl Feed {
+    /// `after`: the last event the client has (resume point); `None` starts with what comes next.
+    pub fn new(
+        db: Arc<Db>,
+        account_id: i64,
+        sub: Subscription,
+        after: Option<i64>,
+        filter: Filter,
+    ) -> Feed {
+        gauge!(EVENT_STREAMS).increment(1.0);
+        let last = after.unwrap_or(sub.from).min(sub.from);
+        let upto = sub.from;
+        let draining = Box::pin(sub.draining.clone().cancelled_owned());
+        Feed {
+            db,
+            account_id,
+            filter,
+            last,
+            upto,
+            from_log: VecDeque::new(),
+            fetch: None,
+            held: None,
+            draining,
+            sub,
+            ended: None,
+        }
+    }
+
+    /// The last event passed: where a client resumes.
+    pub fn last(&self) -> i64 {
+        self.last
+    }
+
+    /// Ends the feed for `reason` (a carrier's own, such as a WebSocket ping timeout).
+    pub fn end(&mut self, reason: &'static str) -> Item {
+        self.ended = Some(reason);
+        Item::End(reason)
+    }
+
+    /// `e` passes the feed: whether the client wants it.
+    fn pass(&mut self, e: &Event) -> bool {
+        if e.seq <= self.last {
+            return false;
+        }
+        self.last = e.seq;
+        if !self.filter.wants(e) {
+            return false;
+        }
+        counter!(EVENTS_DELIVERED_TOTAL).increment(1);
+        true
+    }
+
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Item> {
+        if let Some(r) = self.ended {
+            return Poll::Ready(Item::End(r));
+        }
+        if self.draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(self.end("draining"));
+        }
+        loop {
+            // 1. what the log gave
+            if let Some(e) = self.from_log.pop_front() {
+                if self.pass(&e) {
+                    return Poll::Ready(Item::Event(Arc::new(e)));
+                }
+                continue;
+            }
+            // 2. the log still owes events before `upto`
+            if self.last < self.upto {
+                let fetch = self.fetch.get_or_insert_with(|| {
+                    let (db, account, after, upto) =
+                        (self.db.clone(), self.account_id, self.last, self.upto);
+                    tokio::spawn(async move { read(&db, account, after, upto, PAGE).await })
+                });
+                match Pin::new(fetch).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => {
+                        self.fetch = None;
+                        match r.unwrap_or_else(|e| Err(Error::internal(e))) {
+                            // swept (past events.retention_hours): nothing more to read there
+                            Ok(v) if v.is_empty() => self.last = self.upto,
+                            Ok(v) => self.from_log.extend(v),
+                            Err(_) => return Poll::Ready(self.end("unavailable")),
+                        }
+                        continue;
+                    }
+                }
+            }
+            // 3. a live event, once what precedes it has passed
+            if let Some(e) = self.held.take() {
+                if e.seq > self.last + 1 {
+                    self.upto = e.seq - 1;
+                    self.held = Some(e);
+                    continue;
+                }
+                if self.pass(&e) {
+                    return Poll::Ready(Item::Event(e));
+                }
+                continue;
+            }
+            match self.sub.rx.poll_recv(cx) {
+                Poll::Ready(Some(e)) => self.held = Some(e),
+                Poll::Ready(None) => {
+                    let reason = if self.sub.slow.load(Ordering::Acquire) {
+                        "slow_consumer"
+                    } else {
+                        "unavailable"
+                    };
+                    return Poll::Ready(self.end(reason));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Some(f) = &self.fetch {
+            f.abort();
+        }
+        gauge!(EVENT_STREAMS).decrement(1.0);
+        match self.ended {
+            // the hub counted it when it dropped the stream
+            Some("slow_consumer") => {}
+            reason => counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => reason.unwrap_or("client"))
+                .increment(1),
+        }
+    }
+}
