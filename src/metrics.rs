@@ -72,8 +72,8 @@ pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
 pub const BUDGET_EVENTS_TOTAL: &str = "gpuproxy_budget_events_total";
 /// Gauge: `GET /v1/events` streams open on this daemon.
 pub const EVENT_STREAMS: &str = "gpuproxy_event_streams";
-/// Counter, label `reason` (`client`, `slow_consumer`, `draining`, `unavailable`): event
-/// streams ended, by why.
+/// Counter, label `reason` (`client`, `slow_consumer`, `draining`, `unavailable`,
+/// `ping_timeout`): event streams (SSE and WebSocket) ended, by why.
 pub const EVENT_STREAMS_CLOSED_TOTAL: &str = "gpuproxy_event_streams_closed_total";
 /// Counter: events delivered to streams (each event once per stream it reached).
 pub const EVENTS_DELIVERED_TOTAL: &str = "gpuproxy_events_delivered_total";

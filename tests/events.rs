@@ -12,6 +12,7 @@ use support::rentals::{account, call, rent_and_destroy};
 use support::sandbox::Sandbox;
 use support::services;
 use support::sse::{Sse, SseEvent};
+use support::ws;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -333,4 +334,97 @@ async fn events_cross_daemons_through_redis_survive_its_loss_and_streams_end_on_
     assert_eq!(close.data["reason"], "draining");
     assert_eq!(close.retry, Some(2000));
     assert_eq!(close.data["last_event_id"], end);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_carries_the_same_feed_resumes_and_closes_with_a_code() {
+    let s = services::shared();
+    let db = TestDb::new(s, "ev5");
+    let sandbox = Sandbox::start(&[]);
+    let a = account(&db, "echo", 1000.0, 10);
+    let b = account(&db, "foxtrot", 1000.0, 10);
+    let d = sandbox
+        .daemon(
+            &db,
+            &[
+                "ratelimit.enabled=false",
+                "events.ping_interval_ms=300",
+                "events.pong_timeout_ms=300",
+            ],
+        )
+        .await;
+    let mut wa = ws::open(d.https, &a, "/v1/events", &[]).await.unwrap();
+    let mut wb = ws::open(d.https, &b, "/v1/events", &[]).await.unwrap();
+    let open = ws::next(&mut wa, WAIT).await.unwrap();
+    assert_eq!(open["type"], "open");
+    let start = open["last_event_id"].as_i64().unwrap();
+    ws::next(&mut wb, WAIT).await.unwrap();
+
+    // a rental's status changes arrive in order, ids without gaps, as the SSE data
+    let id = rent_and_destroy(&d, &a).await;
+    let mut got = Vec::new();
+    loop {
+        let e = ws::next(&mut wa, WAIT).await.unwrap();
+        got.push(e["id"].as_i64().unwrap());
+        if e["type"] == "instance.status_changed"
+            && e["instance_id"] == id
+            && e["data"]["status"] == "terminated"
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        got,
+        (start + 1..=start + got.len() as i64).collect::<Vec<_>>()
+    );
+    // account B saw none of it (its pings were answered meanwhile: the stream is still open)
+    let quiet = tokio::time::timeout(Duration::from_millis(700), ws::next(&mut wb, WAIT)).await;
+    assert!(quiet.is_err(), "account B got {quiet:?}");
+
+    // resume from the log with ?after=, filtered to status changes of that instance
+    let path = format!("/v1/events?after={start}&types=instance.status_changed&instance={id}");
+    let mut again = ws::open(d.https, &a, &path, &[]).await.unwrap();
+    assert_eq!(
+        ws::next(&mut again, WAIT).await.unwrap()["last_event_id"],
+        start
+    );
+    let first = ws::next(&mut again, WAIT).await.unwrap();
+    assert_eq!(first["type"], "instance.status_changed");
+    assert!(first["id"].as_i64().unwrap() > start);
+
+    // a client that stops answering pings is closed with a code and a reason
+    let mut silent = ws::open(d.https, &a, "/v1/events", &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let closed = loop {
+        match ws::next(&mut silent, WAIT).await {
+            Ok(_) => continue,
+            Err(c) => break c,
+        }
+    };
+    assert_eq!(closed, (1008, "ping_timeout".to_owned()));
+
+    // refused upgrades are JSON errors
+    let Err((status, body)) = ws::open(d.https, "gpx_nope", "/v1/events", &[]).await else {
+        panic!("a bad key upgraded")
+    };
+    assert_eq!(status, 401, "{body}");
+    let Err((status, body)) = ws::open(d.https, &a, "/v1/events?after=x", &[]).await else {
+        panic!("a bad resume point upgraded")
+    };
+    assert_eq!(status, 400);
+    assert!(body.contains("after"), "{body}");
+
+    // SIGTERM: the stream ends with 1001 and the reconnect reason (a fresh one: `wa` went
+    // unread above, so it answered no ping and is closed as ping_timeout too)
+    let mut wd = ws::open(d.https, &a, "/v1/events", &[]).await.unwrap();
+    ws::next(&mut wd, WAIT).await.unwrap();
+    d.signal(libc::SIGTERM);
+    let closed = loop {
+        match ws::next(&mut wd, WAIT).await {
+            Ok(_) => continue,
+            Err(c) => break c,
+        }
+    };
+    assert_eq!(closed, (1001, "draining".to_owned()));
+    drop(wa);
 }

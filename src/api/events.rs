@@ -1,4 +1,5 @@
-//! `GET /v1/events`: the caller's account events as Server-Sent Events.
+//! `GET /v1/events`: the caller's account events as Server-Sent Events (with `Upgrade:
+//! websocket`, the same feed over a WebSocket: `websocket`).
 //!
 //! - Each event is `id: <seq>`, `event: <type>`, `data: <JSON>`; `seq` counts per account
 //!   without gaps, so `Last-Event-ID` (or `?after=`) resumes exactly: the log is read from there
@@ -109,6 +110,9 @@ impl Query {
 /// `GET /v1/events`.
 pub async fn stream(c: Call) -> Result<Response<Body>> {
     let q = Query::parse(c.req.uri().query(), c.req.headers().get("last-event-id"))?;
+    if super::websocket::requested(&c.req) {
+        return super::websocket::accept(c, q).await;
+    }
     let p = c.principal()?;
     let hub = c.api.events.clone().ok_or_else(no_db)?;
     let db = c.api.db.clone().ok_or_else(no_db)?;

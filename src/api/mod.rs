@@ -15,6 +15,7 @@ pub mod respond;
 pub mod router;
 pub mod sshkeys;
 pub mod usage;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

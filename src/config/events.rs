@@ -14,8 +14,11 @@ pub struct EventsConfig {
     /// by the reconciler.
     pub retention_hours: NonZeroU32,
     /// A stream with nothing to send gets a comment (SSE) this often, so proxies and clients
-    /// see it alive.
+    /// see it alive; a WebSocket gets a ping this often whatever it sends.
     pub ping_interval_ms: Millis,
+    /// A WebSocket whose client has not answered a ping within this is closed (1008
+    /// `ping_timeout`): a dead peer does not hold a stream until TCP gives up.
+    pub pong_timeout_ms: Millis,
     /// Concurrent streams per account (and per key: the same cap); more get 429.
     pub max_streams_per_account: NonZeroU32,
     /// Events a stream may have waiting for its client; one more and the stream is closed with
@@ -31,6 +34,7 @@ impl Default for EventsConfig {
         EventsConfig {
             retention_hours: nz32(72),
             ping_interval_ms: Millis(30_000),
+            pong_timeout_ms: Millis(10_000),
             max_streams_per_account: nz32(20),
             max_queue: nz32(100),
             poll_fallback_ms: Millis(2_000),

@@ -355,6 +355,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     let ec = &config.events;
     for (key, v) in [
         ("events.ping_interval_ms", ec.ping_interval_ms.ms()),
+        ("events.pong_timeout_ms", ec.pong_timeout_ms.ms()),
         ("events.poll_fallback_ms", ec.poll_fallback_ms.ms()),
     ] {
         if v == 0 {

@@ -218,6 +218,9 @@ struct ApiService {
     state: Arc<api::Api>,
     ctx: ConnCtx,
     shared: Arc<ConnShared>,
+    /// A WebSocket session a 101 answer left (`api::websocket`): run on the socket once hyper
+    /// has written the answer and lets go of it (HTTP/1 only).
+    upgrade: Arc<std::sync::Mutex<Option<api::websocket::Upgrade>>>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ApiService {
@@ -228,6 +231,7 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let (state, ctx, shared) = (self.state.clone(), self.ctx, self.shared.clone());
+        let upgrade = self.upgrade.clone();
         if client_wants_close(&req) {
             shared.set_wants_close();
         }
@@ -235,6 +239,9 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             shared.request_started();
             let _done = InFlight(&shared);
             let mut resp = api::handle(state.clone(), ctx, req).await;
+            if let Some(u) = resp.extensions_mut().remove::<api::websocket::Upgrade>() {
+                *upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+            }
             if resp
                 .headers()
                 .get(hyper::header::CONTENT_TYPE)
@@ -283,6 +290,7 @@ fn activate(
         state: state.clone(),
         ctx,
         shared: shared.clone(),
+        upgrade: Default::default(),
     };
     let tracked = Tracked {
         io,
@@ -395,6 +403,7 @@ async fn serve_h1_active(
     let cfg = &state.config;
     let park_after = cfg.connections.park_after_ms;
     let (svc, tracked) = activate(state, io, ctx, shared);
+    let upgrade = svc.upgrade.clone();
     let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.server.header_read_timeout())
@@ -468,6 +477,22 @@ async fn serve_h1_active(
             None
         }
         Ok(()) => {
+            let session = upgrade
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .and_then(|u| u.take());
+            if let Some(session) = session {
+                // the 101 is written: the socket (and what hyper read past the request) is the
+                // WebSocket's now
+                let parts = conn.into_parts();
+                let mut tracked = parts.io.into_inner();
+                if !parts.read_buf.is_empty() {
+                    tracked.io.unread(parts.read_buf);
+                }
+                run_upgraded(state, tracked, shared, session).await;
+                return None;
+            }
             if let Some(reason) = closing {
                 state.conns.count_close(reason);
                 return None;
@@ -481,6 +506,25 @@ async fn serve_h1_active(
                 io.unread(parts.read_buf);
             }
             Some(io)
+        }
+    }
+}
+
+/// Runs a WebSocket session on its connection: it counts as a request in flight (the reaper leaves
+/// it alone, like an event stream) and ends when the session does or the connection is killed.
+async fn run_upgraded(
+    state: &api::Api,
+    tracked: Tracked,
+    shared: &Arc<ConnShared>,
+    session: api::websocket::Session,
+) {
+    shared.request_started();
+    let _done = InFlight(shared);
+    shared.set_streaming();
+    tokio::select! {
+        _ = session(Box::new(tracked)) => {}
+        _ = shared.kill.notified() => {
+            state.conns.count_close(shared.close_reason().unwrap_or(CloseReason::Forced));
         }
     }
 }

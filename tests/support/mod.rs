@@ -15,6 +15,7 @@ pub mod sse;
 #[path = "../../src/testkit.rs"]
 pub mod testkit;
 pub mod topology;
+pub mod ws;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

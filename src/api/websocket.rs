@@ -1,0 +1,184 @@
+//! `GET /v1/events` with `Upgrade: websocket` (RFC 6455, HTTP/1.1): the same event feed as the
+//! Server-Sent Events stream, as text frames.
+//!
+//! - Frames: `{"type":"open","last_event_id":N}` first, then each event as the JSON the SSE
+//!   stream puts in `data:` (`id`, `type`, `at`, `instance_id`, `data`). Resume with `?after=`
+//!   (or `Last-Event-ID`), filter with `types=` and `instance=`, as for SSE.
+//! - A ping every `events.ping_interval_ms`; no pong within `events.pong_timeout_ms`: close
+//!   1008 `ping_timeout`.
+//! - Every close by the server has a code and the feed's reason: 1001 `draining` (reconnect
+//!   elsewhere), 1013 `slow_consumer` (resume from the log), 1011 `unavailable`, 1008
+//!   `ping_timeout`. Messages from the client are read (pings answered) and otherwise ignored.
+//!
+//! The handler answers 101 and leaves the session in the response's extensions ([`Upgrade`]);
+//! the connection (src/server) takes the socket back from hyper once the 101 is written and runs
+//! the session on it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use hyper::header::{CONNECTION, HeaderValue, UPGRADE};
+use hyper::{Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use super::Body;
+use super::account::no_db;
+use super::events::Query;
+use super::router::Call;
+use crate::error::{Error, Result};
+use crate::events::feed::{Feed, Item};
+
+/// The socket a session runs on, whatever the listener (plain, TLS, after a PROXY header).
+pub trait SessionIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> SessionIo for T {}
+
+pub type Session =
+    Box<dyn FnOnce(Box<dyn SessionIo>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// In a 101 answer's extensions: what to run on the socket once hyper lets go of it.
+#[derive(Clone)]
+pub struct Upgrade(Arc<Mutex<Option<Session>>>);
+
+impl Upgrade {
+    pub fn take(&self) -> Option<Session> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Whether the request asks for a WebSocket.
+pub fn requested(req: &hyper::Request<hyper::body::Incoming>) -> bool {
+    req.headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Client frames are small (pongs, a close): anything bigger is refused by the codec.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+pub(super) async fn accept(c: Call, q: Query) -> Result<Response<Body>> {
+    let h = c.req.headers();
+    if c.req.version() != Version::HTTP_11 {
+        return Err(Error::bad_request(
+            "a WebSocket opens with an HTTP/1.1 Upgrade (HTTP/2: use the event stream without Upgrade)",
+        ));
+    }
+    let has_token = |name, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(CONNECTION, "upgrade") {
+        return Err(Error::bad_request(
+            "a WebSocket upgrade needs `Connection: Upgrade`",
+        ));
+    }
+    if h.get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(Error::bad_request("`Sec-WebSocket-Version` must be 13"));
+    }
+    // 16 random bytes in base64
+    let key = h
+        .get("sec-websocket-key")
+        .map(|v| v.as_bytes())
+        .filter(|k| k.len() == 24 && k.ends_with(b"=="))
+        .ok_or_else(|| Error::bad_request("`Sec-WebSocket-Key` must be 16 bytes in base64"))?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    let p = c.principal()?;
+    let hub = c.api.events.clone().ok_or_else(no_db)?;
+    let db = c.api.db.clone().ok_or_else(no_db)?;
+    let sub = hub.subscribe(p.account_id(), p.key.key_id).await?;
+    let feed = Feed::new(db, p.account_id(), sub, q.after, q.filter);
+    let cfg = &c.api.config.events;
+    let (every, pong) = (cfg.ping_interval_ms.get(), cfg.pong_timeout_ms.get());
+    let session: Session = Box::new(move |io| Box::pin(run(io, feed, every, pong)));
+
+    let mut r = Response::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).map_err(Error::internal)?,
+    );
+    r.extensions_mut()
+        .insert(Upgrade(Arc::new(Mutex::new(Some(session)))));
+    Ok(r)
+}
+
+/// The close code for a feed's end reason.
+fn close_code(reason: &str) -> CloseCode {
+    match reason {
+        "draining" => CloseCode::Away,
+        "slow_consumer" => CloseCode::Again,
+        "ping_timeout" => CloseCode::Policy,
+        _ => CloseCode::Error,
+    }
+}
+
+async fn run(io: Box<dyn SessionIo>, mut feed: Feed, every: Duration, pong_timeout: Duration) {
+    let mut config = WebSocketConfig::default();
+    config.max_message_size = Some(MAX_CLIENT_MESSAGE);
+    config.max_frame_size = Some(MAX_CLIENT_MESSAGE);
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let open = serde_json::json!({"type": "open", "last_event_id": feed.last()});
+    if ws.send(Message::text(open.to_string())).await.is_err() {
+        return;
+    }
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut pong_due: Option<tokio::time::Instant> = None;
+    let reason = loop {
+        let pong_deadline = async {
+            match pong_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            item = std::future::poll_fn(|cx| feed.poll_next(cx)) => match item {
+                Item::Event(e) => {
+                    if ws.send(Message::text(e.to_json().to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                Item::End(reason) => break reason,
+            },
+            m = ws.next() => match m {
+                Some(Ok(Message::Pong(_))) => pong_due = None,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                // pings are answered by the codec; other messages mean nothing here
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+                pong_due.get_or_insert(tokio::time::Instant::now() + pong_timeout);
+            }
+            _ = pong_deadline => {
+                feed.end("ping_timeout");
+                break "ping_timeout";
+            }
+        }
+    };
+    let frame = CloseFrame {
+        code: close_code(reason),
+        reason: reason.into(),
+    };
+    // the peer's close answer is awaited briefly: the close handshake, then the socket closes
+    if ws.send(Message::Close(Some(frame))).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+}

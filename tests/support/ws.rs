@@ -1,0 +1,76 @@
+//! A WebSocket client for `GET /v1/events` over TLS (tokio-tungstenite on a rustls stream).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// What the upgrade got when it was refused: the status and the body.
+pub type Refused = (u16, String);
+
+/// Opens `path` as a WebSocket as the holder of `token`, with extra request headers.
+pub async fn open(
+    addr: SocketAddr,
+    token: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Ws, Refused> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(super::testkit::insecure_client_config(
+        &[b"http/1.1"],
+        rustls::DEFAULT_VERSIONS,
+    ));
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS");
+    let mut req = format!("wss://localhost{path}")
+        .into_client_request()
+        .unwrap();
+    let h = req.headers_mut();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    for (k, v) in headers {
+        h.insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    match tokio_tungstenite::client_async(req, tls).await {
+        Ok((ws, resp)) => {
+            assert_eq!(resp.status().as_u16(), 101);
+            Ok(ws)
+        }
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(e) => panic!("WebSocket handshake: {e}"),
+    }
+}
+
+/// The next text message as JSON (pings are answered and skipped); `Err` with the close frame's
+/// code and reason when the server closed; panics when nothing comes within `within`.
+pub async fn next(ws: &mut Ws, within: Duration) -> Result<serde_json::Value, (u16, String)> {
+    loop {
+        let m = tokio::time::timeout(within, ws.next())
+            .await
+            .expect("a WebSocket message in time");
+        match m {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).expect("JSON")),
+            Some(Ok(Message::Close(Some(f)))) => {
+                return Err((u16::from(f.code), f.reason.to_string()));
+            }
+            Some(Ok(Message::Close(None))) | None => return Err((0, String::new())),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("WebSocket error: {e}"),
+        }
+    }
+}
