@@ -428,3 +428,85 @@ async fn a_websocket_carries_the_same_feed_resumes_and_closes_with_a_code() {
     assert_eq!(closed, (1001, "draining".to_owned()));
     drop(wa);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_passes_a_token_in_the_url_or_a_subprotocol_never_an_api_key() {
+    let s = services::shared();
+    let db = TestDb::new(s, "ev6");
+    let sandbox = Sandbox::start(&[]);
+    let a = account(&db, "golf", 1000.0, 10);
+    let d = sandbox.daemon(&db, &["ratelimit.enabled=false"]).await;
+    let r = call(&d, &a, "POST", "/v1/auth/token", "", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let jwt = r.json()["token"].as_str().unwrap().to_owned();
+
+    // EventSource: ?access_token=, no Authorization header
+    let mut sse = Sse::open(
+        d.https,
+        "",
+        &format!("/v1/events?access_token={jwt}"),
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sse.next(WAIT).await.unwrap().event, "open");
+    // WebSocket: the token as a subprotocol, with ours beside it (and ours is what is answered)
+    let protocols = format!("gpuproxy.events, bearer.{jwt}");
+    let mut w = ws::open(
+        d.https,
+        "",
+        "/v1/events",
+        &[("sec-websocket-protocol", &protocols)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ws::next(&mut w, WAIT).await.unwrap()["type"], "open");
+    let id = rent_and_destroy(&d, &a).await;
+    loop {
+        let e = ws::next(&mut w, WAIT).await.unwrap();
+        if e["instance_id"] == id && e["data"]["status"] == "terminated" {
+            break;
+        }
+    }
+
+    // an API key never travels in a URL; a token without our subprotocol is refused; a bad
+    // token is 401
+    let Err((status, body)) = Sse::open(
+        d.https,
+        "",
+        &format!("/v1/events?access_token={a}"),
+        None,
+        None,
+    )
+    .await
+    else {
+        panic!("an API key in the URL opened a stream")
+    };
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("never an API key"), "{body}");
+    let only_token = format!("bearer.{jwt}");
+    let Err((status, body)) = ws::open(
+        d.https,
+        "",
+        "/v1/events",
+        &[("sec-websocket-protocol", &only_token)],
+    )
+    .await
+    else {
+        panic!("a token without gpuproxy.events upgraded")
+    };
+    assert_eq!(status, 400, "{body}");
+    let Err((status, _)) =
+        Sse::open(d.https, "", "/v1/events?access_token=a.b.c", None, None).await
+    else {
+        panic!("a bad token opened a stream")
+    };
+    assert_eq!(status, 401);
+    // the token never reaches the log
+    drop((sse, w));
+    assert!(
+        !d.log().contains(&jwt[jwt.len() - 20..]),
+        "the token is in the log"
+    );
+}

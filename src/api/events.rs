@@ -78,6 +78,8 @@ impl Query {
                     }
                     out.filter.types = Some(types);
                 }
+                // read by `browser_token` at authentication
+                "access_token" => {}
                 "instance" => {
                     if v.is_empty() || v.chars().count() > 128 {
                         return Err(Error::bad_request(
@@ -88,7 +90,7 @@ impl Query {
                 }
                 other => {
                     return Err(Error::bad_request(format!(
-                        "unknown query parameter `{}` (known: after, types, instance)",
+                        "unknown query parameter `{}` (known: after, types, instance, access_token)",
                         crate::error::truncate(other, 64)
                     )));
                 }
@@ -105,6 +107,24 @@ impl Query {
         }
         Ok(out)
     }
+}
+
+/// The subprotocol that carries a browser's token: `bearer.<token>`.
+pub const BEARER_PROTOCOL: &str = "bearer.";
+
+/// A token a browser passed outside `Authorization`: `?access_token=`, or a WebSocket
+/// subprotocol `bearer.<token>`. Never logged: the access log has the path only.
+pub(super) fn browser_token(req: &hyper::Request<hyper::body::Incoming>) -> Result<Option<String>> {
+    for kv in req.uri().query().unwrap_or("").split('&') {
+        if let Some(v) = kv.strip_prefix("access_token=") {
+            let v = percent_decode(v)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| Error::bad_request("invalid query parameter `access_token`"))?;
+            return Ok(Some(v));
+        }
+    }
+    Ok(super::websocket::offered_protocols(req)
+        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL).map(str::to_owned)))
 }
 
 /// `GET /v1/events`.

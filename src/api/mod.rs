@@ -24,7 +24,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
 use hyper::{Request, Response};
 
 use crate::conn::{ListenerKind, Protocol};
@@ -188,7 +188,16 @@ async fn dispatch(
     let (caller, verdict) = match route.access {
         Access::Public => (None, None),
         access => {
-            let p = state.auth.authenticate(req.headers()).await?;
+            let browser = match access {
+                Access::Stream if !req.headers().contains_key(AUTHORIZATION) => {
+                    events::browser_token(&req)?
+                }
+                _ => None,
+            };
+            let p = match browser {
+                Some(token) => state.auth.authenticate_token(&token).await?,
+                None => state.auth.authenticate(req.headers()).await?,
+            };
             if access == Access::Admin && !p.is_admin() {
                 return Err(Error::forbidden(
                     "insufficient_scope",

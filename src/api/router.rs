@@ -31,6 +31,10 @@ pub enum Access {
     User,
     /// Keys (and their tokens) with the `admin` scope.
     Admin,
+    /// As `User`; besides, a browser (whose EventSource and WebSocket cannot set
+    /// `Authorization`) may pass a token, never an API key, as `?access_token=` or as the
+    /// WebSocket subprotocol `bearer.<token>` (`events::browser_token`).
+    Stream,
 }
 
 /// A request as a handler receives it: authenticated already where the route needs it.
@@ -121,7 +125,7 @@ const fn route(
     }
 }
 
-use Access::{Admin, Public, User};
+use Access::{Admin, Public, Stream, User};
 
 /// Every route the API listeners serve, in a fixed order (the index is the metric slot).
 pub static ROUTES: &[Route] = &[
@@ -237,7 +241,7 @@ pub static ROUTES: &[Route] = &[
     ),
     route(
         "/v1/events",
-        User,
+        Stream,
         &[(Method::GET, later!(c => events::stream(c).await))],
     ),
     route(

@@ -53,6 +53,23 @@ impl Upgrade {
     }
 }
 
+/// The subprotocol a client names (with `bearer.<token>`) to be told it was understood: a
+/// browser fails a WebSocket whose answer selects none of the subprotocols it offered.
+pub const PROTOCOL: &str = "gpuproxy.events";
+
+/// The subprotocols the client offers (`Sec-WebSocket-Protocol`, comma-separated, any number of
+/// headers).
+pub fn offered_protocols(
+    req: &hyper::Request<hyper::body::Incoming>,
+) -> impl Iterator<Item = &str> {
+    req.headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// Whether the request asks for a WebSocket.
 pub fn requested(req: &hyper::Request<hyper::body::Incoming>) -> bool {
     req.headers()
@@ -92,6 +109,12 @@ pub(super) async fn accept(c: Call, q: Query) -> Result<Response<Body>> {
         .filter(|k| k.len() == 24 && k.ends_with(b"=="))
         .ok_or_else(|| Error::bad_request("`Sec-WebSocket-Key` must be 16 bytes in base64"))?;
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    let ours = offered_protocols(&c.req).any(|p| p == PROTOCOL);
+    if !ours && offered_protocols(&c.req).any(|p| p.starts_with(super::events::BEARER_PROTOCOL)) {
+        return Err(Error::bad_request(
+            "a token in `Sec-WebSocket-Protocol` (`bearer.<token>`) needs the subprotocol `gpuproxy.events` offered with it",
+        ));
+    }
     let p = c.principal()?;
     let hub = c.api.events.clone().ok_or_else(no_db)?;
     let db = c.api.db.clone().ok_or_else(no_db)?;
@@ -110,6 +133,9 @@ pub(super) async fn accept(c: Call, q: Query) -> Result<Response<Body>> {
         "sec-websocket-accept",
         HeaderValue::from_str(&accept).map_err(Error::internal)?,
     );
+    if ours {
+        h.insert("sec-websocket-protocol", HeaderValue::from_static(PROTOCOL));
+    }
     r.extensions_mut()
         .insert(Upgrade(Arc::new(Mutex::new(Some(session)))));
     Ok(r)

@@ -190,8 +190,29 @@ impl Auth {
         r
     }
 
+    /// A token passed outside `Authorization` (a browser's event stream: `?access_token=` or a
+    /// WebSocket subprotocol): a token from `POST /v1/auth/token` only, never an API key, whose
+    /// secret would end up in URLs and proxy logs.
+    pub async fn authenticate_token(&self, token: &str) -> Result<Principal, Error> {
+        let r = if apikey::parse(token).is_some() {
+            Err(Error::unauthorized(
+                "invalid_credentials",
+                "only a token from POST /v1/auth/token may be passed outside the Authorization header, never an API key",
+            ))
+        } else {
+            self.authenticate_credential(token).await
+        };
+        if let Err(e) = &r {
+            counter!(AUTH_FAILURES_TOTAL, "code" => e.kind.code()).increment(1);
+        }
+        r
+    }
+
     async fn authenticate_inner(&self, headers: &HeaderMap) -> Result<Principal, Error> {
-        let credential = bearer(headers)?;
+        self.authenticate_credential(bearer(headers)?).await
+    }
+
+    async fn authenticate_credential(&self, credential: &str) -> Result<Principal, Error> {
         if let Some((id, secret)) = apikey::parse(credential) {
             let key = self.lookup(id).await?.ok_or_else(invalid)?;
             if !apikey::verify(secret, &key.secret_hash) {

@@ -59,8 +59,11 @@ impl Sse {
         });
         let mut req = hyper::Request::get(path)
             .header("host", "localhost")
-            .header("authorization", format!("Bearer {token}"))
             .header("accept", "text/event-stream");
+        // an empty token: no Authorization header (a browser's EventSource cannot send one)
+        if !token.is_empty() {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id.to_string());
         }

@@ -16,7 +16,8 @@ pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 /// What the upgrade got when it was refused: the status and the body.
 pub type Refused = (u16, String);
 
-/// Opens `path` as a WebSocket as the holder of `token`, with extra request headers.
+/// Opens `path` as a WebSocket as the holder of `token` (empty: no `Authorization`), with extra
+/// request headers.
 pub async fn open(
     addr: SocketAddr,
     token: &str,
@@ -36,7 +37,10 @@ pub async fn open(
         .into_client_request()
         .unwrap();
     let h = req.headers_mut();
-    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    // an empty token: no Authorization header (a browser's WebSocket cannot send one)
+    if !token.is_empty() {
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
     for (k, v) in headers {
         h.insert(
             hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
