@@ -510,3 +510,63 @@ async fn a_browser_passes_a_token_in_the_url_or_a_subprotocol_never_an_api_key()
         "the token is in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_near_its_end_gets_one_expiring_event_per_end_time() {
+    let s = services::shared();
+    let db = TestDb::new(s, "ev7");
+    let sandbox = Sandbox::start(&[]);
+    let a = account(&db, "hotel", 1000.0, 10);
+    let d = sandbox
+        .daemon(
+            &db,
+            &[
+                "ratelimit.enabled=false",
+                "rentals.reconcile_interval_ms=200",
+                // 2 h: a 1-hour rental is near its end from the start
+                "events.expiring_notice_ms=7200000",
+            ],
+        )
+        .await;
+    let mut stream = Sse::open(
+        d.https,
+        &a,
+        "/v1/events?types=instance.expiring",
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    stream.next(WAIT).await.unwrap();
+    let offer = support::rentals::cheapest(&d, &a, "vastai", "").await;
+    let body = serde_json::json!({"offer_id": offer["id"], "image": "pytorch/pytorch:latest",
+        "disk_gb": 20, "max_duration_hours": 1, "ssh_public_key": format!("{} t@e", support::rentals::KEY_A)});
+    let r = support::rentals::post(&d, &a, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let e = stream.next(WAIT).await.expect("instance.expiring");
+    assert_eq!(e.event, "instance.expiring");
+    assert_eq!(e.data["instance_id"], id);
+    let first_end = e.data["data"]["expires_at"].as_str().unwrap().to_owned();
+    let left = e.data["data"]["seconds_left"].as_f64().unwrap();
+    assert!(left > 3000.0 && left <= 3600.0, "{left}");
+    // the next rounds (every 200 ms) write no second notice for the same end
+    assert!(
+        stream.next(Duration::from_millis(1500)).await.is_none(),
+        "a second notice for one end time"
+    );
+    // an extension moves the end: a new notice for the new end
+    let r = call(
+        &d,
+        &a,
+        "POST",
+        &format!("/v1/instances/{id}/extend"),
+        r#"{"hours": 1}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let e = stream.next(WAIT).await.expect("a notice for the new end");
+    assert_eq!(e.data["instance_id"], id);
+    assert_ne!(e.data["data"]["expires_at"].as_str().unwrap(), first_end);
+}

@@ -11,6 +11,7 @@ use crate::error::Error;
 
 pub const STATUS_CHANGED: &str = "instance.status_changed";
 pub const INTERRUPTED: &str = "instance.interrupted";
+pub const EXPIRING: &str = "instance.expiring";
 pub const EXPIRED: &str = "instance.expired";
 pub const FAILED_OVER: &str = "rental.failed_over";
 pub const BUDGET_WARNING: &str = "budget.warning";
@@ -18,9 +19,10 @@ pub const BUDGET_EXHAUSTED: &str = "budget.exhausted";
 pub const KEY_REVOKED: &str = "key.revoked";
 
 /// The event types a client can ask for (`types=`), as they appear in the stream.
-pub const TYPES: [&str; 7] = [
+pub const TYPES: [&str; 8] = [
     STATUS_CHANGED,
     INTERRUPTED,
+    EXPIRING,
     EXPIRED,
     FAILED_OVER,
     BUDGET_WARNING,

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "account_events",
         include_str!("migrations/0010_account_events.sql"),
     ),
+    (
+        11,
+        "expiring_notice",
+        include_str!("migrations/0011_expiring_notice.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

@@ -24,6 +24,10 @@ pub struct EventsConfig {
     /// Events a stream may have waiting for its client; one more and the stream is closed with
     /// `slow_consumer` (the client resumes from the log), so a slow client never slows others.
     pub max_queue: NonZeroU32,
+    /// An instance whose lifetime (`max_duration_hours` / `expires_at`) ends within this gets
+    /// one `instance.expiring` event (per end time: an extension earns a new one); the
+    /// reconciler looks every `rentals.reconcile_interval_ms`.
+    pub expiring_notice_ms: Millis,
     /// New events reach the streams through Redis pub/sub at once; the log is also read this
     /// often, so an event published while Redis was down arrives at most this late.
     pub poll_fallback_ms: Millis,
@@ -38,6 +42,7 @@ impl Default for EventsConfig {
             max_streams_per_account: nz32(20),
             max_queue: nz32(100),
             poll_fallback_ms: Millis(2_000),
+            expiring_notice_ms: Millis(900_000),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::accounts::Db;
 use crate::error::Result;
 
 pub use crate::accounts::event_log::{
-    BUDGET_EXHAUSTED, BUDGET_WARNING, EXPIRED, FAILED_OVER, INTERRUPTED, KEY_REVOKED,
+    BUDGET_EXHAUSTED, BUDGET_WARNING, EXPIRED, EXPIRING, FAILED_OVER, INTERRUPTED, KEY_REVOKED,
     STATUS_CHANGED, TYPES, append,
 };
 

@@ -234,6 +234,10 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                 destroy_failed(r, p.as_ref(), &after, pid, action, &detail).await?;
             } else if after.expires_at.is_some_and(|t| t <= now()) {
                 expire(r, p.as_ref(), &after, pid).await?;
+            } else if after.expires_at.is_some_and(|t| {
+                t - now() <= r.config.events.expiring_notice_ms.get().as_secs_f64()
+            }) {
+                notify_expiring(r, &after).await?;
             }
         }
 
@@ -284,6 +288,40 @@ async fn expire(r: &Rentals, p: &dyn Provider, row: &ledger::InstanceRow, pid: &
         act("expired");
     }
     Ok(())
+}
+
+/// `instance.expiring` for an instance whose end is within `events.expiring_notice_ms`, once per
+/// end time: the row remembers the end it was written for (`expiring_notified_for`), so the next
+/// rounds skip it and an extension earns a new notice.
+async fn notify_expiring(r: &Rentals, row: &ledger::InstanceRow) -> Result<()> {
+    r.db.transaction(async |tx| {
+        let rows = tx
+            .query_typed(
+                "UPDATE instances SET expiring_notified_for = expires_at \
+                 WHERE id = $1 AND expires_at IS NOT NULL \
+                   AND expiring_notified_for IS DISTINCT FROM expires_at \
+                 RETURNING account_id, extract(epoch FROM expires_at)::float8",
+                &[(&row.id, tokio_postgres::types::Type::TEXT)],
+            )
+            .await
+            .map_err(crate::accounts::classify)?;
+        if let Some(found) = rows.first() {
+            let (account_id, end): (i64, f64) = (found.get(0), found.get(1));
+            let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs_f64(end));
+            let data = serde_json::json!({"expires_at": at.to_string(),
+                "seconds_left": (end - now()).max(0.0).round()});
+            crate::events::append(
+                tx,
+                account_id,
+                crate::events::EXPIRING,
+                Some(&row.id),
+                &data,
+            )
+            .await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Destroys an instance that will never serve (dead or stuck) and marks it failed with why:
