@@ -11,10 +11,10 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::accounts::{TestDb, public_id};
+use support::poller::Poller;
 use support::rentals::{account, call, cheapest, post, rent_body};
 use support::sandbox::Sandbox;
 use support::services::Services;
@@ -81,18 +81,12 @@ async fn a_multi_host_database_url_skips_read_only_hosts_and_rides_out_a_pgbounc
         "connect_query='SET default_transaction_read_only = on'",
     );
     let first = s.extra_pgbouncer("pgbouncer-rw1", "");
-    let url = s.multi_host_url(
+    let d = read_write_daemon(
+        &sandbox,
+        &db,
         &[read_only.port, first.port, s.pgbouncer.port],
-        &db.name,
-        "target_session_attrs=read-write",
-    );
-    let d = sandbox
-        .daemon_with_env(
-            &db,
-            &["ratelimit.enabled=false"],
-            &[("DATABASE_URL", url.as_str())],
-        )
-        .await;
+    )
+    .await;
     // a rental writes: it went to a read-write host
     let offer = cheapest(&d, &token, "vastai", "").await;
     let r = post(&d, &token, &rent_body(offer["id"].as_str().unwrap())).await;
@@ -100,46 +94,36 @@ async fn a_multi_host_database_url_skips_read_only_hosts_and_rides_out_a_pgbounc
 
     // clients list their instances (a database read each time) while the PgBouncer in use dies
     let d = Arc::new(d);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (d, token, stop) = (d.clone(), token.clone(), stop.clone());
-            let (ok, failed) = (ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let r = call(&d, &token, "GET", "/v1/instances", "", None).await;
-                    if r.status == 200 {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        eprintln!("failed: {} {:?}", r.status, r.json());
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    support::eventually("requests to flow", || async {
-        (ok.load(Ordering::Relaxed) > 20).then_some(())
-    })
-    .await;
-    let before = ok.load(Ordering::Relaxed);
+    let load = Poller::start(&d, &token, "/v1/instances", 4);
+    load.progress(20).await;
     first.kill();
-    support::eventually("requests to go on through the next host", || async {
-        (ok.load(Ordering::Relaxed) > before + 100).then_some(())
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    load.progress(100).await;
+    let (ok, failed) = load.finish().await;
     eprintln!("through the PgBouncer crash: {ok} answered 200, {failed} not");
     assert_eq!(failed, 0);
     let offer = cheapest(&d, &token, "vastai", "").await;
     let r = post(&d, &token, &rent_body(offer["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
     assert_eq!(ready_status(&d).await, (200, "ready".to_owned()));
+}
+
+/// A daemon whose `DATABASE_URL` names the servers on `ports` (tried in order) and wants a
+/// read-write one (`target_session_attrs=read-write`).
+async fn read_write_daemon(
+    sandbox: &Sandbox,
+    db: &TestDb<'_>,
+    ports: &[u16],
+) -> support::daemon::DaemonProc {
+    let url = db
+        .services
+        .multi_host_url(ports, &db.name, "target_session_attrs=read-write");
+    sandbox
+        .daemon_with_env(
+            db,
+            &["ratelimit.enabled=false"],
+            &[("DATABASE_URL", url.as_str())],
+        )
+        .await
 }
 
 async fn ready(d: &support::daemon::DaemonProc) -> serde_json::Value {
@@ -236,18 +220,7 @@ async fn a_promoted_standby_takes_over_the_writes_without_a_restart() {
     let token = account(&db, "promoted", 1000.0, 10);
     let standby = s.start_replica();
     // the primary and the standby, directly: the writable one is whichever is primary now
-    let url = s.multi_host_url(
-        &[s.postgres.port, standby.port],
-        &db.name,
-        "target_session_attrs=read-write",
-    );
-    let d = sandbox
-        .daemon_with_env(
-            &db,
-            &["ratelimit.enabled=false"],
-            &[("DATABASE_URL", url.as_str())],
-        )
-        .await;
+    let d = read_write_daemon(&sandbox, &db, &[s.postgres.port, standby.port]).await;
     let offer = cheapest(&d, &token, "vastai", "").await;
     let body = rent_body(offer["id"].as_str().unwrap());
     assert_eq!(post(&d, &token, &body).await.status, 201);

@@ -6,11 +6,11 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::accounts::{TestDb, gpuproxyd, public_id, stderr};
 use support::daemon::DaemonProc;
+use support::poller::Poller;
 use support::redis_topology::{RedisCluster, RedisSentinel, RedisTls};
 use support::rentals::{account, call, rent_and_destroy};
 use support::sandbox::Sandbox;
@@ -139,26 +139,9 @@ async fn a_sentinel_failover_under_load_fails_no_request() {
     let d = Arc::new(d);
 
     // clients keep calling a cached-key route through the failover
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (d, token, stop) = (d.clone(), token.clone(), stop.clone());
-            let (ok, failed) = (ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let counter = if account_status(&d, &token).await == 200 {
-                        &ok
-                    } else {
-                        &failed
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-
-    let before = ok.load(Ordering::Relaxed);
+    let load = Poller::start(&d, &token, "/v1/account", 4);
+    load.progress(20).await;
+    let before = load.answered();
     redis.master.kill();
     support::eventually("Sentinel to promote the replica", || async {
         (redis.master_port() == redis.replica.port).then_some(())
@@ -167,11 +150,7 @@ async fn a_sentinel_failover_under_load_fails_no_request() {
     // the daemon finds the new master by itself and says so
     redis_up(&d).await;
     assert_eq!(ready(&d).await["status"], "ready");
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.finish().await;
     eprintln!("through the failover: {ok} requests answered 200, {failed} not");
     assert_eq!(failed, 0);
     assert!(ok > before, "requests went on during the failover");

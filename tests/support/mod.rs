@@ -7,6 +7,7 @@ pub mod certs;
 pub mod client;
 pub mod daemon;
 pub mod metrics;
+pub mod poller;
 pub mod redis_topology;
 pub mod rentals;
 pub mod sandbox;

@@ -9,7 +9,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 
 /// One event (comments are skipped).
 #[derive(Debug, Clone, Default)]
@@ -45,14 +44,7 @@ impl Sse {
             sock.set_recv_buffer_size(n).unwrap();
         }
         let tcp = sock.connect(addr).await.expect("connect");
-        let connector = tokio_rustls::TlsConnector::from(super::testkit::insecure_client_config(
-            &[b"http/1.1"],
-            rustls::DEFAULT_VERSIONS,
-        ));
-        let tls = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS");
+        let tls = super::ws::tls_http1(tcp).await;
         let (mut sender, conn) = http1::handshake(TokioIo::new(tls)).await.expect("h1");
         let conn = tokio::spawn(async move {
             let _ = conn.await;

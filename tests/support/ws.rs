@@ -13,6 +13,19 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
+/// TLS over `tcp` offering HTTP/1.1 only (an upgrade and an event stream are HTTP/1.1 things),
+/// trusting the test daemon's self-signed certificate.
+pub async fn tls_http1(tcp: TcpStream) -> TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(super::testkit::insecure_client_config(
+        &[b"http/1.1"],
+        rustls::DEFAULT_VERSIONS,
+    ));
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS")
+}
+
 /// What the upgrade got when it was refused: the status and the body.
 pub type Refused = (u16, String);
 
@@ -24,15 +37,7 @@ pub async fn open(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Ws, Refused> {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let connector = tokio_rustls::TlsConnector::from(super::testkit::insecure_client_config(
-        &[b"http/1.1"],
-        rustls::DEFAULT_VERSIONS,
-    ));
-    let tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS");
+    let tls = tls_http1(TcpStream::connect(addr).await.expect("connect")).await;
     let mut req = format!("wss://localhost{path}")
         .into_client_request()
         .unwrap();
