@@ -6,8 +6,9 @@
 //!   serving with idle HTTP/1 parking, drain.
 //! - [`conn`]: the sharded connection table, admission caps, the reaper, fd limits.
 //! - [`ratelimit`]: GCRA limiters per IP, per account and per API key.
-//! - [`auth`]: API keys and JWTs, the key cache (in process → Redis → PostgreSQL), and the
-//!   admin changes every daemon's cache must hear of (`auth::admin`).
+//! - [`auth`]: API keys and JWTs, the key cache (in process → Redis → PostgreSQL, or a read
+//!   replica first: `auth::replica`), and the admin changes every daemon's cache must hear of
+//!   (`auth::admin`).
 //! - [`accounts`]: PostgreSQL through PgBouncer (bb8 pool), migrations, account and key records,
 //!   API key generation and hashing (`accounts::apikey`).
 //! - [`cache`]: the Redis client (fred) with reconnects, timeouts and pub/sub, and the two-layer
@@ -18,7 +19,8 @@
 //!   segments), SSH keys per account and their per-instance attach, idempotency, the reconciler
 //!   (adoption, dead and stuck instances).
 //! - [`events`]: the account event log (written with the changes it reports) and the fan-out
-//!   that delivers it to `GET /v1/events` streams on every daemon (`events::hub`).
+//!   that delivers it to `GET /v1/events` streams on every daemon (`events::hub`); one client's
+//!   view of it is an `events::feed::Feed`, carried as SSE or over a WebSocket (`api::websocket`).
 //! - [`api`]: routing, handlers (over `api::Api`: the services plus the API's render caches and
 //!   request metrics), and the one place errors become HTTP responses.
 //! - [`state`]: the services of one daemon (`AppState`).
