@@ -93,13 +93,7 @@ CONF
   JWT_SECRET="$(cat "$CLUSTER_DIR/jwt-secret")"
   export JWT_SECRET
   "$bin" migrate >/dev/null
-  local key_file="$SVC_DIR/cluster-api-key"
-  if [ ! -s "$key_file" ]; then
-    "$bin" accounts show demo >/dev/null 2>&1 || "$bin" accounts create --name demo --daily-budget-usd 50 >/dev/null
-    "$bin" keys create --account demo --scope user --scope admin --label cluster --json |
-      sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p' >"$key_file"
-  fi
-  API_KEY="$(cat "$key_file")"
+  demo_api_key "$bin" "$SVC_DIR/cluster-api-key" cluster
 
   echo "==> sandbox providers: Vast.ai :18081, io.net :18082"
   export VASTAI_API_KEY=demo-vast-key IONET_API_KEY=demo-ionet-key

@@ -47,15 +47,8 @@ export JWT_SECRET
 echo "==> gpuproxyd migrate"
 "$BIN" migrate
 
-# The key's secret is shown once at creation: keep it with the database it belongs to.
-KEY_FILE="$SVC_DIR/demo-api-key"
-if [ ! -s "$KEY_FILE" ]; then
-  echo "==> creating the demo account and an admin API key"
-  "$BIN" accounts show demo >/dev/null 2>&1 || "$BIN" accounts create --name demo --daily-budget-usd 50 >/dev/null
-  "$BIN" keys create --account demo --scope user --scope admin --label demo --json |
-    sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p' >"$KEY_FILE"
-fi
-API_KEY="$(cat "$KEY_FILE")"
+echo "==> the demo account and its admin API key"
+demo_api_key "$BIN" "$SVC_DIR/demo-api-key" demo
 
 echo "==> starting the sandbox providers: Vast.ai :$VAST_PORT, io.net :$IONET_PORT"
 # the keys only the daemon holds; the sandbox checks them as the real providers would

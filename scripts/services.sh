@@ -46,6 +46,19 @@ pgbouncer_stop() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
+# The `demo` account and an admin API key for it, made once per database: the key's secret is
+# shown only at creation, so it is kept in FILE (next to the database it belongs to). Sets API_KEY.
+#   demo_api_key GPUPROXYD_BINARY FILE LABEL
+demo_api_key() {
+  local bin="$1" file="$2" label="$3"
+  if [ ! -s "$file" ]; then
+    "$bin" accounts show demo >/dev/null 2>&1 || "$bin" accounts create --name demo --daily-budget-usd 50 >/dev/null
+    "$bin" keys create --account demo --scope user --scope admin --label "$label" --json |
+      sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p' >"$file"
+  fi
+  API_KEY="$(cat "$file")"
+}
+
 services_start() {
   SVC_DIR="$1"
   local pg_port="$2" bouncer_port="$3" redis_port="$4"
