@@ -208,9 +208,13 @@ async fn three_daemons_are_one_deployment_for_keys_rentals_limits_and_a_redis_fa
             "auth.cache_ttl_ms=600000",
             "ratelimit.ip_per_minute=60",
             "ratelimit.ip_burst=30",
-            // the failover load below is one account's: only the per-IP tier is under test
+            // the failover load below is one account's: only the per-IP tier is under test (a
+            // large burst too: a huge rate with the default burst leaves a tolerance of well
+            // under a millisecond, which the workers' clocks can disagree by)
             "ratelimit.account_per_minute=100000000",
+            "ratelimit.account_burst=10000000",
             "ratelimit.key_per_minute=100000000",
+            "ratelimit.key_burst=10000000",
             "ratelimit.peer_heartbeat_ms=200",
         ],
         &[("REDIS_URL", url.as_str())],
