@@ -86,6 +86,12 @@ pub enum Refusal {
     UpstreamBudget,
     /// `events.max_streams_per_account` event streams are open for the account or key.
     StreamLimit,
+    /// `webhooks.max_per_account` webhooks exist for the account.
+    WebhookLimit,
+    /// A webhook URL on an address `webhooks.allow_private_targets` does not allow (400).
+    TargetNotAllowed,
+    /// `watches.max_per_account` offer watches exist for the account.
+    WatchLimit,
 }
 
 impl Refusal {
@@ -108,6 +114,9 @@ impl Refusal {
             Refusal::NotStoppable => "not_stoppable",
             Refusal::UpstreamBudget => "upstream_budget_exceeded",
             Refusal::StreamLimit => "stream_limit",
+            Refusal::WebhookLimit => "webhook_limit",
+            Refusal::TargetNotAllowed => "target_not_allowed",
+            Refusal::WatchLimit => "watch_limit",
         }
     }
 
@@ -117,7 +126,7 @@ impl Refusal {
             Refusal::UpstreamBudget | Refusal::StreamLimit => StatusCode::TOO_MANY_REQUESTS,
             Refusal::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::PassthroughForbidden => StatusCode::FORBIDDEN,
-            Refusal::ProviderDisabled => StatusCode::BAD_REQUEST,
+            Refusal::ProviderDisabled | Refusal::TargetNotAllowed => StatusCode::BAD_REQUEST,
             Refusal::PriceChanged
             | Refusal::BidTooLow
             | Refusal::OfferUnavailable
@@ -128,6 +137,8 @@ impl Refusal {
             | Refusal::IdempotencyInProgress
             | Refusal::SshKeyExists
             | Refusal::SshKeyLimit
+            | Refusal::WebhookLimit
+            | Refusal::WatchLimit
             | Refusal::NotStoppable => StatusCode::CONFLICT,
         }
     }

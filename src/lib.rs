@@ -17,10 +17,13 @@
 //!   instance model, the pooled upstream client, breaker/retries.
 //! - [`rentals`]: renting: offer claims, price and bid checks, budget, ledger (spend by event
 //!   segments), SSH keys per account and their per-instance attach, idempotency, the reconciler
-//!   (adoption, dead and stuck instances).
+//!   (adoption, dead and stuck instances), offer watches evaluated on refreshed offers
+//!   (`rentals::watches`).
 //! - [`events`]: the account event log (written with the changes it reports) and the fan-out
 //!   that delivers it to `GET /v1/events` streams on every daemon (`events::hub`); one client's
-//!   view of it is an `events::feed::Feed`, carried as SSE or over a WebSocket (`api::websocket`).
+//!   view of it is an `events::feed::Feed`, carried as SSE or over a WebSocket (`api::websocket`);
+//!   signed webhooks deliver it to clients that hold no connection (`events::webhook`: the
+//!   sender, signatures, SSRF checks of targets).
 //! - [`api`]: routing, handlers (over `api::Api`: the services plus the API's render caches and
 //!   request metrics), and the one place errors become HTTP responses.
 //! - [`state`]: the services of one daemon (`AppState`).

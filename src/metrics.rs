@@ -76,6 +76,10 @@ pub const EVENT_STREAMS: &str = "gpuproxy_event_streams";
 /// `ping_timeout`): event streams (SSE and WebSocket) ended, by why.
 pub const EVENT_STREAMS_CLOSED_TOTAL: &str = "gpuproxy_event_streams_closed_total";
 /// Counter: events delivered to streams (each event once per stream it reached).
+/// Webhook delivery attempts, by result (`delivered`, `retry`, `failed`: given up or refused).
+pub const WEBHOOK_ATTEMPTS_TOTAL: &str = "gpuproxy_webhook_attempts_total";
+/// Webhooks disabled for failing `webhooks.disable_after_failures` times in a row.
+pub const WEBHOOKS_DISABLED_TOTAL: &str = "gpuproxy_webhooks_disabled_total";
 pub const EVENTS_DELIVERED_TOTAL: &str = "gpuproxy_events_delivered_total";
 /// Gauge, label `provider`: the sum over instances of |billed − ledger| (USD) at the last
 /// reconciliation with the provider's charges.
@@ -237,6 +241,14 @@ fn describe() {
         "When the provider's charges were last reconciled with the ledger (unix seconds)."
     );
     describe_gauge!(EVENT_STREAMS, "GET /v1/events streams open on this daemon.");
+    describe_counter!(
+        WEBHOOK_ATTEMPTS_TOTAL,
+        "Webhook delivery attempts, by result (delivered, retry, failed)."
+    );
+    describe_counter!(
+        WEBHOOKS_DISABLED_TOTAL,
+        "Webhooks disabled after webhooks.disable_after_failures failed attempts in a row."
+    );
     describe_counter!(
         EVENT_STREAMS_CLOSED_TOTAL,
         "Event streams ended, by reason (client, slow_consumer, draining, unavailable)."

@@ -17,9 +17,10 @@ pub const FAILED_OVER: &str = "rental.failed_over";
 pub const BUDGET_WARNING: &str = "budget.warning";
 pub const BUDGET_EXHAUSTED: &str = "budget.exhausted";
 pub const KEY_REVOKED: &str = "key.revoked";
+pub const WATCH_MATCHED: &str = "offer.watch_matched";
 
 /// The event types a client can ask for (`types=`), as they appear in the stream.
-pub const TYPES: [&str; 8] = [
+pub const TYPES: [&str; 9] = [
     STATUS_CHANGED,
     INTERRUPTED,
     EXPIRING,
@@ -28,6 +29,7 @@ pub const TYPES: [&str; 8] = [
     BUDGET_WARNING,
     BUDGET_EXHAUSTED,
     KEY_REVOKED,
+    WATCH_MATCHED,
 ];
 
 /// Appends an event for `account_id` in `tx`; returns its `seq` (per account, from 1, no gaps:

@@ -56,6 +56,12 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "expiring_notice",
         include_str!("migrations/0011_expiring_notice.sql"),
     ),
+    (12, "webhooks", include_str!("migrations/0012_webhooks.sql")),
+    (
+        13,
+        "offer_watches",
+        include_str!("migrations/0013_offer_watches.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

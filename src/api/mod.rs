@@ -15,6 +15,8 @@ pub mod respond;
 pub mod router;
 pub mod sshkeys;
 pub mod usage;
+pub mod watches;
+pub mod webhooks;
 pub mod websocket;
 
 use std::net::SocketAddr;

@@ -16,7 +16,7 @@ use hyper::{Method, Request, Response};
 
 use super::{
     Api, Body, account, admin, events, health, instances, offers, openapi, passthrough, sshkeys,
-    usage,
+    usage, watches, webhooks,
 };
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
@@ -311,6 +311,48 @@ pub static ROUTES: &[Route] = &[
         "/v1/ssh-keys/{id}",
         User,
         &[(Method::DELETE, later!(c => sshkeys::delete(c).await))],
+    ),
+    route(
+        "/v1/webhooks",
+        User,
+        &[
+            (Method::GET, later!(c => webhooks::list(c).await)),
+            (Method::POST, later!(c => webhooks::create(c).await)),
+        ],
+    ),
+    route(
+        "/v1/webhooks/{id}",
+        User,
+        &[
+            (Method::GET, later!(c => webhooks::show(c).await)),
+            (Method::DELETE, later!(c => webhooks::delete(c).await)),
+        ],
+    ),
+    route(
+        "/v1/webhooks/{id}/enable",
+        User,
+        &[(Method::POST, later!(c => webhooks::enable(c).await))],
+    ),
+    route(
+        "/v1/webhooks/{id}/deliveries",
+        User,
+        &[(Method::GET, later!(c => webhooks::deliveries(c).await))],
+    ),
+    route(
+        "/v1/watches",
+        User,
+        &[
+            (Method::GET, later!(c => watches::list(c).await)),
+            (Method::POST, later!(c => watches::create(c).await)),
+        ],
+    ),
+    route(
+        "/v1/watches/{id}",
+        User,
+        &[
+            (Method::GET, later!(c => watches::show(c).await)),
+            (Method::DELETE, later!(c => watches::delete(c).await)),
+        ],
     ),
     route(
         "/v1/providers/{provider}/{path}",

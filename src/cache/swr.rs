@@ -142,7 +142,12 @@ pub struct SwrCache<V> {
     hits_redis: Counter,
     hits_stale: Counter,
     misses: Counter,
+    /// Told of every answer fetched upstream (not of those read from Redis: the daemon that
+    /// fetched them was told); the offer watches evaluate there.
+    on_fetched: std::sync::OnceLock<FetchHook<V>>,
 }
+
+type FetchHook<V> = Box<dyn Fn(Arc<Entry<V>>) + Send + Sync>;
 
 #[derive(Serialize, serde::Deserialize)]
 struct Stored<V> {
@@ -185,7 +190,13 @@ where
             hits_redis: counter!(CACHE_HITS_TOTAL, "layer" => "redis"),
             hits_stale: counter!(CACHE_HITS_TOTAL, "layer" => "stale"),
             misses: counter!(CACHE_MISSES_TOTAL),
+            on_fetched: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the hook told of each answer fetched upstream; later calls are ignored.
+    pub fn on_fetched(&self, f: impl Fn(Arc<Entry<V>>) + Send + Sync + 'static) {
+        let _ = self.on_fetched.set(Box::new(f));
     }
 
     fn redis_key(&self, redis: &Redis, key: &str) -> String {
@@ -326,6 +337,9 @@ where
             let out = fetch().await.map(|v| Arc::new(Entry::new(v, at)));
             if let Ok(entry) = &out {
                 me.insert(&key, entry.clone());
+                if let Some(f) = me.on_fetched.get() {
+                    f(entry.clone());
+                }
             }
             // Redis first (bounded by its command timeout), so that once anyone has this answer
             // every other daemon can find it

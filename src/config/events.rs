@@ -46,3 +46,54 @@ impl Default for EventsConfig {
         }
     }
 }
+
+/// `[webhooks]`: signed HTTP deliveries of the event log, for clients that hold no connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Webhooks per account; more get 409 `webhook_limit`.
+    pub max_per_account: NonZeroU32,
+    /// Attempts per delivery (the first included); a delivery still failing after this many is
+    /// `failed` and stays in the delivery log.
+    pub max_attempts: NonZeroU32,
+    /// Back-off before the second attempt; doubled each attempt, up to `retry_max_ms`, each
+    /// wait drawn between half and all of it (jitter, so receivers coming back are not hit
+    /// by every daemon at once). A `Retry-After` from the receiver lengthens it.
+    pub retry_base_ms: Millis,
+    pub retry_max_ms: Millis,
+    /// One attempt: connect, TLS, request and answer.
+    pub timeout_ms: Millis,
+    /// Consecutive failed attempts (any delivery of the webhook) that disable it, so a dead
+    /// receiver does not cost retries forever; a success resets the count.
+    pub disable_after_failures: NonZeroU32,
+    /// Deliveries one daemon has in flight at once.
+    pub max_in_flight: NonZeroU32,
+    /// How often the log and the due retries are looked at when nothing wakes the sender (a
+    /// commit on this daemon wakes it at once; events written on another daemon wait this).
+    pub poll_interval_ms: Millis,
+    /// Allows targets on private, loopback, link-local and other non-public addresses (tests,
+    /// on-premises receivers). Off: a target is refused when any address its name resolves to
+    /// is one of those, checked at every delivery (no DNS rebinding), and redirects are never
+    /// followed.
+    pub allow_private_targets: bool,
+    /// Deliveries are recorded but not sent while set (an egress freeze, a receiver fleet
+    /// moving); clearing it sends the backlog, retries counted as before.
+    pub paused: bool,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            max_per_account: nz32(10),
+            max_attempts: nz32(8),
+            retry_base_ms: Millis(10_000),
+            retry_max_ms: Millis(3_600_000),
+            timeout_ms: Millis(10_000),
+            disable_after_failures: nz32(50),
+            max_in_flight: nz32(32),
+            poll_interval_ms: Millis(1_000),
+            allow_private_targets: false,
+            paused: false,
+        }
+    }
+}

@@ -19,7 +19,7 @@ mod secrets;
 mod server;
 mod storage;
 
-pub use events::EventsConfig;
+pub use events::{EventsConfig, WebhooksConfig};
 pub use millis::Millis;
 pub use providers::{
     OffersConfig, PROVIDER_KINDS, PassthroughConfig, ProviderTable, ProvidersConfig,
@@ -81,6 +81,7 @@ pub struct Config {
     pub offers: OffersConfig,
     pub rentals: RentalsConfig,
     pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
     pub passthrough: PassthroughConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.
@@ -357,10 +358,22 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
         ("events.ping_interval_ms", ec.ping_interval_ms.ms()),
         ("events.pong_timeout_ms", ec.pong_timeout_ms.ms()),
         ("events.poll_fallback_ms", ec.poll_fallback_ms.ms()),
+        ("webhooks.retry_base_ms", config.webhooks.retry_base_ms.ms()),
+        ("webhooks.timeout_ms", config.webhooks.timeout_ms.ms()),
+        (
+            "webhooks.poll_interval_ms",
+            config.webhooks.poll_interval_ms.ms(),
+        ),
     ] {
         if v == 0 {
             return Err(err(key, "must be greater than 0"));
         }
+    }
+    if config.webhooks.retry_max_ms < config.webhooks.retry_base_ms {
+        return Err(err(
+            "webhooks.retry_max_ms",
+            "must be at least webhooks.retry_base_ms",
+        ));
     }
     let rc = &config.rentals;
     for (key, v) in [

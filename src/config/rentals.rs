@@ -43,6 +43,9 @@ pub struct RentalsConfig {
     pub budget_window_hours: NonZeroU32,
     /// SSH keys an account may store in `/v1/ssh-keys`.
     pub max_ssh_keys: NonZeroU32,
+    /// Offer watches (`POST /v1/watches`) per account; more get 409 `watch_limit`. Every upstream
+    /// offers answer is matched against every watch, so this bounds that work too.
+    pub max_watches: NonZeroU32,
     /// An instance the provider reports in a state that never reaches `running` (Vast: exited,
     /// offline, unknown, a failed container create) this long is destroyed and marked failed.
     pub dead_state_grace_ms: Millis,
@@ -86,6 +89,7 @@ impl Default for RentalsConfig {
             default_max_duration_hours: 0.0,
             budget_window_hours: nz32(24),
             max_ssh_keys: nz32(20),
+            max_watches: nz32(20),
             dead_state_grace_ms: Millis(120_000),
             provisioning_timeout_ms: Millis(600_000),
             budget_warn_ratio: 0.8,

@@ -39,6 +39,9 @@ pub struct Hub {
     /// Accounts told of new events since the last read.
     poked: Mutex<HashSet<i64>>,
     wake: Notify,
+    /// Told whenever the hub hears of new events (committed here or noticed through Redis):
+    /// the webhook sender waits on it.
+    activity: Arc<Notify>,
     next_id: AtomicU64,
     /// Cancelled when the daemon drains: every stream ends with its reconnect hint.
     draining: CancellationToken,
@@ -94,6 +97,7 @@ impl Hub {
             feeds: Mutex::new(HashMap::new()),
             poked: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            activity: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
             draining: CancellationToken::new(),
         });
@@ -129,6 +133,12 @@ impl Hub {
     fn poke(&self, accounts: impl Iterator<Item = i64>) {
         self.poked.lock().unwrap().extend(accounts);
         self.wake.notify_one();
+        self.activity.notify_one();
+    }
+
+    /// What the webhook sender waits on (see the field).
+    pub fn activity(&self) -> Arc<Notify> {
+        self.activity.clone()
     }
 
     /// Streams open now (for `/stats` and the gauge).

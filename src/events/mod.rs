@@ -11,6 +11,7 @@
 
 pub mod feed;
 pub mod hub;
+pub mod webhook;
 
 use serde_json::{Value, json};
 use tokio_postgres::Row;
@@ -21,7 +22,7 @@ use crate::error::Result;
 
 pub use crate::accounts::event_log::{
     BUDGET_EXHAUSTED, BUDGET_WARNING, EXPIRED, EXPIRING, FAILED_OVER, INTERRUPTED, KEY_REVOKED,
-    STATUS_CHANGED, TYPES, append,
+    STATUS_CHANGED, TYPES, WATCH_MATCHED, append,
 };
 
 /// One event as streams deliver it.
@@ -113,6 +114,31 @@ pub async fn read(
     Ok(rows.iter().map(row).collect())
 }
 
+/// [`read`] inside a transaction (the webhook sender's enqueue): the account's events after
+/// `after`, oldest first, at most `limit`.
+pub(crate) async fn read_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    account_id: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Event>> {
+    let rows = tx
+        .query_typed(
+            &format!(
+                "SELECT {COLS} FROM account_events \
+                 WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ),
+            &[
+                (&account_id, Type::INT8),
+                (&after, Type::INT8),
+                (&limit, Type::INT8),
+            ],
+        )
+        .await
+        .map_err(crate::accounts::classify)?;
+    Ok(rows.iter().map(row).collect())
+}
+
 /// The events after each (account, seq) pair, in one query (the fan-out's reads): at most
 /// `per_account` for each account (one account's burst does not hold up the others), oldest
 /// first per account.
@@ -147,13 +173,16 @@ pub async fn latest(db: &Db, account_id: i64) -> Result<i64> {
         .map_or(0, |r| r.get(0)))
 }
 
-/// Deletes events older than `hours`; returns how many.
+/// Deletes events older than `hours`, and webhook deliveries settled (delivered or failed)
+/// longer ago; returns how many events.
 pub async fn sweep(db: &Db, hours: u32) -> Result<u64> {
     let hours = f64::from(hours);
     let rows = db
         .query(
             "WITH d AS (DELETE FROM account_events \
-                        WHERE at < now() - make_interval(secs => $1 * 3600) RETURNING 1) \
+                        WHERE at < now() - make_interval(secs => $1 * 3600) RETURNING 1), \
+                  w AS (DELETE FROM webhook_deliveries WHERE state <> 'pending' \
+                        AND created_at < now() - make_interval(secs => $1 * 3600)) \
              SELECT count(*) FROM d",
             &[(&hours, Type::FLOAT8)],
         )

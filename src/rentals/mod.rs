@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod reconcile;
 pub mod sshkeys;
 pub mod usage;
+pub mod watches;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -298,6 +299,11 @@ impl Rentals {
             crate::ratelimit::Quota::per_minute(calls, (calls / 4).max(1)),
             100_000,
             4_096,
+        );
+        watches::install(
+            db.clone(),
+            providers.list.iter().map(|p| p.id()).collect(),
+            &offers,
         );
         Arc::new(Rentals {
             status: SwrCache::new(

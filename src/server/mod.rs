@@ -230,6 +230,14 @@ impl Daemon {
         if let Some(hub) = &state.events {
             background.extend(hub.spawn());
         }
+        if let (Some(db), Some(hub)) = (&state.db, &state.events) {
+            let sender = crate::events::webhook::sender::Sender::new(
+                db.clone(),
+                &cfg.webhooks,
+                hub.activity(),
+            );
+            background.push(sender.spawn());
+        }
         if let Some(db) = &state.db {
             background
                 .push(tokio::spawn(db.clone().monitor(Duration::from_millis(

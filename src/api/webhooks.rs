@@ -1,0 +1,131 @@
+//! `/v1/webhooks`: an account's signed webhooks (create, list, show, delete, enable again) and
+//! each one's delivery log. The secret is in the creation answer only. Another account's
+//! webhook is 404, like an unknown one.
+
+use std::sync::Arc;
+
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use super::router::Call;
+use super::{Body, body, instances::time, respond};
+use crate::error::{Error, Kind, Result, Side};
+use crate::events::webhook::{self, Delivery, NewWebhook, Webhook};
+
+fn view(w: &Webhook) -> Value {
+    json!({"id": w.id, "url": w.url, "types": w.types, "enabled": w.enabled,
+           "disabled_reason": w.disabled_reason,
+           "consecutive_failures": w.consecutive_failures,
+           "created_at": time(Some(w.created_at))})
+}
+
+fn delivery(d: &Delivery) -> Value {
+    json!({"id": d.id, "event_id": d.event_id, "event_type": d.event_type,
+           "state": d.state, "attempts": d.attempts,
+           "next_attempt_at": time(d.next_attempt_at),
+           "last_status": d.last_status, "last_error": d.last_error,
+           "attempt_log": d.history, "created_at": time(Some(d.created_at))})
+}
+
+pub(super) fn db(c: &Call, what: &str) -> Result<Arc<crate::accounts::Db>> {
+    c.api.db.clone().ok_or_else(|| {
+        Error::new(
+            Kind::DatabaseUnavailable,
+            Side::Internal,
+            format!("{what} need the database (DATABASE_URL is not set)"),
+        )
+    })
+}
+
+/// `POST /v1/webhooks`: 201 with the secret, the only time it is shown.
+pub async fn create(c: Call) -> Result<Response<Body>> {
+    let (db, account) = (db(&c, "webhooks")?, c.principal()?.account_id());
+    let api = c.api.clone();
+    let new: NewWebhook = body::json(c.req, &api.config.server)
+        .await?
+        .ok_or_else(|| Error::bad_request("a JSON body {\"url\", \"types\"?} is required"))?;
+    let (w, secret) = webhook::create(&db, &api.config.webhooks, account, &new).await?;
+    let mut v = view(&w);
+    v["secret"] = json!(secret);
+    Ok(respond::json(StatusCode::CREATED, &v))
+}
+
+/// `GET /v1/webhooks`.
+pub async fn list(c: Call) -> Result<Response<Body>> {
+    let all = webhook::list(&*db(&c, "webhooks")?, c.principal()?.account_id()).await?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({"webhooks": all.iter().map(view).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `GET /v1/webhooks/{id}`.
+pub async fn show(c: Call) -> Result<Response<Body>> {
+    let id = c.decoded_param("webhook id")?;
+    let w = webhook::get(&*db(&c, "webhooks")?, c.principal()?.account_id(), &id).await?;
+    Ok(respond::json(StatusCode::OK, &view(&w)))
+}
+
+/// `DELETE /v1/webhooks/{id}`.
+pub async fn delete(c: Call) -> Result<Response<Body>> {
+    let id = c.decoded_param("webhook id")?;
+    let w = webhook::delete(&*db(&c, "webhooks")?, c.principal()?.account_id(), &id).await?;
+    Ok(respond::json(StatusCode::OK, &view(&w)))
+}
+
+/// `POST /v1/webhooks/{id}/enable`: after it was disabled for failing.
+pub async fn enable(c: Call) -> Result<Response<Body>> {
+    let id = c.decoded_param("webhook id")?;
+    let w = webhook::enable(&*db(&c, "webhooks")?, c.principal()?.account_id(), &id).await?;
+    Ok(respond::json(StatusCode::OK, &view(&w)))
+}
+
+/// `GET /v1/webhooks/{id}/deliveries?limit=&before=`: newest first; `next_before` pages on.
+pub async fn deliveries(c: Call) -> Result<Response<Body>> {
+    let id = c.decoded_param("webhook id")?;
+    let (mut before, mut limit) = (None, 50i64);
+    for kv in c
+        .req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+    {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=200).contains(n))
+                    .ok_or_else(|| {
+                        Error::bad_request("invalid query parameter `limit`: 1 to 200")
+                    })?
+            }
+            "before" => {
+                before = Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    Error::bad_request(
+                        "invalid query parameter `before`: a delivery id (`next_before`)",
+                    )
+                })?)
+            }
+            other => {
+                return Err(Error::bad_request(format!(
+                    "unknown query parameter `{}` (known: limit, before)",
+                    crate::error::truncate(other, 64)
+                )));
+            }
+        }
+    }
+    let db = db(&c, "webhooks")?;
+    let rows =
+        webhook::deliveries(&db, c.principal()?.account_id(), &id, limit + 1, before).await?;
+    let more = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(limit as usize)];
+    Ok(respond::json(
+        StatusCode::OK,
+        &json!({"deliveries": page.iter().map(delivery).collect::<Vec<_>>(),
+                "next_before": if more { page.last().map(|d| d.id) } else { None }}),
+    ))
+}

@@ -1,0 +1,471 @@
+//! The webhook sender, one per daemon: turns new events into deliveries and sends the due
+//! ones, at least once.
+//!
+//! - Enqueue: for each enabled webhook whose account has events past its cursor, one
+//!   transaction locks the webhook row (`FOR UPDATE SKIP LOCKED`: several daemons share the
+//!   work, none waits on another), writes a delivery per matching event, and moves the cursor.
+//! - Send: due deliveries are claimed by moving `next_attempt_at` past the attempt's time
+//!   (`FOR UPDATE SKIP LOCKED` again), so a daemon that dies mid-send leaves them to another
+//!   once the claim runs out: a delivery may arrive twice, never not at all. Receivers
+//!   de-duplicate on `X-Gpuproxy-Delivery` (or the event id in the body).
+//! - Outcome: 2xx delivered; 408, 429, 5xx and connection failures retried after
+//!   `webhooks.retry_base_ms` × 2^(attempt−1) (capped, jittered, lengthened by `Retry-After`)
+//!   up to `webhooks.max_attempts`; other answers (other 4xx, 3xx: redirects are not followed)
+//!   and refused targets are final. `webhooks.disable_after_failures` failed attempts in a row
+//!   disable the webhook.
+//! - Wakes when this daemon commits events or hears of them ([`Hub::activity`]); otherwise
+//!   every `webhooks.poll_interval_ms`.
+//!
+//! [`Hub::activity`]: crate::events::hub::Hub::activity
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics::counter;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+use tokio_postgres::types::Type;
+
+use super::{sign, target};
+use crate::accounts::Db;
+use crate::config::WebhooksConfig;
+use crate::error::Result;
+use crate::metrics::{WEBHOOK_ATTEMPTS_TOTAL, WEBHOOKS_DISABLED_TOTAL};
+
+/// Events turned into deliveries per webhook and round.
+const ENQUEUE_BATCH: i64 = 500;
+/// Webhooks looked at per round (the next round takes the rest).
+const WEBHOOKS_PER_ROUND: i64 = 200;
+
+pub struct Sender {
+    db: Arc<Db>,
+    cfg: WebhooksConfig,
+    wake: Arc<Notify>,
+    slots: Arc<Semaphore>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+/// A claimed delivery.
+struct Claimed {
+    id: i64,
+    webhook_id: String,
+    event_type: String,
+    payload: String,
+    /// This attempt's number, from 1.
+    attempt: i32,
+    url: String,
+    secret: String,
+}
+
+/// How one attempt went.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Delivered,
+    Retry { after: Option<Duration> },
+    Final,
+}
+
+struct Outcome {
+    verdict: Verdict,
+    status: Option<u16>,
+    error: Option<String>,
+}
+
+impl Outcome {
+    fn failed(verdict: Verdict, error: impl Into<String>) -> Outcome {
+        Outcome {
+            verdict,
+            status: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+impl Sender {
+    pub fn new(db: Arc<Db>, cfg: &WebhooksConfig, wake: Arc<Notify>) -> Arc<Sender> {
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(Sender {
+            db,
+            cfg: cfg.clone(),
+            wake,
+            slots: Arc::new(Semaphore::new(cfg.max_in_flight.get() as usize)),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        })
+    }
+
+    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run().await })
+    }
+
+    async fn run(self: Arc<Self>) {
+        let every = self.cfg.poll_interval_ms.get();
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.enqueue().await {
+                tracing::debug!(error = %e, "webhook enqueue failed; the next round retries");
+            }
+            if self.cfg.paused {
+                continue;
+            }
+            if let Err(e) = self.send_due().await {
+                tracing::debug!(error = %e, "webhook send round failed; the next round retries");
+            }
+        }
+    }
+
+    /// Turns the events past each webhook's cursor into deliveries.
+    async fn enqueue(&self) -> Result<()> {
+        let behind = self
+            .db
+            .query(
+                "SELECT w.id FROM webhooks w JOIN accounts a ON a.id = w.account_id \
+                 WHERE w.enabled AND a.event_seq > w.cursor LIMIT $1",
+                &[(&WEBHOOKS_PER_ROUND, Type::INT8)],
+            )
+            .await?;
+        for r in behind {
+            let id: String = r.get(0);
+            let more = self
+                .db
+                .transaction(async |tx| {
+                    let Some(w) = tx
+                        .query_typed(
+                            "SELECT account_id, cursor, types FROM webhooks \
+                             WHERE id = $1 AND enabled FOR UPDATE SKIP LOCKED",
+                            &[(&id, Type::TEXT)],
+                        )
+                        .await
+                        .map_err(crate::accounts::classify)?
+                        .into_iter()
+                        .next()
+                    else {
+                        return Ok(false);
+                    };
+                    let (account, cursor, types): (i64, i64, Vec<String>) =
+                        (w.get(0), w.get(1), w.get(2));
+                    let events = super::super::read_in(tx, account, cursor, ENQUEUE_BATCH).await?;
+                    let Some(last) = events.last().map(|e| e.seq) else {
+                        return Ok(false);
+                    };
+                    let wanted: Vec<_> = events
+                        .iter()
+                        .filter(|e| types.is_empty() || types.contains(&e.kind))
+                        .collect();
+                    let seqs: Vec<i64> = wanted.iter().map(|e| e.seq).collect();
+                    let kinds: Vec<&str> = wanted.iter().map(|e| e.kind.as_str()).collect();
+                    let bodies: Vec<String> =
+                        wanted.iter().map(|e| e.to_json().to_string()).collect();
+                    tx.query_typed(
+                        "INSERT INTO webhook_deliveries (webhook_id, event_seq, event_type, payload) \
+                         SELECT $1, s, k, p FROM unnest($2::int8[], $3::text[], $4::text[]) AS x(s, k, p) \
+                         ON CONFLICT (webhook_id, event_seq) DO NOTHING",
+                        &[
+                            (&id, Type::TEXT),
+                            (&seqs, Type::INT8_ARRAY),
+                            (&kinds, Type::TEXT_ARRAY),
+                            (&bodies, Type::TEXT_ARRAY),
+                        ],
+                    )
+                    .await
+                    .map_err(crate::accounts::classify)?;
+                    tx.query_typed(
+                        "UPDATE webhooks SET cursor = $2 WHERE id = $1",
+                        &[(&id, Type::TEXT), (&last, Type::INT8)],
+                    )
+                    .await
+                    .map_err(crate::accounts::classify)?;
+                    Ok(events.len() as i64 == ENQUEUE_BATCH)
+                })
+                .await?;
+            if more {
+                self.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims the due deliveries this daemon has room for and sends each in its own task.
+    async fn send_due(self: &Arc<Self>) -> Result<()> {
+        let room = self.slots.available_permits() as i64;
+        if room == 0 {
+            return Ok(());
+        }
+        // the claim outlives the attempt: connect, TLS and the answer, with room to record it
+        let claim = (self.cfg.timeout_ms.get() * 2 + Duration::from_secs(5)).as_secs_f64();
+        let rows = self
+            .db
+            .query(
+                "UPDATE webhook_deliveries d \
+                 SET next_attempt_at = now() + make_interval(secs => $2), attempts = d.attempts + 1 \
+                 FROM webhooks w \
+                 WHERE w.id = d.webhook_id AND d.id IN ( \
+                   SELECT d2.id FROM webhook_deliveries d2 JOIN webhooks w2 ON w2.id = d2.webhook_id \
+                   WHERE d2.state = 'pending' AND d2.next_attempt_at <= now() AND w2.enabled \
+                   ORDER BY d2.next_attempt_at LIMIT $1 FOR UPDATE OF d2 SKIP LOCKED) \
+                 RETURNING d.id, d.webhook_id, d.event_type, d.payload, d.attempts, w.url, w.secret",
+                &[(&room, Type::INT8), (&claim, Type::FLOAT8)],
+            )
+            .await?;
+        for r in rows {
+            let d = Claimed {
+                id: r.get(0),
+                webhook_id: r.get(1),
+                event_type: r.get(2),
+                payload: r.get(3),
+                attempt: r.get(4),
+                url: r.get(5),
+                secret: r.get(6),
+            };
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                // cannot happen (the room was counted); the claim runs out and it goes later
+                break;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let outcome = me.attempt(&d).await;
+                if let Err(e) = me.record(&d, &outcome).await {
+                    tracing::warn!(delivery = d.id, error = %e, "could not record a webhook attempt; it is sent again when its claim runs out");
+                }
+                drop(slot);
+            });
+        }
+        Ok(())
+    }
+
+    /// One attempt, within `webhooks.timeout_ms` as a whole.
+    async fn attempt(&self, d: &Claimed) -> Outcome {
+        let t = match target::parse(&d.url) {
+            Ok(t) => t,
+            Err(e) => return Outcome::failed(Verdict::Final, format!("invalid URL: {e}")),
+        };
+        match tokio::time::timeout(self.cfg.timeout_ms.get(), self.exchange(&t, d)).await {
+            Ok(o) => o,
+            Err(_) => Outcome::failed(
+                Verdict::Retry { after: None },
+                format!("no answer within {} ms", self.cfg.timeout_ms.ms()),
+            ),
+        }
+    }
+
+    async fn exchange(&self, t: &target::Target, d: &Claimed) -> Outcome {
+        let addrs = match target::lookup(t).await {
+            Ok(a) => a,
+            Err(e) => return Outcome::failed(Verdict::Retry { after: None }, e),
+        };
+        if let Err(e) = target::check(t, &addrs, self.cfg.allow_private_targets) {
+            return Outcome::failed(Verdict::Final, e);
+        }
+        let tcp = match connect(&addrs).await {
+            Ok(s) => s,
+            Err(e) => return Outcome::failed(Verdict::Retry { after: None }, e),
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let req = Request::post(t.path_and_query.as_str())
+            .header(hyper::header::HOST, t.authority.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("gpuproxyd-webhooks/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("x-gpuproxy-event", d.event_type.as_str())
+            .header("x-gpuproxy-delivery", d.id.to_string())
+            .header(
+                sign::HEADER,
+                sign::signature(&d.secret, now, d.payload.as_bytes()),
+            )
+            .body(Full::new(Bytes::from(d.payload.clone())));
+        let Ok(req) = req else {
+            return Outcome::failed(Verdict::Final, "the URL does not make a valid request");
+        };
+        let answer = if t.https {
+            let Ok(name) = rustls_pki_types::ServerName::try_from(t.host.clone()) else {
+                return Outcome::failed(Verdict::Final, "the host is not a valid TLS name");
+            };
+            match self.tls.connect(name, tcp).await {
+                Ok(tls) => send(tls, req).await,
+                Err(e) => {
+                    return Outcome::failed(Verdict::Retry { after: None }, format!("TLS: {e}"));
+                }
+            }
+        } else {
+            send(tcp, req).await
+        };
+        match answer {
+            Ok((status, retry_after)) => judge(status, retry_after),
+            Err(e) => Outcome::failed(Verdict::Retry { after: None }, e),
+        }
+    }
+
+    /// Records the attempt in the delivery log and the webhook's failure count.
+    async fn record(&self, d: &Claimed, o: &Outcome) -> Result<()> {
+        let max = self.cfg.max_attempts.get() as i32;
+        let (state, wait, result) = match o.verdict {
+            Verdict::Delivered => ("delivered", Duration::ZERO, "delivered"),
+            Verdict::Retry { after } if d.attempt < max => {
+                ("pending", self.backoff(d.attempt, after), "retry")
+            }
+            _ => ("failed", Duration::ZERO, "failed"),
+        };
+        counter!(WEBHOOK_ATTEMPTS_TOTAL, "result" => result).increment(1);
+        let ok = o.verdict == Verdict::Delivered;
+        let status = o.status.map(i32::from);
+        let threshold = self.cfg.disable_after_failures.get() as i32;
+        let reason =
+            format!("{threshold} failed attempts in a row (webhooks.disable_after_failures)");
+        let rows = self
+            .db
+            .query(
+                "WITH d AS ( \
+                   UPDATE webhook_deliveries SET state = $2, \
+                     next_attempt_at = now() + make_interval(secs => $3), \
+                     last_attempt_at = now(), last_status = $4, last_error = $5, \
+                     history = history || jsonb_build_array(jsonb_build_object( \
+                       'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                       'attempt', attempts, 'status', $4, 'error', $5)) \
+                   WHERE id = $1 RETURNING webhook_id) \
+                 UPDATE webhooks w SET \
+                   consecutive_failures = CASE WHEN $6 THEN 0 ELSE w.consecutive_failures + 1 END, \
+                   enabled = w.enabled AND ($6 OR w.consecutive_failures + 1 < $7), \
+                   disabled_reason = CASE WHEN w.enabled AND NOT $6 AND w.consecutive_failures + 1 >= $7 \
+                                     THEN $8 ELSE w.disabled_reason END \
+                 FROM d WHERE w.id = d.webhook_id \
+                 RETURNING w.enabled, w.account_id, w.consecutive_failures",
+                &[
+                    (&d.id, Type::INT8),
+                    (&state, Type::TEXT),
+                    (&wait.as_secs_f64(), Type::FLOAT8),
+                    (&status, Type::INT4),
+                    (&o.error, Type::TEXT),
+                    (&ok, Type::BOOL),
+                    (&threshold, Type::INT4),
+                    (&reason, Type::TEXT),
+                ],
+            )
+            .await?;
+        // the attempt that crossed the threshold (attempts in flight meanwhile count on)
+        if let Some(r) = rows.first()
+            && !r.get::<_, bool>(0)
+            && r.get::<_, i32>(2) == threshold
+        {
+            counter!(WEBHOOKS_DISABLED_TOTAL).increment(1);
+            tracing::warn!(webhook = %d.webhook_id, account = r.get::<_, i64>(1), "{reason}: webhook disabled");
+        }
+        tracing::debug!(delivery = d.id, webhook = %d.webhook_id, attempt = d.attempt, result, status = ?o.status, error = ?o.error, "webhook attempt");
+        Ok(())
+    }
+
+    /// The wait before attempt `attempt + 1`: doubling from `retry_base_ms`, at most
+    /// `retry_max_ms`, drawn between half and all of it; at least the receiver's `Retry-After`.
+    fn backoff(&self, attempt: i32, retry_after: Option<Duration>) -> Duration {
+        let base = self.cfg.retry_base_ms.get();
+        let max = self.cfg.retry_max_ms.get();
+        let full = base
+            .checked_mul(1u32 << (attempt - 1).clamp(0, 20))
+            .unwrap_or(max)
+            .min(max);
+        let jitter = getrandom::u64().unwrap_or(0) % 1000;
+        let wait = full / 2 + full / 2 * jitter as u32 / 1000;
+        wait.max(retry_after.unwrap_or_default()).min(max)
+    }
+}
+
+async fn connect(addrs: &[SocketAddr]) -> std::result::Result<TcpStream, String> {
+    let mut last = String::new();
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = format!("cannot connect to {a}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Sends `req` on a fresh HTTP/1.1 connection; the answer's status and `Retry-After`.
+async fn send<IO>(
+    io: IO,
+    req: Request<Full<Bytes>>,
+) -> std::result::Result<(StatusCode, Option<Duration>), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let res = tx.send_request(req).await.map_err(|e| format!("HTTP: {e}"));
+    conn.abort();
+    let res = res?;
+    let retry_after = res
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Ok((res.status(), retry_after))
+}
+
+fn judge(status: StatusCode, retry_after: Option<Duration>) -> Outcome {
+    let verdict = if status.is_success() {
+        Verdict::Delivered
+    } else if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+    {
+        Verdict::Retry { after: retry_after }
+    } else {
+        Verdict::Final
+    };
+    let error = match verdict {
+        Verdict::Delivered => None,
+        _ if status.is_redirection() => Some(format!("{status}: redirects are not followed")),
+        _ => Some(format!("the receiver answered {status}")),
+    };
+    Outcome {
+        verdict,
+        status: Some(status.as_u16()),
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_judged_like_the_docs_say() {
+        let v = |s: u16| judge(StatusCode::from_u16(s).unwrap(), None).verdict;
+        assert_eq!(v(200), Verdict::Delivered);
+        assert_eq!(v(204), Verdict::Delivered);
+        for s in [408, 429, 500, 502, 503] {
+            assert!(matches!(v(s), Verdict::Retry { .. }), "{s}");
+        }
+        for s in [301, 302, 400, 401, 404, 410] {
+            assert_eq!(v(s), Verdict::Final, "{s}");
+        }
+        let o = judge(StatusCode::FOUND, None);
+        assert!(o.error.unwrap().contains("redirects are not followed"));
+    }
+}
