@@ -21,34 +21,7 @@ const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 /// The `st` executable of a virtual environment holding [`SCHEMATHESIS`], created on first use.
 fn schemathesis() -> PathBuf {
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    let venv = home
-        .join(".cache/gpuproxyd-schemathesis")
-        .join(SCHEMATHESIS.replace("==", "-"));
-    let st = venv.join("bin/st");
-    // written last: a half-made environment (an install cut off) is made again, never used
-    let done = venv.join("installed");
-    if done.exists() {
-        return st;
-    }
-    let run = |cmd: &mut Command| {
-        let out = cmd.output().expect("spawn");
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let _ = std::fs::remove_dir_all(&venv);
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-    run(Command::new(venv.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        SCHEMATHESIS,
-    ]));
-    std::fs::write(&done, SCHEMATHESIS).unwrap();
+    let st = support::pyenv::venv(SCHEMATHESIS).join("st");
     assert!(st.exists(), "{} missing after install", st.display());
     st
 }

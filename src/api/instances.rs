@@ -193,17 +193,27 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>> {
 /// `POST /v1/instances`.
 pub async fn create(c: Call) -> Result<Response<Body>> {
     let (state, p, req) = (&c.api, c.principal()?.clone(), c.req);
-    let p = &p;
-    let r = rentals(state)?.clone();
     let key = idempotency_key(&req)?;
     let raw = body::read(req, &state.config.server).await?;
+    rent(state, &p, key, &raw).await
+}
+
+/// A rental from its JSON body, under an `Idempotency-Key` if given (the REST route and the
+/// MCP tool `rent_instance`).
+pub async fn rent(
+    state: &Arc<Api>,
+    p: &Principal,
+    key: Option<String>,
+    raw: &[u8],
+) -> Result<Response<Body>> {
+    let r = rentals(state)?.clone();
     let b: RentBody =
-        body::parse(&raw)?.ok_or_else(|| Error::bad_request("a JSON body is required"))?;
+        body::parse(raw)?.ok_or_else(|| Error::bad_request("a JSON body is required"))?;
     let who = Renter {
         account_id: p.account_id(),
         key_id: Some(p.key.key_id),
     };
-    idempotent(state, p, key, "POST /v1/instances", &raw, async move {
+    idempotent(state, p, key, "POST /v1/instances", raw, async move {
         let row = r.rent(who, &b).await?;
         let mut v = view(&row, None);
         with_tries(&r, &row, &mut v).await?;
@@ -265,7 +275,12 @@ pub async fn list(state: &Arc<Api>, p: &Principal, query: Option<&str>) -> Resul
 
 pub async fn show(c: Call) -> Result<Response<Body>> {
     let id = &c.decoded_param("instance id")?;
-    let (state, p) = (&c.api, c.principal()?);
+    show_one(&c.api, c.principal()?, id).await
+}
+
+/// One instance with its events and keys, refreshed from its provider (the REST route and the
+/// MCP tool `get_instance`).
+pub async fn show_one(state: &Arc<Api>, p: &Principal, id: &str) -> Result<Response<Body>> {
     let r = rentals(state)?;
     let row = r.get(p.account_id(), id).await?;
     let events = crate::rentals::ledger::events(r.db(), &row.id).await?;
@@ -322,13 +337,22 @@ pub async fn bid(c: Call) -> Result<Response<Body>> {
 
 pub async fn destroy(c: Call) -> Result<Response<Body>> {
     let id = &c.decoded_param("instance id")?;
-    let (state, p, req) = (&c.api, c.principal()?.clone(), c.req);
-    let p = &p;
+    let key = idempotency_key(&c.req)?;
+    destroy_one(&c.api, c.principal()?, id, key).await
+}
+
+/// Destroys one instance, under an `Idempotency-Key` if given (the REST route and the MCP tool
+/// `destroy_instance`).
+pub async fn destroy_one(
+    state: &Arc<Api>,
+    p: &Principal,
+    id: &str,
+    key: Option<String>,
+) -> Result<Response<Body>> {
     let r = rentals(state)?.clone();
-    let key = idempotency_key(&req)?;
     let account = p.account_id();
     let request = format!("DELETE /v1/instances/{id}");
-    let owned = id.clone();
+    let owned = id.to_owned();
     idempotent(state, p, key, &request, b"", async move {
         let row = r.destroy(account, &owned).await?;
         Ok((StatusCode::OK, view(&row, None)))

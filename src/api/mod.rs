@@ -8,6 +8,7 @@ pub mod body;
 pub mod events;
 pub mod health;
 pub mod instances;
+pub mod mcp;
 pub mod offers;
 pub mod openapi;
 pub mod passthrough;

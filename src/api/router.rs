@@ -15,8 +15,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
 use super::{
-    Api, Body, account, admin, events, health, instances, offers, openapi, passthrough, sshkeys,
-    usage, watches, webhooks,
+    Api, Body, account, admin, events, health, instances, mcp, offers, openapi, passthrough,
+    sshkeys, usage, watches, webhooks,
 };
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
@@ -337,6 +337,11 @@ pub static ROUTES: &[Route] = &[
         "/v1/webhooks/{id}/deliveries",
         User,
         &[(Method::GET, later!(c => webhooks::deliveries(c).await))],
+    ),
+    route(
+        "/mcp",
+        User,
+        &[(Method::POST, later!(c => mcp::post(c).await))],
     ),
     route(
         "/v1/watches",

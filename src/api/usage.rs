@@ -44,9 +44,17 @@ fn query(q: Option<&str>) -> Result<(Span, GroupBy)> {
 
 /// `GET /v1/usage?from=&to=&group_by=day|instance|key|provider`.
 pub async fn mine(c: Call) -> Result<Response<Body>> {
-    let (span, group_by) = query(c.req.uri().query())?;
-    let p = c.principal()?;
-    let db = c.api.db.clone().ok_or_else(no_db)?;
+    report_for(&c.api, c.principal()?, c.req.uri().query()).await
+}
+
+/// The caller's usage for a query string (the REST route and the MCP tool `get_usage`).
+pub async fn report_for(
+    api: &std::sync::Arc<super::Api>,
+    p: &crate::auth::Principal,
+    q: Option<&str>,
+) -> Result<Response<Body>> {
+    let (span, group_by) = query(q)?;
+    let db = api.db.clone().ok_or_else(no_db)?;
     let r = usage::report(&db, p.account_id(), span, group_by).await?;
     Ok(respond::json(
         StatusCode::OK,

@@ -11,6 +11,7 @@
 //! `rentals`, `secrets`); this file loads, merges and validates them.
 
 mod events;
+mod mcp;
 mod millis;
 mod providers;
 mod ratelimit;
@@ -20,6 +21,7 @@ mod server;
 mod storage;
 
 pub use events::{EventsConfig, WebhooksConfig};
+pub use mcp::McpConfig;
 pub use millis::Millis;
 pub use providers::{
     OffersConfig, PROVIDER_KINDS, PassthroughConfig, ProviderTable, ProvidersConfig,
@@ -82,6 +84,7 @@ pub struct Config {
     pub rentals: RentalsConfig,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
+    pub mcp: McpConfig,
     pub passthrough: PassthroughConfig,
     pub log: LogConfig,
     /// Read from the environment only; skipped by (de)serialization so a file cannot carry them.

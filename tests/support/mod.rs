@@ -8,6 +8,7 @@ pub mod client;
 pub mod daemon;
 pub mod metrics;
 pub mod poller;
+pub mod pyenv;
 pub mod receiver;
 pub mod redis_topology;
 pub mod rentals;

@@ -1,0 +1,217 @@
+//! The MCP tools: each a JSON Schema for its input and a call into the very function the REST
+//! route runs (so auth, budgets, the upstream-call budget and `Idempotency-Key` rules are the
+//! REST ones). The input schemas come from `openapi/openapi.json` (the query parameters of the
+//! route, or its request body), so the two descriptions cannot drift apart.
+
+use std::sync::{Arc, LazyLock};
+
+use http_body_util::BodyExt;
+use serde_json::{Map, Value, json};
+
+use super::super::{Api, instances, offers, usage};
+use crate::auth::Principal;
+use crate::error::{Error, Kind, Result, Side};
+use crate::types::text::percent_encode;
+
+/// The tools, as `tools/list` shows them.
+pub static TOOLS: LazyLock<Vec<Value>> = LazyLock::new(|| {
+    let doc: Value = serde_json::from_str(super::super::openapi::DOCUMENT)
+        .expect("openapi.json is JSON (a unit test parses it)");
+    let id = json!({"type": "object", "additionalProperties": false, "required": ["id"],
+                    "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 128,
+                                          "description": "The instance id (from rent_instance or list_instances)."}}});
+    let idem = json!({"type": "string", "minLength": 1, "maxLength": 255,
+        "description": "Makes a retried call return the first call's answer instead of acting twice (as the Idempotency-Key header of the REST route)."});
+    let mut rent = inline(&doc, &doc["components"]["schemas"]["RentRequest"]);
+    rent["properties"]["idempotency_key"] = idem.clone();
+    let mut destroy = id.clone();
+    destroy["properties"]["idempotency_key"] = idem;
+    vec![
+        tool(
+            "search_offers",
+            "Search the GPU offers of every enabled provider (cached answers, refreshed as GET /v1/offers does). Filters as GET /v1/offers's query parameters; arrays or comma-separated text for lists.",
+            query_schema(&doc, "/v1/offers"),
+            true,
+        ),
+        tool(
+            "rent_instance",
+            "Rent an instance: an `offer_id` from search_offers, or a `spec` whose matching offers are tried cheapest first. Spends the account's budget. Pass `idempotency_key` so a retry cannot rent twice.",
+            rent,
+            false,
+        ),
+        tool(
+            "list_instances",
+            "The account's instances, newest first.",
+            query_schema(&doc, "/v1/instances"),
+            true,
+        ),
+        tool(
+            "get_instance",
+            "One instance with its status (refreshed from its provider), events and SSH keys.",
+            id,
+            true,
+        ),
+        tool(
+            "destroy_instance",
+            "Destroy an instance (it stops billing). Pass `idempotency_key` so a retry is answered, not repeated.",
+            destroy,
+            false,
+        ),
+        tool(
+            "get_usage",
+            "The account's spend over a period, grouped by day, instance, key or provider.",
+            query_schema(&doc, "/v1/usage"),
+            true,
+        ),
+    ]
+});
+
+fn tool(name: &str, description: &str, input: Value, read_only: bool) -> Value {
+    json!({"name": name, "description": description, "inputSchema": input,
+           "annotations": {"readOnlyHint": read_only, "destructiveHint": !read_only && name == "destroy_instance",
+                           "openWorldHint": true}})
+}
+
+/// A schema with its `#/components/schemas/...` references replaced by what they name (a
+/// tool's schema stands alone).
+fn inline(doc: &Value, v: &Value) -> Value {
+    match v {
+        Value::Object(o) => {
+            if let Some(Value::String(r)) = o.get("$ref")
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                return inline(doc, &doc["components"]["schemas"][name]);
+            }
+            Value::Object(
+                o.iter()
+                    .filter(|(k, _)| k.as_str() != "example")
+                    .map(|(k, v)| (k.clone(), inline(doc, v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| inline(doc, x)).collect()),
+        other => other.clone(),
+    }
+}
+
+/// An object schema of a GET route's query parameters.
+fn query_schema(doc: &Value, path: &str) -> Value {
+    let mut props = Map::new();
+    for p in doc["paths"][path]["get"]["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let p = inline(doc, p);
+        if p["in"] != "query" {
+            continue;
+        }
+        let mut s = p["schema"].clone();
+        if let Some(d) = p["description"].as_str() {
+            s["description"] = json!(d);
+        }
+        if let Some(name) = p["name"].as_str() {
+            props.insert(name.to_owned(), s);
+        }
+    }
+    json!({"type": "object", "additionalProperties": false, "properties": props})
+}
+
+fn bad_args(why: impl Into<String>) -> Error {
+    Error::new(Kind::BadRequest, Side::Client, why.into())
+}
+
+/// The arguments as a query string (the REST route's parser then checks them as for any
+/// request).
+fn query(args: &Map<String, Value>) -> Result<String> {
+    let mut out = Vec::new();
+    for (k, v) in args {
+        let text = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Array(items) => items
+                .iter()
+                .map(|x| match x {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Number(n) => Ok(n.to_string()),
+                    _ => Err(bad_args(format!("`{k}`: a list of text or numbers"))),
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join(","),
+            Value::Null => continue,
+            Value::Object(_) => return Err(bad_args(format!("`{k}`: not an object"))),
+        };
+        out.push(format!("{}={}", percent_encode(k), percent_encode(&text)));
+    }
+    Ok(out.join("&"))
+}
+
+fn take_string(args: &mut Map<String, Value>, name: &str) -> Result<Option<String>> {
+    match args.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad_args(format!("`{name}` must be text"))),
+    }
+}
+
+/// What a tool call gave: the JSON the REST route answered, or its error.
+pub async fn call(
+    api: &Arc<Api>,
+    p: &Principal,
+    name: &str,
+    mut args: Map<String, Value>,
+) -> Option<Result<Value>> {
+    let resp = match name {
+        "search_offers" => match query(&args) {
+            Ok(q) => offers::list(api, Some(&q)).await,
+            Err(e) => Err(e),
+        },
+        "list_instances" => match query(&args) {
+            Ok(q) => instances::list(api, p, Some(&q)).await,
+            Err(e) => Err(e),
+        },
+        "get_usage" => match query(&args) {
+            Ok(q) => usage::report_for(api, p, Some(&q)).await,
+            Err(e) => Err(e),
+        },
+        "get_instance" => match take_string(&mut args, "id") {
+            Ok(Some(id)) if args.is_empty() => instances::show_one(api, p, &id).await,
+            Ok(Some(_)) => Err(bad_args("get_instance takes only `id`")),
+            Ok(None) => Err(bad_args("`id` is required")),
+            Err(e) => Err(e),
+        },
+        "destroy_instance" => {
+            let key = take_string(&mut args, "idempotency_key");
+            match (take_string(&mut args, "id"), key) {
+                (Ok(Some(id)), Ok(key)) if args.is_empty() => {
+                    instances::destroy_one(api, p, &id, key).await
+                }
+                (Ok(Some(_)), Ok(_)) => Err(bad_args(
+                    "destroy_instance takes only `id` and `idempotency_key`",
+                )),
+                (Ok(None), _) => Err(bad_args("`id` is required")),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        "rent_instance" => match take_string(&mut args, "idempotency_key") {
+            Ok(key) => {
+                let raw = Value::Object(args).to_string();
+                instances::rent(api, p, key, raw.as_bytes()).await
+            }
+            Err(e) => Err(e),
+        },
+        _ => return None,
+    };
+    Some(match resp {
+        Ok(r) => match r.into_body().collect().await {
+            Ok(b) => serde_json::from_slice(&b.to_bytes()).map_err(|e| {
+                Error::new(Kind::Internal, Side::Internal, "a tool's answer").with_source(e)
+            }),
+            Err(e) => {
+                Err(Error::new(Kind::Internal, Side::Internal, "a tool's answer").with_source(e))
+            }
+        },
+        Err(e) => Err(e),
+    })
+}

@@ -1,0 +1,39 @@
+//! Python tools the tests drive (schemathesis, the official MCP SDK): each in a virtual
+//! environment under `~/.cache`, created on first use from PyPI at a pinned version.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The `bin/` directory of a virtual environment holding `requirement` (`name==version`).
+pub fn venv(requirement: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    let name = requirement.split("==").next().unwrap_or(requirement);
+    let venv = home
+        .join(format!(".cache/gpuproxyd-{name}"))
+        .join(requirement.replace("==", "-"));
+    let bin = venv.join("bin");
+    // written last: a half-made environment (an install cut off) is made again, never used
+    let done = venv.join("installed");
+    if done.exists() {
+        return bin;
+    }
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("spawn");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = std::fs::remove_dir_all(&venv);
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    run(Command::new(bin.join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        requirement,
+    ]));
+    std::fs::write(&done, requirement).unwrap();
+    bin
+}
