@@ -570,3 +570,61 @@ async fn an_instance_near_its_end_gets_one_expiring_event_per_end_time() {
     assert_eq!(e.data["instance_id"], id);
     assert_ne!(e.data["data"]["expires_at"].as_str().unwrap(), first_end);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_over_http2_carries_the_feed_beside_other_streams() {
+    let s = services::shared();
+    let db = TestDb::new(s, "ev8");
+    let sandbox = Sandbox::start(&[]);
+    let a = account(&db, "hotel", 1000.0, 10);
+    let d = sandbox.daemon(&db, &["ratelimit.enabled=false"]).await;
+    let (mut w, mut send) = ws::open_h2(d.https, &a, "/v1/events").await.unwrap();
+    let open = ws::next(&mut w, WAIT).await.unwrap();
+    assert_eq!(open["type"], "open");
+    let start = open["last_event_id"].as_i64().unwrap();
+    // the same connection serves other requests while the WebSocket stream is open
+    let health = send
+        .send_request(
+            hyper::Request::get("https://localhost/health")
+                .body(http_body_util::Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let id = rent_and_destroy(&d, &a).await;
+    let mut got = Vec::new();
+    loop {
+        let e = ws::next(&mut w, WAIT).await.unwrap();
+        got.push(e["id"].as_i64().unwrap());
+        if e["type"] == "instance.status_changed"
+            && e["instance_id"] == id
+            && e["data"]["status"] == "terminated"
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        got,
+        (start + 1..=start + got.len() as i64).collect::<Vec<_>>()
+    );
+    // refusals are the usual JSON errors, on the CONNECT's answer
+    let Err((status, body)) = ws::open_h2(d.https, "gpx_nope", "/v1/events").await else {
+        panic!("a bad key upgraded")
+    };
+    assert_eq!(status, 401, "{body}");
+    let Err((status, body)) = ws::open_h2(d.https, &a, "/v1/events?types=nope").await else {
+        panic!("a bad filter upgraded")
+    };
+    assert_eq!(status, 400);
+    assert!(body.contains("types"), "{body}");
+    // SIGTERM: 1001 and the reconnect reason, over HTTP/2 too
+    d.signal(libc::SIGTERM);
+    let closed = loop {
+        match ws::next(&mut w, WAIT).await {
+            Ok(_) => continue,
+            Err(c) => break c,
+        }
+    };
+    assert_eq!(closed, (1001, "draining".to_owned()));
+}

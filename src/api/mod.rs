@@ -177,8 +177,14 @@ async fn dispatch(
     req: Request<Incoming>,
 ) -> Result<(Response<Body>, Option<Verdict>)> {
     let (route, param) = matched.ok_or_else(|| Error::not_found(req.uri().path()))?;
+    // an HTTP/2 WebSocket (RFC 8441: CONNECT with `:protocol websocket`) is the GET it replaces
+    let method = if websocket::extended_connect(&req) {
+        &hyper::Method::GET
+    } else {
+        req.method()
+    };
     let handler = route
-        .handler(req.method())
+        .handler(method)
         .ok_or_else(|| Error::method_not_allowed(req.method(), route.allowed()))?;
     let limit = state.config.server.max_body_bytes;
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {

@@ -1,4 +1,5 @@
-//! `GET /v1/events` with `Upgrade: websocket` (RFC 6455, HTTP/1.1): the same event feed as the
+//! `GET /v1/events` with `Upgrade: websocket` (RFC 6455, HTTP/1.1), or an HTTP/2 extended
+//! CONNECT with `:protocol websocket` (RFC 8441) on the same path: the same event feed as the
 //! Server-Sent Events stream, as text frames.
 //!
 //! - Frames: `{"type":"open","last_event_id":N}` first, then each event as the JSON the SSE
@@ -10,9 +11,9 @@
 //!   elsewhere), 1013 `slow_consumer` (resume from the log), 1011 `unavailable`, 1008
 //!   `ping_timeout`. Messages from the client are read (pings answered) and otherwise ignored.
 //!
-//! The handler answers 101 and leaves the session in the response's extensions ([`Upgrade`]);
-//! the connection (src/server) takes the socket back from hyper once the 101 is written and runs
-//! the session on it.
+//! The handler answers 101 (HTTP/2: 200) and leaves the session in the response's extensions
+//! ([`Upgrade`]); the connection (src/server) takes the socket back from hyper once the 101 is
+//! written (HTTP/2: awaits the upgraded stream) and runs the session on it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -43,13 +44,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> SessionIo for T {}
 pub type Session =
     Box<dyn FnOnce(Box<dyn SessionIo>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// In a 101 answer's extensions: what to run on the socket once hyper lets go of it.
+/// In an accepting answer's extensions: what to run once the socket is the session's. HTTP/1.1
+/// (101): the connection takes the socket back from hyper. HTTP/2 (200 to an extended CONNECT):
+/// the stream, which hyper hands over (`on_h2`) once the answer is sent.
 #[derive(Clone)]
-pub struct Upgrade(Arc<Mutex<Option<Session>>>);
+pub struct Upgrade(
+    Arc<Mutex<Option<Session>>>,
+    Arc<Mutex<Option<hyper::upgrade::OnUpgrade>>>,
+);
 
 impl Upgrade {
     pub fn take(&self) -> Option<Session> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// The HTTP/2 stream to come, for a session over HTTP/2.
+    pub fn on_h2(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -70,22 +81,35 @@ pub fn offered_protocols(
         .map(str::trim)
 }
 
-/// Whether the request asks for a WebSocket.
+/// Whether the request asks for a WebSocket (an HTTP/1.1 Upgrade or an HTTP/2 extended CONNECT).
 pub fn requested(req: &hyper::Request<hyper::body::Incoming>) -> bool {
-    req.headers()
-        .get(UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+    extended_connect(req)
+        || req
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441: `:method CONNECT`, `:protocol
+/// websocket`), which hyper accepts because the server enables the connect protocol.
+pub fn extended_connect(req: &hyper::Request<hyper::body::Incoming>) -> bool {
+    req.method() == hyper::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
 /// Client frames are small (pongs, a close): anything bigger is refused by the codec.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
-pub(super) async fn accept(c: Call, q: Query) -> Result<Response<Body>> {
+pub(super) async fn accept(mut c: Call, q: Query) -> Result<Response<Body>> {
+    let h2 = extended_connect(&c.req);
     let h = c.req.headers();
-    if c.req.version() != Version::HTTP_11 {
+    if !h2 && c.req.version() != Version::HTTP_11 {
         return Err(Error::bad_request(
-            "a WebSocket opens with an HTTP/1.1 Upgrade (HTTP/2: use the event stream without Upgrade)",
+            "a WebSocket opens with an HTTP/1.1 Upgrade or an HTTP/2 extended CONNECT (RFC 8441)",
         ));
     }
     let has_token = |name, token: &str| {
@@ -94,7 +118,7 @@ pub(super) async fn accept(c: Call, q: Query) -> Result<Response<Body>> {
                 .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
-    if !has_token(CONNECTION, "upgrade") {
+    if !h2 && !has_token(CONNECTION, "upgrade") {
         return Err(Error::bad_request(
             "a WebSocket upgrade needs `Connection: Upgrade`",
         ));
@@ -102,13 +126,17 @@ pub(super) async fn accept(c: Call, q: Query) -> Result<Response<Body>> {
     if h.get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
         return Err(Error::bad_request("`Sec-WebSocket-Version` must be 13"));
     }
-    // 16 random bytes in base64
-    let key = h
-        .get("sec-websocket-key")
-        .map(|v| v.as_bytes())
-        .filter(|k| k.len() == 24 && k.ends_with(b"=="))
-        .ok_or_else(|| Error::bad_request("`Sec-WebSocket-Key` must be 16 bytes in base64"))?;
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    // HTTP/1.1 only (RFC 8441 drops the key and its answer): 16 random bytes in base64
+    let accept = if h2 {
+        None
+    } else {
+        let key = h
+            .get("sec-websocket-key")
+            .map(|v| v.as_bytes())
+            .filter(|k| k.len() == 24 && k.ends_with(b"=="))
+            .ok_or_else(|| Error::bad_request("`Sec-WebSocket-Key` must be 16 bytes in base64"))?;
+        Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key))
+    };
     let ours = offered_protocols(&c.req).any(|p| p == PROTOCOL);
     if !ours && offered_protocols(&c.req).any(|p| p.starts_with(super::events::BEARER_PROTOCOL)) {
         return Err(Error::bad_request(
@@ -124,20 +152,29 @@ pub(super) async fn accept(c: Call, q: Query) -> Result<Response<Body>> {
     let (every, pong) = (cfg.ping_interval_ms.get(), cfg.pong_timeout_ms.get());
     let session: Session = Box::new(move |io| Box::pin(run(io, feed, every, pong)));
 
+    let on_h2 = h2.then(|| hyper::upgrade::on(&mut c.req));
     let mut r = Response::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
-    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        "sec-websocket-accept",
-        HeaderValue::from_str(&accept).map_err(Error::internal)?,
-    );
+    if let Some(accept) = accept {
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_str(&accept).map_err(Error::internal)?,
+        );
+    }
     if ours {
         h.insert("sec-websocket-protocol", HeaderValue::from_static(PROTOCOL));
     }
-    r.extensions_mut()
-        .insert(Upgrade(Arc::new(Mutex::new(Some(session)))));
+    *r.status_mut() = if h2 {
+        StatusCode::OK
+    } else {
+        StatusCode::SWITCHING_PROTOCOLS
+    };
+    r.extensions_mut().insert(Upgrade(
+        Arc::new(Mutex::new(Some(session))),
+        Arc::new(Mutex::new(on_h2)),
+    ));
     Ok(r)
 }
 

@@ -240,7 +240,26 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             let _done = InFlight(&shared);
             let mut resp = api::handle(state.clone(), ctx, req).await;
             if let Some(u) = resp.extensions_mut().remove::<api::websocket::Upgrade>() {
-                *upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(u);
+                match u.on_h2() {
+                    // HTTP/2: the stream is the session's once the 200 is sent; the connection
+                    // goes on serving other streams
+                    Some(stream) => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let (Ok(io), Some(session)) = (stream.await, u.take()) else {
+                                return;
+                            };
+                            shared.request_started();
+                            shared.set_streaming();
+                            tokio::select! {
+                                _ = session(Box::new(TokioIo::new(io))) => {}
+                                _ = shared.kill.notified() => {}
+                            }
+                            shared.request_finished();
+                        });
+                    }
+                    None => *upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(u),
+                }
             }
             if resp
                 .headers()
@@ -537,6 +556,8 @@ async fn serve_h2(env: Arc<ConnEnv>, io: Prefixed<ClientIo>, ctx: ConnCtx, handl
     let (svc, tracked) = activate(state, io, ctx, shared);
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        // WebSockets over HTTP/2 (RFC 8441): `GET /v1/events` as an extended CONNECT
+        .enable_connect_protocol()
         .max_concurrent_streams(cfg.server.h2_max_concurrent_streams.get())
         .max_header_list_size(cfg.server.max_header_bytes.get())
         .keep_alive_interval(Some(Duration::from_secs(30)))

@@ -65,9 +65,73 @@ pub async fn open(
     }
 }
 
+/// A WebSocket over one HTTP/2 stream (RFC 8441).
+pub type H2Ws = WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Opens `path` as a WebSocket over HTTP/2 (an extended CONNECT with `:protocol websocket` on a
+/// TLS connection that negotiated h2); also returns the connection's request sender, so the
+/// test can send other requests on the same connection meanwhile.
+pub async fn open_h2(
+    addr: SocketAddr,
+    token: &str,
+    path: &str,
+) -> Result<
+    (
+        H2Ws,
+        hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    ),
+    Refused,
+> {
+    use http_body_util::BodyExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let connector = tokio_rustls::TlsConnector::from(super::testkit::insecure_client_config(
+        &[b"h2"],
+        rustls::DEFAULT_VERSIONS,
+    ));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri(format!("https://localhost{path}"))
+        .header("sec-websocket-version", "13")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = send.send_request(req).await.expect("extended CONNECT");
+    if resp.status() != 200 {
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        return Err((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    let io = hyper::upgrade::on(&mut resp)
+        .await
+        .expect("the stream upgraded");
+    let ws = WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(io), Role::Client, None)
+        .await;
+    Ok((ws, send))
+}
+
 /// The next text message as JSON (pings are answered and skipped); `Err` with the close frame's
 /// code and reason when the server closed; panics when nothing comes within `within`.
-pub async fn next(ws: &mut Ws, within: Duration) -> Result<serde_json::Value, (u16, String)> {
+pub async fn next<S>(
+    ws: &mut WebSocketStream<S>,
+    within: Duration,
+) -> Result<serde_json::Value, (u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let m = tokio::time::timeout(within, ws.next())
             .await
