@@ -58,6 +58,11 @@ impl Upgrade {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// A session to run on an HTTP/1 socket once hyper lets go of it.
+    pub fn session(s: Session) -> Upgrade {
+        Upgrade(Arc::new(Mutex::new(Some(s))), Arc::new(Mutex::new(None)))
+    }
+
     /// The HTTP/2 stream to come, for a session over HTTP/2.
     pub fn on_h2(&self) -> Option<hyper::upgrade::OnUpgrade> {
         self.1.lock().unwrap_or_else(|p| p.into_inner()).take()

@@ -159,6 +159,9 @@ pub struct ConnShared {
     /// A long-lived response (an event stream) is being written: the TLS buffers are freed
     /// whenever empty, as on a parked connection, since this one will not park for its life.
     streaming: std::sync::atomic::AtomicBool,
+    /// The next response head hyper writes is not sent (an HTTP/1 event stream writes its own:
+    /// see `server::connection::raw_stream`).
+    swallow_head: std::sync::atomic::AtomicBool,
     requests: AtomicU64,
     inflight: AtomicU32,
     phase: AtomicU8,
@@ -206,6 +209,15 @@ impl ConnShared {
     }
     pub fn is_streaming(&self) -> bool {
         self.streaming.load(Relaxed)
+    }
+    pub fn swallow_next_head(&self) {
+        self.swallow_head.store(true, Relaxed);
+    }
+    pub fn swallowing_head(&self) -> bool {
+        self.swallow_head.load(Relaxed)
+    }
+    pub fn head_swallowed(&self) {
+        self.swallow_head.store(false, Relaxed);
     }
     pub fn idle_ms(&self) -> u64 {
         self.now_ms()
@@ -545,6 +557,7 @@ impl Reservation {
                 last_done_ms: AtomicU64::new(0),
                 wants_close: std::sync::atomic::AtomicBool::new(false),
                 streaming: std::sync::atomic::AtomicBool::new(false),
+                swallow_head: std::sync::atomic::AtomicBool::new(false),
                 requests: AtomicU64::new(0),
                 inflight: AtomicU32::new(0),
                 phase: AtomicU8::new(if tls {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use metrics::counter;
 use tokio::net::TcpStream;
@@ -267,6 +267,14 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
                 .is_some_and(|v| v.as_bytes() == b"text/event-stream")
             {
                 shared.set_streaming();
+                if ctx.proto == crate::conn::Protocol::Http1 && resp.status() == StatusCode::OK {
+                    // written without hyper: see `raw_stream`
+                    let (session, head) = raw_stream(resp);
+                    shared.swallow_next_head();
+                    *upgrade.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(api::websocket::Upgrade::session(session));
+                    return Ok(head);
+                }
             }
             // draining: an HTTP/1 client learns it must not send on this connection again (hyper
             // closes it after this answer); HTTP/2 gets GOAWAY instead
@@ -314,6 +322,7 @@ fn activate(
     let tracked = Tracked {
         io,
         shared: shared.clone(),
+        head_end: 0,
     };
     (svc, TokioIo::new(tracked))
 }
@@ -398,26 +407,42 @@ async fn serve_h1(
         }
         // Boxed: a waiting connection's task carries none of the serving state inline.
         io.inner.set_active(true);
-        match Box::pin(serve_h1_active(&env, io, ctx, shared)).await {
-            Some(mut parked) => {
+        let next = Box::pin(serve_h1_active(&env, io, ctx, shared)).await;
+        match next {
+            Served::Parked(mut parked) => {
                 parked.inner.set_active(false);
                 io = parked;
                 crate::alloc::after_park();
             }
-            None => return,
+            // run here, with hyper's connection (and the serving future) gone
+            Served::Session(tracked, session) => {
+                run_upgraded(state, tracked, shared, session).await;
+                return;
+            }
+            Served::Done => return,
         }
     }
 }
 
-/// Serves with hyper until the connection ends (`None`) or goes idle long enough to be parked:
-/// then hyper's connection is ended without closing the socket, and the socket (with any bytes
-/// hyper had read ahead) is handed back.
+/// How serving an HTTP/1 connection with hyper ended.
+enum Served {
+    /// Idle long enough to be parked: the socket, with any bytes hyper had read ahead.
+    Parked(Prefixed<ClientIo>),
+    /// A session (WebSocket, or an event stream written without hyper) owns the socket now.
+    Session(Tracked, api::websocket::Session),
+    /// The connection is over.
+    Done,
+}
+
+/// Serves with hyper until the connection ends or goes idle long enough to be parked: then
+/// hyper's connection is ended without closing the socket, and the socket (with any bytes hyper
+/// had read ahead) is handed back; likewise to a session a 101 answer left.
 async fn serve_h1_active(
     env: &ConnEnv,
     io: Prefixed<ClientIo>,
     ctx: ConnCtx,
     shared: &Arc<ConnShared>,
-) -> Option<Prefixed<ClientIo>> {
+) -> Served {
     let state = &env.state;
     let cfg = &state.config;
     let park_after = cfg.connections.park_after_ms;
@@ -479,7 +504,7 @@ async fn serve_h1_active(
             _ = shared.kill.notified() => {
                 // dropped with hyper's state: the socket closes now, whatever it was writing
                 state.conns.count_close(shared.close_reason().unwrap_or(CloseReason::Forced));
-                return None;
+                return Served::Done;
             }
             _ = shared.close.notified(), if closing.is_none() => {
                 closing = Some(shared.close_reason().unwrap_or(CloseReason::Drain));
@@ -493,7 +518,7 @@ async fn serve_h1_active(
                 state.conns.count_close(CloseReason::HeaderTimeout);
             }
             tracing::debug!(client = %ctx.peer, error = %e, "HTTP/1 connection error");
-            None
+            Served::Done
         }
         Ok(()) => {
             let session = upgrade
@@ -502,31 +527,89 @@ async fn serve_h1_active(
                 .take()
                 .and_then(|u| u.take());
             if let Some(session) = session {
-                // the 101 is written: the socket (and what hyper read past the request) is the
-                // WebSocket's now
+                // the 101 is written (or swallowed, for an event stream): the socket (and what
+                // hyper read past the request) is the session's now
                 let parts = conn.into_parts();
                 let mut tracked = parts.io.into_inner();
                 if !parts.read_buf.is_empty() {
                     tracked.io.unread(parts.read_buf);
                 }
-                run_upgraded(state, tracked, shared, session).await;
-                return None;
+                return Served::Session(tracked, session);
             }
             if let Some(reason) = closing {
                 state.conns.count_close(reason);
-                return None;
+                return Served::Done;
             }
             if !parking || shared.wants_close() {
-                return None; // the client closed, or asked for `Connection: close`
+                return Served::Done; // the client closed, or asked for `Connection: close`
             }
             let parts = conn.into_parts();
             let mut io = parts.io.into_inner().io;
             if !parts.read_buf.is_empty() {
                 io.unread(parts.read_buf);
             }
-            Some(io)
+            Served::Parked(io)
         }
     }
+}
+
+/// An HTTP/1.1 event stream, written on the socket without hyper: a stream that lives for hours
+/// should not keep hyper's connection (its read and write buffers, some 10 KiB) for its whole
+/// life. hyper hands a connection back only after a 101, so hyper is given a 101 whose head the
+/// connection's stream swallows (`ConnShared::swallow_next_head`), and the session writes the
+/// real head (the handler's status and headers, `Connection: close`: the body ends with the
+/// connection) and then the body's frames, flushing each. It reads the socket only to see the
+/// client leave (anything the client sends after the request is dropped).
+fn raw_stream(resp: Response<Body>) -> (api::websocket::Session, Response<Body>) {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (parts, mut body) = resp.into_parts();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("OK").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == hyper::header::CONNECTION || name == hyper::header::TRANSFER_ENCODING {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    let session: api::websocket::Session = Box::new(move |mut io| {
+        Box::pin(async move {
+            if io.write_all(&head).await.is_err() || io.flush().await.is_err() {
+                return;
+            }
+            drop(head);
+            let mut sink = [0u8; 32];
+            loop {
+                tokio::select! {
+                    frame = body.frame() => {
+                        let Some(Ok(frame)) = frame else { break };
+                        if let Ok(data) = frame.into_data()
+                            && (io.write_all(&data).await.is_err() || io.flush().await.is_err())
+                        {
+                            return;
+                        }
+                    }
+                    n = io.read(&mut sink) => {
+                        if !matches!(n, Ok(n) if n > 0) {
+                            return; // the client left
+                        }
+                    }
+                }
+            }
+            let _ = io.shutdown().await;
+        })
+    });
+    let mut r = Response::new(api::respond::full(bytes::Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    (session, r)
 }
 
 /// Runs a WebSocket session on its connection: it counts as a request in flight (the reaper leaves

@@ -185,6 +185,8 @@ impl AsyncWrite for ClientIo {
 pub struct Tracked {
     pub io: Prefixed<ClientIo>,
     pub shared: Arc<ConnShared>,
+    /// How much of a head's end (`\r\n\r\n`) the swallowed bytes have matched so far.
+    pub head_end: u8,
 }
 
 impl AsyncRead for Tracked {
@@ -218,6 +220,27 @@ impl Tracked {
     }
 }
 
+impl Tracked {
+    /// While the connection swallows a response head: takes bytes up to and including the end
+    /// of the head (`\r\n\r\n`) without sending them; returns how many it took.
+    fn swallow(&mut self, buf: &[u8]) -> usize {
+        for (i, b) in buf.iter().enumerate() {
+            let want = if self.head_end.is_multiple_of(2) { b'\r' } else { b'\n' };
+            self.head_end = if *b == want {
+                self.head_end + 1
+            } else {
+                u8::from(*b == b'\r')
+            };
+            if self.head_end == 4 {
+                self.head_end = 0;
+                self.shared.head_swallowed();
+                return i + 1;
+            }
+        }
+        buf.len()
+    }
+}
+
 impl AsyncWrite for Tracked {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -225,6 +248,9 @@ impl AsyncWrite for Tracked {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.shared.swallowing_head() {
+            return Poll::Ready(Ok(this.swallow(buf)));
+        }
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
         this.note_write(&r);
         r
@@ -235,6 +261,13 @@ impl AsyncWrite for Tracked {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.shared.swallowing_head() {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return Poll::Ready(Ok(this.swallow(first)));
+        }
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.note_write(&r);
         r

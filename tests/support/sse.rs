@@ -73,6 +73,9 @@ impl Sse {
             "text/event-stream",
             "an event stream"
         );
+        // over HTTP/1.1 the daemon writes the stream itself, the body ending with the connection
+        assert_eq!(resp.headers()["connection"], "close");
+        assert!(resp.headers().contains_key("x-request-id"));
         Ok(Sse {
             body: resp.into_body(),
             buf: String::new(),
