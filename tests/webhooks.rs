@@ -12,6 +12,29 @@ use support::rentals::{account, call};
 use support::sandbox::Sandbox;
 use support::services;
 
+/// The webhook's delivery log once its newest delivery is in `state`.
+async fn latest_delivery(
+    d: &support::daemon::DaemonProc,
+    token: &str,
+    id: &str,
+    state: &'static str,
+) -> Value {
+    eventually(&format!("the newest delivery {state}"), || async move {
+        let v = call(
+            d,
+            token,
+            "GET",
+            &format!("/v1/webhooks/{id}/deliveries"),
+            "",
+            None,
+        )
+        .await
+        .json();
+        (v["deliveries"][0]["state"] == state).then_some(v)
+    })
+    .await
+}
+
 /// A key created and revoked for `account`: one `key.revoked` event.
 fn revoke_a_key(db: &TestDb<'_>, account: &str) -> String {
     let k = db.cli(&["keys", "create", "--account", account]);
@@ -94,23 +117,7 @@ async fn deliveries_are_signed_retried_after_a_503_logged_and_stay_in_their_acco
         assert_eq!(e["data"]["public_id"], public_id.as_str());
     }
     // the log shows the attempts
-    let log = eventually("the delivery recorded as delivered", || {
-        let (d, a, id) = (&d, &a, &id);
-        async move {
-            let v = call(
-                d,
-                a,
-                "GET",
-                &format!("/v1/webhooks/{id}/deliveries"),
-                "",
-                None,
-            )
-            .await
-            .json();
-            (v["deliveries"][0]["state"] == "delivered").then_some(v)
-        }
-    })
-    .await;
+    let log = latest_delivery(&d, &a, &id, "delivered").await;
     let one = &log["deliveries"][0];
     assert_eq!(log["deliveries"].as_array().unwrap().len(), 1, "{log:#}");
     assert_eq!(one["attempts"], 3);
@@ -133,23 +140,7 @@ async fn deliveries_are_signed_retried_after_a_503_logged_and_stay_in_their_acco
     // a final 4xx is not retried; a deleted webhook sends nothing more
     rx.answer(&[410]);
     revoke_a_key(&db, "hooked");
-    let failed = eventually("a failed delivery", || {
-        let (d, a, id) = (&d, &a, &id);
-        async move {
-            let v = call(
-                d,
-                a,
-                "GET",
-                &format!("/v1/webhooks/{id}/deliveries"),
-                "",
-                None,
-            )
-            .await
-            .json();
-            (v["deliveries"][0]["state"] == "failed").then_some(v)
-        }
-    })
-    .await;
+    let failed = latest_delivery(&d, &a, &id, "failed").await;
     assert_eq!(failed["deliveries"][0]["attempts"], 1);
     assert_eq!(failed["deliveries"][0]["last_status"], 410);
     let deleted = call(&d, &a, "DELETE", &format!("/v1/webhooks/{id}"), "", None).await;
@@ -231,23 +222,7 @@ async fn private_targets_are_refused_unless_allowed_and_failing_webhooks_are_dis
     assert_eq!(by_name.status, 201, "{}", by_name.text());
     let id = by_name.json()["id"].as_str().unwrap().to_owned();
     revoke_a_key(&db, "guarded");
-    let log = eventually("the refused delivery", || {
-        let (d, a, id) = (&d, &a, &id);
-        async move {
-            let v = call(
-                d,
-                a,
-                "GET",
-                &format!("/v1/webhooks/{id}/deliveries"),
-                "",
-                None,
-            )
-            .await
-            .json();
-            (v["deliveries"][0]["state"] == "failed").then_some(v)
-        }
-    })
-    .await;
+    let log = latest_delivery(&d, &a, &id, "failed").await;
     let err = log["deliveries"][0]["last_error"].as_str().unwrap();
     assert!(err.contains("not a public address"), "{err}");
     assert!(

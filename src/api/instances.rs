@@ -222,6 +222,14 @@ pub async fn rent(
     .await
 }
 
+/// A page size (`limit=`) of the list routes: 1 to 200.
+pub fn limit_param(v: &str) -> Result<i64> {
+    v.parse()
+        .ok()
+        .filter(|n| (1..=200).contains(n))
+        .ok_or_else(|| Error::bad_request("invalid query parameter `limit`: 1 to 200"))
+}
+
 /// `GET /v1/instances?limit=&cursor=`: the caller's instances, newest first (statuses as the
 /// ledger has them; `GET /v1/instances/{id}` refreshes one from the provider).
 pub fn list_query(query: Option<&str>) -> Result<(Option<f64>, i64)> {
@@ -229,15 +237,7 @@ pub fn list_query(query: Option<&str>) -> Result<(Option<f64>, i64)> {
     for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=200).contains(n))
-                    .ok_or_else(|| {
-                        Error::bad_request("invalid query parameter `limit`: 1 to 200")
-                    })?
-            }
+            "limit" => limit = limit_param(v)?,
             // a creation time (epoch seconds): between 1970 and 5138, or it is no cursor of ours
             "cursor" => before = Some(v.parse::<f64>().ok().filter(|x| (0.0..1e11).contains(x)).ok_or_else(
                 || {

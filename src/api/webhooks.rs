@@ -94,15 +94,7 @@ pub async fn deliveries(c: Call) -> Result<Response<Body>> {
     {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
-            "limit" => {
-                limit = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=200).contains(n))
-                    .ok_or_else(|| {
-                        Error::bad_request("invalid query parameter `limit`: 1 to 200")
-                    })?
-            }
+            "limit" => limit = super::instances::limit_param(v)?,
             "before" => {
                 before = Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
                     Error::bad_request(

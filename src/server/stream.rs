@@ -225,7 +225,11 @@ impl Tracked {
     /// of the head (`\r\n\r\n`) without sending them; returns how many it took.
     fn swallow(&mut self, buf: &[u8]) -> usize {
         for (i, b) in buf.iter().enumerate() {
-            let want = if self.head_end.is_multiple_of(2) { b'\r' } else { b'\n' };
+            let want = if self.head_end.is_multiple_of(2) {
+                b'\r'
+            } else {
+                b'\n'
+            };
             self.head_end = if *b == want {
                 self.head_end + 1
             } else {

@@ -89,15 +89,7 @@ impl Outcome {
 
 impl Sender {
     pub fn new(db: Arc<Db>, cfg: &WebhooksConfig, wake: Arc<Notify>) -> Arc<Sender> {
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
-        .with_no_client_auth();
+        let mut tls = crate::providers::http::tls_client_config();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(Sender {
             db,
