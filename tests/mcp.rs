@@ -234,6 +234,17 @@ async fn the_transport_checks_origin_versions_headers_and_input() {
         assert_eq!(v["error"]["code"], code, "{body}: {v}");
         assert!(!v["error"]["message"].as_str().unwrap().is_empty());
     }
+    // an invalid id is not echoed
+    let r = post(
+        &d,
+        &token,
+        r#"{"jsonrpc":"2.0","id":false,"result":{}}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["id"], Value::Null);
+    assert_eq!(r.json()["error"]["code"], -32600);
     let unsupported = post(
         &d,
         &token,

@@ -144,19 +144,25 @@ pub async fn post(c: Call) -> Result<Response<Body>> {
             ),
         ));
     };
+    let id = obj.get("id").cloned();
+    // what an error answer may echo: a valid id, else null
+    let echo = || {
+        id.clone()
+            .filter(|i| i.is_string() || i.is_i64() || i.is_u64())
+            .unwrap_or(Value::Null)
+    };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Ok(error_response(
-            obj.get("id").cloned().unwrap_or(Value::Null),
+            echo(),
             rpc(INVALID_REQUEST, "`jsonrpc` must be \"2.0\""),
         ));
     }
-    let id = obj.get("id").cloned();
     if let Some(k) = obj
         .keys()
         .find(|k| !["jsonrpc", "id", "method", "params", "result", "error"].contains(&k.as_str()))
     {
         return Ok(error_response(
-            id.unwrap_or(Value::Null),
+            echo(),
             rpc(
                 INVALID_REQUEST,
                 format!("unknown member `{}`", crate::error::truncate(k, 32)),
@@ -165,13 +171,13 @@ pub async fn post(c: Call) -> Result<Response<Body>> {
     }
     let method = match obj.get("method") {
         Some(Value::String(m)) if !obj.contains_key("result") && !obj.contains_key("error") => m,
-        None if id.is_some() && (obj.contains_key("result") ^ obj.contains_key("error")) => {
+        None if !echo().is_null() && (obj.contains_key("result") ^ obj.contains_key("error")) => {
             // a response to a server request (none are sent): accepted, nothing to answer
             return Ok(accepted());
         }
         _ => {
             return Ok(error_response(
-                id.unwrap_or(Value::Null),
+                echo(),
                 rpc(
                     INVALID_REQUEST,
                     "a request needs `method` (text); a response `id` and one of `result`, `error`",
@@ -182,7 +188,7 @@ pub async fn post(c: Call) -> Result<Response<Body>> {
     let method = method.as_str();
     if !matches!(obj.get("params"), None | Some(Value::Object(_))) {
         return Ok(error_response(
-            id.unwrap_or(Value::Null),
+            echo(),
             rpc(INVALID_PARAMS, "`params` must be an object"),
         ));
     }
