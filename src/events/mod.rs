@@ -89,6 +89,14 @@ fn row(r: &Row) -> Event {
     }
 }
 
+/// An account's events after `$2` up to `$3` (inclusive), oldest first, at most `$4`.
+fn read_sql() -> String {
+    format!(
+        "SELECT {COLS} FROM account_events \
+         WHERE account_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
+    )
+}
+
 /// An account's events after `after` up to `upto` (inclusive), oldest first, at most `limit`.
 pub async fn read(
     db: &Db,
@@ -97,21 +105,23 @@ pub async fn read(
     upto: i64,
     limit: i64,
 ) -> Result<Vec<Event>> {
-    let rows = db
-        .query(
-            &format!(
-                "SELECT {COLS} FROM account_events \
-                 WHERE account_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4"
-            ),
-            &[
-                (&account_id, Type::INT8),
-                (&after, Type::INT8),
-                (&upto, Type::INT8),
-                (&limit, Type::INT8),
-            ],
-        )
-        .await?;
+    let params = read_params(&account_id, &after, &upto, &limit);
+    let rows = db.query(&read_sql(), &params).await?;
     Ok(rows.iter().map(row).collect())
+}
+
+fn read_params<'a>(
+    account_id: &'a i64,
+    after: &'a i64,
+    upto: &'a i64,
+    limit: &'a i64,
+) -> [crate::accounts::Param<'a>; 4] {
+    [
+        (account_id, Type::INT8),
+        (after, Type::INT8),
+        (upto, Type::INT8),
+        (limit, Type::INT8),
+    ]
 }
 
 /// [`read`] inside a transaction (the webhook sender's enqueue): the account's events after
@@ -122,18 +132,9 @@ pub(crate) async fn read_in(
     after: i64,
     limit: i64,
 ) -> Result<Vec<Event>> {
+    let params = read_params(&account_id, &after, &i64::MAX, &limit);
     let rows = tx
-        .query_typed(
-            &format!(
-                "SELECT {COLS} FROM account_events \
-                 WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-            ),
-            &[
-                (&account_id, Type::INT8),
-                (&after, Type::INT8),
-                (&limit, Type::INT8),
-            ],
-        )
+        .query_typed(&read_sql(), &params)
         .await
         .map_err(crate::accounts::classify)?;
     Ok(rows.iter().map(row).collect())
