@@ -65,7 +65,8 @@ pub const INSTANCES_RUNNING: &str = "gpuproxy_instances_running";
 /// terminating; the storage price while stopped or interrupted).
 pub const SPEND_USD_PER_HOUR: &str = "gpuproxy_spend_usd_per_hour";
 /// Counter, label `action` (`adopted`, `abandoned`, `orphan_destroyed`, `status_synced`,
-/// `vanished`, `dead_destroyed`, `stuck_destroyed`, `expired`): what the reconciler did.
+/// `vanished`, `dead_destroyed`, `stuck_destroyed`, `unreachable_destroyed`, `expired`): what the
+/// reconciler did.
 pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
 /// Counter, labels `budget` (`window`, `monthly`, `key`) and `event` (`warning`, `exhausted`,
 /// `stopped`, `destroyed`, `not_stoppable`): budgets crossed and what the reconciler did about it.
@@ -97,6 +98,10 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "gpuproxy_upstream_requests_total";
 pub const UPSTREAM_DURATION_MS: &str = "gpuproxy_upstream_duration_milliseconds";
 /// Gauge, label `provider`: 1 while the provider's circuit breaker is open.
 pub const CIRCUIT_OPEN: &str = "gpuproxy_circuit_open";
+/// Counter, label `provider`: provider calls refused for our API key (401/403, or a 404 that is
+/// not the provider's own not-found answer). Any increase means a revoked or wrong key: the
+/// ledger keeps every instance as it was (docs/providers.md).
+pub const PROVIDER_AUTH_FAILURES_TOTAL: &str = "gpuproxy_provider_auth_failures_total";
 /// Counter, label `layer` (`memory`, `redis`, `stale`): provider answers served from cache.
 pub const CACHE_HITS_TOTAL: &str = "gpuproxy_cache_hits_total";
 /// Counter: provider answers that had to be fetched (one per upstream fetch, not per request).
@@ -316,6 +321,10 @@ fn describe() {
     describe_gauge!(
         CIRCUIT_OPEN,
         "1 while a provider's circuit breaker is open."
+    );
+    describe_counter!(
+        PROVIDER_AUTH_FAILURES_TOTAL,
+        "Provider calls refused for our API key (a revoked or wrong key), by provider."
     );
     describe_counter!(
         CACHE_HITS_TOTAL,

@@ -11,6 +11,8 @@ use crate::error::Error;
 
 pub const STATUS_CHANGED: &str = "instance.status_changed";
 pub const INTERRUPTED: &str = "instance.interrupted";
+/// A running instance whose host the provider reports offline/unknown (it is kept, and billed).
+pub const UNREACHABLE: &str = "instance.unreachable";
 pub const EXPIRING: &str = "instance.expiring";
 pub const EXPIRED: &str = "instance.expired";
 pub const FAILED_OVER: &str = "rental.failed_over";
@@ -20,9 +22,10 @@ pub const KEY_REVOKED: &str = "key.revoked";
 pub const WATCH_MATCHED: &str = "offer.watch_matched";
 
 /// The event types a client can ask for (`types=`), as they appear in the stream.
-pub const TYPES: [&str; 9] = [
+pub const TYPES: [&str; 10] = [
     STATUS_CHANGED,
     INTERRUPTED,
+    UNREACHABLE,
     EXPIRING,
     EXPIRED,
     FAILED_OVER,

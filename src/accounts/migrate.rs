@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "offer_watches",
         include_str!("migrations/0013_offer_watches.sql"),
     ),
+    (
+        14,
+        "provider_truth",
+        include_str!("migrations/0014_provider_truth.sql"),
+    ),
 ];
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).

@@ -27,7 +27,7 @@ pub use providers::{
     OffersConfig, PROVIDER_KINDS, PassthroughConfig, ProviderTable, ProvidersConfig,
 };
 pub use ratelimit::RateLimitConfig;
-pub use rentals::RentalsConfig;
+pub use rentals::{RentalsConfig, UnreachablePolicy};
 pub use secrets::{SECRET_VARS, Secret, Secrets};
 pub use server::{
     ConnectionsConfig, Listen, LogConfig, LogFormat, ProxyProtocolConfig, ServerConfig,
@@ -399,6 +399,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
             "rentals.provisioning_timeout_ms",
             rc.provisioning_timeout_ms.ms(),
         ),
+        ("rentals.unreachable_grace_ms", rc.unreachable_grace_ms.ms()),
     ] {
         if v == 0 {
             return Err(err(key, "must be greater than 0"));

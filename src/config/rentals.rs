@@ -49,9 +49,18 @@ pub struct RentalsConfig {
     /// An instance the provider reports in a state that never reaches `running` (Vast: exited,
     /// offline, unknown, a failed container create) this long is destroyed and marked failed.
     pub dead_state_grace_ms: Millis,
-    /// An instance not `running` this long after the provider accepted it is destroyed and
-    /// marked failed (it would bill its disk, or more, forever).
+    /// An instance that has never run and is not `running` this long after its latest (re)start
+    /// is destroyed and marked failed (it would bill its disk, or more, forever). An instance that
+    /// has ever run is never destroyed for this: a stop→start, a reboot or a host restart passes
+    /// through `loading` again (docs/providers.md).
     pub provisioning_timeout_ms: Millis,
+    /// A running instance whose host the provider reports `offline`/`unknown` (or that exits)
+    /// gets an `instance.unreachable` event; after this long `unreachable_policy` applies.
+    pub unreachable_grace_ms: Millis,
+    /// What happens to an instance unreachable for `unreachable_grace_ms`: `keep` (it stays,
+    /// billed, until its renter or its lifetime ends it: the renter's data is on it) or
+    /// `destroy` (destroyed and marked failed, action `unreachable_destroyed`).
+    pub unreachable_policy: UnreachablePolicy,
     /// Each reconciler round records a `budget.warning` (once per budget period) for an account
     /// or key that has spent this fraction of a budget.
     pub budget_warn_ratio: f64,
@@ -74,6 +83,14 @@ pub struct RentalsConfig {
     pub failover_wait_ms: Millis,
 }
 
+/// `rentals.unreachable_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnreachablePolicy {
+    Keep,
+    Destroy,
+}
+
 impl Default for RentalsConfig {
     fn default() -> Self {
         RentalsConfig {
@@ -92,6 +109,8 @@ impl Default for RentalsConfig {
             max_watches: nz32(20),
             dead_state_grace_ms: Millis(120_000),
             provisioning_timeout_ms: Millis(600_000),
+            unreachable_grace_ms: Millis(1_800_000),
+            unreachable_policy: UnreachablePolicy::Keep,
             budget_warn_ratio: 0.8,
             billing_reconcile_interval_ms: Millis(86_400_000),
             billing_drift_alert_usd: 5.0,

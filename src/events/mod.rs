@@ -22,7 +22,7 @@ use crate::error::Result;
 
 pub use crate::accounts::event_log::{
     BUDGET_EXHAUSTED, BUDGET_WARNING, EXPIRED, EXPIRING, FAILED_OVER, INTERRUPTED, KEY_REVOKED,
-    STATUS_CHANGED, TYPES, WATCH_MATCHED, append,
+    STATUS_CHANGED, TYPES, UNREACHABLE, WATCH_MATCHED, append,
 };
 
 /// One event as streams deliver it.

@@ -37,6 +37,10 @@ pub struct JsonApi {
     /// Calls fail as `Disabled` with this reason when there is no (usable) key; `None` when the
     /// provider answers some calls without one (Vast.ai's search).
     needs_key: Option<&'static str>,
+    /// The provider's own not-found codes (the JSON `error` of a 404), when it has them: a 404
+    /// with any other body is read as a refused key ([`UpstreamError::Auth`]), never as "gone".
+    /// `None`: a 404 stays a status (the client decides, e.g. by reading a list).
+    gone_codes: Option<&'static [&'static str]>,
 }
 
 impl JsonApi {
@@ -64,7 +68,14 @@ impl JsonApi {
             auth,
             key,
             needs_key,
+            gone_codes: None,
         }
+    }
+
+    /// Declares the provider's own not-found codes (see `gone_codes`).
+    pub fn with_gone_codes(mut self, codes: &'static [&'static str]) -> JsonApi {
+        self.gone_codes = Some(codes);
+        self
     }
 
     /// Why calls cannot be made, when the key they need is missing or unusable.
@@ -112,7 +123,8 @@ impl JsonApi {
             &reply.body,
             reply.headers.get(RETRY_AFTER),
             self.key.as_ref(),
-        )?;
+        )
+        .map_err(|(e, after)| (self.not_found_or_auth(e), after))?;
         if reply.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(json!({}));
         }
@@ -142,14 +154,48 @@ impl JsonApi {
 
     /// The provider's error for a failed reply (for calls that read the body themselves).
     pub fn error_of(&self, status: u16, body: &[u8]) -> UpstreamError {
-        check_status(status.max(400), body, None, self.key.as_ref())
-            .err()
-            .map(|(e, _)| e)
-            .unwrap_or(UpstreamError::Status {
-                status,
-                detail: String::new(),
-            })
+        self.not_found_or_auth(
+            check_status(status.max(400), body, None, self.key.as_ref())
+                .err()
+                .map(|(e, _)| e)
+                .unwrap_or(UpstreamError::Status {
+                    status,
+                    detail: String::new(),
+                }),
+        )
     }
+
+    /// A 404 that is not one of the provider's own not-found codes is a refused key.
+    fn not_found_or_auth(&self, e: UpstreamError) -> UpstreamError {
+        match (e, self.gone_codes) {
+            (
+                UpstreamError::Status {
+                    status: 404,
+                    detail,
+                },
+                Some(codes),
+            ) if !codes.iter().any(|c| is_code(&detail, c)) => UpstreamError::Auth {
+                status: 404,
+                detail,
+            },
+            (e, _) => e,
+        }
+    }
+}
+
+/// Whether a reduced error body (`error_detail`) carries the provider code `code`.
+pub fn is_code(detail: &str, code: &str) -> bool {
+    detail == code
+        || detail
+            .strip_prefix(code)
+            .is_some_and(|rest| rest.starts_with(':'))
+}
+
+/// Whether an error is the provider's own not-found answer (a 404 that survived
+/// [`JsonApi::json`]'s reading: one of its not-found codes, or any 404 of a provider without
+/// codes).
+pub fn is_not_found(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Status { status: 404, .. })
 }
 
 /// Maps a non-success status to an error: 429 (with `Retry-After` when there is one), or the
@@ -170,13 +216,14 @@ pub fn check_status(
             .map(Duration::from_secs);
         return Err((UpstreamError::RateLimited, after));
     }
-    Err((
-        UpstreamError::Status {
-            status,
-            detail: error_detail(body, key),
-        },
-        None,
-    ))
+    let detail = error_detail(body, key);
+    // a refused key, whatever the status says (Vast: 404 `auth_error`, or an expired session)
+    if matches!(status, 401 | 403)
+        || (status == 404 && (is_code(&detail, "auth_error") || detail.contains("Session expired")))
+    {
+        return Err((UpstreamError::Auth { status, detail }, None));
+    }
+    Err((UpstreamError::Status { status, detail }, None))
 }
 
 /// A provider's error body, reduced to its code and message (JSON `error`/`msg`/`message`/

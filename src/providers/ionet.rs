@@ -184,7 +184,9 @@ impl Provider for Ionet {
                 .await
             {
                 Ok(v) => v,
-                Err(UpstreamError::Status { status: 404, .. }) => return Ok(None),
+                Err(e @ UpstreamError::Status { status: 404, .. }) => {
+                    return self.gone_or(provider_id, e).await.map(|()| None);
+                }
                 Err(e) => return Err(e),
             };
             let data = d.get("data").cloned().unwrap_or(Value::Null);
@@ -197,7 +199,7 @@ impl Provider for Ionet {
                         "vms",
                         true,
                         Method::GET,
-                        &format!("{VMAAS}/deployment/{provider_id}/vms?page=0&page_size=20"),
+                        &format!("{VMAAS}/deployment/{provider_id}/vms?page=1&page_size=100"),
                         None,
                     )
                     .await?;
@@ -229,7 +231,10 @@ impl Provider for Ionet {
                 )
                 .await
             {
-                Ok(_) | Err(UpstreamError::Status { status: 404, .. }) => Ok(()),
+                Ok(_) => Ok(()),
+                Err(e @ UpstreamError::Status { status: 404, .. }) => {
+                    self.gone_or(provider_id, e).await
+                }
                 Err(e) => Err(e),
             }
         })
@@ -303,6 +308,27 @@ impl Provider for Ionet {
 }
 
 impl Ionet {
+    /// io.net's 404 has no code of its own (FastAPI's `{"detail": "Not Found"}` answers an unknown
+    /// route as well, and a refused key is undocumented): a deployment is gone only when the
+    /// deployments list, read with the same key, succeeds and lacks it. Otherwise the 404 is a
+    /// refused key (`Auth`), or the list's own error.
+    async fn gone_or(&self, provider_id: &str, e: UpstreamError) -> Result<(), UpstreamError> {
+        let listed = self.list_instances().await?;
+        if listed
+            .iter()
+            .any(|d| d.provider_id == provider_id && d.status != InstanceStatus::Terminated)
+        {
+            let UpstreamError::Status { detail, .. } = e else {
+                return Err(e);
+            };
+            return Err(UpstreamError::Auth {
+                status: 404,
+                detail,
+            });
+        }
+        Ok(())
+    }
+
     async fn find_by_name(&self, name: &str) -> Result<Option<String>, UpstreamError> {
         let want = name.strip_prefix(NAME_PREFIX);
         Ok(self
@@ -323,7 +349,9 @@ pub fn remote_deployment(d: &Value) -> Option<RemoteInstance> {
         "termination requested" => InstanceStatus::Terminating,
         "destroyed" | "completed" => InstanceStatus::Terminated,
         "failed" => InstanceStatus::Failed,
-        _ => InstanceStatus::Provisioning,
+        // outside the published enum (an example shows `active`): billed and reported, never
+        // read as a failed start (docs/providers.md)
+        _ => InstanceStatus::Unknown,
     };
     Some(RemoteInstance {
         provider_id: id,

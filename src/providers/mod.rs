@@ -249,6 +249,12 @@ pub enum UpstreamError {
     CircuitOpen,
     /// The provider asked us to slow down (a 429) and the back-off has not ended: no call made.
     BackingOff,
+    /// The provider refused our key: a 401 or 403, or a 404 that is not the provider's own
+    /// not-found answer for the thing asked about (Vast.ai answers a wrong or revoked key, and an
+    /// expired session, with 404; docs/providers.md, "A 404 is not gone"). Nothing is concluded
+    /// about the instance: the ledger is left as it is and `gpuproxy_provider_auth_failures_total`
+    /// counts it.
+    Auth { status: u16, detail: String },
     /// The provider is not configured (no key).
     Disabled(&'static str),
 }
@@ -265,6 +271,7 @@ impl UpstreamError {
             UpstreamError::Decode(_) => "malformed_response",
             UpstreamError::CircuitOpen => "circuit_open",
             UpstreamError::BackingOff => "backing_off",
+            UpstreamError::Auth { .. } => "auth_failed",
             UpstreamError::Disabled(_) => "disabled",
         }
     }
@@ -286,6 +293,7 @@ impl UpstreamError {
             | UpstreamError::Timeout
             | UpstreamError::Reset(_)
             | UpstreamError::Decode(_)
+            | UpstreamError::Auth { .. }
             | UpstreamError::RateLimited => true,
             UpstreamError::CircuitOpen | UpstreamError::BackingOff | UpstreamError::Disabled(_) => {
                 false
@@ -312,6 +320,9 @@ impl fmt::Display for UpstreamError {
                 f.write_str("circuit open after repeated failures; not called")
             }
             UpstreamError::BackingOff => f.write_str("backing off after a 429; not called"),
+            UpstreamError::Auth { status, detail } => {
+                write!(f, "refused our API key (HTTP {status}): {detail}")
+            }
             UpstreamError::Disabled(why) => f.write_str(why),
         }
     }

@@ -94,25 +94,79 @@ impl OfferFilter {
     }
 }
 
-/// One line of a provider's bill for one of its instances.
+/// One part of one line of a provider's bill for one of its instances (Vast writes a line per
+/// instance and period with nested items: `gpu`, `disk`, `bwu` upload, `bwd` download, ...;
+/// docs/providers.md, "Charges").
 #[derive(Debug, Clone, PartialEq)]
 pub struct Charge {
     pub provider_instance_id: String,
-    /// Epoch seconds (the line's date).
-    pub at: f64,
+    /// The item's type as the provider names it (`gpu`, `disk`, `bwu`, `bwd`, ...), or `total`
+    /// for a line without items.
+    pub item: String,
+    /// The period billed, epoch seconds.
+    pub start: f64,
+    pub end: f64,
     pub description: String,
-    pub amount_usd: f64,
+    /// Millionths of a USD, read from the provider's decimal without a float in between.
+    pub amount_micros: i64,
 }
 
 impl Charge {
-    /// Names the line across fetches (providers give lines no id; a line for a running instance
-    /// grows from one fetch to the next).
+    /// Names the item across fetches (providers give lines no id; a running instance's line
+    /// grows from one fetch to the next, keeping its start).
     pub fn key(&self) -> String {
         format!(
-            "{}|{}|{}",
-            self.provider_instance_id, self.at, self.description
+            "{}|{}|{}|{}",
+            self.provider_instance_id, self.start, self.item, self.description
         )
     }
+
+    /// What the item is billed for, as the drift report groups it.
+    pub fn kind(item: &str) -> &'static str {
+        match item {
+            "gpu" | "compute" => "gpu",
+            "disk" | "storage" => "disk",
+            "bwu" | "bwd" | "bandwidth" => "bandwidth",
+            "total" => "total",
+            _ => "other",
+        }
+    }
+}
+
+/// A decimal amount (a JSON number or numeric string, as the provider wrote it) in millionths,
+/// rounded half away from zero at the seventh decimal; `None` for anything else. Digits are read
+/// as text, so `0.1` is exactly 100,000.
+pub fn micros(v: Option<&Value>) -> Option<i64> {
+    let text = match v? {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => return None,
+    };
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.as_str()),
+    };
+    if digits.contains(['e', 'E']) {
+        // exponent form (serde_json writes very small or large floats so): rare enough to round
+        let x: f64 = text.parse().ok()?;
+        return x.is_finite().then(|| (x * 1e6).round() as i64);
+    }
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let mut six = [b'0'; 6];
+    for (d, s) in six.iter_mut().zip(frac.bytes()) {
+        *d = s;
+    }
+    let part: i64 = std::str::from_utf8(&six).ok()?.parse().ok()?;
+    let up = i64::from(frac.as_bytes().get(6).is_some_and(|d| *d >= b'5'));
+    let m = whole.checked_mul(1_000_000)?.checked_add(part + up)?;
+    Some(if neg { -m } else { m })
 }
 
 /// Disk sizes (GB) offer searches are made for: a query's `disk_gb` is rounded up to one of
@@ -187,6 +241,12 @@ pub enum InstanceStatus {
     /// An interruptible (bid) instance that was outbid: stopped by the provider, still billing
     /// its disk, resumed by a higher bid.
     Interrupted,
+    /// Paused with its memory (Vast `frozen`): still bills the GPU.
+    Frozen,
+    /// A state the client does not know (an io.net status outside the published enum, a Vast
+    /// `actual_status` not in its docs), or a host reported offline/unknown: billed, reported,
+    /// never read as a failed start.
+    Unknown,
     Failed,
     Terminating,
     Terminated,
@@ -199,6 +259,8 @@ impl InstanceStatus {
             InstanceStatus::Running => "running",
             InstanceStatus::Stopped => "stopped",
             InstanceStatus::Interrupted => "interrupted",
+            InstanceStatus::Frozen => "frozen",
+            InstanceStatus::Unknown => "unknown",
             InstanceStatus::Failed => "failed",
             InstanceStatus::Terminating => "terminating",
             InstanceStatus::Terminated => "terminated",
@@ -437,6 +499,19 @@ mod tests {
         assert_eq!(a.price_per_gpu_hour, 0.51);
         assert_eq!(a.min_bid_per_hour, Some(0.52));
         assert_eq!(o.at_disk(50, 50), o);
+    }
+
+    #[test]
+    fn decimal_amounts_become_micros_exactly() {
+        assert_eq!(micros(Some(&json!(0.1))), Some(100_000));
+        assert_eq!(micros(Some(&json!(1.2345675))), Some(1_234_568));
+        assert_eq!(micros(Some(&json!("12"))), Some(12_000_000));
+        assert_eq!(micros(Some(&json!(-0.5))), Some(-500_000));
+        assert_eq!(micros(Some(&json!(1e-7))), Some(0));
+        assert_eq!(micros(Some(&json!(".25"))), Some(250_000));
+        assert_eq!(micros(Some(&json!("1.2.3"))), None);
+        assert_eq!(micros(Some(&json!("abc"))), None);
+        assert_eq!(micros(Some(&json!(null))), None);
     }
 
     #[test]

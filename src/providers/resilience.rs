@@ -15,7 +15,9 @@ use metrics::{counter, gauge, histogram};
 
 use super::{ProviderId, UpstreamError};
 use crate::config::ProvidersConfig;
-use crate::metrics::{CIRCUIT_OPEN, UPSTREAM_DURATION_MS, UPSTREAM_REQUESTS_TOTAL};
+use crate::metrics::{
+    CIRCUIT_OPEN, PROVIDER_AUTH_FAILURES_TOTAL, UPSTREAM_DURATION_MS, UPSTREAM_REQUESTS_TOTAL,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -161,6 +163,8 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(provider: ProviderId, cfg: &ProvidersConfig) -> Gate {
+        // exported from the start, so the alert's `increase` sees the first refusal
+        counter!(PROVIDER_AUTH_FAILURES_TOTAL, "provider" => provider.as_str()).absolute(0);
         Gate {
             provider,
             breaker: Breaker::new(provider, cfg),
@@ -223,6 +227,15 @@ impl Gate {
                 Err((e, retry_after)) => {
                     count(provider, op, status_label(&e));
                     self.breaker.record(e.is_provider_fault());
+                    if let UpstreamError::Auth { status, .. } = &e {
+                        counter!(PROVIDER_AUTH_FAILURES_TOTAL, "provider" => provider).increment(1);
+                        tracing::error!(
+                            provider,
+                            op,
+                            status,
+                            "provider refused our API key; nothing is concluded about instances"
+                        );
+                    }
                     if e == UpstreamError::RateLimited {
                         let pause = retry_after.unwrap_or(self.rate_limit_backoff);
                         self.backoff_until_ms
@@ -262,7 +275,9 @@ fn count(provider: &'static str, op: &'static str, status: &'static str) {
 /// The `status` label of a failed attempt: the HTTP code when there was one.
 fn status_label(e: &UpstreamError) -> &'static str {
     match e {
-        UpstreamError::Status { status, .. } => crate::metrics::status_label(*status),
+        UpstreamError::Status { status, .. } | UpstreamError::Auth { status, .. } => {
+            crate::metrics::status_label(*status)
+        }
         UpstreamError::RateLimited => "429",
         e => e.code(),
     }

@@ -13,12 +13,13 @@ use hyper::Method;
 use hyper::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
+use super::api::is_not_found;
 use super::api::{JsonApi, KeyHeader};
 pub use super::api::{check_status, error_detail};
 use super::http::{HttpClient, short};
 use super::model::{
     InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag, location,
-    num, round_to, text,
+    micros, num, round_to, text,
 };
 use super::resilience::Gate;
 use super::{BoxFuture, Charge, Provider, SearchQuery, UpstreamError, gpu};
@@ -26,6 +27,11 @@ use crate::config::{Config, ProviderTable};
 
 /// The offer id suffix of an interruptible offer: `vastai:<id>:bid` rents at a bid.
 pub const BID_SUFFIX: &str = ":bid";
+
+/// Vast's own not-found codes (docs/providers.md, "Errors"): `no_such_instance` and `not_found`
+/// for an instance, `no_such_ask` for an offer. Any other 404 (`auth_error`, an expired
+/// session, a bare 404) is a refused key, never "gone".
+pub const GONE_CODES: &[&str] = &["no_such_instance", "not_found", "no_such_ask"];
 
 pub struct Vastai {
     id: ProviderId,
@@ -45,7 +51,8 @@ impl Vastai {
                 config.secrets.provider_key(&table.api_key_env).cloned(),
                 KeyHeader::Bearer,
                 None,
-            ),
+            )
+            .with_gone_codes(GONE_CODES),
             search_limit: table.search_limit.get(),
         }
     }
@@ -195,7 +202,6 @@ impl Provider for Vastai {
                 "label": req.our_id,
                 "env": env,
                 "runtype": "ssh",
-                "target_state": "running",
                 "cancel_unavail": true,
             });
             // without `price` Vast rents on demand at the full price and does not say so
@@ -253,13 +259,15 @@ impl Provider for Vastai {
         provider_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<RemoteInstance>, UpstreamError>> {
         Box::pin(async move {
-            let path = format!("/api/v0/instances/{provider_id}/");
+            // as the official client asks (vastai/api/instances.py `show_instance`)
+            let path = format!("/api/v0/instances/{provider_id}/?owner=me");
             match self.api.call("show", true, Method::GET, &path, None).await {
+                // `{"instances": null}` for an id this key does not hold
                 Ok(v) => Ok(v
                     .get("instances")
                     .filter(|i| i.is_object())
                     .and_then(remote_instance)),
-                Err(UpstreamError::Status { status: 404, .. }) => Ok(None),
+                Err(e) if is_not_found(&e) => Ok(None),
                 Err(e) => Err(e),
             }
         })
@@ -328,20 +336,25 @@ impl Provider for Vastai {
         true
     }
 
-    /// `GET /api/v0/charges/` (providers.md §4.1), paged by `after_token`, 100 lines a page.
+    /// `GET /api/v0/charges/` (docs/providers.md, "Charges"), with the official client's query
+    /// keys (`select_filters`, `latest_first`, `limit`, `format`, then `after_token` = the last
+    /// answer's `next_token`, sent raw), 100 lines a page. Each line names what it bills in
+    /// `source` (`instance-<id>`; volume lines are skipped) and nests its parts in `items`.
     fn charges<'a>(
         &'a self,
         from: f64,
         to: f64,
     ) -> BoxFuture<'a, Result<Option<Vec<Charge>>, UpstreamError>> {
         Box::pin(async move {
-            let filters =
-                json!({"day": {"gte": from, "lte": to}, "type": {"in": ["instance", "volume"]}});
+            let filters = json!({"day": {"gte": from.floor() as i64, "lte": to.ceil() as i64},
+                "type": {"in": ["instance"]}});
             let filters = crate::types::text::percent_encode(&filters.to_string());
             let mut out = Vec::new();
             let mut after: Option<String> = None;
             for _ in 0..10_000 {
-                let mut path = format!("/api/v0/charges/?select_filters={filters}&limit=100");
+                let mut path = format!(
+                    "/api/v0/charges/?select_filters={filters}&latest_first=false&limit=100&format=tree"
+                );
                 if let Some(t) = &after {
                     path.push_str("&after_token=");
                     path.push_str(&crate::types::text::percent_encode(t));
@@ -356,20 +369,7 @@ impl Provider for Vastai {
                     .into_iter()
                     .flatten()
                 {
-                    // lines of other things (volumes of their own) name no instance
-                    let Some(id) = line.get("instance_id").and_then(|i| num(Some(i))) else {
-                        continue;
-                    };
-                    out.push(Charge {
-                        provider_instance_id: (id as u64).to_string(),
-                        at: num(line.get("timestamp")).unwrap_or(0.0),
-                        description: line
-                            .get("description")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_owned(),
-                        amount_usd: num(line.get("amount")).unwrap_or(0.0),
-                    });
+                    out.extend(charge_items(line));
                 }
                 after = next_token(&v);
                 if after.is_none() {
@@ -405,12 +405,16 @@ impl Provider for Vastai {
             let mut out = Vec::new();
             let mut after: Option<String> = None;
             for _ in 0..1000 {
-                let mut path = "/api/v1/instances/?limit=25".to_owned();
+                // the official client's query (vastai/api/instances.py `show_instances`)
+                let mut path = format!(
+                    "/api/v1/instances/?select_filters={}&order_by={}&limit=25",
+                    crate::types::text::percent_encode("{}"),
+                    crate::types::text::percent_encode(r#"[{"col":"id","dir":"asc"}]"#)
+                );
+                // the cursor as the official client sends it: the string itself, not JSON
                 if let Some(t) = &after {
                     path.push_str("&after_token=");
-                    path.push_str(&crate::types::text::percent_encode(
-                        &serde_json::to_string(t).unwrap_or_default(),
-                    ));
+                    path.push_str(&crate::types::text::percent_encode(t));
                 }
                 let v = self
                     .api
@@ -426,6 +430,58 @@ impl Provider for Vastai {
             }
             Ok(out)
         })
+    }
+}
+
+/// One charge line's parts: a line for `instance-<id>` becomes one [`Charge`] per item (or one
+/// `total` when it has none); lines for anything else (volumes) none.
+pub fn charge_items(line: &Value) -> Vec<Charge> {
+    let Some(pid) = line
+        .get("source")
+        .and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix("instance-"))
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return Vec::new();
+    };
+    let period = |v: &Value, dflt: (f64, f64)| {
+        (
+            num(v.get("start")).unwrap_or(dflt.0),
+            num(v.get("end")).unwrap_or(dflt.1),
+        )
+    };
+    let (start, end) = period(line, (0.0, 0.0));
+    let text_of = |v: &Value| text(v.get("description")).unwrap_or_default();
+    let items = line
+        .get("items")
+        .and_then(Value::as_array)
+        .filter(|i| !i.is_empty());
+    match items {
+        None => micros(line.get("amount"))
+            .map(|amount_micros| Charge {
+                provider_instance_id: pid.to_owned(),
+                item: "total".into(),
+                start,
+                end,
+                description: text_of(line),
+                amount_micros,
+            })
+            .into_iter()
+            .collect(),
+        Some(items) => items
+            .iter()
+            .filter_map(|it| {
+                let (s, e) = period(it, (start, end));
+                Some(Charge {
+                    provider_instance_id: pid.to_owned(),
+                    item: text(it.get("type")).unwrap_or_else(|| "other".into()),
+                    start: s,
+                    end: e,
+                    description: text_of(it),
+                    amount_micros: micros(it.get("amount"))?,
+                })
+            })
+            .collect(),
     }
 }
 
@@ -447,19 +503,22 @@ impl Vastai {
             .await
         {
             Ok(_) => Ok(()),
-            // already gone
-            Err(UpstreamError::Status { status: 404, .. }) => Ok(()),
+            // already gone, as Vast itself says (any other 404 is an `Auth` error)
+            Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
 }
 
-/// One Vast.ai instance object (v0 show or v1 list).
+/// One Vast.ai instance object (v0 show or v1 list); docs/providers.md, "States and what they
+/// cost".
 ///
-/// `actual_status` null/`created`/`loading`/`rebooting` is provisioning; `exited`, `unknown`,
-/// `offline` and a `created` whose message says the container could not be created never reach
-/// `running` (they are reported as `dead`); a bid instance that is stopped was outbid
-/// (`interrupted`); `cur_state: unloaded` means destroyed.
+/// `actual_status` null/`created`/`loading`/`rebooting` is provisioning (also after a stop→start,
+/// a reboot or a host restart of an instance that ran: the reconciler tells them apart);
+/// `exited`, `unknown`, `offline` are `unknown` with the reason in `dead` (never running for a
+/// new instance; unreachable for one that ran), and a `created` whose message says the container
+/// could not be created is `dead` too; `frozen` bills the GPU; a bid instance that is stopped was
+/// outbid (`interrupted`); `cur_state: unloaded` means destroyed; any other status is `unknown`.
 pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
     let id = v
         .get("id")
@@ -476,21 +535,24 @@ pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
         _ if unloaded => InstanceStatus::Terminated,
         Some("running") => InstanceStatus::Running,
         Some("stopped") if is_bid => InstanceStatus::Interrupted,
-        Some("stopped" | "frozen") => InstanceStatus::Stopped,
+        Some("stopped") => InstanceStatus::Stopped,
+        Some("frozen") => InstanceStatus::Frozen,
         Some(s @ ("exited" | "unknown" | "offline")) => {
             dead = Some(if msg.is_empty() {
                 s.to_owned()
             } else {
                 format!("{s}: {}", short(&msg))
             });
-            InstanceStatus::Provisioning
+            InstanceStatus::Unknown
         }
         Some("created") if msg.contains("OCI runtime create failed") => {
             dead = Some(format!("created: {}", short(&msg)));
             InstanceStatus::Provisioning
         }
-        // null (provisioning), created, loading, rebooting
-        _ => InstanceStatus::Provisioning,
+        None | Some("" | "created" | "loading" | "rebooting" | "scheduling") => {
+            InstanceStatus::Provisioning
+        }
+        Some(_) => InstanceStatus::Unknown,
     };
     let ssh = match (text(v.get("ssh_host")), num(v.get("ssh_port"))) {
         (Some(host), Some(port))
@@ -676,7 +738,7 @@ mod tests {
         };
         for s in ["exited", "offline", "unknown"] {
             let r = inst(json!(s), "", false);
-            assert_eq!(r.status, InstanceStatus::Provisioning);
+            assert_eq!(r.status, InstanceStatus::Unknown);
             assert_eq!(r.dead.as_deref(), Some(s));
         }
         let r = inst(
@@ -703,6 +765,16 @@ mod tests {
             inst(json!("running"), "", true).status,
             InstanceStatus::Running
         );
+        assert_eq!(
+            inst(json!("frozen"), "", false).status,
+            InstanceStatus::Frozen
+        );
+        assert_eq!(
+            inst(json!("rebooting"), "", false).status,
+            InstanceStatus::Provisioning
+        );
+        let odd = inst(json!("migrating"), "", false);
+        assert_eq!((odd.status, odd.dead), (InstanceStatus::Unknown, None));
     }
 
     #[test]
@@ -753,6 +825,91 @@ mod tests {
                 .unwrap()
                 .price_per_hour,
             2.4222
+        );
+    }
+
+    #[test]
+    fn charges_are_read_as_vast_writes_them() {
+        // the shape of vastai/api/billing.py `show_invoices_v1` results
+        let line = json!({"type": "instance", "source": "instance-30001", "description": "x",
+            "amount": 1.2345, "start": 1.7e9, "end": 1.7e9 + 3600.0, "metadata": {},
+            "items": [
+                {"type": "gpu", "amount": 1.0, "start": 1.7e9, "end": 1.7e9 + 3600.0,
+                 "description": "GPU", "source": null, "items": []},
+                {"type": "disk", "amount": "0.2", "description": "storage", "items": []},
+                {"type": "bwu", "amount": 0.0345, "items": []},
+                {"type": "bwd", "amount": null, "items": []}]});
+        let c = charge_items(&line);
+        assert_eq!(c.len(), 3, "an item without an amount is skipped: {c:?}");
+        assert_eq!(c[0].provider_instance_id, "30001");
+        assert_eq!((c[0].item.as_str(), c[0].amount_micros), ("gpu", 1_000_000));
+        assert_eq!((c[1].item.as_str(), c[1].amount_micros), ("disk", 200_000));
+        assert_eq!(
+            c[1].start, 1.7e9,
+            "an item without a period takes the line's"
+        );
+        assert_eq!(crate::providers::Charge::kind(&c[2].item), "bandwidth");
+        let total = json!({"source": "instance-7", "amount": 0.5, "start": 1.0, "end": 2.0});
+        assert_eq!(charge_items(&total)[0].item, "total");
+        for other in [
+            json!({"source": "volume-9", "amount": 1.0, "items": []}),
+            json!({"instance_id": 9, "timestamp": 1.0, "amount": 1.0}),
+            json!({"source": "instance-", "amount": 1.0}),
+        ] {
+            assert!(charge_items(&other).is_empty(), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_404_is_gone_only_when_vast_says_so() {
+        use crate::providers::api::is_code;
+        let auth = check_status(
+            404,
+            br#"{"success":false,"error":"auth_error","msg":"Invalid user key"}"#,
+            None,
+            None,
+        );
+        assert!(matches!(
+            auth,
+            Err((UpstreamError::Auth { status: 404, .. }, _))
+        ));
+        let expired = check_status(
+            404,
+            br#"{"msg":"Session expired. Please log in again."}"#,
+            None,
+            None,
+        );
+        assert!(matches!(expired, Err((UpstreamError::Auth { .. }, _))));
+        for s in [401, 403] {
+            assert!(matches!(
+                check_status(s, b"", None, None),
+                Err((UpstreamError::Auth { .. }, _))
+            ));
+        }
+        let gone = check_status(
+            404,
+            br#"{"success":false,"error":"no_such_instance","msg":"x"}"#,
+            None,
+            None,
+        );
+        let Err((
+            UpstreamError::Status {
+                status: 404,
+                detail,
+            },
+            _,
+        )) = gone
+        else {
+            panic!("{gone:?}")
+        };
+        assert!(GONE_CODES.iter().any(|c| is_code(&detail, c)));
+        assert!(!is_code("not_found_really: x", "not_found"));
+        assert!(
+            UpstreamError::Auth {
+                status: 404,
+                detail: String::new()
+            }
+            .is_provider_fault()
         );
     }
 

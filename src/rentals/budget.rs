@@ -243,7 +243,12 @@ async fn act(r: &Rentals, s: &Scope, row: &InstanceRow, figures: &str) -> Result
             record_once(r, s, "budget.action", Some(&row.id), "destroyed").await?;
             count(s.figure.budget, "destroyed");
         }
-        "stop" if matches!(row.status, Status::Provisioning | Status::Running) => {
+        "stop"
+            if matches!(
+                row.status,
+                Status::Provisioning | Status::Running | Status::Frozen | Status::Unknown
+            ) =>
+        {
             match provider.set_running(pid, false).await {
                 Ok(()) => {
                     r.status.forget(&format!("{}:{pid}", row.provider)).await;

@@ -64,6 +64,14 @@ pub struct InstanceRow {
     /// Since when the provider reports a state that never reaches `running`, and which.
     pub dead_since: Option<f64>,
     pub dead_reason: Option<String>,
+    /// The latest (re)start: acceptance, or a return to provisioning after it had run, stopped
+    /// or frozen. The provisioning timeout counts from here.
+    #[serde(skip)]
+    pub restarted_at: Option<f64>,
+    /// When it last became `running`: an instance that has ever run is never destroyed as stuck
+    /// or dead (docs/providers.md, "States and what they cost").
+    #[serde(skip)]
+    pub ran_at: Option<f64>,
     /// When the reconciler destroys it (the rental's `max_duration_hours` / `expires_at`).
     pub expires_at: Option<f64>,
     /// A rental by spec: the request all its tries share, and which try this is (1, 2, ...).
@@ -79,6 +87,20 @@ impl InstanceRow {
     pub fn is_open(&self) -> bool {
         self.status.is_open()
     }
+
+    /// Has been seen running at some point: its renter's data is on it.
+    pub fn has_run(&self) -> bool {
+        self.ran_at.is_some()
+    }
+
+    /// Seen running since its latest (re)start.
+    pub fn ran_since_restart(&self) -> bool {
+        match (self.ran_at, self.restarted_at.or(self.started_at)) {
+            (Some(ran), Some(start)) => ran >= start,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
 }
 
 /// An instance's status in the ledger: the provider's statuses plus `pending`, an intent the
@@ -91,18 +113,25 @@ pub enum Status {
     Running,
     Stopped,
     Interrupted,
+    /// Paused with its memory (Vast `frozen`): bills the GPU.
+    Frozen,
+    /// A state the provider reports that gpuproxyd does not know, or a host gone offline after
+    /// the instance ran: billed in full, never destroyed as a failed start.
+    Unknown,
     Failed,
     Terminating,
     Terminated,
 }
 
 impl Status {
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 10] = [
         Status::Pending,
         Status::Provisioning,
         Status::Running,
         Status::Stopped,
         Status::Interrupted,
+        Status::Frozen,
+        Status::Unknown,
         Status::Failed,
         Status::Terminating,
         Status::Terminated,
@@ -115,6 +144,8 @@ impl Status {
             Status::Running => "running",
             Status::Stopped => "stopped",
             Status::Interrupted => "interrupted",
+            Status::Frozen => "frozen",
+            Status::Unknown => "unknown",
             Status::Failed => "failed",
             Status::Terminating => "terminating",
             Status::Terminated => "terminated",
@@ -134,9 +165,12 @@ impl Status {
     /// The rate (USD/h) an instance in this status bills: see the module header.
     pub fn rate(self, price_per_hour: f64, storage_per_hour: f64) -> f64 {
         match self {
-            Status::Pending | Status::Provisioning | Status::Running | Status::Terminating => {
-                price_per_hour
-            }
+            Status::Pending
+            | Status::Provisioning
+            | Status::Running
+            | Status::Frozen
+            | Status::Unknown
+            | Status::Terminating => price_per_hour,
             Status::Stopped | Status::Interrupted => storage_per_hour,
             Status::Failed | Status::Terminated => 0.0,
         }
@@ -150,6 +184,8 @@ impl From<InstanceStatus> for Status {
             InstanceStatus::Running => Status::Running,
             InstanceStatus::Stopped => Status::Stopped,
             InstanceStatus::Interrupted => Status::Interrupted,
+            InstanceStatus::Frozen => Status::Frozen,
+            InstanceStatus::Unknown => Status::Unknown,
             InstanceStatus::Failed => Status::Failed,
             InstanceStatus::Terminating => Status::Terminating,
             InstanceStatus::Terminated => Status::Terminated,
@@ -205,7 +241,8 @@ const COLS: &str = "id, account_id, provider, provider_instance_id, offer_id, gp
     failure, extract(epoch from created_at)::float8, extract(epoch from started_at)::float8, \
     extract(epoch from terminated_at)::float8, bid_per_hour, storage_per_hour, \
     extract(epoch from dead_since)::float8, dead_reason, extract(epoch from expires_at)::float8, \
-    rental_request_id, try_index, api_key_id";
+    rental_request_id, try_index, api_key_id, extract(epoch from restarted_at)::float8, \
+    extract(epoch from ran_at)::float8";
 
 fn row(r: &Row) -> InstanceRow {
     let ssh = match (r.get::<_, Option<String>>(12), r.get::<_, Option<i32>>(13)) {
@@ -244,6 +281,8 @@ fn row(r: &Row) -> InstanceRow {
         rental_request_id: r.get(24),
         try_index: r.get(25),
         api_key_id: r.get(26),
+        restarted_at: r.get(27),
+        ran_at: r.get(28),
     }
 }
 
@@ -817,8 +856,10 @@ pub async fn extend(
 }
 
 /// Marks (or clears, with `None`) the dead state the provider reports. Returns whether this is
-/// the first sighting (an event is written then).
-pub async fn set_dead(db: &Db, id: &str, reason: Option<&str>) -> Result<bool> {
+/// the first sighting (an event is written then): for an instance that has run (`has_run`) it is
+/// unreachable, not dead, and its account gets `instance.unreachable`.
+pub async fn set_dead(db: &Db, row: &InstanceRow, reason: Option<&str>) -> Result<bool> {
+    let id = row.id.as_str();
     let first = db
         .query(
             "UPDATE instances SET dead_since = CASE WHEN $2::text IS NULL THEN NULL \
@@ -830,14 +871,31 @@ pub async fn set_dead(db: &Db, id: &str, reason: Option<&str>) -> Result<bool> {
         .await?
         .first()
         .is_some_and(|r| r.get::<_, bool>(0));
-    if first && let Some(why) = reason {
-        note(
-            db,
-            id,
-            "dead_state_seen",
-            &format!("the provider reports `{why}`, a state that never reaches running"),
-        )
-        .await?;
+    match reason {
+        Some(why) if first && row.has_run() => {
+            let detail = format!(
+                "the provider reports `{why}` for an instance that ran: it is kept and billed \
+                 (rentals.unreachable_grace_ms, rentals.unreachable_policy)"
+            );
+            note(db, id, "unreachable", &detail).await?;
+            db.transaction(async |tx| {
+                let data = json!({"status": row.status.as_str(), "reason": why});
+                events::append(tx, row.account_id, events::UNREACHABLE, Some(id), &data)
+                    .await
+                    .map(|_| ())
+            })
+            .await?;
+        }
+        Some(why) if first => {
+            note(
+                db,
+                id,
+                "dead_state_seen",
+                &format!("the provider reports `{why}`, a state that never reaches running"),
+            )
+            .await?;
+        }
+        _ => {}
     }
     Ok(first)
 }
@@ -972,7 +1030,9 @@ pub async fn release_offer(db: &Db, provider: &str, offer: &str, instance: &str)
 }
 
 /// Applies `t` (when the instance is in one of `t.from`): the new status and one event, in one
-/// transaction; sets `started_at` when it becomes provisioning/running the first time and
+/// transaction; sets `started_at` when it becomes provisioning/running the first time,
+/// `restarted_at` when it goes back to provisioning after it had run, stopped or frozen, `ran_at`
+/// whenever it becomes running, and
 /// `terminated_at` when it ends. Returns the row after, or `None` when it was not in `from`
 /// (someone else moved it).
 pub async fn transition(db: &Db, id: &str, t: Transition<'_>) -> Result<Option<InstanceRow>> {
@@ -999,6 +1059,12 @@ pub async fn transition(db: &Db, id: &str, t: Transition<'_>) -> Result<Option<I
                        ssh_user = coalesce($7, ssh_user), failure = coalesce($8, failure), \
                        started_at = CASE WHEN $3 IN ('provisioning', 'running') \
                          THEN coalesce(started_at, now()) ELSE started_at END, \
+                       restarted_at = CASE \
+                         WHEN $3 = 'provisioning' AND status NOT IN ('pending', 'provisioning') \
+                           THEN now() \
+                         WHEN $3 IN ('provisioning', 'running') THEN coalesce(restarted_at, now()) \
+                         ELSE restarted_at END, \
+                       ran_at = CASE WHEN $3 = 'running' THEN now() ELSE ran_at END, \
                        terminated_at = CASE WHEN $3 IN ('terminated', 'failed') \
                          THEN coalesce(terminated_at, now()) ELSE terminated_at END, \
                        updated_at = now() \

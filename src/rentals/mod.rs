@@ -617,6 +617,7 @@ impl Rentals {
                 e @ (UpstreamError::Status {
                     status: 400..=499, ..
                 }
+                | UpstreamError::Auth { .. }
                 | UpstreamError::Connect(_)
                 | UpstreamError::CircuitOpen
                 | UpstreamError::BackingOff
@@ -870,7 +871,7 @@ impl Rentals {
         kind: &str,
     ) -> Result<InstanceRow> {
         if view.dead != row.dead_reason && view.status.is_open() {
-            ledger::set_dead(&self.db, &row.id, view.dead.as_deref()).await?;
+            ledger::set_dead(&self.db, &row, view.dead.as_deref()).await?;
         }
         let status = match view.status {
             InstanceStatus::Interrupted if row.status == Status::Stopped => InstanceStatus::Stopped,

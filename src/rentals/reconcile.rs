@@ -7,10 +7,14 @@
 //! - destroys an instance that exists for an intent marked failed (`orphan_destroyed`);
 //! - brings open instances' statuses up to date (`status_synced`; an outbid bid instance becomes
 //!   `interrupted`), and marks terminated the ones the provider no longer lists (`vanished`);
-//! - destroys and marks failed an instance the provider has reported in a state that never
-//!   reaches `running` for `rentals.dead_state_grace_ms` (`dead_destroyed`), or one still not
-//!   running `rentals.provisioning_timeout_ms` after the provider accepted it
-//!   (`stuck_destroyed`): both stop billing in the ledger;
+//! - destroys and marks failed an instance that has never run and that the provider has reported
+//!   in a state that never reaches `running` for `rentals.dead_state_grace_ms`
+//!   (`dead_destroyed`), or that is still not running `rentals.provisioning_timeout_ms` after its
+//!   latest (re)start (`stuck_destroyed`): both stop billing in the ledger. An instance that has
+//!   ever run is never destroyed for either (a stop→start, a reboot, a host restart pass through
+//!   `loading`); one whose host goes `offline`/`unknown` gets `instance.unreachable`, and after
+//!   `rentals.unreachable_grace_ms` the `rentals.unreachable_policy` (`keep`, or `destroy`:
+//!   `unreachable_destroyed`);
 //! - retries SSH keys not yet attached (providers that take them per instance);
 //! - deletes expired `Idempotency-Key` records;
 //! - enforces the budgets (`budget`): warnings, and the account's policy once one is spent;
@@ -26,6 +30,7 @@ use metrics::{counter, gauge};
 
 use super::Rentals;
 use super::ledger::{self, Status, Transition};
+use crate::config::UnreachablePolicy;
 use crate::error::Result;
 use crate::metrics::{INSTANCES_RUNNING, RECONCILER_ACTIONS_TOTAL, SPEND_USD_PER_HOUR};
 use crate::providers::{InstanceStatus, Provider, RemoteInstance, UpstreamError};
@@ -67,6 +72,7 @@ pub async fn run(r: Arc<Rentals>, interval: Duration) {
         "vanished",
         "dead_destroyed",
         "stuck_destroyed",
+        "unreachable_destroyed",
         "expired",
     ] {
         counter!(RECONCILER_ACTIONS_TOTAL, "action" => a).absolute(0);
@@ -184,6 +190,7 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
 
         let grace = r.config.rentals.dead_state_grace_ms.ms() as f64 / 1000.0;
         let stuck_after = r.config.rentals.provisioning_timeout_ms.ms() as f64 / 1000.0;
+        let unreachable_after = r.config.rentals.unreachable_grace_ms.ms() as f64 / 1000.0;
         for row in open.iter().filter(|x| x.provider == name) {
             let Some(pid) = row.provider_instance_id.as_deref() else {
                 continue;
@@ -207,24 +214,42 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                 dead: i.dead.clone(),
             };
             let after = r.apply((*row).clone(), &view, "status").await?;
-            if after.status != row.status {
+            if after.status != row.status || i.dead != row.dead_reason {
                 act("status_synced");
+                // a status read before this change must not roll the ledger back
+                r.status.forget(&format!("{}:{pid}", row.provider)).await;
             }
             let since = |t: Option<f64>| t.map(|t| now() - t);
-            let why = match (&i.dead, since(row.dead_since)) {
-                (Some(dead), Some(age)) if age >= grace => Some((
+            // an instance that has ever run is never destroyed as dead or stuck: the renter's
+            // data is on it (a restart passes through `loading`, a host may go offline a while)
+            let why = match (&i.dead, since(after.dead_since)) {
+                (Some(dead), Some(age)) if !after.has_run() && age >= grace => Some((
                     "dead_destroyed",
                     format!(
                         "the provider reported `{dead}` for {age:.0} s (rentals.dead_state_grace_ms): it never reaches running"
                     ),
                 )),
+                (Some(dead), Some(age))
+                    if after.has_run()
+                        && age >= unreachable_after
+                        && r.config.rentals.unreachable_policy == UnreachablePolicy::Destroy =>
+                {
+                    Some((
+                        "unreachable_destroyed",
+                        format!(
+                            "the provider reported `{dead}` for {age:.0} s after it ran (rentals.unreachable_grace_ms, unreachable_policy = destroy)"
+                        ),
+                    ))
+                }
                 _ if after.status == Status::Provisioning
-                    && since(after.started_at).is_some_and(|a| a >= stuck_after) =>
+                    && !after.has_run()
+                    && since(after.restarted_at.or(after.started_at))
+                        .is_some_and(|a| a >= stuck_after) =>
                 {
                     Some((
                         "stuck_destroyed",
                         format!(
-                            "not running {stuck_after:.0} s after the provider accepted it (rentals.provisioning_timeout_ms)"
+                            "not running {stuck_after:.0} s after its start (rentals.provisioning_timeout_ms)"
                         ),
                     ))
                 }

@@ -139,7 +139,7 @@ const REPORT: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
         - greatest(b.s0, days.d0, span.t0))) / 3600.0 AS h \
       FROM billed b JOIN days ON b.s0 < days.d1 AND b.s1 > days.d0, span) \
     SELECT {group}::text, coalesce(sum(rate * h), 0)::float8, \
-      coalesce(sum(gpu_count * h) FILTER (WHERE status IN ('provisioning', 'running', 'terminating')), 0)::float8, \
+      coalesce(sum(gpu_count * h) FILTER (WHERE status IN ('provisioning', 'running', 'frozen', 'unknown', 'terminating')), 0)::float8, \
       coalesce(sum(h), 0)::float8 \
     FROM parts WHERE h > 0 GROUP BY 1 ORDER BY 1";
 

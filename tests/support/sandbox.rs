@@ -139,6 +139,20 @@ impl Sandbox {
         call(self.base(provider), method, path, body, None).await
     }
 
+    /// A call to the sandbox Vast's own API with the provider key, as the renter's own tools
+    /// (Vast's console, its CLI) would make it: a reboot, say.
+    pub async fn vast_api(&self, method: &str, path: &str, body: &str) -> Value {
+        let bearer = format!("Bearer {VAST_KEY}");
+        call(
+            &self.vast,
+            method,
+            path,
+            body,
+            Some(("authorization", &bearer)),
+        )
+        .await
+    }
+
     /// The sandbox Vast's instances (live and destroyed): keys, bid, charges.
     pub async fn vast_ledger(&self) -> Vec<Value> {
         self.control("vastai", "GET", "/_sandbox/vast/instances", "")

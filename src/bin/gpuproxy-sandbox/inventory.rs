@@ -64,6 +64,10 @@ pub fn vast_offers(seed: u64, n: usize) -> Vec<Value> {
                 "disk_space": round(100.0 + 900.0 * rng.unit(), 1),
                 "inet_up": round(100.0 + 900.0 * rng.unit(), 1),
                 "inet_down": round(200.0 + 1800.0 * rng.unit(), 1),
+                // bandwidth is billed per GB (charge items bwu/bwd)
+                "inet_up_cost": round(0.001 + (i % 7) as f64 * 0.001, 4),
+                "inet_down_cost": round(0.002 + (i % 5) as f64 * 0.001, 4),
+                "direct_port_count": (i % 4) * 8,
                 "dph_base": dph_base,
                 "storage_cost": round(0.1 + 0.2 * rng.unit(), 3),
                 "min_bid": round(dph_base * 0.5, 4),

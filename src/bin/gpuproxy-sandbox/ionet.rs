@@ -1,4 +1,10 @@
-//! The sandbox io.net enterprise VMaaS API (providers.md §2.6).
+//! The sandbox io.net enterprise VMaaS API (docs/providers.md, "io.net").
+//!
+//! Every request is first validated against io.net's published definitions
+//! (`openapi/providers/ionet-vmaas.json`, see `schema`): a request they refuse gets FastAPI's 422
+//! `{"detail": [{loc, msg, type}]}` as io.net answers it (`page=0` on a deployment's VMs, a field
+//! the deploy body does not have, a duration of 0, ...). Answers follow the published response
+//! schemas (tests/ionet_conformance.rs checks both with a JSON Schema validator).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,6 +43,7 @@ struct World {
 
 pub struct Ionet {
     key: String,
+    defs: crate::schema::Definitions,
     provision: Duration,
     deploy_returns_id: bool,
     world: Mutex<World>,
@@ -58,6 +65,9 @@ impl Ionet {
     pub fn new(args: &Args) -> Ionet {
         Ionet {
             key: args.ionet_key.clone(),
+            defs: crate::schema::Definitions::new(include_str!(
+                "../../../openapi/providers/ionet-vmaas.json"
+            )),
             provision: args.provision_time,
             deploy_returns_id: args.ionet_deploy_response != "empty",
             world: Mutex::new(World {
@@ -102,89 +112,23 @@ impl Ionet {
         })
     }
 
+    /// `POST .../deploy`, its body already valid against the published definition.
     fn deploy(&self, call: &Call) -> Answer {
-        let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&call.body) else {
-            return invalid(&["body"], "Input should be a valid dictionary", "dict_type");
-        };
-        const ALLOWED: &[&str] = &[
-            "resource_private_name",
-            "duration_hours",
-            "gpus_per_vm",
-            "hardware_id",
-            "location_ids",
-            "node_pool_id",
-            "ssh_keys",
-            "github_ids",
-            "vm_image_type",
-            "network_services",
-            "vms_qty",
-        ];
-        if let Some(k) = body.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
-            return invalid(
-                &["body", k],
-                "Extra inputs are not permitted",
-                "extra_forbidden",
-            );
-        }
-        let Some(name) = body
-            .get("resource_private_name")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        else {
-            return invalid(
-                &["body", "resource_private_name"],
-                "Field required",
-                "missing",
-            );
-        };
-        let hours = body.get("duration_hours").and_then(Value::as_u64);
-        let Some(hours) = hours.filter(|h| (1..=8760).contains(h)) else {
-            return invalid(
-                &["body", "duration_hours"],
-                "Input should be between 1 and 8760",
-                "int_range",
-            );
-        };
-        let Some(gpus) = body
-            .get("gpus_per_vm")
-            .and_then(Value::as_u64)
-            .filter(|g| (1..=8).contains(g))
-        else {
-            return invalid(
-                &["body", "gpus_per_vm"],
-                "Input should be between 1 and 8",
-                "int_range",
-            );
-        };
-        let Some(hw_id) = body
-            .get("hardware_id")
-            .filter(|v| v.is_u64() || v.is_string())
-        else {
-            return invalid(&["body", "hardware_id"], "Field required", "missing");
-        };
-        let loc = match body.get("location_ids").and_then(Value::as_array) {
-            Some(l) if l.len() == 1 => l[0]
-                .as_str()
+        let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        let name = body["resource_private_name"].as_str().unwrap_or_default();
+        let hours = body["duration_hours"].as_u64().unwrap_or(1);
+        let gpus = body["gpus_per_vm"].as_u64().unwrap_or(1);
+        let hw_id = &body["hardware_id"];
+        let Some(loc) = body["location_ids"].get(0).map(|l| {
+            l.as_str()
                 .map(str::to_owned)
-                .unwrap_or_else(|| l[0].to_string()),
-            _ => {
-                return invalid(
-                    &["body", "location_ids"],
-                    "List should have exactly 1 item",
-                    "too_short",
-                );
-            }
+                .unwrap_or_else(|| l.to_string())
+        }) else {
+            return detail(400, "location_ids or node_pool_id is required");
         };
-        let ssh_keys = match body.get("ssh_keys") {
-            None | Some(Value::Null) => json!({}),
-            Some(Value::Object(m)) if m.values().all(Value::is_string) => json!(m),
-            Some(_) => {
-                return invalid(
-                    &["body", "ssh_keys"],
-                    "Input should be a valid dictionary of strings",
-                    "dict_type",
-                );
-            }
+        let ssh_keys = match &body["ssh_keys"] {
+            Value::Object(m) => json!(m),
+            _ => json!({}),
         };
         let mut world = self.world.lock().unwrap();
         let same =
@@ -253,6 +197,23 @@ impl Ionet {
 
 impl Api for Ionet {
     fn op(&self, method: &Method, path: &str) -> &'static str {
+        // the published definition names the operation when it has one
+        if let Some(def) = self.defs.operation(method.as_str(), path) {
+            const KNOWN: &[&str] = &[
+                "hardware",
+                "available",
+                "price",
+                "deploy",
+                "list",
+                "show",
+                "destroy",
+                "vms",
+                "extend",
+            ];
+            if let Some(k) = KNOWN.iter().find(|k| **k == def.id) {
+                return k;
+            }
+        }
         let Some(p) = path.strip_prefix(VMAAS) else {
             return "unknown";
         };
@@ -276,6 +237,26 @@ impl Api for Ionet {
             None => return detail(401, "Not authenticated"),
             Some(k) if k != self.key => return detail(403, "Invalid API key"),
             Some(_) => {}
+        }
+        if let Some(def) = self.defs.operation(call.method.as_str(), &call.path) {
+            let query: Vec<(String, String)> = call
+                .query
+                .as_deref()
+                .unwrap_or("")
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (
+                        crate::server::percent_decode(k),
+                        crate::server::percent_decode(v),
+                    )
+                })
+                .collect();
+            let errors = self.defs.check(&def, &query, &call.body);
+            if !errors.is_empty() {
+                return Answer::json(422, json!({ "detail": errors }));
+            }
         }
         match op {
             "hardware" => {
@@ -374,7 +355,7 @@ impl Api for Ionet {
                                 "hardware": d.hardware["name"], "brand_name": "NVIDIA",
                                 "created_at": d.created_at, "uptime_percent": 100, "gpus_per_vm": d.gpus_per_vm,
                                 "status": "running", "vm_events": [],
-                                "network_services": {"ssh": {"port": 22, "protocol": "tcp", "whitelist": ["0.0.0.0/0"], "public_port": 30022, "public_ip": "198.51.100.9", "srv_record": null}},
+                                "network_services": {"ssh": {"port": 22, "protocol": "tcp", "whitelist": ["0.0.0.0/0"], "public_port": 30022, "public_ip": "198.51.100.9", "srv_record": format!("_ssh._tcp.{}.vm.example.net", &d.id[..8])}},
                                 "ssh_access": "ubuntu@198.51.100.9 -p 30022",
                                 "is_external": false
                             })]

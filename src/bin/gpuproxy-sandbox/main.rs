@@ -6,7 +6,11 @@
 //! One listener per provider. Besides the provider's API, each answers:
 //! - `POST /_sandbox/faults` with a JSON [`faults::Faults`] (replaces the current set),
 //! - `GET /_sandbox/stats`: calls received by operation (`{"calls":{"search":3}}`),
-//! - `POST /_sandbox/reset`: faults off, counters zeroed (the inventory and instances stay).
+//! - `GET /_sandbox/requests`: the latest requests (operation, method, path, decoded query, JSON
+//!   body), to hold a client's requests against the provider's own client's;
+//!   `POST /_sandbox/requests/clear` forgets them,
+//! - `POST /_sandbox/reset`: faults off, counters and requests cleared (the inventory and
+//!   instances stay).
 //!
 //! On start it prints one JSON line with both base URLs, so a caller that asked for port 0 can
 //! read where to point the daemon: `{"vastai":"http://127.0.0.1:41234","ionet":"http://..."}`.
@@ -14,6 +18,7 @@
 mod faults;
 mod inventory;
 mod ionet;
+mod schema;
 mod server;
 mod vast;
 

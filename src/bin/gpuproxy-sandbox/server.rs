@@ -91,6 +91,35 @@ pub struct Sandbox {
     faults: Mutex<Faults>,
     rng: Mutex<Rng>,
     calls: Mutex<BTreeMap<&'static str, u64>>,
+    /// The latest requests (at most [`KEPT_REQUESTS`]), as `GET /_sandbox/requests` shows them:
+    /// what a client sent, to hold it against what the provider's own client sends.
+    requests: Mutex<std::collections::VecDeque<serde_json::Value>>,
+}
+
+/// Requests `GET /_sandbox/requests` keeps.
+const KEPT_REQUESTS: usize = 5_000;
+
+/// One request as recorded: its operation, method, path, decoded query and JSON body.
+fn recorded(op: &str, call: &Call) -> serde_json::Value {
+    let query: serde_json::Map<String, serde_json::Value> = call
+        .query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), json!(percent_decode(v)))
+        })
+        .collect();
+    let body = if call.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&call.body)
+            .unwrap_or_else(|_| json!({"<not json>": String::from_utf8_lossy(&call.body)}))
+    };
+    json!({"op": op, "method": call.method.as_str(), "path": call.path, "query": query,
+           "body": body})
 }
 
 impl Sandbox {
@@ -101,6 +130,7 @@ impl Sandbox {
             faults: Mutex::new(faults),
             rng: Mutex::new(Rng::new(seed)),
             calls: Mutex::new(BTreeMap::new()),
+            requests: Mutex::new(Default::default()),
         }
     }
 }
@@ -151,6 +181,13 @@ async fn handle(sb: &Sandbox, req: Request<Incoming>) -> Result<Resp, std::io::E
     }
     let op = sb.api.op(&call.method, &call.path);
     *sb.calls.lock().unwrap().entry(op).or_default() += 1;
+    {
+        let mut kept = sb.requests.lock().unwrap();
+        if kept.len() == KEPT_REQUESTS {
+            kept.pop_front();
+        }
+        kept.push_back(recorded(op, &call));
+    }
     let f = sb.faults.lock().unwrap().clone();
     if !f.applies_to(op) {
         return Ok(respond(sb.api.handle(op, &call), Delivery::Normal, 0));
@@ -235,9 +272,18 @@ fn control(sb: &Sandbox, call: &Call) -> Option<Answer> {
                 ),
             }
         }
+        (&Method::GET, "/_sandbox/requests") => {
+            let kept: Vec<_> = sb.requests.lock().unwrap().iter().cloned().collect();
+            Answer::json(200, json!({"requests": kept}))
+        }
+        (&Method::POST, "/_sandbox/requests/clear") => {
+            sb.requests.lock().unwrap().clear();
+            Answer::json(200, json!({"ok": true}))
+        }
         (&Method::POST, "/_sandbox/reset") => {
             *sb.faults.lock().unwrap() = Faults::default();
             sb.calls.lock().unwrap().clear();
+            sb.requests.lock().unwrap().clear();
             Answer::json(200, json!({"ok": true}))
         }
         (_, p) if p.starts_with("/_sandbox/") => return sb.api.control(call),

@@ -14,7 +14,17 @@
 //! - billing by state: storage from creation, the GPU while running; `GET /_sandbox/vast/instances`
 //!   shows what each instance holds and was charged, and `GET /api/v0/charges/` (paged, `limit`
 //!   at most 100) bills it; `POST /_sandbox/vast/surcharge {"id", "amount"}` adds a charge line
-//!   the model did not make (a bill that differs from the ledger).
+//!   the model did not make (a bill that differs from the ledger);
+//! - the shapes are the official client's (`pip install vastai`; tests/vast_conformance.rs runs
+//!   it against this server): a wrong or revoked key (`POST /_sandbox/vast/key {"revoked"}`) is
+//!   404 `auth_error`; search filters compare as the column's type (the CLI sends `"1"`);
+//!   instances carry `extra_env` as `[name, value]` pairs; a start after a stop and a reboot
+//!   (`PUT /api/v0/instances/reboot/{id}/`) pass through `rebooting`/`loading` again; a host can
+//!   go `offline` and come back (`POST /_sandbox/vast/host {"id", "offline"}`); `frozen` bills the
+//!   GPU (`POST /_sandbox/vast/freeze {"id", "frozen"}`); traffic
+//!   (`POST /_sandbox/vast/traffic {"id", "up_gb", "down_gb"}`) is billed per GB; charges are
+//!   lines `{type, source: "instance-<id>", amount, start, end, items: [gpu, disk, bwu, bwd]}`;
+//!   paging tokens are opaque strings taken back raw (a JSON-quoted one is 400 `invalid_token`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -42,15 +52,33 @@ struct Instance {
     outbid_below: Option<f64>,
     /// Stopped by the renter (`PUT /api/v0/instances/{id}/ {"state": "stopped"}`).
     stopped: bool,
+    /// The latest start after a stop, or a reboot (`PUT /api/v0/instances/reboot/{id}/`): the
+    /// instance passes through `rebooting` (a reboot) and `loading` again for the provisioning
+    /// time, as Vast reports after a restart (docs/providers.md, "States after the first start").
+    restarted: Option<(Instant, bool)>,
+    /// The host went offline (`POST /_sandbox/vast/host {"id", "offline"}`): `offline` until it
+    /// comes back; only the disk bills meanwhile.
+    offline: bool,
+    /// Paused with its memory (`POST /_sandbox/vast/freeze`): `frozen`, the GPU still bills.
+    frozen: bool,
+    /// Traffic (GB) the instance sent and received (`POST /_sandbox/vast/traffic`), billed at
+    /// the offer's `inet_up_cost` / `inet_down_cost` ($/GB) as charge items `bwu` / `bwd`.
+    up_gb: f64,
+    down_gb: f64,
+    /// Environment given at create (`extra_env` on the instance, as `[name, value]` pairs).
+    env: Vec<(String, String)>,
     /// A scripted end: a state that never runs, or `stuck` in loading.
     doom: Option<String>,
     /// Bought while another create of the offer held it: fails soon after.
     lost_race: bool,
     /// (key id, public key) attached to this instance.
     ssh_keys: Vec<(u64, String)>,
-    /// Settled charges, USD, and when they were last settled.
-    charged: f64,
+    /// Settled charges, USD (the GPU part and the disk part), and when they were last settled.
+    charged_gpu: f64,
+    charged_disk: f64,
     settled: Instant,
+    /// When it was destroyed (epoch seconds), for the charge line's `end`.
+    ended_unix: Option<f64>,
 }
 
 struct World {
@@ -69,6 +97,9 @@ struct World {
 pub struct Vast {
     refuse_after_create: bool,
     key: String,
+    /// `POST /_sandbox/vast/key {"revoked": true}`: every call that needs the key answers 404
+    /// `auth_error`, as Vast answers a revoked or wrong key.
+    revoked: std::sync::atomic::AtomicBool,
     provision: Duration,
     world: Mutex<World>,
 }
@@ -78,6 +109,7 @@ impl Vast {
         Vast {
             refuse_after_create: args.vast_refuse_after_create,
             key: args.vast_key.clone(),
+            revoked: std::sync::atomic::AtomicBool::new(false),
             provision: args.provision_time,
             world: Mutex::new(World {
                 offers: inventory::vast_offers(args.seed, args.vast_offers),
@@ -97,8 +129,9 @@ impl Vast {
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        bearer == Some(self.key.as_str())
-            || call.param("api_key").as_deref() == Some(self.key.as_str())
+        !self.revoked.load(std::sync::atomic::Ordering::Relaxed)
+            && (bearer == Some(self.key.as_str())
+                || call.param("api_key").as_deref() == Some(self.key.as_str()))
     }
 
     /// (actual_status, status_msg, intended/cur state) as of now.
@@ -131,6 +164,9 @@ impl Vast {
         if age < self.provision {
             return (json!("loading"), "pulling image", "running");
         }
+        if i.offline {
+            return (json!("offline"), "host is offline", "running");
+        }
         if i.outbid_below.is_some() {
             return (
                 json!("stopped"),
@@ -140,6 +176,18 @@ impl Vast {
         }
         if i.stopped {
             return (json!("stopped"), "stopped by the renter", "stopped");
+        }
+        if i.frozen {
+            return (json!("frozen"), "paused with its memory", "frozen");
+        }
+        if let Some((at, reboot)) = i.restarted {
+            let since = at.elapsed();
+            if reboot && since < self.provision / 2 {
+                return (json!("rebooting"), "rebooting", "running");
+            }
+            if since < self.provision {
+                return (json!("loading"), "starting the container", "running");
+            }
         }
         (json!("running"), "success, running", "running")
     }
@@ -159,12 +207,12 @@ impl Vast {
     fn settle(&self, i: &mut Instance) {
         let hours = i.settled.elapsed().as_secs_f64() / 3600.0;
         i.settled = Instant::now();
-        let gpu = if self.state(i).0 == json!("running") {
-            Self::compute_per_hour(i)
-        } else {
-            0.0
-        };
-        i.charged += (Self::storage_per_hour(i) + gpu) * hours;
+        // storage always; the GPU while running or frozen (docs/providers.md)
+        let state = self.state(i).0;
+        if state == json!("running") || state == json!("frozen") {
+            i.charged_gpu += Self::compute_per_hour(i) * hours;
+        }
+        i.charged_disk += Self::storage_per_hour(i) * hours;
     }
 
     pub fn settle_all(&self) {
@@ -192,6 +240,12 @@ impl Vast {
             "next_state": intended,
             "status_msg": msg,
             "image_uuid": i.image,
+            "extra_env": i.env.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "onstart": Value::Null,
+            "image_runtype": "ssh",
+            "gpu_util": if running { json!(37.5) } else { Value::Null },
+            "inet_up_cost": o["inet_up_cost"],
+            "inet_down_cost": o["inet_down_cost"],
             "num_gpus": o["num_gpus"],
             "gpu_name": o["gpu_name"],
             "gpu_ram": o["gpu_ram"],
@@ -214,6 +268,14 @@ impl Vast {
         })
     }
 
+    /// (upload, download) USD: traffic times the offer's $/GB prices.
+    fn bandwidth_usd(i: &Instance) -> (f64, f64) {
+        (
+            i.up_gb * i.offer["inet_up_cost"].as_f64().unwrap_or(0.0),
+            i.down_gb * i.offer["inet_down_cost"].as_f64().unwrap_or(0.0),
+        )
+    }
+
     /// What the tests read: each instance's keys, bid and bill (live and destroyed).
     fn ledger_json(&self, i: &Instance) -> Value {
         json!({
@@ -225,8 +287,13 @@ impl Vast {
             "bid": i.bid,
             "dph_base": Self::compute_per_hour(i),
             "storage_per_hour": Self::storage_per_hour(i),
-            "charged_usd": i.charged,
+            "charged_usd": i.charged_gpu + i.charged_disk + Self::bandwidth_usd(i).0 + Self::bandwidth_usd(i).1,
+            "charged_gpu_usd": i.charged_gpu,
+            "charged_disk_usd": i.charged_disk,
+            "charged_bwu_usd": Self::bandwidth_usd(i).0,
+            "charged_bwd_usd": Self::bandwidth_usd(i).1,
             "created_unix": i.created_unix,
+            "ended_unix": i.ended_unix,
             "ssh_keys": i.ssh_keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>(),
             "destroyed": false,
         })
@@ -255,6 +322,34 @@ fn fail(status: u16, error: &str, msg: &str) -> Answer {
     )
 }
 
+/// A filter value as the column's type reads it: the official CLI sends what the user typed as
+/// strings (`num_gpus=1` becomes `{"eq": "1"}`), and Vast compares them with the column's type,
+/// as SQL would: a numeric string equals the number, `"true"` the boolean.
+fn coerce(have: &Value, want: &Value) -> Value {
+    match (have, want) {
+        (Value::Number(_), Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| want.clone(), Value::Number),
+        (Value::Bool(_), Value::String(s)) => match s.trim() {
+            "true" | "True" | "1" => Value::Bool(true),
+            "false" | "False" | "0" => Value::Bool(false),
+            _ => want.clone(),
+        },
+        _ => want.clone(),
+    }
+}
+
+/// Whether two values are equal as the column compares them (numbers by value).
+fn same(have: &Value, want: &Value) -> bool {
+    match (have.as_f64(), coerce(have, want).as_f64()) {
+        (Some(a), Some(b)) => a == b,
+        _ => *have == coerce(have, want),
+    }
+}
+
 /// Whether an offer passes one `{op: value}` filter on `field`.
 fn passes(offer: &Map<String, Value>, field: &str, cond: &Value) -> bool {
     let Some(cond) = cond.as_object() else {
@@ -262,19 +357,23 @@ fn passes(offer: &Map<String, Value>, field: &str, cond: &Value) -> bool {
     };
     let have = offer.get(field).unwrap_or(&Value::Null);
     cond.iter().all(|(op, want)| {
-        let cmp = |f: fn(f64, f64) -> bool| match (have.as_f64(), want.as_f64()) {
+        let cmp = |f: fn(f64, f64) -> bool| match (have.as_f64(), coerce(have, want).as_f64()) {
             (Some(a), Some(b)) => f(a, b),
             _ => false,
         };
+        let listed = || {
+            want.as_array()
+                .is_some_and(|l| l.iter().any(|w| same(have, w)))
+        };
         match op.as_str() {
-            "eq" => have == want,
-            "neq" => have != want,
+            "eq" => same(have, want),
+            "neq" => !same(have, want),
             "gt" => cmp(|a, b| a > b),
             "gte" => cmp(|a, b| a >= b),
             "lt" => cmp(|a, b| a < b),
             "lte" => cmp(|a, b| a <= b),
-            "in" => want.as_array().is_some_and(|l| l.contains(have)),
-            "notin" => want.as_array().is_none_or(|l| !l.contains(have)),
+            "in" => listed(),
+            "notin" => !listed(),
             _ => true,
         }
     })
@@ -413,6 +512,22 @@ impl Vast {
                 offer,
                 label: body.get("label").and_then(Value::as_str).map(str::to_owned),
                 image: image.to_owned(),
+                env: body
+                    .get("env")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(k, _)| !k.starts_with("-p "))
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                restarted: None,
+                offline: false,
+                frozen: false,
+                up_gb: 0.0,
+                down_gb: 0.0,
+                ended_unix: None,
                 disk,
                 created: Instant::now(),
                 created_unix: unix_now(),
@@ -422,7 +537,8 @@ impl Vast {
                 doom,
                 lost_race: taken,
                 ssh_keys: Vec::new(),
-                charged: 0.0,
+                charged_gpu: 0.0,
+                charged_disk: 0.0,
                 settled: Instant::now(),
             },
         );
@@ -450,7 +566,14 @@ impl Vast {
         self.settle(i);
         match body.get("state").and_then(Value::as_str) {
             Some("stopped") => i.stopped = true,
-            Some("running") => i.stopped = false,
+            Some("running") => {
+                // a start of a stopped instance loads its container again
+                if i.stopped {
+                    i.restarted = Some((Instant::now(), false));
+                }
+                i.stopped = false;
+                i.frozen = false;
+            }
             Some(_) => return fail(400, "invalid_args", "state must be running or stopped"),
             None => {}
         }
@@ -550,11 +673,15 @@ impl Vast {
     }
 
     /// `GET /api/v0/charges/?select_filters={"day":{"gte":t0,"lte":t1},"type":{"in":[...]}}
-    /// &limit=&after_token=`: one `instance` line per instance (live or destroyed) with what the
-    /// billing-by-state model charged it, dated at its creation, plus any surcharges.
+    /// &latest_first=&limit=&format=&after_token=`, in the shape the official client reads
+    /// (vastai/api/billing.py `show_invoices_v1`, cli/commands/billing.py
+    /// `format_invoices_charges_results`): one line per instance (live or destroyed)
+    /// `{type, source: "instance-<id>", description, amount, start, end, items, metadata}` whose
+    /// `items` are the parts (`gpu`, `disk`, `bwu`, `bwd`), each a line itself; surcharges are
+    /// lines of their own. `next_token` is an opaque string, taken back raw.
     fn charges(&self, call: &Call) -> Answer {
         let limit = match call.param("limit").map(|l| l.parse::<usize>()) {
-            None => 25,
+            None => 20,
             Some(Ok(n)) if (1..=100).contains(&n) => n,
             Some(_) => return fail(400, "invalid_args", "limit must be between 1 and 100"),
         };
@@ -573,43 +700,92 @@ impl Vast {
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        let after = call
-            .param("after_token")
-            .and_then(|t| t.trim_matches('"').parse::<usize>().ok())
-            .unwrap_or(0);
+        let after = match call.param("after_token") {
+            None => 0,
+            Some(t) => match t.strip_prefix('c').and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => n,
+                None => {
+                    return fail(
+                        400,
+                        "invalid_token",
+                        "after_token is not a token this API gave",
+                    );
+                }
+            },
+        };
+        let latest_first = call.param("latest_first").as_deref() == Some("true");
         self.settle_all();
+        let now = unix_now();
         let world = self.world.lock().unwrap();
+        let item = |kind: &str, what: &str, amount: f64, start: f64, end: f64| {
+            json!({"type": kind, "source": Value::Null, "description": what,
+                   "amount": inventory::round(amount, 6), "start": start, "end": end,
+                   "items": [], "metadata": {}})
+        };
         let mut lines: Vec<Value> = world
             .instances
             .values()
             .map(|i| self.ledger_json(i))
             .chain(world.gone.iter().cloned())
             .map(|i| {
+                let (start, end) = (
+                    i["created_unix"].as_f64().unwrap_or(0.0),
+                    i["ended_unix"].as_f64().unwrap_or(now),
+                );
+                let part = |k: &str| i[k].as_f64().unwrap_or(0.0);
+                let items = vec![
+                    item("gpu", "GPU time", part("charged_gpu_usd"), start, end),
+                    item("disk", "storage", part("charged_disk_usd"), start, end),
+                    item(
+                        "bwu",
+                        "upload bandwidth",
+                        part("charged_bwu_usd"),
+                        start,
+                        end,
+                    ),
+                    item(
+                        "bwd",
+                        "download bandwidth",
+                        part("charged_bwd_usd"),
+                        start,
+                        end,
+                    ),
+                ];
                 json!({
                     "type": "instance",
-                    "description": format!("Instance {}: GPU and storage", i["id"]),
-                    "timestamp": i["created_unix"],
-                    "quantity": 1,
-                    "rate": i["dph_base"],
-                    "amount": inventory::round(i["charged_usd"].as_f64().unwrap_or(0.0), 6),
-                    "instance_id": i["id"],
+                    "source": format!("instance-{}", i["id"]),
+                    "description": format!("Instance {} charges", i["id"]),
+                    "amount": inventory::round(part("charged_usd"), 6),
+                    "start": start,
+                    "end": end,
+                    "items": items,
+                    "metadata": {"label": i["label"]},
                 })
             })
             .chain(world.surcharges.iter().cloned())
             .filter(|l| {
-                let t = l["timestamp"].as_f64().unwrap_or(0.0);
-                t >= gte
-                    && t <= lte
+                let (start, end) = (
+                    l["start"].as_f64().unwrap_or(0.0),
+                    l["end"].as_f64().unwrap_or(0.0),
+                );
+                start <= lte
+                    && end >= gte
                     && (types.is_empty() || types.contains(&l["type"].as_str().unwrap_or("")))
             })
             .collect();
-        let more = lines.len() > after + limit;
+        if latest_first {
+            lines.reverse();
+        }
+        let total = lines.len();
+        let more = total > after + limit;
         lines = lines.into_iter().skip(after).take(limit).collect();
         Answer::json(
             200,
             json!({
                 "results": lines,
-                "next_token": if more { json!((after + limit).to_string()) } else { Value::Null },
+                "count": lines.len(),
+                "total": total,
+                "next_token": if more { json!(format!("c{}", after + limit)) } else { Value::Null },
             }),
         )
     }
@@ -620,11 +796,20 @@ impl Vast {
             .and_then(|l| l.parse::<i64>().ok())
             .unwrap_or(25);
         let limit = if limit <= 0 { 5 } else { limit.min(25) } as usize;
-        let after = call
-            .param("after_token")
-            .map(|t| t.trim_matches('"').to_owned())
-            .and_then(|t| t.parse::<u64>().ok())
-            .unwrap_or(0);
+        // the cursor comes back as the official client sends it: the string itself
+        let after = match call.param("after_token") {
+            None => 0,
+            Some(t) => match t.strip_prefix('i').and_then(|n| n.parse::<u64>().ok()) {
+                Some(n) => n,
+                None => {
+                    return fail(
+                        400,
+                        "invalid_token",
+                        "after_token is not a token this API gave",
+                    );
+                }
+            },
+        };
         let world = self.world.lock().unwrap();
         let page: Vec<&Instance> = world
             .instances
@@ -635,7 +820,7 @@ impl Vast {
         let more = page.len() > limit;
         let page = &page[..page.len().min(limit)];
         let next = if more {
-            page.last().map(|i| json!(i.id.to_string()))
+            page.last().map(|i| json!(format!("i{}", i.id)))
         } else {
             None
         };
@@ -677,6 +862,7 @@ impl Api for Vast {
                 "ssh_detach"
             }
             Method::PUT if p.starts_with("/api/v0/instances/bid_price/") => "set_bid",
+            Method::PUT if p.starts_with("/api/v0/instances/reboot/") => "reboot",
             Method::PUT if p.starts_with("/api/v0/instances/") => "manage",
             Method::GET if p.starts_with("/api/v0/instances/") => "show",
             Method::DELETE if p.starts_with("/api/v0/instances/") => "destroy",
@@ -687,8 +873,9 @@ impl Api for Vast {
     }
 
     fn handle(&self, op: &'static str, call: &Call) -> Answer {
+        // Vast answers a wrong or revoked key with 404 `auth_error` (docs/providers.md)
         if !matches!(op, "search" | "unknown") && !self.authorized(call) {
-            return fail(401, "auth_error", "Invalid user key");
+            return fail(404, "auth_error", "Invalid user key");
         }
         match op {
             "search" => self.search(call),
@@ -698,6 +885,17 @@ impl Api for Vast {
             "charges" => self.charges(call),
             "manage" => self.manage(call),
             "set_bid" => self.set_bid(call),
+            "reboot" => {
+                let mut world = self.world.lock().unwrap();
+                let Some(i) = id_in(&call.path, "/api/v0/instances/reboot/")
+                    .and_then(|id| world.instances.get_mut(&id))
+                else {
+                    return fail(404, "no_such_instance", "error 404/3603: no such instance");
+                };
+                self.settle(i);
+                i.restarted = Some((Instant::now(), true));
+                Answer::json(200, json!({"success": true}))
+            }
             "ssh_attach" | "ssh_list" | "ssh_detach" => self.instance_ssh(op, call),
             "ssh_account" => self.account_ssh(call),
             "show" => {
@@ -716,6 +914,7 @@ impl Api for Vast {
                 {
                     Some(mut i) => {
                         self.settle(&mut i);
+                        i.ended_unix = Some(unix_now());
                         let mut v = self.ledger_json(&i);
                         v["destroyed"] = json!(true);
                         world.gone.push(v);
@@ -783,15 +982,56 @@ impl Api for Vast {
                 };
                 let mut world = self.world.lock().unwrap();
                 let n = world.surcharges.len();
+                let now = unix_now();
                 world.surcharges.push(json!({
                     "type": "instance",
+                    "source": format!("instance-{id}"),
                     "description": format!("Instance {id}: adjustment {n}"),
-                    "timestamp": unix_now(),
-                    "quantity": 1,
-                    "rate": amount,
                     "amount": amount,
-                    "instance_id": id,
+                    "start": now,
+                    "end": now,
+                    "items": [{"type": "gpu", "source": null, "description": "GPU adjustment",
+                               "amount": amount, "start": now, "end": now, "items": [],
+                               "metadata": {}}],
+                    "metadata": {},
                 }));
+                Answer::json(200, json!({"ok": true}))
+            }
+            (&Method::POST, "/_sandbox/vast/key") => {
+                let revoked = body.get("revoked").and_then(Value::as_bool).unwrap_or(true);
+                self.revoked
+                    .store(revoked, std::sync::atomic::Ordering::Relaxed);
+                Answer::json(200, json!({"ok": true, "revoked": revoked}))
+            }
+            (
+                &Method::POST,
+                "/_sandbox/vast/host" | "/_sandbox/vast/freeze" | "/_sandbox/vast/traffic",
+            ) => {
+                let Some(id) = body.get("id").and_then(Value::as_u64) else {
+                    return Some(Answer::json(400, json!({"error": "`id`: an instance id"})));
+                };
+                let mut world = self.world.lock().unwrap();
+                let Some(i) = world.instances.get_mut(&id) else {
+                    return Some(Answer::json(404, json!({"error": "no such instance"})));
+                };
+                self.settle(i);
+                match call.path.as_str() {
+                    "/_sandbox/vast/host" => {
+                        let offline = body.get("offline").and_then(Value::as_bool).unwrap_or(true);
+                        // a host back from a restart loads the container again
+                        if i.offline && !offline {
+                            i.restarted = Some((Instant::now(), false));
+                        }
+                        i.offline = offline;
+                    }
+                    "/_sandbox/vast/freeze" => {
+                        i.frozen = body.get("frozen").and_then(Value::as_bool).unwrap_or(true);
+                    }
+                    _ => {
+                        i.up_gb += body.get("up_gb").and_then(Value::as_f64).unwrap_or(0.0);
+                        i.down_gb += body.get("down_gb").and_then(Value::as_f64).unwrap_or(0.0);
+                    }
+                }
                 Answer::json(200, json!({"ok": true}))
             }
             (&Method::POST, "/_sandbox/vast/withdraw") => {

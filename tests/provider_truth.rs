@@ -1,0 +1,331 @@
+//! Provider truth (docs/providers.md): what Vast.ai reports after an instance first ran, and what
+//! a refused key looks like, never costs a renter the machine or the ledger its record.
+//!
+//! The daemon runs as a process against the sandbox Vast over HTTP, with PostgreSQL (through
+//! PgBouncer) and Redis. "Later" is a mock clock: the ledger's timestamps are moved back (the
+//! reconciler reads the age of a state from them), so a test shows what 15 minutes of a restart,
+//! or 5 minutes of a host outage, does without waiting for it.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::accounts::TestDb;
+use support::rentals::{account, call, cheapest, kinds, post, rent_body, until};
+use support::sandbox::Sandbox;
+use support::services;
+
+/// Moves every timestamp the reconciler ages an instance by `minutes` into the past.
+async fn age(db: &TestDb<'_>, id: &str, minutes: i32) {
+    db.client()
+        .await
+        .execute(
+            "UPDATE instances SET created_at = created_at - make_interval(mins => $2), \
+               started_at = started_at - make_interval(mins => $2), \
+               restarted_at = restarted_at - make_interval(mins => $2), \
+               ran_at = ran_at - make_interval(mins => $2), \
+               dead_since = dead_since - make_interval(mins => $2) \
+             WHERE id = $1",
+            &[&id, &minutes],
+        )
+        .await
+        .unwrap();
+}
+
+async fn rent_running(d: &support::daemon::DaemonProc, token: &str) -> (String, u64) {
+    let o = cheapest(d, token, "vastai", "").await;
+    let r = post(d, token, &rent_body(o["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let v = until(d, token, &id, "running", |v| v["status"] == "running").await;
+    let pid = v["provider_instance_id"].as_str().unwrap().parse().unwrap();
+    (id, pid)
+}
+
+async fn sandbox_instance(sb: &Sandbox, pid: u64) -> Value {
+    sb.vast_ledger()
+        .await
+        .into_iter()
+        .find(|i| i["id"] == pid)
+        .unwrap()
+}
+
+/// Lets the reconciler run several rounds (`rentals.reconcile_interval_ms` is 200 here).
+async fn rounds() {
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_a_reboot_a_host_outage_and_a_freeze_never_destroy_an_instance_that_ran() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_lifecycle");
+    let token = account(&db, "renter", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "2s"]);
+    // the default timeouts: 10 min provisioning, 2 min dead state, 30 min unreachable
+    let d = sb.daemon(&db, &["rentals.reconcile_interval_ms=200"]).await;
+    let (a, a_pid) = rent_running(&d, &token).await;
+    let (b, b_pid) = rent_running(&d, &token).await;
+    // 15 minutes after creation (mock clock)
+    age(&db, &a, 15).await;
+    age(&db, &b, 15).await;
+
+    // A: stopped and started through the API; B: rebooted by its renter at Vast
+    for path in ["stop", "start"] {
+        let r = call(
+            &d,
+            &token,
+            "POST",
+            &format!("/v1/instances/{a}/{path}"),
+            "",
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.json());
+    }
+    let r = sb
+        .vast_api("PUT", &format!("/api/v0/instances/reboot/{b_pid}/"), "{}")
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let b_seen = until(&d, &token, &b, "B loading again", |v| {
+        v["status"] == "provisioning"
+    })
+    .await;
+    assert_eq!(b_seen["status"], "provisioning");
+    for (id, pid) in [(&a, a_pid), (&b, b_pid)] {
+        let v = until(&d, &token, id, "running again", |v| {
+            v["status"] == "running"
+        })
+        .await;
+        let k = kinds(&v);
+        assert!(
+            !k.iter().any(|k| k.contains("destroyed")),
+            "{id} was not destroyed: {k:?}"
+        );
+        assert_eq!(sandbox_instance(&sb, pid).await["destroyed"], false);
+    }
+    let v = until(&d, &token, &a, "A's events", |v| v["status"] == "running").await;
+    let k = kinds(&v);
+    let started = k
+        .iter()
+        .position(|k| k == "started")
+        .expect("a start event");
+    assert!(k[started..].iter().any(|k| k == "status"), "{k:?}");
+
+    // A's host goes offline for 5 minutes (mock clock): reported, kept, billed
+    sb.control(
+        "vastai",
+        "POST",
+        "/_sandbox/vast/host",
+        &json!({"id": a_pid, "offline": true}).to_string(),
+    )
+    .await;
+    let v = until(&d, &token, &a, "A unreachable", |v| {
+        v["status"] == "unknown"
+    })
+    .await;
+    assert!(
+        kinds(&v).iter().any(|k| k == "unreachable"),
+        "{:?}",
+        kinds(&v)
+    );
+    let ev = v["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        ev["rate_per_hour"], v["price_per_hour"],
+        "an unreachable instance bills in full: {ev}"
+    );
+    let n: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM account_events WHERE type = 'instance.unreachable' \
+               AND instance_id = $1",
+            &[&a],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "one instance.unreachable in the account's events");
+    age(&db, &a, 5).await;
+    rounds().await;
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{a}"), "", None)
+        .await
+        .json();
+    assert_eq!(
+        v["status"], "unknown",
+        "still there after 5 minutes offline: {v}"
+    );
+    sb.control(
+        "vastai",
+        "POST",
+        "/_sandbox/vast/host",
+        &json!({"id": a_pid, "offline": false}).to_string(),
+    )
+    .await;
+    until(&d, &token, &a, "A back", |v| v["status"] == "running").await;
+    assert_eq!(sandbox_instance(&sb, a_pid).await["destroyed"], false);
+
+    // B frozen: paused with its memory, billing the GPU
+    sb.control(
+        "vastai",
+        "POST",
+        "/_sandbox/vast/freeze",
+        &json!({"id": b_pid, "frozen": true}).to_string(),
+    )
+    .await;
+    let v = until(&d, &token, &b, "B frozen", |v| v["status"] == "frozen").await;
+    let ev = v["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(ev["rate_per_hour"], v["price_per_hour"], "{ev}");
+    rounds().await;
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{b}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "frozen", "{v}");
+
+    // an instance that never ran is still destroyed when it never gets there
+    sb.control(
+        "vastai",
+        "POST",
+        "/_sandbox/vast/script",
+        r#"{"next_states": ["stuck"]}"#,
+    )
+    .await;
+    let o = cheapest(&d, &token, "vastai", "").await;
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let stuck = r.json()["id"].as_str().unwrap().to_owned();
+    until(&d, &token, &stuck, "loading", |v| {
+        v["status"] == "provisioning"
+    })
+    .await;
+    age(&db, &stuck, 11).await;
+    let v = until(&d, &token, &stuck, "destroyed as stuck", |v| {
+        v["status"] == "failed"
+    })
+    .await;
+    assert!(
+        kinds(&v).iter().any(|k| k == "stuck_destroyed"),
+        "{:?}",
+        kinds(&v)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_provider_key_alerts_and_leaves_every_instance_billing() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_revoked");
+    let token = account(&db, "renter", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "1s"]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "rentals.status_cache_ms=100",
+                // the breaker would soon answer for the provider (503): keep asking it here
+                "providers.breaker_consecutive_failures=100000",
+                "providers.breaker_window=100000",
+                "providers.max_retries=0",
+            ],
+        )
+        .await;
+    let (a, a_pid) = rent_running(&d, &token).await;
+    let (b, _) = rent_running(&d, &token).await;
+
+    // the key is revoked at Vast: every call answers 404 `auth_error`
+    let r = sb
+        .control(
+            "vastai",
+            "POST",
+            "/_sandbox/vast/key",
+            r#"{"revoked": true}"#,
+        )
+        .await;
+    assert_eq!(r["revoked"], true);
+    support::eventually("auth failures counted", || async {
+        let page = d.scrape().await;
+        let n = support::metrics::value(
+            &page,
+            "gpuproxy_provider_auth_failures_total{provider=\"vastai\"}",
+        );
+        (n >= 3.0).then_some(())
+    })
+    .await;
+    rounds().await;
+    for id in [&a, &b] {
+        let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .json();
+        assert_eq!(v["status"], "running", "the ledger is unchanged: {v}");
+        let k = kinds(&v);
+        assert!(
+            !k.iter().any(|k| k == "vanished" || k == "terminated"),
+            "{k:?}"
+        );
+    }
+    let usage = call(&d, &token, "GET", "/v1/usage?group_by=instance", "", None).await;
+    assert_eq!(usage.status, 200, "{:?}", usage.json());
+
+    // a DELETE cannot be confirmed: 502, the instance stays terminating (and billing)
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{a}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 502, "{:?}", r.json());
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("API key"),
+        "{:?}",
+        r.json()
+    );
+    assert!(!r.json().to_string().contains(support::sandbox::VAST_KEY));
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{a}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "terminating", "{v}");
+    let ev = v["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        ev["rate_per_hour"], v["price_per_hour"],
+        "still billing: {ev}"
+    );
+    assert_eq!(sandbox_instance(&sb, a_pid).await["destroyed"], false);
+    rounds().await;
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{a}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "terminating", "{v}");
+
+    // the key comes back: the DELETE goes through
+    sb.control(
+        "vastai",
+        "POST",
+        "/_sandbox/vast/key",
+        r#"{"revoked": false}"#,
+    )
+    .await;
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{a}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    until(&d, &token, &a, "terminated", |v| {
+        v["status"] == "terminated"
+    })
+    .await;
+    assert_eq!(sandbox_instance(&sb, a_pid).await["destroyed"], true);
+    assert!(
+        d.log()
+            .lines()
+            .all(|l| !l.contains(support::sandbox::VAST_KEY))
+    );
+}
