@@ -350,8 +350,9 @@ async fn ssh_keys_reach_exactly_the_renters_instances() {
     // renting with another account's key id: refused, naming the field, nothing rented
     let vast = cheapest(&d, &a, "vastai", "").await;
     let body = |offer: &Value, ids: Vec<&Value>, inline: Option<&str>| {
-        let mut v = json!({"offer_id": offer["id"], "image": "ubuntu:22.04", "disk_gb": 20,
-                           "ssh_key_ids": ids});
+        let id = offer["id"].as_str().unwrap();
+        let mut v = json!({"offer_id": id, "image": support::rentals::image_for(id),
+                           "disk_gb": 20, "ssh_key_ids": ids});
         if let Some(k) = inline {
             v["ssh_public_key"] = json!(k);
         }
@@ -974,7 +975,7 @@ async fn extend_buys_io_net_hours_within_the_budget_and_moves_the_expiry() {
     let price = o["price_per_hour"].as_f64().unwrap();
     // room for the rental over the 24 h window and 20 more hours, not 100
     let token = account(&db, "extender", price * 46.0, 5);
-    let body = json!({"offer_id": o["id"], "image": "ubuntu:22.04", "disk_gb": 20,
+    let body = json!({"offer_id": o["id"], "image": "general", "disk_gb": 20,
                       "duration_hours": 2, "max_duration_hours": 2})
     .to_string();
     let r = post(&d, &token, &body).await;

@@ -24,6 +24,11 @@ use crate::config::{Config, ProviderTable};
 
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 pub const VMAAS: &str = "/enterprise/v1/io-cloud/vmaas";
+/// io.net's VM image types (`vm_image_type` in the deploy body): what `image` names here.
+/// The location part of an offer id listed without a location (`ionet:1x5@any`): deploying it
+/// asks `available-vms` where it can go.
+pub const ANY_LOCATION: &str = "any";
+pub const VM_IMAGE_TYPES: [&str; 2] = ["general", "datascience"];
 /// Deployment names are `gpx-<our instance id>`: unique, and how the reconciler finds ours.
 pub const NAME_PREFIX: &str = "gpx-";
 
@@ -134,8 +139,8 @@ impl Provider for Ionet {
                 "duration_hours": req.duration_hours,
                 "gpus_per_vm": cards,
                 "hardware_id": hardware_id,
-                "location_ids": [loc],
-                "vm_image_type": "general",
+                "location_ids": [self.location_for(hw, cards, loc).await?],
+                "vm_image_type": req.image,
             });
             if !req.ssh_keys.is_empty() {
                 let keys: serde_json::Map<String, Value> = req
@@ -268,6 +273,31 @@ impl Provider for Ionet {
         })
     }
 
+    /// A VM deployment takes no container image and no environment (the deploy body has neither:
+    /// docs/providers.md, io.net); its image is one of io.net's VM image types, sent as
+    /// `vm_image_type`.
+    fn launch_refusal(
+        &self,
+        image: &str,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Option<(&'static str, String)> {
+        if !VM_IMAGE_TYPES.contains(&image) {
+            return Some((
+                "image",
+                format!(
+                    "io.net deploys VMs from its own images, not containers: `image` must be one of {VM_IMAGE_TYPES:?}"
+                ),
+            ));
+        }
+        if !env.is_empty() {
+            return Some((
+                "env",
+                "io.net VM deployments take no environment variables".to_owned(),
+            ));
+        }
+        None
+    }
+
     fn check_offer_id(&self, local: &str) -> Result<(), &'static str> {
         parse_offer(local).map(|_| ()).ok_or(
             "io.net offers are `<provider>:<cards>x<hardware>@<location>` (from GET /v1/offers)",
@@ -308,6 +338,32 @@ impl Provider for Ionet {
 }
 
 impl Ionet {
+    /// The location to deploy in: the offer's, or, for a configuration listed without one, the
+    /// first location `available-vms` says has a replica (io.net takes no wildcard).
+    async fn location_for(&self, hw: &str, cards: u32, loc: &str) -> Result<String, UpstreamError> {
+        if loc != ANY_LOCATION {
+            return Ok(loc.to_owned());
+        }
+        let path = format!(
+            "{VMAAS}/available-vms?hardware_id={}&hardware_qty={cards}",
+            crate::types::text::percent_encode(hw)
+        );
+        let v = self
+            .api
+            .call("available", true, Method::GET, &path, None)
+            .await?;
+        v.get("data")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|l| l.get("available_replicas").and_then(Value::as_u64) > Some(0))
+            .find_map(|l| text(l.get("iso2")))
+            .ok_or(UpstreamError::Status {
+                status: 409,
+                detail: "no location has this configuration available".into(),
+            })
+    }
+
     /// io.net's 404 has no code of its own (FastAPI's `{"detail": "Not Found"}` answers an unknown
     /// route as well, and a refused key is undocumented): a deployment is gone only when the
     /// deployments list, read with the same key, succeeds and lacks it. Otherwise the 404 is a
@@ -423,7 +479,7 @@ pub fn normalize(pid: ProviderId, it: &Value) -> Option<Offer> {
     let where_ = country
         .clone()
         .or(region.clone())
-        .unwrap_or_else(|| "any".into());
+        .unwrap_or_else(|| ANY_LOCATION.into());
     Some(Offer {
         id: format!("{pid}:{cards}x{deploy_id}@{where_}"),
         provider: pid,

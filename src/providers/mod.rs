@@ -103,6 +103,17 @@ pub trait Provider: Send + Sync {
         Ok(())
     }
 
+    /// Why this provider cannot honour a rental's launch spec: the field and why (a 400 naming
+    /// it, before anything is reserved; a rental by spec skips this provider's offers). A field
+    /// is sent the provider's documented way or refused, never dropped.
+    fn launch_refusal(
+        &self,
+        _image: &str,
+        _env: &std::collections::BTreeMap<String, String>,
+    ) -> Option<(&'static str, String)> {
+        None
+    }
+
     /// One offer is one machine that only one renter can hold (Vast): a rented offer leaves the
     /// cached answers at once. io.net configurations have several replicas.
     fn exclusive_offers(&self) -> bool {

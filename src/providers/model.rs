@@ -305,6 +305,7 @@ impl Quote {
             gpu_model: o.gpu_model,
             gpu_count: o.gpu_count,
             available: o.available,
+            disk_gb: o.disk_gb,
         }
     }
 }
@@ -322,6 +323,9 @@ pub struct Quote {
     pub gpu_model: String,
     pub gpu_count: u32,
     pub available: bool,
+    /// The most disk the offer can give (GB), when the provider says: a rental asking more is
+    /// refused (400 naming `disk_gb`), never silently given less.
+    pub disk_gb: Option<f64>,
 }
 
 /// What renting sends to a provider.

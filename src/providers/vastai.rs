@@ -183,6 +183,7 @@ impl Provider for Vastai {
                         gpu_model: n.gpu_model,
                         gpu_count: n.gpu_count,
                         available: n.available,
+                        disk_gb: n.disk_gb,
                     })
                 }))
         })

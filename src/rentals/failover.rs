@@ -216,6 +216,16 @@ impl Rentals {
                 "invalid `bid_per_hour`: a rental by spec bids each interruptible offer's current minimum; rent an `offer_id` to bid your own price",
             ));
         }
+        // a provider that cannot honour the launch spec (io.net: no container image) is not
+        // tried, rather than failed over into
+        let providers: Vec<ProviderId> = providers
+            .into_iter()
+            .filter(|p| {
+                self.providers
+                    .get(*p)
+                    .is_some_and(|p| p.launch_refusal(&body.image, &body.env).is_none())
+            })
+            .collect();
         let candidates = self.candidates(&filter, &providers, body.disk_gb).await?;
         if candidates.is_empty() {
             return Err(Error::refused(
@@ -334,7 +344,8 @@ impl Rentals {
                         .value
                         .iter()
                         .map(|o| o.at_disk(disk_gb, priced))
-                        .filter(|o| filter.matches(o)),
+                        .filter(|o| filter.matches(o))
+                        .filter(|o| o.disk_gb.is_none_or(|d| f64::from(disk_gb) <= d)),
                 ),
                 Err(e) => {
                     tracing::warn!(provider = name.as_str(), error = %e, "rental by spec: provider not searched")

@@ -437,6 +437,12 @@ impl Rentals {
         provider
             .check_offer_id(local)
             .map_err(|why| Error::bad_request(format!("invalid `offer_id`: {why}")))?;
+        if let Some((field, why)) = provider.launch_refusal(&body.image, &body.env) {
+            return Err(Error::bad_request(format!(
+                "invalid `{field}`: {}: {why}",
+                pid.as_str()
+            )));
+        }
         let keys = sshkeys::for_rental(
             &self.db,
             account_id,
@@ -699,6 +705,14 @@ impl Rentals {
             Some(b) => crate::providers::model::round_to(b + quote.storage_per_hour, 6),
             None => quote.price_per_hour,
         };
+        if let Some(most) = quote.disk_gb
+            && f64::from(body.disk_gb) > most
+        {
+            return Err(Error::bad_request(format!(
+                "invalid `disk_gb`: offer {} has at most {most} GB of disk",
+                body.offer_id
+            )));
+        }
         if let Some(max) = body.max_price_per_hour
             && price > max
         {

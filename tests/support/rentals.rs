@@ -58,10 +58,21 @@ pub async fn cheapest(d: &DaemonProc, token: &str, provider: &str, query: &str) 
     r.json()["offers"][0].clone()
 }
 
+/// A rental of `offer_id` with a 20 GB disk and an inline key: a container image on Vast, io.net's
+/// `general` VM image on io.net (it takes no container image).
 pub fn rent_body(offer_id: &str) -> String {
-    json!({"offer_id": offer_id, "image": "pytorch/pytorch:latest", "disk_gb": 20,
+    json!({"offer_id": offer_id, "image": image_for(offer_id), "disk_gb": 20,
            "ssh_public_key": format!("{KEY_A} test@example")})
     .to_string()
+}
+
+/// The image a test rents `offer_id` with.
+pub fn image_for(offer_id: &str) -> &'static str {
+    if offer_id.starts_with("ionet:") {
+        "general"
+    } else {
+        "pytorch/pytorch:latest"
+    }
 }
 
 /// Rents the cheapest on-demand Vast offer and destroys it; returns the instance id.

@@ -113,7 +113,7 @@ impl Sandbox {
     }
 
     pub async fn faults(&self, provider: &str, faults: &str) {
-        let out = call(
+        let out = raw_call(
             self.base(provider),
             "POST",
             "/_sandbox/faults",
@@ -130,20 +130,20 @@ impl Sandbox {
 
     /// Calls received per operation since the last reset.
     pub async fn calls(&self, provider: &str, op: &str) -> u64 {
-        let v = call(self.base(provider), "GET", "/_sandbox/stats", "", None).await;
+        let v = raw_call(self.base(provider), "GET", "/_sandbox/stats", "", None).await;
         v["calls"][op].as_u64().unwrap_or(0)
     }
 
     /// A sandbox control call (`/_sandbox/...`) on one provider's listener.
     pub async fn control(&self, provider: &str, method: &str, path: &str, body: &str) -> Value {
-        call(self.base(provider), method, path, body, None).await
+        raw_call(self.base(provider), method, path, body, None).await
     }
 
     /// A call to the sandbox Vast's own API with the provider key, as the renter's own tools
     /// (Vast's console, its CLI) would make it: a reboot, say.
     pub async fn vast_api(&self, method: &str, path: &str, body: &str) -> Value {
         let bearer = format!("Bearer {VAST_KEY}");
-        call(
+        raw_call(
             &self.vast,
             method,
             path,
@@ -173,13 +173,13 @@ impl Sandbox {
 
     pub async fn reset(&self) {
         for p in ["vastai", "ionet"] {
-            call(self.base(p), "POST", "/_sandbox/reset", "", None).await;
+            raw_call(self.base(p), "POST", "/_sandbox/reset", "", None).await;
         }
     }
 
     /// The raw Vast.ai offers (up to 10,000) and io.net hardware, as the providers send them.
     pub async fn raw_inventory(&self) -> (Vec<Value>, Vec<Value>) {
-        let v = call(
+        let v = raw_call(
             &self.vast,
             "POST",
             "/api/v0/bundles/",
@@ -187,7 +187,7 @@ impl Sandbox {
             None,
         )
         .await;
-        let i = call(
+        let i = raw_call(
             &self.ionet,
             "GET",
             "/enterprise/v1/io-cloud/vmaas/hardware",
@@ -209,7 +209,7 @@ impl Drop for Sandbox {
     }
 }
 
-async fn call(
+pub async fn raw_call(
     base: &str,
     method: &str,
     path: &str,

@@ -145,8 +145,11 @@ fn ionet_singles(seed: u64, n: usize) -> Vec<Value> {
                 json!(format!("{cards}{}.{}V", g.0.replace(' ', ""), 100 + i))
             };
             let id_key = deploy_id.to_string().trim_matches('"').to_owned();
+            // a few are listed without a location at all (the id then ends in the card count,
+            // as io.net's own example `12__2`): deploying one asks available-vms where
+            let unlocated = i % 17 == 3;
             json!({
-                "id": format!("{id_key}__{cc}"),
+                "id": if unlocated { format!("{id_key}__{cards}") } else { format!("{id_key}__{cc}") },
                 "deploy_id": deploy_id,
                 "name": g.1,
                 "num_cards": cards,
@@ -158,7 +161,7 @@ fn ionet_singles(seed: u64, n: usize) -> Vec<Value> {
                 "storage": 500 * cards,
                 "interconnect": if cards == 8 { json!("sxm") } else { Value::Null },
                 "nvlink": cards == 8,
-                "location": if i % 17 == 3 { Value::Null } else { json!(cc) },
+                "location": if unlocated { Value::Null } else { json!(cc) },
                 "sold_out": i % 11 == 4
             })
         })

@@ -18,6 +18,9 @@ use crate::inventory;
 use crate::server::{Answer, Api, Call};
 
 const VMAAS: &str = "/enterprise/v1/io-cloud/vmaas";
+/// io.net's fee and the currency conversion fee on a price quote, percent (the sandbox's figures).
+const IONET_FEE_PERCENT: f64 = 2.5;
+const CONVERSION_FEE_PERCENT: f64 = 0.5;
 
 struct Deployment {
     id: String,
@@ -272,24 +275,16 @@ impl Api for Ionet {
                     .collect();
                 Answer::json(200, json!({"data": {"hardware": hw, "total": hw.len()}}))
             }
-            "available" => match (call.param("hardware_id"), call.param("hardware_qty")) {
-                (Some(_), Some(q)) if q.parse::<u64>().is_ok_and(|q| q >= 1) => Answer::json(
-                    200,
-                    json!({"data": [{"id": 1, "iso2": "US", "name": "United States", "available_replicas": 4}]}),
-                ),
-                _ => invalid(&["query", "hardware_id"], "Field required", "missing"),
-            },
+            // where a configuration can go (its query already valid): the first place has none
+            "available" => Answer::json(
+                200,
+                json!({"data": [
+                    {"id": 2, "iso2": "DE", "name": "Germany", "available_replicas": 0},
+                    {"id": 1, "iso2": "US", "name": "United States", "available_replicas": 4}]}),
+            ),
+            // the total for the asked hours with io.net's fees (get-deployment-price): what a
+            // deployment of these terms is charged, not the list price times the hours
             "price" => {
-                let locs = call
-                    .param("location_ids")
-                    .map(|s| serde_json::from_str::<Vec<Value>>(&s));
-                let Some(Ok(_)) = locs else {
-                    return invalid(
-                        &["query", "location_ids"],
-                        "Value error, must be a JSON array",
-                        "value_error",
-                    );
-                };
                 let world = self.world.lock().unwrap();
                 let hw = call.param("hardware_id").and_then(|id| {
                     world
@@ -300,14 +295,25 @@ impl Api for Ionet {
                 let Some(hw) = hw else {
                     return detail(404, "Not Found");
                 };
-                let hours = call
-                    .param("duration_hours")
-                    .and_then(|h| h.parse::<f64>().ok())
-                    .unwrap_or(1.0);
-                let total = hw["price"].as_f64().unwrap_or(0.0) * hours;
+                let num = |k: &str| {
+                    call.param(k)
+                        .and_then(|h| h.parse::<f64>().ok())
+                        .unwrap_or(1.0)
+                };
+                let (hours, replicas) = (num("duration_hours"), num("replica_count"));
+                let list = hw["price"].as_f64().unwrap_or(0.0) * hours * replicas;
+                let discount = if hours >= 24.0 { list * 0.05 } else { 0.0 };
+                let fee = (list - discount) * IONET_FEE_PERCENT / 100.0;
+                let conversion = (list - discount) * CONVERSION_FEE_PERCENT / 100.0;
+                let r = |x: f64| inventory::round(x, 4);
                 Answer::json(
                     200,
-                    json!({"data": {"replica_count": 1, "gpus_per_vm": hw["num_cards"], "available_replica_count": [4], "discount": 0, "ionet_fee": 0, "ionet_fee_percent": 0, "currency_conversion_fee": 0, "currency_conversion_fee_percent": 0, "total_cost_usdc": inventory::round(total, 4)}}),
+                    json!({"data": {"replica_count": replicas as u64, "gpus_per_vm": hw["num_cards"],
+                        "available_replica_count": [4], "discount": r(discount),
+                        "ionet_fee": r(fee), "ionet_fee_percent": IONET_FEE_PERCENT,
+                        "currency_conversion_fee": r(conversion),
+                        "currency_conversion_fee_percent": CONVERSION_FEE_PERCENT,
+                        "total_cost_usdc": r(list - discount + fee + conversion)}}),
                 )
             }
             "deploy" => self.deploy(call),

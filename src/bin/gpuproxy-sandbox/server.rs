@@ -91,8 +91,9 @@ pub struct Sandbox {
     faults: Mutex<Faults>,
     rng: Mutex<Rng>,
     calls: Mutex<BTreeMap<&'static str, u64>>,
-    /// The latest requests (at most [`KEPT_REQUESTS`]), as `GET /_sandbox/requests` shows them:
-    /// what a client sent, to hold it against what the provider's own client sends.
+    /// The latest requests (at most [`KEPT_REQUESTS`]) and what they were answered, as
+    /// `GET /_sandbox/requests` shows them: what a client sent, to hold it against what the
+    /// provider's own client sends or its published definitions.
     requests: Mutex<std::collections::VecDeque<serde_json::Value>>,
 }
 
@@ -123,6 +124,30 @@ fn recorded(op: &str, call: &Call) -> serde_json::Value {
 }
 
 impl Sandbox {
+    /// Keeps a request; returns its number, for [`Sandbox::answered`].
+    fn record(&self, mut entry: serde_json::Value) -> u64 {
+        let mut kept = self.requests.lock().unwrap();
+        let seq = kept
+            .back()
+            .and_then(|e| e["seq"].as_u64())
+            .map_or(1, |s| s + 1);
+        entry["seq"] = json!(seq);
+        if kept.len() == KEPT_REQUESTS {
+            kept.pop_front();
+        }
+        kept.push_back(entry);
+        seq
+    }
+
+    /// Adds what the provider answered to request `seq` (its status and JSON body).
+    fn answered(&self, seq: u64, a: &Answer) {
+        let mut kept = self.requests.lock().unwrap();
+        if let Some(e) = kept.iter_mut().rev().find(|e| e["seq"] == json!(seq)) {
+            e["status"] = json!(a.status);
+            e["answer"] = serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
+        }
+    }
+
     pub fn new(name: &'static str, seed: u64, faults: Faults, api: Arc<dyn Api>) -> Sandbox {
         Sandbox {
             name,
@@ -181,16 +206,12 @@ async fn handle(sb: &Sandbox, req: Request<Incoming>) -> Result<Resp, std::io::E
     }
     let op = sb.api.op(&call.method, &call.path);
     *sb.calls.lock().unwrap().entry(op).or_default() += 1;
-    {
-        let mut kept = sb.requests.lock().unwrap();
-        if kept.len() == KEPT_REQUESTS {
-            kept.pop_front();
-        }
-        kept.push_back(recorded(op, &call));
-    }
+    let seq = sb.record(recorded(op, &call));
     let f = sb.faults.lock().unwrap().clone();
     if !f.applies_to(op) {
-        return Ok(respond(sb.api.handle(op, &call), Delivery::Normal, 0));
+        let answer = sb.api.handle(op, &call);
+        sb.answered(seq, &answer);
+        return Ok(respond(answer, Delivery::Normal, 0));
     }
     if f.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(f.latency_ms)).await;
@@ -224,6 +245,7 @@ async fn handle(sb: &Sandbox, req: Request<Incoming>) -> Result<Resp, std::io::E
         return Ok(respond(sb.api.server_error(status), Delivery::Normal, 0));
     }
     let answer = sb.api.handle(op, &call);
+    sb.answered(seq, &answer);
     if f.answer_delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(f.answer_delay_ms)).await;
     }
