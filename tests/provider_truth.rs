@@ -61,7 +61,15 @@ async fn a_restart_a_reboot_a_host_outage_and_a_freeze_never_destroy_an_instance
     let token = account(&db, "renter", 10_000.0, 5);
     let sb = Sandbox::start(&["--provision-time", "2s"]);
     // the default timeouts: 10 min provisioning, 2 min dead state, 30 min unreachable
-    let d = sb.daemon(&db, &["rentals.reconcile_interval_ms=200"]).await;
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "ratelimit.enabled=false",
+            ],
+        )
+        .await;
     let (a, a_pid) = rent_running(&d, &token).await;
     let (b, b_pid) = rent_running(&d, &token).await;
     // 15 minutes after creation (mock clock)
@@ -224,6 +232,7 @@ async fn a_revoked_provider_key_alerts_and_leaves_every_instance_billing() {
                 "providers.breaker_consecutive_failures=100000",
                 "providers.breaker_window=100000",
                 "providers.max_retries=0",
+                "ratelimit.enabled=false",
             ],
         )
         .await;
@@ -328,4 +337,72 @@ async fn a_revoked_provider_key_alerts_and_leaves_every_instance_billing() {
             .lines()
             .all(|l| !l.contains(support::sandbox::VAST_KEY))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_ledger_finds_rows_an_earlier_version_ended_on_a_misreading() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_doctor");
+    let token = account(&db, "renter", 10_000.0, 5);
+    let sb = Sandbox::start(&["--provision-time", "300ms"]);
+    // (the tests poll: no rate limit in the way)
+    let d = sb.daemon(&db, &["ratelimit.enabled=false"]).await;
+    let (a, _) = rent_running(&d, &token).await;
+    let (b, _) = rent_running(&d, &token).await;
+    let (c, _) = rent_running(&d, &token).await;
+    let doctor = || {
+        let out = support::accounts::gpuproxyd(&["doctor", "--ledger", "--json"], &db.env());
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", support::accounts::stderr(&out)));
+        (out.status.code(), v)
+    };
+    let (code, v) = doctor();
+    assert_eq!(code, Some(0), "a clean ledger: {v}");
+    // C destroyed through the API: a destroy, not a misreading
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{c}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    until(&d, &token, &c, "C ended", |v| v["status"] == "terminated").await;
+    // what an earlier version wrote: A ended by a status read that got a 404, B destroyed as
+    // stuck after it had run
+    let client = db.client().await;
+    for (id, status, kind) in [
+        (&a, "terminated", "status"),
+        (&b, "failed", "stuck_destroyed"),
+    ] {
+        client
+            .execute(
+                "UPDATE instances SET status = $2, terminated_at = now() WHERE id = $1",
+                &[id, &status],
+            )
+            .await
+            .unwrap();
+        client
+            .execute(
+                "INSERT INTO instance_events (instance_id, kind, status, price_per_hour, \
+                   rate_per_hour) VALUES ($1, $2, $3, 0, 0)",
+                &[id, &kind, &status],
+            )
+            .await
+            .unwrap();
+    }
+    let (code, v) = doctor();
+    assert_eq!(code, Some(1), "{v}");
+    let ids = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["instance_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids("ended_by_not_found"), vec![a.clone()], "{v}");
+    assert_eq!(ids("destroyed_after_running"), vec![b.clone()], "{v}");
+    assert!(v["ended_by_not_found"][0]["provider_instance_id"].is_string());
 }

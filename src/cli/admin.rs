@@ -246,6 +246,48 @@ fn money_or_none(s: &str) -> Result<MoneyOrNone, String> {
 }
 
 /// Runs a command on a small runtime of its own; returns the exit status.
+/// `gpuproxyd doctor --ledger`: rows ended or destroyed on a misreading of the provider; exits 1
+/// when there are any (nothing is changed).
+pub fn ledger_audit(json: bool) -> i32 {
+    let mut found = false;
+    let code = block_on(async {
+        let db = db()?;
+        let a = crate::rentals::audit::ledger(&db)
+            .await
+            .map_err(|e| e.message.to_string())?;
+        found = !a.is_clean();
+        if json {
+            print_json(&a);
+            return Ok(());
+        }
+        for (what, rows) in [
+            (
+                "ended on a status read that found nothing (may still run and bill at the provider)",
+                &a.ended_by_not_found,
+            ),
+            (
+                "destroyed as stuck or dead after it had run",
+                &a.destroyed_after_running,
+            ),
+        ] {
+            println!("{} instance(s) {what}", rows.len());
+            for s in rows {
+                println!(
+                    "  {}  account {}  {}:{}  {}  {}",
+                    s.instance_id,
+                    s.account_id,
+                    s.provider,
+                    s.provider_instance_id.as_deref().unwrap_or("-"),
+                    s.ended_at,
+                    s.event
+                );
+            }
+        }
+        Ok(())
+    });
+    if code == 0 && found { 1 } else { code }
+}
+
 fn block_on(f: impl Future<Output = Result<(), String>>) -> i32 {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -46,7 +46,9 @@ pub enum Command {
     Accounts(admin::AccountsCmd),
     /// Compare this host (RLIMIT_NOFILE, kernel settings) with the shipped recommendation and the
     /// configured caps; exits 1 when the host would cap the daemon below its configuration.
-    Doctor(ConfigArgs),
+    /// With `--ledger`: list the ledger rows an earlier version ended on a bare 404 or destroyed
+    /// as stuck or dead after they had run (against DATABASE_URL); exits 1 when there are any.
+    Doctor(DoctorArgs),
     /// Manage API keys (against DATABASE_URL; revocations reach running daemons through
     /// REDIS_URL when it is set).
     #[command(subcommand)]
@@ -54,6 +56,18 @@ pub enum Command {
     /// An account's usage from the rentals ledger (USD, GPU-hours, instance-hours), as a table
     /// or JSON (against DATABASE_URL).
     Usage(admin::UsageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Check the rentals ledger instead of the host (docs/providers.md).
+    #[arg(long)]
+    pub ledger: bool,
+    /// With --ledger: print JSON instead of a table.
+    #[arg(long, requires = "ledger")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -132,7 +146,8 @@ pub fn main() -> i32 {
         Command::Accounts(c) => admin::accounts(c),
         Command::Keys(c) => admin::keys(c),
         Command::Usage(a) => admin::usage(a),
-        Command::Doctor(args) => match args.load() {
+        Command::Doctor(args) if args.ledger => admin::ledger_audit(args.json),
+        Command::Doctor(args) => match args.config.load() {
             Ok(c) => doctor::run(&c),
             Err(e) => {
                 eprintln!("{e}");

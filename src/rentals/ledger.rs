@@ -72,6 +72,9 @@ pub struct InstanceRow {
     /// or dead (docs/providers.md, "States and what they cost").
     #[serde(skip)]
     pub ran_at: Option<f64>,
+    /// When the row last changed: a provider status read before then cannot supersede it.
+    #[serde(skip)]
+    pub updated_at: f64,
     /// When the reconciler destroys it (the rental's `max_duration_hours` / `expires_at`).
     pub expires_at: Option<f64>,
     /// A rental by spec: the request all its tries share, and which try this is (1, 2, ...).
@@ -242,7 +245,7 @@ const COLS: &str = "id, account_id, provider, provider_instance_id, offer_id, gp
     extract(epoch from terminated_at)::float8, bid_per_hour, storage_per_hour, \
     extract(epoch from dead_since)::float8, dead_reason, extract(epoch from expires_at)::float8, \
     rental_request_id, try_index, api_key_id, extract(epoch from restarted_at)::float8, \
-    extract(epoch from ran_at)::float8";
+    extract(epoch from ran_at)::float8, extract(epoch from updated_at)::float8";
 
 fn row(r: &Row) -> InstanceRow {
     let ssh = match (r.get::<_, Option<String>>(12), r.get::<_, Option<i32>>(13)) {
@@ -283,6 +286,7 @@ fn row(r: &Row) -> InstanceRow {
         api_key_id: r.get(26),
         restarted_at: r.get(27),
         ran_at: r.get(28),
+        updated_at: r.get(29),
     }
 }
 
@@ -863,7 +867,7 @@ pub async fn set_dead(db: &Db, row: &InstanceRow, reason: Option<&str>) -> Resul
     let first = db
         .query(
             "UPDATE instances SET dead_since = CASE WHEN $2::text IS NULL THEN NULL \
-               ELSE coalesce(dead_since, now()) END, dead_reason = $2 \
+               ELSE coalesce(dead_since, now()) END, dead_reason = $2, updated_at = now() \
              WHERE id = $1 AND (dead_reason IS DISTINCT FROM $2) \
              RETURNING (dead_since IS NOT NULL AND dead_since = now())",
             &[(&id, Type::TEXT), (&reason, Type::TEXT)],

@@ -15,6 +15,7 @@
 //! current minimum bid): Vast rents on demand at the full price otherwise. SSH keys go where
 //! the provider documents them: io.net's deploy body, or Vast's per-instance attach (`keys`).
 
+pub mod audit;
 pub mod billing;
 pub mod budget;
 pub mod failover;
@@ -864,6 +865,9 @@ impl Rentals {
             })
             .await
         {
+            // a read that started before the row last changed (the reconciler saw something
+            // newer meanwhile) cannot supersede it: it would roll the status back
+            Ok(l) if (l.entry.fetched_at_ms as f64) / 1000.0 < row.updated_at => return Ok(row),
             Ok(l) => l.entry.value.clone(),
             // the provider is failing: show what the ledger has
             Err(_) => return Ok(row),
