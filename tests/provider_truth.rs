@@ -406,3 +406,145 @@ async fn doctor_ledger_finds_rows_an_earlier_version_ended_on_a_misreading() {
     assert_eq!(ids("destroyed_after_running"), vec![b.clone()], "{v}");
     assert!(v["ended_by_not_found"][0]["provider_instance_id"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vast_charges_reconcile_per_item_and_bandwidth_reaches_usage_and_budgets() {
+    let s = services::shared();
+    let db = TestDb::new(s, "truth_charges");
+    let token = account(&db, "renter", 10_000.0, 5);
+    let (_, admin) = db.account_with_key("auditor", &["admin"]);
+    let sb = Sandbox::start(&["--provision-time", "100ms"]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.reconcile_interval_ms=200",
+                "rentals.billing_reconcile_interval_ms=300",
+                "ratelimit.enabled=false",
+            ],
+        )
+        .await;
+    let o = cheapest(&d, &token, "vastai", "").await;
+    assert!(
+        o["upload_usd_per_gb"].is_number(),
+        "offers show bandwidth prices: {o}"
+    );
+    assert!(o["download_usd_per_gb"].is_number(), "{o}");
+    let (id, pid) = rent_running(&d, &token).await;
+    let spent_before = support::rentals::spent(&db, "renter").await;
+    // 20 s of running, with traffic, then destroyed: long enough for the 100 ms Vast bills the
+    // disk only (the ledger bills from acceptance) to stay under 1%
+    sb.control(
+        "vastai",
+        "POST",
+        "/_sandbox/vast/traffic",
+        &json!({"id": pid, "up_gb": 40.0, "down_gb": 160.0}).to_string(),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let ended = until(&d, &token, &id, "terminated", |v| {
+        v["status"] == "terminated"
+    })
+    .await;
+    let at_vast = sandbox_instance(&sb, pid).await;
+    let bandwidth =
+        at_vast["charged_bwu_usd"].as_f64().unwrap() + at_vast["charged_bwd_usd"].as_f64().unwrap();
+    assert!(bandwidth > 0.1, "{at_vast}");
+    let end = humantime::parse_rfc3339_weak(ended["terminated_at"].as_str().unwrap())
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let inst = support::eventually("a reconciliation after the end", || async {
+        let v = call(&d, &admin, "GET", "/v1/admin/reconciliation", "", None)
+            .await
+            .json();
+        let vast = v["providers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["provider"] == "vastai")?
+            .clone();
+        let as_of = humantime::parse_rfc3339_weak(vast["as_of"].as_str()?)
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs_f64();
+        let inst = vast["instances"]
+            .as_array()?
+            .iter()
+            .find(|i| i["provider_instance_id"] == pid.to_string())?
+            .clone();
+        (as_of > end + 0.2).then_some(inst)
+    })
+    .await;
+    let part = |kind: &str| {
+        inst["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} part: {inst}"))
+            .clone()
+    };
+    let near = |a: f64, b: f64| (a - b).abs() <= 1e-5 + b.abs() * 1e-6;
+    assert!(
+        near(
+            part("gpu")["billed_usd"].as_f64().unwrap(),
+            at_vast["charged_gpu_usd"].as_f64().unwrap()
+        ),
+        "{inst}\n{at_vast}"
+    );
+    assert!(
+        near(
+            part("disk")["billed_usd"].as_f64().unwrap(),
+            at_vast["charged_disk_usd"].as_f64().unwrap()
+        ),
+        "{inst}\n{at_vast}"
+    );
+    assert!(
+        near(part("bandwidth")["billed_usd"].as_f64().unwrap(), bandwidth),
+        "{inst}"
+    );
+    assert_eq!(
+        part("bandwidth")["drift_usd"],
+        0.0,
+        "bandwidth is taken as billed: {inst}"
+    );
+    let ratio = inst["drift_ratio"].as_f64().unwrap();
+    eprintln!("itemised reconciliation after 20 s: {inst}");
+    assert!(ratio < 0.01, "drift under 1% per instance: {inst}");
+    // the bandwidth reaches usage and the budgets
+    let usage = call(&d, &token, "GET", "/v1/usage?group_by=instance", "", None)
+        .await
+        .json();
+    let g = usage["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["key"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert!(
+        near(g["bandwidth_usd"].as_f64().unwrap(), bandwidth),
+        "{usage}"
+    );
+    let spent_after = support::rentals::spent(&db, "renter").await;
+    assert!(
+        spent_after - spent_before >= bandwidth,
+        "the budget counts the bandwidth: {spent_before} -> {spent_after}"
+    );
+    assert!(
+        (usage["totals"]["usd"].as_f64().unwrap() - spent_after).abs() < 1e-3,
+        "usage and budgets agree: {usage} vs {spent_after}"
+    );
+}

@@ -99,6 +99,8 @@ pub fn normalize(pid: ProviderId, o: &Value) -> Option<Offer> {
         interruptible: false,
         min_bid_per_hour: None,
         storage_per_hour: 0.0,
+        upload_usd_per_gb: None,
+        download_usd_per_gb: None,
         available: flag(o.get("available")).unwrap_or(true),
     })
 }

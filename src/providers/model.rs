@@ -43,6 +43,12 @@ pub struct Offer {
     /// every state). A rental's `bid_per_hour` is the compute part: price = bid + this.
     #[serde(default)]
     pub storage_per_hour: f64,
+    /// USD per GB sent / received, where the provider bills traffic (Vast `inet_up_cost` /
+    /// `inet_down_cost`, charge items `bwu`/`bwd`): not in `price_per_hour`, billed as used.
+    #[serde(default)]
+    pub upload_usd_per_gb: Option<f64>,
+    #[serde(default)]
+    pub download_usd_per_gb: Option<f64>,
     pub available: bool,
 }
 
@@ -207,6 +213,8 @@ impl Offer {
             interruptible: false,
             min_bid_per_hour: None,
             storage_per_hour: 0.0,
+            upload_usd_per_gb: None,
+            download_usd_per_gb: None,
             available: true,
         }
     }

@@ -661,6 +661,8 @@ pub fn normalize(pid: ProviderId, o: &Value, disk_gb: f64, interruptible: bool) 
         interruptible,
         min_bid_per_hour: min_bid.map(|b| round_to(b + storage_hour, 4)),
         storage_per_hour: round_to(storage_hour, 6),
+        upload_usd_per_gb: num(o.get("inet_up_cost")).filter(|c| *c >= 0.0),
+        download_usd_per_gb: num(o.get("inet_down_cost")).filter(|c| *c >= 0.0),
         available,
     })
 }

@@ -123,7 +123,7 @@ pub struct InstanceDrift {
     pub ledger_usd: f64,
     /// billed − ledger, over the parts.
     pub drift_usd: f64,
-    /// |drift| / billed, when something was billed.
+    /// |drift| / billed without bandwidth (what is compared), when something was billed.
     pub drift_ratio: Option<f64>,
     /// By kind, in a fixed order: where the difference is.
     pub parts: Vec<PartDrift>,
@@ -241,8 +241,10 @@ pub async fn report(db: &Db, provider: &str) -> Result<ProviderReport> {
                 billed_usd: usd(b),
                 ledger_usd: usd(l),
                 drift_usd: usd(b - l),
-                drift_ratio: (b != 0)
-                    .then(|| ((b - l).abs() as f64 / b.abs() as f64 * 1e4).round() / 1e4),
+                // over what is compared (bandwidth is taken as billed: it would only dilute)
+                drift_ratio: (b != s.billed[2]).then(|| {
+                    ((b - l).abs() as f64 / (b - s.billed[2]).abs() as f64 * 1e4).round() / 1e4
+                }),
                 parts,
             }
         })

@@ -318,9 +318,10 @@ fn db_err(e: tokio_postgres::Error) -> Error {
     classify(e)
 }
 
-/// An account's spend (USD) by budget, from the event segments (module header): over the last
-/// `$3` hours; since the start of the UTC month; over the last `$3` hours by the instances key
-/// `$2` rented.
+/// An account's spend (USD) by budget, from the event segments (module header) plus the
+/// bandwidth its instances were billed (provider charge items `bwu`/`bwd`, counted when their
+/// period ends; they arrive with the charges, so they lag): over the last `$3` hours; since the
+/// start of the UTC month; over the last `$3` hours by the instances key `$2` rented.
 pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS win, \
       (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS mon), \
     seg AS ( \
@@ -329,15 +330,24 @@ pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS
       FROM instance_events e JOIN instances i ON i.id = e.instance_id, t \
       WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > least(t.win, t.mon)), \
     b AS (SELECT key, coalesce(rate, 0) AS rate, t0, least(t1, now()) AS t1 FROM seg \
-      WHERE status NOT IN ('pending', 'failed', 'terminated')) \
+      WHERE status NOT IN ('pending', 'failed', 'terminated')), \
+    bw AS (SELECT i.api_key_id AS key, c.amount_micros / 1e6 AS usd, \
+        coalesce(c.period_end, c.at) AS ended \
+      FROM provider_charges c JOIN instances i ON i.provider = c.provider \
+        AND i.provider_instance_id = c.provider_instance_id \
+      WHERE i.account_id = $1 AND c.item IN ('bwu', 'bwd')), \
+    bws AS (SELECT coalesce(sum(usd) FILTER (WHERE ended > t.win), 0)::float8 AS win, \
+        coalesce(sum(usd) FILTER (WHERE ended > t.mon), 0)::float8 AS mon, \
+        coalesce(sum(usd) FILTER (WHERE ended > t.win AND key = $2), 0)::float8 AS key \
+      FROM bw, t) \
     SELECT \
       coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.win)))) \
-        FILTER (WHERE t1 > t.win), 0)::float8 / 3600.0, \
+        FILTER (WHERE t1 > t.win), 0)::float8 / 3600.0 + min(bws.win), \
       coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.mon)))) \
-        FILTER (WHERE t1 > t.mon), 0)::float8 / 3600.0, \
+        FILTER (WHERE t1 > t.mon), 0)::float8 / 3600.0 + min(bws.mon), \
       coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.win)))) \
-        FILTER (WHERE t1 > t.win AND key = $2), 0)::float8 / 3600.0 \
-    FROM b, t";
+        FILTER (WHERE t1 > t.win AND b.key = $2), 0)::float8 / 3600.0 + min(bws.key) \
+    FROM t, bws LEFT JOIN b ON true";
 
 /// An account's limits and what it has spent and has open against each, as of now.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -3,9 +3,11 @@
 //!
 //! The figures are the ledger's event segments (see `ledger`), cut at `from`, `to` and at UTC
 //! midnight: USD is rate × hours; instance-hours count every segment that bills (provisioning,
-//! running, stopped, interrupted, terminating); GPU-hours count GPUs × hours of the segments
-//! billing the full price (provisioning, running, terminating). The totals are the sums of the
-//! groups, and equal the spend the budgets see over the same span.
+//! running, stopped, interrupted, frozen, unknown, terminating); GPU-hours count GPUs × hours of
+//! the segments billing the full price. Bandwidth (Vast charge items `bwu`/`bwd`) is known only
+//! from the provider's charges: once they arrive (`rentals.billing_reconcile_interval_ms`) it is
+//! `bandwidth_usd`, counted in `usd` on the day its charge period ends. The totals are the sums of
+//! the groups, and equal the spend the budgets see over the same span.
 
 use serde::Serialize;
 use tokio_postgres::types::Type;
@@ -96,7 +98,11 @@ impl Span {
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Figures {
+    /// Everything billed, bandwidth included.
     pub usd: f64,
+    /// The part of `usd` that is bandwidth, from the provider's charges (lags by up to
+    /// `rentals.billing_reconcile_interval_ms`).
+    pub bandwidth_usd: f64,
     pub gpu_hours: f64,
     pub instance_hours: f64,
 }
@@ -147,6 +153,21 @@ const SPAN: &str = "SELECT extract(epoch from coalesce(to_timestamp($1), \
       (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')))::float8, \
     extract(epoch from least(coalesce(to_timestamp($2), now()), now()))::float8";
 
+/// Bandwidth billed to an account's instances (provider charge items `bwu`/`bwd`, micro-dollars)
+/// by group, on the day each charge period ends, over `span` (same bounds as [`REPORT`]).
+const BANDWIDTH: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
+      (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')) AS t0, \
+      least(coalesce(to_timestamp($3), now()), now()) AS t1), \
+    bw AS ( \
+      SELECT i.id AS instance, i.provider, k.public_id, \
+        (coalesce(c.period_end, c.at) AT TIME ZONE 'UTC') AS day, c.amount_micros AS m \
+      FROM provider_charges c \
+        JOIN instances i ON i.provider = c.provider AND i.provider_instance_id = c.provider_instance_id \
+        LEFT JOIN api_keys k ON k.id = i.api_key_id, span \
+      WHERE i.account_id = $1 AND c.item IN ('bwu', 'bwd') \
+        AND coalesce(c.period_end, c.at) > span.t0 AND coalesce(c.period_end, c.at) <= span.t1) \
+    SELECT {group}::text, sum(m)::int8 FROM bw GROUP BY 1 ORDER BY 1";
+
 /// An account's usage over `span`, grouped by `group_by`.
 pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> Result<Report> {
     span.check()?;
@@ -170,19 +191,43 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
     let (from, to): (f64, f64) = bounds.first().map_or((0.0, 0.0), |r| (r.get(0), r.get(1)));
     // (+ 0.0: no "-0.0" in answers)
     let round = |x: f64| (x * 1e6).round() / 1e6 + 0.0;
-    let groups: Vec<Group> = rows
+    let mut groups: std::collections::BTreeMap<String, Figures> = rows
         .iter()
-        .map(|r| Group {
-            key: r.get(0),
-            figures: Figures {
-                usd: r.get(1),
-                gpu_hours: r.get(2),
-                instance_hours: r.get(3),
-            },
+        .map(|r| {
+            (
+                r.get(0),
+                Figures {
+                    usd: r.get(1),
+                    bandwidth_usd: 0.0,
+                    gpu_hours: r.get(2),
+                    instance_hours: r.get(3),
+                },
+            )
         })
+        .collect();
+    let bandwidth = db
+        .query(
+            &BANDWIDTH.replace("{group}", group_by.expr()),
+            &[
+                (&account_id, Type::INT8),
+                (&span.from, Type::FLOAT8),
+                (&span.to, Type::FLOAT8),
+            ],
+        )
+        .await?;
+    for r in &bandwidth {
+        let usd = r.get::<_, i64>(1) as f64 / 1e6;
+        let f = groups.entry(r.get(0)).or_default();
+        f.bandwidth_usd += usd;
+        f.usd += usd;
+    }
+    let groups: Vec<Group> = groups
+        .into_iter()
+        .map(|(key, figures)| Group { key, figures })
         .collect();
     let totals = Figures {
         usd: round(groups.iter().map(|g| g.figures.usd).sum()),
+        bandwidth_usd: round(groups.iter().map(|g| g.figures.bandwidth_usd).sum()),
         gpu_hours: round(groups.iter().map(|g| g.figures.gpu_hours).sum()),
         instance_hours: round(groups.iter().map(|g| g.figures.instance_hours).sum()),
     };
@@ -198,6 +243,7 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
                 key: g.key,
                 figures: Figures {
                     usd: round(g.figures.usd),
+                    bandwidth_usd: round(g.figures.bandwidth_usd),
                     gpu_hours: round(g.figures.gpu_hours),
                     instance_hours: round(g.figures.instance_hours),
                 },
