@@ -482,7 +482,12 @@ async fn vast_charges_reconcile_per_item_and_bandwidth_reaches_usage_and_budgets
         let inst = vast["instances"]
             .as_array()?
             .iter()
-            .find(|i| i["provider_instance_id"] == pid.to_string())?
+            .find(|i| {
+                i["provider_instance_id"]
+                    .as_str()
+                    .and_then(|p| p.parse::<u64>().ok())
+                    == Some(pid)
+            })?
             .clone();
         (as_of > end + 0.2).then_some(inst)
     })
