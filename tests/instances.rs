@@ -62,7 +62,32 @@ async fn lifecycle(provider: &str) {
     assert_eq!(inst["status"], "provisioning");
     assert_eq!(inst["provider"], provider);
     assert_eq!(inst["offer_id"], o["id"]);
-    assert_eq!(inst["price_per_hour"], o["price_per_hour"]);
+    if provider == "ionet" {
+        // priced at io.net's total for the paid time (24 h by default), fees and discount in
+        let dep = sb
+            .ionet_deployments()
+            .await
+            .into_iter()
+            .find(|x| x["id"] == inst["provider_instance_id"])
+            .unwrap();
+        let total = inst["price_per_hour"].as_f64().unwrap() * 24.0;
+        assert!(
+            (total - dep["amount_paid"].as_f64().unwrap()).abs() < 1e-3,
+            "{inst} {dep}"
+        );
+        let events = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .json();
+        assert!(
+            events["events"][0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("fees included"),
+            "the quote is recorded: {events}"
+        );
+    } else {
+        assert_eq!(inst["price_per_hour"], o["price_per_hour"]);
+    }
     assert!(inst["provider_instance_id"].is_string());
 
     // another account cannot see or touch it: 404, not 403
@@ -140,7 +165,7 @@ async fn lifecycle(provider: &str) {
             && pos("running") < pos("terminated")
     );
     for e in done["events"].as_array().unwrap() {
-        assert_eq!(e["price_per_hour"], o["price_per_hour"]);
+        assert_eq!(e["price_per_hour"], inst["price_per_hour"]);
     }
     // the list shows it; the provider key never appears anywhere a client sees
     let list = call(&d, &token, "GET", "/v1/instances", "", None).await;

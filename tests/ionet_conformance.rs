@@ -188,11 +188,19 @@ async fn io_net_requests_and_answers_follow_the_published_definitions() {
         );
     }
     // and ones they accept that the sandbox answers as io.net does
+    let (cards, rest) = located["id"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("ionet:")
+        .split_once('x')
+        .unwrap();
+    let (hw, place) = rest.split_once('@').unwrap();
     let v = support::sandbox::raw_call(
         &sb.ionet,
         "GET",
         &format!(
-            "{VMAAS}/price?location_ids=%5B%22US%22%5D&hardware_id=12&currency=usdc&duration_hours=3&gpus_per_vm=1&replica_count=1"
+            "{VMAAS}/price?location_ids=%5B%22{place}%22%5D&hardware_id={}&currency=usdc&duration_hours=3&gpus_per_vm={cards}&replica_count=1",
+            hw.replace(' ', "%20")
         ),
         "",
         key,

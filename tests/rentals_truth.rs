@@ -496,7 +496,6 @@ async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
         assert_eq!(r.status, 201, "{}: {:?}", o["id"], r.json());
         let inst = r.json();
         assert_eq!(inst["gpu_count"], o["gpu_count"]);
-        assert_eq!(inst["price_per_hour"], o["price_per_hour"]);
         let dep = sb
             .ionet_deployments()
             .await
@@ -505,6 +504,19 @@ async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
             .unwrap();
         assert_eq!(dep["gpus_per_vm"], o["gpu_count"], "{}", o["id"]);
         assert_eq!(dep["price_per_hour"], o["price_per_hour"], "{}", o["id"]);
+        // the rental is priced at what io.net charges for its paid time, fees included
+        let hours = dep["duration_hours"].as_f64().unwrap();
+        let per_hour = inst["price_per_hour"].as_f64().unwrap();
+        assert!(
+            (per_hour * hours - dep["amount_paid"].as_f64().unwrap()).abs() < 1e-3,
+            "{}: {per_hour} × {hours} h vs {dep}",
+            o["id"]
+        );
+        assert!(
+            (per_hour - o["price_per_hour"].as_f64().unwrap()).abs() > 1e-6,
+            "not the list price: {}",
+            o["id"]
+        );
         assert_eq!(dep["location"], o["country"], "{}", o["id"]);
     }
     // an id without the card count is refused, naming the field

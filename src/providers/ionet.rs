@@ -16,10 +16,10 @@ use super::api::{JsonApi, KeyHeader};
 use super::http::HttpClient;
 use super::model::{
     InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag, id_string,
-    location, num, round_to, text,
+    location, micros, num, round_to, text,
 };
 use super::resilience::Gate;
-use super::{BoxFuture, Provider, SearchQuery, UpstreamError, gpu};
+use super::{BoxFuture, Provider, SearchQuery, TimeQuote, UpstreamError, gpu};
 use crate::config::{Config, ProviderTable};
 
 pub const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
@@ -251,6 +251,42 @@ impl Provider for Ionet {
 
     fn sells_time(&self) -> bool {
         true
+    }
+
+    /// `GET /vmaas/price` (docs/providers.md, io.net): the total for the hours, with io.net's fee,
+    /// the currency conversion fee and any discount: what the deployment is charged.
+    fn quote_time<'a>(
+        &'a self,
+        offer: &'a str,
+        hours: u32,
+    ) -> BoxFuture<'a, Result<Option<TimeQuote>, UpstreamError>> {
+        Box::pin(async move {
+            let Some((cards, hw, loc)) = parse_offer(offer) else {
+                return Ok(None);
+            };
+            let loc = self.location_for(hw, cards, loc).await?;
+            let pe = crate::types::text::percent_encode;
+            let path = format!(
+                "{VMAAS}/price?location_ids={}&hardware_id={}&currency=usdc&duration_hours={hours}&gpus_per_vm={cards}&replica_count=1",
+                pe(&json!([loc]).to_string()),
+                pe(hw)
+            );
+            let v = self
+                .api
+                .call("price", true, Method::GET, &path, None)
+                .await?;
+            let d = v.get("data").cloned().unwrap_or(Value::Null);
+            let total = micros(d.get("total_cost_usdc"))
+                .filter(|t| *t > 0)
+                .ok_or_else(|| UpstreamError::Decode("price answered no total_cost_usdc".into()))?;
+            Ok(Some(TimeQuote {
+                hours,
+                total_micros: total,
+                fee_micros: micros(d.get("ionet_fee")).unwrap_or(0),
+                conversion_fee_micros: micros(d.get("currency_conversion_fee")).unwrap_or(0),
+                discount_micros: micros(d.get("discount")).unwrap_or(0),
+            }))
+        })
     }
 
     fn extend<'a>(

@@ -21,7 +21,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use model::{
-    Charge, InstanceStatus, Offer, OfferFilter, ProviderId, Quote, RemoteInstance, RentRequest, Ssh,
+    Charge, InstanceStatus, Offer, OfferFilter, ProviderId, Quote, RemoteInstance, RentRequest,
+    Ssh, TimeQuote,
 };
 
 use crate::config::Config;
@@ -140,6 +141,16 @@ pub trait Provider: Send + Sync {
     /// until destroyed.
     fn sells_time(&self) -> bool {
         false
+    }
+
+    /// What `hours` of the offer cost in all (fees and discount included), where the provider
+    /// sells paid time and prices it apart from its catalogue (io.net); `None` otherwise.
+    fn quote_time<'a>(
+        &'a self,
+        _offer: &'a str,
+        _hours: u32,
+    ) -> BoxFuture<'a, Result<Option<TimeQuote>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
     }
 
     /// Buys `hours` more of a deployment that runs for a paid time (see `sells_time`).

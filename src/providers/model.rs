@@ -336,6 +336,41 @@ pub struct Quote {
     pub disk_gb: Option<f64>,
 }
 
+/// A provider's price for a whole paid time (io.net `GET /vmaas/price`: the total for the asked
+/// hours, fees and discount included, which is what a deployment is charged), in micro-dollars
+/// as the provider wrote them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeQuote {
+    pub hours: u32,
+    pub total_micros: i64,
+    pub fee_micros: i64,
+    pub conversion_fee_micros: i64,
+    pub discount_micros: i64,
+}
+
+impl TimeQuote {
+    /// The total spread over the hours: the rental's price per hour (USD).
+    pub fn per_hour(&self) -> f64 {
+        round_to(
+            self.total_micros as f64 / 1e6 / f64::from(self.hours.max(1)),
+            6,
+        )
+    }
+
+    /// How the ledger's event tells it.
+    pub fn describe(&self) -> String {
+        let usd = |m: i64| format!("{}.{:06}", m / 1_000_000, (m % 1_000_000).abs());
+        format!(
+            "{} USD for {} h, fees included (provider fee {}, currency conversion {}, discount {})",
+            usd(self.total_micros),
+            self.hours,
+            usd(self.fee_micros),
+            usd(self.conversion_fee_micros),
+            usd(self.discount_micros)
+        )
+    }
+}
+
 /// What renting sends to a provider.
 #[derive(Debug, Clone)]
 pub struct RentRequest {

@@ -284,6 +284,7 @@ impl Rentals {
                                 expires_at: None,
                                 request: Some((&request_id, index)),
                                 api_key_id: who.key_id,
+                                terms: None,
                             },
                             &format!("{}: {}", e.kind.code(), e.message),
                         )

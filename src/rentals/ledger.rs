@@ -312,6 +312,9 @@ pub struct NewInstance<'a> {
     /// A try of a rental by spec: (request id, try number).
     pub request: Option<(&'a str, i32)>,
     pub api_key_id: Option<i64>,
+    /// How the provider priced it, when it said more than a price per hour (io.net's total for
+    /// the paid time with its fees): recorded on the intent event.
+    pub terms: Option<&'a str>,
 }
 
 fn db_err(e: tokio_postgres::Error) -> Error {
@@ -595,7 +598,8 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
         }
         let detail = n
             .bid_per_hour
-            .map(|b| format!("interruptible at a bid of {b} USD/h"));
+            .map(|b| format!("interruptible at a bid of {b} USD/h"))
+            .or_else(|| n.terms.map(str::to_owned));
         event_tx(
             tx,
             n.id,

@@ -567,6 +567,22 @@ impl Rentals {
                     Some(json!({"offer_id": body.offer_id})),
                 )
             })?;
+        // a provider that sells paid time prices the whole of it, fees included (io.net): that
+        // is the rental's price, budgeted and recorded, not the catalogue's hourly list price
+        let hours = body
+            .duration_hours
+            .unwrap_or(self.config.rentals.default_duration_hours.get());
+        let mut quote = quote;
+        let mut priced = None;
+        if provider.sells_time()
+            && let Some(t) = provider
+                .quote_time(local, hours)
+                .await
+                .map_err(|e| upstream_error(pid, &e))?
+        {
+            quote.price_per_hour = t.per_hour();
+            priced = Some(t.describe());
+        }
         let (bid, price) = self.terms(body, &quote).inspect_err(|_| count("refused"))?;
         let row = ledger::reserve(
             &self.db,
@@ -588,6 +604,7 @@ impl Rentals {
                 expires_at: intent.expires_at,
                 request: intent.request,
                 api_key_id: who.key_id,
+                terms: priced.as_deref(),
             },
         )
         .await?;
@@ -602,9 +619,7 @@ impl Rentals {
                 .map(|(n, k, _)| (n.clone(), k.clone()))
                 .collect(),
             bid_per_hour: bid,
-            duration_hours: body
-                .duration_hours
-                .unwrap_or(self.config.rentals.default_duration_hours.get()),
+            duration_hours: hours,
             gpu_count: quote.gpu_count,
         };
         match provider.create(&req).await {

@@ -52,6 +52,21 @@ pub struct Ionet {
     world: Mutex<World>,
 }
 
+/// (discount, io.net fee, conversion fee, total) of `hours` of a configuration listed at
+/// `price_per_hour`, for `replicas` VMs: what the price quote says and the deployment is charged.
+fn priced(price_per_hour: f64, hours: f64, replicas: f64) -> (f64, f64, f64, f64) {
+    let list = price_per_hour * hours * replicas;
+    let discount = if hours >= 24.0 { list * 0.05 } else { 0.0 };
+    let fee = (list - discount) * IONET_FEE_PERCENT / 100.0;
+    let conversion = (list - discount) * CONVERSION_FEE_PERCENT / 100.0;
+    (
+        discount,
+        fee,
+        conversion,
+        list - discount + fee + conversion,
+    )
+}
+
 fn detail(status: u16, msg: &str) -> Answer {
     Answer::json(status, json!({"detail": msg}))
 }
@@ -99,7 +114,7 @@ impl Ionet {
             "created_at": d.created_at,
             "started_at": if self.status(d) == "running" { json!(d.created_at) } else { Value::Null },
             "finished_at": Value::Null,
-            "amount_paid": inventory::round(d.price * d.duration_hours as f64, 4),
+            "amount_paid": inventory::round(priced(d.price, d.duration_hours as f64, 1.0).3, 4),
             "completed_percent": 0,
             "total_gpus": d.gpus_per_vm,
             "gpus_per_vm": d.gpus_per_vm,
@@ -286,11 +301,26 @@ impl Api for Ionet {
             // deployment of these terms is charged, not the list price times the hours
             "price" => {
                 let world = self.world.lock().unwrap();
+                // the configuration priced: hardware, cards and place, as a deploy takes them
+                let place: Option<String> = call
+                    .param("location_ids")
+                    .and_then(|l| serde_json::from_str::<Vec<Value>>(&l).ok())
+                    .and_then(|l| l.first().cloned())
+                    .map(|l| {
+                        l.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| l.to_string())
+                    });
+                let cards = call
+                    .param("gpus_per_vm")
+                    .and_then(|g| g.parse::<u64>().ok());
                 let hw = call.param("hardware_id").and_then(|id| {
-                    world
-                        .hardware
-                        .iter()
-                        .find(|h| h["deploy_id"].to_string().trim_matches('"') == id)
+                    world.hardware.iter().find(|h| {
+                        h["deploy_id"].to_string().trim_matches('"') == id
+                            && h["num_cards"].as_u64() == cards
+                            && (h["location"].is_null()
+                                || h["location"].as_str() == place.as_deref())
+                    })
                 });
                 let Some(hw) = hw else {
                     return detail(404, "Not Found");
@@ -301,10 +331,8 @@ impl Api for Ionet {
                         .unwrap_or(1.0)
                 };
                 let (hours, replicas) = (num("duration_hours"), num("replica_count"));
-                let list = hw["price"].as_f64().unwrap_or(0.0) * hours * replicas;
-                let discount = if hours >= 24.0 { list * 0.05 } else { 0.0 };
-                let fee = (list - discount) * IONET_FEE_PERCENT / 100.0;
-                let conversion = (list - discount) * CONVERSION_FEE_PERCENT / 100.0;
+                let (discount, fee, conversion, total) =
+                    priced(hw["price"].as_f64().unwrap_or(0.0), hours, replicas);
                 let r = |x: f64| inventory::round(x, 4);
                 Answer::json(
                     200,
@@ -313,7 +341,7 @@ impl Api for Ionet {
                         "ionet_fee": r(fee), "ionet_fee_percent": IONET_FEE_PERCENT,
                         "currency_conversion_fee": r(conversion),
                         "currency_conversion_fee_percent": CONVERSION_FEE_PERCENT,
-                        "total_cost_usdc": r(list - discount + fee + conversion)}}),
+                        "total_cost_usdc": r(total)}}),
                 )
             }
             "deploy" => self.deploy(call),
@@ -420,6 +448,8 @@ impl Api for Ionet {
                 json!({"id": d.id, "name": d.name, "status": self.status(d),
                        "hardware_id": d.hardware["deploy_id"], "gpus_per_vm": d.gpus_per_vm,
                        "location": d.location, "price_per_hour": d.price,
+                       "duration_hours": d.duration_hours,
+                       "amount_paid": inventory::round(priced(d.price, d.duration_hours as f64, 1.0).3, 4),
                        "ssh_keys": d.ssh_keys})
             })
             .collect();
