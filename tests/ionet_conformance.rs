@@ -282,3 +282,70 @@ async fn what_io_net_cannot_take_is_refused_by_name_never_dropped() {
     assert_eq!(r.status, 409, "{:?}", r.json());
     assert_eq!(sb.calls("ionet", "deploy").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_destroyed_in_its_first_hour_is_charged_the_hour_as_io_net_charges_it() {
+    let s = services::shared();
+    let db = TestDb::new(s, "ionet_first_hour");
+    let token = account(&db, "renter", 10_000.0, 10);
+    let sb = Sandbox::start(&["--provision-time", "300ms"]);
+    let d = sb.daemon(&db, &["ratelimit.enabled=false"]).await;
+    let o = cheapest(&d, &token, "ionet", "").await;
+    let body = json!({"offer_id": o["id"], "image": "general", "disk_gb": 20, "duration_hours": 3});
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let price = r.json()["price_per_hour"].as_f64().unwrap();
+    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let v = until(&d, &token, &id, "ended", |v| v["status"] == "terminated").await;
+    let charge = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "minimum_charge")
+        .unwrap_or_else(|| panic!("the rest of the first hour is charged: {v}"))
+        .clone();
+    assert!(
+        charge["detail"].as_str().unwrap().contains("first 1 h"),
+        "{charge}"
+    );
+    let dep = sb
+        .ionet_deployments()
+        .await
+        .into_iter()
+        .find(|x| x["id"] == v["provider_instance_id"])
+        .unwrap();
+    let charged = dep["charged_usd"].as_f64().unwrap();
+    let spent = support::rentals::spent(&db, "renter").await;
+    assert!(
+        (spent - charged).abs() < 1e-4 && (spent - price).abs() < 1e-4,
+        "the ledger ({spent}) charges what io.net does ({charged}): the first hour at {price}/h"
+    );
+    let usage = call(&d, &token, "GET", "/v1/usage", "", None).await.json();
+    assert!(
+        (usage["totals"]["usd"].as_f64().unwrap() - spent).abs() < 1e-4,
+        "{usage}"
+    );
+    // a second DELETE charges nothing more
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/instances/{id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!((support::rentals::spent(&db, "renter").await - spent).abs() < 1e-9);
+}

@@ -253,6 +253,11 @@ impl Provider for Ionet {
         true
     }
 
+    /// The first hour is never refunded (destroy-deployment; docs/providers.md).
+    fn minimum_billed_hours(&self) -> Option<f64> {
+        Some(1.0)
+    }
+
     /// `GET /vmaas/price` (docs/providers.md, io.net): the total for the hours, with io.net's fee,
     /// the currency conversion fee and any discount: what the deployment is charged.
     fn quote_time<'a>(

@@ -143,6 +143,12 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// Paid time the provider never refunds, whenever the instance ends (io.net: the first hour):
+    /// the ledger charges the rest of it when an instance ends sooner.
+    fn minimum_billed_hours(&self) -> Option<f64> {
+        None
+    }
+
     /// What `hours` of the offer cost in all (fees and discount included), where the provider
     /// sells paid time and prices it apart from its catalogue (io.net); `None` otherwise.
     fn quote_time<'a>(

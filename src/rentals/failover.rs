@@ -285,6 +285,7 @@ impl Rentals {
                                 request: Some((&request_id, index)),
                                 api_key_id: who.key_id,
                                 terms: None,
+                                minimum_hours: None,
                             },
                             &format!("{}: {}", e.kind.code(), e.message),
                         )

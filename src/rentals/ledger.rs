@@ -315,6 +315,8 @@ pub struct NewInstance<'a> {
     /// How the provider priced it, when it said more than a price per hour (io.net's total for
     /// the paid time with its fees): recorded on the intent event.
     pub terms: Option<&'a str>,
+    /// Paid time the provider never refunds (io.net: 1 h): charged in full when it ends sooner.
+    pub minimum_hours: Option<f64>,
 }
 
 fn db_err(e: tokio_postgres::Error) -> Error {
@@ -323,8 +325,9 @@ fn db_err(e: tokio_postgres::Error) -> Error {
 
 /// An account's spend (USD) by budget, from the event segments (module header) plus the
 /// bandwidth its instances were billed (provider charge items `bwu`/`bwd`, counted when their
-/// period ends; they arrive with the charges, so they lag): over the last `$3` hours; since the
-/// start of the UTC month; over the last `$3` hours by the instances key `$2` rented.
+/// period ends; they arrive with the charges, so they lag) and the one-time amounts of its events
+/// (the unrefunded rest of a minimum paid time): over the last `$3` hours; since the start of
+/// the UTC month; over the last `$3` hours by the instances key `$2` rented.
 pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS win, \
       (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS mon), \
     seg AS ( \
@@ -338,7 +341,11 @@ pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS
         coalesce(c.period_end, c.at) AS ended \
       FROM provider_charges c JOIN instances i ON i.provider = c.provider \
         AND i.provider_instance_id = c.provider_instance_id \
-      WHERE i.account_id = $1 AND c.item IN ('bwu', 'bwd')), \
+      WHERE i.account_id = $1 AND c.item IN ('bwu', 'bwd') \
+      UNION ALL \
+      SELECT i.api_key_id, e.lump_micros / 1e6, e.at \
+      FROM instance_events e JOIN instances i ON i.id = e.instance_id \
+      WHERE i.account_id = $1 AND e.lump_micros <> 0), \
     bws AS (SELECT coalesce(sum(usd) FILTER (WHERE ended > t.win), 0)::float8 AS win, \
         coalesce(sum(usd) FILTER (WHERE ended > t.mon), 0)::float8 AS mon, \
         coalesce(sum(usd) FILTER (WHERE ended > t.win AND key = $2), 0)::float8 AS key \
@@ -690,9 +697,10 @@ async fn insert_instance(
         &format!(
             "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, \
                gpu_count, price_per_hour, image, disk_gb, label, status, bid_per_hour, \
-               storage_per_hour, expires_at, rental_request_id, try_index, api_key_id, failure) \
+               storage_per_hour, expires_at, rental_request_id, try_index, api_key_id, failure, \
+               minimum_hours) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-               to_timestamp($14), $15, $16, $17, $18) \
+               to_timestamp($14), $15, $16, $17, $18, $19) \
              RETURNING {COLS}"
         ),
         &[
@@ -714,10 +722,35 @@ async fn insert_instance(
             (&n.request.map(|r| r.1), Type::INT4),
             (&n.api_key_id, Type::INT8),
             (&failure, Type::TEXT),
+            (&n.minimum_hours, Type::FLOAT8),
         ],
     )
     .await
     .map_err(db_err)
+}
+
+/// When `id` has just ended (`terminated`) sooner than the paid time its provider never refunds
+/// (`minimum_hours`, from its start), charges the rest of that time at its price in one amount:
+/// a `minimum_charge` event with `lump_micros`, once.
+async fn charge_minimum(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Result<()> {
+    tx.query_typed(
+        "INSERT INTO instance_events (instance_id, kind, status, price_per_hour, rate_per_hour, \
+           detail, lump_micros) \
+         SELECT i.id, 'minimum_charge', i.status, i.price_per_hour, 0, \
+           format('the provider never refunds the first %s h: %s h not used, charged at %s USD/h', \
+             i.minimum_hours, round(x.left_h::numeric, 4), i.price_per_hour), \
+           round(x.left_h * i.price_per_hour * 1e6)::int8 \
+         FROM instances i, LATERAL (SELECT i.minimum_hours - extract(epoch from \
+             (i.terminated_at - i.started_at))::float8 / 3600.0 AS left_h) x \
+         WHERE i.id = $1 AND i.status = 'terminated' AND i.minimum_hours IS NOT NULL \
+           AND i.started_at IS NOT NULL AND x.left_h > 0 \
+           AND NOT EXISTS (SELECT 1 FROM instance_events m WHERE m.instance_id = i.id \
+             AND m.kind = 'minimum_charge')",
+        &[(&id, Type::TEXT)],
+    )
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 async fn event_tx(
@@ -1107,6 +1140,9 @@ pub async fn transition(db: &Db, id: &str, t: Transition<'_>) -> Result<Option<I
         let billed = t.to.rate(r.price_per_hour, r.storage_per_hour);
         event_tx(tx, id, kind, Some(status), r.price_per_hour, billed, detail).await?;
         events::append_for_instance(tx, r.account_id, id, kind, Some(status), detail).await?;
+        if t.to == Status::Terminated {
+            charge_minimum(tx, id).await?;
+        }
         Ok(Some(r))
     })
     .await

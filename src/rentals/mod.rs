@@ -605,6 +605,7 @@ impl Rentals {
                 request: intent.request,
                 api_key_id: who.key_id,
                 terms: priced.as_deref(),
+                minimum_hours: provider.minimum_billed_hours(),
             },
         )
         .await?;

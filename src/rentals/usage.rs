@@ -6,8 +6,9 @@
 //! running, stopped, interrupted, frozen, unknown, terminating); GPU-hours count GPUs × hours of
 //! the segments billing the full price. Bandwidth (Vast charge items `bwu`/`bwd`) is known only
 //! from the provider's charges: once they arrive (`rentals.billing_reconcile_interval_ms`) it is
-//! `bandwidth_usd`, counted in `usd` on the day its charge period ends. The totals are the sums of
-//! the groups, and equal the spend the budgets see over the same span.
+//! `bandwidth_usd`, counted in `usd` on the day its charge period ends. One-time amounts (the
+//! unrefunded rest of io.net's first hour) count in `usd` on the day they were charged. The
+//! totals are the sums of the groups, and equal the spend the budgets see over the same span.
 
 use serde::Serialize;
 use tokio_postgres::types::Type;
@@ -153,20 +154,29 @@ const SPAN: &str = "SELECT extract(epoch from coalesce(to_timestamp($1), \
       (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')))::float8, \
     extract(epoch from least(coalesce(to_timestamp($2), now()), now()))::float8";
 
-/// Bandwidth billed to an account's instances (provider charge items `bwu`/`bwd`, micro-dollars)
-/// by group, on the day each charge period ends, over `span` (same bounds as [`REPORT`]).
-const BANDWIDTH: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
+/// What an account's instances were billed apart from their event segments, by group over
+/// `span` (same bounds as [`REPORT`]), in micro-dollars: bandwidth (provider charge items
+/// `bwu`/`bwd`, on the day each charge period ends), and one-time amounts of their events (the
+/// unrefunded rest of a minimum paid time, on the day of the event).
+const EXTRAS: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
       (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')) AS t0, \
       least(coalesce(to_timestamp($3), now()), now()) AS t1), \
-    bw AS ( \
+    x AS ( \
       SELECT i.id AS instance, i.provider, k.public_id, \
-        (coalesce(c.period_end, c.at) AT TIME ZONE 'UTC') AS day, c.amount_micros AS m \
+        (coalesce(c.period_end, c.at) AT TIME ZONE 'UTC') AS day, c.amount_micros AS m, \
+        true AS bandwidth \
       FROM provider_charges c \
         JOIN instances i ON i.provider = c.provider AND i.provider_instance_id = c.provider_instance_id \
         LEFT JOIN api_keys k ON k.id = i.api_key_id, span \
       WHERE i.account_id = $1 AND c.item IN ('bwu', 'bwd') \
-        AND coalesce(c.period_end, c.at) > span.t0 AND coalesce(c.period_end, c.at) <= span.t1) \
-    SELECT {group}::text, sum(m)::int8 FROM bw GROUP BY 1 ORDER BY 1";
+        AND coalesce(c.period_end, c.at) > span.t0 AND coalesce(c.period_end, c.at) <= span.t1 \
+      UNION ALL \
+      SELECT i.id, i.provider, k.public_id, (e.at AT TIME ZONE 'UTC'), e.lump_micros, false \
+      FROM instance_events e JOIN instances i ON i.id = e.instance_id \
+        LEFT JOIN api_keys k ON k.id = i.api_key_id, span \
+      WHERE i.account_id = $1 AND e.lump_micros <> 0 AND e.at > span.t0 AND e.at <= span.t1) \
+    SELECT {group}::text, coalesce(sum(m) FILTER (WHERE bandwidth), 0)::int8, \
+      coalesce(sum(m) FILTER (WHERE NOT bandwidth), 0)::int8 FROM x GROUP BY 1 ORDER BY 1";
 
 /// An account's usage over `span`, grouped by `group_by`.
 pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> Result<Report> {
@@ -205,9 +215,9 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
             )
         })
         .collect();
-    let bandwidth = db
+    let extras = db
         .query(
-            &BANDWIDTH.replace("{group}", group_by.expr()),
+            &EXTRAS.replace("{group}", group_by.expr()),
             &[
                 (&account_id, Type::INT8),
                 (&span.from, Type::FLOAT8),
@@ -215,11 +225,14 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
             ],
         )
         .await?;
-    for r in &bandwidth {
-        let usd = r.get::<_, i64>(1) as f64 / 1e6;
+    for r in &extras {
+        let (bandwidth, lumps) = (
+            r.get::<_, i64>(1) as f64 / 1e6,
+            r.get::<_, i64>(2) as f64 / 1e6,
+        );
         let f = groups.entry(r.get(0)).or_default();
-        f.bandwidth_usd += usd;
-        f.usd += usd;
+        f.bandwidth_usd += bandwidth;
+        f.usd += bandwidth + lumps;
     }
     let groups: Vec<Group> = groups
         .into_iter()

@@ -28,3 +28,9 @@ ALTER TABLE provider_charges ADD COLUMN item text NOT NULL DEFAULT 'total';
 ALTER TABLE provider_charges ADD COLUMN amount_micros bigint NOT NULL DEFAULT 0;
 ALTER TABLE provider_charges ADD COLUMN period_end timestamptz;
 ALTER TABLE provider_charges DROP COLUMN amount_usd;
+
+-- A provider that never refunds a minimum of the paid time (io.net: the first hour) says so at
+-- rent time; an instance that ends sooner is charged the rest of it at once, as a one-time amount
+-- on the event that records it (micro-dollars; spend, usage and budgets add these amounts).
+ALTER TABLE instances ADD COLUMN minimum_hours float8 CHECK (minimum_hours > 0);
+ALTER TABLE instance_events ADD COLUMN lump_micros bigint NOT NULL DEFAULT 0;

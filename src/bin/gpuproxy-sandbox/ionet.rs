@@ -105,6 +105,20 @@ impl Ionet {
         }
     }
 
+    /// What the deployment costs in the end: all of its paid time while it runs; once destroyed,
+    /// the time it ran, but never less than the first hour (io.net refunds the rest pro rata and
+    /// never the first hour: destroy-deployment).
+    fn charged(&self, d: &Deployment) -> f64 {
+        let paid = priced(d.price, d.duration_hours as f64, 1.0).3;
+        match d.destroyed {
+            None => paid,
+            Some(at) => {
+                let used_h = at.duration_since(d.created).as_secs_f64() / 3600.0;
+                paid * used_h.max(1.0).min(d.duration_hours as f64) / d.duration_hours as f64
+            }
+        }
+    }
+
     fn details(&self, d: &Deployment) -> Value {
         let h = &d.hardware;
         json!({
@@ -450,6 +464,7 @@ impl Api for Ionet {
                        "location": d.location, "price_per_hour": d.price,
                        "duration_hours": d.duration_hours,
                        "amount_paid": inventory::round(priced(d.price, d.duration_hours as f64, 1.0).3, 4),
+                       "charged_usd": self.charged(d),
                        "ssh_keys": d.ssh_keys})
             })
             .collect();
