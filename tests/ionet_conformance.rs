@@ -297,17 +297,7 @@ async fn a_deployment_destroyed_in_its_first_hour_is_charged_the_hour_as_io_net_
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let price = r.json()["price_per_hour"].as_f64().unwrap();
     until(&d, &token, &id, "running", |v| v["status"] == "running").await;
-    let r = call(
-        &d,
-        &token,
-        "DELETE",
-        &format!("/v1/instances/{id}"),
-        "",
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", r.json());
-    let v = until(&d, &token, &id, "ended", |v| v["status"] == "terminated").await;
+    let v = support::rentals::destroy_until_ended(&d, &token, &id).await;
     let charge = v["events"]
         .as_array()
         .unwrap()

@@ -442,20 +442,7 @@ async fn vast_charges_reconcile_per_item_and_bandwidth_reaches_usage_and_budgets
     )
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(20)).await;
-    let r = call(
-        &d,
-        &token,
-        "DELETE",
-        &format!("/v1/instances/{id}"),
-        "",
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", r.json());
-    let ended = until(&d, &token, &id, "terminated", |v| {
-        v["status"] == "terminated"
-    })
-    .await;
+    let ended = support::rentals::destroy_until_ended(&d, &token, &id).await;
     let at_vast = sandbox_instance(&sb, pid).await;
     let bandwidth =
         at_vast["charged_bwu_usd"].as_f64().unwrap() + at_vast["charged_bwd_usd"].as_f64().unwrap();

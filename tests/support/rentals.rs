@@ -103,6 +103,13 @@ pub async fn until(
     .await
 }
 
+/// `DELETE /v1/instances/{id}` (it must answer 200), then the instance once it has ended.
+pub async fn destroy_until_ended(d: &DaemonProc, token: &str, id: &str) -> Value {
+    let r = call(d, token, "DELETE", &format!("/v1/instances/{id}"), "", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    until(d, token, id, "terminated", |v| v["status"] == "terminated").await
+}
+
 /// The `kind`s of an instance's events, in order.
 pub fn kinds(v: &Value) -> Vec<String> {
     v["events"]

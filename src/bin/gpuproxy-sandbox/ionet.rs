@@ -271,20 +271,7 @@ impl Api for Ionet {
             Some(_) => {}
         }
         if let Some(def) = self.defs.operation(call.method.as_str(), &call.path) {
-            let query: Vec<(String, String)> = call
-                .query
-                .as_deref()
-                .unwrap_or("")
-                .split('&')
-                .filter(|kv| !kv.is_empty())
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (
-                        crate::server::percent_decode(k),
-                        crate::server::percent_decode(v),
-                    )
-                })
-                .collect();
+            let query = call.query_pairs();
             let errors = self.defs.check(&def, &query, &call.body);
             if !errors.is_empty() {
                 return Answer::json(422, json!({ "detail": errors }));

@@ -27,6 +27,20 @@ pub struct Call {
 }
 
 impl Call {
+    /// Every query parameter, decoded, in order.
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        self.query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect()
+    }
+
     /// A query parameter, percent-decoded (`+` as space).
     pub fn param(&self, name: &str) -> Option<String> {
         self.query.as_deref()?.split('&').find_map(|kv| {
@@ -103,15 +117,9 @@ const KEPT_REQUESTS: usize = 5_000;
 /// One request as recorded: its operation, method, path, decoded query and JSON body.
 fn recorded(op: &str, call: &Call) -> serde_json::Value {
     let query: serde_json::Map<String, serde_json::Value> = call
-        .query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (percent_decode(k), json!(percent_decode(v)))
-        })
+        .query_pairs()
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
         .collect();
     let body = if call.body.is_empty() {
         serde_json::Value::Null

@@ -315,6 +315,25 @@ fn id_in(path: &str, prefix: &str) -> Option<u64> {
     trim(path).strip_prefix(prefix)?.parse().ok()
 }
 
+/// The `after_token` of a paged call: an opaque string this API gave (`<prefix><n>`), taken back
+/// as the official client sends it, raw; 0 without one. Anything else (a JSON-quoted token) is
+/// 400 `invalid_token`.
+fn cursor(call: &Call, prefix: char) -> Result<u64, Answer> {
+    match call.param("after_token") {
+        None => Ok(0),
+        Some(t) => t
+            .strip_prefix(prefix)
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| {
+                fail(
+                    400,
+                    "invalid_token",
+                    "after_token is not a token this API gave",
+                )
+            }),
+    }
+}
+
 fn fail(status: u16, error: &str, msg: &str) -> Answer {
     Answer::json(
         status,
@@ -700,18 +719,9 @@ impl Vast {
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        let after = match call.param("after_token") {
-            None => 0,
-            Some(t) => match t.strip_prefix('c').and_then(|n| n.parse::<usize>().ok()) {
-                Some(n) => n,
-                None => {
-                    return fail(
-                        400,
-                        "invalid_token",
-                        "after_token is not a token this API gave",
-                    );
-                }
-            },
+        let after = match cursor(call, 'c') {
+            Ok(n) => n as usize,
+            Err(refused) => return refused,
         };
         let latest_first = call.param("latest_first").as_deref() == Some("true");
         self.settle_all();
@@ -797,18 +807,9 @@ impl Vast {
             .unwrap_or(25);
         let limit = if limit <= 0 { 5 } else { limit.min(25) } as usize;
         // the cursor comes back as the official client sends it: the string itself
-        let after = match call.param("after_token") {
-            None => 0,
-            Some(t) => match t.strip_prefix('i').and_then(|n| n.parse::<u64>().ok()) {
-                Some(n) => n,
-                None => {
-                    return fail(
-                        400,
-                        "invalid_token",
-                        "after_token is not a token this API gave",
-                    );
-                }
-            },
+        let after = match cursor(call, 'i') {
+            Ok(n) => n,
+            Err(refused) => return refused,
         };
         let world = self.world.lock().unwrap();
         let page: Vec<&Instance> = world
