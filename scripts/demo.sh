@@ -77,8 +77,11 @@ Try, from another terminal:
   curl --cacert demo-data/certs/server.crt -X POST -H "Authorization: Bearer $API_KEY" https://localhost:8443/v1/auth/token
   curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" -H "Content-Type: application/json" \
     -d '{"name": "laptop", "public_key": "'"\$(cat ~/.ssh/id_ed25519.pub)"'"}' https://localhost:8443/v1/ssh-keys
+  # a Vast offer takes a container image; an io.net offer one of its VM images: "general" or "datascience"
   curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" -H "Content-Type: application/json" \
-    -d '{"offer_id": "<an id from /v1/offers>", "image": "ubuntu:22.04", "disk_gb": 20, "ssh_key_ids": ["<id from /v1/ssh-keys>"]}' https://localhost:8443/v1/instances
+    -d '{"offer_id": "<a vastai: id from /v1/offers>", "image": "ubuntu:22.04", "disk_gb": 20, "ssh_key_ids": ["<id from /v1/ssh-keys>"]}' https://localhost:8443/v1/instances
+  curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" -H "Content-Type: application/json" \
+    -d '{"offer_id": "<an ionet: id from /v1/offers>", "image": "general", "disk_gb": 20, "duration_hours": 2}' https://localhost:8443/v1/instances
   curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" -H "Content-Type: application/json" \
     -d '{"spec": {"gpu": "RTX 4090", "max_price_per_hour": 2}, "image": "ubuntu:22.04", "disk_gb": 20, "max_duration_hours": 1}' https://localhost:8443/v1/instances
   curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" "https://localhost:8443/v1/usage?group_by=instance"

@@ -1,4 +1,4 @@
-//! Rentals against what the providers really do (providers.md §4): bids, SSH keys per instance,
+//! Rentals against what the providers really do (docs/providers.md): bids, SSH keys per instance,
 //! io.net configurations, instances that never run, one buyer per offer, and passthrough that
 //! cannot undo the ledger. The daemon runs as a process against the sandbox providers over HTTP,
 //! with PostgreSQL (through PgBouncer) and Redis.

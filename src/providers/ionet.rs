@@ -1,4 +1,4 @@
-//! io.net (providers.md §2): the enterprise VMaaS hardware catalogue
+//! io.net (docs/providers.md, "io.net"): the enterprise VMaaS hardware catalogue
 //! (`GET /enterprise/v1/io-cloud/vmaas/hardware`, key in `x-api-key`) and its normalization.
 //!
 //! Quirks handled here: the `{"data": {"hardware": [...]}}` envelope, `deploy_id` as an int or a
@@ -163,7 +163,7 @@ impl Provider for Ionet {
             if let Some(id) = v.get("deployment_id").and_then(|i| id_string(Some(i))) {
                 return Ok(id);
             }
-            // the deploy answer may carry no id (providers.md §2.4): find it by its unique name
+            // the deploy answer may carry no id (docs/providers.md, "Offers and other quirks"): find it by its unique name
             self.find_by_name(&name).await?.ok_or_else(|| {
                 UpstreamError::Decode(
                     "deploy answered without an id and no deployment has our name".into(),

@@ -1,4 +1,4 @@
-//! Vast.ai (providers.md §1): offer search (`POST /api/v0/bundles/`, no key needed; the key is
+//! Vast.ai (docs/providers.md, "Vast.ai"): offer search (`POST /api/v0/bundles/`, no key needed; the key is
 //! sent as `Authorization: Bearer` when configured) and the normalization of its offers.
 //!
 //! Quirks handled here: memory in MB (MiB in practice: 24564 for a 24 GB card), CPU and RAM given
@@ -206,7 +206,7 @@ impl Provider for Vastai {
                 "cancel_unavail": true,
             });
             // without `price` Vast rents on demand at the full price and does not say so
-            // (providers.md §4.1): an interruptible rental always sends its bid
+            // (docs/providers.md, "Offers and other quirks"): an interruptible rental always sends its bid
             let ask = match (req.offer.strip_suffix(BID_SUFFIX), req.bid_per_hour) {
                 (Some(ask), Some(bid)) => {
                     body["price"] = json!(bid);
@@ -296,7 +296,7 @@ impl Provider for Vastai {
         public_key: &'a str,
     ) -> BoxFuture<'a, Result<(), UpstreamError>> {
         Box::pin(async move {
-            // per instance (providers.md §4.1); `POST /api/v0/ssh/` would add the key to the
+            // per instance (docs/providers.md, "Offers and other quirks"); `POST /api/v0/ssh/` would add the key to the
             // account and every instance of every tenant
             let path = format!("/api/v0/instances/{provider_id}/ssh/");
             self.api
@@ -676,7 +676,7 @@ mod tests {
         ProviderId::register("vastai").unwrap()
     }
 
-    /// A realistic offer, with the fields providers.md §1.4 lists (and some it does not).
+    /// A realistic offer, with the fields docs/providers.md lists (and some it does not).
     fn sample() -> Value {
         serde_json::from_str(
             r#"{

@@ -165,7 +165,7 @@ impl Rule {
         let method: Method = m
             .parse()
             .map_err(|_| format!("`{text}`: `{m}` is not an HTTP method"))?;
-        // providers treat a trailing slash loosely (providers.md §1.2): either form matches
+        // providers treat a trailing slash loosely (docs/providers.md, "Offers and other quirks"): either form matches
         let (raw, _) = segments(path.trim()).ok_or_else(|| {
             format!("`{text}`: the path must start with / and have no empty segments")
         })?;

@@ -1,5 +1,5 @@
 //! The seeded inventory: the same seed gives the same offers, so tests can assert on them.
-//! Payloads carry the quirks providers.md lists (MB memory, host-wide CPU/RAM, geolocation as
+//! Payloads carry the quirks docs/providers.md lists (MB memory, host-wide CPU/RAM, geolocation as
 //! "Region, CC", a bare country or null, null `cpu_cores`, int-or-string `deploy_id`).
 
 use serde_json::{Value, json};
@@ -89,7 +89,7 @@ pub fn vast_offers(seed: u64, n: usize) -> Vec<Value> {
         .collect()
 }
 
-/// io.net lists one hardware type once per card count and location (providers.md §4.2): the
+/// io.net lists one hardware type once per card count and location (docs/providers.md, "Offers and other quirks"): the
 /// first types of the catalogue come as such families (one `deploy_id`, 1/2/4/8 cards, two
 /// countries, each configuration its own price), the rest one configuration each.
 pub fn ionet_hardware(seed: u64, n: usize) -> Vec<Value> {

@@ -1,5 +1,5 @@
 //! Sandbox providers: real HTTP servers that speak the Vast.ai and io.net wire formats
-//! (providers.md §1.8 and §2.6) from a deterministic, seeded inventory, with instances that move
+//! (docs/providers.md) from a deterministic, seeded inventory, with instances that move
 //! through their states over time and faults switched on at will. The tests, the local demo and
 //! the load scripts point the daemon at it instead of the real providers.
 //!
@@ -69,7 +69,7 @@ pub struct Args {
     /// io.net's deploy answer: `empty` (as reported live) or `id` (`{"status","deployment_id"}`).
     #[arg(long, default_value = "id")]
     pub ionet_deploy_response: String,
-    /// Vast.ai's quirk (providers.md §1.3): create the instance, then answer 400 with
+    /// Vast.ai's quirk (docs/providers.md, "Offers and other quirks"): create the instance, then answer 400 with
     /// `success: false` and the `new_contract` anyway.
     #[arg(long)]
     pub vast_refuse_after_create: bool,

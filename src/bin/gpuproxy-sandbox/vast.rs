@@ -1,4 +1,4 @@
-//! The sandbox Vast.ai API (providers.md §1.8), with the behaviours that cost money (§4.1):
+//! The sandbox Vast.ai API (docs/providers.md, "Vast.ai"), with the behaviours that cost money:
 //! - a create without `price` rents on demand at the full price, even for a bid offer (so a
 //!   client that forgets the bid is caught); with `price` the instance is a bid at that price;
 //! - `POST /_sandbox/vast/outbid {"id"}` outbids a bid instance: it goes `stopped` (still
@@ -497,7 +497,7 @@ impl Vast {
             },
         };
         let mut world = self.world.lock().unwrap();
-        // a second buyer of a rented offer is accepted too, and fails later (providers.md §4.1)
+        // a second buyer of a rented offer is accepted too, and fails later (docs/providers.md, "Offers and other quirks")
         let taken = world
             .instances
             .values()
