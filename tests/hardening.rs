@@ -258,13 +258,7 @@ async fn stats_stay_off_the_api_and_passthrough_forwards_only_what_it_checked() 
 
     let offer = support::rentals::cheapest(&d, &token, "ionet", "").await;
     // `ionet:<cards>x<hardware>@<place>`: the configuration the price is asked for
-    let (cards, rest) = offer["id"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("ionet:")
-        .split_once('x')
-        .unwrap();
-    let (deploy, place) = rest.split_once('@').unwrap();
+    let (cards, deploy, place) = support::rentals::ionet_config(offer["id"].as_str().unwrap());
     let base = "/v1/providers/ionet/enterprise/v1/io-cloud/vmaas/price";
     let q = format!(
         "location_ids=%5B%22{place}%22%5D&hardware_id={deploy}&currency=usdc&duration_hours=2&gpus_per_vm={cards}&replica_count=1"

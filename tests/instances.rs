@@ -64,12 +64,7 @@ async fn lifecycle(provider: &str) {
     assert_eq!(inst["offer_id"], o["id"]);
     if provider == "ionet" {
         // priced at io.net's total for the paid time (24 h by default), fees and discount in
-        let dep = sb
-            .ionet_deployments()
-            .await
-            .into_iter()
-            .find(|x| x["id"] == inst["provider_instance_id"])
-            .unwrap();
+        let dep = sb.ionet_deployment(&inst["provider_instance_id"]).await;
         let total = inst["price_per_hour"].as_f64().unwrap() * 24.0;
         assert!(
             (total - dep["amount_paid"].as_f64().unwrap()).abs() < 1e-3,

@@ -188,13 +188,7 @@ async fn io_net_requests_and_answers_follow_the_published_definitions() {
         );
     }
     // and ones they accept that the sandbox answers as io.net does
-    let (cards, rest) = located["id"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("ionet:")
-        .split_once('x')
-        .unwrap();
-    let (hw, place) = rest.split_once('@').unwrap();
+    let (cards, hw, place) = support::rentals::ionet_config(located["id"].as_str().unwrap());
     let v = support::sandbox::raw_call(
         &sb.ionet,
         "GET",
@@ -309,12 +303,7 @@ async fn a_deployment_destroyed_in_its_first_hour_is_charged_the_hour_as_io_net_
         charge["detail"].as_str().unwrap().contains("first 1 h"),
         "{charge}"
     );
-    let dep = sb
-        .ionet_deployments()
-        .await
-        .into_iter()
-        .find(|x| x["id"] == v["provider_instance_id"])
-        .unwrap();
+    let dep = sb.ionet_deployment(&v["provider_instance_id"]).await;
     let charged = dep["charged_usd"].as_f64().unwrap();
     let spent = support::rentals::spent(&db, "renter").await;
     assert!(

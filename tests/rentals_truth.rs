@@ -496,12 +496,7 @@ async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
         assert_eq!(r.status, 201, "{}: {:?}", o["id"], r.json());
         let inst = r.json();
         assert_eq!(inst["gpu_count"], o["gpu_count"]);
-        let dep = sb
-            .ionet_deployments()
-            .await
-            .into_iter()
-            .find(|x| x["id"] == inst["provider_instance_id"])
-            .unwrap();
+        let dep = sb.ionet_deployment(&inst["provider_instance_id"]).await;
         assert_eq!(dep["gpus_per_vm"], o["gpu_count"], "{}", o["id"]);
         assert_eq!(dep["price_per_hour"], o["price_per_hour"], "{}", o["id"]);
         // the rental is priced at what io.net charges for its paid time, fees included

@@ -103,6 +103,17 @@ pub async fn until(
     .await
 }
 
+/// The configuration an io.net offer id names: (cards, hardware id, place), from
+/// `ionet:<cards>x<hardware>@<place>`.
+pub fn ionet_config(offer_id: &str) -> (&str, &str, &str) {
+    let (cards, rest) = offer_id
+        .trim_start_matches("ionet:")
+        .split_once('x')
+        .expect("an io.net offer id");
+    let (hw, place) = rest.split_once('@').expect("an io.net offer id");
+    (cards, hw, place)
+}
+
 /// `DELETE /v1/instances/{id}` (it must answer 200), then the instance once it has ended.
 pub async fn destroy_until_ended(d: &DaemonProc, token: &str, id: &str) -> Value {
     let r = call(d, token, "DELETE", &format!("/v1/instances/{id}"), "", None).await;

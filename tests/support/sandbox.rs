@@ -171,6 +171,15 @@ impl Sandbox {
             .clone()
     }
 
+    /// The sandbox io.net's deployment with this id (`provider_instance_id` of an instance).
+    pub async fn ionet_deployment(&self, id: &Value) -> Value {
+        self.ionet_deployments()
+            .await
+            .into_iter()
+            .find(|x| x["id"] == *id)
+            .unwrap_or_else(|| panic!("no sandbox deployment {id}"))
+    }
+
     pub async fn reset(&self) {
         for p in ["vastai", "ionet"] {
             raw_call(self.base(p), "POST", "/_sandbox/reset", "", None).await;
