@@ -188,6 +188,18 @@ async fn a_restart_a_reboot_a_host_outage_and_a_freeze_never_destroy_an_instance
         .json();
     assert_eq!(v["status"], "frozen", "{v}");
 
+    // B destroyed by its renter at Vast: gone from the list and, asked for, gone: it ends
+    let r = sb
+        .vast_api("DELETE", &format!("/api/v0/instances/{b_pid}/"), "{}")
+        .await;
+    assert_eq!(r["success"], true, "{r}");
+    let v = until(&d, &token, &b, "B ended", |v| v["status"] == "terminated").await;
+    assert!(
+        kinds(&v).iter().any(|k| k == "vanished" || k == "status"),
+        "{:?}",
+        kinds(&v)
+    );
+
     // an instance that never ran is still destroyed when it never gets there
     sb.control(
         "vastai",

@@ -6,7 +6,8 @@
 //!   with our id is adopted (`adopted`), otherwise the intent is marked failed (`abandoned`);
 //! - destroys an instance that exists for an intent marked failed (`orphan_destroyed`);
 //! - brings open instances' statuses up to date (`status_synced`; an outbid bid instance becomes
-//!   `interrupted`), and marks terminated the ones the provider no longer lists (`vanished`);
+//!   `interrupted`), and marks terminated the ones the provider no longer lists and, asked for
+//!   them one by one, says are gone (`vanished`);
 //! - destroys and marks failed an instance that has never run and that the provider has reported
 //!   in a state that never reaches `running` for `rentals.dead_state_grace_ms`
 //!   (`dead_destroyed`), or that is still not running `rentals.provisioning_timeout_ms` after its
@@ -195,18 +196,35 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
             let Some(pid) = row.provider_instance_id.as_deref() else {
                 continue;
             };
-            let Some(i) = by_pid.get(pid) else {
-                if ledger::transition(
-                    &db,
-                    &row.id,
-                    Transition::new(&[row.status], Status::Terminated, "vanished"),
-                )
-                .await?
-                .is_some()
-                {
-                    act("vanished");
-                }
-                continue;
+            // missing from the list: gone only if the provider says so for this instance too
+            // (its own not-found answer); a list that left it out, or a provider that cannot
+            // answer now, concludes nothing (docs/providers.md, "A 404 is not gone")
+            let asked;
+            let i = match by_pid.get(pid) {
+                Some(i) => *i,
+                None => match p.instance(pid).await {
+                    Ok(None) => {
+                        if ledger::transition(
+                            &db,
+                            &row.id,
+                            Transition::new(&[row.status], Status::Terminated, "vanished"),
+                        )
+                        .await?
+                        .is_some()
+                        {
+                            act("vanished");
+                        }
+                        continue;
+                    }
+                    Ok(Some(found)) => {
+                        asked = found;
+                        &asked
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %row.id, provider = name, error = %e, "an instance the list left out could not be asked for; nothing concluded");
+                        continue;
+                    }
+                },
             };
             let view = super::RemoteView {
                 status: i.status,
