@@ -321,6 +321,38 @@ async fn a_revoked_provider_key_alerts_and_leaves_every_instance_billing() {
         .json();
     assert_eq!(v["status"], "terminating", "{v}");
 
+    // a working key of another Vast account: it lists nothing and shows none of ours,
+    // successfully; the ledger still concludes nothing (the account differs from the one seen)
+    sb.control(
+        "vastai",
+        "POST",
+        "/_sandbox/vast/key",
+        r#"{"other_account": true}"#,
+    )
+    .await;
+    let before = support::metrics::value(
+        &d.scrape().await,
+        "gpuproxy_provider_auth_failures_total{provider=\"vastai\"}",
+    );
+    support::eventually("the other account noticed", || async {
+        let n = support::metrics::value(
+            &d.scrape().await,
+            "gpuproxy_provider_auth_failures_total{provider=\"vastai\"}",
+        );
+        (n > before).then_some(())
+    })
+    .await;
+    rounds().await;
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{b}"), "", None)
+        .await
+        .json();
+    assert_ne!(v["status"], "terminated", "{v}");
+    assert!(
+        !kinds(&v).iter().any(|k| k == "vanished"),
+        "{:?}",
+        kinds(&v)
+    );
+
     // the key comes back: the DELETE goes through
     sb.control(
         "vastai",

@@ -361,6 +361,8 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
     ]);
     vast.run(&["show", "invoices-v1", "--charges"]);
     vast.run(&["destroy", "instance", &bid_id, "-y"]);
+    let user = vast.json(&["show", "user"]);
+    assert!(user["id"].is_number(), "{user}");
     let official = by_op(&requests(&sb).await);
     sb.control("vastai", "POST", "/_sandbox/requests/clear", "")
         .await;

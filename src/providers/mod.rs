@@ -143,6 +143,13 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// Which provider account the key belongs to (Vast: the user id), where the provider says;
+    /// `None` otherwise. The reconciler concludes nothing while it differs from the one first
+    /// seen (a key of another account lists none of our instances, successfully).
+    fn identity(&self) -> BoxFuture<'_, Result<Option<String>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Paid time the provider never refunds, whenever the instance ends (io.net: the first hour):
     /// the ledger charges the rest of it when an instance ends sooner.
     fn minimum_billed_hours(&self) -> Option<f64> {

@@ -333,6 +333,17 @@ impl Provider for Vastai {
         })
     }
 
+    /// `GET /api/v0/users/current/`: the account's user id (docs/providers.md).
+    fn identity(&self) -> BoxFuture<'_, Result<Option<String>, UpstreamError>> {
+        Box::pin(async move {
+            let v = self
+                .api
+                .call("user", true, Method::GET, "/api/v0/users/current/", None)
+                .await?;
+            Ok(super::model::id_string(v.get("id")))
+        })
+    }
+
     fn publishes_charges(&self) -> bool {
         true
     }

@@ -888,11 +888,11 @@ impl Rentals {
             // the provider is failing: show what the ledger has
             Err(_) => return Ok(row),
         };
-        let view = view.unwrap_or(RemoteView {
-            status: InstanceStatus::Terminated,
-            ssh: None,
-            dead: None,
-        });
+        // a status read that finds nothing ends nothing on its own: the reconciler, which also
+        // checks the key's account and the provider's list, settles it (docs/providers.md)
+        let Some(view) = view else {
+            return Ok(row);
+        };
         self.apply(row, &view, "status").await
     }
 

@@ -115,6 +115,9 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
         if !rows.iter().any(|x| x.provider == name) {
             continue;
         }
+        if !same_account(r, p.as_ref()).await? {
+            continue;
+        }
         let remote = match p.list_instances().await {
             Ok(v) => v,
             Err(e) => {
@@ -309,6 +312,46 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
     }
     // budgets last: the statuses are up to date
     super::budget::enforce(r).await
+}
+
+/// Whether the provider's key still belongs to the account first seen with it (recorded in
+/// `provider_identities`); a provider that names no account passes. Otherwise (or when it cannot
+/// say now) the round concludes nothing for the provider: a key of another account would list
+/// none of our instances, successfully. It counts as an authentication fault.
+async fn same_account(r: &Rentals, p: &dyn Provider) -> Result<bool> {
+    let name = p.id().as_str();
+    let seen = match p.identity().await {
+        Ok(None) => return Ok(true),
+        Ok(Some(id)) => id,
+        Err(e) => {
+            tracing::warn!(provider = name, error = %e, "cannot tell which account the provider key belongs to; skipping this provider");
+            return Ok(false);
+        }
+    };
+    let first: String =
+        r.db.query(
+            "WITH ins AS (INSERT INTO provider_identities (provider, identity) VALUES ($1, $2) \
+               ON CONFLICT (provider) DO NOTHING RETURNING identity) \
+             SELECT identity FROM ins UNION ALL \
+             SELECT identity FROM provider_identities WHERE provider = $1 LIMIT 1",
+            &[
+                (&name, tokio_postgres::types::Type::TEXT),
+                (&seen, tokio_postgres::types::Type::TEXT),
+            ],
+        )
+        .await?
+        .first()
+        .map(|row| row.get(0))
+        .unwrap_or_else(|| seen.clone());
+    if first == seen {
+        return Ok(true);
+    }
+    counter!(crate::metrics::PROVIDER_AUTH_FAILURES_TOTAL, "provider" => name).increment(1);
+    tracing::error!(
+        provider = name,
+        "the provider key belongs to another account than the one the ledger's instances were rented with; nothing is concluded (delete its provider_identities row to accept the move)"
+    );
+    Ok(false)
 }
 
 /// Destroys an instance whose lifetime is over and marks it terminated (`expired`): it stops

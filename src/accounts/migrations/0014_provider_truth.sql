@@ -34,3 +34,13 @@ ALTER TABLE provider_charges DROP COLUMN amount_usd;
 -- on the event that records it (micro-dollars; spend, usage and budgets add these amounts).
 ALTER TABLE instances ADD COLUMN minimum_hours float8 CHECK (minimum_hours > 0);
 ALTER TABLE instance_events ADD COLUMN lump_micros bigint NOT NULL DEFAULT 0;
+
+-- Which provider account the configured key belongs to, as first seen (Vast: the user id of
+-- GET /api/v0/users/current/). A key of another account reads an empty list and "no such
+-- instance" for ours successfully: while the account differs, the reconciler concludes nothing.
+-- An intended move to another account is acknowledged by deleting the row.
+CREATE TABLE provider_identities (
+    provider   text PRIMARY KEY,
+    identity   text NOT NULL,
+    seen_at    timestamptz NOT NULL DEFAULT now()
+);

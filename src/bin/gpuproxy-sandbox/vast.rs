@@ -100,6 +100,9 @@ pub struct Vast {
     /// `POST /_sandbox/vast/key {"revoked": true}`: every call that needs the key answers 404
     /// `auth_error`, as Vast answers a revoked or wrong key.
     revoked: std::sync::atomic::AtomicBool,
+    /// `POST /_sandbox/vast/key {"other_account": true}`: the key works but is another account's:
+    /// its user id differs, it lists no instances and shows none of ours.
+    other_account: std::sync::atomic::AtomicBool,
     provision: Duration,
     world: Mutex<World>,
 }
@@ -110,6 +113,7 @@ impl Vast {
             refuse_after_create: args.vast_refuse_after_create,
             key: args.vast_key.clone(),
             revoked: std::sync::atomic::AtomicBool::new(false),
+            other_account: std::sync::atomic::AtomicBool::new(false),
             provision: args.provision_time,
             world: Mutex::new(World {
                 offers: inventory::vast_offers(args.seed, args.vast_offers),
@@ -121,6 +125,11 @@ impl Vast {
                 surcharges: Vec::new(),
             }),
         }
+    }
+
+    fn other(&self) -> bool {
+        self.other_account
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn authorized(&self, call: &Call) -> bool {
@@ -881,6 +890,11 @@ impl Api for Vast {
         match op {
             "search" => self.search(call),
             "create" => self.create(call),
+            "list" if self.other() => Answer::json(
+                200,
+                json!({"success": true, "instances_found": 0, "total_instances": 0,
+                       "label_counts": {}, "next_token": null, "instances": []}),
+            ),
             "list" => self.list(call),
             "list_v0" => fail(410, "deprecated", "Use /api/v1/instances/ instead"),
             "charges" => self.charges(call),
@@ -899,6 +913,7 @@ impl Api for Vast {
             }
             "ssh_attach" | "ssh_list" | "ssh_detach" => self.instance_ssh(op, call),
             "ssh_account" => self.account_ssh(call),
+            "show" if self.other() => Answer::json(200, json!({ "instances": null })),
             "show" => {
                 let world = self.world.lock().unwrap();
                 let inst =
@@ -926,7 +941,8 @@ impl Api for Vast {
             }
             "user" => Answer::json(
                 200,
-                json!({"id": 4242, "email": "sandbox@example.com", "balance": 0.0, "credit": 1000.0, "username": "sandbox"}),
+                json!({"id": if self.other() { 5151 } else { 4242 }, "email": "sandbox@example.com",
+                       "balance": 0.0, "credit": 1000.0, "username": "sandbox"}),
             ),
             _ => fail(404, "not_found", "error 404/3603: no such route"),
         }
@@ -999,10 +1015,16 @@ impl Api for Vast {
                 Answer::json(200, json!({"ok": true}))
             }
             (&Method::POST, "/_sandbox/vast/key") => {
-                let revoked = body.get("revoked").and_then(Value::as_bool).unwrap_or(true);
+                let flag = |k: &str| body.get(k).and_then(Value::as_bool).unwrap_or(false);
+                let (revoked, other) = (flag("revoked"), flag("other_account"));
                 self.revoked
                     .store(revoked, std::sync::atomic::Ordering::Relaxed);
-                Answer::json(200, json!({"ok": true, "revoked": revoked}))
+                self.other_account
+                    .store(other, std::sync::atomic::Ordering::Relaxed);
+                Answer::json(
+                    200,
+                    json!({"ok": true, "revoked": revoked, "other_account": other}),
+                )
             }
             (
                 &Method::POST,
