@@ -127,16 +127,7 @@ impl Definitions {
         let schema = self.resolve(schema);
         if let Some(any) = schema["anyOf"].as_array() {
             // FastAPI takes the first alternative the text parses as
-            let mut first = None;
-            for alt in any {
-                let mut e = Vec::new();
-                self.check_text(alt, text, loc, &mut e);
-                if e.is_empty() {
-                    return;
-                }
-                first.get_or_insert(e);
-            }
-            errors.extend(first.unwrap_or_default());
+            any_of(any, errors, |alt, e| self.check_text(alt, text, loc, e));
             return;
         }
         let value = match schema["type"].as_str() {
@@ -175,16 +166,7 @@ impl Definitions {
     fn check_value(&self, schema: &Value, v: &Value, loc: &[Value], errors: &mut Vec<Value>) {
         let schema = self.resolve(schema);
         if let Some(any) = schema["anyOf"].as_array() {
-            let mut first = None;
-            for alt in any {
-                let mut e = Vec::new();
-                self.check_value(alt, v, loc, &mut e);
-                if e.is_empty() {
-                    return;
-                }
-                first.get_or_insert(e);
-            }
-            errors.extend(first.unwrap_or_default());
+            any_of(any, errors, |alt, e| self.check_value(alt, v, loc, e));
             return;
         }
         if let Some(t) = schema["type"].as_str()
@@ -301,6 +283,20 @@ impl Definitions {
             }
         }
     }
+}
+
+/// `anyOf`: valid when one alternative holds; otherwise the first alternative's errors.
+fn any_of(alts: &[Value], errors: &mut Vec<Value>, mut check: impl FnMut(&Value, &mut Vec<Value>)) {
+    let mut first = None;
+    for alt in alts {
+        let mut e = Vec::new();
+        check(alt, &mut e);
+        if e.is_empty() {
+            return;
+        }
+        first.get_or_insert(e);
+    }
+    errors.extend(first.unwrap_or_default());
 }
 
 fn of_type(t: &str, v: &Value) -> bool {
