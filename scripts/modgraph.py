@@ -2,7 +2,10 @@
 """The top-level module graph of src/ (an edge A -> B: a `crate::B` path in a file of module A,
 tests and comments left out), checked against the layers below: a module may import modules of
 its own layer or lower, never higher, and no import cycle may form. Prints the graph; exits 1 on
-a cycle or an upward import. Run by scripts/test.sh.
+a cycle or an upward import. With --files, the same for files: every file of src/ a node, an
+edge A -> B when file A names an item of file B (a `crate::`, `super::` or `self::` path; a file's
+own ancestors are not counted: a child using its parent's items is the usual Rust shape); prints
+each cycle with the names that tie it. Run by scripts/test.sh, both ways.
 
 Layers, lowest first (README "Layout"):
   0 types                                        leaf data shared by everyone
@@ -102,8 +105,91 @@ def cycles(mods, edges):
     return [c for c in comps if len(c) > 1]
 
 
+def file_modules(src):
+    """Module path (a tuple) -> file, for every file of the library (src/bin left out)."""
+    out = {}
+    for root, _, names in os.walk(src):
+        rel = os.path.relpath(root, src)
+        parts = [] if rel == "." else rel.split(os.sep)
+        if parts[:1] == ["bin"]:
+            continue
+        for n in names:
+            if not n.endswith(".rs") or (not parts and n in ("main.rs", "testkit.rs")):
+                continue
+            mp = tuple(parts) if n in ("mod.rs", "lib.rs") else tuple(parts + [n[:-3]])
+            out[mp] = os.path.relpath(os.path.join(root, n), src)
+    return out
+
+
+def expand(path):
+    """`a::{b, c::{d}}` -> [`a::b`, `a::c::d`]."""
+    m = re.search(r"\{", path)
+    if not m:
+        return [path]
+    head, depth, j = path[:m.start()], 1, m.end()
+    while j < len(path) and depth:
+        depth += {"{": 1, "}": -1}.get(path[j], 0)
+        j += 1
+    inner, items, cur, depth = path[m.end():j - 1], [], "", 0
+    for ch in inner:
+        if ch == "," and depth == 0:
+            items.append(cur)
+            cur = ""
+            continue
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        cur += ch
+    items.append(cur)
+    return [head + e for it in items if it.strip() for e in expand(it.strip())]
+
+
+def file_graph(src):
+    mods = file_modules(src)
+    edges = {f: {} for f in mods.values()}
+    for mp, f in mods.items():
+        text = re.sub(r"//[^\n]*", "", strip_tests(open(os.path.join(src, f), encoding="utf-8").read()))
+        text = re.sub(r'"(?:[^"\\\n]|\\.)*"', '""', text)
+        paths = [e for u in re.findall(r"\buse\s+([^;]+);", text) for e in expand(re.sub(r"\s+", "", u))]
+        paths += re.findall(r"\b(?:crate|super|self)(?:::\w+)+", re.sub(r"\buse\s+[^;]+;", "", text))
+        for path in paths:
+            segs = [x for x in path.split("::") if x]
+            if not segs or segs[0] not in ("crate", "super", "self"):
+                continue
+            base = list(mp)  # `self` is the file's own module, each `super` its parent
+            while segs and segs[0] in ("super", "self"):
+                if segs.pop(0) == "super":
+                    base = base[:-1]
+            if segs and segs[0] == "crate":
+                base, segs = [], segs[1:]
+            full = tuple(base + [re.sub(r"\s+as\s+\w+$", "", x) for x in segs])
+            # the longest prefix that is a file; the next segment is the name used
+            for k in range(len(full), 0, -1):
+                tgt = mods.get(full[:k])
+                if tgt and tgt != f and full[:k] != mp[:k]:
+                    name = full[k] if k < len(full) else full[k - 1]
+                    edges[f].setdefault(tgt, set()).add(name)
+                    break
+    return mods, edges
+
+
+def main_files(src):
+    mods, edges = file_graph(src)
+    names = set(mods.values())
+    comps = cycles(names, {a: set(b) for a, b in edges.items()})
+    for c in comps:
+        print(f"cycle of {len(c)} files: {' '.join(c)}")
+        for a in c:
+            for b in sorted(edges[a]):
+                if b in c:
+                    print(f"  {a} -> {b}: {', '.join(sorted(edges[a][b]))}")
+    print(f"files={len(names)} cycles={len(comps)}")
+    sys.exit(1 if comps else 0)
+
+
 def main():
-    src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "src")
+    args = [a for a in sys.argv[1:] if a != "--files"]
+    src = args[0] if args else os.path.join(os.path.dirname(__file__), "..", "src")
+    if "--files" in sys.argv:
+        main_files(src)
     mods, edges = graph(src)
     bad = []
     for m in sorted(mods, key=lambda m: (LAYER.get(m, 99), m)):

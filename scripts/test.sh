@@ -15,8 +15,9 @@ DEBIAN_PACKAGES+=(
 install_debian_packages
 ensure_cargo
 
-echo "==> module layers (scripts/modgraph.py)"
+echo "==> module layers and file cycles (scripts/modgraph.py)"
 python3 scripts/modgraph.py src
+python3 scripts/modgraph.py --files src
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

@@ -7,13 +7,14 @@ use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use super::account::no_db;
-use super::router::{Call, percent_decode};
+use super::call::Call;
 use super::{Body, body, respond};
 use crate::accounts::Db;
 use crate::accounts::store::{self, AccountChange, AccountRef, KeyChange, NewAccount, NewKeySpec};
 use crate::auth::admin;
 use crate::auth::apikey;
 use crate::error::{Error, Result};
+use crate::types::text::percent_decode;
 
 /// What every admin handler starts from: the database, Redis, and the decoded path parameter.
 struct Ctx {
@@ -189,7 +190,7 @@ pub async fn reconciliation(c: Call) -> Result<Response<Body>> {
         if p.publishes_charges() {
             let rep = crate::rentals::billing::report(&x.db, name).await?;
             let mut v = serde_json::to_value(&rep).map_err(Error::internal)?;
-            v["as_of"] = super::instances::time(rep.as_of);
+            v["as_of"] = super::params::time(rep.as_of);
             v["status"] = json!(if rep.as_of.is_some() {
                 "reconciled"
             } else {

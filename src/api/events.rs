@@ -27,105 +27,13 @@ use hyper::{Response, StatusCode};
 
 use super::Body;
 use super::account::no_db;
-use super::router::{Call, percent_decode};
-use crate::error::{Error, Result};
-use crate::events;
-use crate::events::feed::{Feed, Filter, Item};
+use super::call::Call;
+use super::feed_query::Query;
+use crate::error::Result;
+use crate::events::feed::{Feed, Item};
 
 /// What EventSource clients wait before reconnecting (ms).
 const RETRY_MS: u32 = 2000;
-
-/// What the client asked for.
-#[derive(Debug, Default, PartialEq)]
-pub(super) struct Query {
-    pub after: Option<i64>,
-    pub filter: Filter,
-}
-
-/// An event id as the client gives it back: 1 to 18 digits (what the document says).
-fn parse_id(what: &str, v: &str) -> Result<i64> {
-    Some(v)
-        .filter(|v| (1..=18).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(|| {
-            Error::bad_request(format!(
-                "invalid {what}: the `id` of an event from this stream (1 to 18 digits)"
-            ))
-        })
-}
-
-impl Query {
-    pub(super) fn parse(q: Option<&str>, last_event_id: Option<&HeaderValue>) -> Result<Query> {
-        let mut out = Query::default();
-        for kv in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let v = percent_decode(v).ok_or_else(|| {
-                Error::bad_request(format!(
-                    "invalid query parameter `{}`: broken percent-encoding or a control character",
-                    crate::error::truncate(k, 32)
-                ))
-            })?;
-            match k {
-                "after" => out.after = Some(parse_id("query parameter `after`", &v)?),
-                "types" => {
-                    let types: Vec<String> = v.split(',').map(|t| t.trim().to_owned()).collect();
-                    if let Some(bad) = types.iter().find(|t| !events::TYPES.contains(&t.as_str())) {
-                        return Err(Error::bad_request(format!(
-                            "invalid query parameter `types`: `{}` is not one of {}",
-                            crate::error::truncate(bad, 48),
-                            events::TYPES.join(", ")
-                        )));
-                    }
-                    out.filter.types = Some(types);
-                }
-                // read by `browser_token` at authentication
-                "access_token" => {}
-                "instance" => {
-                    if v.is_empty() || v.chars().count() > 128 {
-                        return Err(Error::bad_request(
-                            "invalid query parameter `instance`: an instance id",
-                        ));
-                    }
-                    out.filter.instance = Some(v);
-                }
-                other => {
-                    return Err(Error::bad_request(format!(
-                        "unknown query parameter `{}` (known: after, types, instance, access_token)",
-                        crate::error::truncate(other, 64)
-                    )));
-                }
-            }
-        }
-        // a reconnecting EventSource repeats the original URL: the header is the newer word
-        if let Some(h) = last_event_id {
-            let v = h
-                .to_str()
-                .map_err(|_| Error::bad_request("invalid `Last-Event-ID` header"))?;
-            if !v.is_empty() {
-                out.after = Some(parse_id("`Last-Event-ID` header", v)?);
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// The subprotocol that carries a browser's token: `bearer.<token>`.
-pub const BEARER_PROTOCOL: &str = "bearer.";
-
-/// A token a browser passed outside `Authorization`: `?access_token=`, or a WebSocket
-/// subprotocol `bearer.<token>`. Never logged: the access log has the path only.
-pub(super) fn browser_token(req: &hyper::Request<hyper::body::Incoming>) -> Result<Option<String>> {
-    for kv in req.uri().query().unwrap_or("").split('&') {
-        if let Some(v) = kv.strip_prefix("access_token=") {
-            let v = percent_decode(v)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| Error::bad_request("invalid query parameter `access_token`"))?;
-            return Ok(Some(v));
-        }
-    }
-    Ok(super::websocket::offered_protocols(req)
-        .find_map(|p| p.strip_prefix(BEARER_PROTOCOL).map(str::to_owned)))
-}
 
 /// `GET /v1/events`.
 pub async fn stream(c: Call) -> Result<Response<Body>> {
@@ -226,56 +134,5 @@ impl hyper::body::Body for SseBody {
                 Poll::Pending
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resume_points_and_filters_are_checked() {
-        let h = HeaderValue::from_static("41");
-        let q = Query::parse(Some("after=7&types=instance.status_changed"), Some(&h)).unwrap();
-        assert_eq!(q.after, Some(41), "the header is the newer word");
-        assert_eq!(
-            q.filter.types.as_deref(),
-            Some(&["instance.status_changed".to_owned()][..])
-        );
-        for bad in [
-            "after=-1",
-            "after=x",
-            "types=instance.nope",
-            "instance=",
-            "foo=1",
-            "after=%00",
-        ] {
-            let e = Query::parse(Some(bad), None).unwrap_err();
-            assert_eq!(e.kind.status(), StatusCode::BAD_REQUEST, "{bad}");
-        }
-        let e = Query::parse(None, Some(&HeaderValue::from_static("x"))).unwrap_err();
-        assert!(e.to_string().contains("Last-Event-ID"), "{e}");
-    }
-
-    #[test]
-    fn filters_match_type_and_instance() {
-        let e = events::Event {
-            account_id: 1,
-            seq: 3,
-            at: String::new(),
-            kind: events::STATUS_CHANGED.into(),
-            instance_id: Some("i-1".into()),
-            data: serde_json::json!({}),
-        };
-        let q = |s: &str| Query::parse(Some(s), None).unwrap();
-        assert!(q("").filter.wants(&e));
-        assert!(
-            q("types=instance.status_changed,budget.warning")
-                .filter
-                .wants(&e)
-        );
-        assert!(!q("types=budget.warning").filter.wants(&e));
-        assert!(q("instance=i-1").filter.wants(&e));
-        assert!(!q("instance=i-2").filter.wants(&e));
     }
 }

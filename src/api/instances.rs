@@ -2,7 +2,6 @@
 //! A caller only ever sees its own account's instances (anyone else's id is 404, not 403).
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -11,8 +10,8 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::Api;
-use super::router::Call;
-use super::{Body, body, respond};
+use super::call::Call;
+use super::{Body, body, params, respond};
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::rentals::idempotency::{self, Begin, Outcome};
@@ -30,18 +29,6 @@ async fn with_tries(r: &Rentals, row: &InstanceRow, v: &mut Value) -> Result<()>
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-pub fn time(epoch: Option<f64>) -> Value {
-    epoch
-        .filter(|e| e.is_finite() && *e >= 0.0)
-        .map(|e| {
-            json!(
-                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs_f64(e))
-                    .to_string()
-            )
-        })
-        .unwrap_or(Value::Null)
-}
 
 /// The normalized instance a client sees; with `detail` (one instance), its events and SSH keys.
 pub fn view(r: &InstanceRow, detail: Option<(Vec<Event>, Vec<InstanceKey>)>) -> Value {
@@ -65,18 +52,18 @@ pub fn view(r: &InstanceRow, detail: Option<(Vec<Event>, Vec<InstanceKey>)>) -> 
         "disk_gb": r.disk_gb,
         "label": r.label,
         "failure": r.failure,
-        "created_at": time(Some(r.created_at)),
-        "started_at": time(r.started_at),
-        "terminated_at": time(r.terminated_at),
+        "created_at": params::time(Some(r.created_at)),
+        "started_at": params::time(r.started_at),
+        "terminated_at": params::time(r.terminated_at),
         // the provider reports a state that never reaches running (destroyed after a grace)
         "dead_state": r.dead_reason,
-        "expires_at": time(r.expires_at),
+        "expires_at": params::time(r.expires_at),
     });
     if let Some((ev, keys)) = detail {
         v["events"] = ev
             .into_iter()
             .map(|e| {
-                json!({"at": time(Some(e.at)), "kind": e.kind, "status": e.status,
+                json!({"at": params::time(Some(e.at)), "kind": e.kind, "status": e.status,
                        "price_per_hour": e.price_per_hour, "rate_per_hour": e.rate_per_hour,
                        "detail": e.detail})
             })
@@ -222,14 +209,6 @@ pub async fn rent(
     .await
 }
 
-/// A page size (`limit=`) of the list routes: 1 to 200.
-pub fn limit_param(v: &str) -> Result<i64> {
-    v.parse()
-        .ok()
-        .filter(|n| (1..=200).contains(n))
-        .ok_or_else(|| Error::bad_request("invalid query parameter `limit`: 1 to 200"))
-}
-
 /// `GET /v1/instances?limit=&cursor=`: the caller's instances, newest first (statuses as the
 /// ledger has them; `GET /v1/instances/{id}` refreshes one from the provider).
 pub fn list_query(query: Option<&str>) -> Result<(Option<f64>, i64)> {
@@ -237,7 +216,7 @@ pub fn list_query(query: Option<&str>) -> Result<(Option<f64>, i64)> {
     for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
-            "limit" => limit = limit_param(v)?,
+            "limit" => limit = params::limit_param(v)?,
             // a creation time (epoch seconds): between 1970 and 5138, or it is no cursor of ours
             "cursor" => before = Some(v.parse::<f64>().ok().filter(|x| (0.0..1e11).contains(x)).ok_or_else(
                 || {

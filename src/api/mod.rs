@@ -5,12 +5,15 @@
 pub mod account;
 pub mod admin;
 pub mod body;
+pub mod call;
 pub mod events;
+pub mod feed_query;
 pub mod health;
 pub mod instances;
 pub mod mcp;
 pub mod offers;
 pub mod openapi;
+pub mod params;
 pub mod passthrough;
 pub mod respond;
 pub mod router;
@@ -199,7 +202,7 @@ async fn dispatch(
         access => {
             let browser = match access {
                 Access::Stream if !req.headers().contains_key(AUTHORIZATION) => {
-                    events::browser_token(&req)?
+                    feed_query::browser_token(&req)?
                 }
                 _ => None,
             };
@@ -220,7 +223,7 @@ async fn dispatch(
             (Some(p), v)
         }
     };
-    let call = router::Call {
+    let call = call::Call {
         api: state.clone(),
         caller,
         param,

@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio_postgres::types::Type;
 
 use super::Body;
-use super::router::Call;
+use super::call::Call;
 use crate::error::{Error, Kind, Refusal, Result, Side};
 use crate::metrics::UPSTREAM_REQUESTS_TOTAL;
 use crate::providers::UpstreamError;
@@ -50,7 +50,7 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
         )
     })?;
     let raw_path = format!("/{rest}");
-    let path = super::router::percent_decode(&raw_path).ok_or_else(|| {
+    let path = crate::types::text::percent_decode(&raw_path).ok_or_else(|| {
         Error::bad_request("the provider path has broken percent-encoding or a control character")
     })?;
     let rules = state

@@ -7,85 +7,13 @@
 //! the text from the first parameter to the end of the last one, still percent-encoded (for
 //! passthrough: `vastai/api/v0/...`). A new route is one entry here plus its handler.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+use hyper::Method;
 
-use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
-
+pub use super::call::{Access, Call, Handler, Reply};
 use super::{
-    Api, Body, account, admin, events, health, instances, mcp, offers, openapi, passthrough,
-    sshkeys, usage, watches, webhooks,
+    account, admin, events, health, instances, mcp, offers, openapi, passthrough, sshkeys, usage,
+    watches, webhooks,
 };
-use crate::auth::Principal;
-use crate::error::{Error, Kind, Result, Side};
-
-pub use crate::types::text::{percent_decode, percent_encode};
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Public,
-    /// Any valid key or token.
-    User,
-    /// Keys (and their tokens) with the `admin` scope.
-    Admin,
-    /// As `User`; besides, a browser (whose EventSource and WebSocket cannot set
-    /// `Authorization`) may pass a token, never an API key, as `?access_token=` or as the
-    /// WebSocket subprotocol `bearer.<token>` (`events::browser_token`).
-    Stream,
-}
-
-/// A request as a handler receives it: authenticated already where the route needs it.
-pub struct Call {
-    pub api: Arc<Api>,
-    /// The caller (`None` on public routes).
-    pub caller: Option<Principal>,
-    /// The path parameter(s), still percent-encoded (see the module header).
-    pub param: Option<String>,
-    pub req: Request<Incoming>,
-}
-
-impl Call {
-    /// The caller of a route that is not public.
-    pub fn principal(&self) -> Result<&Principal> {
-        self.caller
-            .as_ref()
-            .ok_or_else(|| Error::new(Kind::Internal, Side::Internal, "route without a caller"))
-    }
-
-    /// The path parameter, percent-decoded; `what` names it in the error.
-    pub fn decoded_param(&self, what: &str) -> Result<String> {
-        self.param
-            .as_deref()
-            .and_then(percent_decode)
-            .ok_or_else(|| Error::bad_request(format!("invalid {what}")))
-    }
-}
-
-/// What a handler gives back: the answer at once (cheap routes, no allocation), or a boxed future
-/// (so a request's own future stays small whatever the handler holds).
-pub enum Reply {
-    Now(Result<Response<Body>>),
-    Later(Pin<Box<dyn Future<Output = Result<Response<Body>>> + Send>>),
-}
-
-impl Reply {
-    /// Runs a cheap handler at once (a closure, so it can use `?`).
-    pub fn now(f: impl FnOnce() -> Result<Response<Body>>) -> Reply {
-        Reply::Now(f())
-    }
-
-    pub async fn resolve(self) -> Result<Response<Body>> {
-        match self {
-            Reply::Now(r) => r,
-            Reply::Later(f) => f.await,
-        }
-    }
-}
-
-pub type Handler = fn(Call) -> Reply;
 
 /// One route.
 pub struct Route {
@@ -501,9 +429,12 @@ mod tests {
         assert_eq!(of("/v1/providers//x"), None);
         assert_eq!(of("/nope"), None);
         assert_eq!(of(""), None);
-        assert_eq!(percent_decode("acme%20co").as_deref(), Some("acme co"));
-        assert_eq!(percent_decode("bad%2"), None);
-        assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(
+            crate::types::text::percent_decode("acme%20co").as_deref(),
+            Some("acme co")
+        );
+        assert_eq!(crate::types::text::percent_decode("bad%2"), None);
+        assert_eq!(crate::types::text::percent_decode("%ff"), None);
     }
 
     #[test]

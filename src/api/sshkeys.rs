@@ -6,8 +6,8 @@ use std::sync::Arc;
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::router::Call;
-use super::{Body, body, instances::time, respond};
+use super::call::Call;
+use super::{Body, body, params::time, respond};
 use crate::error::{Error, Kind, Result, Side};
 use crate::rentals::sshkeys::{self, Key, NewKey};
 

@@ -4,11 +4,12 @@
 use hyper::{Response, StatusCode};
 
 use super::account::no_db;
-use super::router::{Call, percent_decode};
+use super::call::Call;
 use super::{Body, respond};
 use crate::accounts::store::{self, AccountRef};
 use crate::error::{Error, Result};
 use crate::rentals::usage::{self, GroupBy, Span};
+use crate::types::text::percent_decode;
 
 /// `from`, `to` and `group_by` from the query; every error names the parameter.
 fn query(q: Option<&str>) -> Result<(Span, GroupBy)> {

@@ -5,9 +5,8 @@
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::router::Call;
-use super::webhooks::db;
-use super::{Body, body, instances::time, respond};
+use super::call::Call;
+use super::{Body, body, params::time, respond};
 use crate::error::{Error, Result};
 use crate::providers::ProviderId;
 use crate::rentals::watches::{self, NewWatch, Watch};
@@ -20,7 +19,7 @@ fn view(w: &Watch) -> Value {
 
 /// `POST /v1/watches`.
 pub async fn create(c: Call) -> Result<Response<Body>> {
-    let (db, account) = (db(&c, "watches")?, c.principal()?.account_id());
+    let (db, account) = (c.db("watches")?, c.principal()?.account_id());
     let api = c.api.clone();
     let new: NewWatch = body::json(c.req, &api.config.server)
         .await?
@@ -41,7 +40,7 @@ pub async fn create(c: Call) -> Result<Response<Body>> {
 
 /// `GET /v1/watches`.
 pub async fn list(c: Call) -> Result<Response<Body>> {
-    let all = watches::list(&*db(&c, "watches")?, c.principal()?.account_id()).await?;
+    let all = watches::list(&*c.db("watches")?, c.principal()?.account_id()).await?;
     Ok(respond::json(
         StatusCode::OK,
         &json!({"watches": all.iter().map(view).collect::<Vec<_>>()}),
@@ -51,13 +50,13 @@ pub async fn list(c: Call) -> Result<Response<Body>> {
 /// `GET /v1/watches/{id}`.
 pub async fn show(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("watch id")?;
-    let w = watches::get(&*db(&c, "watches")?, c.principal()?.account_id(), &id).await?;
+    let w = watches::get(&*c.db("watches")?, c.principal()?.account_id(), &id).await?;
     Ok(respond::json(StatusCode::OK, &view(&w)))
 }
 
 /// `DELETE /v1/watches/{id}`.
 pub async fn delete(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("watch id")?;
-    let w = watches::delete(&*db(&c, "watches")?, c.principal()?.account_id(), &id).await?;
+    let w = watches::delete(&*c.db("watches")?, c.principal()?.account_id(), &id).await?;
     Ok(respond::json(StatusCode::OK, &view(&w)))
 }

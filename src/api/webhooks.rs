@@ -2,14 +2,12 @@
 //! each one's delivery log. The secret is in the creation answer only. Another account's
 //! webhook is 404, like an unknown one.
 
-use std::sync::Arc;
-
 use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::router::Call;
-use super::{Body, body, instances::time, respond};
-use crate::error::{Error, Kind, Result, Side};
+use super::call::Call;
+use super::{Body, body, params::time, respond};
+use crate::error::{Error, Result};
 use crate::events::webhook::{self, Delivery, NewWebhook, Webhook};
 
 fn view(w: &Webhook) -> Value {
@@ -27,19 +25,9 @@ fn delivery(d: &Delivery) -> Value {
            "attempt_log": d.history, "created_at": time(Some(d.created_at))})
 }
 
-pub(super) fn db(c: &Call, what: &str) -> Result<Arc<crate::accounts::Db>> {
-    c.api.db.clone().ok_or_else(|| {
-        Error::new(
-            Kind::DatabaseUnavailable,
-            Side::Internal,
-            format!("{what} need the database (DATABASE_URL is not set)"),
-        )
-    })
-}
-
 /// `POST /v1/webhooks`: 201 with the secret, the only time it is shown.
 pub async fn create(c: Call) -> Result<Response<Body>> {
-    let (db, account) = (db(&c, "webhooks")?, c.principal()?.account_id());
+    let (db, account) = (c.db("webhooks")?, c.principal()?.account_id());
     let api = c.api.clone();
     let new: NewWebhook = body::json(c.req, &api.config.server)
         .await?
@@ -52,7 +40,7 @@ pub async fn create(c: Call) -> Result<Response<Body>> {
 
 /// `GET /v1/webhooks`.
 pub async fn list(c: Call) -> Result<Response<Body>> {
-    let all = webhook::list(&*db(&c, "webhooks")?, c.principal()?.account_id()).await?;
+    let all = webhook::list(&*c.db("webhooks")?, c.principal()?.account_id()).await?;
     Ok(respond::json(
         StatusCode::OK,
         &json!({"webhooks": all.iter().map(view).collect::<Vec<_>>()}),
@@ -62,21 +50,21 @@ pub async fn list(c: Call) -> Result<Response<Body>> {
 /// `GET /v1/webhooks/{id}`.
 pub async fn show(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("webhook id")?;
-    let w = webhook::get(&*db(&c, "webhooks")?, c.principal()?.account_id(), &id).await?;
+    let w = webhook::get(&*c.db("webhooks")?, c.principal()?.account_id(), &id).await?;
     Ok(respond::json(StatusCode::OK, &view(&w)))
 }
 
 /// `DELETE /v1/webhooks/{id}`.
 pub async fn delete(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("webhook id")?;
-    let w = webhook::delete(&*db(&c, "webhooks")?, c.principal()?.account_id(), &id).await?;
+    let w = webhook::delete(&*c.db("webhooks")?, c.principal()?.account_id(), &id).await?;
     Ok(respond::json(StatusCode::OK, &view(&w)))
 }
 
 /// `POST /v1/webhooks/{id}/enable`: after it was disabled for failing.
 pub async fn enable(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("webhook id")?;
-    let w = webhook::enable(&*db(&c, "webhooks")?, c.principal()?.account_id(), &id).await?;
+    let w = webhook::enable(&*c.db("webhooks")?, c.principal()?.account_id(), &id).await?;
     Ok(respond::json(StatusCode::OK, &view(&w)))
 }
 
@@ -94,7 +82,7 @@ pub async fn deliveries(c: Call) -> Result<Response<Body>> {
     {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         match k {
-            "limit" => limit = super::instances::limit_param(v)?,
+            "limit" => limit = super::params::limit_param(v)?,
             "before" => {
                 before = Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
                     Error::bad_request(
@@ -110,7 +98,7 @@ pub async fn deliveries(c: Call) -> Result<Response<Body>> {
             }
         }
     }
-    let db = db(&c, "webhooks")?;
+    let db = c.db("webhooks")?;
     let rows =
         webhook::deliveries(&db, c.principal()?.account_id(), &id, limit + 1, before).await?;
     let more = rows.len() as i64 > limit;

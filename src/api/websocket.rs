@@ -32,8 +32,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::Body;
 use super::account::no_db;
-use super::events::Query;
-use super::router::Call;
+use super::call::Call;
+use super::feed_query::{BEARER_PROTOCOL, Query, offered_protocols};
 use crate::error::{Error, Result};
 use crate::events::feed::{Feed, Item};
 
@@ -72,19 +72,6 @@ impl Upgrade {
 /// The subprotocol a client names (with `bearer.<token>`) to be told it was understood: a
 /// browser fails a WebSocket whose answer selects none of the subprotocols it offered.
 pub const PROTOCOL: &str = "gpuproxy.events";
-
-/// The subprotocols the client offers (`Sec-WebSocket-Protocol`, comma-separated, any number of
-/// headers).
-pub fn offered_protocols(
-    req: &hyper::Request<hyper::body::Incoming>,
-) -> impl Iterator<Item = &str> {
-    req.headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
 
 /// Whether the request asks for a WebSocket (an HTTP/1.1 Upgrade or an HTTP/2 extended CONNECT).
 pub fn requested(req: &hyper::Request<hyper::body::Incoming>) -> bool {
@@ -143,7 +130,7 @@ pub(super) async fn accept(mut c: Call, q: Query) -> Result<Response<Body>> {
         Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key))
     };
     let ours = offered_protocols(&c.req).any(|p| p == PROTOCOL);
-    if !ours && offered_protocols(&c.req).any(|p| p.starts_with(super::events::BEARER_PROTOCOL)) {
+    if !ours && offered_protocols(&c.req).any(|p| p.starts_with(BEARER_PROTOCOL)) {
         return Err(Error::bad_request(
             "a token in `Sec-WebSocket-Protocol` (`bearer.<token>`) needs the subprotocol `gpuproxy.events` offered with it",
         ));

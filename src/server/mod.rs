@@ -10,6 +10,7 @@
 
 mod connection;
 pub mod notify;
+pub mod prefixed;
 pub mod proxy;
 pub mod signals;
 pub mod stream;

@@ -17,7 +17,7 @@ use rustls::unbuffered::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::stream::Prefixed;
+use super::prefixed::Prefixed;
 
 /// Bytes asked of the socket per read: a typical request's records fit; a larger record (up to
 /// 16 KiB) takes a few reads. Kept small because an active HTTP/1 connection keeps this buffer

@@ -20,7 +20,7 @@ use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::router::Call;
+use super::call::Call;
 use super::{Body, body, respond};
 use crate::error::{Error, Kind, Result, Side};
 
