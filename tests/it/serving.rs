@@ -1,7 +1,7 @@
 //! The serving core end to end, against the real binary: TLS with ALPN, HTTP/1.1 and HTTP/2, the
 //! error shape, request ids, metrics, and `check-config`.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -6,7 +6,7 @@
 //! reconciler reads the age of a state from them), so a test shows what 15 minutes of a restart,
 //! or 5 minutes of a host outage, does without waiting for it.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::accounts::TestDb;

@@ -2,7 +2,7 @@
 //! refused, idle ones closed, HTTP/2 gets GOAWAY), a second signal exits at once, SIGHUP reloads
 //! the certificate without dropping connections and refuses a broken pair.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! sandbox answers 422 exactly where the definitions refuse a request, and every answer fits the
 //! published response schema of its status.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 
@@ -34,7 +34,7 @@ fn check(exchanges: &Value) -> (u64, Vec<String>) {
     std::fs::write(&file, exchanges.to_string()).unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(bin.join("python"))
-        .arg(format!("{root}/tests/support/openapi_check.py"))
+        .arg(format!("{root}/tests/it/support/openapi_check.py"))
         .arg(format!("{root}/openapi/providers/ionet-vmaas.json"))
         .arg(&file)
         .output()

@@ -2,7 +2,7 @@
 //! with PostgreSQL (through PgBouncer), Redis and the sandbox providers; rentals made over HTTP;
 //! the stream read as Server-Sent Events.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ pub mod rentals;
 pub mod sandbox;
 pub mod services;
 pub mod sse;
-#[path = "../../src/testkit.rs"]
+#[path = "../../../src/testkit.rs"]
 pub mod testkit;
 pub mod topology;
 pub mod ws;

@@ -2,7 +2,7 @@
 //! PgBouncer), Redis and the sandbox; a receiver on loopback that checks every signature and
 //! answers 503 before it takes a delivery.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use support::accounts::TestDb;

@@ -4,7 +4,7 @@
 //! provider with a new API needs: its client in src/providers/ and one line in
 //! `Providers::from_config`.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -8,7 +8,7 @@
 //! replica at `DATABASE_READ_URL` serving key lookups without ever trusting its lag, and a
 //! primary switch (the standby promoted) that costs a reconnect, not an outage.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `GET /v1/offers` end to end: the daemon as a process, against the sandbox providers, with
 //! real PostgreSQL/PgBouncer (for the API key) and Redis (the shared cache layer).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! are off (the run is one client sending thousands of requests). Schemathesis is installed into
 //! a virtual environment under `~/.cache` on first use (pinned version, from PyPI).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

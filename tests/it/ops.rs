@@ -3,7 +3,7 @@
 //! `promtool check/test rules`, alert metric names against a live `/metrics`, and a real HAProxy
 //! in front of two daemons (PROXY v2 client address, drain without a failed request).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;

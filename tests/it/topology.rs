@@ -6,7 +6,7 @@
 //! rolling restart and a PgBouncer outage under load lose no request and take no daemon out of
 //! rotation.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -259,7 +259,7 @@ async fn three_daemons_are_one_deployment_for_keys_rentals_limits_and_a_redis_fa
     assert_eq!(r.json()["status"], "terminated");
 
     // the per-IP limit through HAProxy: one address, a new connection per request, spread over
-    // the three daemons; admitted ≤ burst + (n − 1) + rate × t (README, Rate limiting)
+    // the three daemons; admitted ≤ burst + (n − 1) + rate × t (docs/operations.md, Rate limiting)
     let started = Instant::now();
     let (mut admitted, mut limited) = (0u32, 0u32);
     for _ in 0..60 {

@@ -3,7 +3,7 @@
 //! what the provider billed. The daemon runs as a process against the sandbox providers over
 //! HTTP, with PostgreSQL (through PgBouncer) and Redis.
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::accounts::TestDb;

@@ -3,7 +3,7 @@
 //! rate-limit heartbeat counting peers), a Sentinel failover under load (no failed request, the
 //! daemon finds the new master by itself), and TLS with a private CA.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

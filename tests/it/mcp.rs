@@ -3,7 +3,7 @@
 //! (`mcp` from PyPI, pinned, installed on first use) in both protocol eras it negotiates, and the
 //! transport's rules checked request by request.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 
@@ -19,7 +19,7 @@ const MCP_SDK: &str = "mcp==2.3.0";
 /// Runs tests/mcp/agent.py against the daemon; its JSON report.
 fn agent(url: &str, token: &str, mode: &str) -> Value {
     let python = support::pyenv::venv(MCP_SDK).join("python");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/agent.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/mcp/agent.py");
     let out = Command::new(python)
         .arg(script)
         .args([url, token, mode, &format!("{KEY_A} agent@example")])

@@ -1,7 +1,7 @@
 //! Accounts and authentication end to end: the admin commands, API keys and JWTs against real
 //! PostgreSQL (through PgBouncer in transaction mode) and Redis, with the daemon as a process.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

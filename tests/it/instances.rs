@@ -1,7 +1,7 @@
 //! Rentals end to end: the daemon as a process against both sandbox providers, with PostgreSQL
 //! (through PgBouncer) holding the ledger and Redis the caches.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

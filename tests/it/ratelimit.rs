@@ -2,7 +2,7 @@
 //! `Retry-After` and the RateLimit headers, another address is still served, probes are exempt,
 //! and a retry after `Retry-After` succeeds.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! cannot undo the ledger. The daemon runs as a process against the sandbox providers over HTTP,
 //! with PostgreSQL (through PgBouncer) and Redis.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

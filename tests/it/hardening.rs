@@ -2,7 +2,7 @@
 //! abuse scenarios of the review, each reproduced against the daemon as a process with
 //! PostgreSQL (through PgBouncer), Redis and the sandbox providers.
 
-mod support;
+use crate::support;
 
 use support::accounts::TestDb;
 use support::rentals::{account, call, message};

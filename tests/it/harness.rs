@@ -1,7 +1,7 @@
 //! The real-service harness itself: PostgreSQL behind PgBouncer (transaction mode) and Redis start,
 //! answer, and are gone after the harness is dropped.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
@@ -122,7 +122,7 @@ fn shared_services_are_stopped_when_a_test_panics() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "helper_panics_while_holding_shared_services",
+            "harness::helper_panics_while_holding_shared_services",
             "--ignored",
             "--nocapture",
         ])

@@ -2,7 +2,7 @@
 //! closes and resets, header/idle timeouts and the reaper, PROXY protocol v1/v2, the fd-limit check
 //! at start, and a 15,000-connection hold.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;

@@ -15,7 +15,7 @@
 //!    with the same JSON type). An operation gpuproxyd performs that the official client was not
 //!    seen to perform fails the test too.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -113,7 +113,7 @@ impl Drop for Receiver {
     }
 }
 
-/// Checks `X-Gpuproxy-Signature` the way the README tells receivers to: `t=<unix>,v1=<hex
+/// Checks `X-Gpuproxy-Signature` the way docs/guide.md tells receivers to: `t=<unix>,v1=<hex
 /// HMAC-SHA256(secret, "<t>.<body>")>`, compared in constant time.
 pub fn verify(secret: &str, header: &str, body: &[u8]) -> bool {
     use hmac::{Hmac, Mac};
