@@ -1,7 +1,8 @@
 //! Metric names, in one place, and the Prometheus exporter.
 //!
-//! Every metric the daemon exports is named by a constant here; the README, the alert rules in
-//! config/prometheus/ and the dashboard use the same strings. Histograms get explicit buckets
+//! Every metric the daemon exports is declared once in [`CATALOG`] (name, kind, labels, help):
+//! the constants the call sites use, the HELP/TYPE lines and the table in docs/metrics.md come
+//! from it; the alert rules in config/prometheus/ and the dashboard use the same strings. Histograms get explicit buckets
 //! (metrics-exporter-prometheus renders summaries otherwise, and `histogram_quantile` needs buckets).
 
 use std::sync::OnceLock;
@@ -10,104 +11,141 @@ use std::time::Duration;
 use metrics::{Counter, Histogram, describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Counter, labels `route`, `status`: every response the API listeners sent.
-pub const REQUESTS_TOTAL: &str = "gpuproxy_requests_total";
-/// Counter, labels `route`: responses with a 5xx status (the daemon's or an upstream's fault).
-pub const REQUESTS_FAILED: &str = "gpuproxy_requests_failed";
-/// Histogram, label `route`: time from request head to response head, in milliseconds.
-pub const REQUEST_DURATION_MS: &str = "gpuproxy_request_duration_milliseconds";
-/// Gauge: client connections open now (all listeners).
-pub const CONNECTIONS_ACTIVE: &str = "gpuproxy_connections_active";
-/// Gauge: the global connection cap in force (configured, or sized from the fd limit).
-pub const CONNECTIONS_MAX: &str = "gpuproxy_connections_max";
-/// Gauge: RLIMIT_NOFILE after raising the soft limit to the hard one.
-pub const FD_LIMIT: &str = "gpuproxy_fd_limit";
-/// Counter, label `reason` (`global_cap`, `per_ip_cap`, `proxy_untrusted`, `proxy_invalid`):
-/// connections refused before being served.
-pub const CONNECTIONS_REJECTED_TOTAL: &str = "gpuproxy_connections_rejected_total";
-/// Counter, label `reason` (`idle_timeout`, `header_timeout`, `handshake_timeout`, `max_age`,
-/// `drain`): connections the daemon closed.
-pub const CONNECTIONS_CLOSED_TOTAL: &str = "gpuproxy_connections_closed_total";
-/// Counter, label `tier` (`ip`, `account`, `key`): requests answered 429.
-pub const RATE_LIMITED_TOTAL: &str = "gpuproxy_rate_limited_total";
-/// Gauge, label `tier`: keys a rate-limit tier tracks individually (after the last sweep).
-pub const RATELIMIT_KEYS: &str = "gpuproxy_ratelimit_keys";
-/// Counter, labels `listener` (`https`/`http`): client connections accepted.
-pub const CONNECTIONS_TOTAL: &str = "gpuproxy_connections_total";
-/// Counter: TLS handshakes that failed or timed out.
-pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "gpuproxy_tls_handshake_failures_total";
-/// Counter, label `result` (`ok`/`error`): TLS certificate reloads on SIGHUP.
-pub const TLS_RELOADS_TOTAL: &str = "gpuproxy_tls_reloads_total";
-/// Counter: accept() errors (e.g. out of file descriptors), each followed by a short back-off.
-pub const ACCEPT_ERRORS_TOTAL: &str = "gpuproxy_accept_errors_total";
-/// Gauge: PostgreSQL connections of the pool in use now (checked out).
-pub const DB_CONNECTIONS_ACTIVE: &str = "gpuproxy_db_connections_active";
-/// Gauge: the pool's size (`database.pool_size`); alerts divide active by it.
-pub const DB_CONNECTIONS_MAX: &str = "gpuproxy_db_connections_max";
-/// Histogram: time a query waited for a pooled connection, in milliseconds.
-pub const DB_POOL_WAIT_MS: &str = "gpuproxy_db_pool_wait_milliseconds";
-/// Counter, label `result` (`ok`/`error`): statements sent to PostgreSQL (through PgBouncer).
-pub const DB_QUERIES_TOTAL: &str = "gpuproxy_db_queries_total";
-/// Gauge: 1 while the last database probe (or query) succeeded.
-pub const DB_UP: &str = "gpuproxy_db_up";
-/// Gauge: 1 while the Redis connection is up (0 also when Redis is not configured).
-pub const REDIS_UP: &str = "gpuproxy_redis_up";
-/// Counter, label `source` (`memory`, `redis`, `database`, `stale`): where a credential lookup
-/// was answered from.
-pub const AUTH_LOOKUPS_TOTAL: &str = "gpuproxy_auth_lookups_total";
-/// Counter, label `code` (the error code): requests refused by authentication.
-pub const AUTH_FAILURES_TOTAL: &str = "gpuproxy_auth_failures_total";
-/// Counter, labels `provider`, `result` (`created`, `refused`, `failed`, `unknown`): rentals.
-pub const RENTALS_TOTAL: &str = "gpuproxy_rentals_total";
-/// Gauge, label `provider`: instances the ledger has as running.
-pub const INSTANCES_RUNNING: &str = "gpuproxy_instances_running";
-/// Gauge: USD per hour the open instances bill now (the full price while provisioning, running or
-/// terminating; the storage price while stopped or interrupted).
-pub const SPEND_USD_PER_HOUR: &str = "gpuproxy_spend_usd_per_hour";
-/// Counter, label `action` (`adopted`, `abandoned`, `orphan_destroyed`, `status_synced`,
-/// `vanished`, `dead_destroyed`, `stuck_destroyed`, `unreachable_destroyed`, `expired`): what the
-/// reconciler did.
-pub const RECONCILER_ACTIONS_TOTAL: &str = "gpuproxy_reconciler_actions_total";
-/// Counter, labels `budget` (`window`, `monthly`, `key`) and `event` (`warning`, `exhausted`,
-/// `stopped`, `destroyed`, `not_stoppable`): budgets crossed and what the reconciler did about it.
-pub const BUDGET_EVENTS_TOTAL: &str = "gpuproxy_budget_events_total";
-/// Gauge: `GET /v1/events` streams open on this daemon.
-pub const EVENT_STREAMS: &str = "gpuproxy_event_streams";
-/// Counter, label `reason` (`client`, `slow_consumer`, `draining`, `unavailable`,
-/// `ping_timeout`): event streams (SSE and WebSocket) ended, by why.
-pub const EVENT_STREAMS_CLOSED_TOTAL: &str = "gpuproxy_event_streams_closed_total";
-/// Counter: events delivered to streams (each event once per stream it reached).
-/// Webhook delivery attempts, by result (`delivered`, `retry`, `failed`: given up or refused).
-pub const WEBHOOK_ATTEMPTS_TOTAL: &str = "gpuproxy_webhook_attempts_total";
-/// Webhooks disabled for failing `webhooks.disable_after_failures` times in a row.
-pub const WEBHOOKS_DISABLED_TOTAL: &str = "gpuproxy_webhooks_disabled_total";
-pub const EVENTS_DELIVERED_TOTAL: &str = "gpuproxy_events_delivered_total";
-/// Gauge, label `provider`: the sum over instances of |billed − ledger| (USD) at the last
-/// reconciliation with the provider's charges.
-pub const BILLING_DRIFT_USD: &str = "gpuproxy_billing_drift_usd";
-/// Gauge: `rentals.billing_drift_alert_usd`, for the alert rule to compare with.
-pub const BILLING_DRIFT_ALERT_USD: &str = "gpuproxy_billing_drift_alert_usd";
-/// Gauge, label `provider`: when the provider's charges were last reconciled (unix seconds).
-pub const BILLING_RECONCILED_AT: &str = "gpuproxy_billing_reconciled_timestamp_seconds";
-/// Gauge: live daemons sharing the rate limits (this daemon enforces 1/n of each).
-pub const RATELIMIT_DAEMONS: &str = "gpuproxy_ratelimit_daemons";
-/// Counter, labels `provider`, `op`, `status` (HTTP code, or `timeout`, `connect_error`,
-/// `connection_reset`, `malformed_response`, `circuit_open`, `backing_off`): every upstream attempt.
-pub const UPSTREAM_REQUESTS_TOTAL: &str = "gpuproxy_upstream_requests_total";
-/// Histogram, labels `provider`, `op`: one upstream attempt, milliseconds.
-pub const UPSTREAM_DURATION_MS: &str = "gpuproxy_upstream_duration_milliseconds";
-/// Gauge, label `provider`: 1 while the provider's circuit breaker is open.
-pub const CIRCUIT_OPEN: &str = "gpuproxy_circuit_open";
-/// Counter, label `provider`: provider calls refused for our API key (401/403, or a 404 that is
-/// not the provider's own not-found answer). Any increase means a revoked or wrong key: the
-/// ledger keeps every instance as it was (docs/providers.md).
-pub const PROVIDER_AUTH_FAILURES_TOTAL: &str = "gpuproxy_provider_auth_failures_total";
-/// Counter, label `layer` (`memory`, `redis`, `stale`): provider answers served from cache.
-pub const CACHE_HITS_TOTAL: &str = "gpuproxy_cache_hits_total";
-/// Counter: provider answers that had to be fetched (one per upstream fetch, not per request).
-pub const CACHE_MISSES_TOTAL: &str = "gpuproxy_cache_misses_total";
-/// Gauge, labels `version`, `commit`: always 1; carries the build's identity.
-pub const BUILD_INFO: &str = "gpuproxy_build_info";
+/// What kind of series a metric is (its `# TYPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl MetricKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One exported metric, as [`CATALOG`] declares it.
+#[derive(Debug)]
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    /// The label names the daemon sets on it (a unit test holds the call sites to these).
+    pub labels: &'static [&'static str],
+    /// The `# HELP` text, also the meaning column of docs/metrics.md.
+    pub help: &'static str,
+}
+
+/// Declares every metric once: a constant per name for the call sites, and [`CATALOG`], from
+/// which `describe()` writes the HELP/TYPE lines and docs/metrics.md its table.
+macro_rules! catalog {
+    ($($konst:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
+        $(#[doc = $help] pub const $konst: &str = $name;)*
+        /// The constants' own names, in [`CATALOG`] order (for the call-site test).
+        #[cfg(test)]
+        static IDENTS: &[&str] = &[$(stringify!($konst)),*];
+        /// Every metric the daemon exports, in the order docs/metrics.md lists them.
+        pub static CATALOG: &[MetricDef] = &[$(MetricDef {
+            name: $name,
+            kind: MetricKind::$kind,
+            labels: &[$($label),*],
+            help: $help,
+        }),*];
+    };
+}
+
+catalog! {
+    REQUESTS_TOTAL = "gpuproxy_requests_total", Counter, ["route", "status"],
+        "Responses the API listeners sent, by route and status.";
+    REQUESTS_FAILED = "gpuproxy_requests_failed", Counter, ["route"],
+        "Responses with a 5xx status (the daemon's or an upstream's fault), by route.";
+    REQUEST_DURATION_MS = "gpuproxy_request_duration_milliseconds", Histogram, ["route"],
+        "Time from request head to response head, in milliseconds (buckets 0.1 ms to 10 s).";
+    CONNECTIONS_ACTIVE = "gpuproxy_connections_active", Gauge, [],
+        "Client connections open now, all listeners (refreshed by the reaper each connections.reap_interval_ms).";
+    CONNECTIONS_MAX = "gpuproxy_connections_max", Gauge, [],
+        "The global connection cap in force (configured, or sized from the fd limit).";
+    FD_LIMIT = "gpuproxy_fd_limit", Gauge, [],
+        "RLIMIT_NOFILE after raising the soft limit to the hard one.";
+    CONNECTIONS_REJECTED_TOTAL = "gpuproxy_connections_rejected_total", Counter, ["reason"],
+        "Connections refused before being served, by reason: global_cap, per_ip_cap, proxy_untrusted, proxy_invalid.";
+    CONNECTIONS_CLOSED_TOTAL = "gpuproxy_connections_closed_total", Counter, ["reason"],
+        "Connections the daemon closed, by reason: idle_timeout, header_timeout, handshake_timeout, max_age, drain, write_timeout, forced.";
+    CONNECTIONS_TOTAL = "gpuproxy_connections_total", Counter, ["listener"],
+        "Client connections accepted, by listener (https, http).";
+    TLS_HANDSHAKE_FAILURES_TOTAL = "gpuproxy_tls_handshake_failures_total", Counter, [],
+        "TLS handshakes that failed or timed out.";
+    TLS_RELOADS_TOTAL = "gpuproxy_tls_reloads_total", Counter, ["result"],
+        "TLS certificate reloads on SIGHUP, by result (ok, error).";
+    ACCEPT_ERRORS_TOTAL = "gpuproxy_accept_errors_total", Counter, [],
+        "accept() errors (e.g. EMFILE, out of file descriptors), each followed by a short back-off.";
+    RATE_LIMITED_TOTAL = "gpuproxy_rate_limited_total", Counter, ["tier"],
+        "Requests answered 429, by tier (ip, account, key).";
+    RATELIMIT_KEYS = "gpuproxy_ratelimit_keys", Gauge, ["tier"],
+        "Keys a rate-limit tier tracks individually, after the last sweep.";
+    RATELIMIT_DAEMONS = "gpuproxy_ratelimit_daemons", Gauge, [],
+        "Live daemons sharing the rate limits (this daemon enforces 1/n of each).";
+    DB_CONNECTIONS_ACTIVE = "gpuproxy_db_connections_active", Gauge, [],
+        "Pooled PostgreSQL connections in use now (checked out).";
+    DB_CONNECTIONS_MAX = "gpuproxy_db_connections_max", Gauge, [],
+        "The PostgreSQL pool's size (database.pool_size); alerts divide active by it.";
+    DB_POOL_WAIT_MS = "gpuproxy_db_pool_wait_milliseconds", Histogram, [],
+        "Time a query waited for a pooled PostgreSQL connection, in milliseconds.";
+    DB_QUERIES_TOTAL = "gpuproxy_db_queries_total", Counter, ["result"],
+        "Statements sent to PostgreSQL (through PgBouncer), by result (ok, error).";
+    DB_UP = "gpuproxy_db_up", Gauge, [],
+        "1 while the last database probe (or query) succeeded.";
+    REDIS_UP = "gpuproxy_redis_up", Gauge, [],
+        "1 while the Redis connection is up (0 also when Redis is not configured).";
+    AUTH_LOOKUPS_TOTAL = "gpuproxy_auth_lookups_total", Counter, ["source"],
+        "Credential lookups, by where they were answered: memory, redis, replica, database, stale.";
+    AUTH_FAILURES_TOTAL = "gpuproxy_auth_failures_total", Counter, ["code"],
+        "Requests refused by authentication, by error code.";
+    UPSTREAM_REQUESTS_TOTAL = "gpuproxy_upstream_requests_total", Counter, ["provider", "op", "status"],
+        "Provider API attempts, by provider, operation and outcome (HTTP code, or timeout, connect_error, connection_reset, malformed_response, circuit_open, backing_off).";
+    UPSTREAM_DURATION_MS = "gpuproxy_upstream_duration_milliseconds", Histogram, ["provider", "op"],
+        "Duration of one provider API attempt, in milliseconds.";
+    CIRCUIT_OPEN = "gpuproxy_circuit_open", Gauge, ["provider"],
+        "1 while the provider's circuit breaker is open.";
+    PROVIDER_AUTH_FAILURES_TOTAL = "gpuproxy_provider_auth_failures_total", Counter, ["provider"],
+        "Provider calls refused for our API key (401/403, or a 404 that is not the provider's own not-found answer): a revoked or wrong key; the ledger is left as it was.";
+    CACHE_HITS_TOTAL = "gpuproxy_cache_hits_total", Counter, ["layer"],
+        "Provider answers served from cache, by layer (memory, redis, stale).";
+    CACHE_MISSES_TOTAL = "gpuproxy_cache_misses_total", Counter, [],
+        "Provider answers fetched upstream (one per fetch, not per waiting request).";
+    RENTALS_TOTAL = "gpuproxy_rentals_total", Counter, ["provider", "result"],
+        "Rentals, by provider and result (created, refused, failed, unknown).";
+    INSTANCES_RUNNING = "gpuproxy_instances_running", Gauge, ["provider"],
+        "Instances the ledger has as running (each reconciler round).";
+    SPEND_USD_PER_HOUR = "gpuproxy_spend_usd_per_hour", Gauge, [],
+        "USD per hour the open instances bill now (the full price while provisioning, running or terminating; the storage price while stopped or interrupted).";
+    BILLING_DRIFT_USD = "gpuproxy_billing_drift_usd", Gauge, ["provider"],
+        "Sum over instances of |provider billed - ledger| at the last reconciliation with the provider's charges, USD.";
+    BILLING_DRIFT_ALERT_USD = "gpuproxy_billing_drift_alert_usd", Gauge, [],
+        "rentals.billing_drift_alert_usd, for the alert rule to compare the drift with.";
+    BILLING_RECONCILED_AT = "gpuproxy_billing_reconciled_timestamp_seconds", Gauge, ["provider"],
+        "When the provider's charges were last reconciled with the ledger (unix seconds).";
+    BUDGET_EVENTS_TOTAL = "gpuproxy_budget_events_total", Counter, ["budget", "event"],
+        "Budgets crossed and what the reconciler did about it, by budget (window, monthly, key) and event (warning, exhausted, stopped, destroyed, not_stoppable).";
+    RECONCILER_ACTIONS_TOTAL = "gpuproxy_reconciler_actions_total", Counter, ["action"],
+        "What the reconciler did, by action (adopted, abandoned, orphan_destroyed, status_synced, vanished, dead_destroyed, stuck_destroyed, unreachable_destroyed, expired).";
+    EVENT_STREAMS = "gpuproxy_event_streams", Gauge, [],
+        "GET /v1/events streams (SSE and WebSocket) open on this daemon.";
+    EVENT_STREAMS_CLOSED_TOTAL = "gpuproxy_event_streams_closed_total", Counter, ["reason"],
+        "Event streams ended, by reason (client, slow_consumer, draining, unavailable, ping_timeout).";
+    EVENTS_DELIVERED_TOTAL = "gpuproxy_events_delivered_total", Counter, [],
+        "Events delivered to streams (each event once per stream it reached).";
+    WEBHOOK_ATTEMPTS_TOTAL = "gpuproxy_webhook_attempts_total", Counter, ["result"],
+        "Webhook delivery attempts, by result (delivered, retry, failed: given up, a final answer, a refused target).";
+    WEBHOOKS_DISABLED_TOTAL = "gpuproxy_webhooks_disabled_total", Counter, [],
+        "Webhooks disabled after webhooks.disable_after_failures failed attempts in a row.";
+    BUILD_INFO = "gpuproxy_build_info", Gauge, ["version", "commit"],
+        "Build identity (version, commit); always 1.";
+}
 
 /// Request-duration buckets in milliseconds: 0.1 ms to 10 s, roughly ×2.5 per step.
 pub const DURATION_BUCKETS_MS: [f64; 16] = [
@@ -231,107 +269,36 @@ impl RequestMetrics {
     }
 }
 
+/// HELP and TYPE for every metric of [`CATALOG`] (milliseconds histograms also name their unit).
 fn describe() {
-    describe_counter!(REQUESTS_TOTAL, "Responses sent, by route and status.");
-    describe_gauge!(
-        BILLING_DRIFT_USD,
-        "Sum over instances of |provider billed - ledger| at the last reconciliation, USD."
-    );
-    describe_gauge!(
-        BILLING_DRIFT_ALERT_USD,
-        "rentals.billing_drift_alert_usd: the drift that alerts."
-    );
-    describe_gauge!(
-        BILLING_RECONCILED_AT,
-        "When the provider's charges were last reconciled with the ledger (unix seconds)."
-    );
-    describe_gauge!(EVENT_STREAMS, "GET /v1/events streams open on this daemon.");
-    describe_counter!(
-        WEBHOOK_ATTEMPTS_TOTAL,
-        "Webhook delivery attempts, by result (delivered, retry, failed)."
-    );
-    describe_counter!(
-        WEBHOOKS_DISABLED_TOTAL,
-        "Webhooks disabled after webhooks.disable_after_failures failed attempts in a row."
-    );
-    describe_counter!(
-        EVENT_STREAMS_CLOSED_TOTAL,
-        "Event streams ended, by reason (client, slow_consumer, draining, unavailable)."
-    );
-    describe_counter!(
-        EVENTS_DELIVERED_TOTAL,
-        "Events delivered to streams (once per stream reached)."
-    );
-    describe_counter!(
-        BUDGET_EVENTS_TOTAL,
-        "Budgets crossed (warning, exhausted) and instances stopped or destroyed because of it."
-    );
-    describe_counter!(REQUESTS_FAILED, "Responses with a 5xx status, by route.");
-    describe_histogram!(
-        REQUEST_DURATION_MS,
-        metrics::Unit::Milliseconds,
-        "Time from request head to response head."
-    );
-    describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now.");
-    describe_counter!(
-        CONNECTIONS_TOTAL,
-        "Client connections accepted, by listener."
-    );
-    describe_counter!(
-        TLS_HANDSHAKE_FAILURES_TOTAL,
-        "TLS handshakes that failed or timed out."
-    );
-    describe_counter!(TLS_RELOADS_TOTAL, "TLS certificate reloads, by result.");
-    describe_counter!(ACCEPT_ERRORS_TOTAL, "accept() errors, e.g. EMFILE.");
-    describe_counter!(RATE_LIMITED_TOTAL, "Requests answered 429, by tier.");
-    describe_gauge!(RATELIMIT_KEYS, "Keys tracked per rate-limit tier.");
-    describe_gauge!(
-        DB_CONNECTIONS_ACTIVE,
-        "Pooled PostgreSQL connections in use."
-    );
-    describe_gauge!(DB_CONNECTIONS_MAX, "Size of the PostgreSQL pool.");
-    describe_histogram!(
-        DB_POOL_WAIT_MS,
-        metrics::Unit::Milliseconds,
-        "Time waited for a pooled PostgreSQL connection."
-    );
-    describe_counter!(
-        DB_QUERIES_TOTAL,
-        "Statements sent to PostgreSQL, by result."
-    );
-    describe_gauge!(DB_UP, "1 while PostgreSQL answers.");
-    describe_gauge!(REDIS_UP, "1 while Redis is connected.");
-    describe_counter!(
-        AUTH_LOOKUPS_TOTAL,
-        "Credential lookups, by the layer that answered."
-    );
-    describe_counter!(
-        AUTH_FAILURES_TOTAL,
-        "Requests refused by authentication, by code."
-    );
-    describe_counter!(
-        UPSTREAM_REQUESTS_TOTAL,
-        "Provider API attempts, by provider, operation and outcome."
-    );
-    describe_histogram!(
-        UPSTREAM_DURATION_MS,
-        metrics::Unit::Milliseconds,
-        "Duration of one provider API attempt."
-    );
-    describe_gauge!(
-        CIRCUIT_OPEN,
-        "1 while a provider's circuit breaker is open."
-    );
-    describe_counter!(
-        PROVIDER_AUTH_FAILURES_TOTAL,
-        "Provider calls refused for our API key (a revoked or wrong key), by provider."
-    );
-    describe_counter!(
-        CACHE_HITS_TOTAL,
-        "Provider answers served from cache, by layer (memory, redis, stale)."
-    );
-    describe_counter!(CACHE_MISSES_TOTAL, "Provider answers fetched upstream.");
-    describe_gauge!(BUILD_INFO, "Build identity; always 1.");
+    for m in CATALOG {
+        let unit = m
+            .name
+            .ends_with("_milliseconds")
+            .then_some(metrics::Unit::Milliseconds);
+        match (m.kind, unit) {
+            (MetricKind::Counter, _) => describe_counter!(m.name, m.help),
+            (MetricKind::Gauge, _) => describe_gauge!(m.name, m.help),
+            (MetricKind::Histogram, Some(u)) => describe_histogram!(m.name, u, m.help),
+            (MetricKind::Histogram, None) => describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
+/// The metrics table of docs/metrics.md (between its `generated` markers), from [`CATALOG`].
+pub fn docs_table() -> String {
+    let mut out = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for m in CATALOG {
+        let labels: Vec<String> = m.labels.iter().map(|l| format!("`{l}`")).collect();
+        out += &format!(
+            "| `{}` | {} | {} | {} |\n",
+            m.name,
+            m.kind.as_str(),
+            labels.join(", "),
+            m.help.replace('|', "\\|")
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -349,5 +316,100 @@ mod request_metrics_tests {
         assert_eq!(label(418), "4xx");
         assert_eq!(label(599), "5xx");
         assert_eq!(label(101), "1xx");
+    }
+}
+
+#[cfg(test)]
+mod catalog_tests {
+    use super::*;
+
+    /// The `name!(ARGS)` calls of the metrics macros in `text`: (constant, label names).
+    fn call_sites(text: &str) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        for mac in ["counter!(", "gauge!(", "histogram!("] {
+            for (at, _) in text.match_indices(mac) {
+                let rest = &text[at + mac.len()..];
+                let (mut depth, mut end) = (1, rest.len());
+                for (i, c) in rest.char_indices() {
+                    depth += match c {
+                        '(' => 1,
+                        ')' => -1,
+                        _ => 0,
+                    };
+                    if depth == 0 {
+                        end = i;
+                        break;
+                    }
+                }
+                let args = &rest[..end];
+                let first = args.split(',').next().unwrap_or("").trim();
+                let konst = first.rsplit("::").next().unwrap_or(first).to_owned();
+                let labels = args
+                    .split("=>")
+                    .filter_map(|a| a.rsplit('"').nth(1).map(str::to_owned))
+                    .collect::<Vec<_>>();
+                let labels = if args.contains("=>") {
+                    labels[..args.matches("=>").count()].to_vec()
+                } else {
+                    vec![]
+                };
+                out.push((konst, labels));
+            }
+        }
+        out
+    }
+
+    fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push((
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
+            }
+        }
+    }
+
+    /// Every metric a call site sets is in the catalog, with exactly the labels declared there:
+    /// a label added at a call site and not in the catalog (or the docs) fails here.
+    #[test]
+    fn call_sites_use_declared_metrics_and_labels() {
+        assert_eq!(IDENTS.len(), CATALOG.len());
+        let mut files = Vec::new();
+        sources(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut seen = 0;
+        for (path, text) in &files {
+            let text = text.split("#[cfg(test)]").next().unwrap_or(text);
+            for (konst, labels) in call_sites(text) {
+                let Some(i) = IDENTS.iter().position(|k| *k == konst) else {
+                    continue; // a macro over another name (e.g. a handle kept in a field)
+                };
+                let declared: Vec<&str> = CATALOG[i].labels.to_vec();
+                let mut used: Vec<&str> = labels.iter().map(String::as_str).collect();
+                used.sort();
+                let mut want = declared.clone();
+                want.sort();
+                assert_eq!(used, want, "{path}: {konst} with labels {labels:?}");
+                seen += 1;
+            }
+        }
+        assert!(seen > 30, "only {seen} call sites found");
+        let mut names: Vec<_> = CATALOG.iter().map(|m| m.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CATALOG.len(), "a metric declared twice");
+        for m in CATALOG {
+            assert!(
+                m.name.starts_with("gpuproxy_") && !m.help.is_empty(),
+                "{}",
+                m.name
+            );
+        }
     }
 }
