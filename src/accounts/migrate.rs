@@ -1,4 +1,7 @@
-//! `gpuproxyd migrate`: applies the SQL files in `migrations/` in order, each once.
+//! `gpuproxyd migrate`: applies the SQL files in `migrations/` in name order, each once. The
+//! list is made from the folder at build time (build.rs): a new migration is one new file.
+//! Each applied migration's SHA-256 is recorded, and a migration whose text changed after it
+//! was applied stops the run (the database would no longer be what the files say).
 //!
 //! Each migration runs in its own transaction that first takes `pg_advisory_xact_lock`, then
 //! checks `schema_migrations`: two daemons migrating at once serialize on the lock and the second
@@ -7,67 +10,7 @@
 
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
-/// The migrations, in order: (version, name, SQL). New files are appended here.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "accounts", include_str!("migrations/0001_accounts.sql")),
-    (2, "rentals", include_str!("migrations/0002_rentals.sql")),
-    (
-        3,
-        "rentals_truth",
-        include_str!("migrations/0003_rentals_truth.sql"),
-    ),
-    (
-        4,
-        "provider_registry",
-        include_str!("migrations/0004_provider_registry.sql"),
-    ),
-    (
-        5,
-        "rental_lifetime",
-        include_str!("migrations/0005_rental_lifetime.sql"),
-    ),
-    (
-        6,
-        "spec_rentals",
-        include_str!("migrations/0006_spec_rentals.sql"),
-    ),
-    (
-        7,
-        "budget_policies",
-        include_str!("migrations/0007_budget_policies.sql"),
-    ),
-    (
-        8,
-        "provider_charges",
-        include_str!("migrations/0008_provider_charges.sql"),
-    ),
-    (
-        9,
-        "idempotency_lease",
-        include_str!("migrations/0009_idempotency_lease.sql"),
-    ),
-    (
-        10,
-        "account_events",
-        include_str!("migrations/0010_account_events.sql"),
-    ),
-    (
-        11,
-        "expiring_notice",
-        include_str!("migrations/0011_expiring_notice.sql"),
-    ),
-    (12, "webhooks", include_str!("migrations/0012_webhooks.sql")),
-    (
-        13,
-        "offer_watches",
-        include_str!("migrations/0013_offer_watches.sql"),
-    ),
-    (
-        14,
-        "provider_truth",
-        include_str!("migrations/0014_provider_truth.sql"),
-    ),
-];
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
 /// Key of the advisory lock every migration takes ("gpuproxy" in ASCII).
 const LOCK_KEY: i64 = 0x6770_7570_726f_7879;
@@ -93,13 +36,9 @@ pub async fn run(url: &str) -> Result<Report, String> {
 async fn apply_all(client: &tokio_postgres::Client) -> Result<Report, String> {
     let mut report = Report::default();
     for &(version, name, sql) in MIGRATIONS {
-        let applied = one(client, version, name, sql).await.map_err(|e| {
-            format!(
-                "migration {version:04} ({name}) failed: {}",
-                e.as_db_error()
-                    .map_or(e.to_string(), |d| d.message().to_owned())
-            )
-        })?;
+        let applied = one(client, version, name, sql)
+            .await
+            .map_err(|e| format!("migration {version:04} ({name}) failed: {e}"))?;
         if applied {
             report.applied.push((version, name));
         } else {
@@ -115,43 +54,83 @@ async fn one(
     version: i64,
     name: &str,
     sql: &str,
-) -> Result<bool, tokio_postgres::Error> {
+) -> Result<bool, String> {
     client
         .batch_execute(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock({LOCK_KEY});
              CREATE TABLE IF NOT EXISTS schema_migrations (
                  version bigint PRIMARY KEY,
                  name text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now());"
-        ))
-        .await?;
-    let done = client
-        .simple_query(&format!(
-            "SELECT 1 FROM schema_migrations WHERE version = {version}"
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text;"
         ))
         .await
-        .map(|msgs| msgs.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))));
-    let result = match done {
-        Ok(true) => Ok(false),
-        Ok(false) => {
+        .map_err(db_error)?;
+    let sum = checksum(sql);
+    let recorded = client
+        .simple_query(&format!(
+            "SELECT coalesce(checksum, '') FROM schema_migrations WHERE version = {version}"
+        ))
+        .await
+        .map(|msgs| {
+            msgs.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_owned()),
+                _ => None,
+            })
+        });
+    let result = match recorded {
+        // applied before checksums were kept: record this one
+        Ok(Some(r)) if r.is_empty() => client
+            .batch_execute(&format!(
+                "UPDATE schema_migrations SET checksum = '{sum}' WHERE version = {version}"
+            ))
+            .await
+            .map(|()| false)
+            .map_err(db_error),
+        Ok(Some(r)) if r == sum => Ok(false),
+        Ok(Some(r)) => Err(format!(
+            "its file changed after it was applied (SHA-256 {sum}, applied as {r}); \
+             restore the file and put the change in a new migration"
+        )),
+        Ok(None) => {
             let quoted = name.replace('\'', "''");
             match client.batch_execute(sql).await {
                 Ok(()) => client
                     .batch_execute(&format!(
-                        "INSERT INTO schema_migrations (version, name) VALUES ({version}, '{quoted}')"
+                        "INSERT INTO schema_migrations (version, name, checksum) \
+                         VALUES ({version}, '{quoted}', '{sum}')"
                     ))
                     .await
-                    .map(|()| true),
-                Err(e) => Err(e),
+                    .map(|()| true)
+                    .map_err(db_error),
+                Err(e) => Err(db_error(e)),
             }
         }
-        Err(e) => Err(e),
+        Err(e) => Err(db_error(e)),
     };
     match result {
-        Ok(ran) => client.batch_execute("COMMIT").await.map(|()| ran),
+        Ok(ran) => client
+            .batch_execute("COMMIT")
+            .await
+            .map(|()| ran)
+            .map_err(db_error),
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
             Err(e)
         }
     }
+}
+
+/// A migration's SHA-256, hex.
+fn checksum(sql: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn db_error(e: tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or(e.to_string(), |d| d.message().to_owned())
 }

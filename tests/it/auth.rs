@@ -447,6 +447,41 @@ async fn two_migrations_at_once_leave_one_schema() {
         .unwrap()
         .get(0);
     assert_eq!(n as usize, gpuproxyd::accounts::migrate::MIGRATIONS.len());
+    // the list comes from the folder, in name order
+    let files = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/accounts/migrations"
+    ))
+    .unwrap()
+    .count();
+    assert_eq!(files, total);
+    // a row from before checksums were kept gets one; a migration whose text changed stops the run
+    client
+        .batch_execute("UPDATE schema_migrations SET checksum = NULL WHERE version = 2")
+        .await
+        .unwrap();
+    let c = support::accounts::gpuproxyd(&["migrate", "--database-url", &url], &[]);
+    assert!(c.status.success(), "{}", support::accounts::stderr(&c));
+    let sum: String = client
+        .query_one(
+            "SELECT checksum FROM schema_migrations WHERE version = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum.len(), 64);
+    client
+        .batch_execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 3")
+        .await
+        .unwrap();
+    let c = support::accounts::gpuproxyd(&["migrate", "--database-url", &url], &[]);
+    assert!(!c.status.success());
+    let err = support::accounts::stderr(&c);
+    assert!(
+        err.contains("migration 0003") && err.contains("changed after it was applied"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
