@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The inputs of the capacity table in the README (section "Capacity"), measured on this machine:
+# The inputs of the capacity table in docs/operations.md (section "Capacity"), measured on this machine:
 #  - CPU per request on the hot routes (GET /health, GET /v1/account with a cached key,
 #    GET /v1/offers answered from the cache): the daemon pinned to core 0, wrk to core 1, keep-alive
 #    HTTPS; CPU = the daemon's utime + stime over the run (/proc/PID/stat) / requests answered;

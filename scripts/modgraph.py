@@ -7,7 +7,7 @@ edge A -> B when file A names an item of file B (a `crate::`, `super::` or `self
 own ancestors are not counted: a child using its parent's items is the usual Rust shape); prints
 each cycle with the names that tie it. Run by scripts/test.sh, both ways.
 
-Layers, lowest first (README "Layout"):
+Layers, lowest first (docs/design.md, "Layers"):
   0 types                                        leaf data shared by everyone
   1 error, metrics, config, alloc, logging       names, one error type, one config tree
   2 providers, accounts, cache, ratelimit, conn  the services' parts

@@ -1,6 +1,6 @@
 //! gpuproxyd: one daemon between API clients and GPU-rental providers.
 //!
-//! The request path, module by module (see shared/DESIGN.md for the whole picture):
+//! The request path, module by module (docs/design.md has the whole picture):
 //!
 //! - [`server`]: listeners, PROXY protocol, TLS (rustls, ALPN h2/http1.1, SIGHUP reload), hyper
 //!   serving with idle HTTP/1 parking, drain.

@@ -15,6 +15,7 @@ mod mcp;
 mod millis;
 mod providers;
 mod ratelimit;
+pub mod reference;
 mod rentals;
 mod secrets;
 mod server;

@@ -5,7 +5,7 @@
 //! a check reads the last count with one atomic load. While Redis is unreachable the last count
 //! is kept.
 //!
-//! Over-admission bound (README "Rate limiting"): with the balancer spreading a client evenly, the
+//! Over-admission bound (docs/operations.md, "Rate limiting"): with the balancer spreading a client evenly, the
 //! n shares add up to the limit, plus at most n − 1 requests of burst rounding. While membership
 //! changes, a daemon may use a count that is one heartbeat old: when k daemons join, the others
 //! admit up to n/(n − k) of their share until their next heartbeat (at most

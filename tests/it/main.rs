@@ -7,6 +7,7 @@ mod support;
 
 mod auth;
 mod connections;
+mod docs;
 mod events;
 mod hardening;
 mod harness;
