@@ -13,9 +13,10 @@ Layers, lowest first (docs/design.md, "Layers"):
   2 providers, accounts, cache, ratelimit, conn  the services' parts
   3 rentals, auth, events                        domain logic over them
   4 state                                        the services of one daemon
-  5 api                                          routes, handlers, render caches, respond
-  6 server                                       listeners, TLS, serving, drain
-  7 cli                                          the binary's commands
+  5 service                                      typed operations every carrier calls
+  6 api                                          routes, handlers, render caches, respond
+  7 server                                       listeners, TLS, serving, drain
+  8 cli                                          the binary's commands
 (src/testkit.rs is not a module of the library: load tools and tests include it by path.)
 """
 import os
@@ -28,6 +29,7 @@ LAYERS = [
     ["providers", "accounts", "cache", "ratelimit", "conn"],
     ["rentals", "auth", "events"],
     ["state"],
+    ["service"],
     ["api"],
     ["server"],
     ["cli"],

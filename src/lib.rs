@@ -24,6 +24,8 @@
 //!   view of it is an `events::feed::Feed`, carried as SSE or over a WebSocket (`api::websocket`);
 //!   signed webhooks deliver it to clients that hold no connection (`events::webhook`: the
 //!   sender, signatures, SSRF checks of targets).
+//! - [`service`]: the typed operations every carrier (REST, MCP) calls: typed input (query
+//!   structs, bodies) in, `Serialize` views out.
 //! - [`api`]: routing, handlers (over `api::Api`: the services plus the API's render caches and
 //!   request metrics), and the one place errors become HTTP responses.
 //! - [`state`]: the services of one daemon (`AppState`).
@@ -55,6 +57,7 @@ pub mod providers;
 pub mod ratelimit;
 pub mod rentals;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod types;
 

@@ -14,6 +14,7 @@ use crate::accounts::store::{self, AccountChange, AccountRef, KeyChange, NewAcco
 use crate::auth::admin;
 use crate::auth::apikey;
 use crate::error::{Error, Result};
+use crate::service::query::{Bounded, NoQuery, query};
 use crate::types::text::percent_decode;
 
 /// What every admin handler starts from: the database, Redis, and the decoded path parameter.
@@ -44,12 +45,22 @@ pub async fn create_account(c: Call) -> Result<Response<Body>> {
     Ok(respond::json(StatusCode::CREATED, &a))
 }
 
+/// `GET /v1/admin/accounts`'s query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountsPage {
+    /// `next_after` of the previous page: an account id.
+    pub after: Option<Bounded<0, { i64::MAX }>>,
+    /// Page size, 1 to 500 (default 100).
+    pub limit: Option<Bounded<1, 500>>,
+}
+
 /// `GET /v1/admin/accounts?after=&limit=`.
 pub async fn list_accounts(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
-    let q = c.req.uri().query().unwrap_or("");
-    let after = query_int(q, "after", 0, i64::MAX)?.unwrap_or(0);
-    let n = query_int(q, "limit", 1, 500)?.unwrap_or(100);
+    let q: AccountsPage = query(c.req.uri().query())?;
+    let after = q.after.map_or(0, |a| a.0);
+    let n = q.limit.map_or(100, |l| l.0);
     let accounts = store::list_accounts(&x.db, after, n).await?;
     let next = (accounts.len() as i64 == n).then(|| accounts.last().map(|a| a.id));
     Ok(respond::json(
@@ -178,19 +189,14 @@ pub async fn revoke_key(c: Call) -> Result<Response<Body>> {
 /// (`rentals::billing`), for every provider that publishes charges.
 pub async fn reconciliation(c: Call) -> Result<Response<Body>> {
     let x = ctx(&c)?;
-    if let Some(q) = c.req.uri().query().filter(|q| !q.is_empty()) {
-        return Err(Error::bad_request(format!(
-            "unknown query parameter `{}` (this route takes none)",
-            crate::error::truncate(q.split('=').next().unwrap_or(q), 64)
-        )));
-    }
+    let NoQuery {} = query(c.req.uri().query())?;
     let mut providers = Vec::new();
     for p in c.api.providers.list.iter() {
         let name = p.id().as_str();
         if p.publishes_charges() {
             let rep = crate::rentals::billing::report(&x.db, name).await?;
             let mut v = serde_json::to_value(&rep).map_err(Error::internal)?;
-            v["as_of"] = super::params::time(rep.as_of);
+            v["as_of"] = serde_json::json!(crate::service::time(rep.as_of));
             v["status"] = json!(if rep.as_of.is_some() {
                 "reconciled"
             } else {
@@ -209,21 +215,4 @@ pub async fn reconciliation(c: Call) -> Result<Response<Body>> {
             "providers": providers,
         }),
     ))
-}
-
-/// An integer query parameter within `[min, max]`, or an error naming it.
-fn query_int(query: &str, name: &str, min: i64, max: i64) -> Result<Option<i64>> {
-    let Some(v) = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(name).and_then(|r| r.strip_prefix('=')))
-    else {
-        return Ok(None);
-    };
-    v.parse::<i64>()
-        .ok()
-        .filter(|n| (min..=max).contains(n))
-        .map(Some)
-        .ok_or_else(|| {
-            Error::bad_request(format!("`{name}` must be an integer from {min} to {max}"))
-        })
 }

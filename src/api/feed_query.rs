@@ -28,47 +28,61 @@ fn parse_id(what: &str, v: &str) -> Result<i64> {
         })
 }
 
+/// The query string as the route declares it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    after: Option<EventId>,
+    /// Comma-separated event types.
+    types: Option<String>,
+    instance: Option<String>,
+    /// Read by `browser_token` at authentication.
+    #[allow(dead_code)]
+    access_token: Option<String>,
+}
+
+/// An event id in a query.
+#[derive(Debug)]
+pub struct EventId(i64);
+
+impl<'de> serde::Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = crate::service::query::scalar_text(d)?;
+        Some(s.as_str())
+            .filter(|v| (1..=18).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<i64>().ok())
+            .map(EventId)
+            .ok_or_else(|| {
+                serde::de::Error::custom("the `id` of an event from this stream (1 to 18 digits)")
+            })
+    }
+}
+
 impl Query {
     pub fn parse(q: Option<&str>, last_event_id: Option<&HeaderValue>) -> Result<Query> {
-        let mut out = Query::default();
-        for kv in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let v = percent_decode(v).ok_or_else(|| {
-                Error::bad_request(format!(
-                    "invalid query parameter `{}`: broken percent-encoding or a control character",
-                    crate::error::truncate(k, 32)
-                ))
-            })?;
-            match k {
-                "after" => out.after = Some(parse_id("query parameter `after`", &v)?),
-                "types" => {
-                    let types: Vec<String> = v.split(',').map(|t| t.trim().to_owned()).collect();
-                    if let Some(bad) = types.iter().find(|t| !events::TYPES.contains(&t.as_str())) {
-                        return Err(Error::bad_request(format!(
-                            "invalid query parameter `types`: `{}` is not one of {}",
-                            crate::error::truncate(bad, 48),
-                            events::TYPES.join(", ")
-                        )));
-                    }
-                    out.filter.types = Some(types);
-                }
-                // read by `browser_token` at authentication
-                "access_token" => {}
-                "instance" => {
-                    if v.is_empty() || v.chars().count() > 128 {
-                        return Err(Error::bad_request(
-                            "invalid query parameter `instance`: an instance id",
-                        ));
-                    }
-                    out.filter.instance = Some(v);
-                }
-                other => {
-                    return Err(Error::bad_request(format!(
-                        "unknown query parameter `{}` (known: after, types, instance, access_token)",
-                        crate::error::truncate(other, 64)
-                    )));
-                }
+        let p: Params = crate::service::query::query(q)?;
+        let mut out = Query {
+            after: p.after.map(|a| a.0),
+            ..Query::default()
+        };
+        if let Some(v) = p.types {
+            let types: Vec<String> = v.split(',').map(|t| t.trim().to_owned()).collect();
+            if let Some(bad) = types.iter().find(|t| !events::TYPES.contains(&t.as_str())) {
+                return Err(Error::bad_request(format!(
+                    "invalid query parameter `types`: `{}` is not one of {}",
+                    crate::error::truncate(bad, 48),
+                    events::TYPES.join(", ")
+                )));
             }
+            out.filter.types = Some(types);
+        }
+        if let Some(v) = p.instance {
+            if v.is_empty() || v.chars().count() > 128 {
+                return Err(Error::bad_request(
+                    "invalid query parameter `instance`: an instance id",
+                ));
+            }
+            out.filter.instance = Some(v);
         }
         // a reconnecting EventSource repeats the original URL: the header is the newer word
         if let Some(h) = last_event_id {

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::Body;
 use super::respond;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::state::{AppState, Phase};
 
 pub fn health() -> Response<Body> {
@@ -87,15 +87,12 @@ pub fn stats_response(state: &AppState, with_top_clients: bool) -> Response<Body
 
 /// `GET /debug/sleep?ms=N`: answers after N milliseconds (0..=60000).
 pub async fn debug_sleep(query: Option<&str>) -> Result<Response<Body>> {
-    let ms = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("ms="))
-        .ok_or_else(|| Error::bad_request("query parameter `ms` is required"))?
-        .parse::<u64>()
-        .ok()
-        .filter(|ms| *ms <= 60_000)
-        .ok_or_else(|| Error::bad_request("`ms` must be an integer from 0 to 60000"))?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sleep {
+        ms: crate::service::query::Bounded<0, 60_000>,
+    }
+    let ms = crate::service::query::query::<Sleep>(query)?.ms.0 as u64;
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     Ok(respond::json(StatusCode::OK, &json!({"slept_ms": ms})))
 }

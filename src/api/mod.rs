@@ -13,7 +13,6 @@ pub mod instances;
 pub mod mcp;
 pub mod offers;
 pub mod openapi;
-pub mod params;
 pub mod passthrough;
 pub mod respond;
 pub mod router;

@@ -149,4 +149,40 @@ mod tests {
         have.sort();
         assert_eq!(want, have);
     }
+
+    /// A GET route's query parameters in the document are the fields of the type its handler
+    /// reads the query into (the route table names the type).
+    #[test]
+    fn query_parameters_are_the_route_types_fields() {
+        let doc: serde_json::Value = serde_json::from_str(DOCUMENT).unwrap();
+        let resolve = |p: &serde_json::Value| match p["$ref"].as_str() {
+            Some(r) => r
+                .strip_prefix("#/")
+                .unwrap()
+                .split('/')
+                .fold(&doc, |v, k| &v[k])
+                .clone(),
+            None => p.clone(),
+        };
+        for r in ROUTES.iter().filter(|r| !r.debug_only) {
+            let Some(op) = doc["paths"][r.pattern].get("get") else {
+                continue;
+            };
+            let mut documented: Vec<String> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(resolve)
+                .filter(|p| p["in"] == "query")
+                .map(|p| p["name"].as_str().unwrap().to_owned())
+                .collect();
+            documented.sort();
+            let mut declared: Vec<String> = r
+                .query
+                .map(|f| f().iter().map(|s| s.to_string()).collect())
+                .unwrap_or_default();
+            declared.sort();
+            assert_eq!(documented, declared, "GET {}", r.pattern);
+        }
+    }
 }

@@ -11,9 +11,12 @@ use hyper::Method;
 
 pub use super::call::{Access, Call, Handler, Reply};
 use super::{
-    account, admin, events, health, instances, mcp, offers, openapi, passthrough, sshkeys, usage,
-    watches, webhooks,
+    account, admin, events, feed_query, health, instances, mcp, offers, openapi, passthrough,
+    sshkeys, usage, watches, webhooks,
 };
+use crate::service::instances::ListInstances;
+use crate::service::query::fields_of;
+use crate::service::usage::UsageQuery;
 
 /// One route.
 pub struct Route {
@@ -24,6 +27,9 @@ pub struct Route {
     pub rate_limited: bool,
     /// Served only when `server.debug_routes` is on.
     pub debug_only: bool,
+    /// The GET handler's query parameters: the fields of the type it reads its query into
+    /// (`service::query`); the OpenAPI test holds the document to them.
+    pub query: Option<fn() -> &'static [&'static str]>,
     pub methods: &'static [(Method, Handler)],
 }
 
@@ -49,6 +55,7 @@ const fn route(
         access,
         rate_limited: true,
         debug_only: false,
+        query: None,
         methods,
     }
 }
@@ -105,14 +112,17 @@ pub static ROUTES: &[Route] = &[
             now!(c => Ok(account::show(&c.api, c.principal()?))),
         )],
     ),
-    route(
-        "/v1/admin/accounts",
-        Admin,
-        &[
-            (Method::GET, later!(c => admin::list_accounts(c).await)),
-            (Method::POST, later!(c => admin::create_account(c).await)),
-        ],
-    ),
+    Route {
+        query: Some(fields_of::<admin::AccountsPage>),
+        ..route(
+            "/v1/admin/accounts",
+            Admin,
+            &[
+                (Method::GET, later!(c => admin::list_accounts(c).await)),
+                (Method::POST, later!(c => admin::create_account(c).await)),
+            ],
+        )
+    },
     route(
         "/v1/admin/accounts/{account}",
         Admin,
@@ -154,45 +164,57 @@ pub static ROUTES: &[Route] = &[
             (Method::DELETE, later!(c => admin::revoke_key(c).await)),
         ],
     ),
-    route(
-        "/v1/offers",
-        User,
-        &[(
-            Method::GET,
-            later!(c => offers::list(&c.api, c.req.uri().query()).await),
-        )],
-    ),
+    Route {
+        query: Some(fields_of::<offers::OffersQuery>),
+        ..route(
+            "/v1/offers",
+            User,
+            &[(
+                Method::GET,
+                later!(c => offers::list(&c.api, c.req.uri().query()).await),
+            )],
+        )
+    },
     route(
         "/v1/admin/reconciliation",
         Admin,
         &[(Method::GET, later!(c => admin::reconciliation(c).await))],
     ),
-    route(
-        "/v1/events",
-        Stream,
-        &[(Method::GET, later!(c => events::stream(c).await))],
-    ),
-    route(
-        "/v1/usage",
-        User,
-        &[(Method::GET, later!(c => usage::mine(c).await))],
-    ),
-    route(
-        "/v1/admin/accounts/{account}/usage",
-        Admin,
-        &[(Method::GET, later!(c => usage::of_account(c).await))],
-    ),
-    route(
-        "/v1/instances",
-        User,
-        &[
-            (
-                Method::GET,
-                later!(c => instances::list(&c.api, c.principal()?, c.req.uri().query()).await),
-            ),
-            (Method::POST, later!(c => instances::create(c).await)),
-        ],
-    ),
+    Route {
+        query: Some(fields_of::<feed_query::Params>),
+        ..route(
+            "/v1/events",
+            Stream,
+            &[(Method::GET, later!(c => events::stream(c).await))],
+        )
+    },
+    Route {
+        query: Some(fields_of::<UsageQuery>),
+        ..route(
+            "/v1/usage",
+            User,
+            &[(Method::GET, later!(c => usage::mine(c).await))],
+        )
+    },
+    Route {
+        query: Some(fields_of::<UsageQuery>),
+        ..route(
+            "/v1/admin/accounts/{account}/usage",
+            Admin,
+            &[(Method::GET, later!(c => usage::of_account(c).await))],
+        )
+    },
+    Route {
+        query: Some(fields_of::<ListInstances>),
+        ..route(
+            "/v1/instances",
+            User,
+            &[
+                (Method::GET, later!(c => instances::list(c).await)),
+                (Method::POST, later!(c => instances::create(c).await)),
+            ],
+        )
+    },
     route(
         "/v1/instances/{id}",
         User,
@@ -261,11 +283,14 @@ pub static ROUTES: &[Route] = &[
         User,
         &[(Method::POST, later!(c => webhooks::enable(c).await))],
     ),
-    route(
-        "/v1/webhooks/{id}/deliveries",
-        User,
-        &[(Method::GET, later!(c => webhooks::deliveries(c).await))],
-    ),
+    Route {
+        query: Some(fields_of::<webhooks::DeliveriesQuery>),
+        ..route(
+            "/v1/webhooks/{id}/deliveries",
+            User,
+            &[(Method::GET, later!(c => webhooks::deliveries(c).await))],
+        )
+    },
     route(
         "/mcp",
         User,

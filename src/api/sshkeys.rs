@@ -7,9 +7,10 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::call::Call;
-use super::{Body, body, params::time, respond};
+use super::{Body, body, respond};
 use crate::error::{Error, Kind, Result, Side};
 use crate::rentals::sshkeys::{self, Key, NewKey};
+use crate::service::time;
 
 fn view(k: &Key) -> Value {
     json!({"id": k.id, "name": k.name, "public_key": k.public_key,

@@ -6,10 +6,11 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::call::Call;
-use super::{Body, body, params::time, respond};
+use super::{Body, body, respond};
 use crate::error::{Error, Result};
 use crate::providers::ProviderId;
 use crate::rentals::watches::{self, NewWatch, Watch};
+use crate::service::time;
 
 fn view(w: &Watch) -> Value {
     json!({"id": w.id, "spec": w.spec, "max_price_per_gpu": w.max_price_per_gpu,

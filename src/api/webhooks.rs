@@ -6,9 +6,11 @@ use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::call::Call;
-use super::{Body, body, params::time, respond};
+use super::{Body, body, respond};
 use crate::error::{Error, Result};
 use crate::events::webhook::{self, Delivery, NewWebhook, Webhook};
+use crate::service::query::{Bounded, Limit, query};
+use crate::service::time;
 
 fn view(w: &Webhook) -> Value {
     json!({"id": w.id, "url": w.url, "types": w.types, "enabled": w.enabled,
@@ -68,36 +70,21 @@ pub async fn enable(c: Call) -> Result<Response<Body>> {
     Ok(respond::json(StatusCode::OK, &view(&w)))
 }
 
+/// `GET /v1/webhooks/{id}/deliveries`'s query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<Limit>,
+    /// `next_before` of the previous page: a delivery id.
+    pub before: Option<Bounded<1, { i64::MAX }>>,
+}
+
 /// `GET /v1/webhooks/{id}/deliveries?limit=&before=`: newest first; `next_before` pages on.
 pub async fn deliveries(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("webhook id")?;
-    let (mut before, mut limit) = (None, 50i64);
-    for kv in c
-        .req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|s| !s.is_empty())
-    {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        match k {
-            "limit" => limit = super::params::limit_param(v)?,
-            "before" => {
-                before = Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    Error::bad_request(
-                        "invalid query parameter `before`: a delivery id (`next_before`)",
-                    )
-                })?)
-            }
-            other => {
-                return Err(Error::bad_request(format!(
-                    "unknown query parameter `{}` (known: limit, before)",
-                    crate::error::truncate(other, 64)
-                )));
-            }
-        }
-    }
+    let q: DeliveriesQuery = query(c.req.uri().query())?;
+    let (before, limit) = (q.before.map(|b| b.0), q.limit.map_or(50, |l| l.0));
     let db = c.db("webhooks")?;
     let rows =
         webhook::deliveries(&db, c.principal()?.account_id(), &id, limit + 1, before).await?;

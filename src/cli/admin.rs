@@ -192,7 +192,7 @@ pub fn usage(a: UsageArgs) -> i32 {
             .await
             .map_err(e)?;
         if a.json {
-            print_json(&usage::to_json(&account.name, &r));
+            print_json(&usage::ReportView::of(&account.name, &r));
             return Ok(());
         }
         let t = |x: f64| {

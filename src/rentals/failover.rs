@@ -450,19 +450,36 @@ impl Rentals {
 
 /// The tries of a rental by spec as the client sees them: which offer, what became of it, why
 /// it was left.
-pub fn tries_view(tries: &[InstanceRow]) -> serde_json::Value {
+pub fn tries_view(tries: &[InstanceRow]) -> Vec<TryView> {
     tries
         .iter()
-        .map(|t| {
-            json!({
-                "try": t.try_index,
-                "offer_id": t.offer_id,
-                "provider": t.provider,
-                "instance_id": t.id,
-                "price_per_hour": t.price_per_hour,
-                "status": if t.status == Status::Pending { "provisioning" } else { t.status.as_str() },
-                "left_because": t.failure,
-            })
+        .map(|t| TryView {
+            try_index: t.try_index,
+            offer_id: t.offer_id.clone(),
+            provider: t.provider.clone(),
+            instance_id: t.id.clone(),
+            price_per_hour: t.price_per_hour,
+            // an intent not yet answered by the provider is, for the client, being provisioned
+            status: if t.status == Status::Pending {
+                "provisioning"
+            } else {
+                t.status.as_str()
+            },
+            left_because: t.failure.clone(),
         })
         .collect()
+}
+
+/// One try of a rental by spec, as answers and errors show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TryView {
+    #[serde(rename = "try")]
+    pub try_index: Option<i32>,
+    pub offer_id: String,
+    pub provider: String,
+    pub instance_id: String,
+    pub price_per_hour: f64,
+    pub status: &'static str,
+    /// Why the try was left (`None` for the one kept).
+    pub left_because: Option<String>,
 }

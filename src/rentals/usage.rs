@@ -17,7 +17,7 @@ use crate::accounts::Db;
 use crate::error::{Error, Result};
 
 /// How a report's rows are grouped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     Day,
@@ -58,9 +58,11 @@ pub struct Span {
 /// The longest span one report covers (days).
 pub const MAX_SPAN_DAYS: f64 = 400.0;
 
-/// Parses `from` / `to` of a report: RFC 3339, or a date (`2026-12-01`, midnight UTC); the
-/// error names `field`.
-pub fn parse_time(field: &str, v: &str) -> Result<f64> {
+/// What `from` / `to` of a report may be.
+pub const TIME_FORMS: &str = "an RFC 3339 time (2026-12-01T00:00:00Z) or a date (2026-12-01)";
+
+/// `from` / `to` of a report: RFC 3339, or a date (`2026-12-01`, midnight UTC), as epoch seconds.
+pub fn time_of(v: &str) -> Option<f64> {
     let text = if v.len() == 10 {
         format!("{v}T00:00:00Z")
     } else {
@@ -70,11 +72,11 @@ pub fn parse_time(field: &str, v: &str) -> Result<f64> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs_f64())
-        .ok_or_else(|| {
-            Error::bad_request(format!(
-                "invalid `{field}`: an RFC 3339 time (2026-12-01T00:00:00Z) or a date (2026-12-01)"
-            ))
-        })
+}
+
+/// [`time_of`], with an error that names `field`.
+pub fn parse_time(field: &str, v: &str) -> Result<f64> {
+    time_of(v).ok_or_else(|| Error::bad_request(format!("invalid `{field}`: {TIME_FORMS}")))
 }
 
 impl Span {
@@ -265,22 +267,37 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
     })
 }
 
-/// A report as `GET /v1/usage` and `gpuproxyd usage --json` show it (times in RFC 3339).
-pub fn to_json(account_name: &str, r: &Report) -> serde_json::Value {
-    let t = |x: f64| {
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(x.max(0.0)),
-        )
-        .to_string()
-    };
-    serde_json::json!({
-        "account_id": r.account_id,
-        "account": account_name,
-        "from": t(r.from),
-        "to": t(r.to),
-        "group_by": r.group_by,
-        "currency": "USD",
-        "totals": r.totals,
-        "groups": r.groups,
-    })
+/// A report as `GET /v1/usage`, the MCP tool `get_usage` and `gpuproxyd usage --json` show it
+/// (times in RFC 3339).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportView {
+    pub account_id: i64,
+    pub account: String,
+    pub from: String,
+    pub to: String,
+    pub group_by: GroupBy,
+    pub currency: &'static str,
+    pub totals: Figures,
+    pub groups: Vec<Group>,
+}
+
+impl ReportView {
+    pub fn of(account_name: &str, r: &Report) -> ReportView {
+        let t = |x: f64| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(x.max(0.0)),
+            )
+            .to_string()
+        };
+        ReportView {
+            account_id: r.account_id,
+            account: account_name.to_owned(),
+            from: t(r.from),
+            to: t(r.to),
+            group_by: r.group_by,
+            currency: "USD",
+            totals: r.totals.clone(),
+            groups: r.groups.clone(),
+        }
+    }
 }

@@ -145,9 +145,11 @@ proptest! {
     #[test]
     fn instance_cursors_are_times_or_refused(c in ".{0,40}", limit in ".{0,8}") {
         let q = format!("cursor={c}&limit={limit}");
-        if let Ok((before, n)) = gpuproxyd::api::instances::list_query(Some(&q)) {
-            prop_assert!(before.is_none_or(|b| (0.0..1e11).contains(&b)));
-            prop_assert!((1..=200).contains(&n));
+        let read: gpuproxyd::error::Result<gpuproxyd::service::instances::ListInstances> =
+            gpuproxyd::service::query::query(Some(&q));
+        if let Ok(l) = read {
+            prop_assert!(l.cursor.is_none_or(|b| (0.0..1e11).contains(&b.0)));
+            prop_assert!(l.limit.is_none_or(|n| (1..=200).contains(&n.0)));
         }
     }
 

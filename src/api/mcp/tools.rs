@@ -1,6 +1,6 @@
-//! The MCP tools: each a JSON Schema for its input and a call into the very function the REST
-//! route runs (so auth, budgets, the upstream-call budget and `Idempotency-Key` rules are the
-//! REST ones). The input schemas come from `openapi/openapi.json` (the query parameters of the
+//! The MCP tools: each a JSON Schema for its input and a call into the service the REST route
+//! calls (`service::*`, so auth, budgets, the upstream-call budget and `Idempotency-Key` rules
+//! are the REST ones). The input schemas come from `openapi/openapi.json` (the query parameters of the
 //! route, or its request body), so the two descriptions cannot drift apart.
 
 use std::sync::{Arc, LazyLock};
@@ -8,9 +8,11 @@ use std::sync::{Arc, LazyLock};
 use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 
-use super::super::{Api, instances, offers, usage};
+use super::super::{Api, offers};
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
+use crate::service::query::arguments;
+use crate::service::{instances, usage};
 use crate::types::text::percent_encode;
 
 /// The tools, as `tools/list` shows them.
@@ -155,28 +157,44 @@ fn take_string(args: &mut Map<String, Value>, name: &str) -> Result<Option<Strin
     }
 }
 
-/// What a tool call gave: the JSON the REST route answered, or its error.
+/// A view as a tool's JSON result.
+fn value(v: &impl serde::Serialize) -> Result<Value> {
+    serde_json::to_value(v).map_err(Error::internal)
+}
+
+/// An idempotent operation's recorded answer (the first run's view, or a replay of it) as a
+/// tool's result.
+fn answer(a: instances::Answer) -> Result<Value> {
+    serde_json::from_str(&a.body)
+        .map_err(|e| Error::new(Kind::Internal, Side::Internal, "a recorded answer").with_source(e))
+}
+
+/// What a tool call gave: the view the service answered, or its error. Each tool calls the
+/// same service the REST route does (`service::instances`, `service::usage`), with the
+/// arguments read into the route's own input type.
 pub async fn call(
     api: &Arc<Api>,
     p: &Principal,
     name: &str,
     mut args: Map<String, Value>,
 ) -> Option<Result<Value>> {
-    let resp = match name {
+    Some(match name {
         "search_offers" => match query(&args) {
-            Ok(q) => offers::list(api, Some(&q)).await,
+            Ok(q) => offers_page(api, &q).await,
             Err(e) => Err(e),
         },
-        "list_instances" => match query(&args) {
-            Ok(q) => instances::list(api, p, Some(&q)).await,
+        "list_instances" => match arguments(args) {
+            Ok(q) => instances::list(api, p, q).await.and_then(|v| value(&v)),
             Err(e) => Err(e),
         },
-        "get_usage" => match query(&args) {
-            Ok(q) => usage::report_for(api, p, Some(&q)).await,
+        "get_usage" => match arguments(args) {
+            Ok(q) => usage::mine(api, p, q).await.and_then(|v| value(&v)),
             Err(e) => Err(e),
         },
         "get_instance" => match take_string(&mut args, "id") {
-            Ok(Some(id)) if args.is_empty() => instances::show_one(api, p, &id).await,
+            Ok(Some(id)) if args.is_empty() => {
+                instances::get(api, p, &id).await.and_then(|v| value(&v))
+            }
             Ok(Some(_)) => Err(bad_args("get_instance takes only `id`")),
             Ok(None) => Err(bad_args("`id` is required")),
             Err(e) => Err(e),
@@ -185,7 +203,7 @@ pub async fn call(
             let key = take_string(&mut args, "idempotency_key");
             match (take_string(&mut args, "id"), key) {
                 (Ok(Some(id)), Ok(key)) if args.is_empty() => {
-                    instances::destroy_one(api, p, &id, key).await
+                    instances::destroy(api, p, &id, key).await.and_then(answer)
                 }
                 (Ok(Some(_)), Ok(_)) => Err(bad_args(
                     "destroy_instance takes only `id` and `idempotency_key`",
@@ -197,21 +215,24 @@ pub async fn call(
         "rent_instance" => match take_string(&mut args, "idempotency_key") {
             Ok(key) => {
                 let raw = Value::Object(args).to_string();
-                instances::rent(api, p, key, raw.as_bytes()).await
+                instances::rent(api, p, key, raw.as_bytes())
+                    .await
+                    .and_then(answer)
             }
             Err(e) => Err(e),
         },
         _ => return None,
-    };
-    Some(match resp {
-        Ok(r) => match r.into_body().collect().await {
-            Ok(b) => serde_json::from_slice(&b.to_bytes()).map_err(|e| {
-                Error::new(Kind::Internal, Side::Internal, "a tool's answer").with_source(e)
-            }),
-            Err(e) => {
-                Err(Error::new(Kind::Internal, Side::Internal, "a tool's answer").with_source(e))
-            }
-        },
-        Err(e) => Err(e),
     })
+}
+
+/// `search_offers`: the offers answer of `GET /v1/offers` for the arguments as its query (the
+/// offers route renders pages into a cache shared by every caller; the tool reads that page).
+async fn offers_page(api: &Arc<Api>, q: &str) -> Result<Value> {
+    let r = offers::list(api, Some(q)).await?;
+    let b =
+        r.into_body().collect().await.map_err(|e| {
+            Error::new(Kind::Internal, Side::Internal, "an offers page").with_source(e)
+        })?;
+    serde_json::from_slice(&b.to_bytes())
+        .map_err(|e| Error::new(Kind::Internal, Side::Internal, "an offers page").with_source(e))
 }

@@ -7,8 +7,10 @@ use std::hash::BuildHasher;
 use crate::config::OffersConfig;
 use crate::error::{Error, Result};
 use crate::providers::{Offer, OfferFilter, ProviderId, SearchQuery, gpu};
+use crate::service::query::{Bounded, query, scalar_text};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Sort {
     /// Cheapest first.
     Price,
@@ -32,181 +34,156 @@ pub struct Filters {
 /// The largest offset a cursor may carry.
 const MAX_OFFSET: usize = 10_000_000;
 
-const PARAMS: &[&str] = &[
-    "gpu",
-    "min_gpus",
-    "max_gpus",
-    "min_gpu_memory_gb",
-    "max_price",
-    "max_price_per_gpu",
-    "providers",
-    "countries",
-    "interruptible",
-    "include_unavailable",
-    "disk_gb",
-    "sort",
-    "limit",
-    "cursor",
-];
+/// `GET /v1/offers`'s query as the route declares it (and the MCP tool `search_offers`'s
+/// arguments); [`Filters::from_query`] checks what one field cannot check alone.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffersQuery {
+    /// GPU model or family in any provider's spelling.
+    pub gpu: Option<String>,
+    pub min_gpus: Option<Bounded<1, 64>>,
+    pub max_gpus: Option<Bounded<1, 64>>,
+    pub min_gpu_memory_gb: Option<Positive>,
+    /// USD per hour for the whole offer.
+    pub max_price: Option<Positive>,
+    pub max_price_per_gpu: Option<Positive>,
+    /// Comma-separated provider ids.
+    pub providers: Option<String>,
+    /// Comma-separated ISO 3166-1 alpha-2 codes.
+    pub countries: Option<String>,
+    pub interruptible: Option<Flag>,
+    pub include_unavailable: Option<Flag>,
+    pub disk_gb: Option<Bounded<1, 100_000>>,
+    pub sort: Option<Sort>,
+    /// 1 to `offers.max_limit`.
+    pub limit: Option<Bounded<1, { u32::MAX as i64 }>>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A number greater than 0.
+#[derive(Debug, Clone, Copy)]
+pub struct Positive(pub f64);
+
+impl<'de> serde::Deserialize<'de> for Positive {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = scalar_text(d)?;
+        s.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .map(Positive)
+            .ok_or_else(|| serde::de::Error::custom("must be a number greater than 0"))
+    }
+}
+
+/// `true`/`1` or `false`/`0`.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag(pub bool);
+
+impl<'de> serde::Deserialize<'de> for Flag {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match scalar_text(d)?.as_str() {
+            "true" | "1" => Ok(Flag(true)),
+            "false" | "0" => Ok(Flag(false)),
+            _ => Err(serde::de::Error::custom("expected true or false")),
+        }
+    }
+}
 
 fn bad(param: &str, why: impl std::fmt::Display) -> Error {
     Error::bad_request(format!("invalid query parameter `{param}`: {why}"))
 }
 
-fn decode(raw: &str) -> Option<String> {
-    crate::types::text::percent_decode(&raw.replace('+', " "))
-}
-
-fn number<T: std::str::FromStr>(param: &str, v: &str) -> Result<T> {
-    v.trim()
-        .parse::<T>()
-        .map_err(|_| bad(param, format!("`{v}` is not a valid number")))
-}
-
-fn boolean(param: &str, v: &str) -> Result<bool> {
-    match v {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(bad(param, "expected true or false")),
-    }
-}
-
-fn positive(param: &str, x: f64) -> Result<f64> {
-    if x.is_finite() && x > 0.0 {
-        Ok(x)
+/// A text parameter's value: not empty.
+fn text<'a>(param: &str, v: &'a str) -> Result<&'a str> {
+    if v.is_empty() {
+        Err(bad(param, "empty value"))
     } else {
-        Err(bad(param, "must be a number greater than 0"))
+        Ok(v)
     }
 }
 
 impl Filters {
-    pub fn parse(query: Option<&str>, cfg: &OffersConfig) -> Result<Filters> {
+    pub fn parse(q: Option<&str>, cfg: &OffersConfig) -> Result<Filters> {
+        Filters::from_query(query(q)?, cfg)
+    }
+
+    pub fn from_query(q: OffersQuery, cfg: &OffersConfig) -> Result<Filters> {
         let mut f = Filters {
             offer: OfferFilter::default(),
             providers: None,
-            disk_gb: cfg.default_disk_gb,
-            sort: Sort::Price,
+            disk_gb: q.disk_gb.map_or(cfg.default_disk_gb, |d| d.0 as u32),
+            sort: q.sort.unwrap_or(Sort::Price),
             limit: cfg.default_limit.get(),
             offset: 0,
         };
-        let mut seen: Vec<&str> = Vec::new();
-        let mut cursor = None;
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = PARAMS.iter().find(|p| **p == k).ok_or_else(|| {
-                Error::bad_request(format!(
-                    "unknown query parameter `{}` (known: {})",
-                    crate::error::truncate(&decode(k).unwrap_or_default(), 64),
-                    PARAMS.join(", ")
-                ))
-            })?;
-            if seen.contains(name) {
-                return Err(bad(name, "given more than once"));
+        if let Some(v) = &q.gpu {
+            let v = text("gpu", v)?;
+            if v.len() > 64 {
+                return Err(bad("gpu", "at most 64 characters"));
             }
-            seen.push(name);
-            let v = decode(v).ok_or_else(|| bad(name, "broken percent-encoding"))?;
-            if v.is_empty() {
-                return Err(bad(name, "empty value"));
+            f.offer.gpu = Some(gpu::canonical(v, None));
+        }
+        f.offer.min_gpus = q.min_gpus.map(|n| n.0 as u32);
+        f.offer.max_gpus = q.max_gpus.map(|n| n.0 as u32);
+        f.offer.min_gpu_memory_gb = q.min_gpu_memory_gb.map(|x| x.0);
+        f.offer.max_price = q.max_price.map(|x| x.0);
+        f.offer.max_price_per_gpu = q.max_price_per_gpu.map(|x| x.0);
+        if let Some(v) = &q.providers {
+            let mut list = Vec::new();
+            for p in text("providers", v)?.split(',').map(str::trim) {
+                let id = ProviderId::parse(p).ok_or_else(|| {
+                    bad(
+                        "providers",
+                        format!(
+                            "unknown provider `{}` (see `providers` in an answer)",
+                            crate::error::truncate(p, 32)
+                        ),
+                    )
+                })?;
+                if !list.contains(&id) {
+                    list.push(id);
+                }
             }
-            match *name {
-                "gpu" => {
-                    if v.len() > 64 {
-                        return Err(bad(name, "at most 64 characters"));
-                    }
-                    f.offer.gpu = Some(gpu::canonical(&v, None));
+            list.sort();
+            f.providers = Some(list);
+        }
+        if let Some(v) = &q.countries {
+            let mut list = Vec::new();
+            for c in text("countries", v)?.split(',').map(str::trim) {
+                if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(bad(
+                        "countries",
+                        format!(
+                            "`{}` is not an ISO 3166-1 alpha-2 code",
+                            crate::error::truncate(c, 16)
+                        ),
+                    ));
                 }
-                "min_gpus" | "max_gpus" => {
-                    let n: u32 = number(name, &v)?;
-                    if !(1..=64).contains(&n) {
-                        return Err(bad(name, "must be between 1 and 64"));
-                    }
-                    if *name == "min_gpus" {
-                        f.offer.min_gpus = Some(n)
-                    } else {
-                        f.offer.max_gpus = Some(n)
-                    }
-                }
-                "min_gpu_memory_gb" => {
-                    f.offer.min_gpu_memory_gb = Some(positive(name, number(name, &v)?)?)
-                }
-                "max_price" => f.offer.max_price = Some(positive(name, number(name, &v)?)?),
-                "max_price_per_gpu" => {
-                    f.offer.max_price_per_gpu = Some(positive(name, number(name, &v)?)?)
-                }
-                "providers" => {
-                    let mut list = Vec::new();
-                    for p in v.split(',').map(str::trim) {
-                        let id = ProviderId::parse(p).ok_or_else(|| {
-                            bad(
-                                name,
-                                format!(
-                                    "unknown provider `{}` (see `providers` in an answer)",
-                                    crate::error::truncate(p, 32)
-                                ),
-                            )
-                        })?;
-                        if !list.contains(&id) {
-                            list.push(id);
-                        }
-                    }
-                    list.sort();
-                    f.providers = Some(list);
-                }
-                "countries" => {
-                    let mut list = Vec::new();
-                    for c in v.split(',').map(str::trim) {
-                        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
-                            return Err(bad(
-                                name,
-                                format!(
-                                    "`{}` is not an ISO 3166-1 alpha-2 code",
-                                    crate::error::truncate(c, 16)
-                                ),
-                            ));
-                        }
-                        list.push(c.to_ascii_uppercase());
-                    }
-                    list.sort();
-                    list.dedup();
-                    f.offer.countries = Some(list);
-                }
-                "interruptible" => f.offer.interruptible = boolean(name, &v)?,
-                "include_unavailable" => f.offer.include_unavailable = boolean(name, &v)?,
-                "disk_gb" => {
-                    let n: u32 = number(name, &v)?;
-                    if !(1..=100_000).contains(&n) {
-                        return Err(bad(name, "must be between 1 and 100000"));
-                    }
-                    f.disk_gb = n;
-                }
-                "sort" => {
-                    f.sort = match v.as_str() {
-                        "price" => Sort::Price,
-                        "price_per_gpu" => Sort::PricePerGpu,
-                        "reliability" => Sort::Reliability,
-                        _ => return Err(bad(name, "expected price, price_per_gpu or reliability")),
-                    }
-                }
-                "limit" => {
-                    let n: u32 = number(name, &v)?;
-                    if !(1..=cfg.max_limit).contains(&n) {
-                        return Err(bad(
-                            name,
-                            format!("must be between 1 and {}", cfg.max_limit),
-                        ));
-                    }
-                    f.limit = n;
-                }
-                "cursor" => cursor = Some(v),
-                _ => unreachable!("every known parameter is handled"),
+                list.push(c.to_ascii_uppercase());
             }
+            list.sort();
+            list.dedup();
+            f.offer.countries = Some(list);
+        }
+        f.offer.interruptible = q.interruptible.is_some_and(|b| b.0);
+        f.offer.include_unavailable = q.include_unavailable.is_some_and(|b| b.0);
+        if let Some(n) = q.limit {
+            if n.0 > i64::from(cfg.max_limit) {
+                return Err(bad(
+                    "limit",
+                    format!("must be between 1 and {}", cfg.max_limit),
+                ));
+            }
+            f.limit = n.0 as u32;
         }
         if let (Some(lo), Some(hi)) = (f.offer.min_gpus, f.offer.max_gpus)
             && lo > hi
         {
             return Err(bad("min_gpus", "greater than max_gpus"));
         }
-        if let Some(c) = cursor {
+        if let Some(c) = q.cursor {
             let (off, fp) = c
                 .split_once('.')
                 .ok_or_else(|| bad("cursor", "not a cursor from a previous page"))?;

@@ -16,7 +16,7 @@ use hyper::header::{CACHE_CONTROL, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
-pub use filters::{Filters, Sort, sort};
+pub use filters::{Filters, OffersQuery, Sort, sort};
 pub use pages::PageCache;
 use pages::render;
 

@@ -1,0 +1,393 @@
+//! Instances as typed operations: rent (by offer or spec), list, get, destroy, extend, bid,
+//! stop and start, each over typed input with the caller's [`Principal`], answering an
+//! [`InstanceView`]. Renting and destroying run under an `Idempotency-Key` when one is given
+//! ([`Answer`]: the first run's answer, or its replay), whichever carrier asked.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::query::Limit;
+use super::time;
+use crate::auth::Principal;
+use crate::error::{Error, Kind, Result, Side};
+use crate::providers::Ssh;
+use crate::rentals::failover::{TryView, tries_view};
+use crate::rentals::idempotency::{self, Begin, Outcome};
+use crate::rentals::ledger::{self, Event, InstanceKey, InstanceRow, Status};
+use crate::rentals::{RentBody, Rentals, Renter};
+use crate::state::AppState;
+
+/// The normalized instance a client sees.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    pub id: String,
+    pub provider: String,
+    pub provider_instance_id: Option<String>,
+    pub offer_id: String,
+    pub gpu_model: String,
+    pub gpu_count: i32,
+    pub price_per_hour: f64,
+    /// An intent not yet answered by the provider is, for the client, `provisioning`.
+    pub status: &'static str,
+    pub ssh: Option<Ssh>,
+    /// What to paste into a terminal, once the provider gives host and port.
+    pub ssh_command: Option<String>,
+    pub interruptible: bool,
+    pub bid_per_hour: Option<f64>,
+    pub storage_per_hour: f64,
+    pub image: String,
+    pub disk_gb: i32,
+    pub label: Option<String>,
+    pub failure: Option<String>,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub terminated_at: Option<String>,
+    /// The provider reports a state that never reaches running (destroyed after a grace).
+    pub dead_state: Option<String>,
+    pub expires_at: Option<String>,
+    /// One instance only: its ledger events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<EventView>>,
+    /// One instance only: the SSH keys it must get, and how far each is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_keys: Option<Vec<InstanceKey>>,
+    /// A rental by spec: its request id and the offers tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rental_request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries: Option<Vec<TryView>>,
+}
+
+/// One ledger event of an instance.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub at: Option<String>,
+    pub kind: String,
+    pub status: Option<String>,
+    pub price_per_hour: Option<f64>,
+    pub rate_per_hour: Option<f64>,
+    pub detail: Option<String>,
+}
+
+impl InstanceView {
+    pub fn of(r: &InstanceRow) -> InstanceView {
+        InstanceView {
+            id: r.id.clone(),
+            provider: r.provider.clone(),
+            provider_instance_id: r.provider_instance_id.clone(),
+            offer_id: r.offer_id.clone(),
+            gpu_model: r.gpu_model.clone(),
+            gpu_count: r.gpu_count,
+            price_per_hour: r.price_per_hour,
+            status: if r.status == Status::Pending {
+                "provisioning"
+            } else {
+                r.status.as_str()
+            },
+            ssh: r.ssh.clone(),
+            ssh_command: r
+                .ssh
+                .as_ref()
+                .map(|s| format!("ssh -p {} {}@{}", s.port, s.user, s.host)),
+            interruptible: r.bid_per_hour.is_some(),
+            bid_per_hour: r.bid_per_hour,
+            storage_per_hour: r.storage_per_hour,
+            image: r.image.clone(),
+            disk_gb: r.disk_gb,
+            label: r.label.clone(),
+            failure: r.failure.clone(),
+            created_at: time(Some(r.created_at)),
+            started_at: time(r.started_at),
+            terminated_at: time(r.terminated_at),
+            dead_state: r.dead_reason.clone(),
+            expires_at: time(r.expires_at),
+            events: None,
+            ssh_keys: None,
+            rental_request_id: None,
+            tries: None,
+        }
+    }
+
+    fn with_detail(mut self, events: Vec<Event>, keys: Vec<InstanceKey>) -> InstanceView {
+        self.events = Some(
+            events
+                .into_iter()
+                .map(|e| EventView {
+                    at: time(Some(e.at)),
+                    kind: e.kind,
+                    status: e.status,
+                    price_per_hour: e.price_per_hour,
+                    rate_per_hour: e.rate_per_hour,
+                    detail: e.detail,
+                })
+                .collect(),
+        );
+        self.ssh_keys = Some(keys);
+        self
+    }
+
+    /// A rental by spec's answer and instance list the offers tried and why each was left.
+    async fn with_tries(mut self, r: &Rentals, row: &InstanceRow) -> Result<InstanceView> {
+        if let Some(req) = &row.rental_request_id {
+            let tries = ledger::tries(r.db(), req).await?;
+            self.rental_request_id = Some(req.clone());
+            self.tries = Some(tries_view(&tries));
+        }
+        Ok(self)
+    }
+}
+
+/// A page of the caller's instances, newest first.
+#[derive(Debug, Serialize)]
+pub struct InstancePage {
+    pub instances: Vec<InstanceView>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/instances` (and the MCP tool `list_instances`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListInstances {
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<Limit>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<Cursor>,
+}
+
+/// A page cursor: the creation time (epoch seconds) of the last instance of the previous page,
+/// between 1970 and 5138, or it is no cursor of ours.
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor(pub f64);
+
+impl<'de> Deserialize<'de> for Cursor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = super::query::scalar_text(d)?;
+        s.parse::<f64>()
+            .ok()
+            .filter(|x| (0.0..1e11).contains(x))
+            .map(Cursor)
+            .ok_or_else(|| serde::de::Error::custom("use `next_cursor` of the previous page"))
+    }
+}
+
+/// `POST /v1/instances/{id}/extend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extend {
+    pub hours: u32,
+}
+
+/// `PUT /v1/instances/{id}/bid`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bid {
+    pub bid_per_hour: f64,
+}
+
+/// What an idempotent operation answers: the first run's answer, or its replay (`replayed`).
+/// The body is the JSON recorded for the key, so a replay is byte for byte the first answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub replayed: bool,
+}
+
+fn rentals(app: &AppState) -> Result<&Arc<Rentals>> {
+    app.rentals.as_ref().ok_or_else(|| {
+        Error::new(
+            Kind::DatabaseUnavailable,
+            Side::Internal,
+            "renting needs the database (DATABASE_URL is not set)",
+        )
+    })
+}
+
+/// The caller's instances, newest first (statuses as the ledger has them; [`get`] refreshes
+/// one from the provider).
+pub async fn list(app: &AppState, p: &Principal, q: ListInstances) -> Result<InstancePage> {
+    let limit = q.limit.map_or(50, |l| l.0);
+    let rows = rentals(app)?
+        .list(p.account_id(), q.cursor.map(|c| c.0), limit + 1)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(limit as usize)];
+    Ok(InstancePage {
+        instances: page.iter().map(InstanceView::of).collect(),
+        next_cursor: more
+            .then(|| page.last().map(|r| r.created_at.to_string()))
+            .flatten(),
+    })
+}
+
+/// One instance with its events and keys, refreshed from its provider.
+pub async fn get(app: &AppState, p: &Principal, id: &str) -> Result<InstanceView> {
+    let r = rentals(app)?;
+    let row = r.get(p.account_id(), id).await?;
+    let events = ledger::events(r.db(), &row.id).await?;
+    let keys = ledger::instance_keys(r.db(), &row.id).await?;
+    InstanceView::of(&row)
+        .with_detail(events, keys)
+        .with_tries(r, &row)
+        .await
+}
+
+/// Rents from a JSON body (`raw`: hashed for the idempotency key as it came).
+pub async fn rent(
+    app: &AppState,
+    p: &Principal,
+    key: Option<String>,
+    raw: &[u8],
+) -> Result<Answer> {
+    let r = rentals(app)?.clone();
+    let b: RentBody =
+        super::body::parse(raw)?.ok_or_else(|| Error::bad_request("a JSON body is required"))?;
+    let who = Renter {
+        account_id: p.account_id(),
+        key_id: Some(p.key.key_id),
+    };
+    idempotent(app, p, key, "POST /v1/instances", raw, async move {
+        let row = r.rent(who, &b).await?;
+        let v = InstanceView::of(&row).with_tries(&r, &row).await?;
+        Ok((201, v))
+    })
+    .await
+}
+
+/// Destroys one instance.
+pub async fn destroy(
+    app: &AppState,
+    p: &Principal,
+    id: &str,
+    key: Option<String>,
+) -> Result<Answer> {
+    let r = rentals(app)?.clone();
+    let account = p.account_id();
+    let request = format!("DELETE /v1/instances/{id}");
+    let owned = id.to_owned();
+    idempotent(app, p, key, &request, b"", async move {
+        let row = r.destroy(account, &owned).await?;
+        Ok((200, InstanceView::of(&row)))
+    })
+    .await
+}
+
+/// Moves the expiry by `hours` (on io.net, buys them).
+pub async fn extend(app: &AppState, p: &Principal, id: &str, b: Extend) -> Result<InstanceView> {
+    let row = rentals(app)?.extend(p.account_id(), id, b.hours).await?;
+    Ok(InstanceView::of(&row))
+}
+
+/// Stops (`running: false`) or starts an instance.
+pub async fn set_running(
+    app: &AppState,
+    p: &Principal,
+    id: &str,
+    running: bool,
+) -> Result<InstanceView> {
+    let row = rentals(app)?
+        .set_running(p.account_id(), id, running)
+        .await?;
+    Ok(InstanceView::of(&row))
+}
+
+/// Changes a bid instance's bid.
+pub async fn set_bid(app: &AppState, p: &Principal, id: &str, b: Bid) -> Result<InstanceView> {
+    let row = rentals(app)?
+        .set_bid(p.account_id(), id, b.bid_per_hour)
+        .await?;
+    Ok(InstanceView::of(&row))
+}
+
+/// An error as the body a replay gives back.
+fn error_body(e: &Error) -> String {
+    serde_json::json!({"error": {"code": e.kind.code(), "message": e.message, "details": e.details}})
+        .to_string()
+}
+
+/// Runs `op` under the caller's `Idempotency-Key`, when it has one: in a task of its own that
+/// records the answer whatever becomes of the request (`rentals::idempotency`).
+async fn idempotent<F>(
+    app: &AppState,
+    p: &Principal,
+    key: Option<String>,
+    request: &str,
+    body: &[u8],
+    op: F,
+) -> Result<Answer>
+where
+    F: Future<Output = Result<(u16, InstanceView)>> + Send + 'static,
+{
+    let text = |v: &InstanceView| serde_json::to_string(v).map_err(Error::internal);
+    let Some(key) = key else {
+        let (status, v) = op.await?;
+        return Ok(Answer {
+            status,
+            body: text(&v)?,
+            replayed: false,
+        });
+    };
+    idempotency::check_key(&key)?;
+    let r = rentals(app)?;
+    let cfg = &app.config.rentals;
+    let account = p.account_id();
+    let digest = idempotency::hash(request, body);
+    let claim = idempotency::Request {
+        account_id: account,
+        key: &key,
+        request,
+        digest: &digest,
+    };
+    match r.idempotency().begin(r.db(), cfg, &claim).await? {
+        Begin::Replay { status, body } => Ok(Answer {
+            status,
+            body,
+            replayed: true,
+        }),
+        Begin::Run => {
+            // the error itself comes back through a slot: the task keeps only what it records
+            let failure = Arc::new(std::sync::Mutex::new(None));
+            let slot = failure.clone();
+            let op = async move {
+                let run = match op.await {
+                    Ok((status, v)) => text(&v).map(|body| (status, body)),
+                    Err(e) => Err(e),
+                };
+                match run {
+                    Ok((status, body)) => Outcome {
+                        status,
+                        body,
+                        outcome_unknown: false,
+                    },
+                    Err(e) => {
+                        let out = Outcome {
+                            status: e.kind.status().as_u16(),
+                            body: error_body(&e),
+                            outcome_unknown: e
+                                .details
+                                .as_ref()
+                                .is_some_and(|d| d.get("instance_id").is_some()),
+                        };
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        out
+                    }
+                }
+            };
+            let out = r
+                .idempotency()
+                .run(r.db().clone(), cfg, account, key.clone(), op)
+                .await?;
+            if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Err(e);
+            }
+            Ok(Answer {
+                status: out.status,
+                body: out.body,
+                replayed: false,
+            })
+        }
+    }
+}
