@@ -4,7 +4,7 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Millis, nz32};
+use super::{Millis, MillisOrZero, nz32};
 
 /// The event log and the streams that deliver it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub struct EventsConfig {
     /// An instance whose lifetime (`max_duration_hours` / `expires_at`) ends within this gets
     /// one `instance.expiring` event (per end time: an extension earns a new one); the
     /// reconciler looks every `rentals.reconcile_interval_ms`.
-    pub expiring_notice_ms: Millis,
+    pub expiring_notice_ms: MillisOrZero,
     /// New events reach the streams through Redis pub/sub at once; the log is also read this
     /// often, so an event published while Redis was down arrives at most this late.
     pub poll_fallback_ms: Millis,
@@ -42,7 +42,7 @@ impl Default for EventsConfig {
             max_streams_per_account: nz32(20),
             max_queue: nz32(100),
             poll_fallback_ms: Millis(2_000),
-            expiring_notice_ms: Millis(900_000),
+            expiring_notice_ms: MillisOrZero(900_000),
         }
     }
 }
@@ -95,5 +95,17 @@ impl Default for WebhooksConfig {
             allow_private_targets: false,
             paused: false,
         }
+    }
+}
+
+impl WebhooksConfig {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        if self.retry_max_ms < self.retry_base_ms {
+            return Err(super::err(
+                "webhooks.retry_max_ms",
+                "must be at least webhooks.retry_base_ms",
+            ));
+        }
+        Ok(())
     }
 }

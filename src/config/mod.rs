@@ -23,7 +23,7 @@ mod storage;
 
 pub use events::{EventsConfig, WebhooksConfig};
 pub use mcp::McpConfig;
-pub use millis::Millis;
+pub use millis::{Millis, MillisOrZero};
 pub use providers::{
     OffersConfig, PROVIDER_KINDS, PassthroughConfig, ProviderTable, ProvidersConfig,
 };
@@ -36,7 +36,7 @@ pub use server::{
 pub use storage::{AuthConfig, DatabaseConfig, RedisConfig};
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -109,7 +109,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.into(),
         message: message.into(),
@@ -233,278 +233,20 @@ fn check_provider_tables(merged: &toml::Value) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Checks that cannot be expressed by types alone.
+/// Checks that cannot be expressed by types alone: each section checks itself (in its own
+/// file), then what spans sections. Durations need no check here: [`Millis`] refuses 0 as it is
+/// read, and [`MillisOrZero`] is for the keys where 0 means something.
 fn validate(config: &Config) -> Result<(), ConfigError> {
-    let s = &config.server;
-    let cfg_proxy = &config.proxy_protocol;
-    if s.https_listen.0.is_none() && s.http_listen.0.is_none() {
-        return Err(err(
-            "server.https_listen",
-            "both server.https_listen and server.http_listen are off: nothing would be served",
-        ));
-    }
-    if s.https_listen.0.is_some() {
-        for (key, path) in [
-            ("server.tls_cert", &s.tls_cert),
-            ("server.tls_key", &s.tls_key),
-        ] {
-            if !Path::new(path).is_file() {
-                return Err(err(
-                    key,
-                    format!("{} is not a readable file", path.display()),
-                ));
-            }
-        }
-    }
-    for (key, v) in [
-        (
-            "server.tls_handshake_timeout_ms",
-            s.tls_handshake_timeout_ms.ms(),
-        ),
-        (
-            "server.header_read_timeout_ms",
-            s.header_read_timeout_ms.ms(),
-        ),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be greater than 0"));
-        }
-    }
-    let c = &config.connections;
-    for (key, v) in [
-        ("connections.idle_timeout_ms", c.idle_timeout_ms.ms()),
-        ("connections.write_timeout_ms", c.write_timeout_ms.ms()),
-        (
-            "connections.force_close_after_ms",
-            c.force_close_after_ms.ms(),
-        ),
-        ("connections.reap_interval_ms", c.reap_interval_ms.ms()),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be greater than 0"));
-        }
-    }
-    let r = &config.ratelimit;
-    for (key, v) in [
-        ("ratelimit.peer_heartbeat_ms", r.peer_heartbeat_ms.ms()),
-        ("ratelimit.sweep_interval_ms", r.sweep_interval_ms.ms()),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be greater than 0"));
-        }
-    }
-    if r.peer_ttl_ms <= r.peer_heartbeat_ms {
-        return Err(err(
-            "ratelimit.peer_ttl_ms",
-            "must be longer than ratelimit.peer_heartbeat_ms (a live daemon would drop out between beats)",
-        ));
-    }
-    let (d, a, rd) = (&config.database, &config.auth, &config.redis);
-    for (key, v) in [
-        ("database.acquire_timeout_ms", d.acquire_timeout_ms.ms()),
-        ("database.connect_timeout_ms", d.connect_timeout_ms.ms()),
-        ("database.query_timeout_ms", d.query_timeout_ms.ms()),
-        ("database.health_interval_ms", d.health_interval_ms.ms()),
-        ("redis.command_timeout_ms", rd.command_timeout_ms.ms()),
-        ("redis.connect_timeout_ms", rd.connect_timeout_ms.ms()),
-        ("auth.cache_ttl_ms", a.cache_ttl_ms.ms()),
-        ("auth.jwt_ttl_ms", a.jwt_ttl_ms.ms()),
-        ("auth.last_used_flush_ms", a.last_used_flush_ms.ms()),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be greater than 0"));
-        }
-    }
-    for (name, url) in [
-        ("DATABASE_URL", &config.secrets.database_url),
-        ("DATABASE_READ_URL", &config.secrets.database_read_url),
-    ] {
-        if let Some(url) = url {
-            url.expose()
-                .parse::<tokio_postgres::Config>()
-                .map_err(|e| err(name, format!("not a PostgreSQL URL: {e}")))?;
-        }
-    }
-    if config.secrets.database_read_url.is_some() && config.secrets.database_url.is_none() {
-        return Err(err(
-            "DATABASE_READ_URL",
-            "needs DATABASE_URL too (the replica only serves key lookups)",
-        ));
-    }
-    if let Some(url) = &config.secrets.redis_url {
-        fred::prelude::Config::from_url(url.expose())
-            .map_err(|e| err("REDIS_URL", format!("not a Redis URL: {e}")))?;
-    }
-    if config
-        .secrets
-        .jwt_secret
-        .as_ref()
-        .is_some_and(|s| s.expose().len() < 32)
-    {
-        return Err(err(
-            "JWT_SECRET",
-            "must be at least 32 characters (e.g. `openssl rand -hex 32`)",
-        ));
-    }
-    let sc = &config.server;
-    if !(8192..=1 << 20).contains(&sc.max_header_bytes.get()) {
-        return Err(err(
-            "server.max_header_bytes",
-            "between 8192 and 1048576 (hyper reads at least 8 KiB at once)",
-        ));
-    }
-    if sc.body_read_timeout_ms.ms() == 0 {
-        return Err(err("server.body_read_timeout_ms", "must be greater than 0"));
-    }
-    validate_providers(&config.providers, &config.offers)?;
-    let ec = &config.events;
-    for (key, v) in [
-        ("events.ping_interval_ms", ec.ping_interval_ms.ms()),
-        ("events.pong_timeout_ms", ec.pong_timeout_ms.ms()),
-        ("events.poll_fallback_ms", ec.poll_fallback_ms.ms()),
-        ("webhooks.retry_base_ms", config.webhooks.retry_base_ms.ms()),
-        ("webhooks.timeout_ms", config.webhooks.timeout_ms.ms()),
-        (
-            "webhooks.poll_interval_ms",
-            config.webhooks.poll_interval_ms.ms(),
-        ),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be greater than 0"));
-        }
-    }
-    if config.webhooks.retry_max_ms < config.webhooks.retry_base_ms {
-        return Err(err(
-            "webhooks.retry_max_ms",
-            "must be at least webhooks.retry_base_ms",
-        ));
-    }
-    let rc = &config.rentals;
-    for (key, v) in [
-        ("rentals.status_cache_ms", rc.status_cache_ms.ms()),
-        (
-            "rentals.reconcile_interval_ms",
-            rc.reconcile_interval_ms.ms(),
-        ),
-        ("rentals.intent_timeout_ms", rc.intent_timeout_ms.ms()),
-        (
-            "rentals.billing_reconcile_interval_ms",
-            rc.billing_reconcile_interval_ms.ms(),
-        ),
-        ("rentals.failover_wait_ms", rc.failover_wait_ms.ms()),
-        ("rentals.idempotency_ttl_ms", rc.idempotency_ttl_ms.ms()),
-        ("rentals.idempotency_lease_ms", rc.idempotency_lease_ms.ms()),
-        ("rentals.idempotency_wait_ms", rc.idempotency_wait_ms.ms()),
-        ("rentals.dead_state_grace_ms", rc.dead_state_grace_ms.ms()),
-        (
-            "rentals.provisioning_timeout_ms",
-            rc.provisioning_timeout_ms.ms(),
-        ),
-        ("rentals.unreachable_grace_ms", rc.unreachable_grace_ms.ms()),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be greater than 0"));
-        }
-    }
-    if !(rc.default_max_duration_hours >= 0.0 && rc.default_max_duration_hours <= 8760.0) {
-        return Err(err(
-            "rentals.default_max_duration_hours",
-            "hours from 0 (no default lifetime) to 8760",
-        ));
-    }
-    if !(rc.billing_drift_alert_usd.is_finite() && rc.billing_drift_alert_usd >= 0.0) {
-        return Err(err("rentals.billing_drift_alert_usd", "USD, 0 or more"));
-    }
-    if !(rc.budget_warn_ratio > 0.0 && rc.budget_warn_ratio <= 1.0) {
-        return Err(err(
-            "rentals.budget_warn_ratio",
-            "a fraction above 0 and at most 1 (e.g. 0.8 = 80%)",
-        ));
-    }
-    if !(rc.price_tolerance >= 0.0 && rc.price_tolerance < 10.0) {
-        return Err(err(
-            "rentals.price_tolerance",
-            "a fraction from 0 (e.g. 0.05 = 5%)",
-        ));
-    }
-    if c.ipv6_prefix_len > 128 {
-        return Err(err("connections.ipv6_prefix_len", "at most 128"));
-    }
-    if c.shards != 0 && !c.shards.is_power_of_two() {
-        return Err(err(
-            "connections.shards",
-            "must be a power of two (or 0 for automatic)",
-        ));
-    }
-    if cfg_proxy.header_timeout_ms.ms() == 0 {
-        return Err(err(
-            "proxy_protocol.header_timeout_ms",
-            "must be greater than 0",
-        ));
-    }
-    if s.workers > 1024 {
-        return Err(err("server.workers", "at most 1024 (0 = one per core)"));
-    }
+    config.server.validate()?;
+    config.connections.validate()?;
+    config.ratelimit.validate()?;
+    config.secrets.validate()?;
+    config.providers.validate()?;
+    config.offers.validate()?;
+    config.webhooks.validate()?;
+    config.rentals.validate()?;
     tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .map_err(|e| err("log.level", format!("not a valid filter: {e}")))?;
-    Ok(())
-}
-
-fn validate_providers(p: &ProvidersConfig, o: &OffersConfig) -> Result<(), ConfigError> {
-    for (id, t) in &p.tables {
-        let key = |k: &str| format!("providers.{id}.{k}");
-        if crate::types::ProviderId::register(id).is_none() {
-            return Err(err(
-                format!("providers.{id}"),
-                "not a provider table, or not a valid provider id (1 to 32 lower-case letters, \
-                 digits, `_` or `-`, starting with a letter)",
-            ));
-        }
-        if !PROVIDER_KINDS.contains(&t.kind(id)) {
-            return Err(err(
-                key("kind"),
-                format!(
-                    "unknown provider kind `{}` (known: {})",
-                    t.kind(id),
-                    PROVIDER_KINDS.join(", ")
-                ),
-            ));
-        }
-        let ok = t.base_url.parse::<hyper::Uri>().ok().is_some_and(|u| {
-            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-        });
-        if !ok {
-            return Err(err(
-                key("base_url"),
-                format!("`{}` is not an http(s) URL", t.base_url),
-            ));
-        }
-    }
-    for (key, v) in [
-        ("providers.connect_timeout_ms", p.connect_timeout_ms.ms()),
-        ("providers.request_timeout_ms", p.request_timeout_ms.ms()),
-        ("providers.total_timeout_ms", p.total_timeout_ms.ms()),
-        ("offers.cache_ttl_ms", o.cache_ttl_ms.ms()),
-    ] {
-        if v == 0 {
-            return Err(err(key, "must be greater than 0"));
-        }
-    }
-    if !(p.breaker_error_rate > 0.0 && p.breaker_error_rate <= 1.0) {
-        return Err(err("providers.breaker_error_rate", "must be in (0, 1]"));
-    }
-    if o.max_limit < o.default_limit.get() {
-        return Err(err(
-            "offers.max_limit",
-            "must be at least offers.default_limit",
-        ));
-    }
-    if o.stale_if_error_ms < o.cache_ttl_ms {
-        return Err(err(
-            "offers.stale_if_error_ms",
-            "must be at least offers.cache_ttl_ms",
-        ));
-    }
     Ok(())
 }
 
@@ -630,6 +372,25 @@ mod tests {
 
     const PLAIN: &str = "[server]\nhttps_listen = \"off\"\nhttp_listen = \"127.0.0.1:1\"\n";
 
+    /// A duration that cannot be 0 is refused as it is read, naming the key; one where 0 means
+    /// something is taken.
+    #[test]
+    fn zero_durations_are_refused_by_type_not_by_name() {
+        for key in [
+            "rentals.reconcile_interval_ms",
+            "connections.idle_timeout_ms",
+            "webhooks.timeout_ms",
+            "providers.total_timeout_ms",
+        ] {
+            let e = load(&sources(Some(PLAIN), &[], &[&format!("{key}=0")])).unwrap_err();
+            assert_eq!(e.key, key);
+            assert!(e.message.contains("must be greater than 0"), "{e:?}");
+        }
+        for key in ["server.drain_delay_ms", "connections.park_after_ms"] {
+            load(&sources(Some(PLAIN), &[], &[&format!("{key}=0")])).unwrap();
+        }
+    }
+
     #[test]
     fn layers_apply_in_order() {
         let c = load(&sources(
@@ -747,7 +508,7 @@ mod tests {
 
     #[test]
     fn shipped_example_names_every_key() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gpuproxyd.toml");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gpuproxyd.toml");
         let file: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let defaults = toml::Value::try_from(Config::default()).unwrap();
         let (mut want, mut have) = (Vec::new(), Vec::new());

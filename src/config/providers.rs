@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{nz32, nz64, nzsize};
 
-use super::Millis;
+use super::{Millis, MillisOrZero};
 
 /// The clients a `[providers.<id>]` table may name as its `kind`.
 pub const PROVIDER_KINDS: &[&str] = &["vastai", "ionet", "generic"];
@@ -34,22 +34,22 @@ pub struct ProvidersConfig {
     /// Requests in flight (so connections) per provider host at most; more wait for a slot
     /// within their timeout.
     pub max_connections_per_host: NonZeroUsize,
-    pub pool_idle_timeout_ms: Millis,
+    pub pool_idle_timeout_ms: MillisOrZero,
     /// Retries of an idempotent call after a connect error, timeout, 429, 502, 503 or 504.
     pub max_retries: u32,
     /// First back-off; doubles per retry up to `retry_max_backoff_ms`, with full jitter.
-    pub retry_base_backoff_ms: Millis,
-    pub retry_max_backoff_ms: Millis,
+    pub retry_base_backoff_ms: MillisOrZero,
+    pub retry_max_backoff_ms: MillisOrZero,
     /// After an upstream 429 without `Retry-After` (Vast.ai never sends one), calls to that
     /// provider wait this long (they fail fast, so cached or stale answers are used meanwhile).
-    pub rate_limit_backoff_ms: Millis,
+    pub rate_limit_backoff_ms: MillisOrZero,
     /// Consecutive failed calls that open a provider's circuit.
     pub breaker_consecutive_failures: NonZeroU32,
     /// Or: this share of failed calls among the last `breaker_window` calls.
     pub breaker_error_rate: f64,
     pub breaker_window: NonZeroU32,
     /// How long an open circuit refuses calls before one half-open probe is let through.
-    pub breaker_open_ms: Millis,
+    pub breaker_open_ms: MillisOrZero,
     /// Largest upstream body read (a provider answering more is treated as failing).
     pub max_body_bytes: NonZeroU64,
     /// `[providers.<id>]`: every provider by id (the table's name, which prefixes its offer ids
@@ -137,15 +137,15 @@ impl Default for ProvidersConfig {
             total_timeout_ms: Millis(10_000),
             pool_max_idle_per_host: 32,
             max_connections_per_host: nzsize(128),
-            pool_idle_timeout_ms: Millis(60_000),
+            pool_idle_timeout_ms: MillisOrZero(60_000),
             max_retries: 2,
-            retry_base_backoff_ms: Millis(100),
-            retry_max_backoff_ms: Millis(2_000),
-            rate_limit_backoff_ms: Millis(6_000),
+            retry_base_backoff_ms: MillisOrZero(100),
+            retry_max_backoff_ms: MillisOrZero(2_000),
+            rate_limit_backoff_ms: MillisOrZero(6_000),
             breaker_consecutive_failures: nz32(5),
             breaker_error_rate: 0.5,
             breaker_window: nz32(20),
-            breaker_open_ms: Millis(10_000),
+            breaker_open_ms: MillisOrZero(10_000),
             max_body_bytes: nz64(32 * 1024 * 1024),
         }
     }
@@ -159,7 +159,7 @@ pub struct OffersConfig {
     pub cache_ttl_ms: Millis,
     /// After that, it is still served (marked stale) for this long while one background refresh
     /// runs.
-    pub stale_while_revalidate_ms: Millis,
+    pub stale_while_revalidate_ms: MillisOrZero,
     /// While a provider fails, an answer up to this old is served (marked stale) instead of an
     /// error; also the life of the Redis copy.
     pub stale_if_error_ms: Millis,
@@ -176,7 +176,7 @@ impl Default for OffersConfig {
     fn default() -> Self {
         OffersConfig {
             cache_ttl_ms: Millis(30_000),
-            stale_while_revalidate_ms: Millis(30_000),
+            stale_while_revalidate_ms: MillisOrZero(30_000),
             stale_if_error_ms: Millis(600_000),
             cache_max_entries: nzsize(4_096),
             default_limit: nz32(20),
@@ -201,5 +201,64 @@ pub struct PassthroughConfig {
 impl Default for PassthroughConfig {
     fn default() -> Self {
         PassthroughConfig { enabled: true }
+    }
+}
+
+impl ProvidersConfig {
+    /// Every table names a known kind and an http(s) URL, under a valid provider id.
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        use super::err;
+        for (id, t) in &self.tables {
+            let key = |k: &str| format!("providers.{id}.{k}");
+            if crate::types::ProviderId::register(id).is_none() {
+                return Err(err(
+                    format!("providers.{id}"),
+                    "not a provider table, or not a valid provider id (1 to 32 lower-case letters, \
+                     digits, `_` or `-`, starting with a letter)",
+                ));
+            }
+            if !PROVIDER_KINDS.contains(&t.kind(id)) {
+                return Err(err(
+                    key("kind"),
+                    format!(
+                        "unknown provider kind `{}` (known: {})",
+                        t.kind(id),
+                        PROVIDER_KINDS.join(", ")
+                    ),
+                ));
+            }
+            let ok = t.base_url.parse::<hyper::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(err(
+                    key("base_url"),
+                    format!("`{}` is not an http(s) URL", t.base_url),
+                ));
+            }
+        }
+        if !(self.breaker_error_rate > 0.0 && self.breaker_error_rate <= 1.0) {
+            return Err(err("providers.breaker_error_rate", "must be in (0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+impl OffersConfig {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        use super::err;
+        if self.max_limit < self.default_limit.get() {
+            return Err(err(
+                "offers.max_limit",
+                "must be at least offers.default_limit",
+            ));
+        }
+        if self.stale_if_error_ms < self.cache_ttl_ms {
+            return Err(err(
+                "offers.stale_if_error_ms",
+                "must be at least offers.cache_ttl_ms",
+            ));
+        }
+        Ok(())
     }
 }

@@ -59,3 +59,15 @@ impl Default for RateLimitConfig {
         }
     }
 }
+
+impl RateLimitConfig {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        if self.peer_ttl_ms <= self.peer_heartbeat_ms {
+            return Err(super::err(
+                "ratelimit.peer_ttl_ms",
+                "must be longer than ratelimit.peer_heartbeat_ms (a live daemon would drop out between beats)",
+            ));
+        }
+        Ok(())
+    }
+}

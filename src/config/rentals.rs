@@ -120,3 +120,31 @@ impl Default for RentalsConfig {
         }
     }
 }
+
+impl RentalsConfig {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        use super::err;
+        if !(self.default_max_duration_hours >= 0.0 && self.default_max_duration_hours <= 8760.0) {
+            return Err(err(
+                "rentals.default_max_duration_hours",
+                "hours from 0 (no default lifetime) to 8760",
+            ));
+        }
+        if !(self.billing_drift_alert_usd.is_finite() && self.billing_drift_alert_usd >= 0.0) {
+            return Err(err("rentals.billing_drift_alert_usd", "USD, 0 or more"));
+        }
+        if !(self.budget_warn_ratio > 0.0 && self.budget_warn_ratio <= 1.0) {
+            return Err(err(
+                "rentals.budget_warn_ratio",
+                "a fraction above 0 and at most 1 (e.g. 0.8 = 80%)",
+            ));
+        }
+        if !(self.price_tolerance >= 0.0 && self.price_tolerance < 10.0) {
+            return Err(err(
+                "rentals.price_tolerance",
+                "a fraction from 0 (e.g. 0.05 = 5%)",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -88,3 +88,41 @@ impl Secrets {
         v
     }
 }
+
+impl Secrets {
+    /// The URLs parse and the JWT secret is long enough; a read replica needs a primary.
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        use super::err;
+        for (name, url) in [
+            ("DATABASE_URL", &self.database_url),
+            ("DATABASE_READ_URL", &self.database_read_url),
+        ] {
+            if let Some(url) = url {
+                url.expose()
+                    .parse::<tokio_postgres::Config>()
+                    .map_err(|e| err(name, format!("not a PostgreSQL URL: {e}")))?;
+            }
+        }
+        if self.database_read_url.is_some() && self.database_url.is_none() {
+            return Err(err(
+                "DATABASE_READ_URL",
+                "needs DATABASE_URL too (the replica only serves key lookups)",
+            ));
+        }
+        if let Some(url) = &self.redis_url {
+            fred::prelude::Config::from_url(url.expose())
+                .map_err(|e| err("REDIS_URL", format!("not a Redis URL: {e}")))?;
+        }
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 32)
+        {
+            return Err(err(
+                "JWT_SECRET",
+                "must be at least 32 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        Ok(())
+    }
+}

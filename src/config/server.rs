@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{nz32, nz64};
 
-use super::Millis;
+use super::{Millis, MillisOrZero};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,14 +35,14 @@ pub struct ServerConfig {
     pub header_read_timeout_ms: Millis,
     /// After SIGTERM, keep accepting this long while `/ready` answers 503, so a load balancer's
     /// health check takes the daemon out before its listeners close.
-    pub drain_delay_ms: Millis,
+    pub drain_delay_ms: MillisOrZero,
     /// How long in-flight requests may run after the listeners close before the process exits
     /// anyway.
-    pub shutdown_grace_ms: Millis,
+    pub shutdown_grace_ms: MillisOrZero,
     /// When the listeners close, an idle HTTP/1 keep-alive connection stays open this long for a
     /// request the client may already have sent (closing it at once loses that request); one that
     /// arrives is answered with `Connection: close`.
-    pub drain_linger_ms: Millis,
+    pub drain_linger_ms: MillisOrZero,
     /// Largest request body accepted; larger ones get 413 before the body is read.
     pub max_body_bytes: NonZeroU64,
     /// A request body must have arrived this long after the handler asks for it (a trickled
@@ -73,9 +73,9 @@ impl Default for ServerConfig {
             tls_key: PathBuf::from("certs/server.key"),
             tls_handshake_timeout_ms: Millis(10_000),
             header_read_timeout_ms: Millis(10_000),
-            drain_delay_ms: Millis(0),
-            shutdown_grace_ms: Millis(30_000),
-            drain_linger_ms: Millis(1_000),
+            drain_delay_ms: MillisOrZero(0),
+            shutdown_grace_ms: MillisOrZero(30_000),
+            drain_linger_ms: MillisOrZero(1_000),
             max_body_bytes: nz64(1 << 20),
             body_read_timeout_ms: Millis(30_000),
             max_header_bytes: nz32(16_384),
@@ -119,7 +119,7 @@ pub struct ConnectionsConfig {
     /// A keep-alive connection waiting longer than this for its next request is closed.
     pub idle_timeout_ms: Millis,
     /// Connections older than this are closed gracefully (spreads load after a deploy); 0 = never.
-    pub max_age_ms: Millis,
+    pub max_age_ms: MillisOrZero,
     /// A connection whose client has read nothing of an answer for this long is dropped (a
     /// client that never reads holds its buffers and task otherwise).
     pub write_timeout_ms: Millis,
@@ -128,7 +128,7 @@ pub struct ConnectionsConfig {
     pub force_close_after_ms: Millis,
     /// An HTTP/1 connection idle this long gives its HTTP buffers back and waits for its next
     /// request holding only the socket; 0 keeps hyper's buffers for the connection's life.
-    pub park_after_ms: Millis,
+    pub park_after_ms: MillisOrZero,
     /// How often the reaper walks the table to enforce the timeouts above.
     pub reap_interval_ms: Millis,
     /// Shards of the connection table (a power of two); 0 = 4 × workers.
@@ -144,10 +144,10 @@ impl Default for ConnectionsConfig {
             fd_reserve: 1024,
             clamp_to_fd_limit: false,
             idle_timeout_ms: Millis(60_000),
-            max_age_ms: Millis(0),
+            max_age_ms: MillisOrZero(0),
             write_timeout_ms: Millis(30_000),
             force_close_after_ms: Millis(30_000),
-            park_after_ms: Millis(1_000),
+            park_after_ms: MillisOrZero(1_000),
             reap_interval_ms: Millis(1_000),
             shards: 0,
         }
@@ -247,5 +247,56 @@ impl<'de> Deserialize<'de> for Listen {
                 ))
             }),
         }
+    }
+}
+
+impl ServerConfig {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        use super::err;
+        if self.https_listen.0.is_none() && self.http_listen.0.is_none() {
+            return Err(err(
+                "server.https_listen",
+                "both server.https_listen and server.http_listen are off: nothing would be served",
+            ));
+        }
+        if self.https_listen.0.is_some() {
+            for (key, path) in [
+                ("server.tls_cert", &self.tls_cert),
+                ("server.tls_key", &self.tls_key),
+            ] {
+                if !std::path::Path::new(path).is_file() {
+                    return Err(err(
+                        key,
+                        format!("{} is not a readable file", path.display()),
+                    ));
+                }
+            }
+        }
+        if !(8192..=1 << 20).contains(&self.max_header_bytes.get()) {
+            return Err(err(
+                "server.max_header_bytes",
+                "between 8192 and 1048576 (hyper reads at least 8 KiB at once)",
+            ));
+        }
+        if self.workers > 1024 {
+            return Err(err("server.workers", "at most 1024 (0 = one per core)"));
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionsConfig {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        use super::err;
+        if self.ipv6_prefix_len > 128 {
+            return Err(err("connections.ipv6_prefix_len", "at most 128"));
+        }
+        if self.shards != 0 && !self.shards.is_power_of_two() {
+            return Err(err(
+                "connections.shards",
+                "must be a power of two (or 0 for automatic)",
+            ));
+        }
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{nz32, nzsize};
 
-use super::Millis;
+use super::{Millis, MillisOrZero};
 
 /// The PostgreSQL pool (bb8 + tokio-postgres), reached through PgBouncer in transaction mode at
 /// `DATABASE_URL`. Every query is an unnamed statement (`query_typed`), so any pool size works
@@ -25,14 +25,14 @@ pub struct DatabaseConfig {
     /// A query running longer than this is abandoned and counts as the database being down.
     pub query_timeout_ms: Millis,
     /// Connections are replaced after this age (spreads reconnects after a PgBouncer restart).
-    pub max_lifetime_ms: Millis,
+    pub max_lifetime_ms: MillisOrZero,
     /// Idle connections beyond need are closed after this long.
-    pub idle_timeout_ms: Millis,
+    pub idle_timeout_ms: MillisOrZero,
     /// How often the pool is probed for `/ready` and the pool gauges.
     pub health_interval_ms: Millis,
     /// With `DATABASE_READ_URL` (a replica for key lookups): after a key or account change this
     /// daemon hears of, lookups go to the primary this long. Keep it above the replica's lag.
-    pub read_primary_after_change_ms: Millis,
+    pub read_primary_after_change_ms: MillisOrZero,
 }
 
 impl Default for DatabaseConfig {
@@ -42,10 +42,10 @@ impl Default for DatabaseConfig {
             acquire_timeout_ms: Millis(1_000),
             connect_timeout_ms: Millis(1_000),
             query_timeout_ms: Millis(2_000),
-            max_lifetime_ms: Millis(1_800_000),
-            idle_timeout_ms: Millis(600_000),
+            max_lifetime_ms: MillisOrZero(1_800_000),
+            idle_timeout_ms: MillisOrZero(600_000),
             health_interval_ms: Millis(1_000),
-            read_primary_after_change_ms: Millis(5_000),
+            read_primary_after_change_ms: MillisOrZero(5_000),
         }
     }
 }
@@ -59,7 +59,7 @@ pub struct RedisConfig {
     pub command_timeout_ms: Millis,
     pub connect_timeout_ms: Millis,
     /// Reconnect back-off grows up to this delay; reconnecting never stops.
-    pub reconnect_max_delay_ms: Millis,
+    pub reconnect_max_delay_ms: MillisOrZero,
     /// Prefix of every key and channel, so deployments can share one Redis.
     pub key_prefix: String,
     /// PEM file of the CA certificates trusted for a TLS `REDIS_URL` (`rediss://`,
@@ -73,7 +73,7 @@ impl Default for RedisConfig {
         RedisConfig {
             command_timeout_ms: Millis(250),
             connect_timeout_ms: Millis(500),
-            reconnect_max_delay_ms: Millis(2_000),
+            reconnect_max_delay_ms: MillisOrZero(2_000),
             key_prefix: "gpx:".into(),
             tls_ca_file: String::new(),
         }
@@ -90,16 +90,16 @@ pub struct AuthConfig {
     /// Keys the in-process cache holds at most (beyond, lookups go to Redis/PostgreSQL).
     pub cache_max_entries: NonZeroUsize,
     /// An unknown key id is remembered as unknown this long, in process and in Redis.
-    pub negative_ttl_ms: Millis,
+    pub negative_ttl_ms: MillisOrZero,
     /// Lookups the in-process cache cannot answer (Redis, then PostgreSQL) this daemon makes per
     /// second at most, bursts included; beyond, 503 `auth_busy` with `Retry-After` (a flood of
     /// random key ids never becomes a database storm). Cached keys are not affected.
     pub max_uncached_lookups_per_second: NonZeroU32,
     /// Life of a key record in Redis.
-    pub redis_ttl_ms: Millis,
+    pub redis_ttl_ms: MillisOrZero,
     /// While PostgreSQL is unreachable, an in-process entry fetched at most this long ago is
     /// still honoured (cached keys keep working through a database outage).
-    pub stale_if_error_ms: Millis,
+    pub stale_if_error_ms: MillisOrZero,
     /// Lifetime of the tokens `POST /v1/auth/token` issues.
     pub jwt_ttl_ms: Millis,
     /// `iss` of issued tokens, required on presented ones.
@@ -117,10 +117,10 @@ impl Default for AuthConfig {
         AuthConfig {
             cache_ttl_ms: Millis(5_000),
             cache_max_entries: nzsize(100_000),
-            negative_ttl_ms: Millis(5_000),
+            negative_ttl_ms: MillisOrZero(5_000),
             max_uncached_lookups_per_second: crate::config::nz32(500),
-            redis_ttl_ms: Millis(60_000),
-            stale_if_error_ms: Millis(300_000),
+            redis_ttl_ms: MillisOrZero(60_000),
+            stale_if_error_ms: MillisOrZero(300_000),
             jwt_ttl_ms: Millis(900_000),
             jwt_issuer: "gpuproxyd".into(),
             jwt_audience: "gpuproxyd-api".into(),

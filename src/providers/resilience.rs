@@ -298,11 +298,11 @@ mod tests {
             breaker_consecutive_failures: crate::config::nz32(3),
             breaker_error_rate: 0.5,
             breaker_window: crate::config::nz32(10),
-            breaker_open_ms: crate::config::Millis(30),
+            breaker_open_ms: crate::config::MillisOrZero(30),
             max_retries: 2,
-            retry_base_backoff_ms: crate::config::Millis(1),
-            retry_max_backoff_ms: crate::config::Millis(2),
-            rate_limit_backoff_ms: crate::config::Millis(60_000),
+            retry_base_backoff_ms: crate::config::MillisOrZero(1),
+            retry_max_backoff_ms: crate::config::MillisOrZero(2),
+            rate_limit_backoff_ms: crate::config::MillisOrZero(60_000),
             total_timeout_ms: crate::config::Millis(5_000),
             ..ProvidersConfig::default()
         }
@@ -417,8 +417,8 @@ mod tests {
             ProviderId::register("vastai").unwrap(),
             &ProvidersConfig {
                 total_timeout_ms: crate::config::Millis(50),
-                retry_base_backoff_ms: crate::config::Millis(200),
-                retry_max_backoff_ms: crate::config::Millis(200),
+                retry_base_backoff_ms: crate::config::MillisOrZero(200),
+                retry_max_backoff_ms: crate::config::MillisOrZero(200),
                 max_retries: 10,
                 breaker_consecutive_failures: crate::config::nz32(100),
                 ..cfg()
