@@ -25,7 +25,7 @@ pub use events::{EventsConfig, WebhooksConfig};
 pub use mcp::McpConfig;
 pub use millis::{Millis, MillisOrZero};
 pub use providers::{
-    OffersConfig, PROVIDER_KINDS, PassthroughConfig, ProviderTable, ProvidersConfig,
+    OffersConfig, PassthroughConfig, ProviderKind, ProviderTable, ProvidersConfig,
 };
 pub use ratelimit::RateLimitConfig;
 pub use rentals::{RentalsConfig, UnreachablePolicy};

@@ -11,8 +11,80 @@ use super::{nz32, nz64, nzsize};
 
 use super::{Millis, MillisOrZero};
 
-/// The clients a `[providers.<id>]` table may name as its `kind`.
-pub const PROVIDER_KINDS: &[&str] = &["vastai", "ionet", "generic"];
+/// The provider clients this build has, registered once: the name a `[providers.<id>]` table
+/// gives as its `kind`, the table a built-in provider gets by default (its API root, the
+/// environment variable of its key, its passthrough rules), and, matched exhaustively in
+/// `providers::Providers::from_config`, the client it is built with. A provider with a new API
+/// is one variant here and one client file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    Vastai,
+    Ionet,
+    /// A provider that serves our own offer and instance format (an in-house pool, a reseller).
+    Generic,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 3] = [
+        ProviderKind::Vastai,
+        ProviderKind::Ionet,
+        ProviderKind::Generic,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Vastai => "vastai",
+            ProviderKind::Ionet => "ionet",
+            ProviderKind::Generic => "generic",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The names, for messages.
+    pub fn names() -> String {
+        ProviderKind::ALL.map(ProviderKind::name).join(", ")
+    }
+
+    /// The table this kind's provider has when the file does not change it (a generic
+    /// provider has none: it is a table of the operator's own).
+    fn default_table(self) -> Option<ProviderTable> {
+        let (base_url, api_key_env, passthrough): (&str, &str, &[&str]) = match self {
+            ProviderKind::Vastai => (
+                "https://console.vast.ai",
+                "VASTAI_API_KEY",
+                &[
+                    "GET /api/v0/instances/{instance}/",
+                    // start/stop only: the label holds our id, and a state change is recorded
+                    "PUT /api/v0/instances/{instance}/ body=state",
+                    "PUT /api/v0/instances/reboot/{instance}/ body=",
+                    "PUT /api/v0/instances/request_logs/{instance}/ body=",
+                    "POST /api/v0/bundles/",
+                ],
+            ),
+            ProviderKind::Ionet => (
+                "https://api.io.solutions",
+                "IONET_API_KEY",
+                &[
+                    "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}",
+                    "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}/vms",
+                    "GET /enterprise/v1/io-cloud/vmaas/hardware query=gpu,regions,gpu_family[],gpu_memory_min,gpu_memory_max,cpu_cores_min,cpu_cores_max,device_memory_min,device_memory_max,storage_min,storage_max,supplier",
+                    "GET /enterprise/v1/io-cloud/vmaas/available-vms query=hardware_id,hardware_qty,node_pool_id",
+                    "GET /enterprise/v1/io-cloud/vmaas/price query=location_ids,hardware_id,currency,duration_hours,gpus_per_vm,replica_count",
+                ],
+            ),
+            ProviderKind::Generic => return None,
+        };
+        Some(ProviderTable {
+            base_url: base_url.into(),
+            api_key_env: api_key_env.into(),
+            passthrough: rules(passthrough),
+            ..ProviderTable::default()
+        })
+    }
+}
 
 /// The provider clients: one `[providers.<id>]` table per provider (the registry: adding a
 /// provider is a table, plus a client file when its API is new), and the HTTP settings they
@@ -62,7 +134,7 @@ pub struct ProvidersConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderTable {
-    /// The client that speaks its API (one of [`PROVIDER_KINDS`]); empty: the table's name.
+    /// The client that speaks its API (a [`ProviderKind`] name); empty: the table's name.
     pub kind: String,
     /// Offered at all; a disabled provider is not asked and cannot be rented from.
     pub enabled: bool,
@@ -91,9 +163,9 @@ impl Default for ProviderTable {
 }
 
 impl ProviderTable {
-    /// The client kind, the table's name when `kind` is not given.
-    pub fn kind<'a>(&'a self, id: &'a str) -> &'a str {
-        if self.kind.is_empty() { id } else { &self.kind }
+    /// The client kind (the table's name when `kind` is not given), if this build has it.
+    pub fn kind(&self, id: &str) -> Option<ProviderKind> {
+        ProviderKind::parse(if self.kind.is_empty() { id } else { &self.kind })
     }
 }
 
@@ -105,33 +177,11 @@ fn rules(list: &[&str]) -> Vec<crate::types::passthrough::Rule> {
 
 impl Default for ProvidersConfig {
     fn default() -> Self {
-        let vastai = ProviderTable {
-            base_url: "https://console.vast.ai".into(),
-            api_key_env: "VASTAI_API_KEY".into(),
-            passthrough: rules(&[
-                "GET /api/v0/instances/{instance}/",
-                // start/stop only: the label holds our id, and a state change is recorded
-                "PUT /api/v0/instances/{instance}/ body=state",
-                "PUT /api/v0/instances/reboot/{instance}/ body=",
-                "PUT /api/v0/instances/request_logs/{instance}/ body=",
-                "POST /api/v0/bundles/",
-            ]),
-            ..ProviderTable::default()
-        };
-        let ionet = ProviderTable {
-            base_url: "https://api.io.solutions".into(),
-            api_key_env: "IONET_API_KEY".into(),
-            passthrough: rules(&[
-                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}",
-                "GET /enterprise/v1/io-cloud/vmaas/deployment/{instance}/vms",
-                "GET /enterprise/v1/io-cloud/vmaas/hardware query=gpu,regions,gpu_family[],gpu_memory_min,gpu_memory_max,cpu_cores_min,cpu_cores_max,device_memory_min,device_memory_max,storage_min,storage_max,supplier",
-                "GET /enterprise/v1/io-cloud/vmaas/available-vms query=hardware_id,hardware_qty,node_pool_id",
-                "GET /enterprise/v1/io-cloud/vmaas/price query=location_ids,hardware_id,currency,duration_hours,gpus_per_vm,replica_count",
-            ]),
-            ..ProviderTable::default()
-        };
         ProvidersConfig {
-            tables: BTreeMap::from([("vastai".into(), vastai), ("ionet".into(), ionet)]),
+            tables: ProviderKind::ALL
+                .into_iter()
+                .filter_map(|k| Some((k.name().to_owned(), k.default_table()?)))
+                .collect(),
             connect_timeout_ms: Millis(2_000),
             request_timeout_ms: Millis(5_000),
             total_timeout_ms: Millis(10_000),
@@ -217,13 +267,13 @@ impl ProvidersConfig {
                      digits, `_` or `-`, starting with a letter)",
                 ));
             }
-            if !PROVIDER_KINDS.contains(&t.kind(id)) {
+            if t.kind(id).is_none() {
+                let named = if t.kind.is_empty() { id } else { &t.kind };
                 return Err(err(
                     key("kind"),
                     format!(
-                        "unknown provider kind `{}` (known: {})",
-                        t.kind(id),
-                        PROVIDER_KINDS.join(", ")
+                        "unknown provider kind `{named}` (known: {})",
+                        ProviderKind::names()
                     ),
                 ));
             }

@@ -25,7 +25,7 @@ pub use model::{
     Ssh, TimeQuote,
 };
 
-use crate::config::Config;
+use crate::config::{Config, ProviderKind};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -234,11 +234,12 @@ impl Providers {
         for (name, t) in config.providers.tables.iter().filter(|(_, t)| t.enabled) {
             let id = ProviderId::register(name).expect("ids are checked when config loads");
             let c = client.clone();
-            list.push(match t.kind(name) {
-                "vastai" => Arc::new(vastai::Vastai::new(id, t, config, c)),
-                "ionet" => Arc::new(ionet::Ionet::new(id, t, config, c)),
-                "generic" => Arc::new(generic::Generic::new(id, t, config, c)),
-                other => unreachable!("provider kind `{other}` passed config validation"),
+            // the kind is checked when the configuration loads
+            let Some(kind) = t.kind(name) else { continue };
+            list.push(match kind {
+                ProviderKind::Vastai => Arc::new(vastai::Vastai::new(id, t, config, c)),
+                ProviderKind::Ionet => Arc::new(ionet::Ionet::new(id, t, config, c)),
+                ProviderKind::Generic => Arc::new(generic::Generic::new(id, t, config, c)),
             });
         }
         Providers { list }
