@@ -1,0 +1,379 @@
+//! An instance after it was rented: status reads through the short cache, destroying, stop and
+//! start, bids, extending the lifetime, and the budget checks each of those makes.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::ledger::{InstanceRow, Status, Transition};
+use super::request::check_bid;
+use super::{RemoteView, Rentals, ledger, upstream_error};
+use crate::error::{Error, Kind, Refusal, Result, Side};
+use crate::providers::{InstanceStatus, Provider, ProviderId, UpstreamError};
+
+impl Rentals {
+    /// `PUT /v1/instances/{id}/bid`: raises (or lowers) an interruptible instance's bid at the
+    /// provider, then in the ledger (budget checked first); an outbid instance resumes once its
+    /// bid is high enough again.
+    pub async fn set_bid(&self, account_id: i64, id: &str, bid: f64) -> Result<InstanceRow> {
+        check_bid("bid_per_hour", bid, None)?;
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        if row.bid_per_hour.is_none() {
+            return Err(Error::refused(
+                Refusal::NotInterruptible,
+                "this instance was rented on demand: it has no bid",
+                Some(json!({"instance_id": id})),
+            ));
+        }
+        let pid = match (row.status, row.provider_instance_id.clone()) {
+            (Status::Provisioning | Status::Running | Status::Interrupted, Some(pid)) => pid,
+            (status, _) => {
+                let status = status.as_str();
+                return Err(Error::refused(
+                    Refusal::InstanceNotOpen,
+                    format!("the instance is {status}: its bid cannot change now"),
+                    Some(json!({"instance_id": id, "status": status})),
+                ));
+            }
+        };
+        let p = ProviderId::parse(&row.provider)
+            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
+        let provider = self.provider(p)?.clone();
+        // the budget first: a bid the account cannot pay never reaches the provider
+        self.fits_budget(&row, bid + row.storage_per_hour, Some(&row.id))
+            .await?;
+        provider
+            .set_bid(&pid, bid)
+            .await
+            .map_err(|e| upstream_error(p, &e))?;
+        self.status.forget(&format!("{}:{pid}", row.provider)).await;
+        let row = ledger::set_bid(
+            &self.db,
+            &row,
+            bid,
+            self.config.rentals.budget_window_hours.get(),
+        )
+        .await?;
+        self.refresh(row).await
+    }
+
+    /// An instance of the caller's (404 for anyone else's), its status refreshed from the
+    /// provider through the status cache.
+    pub async fn get(&self, account_id: i64, id: &str) -> Result<InstanceRow> {
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        self.refresh(row).await
+    }
+
+    /// Brings an open row up to date with the provider (cached), recording any change.
+    pub async fn refresh(&self, row: InstanceRow) -> Result<InstanceRow> {
+        let (Some(pid), true) = (
+            row.provider_instance_id.clone(),
+            // the provider has it (pending has no provider id; ended rows are settled)
+            row.status.is_open() && row.status != Status::Pending,
+        ) else {
+            return Ok(row);
+        };
+        let Some(p) = ProviderId::parse(&row.provider)
+            .and_then(|p| self.providers.get(p))
+            .cloned()
+        else {
+            return Ok(row);
+        };
+        let key = format!("{}:{pid}", row.provider);
+        let fetch_pid = pid.clone();
+        let view = match self
+            .status
+            .get(&key, move || async move {
+                Ok(p.instance(&fetch_pid).await?.map(|r| RemoteView {
+                    status: r.status,
+                    ssh: r.ssh,
+                    dead: r.dead,
+                }))
+            })
+            .await
+        {
+            // a read that started before the row last changed (the reconciler saw something
+            // newer meanwhile) cannot supersede it: it would roll the status back
+            Ok(l) if (l.entry.fetched_at_ms as f64) / 1000.0 < row.updated_at => return Ok(row),
+            Ok(l) => l.entry.value.clone(),
+            // the provider is failing: show what the ledger has
+            Err(_) => return Ok(row),
+        };
+        // a status read that finds nothing ends nothing on its own: the reconciler, which also
+        // checks the key's account and the provider's list, settles it (docs/providers.md)
+        let Some(view) = view else {
+            return Ok(row);
+        };
+        self.apply(row, &view, "status").await
+    }
+
+    /// Records what the provider reports about an open row: a dead state, a status change (an
+    /// instance the renter stopped stays `stopped`, not `interrupted`), new SSH details.
+    pub async fn apply(
+        &self,
+        row: InstanceRow,
+        view: &RemoteView,
+        kind: &str,
+    ) -> Result<InstanceRow> {
+        if view.dead != row.dead_reason && view.status.is_open() {
+            ledger::set_dead(&self.db, &row, view.dead.as_deref()).await?;
+        }
+        let status = match view.status {
+            InstanceStatus::Interrupted if row.status == Status::Stopped => InstanceStatus::Stopped,
+            s => s,
+        };
+        let ssh = view.ssh.clone();
+        let status = Status::from(status);
+        if status == row.status && (ssh.is_none() || ssh == row.ssh) {
+            return Ok(row);
+        }
+        let kind = match status {
+            Status::Interrupted => "interrupted",
+            _ => kind,
+        };
+        let from = [row.status];
+        Ok(ledger::transition(
+            &self.db,
+            &row.id,
+            Transition::new(&from, status, kind).ssh(ssh.as_ref()),
+        )
+        .await?
+        .unwrap_or(row))
+    }
+
+    /// Destroys an instance of the caller's. Destroying one already ended answers its state.
+    pub async fn destroy(&self, account_id: i64, id: &str) -> Result<InstanceRow> {
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        if !row.is_open() {
+            return Ok(row);
+        }
+        let Some(pid) = row.provider_instance_id.clone() else {
+            return Err(Error::refused(
+                Refusal::InstancePending,
+                "the instance is still being created; retry in a few seconds",
+                Some(json!({"instance_id": id})),
+            ));
+        };
+        let p = ProviderId::parse(&row.provider)
+            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
+        let provider = self.provider(p)?.clone();
+        let from = [row.status];
+        let row = ledger::transition(
+            &self.db,
+            id,
+            Transition::new(&from, Status::Terminating, "destroy_requested"),
+        )
+        .await?
+        .unwrap_or(row);
+        provider
+            .destroy(&pid)
+            .await
+            .map_err(|e| upstream_error(p, &e))?;
+        let gone = matches!(
+            provider.instance(&pid).await,
+            Ok(None)
+                | Ok(Some(crate::providers::RemoteInstance {
+                    status: InstanceStatus::Terminated,
+                    ..
+                }))
+        );
+        self.status.forget(&format!("{}:{pid}", row.provider)).await;
+        if gone {
+            Ok(ledger::transition(
+                &self.db,
+                id,
+                Transition::new(&[Status::Terminating], Status::Terminated, "terminated"),
+            )
+            .await?
+            .unwrap_or(row))
+        } else {
+            Ok(row)
+        }
+    }
+
+    pub async fn list(
+        &self,
+        account_id: i64,
+        before: Option<f64>,
+        limit: i64,
+    ) -> Result<Vec<InstanceRow>> {
+        ledger::list(&self.db, account_id, before, limit).await
+    }
+
+    /// A start or stop asked through passthrough (`{"state": "running"|"stopped"}` on the
+    /// caller's instance `provider_instance_id`), checked before it is forwarded: a start must
+    /// fit the budget (the instance bills in full again). Returns the row, for
+    /// [`Rentals::record_state_change`] once the provider has done it.
+    pub async fn check_state_change(
+        &self,
+        account_id: i64,
+        provider: &str,
+        provider_instance_id: &str,
+        state: &str,
+    ) -> Result<InstanceRow> {
+        if !matches!(state, "running" | "stopped") {
+            return Err(Error::bad_request(
+                "invalid `state`: `running` or `stopped`",
+            ));
+        }
+        let row = ledger::by_provider_id(&self.db, account_id, provider, provider_instance_id)
+            .await?
+            .filter(InstanceRow::is_open)
+            .ok_or_else(|| {
+                Error::refused(
+                    Refusal::InstanceNotOpen,
+                    "the instance has ended: its state cannot change",
+                    None,
+                )
+            })?;
+        if state == "running" {
+            self.start_fits_budget(&row).await?;
+        }
+        Ok(row)
+    }
+
+    /// A start bills the instance in full again: it must fit the budget first.
+    pub(super) async fn start_fits_budget(&self, row: &InstanceRow) -> Result<()> {
+        self.fits_budget(row, row.price_per_hour, Some(&row.id))
+            .await
+    }
+
+    /// Checks that `extra_per_hour` more for `row` (replacing its current rate, or on top of
+    /// it) fits every budget of its account and of the key that rented it.
+    pub(super) async fn fits_budget(
+        &self,
+        row: &InstanceRow,
+        extra_per_hour: f64,
+        replacing: Option<&str>,
+    ) -> Result<()> {
+        let spend = ledger::Spend {
+            account_id: row.account_id,
+            key_id: row.api_key_id,
+            window_hours: self.config.rentals.budget_window_hours.get(),
+            extra_per_hour,
+            new_instance: false,
+            replacing,
+        };
+        self.db
+            .transaction(async |tx| ledger::budget_check(tx, &spend).await)
+            .await
+    }
+
+    /// The caller's instance while the provider holds it (not pending, not ending), with its
+    /// provider id and client; `what` says, in the 409, what cannot be done otherwise.
+    pub(super) async fn live(
+        &self,
+        account_id: i64,
+        id: &str,
+        what: &str,
+    ) -> Result<(InstanceRow, String, ProviderId, Arc<dyn Provider>)> {
+        let row = ledger::get(&self.db, account_id, id)
+            .await?
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
+        let pid = match (&row.provider_instance_id, row.is_open()) {
+            (Some(pid), true) if row.status != Status::Terminating => pid.clone(),
+            _ => {
+                return Err(Error::refused(
+                    Refusal::InstanceNotOpen,
+                    format!("the instance is {}: {what}", row.status.as_str()),
+                    Some(json!({"instance_id": id, "status": row.status.as_str()})),
+                ));
+            }
+        };
+        let p = ProviderId::parse(&row.provider)
+            .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
+        let provider = self.provider(p)?.clone();
+        Ok((row, pid, p, provider))
+    }
+
+    /// `POST /v1/instances/{id}/extend {"hours"}`: moves the expiry (when the rental has one) and,
+    /// where the provider sells paid time (io.net), buys the hours: that spend is checked against
+    /// the budget before the provider is asked, and recorded.
+    pub async fn extend(&self, account_id: i64, id: &str, hours: u32) -> Result<InstanceRow> {
+        if !(1..=8760).contains(&hours) {
+            return Err(Error::bad_request("invalid `hours`: 1 to 8760"));
+        }
+        let (row, pid, p, provider) = self.live(account_id, id, "it cannot be extended").await?;
+        let window = self.config.rentals.budget_window_hours.get();
+        let cost = row.price_per_hour * f64::from(hours);
+        // the spend must fit the budget before the provider is asked for it
+        if provider.sells_time() {
+            self.fits_budget(&row, cost / f64::from(window), None)
+                .await?;
+            provider
+                .extend(&pid, hours)
+                .await
+                .map_err(|e| upstream_error(p, &e))?;
+            ledger::extend(&self.db, &row, hours, cost).await
+        } else if row.expires_at.is_some() {
+            ledger::extend(&self.db, &row, hours, 0.0).await
+        } else {
+            Err(Error::refused(
+                Refusal::InstanceNotOpen,
+                "the instance has no lifetime to extend (it runs until destroyed)",
+                Some(json!({"instance_id": id})),
+            ))
+        }
+    }
+
+    /// `POST /v1/instances/{id}/stop|start`: through the provider and the ledger (a stopped
+    /// instance bills its storage only; a start is checked against the budget first).
+    pub async fn set_running(
+        &self,
+        account_id: i64,
+        id: &str,
+        running: bool,
+    ) -> Result<InstanceRow> {
+        let (row, pid, p, provider) = self
+            .live(account_id, id, "it cannot be stopped or started now")
+            .await?;
+        if running {
+            self.start_fits_budget(&row).await?;
+        }
+        match provider.set_running(&pid, running).await {
+            Ok(()) => {}
+            Err(UpstreamError::Disabled(why)) => {
+                return Err(Error::refused(
+                    Refusal::NotStoppable,
+                    format!("{}: {why}", row.provider),
+                    Some(json!({"instance_id": id, "provider": row.provider})),
+                ));
+            }
+            Err(e) => return Err(upstream_error(p, &e)),
+        }
+        let state = if running { "running" } else { "stopped" };
+        self.record_state_change(&row, state, "asked through the API")
+            .await?;
+        Ok(ledger::get(&self.db, account_id, id).await?.unwrap_or(row))
+    }
+
+    /// Records a start or stop the provider accepted: a stopped instance bills its storage only.
+    pub async fn record_state_change(
+        &self,
+        row: &InstanceRow,
+        state: &str,
+        how: &str,
+    ) -> Result<()> {
+        let (to, kind) = if state == "stopped" {
+            (Status::Stopped, "stopped")
+        } else {
+            (Status::Provisioning, "started")
+        };
+        if let Some(pid) = &row.provider_instance_id {
+            self.status.forget(&format!("{}:{pid}", row.provider)).await;
+        }
+        ledger::transition(
+            &self.db,
+            &row.id,
+            Transition::new(&[row.status], to, kind).detail(how),
+        )
+        .await?;
+        Ok(())
+    }
+}
