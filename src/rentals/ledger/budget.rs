@@ -1,0 +1,259 @@
+//! Budgets in the ledger: spend over a window from the event segments ([`SPENT`]), the
+//! figures of every budget of an account or key ([`Budgets`]), and the check a change makes
+//! under the account's row lock ([`budget_check`]).
+
+use serde::Serialize;
+use serde_json::json;
+use tokio_postgres::types::Type;
+
+use super::db_err;
+use crate::error::{Error, Kind, Refusal, Result, Side};
+
+/// An account's spend (USD) by budget, from the event segments (module header) plus the
+/// bandwidth its instances were billed (provider charge items `bwu`/`bwd`, counted when their
+/// period ends; they arrive with the charges, so they lag) and the one-time amounts of its events
+/// (the unrefunded rest of a minimum paid time): over the last `$3` hours; since the start of
+/// the UTC month; over the last `$3` hours by the instances key `$2` rented.
+pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS win, \
+      (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS mon), \
+    seg AS ( \
+      SELECT i.api_key_id AS key, e.rate_per_hour AS rate, e.status, e.at AS t0, \
+        coalesce(lead(e.at) OVER (PARTITION BY e.instance_id ORDER BY e.id), now()) AS t1 \
+      FROM instance_events e JOIN instances i ON i.id = e.instance_id, t \
+      WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > least(t.win, t.mon)), \
+    b AS (SELECT key, coalesce(rate, 0) AS rate, t0, least(t1, now()) AS t1 FROM seg \
+      WHERE status NOT IN ('pending', 'failed', 'terminated')), \
+    bw AS (SELECT i.api_key_id AS key, c.amount_micros / 1e6 AS usd, \
+        coalesce(c.period_end, c.at) AS ended \
+      FROM provider_charges c JOIN instances i ON i.provider = c.provider \
+        AND i.provider_instance_id = c.provider_instance_id \
+      WHERE i.account_id = $1 AND c.item IN ('bwu', 'bwd') \
+      UNION ALL \
+      SELECT i.api_key_id, e.lump_micros / 1e6, e.at \
+      FROM instance_events e JOIN instances i ON i.id = e.instance_id \
+      WHERE i.account_id = $1 AND e.lump_micros <> 0), \
+    bws AS (SELECT coalesce(sum(usd) FILTER (WHERE ended > t.win), 0)::float8 AS win, \
+        coalesce(sum(usd) FILTER (WHERE ended > t.mon), 0)::float8 AS mon, \
+        coalesce(sum(usd) FILTER (WHERE ended > t.win AND key = $2), 0)::float8 AS key \
+      FROM bw, t) \
+    SELECT \
+      coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.win)))) \
+        FILTER (WHERE t1 > t.win), 0)::float8 / 3600.0 + min(bws.win), \
+      coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.mon)))) \
+        FILTER (WHERE t1 > t.mon), 0)::float8 / 3600.0 + min(bws.mon), \
+      coalesce(sum(rate * extract(epoch from (t1 - greatest(t0, t.win)))) \
+        FILTER (WHERE t1 > t.win AND b.key = $2), 0)::float8 / 3600.0 + min(bws.key) \
+    FROM t, bws LEFT JOIN b ON true";
+
+/// An account's limits and what it has spent and has open against each, as of now.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Budgets {
+    pub status: String,
+    pub max_instances: i32,
+    pub open_instances: i64,
+    /// What everything open bills per hour now (the instance being replaced left out).
+    pub open_per_hour: f64,
+    /// Of which the instances the key rented.
+    pub key_open_per_hour: f64,
+    pub window_hours: u32,
+    pub window_budget: f64,
+    pub spent_in_window: f64,
+    pub monthly_budget: Option<f64>,
+    pub spent_this_month: f64,
+    pub key_limit: Option<f64>,
+    pub key_spent_in_window: f64,
+    pub on_exhausted: String,
+}
+
+/// One budget's figures: which, the limit, spent, and the rate that adds to it.
+pub struct Figure {
+    pub budget: &'static str,
+    pub limit: f64,
+    pub spent: f64,
+    pub open_per_hour: f64,
+}
+
+impl Budgets {
+    /// The budgets that apply (the monthly one and the key's only when set).
+    pub fn figures(&self) -> Vec<Figure> {
+        let mut out = vec![Figure {
+            budget: "window",
+            limit: self.window_budget,
+            spent: self.spent_in_window,
+            open_per_hour: self.open_per_hour,
+        }];
+        if let Some(limit) = self.monthly_budget {
+            out.push(Figure {
+                budget: "monthly",
+                limit,
+                spent: self.spent_this_month,
+                open_per_hour: self.open_per_hour,
+            });
+        }
+        if let Some(limit) = self.key_limit {
+            out.push(Figure {
+                budget: "key",
+                limit,
+                spent: self.key_spent_in_window,
+                open_per_hour: self.key_open_per_hour,
+            });
+        }
+        out
+    }
+}
+
+/// Reads an account's budgets (locking its row `FOR UPDATE` when `lock`, so the checks of one
+/// account run one after the other). `key`: the key whose cap applies; `replacing`: an instance
+/// whose current rate a change replaces (a changed bid, a start).
+pub async fn budgets(
+    tx: &tokio_postgres::Transaction<'_>,
+    account_id: i64,
+    key: Option<i64>,
+    window_hours: u32,
+    replacing: Option<&str>,
+    lock: bool,
+) -> Result<Budgets> {
+    let acct = tx
+        .query_typed(
+            &format!(
+                "SELECT daily_budget_usd::float8, max_instances, status, \
+                   monthly_budget_usd::float8, on_budget_exhausted, \
+                   (SELECT spend_limit_usd::float8 FROM api_keys WHERE id = $2 AND account_id = $1) \
+                 FROM accounts WHERE id = $1{}",
+                if lock { " FOR UPDATE" } else { "" }
+            ),
+            &[(&account_id, Type::INT8), (&key, Type::INT8)],
+        )
+        .await
+        .map_err(db_err)?;
+    let acct = acct
+        .first()
+        .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such account"))?;
+    let sums = tx
+        .query_typed(
+            "SELECT count(*) FILTER (WHERE status NOT IN ('failed', 'terminated'))::int8, \
+               coalesce(sum(CASE WHEN status IN ('stopped', 'interrupted') THEN storage_per_hour \
+                   ELSE price_per_hour END) \
+                 FILTER (WHERE status NOT IN ('failed', 'terminated') \
+                   AND id IS DISTINCT FROM $2), 0)::float8, \
+               coalesce(sum(CASE WHEN status IN ('stopped', 'interrupted') THEN storage_per_hour \
+                   ELSE price_per_hour END) \
+                 FILTER (WHERE status NOT IN ('failed', 'terminated') \
+                   AND id IS DISTINCT FROM $2 AND api_key_id = $3), 0)::float8 \
+             FROM instances WHERE account_id = $1",
+            &[
+                (&account_id, Type::INT8),
+                (&replacing, Type::TEXT),
+                (&key, Type::INT8),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    let window = i32::try_from(window_hours).unwrap_or(i32::MAX);
+    let spent = tx
+        .query_typed(
+            SPENT,
+            &[
+                (&account_id, Type::INT8),
+                (&key, Type::INT8),
+                (&window, Type::INT4),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    let (s, sp) = (&sums[0], &spent[0]);
+    Ok(Budgets {
+        window_budget: acct.get(0),
+        max_instances: acct.get(1),
+        status: acct.get(2),
+        monthly_budget: acct.get(3),
+        on_exhausted: acct.get(4),
+        key_limit: acct.get(5),
+        open_instances: s.get(0),
+        open_per_hour: s.get(1),
+        key_open_per_hour: s.get(2),
+        window_hours,
+        spent_in_window: sp.get(0),
+        spent_this_month: sp.get(1),
+        key_spent_in_window: sp.get(2),
+    })
+}
+
+/// What a budget check is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend<'a> {
+    pub account_id: i64,
+    /// The key the instance is charged to (its `spend_limit_usd`).
+    pub key_id: Option<i64>,
+    pub window_hours: u32,
+    /// The rate (USD/h) the change adds.
+    pub extra_per_hour: f64,
+    /// A new instance (the instance limit applies).
+    pub new_instance: bool,
+    pub replacing: Option<&'a str>,
+}
+
+/// Checks, inside `tx`, that the account is active, below its instance limit (for a new
+/// instance), and that every budget that applies (the rolling window's, the month's, the key's)
+/// fits: spent + (open + the new rate) × window ≤ limit. Locks the account row, so checks of
+/// one account run one after the other.
+pub async fn budget_check(tx: &tokio_postgres::Transaction<'_>, s: &Spend<'_>) -> Result<()> {
+    let b = budgets(
+        tx,
+        s.account_id,
+        s.key_id,
+        s.window_hours,
+        s.replacing,
+        true,
+    )
+    .await?;
+    if b.status != "active" {
+        return Err(Error::forbidden(
+            "account_suspended",
+            "the account is suspended",
+        ));
+    }
+    if s.new_instance && b.open_instances >= i64::from(b.max_instances) {
+        return Err(Error::refused(
+            Refusal::InstanceLimit,
+            format!(
+                "the account already has {} open instances (at most {})",
+                b.open_instances, b.max_instances
+            ),
+            Some(json!({"open_instances": b.open_instances, "max_instances": b.max_instances})),
+        ));
+    }
+    let hours = f64::from(s.window_hours);
+    for f in b.figures() {
+        // what was spent, plus what everything open (and the new rate) would cost over the next
+        // window: the hour of the day does not matter
+        let projected = f.spent + (f.open_per_hour + s.extra_per_hour) * hours;
+        if projected > f.limit {
+            let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
+            let (what, since) = match f.budget {
+                "monthly" => ("the monthly budget", "this month"),
+                "key" => ("this key's spend limit", "in the window"),
+                _ => ("the budget", "in the window"),
+            };
+            return Err(Error::refused(
+                Refusal::BudgetExceeded,
+                format!(
+                    "{:.4} USD/h more would bring the projected spend ({:.2} USD spent {since}, plus {} h of everything open) to {:.2} USD, over {what} of {:.2} USD",
+                    s.extra_per_hour, f.spent, s.window_hours, projected, f.limit
+                ),
+                Some(json!({
+                    "budget": f.budget,
+                    "limit_usd": r2(f.limit),
+                    "daily_budget_usd": r2(b.window_budget),
+                    "window_hours": s.window_hours,
+                    "spent_usd": r2(f.spent),
+                    "spent_in_window_usd": r2(b.spent_in_window),
+                    "open_instances_usd_per_hour": r2(f.open_per_hour),
+                    "price_per_hour": r2(s.extra_per_hour),
+                    "projected_spend_usd": r2(projected),
+                })),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Changes to an open instance that move money or its end: a new bid, a longer lifetime, a
+//! dead state seen.
+
+use serde_json::json;
+use tokio_postgres::types::Type;
+
+use super::budget::{Spend, budget_check};
+use super::history::{event_tx, note};
+use super::{COLS, InstanceRow, db_err, row};
+use crate::accounts::Db;
+use crate::error::{Error, Kind, Result, Side};
+use crate::events;
+
+/// A changed bid: the new bid and price (bid + storage), checked against the budget first.
+pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64, window_hours: u32) -> Result<InstanceRow> {
+    let price = bid + r.storage_per_hour;
+    db.transaction(async |tx| {
+        // while outbid it bills storage only; the raised bid bills in full once it runs again
+        budget_check(
+            tx,
+            &Spend {
+                account_id: r.account_id,
+                key_id: r.api_key_id,
+                window_hours,
+                extra_per_hour: price,
+                new_instance: false,
+                replacing: Some(&r.id),
+            },
+        )
+        .await?;
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "UPDATE instances SET bid_per_hour = $2, price_per_hour = $3, updated_at = now() \
+                     WHERE id = $1 RETURNING {COLS}"
+                ),
+                &[
+                    (&r.id, Type::TEXT),
+                    (&bid, Type::FLOAT8),
+                    (&price, Type::FLOAT8),
+                ],
+            )
+            .await
+            .map_err(db_err)?;
+        let n = rows
+            .first()
+            .map(row)
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such instance"))?;
+        let billed = n.status.rate(n.price_per_hour, n.storage_per_hour);
+        let detail = format!("bid {bid} USD/h");
+        event_tx(
+            tx,
+            &n.id,
+            "bid_changed",
+            Some(n.status.as_str()),
+            n.price_per_hour,
+            billed,
+            Some(&detail),
+        )
+        .await?;
+        Ok(n)
+    })
+    .await
+}
+
+/// Records an extension: `hours` more of the instance's life (the expiry moves, when it has one),
+/// and `committed_usd` the provider charged for them (0 where it sells no paid time), as an
+/// `extended` event. The budget was checked before the provider was asked.
+pub async fn extend(
+    db: &Db,
+    r: &InstanceRow,
+    hours: u32,
+    committed_usd: f64,
+) -> Result<InstanceRow> {
+    let h = f64::from(hours);
+    db.transaction(async |tx| {
+        let rows = tx
+            .query_typed(
+                &format!(
+                    "UPDATE instances SET expires_at = CASE WHEN expires_at IS NULL THEN NULL \
+                       ELSE greatest(expires_at, now()) + make_interval(secs => $2) END, \
+                       updated_at = now() WHERE id = $1 RETURNING {COLS}"
+                ),
+                &[(&r.id, Type::TEXT), (&(h * 3600.0), Type::FLOAT8)],
+            )
+            .await
+            .map_err(db_err)?;
+        let n = rows
+            .first()
+            .map(row)
+            .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such instance"))?;
+        let detail = if committed_usd > 0.0 {
+            format!("+{hours} h, {committed_usd:.4} USD committed")
+        } else {
+            format!("+{hours} h")
+        };
+        event_tx(
+            tx,
+            &n.id,
+            "extended",
+            Some(n.status.as_str()),
+            n.price_per_hour,
+            n.status.rate(n.price_per_hour, n.storage_per_hour),
+            Some(&detail),
+        )
+        .await?;
+        Ok(n)
+    })
+    .await
+}
+
+/// Marks (or clears, with `None`) the dead state the provider reports. Returns whether this is
+/// the first sighting (an event is written then): for an instance that has run (`has_run`) it is
+/// unreachable, not dead, and its account gets `instance.unreachable`.
+pub async fn set_dead(db: &Db, row: &InstanceRow, reason: Option<&str>) -> Result<bool> {
+    let id = row.id.as_str();
+    let first = db
+        .query(
+            "UPDATE instances SET dead_since = CASE WHEN $2::text IS NULL THEN NULL \
+               ELSE coalesce(dead_since, now()) END, dead_reason = $2, updated_at = now() \
+             WHERE id = $1 AND (dead_reason IS DISTINCT FROM $2) \
+             RETURNING (dead_since IS NOT NULL AND dead_since = now())",
+            &[(&id, Type::TEXT), (&reason, Type::TEXT)],
+        )
+        .await?
+        .first()
+        .is_some_and(|r| r.get::<_, bool>(0));
+    match reason {
+        Some(why) if first && row.has_run() => {
+            let detail = format!(
+                "the provider reports `{why}` for an instance that ran: it is kept and billed \
+                 (rentals.unreachable_grace_ms, rentals.unreachable_policy)"
+            );
+            note(db, id, "unreachable", &detail).await?;
+            db.transaction(async |tx| {
+                let data = json!({"status": row.status.as_str(), "reason": why});
+                events::append(tx, row.account_id, events::UNREACHABLE, Some(id), &data)
+                    .await
+                    .map(|_| ())
+            })
+            .await?;
+        }
+        Some(why) if first => {
+            note(
+                db,
+                id,
+                "dead_state_seen",
+                &format!("the provider reports `{why}`, a state that never reaches running"),
+            )
+            .await?;
+        }
+        _ => {}
+    }
+    Ok(first)
+}
