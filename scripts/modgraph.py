@@ -12,7 +12,7 @@ Layers, lowest first (docs/design.md, "Layers"):
   1 error, metrics, config, alloc, logging       names, one error type, one config tree
   2 providers, accounts, cache, ratelimit, conn  the services' parts
   3 rentals, auth, events                        domain logic over them
-  4 state                                        the services of one daemon
+  4 state, background                            the services of one daemon; its periodic work
   5 service                                      typed operations every carrier calls
   6 api                                          routes, handlers, render caches, respond
   7 server                                       listeners, TLS, serving, drain
@@ -28,7 +28,7 @@ LAYERS = [
     ["error", "metrics", "config", "alloc", "logging"],
     ["providers", "accounts", "cache", "ratelimit", "conn"],
     ["rentals", "auth", "events"],
-    ["state"],
+    ["state", "background"],
     ["service"],
     ["api"],
     ["server"],

@@ -29,6 +29,8 @@
 //! - [`api`]: routing, handlers (over `api::Api`: the services plus the API's render caches and
 //!   request metrics), and the one place errors become HTTP responses.
 //! - [`state`]: the services of one daemon (`AppState`).
+//! - [`background`]: the daemon's periodic work, one registered service per job (reconcile,
+//!   budgets, sweeps, billing, health probes, limiter sweeps), started from one list.
 //! - [`types`]: leaf data every layer shares: provider ids, passthrough rules, client address
 //!   keys and CIDRs, listener kinds, rate-limit verdicts, text helpers.
 //! - [`error`]: the one error type (kind, side at fault, retryable).
@@ -45,6 +47,7 @@ pub mod accounts;
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -143,6 +143,12 @@ catalog! {
         "Webhook delivery attempts, by result (delivered, retry, failed: given up, a final answer, a refused target).";
     WEBHOOKS_DISABLED_TOTAL = "gpuproxy_webhooks_disabled_total", Counter, [],
         "Webhooks disabled after webhooks.disable_after_failures failed attempts in a row.";
+    BACKGROUND_ROUNDS_TOTAL = "gpuproxy_background_rounds_total", Counter, ["service", "result"],
+        "Rounds of the daemon's background services, by service (reconcile, budgets, sweeps, billing, database_health, redis_health, ratelimit_sweep) and result (ok, error).";
+    BACKGROUND_ROUND_DURATION_MS = "gpuproxy_background_round_duration_milliseconds", Histogram, ["service"],
+        "Duration of one background round, in milliseconds.";
+    BACKGROUND_LAST_SUCCESS = "gpuproxy_background_last_success_timestamp_seconds", Gauge, ["service"],
+        "When a background service last completed a round without error (unix seconds).";
     BUILD_INFO = "gpuproxy_build_info", Gauge, ["version", "commit"],
         "Build identity (version, commit); always 1.";
 }

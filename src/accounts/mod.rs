@@ -241,20 +241,18 @@ impl Db {
         }
     }
 
-    /// Probes the pool (`/ready`) and publishes the pool gauges, every `interval`.
-    pub async fn monitor(self: Arc<Self>, interval: Duration) {
+    /// Publishes the pool's size (alerts divide the busy connections by it).
+    pub fn publish_pool_size(&self) {
         gauge!(DB_CONNECTIONS_MAX).set(self.max as f64);
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            // sets `up` either way
-            let _ = self.run("SELECT 1", &[], false).await;
-            gauge!(DB_UP).set(if self.is_up() { 1.0 } else { 0.0 });
-            let s = self.pool.state();
-            gauge!(DB_CONNECTIONS_ACTIVE)
-                .set(s.connections.saturating_sub(s.idle_connections) as f64);
-        }
+    }
+
+    /// One health probe (the background service `database_health`): `SELECT 1` (which sets
+    /// `up` either way), then the up and busy-connection gauges.
+    pub async fn health_round(&self) {
+        let _ = self.run("SELECT 1", &[], false).await;
+        gauge!(DB_UP).set(if self.is_up() { 1.0 } else { 0.0 });
+        let s = self.pool.state();
+        gauge!(DB_CONNECTIONS_ACTIVE).set(s.connections.saturating_sub(s.idle_connections) as f64);
     }
 }
 

@@ -17,8 +17,6 @@
 //! stored in micro-dollars, as the provider wrote them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::gauge;
 use serde::Serialize;
@@ -33,23 +31,26 @@ use crate::providers::Provider;
 /// How far back each run asks for charges (a month and a day).
 pub const LOOKBACK_DAYS: i32 = 32;
 
-/// Runs shortly after start, then every `interval`, until dropped.
-pub async fn run(r: Arc<Rentals>, interval: Duration) {
+/// The billing series, at 0 from the start.
+pub fn register_metrics(r: &Rentals) {
     gauge!(BILLING_DRIFT_ALERT_USD).set(r.config.rentals.billing_drift_alert_usd);
     for p in r.providers.list.iter().filter(|p| p.publishes_charges()) {
         gauge!(BILLING_DRIFT_USD, "provider" => p.id().as_str()).set(0.0);
     }
-    // after the reconciler's first round, not in the middle of start-up
-    tokio::time::sleep(interval.min(Duration::from_secs(30))).await;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        for p in r.providers.list.iter().filter(|p| p.publishes_charges()) {
-            if let Err(e) = once(&r, p.as_ref()).await {
-                tracing::warn!(provider = p.id().as_str(), error = %e, "billing reconciliation failed; the next run retries");
-            }
+}
+
+/// One round (the background service `billing`): every provider that publishes charges.
+pub async fn round(r: &Rentals) -> std::result::Result<(), String> {
+    let mut failed = Vec::new();
+    for p in r.providers.list.iter().filter(|p| p.publishes_charges()) {
+        if let Err(e) = once(r, p.as_ref()).await {
+            failed.push(format!("{}: {e}", p.id().as_str()));
         }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
     }
 }
 

@@ -24,7 +24,7 @@
 //! A provider that cannot be listed is skipped for that round: nothing is concluded from silence.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, gauge};
@@ -47,7 +47,7 @@ pub async fn find_ours(
         .find(|r| r.our_id.as_deref() == Some(our_id)))
 }
 
-pub(super) fn now() -> f64 {
+pub fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -63,8 +63,8 @@ fn act_n(action: &'static str, n: usize) {
 }
 
 /// Runs at once, then every `interval`, until dropped.
-pub async fn run(r: Arc<Rentals>, interval: Duration) {
-    let process_start = now();
+/// The reconciler's series, at 0 from the start (the alerts and dashboards divide by them).
+pub fn register_metrics() {
     for a in [
         "adopted",
         "abandoned",
@@ -77,15 +77,6 @@ pub async fn run(r: Arc<Rentals>, interval: Duration) {
         "expired",
     ] {
         counter!(RECONCILER_ACTIONS_TOTAL, "action" => a).absolute(0);
-    }
-    super::budget::register_metrics();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = once(&r, process_start).await {
-            tracing::warn!(error = %e, "reconciler round failed; next round retries");
-        }
     }
 }
 
@@ -299,19 +290,30 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Forgets what has expired: the per-account upstream-call limiters' idle entries,
+/// `Idempotency-Key` records past `rentals.idempotency_ttl_ms`, and events past
+/// `events.retention_hours` (the background service `sweeps`).
+pub async fn sweep(r: &Rentals) -> std::result::Result<(), String> {
     r.upstream_calls.sweep();
-    match super::idempotency::sweep(&db).await {
+    let mut failed = Vec::new();
+    match super::idempotency::sweep(&r.db).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(deleted = n, "expired Idempotency-Key records swept"),
-        Err(e) => tracing::warn!(error = %e, "Idempotency-Key sweep failed; next round retries"),
+        Err(e) => failed.push(format!("Idempotency-Key records: {e}")),
     }
-    match crate::events::sweep(&db, r.config.events.retention_hours.get()).await {
+    match crate::events::sweep(&r.db, r.config.events.retention_hours.get()).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(deleted = n, "events past events.retention_hours swept"),
-        Err(e) => tracing::warn!(error = %e, "event log sweep failed; next round retries"),
+        Err(e) => failed.push(format!("the event log: {e}")),
     }
-    // budgets last: the statuses are up to date
-    super::budget::enforce(r).await
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
 }
 
 /// Whether the provider's key still belongs to the account first seen with it (recorded in

@@ -216,17 +216,6 @@ impl Daemon {
             },
             cfg.connections.reap_interval_ms.get(),
         ));
-        let sweeper = {
-            let state = state.clone();
-            let every = cfg.ratelimit.sweep_interval_ms.get();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    state.limits.sweep();
-                }
-            })
-        };
         let mut background = state.auth.spawn_tasks(&cfg);
         if let Some(hub) = &state.events {
             background.extend(hub.spawn());
@@ -239,35 +228,15 @@ impl Daemon {
             );
             background.push(sender.spawn());
         }
-        if let Some(db) = &state.db {
-            background
-                .push(tokio::spawn(db.clone().monitor(Duration::from_millis(
-                    cfg.database.health_interval_ms.ms(),
-                ))));
-        }
-        if let Some(r) = &state.rentals {
-            background.push(tokio::spawn(crate::rentals::reconcile::run(
-                r.clone(),
-                cfg.rentals.reconcile_interval_ms.get(),
-            )));
-            background.push(tokio::spawn(crate::rentals::billing::run(
-                r.clone(),
-                cfg.rentals.billing_reconcile_interval_ms.get(),
-            )));
-        }
+        background.extend(crate::background::start(crate::background::services(
+            &state,
+        )));
         if let Some(redis) = state.redis.clone() {
             background.push(tokio::spawn(crate::ratelimit::peers::run(
                 cfg.ratelimit.clone(),
                 state.limits.clone(),
                 redis.clone(),
             )));
-            background.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(500));
-                loop {
-                    tick.tick().await;
-                    gauge!(crate::metrics::REDIS_UP).set(if redis.is_up() { 1.0 } else { 0.0 });
-                }
-            }));
         }
         let metrics_task = listeners.metrics.map(|l| {
             tokio::spawn(serve_metrics(
@@ -340,7 +309,6 @@ impl Daemon {
         // last uses seen during the drain are written before exit
         state.auth.flush_last_used().await;
         reaper.abort();
-        sweeper.abort();
         if let Some(w) = watchdog {
             w.abort();
         }

@@ -546,9 +546,15 @@ async fn the_reconciler_destroys_an_instance_made_for_a_failed_intent() {
         vast_instances(&sb).await.is_empty().then_some(())
     })
     .await;
-    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
-        .await
-        .json();
+    // the ledger records it once the provider has confirmed (a moment after the sandbox shows it)
+    let v = eventually("the orphan's destruction to be recorded", || async {
+        let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .json();
+        let last = v["events"].as_array()?.last()?["kind"].clone();
+        (last == "orphan_destroyed").then_some(v)
+    })
+    .await;
     assert_eq!(v["status"], "failed");
     let kinds: Vec<&str> = v["events"]
         .as_array()
