@@ -16,6 +16,7 @@ mod ionet_conformance;
 mod lifecycle;
 mod mcp;
 mod offers;
+mod openapi_client;
 mod ops;
 mod outage;
 mod properties;

@@ -1,5 +1,6 @@
-//! Python tools the tests drive (schemathesis, the official MCP SDK): each in a virtual
-//! environment under `~/.cache`, created on first use from PyPI at a pinned version.
+//! Python tools the tests drive (schemathesis, the official MCP SDK, openapi-python-client, Vast's
+//! client, jsonschema): each in a virtual environment under `~/.cache`, created on first use
+//! from PyPI at a pinned version.
 
 use std::path::PathBuf;
 use std::process::Command;
