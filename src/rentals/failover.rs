@@ -483,3 +483,50 @@ pub struct TryView {
     /// Why the try was left (`None` for the one kept).
     pub left_because: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cheapest first; among equal prices the more reliable, offers without a figure last; then
+    /// by id, so the same offers always rank the same.
+    #[test]
+    fn offers_rank_by_price_then_reliability_then_id() {
+        let mut offers = vec![
+            Offer::sample("c", 1.0, 1, None),
+            Offer::sample("b", 1.0, 1, Some(0.9)),
+            Offer::sample("a", 2.0, 1, Some(0.99)),
+            Offer::sample("d", 1.0, 1, Some(0.95)),
+            Offer::sample("e", 0.5, 1, None),
+            Offer::sample("f", 1.0, 1, Some(0.95)),
+        ];
+        rank(&mut offers);
+        let ids: Vec<&str> = offers.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["e", "d", "f", "b", "c", "a"]);
+    }
+
+    /// A refusal about the offer moves on to the next one; one about the request or the account
+    /// (or an outcome not known: it may have rented) ends the failover.
+    #[test]
+    fn only_offer_specific_failures_move_on() {
+        let refused = |r| Error::refused(r, "x", None);
+        assert!(offer_specific(&refused(Refusal::OfferUnavailable)));
+        assert!(offer_specific(&refused(Refusal::PriceChanged)));
+        assert!(!offer_specific(&refused(Refusal::BudgetExceeded)));
+        assert!(!offer_specific(&refused(Refusal::InstanceLimit)));
+        assert!(!offer_specific(&Error::bad_request("no")));
+        let fault = || {
+            crate::providers::upstream_error(
+                crate::providers::ProviderId::register("vastai").unwrap(),
+                &crate::providers::UpstreamError::Timeout,
+            )
+        };
+        assert!(
+            offer_specific(&fault()),
+            "a provider fault before anything was rented"
+        );
+        let mut lost = fault();
+        lost.details = Some(Box::new(serde_json::json!({"instance_id": "i-1"})));
+        assert!(!offer_specific(&lost), "an outcome not known ends it");
+    }
+}

@@ -100,6 +100,63 @@ impl Budgets {
         }
         out
     }
+
+    /// The check of a change against these figures (no database: [`budget_check`] reads them
+    /// under the account's row lock first): the account is active, a new instance fits the
+    /// instance limit, and every budget that applies fits `spent + (open + new rate) × window`.
+    pub fn check(&self, s: &Spend<'_>) -> Result<()> {
+        if self.status != "active" {
+            return Err(Error::forbidden(
+                "account_suspended",
+                "the account is suspended",
+            ));
+        }
+        if s.new_instance && self.open_instances >= i64::from(self.max_instances) {
+            return Err(Error::refused(
+                Refusal::InstanceLimit,
+                format!(
+                    "the account already has {} open instances (at most {})",
+                    self.open_instances, self.max_instances
+                ),
+                Some(
+                    json!({"open_instances": self.open_instances, "max_instances": self.max_instances}),
+                ),
+            ));
+        }
+        let hours = f64::from(s.window_hours);
+        for f in self.figures() {
+            // what was spent, plus what everything open (and the new rate) would cost over the next
+            // window: the hour of the day does not matter
+            let projected = f.spent + (f.open_per_hour + s.extra_per_hour) * hours;
+            if projected > f.limit {
+                let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
+                let (what, since) = match f.budget {
+                    "monthly" => ("the monthly budget", "this month"),
+                    "key" => ("this key's spend limit", "in the window"),
+                    _ => ("the budget", "in the window"),
+                };
+                return Err(Error::refused(
+                    Refusal::BudgetExceeded,
+                    format!(
+                        "{:.4} USD/h more would bring the projected spend ({:.2} USD spent {since}, plus {} h of everything open) to {:.2} USD, over {what} of {:.2} USD",
+                        s.extra_per_hour, f.spent, s.window_hours, projected, f.limit
+                    ),
+                    Some(json!({
+                        "budget": f.budget,
+                        "limit_usd": r2(f.limit),
+                        "daily_budget_usd": r2(self.window_budget),
+                        "window_hours": s.window_hours,
+                        "spent_usd": r2(f.spent),
+                        "spent_in_window_usd": r2(self.spent_in_window),
+                        "open_instances_usd_per_hour": r2(f.open_per_hour),
+                        "price_per_hour": r2(s.extra_per_hour),
+                        "projected_spend_usd": r2(projected),
+                    })),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads an account's budgets (locking its row `FOR UPDATE` when `lock`, so the checks of one
@@ -198,7 +255,7 @@ pub struct Spend<'a> {
 /// fits: spent + (open + the new rate) × window ≤ limit. Locks the account row, so checks of
 /// one account run one after the other.
 pub async fn budget_check(tx: &tokio_postgres::Transaction<'_>, s: &Spend<'_>) -> Result<()> {
-    let b = budgets(
+    budgets(
         tx,
         s.account_id,
         s.key_id,
@@ -206,54 +263,92 @@ pub async fn budget_check(tx: &tokio_postgres::Transaction<'_>, s: &Spend<'_>) -
         s.replacing,
         true,
     )
-    .await?;
-    if b.status != "active" {
-        return Err(Error::forbidden(
-            "account_suspended",
-            "the account is suspended",
-        ));
-    }
-    if s.new_instance && b.open_instances >= i64::from(b.max_instances) {
-        return Err(Error::refused(
-            Refusal::InstanceLimit,
-            format!(
-                "the account already has {} open instances (at most {})",
-                b.open_instances, b.max_instances
-            ),
-            Some(json!({"open_instances": b.open_instances, "max_instances": b.max_instances})),
-        ));
-    }
-    let hours = f64::from(s.window_hours);
-    for f in b.figures() {
-        // what was spent, plus what everything open (and the new rate) would cost over the next
-        // window: the hour of the day does not matter
-        let projected = f.spent + (f.open_per_hour + s.extra_per_hour) * hours;
-        if projected > f.limit {
-            let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
-            let (what, since) = match f.budget {
-                "monthly" => ("the monthly budget", "this month"),
-                "key" => ("this key's spend limit", "in the window"),
-                _ => ("the budget", "in the window"),
-            };
-            return Err(Error::refused(
-                Refusal::BudgetExceeded,
-                format!(
-                    "{:.4} USD/h more would bring the projected spend ({:.2} USD spent {since}, plus {} h of everything open) to {:.2} USD, over {what} of {:.2} USD",
-                    s.extra_per_hour, f.spent, s.window_hours, projected, f.limit
-                ),
-                Some(json!({
-                    "budget": f.budget,
-                    "limit_usd": r2(f.limit),
-                    "daily_budget_usd": r2(b.window_budget),
-                    "window_hours": s.window_hours,
-                    "spent_usd": r2(f.spent),
-                    "spent_in_window_usd": r2(b.spent_in_window),
-                    "open_instances_usd_per_hour": r2(f.open_per_hour),
-                    "price_per_hour": r2(s.extra_per_hour),
-                    "projected_spend_usd": r2(projected),
-                })),
-            ));
+    .await?
+    .check(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budgets() -> Budgets {
+        Budgets {
+            status: "active".into(),
+            max_instances: 3,
+            open_instances: 1,
+            open_per_hour: 1.0,
+            key_open_per_hour: 0.5,
+            window_hours: 24,
+            window_budget: 100.0,
+            spent_in_window: 10.0,
+            monthly_budget: None,
+            spent_this_month: 40.0,
+            key_limit: None,
+            key_spent_in_window: 5.0,
+            on_exhausted: "stop".into(),
         }
     }
-    Ok(())
+
+    fn spend(per_hour: f64) -> Spend<'static> {
+        Spend {
+            account_id: 1,
+            key_id: Some(1),
+            window_hours: 24,
+            extra_per_hour: per_hour,
+            new_instance: true,
+            replacing: None,
+        }
+    }
+
+    fn refused_budget(r: Result<()>) -> Option<String> {
+        let e = r.err()?;
+        e.details
+            .as_ref()
+            .map(|d| d["budget"].as_str().unwrap_or("").to_owned())
+    }
+
+    /// spent + (open + new) × window: 10 + (1 + 2.75) × 24 = 100 fits a budget of 100; a cent
+    /// an hour more does not, whatever the hour of the day.
+    #[test]
+    fn the_window_budget_counts_what_is_open_over_the_next_window() {
+        let b = budgets();
+        assert!(b.check(&spend(2.75)).is_ok());
+        assert_eq!(
+            refused_budget(b.check(&spend(2.76))).as_deref(),
+            Some("window")
+        );
+    }
+
+    #[test]
+    fn the_monthly_and_the_key_budget_apply_when_set() {
+        let mut b = budgets();
+        b.monthly_budget = Some(50.0);
+        // 40 + (1 + 0.1) × 24 = 66.4 > 50
+        assert_eq!(
+            refused_budget(b.check(&spend(0.1))).as_deref(),
+            Some("monthly")
+        );
+        let mut b = budgets();
+        b.key_limit = Some(20.0);
+        // the key's own: 5 + (0.5 + 0.5) × 24 = 29 > 20 (the account's window fits)
+        assert_eq!(refused_budget(b.check(&spend(0.5))).as_deref(), Some("key"));
+        assert!(b.check(&spend(0.1)).is_ok(), "5 + 0.6 × 24 = 19.4");
+    }
+
+    #[test]
+    fn a_suspended_account_and_the_instance_limit_refuse_first() {
+        let mut b = budgets();
+        b.status = "suspended".into();
+        assert_eq!(b.check(&spend(0.0)).unwrap_err().kind.status(), 403);
+        let mut b = budgets();
+        b.open_instances = 3;
+        let e = b.check(&spend(0.0)).unwrap_err();
+        assert_eq!(e.kind.code(), "instance_limit");
+        // a change to an open instance (a start, a bid) is not a new one
+        let s = Spend {
+            new_instance: false,
+            ..spend(0.0)
+        };
+        assert!(b.check(&s).is_ok());
+    }
 }
