@@ -60,7 +60,7 @@ pub struct ConnCtx {
 pub struct Api {
     pub app: Arc<AppState>,
     /// Rendered `GET /v1/offers` pages.
-    pub offer_pages: offers::PageCache,
+    pub offer_pages: crate::service::offers::PageCache,
     /// Rendered `GET /v1/account` bodies, one per cached key record.
     pub account_views: account::AccountViews,
     /// Indexed by `Route as usize`, with one more slot for unmatched paths.
@@ -70,7 +70,9 @@ pub struct Api {
 impl Api {
     pub fn new(app: Arc<AppState>) -> Arc<Api> {
         Arc::new(Api {
-            offer_pages: offers::PageCache::new(app.config.offers.cache_max_entries.get()),
+            offer_pages: crate::service::offers::PageCache::new(
+                app.config.offers.cache_max_entries.get(),
+            ),
             account_views: account::AccountViews::new(app.config.auth.cache_max_entries.get()),
             request_metrics: RequestMetrics::new(&Route::metric_labels()),
             app,

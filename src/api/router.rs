@@ -165,7 +165,7 @@ pub static ROUTES: &[Route] = &[
         ],
     ),
     Route {
-        query: Some(fields_of::<offers::OffersQuery>),
+        query: Some(fields_of::<crate::service::offers::OffersQuery>),
         ..route(
             "/v1/offers",
             User,

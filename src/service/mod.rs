@@ -5,11 +5,13 @@
 //!
 //! - `body`: JSON bodies into structs, with a 400 naming the field at fault.
 //! - `query`: query strings into structs, with a 400 naming the parameter for every refusal.
+//! - `offers`: offer search across providers, through the offers cache and rendered pages.
 //! - `instances`: renting, listing, showing, destroying, extending, stopping and starting.
 //! - `usage`: spend reports.
 
 pub mod body;
 pub mod instances;
+pub mod offers;
 pub mod query;
 pub mod usage;
 

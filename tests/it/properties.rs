@@ -4,10 +4,10 @@
 //! smallest failing input); they need no services. Fuzzing with `cargo fuzz` would need a nightly
 //! toolchain, which the test command does not install.
 
-use gpuproxyd::api::offers::Filters;
 use gpuproxyd::config::{OffersConfig, ProvidersConfig};
 use gpuproxyd::providers::ProviderId;
 use gpuproxyd::server::proxy::{self, Parse};
+use gpuproxyd::service::offers::Filters;
 use gpuproxyd::types::passthrough;
 use hyper::Method;
 use proptest::prelude::*;

@@ -5,15 +5,13 @@
 
 use std::sync::{Arc, LazyLock};
 
-use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 
-use super::super::{Api, offers};
+use super::super::Api;
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::service::query::arguments;
-use crate::service::{instances, usage};
-use crate::types::text::percent_encode;
+use crate::service::{instances, offers, usage};
 
 /// The tools, as `tools/list` shows them.
 pub static TOOLS: LazyLock<Vec<Value>> = LazyLock::new(|| {
@@ -123,30 +121,23 @@ fn bad_args(why: impl Into<String>) -> Error {
     Error::new(Kind::BadRequest, Side::Client, why.into())
 }
 
-/// The arguments as a query string (the REST route's parser then checks them as for any
-/// request).
-fn query(args: &Map<String, Value>) -> Result<String> {
-    let mut out = Vec::new();
-    for (k, v) in args {
-        let text = match v {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Array(items) => items
+/// `search_offers`'s arguments as the route's query type: lists (`providers`, `countries`) may
+/// be arrays, which the query carries comma-separated.
+fn offer_arguments(mut args: Map<String, Value>) -> Result<offers::OffersQuery> {
+    for (k, v) in args.iter_mut() {
+        if let Value::Array(items) = v {
+            let parts = items
                 .iter()
                 .map(|x| match x {
                     Value::String(s) => Ok(s.clone()),
                     Value::Number(n) => Ok(n.to_string()),
                     _ => Err(bad_args(format!("`{k}`: a list of text or numbers"))),
                 })
-                .collect::<Result<Vec<_>>>()?
-                .join(","),
-            Value::Null => continue,
-            Value::Object(_) => return Err(bad_args(format!("`{k}`: not an object"))),
-        };
-        out.push(format!("{}={}", percent_encode(k), percent_encode(&text)));
+                .collect::<Result<Vec<_>>>()?;
+            *v = Value::String(parts.join(","));
+        }
     }
-    Ok(out.join("&"))
+    arguments(args)
 }
 
 fn take_string(args: &mut Map<String, Value>, name: &str) -> Result<Option<String>> {
@@ -179,8 +170,13 @@ pub async fn call(
     mut args: Map<String, Value>,
 ) -> Option<Result<Value>> {
     Some(match name {
-        "search_offers" => match query(&args) {
-            Ok(q) => offers_page(api, &q).await,
+        "search_offers" => match offer_arguments(args)
+            .and_then(|q| offers::Filters::from_query(q, &api.config.offers))
+        {
+            Ok(f) => match offers::search(api, &api.offer_pages, f).await {
+                Ok(page) => serde_json::from_slice(&page.to_json()).map_err(Error::internal),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         "list_instances" => match arguments(args) {
@@ -223,16 +219,4 @@ pub async fn call(
         },
         _ => return None,
     })
-}
-
-/// `search_offers`: the offers answer of `GET /v1/offers` for the arguments as its query (the
-/// offers route renders pages into a cache shared by every caller; the tool reads that page).
-async fn offers_page(api: &Arc<Api>, q: &str) -> Result<Value> {
-    let r = offers::list(api, Some(q)).await?;
-    let b =
-        r.into_body().collect().await.map_err(|e| {
-            Error::new(Kind::Internal, Side::Internal, "an offers page").with_source(e)
-        })?;
-    serde_json::from_slice(&b.to_bytes())
-        .map_err(|e| Error::new(Kind::Internal, Side::Internal, "an offers page").with_source(e))
 }

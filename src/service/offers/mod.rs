@@ -1,4 +1,4 @@
-//! `GET /v1/offers`: both providers searched in parallel (through the offers cache), merged,
+//! Offer search (`GET /v1/offers`, the MCP tool `search_offers`): both providers searched in parallel (through the offers cache), merged,
 //! filtered, sorted and paged. One provider failing still gives an answer with the other's offers
 //! (`status: "partial"`) and a `providers` section saying which failed and why.
 //!
@@ -12,19 +12,16 @@ mod pages;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use hyper::header::{CACHE_CONTROL, HeaderValue};
-use hyper::{Response, StatusCode};
 use serde::Serialize;
 
 pub use filters::{Filters, OffersQuery, Sort, sort};
-pub use pages::PageCache;
 use pages::render;
+pub use pages::{PageCache, RenderedPage};
 
-use super::Api;
-use super::{Body, respond};
 use crate::cache::swr::{Entry, Lookup};
 use crate::error::{Error, Kind, Result, Side};
 use crate::providers::{Offer, Provider, UpstreamError};
+use crate::state::AppState;
 
 /// One provider's part in an answer.
 enum Outcome {
@@ -54,7 +51,7 @@ struct ReportError {
     message: String,
 }
 
-async fn ask(state: &Arc<Api>, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
+async fn ask(state: &AppState, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
     if !f.wants(p.id()) {
         return Outcome::Skipped("not among the providers asked for");
     }
@@ -76,8 +73,39 @@ async fn ask(state: &Arc<Api>, p: &Arc<dyn Provider>, f: &Filters) -> Outcome {
     }
 }
 
-pub async fn list(state: &Arc<Api>, query: Option<&str>) -> Result<Response<Body>> {
-    let f = Filters::parse(query, &state.config.offers)?;
+/// One page of offers: the answer's status, the rendered page (shared by every caller of the
+/// same query over the same provider answers) and each provider's part.
+pub struct OffersPage {
+    pub status: &'static str,
+    pub stale: bool,
+    page: Arc<RenderedPage>,
+    providers: std::collections::BTreeMap<&'static str, ProviderReport>,
+}
+
+impl OffersPage {
+    /// The answer as JSON: `status`, `stale`, the page (`offers`, `count`, `total`,
+    /// `next_cursor`) and `providers`, written from the rendered page without serializing the
+    /// offers again.
+    pub fn to_json(&self) -> Vec<u8> {
+        let providers = serde_json::to_vec(&self.providers).expect("reports serialize");
+        let mut body = Vec::with_capacity(self.page.fragment.len() + providers.len() + 64);
+        let _ = write!(
+            ByteWriter(&mut body),
+            "{{\"status\":\"{}\",\"stale\":{},",
+            self.status,
+            self.stale
+        );
+        body.extend_from_slice(&self.page.fragment);
+        body.extend_from_slice(b",\"providers\":");
+        body.extend_from_slice(&providers);
+        body.push(b'}');
+        body
+    }
+}
+
+/// Searches every enabled provider (through the offers cache) for `f`; `pages` holds rendered
+/// pages (the API's, shared by its callers).
+pub async fn search(state: &AppState, pages: &PageCache, f: Filters) -> Result<OffersPage> {
     let ps = &state.providers.list;
     // every provider at once, however many there are
     let outcomes: Vec<Outcome> =
@@ -129,11 +157,11 @@ pub async fn list(state: &Arc<Api>, query: Option<&str>) -> Result<Response<Body
 
     let key = (f.fingerprint(), f.offset);
     let versions: Vec<u64> = entries.iter().map(|e| e.id).collect();
-    let page = match state.offer_pages.get(key, &versions) {
+    let page = match pages.get(key, &versions) {
         Some(p) => p,
         None => {
             let p = Arc::new(render(&f, &entries));
-            state.offer_pages.insert(key, p.clone());
+            pages.insert(key, p.clone());
             p
         }
     };
@@ -142,21 +170,12 @@ pub async fn list(state: &Arc<Api>, query: Option<&str>) -> Result<Response<Body
             r.offers = Some(*n);
         }
     }
-    let providers = serde_json::to_vec(&reports).expect("reports serialize");
-    let status = if failed.is_empty() { "ok" } else { "partial" };
-    let mut body = Vec::with_capacity(page.fragment.len() + providers.len() + 64);
-    let _ = write!(
-        ByteWriter(&mut body),
-        "{{\"status\":\"{status}\",\"stale\":{stale},"
-    );
-    body.extend_from_slice(&page.fragment);
-    body.extend_from_slice(b",\"providers\":");
-    body.extend_from_slice(&providers);
-    body.push(b'}');
-    let mut resp = respond::json_bytes(StatusCode::OK, body);
-    resp.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
-    Ok(resp)
+    Ok(OffersPage {
+        status: if failed.is_empty() { "ok" } else { "partial" },
+        stale,
+        page,
+        providers: reports,
+    })
 }
 
 /// `fmt::Write` into a byte buffer.
