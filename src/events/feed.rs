@@ -58,10 +58,8 @@ pub struct Feed {
     account_id: i64,
     sub: Subscription,
     filter: Filter,
-    /// The last event this feed has passed (sent or filtered out).
-    last: i64,
-    /// Read the log until `last` reaches this (the start, or a gap before a live event).
-    upto: i64,
+    /// Where it stands: the last event passed, and the log it still owes.
+    pos: Position,
     from_log: VecDeque<Event>,
     fetch: Option<Fetch>,
     /// A live event waiting for the log to fill what comes before it.
@@ -81,15 +79,13 @@ impl Feed {
         filter: Filter,
     ) -> Feed {
         gauge!(EVENT_STREAMS).increment(1.0);
-        let last = after.unwrap_or(sub.from).min(sub.from);
-        let upto = sub.from;
+        let pos = Position::new(after, sub.from);
         let draining = Box::pin(sub.draining.clone().cancelled_owned());
         Feed {
             db,
             account_id,
             filter,
-            last,
-            upto,
+            pos,
             from_log: VecDeque::new(),
             fetch: None,
             held: None,
@@ -101,7 +97,7 @@ impl Feed {
 
     /// The last event passed: where a client resumes.
     pub fn last(&self) -> i64 {
-        self.last
+        self.pos.last
     }
 
     /// Ends the feed for `reason` (a carrier's own, such as a WebSocket ping timeout).
@@ -112,10 +108,9 @@ impl Feed {
 
     /// `e` passes the feed: whether the client wants it.
     fn pass(&mut self, e: &Event) -> bool {
-        if e.seq <= self.last {
+        if !self.pos.advance(e.seq) {
             return false;
         }
-        self.last = e.seq;
         if !self.filter.wants(e) {
             return false;
         }
@@ -139,10 +134,9 @@ impl Feed {
                 continue;
             }
             // 2. the log still owes events before `upto`
-            if self.last < self.upto {
+            if let Some((after, upto)) = self.pos.owed() {
                 let fetch = self.fetch.get_or_insert_with(|| {
-                    let (db, account, after, upto) =
-                        (self.db.clone(), self.account_id, self.last, self.upto);
+                    let (db, account) = (self.db.clone(), self.account_id);
                     tokio::spawn(async move { read(&db, account, after, upto, PAGE).await })
                 });
                 match Pin::new(fetch).poll(cx) {
@@ -151,7 +145,7 @@ impl Feed {
                         self.fetch = None;
                         match r.unwrap_or_else(|e| Err(Error::internal(e))) {
                             // swept (past events.retention_hours): nothing more to read there
-                            Ok(v) if v.is_empty() => self.last = self.upto,
+                            Ok(v) if v.is_empty() => self.pos.log_exhausted(),
                             Ok(v) => self.from_log.extend(v),
                             Err(_) => return Poll::Ready(self.end("unavailable")),
                         }
@@ -161,8 +155,8 @@ impl Feed {
             }
             // 3. a live event, once what precedes it has passed
             if let Some(e) = self.held.take() {
-                if e.seq > self.last + 1 {
-                    self.upto = e.seq - 1;
+                if !self.pos.live(e.seq) {
+                    // the log owes what comes before it
                     self.held = Some(e);
                     continue;
                 }
@@ -187,6 +181,55 @@ impl Feed {
     }
 }
 
+/// Where a feed stands, without I/O: the last event it passed (sent or filtered out) and the
+/// log it still owes (read after `last` up to `upto`). The feed asks it what to do; the resume
+/// rules live here, tested without a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    last: i64,
+    upto: i64,
+}
+
+impl Position {
+    /// A feed resuming after `after` (`None`: with what comes next) on a subscription whose live
+    /// events start after `from`.
+    pub fn new(after: Option<i64>, from: i64) -> Position {
+        Position {
+            last: after.unwrap_or(from).min(from),
+            upto: from,
+        }
+    }
+
+    /// The range the log still owes, `(after, upto]`, if any.
+    pub fn owed(&self) -> Option<(i64, i64)> {
+        (self.last < self.upto).then_some((self.last, self.upto))
+    }
+
+    /// The log has nothing more before `upto` (swept past `events.retention_hours`).
+    pub fn log_exhausted(&mut self) {
+        self.last = self.upto;
+    }
+
+    /// An event goes by: `true` when it is new (nothing is passed twice).
+    pub fn advance(&mut self, seq: i64) -> bool {
+        if seq <= self.last {
+            return false;
+        }
+        self.last = seq;
+        true
+    }
+
+    /// A live event arrives: `true` when every event before it has passed; otherwise the log
+    /// now owes the gap before it (events committed while the feed was catching up).
+    pub fn live(&mut self, seq: i64) -> bool {
+        if seq > self.last + 1 {
+            self.upto = seq - 1;
+            return false;
+        }
+        true
+    }
+}
+
 impl Drop for Feed {
     fn drop(&mut self) {
         if let Some(f) = &self.fetch {
@@ -199,5 +242,58 @@ impl Drop for Feed {
             reason => counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => reason.unwrap_or("client"))
                 .increment(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Position;
+
+    /// A client that has 3 on a subscription whose live events start after 7: the log owes 4 to
+    /// 7, each passes once, then live events follow.
+    #[test]
+    fn a_resume_reads_the_log_up_to_the_live_feed_then_follows_it() {
+        let mut p = Position::new(Some(3), 7);
+        assert_eq!(p.owed(), Some((3, 7)));
+        for seq in 4..=7 {
+            assert!(p.advance(seq));
+        }
+        assert!(!p.advance(5), "an event read twice passes once");
+        assert_eq!(p.owed(), None);
+        assert!(p.live(8));
+        assert!(p.advance(8));
+    }
+
+    #[test]
+    fn a_new_stream_starts_with_what_comes_next() {
+        let mut p = Position::new(None, 7);
+        assert_eq!(p.owed(), None);
+        assert!(
+            !p.advance(7),
+            "what was there before the stream opened is not sent"
+        );
+        assert!(p.live(8) && p.advance(8));
+    }
+
+    /// A live event ahead of the feed (events committed while it read the log) waits until the
+    /// log has filled the gap.
+    #[test]
+    fn a_gap_before_a_live_event_is_read_from_the_log_first() {
+        let mut p = Position::new(Some(7), 7);
+        assert!(!p.live(11));
+        assert_eq!(p.owed(), Some((7, 10)));
+        for seq in 8..=10 {
+            assert!(p.advance(seq));
+        }
+        assert!(p.live(11) && p.advance(11));
+    }
+
+    /// A log swept past its retention owes nothing more: the feed goes on from the live events.
+    #[test]
+    fn a_swept_log_is_skipped() {
+        let mut p = Position::new(Some(1), 100);
+        p.log_exhausted();
+        assert_eq!(p.owed(), None);
+        assert!(p.live(101) && p.advance(101));
     }
 }

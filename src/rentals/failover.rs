@@ -99,16 +99,15 @@ impl Spec {
                 }
                 let mut out = Vec::with_capacity(cs.len());
                 for c in cs {
-                    if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
-                        return Err(bad(
+                    out.push(crate::types::text::iso_country(c).ok_or_else(|| {
+                        bad(
                             "countries",
                             format!(
                                 "`{}` is not an ISO 3166-1 alpha-2 code",
                                 crate::error::truncate(c, 16)
                             ),
-                        ));
-                    }
-                    out.push(c.to_ascii_uppercase());
+                        )
+                    })?);
                 }
                 Some(out)
             }
@@ -459,12 +458,7 @@ pub fn tries_view(tries: &[InstanceRow]) -> Vec<TryView> {
             provider: t.provider.clone(),
             instance_id: t.id.clone(),
             price_per_hour: t.price_per_hour,
-            // an intent not yet answered by the provider is, for the client, being provisioned
-            status: if t.status == Status::Pending {
-                "provisioning"
-            } else {
-                t.status.as_str()
-            },
+            status: t.status.shown(),
             left_because: t.failure.clone(),
         })
         .collect()

@@ -15,7 +15,7 @@ use crate::error::{Error, Kind, Result, Side};
 use crate::providers::Ssh;
 use crate::rentals::failover::{TryView, tries_view};
 use crate::rentals::idempotency::{self, Begin, Outcome};
-use crate::rentals::ledger::{self, Event, InstanceKey, InstanceRow, Status};
+use crate::rentals::ledger::{self, Event, InstanceKey, InstanceRow};
 use crate::rentals::{RentBody, Rentals, Renter};
 use crate::state::AppState;
 
@@ -81,11 +81,7 @@ impl InstanceView {
             gpu_model: r.gpu_model.clone(),
             gpu_count: r.gpu_count,
             price_per_hour: r.price_per_hour,
-            status: if r.status == Status::Pending {
-                "provisioning"
-            } else {
-                r.status.as_str()
-            },
+            status: r.status.shown(),
             ssh: r.ssh.clone(),
             ssh_command: r
                 .ssh

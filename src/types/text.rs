@@ -46,6 +46,12 @@ pub fn percent_decode(s: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// An ISO 3166-1 alpha-2 country code, upper-cased (`us` → `US`), or `None` when `c` is not two
+/// letters.
+pub fn iso_country(c: &str) -> Option<String> {
+    (c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic())).then(|| c.to_ascii_uppercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

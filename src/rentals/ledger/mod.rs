@@ -145,6 +145,16 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status a client sees: an intent not yet answered by the provider is, for the client,
+    /// being provisioned.
+    pub fn shown(self) -> &'static str {
+        if self == Status::Pending {
+            "provisioning"
+        } else {
+            self.as_str()
+        }
+    }
+
     pub const ALL: [Status; 10] = [
         Status::Pending,
         Status::Provisioning,

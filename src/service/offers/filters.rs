@@ -152,16 +152,15 @@ impl Filters {
         if let Some(v) = &q.countries {
             let mut list = Vec::new();
             for c in text("countries", v)?.split(',').map(str::trim) {
-                if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
-                    return Err(bad(
+                list.push(crate::types::text::iso_country(c).ok_or_else(|| {
+                    bad(
                         "countries",
                         format!(
                             "`{}` is not an ISO 3166-1 alpha-2 code",
                             crate::error::truncate(c, 16)
                         ),
-                    ));
-                }
-                list.push(c.to_ascii_uppercase());
+                    )
+                })?);
             }
             list.sort();
             list.dedup();
