@@ -49,13 +49,7 @@ impl Call {
 
     /// The database, or a 503 naming what needs it (`what`: "webhooks") when none is configured.
     pub fn db(&self, what: &str) -> Result<Arc<Db>> {
-        self.api.db.clone().ok_or_else(|| {
-            Error::new(
-                Kind::DatabaseUnavailable,
-                Side::Internal,
-                format!("{what} need the database (DATABASE_URL is not set)"),
-            )
-        })
+        crate::service::db(&self.api, what)
     }
 
     /// The path parameter, percent-decoded; `what` names it in the error.

@@ -284,7 +284,7 @@ pub static ROUTES: &[Route] = &[
         &[(Method::POST, later!(c => webhooks::enable(c).await))],
     ),
     Route {
-        query: Some(fields_of::<webhooks::DeliveriesQuery>),
+        query: Some(fields_of::<crate::service::webhooks::DeliveriesQuery>),
         ..route(
             "/v1/webhooks/{id}/deliveries",
             User,

@@ -1,63 +1,41 @@
-//! `/v1/watches`: an account's offer watches (a rental spec and a price per GPU); a matching
-//! offer arrives as an `offer.watch_matched` event (stream, WebSocket, webhooks). Another
-//! account's watch is 404, like an unknown one.
+//! `/v1/watches`: REST over `service::watches`.
 
 use hyper::{Response, StatusCode};
-use serde_json::{Value, json};
 
 use super::call::Call;
 use super::{Body, body, respond};
 use crate::error::{Error, Result};
-use crate::providers::ProviderId;
-use crate::rentals::watches::{self, NewWatch, Watch};
-use crate::service::time;
-
-fn view(w: &Watch) -> Value {
-    json!({"id": w.id, "spec": w.spec, "max_price_per_gpu": w.max_price_per_gpu,
-           "matches": w.matches, "last_matched_at": time(w.last_matched_at),
-           "created_at": time(Some(w.created_at))})
-}
+use crate::rentals::watches::NewWatch;
+use crate::service::watches;
 
 /// `POST /v1/watches`.
 pub async fn create(c: Call) -> Result<Response<Body>> {
-    let (db, account) = (c.db("watches")?, c.principal()?.account_id());
-    let api = c.api.clone();
+    let (api, p) = (c.api.clone(), c.principal()?.clone());
     let new: NewWatch = body::json(c.req, &api.config.server)
         .await?
         .ok_or_else(|| {
             Error::bad_request("a JSON body {\"spec\", \"max_price_per_gpu\"} is required")
         })?;
-    let enabled: Vec<ProviderId> = api.providers.list.iter().map(|p| p.id()).collect();
-    let w = watches::create(
-        &db,
-        api.config.rentals.max_watches.get(),
-        &enabled,
-        account,
-        &new,
-    )
-    .await?;
-    Ok(respond::json(StatusCode::CREATED, &view(&w)))
+    let v = watches::create(&api, &p, new).await?;
+    Ok(respond::json(StatusCode::CREATED, &v))
 }
 
 /// `GET /v1/watches`.
 pub async fn list(c: Call) -> Result<Response<Body>> {
-    let all = watches::list(&*c.db("watches")?, c.principal()?.account_id()).await?;
-    Ok(respond::json(
-        StatusCode::OK,
-        &json!({"watches": all.iter().map(view).collect::<Vec<_>>()}),
-    ))
+    let v = watches::list(&c.api, c.principal()?).await?;
+    Ok(respond::json(StatusCode::OK, &v))
 }
 
 /// `GET /v1/watches/{id}`.
 pub async fn show(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("watch id")?;
-    let w = watches::get(&*c.db("watches")?, c.principal()?.account_id(), &id).await?;
-    Ok(respond::json(StatusCode::OK, &view(&w)))
+    let v = watches::get(&c.api, c.principal()?, &id).await?;
+    Ok(respond::json(StatusCode::OK, &v))
 }
 
 /// `DELETE /v1/watches/{id}`.
 pub async fn delete(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("watch id")?;
-    let w = watches::delete(&*c.db("watches")?, c.principal()?.account_id(), &id).await?;
-    Ok(respond::json(StatusCode::OK, &view(&w)))
+    let v = watches::delete(&c.api, c.principal()?, &id).await?;
+    Ok(respond::json(StatusCode::OK, &v))
 }

@@ -8,14 +8,34 @@
 //! - `offers`: offer search across providers, through the offers cache and rendered pages.
 //! - `instances`: renting, listing, showing, destroying, extending, stopping and starting.
 //! - `usage`: spend reports.
+//! - `sshkeys`, `watches`, `webhooks`: the caller's SSH keys, offer watches and webhooks.
 
 pub mod body;
 pub mod instances;
 pub mod offers;
 pub mod query;
+pub mod sshkeys;
 pub mod usage;
+pub mod watches;
+pub mod webhooks;
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
+
+use crate::accounts::Db;
+use crate::error::{Error, Kind, Result, Side};
+use crate::state::AppState;
+
+/// The database, or a 503 naming what needs it (`what`: "webhooks") when none is configured.
+pub fn db(app: &AppState, what: &str) -> Result<Arc<Db>> {
+    app.db.clone().ok_or_else(|| {
+        Error::new(
+            Kind::DatabaseUnavailable,
+            Side::Internal,
+            format!("{what} need the database (DATABASE_URL is not set)"),
+        )
+    })
+}
 
 /// A time as the API shows it: RFC 3339 with milliseconds, `null` when unknown.
 pub fn time(epoch: Option<f64>) -> Option<String> {

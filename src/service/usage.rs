@@ -3,10 +3,9 @@
 
 use serde::{Deserialize, Deserializer};
 
-use crate::accounts::Db;
 use crate::accounts::store::{self, AccountRef};
 use crate::auth::Principal;
-use crate::error::{Error, Kind, Result, Side};
+use crate::error::Result;
 use crate::rentals::usage::{self, GroupBy, ReportView, Span};
 use crate::state::AppState;
 
@@ -35,16 +34,6 @@ impl<'de> Deserialize<'de> for UsageTime {
     }
 }
 
-fn db(app: &AppState) -> Result<std::sync::Arc<Db>> {
-    app.db.clone().ok_or_else(|| {
-        Error::new(
-            Kind::DatabaseUnavailable,
-            Side::Internal,
-            "usage reports need the database (DATABASE_URL is not set)",
-        )
-    })
-}
-
 fn span(q: &UsageQuery) -> Result<(Span, GroupBy)> {
     let span = Span {
         from: q.from.map(|t| t.0),
@@ -57,14 +46,20 @@ fn span(q: &UsageQuery) -> Result<(Span, GroupBy)> {
 /// The caller's account's usage.
 pub async fn mine(app: &AppState, p: &Principal, q: UsageQuery) -> Result<ReportView> {
     let (span, group_by) = span(&q)?;
-    let r = usage::report(&*db(app)?, p.account_id(), span, group_by).await?;
+    let r = usage::report(
+        &*super::db(app, "usage reports")?,
+        p.account_id(),
+        span,
+        group_by,
+    )
+    .await?;
     Ok(ReportView::of(&p.key.account_name, &r))
 }
 
 /// Any account's usage (admin keys), by id or name.
 pub async fn of_account(app: &AppState, account: &str, q: UsageQuery) -> Result<ReportView> {
     let (span, group_by) = span(&q)?;
-    let db = db(app)?;
+    let db = super::db(app, "usage reports")?;
     let account = store::get_account(&db, &AccountRef::parse(account)).await?;
     let r = usage::report(&db, account.id, span, group_by).await?;
     Ok(ReportView::of(&account.name, &r))
