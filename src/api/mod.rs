@@ -62,7 +62,7 @@ pub struct Api {
     /// Rendered `GET /v1/offers` pages.
     pub offer_pages: crate::service::offers::PageCache,
     /// Rendered `GET /v1/account` bodies, one per cached key record.
-    pub account_views: account::AccountViews,
+    pub account_views: crate::service::account::AccountViews,
     /// Indexed by `Route as usize`, with one more slot for unmatched paths.
     pub request_metrics: RequestMetrics,
 }
@@ -73,7 +73,9 @@ impl Api {
             offer_pages: crate::service::offers::PageCache::new(
                 app.config.offers.cache_max_entries.get(),
             ),
-            account_views: account::AccountViews::new(app.config.auth.cache_max_entries.get()),
+            account_views: crate::service::account::AccountViews::new(
+                app.config.auth.cache_max_entries.get(),
+            ),
             request_metrics: RequestMetrics::new(&Route::metric_labels()),
             app,
         })

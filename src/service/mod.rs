@@ -3,6 +3,7 @@
 //! the MCP tools, later gRPC) are thin: they read their wire format into these types, call the
 //! operation, and write the view back; none calls another carrier.
 //!
+//! - `account`: the caller's account view and tokens for its API key.
 //! - `body`: JSON bodies into structs, with a 400 naming the field at fault.
 //! - `query`: query strings into structs, with a 400 naming the parameter for every refusal.
 //! - `offers`: offer search across providers, through the offers cache and rendered pages.
@@ -10,6 +11,7 @@
 //! - `usage`: spend reports.
 //! - `sshkeys`, `watches`, `webhooks`: the caller's SSH keys, offer watches and webhooks.
 
+pub mod account;
 pub mod body;
 pub mod instances;
 pub mod offers;
