@@ -1,218 +1,106 @@
-//! `/v1/admin/...`: accounts and keys over HTTPS, for keys with the `admin` scope. The same
-//! operations as the `gpuproxyd accounts|keys` commands (`accounts::store`, `auth::admin`).
-
-use std::sync::Arc;
+//! `/v1/admin/...`: REST over `service::admin`, for keys with the `admin` scope.
 
 use hyper::{Response, StatusCode};
-use serde_json::json;
 
-use super::account::no_db;
 use super::call::Call;
 use super::{Body, body, respond};
-use crate::accounts::Db;
-use crate::accounts::store::{self, AccountChange, AccountRef, KeyChange, NewAccount, NewKeySpec};
-use crate::auth::admin;
-use crate::auth::apikey;
+use crate::accounts::store::{AccountChange, KeyChange, NewAccount, NewKeySpec};
 use crate::error::{Error, Result};
-use crate::service::query::{Bounded, NoQuery, query};
+use crate::service::admin;
+use crate::service::query::{NoQuery, query};
 use crate::types::text::percent_decode;
 
-/// What every admin handler starts from: the database, Redis, and the decoded path parameter.
-struct Ctx {
-    db: Arc<Db>,
-    param: String,
+pub use crate::service::admin::AccountsPage;
+
+/// The path parameter (an account id or name, a key's public id), decoded: 1 to 100 bytes.
+fn param(c: &Call) -> Result<String> {
+    c.param
+        .as_deref()
+        .and_then(percent_decode)
+        .filter(|s| !s.is_empty() && s.len() <= 100)
+        .ok_or_else(|| Error::bad_request("the path parameter is not valid"))
 }
 
-fn ctx(c: &Call) -> Result<Ctx> {
-    let db = c.api.db.clone().ok_or_else(no_db)?;
-    let param = match &c.param {
-        Some(p) => percent_decode(p)
-            .filter(|s| !s.is_empty() && s.len() <= 100)
-            .ok_or_else(|| Error::bad_request("the path parameter is not valid"))?,
-        None => String::new(),
-    };
-    Ok(Ctx { db, param })
+fn ok(v: &impl serde::Serialize) -> Result<Response<Body>> {
+    Ok(respond::json(StatusCode::OK, v))
 }
 
 /// `POST /v1/admin/accounts`.
 pub async fn create_account(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    let limit = &c.api.config.server;
-    let new: NewAccount = body::json(c.req, limit)
+    let api = c.api.clone();
+    let new: NewAccount = body::json(c.req, &api.config.server)
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body with at least `name` is required"))?;
-    let a = store::create_account(&x.db, &new).await?;
+    let a = admin::create_account(&api, new).await?;
     Ok(respond::json(StatusCode::CREATED, &a))
-}
-
-/// `GET /v1/admin/accounts`'s query.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccountsPage {
-    /// `next_after` of the previous page: an account id.
-    pub after: Option<Bounded<0, { i64::MAX }>>,
-    /// Page size, 1 to 500 (default 100).
-    pub limit: Option<Bounded<1, 500>>,
 }
 
 /// `GET /v1/admin/accounts?after=&limit=`.
 pub async fn list_accounts(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    let q: AccountsPage = query(c.req.uri().query())?;
-    let after = q.after.map_or(0, |a| a.0);
-    let n = q.limit.map_or(100, |l| l.0);
-    let accounts = store::list_accounts(&x.db, after, n).await?;
-    let next = (accounts.len() as i64 == n).then(|| accounts.last().map(|a| a.id));
-    Ok(respond::json(
-        StatusCode::OK,
-        &json!({"accounts": accounts, "next_after": next.flatten()}),
-    ))
+    let q = query(c.req.uri().query())?;
+    ok(&admin::list_accounts(&c.api, q).await?)
 }
 
 /// `GET /v1/admin/accounts/{account}`.
 pub async fn show_account(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    let a = store::get_account(&x.db, &AccountRef::parse(&x.param)).await?;
-    Ok(respond::json(StatusCode::OK, &a))
+    ok(&admin::get_account(&c.api, &param(&c)?).await?)
 }
 
 /// `PATCH /v1/admin/accounts/{account}` `{daily_budget_usd?, monthly_budget_usd?,
 /// on_budget_exhausted?, max_instances?}`.
 pub async fn update_account(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    let limit = &c.api.config.server;
-    let change: AccountChange = body::json(c.req, limit).await?.ok_or_else(|| {
+    let (api, account) = (c.api.clone(), param(&c)?);
+    let change: AccountChange = body::json(c.req, &api.config.server).await?.ok_or_else(|| {
         Error::bad_request(
             "a JSON body with `daily_budget_usd`, `monthly_budget_usd`, `on_budget_exhausted` or `max_instances` is required",
         )
     })?;
-    let (a, p) = admin::update_account(
-        &x.db,
-        Some(&c.api.auth),
-        c.api.redis.as_ref(),
-        &AccountRef::parse(&x.param),
-        &change,
-    )
-    .await?;
-    Ok(respond::json(
-        StatusCode::OK,
-        &json!({"account": a, "propagation": p}),
-    ))
+    ok(&admin::update_account(&api, &account, change).await?)
 }
 
 /// `POST /v1/admin/accounts/{account}/suspend|resume`.
 pub async fn set_account_status(c: Call, active: bool) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    let (a, p) = admin::set_account_status(
-        &x.db,
-        Some(&c.api.auth),
-        c.api.redis.as_ref(),
-        &AccountRef::parse(&x.param),
-        active,
-    )
-    .await?;
-    Ok(respond::json(
-        StatusCode::OK,
-        &json!({"account": a, "propagation": p}),
-    ))
+    ok(&admin::set_account_status(&c.api, &param(&c)?, active).await?)
 }
 
 /// `POST /v1/admin/accounts/{account}/keys`.
 pub async fn create_key(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    let limit = &c.api.config.server;
-    let spec: NewKeySpec = body::json(c.req, limit).await?.unwrap_or_default();
-    let (key, token) = store::create_key(&x.db, &AccountRef::parse(&x.param), &spec).await?;
-    Ok(respond::json(
-        StatusCode::CREATED,
-        &json!({
-            "key": key,
-            "token": token,
-            "note": "store the token now: only its hash is kept, it cannot be shown again",
-        }),
-    ))
+    let (api, account) = (c.api.clone(), param(&c)?);
+    let spec: NewKeySpec = body::json(c.req, &api.config.server)
+        .await?
+        .unwrap_or_default();
+    let v = admin::create_key(&api, &account, spec).await?;
+    Ok(respond::json(StatusCode::CREATED, &v))
 }
 
 /// `GET /v1/admin/accounts/{account}/keys`.
 pub async fn list_keys(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    let keys = store::list_keys(&x.db, &AccountRef::parse(&x.param)).await?;
-    Ok(respond::json(StatusCode::OK, &json!({"keys": keys})))
-}
-
-fn key_id(x: &Ctx) -> Result<()> {
-    if !apikey::is_public_id(&x.param) {
-        return Err(Error::bad_request(
-            "a key's public id is 12 letters and digits (the part after `gpx_`)",
-        ));
-    }
-    Ok(())
+    ok(&admin::list_keys(&c.api, &param(&c)?).await?)
 }
 
 /// `GET /v1/admin/keys/{public_id}`.
 pub async fn show_key(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    key_id(&x)?;
-    Ok(respond::json(
-        StatusCode::OK,
-        &store::get_key(&x.db, &x.param).await?,
-    ))
+    ok(&admin::get_key(&c.api, &param(&c)?).await?)
 }
 
 /// `PATCH /v1/admin/keys/{public_id}` `{"spend_limit_usd": x | null}`.
 pub async fn update_key(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    key_id(&x)?;
-    let limit = &c.api.config.server;
-    let change: KeyChange = body::json(c.req, limit).await?.ok_or_else(|| {
-        Error::bad_request("a JSON body {\"spend_limit_usd\": <USD or null>} is required")
-    })?;
-    Ok(respond::json(
-        StatusCode::OK,
-        &store::update_key(&x.db, &x.param, &change).await?,
-    ))
+    let (api, id) = (c.api.clone(), param(&c)?);
+    let change: KeyChange = body::json(c.req, &api.config.server)
+        .await?
+        .ok_or_else(|| {
+            Error::bad_request("a JSON body {\"spend_limit_usd\": <USD or null>} is required")
+        })?;
+    ok(&admin::update_key(&api, &id, change).await?)
 }
 
 /// `DELETE /v1/admin/keys/{public_id}`.
 pub async fn revoke_key(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
-    key_id(&x)?;
-    let (key, p) =
-        admin::revoke_key(&x.db, Some(&c.api.auth), c.api.redis.as_ref(), &x.param).await?;
-    Ok(respond::json(
-        StatusCode::OK,
-        &json!({"key": key, "propagation": p}),
-    ))
+    ok(&admin::revoke_key(&c.api, &param(&c)?).await?)
 }
 
-/// `GET /v1/admin/reconciliation`: the providers' charges against the ledger, per instance
-/// (`rentals::billing`), for every provider that publishes charges.
+/// `GET /v1/admin/reconciliation`: the providers' charges against the ledger.
 pub async fn reconciliation(c: Call) -> Result<Response<Body>> {
-    let x = ctx(&c)?;
     let NoQuery {} = query(c.req.uri().query())?;
-    let mut providers = Vec::new();
-    for p in c.api.providers.list.iter() {
-        let name = p.id().as_str();
-        if p.publishes_charges() {
-            let rep = crate::rentals::billing::report(&x.db, name).await?;
-            let mut v = serde_json::to_value(&rep).map_err(Error::internal)?;
-            v["as_of"] = serde_json::json!(crate::service::time(rep.as_of));
-            v["status"] = json!(if rep.as_of.is_some() {
-                "reconciled"
-            } else {
-                "not_yet"
-            });
-            providers.push(v);
-        } else {
-            providers.push(json!({"provider": name, "status": "no_charges_api"}));
-        }
-    }
-    Ok(respond::json(
-        StatusCode::OK,
-        &json!({
-            "alert_threshold_usd": c.api.config.rentals.billing_drift_alert_usd,
-            "interval_ms": c.api.config.rentals.billing_reconcile_interval_ms.ms(),
-            "providers": providers,
-        }),
-    ))
+    ok(&admin::reconciliation(&c.api).await?)
 }

@@ -4,6 +4,7 @@
 //! operation, and write the view back; none calls another carrier.
 //!
 //! - `account`: the caller's account view and tokens for its API key.
+//! - `admin`: accounts, keys and billing reconciliation for admin keys.
 //! - `body`: JSON bodies into structs, with a 400 naming the field at fault.
 //! - `query`: query strings into structs, with a 400 naming the parameter for every refusal.
 //! - `offers`: offer search across providers, through the offers cache and rendered pages.
@@ -12,6 +13,7 @@
 //! - `sshkeys`, `watches`, `webhooks`: the caller's SSH keys, offer watches and webhooks.
 
 pub mod account;
+pub mod admin;
 pub mod body;
 pub mod instances;
 pub mod offers;
