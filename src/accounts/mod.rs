@@ -1,8 +1,8 @@
 //! PostgreSQL: the pool (reached through PgBouncer in transaction mode), the migrations, and the
 //! account and key records (`store`).
 //!
-//! PgBouncer 1.18 in transaction mode cannot carry named prepared statements (measured in
-//! STACK-NOTES.md: `query` fails ~half the time). So every statement here goes through
+//! PgBouncer 1.18 in transaction mode cannot carry named prepared statements (measured:
+//! `query` fails ~half the time; docs/design.md, "Measured crate behaviour"). So every statement here goes through
 //! [`Db::query`], which uses tokio-postgres' `query_typed` (one unnamed statement per call, one
 //! round trip, parameter types given up front), and every column read is a built-in type. bb8's
 //! check-on-checkout is off (it cost a round trip per query); broken connections are dropped when

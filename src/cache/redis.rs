@@ -8,7 +8,7 @@
 //! reaches every node of a Cluster, so the channels need nothing special.
 //!
 //! fred's default builder has no reconnect policy (after a Redis restart commands hang forever)
-//! and no timeouts (commands queue during an outage): STACK-NOTES.md. Here reconnecting never
+//! and no timeouts (commands queue during an outage): docs/design.md, "Measured crate behaviour". Here reconnecting never
 //! stops (exponential back-off up to `redis.reconnect_max_delay_ms`), and every request-path
 //! command runs with `fail_fast` and a timeout, so a down Redis costs a request well under a
 //! millisecond.

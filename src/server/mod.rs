@@ -3,8 +3,8 @@
 //! [`Daemon::run`] takes listeners that are already bound (tests bind port 0) and a shutdown future.
 //! Each accepted socket takes a place under the global cap and becomes one task
 //! (`connection.rs`: PROXY header, per-IP admission, TLS, hyper's HTTP/1 or HTTP/2 connection —
-//! chosen directly, not through the `auto` builder, which costs ~8 KB more per connection;
-//! STACK-NOTES.md). On shutdown the listeners close, every connection is asked to finish
+//! chosen directly, not through the `auto` builder, which costs ~8 KB more per connection:
+//! docs/design.md, "Measured crate behaviour"). On shutdown the listeners close, every connection is asked to finish
 //! gracefully (HTTP/1 closes once idle, HTTP/2 sends GOAWAY), and `run` returns when all are gone
 //! or the grace period is over.
 

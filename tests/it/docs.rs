@@ -119,3 +119,34 @@ fn docs_link_only_to_files_in_the_repository() {
         }
     }
 }
+
+/// Nor does the code: a comment that cites a fact points into the repository (docs/), never to
+/// notes outside it.
+#[test]
+fn the_code_cites_only_the_repository() {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs" || x == "sh" || x == "py") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for d in ["src", "scripts", "loadtest"] {
+        walk(&root().join(d), &mut files);
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for outside in ["STACK-NOTES", "shared/DESIGN", "../shared/", "shared/providers.md"] {
+            assert!(
+                !text.contains(outside),
+                "{} cites {outside}, which is not in the repository",
+                f.display()
+            );
+        }
+    }
+}
+
