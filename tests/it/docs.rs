@@ -129,7 +129,10 @@ fn the_code_cites_only_the_repository() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs" || x == "sh" || x == "py") {
+            } else if p
+                .extension()
+                .is_some_and(|x| x == "rs" || x == "sh" || x == "py")
+            {
                 out.push(p);
             }
         }
@@ -140,7 +143,12 @@ fn the_code_cites_only_the_repository() {
     }
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        for outside in ["STACK-NOTES", "shared/DESIGN", "../shared/", "shared/providers.md"] {
+        for outside in [
+            "STACK-NOTES",
+            "shared/DESIGN",
+            "../shared/",
+            "shared/providers.md",
+        ] {
             assert!(
                 !text.contains(outside),
                 "{} cites {outside}, which is not in the repository",
@@ -149,4 +157,3 @@ fn the_code_cites_only_the_repository() {
         }
     }
 }
-
