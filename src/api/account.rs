@@ -9,8 +9,6 @@ use crate::auth::Principal;
 use crate::error::Result;
 use crate::service::account;
 
-pub use crate::service::account::no_db;
-
 /// `GET /v1/account`: the account, its limits and budget, and the key in use, answered from the
 /// cached key record (no query per request) as the API's render cache holds it.
 pub fn show(api: &Arc<Api>, p: &Principal) -> Response<Body> {

@@ -26,7 +26,6 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use super::Body;
-use super::account::no_db;
 use super::call::Call;
 use super::feed_query::Query;
 use crate::error::Result;
@@ -42,8 +41,16 @@ pub async fn stream(c: Call) -> Result<Response<Body>> {
         return super::websocket::accept(c, q).await;
     }
     let p = c.principal()?;
-    let hub = c.api.events.clone().ok_or_else(no_db)?;
-    let db = c.api.db.clone().ok_or_else(no_db)?;
+    let hub = c
+        .api
+        .events
+        .clone()
+        .ok_or_else(|| crate::service::needs_database("event streams"))?;
+    let db = c
+        .api
+        .db
+        .clone()
+        .ok_or_else(|| crate::service::needs_database("event streams"))?;
     let sub = hub.subscribe(p.account_id(), p.key.key_id).await?;
     let every = c.api.config.events.ping_interval_ms.get();
     let feed = Feed::new(db, p.account_id(), sub, q.after, q.filter);

@@ -31,7 +31,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::Body;
-use super::account::no_db;
 use super::call::Call;
 use super::feed_query::{BEARER_PROTOCOL, Query, offered_protocols};
 use crate::error::{Error, Result};
@@ -136,8 +135,16 @@ pub(super) async fn accept(mut c: Call, q: Query) -> Result<Response<Body>> {
         ));
     }
     let p = c.principal()?;
-    let hub = c.api.events.clone().ok_or_else(no_db)?;
-    let db = c.api.db.clone().ok_or_else(no_db)?;
+    let hub = c
+        .api
+        .events
+        .clone()
+        .ok_or_else(|| crate::service::needs_database("event streams"))?;
+    let db = c
+        .api
+        .db
+        .clone()
+        .ok_or_else(|| crate::service::needs_database("event streams"))?;
     let sub = hub.subscribe(p.account_id(), p.key.key_id).await?;
     let feed = Feed::new(db, p.account_id(), sub, q.after, q.filter);
     let cfg = &c.api.config.events;

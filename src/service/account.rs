@@ -195,14 +195,6 @@ pub fn token(app: &AppState, p: &Principal) -> Result<TokenView, Error> {
     })
 }
 
-pub fn no_db() -> Error {
-    Error::new(
-        Kind::DatabaseUnavailable,
-        Side::Internal,
-        "no database is configured on this daemon (DATABASE_URL is unset)",
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::query::Limit;
 use super::time;
 use crate::auth::Principal;
-use crate::error::{Error, Kind, Result, Side};
+use crate::error::{Error, Result};
 use crate::providers::Ssh;
 use crate::rentals::failover::{TryView, tries_view};
 use crate::rentals::idempotency::{self, Begin, Outcome};
@@ -193,13 +193,9 @@ pub struct Answer {
 }
 
 fn rentals(app: &AppState) -> Result<&Arc<Rentals>> {
-    app.rentals.as_ref().ok_or_else(|| {
-        Error::new(
-            Kind::DatabaseUnavailable,
-            Side::Internal,
-            "renting needs the database (DATABASE_URL is not set)",
-        )
-    })
+    app.rentals
+        .as_ref()
+        .ok_or_else(|| super::needs_database("rentals"))
 }
 
 /// The caller's instances, newest first (statuses as the ledger has them; [`get`] refreshes

@@ -32,13 +32,16 @@ use crate::state::AppState;
 
 /// The database, or a 503 naming what needs it (`what`: "webhooks") when none is configured.
 pub fn db(app: &AppState, what: &str) -> Result<Arc<Db>> {
-    app.db.clone().ok_or_else(|| {
-        Error::new(
-            Kind::DatabaseUnavailable,
-            Side::Internal,
-            format!("{what} need the database (DATABASE_URL is not set)"),
-        )
-    })
+    app.db.clone().ok_or_else(|| needs_database(what))
+}
+
+/// The 503 of a feature (`what`) on a daemon without a database.
+pub fn needs_database(what: &str) -> Error {
+    Error::new(
+        Kind::DatabaseUnavailable,
+        Side::Internal,
+        format!("{what} need the database (DATABASE_URL is not set)"),
+    )
 }
 
 /// A time as the API shows it: RFC 3339 with milliseconds, `null` when unknown.
