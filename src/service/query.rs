@@ -22,13 +22,16 @@ fn invalid(name: &str, why: impl std::fmt::Display) -> Error {
 /// Reads `q` into `T` (a struct of the parameters a route takes; see the module header).
 pub fn query<T: DeserializeOwned>(q: Option<&str>) -> Result<T> {
     let known = fields_of::<T>();
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for raw in q.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+    // checked here, then read by serde from the query text itself (nothing is decoded into a
+    // second string to be encoded again)
+    let mut seen: Vec<&'static str> = Vec::new();
+    let text = q.unwrap_or("");
+    for raw in text.split('&').filter(|s| !s.is_empty()) {
         let (k, v) = raw.split_once('=').unwrap_or((raw, ""));
         let k = percent_decode(&k.replace('+', " ")).ok_or_else(|| {
             Error::bad_request("invalid query: a parameter name with broken percent-encoding")
         })?;
-        if !known.contains(&k.as_str()) {
+        let Some(&name) = known.iter().find(|n| **n == k) else {
             return Err(Error::bad_request(if known.is_empty() {
                 format!(
                     "unknown query parameter `{}` (this route takes none)",
@@ -41,18 +44,19 @@ pub fn query<T: DeserializeOwned>(q: Option<&str>) -> Result<T> {
                     known.join(", ")
                 )
             }));
+        };
+        if percent_decode(&v.replace('+', " ")).is_none() {
+            return Err(invalid(
+                name,
+                "broken percent-encoding or a control character",
+            ));
         }
-        let v = percent_decode(&v.replace('+', " "))
-            .ok_or_else(|| invalid(&k, "broken percent-encoding or a control character"))?;
-        if pairs.iter().any(|(x, _)| *x == k) {
-            return Err(invalid(&k, "given more than once"));
+        if seen.contains(&name) {
+            return Err(invalid(name, "given more than once"));
         }
-        pairs.push((k, v));
+        seen.push(name);
     }
-    let encoded = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(&pairs)
-        .finish();
-    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(encoded.as_bytes()));
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(text.as_bytes()));
     serde_path_to_error::deserialize(de).map_err(|e| {
         let name = e.path().to_string();
         if name == "." {
