@@ -628,6 +628,10 @@ pub fn normalize(pid: ProviderId, o: &Value, disk_gb: f64, interruptible: bool) 
     let raw_name = text(o.get("gpu_name")).unwrap_or_default();
     let mem_gb = num(o.get("gpu_ram")).map(|mb| round_to(mb / 1024.0, 1));
     let storage_hour = storage_per_hour(o, disk_gb);
+    // a storage price below 0 (or none a float can hold) is no price: the offer cannot be read
+    if !(storage_hour.is_finite() && storage_hour >= 0.0) {
+        return None;
+    }
     let min_bid = num(o.get("min_bid"));
     let compute = if interruptible {
         min_bid?
