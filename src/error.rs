@@ -182,6 +182,23 @@ impl Kind {
     }
 
     /// The stable machine-readable code in the JSON body.
+    /// Codes the OpenAPI document shows as examples of `error.code`.
+    pub const EXAMPLE_CODES: [&'static str; 13] = [
+        "invalid_credentials",
+        "malformed_authorization",
+        "missing_credentials",
+        "token_expired",
+        "key_revoked",
+        "key_expired",
+        "account_suspended",
+        "insufficient_scope",
+        "auth_unavailable",
+        "rate_limited",
+        "bad_request",
+        "not_found",
+        "conflict",
+    ];
+
     pub fn code(&self) -> &'static str {
         match self {
             Kind::BadRequest => "bad_request",

@@ -42,6 +42,21 @@ pub fn parse(token: &str) -> Option<(&str, &str)> {
     (alphanumeric(id) && alphanumeric(secret)).then_some((id, secret))
 }
 
+/// A key's public id as a path parameter (what [`is_public_id`] accepts).
+pub struct PublicId;
+
+impl schemars::JsonSchema for PublicId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PublicId".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": format!("^[0-9A-Za-z]{{{ID_LEN}}}$")})
+    }
+}
+
 /// Whether `public_id` has the shape of a key id (checked before it reaches a query or a cache).
 pub fn is_public_id(s: &str) -> bool {
     s.len() == ID_LEN && alphanumeric(s)

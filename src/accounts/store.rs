@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, Serializer};
 use tokio_postgres::Row;
 use tokio_postgres::types::Type;
@@ -10,46 +11,57 @@ use tokio_postgres::types::Type;
 use super::Db;
 use super::apikey;
 use crate::error::{Error, Kind, Side};
+use crate::types::schema::{MaybeTime, NO_NUL, Time};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct Account {
     pub id: i64,
     pub name: String,
     /// `active` or `suspended`; a suspended account's keys and tokens are refused.
+    #[schemars(extend("enum" = ["active", "suspended"]))]
     pub status: String,
-    /// Spend allowed per rolling window (`rentals.budget_window_hours`, 24 by default).
+    /// USD per rolling window of `rentals.budget_window_hours` (24 h by default).
     pub daily_budget_usd: f64,
-    /// Spend allowed since the start of the UTC month (none when NULL).
+    /// USD per UTC month (none when null).
     pub monthly_budget_usd: Option<f64>,
-    /// What the reconciler does once a budget is spent: `stop`, `destroy` or `alert`.
+    /// What the reconciler does once a budget is spent.
+    #[schemars(extend("enum" = BUDGET_POLICIES))]
     pub on_budget_exhausted: String,
     pub max_instances: i32,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_burst: Option<i32>,
     #[serde(serialize_with = "rfc3339")]
+    #[schemars(with = "Time")]
     pub created_at: SystemTime,
     #[serde(serialize_with = "rfc3339")]
+    #[schemars(with = "Time")]
     pub updated_at: SystemTime,
 }
 
 /// A key as shown to administrators (never the secret or its hash).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(rename = "Key")]
 pub struct KeyInfo {
     pub public_id: String,
     pub account_id: i64,
+    #[schemars(extend("items" = {"enum": ["user", "admin"]}))]
     pub scopes: Vec<String>,
     pub label: Option<String>,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_burst: Option<i32>,
-    /// Spend allowed to the instances this key rented, per rolling window (none when NULL).
+    /// USD per rolling window the instances this key rented may spend (none when null).
     pub spend_limit_usd: Option<f64>,
     #[serde(serialize_with = "rfc3339")]
+    #[schemars(with = "Time")]
     pub created_at: SystemTime,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schemars(with = "MaybeTime")]
     pub expires_at: Option<SystemTime>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schemars(with = "MaybeTime")]
     pub revoked_at: Option<SystemTime>,
     #[serde(serialize_with = "rfc3339_opt")]
+    #[schemars(with = "MaybeTime")]
     pub last_used_at: Option<SystemTime>,
 }
 
@@ -96,35 +108,59 @@ impl KeyRecord {
 }
 
 /// Fields of a new account; `None` takes the schema's default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("dependentRequired" = {"rate_limit_burst": ["rate_limit_per_minute"]}))]
 pub struct NewAccount {
+    /// Not only spaces, no control characters, not a number (numbers name accounts by id).
+    #[schemars(length(min = 1, max = 100), pattern(NO_NUL))]
+    #[schemars(extend("allOf" = [{"pattern": r"^[^\x00-\x1f\x7f-\x9f]*$"}, {"pattern": r"\S"}],
+                      "not" = {"pattern": r"^\s*[+-]?[0-9]+\s*$"}))]
     pub name: String,
+    #[schemars(range(min = 0, max = 1e9), extend("default" = 100))]
     pub daily_budget_usd: Option<f64>,
+    /// null or left out: none.
+    #[schemars(range(min = 0, max = 1e9))]
     pub monthly_budget_usd: Option<f64>,
+    #[schemars(extend("enum" = BUDGET_POLICIES))]
     pub on_budget_exhausted: Option<String>,
+    #[schemars(range(min = 0, max = 2147483647), extend("default" = 5))]
     pub max_instances: Option<i32>,
+    #[schemars(range(min = 1, max = 2147483647))]
     pub rate_limit_per_minute: Option<i32>,
+    #[schemars(range(min = 1, max = 2147483647))]
     pub rate_limit_burst: Option<i32>,
 }
 
 /// A change to an account's spending terms; an absent field is left as it is, and
 /// `monthly_budget_usd: null` removes the monthly budget.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "AccountTerms")]
 pub struct AccountChange {
+    /// USD per rolling window of rentals.budget_window_hours
+    #[schemars(range(min = 0, max = 1e9))]
     pub daily_budget_usd: Option<f64>,
+    /// USD per UTC month; null removes it
     #[serde(default, deserialize_with = "present")]
+    #[schemars(with = "Option<f64>", range(min = 0, max = 1e9))]
     pub monthly_budget_usd: Option<Option<f64>>,
+    #[schemars(extend("enum" = BUDGET_POLICIES))]
     pub on_budget_exhausted: Option<String>,
+    #[schemars(range(min = 0, max = 2147483647))]
     pub max_instances: Option<i32>,
 }
 
 /// A change to a key's spend cap: `spend_limit_usd: null` removes it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
 pub struct KeyChange {
+    /// USD per rolling window; null removes the cap
     #[serde(default, deserialize_with = "present")]
+    #[schemars(with = "Option<f64>", range(min = 0, max = 1e9))]
     pub spend_limit_usd: Option<Option<f64>>,
 }
 
@@ -158,16 +194,26 @@ fn check_policy(p: Option<&str>) -> Result<(), Error> {
 }
 
 /// Fields of a new key.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "NewKey")]
+#[schemars(extend("dependentRequired" = {"rate_limit_burst": ["rate_limit_per_minute"]}))]
 pub struct NewKeySpec {
     #[serde(default)]
+    #[schemars(extend("items" = {"enum": ["user", "admin"]}, "default" = ["user"]))]
     pub scopes: Vec<String>,
+    /// At most 200 characters.
+    #[schemars(length(max = 200), pattern(NO_NUL))]
     pub label: Option<String>,
+    #[schemars(range(min = 1, max = 36500))]
     pub expires_in_days: Option<u32>,
+    #[schemars(range(min = 1, max = 2147483647))]
     pub rate_limit_per_minute: Option<i32>,
+    #[schemars(range(min = 1, max = 2147483647))]
     pub rate_limit_burst: Option<i32>,
-    /// USD per rolling window for the instances this key rents.
+    /// USD per rolling window for the instances this key rents; null or left out: none.
+    #[schemars(range(min = 0, max = 1e9))]
     pub spend_limit_usd: Option<f64>,
 }
 

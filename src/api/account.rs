@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
 
+use super::openapi::op::{Op, json, schema};
 use super::{Api, Body, respond};
 use crate::auth::Principal;
 use crate::error::Result;
@@ -22,3 +23,32 @@ pub fn show(api: &Arc<Api>, p: &Principal) -> Response<Body> {
 pub fn token(api: &Arc<Api>, p: &Principal) -> Result<Response<Body>> {
     Ok(respond::json(StatusCode::OK, &account::token(api, p)?))
 }
+
+// The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// `POST /v1/auth/token`.
+pub const CREATE_TOKEN: Op = Op {
+    id: "createToken",
+    tag: "auth",
+    summary: "Exchange the API key in `Authorization` for a short-lived JWT",
+    description: "Only an API key can be exchanged (a token gets 403 `api_key_required`). The token is HS256, carries the account, key and scopes, lives `auth.jwt_ttl_ms` (15 min by default, never past the key's expiry), and is refused once its key is revoked or its account suspended.",
+    answers: &[json(
+        200,
+        "A token",
+        schema::<crate::service::account::TokenView>,
+    )],
+    ..Op::NONE
+};
+
+/// `GET /v1/account`.
+pub const GET_ACCOUNT: Op = Op {
+    id: "getAccount",
+    tag: "auth",
+    summary: "The caller's account, limits and budget",
+    answers: &[json(
+        200,
+        "The account",
+        schema::<crate::service::account::AccountView<'static>>,
+    )],
+    ..Op::NONE
+};

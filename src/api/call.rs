@@ -29,6 +29,21 @@ pub enum Access {
     Stream,
 }
 
+/// A path parameter's form: any text without control characters, percent-encoded in the path
+/// (what [`Call::decoded_param`] accepts).
+pub struct PathText;
+
+impl schemars::JsonSchema for PathText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PathText".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "minLength": 1,
+            "pattern": crate::types::schema::NO_CONTROL,
+            "description": "Any text without control characters (percent-encoded in the path)."})
+    }
+}
+
 /// A request as a handler receives it: authenticated already where the route needs it.
 pub struct Call {
     pub api: Arc<Api>,

@@ -28,6 +28,7 @@ use hyper::{Response, StatusCode};
 use super::Body;
 use super::call::Call;
 use super::feed_query::Query;
+use super::openapi::op::{Answer, Content, Header, Op, schema};
 use crate::error::Result;
 use crate::events::feed::{Feed, Item};
 
@@ -143,3 +144,37 @@ impl hyper::body::Body for SseBody {
         }
     }
 }
+
+// The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// `GET /v1/events`.
+pub const STREAM_EVENTS: Op = Op {
+    id: "streamEvents",
+    tag: "events",
+    summary: "The caller's account events, live (Server-Sent Events)",
+    description: r#"A `text/event-stream` of the account's events: each is `id: <seq>` (per account, without gaps), `event: <type>`, `data: {"id","type","at","instance_id","data"}`. The stream opens with `event: open` (`data.last_event_id`: where it starts) and a `retry:` hint, sends `: ping` every `events.ping_interval_ms` when idle, and ends with `event: close` and `data.reason`: `slow_consumer` (it fell `events.max_queue` events behind), `draining` (reconnect; `retry:` says when) or `unavailable`. Resume with `Last-Event-ID` (or `after`): the events after it are read from the log (kept `events.retention_hours`), then live ones follow. At most `events.max_streams_per_account` streams per account (429 `stream_limit`). With `Upgrade: websocket` (HTTP/1.1, `Connection: Upgrade`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`) the same feed is a WebSocket (101); over HTTP/2 the same as an extended CONNECT with `:protocol websocket` and `Sec-WebSocket-Version: 13` (RFC 8441, answered 200): text frames `{"type":"open","last_event_id":N}`, then each event's JSON; a ping every `events.ping_interval_ms`, closed 1008 `ping_timeout` without a pong within `events.pong_timeout_ms`; server closes carry a code and the reason (1001 `draining`, 1013 `slow_consumer`, 1011 `unavailable`)."#,
+    query: Some(schema::<super::feed_query::Params>),
+    headers: &[Header {
+        name: "Last-Event-ID",
+        description: "The `id` of the last event received (EventSource sends it on reconnect). Empty: as if absent.",
+        schema: schema::<super::feed_query::LastEventId>,
+    }],
+    answers: &[
+        Answer {
+            status: 101,
+            description: "Switching to a WebSocket (the request asked with `Upgrade: websocket`).",
+            content: Content::None,
+            headers: &[(
+                "Sec-WebSocket-Accept",
+                "The RFC 6455 answer to `Sec-WebSocket-Key`.",
+            )],
+        },
+        Answer {
+            status: 200,
+            description: "The stream",
+            content: Content::EventStream(schema::<crate::events::StreamEvent>),
+            headers: &[],
+        },
+    ],
+    ..Op::NONE
+};

@@ -29,17 +29,34 @@ fn parse_id(what: &str, v: &str) -> Result<i64> {
 }
 
 /// The query string as the route declares it.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
+    /// Resume after this event id (`Last-Event-ID` wins when both are given). Default: the
+    /// next event.
+    #[schemars(with = "Option<crate::service::query::Bounded<0, 999_999_999_999_999_999>>")]
     after: Option<EventId>,
-    /// Comma-separated event types.
+    /// Comma-separated event types (`EventType`).
+    #[schemars(with = "Option<crate::events::TypeList>")]
     types: Option<String>,
+    /// Only this instance's events.
+    #[schemars(length(min = 1, max = 128), pattern(crate::types::schema::NO_CONTROL))]
     instance: Option<String>,
-    /// Read by `browser_token` at authentication.
+    /// For browsers, whose EventSource and WebSocket cannot set `Authorization`: a token from
+    /// `POST /v1/auth/token` (never an API key: 401). Read only when there is no
+    /// `Authorization` header; never logged. A WebSocket may instead offer the subprotocols
+    /// `gpuproxy.events` and `bearer.<token>` (`Sec-WebSocket-Protocol`); the answer selects
+    /// `gpuproxy.events`.
     #[allow(dead_code)]
+    #[schemars(pattern(r"^[^\x00-\x1f\x7f-\x9f]*$"))]
     access_token: Option<String>,
 }
+
+/// The `Last-Event-ID` header: an event id, or empty (as if absent).
+pub struct LastEventId;
+
+crate::types::schema::schema_of!(LastEventId, "LastEventId", {"type": "string",
+    "pattern": "^([0-9]{1,18})?$"});
 
 /// An event id in a query.
 #[derive(Debug)]

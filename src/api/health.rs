@@ -2,16 +2,42 @@
 //! figures).
 
 use hyper::{Response, StatusCode};
+use serde::Serialize;
 use serde_json::json;
+
+use super::openapi::op::{Op, json, schema};
 
 use super::Body;
 use super::respond;
 use crate::error::Result;
 use crate::state::{AppState, Phase};
 
-pub fn health() -> Response<Body> {
-    respond::json(StatusCode::OK, &json!({"status": "ok"}))
+/// `/health`'s answer.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Liveness {
+    #[schemars(extend("const" = "ok"))]
+    status: &'static str,
 }
+
+pub fn health() -> Response<Body> {
+    respond::json(StatusCode::OK, &Liveness { status: "ok" })
+}
+
+/// `/ready`'s answer: the daemon's state and each dependency's.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Readiness {
+    #[schemars(extend("enum" = ["ready", "degraded", "starting", "draining"]))]
+    status: &'static str,
+    #[schemars(extend("enum" = DEPENDENCY))]
+    database: &'static str,
+    #[schemars(extend("enum" = DEPENDENCY))]
+    redis: &'static str,
+    /// The read replica of DATABASE_READ_URL (key lookups); down, lookups go to the primary.
+    #[schemars(extend("enum" = DEPENDENCY))]
+    database_read: &'static str,
+}
+
+const DEPENDENCY: [&str; 3] = ["up", "down", "unconfigured"];
 
 /// `/ready`: 200 `ready` when serving with every dependency up; 200 `degraded` while a shared
 /// dependency is down (Redis: auth works from PostgreSQL; PostgreSQL/PgBouncer: cached keys keep
@@ -37,12 +63,12 @@ pub fn ready(state: &AppState) -> Response<Body> {
     };
     respond::json(
         code,
-        &json!({
-            "status": status,
-            "database": dep(state.db.is_some(), db_up),
-            "redis": dep(state.redis.is_some(), redis_up),
-            "database_read": dep(replica.is_some(), replica_up),
-        }),
+        &Readiness {
+            status,
+            database: dep(state.db.is_some(), db_up),
+            redis: dep(state.redis.is_some(), redis_up),
+            database_read: dep(replica.is_some(), replica_up),
+        },
     )
 }
 
@@ -96,3 +122,54 @@ pub async fn debug_sleep(query: Option<&str>) -> Result<Response<Body>> {
     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     Ok(respond::json(StatusCode::OK, &json!({"slept_ms": ms})))
 }
+
+// The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// `GET /health`.
+pub const HEALTH: Op = Op {
+    id: "health",
+    tag: "operations",
+    summary: "Liveness (no I/O)",
+    answers: &[json(200, "Alive", schema::<super::health::Liveness>)],
+    ..Op::NONE
+};
+
+/// `GET /debug/sleep` (served only with `server.debug_routes`; not in the document).
+pub const DEBUG_SLEEP: Op = Op {
+    id: "debugSleep",
+    tag: "operations",
+    summary: "Answers after `ms` milliseconds (tests of timeouts and draining)",
+    ..Op::NONE
+};
+
+/// `GET /ready`.
+pub const READY: Op = Op {
+    id: "ready",
+    tag: "operations",
+    summary: "Readiness, with the state of PostgreSQL and Redis",
+    description: "Not rate limited. `database: down` or `redis: down` only degrade it (200, status `degraded`): a shared outage must not take every daemon out of the balancer; 503 is for starting or draining.",
+    answers: &[json(
+        200,
+        "Ready (status `ready`, or `degraded` while a shared dependency, Redis or the database, is down)",
+        schema::<super::health::Readiness>,
+    )],
+    errors: &[json(
+        503,
+        "Starting or draining",
+        schema::<super::health::Readiness>,
+    )],
+    ..Op::NONE
+};
+
+/// `GET /openapi.json`.
+pub const OPENAPI: Op = Op {
+    id: "openapi",
+    tag: "operations",
+    summary: "This document",
+    answers: &[json(
+        200,
+        "OpenAPI 3.1 document",
+        schema::<serde_json::Map<String, serde_json::Value>>,
+    )],
+    ..Op::NONE
+};

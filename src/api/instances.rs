@@ -8,6 +8,7 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 
 use super::call::Call;
+use super::openapi::op::{Header, Op, error, json, schema};
 use super::{Body, body, respond};
 use crate::error::{Error, Result};
 use crate::service::instances::{self, Answer, Bid, Extend};
@@ -97,3 +98,180 @@ pub async fn bid(c: Call) -> Result<Response<Body>> {
     let v = instances::set_bid(&c.api, &p, &id, b).await?;
     Ok(respond::json(StatusCode::OK, &v))
 }
+
+// The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// The `Idempotency-Key` header of renting and destroying.
+const IDEMPOTENCY: Header = Header {
+    name: "Idempotency-Key",
+    description: "The same key and body replay the first answer (header `Idempotent-Replayed: true`); the same key with another body gets 422 `idempotency_key_reused`. Kept `rentals.idempotency_ttl_ms`.",
+    schema: schema::<crate::rentals::idempotency::KeyForm>,
+};
+
+/// `POST /v1/instances`.
+pub const RENT_INSTANCE: Op = Op {
+    id: "rentInstance",
+    tag: "instances",
+    summary: "Rent an offer",
+    description: "The offer's price is fetched again (409 `price_changed` when above `max_price_per_hour` or above the price shown by `GET /v1/offers` by more than `rentals.price_tolerance`; 409 `offer_unavailable` when gone). The daily budget and instance limit are checked atomically with writing the ledger intent (402 `budget_exceeded` with the figures, 409 `instance_limit`). Projected spend = spent in the last `rentals.budget_window_hours` (24) + (current hourly rate of open instances + this one) × that window; the hour of the day does not matter.",
+    headers: &[IDEMPOTENCY],
+    body: Some(schema::<crate::rentals::RentBody>),
+    answers: &[json(
+        201,
+        "The instance, provisioning",
+        schema::<crate::service::instances::InstanceView>,
+    )],
+    errors: &[
+        error(402, "budget_exceeded, with `details`"),
+        error(
+            409,
+            "price_changed, offer_unavailable (gone, or another rental of this offer is in flight), bid_too_low, instance_limit, idempotency_in_progress",
+        ),
+        error(422, "idempotency_key_reused"),
+        error(
+            502,
+            "provider_error (the provider refused or failed; `details.instance_id` when the outcome is not known yet) `outcome_unknown`: whether the instance was created is not known yet (the provider's answer or our record of it was lost); `details.instance_id` names it and the reconciler settles it.",
+        ),
+        error(504, "provider_error: the provider timed out"),
+    ],
+    links: &[
+        "getInstance",
+        "destroyInstance",
+        "stopInstance",
+        "startInstance",
+        "extendInstance",
+        "changeBid",
+    ],
+    ..Op::NONE
+};
+
+/// `GET /v1/instances`.
+pub const LIST_INSTANCES: Op = Op {
+    id: "listInstances",
+    tag: "instances",
+    summary: "The caller's instances, newest first",
+    query: Some(schema::<crate::service::instances::ListInstances>),
+    answers: &[json(
+        200,
+        "A page",
+        schema::<crate::service::instances::InstancePage>,
+    )],
+    ..Op::NONE
+};
+
+/// `GET /v1/instances/{id}`.
+pub const GET_INSTANCE: Op = Op {
+    id: "getInstance",
+    tag: "instances",
+    summary: "One instance, its status refreshed from the provider (cached `rentals.status_cache_ms`), with its ledger events",
+    answers: &[json(
+        200,
+        "The instance",
+        schema::<crate::service::instances::InstanceView>,
+    )],
+    ..Op::NONE
+};
+
+/// `DELETE /v1/instances/{id}`.
+pub const DESTROY_INSTANCE: Op = Op {
+    id: "destroyInstance",
+    tag: "instances",
+    summary: "Destroy an instance",
+    description: "Answers the instance, `terminating` or `terminated`; an instance already ended answers its state. 409 `instance_pending` while the provider has not answered the rental yet.",
+    headers: &[IDEMPOTENCY],
+    answers: &[json(
+        200,
+        "The instance",
+        schema::<crate::service::instances::InstanceView>,
+    )],
+    errors: &[
+        error(409, "instance_pending"),
+        error(502, "provider_error"),
+        error(422, "idempotency_key_reused"),
+    ],
+    ..Op::NONE
+};
+
+/// `PUT /v1/instances/{id}/bid`.
+pub const CHANGE_BID: Op = Op {
+    id: "changeBid",
+    tag: "instances",
+    summary: "Change an interruptible instance's bid (Vast `bid_price`); an outbid instance resumes once its bid is high enough",
+    body: Some(schema::<crate::service::instances::Bid>),
+    answers: &[json(
+        200,
+        "The instance",
+        schema::<crate::service::instances::InstanceView>,
+    )],
+    errors: &[
+        error(402, "budget_exceeded: the new bid does not fit the budget"),
+        error(409, "not_interruptible, instance_not_open"),
+        error(502, "provider_error"),
+    ],
+    ..Op::NONE
+};
+
+/// `POST /v1/instances/{id}/stop`.
+pub const STOP_INSTANCE: Op = Op {
+    id: "stopInstance",
+    tag: "instances",
+    summary: "Stop an instance (Vast): it bills its disk only until started",
+    answers: &[json(
+        200,
+        "The instance",
+        schema::<crate::service::instances::InstanceView>,
+    )],
+    errors: &[
+        error(402, "budget_exceeded (start)"),
+        error(
+            409,
+            "not_stoppable (the provider cannot stop instances), instance_not_open",
+        ),
+        error(502, "provider_error"),
+        error(504, "provider_error: timed out"),
+    ],
+    ..Op::NONE
+};
+
+/// `POST /v1/instances/{id}/start`.
+pub const START_INSTANCE: Op = Op {
+    id: "startInstance",
+    tag: "instances",
+    summary: "Start a stopped instance (Vast); checked against the budget first",
+    answers: &[json(
+        200,
+        "The instance",
+        schema::<crate::service::instances::InstanceView>,
+    )],
+    errors: &[
+        error(402, "budget_exceeded (start)"),
+        error(
+            409,
+            "not_stoppable (the provider cannot stop instances), instance_not_open",
+        ),
+        error(502, "provider_error"),
+        error(504, "provider_error: timed out"),
+    ],
+    ..Op::NONE
+};
+
+/// `POST /v1/instances/{id}/extend`.
+pub const EXTEND_INSTANCE: Op = Op {
+    id: "extendInstance",
+    tag: "instances",
+    summary: "Extend an instance's life: moves its expiry; on io.net buys the hours (the spend is checked against the budget first and recorded)",
+    body: Some(schema::<crate::service::instances::Extend>),
+    answers: &[json(
+        200,
+        "The instance",
+        schema::<crate::service::instances::InstanceView>,
+    )],
+    errors: &[
+        error(402, "budget_exceeded"),
+        error(409, "instance_not_open (ended, or no lifetime to extend)"),
+        error(415, "unsupported_media_type"),
+        error(502, "provider_error"),
+        error(504, "provider_error: timed out"),
+    ],
+    ..Op::NONE
+};

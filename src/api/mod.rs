@@ -65,10 +65,15 @@ pub struct Api {
     pub account_views: crate::service::account::AccountViews,
     /// Indexed by `Route as usize`, with one more slot for unmatched paths.
     pub request_metrics: RequestMetrics,
+    /// The OpenAPI document, generated from the route table at start-up.
+    pub openapi: openapi::Document,
+    /// MCP's `tools/list` answer, its input schemas taken from the document.
+    pub mcp_tools: Vec<serde_json::Value>,
 }
 
 impl Api {
     pub fn new(app: Arc<AppState>) -> Arc<Api> {
+        let document = openapi::Document::new();
         Arc::new(Api {
             offer_pages: crate::service::offers::PageCache::new(
                 app.config.offers.cache_max_entries.get(),
@@ -77,6 +82,8 @@ impl Api {
                 app.config.auth.cache_max_entries.get(),
             ),
             request_metrics: RequestMetrics::new(&Route::metric_labels()),
+            mcp_tools: mcp::tools::list(&document.value),
+            openapi: document,
             app,
         })
     }

@@ -17,6 +17,7 @@ use tokio_postgres::types::Type;
 
 use super::Body;
 use super::call::Call;
+use super::openapi::op::{Answer, Content, Op, error};
 use crate::error::{Error, Kind, Refusal, Result, Side};
 use crate::metrics::UPSTREAM_REQUESTS_TOTAL;
 use crate::providers::UpstreamError;
@@ -224,3 +225,138 @@ pub async fn forward(c: Call) -> Result<Response<Body>> {
     }
     Ok(out)
 }
+
+/// The `{provider}` of the route: the kinds whose providers answer passthrough calls without
+/// rules of the operator's own.
+pub struct ProviderParam;
+
+impl schemars::JsonSchema for ProviderParam {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "PassthroughProvider".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let kinds: Vec<&str> = crate::config::ProviderKind::ALL
+            .into_iter()
+            .filter(|k| k.passthrough_by_default())
+            .map(|k| k.name())
+            .collect();
+        schemars::json_schema!({"type": "string", "enum": kinds})
+    }
+}
+
+// The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// `GET /v1/providers/{provider}/{path}`.
+pub const PROVIDER_GET: Op = Op {
+    id: "providerGet",
+    tag: "passthrough",
+    summary: "GET a provider API path (allow-listed)",
+    description: "Forwarded to the provider with the provider key injected and the caller's Authorization dropped; the provider's status, content type and body are streamed back. Only `passthrough.vastai` / `passthrough.ionet` rules pass; `{instance}` segments must name the caller's own instances. Instance lists, creation, destruction and account endpoints are not on the default lists (every account shares the provider key). A rule's `body=` keys limit the JSON body (403 `passthrough_forbidden` naming the key); a `state` change is checked (a start against the budget, 402) and recorded in the ledger; no `ssh` path is ever forwarded. Calls go through the provider's circuit breaker and 429 back-off (503 `provider_error`).",
+    answers: &[Answer {
+        status: 200,
+        description: "The provider's answer, as the provider sent it",
+        content: Content::Any,
+        headers: &[],
+    }],
+    errors: &[
+        error(
+            403,
+            "passthrough_forbidden: no rule allows this method and path, or the instance named is not the caller's (`details.rule`)",
+        ),
+        error(502, "provider_error"),
+        error(504, "provider_error: timed out"),
+        error(402, "budget_exceeded: a start that does not fit the budget"),
+        error(409, "instance_not_open"),
+    ],
+    ..Op::NONE
+};
+
+/// `POST /v1/providers/{provider}/{path}`.
+pub const PROVIDER_POST: Op = Op {
+    id: "providerPost",
+    tag: "passthrough",
+    summary: "POST a provider API path (allow-listed)",
+    description: "Forwarded to the provider with the provider key injected and the caller's Authorization dropped; the provider's status, content type and body are streamed back. Only `passthrough.vastai` / `passthrough.ionet` rules pass; `{instance}` segments must name the caller's own instances. Instance lists, creation, destruction and account endpoints are not on the default lists (every account shares the provider key). A rule's `body=` keys limit the JSON body (403 `passthrough_forbidden` naming the key); a `state` change is checked (a start against the budget, 402) and recorded in the ledger; no `ssh` path is ever forwarded. Calls go through the provider's circuit breaker and 429 back-off (503 `provider_error`).",
+    answers: &[Answer {
+        status: 200,
+        description: "The provider's answer, as the provider sent it",
+        content: Content::Any,
+        headers: &[],
+    }],
+    errors: &[
+        error(
+            408,
+            "The request body did not arrive within server.body_read_timeout_ms",
+        ),
+        error(413, "The body is over server.max_body_bytes"),
+        error(415, "The body is not application/json"),
+        error(
+            403,
+            "passthrough_forbidden: no rule allows this method and path, or the instance named is not the caller's (`details.rule`)",
+        ),
+        error(502, "provider_error"),
+        error(504, "provider_error: timed out"),
+        error(402, "budget_exceeded: a start that does not fit the budget"),
+        error(409, "instance_not_open"),
+    ],
+    ..Op::NONE
+};
+
+/// `PUT /v1/providers/{provider}/{path}`.
+pub const PROVIDER_PUT: Op = Op {
+    id: "providerPut",
+    tag: "passthrough",
+    summary: "PUT a provider API path (allow-listed)",
+    description: "Forwarded to the provider with the provider key injected and the caller's Authorization dropped; the provider's status, content type and body are streamed back. Only `passthrough.vastai` / `passthrough.ionet` rules pass; `{instance}` segments must name the caller's own instances. Instance lists, creation, destruction and account endpoints are not on the default lists (every account shares the provider key). A rule's `body=` keys limit the JSON body (403 `passthrough_forbidden` naming the key); a `state` change is checked (a start against the budget, 402) and recorded in the ledger; no `ssh` path is ever forwarded. Calls go through the provider's circuit breaker and 429 back-off (503 `provider_error`).",
+    answers: &[Answer {
+        status: 200,
+        description: "The provider's answer, as the provider sent it",
+        content: Content::Any,
+        headers: &[],
+    }],
+    errors: &[
+        error(
+            408,
+            "The request body did not arrive within server.body_read_timeout_ms",
+        ),
+        error(413, "The body is over server.max_body_bytes"),
+        error(415, "The body is not application/json"),
+        error(
+            403,
+            "passthrough_forbidden: no rule allows this method and path, or the instance named is not the caller's (`details.rule`)",
+        ),
+        error(502, "provider_error"),
+        error(504, "provider_error: timed out"),
+        error(402, "budget_exceeded: a start that does not fit the budget"),
+        error(409, "instance_not_open"),
+    ],
+    ..Op::NONE
+};
+
+/// `DELETE /v1/providers/{provider}/{path}`.
+pub const PROVIDER_DELETE: Op = Op {
+    id: "providerDelete",
+    tag: "passthrough",
+    summary: "DELETE a provider API path (allow-listed)",
+    description: "Forwarded to the provider with the provider key injected and the caller's Authorization dropped; the provider's status, content type and body are streamed back. Only `passthrough.vastai` / `passthrough.ionet` rules pass; `{instance}` segments must name the caller's own instances. Instance lists, creation, destruction and account endpoints are not on the default lists (every account shares the provider key). A rule's `body=` keys limit the JSON body (403 `passthrough_forbidden` naming the key); a `state` change is checked (a start against the budget, 402) and recorded in the ledger; no `ssh` path is ever forwarded. Calls go through the provider's circuit breaker and 429 back-off (503 `provider_error`).",
+    answers: &[Answer {
+        status: 200,
+        description: "The provider's answer, as the provider sent it",
+        content: Content::Any,
+        headers: &[],
+    }],
+    errors: &[
+        error(
+            403,
+            "passthrough_forbidden: no rule allows this method and path, or the instance named is not the caller's (`details.rule`)",
+        ),
+        error(502, "provider_error"),
+        error(504, "provider_error: timed out"),
+        error(402, "budget_exceeded: a start that does not fit the budget"),
+        error(409, "instance_not_open"),
+    ],
+    ..Op::NONE
+};

@@ -31,16 +31,21 @@ pub fn json_bytes(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> 
     resp
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error's body.
+#[derive(Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Error")]
+pub struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct ErrorDetail<'a> {
+    /// What went wrong, for programs (the message is for people).
+    #[schemars(extend("examples" = crate::error::Kind::EXAMPLE_CODES))]
     code: &'static str,
     message: &'a str,
     request_id: &'a str,
+    /// Figures that explain the refusal (e.g. the budget's), where there are any.
     #[serde(skip_serializing_if = "Option::is_none")]
     details: Option<&'a serde_json::Value>,
 }

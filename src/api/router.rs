@@ -1,22 +1,21 @@
 //! The route table: every route declared once ([`ROUTES`]: pattern, access, whether the per-IP
 //! tier applies, and a handler per method), used for matching, the 405 `Allow` header, the
-//! access checks in `dispatch`, the `route` metric label and the OpenAPI comparison test.
+//! access checks in `dispatch`, the `route` metric label and the OpenAPI document (each method
+//! carries its `Op`, from which `openapi::generate` writes the document).
 //!
 //! A pattern is matched segment by segment: a literal matches itself, `{name}` one non-empty
 //! segment, and a final `{path}` whatever non-empty rest follows (the passthrough tail). The handler gets
 //! the text from the first parameter to the end of the last one, still percent-encoded (for
-//! passthrough: `vastai/api/v0/...`). A new route is one entry here plus its handler.
+//! passthrough: `vastai/api/v0/...`). A new route is one entry here (with its `Op`) plus its handler.
 
 use hyper::Method;
 
 pub use super::call::{Access, Call, Handler, Reply};
+use super::openapi::op::Op;
 use super::{
-    account, admin, events, feed_query, health, instances, mcp, offers, openapi, passthrough,
-    sshkeys, usage, watches, webhooks,
+    account, admin, events, health, instances, mcp, offers, passthrough, sshkeys, usage, watches,
+    webhooks,
 };
-use crate::service::instances::ListInstances;
-use crate::service::query::fields_of;
-use crate::service::usage::UsageQuery;
 
 /// One route.
 pub struct Route {
@@ -27,10 +26,9 @@ pub struct Route {
     pub rate_limited: bool,
     /// Served only when `server.debug_routes` is on.
     pub debug_only: bool,
-    /// The GET handler's query parameters: the fields of the type it reads its query into
-    /// (`service::query`); the OpenAPI test holds the document to them.
-    pub query: Option<fn() -> &'static [&'static str]>,
-    pub methods: &'static [(Method, Handler)],
+    /// Per method: its handler and its documentation (the OpenAPI document is generated from
+    /// these, `openapi::generate`).
+    pub methods: &'static [(Method, Handler, Op)],
 }
 
 macro_rules! later {
@@ -48,14 +46,13 @@ macro_rules! now {
 const fn route(
     pattern: &'static str,
     access: Access,
-    methods: &'static [(Method, Handler)],
+    methods: &'static [(Method, Handler, Op)],
 ) -> Route {
     Route {
         pattern,
         access,
         rate_limited: true,
         debug_only: false,
-        query: None,
         methods,
     }
 }
@@ -69,7 +66,11 @@ pub static ROUTES: &[Route] = &[
         ..route(
             "/health",
             Public,
-            &[(Method::GET, now!(_c => Ok(health::health())))],
+            &[(
+                Method::GET,
+                now!(_c => Ok(health::health())),
+                health::HEALTH,
+            )],
         )
     },
     Route {
@@ -77,13 +78,21 @@ pub static ROUTES: &[Route] = &[
         ..route(
             "/ready",
             Public,
-            &[(Method::GET, now!(c => Ok(health::ready(&c.api))))],
+            &[(
+                Method::GET,
+                now!(c => Ok(health::ready(&c.api))),
+                health::READY,
+            )],
         )
     },
     route(
         "/openapi.json",
         Public,
-        &[(Method::GET, now!(_c => Ok(openapi::document())))],
+        &[(
+            Method::GET,
+            now!(c => Ok(c.api.openapi.response())),
+            health::OPENAPI,
+        )],
     ),
     Route {
         debug_only: true,
@@ -93,6 +102,7 @@ pub static ROUTES: &[Route] = &[
             &[(
                 Method::GET,
                 later!(c => health::debug_sleep(c.req.uri().query()).await),
+                health::DEBUG_SLEEP,
             )],
         )
     },
@@ -102,6 +112,7 @@ pub static ROUTES: &[Route] = &[
         &[(
             Method::POST,
             now!(c => account::token(&c.api, c.principal()?)),
+            account::CREATE_TOKEN,
         )],
     ),
     route(
@@ -110,25 +121,39 @@ pub static ROUTES: &[Route] = &[
         &[(
             Method::GET,
             now!(c => Ok(account::show(&c.api, c.principal()?))),
+            account::GET_ACCOUNT,
         )],
     ),
-    Route {
-        query: Some(fields_of::<admin::AccountsPage>),
-        ..route(
-            "/v1/admin/accounts",
-            Admin,
-            &[
-                (Method::GET, later!(c => admin::list_accounts(c).await)),
-                (Method::POST, later!(c => admin::create_account(c).await)),
-            ],
-        )
-    },
+    route(
+        "/v1/admin/accounts",
+        Admin,
+        &[
+            (
+                Method::GET,
+                later!(c => admin::list_accounts(c).await),
+                admin::ADMIN_LIST_ACCOUNTS,
+            ),
+            (
+                Method::POST,
+                later!(c => admin::create_account(c).await),
+                admin::ADMIN_CREATE_ACCOUNT,
+            ),
+        ],
+    ),
     route(
         "/v1/admin/accounts/{account}",
         Admin,
         &[
-            (Method::GET, later!(c => admin::show_account(c).await)),
-            (Method::PATCH, later!(c => admin::update_account(c).await)),
+            (
+                Method::GET,
+                later!(c => admin::show_account(c).await),
+                admin::ADMIN_GET_ACCOUNT,
+            ),
+            (
+                Method::PATCH,
+                later!(c => admin::update_account(c).await),
+                admin::ADMIN_UPDATE_ACCOUNT,
+            ),
         ],
     ),
     route(
@@ -137,6 +162,7 @@ pub static ROUTES: &[Route] = &[
         &[(
             Method::POST,
             later!(c => admin::set_account_status(c, false).await),
+            admin::ADMIN_SUSPEND_ACCOUNT,
         )],
     ),
     route(
@@ -145,93 +171,140 @@ pub static ROUTES: &[Route] = &[
         &[(
             Method::POST,
             later!(c => admin::set_account_status(c, true).await),
+            admin::ADMIN_RESUME_ACCOUNT,
         )],
     ),
     route(
         "/v1/admin/accounts/{account}/keys",
         Admin,
         &[
-            (Method::GET, later!(c => admin::list_keys(c).await)),
-            (Method::POST, later!(c => admin::create_key(c).await)),
+            (
+                Method::GET,
+                later!(c => admin::list_keys(c).await),
+                admin::ADMIN_LIST_KEYS,
+            ),
+            (
+                Method::POST,
+                later!(c => admin::create_key(c).await),
+                admin::ADMIN_CREATE_KEY,
+            ),
         ],
     ),
     route(
         "/v1/admin/keys/{public_id}",
         Admin,
         &[
-            (Method::GET, later!(c => admin::show_key(c).await)),
-            (Method::PATCH, later!(c => admin::update_key(c).await)),
-            (Method::DELETE, later!(c => admin::revoke_key(c).await)),
+            (
+                Method::GET,
+                later!(c => admin::show_key(c).await),
+                admin::ADMIN_GET_KEY,
+            ),
+            (
+                Method::PATCH,
+                later!(c => admin::update_key(c).await),
+                admin::ADMIN_UPDATE_KEY,
+            ),
+            (
+                Method::DELETE,
+                later!(c => admin::revoke_key(c).await),
+                admin::ADMIN_REVOKE_KEY,
+            ),
         ],
     ),
-    Route {
-        query: Some(fields_of::<crate::service::offers::OffersQuery>),
-        ..route(
-            "/v1/offers",
-            User,
-            &[(
-                Method::GET,
-                later!(c => offers::list(&c.api, c.req.uri().query()).await),
-            )],
-        )
-    },
+    route(
+        "/v1/offers",
+        User,
+        &[(
+            Method::GET,
+            later!(c => offers::list(&c.api, c.req.uri().query()).await),
+            offers::LIST_OFFERS,
+        )],
+    ),
     route(
         "/v1/admin/reconciliation",
         Admin,
-        &[(Method::GET, later!(c => admin::reconciliation(c).await))],
+        &[(
+            Method::GET,
+            later!(c => admin::reconciliation(c).await),
+            admin::ADMIN_RECONCILIATION,
+        )],
     ),
-    Route {
-        query: Some(fields_of::<feed_query::Params>),
-        ..route(
-            "/v1/events",
-            Stream,
-            &[(Method::GET, later!(c => events::stream(c).await))],
-        )
-    },
-    Route {
-        query: Some(fields_of::<UsageQuery>),
-        ..route(
-            "/v1/usage",
-            User,
-            &[(Method::GET, later!(c => usage::mine(c).await))],
-        )
-    },
-    Route {
-        query: Some(fields_of::<UsageQuery>),
-        ..route(
-            "/v1/admin/accounts/{account}/usage",
-            Admin,
-            &[(Method::GET, later!(c => usage::of_account(c).await))],
-        )
-    },
-    Route {
-        query: Some(fields_of::<ListInstances>),
-        ..route(
-            "/v1/instances",
-            User,
-            &[
-                (Method::GET, later!(c => instances::list(c).await)),
-                (Method::POST, later!(c => instances::create(c).await)),
-            ],
-        )
-    },
+    route(
+        "/v1/events",
+        Stream,
+        &[(
+            Method::GET,
+            later!(c => events::stream(c).await),
+            events::STREAM_EVENTS,
+        )],
+    ),
+    route(
+        "/v1/usage",
+        User,
+        &[(
+            Method::GET,
+            later!(c => usage::mine(c).await),
+            usage::GET_USAGE,
+        )],
+    ),
+    route(
+        "/v1/admin/accounts/{account}/usage",
+        Admin,
+        &[(
+            Method::GET,
+            later!(c => usage::of_account(c).await),
+            admin::ADMIN_GET_USAGE,
+        )],
+    ),
+    route(
+        "/v1/instances",
+        User,
+        &[
+            (
+                Method::GET,
+                later!(c => instances::list(c).await),
+                instances::LIST_INSTANCES,
+            ),
+            (
+                Method::POST,
+                later!(c => instances::create(c).await),
+                instances::RENT_INSTANCE,
+            ),
+        ],
+    ),
     route(
         "/v1/instances/{id}",
         User,
         &[
-            (Method::GET, later!(c => instances::show(c).await)),
-            (Method::DELETE, later!(c => instances::destroy(c).await)),
+            (
+                Method::GET,
+                later!(c => instances::show(c).await),
+                instances::GET_INSTANCE,
+            ),
+            (
+                Method::DELETE,
+                later!(c => instances::destroy(c).await),
+                instances::DESTROY_INSTANCE,
+            ),
         ],
     ),
     route(
         "/v1/instances/{id}/bid",
         User,
-        &[(Method::PUT, later!(c => instances::bid(c).await))],
+        &[(
+            Method::PUT,
+            later!(c => instances::bid(c).await),
+            instances::CHANGE_BID,
+        )],
     ),
     route(
         "/v1/instances/{id}/extend",
         User,
-        &[(Method::POST, later!(c => instances::extend(c).await))],
+        &[(
+            Method::POST,
+            later!(c => instances::extend(c).await),
+            instances::EXTEND_INSTANCE,
+        )],
     ),
     route(
         "/v1/instances/{id}/stop",
@@ -239,6 +312,7 @@ pub static ROUTES: &[Route] = &[
         &[(
             Method::POST,
             later!(c => instances::set_running(c, false).await),
+            instances::STOP_INSTANCE,
         )],
     ),
     route(
@@ -247,79 +321,145 @@ pub static ROUTES: &[Route] = &[
         &[(
             Method::POST,
             later!(c => instances::set_running(c, true).await),
+            instances::START_INSTANCE,
         )],
     ),
     route(
         "/v1/ssh-keys",
         User,
         &[
-            (Method::GET, later!(c => sshkeys::list(c).await)),
-            (Method::POST, later!(c => sshkeys::create(c).await)),
+            (
+                Method::GET,
+                later!(c => sshkeys::list(c).await),
+                sshkeys::LIST_SSH_KEYS,
+            ),
+            (
+                Method::POST,
+                later!(c => sshkeys::create(c).await),
+                sshkeys::ADD_SSH_KEY,
+            ),
         ],
     ),
     route(
         "/v1/ssh-keys/{id}",
         User,
-        &[(Method::DELETE, later!(c => sshkeys::delete(c).await))],
+        &[(
+            Method::DELETE,
+            later!(c => sshkeys::delete(c).await),
+            sshkeys::DELETE_SSH_KEY,
+        )],
     ),
     route(
         "/v1/webhooks",
         User,
         &[
-            (Method::GET, later!(c => webhooks::list(c).await)),
-            (Method::POST, later!(c => webhooks::create(c).await)),
+            (
+                Method::GET,
+                later!(c => webhooks::list(c).await),
+                webhooks::LIST_WEBHOOKS,
+            ),
+            (
+                Method::POST,
+                later!(c => webhooks::create(c).await),
+                webhooks::CREATE_WEBHOOK,
+            ),
         ],
     ),
     route(
         "/v1/webhooks/{id}",
         User,
         &[
-            (Method::GET, later!(c => webhooks::show(c).await)),
-            (Method::DELETE, later!(c => webhooks::delete(c).await)),
+            (
+                Method::GET,
+                later!(c => webhooks::show(c).await),
+                webhooks::GET_WEBHOOK,
+            ),
+            (
+                Method::DELETE,
+                later!(c => webhooks::delete(c).await),
+                webhooks::DELETE_WEBHOOK,
+            ),
         ],
     ),
     route(
         "/v1/webhooks/{id}/enable",
         User,
-        &[(Method::POST, later!(c => webhooks::enable(c).await))],
+        &[(
+            Method::POST,
+            later!(c => webhooks::enable(c).await),
+            webhooks::ENABLE_WEBHOOK,
+        )],
     ),
-    Route {
-        query: Some(fields_of::<crate::service::webhooks::DeliveriesQuery>),
-        ..route(
-            "/v1/webhooks/{id}/deliveries",
-            User,
-            &[(Method::GET, later!(c => webhooks::deliveries(c).await))],
-        )
-    },
+    route(
+        "/v1/webhooks/{id}/deliveries",
+        User,
+        &[(
+            Method::GET,
+            later!(c => webhooks::deliveries(c).await),
+            webhooks::LIST_WEBHOOK_DELIVERIES,
+        )],
+    ),
     route(
         "/mcp",
         User,
-        &[(Method::POST, later!(c => mcp::post(c).await))],
+        &[(Method::POST, later!(c => mcp::post(c).await), mcp::MCP)],
     ),
     route(
         "/v1/watches",
         User,
         &[
-            (Method::GET, later!(c => watches::list(c).await)),
-            (Method::POST, later!(c => watches::create(c).await)),
+            (
+                Method::GET,
+                later!(c => watches::list(c).await),
+                watches::LIST_WATCHES,
+            ),
+            (
+                Method::POST,
+                later!(c => watches::create(c).await),
+                watches::CREATE_WATCH,
+            ),
         ],
     ),
     route(
         "/v1/watches/{id}",
         User,
         &[
-            (Method::GET, later!(c => watches::show(c).await)),
-            (Method::DELETE, later!(c => watches::delete(c).await)),
+            (
+                Method::GET,
+                later!(c => watches::show(c).await),
+                watches::GET_WATCH,
+            ),
+            (
+                Method::DELETE,
+                later!(c => watches::delete(c).await),
+                watches::DELETE_WATCH,
+            ),
         ],
     ),
     route(
         "/v1/providers/{provider}/{path}",
         User,
         &[
-            (Method::GET, later!(c => passthrough::forward(c).await)),
-            (Method::POST, later!(c => passthrough::forward(c).await)),
-            (Method::PUT, later!(c => passthrough::forward(c).await)),
-            (Method::DELETE, later!(c => passthrough::forward(c).await)),
+            (
+                Method::GET,
+                later!(c => passthrough::forward(c).await),
+                passthrough::PROVIDER_GET,
+            ),
+            (
+                Method::POST,
+                later!(c => passthrough::forward(c).await),
+                passthrough::PROVIDER_POST,
+            ),
+            (
+                Method::PUT,
+                later!(c => passthrough::forward(c).await),
+                passthrough::PROVIDER_PUT,
+            ),
+            (
+                Method::DELETE,
+                later!(c => passthrough::forward(c).await),
+                passthrough::PROVIDER_DELETE,
+            ),
         ],
     ),
 ];
@@ -384,13 +524,13 @@ impl Route {
 
     /// The handler for `m` (HEAD is served by the GET handler).
     pub fn handler(&self, m: &Method) -> Option<Handler> {
-        let find = |want: &Method| self.methods.iter().find(|(x, _)| x == want).map(|x| x.1);
+        let find = |want: &Method| self.methods.iter().find(|(x, _, _)| x == want).map(|x| x.1);
         find(m).or_else(|| (*m == Method::HEAD).then(|| find(&Method::GET)).flatten())
     }
 
     /// For the `Allow` header of a 405.
     pub fn allowed(&self) -> Vec<Method> {
-        let mut v: Vec<Method> = self.methods.iter().map(|(m, _)| m.clone()).collect();
+        let mut v: Vec<Method> = self.methods.iter().map(|(m, _, _)| m.clone()).collect();
         if v.contains(&Method::GET) {
             v.push(Method::HEAD);
         }

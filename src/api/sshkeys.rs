@@ -3,6 +3,7 @@
 use hyper::{Response, StatusCode};
 
 use super::call::Call;
+use super::openapi::op::{Op, error, json, schema};
 use super::{Body, body, respond};
 use crate::error::{Error, Result};
 use crate::rentals::sshkeys::NewKey;
@@ -30,3 +31,50 @@ pub async fn delete(c: Call) -> Result<Response<Body>> {
     let v = sshkeys::delete(&c.api, c.principal()?, &id).await?;
     Ok(respond::json(StatusCode::OK, &v))
 }
+
+// The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// `GET /v1/ssh-keys`.
+pub const LIST_SSH_KEYS: Op = Op {
+    id: "listSshKeys",
+    tag: "ssh-keys",
+    summary: "The caller's SSH public keys",
+    answers: &[json(
+        200,
+        "Keys",
+        schema::<crate::service::sshkeys::SshKeyList>,
+    )],
+    ..Op::NONE
+};
+
+/// `POST /v1/ssh-keys`.
+pub const ADD_SSH_KEY: Op = Op {
+    id: "addSshKey",
+    tag: "ssh-keys",
+    summary: "Store an SSH public key (at most `rentals.max_ssh_keys` per account)",
+    body: Some(schema::<crate::rentals::sshkeys::NewKey>),
+    answers: &[json(
+        201,
+        "The key",
+        schema::<crate::service::sshkeys::SshKeyView>,
+    )],
+    errors: &[
+        error(409, "ssh_key_exists, ssh_key_limit"),
+        error(415, "unsupported_media_type"),
+    ],
+    links: &["deleteSshKey"],
+    ..Op::NONE
+};
+
+/// `DELETE /v1/ssh-keys/{id}`.
+pub const DELETE_SSH_KEY: Op = Op {
+    id: "deleteSshKey",
+    tag: "ssh-keys",
+    summary: "Delete one of the caller's SSH keys (instances that have it keep it)",
+    answers: &[json(
+        200,
+        "The deleted key",
+        schema::<crate::service::sshkeys::SshKeyView>,
+    )],
+    ..Op::NONE
+};

@@ -12,7 +12,7 @@ use crate::error::Error;
 
 /// Whether the other daemons were told at once (through Redis), or will notice only when their
 /// cached entries expire.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Propagation {
     pub propagated: bool,
     /// Why not, when not.

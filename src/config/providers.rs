@@ -43,6 +43,12 @@ impl ProviderKind {
         ProviderKind::ALL.into_iter().find(|k| k.name() == name)
     }
 
+    /// Whether its provider answers passthrough calls without the operator's own rules.
+    pub fn passthrough_by_default(self) -> bool {
+        self.default_table()
+            .is_some_and(|t| !t.passthrough.is_empty())
+    }
+
     /// The names, for messages.
     pub fn names() -> String {
         ProviderKind::ALL.map(ProviderKind::name).join(", ")

@@ -25,6 +25,56 @@ pub use crate::accounts::event_log::{
     STATUS_CHANGED, TYPES, UNREACHABLE, WATCH_MATCHED, append,
 };
 
+/// An event type's name, as streams, webhooks and watches carry it (one of [`TYPES`]).
+pub struct EventType;
+
+impl schemars::JsonSchema for EventType {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EventType".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "enum": TYPES})
+    }
+}
+
+/// Event types as a query gives them: comma-separated [`TYPES`].
+pub struct TypeList;
+
+impl schemars::JsonSchema for TypeList {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TypeList".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let one = TYPES.map(|t| t.replace('.', r"\.")).join("|");
+        schemars::json_schema!({"type": "string", "pattern": format!("^({one})(,({one}))*$")})
+    }
+}
+
+/// One event of a Server-Sent Events stream (`GET /v1/events`).
+pub struct StreamEvent;
+
+impl schemars::JsonSchema for StreamEvent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StreamEvent".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut names: Vec<&str> = TYPES.to_vec();
+        names.extend(["open", "close"]);
+        schemars::json_schema!({"type": "object", "required": ["event", "data"],
+            "description": "One event of the stream. `data` is JSON: for the account's events \
+                `{\"id\",\"type\",\"at\",\"instance_id\",\"data\"}`; for `open` \
+                `{\"last_event_id\"}`; for `close` `{\"reason\",\"last_event_id\"}`.",
+            "properties": {
+                "event": {"enum": names},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "retry": {"type": "integer", "minimum": 0}}})
+    }
+}
+
 /// One event as streams deliver it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

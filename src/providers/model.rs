@@ -8,7 +8,7 @@ pub use crate::types::ProviderId;
 use serde_json::Value;
 
 /// One rentable configuration, comparable across providers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Offer {
     /// Names exactly one rentable configuration, everything renting needs:
     /// `vastai:<offer id>` (on demand), `vastai:<offer id>:bid` (interruptible, at a bid), or
@@ -282,7 +282,7 @@ impl InstanceStatus {
 }
 
 /// How to reach an instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Ssh {
     pub host: String,
     pub port: u16,

@@ -103,7 +103,7 @@ pub async fn once(r: &Rentals, p: &dyn Provider) -> Result<()> {
 
 /// One kind of an instance's bill (`gpu`, `disk`, `bandwidth`, `other`, `total`) against the
 /// ledger's figure for it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PartDrift {
     pub kind: &'static str,
     pub billed_usd: f64,
@@ -113,7 +113,7 @@ pub struct PartDrift {
 }
 
 /// One instance's bill against its ledger spend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct InstanceDrift {
     pub provider_instance_id: String,
     /// Ours; `None` for an instance the ledger does not know (billed to the shared key by

@@ -21,28 +21,42 @@ use super::ledger::{self, InstanceRow, Status, Transition};
 use super::{RemoteView, RentBody, Rentals, Renter, new_id};
 use crate::error::{Error, Kind, Refusal, Result};
 use crate::providers::{Offer, OfferFilter, ProviderId, SearchQuery, gpu};
+use crate::types::schema::NO_NUL;
 
 /// `spec` of `POST /v1/instances`: what any acceptable offer is.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
+#[schemars(rename = "RentSpec")]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     /// A GPU model or family (`RTX 4090`, `H100`), as `GET /v1/offers?gpu=` takes.
+    #[schemars(length(max = 64), pattern(NO_NUL), extend("example" = "RTX 4090"))]
     pub gpu: Option<String>,
+    #[schemars(range(min = 1, max = 64))]
     pub min_gpus: Option<u32>,
+    #[schemars(range(min = 1, max = 64))]
     pub max_gpus: Option<u32>,
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub min_gpu_memory_gb: Option<f64>,
     /// A ceiling on the whole offer's price (USD/h) ...
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_price_per_hour: Option<f64>,
-    /// ... and/or on its price per GPU: at least one is required.
+    /// ... and/or on its price per GPU: at least one is required (a watch gives its price
+    /// beside the spec).
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_price_per_gpu: Option<f64>,
     /// Only these providers (default: every enabled one).
+    #[schemars(length(min = 1), extend("items" = {"type": "string", "pattern": NO_NUL}))]
     pub providers: Option<Vec<String>>,
     /// ISO 3166-1 alpha-2 codes.
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("items" = {"type": "string", "pattern": "^[A-Za-z]{2}$"}))]
     pub countries: Option<Vec<String>>,
     /// Interruptible offers only (each rented at its current minimum bid), or on-demand only.
     #[serde(default)]
     pub interruptible: bool,
     /// 0–1; providers that publish no reliability (io.net) do not pass a minimum.
+    #[schemars(range(min = 0, max = 1))]
     pub min_reliability: Option<f64>,
 }
 
@@ -465,7 +479,7 @@ pub fn tries_view(tries: &[InstanceRow]) -> Vec<TryView> {
 }
 
 /// One try of a rental by spec, as answers and errors show it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct TryView {
     #[serde(rename = "try")]
     pub try_index: Option<i32>,

@@ -35,6 +35,12 @@ pub enum Begin {
     Replay { status: u16, body: String },
 }
 
+/// An `Idempotency-Key` as [`check_key`] accepts it.
+pub struct KeyForm;
+
+crate::types::schema::schema_of!(KeyForm, "IdempotencyKey", {"type": "string",
+    "pattern": "^[!-~]{1,255}$", "description": "1 to 255 visible ASCII characters"});
+
 pub fn check_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         return Err(Error::bad_request(

@@ -8,36 +8,70 @@ use serde::{Deserialize, Serialize};
 use super::{failover, sshkeys};
 use crate::error::{Error, Result};
 use crate::providers::ProviderId;
+use crate::types::schema::NO_NUL;
 
-/// `POST /v1/instances` body.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `POST /v1/instances` body. Give `offer_id` (one offer) or `spec` (the matching offers are
+/// tried in order, cheapest first, up to `rentals.max_offers_tried`), not both.
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
+#[schemars(rename = "RentRequest")]
+#[schemars(extend("oneOf" = [{"required": ["offer_id"]}, {"required": ["spec"]}],
+                  "not" = {"required": ["max_duration_hours", "expires_at"]},
+                  "dependentSchemas" = {"bid_per_hour": {"required": ["offer_id"],
+                                        "properties": {"offer_id": {"pattern": ":bid$"}}}}))]
 #[serde(deny_unknown_fields)]
 pub struct RentBody {
-    /// One offer (from `GET /v1/offers`) ...
+    /// From `GET /v1/offers`: `vastai:<id>` (on demand), `vastai:<id>:bid` (interruptible,
+    /// rented at a bid), `ionet:<cards>x<hardware>@<location>` (one io.net configuration). Not
+    /// with `spec`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(pattern(r"^(vastai|ionet):[^\x00]{1,128}$"), extend("example" = "vastai:5000210"))]
     pub offer_id: String,
-    /// ... or what any acceptable offer is: the matching offers are tried in order (failover).
+    /// What any acceptable offer is: the matching offers are tried in order (failover). Not
+    /// with `offer_id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<failover::Spec>,
+    /// A container image (Vast.ai). io.net deploys VMs from its own images: `general` or
+    /// `datascience`; anything else, or any `env`, is refused there with a 400 naming the
+    /// field (a rental by spec skips io.net instead). `disk_gb` above what the offer has is
+    /// refused with a 400.
+    #[schemars(length(min = 1, max = 512), pattern(r"^[^\x00]*\S[^\x00]*$"))]
     pub image: String,
+    #[schemars(range(min = 8, max = 100_000))]
     pub disk_gb: u32,
+    #[schemars(length(max = 256), pattern(NO_NUL))]
     pub label: Option<String>,
     #[serde(default)]
+    #[schemars(extend("additionalProperties" = {"type": "string", "maxLength": 4096, "pattern": NO_NUL},
+                      "maxProperties" = 64,
+                      "propertyNames" = {"minLength": 1, "maxLength": 128, "pattern": NO_NUL}))]
     pub env: BTreeMap<String, String>,
-    /// One OpenSSH public key given inline (it is not stored in `/v1/ssh-keys`).
+    /// One OpenSSH public key (ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa of 2048 bits
+    /// or more), not stored. io.net gets it in the deploy body, Vast attaches it to this
+    /// instance once it exists (never account-wide).
+    #[schemars(pattern(sshkeys::PUBLIC_KEY_FORM))]
     pub ssh_public_key: Option<String>,
-    /// Keys of the account's `/v1/ssh-keys` the instance gets.
+    /// Ids from `GET /v1/ssh-keys` (this account's only).
     #[serde(default)]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("items" = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NO_NUL}))]
     pub ssh_key_ids: Vec<String>,
     /// io.net only (its deployments run for a fixed time).
+    #[schemars(range(min = 1, max = 8760))]
     pub duration_hours: Option<u32>,
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_price_per_hour: Option<f64>,
-    /// Interruptible offers (`vastai:<id>:bid`) only: the bid, compute USD/h (the instance's
-    /// price is the bid plus its storage). Default: the offer's current minimum bid.
+    /// Interruptible offers only: the bid (compute USD/h), sent as Vast's `price`. Default: the
+    /// offer's current minimum bid. The instance's price is the bid plus its storage.
+    #[schemars(range(min = 0.001, max = 128))]
     pub bid_per_hour: Option<f64>,
-    /// The instance is destroyed this long after the rental (hours, fractions allowed) ...
+    /// The instance is destroyed this long after the rental (the reconciler does it and records
+    /// why). Not with `expires_at`. Default: `rentals.default_max_duration_hours` (0: none).
+    #[schemars(range(max = 8760), extend("exclusiveMinimum" = 0))]
     pub max_duration_hours: Option<f64>,
-    /// ... or at this time (RFC 3339). Default: `rentals.default_max_duration_hours` (0: none).
+    /// The instance is destroyed at this time (in the future, at most a year ahead). Not with
+    /// `max_duration_hours`.
+    #[schemars(extend("format" = "date-time"))]
     pub expires_at: Option<String>,
 }
 

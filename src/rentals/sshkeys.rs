@@ -92,12 +92,20 @@ pub fn parse(text: &str) -> std::result::Result<PublicKey, String> {
 }
 
 /// `POST /v1/ssh-keys` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
+#[schemars(rename = "NewSshKey")]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
+    #[schemars(length(min = 1, max = 64), pattern(crate::types::schema::NO_NUL))]
     pub name: String,
+    /// OpenSSH form: `ssh-ed25519 AAAA… [comment]`.
+    #[schemars(pattern(PUBLIC_KEY_FORM))]
     pub public_key: String,
 }
+
+/// The OpenSSH public key line a JSON Schema can check: a known type, base64, a comment.
+pub const PUBLIC_KEY_FORM: &str = r"^(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|ssh-rsa) [A-Za-z0-9+/]+={0,2}( [^\x00-\x1f]*)?$";
 
 /// A stored key as clients see it.
 #[derive(Debug, Clone, Serialize)]

@@ -17,7 +17,10 @@ use crate::accounts::Db;
 use crate::error::{Error, Result};
 
 /// How a report's rows are grouped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[schemars(inline)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     Day,
@@ -99,7 +102,8 @@ impl Span {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, schemars::JsonSchema)]
+#[schemars(rename = "UsageFigures")]
 pub struct Figures {
     /// Everything billed, bandwidth included.
     pub usd: f64,
@@ -110,7 +114,7 @@ pub struct Figures {
     pub instance_hours: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Group {
     pub key: String,
     #[serde(flatten)]
@@ -269,7 +273,8 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
 
 /// A report as `GET /v1/usage`, the MCP tool `get_usage` and `gpuproxyd usage --json` show it
 /// (times in RFC 3339).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Usage")]
 pub struct ReportView {
     pub account_id: i64,
     pub account: String,

@@ -23,10 +23,16 @@ use crate::events::{WATCH_MATCHED, append};
 use crate::providers::{Offer, ProviderId};
 
 /// `POST /v1/watches`'s body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
 pub struct NewWatch {
+    /// What a matching offer is; its price per GPU is `max_price_per_gpu` beside it.
+    #[schemars(extend("not" = {"required": ["max_price_per_gpu"]}))]
     pub spec: Spec,
+    /// USD per GPU-hour: an offer at or below it (and matching `spec`) fires
+    /// `offer.watch_matched`.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_price_per_gpu: f64,
 }
 

@@ -114,52 +114,56 @@ fn render(k: &KeyRecord, via: Via, rl: &RateLimitConfig) -> Vec<u8> {
     .expect("the account view serializes")
 }
 
-#[derive(Serialize)]
-struct AccountView<'a> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct AccountView<'a> {
     account: AccountSummary<'a>,
     limits: Limits,
     budget: Budget,
     key: KeySummary<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct AccountSummary<'a> {
     id: i64,
     name: &'a str,
+    #[schemars(extend("enum" = ["active", "suspended"]))]
     status: &'static str,
     daily_budget_usd: f64,
     max_instances: i32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Limits {
     account: Limit,
     key: Limit,
     max_instances: i32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Limit {
     requests_per_minute: u64,
     burst: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Budget {
     daily_usd: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct KeySummary<'a> {
     public_id: &'a str,
     scopes: &'a [String],
+    #[schemars(extend("enum" = ["api_key", "jwt"]))]
     via: &'static str,
 }
 
 /// A token for the caller's API key (`POST /v1/auth/token`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Token")]
 pub struct TokenView {
     pub token: String,
+    #[schemars(extend("const" = "Bearer"))]
     pub token_type: &'static str,
     /// Seconds.
     pub expires_in: i64,

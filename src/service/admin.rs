@@ -16,16 +16,17 @@ use crate::rentals::billing::{self, InstanceDrift};
 use crate::state::AppState;
 
 /// `GET /v1/admin/accounts`'s query.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccountsPage {
-    /// `next_after` of the previous page: an account id.
+    /// Return accounts with a larger id (the previous page's `next_after`).
     pub after: Option<Bounded<0, { i64::MAX }>>,
-    /// Page size, 1 to 500 (default 100).
+    /// Page size, 1 to 500.
+    #[schemars(extend("default" = 100))]
     pub limit: Option<Bounded<1, 500>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct AccountList {
     pub accounts: Vec<Account>,
     /// Pass as `after` for the next page; `null` on the last.
@@ -33,34 +34,36 @@ pub struct AccountList {
 }
 
 /// An account changed, and whether every daemon heard of it at once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "AccountChange")]
 pub struct AccountChanged {
     pub account: Account,
     pub propagation: Propagation,
 }
 
 /// A new key: its token is in this answer only.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "NewKeyResult")]
 pub struct NewKeyView {
     pub key: KeyInfo,
     pub token: String,
     pub note: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct KeyList {
     pub keys: Vec<KeyInfo>,
 }
 
 /// A key revoked, and whether every daemon heard of it at once.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct KeyRevoked {
     pub key: KeyInfo,
     pub propagation: Propagation,
 }
 
 /// The providers' charges against the ledger.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Reconciliation {
     /// `rentals.billing_drift_alert_usd`.
     pub alert_threshold_usd: f64,
@@ -71,7 +74,7 @@ pub struct Reconciliation {
 
 /// One provider's part: `reconciled`, `not_yet` (its charges were never read) or
 /// `no_charges_api` (it publishes none: only `provider` and `status`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ProviderReconciliation {
     pub provider: String,
     pub status: &'static str,

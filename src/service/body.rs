@@ -33,8 +33,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, Error> {
         })
 }
 
-/// The (top-level) fields where `null` means "none" (no monthly budget, no spend cap).
-pub const NULLABLE: [&str; 2] = ["monthly_budget_usd", "spend_limit_usd"];
+pub use crate::types::schema::NULLABLE;
 
 /// Rewrites every number with a zero fraction that an `i64` holds exactly (|n| < 2^53) as an
 /// integer, and refuses `null` outside [`NULLABLE`] (`path` names the member, for the error).

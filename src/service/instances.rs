@@ -20,7 +20,8 @@ use crate::rentals::{RentBody, Rentals, Renter};
 use crate::state::AppState;
 
 /// The normalized instance a client sees.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Instance")]
 pub struct InstanceView {
     pub id: String,
     pub provider: String,
@@ -61,7 +62,7 @@ pub struct InstanceView {
 }
 
 /// One ledger event of an instance.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct EventView {
     pub at: Option<String>,
     pub kind: String,
@@ -136,7 +137,7 @@ impl InstanceView {
 }
 
 /// A page of the caller's instances, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct InstancePage {
     pub instances: Vec<InstanceView>,
     /// Pass as `cursor` for the next page; `null` on the last.
@@ -144,14 +145,18 @@ pub struct InstancePage {
 }
 
 /// `GET /v1/instances` (and the MCP tool `list_instances`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListInstances {
-    /// Page size, 1 to 200 (default 50).
+    /// Page size, 1 to 200.
+    #[schemars(extend("default" = 50))]
     pub limit: Option<Limit>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<Cursor>,
 }
+
+crate::types::schema::schema_of!(Cursor, "Cursor", {"type": "string",
+    "pattern": r"^[0-9]{1,10}(\.[0-9]{1,9})?$"});
 
 /// A page cursor: the creation time (epoch seconds) of the last instance of the previous page,
 /// between 1970 and 5138, or it is no cursor of ours.
@@ -170,16 +175,20 @@ impl<'de> Deserialize<'de> for Cursor {
 }
 
 /// `POST /v1/instances/{id}/extend`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
 pub struct Extend {
+    #[schemars(range(min = 1, max = 8760))]
     pub hours: u32,
 }
 
 /// `PUT /v1/instances/{id}/bid`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
 pub struct Bid {
+    #[schemars(range(min = 0.001, max = 128))]
     pub bid_per_hour: f64,
 }
 

@@ -110,7 +110,7 @@ pub fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
 }
 
 /// A route that takes no query parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoQuery {}
 
@@ -182,6 +182,18 @@ impl<'de, const MIN: i64, const MAX: i64> Deserialize<'de> for Bounded<MIN, MAX>
                     format!("an integer from {MIN} to {MAX}")
                 })
             })
+    }
+}
+
+impl<const MIN: i64, const MAX: i64> schemars::JsonSchema for Bounded<MIN, MAX> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Bounded_{MIN}_{MAX}").into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "integer", "minimum": MIN, "maximum": MAX})
     }
 }
 

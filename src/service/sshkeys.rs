@@ -10,7 +10,8 @@ use crate::rentals::sshkeys::{self, Key, NewKey};
 use crate::state::AppState;
 
 /// A key as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "SshKey")]
 pub struct SshKeyView {
     pub id: String,
     pub name: String,
@@ -32,7 +33,7 @@ impl SshKeyView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct SshKeyList {
     pub ssh_keys: Vec<SshKeyView>,
 }

@@ -10,20 +10,25 @@ use crate::rentals::usage::{self, GroupBy, ReportView, Span};
 use crate::state::AppState;
 
 /// `GET /v1/usage`'s query (and the MCP tool `get_usage`'s arguments).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
-    /// Start: RFC 3339 or a date (midnight UTC); default the start of the UTC month.
+    /// RFC 3339 or a date (midnight UTC); default the start of the UTC month. Must be before
+    /// `to`, at most 400 days before it.
     pub from: Option<UsageTime>,
-    /// End: RFC 3339 or a date; default now.
+    /// RFC 3339 or a date; default (and at most) now.
     pub to: Option<UsageTime>,
-    /// `day` (default), `instance`, `key` or `provider`.
+    /// How the figures are grouped.
+    #[schemars(extend("default" = "day"))]
     pub group_by: Option<GroupBy>,
 }
 
 /// A report's `from` or `to` (epoch seconds), read from RFC 3339 or a date.
 #[derive(Debug, Clone, Copy)]
 pub struct UsageTime(pub f64);
+
+crate::types::schema::schema_of!(UsageTime, "UsageTime", {"anyOf": [
+    {"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]});
 
 impl<'de> Deserialize<'de> for UsageTime {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

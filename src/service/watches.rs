@@ -13,7 +13,8 @@ use crate::rentals::watches::{self, NewWatch, Watch};
 use crate::state::AppState;
 
 /// A watch as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Watch")]
 pub struct WatchView {
     pub id: String,
     /// The spec fields given.
@@ -38,7 +39,7 @@ impl WatchView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct WatchList {
     pub watches: Vec<WatchView>,
 }

@@ -13,7 +13,8 @@ use crate::events::webhook::{self, Delivery, NewWebhook, Webhook};
 use crate::state::AppState;
 
 /// A webhook as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Webhook")]
 pub struct WebhookView {
     pub id: String,
     pub url: String,
@@ -43,13 +44,14 @@ impl WebhookView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct WebhookList {
     pub webhooks: Vec<WebhookView>,
 }
 
 /// One delivery of one event to a webhook.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "WebhookDelivery")]
 pub struct DeliveryView {
     pub id: i64,
     pub event_id: i64,
@@ -82,7 +84,7 @@ impl DeliveryView {
 }
 
 /// A page of deliveries, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct DeliveryPage {
     pub deliveries: Vec<DeliveryView>,
     /// Pass as `before` for the next page; `null` on the last.
@@ -90,10 +92,11 @@ pub struct DeliveryPage {
 }
 
 /// `GET /v1/webhooks/{id}/deliveries`'s query.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
-    /// Page size, 1 to 200 (default 50).
+    /// Page size, 1 to 200.
+    #[schemars(extend("default" = 50))]
     pub limit: Option<Limit>,
     /// `next_before` of the previous page: a delivery id.
     pub before: Option<Bounded<1, { i64::MAX }>>,

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod listener;
 pub mod passthrough;
 pub mod provider;
+pub mod schema;
 pub mod text;
 
 pub use provider::ProviderId;

@@ -74,6 +74,9 @@ impl Serialize for ProviderId {
     }
 }
 
+crate::types::schema::schema_of!(ProviderId, "ProviderId", {"type": "string",
+    "description": "A configured provider id (`[providers.<id>]`)"});
+
 impl<'de> Deserialize<'de> for ProviderId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

@@ -62,7 +62,10 @@ fn the_api_reference_documents_every_route() {
     check(
         "docs/api.md",
         "api",
-        &gpuproxyd::api::openapi::reference().unwrap(),
+        &gpuproxyd::api::openapi::reference::reference(
+            &gpuproxyd::api::openapi::Document::new().value,
+        )
+        .unwrap(),
     );
 }
 

@@ -47,7 +47,7 @@ fn generate(dir: &Path) -> std::path::PathBuf {
 
 /// Every operation of the document is a module of the generated client.
 fn operations(generated: &Path) -> (usize, usize) {
-    let doc: Value = serde_json::from_str(gpuproxyd::api::openapi::DOCUMENT).unwrap();
+    let doc: Value = gpuproxyd::api::openapi::Document::new().value;
     let documented = doc["paths"]
         .as_object()
         .unwrap()

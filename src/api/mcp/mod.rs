@@ -21,6 +21,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use super::call::Call;
+use super::openapi::op::{Answer, Content, Op, error, json, schema};
 use super::{Body, body, respond};
 use crate::error::{Error, Kind, Result, Side};
 
@@ -223,7 +224,7 @@ pub async fn post(c: Call) -> Result<Response<Body>> {
         "initialize" => Ok(initialize(&params)),
         "server/discover" => Ok(discover()),
         "ping" => Ok(json!({})),
-        "tools/list" => Ok(json!({"tools": *tools::TOOLS})),
+        "tools/list" => Ok(json!({"tools": api.mcp_tools})),
         "tools/call" => call_tool(&api, &p, &params).await,
         _ => Err(rpc(
             METHOD_NOT_FOUND,
@@ -397,3 +398,103 @@ async fn call_tool(
         }
     })
 }
+
+/// A JSON-RPC 2.0 message as `POST /mcp` takes it (read as JSON and checked by hand: its
+/// `params` depend on the method).
+pub struct RpcMessage;
+
+impl schemars::JsonSchema for RpcMessage {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "McpMessage".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "object", "additionalProperties": false,
+            "required": ["jsonrpc", "method"],
+            "description": "One JSON-RPC 2.0 message: a request (with `id`) or a notification \
+                (without). Methods: `initialize`, `ping`, `tools/list`, `tools/call` (handshake \
+                era, 2024-11-05 to 2025-11-25, the `MCP-Protocol-Version` header naming the \
+                revision after `initialize`), and `server/discover` plus the same with the \
+                2026-07-28 envelope in `params._meta` (`io.modelcontextprotocol/protocolVersion`, \
+                `io.modelcontextprotocol/clientCapabilities`) mirrored by the \
+                `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` headers.",
+            "properties": {"jsonrpc": {"const": "2.0"}, "id": {"type": ["string", "integer"]},
+                           "method": {"type": "string"}, "params": {"type": "object"}}})
+    }
+}
+
+/// A JSON-RPC 2.0 response as `POST /mcp` answers it.
+pub struct RpcAnswer;
+
+impl schemars::JsonSchema for RpcAnswer {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "McpResponse".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "object", "required": ["jsonrpc", "id"],
+            "properties": {"jsonrpc": {"const": "2.0"},
+                "id": {"type": ["string", "integer", "null"]},
+                "result": {"type": "object", "description": "For `tools/call`: `content` (one \
+                    text block of JSON), `structuredContent` (the REST route's answer, or \
+                    `{\"error\": {code, message, details}}`) and `isError`."},
+                "error": {"type": "object", "required": ["code", "message"],
+                          "properties": {"code": {"type": "integer"},
+                                         "message": {"type": "string"}, "data": {}}}}})
+    }
+}
+
+/// What a refused MCP request answers: a JSON-RPC error, or our error body before JSON-RPC
+/// applies.
+pub struct RpcRefusal;
+
+impl schemars::JsonSchema for RpcRefusal {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "McpRefusal".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let rpc = g.subschema_for::<RpcAnswer>();
+        let error = g.subschema_for::<crate::api::respond::ErrorBody<'static>>();
+        schemars::json_schema!({"oneOf": [rpc, error]})
+    }
+}
+
+// The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// `POST /mcp`.
+pub const MCP: Op = Op {
+    id: "mcp",
+    tag: "mcp",
+    summary: "Model Context Protocol (Streamable HTTP): tools search_offers, rent_instance, list_instances, get_instance, destroy_instance, get_usage",
+    description: "Stateless (no `Mcp-Session-Id`); every answer is one `application/json` JSON-RPC message; no server-initiated stream (GET is 405). Tools run the REST routes' code with the caller's key: the same rate limits, budgets and `Idempotency-Key` rules (`idempotency_key` argument). An `Origin` header must be listed in `mcp.allowed_origins`.",
+    body: Some(schema::<RpcMessage>),
+    answers: &[
+        json(
+            200,
+            "The JSON-RPC response (a tool's failure is a result with `isError`)",
+            schema::<RpcAnswer>,
+        ),
+        Answer {
+            status: 202,
+            description: "A notification (or a response) accepted; no body",
+            content: Content::None,
+            headers: &[],
+        },
+    ],
+    errors: &[
+        json(
+            400,
+            "A JSON-RPC error: parse error (-32700), invalid request (-32600), invalid params or unknown tool (-32602), header mismatch (-32020), unsupported protocol version (-32022, `data.supported`)",
+            schema::<RpcRefusal>,
+        ),
+        json(
+            404,
+            "Method not found (-32601), or `not_found` when `mcp.enabled` is off",
+            schema::<RpcRefusal>,
+        ),
+        error(403, "`origin_not_allowed`, or the key may not call it"),
+        error(415, "unsupported_media_type"),
+    ],
+    ..Op::NONE
+};

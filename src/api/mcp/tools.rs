@@ -3,7 +3,7 @@
 //! are the REST ones). The input schemas come from `openapi/openapi.json` (the query parameters of the
 //! route, or its request body), so the two descriptions cannot drift apart.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
@@ -13,16 +13,15 @@ use crate::error::{Error, Kind, Result, Side};
 use crate::service::query::arguments;
 use crate::service::{instances, offers, usage};
 
-/// The tools, as `tools/list` shows them.
-pub static TOOLS: LazyLock<Vec<Value>> = LazyLock::new(|| {
-    let doc: Value = serde_json::from_str(super::super::openapi::DOCUMENT)
-        .expect("openapi.json is JSON (a unit test parses it)");
+/// The tools, as `tools/list` shows them, their input schemas taken from the OpenAPI document
+/// `doc` (built once, `Api::mcp_tools`).
+pub fn list(doc: &Value) -> Vec<Value> {
     let id = json!({"type": "object", "additionalProperties": false, "required": ["id"],
                     "properties": {"id": {"type": "string", "minLength": 1, "maxLength": 128,
                                           "description": "The instance id (from rent_instance or list_instances)."}}});
     let idem = json!({"type": "string", "minLength": 1, "maxLength": 255,
         "description": "Makes a retried call return the first call's answer instead of acting twice (as the Idempotency-Key header of the REST route)."});
-    let mut rent = inline(&doc, &doc["components"]["schemas"]["RentRequest"]);
+    let mut rent = inline(doc, &doc["components"]["schemas"]["RentRequest"]);
     rent["properties"]["idempotency_key"] = idem.clone();
     let mut destroy = id.clone();
     destroy["properties"]["idempotency_key"] = idem;
@@ -30,7 +29,7 @@ pub static TOOLS: LazyLock<Vec<Value>> = LazyLock::new(|| {
         tool(
             "search_offers",
             "Search the GPU offers of every enabled provider (cached answers, refreshed as GET /v1/offers does). Filters as GET /v1/offers's query parameters; arrays or comma-separated text for lists.",
-            query_schema(&doc, "/v1/offers"),
+            query_schema(doc, "/v1/offers"),
             true,
         ),
         tool(
@@ -42,7 +41,7 @@ pub static TOOLS: LazyLock<Vec<Value>> = LazyLock::new(|| {
         tool(
             "list_instances",
             "The account's instances, newest first.",
-            query_schema(&doc, "/v1/instances"),
+            query_schema(doc, "/v1/instances"),
             true,
         ),
         tool(
@@ -60,11 +59,11 @@ pub static TOOLS: LazyLock<Vec<Value>> = LazyLock::new(|| {
         tool(
             "get_usage",
             "The account's spend over a period, grouped by day, instance, key or provider.",
-            query_schema(&doc, "/v1/usage"),
+            query_schema(doc, "/v1/usage"),
             true,
         ),
     ]
-});
+}
 
 fn tool(name: &str, description: &str, input: Value, read_only: bool) -> Value {
     json!({"name": name, "description": description, "inputSchema": input,

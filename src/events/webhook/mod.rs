@@ -37,11 +37,20 @@ pub struct Webhook {
 }
 
 /// `POST /v1/webhooks`'s body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
 pub struct NewWebhook {
+    /// Where deliveries are POSTed. The host must be a public address, or a name that resolves
+    /// only to public addresses when a delivery is made (unless
+    /// `webhooks.allow_private_targets`); redirects are not followed.
+    #[schemars(length(min = 8, max = 2048))]
+    #[schemars(pattern(r"^https?://[^\x00-\x20@#/?]+(/[^\x00-\x20#]*)?$"))]
     pub url: String,
+    /// The event types to deliver; absent or empty: every type.
     #[serde(default)]
+    #[schemars(with = "Vec<crate::events::EventType>", length(max = 10))]
+    #[schemars(extend("uniqueItems" = true))]
     pub types: Vec<String>,
 }
 

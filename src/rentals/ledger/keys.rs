@@ -7,7 +7,7 @@ use crate::accounts::Db;
 use crate::error::Result;
 
 /// One key an instance must get, and how far it is.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct InstanceKey {
     pub name: String,
     pub fingerprint: String,

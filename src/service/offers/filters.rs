@@ -9,13 +9,14 @@ use crate::error::{Error, Result};
 use crate::providers::{Offer, OfferFilter, ProviderId, SearchQuery, gpu};
 use crate::service::query::{Bounded, query, scalar_text};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(inline)]
 pub enum Sort {
-    /// Cheapest first.
+    // cheapest first
     Price,
     PricePerGpu,
-    /// Most reliable first (offers without a figure last).
+    // most reliable first (offers without a figure last)
     Reliability,
 }
 
@@ -36,34 +37,56 @@ const MAX_OFFSET: usize = 10_000_000;
 
 /// `GET /v1/offers`'s query as the route declares it (and the MCP tool `search_offers`'s
 /// arguments); [`Filters::from_query`] checks what one field cannot check alone.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OffersQuery {
-    /// GPU model or family in any provider's spelling.
+    /// GPU model or family in any provider's spelling (`RTX 4090`, `GeForce RTX 4090`,
+    /// `4090`, `H100`); an unknown name matches nothing.
+    #[schemars(length(max = 64))]
     pub gpu: Option<String>,
+    /// At least this many GPUs.
     pub min_gpus: Option<Bounded<1, 64>>,
+    /// At most this many GPUs.
     pub max_gpus: Option<Bounded<1, 64>>,
+    /// Memory per GPU, GB.
     pub min_gpu_memory_gb: Option<Positive>,
     /// USD per hour for the whole offer.
     pub max_price: Option<Positive>,
+    /// USD per GPU-hour.
     pub max_price_per_gpu: Option<Positive>,
-    /// Comma-separated provider ids.
+    /// Comma-separated provider ids (`vastai`, `ionet`).
+    #[schemars(extend("example" = "vastai,ionet"))]
     pub providers: Option<String>,
     /// Comma-separated ISO 3166-1 alpha-2 codes.
+    #[schemars(extend("example" = "US,CA"))]
     pub countries: Option<String>,
+    /// `true` lists interruptible (bid) offers priced at the minimum bid; `false` on-demand
+    /// offers only.
+    #[schemars(extend("default" = false))]
     pub interruptible: Option<Flag>,
+    /// Also list offers marked rented or sold out.
+    #[schemars(extend("default" = false))]
     pub include_unavailable: Option<Flag>,
+    /// Disk to price Vast.ai storage for (default `offers.default_disk_gb`).
     pub disk_gb: Option<Bounded<1, 100_000>>,
+    /// Cheapest first, cheapest per GPU first, or most reliable first; ties by id.
+    #[schemars(extend("default" = "price"))]
     pub sort: Option<Sort>,
-    /// 1 to `offers.max_limit`.
+    /// Page size (default `offers.default_limit`, at most `offers.max_limit`, 200 unless
+    /// configured).
+    #[schemars(range(max = 200))]
     pub limit: Option<Bounded<1, { u32::MAX as i64 }>>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page; only valid with the same filters.
+    #[schemars(pattern(r"^[0-9]{1,7}\.[0-9a-f]{1,16}$"))]
     pub cursor: Option<String>,
 }
 
 /// A number greater than 0.
 #[derive(Debug, Clone, Copy)]
 pub struct Positive(pub f64);
+
+crate::types::schema::schema_of!(Positive, "Positive", {"type": "number", "exclusiveMinimum": 0});
+crate::types::schema::schema_of!(Flag, "Flag", {"type": "boolean"});
 
 impl<'de> serde::Deserialize<'de> for Positive {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {

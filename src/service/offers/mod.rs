@@ -32,12 +32,17 @@ enum Outcome {
     Skipped(&'static str),
 }
 
-#[derive(Serialize)]
+/// One provider's part in an answer.
+#[derive(Serialize, schemars::JsonSchema)]
 struct ProviderReport {
+    #[schemars(extend("enum" = ["ok", "stale", "error", "disabled", "skipped"]))]
     status: &'static str,
+    /// Offers of this provider matching the filters.
     #[serde(skip_serializing_if = "Option::is_none")]
     offers: Option<usize>,
+    /// Where the answer came from.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["memory", "redis", "upstream", "stale"]))]
     source: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     age_seconds: Option<f64>,
@@ -45,7 +50,7 @@ struct ProviderReport {
     error: Option<ReportError>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct ReportError {
     code: &'static str,
     message: String,
@@ -80,6 +85,28 @@ pub struct OffersPage {
     pub stale: bool,
     page: Arc<RenderedPage>,
     providers: std::collections::BTreeMap<&'static str, ProviderReport>,
+}
+
+/// The answer as [`OffersPage::to_json`] writes it.
+impl schemars::JsonSchema for OffersPage {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OffersPage".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let offer = g.subschema_for::<Offer>();
+        let report = g.subschema_for::<ProviderReport>();
+        schemars::json_schema!({"type": "object",
+            "required": ["status", "stale", "offers", "count", "total", "next_cursor", "providers"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "partial"]},
+                "stale": {"type": "boolean",
+                          "description": "Some offers come from an answer past its TTL"},
+                "offers": {"type": "array", "items": offer},
+                "count": {"type": "integer"},
+                "total": {"type": "integer", "description": "Matching offers over all pages"},
+                "next_cursor": {"type": ["string", "null"]},
+                "providers": {"type": "object", "additionalProperties": report}}})
+    }
 }
 
 impl OffersPage {
