@@ -343,11 +343,18 @@ pub static ROUTES: &[Route] = &[
     route(
         "/v1/ssh-keys/{id}",
         User,
-        &[(
-            Method::DELETE,
-            later!(c => sshkeys::delete(c).await),
-            sshkeys::DELETE_SSH_KEY,
-        )],
+        &[
+            (
+                Method::GET,
+                later!(c => sshkeys::show(c).await),
+                sshkeys::GET_SSH_KEY,
+            ),
+            (
+                Method::DELETE,
+                later!(c => sshkeys::delete(c).await),
+                sshkeys::DELETE_SSH_KEY,
+            ),
+        ],
     ),
     route(
         "/v1/webhooks",

@@ -1,4 +1,4 @@
-//! `POST/GET /v1/ssh-keys` and `DELETE /v1/ssh-keys/{id}`: REST over `service::sshkeys`.
+//! `POST/GET /v1/ssh-keys` and `GET/DELETE /v1/ssh-keys/{id}`: REST over `service::sshkeys`.
 
 use hyper::{Response, StatusCode};
 
@@ -25,6 +25,13 @@ pub async fn list(c: Call) -> Result<Response<Body>> {
     Ok(respond::json(StatusCode::OK, &v))
 }
 
+/// `GET /v1/ssh-keys/{id}`.
+pub async fn show(c: Call) -> Result<Response<Body>> {
+    let id = c.decoded_param("SSH key id")?;
+    let v = sshkeys::get(&c.api, c.principal()?, &id).await?;
+    Ok(respond::json(StatusCode::OK, &v))
+}
+
 /// `DELETE /v1/ssh-keys/{id}`.
 pub async fn delete(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("SSH key id")?;
@@ -33,6 +40,19 @@ pub async fn delete(c: Call) -> Result<Response<Body>> {
 }
 
 // The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// `GET /v1/ssh-keys/{id}`.
+pub const GET_SSH_KEY: Op = Op {
+    id: "getSshKey",
+    tag: "ssh-keys",
+    summary: "One of the caller's SSH public keys",
+    answers: &[json(
+        200,
+        "The key",
+        schema::<crate::service::sshkeys::SshKeyView>,
+    )],
+    ..Op::NONE
+};
 
 /// `GET /v1/ssh-keys`.
 pub const LIST_SSH_KEYS: Op = Op {

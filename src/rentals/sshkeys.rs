@@ -195,6 +195,17 @@ pub async fn list(db: &Db, account_id: i64) -> Result<Vec<Key>> {
         .collect())
 }
 
+/// One of the account's keys (anyone else's is "no such key", like an unknown one).
+pub async fn get(db: &Db, account_id: i64, id: &str) -> Result<Key> {
+    db.query_opt(
+        &format!("SELECT {COLS} FROM ssh_keys WHERE id = $1 AND account_id = $2"),
+        &[(&id, Type::TEXT), (&account_id, Type::INT8)],
+    )
+    .await?
+    .map(|r| key_row(&r))
+    .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no SSH key {id}")))
+}
+
 /// Deletes one of the account's keys (instances that have it keep it).
 pub async fn delete(db: &Db, account_id: i64, id: &str) -> Result<Key> {
     db.query_opt(

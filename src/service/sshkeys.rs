@@ -51,6 +51,11 @@ pub async fn list(app: &AppState, p: &Principal) -> Result<SshKeyList> {
     })
 }
 
+pub async fn get(app: &AppState, p: &Principal, id: &str) -> Result<SshKeyView> {
+    let key = sshkeys::get(&*db(app, "SSH keys")?, p.account_id(), id).await?;
+    Ok(SshKeyView::of(&key))
+}
+
 pub async fn delete(app: &AppState, p: &Principal, id: &str) -> Result<SshKeyView> {
     let key = sshkeys::delete(&*db(app, "SSH keys")?, p.account_id(), id).await?;
     Ok(SshKeyView::of(&key))

@@ -442,11 +442,16 @@ async fn ssh_keys_reach_exactly_the_renters_instances() {
     .json();
     assert_eq!(v["ssh_keys"][0]["state"], "attached");
 
-    // deleting: one's own only
+    // showing and deleting: one's own only
     let path = format!("/v1/ssh-keys/{}", a1["id"].as_str().unwrap());
+    let shown = call(&d, &a, "GET", &path, "", None).await;
+    assert_eq!(shown.status, 200);
+    assert_eq!(shown.json(), a1);
+    assert_eq!(call(&d, &b, "GET", &path, "", None).await.status, 404);
     assert_eq!(call(&d, &b, "DELETE", &path, "", None).await.status, 404);
     assert_eq!(call(&d, &a, "DELETE", &path, "", None).await.status, 200);
     assert_eq!(call(&d, &a, "DELETE", &path, "", None).await.status, 404);
+    assert_eq!(call(&d, &a, "GET", &path, "", None).await.status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
