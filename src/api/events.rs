@@ -27,7 +27,7 @@ use hyper::{Response, StatusCode};
 
 use super::Body;
 use super::call::Call;
-use super::feed_query::Query;
+use super::feed_query;
 use super::openapi::op::{Answer, Content, Header, Op, schema};
 use crate::error::Result;
 use crate::events::feed::{Feed, Item};
@@ -37,24 +37,12 @@ const RETRY_MS: u32 = 2000;
 
 /// `GET /v1/events`.
 pub async fn stream(c: Call) -> Result<Response<Body>> {
-    let q = Query::parse(c.req.uri().query(), c.req.headers().get("last-event-id"))?;
+    let q = feed_query::parse(c.req.uri().query(), c.req.headers().get("last-event-id"))?;
     if super::websocket::requested(&c.req) {
         return super::websocket::accept(c, q).await;
     }
-    let p = c.principal()?;
-    let hub = c
-        .api
-        .events
-        .clone()
-        .ok_or_else(|| crate::service::needs_database("event streams"))?;
-    let db = c
-        .api
-        .db
-        .clone()
-        .ok_or_else(|| crate::service::needs_database("event streams"))?;
-    let sub = hub.subscribe(p.account_id(), p.key.key_id).await?;
+    let feed = crate::service::events::open(&c.api, c.principal()?, q).await?;
     let every = c.api.config.events.ping_interval_ms.get();
-    let feed = Feed::new(db, p.account_id(), sub, q.after, q.filter);
     let body = SseBody::new(feed, every);
     let mut r = Response::new(body.boxed());
     *r.status_mut() = StatusCode::OK;
@@ -153,7 +141,7 @@ pub const STREAM_EVENTS: Op = Op {
     tag: "events",
     summary: "The caller's account events, live (Server-Sent Events)",
     description: r#"A `text/event-stream` of the account's events: each is `id: <seq>` (per account, without gaps), `event: <type>`, `data: {"id","type","at","instance_id","data"}`. The stream opens with `event: open` (`data.last_event_id`: where it starts) and a `retry:` hint, sends `: ping` every `events.ping_interval_ms` when idle, and ends with `event: close` and `data.reason`: `slow_consumer` (it fell `events.max_queue` events behind), `draining` (reconnect; `retry:` says when) or `unavailable`. Resume with `Last-Event-ID` (or `after`): the events after it are read from the log (kept `events.retention_hours`), then live ones follow. At most `events.max_streams_per_account` streams per account (429 `stream_limit`). With `Upgrade: websocket` (HTTP/1.1, `Connection: Upgrade`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`) the same feed is a WebSocket (101); over HTTP/2 the same as an extended CONNECT with `:protocol websocket` and `Sec-WebSocket-Version: 13` (RFC 8441, answered 200): text frames `{"type":"open","last_event_id":N}`, then each event's JSON; a ping every `events.ping_interval_ms`, closed 1008 `ping_timeout` without a pong within `events.pong_timeout_ms`; server closes carry a code and the reason (1001 `draining`, 1013 `slow_consumer`, 1011 `unavailable`)."#,
-    query: Some(schema::<super::feed_query::Params>),
+    query: Some(schema::<crate::service::events::Params>),
     headers: &[Header {
         name: "Last-Event-ID",
         description: "The `id` of the last event received (EventSource sends it on reconnect). Empty: as if absent.",

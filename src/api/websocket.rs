@@ -32,9 +32,10 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::Body;
 use super::call::Call;
-use super::feed_query::{BEARER_PROTOCOL, Query, offered_protocols};
+use super::feed_query::{BEARER_PROTOCOL, offered_protocols};
 use crate::error::{Error, Result};
 use crate::events::feed::{Feed, Item};
+use crate::service::events::FeedRequest;
 
 /// The socket a session runs on, whatever the listener (plain, TLS, after a PROXY header).
 pub trait SessionIo: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -95,7 +96,7 @@ pub fn extended_connect(req: &hyper::Request<hyper::body::Incoming>) -> bool {
 /// Client frames are small (pongs, a close): anything bigger is refused by the codec.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
-pub(super) async fn accept(mut c: Call, q: Query) -> Result<Response<Body>> {
+pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>> {
     let h2 = extended_connect(&c.req);
     let h = c.req.headers();
     if !h2 && c.req.version() != Version::HTTP_11 {
@@ -134,19 +135,7 @@ pub(super) async fn accept(mut c: Call, q: Query) -> Result<Response<Body>> {
             "a token in `Sec-WebSocket-Protocol` (`bearer.<token>`) needs the subprotocol `gpuproxy.events` offered with it",
         ));
     }
-    let p = c.principal()?;
-    let hub = c
-        .api
-        .events
-        .clone()
-        .ok_or_else(|| crate::service::needs_database("event streams"))?;
-    let db = c
-        .api
-        .db
-        .clone()
-        .ok_or_else(|| crate::service::needs_database("event streams"))?;
-    let sub = hub.subscribe(p.account_id(), p.key.key_id).await?;
-    let feed = Feed::new(db, p.account_id(), sub, q.after, q.filter);
+    let feed = crate::service::events::open(&c.api, c.principal()?, q).await?;
     let cfg = &c.api.config.events;
     let (every, pong) = (cfg.ping_interval_ms.get(), cfg.pong_timeout_ms.get());
     let session: Session = Box::new(move |io| Box::pin(run(io, feed, every, pong)));

@@ -6,17 +6,21 @@
 //! - `account`: the caller's account view and tokens for its API key.
 //! - `admin`: accounts, keys and billing reconciliation for admin keys.
 //! - `body`: JSON bodies into structs, with a 400 naming the field at fault.
+//! - `events`: the caller's event feed (what it resumes from and keeps), opened for a carrier.
 //! - `query`: query strings into structs, with a 400 naming the parameter for every refusal.
 //! - `offers`: offer search across providers, through the offers cache and rendered pages.
 //! - `instances`: renting, listing, showing, destroying, extending, stopping and starting.
+//! - `passthrough`: allow-listed calls to a provider's own API, approved before the body is read.
 //! - `usage`: spend reports.
 //! - `sshkeys`, `watches`, `webhooks`: the caller's SSH keys, offer watches and webhooks.
 
 pub mod account;
 pub mod admin;
 pub mod body;
+pub mod events;
 pub mod instances;
 pub mod offers;
+pub mod passthrough;
 pub mod query;
 pub mod sshkeys;
 pub mod usage;
