@@ -3,6 +3,7 @@
 //! the stream read as Server-Sent Events.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use std::time::Duration;
 
@@ -24,12 +25,13 @@ fn is_status(e: &SseEvent, instance: &str, status: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_changes_stream_in_order_resume_without_gaps_and_stay_in_their_account() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ev1");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start("ev1", &[], &["ratelimit.enabled=false"]).await;
     let a = account(&db, "alpha", 1000.0, 10);
     let b = account(&db, "beta", 1000.0, 10);
-    let d = sandbox.daemon(&db, &["ratelimit.enabled=false"]).await;
 
     let mut sa = Sse::open(d.https, &a, "/v1/events", None, None)
         .await
@@ -123,19 +125,20 @@ async fn status_changes_stream_in_order_resume_without_gaps_and_stay_in_their_ac
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_and_the_stream_cap_get_json_errors() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ev2");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start(
+        "ev2",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "events.max_streams_per_account=2",
+        ],
+    )
+    .await;
     let a = account(&db, "gamma", 100.0, 1);
-    let d = sandbox
-        .daemon(
-            &db,
-            &[
-                "ratelimit.enabled=false",
-                "events.max_streams_per_account=2",
-            ],
-        )
-        .await;
     for (path, last, what) in [
         ("/v1/events?after=-3", None, "after"),
         ("/v1/events?types=instance.bogus", None, "types"),
@@ -195,21 +198,22 @@ async fn burst(db: &TestDb<'_>, account: &str, n: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_is_closed_as_slow_consumer_and_others_keep_up() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ev3");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start(
+        "ev3",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "events.poll_fallback_ms=200",
+            "events.max_queue=1000",
+        ],
+    )
+    .await;
     let slow = account(&db, "slowpoke", 100.0, 1);
     let other = account(&db, "prompt", 100.0, 1);
-    let d = sandbox
-        .daemon(
-            &db,
-            &[
-                "ratelimit.enabled=false",
-                "events.poll_fallback_ms=200",
-                "events.max_queue=1000",
-            ],
-        )
-        .await;
     // a small receive buffer, and nothing read after the first event
     let mut stalled = Sse::open(d.https, &slow, "/v1/events", None, Some(4096))
         .await
@@ -338,21 +342,22 @@ async fn events_cross_daemons_through_redis_survive_its_loss_and_streams_end_on_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_websocket_carries_the_same_feed_resumes_and_closes_with_a_code() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ev5");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start(
+        "ev5",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "events.ping_interval_ms=300",
+            "events.pong_timeout_ms=300",
+        ],
+    )
+    .await;
     let a = account(&db, "echo", 1000.0, 10);
     let b = account(&db, "foxtrot", 1000.0, 10);
-    let d = sandbox
-        .daemon(
-            &db,
-            &[
-                "ratelimit.enabled=false",
-                "events.ping_interval_ms=300",
-                "events.pong_timeout_ms=300",
-            ],
-        )
-        .await;
     let mut wa = ws::open(d.https, &a, "/v1/events", &[]).await.unwrap();
     let mut wb = ws::open(d.https, &b, "/v1/events", &[]).await.unwrap();
     let open = ws::next(&mut wa, WAIT).await.unwrap();
@@ -436,11 +441,12 @@ async fn a_websocket_carries_the_same_feed_resumes_and_closes_with_a_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_passes_a_token_in_the_url_or_a_subprotocol_never_an_api_key() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ev6");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start("ev6", &[], &["ratelimit.enabled=false"]).await;
     let a = account(&db, "golf", 1000.0, 10);
-    let d = sandbox.daemon(&db, &["ratelimit.enabled=false"]).await;
     let r = call(&d, &a, "POST", "/v1/auth/token", "", None).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     let jwt = r.json()["token"].as_str().unwrap().to_owned();
@@ -518,21 +524,22 @@ async fn a_browser_passes_a_token_in_the_url_or_a_subprotocol_never_an_api_key()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_instance_near_its_end_gets_one_expiring_event_per_end_time() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ev7");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start(
+        "ev7",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "rentals.reconcile_interval_ms=200",
+            // 2 h: a 1-hour rental is near its end from the start
+            "events.expiring_notice_ms=7200000",
+        ],
+    )
+    .await;
     let a = account(&db, "hotel", 1000.0, 10);
-    let d = sandbox
-        .daemon(
-            &db,
-            &[
-                "ratelimit.enabled=false",
-                "rentals.reconcile_interval_ms=200",
-                // 2 h: a 1-hour rental is near its end from the start
-                "events.expiring_notice_ms=7200000",
-            ],
-        )
-        .await;
     let mut stream = Sse::open(
         d.https,
         &a,
@@ -578,11 +585,12 @@ async fn an_instance_near_its_end_gets_one_expiring_event_per_end_time() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_websocket_over_http2_carries_the_feed_beside_other_streams() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ev8");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start("ev8", &[], &["ratelimit.enabled=false"]).await;
     let a = account(&db, "hotel", 1000.0, 10);
-    let d = sandbox.daemon(&db, &["ratelimit.enabled=false"]).await;
     let (mut w, mut send) = ws::open_h2(d.https, &a, "/v1/events").await.unwrap();
     let open = ws::next(&mut w, WAIT).await.unwrap();
     assert_eq!(open["type"], "open");

@@ -3,6 +3,7 @@
 //! PostgreSQL (through PgBouncer), Redis and the sandbox providers.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use support::accounts::TestDb;
 use support::rentals::{account, call, message};
@@ -11,12 +12,9 @@ use support::services;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_bytes_and_huge_cursors_are_client_errors_naming_the_parameter() {
-    let s = services::shared();
-    let db = TestDb::new(s, "hard_input");
+    let Stack { db, sb: _sb, d } = Stack::start("hard_input", &[], &[]).await;
     let token = account(&db, "prober", 100.0, 5);
     let (_, admin) = db.account_with_key("root", &["admin"]);
-    let sb = Sandbox::start(&[]);
-    let d = sb.daemon(&db, &[]).await;
     for (who, path) in [
         (&token, "/v1/instances/%00"),
         (&token, "/v1/instances/a%00b/stop"),
@@ -173,11 +171,8 @@ async fn an_abandoned_idempotency_key_neither_floods_the_database_nor_sticks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_not_stored_under_their_idempotency_keys() {
-    let s = services::shared();
-    let db = TestDb::new(s, "hard_idem_refusals");
+    let Stack { db, sb: _sb, d } = Stack::start("hard_idem_refusals", &[], &[]).await;
     let token = account(&db, "poor", 0.01, 5);
-    let sb = Sandbox::start(&[]);
-    let d = sb.daemon(&db, &[]).await;
     let offer = support::rentals::cheapest(&d, &token, "vastai", "").await;
     let body = support::rentals::rent_body(offer["id"].as_str().unwrap());
     for i in 0..20 {
@@ -243,11 +238,8 @@ async fn a_key_whose_daemon_died_is_taken_over_once_its_lease_runs_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_stay_off_the_api_and_passthrough_forwards_only_what_it_checked() {
-    let s = services::shared();
-    let db = TestDb::new(s, "hard_exposure");
+    let Stack { db, sb, d } = Stack::start("hard_exposure", &[], &[]).await;
     let token = account(&db, "curious", 100.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = sb.daemon(&db, &[]).await;
     // /stats walks every connection and names client addresses: metrics listener only
     let r = support::client::get(d.https, "/stats").await;
     assert_eq!(r.status, 404, "{:?}", r.json());
@@ -547,13 +539,13 @@ async fn random_key_ids_cost_at_most_the_capped_lookups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_disk_sizes_make_a_bounded_number_of_upstream_searches() {
-    let s = services::shared();
-    let db = TestDb::new(s, "hard_disk_sizes");
+    let Stack { db, sb, d } = Stack::start(
+        "hard_disk_sizes",
+        &[],
+        &["ratelimit.enabled=false", "log.access_log=false"],
+    )
+    .await;
     let token = account(&db, "sizer", 100.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = sb
-        .daemon(&db, &["ratelimit.enabled=false", "log.access_log=false"])
-        .await;
     let before = sb.calls("vastai", "search").await;
     let sizes: Vec<u32> = (0..60).map(|i| 1 + i * 1_693).collect();
     let mut price_of = std::collections::BTreeMap::new();
@@ -598,11 +590,8 @@ async fn sixty_disk_sizes_make_a_bounded_number_of_upstream_searches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_account_costs_no_provider_calls() {
-    let s = services::shared();
-    let db = TestDb::new(s, "hard_spent");
+    let Stack { db, sb, d } = Stack::start("hard_spent", &[], &["ratelimit.enabled=false"]).await;
     let token = account(&db, "spent", 0.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = sb.daemon(&db, &["ratelimit.enabled=false"]).await;
     let offers = call(
         &d,
         &token,
@@ -778,21 +767,18 @@ async fn a_connection_that_does_not_go_when_asked_is_forced_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_account_cannot_spend_the_shared_provider_calls() {
-    let s = services::shared();
-    let db = TestDb::new(s, "hard_upstream_budget");
+    let Stack { db, sb, d } = Stack::start(
+        "hard_upstream_budget",
+        &[],
+        &[
+            // 8 a minute, bursts of 2
+            "rentals.account_upstream_calls_per_minute=8",
+            "ratelimit.enabled=false",
+        ],
+    )
+    .await;
     let token = account(&db, "greedy", 10_000.0, 5);
     let other = account(&db, "polite", 10_000.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                // 8 a minute, bursts of 2
-                "rentals.account_upstream_calls_per_minute=8",
-                "ratelimit.enabled=false",
-            ],
-        )
-        .await;
     let before = sb.calls("vastai", "search").await;
     let gone = support::rentals::rent_body("vastai:999999999");
     let mut statuses = Vec::new();

@@ -2,6 +2,7 @@
 //! (through PgBouncer) holding the ledger and Redis the caches.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use std::time::Duration;
 
@@ -45,14 +46,16 @@ async fn destroy(d: &DaemonProc, token: &str, id: &str) -> Resp {
 }
 
 async fn lifecycle(provider: &str) {
-    let s = services::shared();
-    let db = TestDb::new(s, &format!("rent_{provider}"));
+    let Stack { db, sb, d } = Stack::start(
+        &format!("rent_{provider}"),
+        &["--provision-time", "1s", "--ionet-deploy-response", "empty"],
+        &["ratelimit.ip_burst=10000"],
+    )
+    .await;
     let token = account(&db, "renter", 10_000.0, 5);
     let (_, other) = db.account_with_key("someone_else", &[]);
     // io.net's deploy answers an empty body here (as reported live): the daemon finds the
     // deployment by its unique name
-    let sb = Sandbox::start(&["--provision-time", "1s", "--ionet-deploy-response", "empty"]);
-    let d = daemon(&db, &sb, &["ratelimit.ip_burst=10000"]).await;
 
     let o = offer(&d, &token, provider).await;
     let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
@@ -180,11 +183,8 @@ async fn full_lifecycle_on_ionet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_idempotency_key_twenty_times_rents_once() {
-    let s = services::shared();
-    let db = TestDb::new(s, "rent_idem");
+    let Stack { db, sb, d } = Stack::start("rent_idem", &[], &[]).await;
     let token = account(&db, "retrier", 10_000.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
     let body = rent_body(o["id"].as_str().unwrap());
     // a slow provider, so the twenty overlap
@@ -229,12 +229,9 @@ async fn one_idempotency_key_twenty_times_rents_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_rentals_only_fit_the_budget() {
-    let s = services::shared();
-    let db = TestDb::new(s, "rent_budget");
-    let sb = Sandbox::start(&[]);
+    let Stack { db, sb, d } = Stack::start("rent_budget", &[], &[]).await;
     // an account to read prices with, then the budgeted one
     let probe = account(&db, "probe", 10_000.0, 5);
-    let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &probe, "ionet").await;
     let price = o["price_per_hour"].as_f64().unwrap();
     // room for two rentals over the 24 h window ahead, not three
@@ -268,11 +265,8 @@ async fn parallel_rentals_only_fit_the_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_price_is_refused_and_nothing_is_rented() {
-    let s = services::shared();
-    let db = TestDb::new(s, "rent_price");
+    let Stack { db, sb, d } = Stack::start("rent_price", &[], &[]).await;
     let token = account(&db, "careful", 10_000.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
     let id = o["id"].as_str().unwrap();
     let shown = o["price_per_hour"].as_f64().unwrap();
@@ -326,11 +320,8 @@ async fn a_moved_price_is_refused_and_nothing_is_rented() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_provider_and_ledger_is_reconciled_at_start() {
-    let s = services::shared();
-    let db = TestDb::new(s, "rent_crash");
+    let Stack { db, sb, d } = Stack::start("rent_crash", &[], &[]).await;
     let token = account(&db, "crashy", 10_000.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
     // the provider accepts at once but answers 30 s later: the daemon dies in between
     sb.faults("vastai", r#"{"ops": ["create"], "answer_delay_ms": 30000}"#)
@@ -394,12 +385,9 @@ async fn a_crash_between_provider_and_ledger_is_reconciled_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_is_allow_listed_and_owner_only() {
-    let s = services::shared();
-    let db = TestDb::new(s, "passthru");
+    let Stack { db, sb: _sb, d } = Stack::start("passthru", &[], &[]).await;
     let token = account(&db, "owner", 10_000.0, 5);
     let (_, other) = db.account_with_key("stranger", &[]);
-    let sb = Sandbox::start(&[]);
-    let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
     let inst = rent(&d, &token, &o).await;
     let pid = inst["provider_instance_id"].as_str().unwrap().to_owned();
@@ -498,11 +486,9 @@ async fn vast_instances(sb: &Sandbox) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_that_still_created_an_instance_leaves_nothing_running() {
-    let s = services::shared();
-    let db = TestDb::new(s, "rent_quirk");
+    let Stack { db, sb, d } =
+        Stack::start("rent_quirk", &["--vast-refuse-after-create"], &[]).await;
     let token = account(&db, "quirky", 10_000.0, 5);
-    let sb = Sandbox::start(&["--vast-refuse-after-create"]);
-    let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
     let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
     assert!(r.status >= 400, "{:?}", r.json());
@@ -519,17 +505,15 @@ async fn a_refusal_that_still_created_an_instance_leaves_nothing_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_destroys_an_instance_made_for_a_failed_intent() {
-    let s = services::shared();
-    let db = TestDb::new(s, "rent_orphan");
+    let Stack { db, sb, d } = Stack::start("rent_orphan", &[], &[]).await;
     let token = account(&db, "orphaned", 10_000.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = daemon(&db, &sb, &[]).await;
     let o = offer(&d, &token, "vastai").await;
     let inst = rent(&d, &token, &o).await;
     let id = inst["id"].as_str().unwrap().to_owned();
     assert_eq!(vast_instances(&sb).await.len(), 1);
     drop(d);
     // the ledger says the intent failed (as after a lost answer), yet the provider has it
+    let s = services::shared();
     let (client, conn) = tokio_postgres::connect(&s.postgres_url(&db.name), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -572,11 +556,9 @@ async fn the_reconciler_destroys_an_instance_made_for_a_failed_intent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_expire() {
-    let s = services::shared();
-    let db = TestDb::new(s, "rent_idem_ttl");
+    let Stack { db, sb: _sb, d } =
+        Stack::start("rent_idem_ttl", &[], &["rentals.idempotency_ttl_ms=300"]).await;
     let token = account(&db, "forgetful", 10_000.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = daemon(&db, &sb, &["rentals.idempotency_ttl_ms=300"]).await;
     let a = offer(&d, &token, "ionet").await;
     let body = rent_body(a["id"].as_str().unwrap());
     let first = call(&d, &token, "POST", "/v1/instances", &body, Some("k-ttl")).await;

@@ -12,14 +12,13 @@
 //! published response schema of its status.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::accounts::TestDb;
 use support::rentals::{account, call, cheapest, post, rent_body, until};
-use support::sandbox::{IONET_KEY, Sandbox};
-use support::services;
+use support::sandbox::IONET_KEY;
 
 /// The JSON Schema validator, pinned.
 const JSONSCHEMA: &str = "jsonschema==4.23.0";
@@ -58,11 +57,13 @@ fn check(exchanges: &Value) -> (u64, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn io_net_requests_and_answers_follow_the_published_definitions() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ionet_conformance");
+    let Stack { db, sb, d } = Stack::start(
+        "ionet_conformance",
+        &["--provision-time", "500ms"],
+        &["rentals.reconcile_interval_ms=200"],
+    )
+    .await;
     let token = account(&db, "renter", 10_000.0, 10);
-    let sb = Sandbox::start(&["--provision-time", "500ms"]);
-    let d = sb.daemon(&db, &["rentals.reconcile_interval_ms=200"]).await;
 
     // gpuproxyd's calls: a located and an unlocated configuration, polls, extend, destroy
     let located = cheapest(&d, &token, "ionet", "").await;
@@ -233,11 +234,9 @@ async fn io_net_requests_and_answers_follow_the_published_definitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_io_net_cannot_take_is_refused_by_name_never_dropped() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ionet_launch");
+    let Stack { db, sb, d } =
+        Stack::start("ionet_launch", &["--provision-time", "500ms"], &[]).await;
     let token = account(&db, "renter", 10_000.0, 10);
-    let sb = Sandbox::start(&["--provision-time", "500ms"]);
-    let d = sb.daemon(&db, &[]).await;
     let o = cheapest(&d, &token, "ionet", "").await;
     let id = o["id"].as_str().unwrap();
     for (extra, field) in [
@@ -279,11 +278,13 @@ async fn what_io_net_cannot_take_is_refused_by_name_never_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_destroyed_in_its_first_hour_is_charged_the_hour_as_io_net_charges_it() {
-    let s = services::shared();
-    let db = TestDb::new(s, "ionet_first_hour");
+    let Stack { db, sb, d } = Stack::start(
+        "ionet_first_hour",
+        &["--provision-time", "300ms"],
+        &["ratelimit.enabled=false"],
+    )
+    .await;
     let token = account(&db, "renter", 10_000.0, 10);
-    let sb = Sandbox::start(&["--provision-time", "300ms"]);
-    let d = sb.daemon(&db, &["ratelimit.enabled=false"]).await;
     let o = cheapest(&d, &token, "ionet", "").await;
     let body = json!({"offer_id": o["id"], "image": "general", "disk_gb": 20, "duration_hours": 3});
     let r = post(&d, &token, &body.to_string()).await;

@@ -4,15 +4,13 @@
 //! transport's rules checked request by request.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::accounts::TestDb;
 use support::client::authed;
 use support::rentals::{KEY_A, account};
-use support::sandbox::Sandbox;
-use support::services;
 
 const MCP_SDK: &str = "mcp==2.3.0";
 
@@ -41,11 +39,12 @@ fn agent(url: &str, token: &str, mode: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_sdk_lists_the_tools_searches_rents_and_destroys_in_both_eras() {
-    let s = services::shared();
-    let db = TestDb::new(s, "mcp1");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start("mcp1", &[], &["ratelimit.enabled=false"]).await;
     let token = account(&db, "agentic", 1000.0, 5);
-    let d = sandbox.daemon(&db, &["ratelimit.enabled=false"]).await;
     let url = format!("https://{}/mcp", d.https);
     let tools = [
         "destroy_instance",
@@ -114,19 +113,16 @@ async fn post(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_transport_checks_origin_versions_headers_and_input() {
-    let s = services::shared();
-    let db = TestDb::new(s, "mcp2");
-    let sandbox = Sandbox::start(&[]);
+    let Stack { db, sb: sandbox, d } = Stack::start(
+        "mcp2",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            r#"mcp.allowed_origins=["https://console.example.com"]"#,
+        ],
+    )
+    .await;
     let token = account(&db, "careful", 100.0, 1);
-    let d = sandbox
-        .daemon(
-            &db,
-            &[
-                "ratelimit.enabled=false",
-                r#"mcp.allowed_origins=["https://console.example.com"]"#,
-            ],
-        )
-        .await;
     let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
     // the handshake era with no version header: 2025-03-26 by default
     let r = post(&d, &token, list, &[]).await;

@@ -2,6 +2,7 @@
 //! real PostgreSQL/PgBouncer (for the API key) and Redis (the shared cache layer).
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use std::time::Duration;
 
@@ -34,11 +35,8 @@ fn ids(v: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_filtered_sorted_and_paged() {
-    let s = services::shared();
-    let db = TestDb::new(s, "offers_merge");
+    let Stack { db, sb, d } = Stack::start("offers_merge", &[], &[]).await;
     let (_, token) = db.account_with_key("buyer", &[]);
-    let sb = Sandbox::start(&[]);
-    let d = daemon(&db, &sb, &[]).await;
 
     // what the sandbox holds, counted from its raw payloads (not through our normalizers)
     let (vast, ionet) = sb.raw_inventory().await;

@@ -5,15 +5,13 @@
 //! under its `Idempotency-Key`), the instance, the list, a destroy.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::accounts::TestDb;
 use support::rentals::account;
-use support::sandbox::Sandbox;
-use support::services;
 
 const GENERATOR: &str = "openapi-python-client==0.29.1";
 
@@ -75,11 +73,12 @@ fn operations(generated: &Path) -> (usize, usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_generated_python_client_has_every_operation_and_rents_with_the_demo_stack() {
-    let s = services::shared();
-    let db = TestDb::new(s, "generated_client");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start("generated_client", &[], &["ratelimit.enabled=false"]).await;
     let token = account(&db, "generated", 1000.0, 5);
-    let d = sandbox.daemon(&db, &["ratelimit.enabled=false"]).await;
     let tmp = tempfile::tempdir().unwrap();
     let generated = tokio::task::block_in_place(|| generate(tmp.path()));
     let (documented, ops) = operations(&generated);

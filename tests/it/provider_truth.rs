@@ -7,12 +7,12 @@
 //! or 5 minutes of a host outage, does without waiting for it.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use serde_json::{Value, json};
 use support::accounts::TestDb;
 use support::rentals::{account, call, cheapest, kinds, post, rent_body, until};
 use support::sandbox::Sandbox;
-use support::services;
 
 /// Moves every timestamp the reconciler ages an instance by `minutes` into the past.
 async fn age(db: &TestDb<'_>, id: &str, minutes: i32) {
@@ -56,20 +56,17 @@ async fn rounds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_a_reboot_a_host_outage_and_a_freeze_never_destroy_an_instance_that_ran() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_lifecycle");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_lifecycle",
+        &["--provision-time", "2s"],
+        &[
+            "rentals.reconcile_interval_ms=200",
+            "ratelimit.enabled=false",
+        ],
+    )
+    .await;
     let token = account(&db, "renter", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "2s"]);
     // the default timeouts: 10 min provisioning, 2 min dead state, 30 min unreachable
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.reconcile_interval_ms=200",
-                "ratelimit.enabled=false",
-            ],
-        )
-        .await;
     let (a, a_pid) = rent_running(&d, &token).await;
     let (b, b_pid) = rent_running(&d, &token).await;
     // 15 minutes after creation (mock clock)
@@ -230,24 +227,21 @@ async fn a_restart_a_reboot_a_host_outage_and_a_freeze_never_destroy_an_instance
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_provider_key_alerts_and_leaves_every_instance_billing() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_revoked");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_revoked",
+        &["--provision-time", "1s"],
+        &[
+            "rentals.reconcile_interval_ms=200",
+            "rentals.status_cache_ms=100",
+            // the breaker would soon answer for the provider (503): keep asking it here
+            "providers.breaker_consecutive_failures=100000",
+            "providers.breaker_window=100000",
+            "providers.max_retries=0",
+            "ratelimit.enabled=false",
+        ],
+    )
+    .await;
     let token = account(&db, "renter", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "1s"]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.reconcile_interval_ms=200",
-                "rentals.status_cache_ms=100",
-                // the breaker would soon answer for the provider (503): keep asking it here
-                "providers.breaker_consecutive_failures=100000",
-                "providers.breaker_window=100000",
-                "providers.max_retries=0",
-                "ratelimit.enabled=false",
-            ],
-        )
-        .await;
     let (a, a_pid) = rent_running(&d, &token).await;
     let (b, _) = rent_running(&d, &token).await;
 
@@ -385,12 +379,14 @@ async fn a_revoked_provider_key_alerts_and_leaves_every_instance_billing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_ledger_finds_rows_an_earlier_version_ended_on_a_misreading() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_doctor");
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "truth_doctor",
+        &["--provision-time", "300ms"],
+        &["ratelimit.enabled=false"],
+    )
+    .await;
     let token = account(&db, "renter", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "300ms"]);
     // (the tests poll: no rate limit in the way)
-    let d = sb.daemon(&db, &["ratelimit.enabled=false"]).await;
     let (a, _) = rent_running(&d, &token).await;
     let (b, _) = rent_running(&d, &token).await;
     let (c, _) = rent_running(&d, &token).await;
@@ -453,21 +449,18 @@ async fn doctor_ledger_finds_rows_an_earlier_version_ended_on_a_misreading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vast_charges_reconcile_per_item_and_bandwidth_reaches_usage_and_budgets() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_charges");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_charges",
+        &["--provision-time", "100ms"],
+        &[
+            "rentals.reconcile_interval_ms=200",
+            "rentals.billing_reconcile_interval_ms=300",
+            "ratelimit.enabled=false",
+        ],
+    )
+    .await;
     let token = account(&db, "renter", 10_000.0, 5);
     let (_, admin) = db.account_with_key("auditor", &["admin"]);
-    let sb = Sandbox::start(&["--provision-time", "100ms"]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.reconcile_interval_ms=200",
-                "rentals.billing_reconcile_interval_ms=300",
-                "ratelimit.enabled=false",
-            ],
-        )
-        .await;
     let o = cheapest(&d, &token, "vastai", "").await;
     assert!(
         o["upload_usd_per_gb"].is_number(),

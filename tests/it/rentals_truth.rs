@@ -4,17 +4,16 @@
 //! with PostgreSQL (through PgBouncer) and Redis.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
-use support::accounts::TestDb;
 use support::rentals::{
     KEY_A, KEY_B, KEY_C, account, call, cheapest, kinds, message, post, rent_body, spawn_post,
     until,
 };
 use support::sandbox::Sandbox;
-use support::services;
 
 fn fp_set(keys: &Value) -> BTreeSet<String> {
     keys.as_array()
@@ -59,11 +58,8 @@ async fn vast_instance(sb: &Sandbox, pid: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bid_rental_sends_its_price_and_is_billed_at_the_bid() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_bid");
+    let Stack { db, sb, d } = Stack::start("truth_bid", &["--provision-time", "1s"], &[]).await;
     let token = account(&db, "bidder", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "1s"]);
-    let d = sb.daemon(&db, &[]).await;
 
     let o = cheapest(&d, &token, "vastai", "&interruptible=true").await;
     let id = o["id"].as_str().unwrap();
@@ -197,11 +193,13 @@ async fn a_bid_rental_sends_its_price_and_is_billed_at_the_bid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbid_instance_is_interrupted_and_a_raised_bid_resumes_it() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_outbid");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_outbid",
+        &["--provision-time", "1s"],
+        &["rentals.status_cache_ms=100"],
+    )
+    .await;
     let token = account(&db, "outbid", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "1s"]);
-    let d = sb.daemon(&db, &["rentals.status_cache_ms=100"]).await;
     let o = cheapest(&d, &token, "vastai", "&interruptible=true").await;
     let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
@@ -308,12 +306,14 @@ async fn an_outbid_instance_is_interrupted_and_a_raised_bid_resumes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_keys_reach_exactly_the_renters_instances() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_ssh");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_ssh",
+        &["--provision-time", "1s"],
+        &["rentals.max_ssh_keys=2"],
+    )
+    .await;
     let a = account(&db, "alice", 10_000.0, 5);
     let b = account(&db, "bob", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "1s"]);
-    let d = sb.daemon(&db, &["rentals.max_ssh_keys=2"]).await;
 
     let add = |token: String, name: &str, key: &str| {
         let body = json!({"name": name, "public_key": key}).to_string();
@@ -456,11 +456,8 @@ async fn ssh_keys_reach_exactly_the_renters_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_ionet");
+    let Stack { db, sb, d } = Stack::start("truth_ionet", &[], &[]).await;
     let token = account(&db, "configs", 100_000.0, 20);
-    let sb = Sandbox::start(&[]);
-    let d = sb.daemon(&db, &[]).await;
     let r = call(
         &d,
         &token,
@@ -527,21 +524,18 @@ async fn every_ionet_configuration_rents_with_its_own_cards_and_price() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_and_stuck_instances_are_destroyed_and_stop_billing() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_dead");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_dead",
+        &["--provision-time", "1s"],
+        &[
+            "rentals.reconcile_interval_ms=200",
+            "rentals.dead_state_grace_ms=1000",
+            "rentals.provisioning_timeout_ms=3000",
+            "rentals.status_cache_ms=100",
+        ],
+    )
+    .await;
     let token = account(&db, "unlucky", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "1s"]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.reconcile_interval_ms=200",
-                "rentals.dead_state_grace_ms=1000",
-                "rentals.provisioning_timeout_ms=3000",
-                "rentals.status_cache_ms=100",
-            ],
-        )
-        .await;
     let r = sb
         .control(
             "vastai",
@@ -613,12 +607,9 @@ async fn dead_and_stuck_instances_are_destroyed_and_stop_billing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_parallel_rentals_of_one_offer_from_two_accounts_rent_once() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_once");
+    let Stack { db, sb, d } = Stack::start("truth_once", &[], &["ratelimit.ip_burst=10000"]).await;
     let a = account(&db, "first", 10_000.0, 30);
     let b = account(&db, "second", 10_000.0, 30);
-    let sb = Sandbox::start(&[]);
-    let d = sb.daemon(&db, &["ratelimit.ip_burst=10000"]).await;
     let o = cheapest(&d, &a, "vastai", "").await;
     let id = o["id"].as_str().unwrap().to_owned();
     // a slow provider, so that the twenty overlap
@@ -696,13 +687,13 @@ async fn twenty_parallel_rentals_of_one_offer_from_two_accounts_rent_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_cannot_change_a_label_and_records_state_changes() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_passthru");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_passthru",
+        &["--provision-time", "500ms"],
+        &["providers.rate_limit_backoff_ms=60000"],
+    )
+    .await;
     let token = account(&db, "tinkerer", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "500ms"]);
-    let d = sb
-        .daemon(&db, &["providers.rate_limit_backoff_ms=60000"])
-        .await;
     let o = cheapest(&d, &token, "vastai", "").await;
     let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201);
@@ -790,11 +781,9 @@ async fn passthrough_cannot_change_a_label_and_records_state_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ssh_key_the_provider_keeps_refusing_is_given_up_visibly() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_ssh_fail");
+    let Stack { db, sb, d } =
+        Stack::start("truth_ssh_fail", &["--provision-time", "500ms"], &[]).await;
     let token = account(&db, "locked_out", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "500ms"]);
-    let d = sb.daemon(&db, &[]).await;
     // Vast refuses every per-instance attach
     sb.faults(
         "vastai",
@@ -822,11 +811,8 @@ async fn an_ssh_key_the_provider_keeps_refusing_is_given_up_visibly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_budget_is_a_rolling_window_whatever_the_hour() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_window");
+    let Stack { db, sb, d } = Stack::start("truth_window", &[], &[]).await;
     let probe = account(&db, "probe", 10_000.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = sb.daemon(&db, &[]).await;
     let o = cheapest(&d, &probe, "ionet", "").await;
     let price = o["price_per_hour"].as_f64().unwrap();
     // ten hours of it: a day-based budget at 23:55 (5 minutes left) admitted a hundred of these;
@@ -850,19 +836,16 @@ async fn the_budget_is_a_rolling_window_whatever_the_hour() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_is_destroyed_when_its_lifetime_ends() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_expiry");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_expiry",
+        &["--provision-time", "300ms"],
+        &[
+            "rentals.reconcile_interval_ms=200",
+            "rentals.status_cache_ms=100",
+        ],
+    )
+    .await;
     let token = account(&db, "short_lived", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "300ms"]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.reconcile_interval_ms=200",
-                "rentals.status_cache_ms=100",
-            ],
-        )
-        .await;
     let o = cheapest(&d, &token, "vastai", "").await;
     let offer = o["id"].as_str().unwrap();
     // bad lifetimes are named and rent nothing
@@ -911,12 +894,14 @@ async fn an_instance_is_destroyed_when_its_lifetime_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_and_start_go_through_the_ledger() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_stop");
+    let Stack { db, sb, d } = Stack::start(
+        "truth_stop",
+        &["--provision-time", "300ms"],
+        &["rentals.status_cache_ms=100"],
+    )
+    .await;
     let token = account(&db, "pauser", 10_000.0, 5);
     let (_, other) = db.account_with_key("nosy", &[]);
-    let sb = Sandbox::start(&["--provision-time", "300ms"]);
-    let d = sb.daemon(&db, &["rentals.status_cache_ms=100"]).await;
     let o = cheapest(&d, &token, "vastai", "").await;
     let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
@@ -978,11 +963,9 @@ async fn stop_and_start_go_through_the_ledger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extend_buys_io_net_hours_within_the_budget_and_moves_the_expiry() {
-    let s = services::shared();
-    let db = TestDb::new(s, "truth_extend");
+    let Stack { db, sb, d } =
+        Stack::start("truth_extend", &["--provision-time", "300ms"], &[]).await;
     let probe = account(&db, "probe_x", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "300ms"]);
-    let d = sb.daemon(&db, &[]).await;
     let o = cheapest(&d, &probe, "ionet", "").await;
     let price = o["price_per_hour"].as_f64().unwrap();
     // room for the rental over the 24 h window and 20 more hours, not 100

@@ -4,6 +4,7 @@
 //! HTTP, with PostgreSQL (through PgBouncer) and Redis.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use serde_json::{Value, json};
 use support::accounts::TestDb;
@@ -55,20 +56,17 @@ fn ask_id(offer: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_rental_fails_over_gone_refused_and_dead_offers_to_one_live_instance() {
-    let s = services::shared();
-    let db = TestDb::new(s, "spend_failover");
+    let Stack { db, sb, d } = Stack::start(
+        "spend_failover",
+        &["--provision-time", "1s"],
+        &[
+            "rentals.dead_state_grace_ms=300",
+            "rentals.status_cache_ms=100",
+            "rentals.max_offers_tried=5",
+        ],
+    )
+    .await;
     let token = account(&db, "failover", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "1s"]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.dead_state_grace_ms=300",
-                "rentals.status_cache_ms=100",
-                "rentals.max_offers_tried=5",
-            ],
-        )
-        .await;
     let ranked = ranked_vast_offers(&d, &token).await;
     assert!(ranked.len() >= 4, "{ranked:?}");
     // the cheapest is rented elsewhere after the daemon cached it; the next host declines;
@@ -174,20 +172,17 @@ async fn a_spec_rental_fails_over_gone_refused_and_dead_offers_to_one_live_insta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_rental_with_nothing_rentable_says_why_and_leaves_nothing_running() {
-    let s = services::shared();
-    let db = TestDb::new(s, "spend_failover_none");
+    let Stack { db, sb, d } = Stack::start(
+        "spend_failover_none",
+        &["--provision-time", "1s"],
+        &[
+            "rentals.dead_state_grace_ms=300",
+            "rentals.status_cache_ms=100",
+            "rentals.max_offers_tried=2",
+        ],
+    )
+    .await;
     let token = account(&db, "unlucky", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "1s"]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.dead_state_grace_ms=300",
-                "rentals.status_cache_ms=100",
-                "rentals.max_offers_tried=2",
-            ],
-        )
-        .await;
     let ranked = ranked_vast_offers(&d, &token).await;
     sb.control(
         "vastai",
@@ -224,11 +219,8 @@ async fn a_spec_rental_with_nothing_rentable_says_why_and_leaves_nothing_running
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_spec_input_names_the_field_and_changes_nothing() {
-    let s = services::shared();
-    let db = TestDb::new(s, "spend_bad_spec");
+    let Stack { db, sb, d } = Stack::start("spend_bad_spec", &[], &[]).await;
     let token = account(&db, "careless", 10_000.0, 5);
-    let sb = Sandbox::start(&[]);
-    let d = sb.daemon(&db, &[]).await;
     let base = |spec: Value| spec_body(spec);
     let cases: Vec<(String, &str)> = vec![
         (base(json!({"gpus": 2, "max_price_per_hour": 5})), "gpus"),
@@ -333,21 +325,18 @@ fn public_id(token: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_crossed_by_running_instances_warns_once_then_stops_them_and_refuses_rentals() {
-    let s = services::shared();
-    let db = TestDb::new(s, "spend_budget_stop");
+    let Stack { db, sb, d } = Stack::start(
+        "spend_budget_stop",
+        &["--provision-time", "400ms"],
+        &[
+            "rentals.reconcile_interval_ms=200",
+            "rentals.status_cache_ms=100",
+            // a warning once a few thousandths of a dollar are spent
+            "rentals.budget_warn_ratio=0.0000003",
+        ],
+    )
+    .await;
     let token = account(&db, "spender", 10_000.0, 5);
-    let sb = Sandbox::start(&["--provision-time", "400ms"]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.reconcile_interval_ms=200",
-                "rentals.status_cache_ms=100",
-                // a warning once a few thousandths of a dollar are spent
-                "rentals.budget_warn_ratio=0.0000003",
-            ],
-        )
-        .await;
     let offers = dear_offers(&d, &token, 3).await;
     let a = rent_running(&d, &token, &offers[0]).await;
     let b = rent_running(&d, &token, &offers[1]).await;
@@ -790,22 +779,19 @@ async fn reconciliation(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_providers_charges_are_reconciled_and_a_billing_difference_shows_as_drift() {
-    let s = services::shared();
-    let db = TestDb::new(s, "spend_billing");
+    let Stack { db, sb, d } = Stack::start(
+        "spend_billing",
+        &["--provision-time", "400ms"],
+        &[
+            "rentals.reconcile_interval_ms=200",
+            "rentals.status_cache_ms=100",
+            "rentals.billing_reconcile_interval_ms=300",
+            "rentals.billing_drift_alert_usd=0.5",
+        ],
+    )
+    .await;
     let token = account(&db, "billed", 10_000.0, 5);
     let (_, admin) = db.account_with_key("auditor", &["admin"]);
-    let sb = Sandbox::start(&["--provision-time", "400ms"]);
-    let d = sb
-        .daemon(
-            &db,
-            &[
-                "rentals.reconcile_interval_ms=200",
-                "rentals.status_cache_ms=100",
-                "rentals.billing_reconcile_interval_ms=300",
-                "rentals.billing_drift_alert_usd=0.5",
-            ],
-        )
-        .await;
     let offers = dear_offers(&d, &token, 2).await;
     let a = rent_running(&d, &token, &offers[0]).await;
     let a_id = a["id"].as_str().unwrap();
@@ -913,13 +899,15 @@ async fn the_providers_charges_are_reconciled_and_a_billing_difference_shows_as_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_to_the_lifecycle_and_budget_endpoints_names_the_field_and_changes_nothing() {
-    let s = services::shared();
-    let db = TestDb::new(s, "spend_bad_input");
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "spend_bad_input",
+        &["--provision-time", "400ms"],
+        &["rentals.status_cache_ms=100"],
+    )
+    .await;
     let token = account(&db, "owner", 10_000.0, 5);
     let stranger = account(&db, "stranger", 10_000.0, 5);
     let (_, admin) = db.account_with_key("root", &["admin"]);
-    let sb = Sandbox::start(&["--provision-time", "400ms"]);
-    let d = sb.daemon(&db, &["rentals.status_cache_ms=100"]).await;
     let offers = dear_offers(&d, &token, 1).await;
     let body = json!({"offer_id": offers[0], "image": "pytorch/pytorch:latest", "disk_gb": 20,
                       "max_duration_hours": 2})

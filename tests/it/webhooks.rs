@@ -3,14 +3,13 @@
 //! answers 503 before it takes a delivery.
 
 use crate::support;
+use crate::support::stack::Stack;
 
 use serde_json::Value;
 use support::accounts::TestDb;
 use support::eventually;
 use support::receiver::{Receiver, verify};
 use support::rentals::{account, call};
-use support::sandbox::Sandbox;
-use support::services;
 
 /// The webhook's delivery log once its newest delivery is in `state`.
 async fn latest_delivery(
@@ -49,23 +48,24 @@ fn revoke_a_key(db: &TestDb<'_>, account: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deliveries_are_signed_retried_after_a_503_logged_and_stay_in_their_account() {
-    let s = services::shared();
-    let db = TestDb::new(s, "wh1");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start(
+        "wh1",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "webhooks.allow_private_targets=true",
+            "webhooks.retry_base_ms=100",
+            "webhooks.retry_max_ms=400",
+            "webhooks.poll_interval_ms=100",
+        ],
+    )
+    .await;
     let a = account(&db, "hooked", 100.0, 1);
     let b = account(&db, "other", 100.0, 1);
-    let d = sandbox
-        .daemon(
-            &db,
-            &[
-                "ratelimit.enabled=false",
-                "webhooks.allow_private_targets=true",
-                "webhooks.retry_base_ms=100",
-                "webhooks.retry_max_ms=400",
-                "webhooks.poll_interval_ms=100",
-            ],
-        )
-        .await;
     let rx = Receiver::start().await;
     let body = serde_json::json!({"url": rx.url("/in?src=gpuproxyd"), "types": ["key.revoked"]});
     let created = call(&d, &a, "POST", "/v1/webhooks", &body.to_string(), None).await;
@@ -153,23 +153,24 @@ async fn deliveries_are_signed_retried_after_a_503_logged_and_stay_in_their_acco
 
 #[tokio::test(flavor = "multi_thread")]
 async fn private_targets_are_refused_unless_allowed_and_failing_webhooks_are_disabled() {
-    let s = services::shared();
-    let db = TestDb::new(s, "wh2");
-    let sandbox = Sandbox::start(&[]);
+    let Stack {
+        db,
+        sb: _sandbox,
+        d,
+    } = Stack::start(
+        "wh2",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "webhooks.retry_base_ms=100",
+            "webhooks.retry_max_ms=200",
+            "webhooks.poll_interval_ms=100",
+            "webhooks.disable_after_failures=3",
+            "webhooks.max_per_account=2",
+        ],
+    )
+    .await;
     let a = account(&db, "guarded", 100.0, 1);
-    let d = sandbox
-        .daemon(
-            &db,
-            &[
-                "ratelimit.enabled=false",
-                "webhooks.retry_base_ms=100",
-                "webhooks.retry_max_ms=200",
-                "webhooks.poll_interval_ms=100",
-                "webhooks.disable_after_failures=3",
-                "webhooks.max_per_account=2",
-            ],
-        )
-        .await;
     let rx = Receiver::start().await;
     let post = |body: Value| {
         let (d, a) = (&d, &a);
@@ -288,23 +289,20 @@ async fn private_targets_are_refused_unless_allowed_and_failing_webhooks_are_dis
 async fn an_offer_watch_fires_once_per_offer_on_refreshed_answers_without_calls_of_its_own() {
     use std::time::Duration;
     use support::sse::Sse;
-    let s = services::shared();
-    let db = TestDb::new(s, "wh3");
-    let sandbox = Sandbox::start(&[]);
+    let Stack { db, sb: sandbox, d } = Stack::start(
+        "wh3",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "offers.cache_ttl_ms=200",
+            "offers.stale_while_revalidate_ms=0",
+            "webhooks.allow_private_targets=true",
+            "webhooks.poll_interval_ms=100",
+        ],
+    )
+    .await;
     let a = account(&db, "watcher", 100.0, 1);
     let b = account(&db, "bystander", 100.0, 1);
-    let d = sandbox
-        .daemon(
-            &db,
-            &[
-                "ratelimit.enabled=false",
-                "offers.cache_ttl_ms=200",
-                "offers.stale_while_revalidate_ms=0",
-                "webhooks.allow_private_targets=true",
-                "webhooks.poll_interval_ms=100",
-            ],
-        )
-        .await;
     let offers_page = |who: &str| {
         let (d, who) = (&d, who.to_owned());
         async move {

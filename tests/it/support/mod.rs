@@ -15,6 +15,7 @@ pub mod rentals;
 pub mod sandbox;
 pub mod services;
 pub mod sse;
+pub mod stack;
 #[path = "../../../src/testkit.rs"]
 pub mod testkit;
 pub mod topology;
