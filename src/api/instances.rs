@@ -8,10 +8,10 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
 
 use super::call::Call;
-use super::openapi::op::{Header, Op, error, json, schema};
+use super::openapi::op::{Answer, Header, Op, error, json, schema};
 use super::{Body, body, respond};
 use crate::error::{Error, Result};
-use crate::service::instances::{self, Answer, Bid, Extend};
+use crate::service::instances::{self, Bid, Extend, InstanceView};
 use crate::service::query::query;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -27,7 +27,7 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>> {
 }
 
 /// An idempotent operation's answer as it was recorded; a replay says so in a header.
-fn answered(a: Answer) -> Response<Body> {
+fn answered(a: instances::Answer) -> Response<Body> {
     let mut resp = respond::json_bytes(
         StatusCode::from_u16(a.status).unwrap_or(StatusCode::OK),
         Bytes::from(a.body),
@@ -101,6 +101,20 @@ pub async fn bid(c: Call) -> Result<Response<Body>> {
 
 // The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
 
+/// The answer of the operations on one instance.
+const THE_INSTANCE: &[Answer] = &[json(200, "The instance", schema::<InstanceView>)];
+
+/// What stopping and starting refuse.
+const STOP_START_REFUSALS: &[Answer] = &[
+    error(402, "budget_exceeded (start)"),
+    error(
+        409,
+        "not_stoppable (the provider cannot stop instances), instance_not_open",
+    ),
+    error(502, "provider_error"),
+    error(504, "provider_error: timed out"),
+];
+
 /// The `Idempotency-Key` header of renting and destroying.
 const IDEMPOTENCY: Header = Header {
     name: "Idempotency-Key",
@@ -164,11 +178,7 @@ pub const GET_INSTANCE: Op = Op {
     id: "getInstance",
     tag: "instances",
     summary: "One instance, its status refreshed from the provider (cached `rentals.status_cache_ms`), with its ledger events",
-    answers: &[json(
-        200,
-        "The instance",
-        schema::<crate::service::instances::InstanceView>,
-    )],
+    answers: THE_INSTANCE,
     ..Op::NONE
 };
 
@@ -179,11 +189,7 @@ pub const DESTROY_INSTANCE: Op = Op {
     summary: "Destroy an instance",
     description: "Answers the instance, `terminating` or `terminated`; an instance already ended answers its state. 409 `instance_pending` while the provider has not answered the rental yet.",
     headers: &[IDEMPOTENCY],
-    answers: &[json(
-        200,
-        "The instance",
-        schema::<crate::service::instances::InstanceView>,
-    )],
+    answers: THE_INSTANCE,
     errors: &[
         error(409, "instance_pending"),
         error(502, "provider_error"),
@@ -198,11 +204,7 @@ pub const CHANGE_BID: Op = Op {
     tag: "instances",
     summary: "Change an interruptible instance's bid (Vast `bid_price`); an outbid instance resumes once its bid is high enough",
     body: Some(schema::<crate::service::instances::Bid>),
-    answers: &[json(
-        200,
-        "The instance",
-        schema::<crate::service::instances::InstanceView>,
-    )],
+    answers: THE_INSTANCE,
     errors: &[
         error(402, "budget_exceeded: the new bid does not fit the budget"),
         error(409, "not_interruptible, instance_not_open"),
@@ -216,20 +218,8 @@ pub const STOP_INSTANCE: Op = Op {
     id: "stopInstance",
     tag: "instances",
     summary: "Stop an instance (Vast): it bills its disk only until started",
-    answers: &[json(
-        200,
-        "The instance",
-        schema::<crate::service::instances::InstanceView>,
-    )],
-    errors: &[
-        error(402, "budget_exceeded (start)"),
-        error(
-            409,
-            "not_stoppable (the provider cannot stop instances), instance_not_open",
-        ),
-        error(502, "provider_error"),
-        error(504, "provider_error: timed out"),
-    ],
+    answers: THE_INSTANCE,
+    errors: STOP_START_REFUSALS,
     ..Op::NONE
 };
 
@@ -238,20 +228,8 @@ pub const START_INSTANCE: Op = Op {
     id: "startInstance",
     tag: "instances",
     summary: "Start a stopped instance (Vast); checked against the budget first",
-    answers: &[json(
-        200,
-        "The instance",
-        schema::<crate::service::instances::InstanceView>,
-    )],
-    errors: &[
-        error(402, "budget_exceeded (start)"),
-        error(
-            409,
-            "not_stoppable (the provider cannot stop instances), instance_not_open",
-        ),
-        error(502, "provider_error"),
-        error(504, "provider_error: timed out"),
-    ],
+    answers: THE_INSTANCE,
+    errors: STOP_START_REFUSALS,
     ..Op::NONE
 };
 
@@ -261,11 +239,7 @@ pub const EXTEND_INSTANCE: Op = Op {
     tag: "instances",
     summary: "Extend an instance's life: moves its expiry; on io.net buys the hours (the spend is checked against the budget first and recorded)",
     body: Some(schema::<crate::service::instances::Extend>),
-    answers: &[json(
-        200,
-        "The instance",
-        schema::<crate::service::instances::InstanceView>,
-    )],
+    answers: THE_INSTANCE,
     errors: &[
         error(402, "budget_exceeded"),
         error(409, "instance_not_open (ended, or no lifetime to extend)"),
