@@ -9,7 +9,9 @@
 //!   1008 `ping_timeout`.
 //! - Every close by the server has a code and the feed's reason: 1001 `draining` (reconnect
 //!   elsewhere), 1013 `slow_consumer` (resume from the log), 1011 `unavailable`, 1008
-//!   `ping_timeout`. Messages from the client are read (pings answered) and otherwise ignored.
+//!   `ping_timeout` and the ends of access (`key_revoked`, `key_expired`, `token_expired`,
+//!   `account_suspended`). Messages from the client are read (pings answered) and otherwise
+//!   ignored.
 //!
 //! The handler answers 101 (HTTP/2: 200) and leaves the session in the response's extensions
 //! ([`Upgrade`]); the connection (src/server) takes the socket back from hyper once the 101 is
@@ -96,6 +98,9 @@ pub fn extended_connect(req: &hyper::Request<hyper::body::Incoming>) -> bool {
 /// Client frames are small (pongs, a close): anything bigger is refused by the codec.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
+/// The codec's read buffer per connection (it grows for a bigger frame, up to the limit above).
+const READ_BUFFER: usize = 4 * 1024;
+
 pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>> {
     let h2 = extended_connect(&c.req);
     let h = c.req.headers();
@@ -171,7 +176,13 @@ fn close_code(reason: &str) -> CloseCode {
     match reason {
         "draining" => CloseCode::Away,
         "slow_consumer" => CloseCode::Again,
-        "ping_timeout" => CloseCode::Policy,
+        // the credential's access ended: not a fault, not to be retried with it
+        "ping_timeout"
+        | "key_revoked"
+        | "key_expired"
+        | "token_expired"
+        | "account_suspended"
+        | "invalid_credentials" => CloseCode::Policy,
         _ => CloseCode::Error,
     }
 }
@@ -180,6 +191,12 @@ async fn run(io: Box<dyn SessionIo>, mut feed: Feed, every: Duration, pong_timeo
     let mut config = WebSocketConfig::default();
     config.max_message_size = Some(MAX_CLIENT_MESSAGE);
     config.max_frame_size = Some(MAX_CLIENT_MESSAGE);
+    // an idle stream holds what an idle SSE stream holds: the codec's read buffer is 128 KiB
+    // by default, allocated per connection (clients send pongs and a close, nothing big)
+    config.read_buffer_size = READ_BUFFER;
+    // each event is written as it comes (the session flushes every message anyway), so the
+    // write buffer holds at most the message being written
+    config.write_buffer_size = 0;
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let open = serde_json::json!({"type": "open", "last_event_id": feed.last()});
     if ws.send(Message::text(open.to_string())).await.is_err() {

@@ -55,6 +55,9 @@ pub enum Via {
 pub struct Principal {
     pub key: Arc<KeyRecord>,
     pub via: Via,
+    /// When the credential stops working by itself (unix seconds): the key's expiry, or a
+    /// token's `exp` if sooner. What a long-lived stream it opened must end at.
+    pub expires_at: Option<i64>,
 }
 
 impl Principal {
@@ -72,6 +75,8 @@ pub struct Auth {
     replica: Option<replica::ReadReplica>,
     redis: Option<Redis>,
     cache: KeyCache,
+    /// See [`Auth::forgotten`].
+    forgotten: tokio::sync::broadcast::Sender<Arc<Vec<String>>>,
     jwt: Option<Jwt>,
     /// key id → unix second of its last use, waiting for the next batched write.
     pending_uses: papaya::HashMap<i64, i64, foldhash::fast::RandomState>,
@@ -148,6 +153,7 @@ impl Auth {
                 replica::ReadReplica::new(r, config.database.read_primary_after_change_ms.get())
             }),
             redis,
+            forgotten: tokio::sync::broadcast::channel(64).0,
             cache: KeyCache::new(
                 a.cache_ttl_ms.ms(),
                 a.negative_ttl_ms.ms(),
@@ -218,7 +224,7 @@ impl Auth {
             if !apikey::verify(secret, &key.secret_hash) {
                 return Err(invalid());
             }
-            self.admit(key, Via::ApiKey)
+            self.admit(key, Via::ApiKey, None)
         } else if credential.bytes().filter(|b| *b == b'.').count() == 2 {
             let jwt = self.jwt.as_ref().ok_or_else(invalid)?;
             let claims = jwt.validate(credential)?;
@@ -229,40 +235,77 @@ impl Auth {
             if claims.sub != key.account_id.to_string() {
                 return Err(invalid());
             }
-            self.admit(key, Via::Jwt)
+            self.admit(key, Via::Jwt, Some(claims.exp))
         } else {
             Err(invalid())
         }
     }
 
     /// Checks what the record itself says (revoked, expired, account suspended) and notes the use.
-    fn admit(&self, key: Arc<KeyRecord>, via: Via) -> Result<Principal, Error> {
-        if key.revoked {
-            return Err(Error::unauthorized(
-                "key_revoked",
-                "this API key has been revoked",
-            ));
-        }
+    /// `token_exp`: a token's own expiry.
+    fn admit(
+        &self,
+        key: Arc<KeyRecord>,
+        via: Via,
+        token_exp: Option<i64>,
+    ) -> Result<Principal, Error> {
+        check_record(&key)?;
         let now = unix_now();
-        if key.expires_at.is_some_and(|e| e <= now) {
-            return Err(Error::unauthorized(
-                "key_expired",
-                "this API key has expired",
-            ));
-        }
-        if !key.account_active {
-            return Err(Error::forbidden(
-                "account_suspended",
-                "the account is suspended",
-            ));
-        }
         let uses = self.pending_uses.pin();
         if uses.get(&key.key_id) != Some(&now) {
             uses.insert(key.key_id, now);
         }
-        Ok(Principal { key, via })
+        let expires_at = match (key.expires_at, token_exp) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(Principal {
+            key,
+            via,
+            expires_at,
+        })
     }
 
+    /// Whether the key `public_id` is still admitted, read afresh (its cache entry was just
+    /// dropped: a revocation, a suspension, a change): `Err` with the refusal when it is not
+    /// (`key_revoked`, `key_expired`, `account_suspended`, or `invalid_credentials` for a key
+    /// gone), or when it cannot be told (the database unreachable: a caller keeps what it has).
+    pub async fn recheck(&self, public_id: &str) -> Result<(), Error> {
+        let key = self.lookup(public_id).await?.ok_or_else(invalid)?;
+        check_record(&key)
+    }
+
+    /// Tells of key ids dropped from the cache (`forget`), and of a cleared cache (an empty
+    /// list: every key may have changed).
+    pub fn forgotten(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<String>>> {
+        self.forgotten.subscribe()
+    }
+}
+
+/// What a key record itself refuses: revoked, expired, its account suspended.
+fn check_record(key: &KeyRecord) -> Result<(), Error> {
+    if key.revoked {
+        return Err(Error::unauthorized(
+            "key_revoked",
+            "this API key has been revoked",
+        ));
+    }
+    if key.expires_at.is_some_and(|e| e <= unix_now()) {
+        return Err(Error::unauthorized(
+            "key_expired",
+            "this API key has expired",
+        ));
+    }
+    if !key.account_active {
+        return Err(Error::forbidden(
+            "account_suspended",
+            "the account is suspended",
+        ));
+    }
+    Ok(())
+}
+
+impl Auth {
     /// The key record for a public id: in-process cache, then Redis, then PostgreSQL.
     pub async fn lookup(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, Error> {
         let stale = match self.cache.get(id) {
@@ -392,6 +435,10 @@ impl Auth {
         for id in ids {
             self.cache.remove(id);
         }
+        // no receiver (no stream open): nothing to tell
+        let _ = self
+            .forgotten
+            .send(Arc::new(ids.iter().map(|s| (*s).to_owned()).collect()));
     }
 
     /// Starts the background work: the revocation subscriber, the `last_used_at` writer and
@@ -412,7 +459,8 @@ impl Auth {
                     {
                         r.changed();
                     }
-                    b.cache.clear()
+                    b.cache.clear();
+                    let _ = b.forgotten.send(Arc::new(Vec::new()));
                 },
             ) {
                 Ok(t) => tasks.push(t),

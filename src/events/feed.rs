@@ -65,22 +65,36 @@ pub struct Feed {
     /// A live event waiting for the log to fill what comes before it.
     held: Option<Arc<Event>>,
     draining: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The caller's access ended (see `hub::Access`).
+    access: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// When the credential it was opened with expires, and what the end is then called.
+    expires: Option<(Pin<Box<tokio::time::Sleep>>, &'static str)>,
     /// Why it ended (counted on drop); `None` while open or when the client left.
     ended: Option<&'static str>,
 }
 
 impl Feed {
     /// `after`: the last event the client has (resume point); `None` starts with what comes next.
+    /// `expires`: when the credential the stream was opened with stops working, and the
+    /// reason the stream then ends with (`token_expired`, `key_expired`).
     pub fn new(
         db: Arc<Db>,
         account_id: i64,
         sub: Subscription,
         after: Option<i64>,
         filter: Filter,
+        expires: Option<(std::time::SystemTime, &'static str)>,
     ) -> Feed {
         gauge!(EVENT_STREAMS).increment(1.0);
         let pos = Position::new(after, sub.from);
         let draining = Box::pin(sub.draining.clone().cancelled_owned());
+        let access = Box::pin(sub.access.ended.clone().cancelled_owned());
+        let expires = expires.map(|(at, reason)| {
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            (Box::pin(tokio::time::sleep(left)), reason)
+        });
         Feed {
             db,
             account_id,
@@ -90,6 +104,8 @@ impl Feed {
             fetch: None,
             held: None,
             draining,
+            access,
+            expires,
             sub,
             ended: None,
         }
@@ -124,6 +140,15 @@ impl Feed {
         }
         if self.draining.as_mut().poll(cx).is_ready() {
             return Poll::Ready(self.end("draining"));
+        }
+        if self.access.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(self.end(self.sub.access.reason()));
+        }
+        if let Some((at, reason)) = &mut self.expires
+            && at.as_mut().poll(cx).is_ready()
+        {
+            let reason = *reason;
+            return Poll::Ready(self.end(reason));
         }
         loop {
             // 1. what the log gave
@@ -192,10 +217,13 @@ pub struct Position {
 
 impl Position {
     /// A feed resuming after `after` (`None`: with what comes next) on a subscription whose live
-    /// events start after `from`.
+    /// events start after `from`. `after` may be ahead of `from` (this daemon has not heard of
+    /// the latest events yet, its Redis notices lagging): the events up to `after` are the
+    /// client's already and are not passed again when they arrive. (`after` is never beyond the
+    /// account's log: `service::events::open` holds it to the log's latest id.)
     pub fn new(after: Option<i64>, from: i64) -> Position {
         Position {
-            last: after.unwrap_or(from).min(from),
+            last: after.unwrap_or(from),
             upto: from,
         }
     }
@@ -285,6 +313,25 @@ mod tests {
         for seq in 8..=10 {
             assert!(p.advance(seq));
         }
+        assert!(p.live(11) && p.advance(11));
+    }
+
+    /// A client resuming on a daemon that lags behind (it has 9; this daemon's feed has heard of
+    /// 7 only): 8 and 9 are the client's, never sent again; 10 comes once, after the log.
+    #[test]
+    fn a_resume_ahead_of_a_lagging_feed_repeats_nothing() {
+        let mut p = Position::new(Some(9), 7);
+        assert_eq!(p.owed(), None);
+        for seq in 8..=9 {
+            assert!(p.live(seq));
+            assert!(!p.advance(seq), "{seq} is the client's already");
+        }
+        assert!(p.live(10) && p.advance(10));
+        // or 11 arrives first: 10 is read from the log before it
+        let mut p = Position::new(Some(9), 7);
+        assert!(!p.live(11));
+        assert_eq!(p.owed(), Some((9, 10)));
+        assert!(p.advance(10));
         assert!(p.live(11) && p.advance(11));
     }
 

@@ -54,11 +54,30 @@ struct Feed {
 
 struct Sub {
     id: u64,
-    /// The key that opened it (what `key.revoked` of that key ends, later).
-    #[allow(dead_code)]
-    key_id: i64,
+    /// The public id of the key that opened it (with the key or through a token of it).
+    key: String,
     tx: mpsc::Sender<Arc<Event>>,
     slow: Arc<AtomicBool>,
+    access: Arc<Access>,
+}
+
+/// Set when the access a stream was opened with has ended (its key revoked or expired, its
+/// account suspended): the stream ends with the reason.
+#[derive(Default)]
+pub struct Access {
+    pub ended: CancellationToken,
+    reason: std::sync::OnceLock<&'static str>,
+}
+
+impl Access {
+    pub fn end(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.ended.cancel();
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.reason.get().copied().unwrap_or("access_ended")
+    }
 }
 
 /// A stream's registration: live events after `from` arrive on `rx`; dropping it leaves the
@@ -71,6 +90,8 @@ pub struct Subscription {
     /// Set when the hub dropped the stream for falling `events.max_queue` behind.
     pub slow: Arc<AtomicBool>,
     pub draining: CancellationToken,
+    /// Ended when the caller's access ends.
+    pub access: Arc<Access>,
     hub: Arc<Hub>,
     account_id: i64,
     id: u64,
@@ -156,9 +177,31 @@ impl Hub {
         self.draining.cancel();
     }
 
-    /// Registers a stream of `account_id`, opened with key `key_id`: 429 `stream_limit` past
-    /// `events.max_streams_per_account`.
-    pub async fn subscribe(self: &Arc<Self>, account_id: i64, key_id: i64) -> Result<Subscription> {
+    /// The keys (public ids) that opened the streams here.
+    pub fn keys(&self) -> HashSet<String> {
+        let feeds = self.feeds.lock().unwrap();
+        feeds
+            .values()
+            .flat_map(|f| f.streams.iter().map(|s| s.key.clone()))
+            .collect()
+    }
+
+    /// Ends every stream here opened with key `key` (or a token of it), for `reason`; how many.
+    pub fn end_streams_of(&self, key: &str, reason: &'static str) -> usize {
+        let feeds = self.feeds.lock().unwrap();
+        let mut n = 0;
+        for s in feeds.values().flat_map(|f| &f.streams) {
+            if s.key == key {
+                s.access.end(reason);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Registers a stream of `account_id`, opened with the key whose public id is `key`: 429
+    /// `stream_limit` past `events.max_streams_per_account`.
+    pub async fn subscribe(self: &Arc<Self>, account_id: i64, key: &str) -> Result<Subscription> {
         // a new feed starts at the account's latest event (read without the lock held; again
         // if the feed went away meanwhile)
         let mut latest_seq = None;
@@ -166,7 +209,7 @@ impl Hub {
             {
                 let mut feeds = self.feeds.lock().unwrap();
                 if feeds.contains_key(&account_id) || latest_seq.is_some() {
-                    return self.join(&mut feeds, account_id, key_id, latest_seq.unwrap_or(0));
+                    return self.join(&mut feeds, account_id, key, latest_seq.unwrap_or(0));
                 }
             }
             latest_seq = Some(latest(&self.db, account_id).await?);
@@ -177,7 +220,7 @@ impl Hub {
         self: &Arc<Self>,
         feeds: &mut HashMap<i64, Feed>,
         account_id: i64,
-        key_id: i64,
+        key: &str,
         latest_seq: i64,
     ) -> Result<Subscription> {
         let cap = self.cfg.max_streams_per_account.get() as usize;
@@ -201,17 +244,20 @@ impl Hub {
         let (tx, rx) = mpsc::channel(self.cfg.max_queue.get() as usize);
         let slow = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let access = Arc::new(Access::default());
         feed.streams.push(Sub {
             id,
-            key_id,
+            key: key.to_owned(),
             tx,
             slow: slow.clone(),
+            access: access.clone(),
         });
         Ok(Subscription {
             rx,
             from: feed.last,
             slow,
             draining: self.draining.clone(),
+            access,
             hub: self.clone(),
             account_id,
             id,

@@ -96,15 +96,12 @@ impl RentBody {
     /// When the instance is to be destroyed (epoch seconds), from the body or the default.
     pub(super) fn expiry(&self, now: f64, default_hours: f64) -> Result<Option<f64>> {
         if let Some(t) = &self.expires_at {
-            let at = humantime::parse_rfc3339_weak(t)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs_f64())
-                .ok_or_else(|| {
-                    Error::bad_request(
-                        "invalid `expires_at`: an RFC 3339 time, e.g. 2026-12-24T18:00:00Z",
-                    )
-                })?;
+            let at = crate::types::text::rfc3339(t).ok_or_else(|| {
+                Error::bad_request(
+                    "invalid `expires_at`: an RFC 3339 time with its zone, e.g. \
+                     2026-12-24T18:00:00Z or 2026-12-24T20:00:00+02:00",
+                )
+            })?;
             if at <= now || at > now + MAX_LIFETIME_HOURS * 3600.0 {
                 return Err(Error::bad_request(
                     "invalid `expires_at`: in the future, at most a year from now",

@@ -62,7 +62,7 @@ pub struct Span {
 pub const MAX_SPAN_DAYS: f64 = 400.0;
 
 /// What `from` / `to` of a report may be.
-pub const TIME_FORMS: &str = "an RFC 3339 time (2026-12-01T00:00:00Z) or a date (2026-12-01)";
+pub const TIME_FORMS: &str = "an RFC 3339 time with its zone (2026-12-01T00:00:00Z, 2026-12-01T01:00:00+01:00) or a date (2026-12-01)";
 
 /// `from` / `to` of a report: RFC 3339, or a date (`2026-12-01`, midnight UTC), as epoch seconds.
 pub fn time_of(v: &str) -> Option<f64> {
@@ -71,10 +71,7 @@ pub fn time_of(v: &str) -> Option<f64> {
     } else {
         v.to_owned()
     };
-    humantime::parse_rfc3339_weak(&text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64())
+    crate::types::text::rfc3339(&text)
 }
 
 /// [`time_of`], with an error that names `field`.

@@ -219,6 +219,9 @@ impl Daemon {
         let mut background = state.auth.spawn_tasks(&cfg);
         if let Some(hub) = &state.events {
             background.extend(hub.spawn());
+            background.push(tokio::spawn(
+                crate::service::events::end_streams_without_access(state.auth.clone(), hub.clone()),
+            ));
         }
         if let (Some(db), Some(hub)) = (&state.db, &state.events) {
             let sender = crate::events::webhook::sender::Sender::new(

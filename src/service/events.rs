@@ -3,10 +3,16 @@
 //! (Server-Sent Events and WebSocket in `api/`; a gRPC stream later). Framing, pings and close
 //! codes are the carriers'; what is owed and in which order is the feed's.
 
-use crate::auth::Principal;
-use crate::error::{Error, Result};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::{Auth, Principal, Via};
+use crate::error::{Error, Result, Side};
 use crate::events;
 use crate::events::feed::{Feed, Filter};
+use crate::events::hub::Hub;
 use crate::state::AppState;
 
 /// What a client of the feed asks for.
@@ -24,8 +30,59 @@ pub async fn open(app: &AppState, p: &Principal, r: FeedRequest) -> Result<Feed>
         .clone()
         .ok_or_else(|| super::needs_database("event streams"))?;
     let db = super::db(app, "event streams")?;
-    let sub = hub.subscribe(p.account_id(), p.key.key_id).await?;
-    Ok(Feed::new(db, p.account_id(), sub, r.after, r.filter))
+    let sub = hub.subscribe(p.account_id(), &p.key.public_id).await?;
+    // a resume point ahead of this daemon's feed is held to the log's latest id (a client's id
+    // from another daemon that heard of newer events, or one that never existed)
+    let after = match r.after {
+        Some(a) if a > sub.from => Some(a.min(events::latest(&db, p.account_id()).await?)),
+        a => a,
+    };
+    let expires = p.expires_at.map(|at| {
+        let reason = match p.via {
+            Via::Jwt if p.key.expires_at != Some(at) => "token_expired",
+            _ => "key_expired",
+        };
+        (UNIX_EPOCH + Duration::from_secs(at.max(0) as u64), reason)
+    });
+    Ok(Feed::new(db, p.account_id(), sub, after, r.filter, expires))
+}
+
+/// Ends the streams whose access has ended, on this daemon: whenever `auth` drops keys from its
+/// cache (a revocation, a suspension or a change, here or told through Redis by another
+/// daemon), each key that opened a stream here is read afresh, and a key no longer admitted
+/// ends its streams with the refusal's code (`key_revoked`, `key_expired`,
+/// `account_suspended`). A key that cannot be read now (the database unreachable) keeps its
+/// streams: they end when the key is read again and refused.
+pub async fn end_streams_without_access(auth: Arc<Auth>, hub: Arc<Hub>) {
+    let mut told = auth.forgotten();
+    loop {
+        let keys: Vec<String> = match told.recv().await {
+            // an empty list: the whole cache was dropped (a Redis reconnect)
+            Ok(ids) if ids.is_empty() => hub.keys().into_iter().collect(),
+            Ok(ids) => {
+                let open = hub.keys();
+                ids.iter().filter(|k| open.contains(*k)).cloned().collect()
+            }
+            Err(RecvError::Lagged(_)) => hub.keys().into_iter().collect(),
+            Err(RecvError::Closed) => return,
+        };
+        for key in keys {
+            match auth.recheck(&key).await {
+                Ok(()) => {}
+                Err(e) if e.side == Side::Client => {
+                    let n = hub.end_streams_of(&key, e.kind.code());
+                    tracing::info!(
+                        key,
+                        reason = e.kind.code(),
+                        streams = n,
+                        "event streams ended: their access ended"
+                    );
+                }
+                Err(e) => tracing::warn!(key, error = %e,
+                    "cannot recheck a streaming key; its streams stay open"),
+            }
+        }
+    }
 }
 
 /// An event id as the client gives it back: 1 to 18 digits (what the document says).

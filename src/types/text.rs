@@ -1,4 +1,5 @@
-//! Short text helpers shared by every layer: cutting echoed input, percent-encoding.
+//! Short text helpers shared by every layer: cutting echoed input, percent-encoding, RFC 3339
+//! times.
 
 /// Cuts client-supplied text echoed in a message, on a char boundary.
 pub fn truncate(s: &str, max: usize) -> &str {
@@ -52,8 +53,64 @@ pub fn iso_country(c: &str) -> Option<String> {
     (c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic())).then(|| c.to_ascii_uppercase())
 }
 
+/// Seconds since the epoch of an RFC 3339 time: `2026-12-24T18:00:00Z` or with an offset
+/// (`…T20:00:00+02:00`), fractions of a second allowed. A time without a zone is refused: whose
+/// clock it means is not known.
+pub fn rfc3339(s: &str) -> Option<f64> {
+    let (local, offset) = match s.strip_suffix(['Z', 'z']) {
+        Some(l) => (l, 0i64),
+        None => {
+            let at = s.len().checked_sub(6)?;
+            let (l, z) = (s.get(..at)?, s.get(at..)?.as_bytes());
+            let sign = match z[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let digits = |a: u8, b: u8| {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| i64::from((a - b'0') * 10 + b - b'0'))
+            };
+            let (h, m) = (digits(z[1], z[2])?, digits(z[4], z[5])?);
+            if z[3] != b':' || h > 23 || m > 59 {
+                return None;
+            }
+            (l, sign * (h * 3600 + m * 60))
+        }
+    };
+    // the date, `T`, the time: nothing else before the zone
+    if local.len() < 19 || !matches!(local.as_bytes()[10], b'T' | b't') {
+        return None;
+    }
+    let t = humantime::parse_rfc3339(&format!("{local}Z")).ok()?;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64();
+    Some(secs - offset as f64)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_times_need_a_zone_and_take_offsets() {
+        let utc = rfc3339("2026-12-24T18:00:00Z").unwrap();
+        assert_eq!(rfc3339("2026-12-24T20:00:00+02:00"), Some(utc));
+        assert_eq!(rfc3339("2026-12-24T13:30:00-04:30"), Some(utc));
+        assert_eq!(rfc3339("2026-12-24T18:00:00.500Z"), Some(utc + 0.5));
+        for bad in [
+            "2026-12-24T18:00:00",
+            "2026-12-24 18:00:00Z",
+            "2026-12-24",
+            "2026-12-24T18:00:00+2:00",
+            "2026-12-24T18:00:00+24:00",
+            "2026-12-24T18:00:00+02-00",
+            "2026-13-24T18:00:00Z",
+            "",
+            "Z",
+            "é2026-12-24T18:00:00+02:00",
+        ] {
+            assert_eq!(rfc3339(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

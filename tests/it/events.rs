@@ -641,3 +641,85 @@ async fn a_websocket_over_http2_carries_the_feed_beside_other_streams() {
     };
     assert_eq!(closed, (1001, "draining".to_owned()));
 }
+
+/// Access ends streams: revoking a key closes its SSE and WebSocket streams on every daemon
+/// (the revocation reaches the other daemon through Redis) within about a second, with the
+/// refusal as the reason (WebSocket 1008); suspending an account closes its token's stream;
+/// a stream opened with a token ends when the token expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_end_when_their_access_ends() {
+    let cfg = ["ratelimit.enabled=false", "auth.jwt_ttl_ms=3000"];
+    let Stack { db, sb, d } = Stack::start("ev_access", &[], &cfg).await;
+    let d2 = sb.daemon(&db, &cfg).await;
+    let a = account(&db, "revoked", 100.0, 1);
+    let public_id = a.split('_').nth(1).unwrap().to_owned();
+    let mut sse = Sse::open(d2.https, &a, "/v1/events", None, None)
+        .await
+        .unwrap();
+    assert_eq!(sse.next(WAIT).await.unwrap().event, "open");
+    let mut w = ws::open(d.https, &a, "/v1/events", &[]).await.unwrap();
+    assert_eq!(ws::next(&mut w, WAIT).await.unwrap()["type"], "open");
+
+    let at = std::time::Instant::now();
+    let prefix = sb.redis_prefix();
+    let reach = [("GPUPROXY_REDIS_KEY_PREFIX", prefix.as_str())];
+    db.cli_env(&["keys", "revoke", &public_id], &reach);
+    let seen = sse
+        .until(Duration::from_secs(3), |e| e.event == "close")
+        .await;
+    assert_eq!(
+        seen.last().unwrap().data["reason"],
+        "key_revoked",
+        "{seen:?}"
+    );
+    let closed = loop {
+        match ws::next(&mut w, Duration::from_secs(3)).await {
+            Ok(_) => continue, // the key.revoked event itself may come first
+            Err(c) => break c,
+        }
+    };
+    assert_eq!(closed, (1008, "key_revoked".to_owned()));
+    // the CLI's revocation notice, the recheck and the close: well within a second or two here
+    assert!(
+        at.elapsed() < Duration::from_secs(3),
+        "streams outlived the revocation by {:?}",
+        at.elapsed()
+    );
+    assert!(
+        sse.next(Duration::from_millis(500)).await.is_none(),
+        "nothing after close"
+    );
+
+    // a token's stream: ended by the account's suspension
+    let b = account(&db, "suspended", 100.0, 1);
+    let token = |key: String| {
+        let d = &d;
+        async move {
+            let r = call(d, &key, "POST", "/v1/auth/token", "", None).await;
+            assert_eq!(r.status, 200, "{:?}", r.json());
+            r.json()["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let jwt = token(b.clone()).await;
+    let mut sse = Sse::open(d2.https, &jwt, "/v1/events", None, None)
+        .await
+        .unwrap();
+    assert_eq!(sse.next(WAIT).await.unwrap().event, "open");
+    db.cli_env(&["accounts", "suspend", "suspended"], &reach);
+    let seen = sse
+        .until(Duration::from_secs(3), |e| e.event == "close")
+        .await;
+    assert_eq!(seen.last().unwrap().data["reason"], "account_suspended");
+
+    // a token's stream ends when the token expires (auth.jwt_ttl_ms = 3 s)
+    let c = account(&db, "expiring", 100.0, 1);
+    let jwt = token(c).await;
+    let mut sse = Sse::open(d.https, &jwt, "/v1/events", None, None)
+        .await
+        .unwrap();
+    assert_eq!(sse.next(WAIT).await.unwrap().event, "open");
+    let seen = sse
+        .until(Duration::from_secs(6), |e| e.event == "close")
+        .await;
+    assert_eq!(seen.last().unwrap().data["reason"], "token_expired");
+}

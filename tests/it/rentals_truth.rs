@@ -848,8 +848,12 @@ async fn an_instance_is_destroyed_when_its_lifetime_ends() {
     let token = account(&db, "short_lived", 10_000.0, 5);
     let o = cheapest(&d, &token, "vastai", "").await;
     let offer = o["id"].as_str().unwrap();
-    // bad lifetimes are named and rent nothing
+    // bad lifetimes are named and rent nothing; a time without its zone is not taken as UTC
+    let in_two_hours = std::time::SystemTime::now() + std::time::Duration::from_secs(7200);
+    let utc = humantime::format_rfc3339_seconds(in_two_hours).to_string();
+    let zoneless = utc.trim_end_matches('Z').to_owned();
     for (extra, field) in [
+        (json!({ "expires_at": zoneless }), "expires_at"),
         (json!({"max_duration_hours": 0}), "max_duration_hours"),
         (json!({"max_duration_hours": -1}), "max_duration_hours"),
         (json!({"max_duration_hours": 9000}), "max_duration_hours"),
@@ -889,6 +893,27 @@ async fn an_instance_is_destroyed_when_its_lifetime_ends() {
         d.scrape()
             .await
             .contains(r#"gpuproxy_reconciler_actions_total{action="expired"} 1"#)
+    );
+
+    // the same time with an offset (RFC 3339 allows any): the same end, shown in UTC
+    let t = in_two_hours
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let local = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t + 2 * 3600),
+    )
+    .to_string();
+    let with_offset = local.replace('Z', "+02:00");
+    let body = json!({"offer_id": offer, "image": "ubuntu:22.04", "disk_gb": 20,
+                      "expires_at": with_offset});
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{with_offset}: {:?}", r.json());
+    let shown = r.json()["expires_at"].as_str().unwrap().to_owned();
+    assert_eq!(
+        shown.trim_end_matches('Z').split('.').next(),
+        utc.trim_end_matches('Z').split('.').next(),
+        "{with_offset} is {utc}"
     );
 }
 

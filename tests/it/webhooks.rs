@@ -477,3 +477,64 @@ async fn an_offer_watch_fires_once_per_offer_on_refreshed_answers_without_calls_
     offers_page(&a).await;
     assert!(stream.next(Duration::from_millis(800)).await.is_none());
 }
+
+/// A webhook behind events that were swept (past `events.retention_hours`) before it was sent
+/// them: its cursor moves past them instead of coming back as behind every round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cursor_behind_swept_events_moves_past_them() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "wh_swept",
+        &[],
+        &[
+            "webhooks.allow_private_targets=true",
+            "webhooks.poll_interval_ms=100",
+        ],
+    )
+    .await;
+    let a = account(&db, "swept", 100.0, 1);
+    let r = call(
+        &d,
+        &a,
+        "POST",
+        "/v1/webhooks",
+        r#"{"url": "https://127.0.0.1:9/hook"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    // five events committed and swept before the sender read them: the sequence moved on, the
+    // rows are gone
+    let client = db.client().await;
+    client
+        .execute(
+            "UPDATE accounts SET event_seq = event_seq + 5 WHERE name = 'swept'",
+            &[],
+        )
+        .await
+        .unwrap();
+    eventually("the cursor past the swept events", || async {
+        let row = client
+            .query_one(
+                "SELECT w.cursor = a.event_seq FROM webhooks w JOIN accounts a \
+                 ON a.id = w.account_id WHERE a.name = 'swept'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, bool>(0).then_some(())
+    })
+    .await;
+    let r = call(
+        &d,
+        &a,
+        "GET",
+        &format!(
+            "/v1/webhooks/{}/deliveries",
+            r.json()["id"].as_str().unwrap()
+        ),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["deliveries"].as_array().unwrap().len(), 0);
+}

@@ -155,6 +155,16 @@ impl Sender {
                         (w.get(0), w.get(1), w.get(2));
                     let events = super::super::read_in(tx, account, cursor, ENQUEUE_BATCH).await?;
                     let Some(last) = events.last().map(|e| e.seq) else {
+                        // behind, and nothing to read: the events were swept (past
+                        // events.retention_hours) before they were enqueued; the cursor moves
+                        // past them, or the webhook would come back as behind every round
+                        tx.query_typed(
+                            "UPDATE webhooks w SET cursor = a.event_seq FROM accounts a \
+                             WHERE w.id = $1 AND a.id = w.account_id AND w.cursor = $2",
+                            &[(&id, Type::TEXT), (&cursor, Type::INT8)],
+                        )
+                        .await
+                        .map_err(crate::accounts::classify)?;
                         return Ok(false);
                     };
                     let wanted: Vec<_> = events
