@@ -102,6 +102,8 @@ CONF
   CLUSTER_PIDS+=($!)
   for _ in $(seq 100); do svc_port_busy 18082 && break; sleep 0.05; done
 
+  # a daemon told to stop answers /ready 503 for drain_delay_ms while it still serves: longer
+  # than HAProxy needs to take it out (inter 1s x fall 2 in haproxy/haproxy.cfg, plus a check)
   echo "==> $n daemons on 127.0.0.1:8451..$((8450 + n)) (PROXY v2 from HAProxy)"
   for i in $(seq "$n"); do
     setsid "$bin" serve --config config/gpuproxyd.toml \
@@ -109,6 +111,7 @@ CONF
       --set "server.tls_cert=\"$CLUSTER_DIR/certs/server.crt\"" \
       --set "server.tls_key=\"$CLUSTER_DIR/certs/server.key\"" \
       --set proxy_protocol.https=true \
+      --set server.drain_delay_ms=3000 \
       --set 'providers.vastai.base_url="http://127.0.0.1:18081"' \
       --set 'providers.ionet.base_url="http://127.0.0.1:18082"' \
       "${CLUSTER_DAEMON_ARGS[@]+"${CLUSTER_DAEMON_ARGS[@]}"}" >"$SVC_DIR/daemon-$i.log" 2>&1 &

@@ -78,6 +78,10 @@ struct Args {
     /// `at` (commit time) to its arrival, reported as the latencies.
     #[arg(long)]
     sse: bool,
+    /// Hold WebSocket event streams (`--path /v1/events`): each connection asks for an
+    /// HTTP/1.1 Upgrade, reads the 101 and the first frame (`open`), then is held.
+    #[arg(long)]
+    ws: bool,
     /// (internal) index of this child; children number their sources apart.
     #[arg(long, hide = true)]
     child_index: Option<usize>,
@@ -123,9 +127,15 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(cfg.clone())
 }
 
-/// The request head: `path`, and the `--header`s.
-fn head(path: &str, headers: &[String]) -> String {
+/// The request head: `path`, and the `--header`s (and a WebSocket upgrade's when `ws`).
+fn head(path: &str, headers: &[String], ws: bool) -> String {
     let mut req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n");
+    if ws {
+        req.push_str(
+            "upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        );
+    }
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -137,7 +147,7 @@ fn head(path: &str, headers: &[String]) -> String {
 /// Sends one request and reads the whole response (an event stream: its head and first event);
 /// errors are named by kind.
 async fn request(conn: &mut Conn, args: &Args) -> Result<(), &'static str> {
-    let req = head(&args.path, &args.headers);
+    let req = head(&args.path, &args.headers, args.ws);
     conn.get_mut()
         .write_all(req.as_bytes())
         .await
@@ -152,7 +162,12 @@ async fn request(conn: &mut Conn, args: &Args) -> Result<(), &'static str> {
             return Err("closed");
         }
         if first {
-            if !line.starts_with("HTTP/1.1 2") {
+            let want = if args.ws {
+                "HTTP/1.1 101"
+            } else {
+                "HTTP/1.1 2"
+            };
+            if !line.starts_with(want) {
                 return Err("status");
             }
             first = false;
@@ -164,6 +179,23 @@ async fn request(conn: &mut Conn, args: &Args) -> Result<(), &'static str> {
         if line == "\r\n" {
             break;
         }
+    }
+    if args.ws {
+        // the first frame (`open`): a server frame is unmasked, its length in the second byte
+        // (or the two after it)
+        let mut h = [0u8; 2];
+        conn.read_exact(&mut h).await.map_err(|_| "read")?;
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                conn.read_exact(&mut l).await.map_err(|_| "read")?;
+                usize::from(u16::from_be_bytes(l))
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload).await.map_err(|_| "read")?;
+        return Ok(());
     }
     if args.sse {
         // chunked: read up to the end of the first event (`open`)
@@ -247,7 +279,7 @@ async fn slowloris(args: Arc<Args>, child: usize, i: usize, deadline: Instant) -
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
-        let mut head = head(&args.path, &args.headers);
+        let mut head = head(&args.path, &args.headers, false);
         head.truncate(head.len() - 2); // unfinished
         if s.write_all(head.as_bytes()).await.is_ok() {
             while Instant::now() < deadline {
@@ -311,7 +343,7 @@ async fn run_worker(args: Args, child: usize) {
     emit(&report);
 
     let deadline = Instant::now() + Duration::from_secs(args.hold_secs);
-    if args.sse {
+    if args.sse || args.ws {
         hold_streams(conns, deadline).await;
         return;
     }
@@ -429,6 +461,9 @@ fn child_args(a: &Args, n: usize, c: usize) -> Vec<String> {
     }
     if a.slowloris {
         v.push("--slowloris".into());
+    }
+    if a.ws {
+        v.push("--ws".into());
     }
     if a.sse {
         v.push("--sse".into());

@@ -34,6 +34,15 @@ impl Faults {
     }
 }
 
+/// Seconds since the epoch at start: what makes ids differ between starts (inventories stay
+/// seeded).
+pub fn start_entropy() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// splitmix64: small, seeded, good enough for inventories and fault dice.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

@@ -91,7 +91,9 @@ impl Ionet {
             world: Mutex::new(World {
                 hardware: inventory::ionet_hardware(args.seed, args.ionet_hardware),
                 deployments: Vec::new(),
-                rng: Rng::new(args.seed ^ 0xd3_91),
+                // deployment ids differ from one start to the next (a daemon's ledger outlives
+                // a sandbox: the demo run twice must not meet its old ids again)
+                rng: Rng::new(args.seed ^ 0xd3_91 ^ super::faults::start_entropy()),
             }),
         }
     }

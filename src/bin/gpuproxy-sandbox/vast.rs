@@ -119,7 +119,9 @@ impl Vast {
                 offers: inventory::vast_offers(args.seed, args.vast_offers),
                 instances: BTreeMap::new(),
                 gone: Vec::new(),
-                next_id: 30_000_000,
+                // instance ids go on from one start to the next (a daemon's ledger outlives a
+                // sandbox): 100 a second since the epoch, above Vast's own range of today
+                next_id: 30_000_000 + (super::faults::start_entropy() % 10_000_000) * 100,
                 next_key_id: 700,
                 script: Default::default(),
                 surcharges: Vec::new(),
