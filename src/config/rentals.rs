@@ -46,6 +46,15 @@ pub struct RentalsConfig {
     /// Offer watches (`POST /v1/watches`) per account; more get 409 `watch_limit`. Every upstream
     /// offers answer is matched against every watch, so this bounds that work too.
     pub max_watches: NonZeroU32,
+    /// A watch fires again for the same offer only after this long (an offer that stays listed
+    /// is one event per cooldown, not one per refresh).
+    pub watch_cooldown_ms: Millis,
+    /// A watch's events per upstream answer: more matching offers than this are one event
+    /// listing them (`matched`, and the cheapest of them in `offers`).
+    pub watch_events_per_refresh: NonZeroU32,
+    /// An account's watch events per upstream answer: past this, each of its watches' matches
+    /// are one event per watch.
+    pub watch_account_events_per_refresh: NonZeroU32,
     /// An instance the provider reports in a state that never reaches `running` (Vast: exited,
     /// offline, unknown, a failed container create) this long is destroyed and marked failed.
     pub dead_state_grace_ms: Millis,
@@ -107,6 +116,9 @@ impl Default for RentalsConfig {
             budget_window_hours: nz32(24),
             max_ssh_keys: nz32(20),
             max_watches: nz32(20),
+            watch_cooldown_ms: Millis(3_600_000),
+            watch_events_per_refresh: nz32(5),
+            watch_account_events_per_refresh: nz32(20),
             dead_state_grace_ms: Millis(120_000),
             provisioning_timeout_ms: Millis(600_000),
             unreachable_grace_ms: Millis(1_800_000),

@@ -144,6 +144,7 @@ impl Rentals {
         watches::install(
             db.clone(),
             providers.list.iter().map(|p| p.id()).collect(),
+            watches::Caps::of(&config.rentals),
             &offers,
         );
         Arc::new(Rentals {

@@ -2,13 +2,18 @@
 //!
 //! Evaluated on what the offers cache already fetched, never with a call of its own: every
 //! upstream answer that refreshes the cache ([`SwrCache::on_fetched`]) is matched against every
-//! watch, and an offer that matches at or below a watch's price gets one `offer.watch_matched`
-//! event for that watch. The match rows (`offer_watch_matches`, keyed by watch and offer) and the
-//! events are written in one transaction, so several daemons refreshing the same answer, or one
-//! answer fetched again, fire it once.
+//! watch, in memory (watches × offers, no search), outside any transaction. An offer that
+//! matches at or below a watch's price fires for that watch once per `rentals.watch_cooldown_ms`:
+//! the match row (`offer_watch_matches`, keyed by watch and offer) is written or renewed by one
+//! statement whose answer says which matches are new, so several daemons refreshing the same
+//! answer, or one answer fetched again, fire it once. What fires is bounded per answer: a watch
+//! with more than `rentals.watch_events_per_refresh` new matches gets one event listing them, and
+//! an account past `rentals.watch_account_events_per_refresh` events gets one per watch. Each
+//! account's events are then written in a short transaction of its own.
 //!
 //! [`SwrCache::on_fetched`]: crate::cache::swr::SwrCache::on_fetched
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -17,7 +22,7 @@ use tokio_postgres::Row;
 use tokio_postgres::types::Type;
 
 use super::failover::Spec;
-use crate::accounts::{Db, classify};
+use crate::accounts::Db;
 use crate::error::{Error, Kind, Refusal, Result, Side};
 use crate::events::{WATCH_MATCHED, append};
 use crate::providers::{Offer, ProviderId};
@@ -162,8 +167,70 @@ pub async fn delete(db: &Db, account_id: i64, id: &str) -> Result<Watch> {
     Ok(w)
 }
 
+/// What one upstream answer may fire (`rentals.watch_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    pub cooldown_secs: f64,
+    pub per_watch: usize,
+    pub per_account: usize,
+}
+
+impl Caps {
+    pub fn of(cfg: &crate::config::RentalsConfig) -> Caps {
+        Caps {
+            cooldown_secs: cfg.watch_cooldown_ms.get().as_secs_f64(),
+            per_watch: cfg.watch_events_per_refresh.get() as usize,
+            per_account: cfg.watch_account_events_per_refresh.get() as usize,
+        }
+    }
+}
+
+/// A watch's new matches in one answer.
+struct Fired<'a> {
+    watch: String,
+    offers: Vec<&'a Offer>,
+}
+
+/// The events an account's new matches make (each a payload), within `caps`: one per offer; a
+/// watch past `per_watch` offers one listing its cheapest; an account past `per_account` events
+/// one per watch.
+fn payloads(fired: &mut [Fired<'_>], caps: Caps) -> Vec<Value> {
+    for f in fired.iter_mut() {
+        f.offers.sort_by(|a, b| {
+            a.price_per_gpu_hour
+                .total_cmp(&b.price_per_gpu_hour)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+    }
+    let summary = |f: &Fired<'_>| {
+        json!({"watch_id": f.watch, "matched": f.offers.len(),
+               "offers": f.offers.iter().take(caps.per_watch).collect::<Vec<_>>()})
+    };
+    let mut out = Vec::new();
+    for f in fired.iter() {
+        if f.offers.len() > caps.per_watch {
+            out.push(summary(f));
+        } else {
+            out.extend(
+                f.offers
+                    .iter()
+                    .map(|o| json!({"watch_id": f.watch, "offer": o})),
+            );
+        }
+    }
+    if out.len() > caps.per_account {
+        out = fired.iter().map(summary).collect();
+    }
+    out
+}
+
 /// Matches a fresh upstream answer against every watch; returns the events written.
-pub async fn evaluate(db: &Db, enabled: &[ProviderId], offers: &[Offer]) -> Result<usize> {
+pub async fn evaluate(
+    db: &Db,
+    enabled: &[ProviderId],
+    offers: &[Offer],
+    caps: Caps,
+) -> Result<usize> {
     if offers.is_empty() {
         return Ok(0);
     }
@@ -197,43 +264,71 @@ pub async fn evaluate(db: &Db, enabled: &[ProviderId], offers: &[Offer]) -> Resu
     let watch_ids: Vec<&str> = hits.iter().map(|h| h.0.as_str()).collect();
     let offer_ids: Vec<&str> = hits.iter().map(|h| h.2.id.as_str()).collect();
     let prices: Vec<f64> = hits.iter().map(|h| h.2.price_per_gpu_hour).collect();
-    db.transaction(async |tx| {
-        let new = tx
-            .query_typed(
-                "INSERT INTO offer_watch_matches (watch_id, offer_id, price_per_gpu_hour) \
-                 SELECT w, o, p FROM unnest($1::text[], $2::text[], $3::float8[]) AS x(w, o, p) \
-                 WHERE EXISTS (SELECT 1 FROM offer_watches WHERE id = x.w) \
-                 ON CONFLICT (watch_id, offer_id) DO NOTHING RETURNING watch_id, offer_id",
-                &[
-                    (&watch_ids, Type::TEXT_ARRAY),
-                    (&offer_ids, Type::TEXT_ARRAY),
-                    (&prices, Type::FLOAT8_ARRAY),
-                ],
-            )
-            .await
-            .map_err(classify)?;
-        for r in &new {
-            let (w, o): (&str, &str) = (r.get(0), r.get(1));
-            if let Some((_, account, offer)) = hits.iter().find(|h| h.0 == w && h.2.id == o) {
-                let data = json!({"watch_id": w, "offer": offer});
-                append(tx, *account, WATCH_MATCHED, None, &data).await?;
-            }
+    // new matches, and matches older than the cooldown, answer; one statement, no lock held
+    // past it
+    let new = db
+        .query(
+            "INSERT INTO offer_watch_matches (watch_id, offer_id, price_per_gpu_hour) \
+             SELECT w, o, p FROM unnest($1::text[], $2::text[], $3::float8[]) AS x(w, o, p) \
+             WHERE EXISTS (SELECT 1 FROM offer_watches WHERE id = x.w) \
+             ON CONFLICT (watch_id, offer_id) DO UPDATE \
+               SET matched_at = now(), price_per_gpu_hour = EXCLUDED.price_per_gpu_hour \
+               WHERE offer_watch_matches.matched_at < now() - make_interval(secs => $4) \
+             RETURNING watch_id, offer_id",
+            &[
+                (&watch_ids, Type::TEXT_ARRAY),
+                (&offer_ids, Type::TEXT_ARRAY),
+                (&prices, Type::FLOAT8_ARRAY),
+                (&caps.cooldown_secs, Type::FLOAT8),
+            ],
+        )
+        .await?;
+    // the new matches by account and watch, in linear time
+    let by_key: HashMap<(&str, &str), (i64, &Offer)> = hits
+        .iter()
+        .map(|(w, a, o)| ((w.as_str(), o.id.as_str()), (*a, *o)))
+        .collect();
+    let mut accounts: HashMap<i64, Vec<Fired<'_>>> = HashMap::new();
+    for r in &new {
+        let (w, o): (&str, &str) = (r.get(0), r.get(1));
+        let Some(&(account, offer)) = by_key.get(&(w, o)) else {
+            continue;
+        };
+        let fired = accounts.entry(account).or_default();
+        match fired.iter_mut().find(|f| f.watch == w) {
+            Some(f) => f.offers.push(offer),
+            None => fired.push(Fired {
+                watch: w.to_owned(),
+                offers: vec![offer],
+            }),
         }
-        Ok(new.len())
-    })
-    .await
+    }
+    let mut written = 0;
+    for (account, mut fired) in accounts {
+        let events = payloads(&mut fired, caps);
+        db.transaction(async |tx| {
+            for data in &events {
+                append(tx, account, WATCH_MATCHED, None, data).await?;
+            }
+            Ok(())
+        })
+        .await?;
+        written += events.len();
+    }
+    Ok(written)
 }
 
 /// Installs the evaluation on the offers cache: each upstream answer, in a task of its own.
 pub fn install(
     db: Arc<Db>,
     enabled: Vec<ProviderId>,
+    caps: Caps,
     offers: &crate::cache::swr::SwrCache<Vec<Offer>>,
 ) {
     offers.on_fetched(move |answer: Arc<crate::cache::swr::Entry<Vec<Offer>>>| {
         let (db, enabled) = (db.clone(), enabled.clone());
         tokio::spawn(async move {
-            match evaluate(&db, &enabled, &answer.value).await {
+            match evaluate(&db, &enabled, &answer.value, caps).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(events = n, "offer watches matched"),
                 Err(e) => {
@@ -242,4 +337,59 @@ pub fn install(
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fired<'a>(watch: &str, offers: &[&'a Offer]) -> Fired<'a> {
+        Fired {
+            watch: watch.into(),
+            offers: offers.to_vec(),
+        }
+    }
+
+    const CAPS: Caps = Caps {
+        cooldown_secs: 3600.0,
+        per_watch: 2,
+        per_account: 3,
+    };
+
+    #[test]
+    fn a_few_matches_are_an_event_each_many_are_one_listing_the_cheapest() {
+        let (a, b, c) = (
+            Offer::sample("vastai:1", 3.0, 1, None),
+            Offer::sample("vastai:2", 1.0, 1, None),
+            Offer::sample("vastai:3", 2.0, 1, None),
+        );
+        let mut two = [fired("w1", &[&a, &b])];
+        let p = payloads(&mut two, CAPS);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0]["offer"]["id"], "vastai:2", "cheapest first");
+        let mut three = [fired("w1", &[&a, &b, &c])];
+        let p = payloads(&mut three, CAPS);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0]["matched"], 3);
+        let ids: Vec<&str> = p[0]["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["vastai:2", "vastai:3"]);
+    }
+
+    #[test]
+    fn an_account_past_its_cap_gets_one_event_per_watch() {
+        let (a, b) = (
+            Offer::sample("vastai:1", 1.0, 1, None),
+            Offer::sample("vastai:2", 2.0, 1, None),
+        );
+        // 2 + 2 single events would be 4 > 3: one per watch instead
+        let mut f = [fired("w1", &[&a, &b]), fired("w2", &[&a, &b])];
+        let p = payloads(&mut f, CAPS);
+        assert_eq!(p.len(), 2);
+        assert!(p.iter().all(|e| e["matched"] == 2));
+    }
 }

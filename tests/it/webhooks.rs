@@ -298,6 +298,9 @@ async fn an_offer_watch_fires_once_per_offer_on_refreshed_answers_without_calls_
             "offers.stale_while_revalidate_ms=0",
             "webhooks.allow_private_targets=true",
             "webhooks.poll_interval_ms=100",
+            // one event per offer here (the bounds have a test of their own)
+            "rentals.watch_events_per_refresh=1000",
+            "rentals.watch_account_events_per_refresh=1000",
         ],
     )
     .await;
@@ -537,4 +540,82 @@ async fn a_cursor_behind_swept_events_moves_past_them() {
     )
     .await;
     assert_eq!(r.json()["deliveries"].as_array().unwrap().len(), 0);
+}
+
+/// Broad watches are bounded: 20 watches matching every offer make one event per watch per
+/// answer (listing how many matched and the cheapest), not one per offer, and a refreshed
+/// answer with the same offers makes none (the cooldown).
+#[tokio::test(flavor = "multi_thread")]
+async fn broad_watches_make_a_bounded_number_of_events() {
+    use std::time::Duration;
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "wh_broad",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "offers.cache_ttl_ms=200",
+            "offers.stale_while_revalidate_ms=0",
+        ],
+    )
+    .await;
+    let a = account(&db, "broad", 100.0, 1);
+    let search = || async {
+        let r = call(
+            &d,
+            &a,
+            "GET",
+            "/v1/offers?providers=vastai&limit=200",
+            "",
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    for _ in 0..20 {
+        let body =
+            serde_json::json!({"spec": {"providers": ["vastai"]}, "max_price_per_gpu": 1000});
+        let r = call(&d, &a, "POST", "/v1/watches", &body.to_string(), None).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let page = search().await;
+    let listed = page["total"].as_u64().unwrap();
+    assert!(listed > 5, "more offers than a watch's cap: {listed}");
+    let count = || async {
+        db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM account_events e JOIN accounts a ON a.id = e.account_id \
+                 WHERE a.name = 'broad' AND e.type = 'offer.watch_matched'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let n = eventually("the watches' events", || async {
+        let n = count().await;
+        (n >= 20).then_some(n)
+    })
+    .await;
+    assert_eq!(n, 20, "one event per watch, not one per offer");
+    let e = db
+        .client()
+        .await
+        .query_one(
+            "SELECT data FROM account_events e JOIN accounts a ON a.id = e.account_id \
+             WHERE a.name = 'broad' AND e.type = 'offer.watch_matched' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, serde_json::Value>(0);
+    assert!(e["matched"].as_u64().unwrap() > 5, "{e}");
+    assert_eq!(e["offers"].as_array().unwrap().len(), 5, "{e}");
+    // refreshed with the same offers: nothing new within the cooldown
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    search().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(count().await, 20);
 }
