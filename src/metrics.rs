@@ -142,7 +142,7 @@ catalog! {
     WEBHOOK_ATTEMPTS_TOTAL = "gpuproxy_webhook_attempts_total", Counter, ["result"],
         "Webhook delivery attempts, by result (delivered, retry, failed: given up, a final answer, a refused target).";
     WEBHOOKS_DISABLED_TOTAL = "gpuproxy_webhooks_disabled_total", Counter, [],
-        "Webhooks disabled after webhooks.disable_after_failures failed attempts in a row.";
+        "Webhooks disabled after failing for webhooks.disable_after_ms with webhooks.disable_after_failures failed attempts in a row.";
     BACKGROUND_ROUNDS_TOTAL = "gpuproxy_background_rounds_total", Counter, ["service", "result"],
         "Rounds of the daemon's background services, by service (reconcile, budgets, sweeps, billing, database_health, redis_health, ratelimit_sweep) and result (ok, error).";
     BACKGROUND_ROUND_DURATION_MS = "gpuproxy_background_round_duration_milliseconds", Histogram, ["service"],

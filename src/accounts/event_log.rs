@@ -20,9 +20,11 @@ pub const BUDGET_WARNING: &str = "budget.warning";
 pub const BUDGET_EXHAUSTED: &str = "budget.exhausted";
 pub const KEY_REVOKED: &str = "key.revoked";
 pub const WATCH_MATCHED: &str = "offer.watch_matched";
+/// A webhook disabled after failing for `webhooks.disable_after_ms` (its owner enables it again).
+pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
 
 /// The event types a client can ask for (`types=`), as they appear in the stream.
-pub const TYPES: [&str; 10] = [
+pub const TYPES: [&str; 11] = [
     STATUS_CHANGED,
     INTERRUPTED,
     UNREACHABLE,
@@ -33,6 +35,7 @@ pub const TYPES: [&str; 10] = [
     BUDGET_EXHAUSTED,
     KEY_REVOKED,
     WATCH_MATCHED,
+    WEBHOOK_DISABLED,
 ];
 
 /// Appends an event for `account_id` in `tx`; returns its `seq` (per account, from 1, no gaps:

@@ -63,11 +63,20 @@ pub struct WebhooksConfig {
     pub retry_max_ms: Millis,
     /// One attempt: connect, TLS, request and answer.
     pub timeout_ms: Millis,
-    /// Consecutive failed attempts (any delivery of the webhook) that disable it, so a dead
-    /// receiver does not cost retries forever; a success resets the count.
+    /// Consecutive failed attempts (any delivery of the webhook) that, together with
+    /// `disable_after_ms` of failing, disable it, so a dead receiver does not cost retries
+    /// forever; a success resets the count.
     pub disable_after_failures: NonZeroU32,
+    /// How long a webhook must have been failing (no success since its first failure) before
+    /// `disable_after_failures` disables it: an outage of minutes is retried through, not a
+    /// reason to stop. 0: the count alone.
+    pub disable_after_ms: MillisOrZero,
     /// Deliveries one daemon has in flight at once.
     pub max_in_flight: NonZeroU32,
+    /// ... of them for one webhook: a slow or failing receiver holds only its own share.
+    pub max_in_flight_per_webhook: NonZeroU32,
+    /// ... and for one account's webhooks together.
+    pub max_in_flight_per_account: NonZeroU32,
     /// How often the log and the due retries are looked at when nothing wakes the sender (a
     /// commit on this daemon wakes it at once; events written on another daemon wait this).
     pub poll_interval_ms: Millis,
@@ -90,7 +99,10 @@ impl Default for WebhooksConfig {
             retry_max_ms: Millis(3_600_000),
             timeout_ms: Millis(10_000),
             disable_after_failures: nz32(50),
+            disable_after_ms: MillisOrZero(86_400_000),
             max_in_flight: nz32(32),
+            max_in_flight_per_webhook: nz32(4),
+            max_in_flight_per_account: nz32(8),
             poll_interval_ms: Millis(1_000),
             allow_private_targets: false,
             paused: false,

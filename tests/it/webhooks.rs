@@ -166,6 +166,8 @@ async fn private_targets_are_refused_unless_allowed_and_failing_webhooks_are_dis
             "webhooks.retry_max_ms=200",
             "webhooks.poll_interval_ms=100",
             "webhooks.disable_after_failures=3",
+            // the count alone (the time rule has a test of its own)
+            "webhooks.disable_after_ms=0",
             "webhooks.max_per_account=2",
         ],
     )
@@ -270,6 +272,19 @@ async fn private_targets_are_refused_unless_allowed_and_failing_webhooks_are_dis
     assert_eq!(w["consecutive_failures"], 3);
     let page = d.scrape().await;
     assert!(support::metrics::sum(&page, "gpuproxy_webhooks_disabled_total") >= 1.0);
+    // and its owner is told, in the account's event log
+    let told = db
+        .client()
+        .await
+        .query_one(
+            "SELECT e.data FROM account_events e JOIN accounts a ON a.id = e.account_id \
+             WHERE a.name = 'guarded' AND e.type = 'webhook.disabled'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, serde_json::Value>(0);
+    assert_eq!(told["webhook_id"], id.as_str(), "{told}");
     // enabled again by its owner, with its count reset
     let again = call(
         &d,
@@ -618,4 +633,111 @@ async fn broad_watches_make_a_bounded_number_of_events() {
     search().await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(count().await, 20);
+}
+
+/// Events written to an account's log as a writer does (the next seqs, in one transaction).
+async fn write_events(db: &TestDb<'_>, account: &str, n: i64) {
+    db.client()
+        .await
+        .execute(
+            "WITH a AS (UPDATE accounts SET event_seq = event_seq + $2 WHERE name = $1 \
+                        RETURNING id, event_seq) \
+             INSERT INTO account_events (account_id, seq, type, data) \
+             SELECT a.id, a.event_seq - $2 + g, 'budget.warning', jsonb_build_object('n', g) \
+             FROM a, generate_series(1, $2) g",
+            &[&account, &n],
+        )
+        .await
+        .unwrap();
+}
+
+/// Fair delivery: a receiver that holds every answer keeps only its webhook's share of the
+/// send slots, so another account's receiver gets its event while the slow one still holds
+/// its requests; a receiver failing for a few seconds (503) is retried through its outage, not
+/// disabled (the time rule), and gets everything once it answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_receiver_holds_only_its_share_and_an_outage_is_retried_through() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "wh_fair",
+        &[],
+        &[
+            "webhooks.allow_private_targets=true",
+            "webhooks.poll_interval_ms=100",
+            "webhooks.max_in_flight=6",
+            "webhooks.max_in_flight_per_webhook=2",
+            "webhooks.max_in_flight_per_account=4",
+            "webhooks.timeout_ms=60000",
+            "webhooks.retry_base_ms=100",
+            "webhooks.retry_max_ms=300",
+            "webhooks.max_attempts=100",
+            "webhooks.disable_after_failures=3",
+            "webhooks.disable_after_ms=60000",
+        ],
+    )
+    .await;
+    let slow_key = account(&db, "slow", 100.0, 1);
+    let healthy_key = account(&db, "healthy", 100.0, 1);
+    let flaky_key = account(&db, "flaky", 100.0, 1);
+    let (slow, healthy, flaky) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    slow.hold();
+    flaky.answer(&[503; 8]);
+    let mut hooks = Vec::new();
+    for (key, rx) in [
+        (&slow_key, &slow),
+        (&healthy_key, &healthy),
+        (&flaky_key, &flaky),
+    ] {
+        let body = serde_json::json!({"url": rx.url("/"), "types": ["budget.warning"]});
+        let r = call(&d, key, "POST", "/v1/webhooks", &body.to_string(), None).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        hooks.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+
+    // the slow receiver is sent its share and holds it
+    write_events(&db, "slow", 20).await;
+    eventually("the slow receiver's share in flight", || async {
+        (slow.received().len() == 2).then_some(())
+    })
+    .await;
+    // another account's event goes while the slow one holds its two
+    write_events(&db, "healthy", 1).await;
+    eventually("the healthy receiver's event", || async {
+        (healthy.received().len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(slow.received().len(), 2, "no more than its share");
+
+    // a 503 run of eight answers, retried through (failing for less than disable_after_ms)
+    write_events(&db, "flaky", 3).await;
+    eventually("the flaky receiver's events after its outage", || async {
+        let got = flaky.received();
+        let delivered: std::collections::BTreeSet<String> =
+            got.iter().skip(8).map(|r| r.delivery.clone()).collect();
+        (delivered.len() == 3).then_some(())
+    })
+    .await;
+    let r = call(
+        &d,
+        &flaky_key,
+        "GET",
+        &format!("/v1/webhooks/{}", hooks[2]),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["enabled"], true, "{}", r.text());
+    assert_eq!(r.json()["consecutive_failures"], 0);
+
+    // released, the slow receiver gets all twenty
+    slow.release();
+    eventually("the slow receiver's twenty", || async {
+        let ids: std::collections::BTreeSet<String> =
+            slow.received().iter().map(|r| r.delivery.clone()).collect();
+        (ids.len() == 20).then_some(())
+    })
+    .await;
 }

@@ -174,7 +174,7 @@ pub async fn delete(db: &Db, account_id: i64, id: &str) -> Result<Webhook> {
 pub async fn enable(db: &Db, account_id: i64, id: &str) -> Result<Webhook> {
     db.query_opt(
         &format!(
-            "UPDATE webhooks SET enabled = true, disabled_reason = NULL, consecutive_failures = 0 \
+            "UPDATE webhooks SET enabled = true, disabled_reason = NULL, consecutive_failures = 0, failing_since = NULL \
              WHERE id = $1 AND account_id = $2 RETURNING {COLS}"
         ),
         &[(&id, Type::TEXT), (&account_id, Type::INT8)],

@@ -8,18 +8,25 @@
 //!   (`FOR UPDATE SKIP LOCKED` again), so a daemon that dies mid-send leaves them to another
 //!   once the claim runs out: a delivery may arrive twice, never not at all. Receivers
 //!   de-duplicate on `X-Gpuproxy-Delivery` (or the event id in the body).
-//! - Outcome: 2xx delivered; 408, 429, 5xx and connection failures retried after
-//!   `webhooks.retry_base_ms` × 2^(attempt−1) (capped, jittered, lengthened by `Retry-After`)
-//!   up to `webhooks.max_attempts`; other answers (other 4xx, 3xx: redirects are not followed)
-//!   and refused targets are final. `webhooks.disable_after_failures` failed attempts in a row
-//!   disable the webhook.
+//! - Fair shares: one webhook has at most `webhooks.max_in_flight_per_webhook` of this
+//!   daemon's `webhooks.max_in_flight` attempts in flight, one account's webhooks at most
+//!   `webhooks.max_in_flight_per_account`: a slow or failing receiver holds its own share, and
+//!   the due deliveries of everyone else are claimed around it.
+//! - Outcome: 2xx delivered; 408, 429, 5xx, connection failures and time-outs (counted against
+//!   the receiver) retried after `webhooks.retry_base_ms` × 2^(attempt−1) (capped, jittered,
+//!   lengthened by `Retry-After`) up to `webhooks.max_attempts`; other answers (other 4xx, 3xx:
+//!   redirects are not followed) and refused targets are final. A webhook failing for
+//!   `webhooks.disable_after_ms` (24 h) with `webhooks.disable_after_failures` failed attempts
+//!   in a row is disabled, with a `webhook.disabled` event in its account's log; an outage of
+//!   minutes is retried through.
 //! - Wakes when this daemon commits events or hears of them ([`Hub::activity`]); otherwise
 //!   every `webhooks.poll_interval_ms`.
 //!
 //! [`Hub::activity`]: crate::events::hub::Hub::activity
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -48,13 +55,37 @@ pub struct Sender {
     cfg: WebhooksConfig,
     wake: Arc<Notify>,
     slots: Arc<Semaphore>,
+    /// This daemon's attempts in flight, per webhook and per account (the fair shares).
+    busy: Mutex<Busy>,
     tls: tokio_rustls::TlsConnector,
+}
+
+#[derive(Default)]
+struct Busy {
+    webhooks: HashMap<String, i32>,
+    accounts: HashMap<i64, i32>,
+}
+
+impl Busy {
+    fn add(&mut self, webhook: &str, account: i64, n: i32) {
+        let w = self.webhooks.entry(webhook.to_owned()).or_default();
+        *w += n;
+        if *w <= 0 {
+            self.webhooks.remove(webhook);
+        }
+        let a = self.accounts.entry(account).or_default();
+        *a += n;
+        if *a <= 0 {
+            self.accounts.remove(&account);
+        }
+    }
 }
 
 /// A claimed delivery.
 struct Claimed {
     id: i64,
     webhook_id: String,
+    account_id: i64,
     event_type: String,
     payload: String,
     /// This attempt's number, from 1.
@@ -96,6 +127,7 @@ impl Sender {
             cfg: cfg.clone(),
             wake,
             slots: Arc::new(Semaphore::new(cfg.max_in_flight.get() as usize)),
+            busy: Mutex::new(Busy::default()),
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
         })
     }
@@ -212,6 +244,18 @@ impl Sender {
         }
         // the claim outlives the attempt: connect, TLS and the answer, with room to record it
         let claim = (self.cfg.timeout_ms.get() * 2 + Duration::from_secs(5)).as_secs_f64();
+        let (hooks, hook_busy, accounts, account_busy) = {
+            let b = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            let (h, hb): (Vec<String>, Vec<i32>) =
+                b.webhooks.iter().map(|(k, v)| (k.clone(), *v)).unzip();
+            let (a, ab): (Vec<i64>, Vec<i32>) = b.accounts.iter().map(|(k, v)| (*k, *v)).unzip();
+            (h, hb, a, ab)
+        };
+        let per_hook = self.cfg.max_in_flight_per_webhook.get() as i64;
+        let per_account = self.cfg.max_in_flight_per_account.get() as i64;
+        // the oldest due deliveries, at most each webhook's and account's share left of what is
+        // in flight here (the ranking reads without locks; the rows are then locked, skipping
+        // any another daemon holds)
         let rows = self
             .db
             .query(
@@ -219,11 +263,32 @@ impl Sender {
                  SET next_attempt_at = now() + make_interval(secs => $2), attempts = d.attempts + 1 \
                  FROM webhooks w \
                  WHERE w.id = d.webhook_id AND d.id IN ( \
-                   SELECT d2.id FROM webhook_deliveries d2 JOIN webhooks w2 ON w2.id = d2.webhook_id \
-                   WHERE d2.state = 'pending' AND d2.next_attempt_at <= now() AND w2.enabled \
-                   ORDER BY d2.next_attempt_at LIMIT $1 FOR UPDATE OF d2 SKIP LOCKED) \
-                 RETURNING d.id, d.webhook_id, d.event_type, d.payload, d.attempts, w.url, w.secret",
-                &[(&room, Type::INT8), (&claim, Type::FLOAT8)],
+                   SELECT l.id FROM webhook_deliveries l WHERE l.id IN ( \
+                     SELECT c.id FROM ( \
+                       SELECT d2.id, d2.next_attempt_at, \
+                         row_number() OVER (PARTITION BY d2.webhook_id \
+                           ORDER BY d2.next_attempt_at, d2.id) + coalesce(hb.n, 0) AS hook_rank, \
+                         row_number() OVER (PARTITION BY w2.account_id \
+                           ORDER BY d2.next_attempt_at, d2.id) + coalesce(ab.n, 0) AS account_rank \
+                       FROM webhook_deliveries d2 JOIN webhooks w2 ON w2.id = d2.webhook_id \
+                       LEFT JOIN unnest($3::text[], $4::int4[]) AS hb(id, n) ON hb.id = d2.webhook_id \
+                       LEFT JOIN unnest($5::int8[], $6::int4[]) AS ab(id, n) ON ab.id = w2.account_id \
+                       WHERE d2.state = 'pending' AND d2.next_attempt_at <= now() AND w2.enabled) c \
+                     WHERE c.hook_rank <= $7 AND c.account_rank <= $8 \
+                     ORDER BY c.next_attempt_at LIMIT $1) \
+                   FOR UPDATE OF l SKIP LOCKED) \
+                 RETURNING d.id, d.webhook_id, d.event_type, d.payload, d.attempts, w.url, w.secret, \
+                   w.account_id",
+                &[
+                    (&room, Type::INT8),
+                    (&claim, Type::FLOAT8),
+                    (&hooks, Type::TEXT_ARRAY),
+                    (&hook_busy, Type::INT4_ARRAY),
+                    (&accounts, Type::INT8_ARRAY),
+                    (&account_busy, Type::INT4_ARRAY),
+                    (&per_hook, Type::INT8),
+                    (&per_account, Type::INT8),
+                ],
             )
             .await?;
         for r in rows {
@@ -235,18 +300,30 @@ impl Sender {
                 attempt: r.get(4),
                 url: r.get(5),
                 secret: r.get(6),
+                account_id: r.get(7),
             };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                 // cannot happen (the room was counted); the claim runs out and it goes later
                 break;
             };
+            self.busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add(&d.webhook_id, d.account_id, 1);
             let me = self.clone();
             tokio::spawn(async move {
                 let outcome = me.attempt(&d).await;
                 if let Err(e) = me.record(&d, &outcome).await {
                     tracing::warn!(delivery = d.id, error = %e, "could not record a webhook attempt; it is sent again when its claim runs out");
                 }
+                me.busy.lock().unwrap_or_else(|p| p.into_inner()).add(
+                    &d.webhook_id,
+                    d.account_id,
+                    -1,
+                );
                 drop(slot);
+                // a share freed: what waited for it may go now
+                me.wake.notify_one();
             });
         }
         Ok(())
@@ -332,8 +409,12 @@ impl Sender {
         let ok = o.verdict == Verdict::Delivered;
         let status = o.status.map(i32::from);
         let threshold = self.cfg.disable_after_failures.get() as i32;
-        let reason =
-            format!("{threshold} failed attempts in a row (webhooks.disable_after_failures)");
+        let after = self.cfg.disable_after_ms.get().as_secs_f64();
+        let reason = format!(
+            "failing since {{since}} ({threshold} failed attempts in a row and {} s without a \
+             success: webhooks.disable_after_failures, webhooks.disable_after_ms)",
+            after
+        );
         let rows = self
             .db
             .query(
@@ -345,13 +426,19 @@ impl Sender {
                        'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                        'attempt', attempts, 'status', $4, 'error', $5)) \
                    WHERE id = $1 RETURNING webhook_id) \
+                 , before AS (SELECT w0.id, w0.enabled FROM webhooks w0, d WHERE w0.id = d.webhook_id) \
                  UPDATE webhooks w SET \
                    consecutive_failures = CASE WHEN $6 THEN 0 ELSE w.consecutive_failures + 1 END, \
-                   enabled = w.enabled AND ($6 OR w.consecutive_failures + 1 < $7), \
+                   failing_since = CASE WHEN $6 THEN NULL ELSE coalesce(w.failing_since, now()) END, \
+                   enabled = w.enabled AND ($6 OR w.consecutive_failures + 1 < $7 \
+                     OR coalesce(w.failing_since, now()) > now() - make_interval(secs => $9)), \
                    disabled_reason = CASE WHEN w.enabled AND NOT $6 AND w.consecutive_failures + 1 >= $7 \
-                                     THEN $8 ELSE w.disabled_reason END \
-                 FROM d WHERE w.id = d.webhook_id \
-                 RETURNING w.enabled, w.account_id, w.consecutive_failures",
+                       AND coalesce(w.failing_since, now()) <= now() - make_interval(secs => $9) \
+                     THEN replace($8, '{since}', to_char(coalesce(w.failing_since, now()) AT TIME ZONE 'UTC', \
+                       'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')) \
+                     ELSE w.disabled_reason END \
+                 FROM d, before WHERE w.id = d.webhook_id AND before.id = w.id \
+                 RETURNING w.enabled, w.account_id, before.enabled, w.disabled_reason",
                 &[
                     (&d.id, Type::INT8),
                     (&state, Type::TEXT),
@@ -361,16 +448,31 @@ impl Sender {
                     (&ok, Type::BOOL),
                     (&threshold, Type::INT4),
                     (&reason, Type::TEXT),
+                    (&after, Type::FLOAT8),
                 ],
             )
             .await?;
-        // the attempt that crossed the threshold (attempts in flight meanwhile count on)
+        // the attempt that disabled it (attempts in flight meanwhile find it disabled already)
         if let Some(r) = rows.first()
             && !r.get::<_, bool>(0)
-            && r.get::<_, i32>(2) == threshold
+            && r.get::<_, bool>(2)
         {
+            let (account, why): (i64, Option<String>) = (r.get(1), r.get(3));
             counter!(WEBHOOKS_DISABLED_TOTAL).increment(1);
-            tracing::warn!(webhook = %d.webhook_id, account = r.get::<_, i64>(1), "{reason}: webhook disabled");
+            tracing::warn!(webhook = %d.webhook_id, account, reason = ?why, "webhook disabled");
+            let data = serde_json::json!({"webhook_id": d.webhook_id, "reason": why});
+            let hook = d.webhook_id.clone();
+            if let Err(e) = self
+                .db
+                .transaction(async |tx| {
+                    crate::events::append(tx, account, crate::events::WEBHOOK_DISABLED, None, &data)
+                        .await
+                        .map(|_| ())
+                })
+                .await
+            {
+                tracing::warn!(webhook = %hook, error = %e, "could not write the webhook.disabled event");
+            }
         }
         tracing::debug!(delivery = d.id, webhook = %d.webhook_id, attempt = d.attempt, result, status = ?o.status, error = ?o.error, "webhook attempt");
         Ok(())

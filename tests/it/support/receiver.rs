@@ -31,9 +31,17 @@ struct Shared {
     script: VecDeque<u16>,
 }
 
+/// Whether answers are held back (a slow receiver), and the waiters' wake-up.
+#[derive(Default)]
+struct Gate {
+    held: std::sync::atomic::AtomicBool,
+    open: tokio::sync::Notify,
+}
+
 pub struct Receiver {
     pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
+    gate: Arc<Gate>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -42,16 +50,17 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let s = shared.clone();
+        let gate = Arc::new(Gate::default());
+        let (s, g) = (shared.clone(), gate.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let s = s.clone();
+                let (s, g) = (s.clone(), g.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let s = s.clone();
+                        let (s, g) = (s.clone(), g.clone());
                         async move {
                             let h = |n: &str| {
                                 req.headers()
@@ -76,6 +85,14 @@ impl Receiver {
                                 });
                                 s.script.pop_front().unwrap_or(200)
                             };
+                            // a held receiver answers only once released
+                            while g.held.load(std::sync::atomic::Ordering::Acquire) {
+                                let open = g.open.notified();
+                                if !g.held.load(std::sync::atomic::Ordering::Acquire) {
+                                    break;
+                                }
+                                open.await;
+                            }
                             Ok::<_, hyper::Error>(
                                 Response::builder()
                                     .status(status)
@@ -90,7 +107,26 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, shared, task }
+        Receiver {
+            addr,
+            shared,
+            gate,
+            task,
+        }
+    }
+
+    /// Holds every answer (requests are recorded as they come) until [`Receiver::release`].
+    pub fn hold(&self) {
+        self.gate
+            .held
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn release(&self) {
+        self.gate
+            .held
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.gate.open.notify_waiters();
     }
 
     /// The next answers, in order (200 after them).
