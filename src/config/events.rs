@@ -71,6 +71,9 @@ pub struct WebhooksConfig {
     /// `disable_after_failures` disables it: an outage of minutes is retried through, not a
     /// reason to stop. 0: the count alone.
     pub disable_after_ms: MillisOrZero,
+    /// A webhook disabled for failing is probed this often with its oldest pending delivery; a
+    /// 2xx enables it again (and what waited is sent). 0: only its owner enables it.
+    pub probe_interval_ms: MillisOrZero,
     /// Deliveries one daemon has in flight at once.
     pub max_in_flight: NonZeroU32,
     /// ... of them for one webhook: a slow or failing receiver holds only its own share.
@@ -100,6 +103,7 @@ impl Default for WebhooksConfig {
             timeout_ms: Millis(10_000),
             disable_after_failures: nz32(50),
             disable_after_ms: MillisOrZero(86_400_000),
+            probe_interval_ms: MillisOrZero(3_600_000),
             max_in_flight: nz32(32),
             max_in_flight_per_webhook: nz32(4),
             max_in_flight_per_account: nz32(8),

@@ -741,3 +741,63 @@ async fn a_slow_receiver_holds_only_its_share_and_an_outage_is_retried_through()
     })
     .await;
 }
+
+/// A webhook disabled for failing is probed with its oldest pending delivery; once the receiver
+/// answers 2xx it is enabled again and gets what waited, without its owner.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disabled_webhook_is_enabled_again_by_a_successful_probe() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "wh_probe",
+        &[],
+        &[
+            "webhooks.allow_private_targets=true",
+            "webhooks.poll_interval_ms=100",
+            "webhooks.retry_base_ms=100",
+            "webhooks.retry_max_ms=200",
+            "webhooks.max_attempts=100",
+            "webhooks.disable_after_failures=2",
+            "webhooks.disable_after_ms=0",
+            "webhooks.probe_interval_ms=500",
+        ],
+    )
+    .await;
+    let key = account(&db, "probed", 100.0, 1);
+    let rx = Receiver::start().await;
+    rx.answer(&[503; 4]);
+    let body = serde_json::json!({"url": rx.url("/"), "types": ["budget.warning"]});
+    let r = call(&d, &key, "POST", "/v1/webhooks", &body.to_string(), None).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    write_events(&db, "probed", 2).await;
+    let disabled = || async {
+        db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM account_events e JOIN accounts a ON a.id = e.account_id \
+                 WHERE a.name = 'probed' AND e.type = 'webhook.disabled'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    eventually("the webhook disabled", || async {
+        (disabled().await == 1).then_some(())
+    })
+    .await;
+    let w = eventually("enabled again by a probe, everything delivered", || async {
+        let w = call(&d, &key, "GET", &format!("/v1/webhooks/{id}"), "", None)
+            .await
+            .json();
+        let delivered: std::collections::BTreeSet<String> = rx
+            .received()
+            .iter()
+            .skip(4)
+            .map(|r| r.delivery.clone())
+            .collect();
+        (w["enabled"] == true && delivered.len() == 2).then_some(w)
+    })
+    .await;
+    assert_eq!(w["consecutive_failures"], 0, "{w}");
+    assert!(w["disabled_reason"].is_null(), "{w}");
+}

@@ -49,7 +49,7 @@ pub struct NewWebhook {
     pub url: String,
     /// The event types to deliver; absent or empty: every type.
     #[serde(default)]
-    #[schemars(with = "Vec<crate::events::EventType>", length(max = 10))]
+    #[schemars(with = "Vec<crate::events::EventType>", length(max = TYPES.len()))]
     #[schemars(extend("uniqueItems" = true))]
     pub types: Vec<String>,
 }

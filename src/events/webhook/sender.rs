@@ -152,6 +152,9 @@ impl Sender {
             if let Err(e) = self.send_due().await {
                 tracing::debug!(error = %e, "webhook send round failed; the next round retries");
             }
+            if let Err(e) = self.probe_disabled().await {
+                tracing::debug!(error = %e, "webhook probe round failed; the next round retries");
+            }
         }
     }
 
@@ -329,6 +332,61 @@ impl Sender {
         Ok(())
     }
 
+    /// Sends each webhook disabled for failing (not by its owner: it has no such switch) its
+    /// oldest pending delivery, once per `webhooks.probe_interval_ms` (the claim moves that
+    /// delivery's next attempt a whole interval on, across daemons); a 2xx enables it again
+    /// (`record`).
+    async fn probe_disabled(self: &Arc<Self>) -> Result<()> {
+        let every = self.cfg.probe_interval_ms.get();
+        if every.is_zero() || self.slots.available_permits() == 0 {
+            return Ok(());
+        }
+        let rows = self
+            .db
+            .query(
+                "UPDATE webhook_deliveries d \
+                 SET next_attempt_at = now() + make_interval(secs => $1), attempts = d.attempts + 1 \
+                 FROM webhooks w \
+                 WHERE w.id = d.webhook_id AND d.id IN ( \
+                   SELECT l.id FROM webhook_deliveries l WHERE l.id IN ( \
+                     SELECT DISTINCT ON (d2.webhook_id) d2.id \
+                     FROM webhook_deliveries d2 JOIN webhooks w2 ON w2.id = d2.webhook_id \
+                     WHERE d2.state = 'pending' AND d2.next_attempt_at <= now() \
+                       AND NOT w2.enabled AND w2.failing_since IS NOT NULL \
+                     ORDER BY d2.webhook_id, d2.event_seq LIMIT 20) \
+                   FOR UPDATE OF l SKIP LOCKED) \
+                 RETURNING d.id, d.webhook_id, d.event_type, d.payload, d.attempts, w.url, w.secret, \
+                   w.account_id",
+                &[(&every.as_secs_f64(), Type::FLOAT8)],
+            )
+            .await?;
+        for r in rows {
+            let d = Claimed {
+                id: r.get(0),
+                webhook_id: r.get(1),
+                event_type: r.get(2),
+                payload: r.get(3),
+                attempt: r.get(4),
+                url: r.get(5),
+                secret: r.get(6),
+                account_id: r.get(7),
+            };
+            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let outcome = me.attempt(&d).await;
+                if let Err(e) = me.record(&d, &outcome).await {
+                    tracing::warn!(delivery = d.id, error = %e, "could not record a webhook probe");
+                }
+                drop(slot);
+                me.wake.notify_one();
+            });
+        }
+        Ok(())
+    }
+
     /// One attempt, within `webhooks.timeout_ms` as a whole.
     async fn attempt(&self, d: &Claimed) -> Outcome {
         let t = match target::parse(&d.url) {
@@ -430,13 +488,13 @@ impl Sender {
                  UPDATE webhooks w SET \
                    consecutive_failures = CASE WHEN $6 THEN 0 ELSE w.consecutive_failures + 1 END, \
                    failing_since = CASE WHEN $6 THEN NULL ELSE coalesce(w.failing_since, now()) END, \
-                   enabled = w.enabled AND ($6 OR w.consecutive_failures + 1 < $7 \
-                     OR coalesce(w.failing_since, now()) > now() - make_interval(secs => $9)), \
+                   enabled = $6 OR (w.enabled AND (w.consecutive_failures + 1 < $7 \
+                     OR coalesce(w.failing_since, now()) > now() - make_interval(secs => $9))), \
                    disabled_reason = CASE WHEN w.enabled AND NOT $6 AND w.consecutive_failures + 1 >= $7 \
                        AND coalesce(w.failing_since, now()) <= now() - make_interval(secs => $9) \
                      THEN replace($8, '{since}', to_char(coalesce(w.failing_since, now()) AT TIME ZONE 'UTC', \
                        'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')) \
-                     ELSE w.disabled_reason END \
+                     WHEN $6 THEN NULL ELSE w.disabled_reason END \
                  FROM d, before WHERE w.id = d.webhook_id AND before.id = w.id \
                  RETURNING w.enabled, w.account_id, before.enabled, w.disabled_reason",
                 &[
@@ -452,6 +510,12 @@ impl Sender {
                 ],
             )
             .await?;
+        if let Some(r) = rows.first()
+            && r.get::<_, bool>(0)
+            && !r.get::<_, bool>(2)
+        {
+            tracing::info!(webhook = %d.webhook_id, "webhook answered again: enabled");
+        }
         // the attempt that disabled it (attempts in flight meanwhile find it disabled already)
         if let Some(r) = rows.first()
             && !r.get::<_, bool>(0)
