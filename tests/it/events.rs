@@ -178,24 +178,6 @@ async fn bad_requests_and_the_stream_cap_get_json_errors() {
     .await;
 }
 
-/// Adds `n` events to an account's log the way a writer does (the next seqs, in one
-/// transaction): a burst no client reads as fast as it comes.
-async fn burst(db: &TestDb<'_>, account: &str, n: i64) {
-    db.client()
-        .await
-        .execute(
-            "WITH a AS (UPDATE accounts SET event_seq = event_seq + $2 WHERE name = $1 \
-                        RETURNING id, event_seq) \
-             INSERT INTO account_events (account_id, seq, type, data) \
-             SELECT a.id, a.event_seq - $2 + g, 'budget.warning', \
-                    jsonb_build_object('n', g, 'pad', repeat('x', 1000)) \
-             FROM a, generate_series(1, $2) g",
-            &[&account, &n],
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_is_closed_as_slow_consumer_and_others_keep_up() {
     let Stack {
@@ -227,7 +209,7 @@ async fn a_client_that_stops_reading_is_closed_as_slow_consumer_and_others_keep_
     reader.next(WAIT).await.unwrap();
 
     // about 40 MB: more than the socket buffers and hyper's hold
-    burst(&db, "slowpoke", 40_000).await;
+    db.write_events("slowpoke", 40_000, 1000).await;
     support::eventually(
         "the stalled stream to be dropped as slow_consumer",
         || async {

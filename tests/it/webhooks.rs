@@ -635,22 +635,6 @@ async fn broad_watches_make_a_bounded_number_of_events() {
     assert_eq!(count().await, 20);
 }
 
-/// Events written to an account's log as a writer does (the next seqs, in one transaction).
-async fn write_events(db: &TestDb<'_>, account: &str, n: i64) {
-    db.client()
-        .await
-        .execute(
-            "WITH a AS (UPDATE accounts SET event_seq = event_seq + $2 WHERE name = $1 \
-                        RETURNING id, event_seq) \
-             INSERT INTO account_events (account_id, seq, type, data) \
-             SELECT a.id, a.event_seq - $2 + g, 'budget.warning', jsonb_build_object('n', g) \
-             FROM a, generate_series(1, $2) g",
-            &[&account, &n],
-        )
-        .await
-        .unwrap();
-}
-
 /// Fair delivery: a receiver that holds every answer keeps only its webhook's share of the
 /// send slots, so another account's receiver gets its event while the slow one still holds
 /// its requests; a receiver failing for a few seconds (503) is retried through its outage, not
@@ -698,13 +682,13 @@ async fn a_slow_receiver_holds_only_its_share_and_an_outage_is_retried_through()
     }
 
     // the slow receiver is sent its share and holds it
-    write_events(&db, "slow", 20).await;
+    db.write_events("slow", 20, 0).await;
     eventually("the slow receiver's share in flight", || async {
         (slow.received().len() == 2).then_some(())
     })
     .await;
     // another account's event goes while the slow one holds its two
-    write_events(&db, "healthy", 1).await;
+    db.write_events("healthy", 1, 0).await;
     eventually("the healthy receiver's event", || async {
         (healthy.received().len() == 1).then_some(())
     })
@@ -712,7 +696,7 @@ async fn a_slow_receiver_holds_only_its_share_and_an_outage_is_retried_through()
     assert_eq!(slow.received().len(), 2, "no more than its share");
 
     // a 503 run of eight answers, retried through (failing for less than disable_after_ms)
-    write_events(&db, "flaky", 3).await;
+    db.write_events("flaky", 3, 0).await;
     eventually("the flaky receiver's events after its outage", || async {
         let got = flaky.received();
         let delivered: std::collections::BTreeSet<String> =
@@ -768,7 +752,7 @@ async fn a_disabled_webhook_is_enabled_again_by_a_successful_probe() {
     let r = call(&d, &key, "POST", "/v1/webhooks", &body.to_string(), None).await;
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_owned();
-    write_events(&db, "probed", 2).await;
+    db.write_events("probed", 2, 0).await;
     let disabled = || async {
         db.client()
             .await

@@ -294,41 +294,7 @@ impl Sender {
                 ],
             )
             .await?;
-        for r in rows {
-            let d = Claimed {
-                id: r.get(0),
-                webhook_id: r.get(1),
-                event_type: r.get(2),
-                payload: r.get(3),
-                attempt: r.get(4),
-                url: r.get(5),
-                secret: r.get(6),
-                account_id: r.get(7),
-            };
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                // cannot happen (the room was counted); the claim runs out and it goes later
-                break;
-            };
-            self.busy
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .add(&d.webhook_id, d.account_id, 1);
-            let me = self.clone();
-            tokio::spawn(async move {
-                let outcome = me.attempt(&d).await;
-                if let Err(e) = me.record(&d, &outcome).await {
-                    tracing::warn!(delivery = d.id, error = %e, "could not record a webhook attempt; it is sent again when its claim runs out");
-                }
-                me.busy.lock().unwrap_or_else(|p| p.into_inner()).add(
-                    &d.webhook_id,
-                    d.account_id,
-                    -1,
-                );
-                drop(slot);
-                // a share freed: what waited for it may go now
-                me.wake.notify_one();
-            });
-        }
+        self.launch(rows);
         Ok(())
     }
 
@@ -360,6 +326,14 @@ impl Sender {
                 &[(&every.as_secs_f64(), Type::FLOAT8)],
             )
             .await?;
+        self.launch(rows);
+        Ok(())
+    }
+
+    /// Sends each claimed delivery (the claim's rows: id, webhook, event type, payload,
+    /// attempt, URL, secret, account) in a task of its own, holding a send slot and its
+    /// webhook's and account's share while it runs; a freed share wakes the sender.
+    fn launch(self: &Arc<Self>, rows: Vec<tokio_postgres::Row>) {
         for r in rows {
             let d = Claimed {
                 id: r.get(0),
@@ -372,19 +346,28 @@ impl Sender {
                 account_id: r.get(7),
             };
             let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+                // cannot happen (the room was counted); the claim runs out and it goes later
                 break;
             };
+            self.busy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add(&d.webhook_id, d.account_id, 1);
             let me = self.clone();
             tokio::spawn(async move {
                 let outcome = me.attempt(&d).await;
                 if let Err(e) = me.record(&d, &outcome).await {
-                    tracing::warn!(delivery = d.id, error = %e, "could not record a webhook probe");
+                    tracing::warn!(delivery = d.id, error = %e, "could not record a webhook attempt; it is sent again when its claim runs out");
                 }
+                me.busy.lock().unwrap_or_else(|p| p.into_inner()).add(
+                    &d.webhook_id,
+                    d.account_id,
+                    -1,
+                );
                 drop(slot);
                 me.wake.notify_one();
             });
         }
-        Ok(())
     }
 
     /// One attempt, within `webhooks.timeout_ms` as a whole.

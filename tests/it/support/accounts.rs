@@ -12,6 +12,25 @@ pub struct TestDb<'a> {
 }
 
 impl<'a> TestDb<'a> {
+    /// Writes `n` `budget.warning` events to `account`'s log the way a writer does (the next
+    /// seqs, in one transaction), each padded with `pad` bytes: a burst no client reads as
+    /// fast as it comes, or events for webhooks to deliver.
+    pub async fn write_events(&self, account: &str, n: i64, pad: i32) {
+        self.client()
+            .await
+            .execute(
+                "WITH a AS (UPDATE accounts SET event_seq = event_seq + $2 WHERE name = $1 \
+                            RETURNING id, event_seq) \
+                 INSERT INTO account_events (account_id, seq, type, data) \
+                 SELECT a.id, a.event_seq - $2 + g, 'budget.warning', \
+                        jsonb_build_object('n', g, 'pad', repeat('x', $3)) \
+                 FROM a, generate_series(1, $2) g",
+                &[&account, &n, &pad],
+            )
+            .await
+            .unwrap();
+    }
+
     pub fn new(services: &'a Services, prefix: &str) -> TestDb<'a> {
         let name = format!("{prefix}_{}", free_port());
         services.create_database(&name);
