@@ -456,70 +456,81 @@ impl Sender {
              success: webhooks.disable_after_failures, webhooks.disable_after_ms)",
             after
         );
-        let rows = self
+        // one transaction, the webhook row locked first: concurrent attempts of one webhook
+        // record one after the other, so exactly one sees it go from enabled to disabled (or
+        // back), and the webhook.disabled event commits with the change
+        let changed = self
             .db
-            .query(
-                "WITH d AS ( \
-                   UPDATE webhook_deliveries SET state = $2, \
-                     next_attempt_at = now() + make_interval(secs => $3), \
-                     last_attempt_at = now(), last_status = $4, last_error = $5, \
-                     history = history || jsonb_build_array(jsonb_build_object( \
-                       'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
-                       'attempt', attempts, 'status', $4, 'error', $5)) \
-                   WHERE id = $1 RETURNING webhook_id) \
-                 , before AS (SELECT w0.id, w0.enabled FROM webhooks w0, d WHERE w0.id = d.webhook_id) \
-                 UPDATE webhooks w SET \
-                   consecutive_failures = CASE WHEN $6 THEN 0 ELSE w.consecutive_failures + 1 END, \
-                   failing_since = CASE WHEN $6 THEN NULL ELSE coalesce(w.failing_since, now()) END, \
-                   enabled = $6 OR (w.enabled AND (w.consecutive_failures + 1 < $7 \
-                     OR coalesce(w.failing_since, now()) > now() - make_interval(secs => $9))), \
-                   disabled_reason = CASE WHEN w.enabled AND NOT $6 AND w.consecutive_failures + 1 >= $7 \
-                       AND coalesce(w.failing_since, now()) <= now() - make_interval(secs => $9) \
-                     THEN replace($8, '{since}', to_char(coalesce(w.failing_since, now()) AT TIME ZONE 'UTC', \
-                       'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')) \
-                     WHEN $6 THEN NULL ELSE w.disabled_reason END \
-                 FROM d, before WHERE w.id = d.webhook_id AND before.id = w.id \
-                 RETURNING w.enabled, w.account_id, before.enabled, w.disabled_reason",
-                &[
-                    (&d.id, Type::INT8),
-                    (&state, Type::TEXT),
-                    (&wait.as_secs_f64(), Type::FLOAT8),
-                    (&status, Type::INT4),
-                    (&o.error, Type::TEXT),
-                    (&ok, Type::BOOL),
-                    (&threshold, Type::INT4),
-                    (&reason, Type::TEXT),
-                    (&after, Type::FLOAT8),
-                ],
-            )
-            .await?;
-        if let Some(r) = rows.first()
-            && r.get::<_, bool>(0)
-            && !r.get::<_, bool>(2)
-        {
-            tracing::info!(webhook = %d.webhook_id, "webhook answered again: enabled");
-        }
-        // the attempt that disabled it (attempts in flight meanwhile find it disabled already)
-        if let Some(r) = rows.first()
-            && !r.get::<_, bool>(0)
-            && r.get::<_, bool>(2)
-        {
-            let (account, why): (i64, Option<String>) = (r.get(1), r.get(3));
-            counter!(WEBHOOKS_DISABLED_TOTAL).increment(1);
-            tracing::warn!(webhook = %d.webhook_id, account, reason = ?why, "webhook disabled");
-            let data = serde_json::json!({"webhook_id": d.webhook_id, "reason": why});
-            let hook = d.webhook_id.clone();
-            if let Err(e) = self
-                .db
-                .transaction(async |tx| {
+            .transaction(async |tx| {
+                let was: Option<bool> = tx
+                    .query_typed(
+                        "SELECT w.enabled FROM webhooks w JOIN webhook_deliveries d \
+                         ON d.webhook_id = w.id WHERE d.id = $1 FOR UPDATE OF w",
+                        &[(&d.id, Type::INT8)],
+                    )
+                    .await
+                    .map_err(crate::accounts::classify)?
+                    .first()
+                    .map(|r| r.get(0));
+                let rows = tx
+                    .query_typed(
+                        "WITH d AS ( \
+                           UPDATE webhook_deliveries SET state = $2, \
+                             next_attempt_at = now() + make_interval(secs => $3), \
+                             last_attempt_at = now(), last_status = $4, last_error = $5, \
+                             history = history || jsonb_build_array(jsonb_build_object( \
+                               'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                               'attempt', attempts, 'status', $4, 'error', $5)) \
+                           WHERE id = $1 RETURNING webhook_id) \
+                         UPDATE webhooks w SET \
+                           consecutive_failures = CASE WHEN $6 THEN 0 ELSE w.consecutive_failures + 1 END, \
+                           failing_since = CASE WHEN $6 THEN NULL ELSE coalesce(w.failing_since, now()) END, \
+                           enabled = $6 OR (w.enabled AND (w.consecutive_failures + 1 < $7 \
+                             OR coalesce(w.failing_since, now()) > now() - make_interval(secs => $9))), \
+                           disabled_reason = CASE WHEN w.enabled AND NOT $6 AND w.consecutive_failures + 1 >= $7 \
+                               AND coalesce(w.failing_since, now()) <= now() - make_interval(secs => $9) \
+                             THEN replace($8, '{since}', to_char(coalesce(w.failing_since, now()) AT TIME ZONE 'UTC', \
+                               'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')) \
+                             WHEN $6 THEN NULL ELSE w.disabled_reason END \
+                         FROM d WHERE w.id = d.webhook_id \
+                         RETURNING w.enabled, w.account_id, w.disabled_reason",
+                        &[
+                            (&d.id, Type::INT8),
+                            (&state, Type::TEXT),
+                            (&wait.as_secs_f64(), Type::FLOAT8),
+                            (&status, Type::INT4),
+                            (&o.error, Type::TEXT),
+                            (&ok, Type::BOOL),
+                            (&threshold, Type::INT4),
+                            (&reason, Type::TEXT),
+                            (&after, Type::FLOAT8),
+                        ],
+                    )
+                    .await
+                    .map_err(crate::accounts::classify)?;
+                let Some((now, account, why)) = rows
+                    .first()
+                    .map(|r| (r.get::<_, bool>(0), r.get::<_, i64>(1), r.get::<_, Option<String>>(2)))
+                else {
+                    return Ok(None);
+                };
+                if was == Some(true) && !now {
+                    let data = serde_json::json!({"webhook_id": d.webhook_id, "reason": why});
                     crate::events::append(tx, account, crate::events::WEBHOOK_DISABLED, None, &data)
-                        .await
-                        .map(|_| ())
-                })
-                .await
-            {
-                tracing::warn!(webhook = %hook, error = %e, "could not write the webhook.disabled event");
+                        .await?;
+                }
+                Ok(was.map(|was| (was, now, account, why)))
+            })
+            .await?;
+        match changed {
+            Some((false, true, _, _)) => {
+                tracing::info!(webhook = %d.webhook_id, "webhook answered again: enabled");
             }
+            Some((true, false, account, why)) => {
+                counter!(WEBHOOKS_DISABLED_TOTAL).increment(1);
+                tracing::warn!(webhook = %d.webhook_id, account, reason = ?why, "webhook disabled");
+            }
+            _ => {}
         }
         tracing::debug!(delivery = d.id, webhook = %d.webhook_id, attempt = d.attempt, result, status = ?o.status, error = ?o.error, "webhook attempt");
         Ok(())
