@@ -273,18 +273,9 @@ async fn private_targets_are_refused_unless_allowed_and_failing_webhooks_are_dis
     let page = d.scrape().await;
     assert!(support::metrics::sum(&page, "gpuproxy_webhooks_disabled_total") >= 1.0);
     // and its owner is told, in the account's event log
-    let told = db
-        .client()
-        .await
-        .query_one(
-            "SELECT e.data FROM account_events e JOIN accounts a ON a.id = e.account_id \
-             WHERE a.name = 'guarded' AND e.type = 'webhook.disabled'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, serde_json::Value>(0);
-    assert_eq!(told["webhook_id"], id.as_str(), "{told}");
+    let told = db.events_of("guarded", "webhook.disabled").await;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["webhook_id"], id.as_str(), "{told:?}");
     // enabled again by its owner, with its count reset
     let again = call(
         &d,
@@ -597,35 +588,14 @@ async fn broad_watches_make_a_bounded_number_of_events() {
     let page = search().await;
     let listed = page["total"].as_u64().unwrap();
     assert!(listed > 5, "more offers than a watch's cap: {listed}");
-    let count = || async {
-        db.client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM account_events e JOIN accounts a ON a.id = e.account_id \
-                 WHERE a.name = 'broad' AND e.type = 'offer.watch_matched'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let count = || async { db.events_of("broad", "offer.watch_matched").await.len() };
     let n = eventually("the watches' events", || async {
         let n = count().await;
         (n >= 20).then_some(n)
     })
     .await;
     assert_eq!(n, 20, "one event per watch, not one per offer");
-    let e = db
-        .client()
-        .await
-        .query_one(
-            "SELECT data FROM account_events e JOIN accounts a ON a.id = e.account_id \
-             WHERE a.name = 'broad' AND e.type = 'offer.watch_matched' LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, serde_json::Value>(0);
+    let e = db.events_of("broad", "offer.watch_matched").await[0].clone();
     assert!(e["matched"].as_u64().unwrap() > 5, "{e}");
     assert_eq!(e["offers"].as_array().unwrap().len(), 5, "{e}");
     // refreshed with the same offers: nothing new within the cooldown
@@ -753,18 +723,7 @@ async fn a_disabled_webhook_is_enabled_again_by_a_successful_probe() {
     assert_eq!(r.status, 201, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_owned();
     db.write_events("probed", 2, 0).await;
-    let disabled = || async {
-        db.client()
-            .await
-            .query_one(
-                "SELECT count(*) FROM account_events e JOIN accounts a ON a.id = e.account_id \
-                 WHERE a.name = 'probed' AND e.type = 'webhook.disabled'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-    };
+    let disabled = || async { db.events_of("probed", "webhook.disabled").await.len() };
     eventually("the webhook disabled", || async {
         (disabled().await == 1).then_some(())
     })

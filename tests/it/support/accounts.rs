@@ -12,6 +12,22 @@ pub struct TestDb<'a> {
 }
 
 impl<'a> TestDb<'a> {
+    /// The `data` of `account`'s events of type `kind`, in log order.
+    pub async fn events_of(&self, account: &str, kind: &str) -> Vec<serde_json::Value> {
+        self.client()
+            .await
+            .query(
+                "SELECT e.data FROM account_events e JOIN accounts a ON a.id = e.account_id \
+                 WHERE a.name = $1 AND e.type = $2 ORDER BY e.seq",
+                &[&account, &kind],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
     /// Writes `n` `budget.warning` events to `account`'s log the way a writer does (the next
     /// seqs, in one transaction), each padded with `pad` bytes: a burst no client reads as
     /// fast as it comes, or events for webhooks to deliver.
