@@ -156,6 +156,8 @@ async fn the_openapi_document_holds_for_generated_requests() {
                 "rentals.account_upstream_calls_per_minute=100000",
                 // webhooks it creates may name any public address: never sent to from here
                 "webhooks.paused=true",
+                // a connection that ends without an answer says why in the log
+                "log.level=\"info,gpuproxyd::server=debug\"",
             ],
         )
         .await;
@@ -174,12 +176,20 @@ async fn the_openapi_document_holds_for_generated_requests() {
         std::fs::write(report.join("daemon.log"), &log).ok();
         let errors: Vec<&str> = log
             .lines()
-            .filter(|l| l.contains("\"ERROR\"") || l.contains("\"WARN\""))
+            .filter(|l| {
+                l.contains("\"ERROR\"") || l.contains("\"WARN\"") || l.contains("connection error")
+            })
             .take(30)
             .collect();
+        let page = d.scrape().await;
+        let closes: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("gpuproxy_connections_closed_total") && !l.ends_with(" 0"))
+            .collect();
         panic!(
-            "{failures}\ndaemon errors and warnings:\n{}",
-            errors.join("\n")
+            "{failures}\ndaemon errors, warnings and connection errors:\n{}\nconnections the daemon closed:\n{}",
+            errors.join("\n"),
+            closes.join("\n")
         );
     }
 }

@@ -11,6 +11,13 @@ pub struct TestDb<'a> {
     pub name: String,
 }
 
+/// The database goes when the test ends (after its daemons, which are declared after it).
+impl Drop for TestDb<'_> {
+    fn drop(&mut self) {
+        self.services.drop_database(&self.name);
+    }
+}
+
 impl<'a> TestDb<'a> {
     /// The `data` of `account`'s events of type `kind`, in log order.
     pub async fn events_of(&self, account: &str, kind: &str) -> Vec<serde_json::Value> {

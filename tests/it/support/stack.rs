@@ -7,10 +7,11 @@ use super::daemon::DaemonProc;
 use super::sandbox::Sandbox;
 use super::services;
 
+/// Fields drop in declaration order: the daemon goes before the sandbox and the database.
 pub struct Stack {
-    pub db: TestDb<'static>,
-    pub sb: Sandbox,
     pub d: DaemonProc,
+    pub sb: Sandbox,
+    pub db: TestDb<'static>,
 }
 
 impl Stack {
