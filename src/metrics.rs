@@ -74,7 +74,7 @@ catalog! {
     CONNECTIONS_REJECTED_TOTAL = "gpuproxy_connections_rejected_total", Counter, ["reason"],
         "Connections refused before being served, by reason: global_cap, per_ip_cap, proxy_untrusted, proxy_invalid.";
     CONNECTIONS_CLOSED_TOTAL = "gpuproxy_connections_closed_total", Counter, ["reason"],
-        "Connections the daemon closed, by reason: idle_timeout, header_timeout, handshake_timeout, max_age, drain, write_timeout, forced.";
+        "Connections the daemon closed, by reason: idle_timeout, header_timeout, handshake_timeout, max_age, drain, write_timeout, forced, slow_consumer.";
     CONNECTIONS_TOTAL = "gpuproxy_connections_total", Counter, ["listener"],
         "Client connections accepted, by listener (https, http).";
     TLS_HANDSHAKE_FAILURES_TOTAL = "gpuproxy_tls_handshake_failures_total", Counter, [],
@@ -137,6 +137,8 @@ catalog! {
         "GET /v1/events streams (SSE and WebSocket) open on this daemon.";
     EVENT_STREAMS_CLOSED_TOTAL = "gpuproxy_event_streams_closed_total", Counter, ["reason"],
         "Event streams ended, by reason (client, slow_consumer, draining, unavailable, ping_timeout).";
+    EVENT_STREAMS_CUT_TOTAL = "gpuproxy_event_streams_cut_total", Counter, [],
+        "Connections closed under an event stream that took no event for events.max_lag_ms while events waited (a client that stopped reading behind a proxy or an HTTP/2 window).";
     EVENTS_DELIVERED_TOTAL = "gpuproxy_events_delivered_total", Counter, [],
         "Events delivered to streams (each event once per stream it reached).";
     WEBHOOK_ATTEMPTS_TOTAL = "gpuproxy_webhook_attempts_total", Counter, ["result"],

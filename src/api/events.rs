@@ -10,7 +10,8 @@
 //! - It opens with `event: open` (`last_event_id`: where it starts) and a `retry:` hint.
 //! - A comment (`: ping`) every `events.ping_interval_ms` with nothing else to send.
 //! - The stream ends with `event: close` and a reason: `slow_consumer` (its queue overflowed;
-//!   resume from the log), `draining` (with `retry:`, reconnect elsewhere), `unavailable` (the
+//!   resume from the log; a connection that took nothing for `events.max_lag_ms` is closed
+//!   under it, see `events::hub`), `draining` (with `retry:`, reconnect elsewhere), `unavailable` (the
 //!   log could not be read).
 //! - The body is a state machine polled by hyper: no task per stream.
 
@@ -43,9 +44,12 @@ pub async fn stream(c: Call) -> Result<Response<Body>> {
     }
     let feed = crate::service::events::open(&c.api, c.principal()?, q).await?;
     let every = c.api.config.events.ping_interval_ms.get();
+    let cut = feed.cut_slot();
     let body = SseBody::new(feed, every);
     let mut r = Response::new(body.boxed());
     *r.status_mut() = StatusCode::OK;
+    // for the connection: what closes it if the stream stalls (`events::hub`)
+    r.extensions_mut().insert(cut);
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -140,7 +144,7 @@ pub const STREAM_EVENTS: Op = Op {
     id: "streamEvents",
     tag: "events",
     summary: "The caller's account events, live (Server-Sent Events)",
-    description: r#"A `text/event-stream` of the account's events: each is `id: <seq>` (per account, without gaps), `event: <type>`, `data: {"id","type","at","instance_id","data"}`. The stream opens with `event: open` (`data.last_event_id`: where it starts) and a `retry:` hint, sends `: ping` every `events.ping_interval_ms` when idle, and ends with `event: close` and `data.reason`: `slow_consumer` (it fell `events.max_queue` events behind), `draining` (reconnect; `retry:` says when) or `unavailable`. Resume with `Last-Event-ID` (or `after`): the events after it are read from the log (kept `events.retention_hours`), then live ones follow. At most `events.max_streams_per_account` streams per account (429 `stream_limit`). With `Upgrade: websocket` (HTTP/1.1, `Connection: Upgrade`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`) the same feed is a WebSocket (101); over HTTP/2 the same as an extended CONNECT with `:protocol websocket` and `Sec-WebSocket-Version: 13` (RFC 8441, answered 200): text frames `{"type":"open","last_event_id":N}`, then each event's JSON; a ping every `events.ping_interval_ms`, closed 1008 `ping_timeout` without a pong within `events.pong_timeout_ms`; server closes carry a code and the reason (1001 `draining`, 1013 `slow_consumer`, 1011 `unavailable`)."#,
+    description: r#"A `text/event-stream` of the account's events: each is `id: <seq>` (per account, without gaps), `event: <type>`, `data: {"id","type","at","instance_id","data"}`. The stream opens with `event: open` (`data.last_event_id`: where it starts) and a `retry:` hint, sends `: ping` every `events.ping_interval_ms` when idle, and ends with `event: close` and `data.reason`: `slow_consumer` (it fell `events.max_queue` events or `events.max_queue_bytes` behind; a stream whose connection took nothing for `events.max_lag_ms` while events waited is cut with its connection), `draining` (reconnect; `retry:` says when) or `unavailable`. Resume with `Last-Event-ID` (or `after`): the events after it are read from the log (kept `events.retention_hours`), then live ones follow. At most `events.max_streams_per_account` streams per account (429 `stream_limit`). With `Upgrade: websocket` (HTTP/1.1, `Connection: Upgrade`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Key`) the same feed is a WebSocket (101); over HTTP/2 the same as an extended CONNECT with `:protocol websocket` and `Sec-WebSocket-Version: 13` (RFC 8441, answered 200): text frames `{"type":"open","last_event_id":N}`, then each event's JSON; a ping every `events.ping_interval_ms`, closed 1008 `ping_timeout` without a pong within `events.pong_timeout_ms`; server closes carry a code and the reason (1001 `draining`, 1013 `slow_consumer`, 1011 `unavailable`)."#,
     query: Some(schema::<crate::service::events::Params>),
     headers: &[Header {
         name: "Last-Event-ID",

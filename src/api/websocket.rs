@@ -141,6 +141,7 @@ pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>
         ));
     }
     let feed = crate::service::events::open(&c.api, c.principal()?, q).await?;
+    let cut = feed.cut_slot();
     let cfg = &c.api.config.events;
     let (every, pong) = (cfg.ping_interval_ms.get(), cfg.pong_timeout_ms.get());
     let session: Session = Box::new(move |io| Box::pin(run(io, feed, every, pong)));
@@ -164,6 +165,7 @@ pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>
     } else {
         StatusCode::SWITCHING_PROTOCOLS
     };
+    r.extensions_mut().insert(cut);
     r.extensions_mut().insert(Upgrade(
         Arc::new(Mutex::new(Some(session))),
         Arc::new(Mutex::new(on_h2)),

@@ -1,10 +1,10 @@
 //! `[events]`: the account event log (`GET /v1/events`): retention, streams, fan-out.
 
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Millis, MillisOrZero, nz32};
+use super::{Millis, MillisOrZero, nz32, nz64};
 
 /// The event log and the streams that deliver it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +24,20 @@ pub struct EventsConfig {
     /// Events a stream may have waiting for its client; one more and the stream is closed with
     /// `slow_consumer` (the client resumes from the log), so a slow client never slows others.
     pub max_queue: NonZeroU32,
+    /// ... or this many bytes of events (their JSON); one event alone may be bigger.
+    pub max_queue_bytes: NonZeroU64,
+    /// A stream whose connection has taken no event for this long while events wait for it is
+    /// ended `slow_consumer` and its connection closed: the client stopped reading and what the
+    /// stream sent sits in buffers (a proxy's, the kernel's) or behind an HTTP/2 window the
+    /// client does not open, so nothing else would end it. Looked at every
+    /// `events.poll_fallback_ms`.
+    pub max_lag_ms: Millis,
+    /// The kernel send buffer of a connection carrying an event stream over HTTP/1.1 (bytes;
+    /// the kernel doubles it for its bookkeeping): a client that stops reading holds at most
+    /// this much of the daemon's memory in the socket before the stream's writes wait and
+    /// `events.max_lag_ms` applies. 0: the kernel's own sizing (up to
+    /// `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default).
+    pub stream_send_buffer_bytes: u32,
     /// An instance whose lifetime (`max_duration_hours` / `expires_at`) ends within this gets
     /// one `instance.expiring` event (per end time: an extension earns a new one); the
     /// reconciler looks every `rentals.reconcile_interval_ms`.
@@ -41,6 +55,9 @@ impl Default for EventsConfig {
             pong_timeout_ms: Millis(10_000),
             max_streams_per_account: nz32(20),
             max_queue: nz32(100),
+            max_queue_bytes: nz64(1 << 20),
+            max_lag_ms: Millis(30_000),
+            stream_send_buffer_bytes: 64 * 1024,
             poll_fallback_ms: Millis(2_000),
             expiring_notice_ms: MillisOrZero(900_000),
         }

@@ -69,10 +69,14 @@ pub enum CloseReason {
     WriteTimeout = 6,
     /// Asked to close, still open `connections.force_close_after_ms` later (closed hard).
     Forced = 7,
+    /// It carried an event stream that took no event for `events.max_lag_ms` while events
+    /// waited: the client stopped reading (HTTP/1.1: closed hard; HTTP/2: GOAWAY, then
+    /// `connections.force_close_after_ms`).
+    SlowConsumer = 8,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::IdleTimeout,
         CloseReason::HeaderTimeout,
         CloseReason::HandshakeTimeout,
@@ -80,6 +84,7 @@ impl CloseReason {
         CloseReason::Drain,
         CloseReason::WriteTimeout,
         CloseReason::Forced,
+        CloseReason::SlowConsumer,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -90,6 +95,7 @@ impl CloseReason {
             CloseReason::Drain => "drain",
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::Forced => "forced",
+            CloseReason::SlowConsumer => "slow_consumer",
         }
     }
     fn from_u8(v: u8) -> Option<CloseReason> {

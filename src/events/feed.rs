@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use metrics::{counter, gauge};
@@ -111,6 +110,11 @@ impl Feed {
         }
     }
 
+    /// Where the connection carrying the feed leaves what closes it (`hub::Cut`).
+    pub fn cut_slot(&self) -> super::hub::CutSlot {
+        self.sub.cut_slot()
+    }
+
     /// The last event passed: where a client resumes.
     pub fn last(&self) -> i64 {
         self.pos.last
@@ -190,10 +194,10 @@ impl Feed {
                 }
                 continue;
             }
-            match self.sub.rx.poll_recv(cx) {
+            match self.sub.poll_recv(cx) {
                 Poll::Ready(Some(e)) => self.held = Some(e),
                 Poll::Ready(None) => {
-                    let reason = if self.sub.slow.load(Ordering::Acquire) {
+                    let reason = if self.sub.fell_behind() {
                         "slow_consumer"
                     } else {
                         "unavailable"

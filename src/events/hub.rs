@@ -7,15 +7,22 @@
 //!   every daemon's hub subscribes to (one subscription per daemon, not per stream).
 //! - The log is also read every `events.poll_fallback_ms` for every feed, so an event whose
 //!   notice was lost (Redis down, a reconnect) arrives at most that late, and none is lost.
-//! - Delivery never waits: a stream whose queue is full is dropped from its feed and told it
-//!   was too slow (`slow_consumer`); the client resumes from the log with `Last-Event-ID`.
+//! - Delivery never waits: a stream whose queue is full (`events.max_queue` events or
+//!   `events.max_queue_bytes` bytes) is dropped from its feed and told it was too slow
+//!   (`slow_consumer`); the client resumes from the log with `Last-Event-ID`.
+//! - A stream whose carrier has not taken an event for `events.max_lag_ms` while events wait
+//!   for it is cut: its connection's writes are blocked (a client that stopped reading, behind
+//!   the buffers of a proxy, or an HTTP/2 stream whose window the client never opens), so its
+//!   carrier is not polled and cannot end it. The hub calls the connection's [`Cut`] (set by
+//!   the server when the stream starts), which closes the connection.
 //! - One account's events commit in `seq` order (`accounts::event_log`), so a feed that has
 //!   delivered `seq` N has delivered everything before it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use metrics::counter;
 use tokio::sync::{Notify, mpsc};
@@ -26,7 +33,7 @@ use crate::accounts::Db;
 use crate::cache::Redis;
 use crate::config::EventsConfig;
 use crate::error::{Error, Kind, Refusal, Result, Side};
-use crate::metrics::EVENT_STREAMS_CLOSED_TOTAL;
+use crate::metrics::{EVENT_STREAMS_CLOSED_TOTAL, EVENT_STREAMS_CUT_TOTAL};
 
 /// A burst larger than `events.max_queue` goes out in parts this far apart.
 const BURST_PAUSE: Duration = Duration::from_millis(20);
@@ -45,6 +52,8 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Cancelled when the daemon drains: every stream ends with its reconnect hint.
     draining: CancellationToken,
+    /// The clock of [`Backlog::since_ms`].
+    epoch: Instant,
 }
 
 struct Feed {
@@ -56,9 +65,46 @@ struct Sub {
     id: u64,
     /// The public id of the key that opened it (with the key or through a token of it).
     key: String,
-    tx: mpsc::Sender<Arc<Event>>,
-    slow: Arc<AtomicBool>,
+    /// `None` once it fell behind: its queue closes, and the feed ends after what is in it.
+    tx: Option<mpsc::Sender<Queued>>,
+    backlog: Arc<Backlog>,
     access: Arc<Access>,
+}
+
+/// A live event in a stream's queue, with the size it is counted at (its JSON).
+pub struct Queued {
+    event: Arc<Event>,
+    bytes: u64,
+}
+
+/// What closes the connection a stream runs on (see the module's notes on stalls).
+pub type Cut = Box<dyn Fn() + Send + Sync>;
+
+/// How far a stream's carrier is behind, shared by the hub (which fills its queue) and the
+/// stream (which empties it).
+#[derive(Default)]
+pub struct Backlog {
+    /// Bytes of the events in the queue.
+    bytes: AtomicU64,
+    /// When (ms on the hub's clock) the stream last asked its queue for an event, or the queue
+    /// last started filling: while events wait, they have waited at most since then.
+    since_ms: AtomicU64,
+    /// Set when the hub dropped the stream for falling behind.
+    slow: AtomicBool,
+    /// Set by the connection the stream runs on, once it does.
+    cut: OnceLock<Cut>,
+    /// The cut was made.
+    cut_done: AtomicBool,
+}
+
+/// Where the server sets a stream's [`Cut`] (carried in the stream's answer's extensions).
+#[derive(Clone)]
+pub struct CutSlot(Arc<Backlog>);
+
+impl CutSlot {
+    pub fn set(&self, cut: Cut) {
+        let _ = self.0.cut.set(cut);
+    }
 }
 
 /// Set when the access a stream was opened with has ended (its key revoked or expired, its
@@ -80,21 +126,45 @@ impl Access {
     }
 }
 
-/// A stream's registration: live events after `from` arrive on `rx`; dropping it leaves the
-/// feed.
+/// A stream's registration: live events after `from` arrive through [`Subscription::poll_recv`];
+/// dropping it leaves the feed.
 pub struct Subscription {
-    pub rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::Receiver<Queued>,
     /// The feed's last delivered `seq` when the stream joined: the log up to here is the
-    /// stream's to read, everything after arrives on `rx`.
+    /// stream's to read, everything after is received live.
     pub from: i64,
-    /// Set when the hub dropped the stream for falling `events.max_queue` behind.
-    pub slow: Arc<AtomicBool>,
+    backlog: Arc<Backlog>,
     pub draining: CancellationToken,
     /// Ended when the caller's access ends.
     pub access: Arc<Access>,
     hub: Arc<Hub>,
     account_id: i64,
     id: u64,
+}
+
+impl Subscription {
+    /// The next live event; `None` when the queue is closed (see [`Subscription::fell_behind`]).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Event>>> {
+        self.backlog
+            .since_ms
+            .store(self.hub.now_ms(), Ordering::Relaxed);
+        self.rx.poll_recv(cx).map(|q| {
+            q.map(|q| {
+                self.backlog.bytes.fetch_sub(q.bytes, Ordering::Relaxed);
+                q.event
+            })
+        })
+    }
+
+    /// The hub dropped the stream for falling behind (`slow_consumer`).
+    pub fn fell_behind(&self) -> bool {
+        self.backlog.slow.load(Ordering::Acquire)
+    }
+
+    /// Where the connection that carries the stream leaves its [`Cut`].
+    pub fn cut_slot(&self) -> CutSlot {
+        CutSlot(self.backlog.clone())
+    }
 }
 
 impl Drop for Subscription {
@@ -121,6 +191,7 @@ impl Hub {
             activity: Arc::new(Notify::new()),
             next_id: AtomicU64::new(1),
             draining: CancellationToken::new(),
+            epoch: Instant::now(),
         });
         let weak = Arc::downgrade(&hub);
         db.on_events_committed(move |accounts| {
@@ -129,6 +200,10 @@ impl Hub {
             }
         });
         hub
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     fn channel(redis: &Redis) -> String {
@@ -242,20 +317,20 @@ impl Hub {
             ));
         }
         let (tx, rx) = mpsc::channel(self.cfg.max_queue.get() as usize);
-        let slow = Arc::new(AtomicBool::new(false));
+        let backlog = Arc::new(Backlog::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let access = Arc::new(Access::default());
         feed.streams.push(Sub {
             id,
             key: key.to_owned(),
-            tx,
-            slow: slow.clone(),
+            tx: Some(tx),
+            backlog: backlog.clone(),
             access: access.clone(),
         });
         Ok(Subscription {
             rx,
             from: feed.last,
-            slow,
+            backlog,
             draining: self.draining.clone(),
             access,
             hub: self.clone(),
@@ -301,6 +376,7 @@ impl Hub {
                 _ = self.wake.notified() => false,
                 _ = tick.tick() => true,
             };
+            self.cut_stalled();
             let poked: HashSet<i64> = std::mem::take(&mut *self.poked.lock().unwrap());
             let after: Vec<(i64, i64)> = {
                 let feeds = self.feeds.lock().unwrap();
@@ -341,9 +417,19 @@ impl Hub {
     /// more to come.
     fn deliver(&self, events: Vec<Event>) -> HashSet<i64> {
         let max = self.cfg.max_queue.get() as usize;
+        let max_bytes = self.cfg.max_queue_bytes.get();
         let mut read: HashMap<i64, usize> = HashMap::new();
+        // each event's size once, before the lock
+        let events: Vec<(Arc<Event>, u64)> = events
+            .into_iter()
+            .map(|e| {
+                let bytes = e.to_json().to_string().len() as u64;
+                (Arc::new(e), bytes)
+            })
+            .collect();
+        let now = self.now_ms();
         let mut feeds = self.feeds.lock().unwrap();
-        for e in events {
+        for (e, bytes) in events {
             *read.entry(e.account_id).or_default() += 1;
             let Some(feed) = feeds.get_mut(&e.account_id) else {
                 continue;
@@ -353,22 +439,73 @@ impl Hub {
                 continue;
             }
             feed.last = e.seq;
-            let e = Arc::new(e);
-            feed.streams.retain(|s| match s.tx.try_send(e.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // counted here: its body may not be polled again until the client reads
-                    // (or the write timeout closes the connection)
-                    s.slow.store(true, Ordering::Release);
-                    counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => "slow_consumer").increment(1);
-                    false
+            for s in &mut feed.streams {
+                let Some(tx) = &s.tx else { continue };
+                let queued = s.backlog.bytes.load(Ordering::Relaxed);
+                if queued > 0 && queued + bytes > max_bytes {
+                    fall_behind(s);
+                    continue;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            });
+                let was_empty = tx.capacity() == tx.max_capacity();
+                let q = Queued {
+                    event: e.clone(),
+                    bytes,
+                };
+                match tx.try_send(q) {
+                    Ok(()) => {
+                        s.backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
+                        if was_empty {
+                            s.backlog.since_ms.store(now, Ordering::Relaxed);
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => fall_behind(s),
+                    // its subscription is going: it leaves the feed when dropped
+                    Err(mpsc::error::TrySendError::Closed(_)) => s.tx = None,
+                }
+            }
         }
         read.into_iter()
             .filter(|(_, n)| *n >= max)
             .map(|(a, _)| a)
             .collect()
     }
+
+    /// Cuts the streams whose carrier has not taken an event for `events.max_lag_ms` while
+    /// events (or the end of a stream that fell behind) wait for it: their connections' writes
+    /// are blocked, so the carrier is not polled and cannot end the stream itself.
+    fn cut_stalled(&self) {
+        let max_lag = self.cfg.max_lag_ms.ms();
+        let now = self.now_ms();
+        let mut feeds = self.feeds.lock().unwrap();
+        for s in feeds.values_mut().flat_map(|f| &mut f.streams) {
+            let b = &s.backlog;
+            let waiting = match &s.tx {
+                Some(tx) => tx.capacity() < tx.max_capacity(),
+                None => b.slow.load(Ordering::Relaxed),
+            };
+            if !waiting
+                || now.saturating_sub(b.since_ms.load(Ordering::Relaxed)) <= max_lag
+                || b.cut_done.swap(true, Ordering::Relaxed)
+            {
+                continue;
+            }
+            if s.tx.is_some() {
+                fall_behind(s);
+            }
+            if let Some(cut) = s.backlog.cut.get() {
+                counter!(EVENT_STREAMS_CUT_TOTAL).increment(1);
+                cut();
+            }
+        }
+    }
+}
+
+/// `s` is dropped from its feed for falling behind: its queue closes (the stream ends
+/// `slow_consumer` after what is in it) and it is watched until it ends (see
+/// [`Hub::cut_stalled`]).
+fn fall_behind(s: &mut Sub) {
+    s.tx = None;
+    s.backlog.slow.store(true, Ordering::Release);
+    // counted here: its carrier may not be polled again until the client reads (or the cut)
+    counter!(EVENT_STREAMS_CLOSED_TOTAL, "reason" => "slow_consumer").increment(1);
 }

@@ -35,6 +35,7 @@ use crate::conn::{
     CloseReason, ConnHandle, ConnShared, ListenerKind, Phase, Protocol, RejectReason,
 };
 use crate::error::Error;
+use crate::events::hub::CutSlot;
 use crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL;
 use crate::types::ip::Cidr;
 
@@ -239,6 +240,17 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
             shared.request_started();
             let _done = InFlight(&shared);
             let mut resp = api::handle(state.clone(), ctx, req).await;
+            if let Some(slot) = resp.extensions_mut().remove::<CutSlot>() {
+                // a stalled event stream: HTTP/1.1 carries only it and its writes are blocked,
+                // so the socket goes now; HTTP/2 says GOAWAY (other streams finish)
+                let shared = shared.clone();
+                slot.set(Box::new(move || match ctx.proto {
+                    crate::conn::Protocol::Http1 => shared.kill(CloseReason::SlowConsumer),
+                    crate::conn::Protocol::Http2 => {
+                        shared.request_close(CloseReason::SlowConsumer);
+                    }
+                }));
+            }
             if let Some(u) = resp.extensions_mut().remove::<api::websocket::Upgrade>() {
                 match u.on_h2() {
                     // HTTP/2: the stream is the session's once the 200 is sent; the connection
@@ -623,6 +635,10 @@ async fn run_upgraded(
     shared.request_started();
     let _done = InFlight(shared);
     shared.set_streaming();
+    let sndbuf = state.config.events.stream_send_buffer_bytes;
+    if sndbuf > 0 {
+        tracked.io.inner.set_send_buffer(sndbuf);
+    }
     tokio::select! {
         _ = session(Box::new(tracked)) => {}
         _ = shared.kill.notified() => {

@@ -39,6 +39,24 @@ impl ClientIo {
         }
     }
 
+    /// Caps the kernel's send buffer (`SO_SNDBUF`; the kernel doubles it): what a client that
+    /// stops reading can hold in this socket. Best effort: a refusal leaves the kernel's sizing.
+    pub fn set_send_buffer(&self, bytes: u32) {
+        use std::os::fd::AsRawFd;
+        let fd = self.socket().inner.as_raw_fd();
+        let v = bytes.min(i32::MAX as u32) as libc::c_int;
+        // SAFETY: a valid socket descriptor (owned by `self`) and a `c_int` option of its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
     /// Ready when a read would make progress (or fail), without reading.
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let ClientIo::Tls(t) = self

@@ -705,3 +705,218 @@ async fn streams_end_when_their_access_ends() {
         .await;
     assert_eq!(seen.last().unwrap().data["reason"], "token_expired");
 }
+
+/// A client that stops reading behind HAProxy: what its stream sends fills HAProxy's and the
+/// kernel's buffers, then the daemon's writes wait and the stream's queue stops draining;
+/// `events.max_lag_ms` later the stream is cut (its connection closed), the daemon's memory
+/// goes back near where it was, other streams are not held up, and the client resumes from the
+/// log without a gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_that_stops_reading_behind_haproxy_is_cut_and_its_memory_returned() {
+    use support::metrics::value;
+    use support::topology::Topology;
+    let s = services::shared();
+    let db = TestDb::new(s, "ev_cut");
+    let sandbox = Sandbox::start(&[]);
+    let t = Topology::start(
+        &sandbox,
+        &db,
+        1,
+        &[
+            "ratelimit.enabled=false",
+            "events.poll_fallback_ms=200",
+            "events.max_lag_ms=2000",
+            "events.max_queue=100000",
+        ],
+        &[],
+    )
+    .await;
+    let d = t.daemon(0);
+    let front = t.haproxy.front;
+    let stalls = account(&db, "stalls", 100.0, 1);
+    let other = account(&db, "keepsup", 100.0, 1);
+    // small events, so the stream's writes keep up with the burst until the buffers between it
+    // and the client are full: then its writes wait, its queue fills (events.max_queue_bytes)
+    // and it cannot even write its `close`
+    const N: i64 = 200_000;
+    const CHUNK: i64 = 500;
+    const PAD: i32 = 100;
+
+    // a reader that keeps up, warmed with a burst like the one to come, then the baseline
+    let mut reader = Sse::open_from(Some("127.0.0.2"), front, &other, "/v1/events", None, None)
+        .await
+        .unwrap();
+    let first = reader.next(WAIT).await.unwrap().data["last_event_id"]
+        .as_i64()
+        .unwrap();
+    db.write_events("keepsup", 500, PAD).await;
+    let got = reader.until(WAIT, |e| e.id == Some(first + 500)).await;
+    assert_eq!(got.len(), 500);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline = d.rss_kib();
+
+    // a small receive buffer, and nothing read after the open event
+    let mut stalled = Sse::open_from(
+        Some("127.0.0.3"),
+        front,
+        &stalls,
+        "/v1/events",
+        None,
+        Some(4096),
+    )
+    .await
+    .unwrap();
+    let start = stalled.next(WAIT).await.unwrap().data["last_event_id"]
+        .as_i64()
+        .unwrap();
+    // events trickle in (a chunk every 50 ms): the stream writes each as it comes until the
+    // buffers are full, then its queue fills and waits
+    let mut written = 0;
+    let page = loop {
+        assert!(written < N, "{N} events written and the stream was not cut");
+        db.write_events("stalls", CHUNK, PAD).await;
+        written += CHUNK;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let page = d.scrape().await;
+        if value(&page, "gpuproxy_event_streams_cut_total") >= 1.0 {
+            break page;
+        }
+    };
+    assert_eq!(
+        value(
+            &page,
+            "gpuproxy_event_streams_closed_total{reason=\"slow_consumer\"}"
+        ),
+        1.0
+    );
+    support::eventually("the stalled stream's connection to close", || async {
+        let page = d.scrape().await;
+        (value(
+            &page,
+            "gpuproxy_connections_closed_total{reason=\"slow_consumer\"}",
+        ) == 1.0
+            && value(&page, "gpuproxy_event_streams") == 1.0)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_cut = d.rss_kib();
+
+    // the other account's stream was not held up
+    db.write_events("keepsup", 1, 10).await;
+    assert_eq!(
+        reader.next(WAIT).await.unwrap().id,
+        Some(first + 501),
+        "the reader's next event"
+    );
+
+    // the stalled client, reading again: what sat in the buffers, in order, then the end
+    let mut last = start;
+    while let Some(e) = stalled.next(Duration::from_secs(5)).await {
+        assert_eq!(e.id, Some(last + 1), "no gap in what was delivered");
+        last += 1;
+    }
+    let buffered = last - start;
+    assert!(
+        buffered < written,
+        "it was cut before the end ({buffered} of {written})"
+    );
+    // resuming from there reads the log on to the end: nothing lost
+    let mut resumed = Sse::open_from(
+        Some("127.0.0.3"),
+        front,
+        &stalls,
+        "/v1/events",
+        Some(last),
+        None,
+    )
+    .await
+    .unwrap();
+    resumed.next(WAIT).await.unwrap();
+    let rest = resumed.until(WAIT, |e| e.id == Some(start + written)).await;
+    assert_eq!(rest.len() as i64, start + written - last);
+    assert_eq!(rest[0].id, Some(last + 1));
+    drop(resumed);
+    support::eventually("the resumed stream to end", || async {
+        (value(&d.scrape().await, "gpuproxy_event_streams") == 1.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_catch_up = d.rss_kib();
+    eprintln!(
+        "stalled behind HAProxy: {buffered} events (~{} KiB) delivered before the cut; \
+         RSS baseline {baseline} KiB, after the cut {after_cut} KiB, after the catch-up \
+         {after_catch_up} KiB",
+        buffered * (PAD as i64 + 120) / 1024
+    );
+    for (when, rss) in [("the cut", after_cut), ("the catch-up", after_catch_up)] {
+        assert!(
+            rss < baseline + 16 * 1024,
+            "RSS after {when}: {rss} KiB, baseline {baseline} KiB"
+        );
+    }
+}
+
+/// Over HTTP/2, a client that keeps its connection alive but never opens its stream's
+/// flow-control window: the socket takes every write (the write timeout cannot fire) while the
+/// stream's events wait; `events.max_lag_ms` later its connection is told GOAWAY and closed
+/// `connections.force_close_after_ms` after that.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_stream_whose_window_is_never_opened_is_cut() {
+    use support::metrics::value;
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "ev_h2cut",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "events.poll_fallback_ms=200",
+            "events.max_lag_ms=1000",
+            "connections.force_close_after_ms=1000",
+        ],
+    )
+    .await;
+    let token = account(&db, "windowless", 100.0, 1);
+    let connector = tokio_rustls::TlsConnector::from(support::testkit::insecure_client_config(
+        &[b"h2"],
+        rustls::DEFAULT_VERSIONS,
+    ));
+    let tcp = tokio::net::TcpStream::connect(d.https).await.unwrap();
+    let tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    // a 16 KiB window for the stream, never opened further: its body is never read
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(16 * 1024)
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(format!("https://localhost:{}/v1/events", d.https.port()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _unread = resp.into_body();
+
+    // far more than the window
+    db.write_events("windowless", 100, 1000).await;
+    support::eventually("the stalled stream to be cut", || async {
+        (value(&d.scrape().await, "gpuproxy_event_streams_cut_total") >= 1.0).then_some(())
+    })
+    .await;
+    tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("the connection closed")
+        .unwrap()
+        .ok();
+    support::eventually("the stream to be gone", || async {
+        (value(&d.scrape().await, "gpuproxy_event_streams") == 0.0).then_some(())
+    })
+    .await;
+}

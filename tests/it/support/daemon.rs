@@ -172,6 +172,16 @@ impl DaemonProc {
         self.child.id() as i32
     }
 
+    /// The process's resident memory (`VmRSS`), KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.pid(), sig);

@@ -39,9 +39,24 @@ impl Sse {
         last_event_id: Option<i64>,
         rcvbuf: Option<u32>,
     ) -> Result<Sse, Refused> {
+        Sse::open_from(None, addr, token, path, last_event_id, rcvbuf).await
+    }
+
+    /// [`Sse::open`] from the loopback address `src` (through HAProxy: the client it sees).
+    pub async fn open_from(
+        src: Option<&str>,
+        addr: SocketAddr,
+        token: &str,
+        path: &str,
+        last_event_id: Option<i64>,
+        rcvbuf: Option<u32>,
+    ) -> Result<Sse, Refused> {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(n) = rcvbuf {
             sock.set_recv_buffer_size(n).unwrap();
+        }
+        if let Some(src) = src {
+            sock.bind(SocketAddr::new(src.parse().unwrap(), 0)).unwrap();
         }
         let tcp = sock.connect(addr).await.expect("connect");
         let tls = super::ws::tls_http1(tcp).await;
