@@ -268,6 +268,7 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
                                 _ = shared.kill.notified() => {}
                             }
                             shared.request_finished();
+                            crate::alloc::after_stream();
                         });
                     }
                     None => *upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(u),
@@ -281,7 +282,7 @@ impl hyper::service::Service<Request<Incoming>> for ApiService {
                 shared.set_streaming();
                 if ctx.proto == crate::conn::Protocol::Http1 && resp.status() == StatusCode::OK {
                     // written without hyper: see `raw_stream`
-                    let (session, head) = raw_stream(resp);
+                    let (session, head) = super::raw_stream::session(resp);
                     shared.swallow_next_head();
                     *upgrade.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some(api::websocket::Upgrade::session(session));
@@ -565,67 +566,10 @@ async fn serve_h1_active(
     }
 }
 
-/// An HTTP/1.1 event stream, written on the socket without hyper: a stream that lives for hours
-/// should not keep hyper's connection (its read and write buffers, some 10 KiB) for its whole
-/// life. hyper hands a connection back only after a 101, so hyper is given a 101 whose head the
-/// connection's stream swallows (`ConnShared::swallow_next_head`), and the session writes the
-/// real head (the handler's status and headers, `Connection: close`: the body ends with the
-/// connection) and then the body's frames, flushing each. It reads the socket only to see the
-/// client leave (anything the client sends after the request is dropped).
-fn raw_stream(resp: Response<Body>) -> (api::websocket::Session, Response<Body>) {
-    use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (parts, mut body) = resp.into_parts();
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("OK").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == hyper::header::CONNECTION || name == hyper::header::TRANSFER_ENCODING {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
-    let session: api::websocket::Session = Box::new(move |mut io| {
-        Box::pin(async move {
-            if io.write_all(&head).await.is_err() || io.flush().await.is_err() {
-                return;
-            }
-            drop(head);
-            let mut sink = [0u8; 32];
-            loop {
-                tokio::select! {
-                    frame = body.frame() => {
-                        let Some(Ok(frame)) = frame else { break };
-                        if let Ok(data) = frame.into_data()
-                            && (io.write_all(&data).await.is_err() || io.flush().await.is_err())
-                        {
-                            return;
-                        }
-                    }
-                    n = io.read(&mut sink) => {
-                        if !matches!(n, Ok(n) if n > 0) {
-                            return; // the client left
-                        }
-                    }
-                }
-            }
-            let _ = io.shutdown().await;
-        })
-    });
-    let mut r = Response::new(api::respond::full(bytes::Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    (session, r)
-}
-
-/// Runs a WebSocket session on its connection: it counts as a request in flight (the reaper leaves
-/// it alone, like an event stream) and ends when the session does or the connection is killed.
+/// Runs an event stream's session (a WebSocket, or an HTTP/1.1 SSE stream written without hyper)
+/// on its connection: it counts as a request in flight (the reaper leaves it alone) and ends when
+/// the session does or the connection is killed; then the allocator is asked to give back what
+/// the stream held.
 async fn run_upgraded(
     state: &api::Api,
     tracked: Tracked,
@@ -645,6 +589,7 @@ async fn run_upgraded(
             state.conns.count_close(shared.close_reason().unwrap_or(CloseReason::Forced));
         }
     }
+    crate::alloc::after_stream();
 }
 
 async fn serve_h2(env: Arc<ConnEnv>, io: Prefixed<ClientIo>, ctx: ConnCtx, handle: ConnHandle) {

@@ -12,6 +12,7 @@ mod connection;
 pub mod notify;
 pub mod prefixed;
 pub mod proxy;
+mod raw_stream;
 pub mod signals;
 pub mod stream;
 pub mod tls;

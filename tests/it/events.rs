@@ -395,6 +395,35 @@ async fn a_websocket_carries_the_same_feed_resumes_and_closes_with_a_code() {
     };
     assert_eq!(closed, (1008, "ping_timeout".to_owned()));
 
+    // a client's ping is answered with its payload; its close is answered with a close
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let mut p = ws::open(d.https, &a, "/v1/events", &[]).await.unwrap();
+        ws::next(&mut p, WAIT).await.unwrap();
+        p.send(Message::Ping("hello".into())).await.unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, p.next()).await.unwrap() {
+                Some(Ok(Message::Pong(b))) => {
+                    assert_eq!(&b[..], b"hello");
+                    break;
+                }
+                Some(Ok(Message::Ping(_))) => continue,
+                other => panic!("a pong, not {other:?}"),
+            }
+        }
+        p.send(Message::Close(None)).await.unwrap();
+        assert_eq!(ws::next(&mut p, WAIT).await, Err((1000, String::new())));
+        // a message over 64 KiB is refused (1009), whatever is in it
+        let mut big = ws::open(d.https, &a, "/v1/events", &[]).await.unwrap();
+        ws::next(&mut big, WAIT).await.unwrap();
+        big.send(Message::text("x".repeat(70_000))).await.unwrap();
+        assert_eq!(
+            ws::next(&mut big, WAIT).await,
+            Err((1009, "message too big".to_owned()))
+        );
+    }
+
     // refused upgrades are JSON errors
     let Err((status, body)) = ws::open(d.https, "gpx_nope", "/v1/events", &[]).await else {
         panic!("a bad key upgraded")

@@ -15,28 +15,27 @@
 //!
 //! The handler answers 101 (HTTP/2: 200) and leaves the session in the response's extensions
 //! ([`Upgrade`]); the connection (src/server) takes the socket back from hyper once the 101 is
-//! written (HTTP/2: awaits the upgraded stream) and runs the session on it.
+//! written (HTTP/2: awaits the upgraded stream) and runs the session on it. The session
+//! (`session.rs`) is a state machine the connection's task polls; `frame.rs` writes and reads
+//! the frames. (tungstenite is used for the handshake's `Sec-WebSocket-Accept` only: its codec
+//! keeps buffers for a connection's life, and the test clients use it.)
+
+mod frame;
+mod session;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use hyper::header::{CONNECTION, HeaderValue, UPGRADE};
 use hyper::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::Body;
 use super::call::Call;
 use super::feed_query::{BEARER_PROTOCOL, offered_protocols};
 use crate::error::{Error, Result};
-use crate::events::feed::{Feed, Item};
 use crate::service::events::FeedRequest;
 
 /// The socket a session runs on, whatever the listener (plain, TLS, after a PROXY header).
@@ -95,11 +94,8 @@ pub fn extended_connect(req: &hyper::Request<hyper::body::Incoming>) -> bool {
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
-/// Client frames are small (pongs, a close): anything bigger is refused by the codec.
+/// Client frames are small (pongs, a close): a message bigger than this closes the stream (1009).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
-
-/// The codec's read buffer per connection (it grows for a bigger frame, up to the limit above).
-const READ_BUFFER: usize = 4 * 1024;
 
 pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>> {
     let h2 = extended_connect(&c.req);
@@ -144,7 +140,15 @@ pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>
     let cut = feed.cut_slot();
     let cfg = &c.api.config.events;
     let (every, pong) = (cfg.ping_interval_ms.get(), cfg.pong_timeout_ms.get());
-    let session: Session = Box::new(move |io| Box::pin(run(io, feed, every, pong)));
+    let session: Session = Box::new(move |io| {
+        Box::pin(session::Session::new(
+            io,
+            feed,
+            every,
+            pong,
+            MAX_CLIENT_MESSAGE,
+        ))
+    });
 
     let on_h2 = h2.then(|| hyper::upgrade::on(&mut c.req));
     let mut r = Response::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
@@ -173,82 +177,21 @@ pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>
     Ok(r)
 }
 
-/// The close code for a feed's end reason.
-fn close_code(reason: &str) -> CloseCode {
+/// The close code for a feed's end reason (RFC 6455 §7.4.1).
+fn close_code(reason: &str) -> u16 {
     match reason {
-        "draining" => CloseCode::Away,
-        "slow_consumer" => CloseCode::Again,
-        // the credential's access ended: not a fault, not to be retried with it
+        // going away
+        "draining" => 1001,
+        // try again later
+        "slow_consumer" => 1013,
+        // policy violation: the credential's access ended, not a fault, not to be retried with it
         "ping_timeout"
         | "key_revoked"
         | "key_expired"
         | "token_expired"
         | "account_suspended"
-        | "invalid_credentials" => CloseCode::Policy,
-        _ => CloseCode::Error,
-    }
-}
-
-async fn run(io: Box<dyn SessionIo>, mut feed: Feed, every: Duration, pong_timeout: Duration) {
-    let mut config = WebSocketConfig::default();
-    config.max_message_size = Some(MAX_CLIENT_MESSAGE);
-    config.max_frame_size = Some(MAX_CLIENT_MESSAGE);
-    // an idle stream holds what an idle SSE stream holds: the codec's read buffer is 128 KiB
-    // by default, allocated per connection (clients send pongs and a close, nothing big)
-    config.read_buffer_size = READ_BUFFER;
-    // each event is written as it comes (the session flushes every message anyway), so the
-    // write buffer holds at most the message being written
-    config.write_buffer_size = 0;
-    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let open = serde_json::json!({"type": "open", "last_event_id": feed.last()});
-    if ws.send(Message::text(open.to_string())).await.is_err() {
-        return;
-    }
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let mut pong_due: Option<tokio::time::Instant> = None;
-    let reason = loop {
-        let pong_deadline = async {
-            match pong_due {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            item = std::future::poll_fn(|cx| feed.poll_next(cx)) => match item {
-                Item::Event(e) => {
-                    if ws.send(Message::text(e.to_json().to_string())).await.is_err() {
-                        return;
-                    }
-                }
-                Item::End(reason) => break reason,
-            },
-            m = ws.next() => match m {
-                Some(Ok(Message::Pong(_))) => pong_due = None,
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                // pings are answered by the codec; other messages mean nothing here
-                Some(Ok(_)) => {}
-            },
-            _ = ping.tick() => {
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
-                }
-                pong_due.get_or_insert(tokio::time::Instant::now() + pong_timeout);
-            }
-            _ = pong_deadline => {
-                feed.end("ping_timeout");
-                break "ping_timeout";
-            }
-        }
-    };
-    let frame = CloseFrame {
-        code: close_code(reason),
-        reason: reason.into(),
-    };
-    // the peer's close answer is awaited briefly: the close handshake, then the socket closes
-    if ws.send(Message::Close(Some(frame))).await.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = ws.next().await {}
-        })
-        .await;
+        | "invalid_credentials" => 1008,
+        // internal error
+        _ => 1011,
     }
 }
