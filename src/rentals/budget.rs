@@ -214,6 +214,21 @@ async fn check(r: &Rentals, s: &Scope) -> Result<()> {
     Ok(())
 }
 
+/// Records what the budget did to `row` at its provider. A status sync that saw the provider's
+/// new state between the call and this (a client's `GET`, the reconciler) has moved the row
+/// already, as a plain status change: the budget's reason is then noted on it, so the ledger
+/// still says why the instance stopped.
+async fn record_action(r: &Rentals, row: &InstanceRow, t: Transition<'_>, why: &str) -> Result<()> {
+    let kind = t.event;
+    if ledger::transition(&r.db, &row.id, t.detail(why))
+        .await?
+        .is_none()
+    {
+        ledger::note(&r.db, &row.id, kind, why).await?;
+    }
+    Ok(())
+}
+
 /// Applies the policy to one open instance of an exhausted budget.
 async fn act(r: &Rentals, s: &Scope, row: &InstanceRow, figures: &str) -> Result<()> {
     let Some(pid) = row.provider_instance_id.as_deref() else {
@@ -234,12 +249,9 @@ async fn act(r: &Rentals, s: &Scope, row: &InstanceRow, figures: &str) -> Result
                 return Ok(());
             }
             r.status.forget(&format!("{}:{pid}", row.provider)).await;
-            ledger::transition(
-                &r.db,
-                &row.id,
-                Transition::new(&[row.status], Status::Terminated, "budget_destroyed").detail(&why),
-            )
-            .await?;
+            let from = [row.status];
+            let t = Transition::new(&from, Status::Terminated, "budget_destroyed");
+            record_action(r, row, t, &why).await?;
             record_once(r, s, "budget.action", Some(&row.id), "destroyed").await?;
             count(s.figure.budget, "destroyed");
         }
@@ -252,13 +264,9 @@ async fn act(r: &Rentals, s: &Scope, row: &InstanceRow, figures: &str) -> Result
             match provider.set_running(pid, false).await {
                 Ok(()) => {
                     r.status.forget(&format!("{}:{pid}", row.provider)).await;
-                    ledger::transition(
-                        &r.db,
-                        &row.id,
-                        Transition::new(&[row.status], Status::Stopped, "budget_stopped")
-                            .detail(&why),
-                    )
-                    .await?;
+                    let from = [row.status];
+                    let t = Transition::new(&from, Status::Stopped, "budget_stopped");
+                    record_action(r, row, t, &why).await?;
                     record_once(r, s, "budget.action", Some(&row.id), "stopped").await?;
                     count(s.figure.budget, "stopped");
                 }
