@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 . scripts/services.sh
+. loadtest/setup.sh
 ensure_cargo
 CONNS=${1:-64}
 SECS=${2:-10}
@@ -25,16 +26,8 @@ command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit
 
 cargo build --release --locked --bin gpuproxyd >/dev/null
 BIN="$CARGO_TARGET_DIR/release/gpuproxyd"
-WORK=$(mktemp -d /tmp/gpuproxyd-authload.XXXXXX)
-chmod 755 "$WORK"
-services_start "$WORK/services" 25432 26432 26379
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; services_stop; rm -rf "$WORK"' EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/k.pem" -out "$WORK/c.pem" 2>/dev/null
-export JWT_SECRET=$(openssl rand -hex 32)
-"$BIN" migrate >/dev/null
-"$BIN" accounts create --name load --json >/dev/null
-KEY=$("$BIN" keys create --account load --json | sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p')
+load_setup authload 25432 26432 26379 "$BIN"
+KEY=$(load_key "$BIN" load)
 
 # limits stay on (their cost is part of the figure) but so high that wrk never trips them
 "$BIN" serve --https-listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19090 --http-listen off \

@@ -16,23 +16,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 . scripts/services.sh
+. loadtest/setup.sh
 ensure_cargo
 SECS=${1:-10}
 CONNS=${2:-64}
 command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit 1; }
 cargo build --release --locked --bin gpuproxyd --bin gpuproxy-sandbox >/dev/null
 BIN="$CARGO_TARGET_DIR/release"
-WORK=$(mktemp -d /tmp/gpuproxyd-capacity.XXXXXX)
-chmod 755 "$WORK"
-services_start "$WORK/services" 35432 36432 36379
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; services_stop' EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/k.pem" -out "$WORK/c.pem" 2>/dev/null
 export JWT_SECRET=capacity-secret-0123456789-0123456789-abcdef
-"$BIN/gpuproxyd" migrate >/dev/null
-"$BIN/gpuproxyd" accounts create --name capacity >/dev/null
-KEY=$("$BIN/gpuproxyd" keys create --account capacity --json |
-  sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p')
+load_setup capacity 35432 36432 36379 "$BIN/gpuproxyd"
+KEY=$(load_key "$BIN/gpuproxyd" capacity)
 export VASTAI_API_KEY=cap-vast IONET_API_KEY=cap-ionet
 "$BIN/gpuproxy-sandbox" --vast-listen 127.0.0.1:38081 --ionet-listen 127.0.0.1:38082 \
   --vast-key "$VASTAI_API_KEY" --ionet-key "$IONET_API_KEY" >/dev/null &

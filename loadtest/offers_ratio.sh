@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 . scripts/services.sh
+. loadtest/setup.sh
 ensure_cargo
 CONNS=${1:-64}
 SECS=${2:-15}
@@ -23,16 +24,9 @@ command -v wrk >/dev/null || { echo "wrk missing: apt-get install wrk" >&2; exit
 
 cargo build --release --locked --bin gpuproxyd --bin gpuproxy-sandbox >/dev/null
 BIN="$CARGO_TARGET_DIR/release/gpuproxyd"
-WORK=$(mktemp -d /tmp/gpuproxyd-offersload.XXXXXX)
-chmod 755 "$WORK"
-services_start "$WORK/services" 25442 26442 26389
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; services_stop; rm -rf "$WORK"' EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/k.pem" -out "$WORK/c.pem" 2>/dev/null
-export JWT_SECRET=$(openssl rand -hex 32) VASTAI_API_KEY=load-vast IONET_API_KEY=load-ionet
-"$BIN" migrate >/dev/null
-"$BIN" accounts create --name load --json >/dev/null
-KEY=$("$BIN" keys create --account load --json | sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p')
+load_setup offersload 25442 26442 26389 "$BIN"
+export VASTAI_API_KEY=load-vast IONET_API_KEY=load-ionet
+KEY=$(load_key "$BIN" load)
 
 "$CARGO_TARGET_DIR/release/gpuproxy-sandbox" --vast-listen 127.0.0.1:18181 --ionet-listen 127.0.0.1:18182 \
   --vast-key "$VASTAI_API_KEY" --ionet-key "$IONET_API_KEY" >/dev/null &

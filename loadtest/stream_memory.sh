@@ -12,22 +12,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 . scripts/services.sh
+. loadtest/setup.sh
 ensure_cargo
 N=${1:-5000}
 SOURCES=${2:-50}
 
 cargo build --release --locked --bin gpuproxyd --bin gpuproxy-connhold >/dev/null
 BIN="$CARGO_TARGET_DIR/release"
-WORK=$(mktemp -d /tmp/gpuproxyd-streammem.XXXXXX)
-chmod 755 "$WORK"
-services_start "$WORK/services" 25632 26632 26579
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; services_stop; rm -rf "$WORK"' EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$WORK/k.pem" -out "$WORK/c.pem" 2>/dev/null
-export JWT_SECRET=$(openssl rand -hex 32)
-"$BIN/gpuproxyd" migrate >/dev/null
-"$BIN/gpuproxyd" accounts create --name streams --json >/dev/null
-KEY=$("$BIN/gpuproxyd" keys create --account streams --json | sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p')
+load_setup streammem 25632 26632 26579 "$BIN/gpuproxyd"
+KEY=$(load_key "$BIN/gpuproxyd" streams)
 
 # one account holds every stream: caps raised, rate limits off (the opening burst is not what is
 # measured). Pings every 15 s: an idle SSE stream whose client left is noticed at its next ping

@@ -744,3 +744,77 @@ async fn a_disabled_webhook_is_enabled_again_by_a_successful_probe() {
     assert_eq!(w["consecutive_failures"], 0, "{w}");
     assert!(w["disabled_reason"].is_null(), "{w}");
 }
+
+/// A receiver that answers only after `webhooks.timeout_ms` (it may well have taken the event)
+/// is recorded failing: each attempt is logged failed with the time-out, counted against the
+/// webhook, and retried, never left in flight; once it answers in time the delivery is
+/// `delivered` and the count starts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_answering_after_the_timeout_is_recorded_failing_and_retried() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "wh_late",
+        &[],
+        &[
+            "webhooks.allow_private_targets=true",
+            "webhooks.poll_interval_ms=100",
+            "webhooks.timeout_ms=300",
+            "webhooks.retry_base_ms=100",
+            "webhooks.retry_max_ms=200",
+            "webhooks.max_attempts=100",
+        ],
+    )
+    .await;
+    let key = account(&db, "late", 100.0, 1);
+    let rx = Receiver::start().await;
+    rx.hold();
+    let body = serde_json::json!({"url": rx.url("/"), "types": ["budget.warning"]});
+    let r = call(&d, &key, "POST", "/v1/webhooks", &body.to_string(), None).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+
+    db.write_events("late", 1, 0).await;
+    let log = eventually("three timed-out attempts", || async {
+        let v = call(
+            &d,
+            &key,
+            "GET",
+            &format!("/v1/webhooks/{id}/deliveries"),
+            "",
+            None,
+        )
+        .await
+        .json();
+        let logged = v["deliveries"][0]["attempt_log"]
+            .as_array()
+            .map_or(0, Vec::len);
+        (logged >= 3).then_some(v)
+    })
+    .await;
+    let one = &log["deliveries"][0];
+    assert_eq!(one["state"], "pending", "retried, not given up: {one:#}");
+    for a in one["attempt_log"].as_array().unwrap() {
+        assert!(a["status"].is_null(), "{a:#}");
+        assert!(
+            a["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no answer within 300 ms")),
+            "{a:#}"
+        );
+    }
+    let hook = call(&d, &key, "GET", &format!("/v1/webhooks/{id}"), "", None)
+        .await
+        .json();
+    assert!(hook["consecutive_failures"].as_i64() >= Some(3), "{hook:#}");
+    assert!(
+        rx.received().len() >= 3,
+        "each attempt reached the receiver"
+    );
+
+    // answering in time again: delivered, the count back to 0
+    rx.release();
+    latest_delivery(&d, &key, &id, "delivered").await;
+    let hook = call(&d, &key, "GET", &format!("/v1/webhooks/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(hook["consecutive_failures"], 0, "{hook:#}");
+}
