@@ -93,6 +93,8 @@ pub struct Reader {
     in_message: bool,
     message_len: u64,
     max_message: u64,
+    /// A protocol error broke the framing: whatever follows is dropped unread.
+    broken: bool,
 }
 
 impl Reader {
@@ -110,12 +112,20 @@ impl Reader {
             in_message: false,
             message_len: 0,
             max_message: max_message as u64,
+            broken: false,
         }
     }
 
     /// Takes bytes from the front of `buf`; returns how many it took and what they completed,
     /// if anything (call again with the rest).
+    ///
+    /// After a failure the reader goes on taking bytes, so the client can finish sending and read
+    /// the close: past a message too big it skips that frame and reads on (the client's close
+    /// comes through), past a broken frame it drops everything.
     pub fn read(&mut self, buf: &[u8]) -> (usize, Option<Incoming>) {
+        if self.broken {
+            return (buf.len(), None);
+        }
         let mut used = 0;
         loop {
             match self.part {
@@ -134,6 +144,9 @@ impl Reader {
                         continue;
                     }
                     if let Err(fail) = self.start_frame() {
+                        if !matches!(fail, Incoming::Fail(TOO_BIG, _)) {
+                            self.broken = true;
+                        }
                         return (used, Some(fail));
                     }
                     if self.left == 0 {
@@ -229,6 +242,12 @@ impl Reader {
                     len
                 };
                 if self.message_len > self.max_message {
+                    // the rest of this frame is skipped; the message is over
+                    self.in_message = false;
+                    self.left = len;
+                    self.seen = 0;
+                    self.opcode = BINARY;
+                    self.part = Part::Payload;
                     return Err(Incoming::Fail(TOO_BIG, "message too big"));
                 }
                 self.in_message = !fin;
@@ -365,6 +384,23 @@ mod tests {
             all(&mut r, &bytes, 1000).last(),
             Some(&Incoming::Fail(TOO_BIG, "message too big"))
         );
+        // the rest of the big frame is skipped and the client's close still read
+        let mut r = Reader::new(100);
+        let mut bytes = client(TEXT, true, &[b'a'; 500], [1, 2, 3, 4]);
+        bytes.extend(client(CLOSE, true, &[0x03, 0xE8], [4, 3, 2, 1]));
+        let (n, got) = r.read(&bytes);
+        assert_eq!(got, Some(Incoming::Fail(TOO_BIG, "message too big")));
+        assert_eq!(
+            all(&mut r, &bytes[n..], 64),
+            vec![Incoming::Close(Some(1000))]
+        );
+        // after a broken frame everything is dropped
+        let mut r = Reader::new(100);
+        assert!(matches!(
+            r.read(&[0x89, 0x00]).1,
+            Some(Incoming::Fail(PROTOCOL_ERROR, _))
+        ));
+        assert_eq!(r.read(&client(CLOSE, true, b"", [0; 4])), (6, None));
         // a 64-bit length is checked before any of the payload comes
         let mut r = Reader::new(100);
         let mut big = vec![0x82, 0x80 | 127];

@@ -123,13 +123,12 @@ impl Session {
                         }
                         return false;
                     }
-                    Some(Incoming::Fail(code, why)) => {
-                        self.client_closed = true;
-                        if self.close.is_none() {
-                            self.close = Some(frame::close(code, why));
-                        }
-                        return false;
+                    // closed with the code; the client's close (or its leaving) is awaited like
+                    // any other, what it still sends read and dropped
+                    Some(Incoming::Fail(code, why)) if self.close.is_none() => {
+                        self.close = Some(frame::close(code, why));
                     }
+                    Some(Incoming::Fail(..)) => {}
                 }
             }
         }
