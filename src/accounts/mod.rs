@@ -230,6 +230,36 @@ impl Db {
         Ok(self.query(sql, params).await?.into_iter().next())
     }
 
+    /// [`Db::query_opt`] for a create under a per-account cap (`INSERT … WHERE (SELECT count(*)
+    /// …) < cap`): run in a transaction that first takes a lock on (`cap`, `account_id`), so
+    /// concurrent creates of one account count one after another. Without it, under READ
+    /// COMMITTED each sees room and all insert (40 parallel creates stored 21 of 20 watches). The
+    /// lock is a transaction-scoped advisory lock, not the account's row: rentals and the event
+    /// log lock that row, and a cap must not take part in their lock order.
+    pub async fn query_opt_capped(
+        &self,
+        cap: &str,
+        account_id: i64,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Option<Row>, Error> {
+        self.transaction(async |tx| {
+            tx.query_typed(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+                &[(&cap, Type::TEXT), (&account_id, Type::INT8)],
+            )
+            .await
+            .map_err(classify)?;
+            Ok(tx
+                .query_typed(sql, params)
+                .await
+                .map_err(classify)?
+                .into_iter()
+                .next())
+        })
+        .await
+    }
+
     /// Probes a pool whose figures are not published (the read replica's), every `interval`:
     /// keeps [`Db::is_up`] true while it answers, so callers can skip it while it does not.
     pub async fn probe(self: Arc<Self>, interval: Duration) {

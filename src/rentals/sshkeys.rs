@@ -141,9 +141,11 @@ pub async fn create(db: &Db, account_id: i64, max: u32, k: &NewKey) -> Result<Ke
     let key = parse(&k.public_key).map_err(|why| bad("public_key", why))?;
     let id = format!("sshk_{}", &super::new_id().replace('-', "")[..20]);
     let max = i64::from(max);
-    // the count and the insert in one statement: two parallel creates cannot pass the cap
+    // the count and the insert under the account's cap lock: parallel creates cannot pass the cap
     let row = db
-        .query_opt(
+        .query_opt_capped(
+            "rentals.max_ssh_keys",
+            account_id,
             &format!(
                 "INSERT INTO ssh_keys (id, account_id, name, public_key, fingerprint) \
                  SELECT $1, $2, $3, $4, $5 \

@@ -110,7 +110,9 @@ pub async fn create(
     let id = format!("watch_{}", &super::new_id().replace('-', "")[..20]);
     let max = i64::from(max);
     let row = db
-        .query_opt(
+        .query_opt_capped(
+            "rentals.max_watches",
+            account_id,
             "INSERT INTO offer_watches (id, account_id, spec, max_price_per_gpu) \
                  SELECT $1, $2, $3, $4 \
                  WHERE (SELECT count(*) FROM offer_watches WHERE account_id = $2) < $5 \

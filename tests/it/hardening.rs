@@ -801,3 +801,81 @@ async fn one_account_cannot_spend_the_shared_provider_calls() {
     let r = call(&d, &other, "POST", "/v1/instances", &gone, None).await;
     assert_eq!(r.status, 409, "{:?}", r.json());
 }
+
+/// Per-account caps hold under parallel creates (issue 27): 40 at once for each of watches (cap
+/// 20), webhooks (10) and SSH keys (20) store exactly the cap, the rest answered 409 with the
+/// cap's code.
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_creates_never_pass_a_cap() {
+    use base64::Engine;
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "hard_caps",
+        &[],
+        &[
+            "ratelimit.enabled=false",
+            "webhooks.allow_private_targets=true",
+            "webhooks.paused=true",
+        ],
+    )
+    .await;
+    let a = account(&db, "racer", 100.0, 1);
+    // a distinct well-formed ed25519 public key for each n
+    let ssh_key = |n: u8| {
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&11u32.to_be_bytes());
+        blob.extend_from_slice(b"ssh-ed25519");
+        blob.extend_from_slice(&32u32.to_be_bytes());
+        blob.extend_from_slice(&[n; 32]);
+        format!(
+            "ssh-ed25519 {}",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
+    };
+    /// A path, its cap, the refusal's code and the n-th create's body.
+    type Case<'a> = (&'a str, usize, &'a str, Box<dyn Fn(u8) -> String>);
+    let cases: [Case; 3] = [
+        (
+            "/v1/watches",
+            20,
+            "watch_limit",
+            Box::new(|n| {
+                serde_json::json!({"spec": {"min_gpus": 1 + u32::from(n)}, "max_price_per_gpu": 1})
+                    .to_string()
+            }),
+        ),
+        (
+            "/v1/webhooks",
+            10,
+            "webhook_limit",
+            Box::new(|n| serde_json::json!({"url": format!("http://127.0.0.1:9/{n}")}).to_string()),
+        ),
+        (
+            "/v1/ssh-keys",
+            20,
+            "ssh_key_limit",
+            Box::new(move |n| {
+                serde_json::json!({"name": format!("k{n}"), "public_key": ssh_key(n)}).to_string()
+            }),
+        ),
+    ];
+    for (path, cap, code, body) in cases {
+        let tries = (0..40u8).map(|n| {
+            let (d, a, body) = (&d, &a, body(n));
+            async move { call(d, a, "POST", path, &body, None).await }
+        });
+        let answers = futures_util::future::join_all(tries).await;
+        let created = answers.iter().filter(|r| r.status == 201).count();
+        assert_eq!(created, cap, "{path}: {created} created");
+        for r in answers.iter().filter(|r| r.status != 201) {
+            assert_eq!(r.status, 409, "{path}: {}", r.text());
+            assert_eq!(r.json()["error"]["code"], code, "{path}: {}", r.text());
+        }
+        let list = call(&d, &a, "GET", path, "", None).await.json();
+        let stored = list
+            .as_object()
+            .and_then(|o| o.values().find_map(|v| v.as_array()))
+            .or(list.as_array())
+            .map_or(0, Vec::len);
+        assert_eq!(stored, cap, "{path}: {list:#}");
+    }
+}

@@ -107,10 +107,12 @@ pub async fn create(
     let id = format!("wh_{}", sign::random_hex(12));
     let secret = sign::new_secret();
     let max = i64::from(cfg.max_per_account.get());
-    // the count and the insert in one statement; the cursor starts at the account's latest
-    // event: a webhook hears what happens after it exists
+    // the count and the insert under the account's cap lock; the cursor starts at the account's
+    // latest event: a webhook hears what happens after it exists
     let row = db
-        .query_opt(
+        .query_opt_capped(
+            "webhooks.max_per_account",
+            account_id,
             &format!(
                 "INSERT INTO webhooks (id, account_id, url, types, secret, cursor) \
                  SELECT $1, $2, $3, $4, $5, a.event_seq FROM accounts a \
