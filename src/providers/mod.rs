@@ -296,6 +296,16 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The call may have done what it asked although it failed (no answer, a broken or garbled
+    /// one, a 5xx): the provider's list settles it, not this error.
+    pub fn may_have_happened(&self) -> bool {
+        match self {
+            UpstreamError::Timeout | UpstreamError::Reset(_) | UpstreamError::Decode(_) => true,
+            UpstreamError::Status { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
     /// Stable code, used in `/v1/offers`' `providers` section and as a metric label.
     pub fn code(&self) -> &'static str {
         match self {

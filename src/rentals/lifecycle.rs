@@ -8,6 +8,27 @@ use serde_json::json;
 use super::ledger::{InstanceRow, Status, Transition};
 use super::request::check_bid;
 use super::{RemoteView, Rentals, ledger, upstream_error};
+
+/// What the provider made of a start or stop it was asked for.
+#[derive(Debug)]
+pub enum Outcome {
+    Done,
+    /// Refused or never sent, with why.
+    NotDone(String),
+    /// No telling (no answer, a 5xx): the provider's list settles it.
+    Unknown,
+}
+
+impl Outcome {
+    /// The outcome of a call that failed with `e`.
+    pub fn of(e: &UpstreamError) -> Outcome {
+        if e.may_have_happened() {
+            Outcome::Unknown
+        } else {
+            Outcome::NotDone(e.to_string())
+        }
+    }
+}
 use crate::error::{Error, Kind, Refusal, Result, Side};
 use crate::providers::{InstanceStatus, Provider, ProviderId, UpstreamError};
 
@@ -41,22 +62,22 @@ impl Rentals {
         let p = ProviderId::parse(&row.provider)
             .ok_or_else(|| Error::internal(std::io::Error::other("bad provider in ledger")))?;
         let provider = self.provider(p)?.clone();
-        // the budget first: a bid the account cannot pay never reaches the provider
-        self.fits_budget(&row, bid + row.storage_per_hour, Some(&row.id))
-            .await?;
-        provider
-            .set_bid(&pid, bid)
-            .await
-            .map_err(|e| upstream_error(p, &e))?;
-        self.status.forget(&format!("{}:{pid}", row.provider)).await;
-        let row = ledger::set_bid(
-            &self.db,
-            &row,
-            bid,
-            self.config.rentals.budget_window_hours.get(),
-        )
-        .await?;
-        self.refresh(row).await
+        // checked and recorded under the account's lock before the provider is asked: a bid the
+        // account cannot pay never reaches it, and concurrent changes are checked against each
+        // other's
+        let window = self.config.rentals.budget_window_hours.get();
+        let changed = ledger::set_bid(&self.db, &row, bid, window).await?;
+        if let Err(e) = provider.set_bid(&pid, bid).await {
+            // not taken: the ledger's bid goes back to what the provider has; when it may have
+            // been taken (no answer, a 5xx) the new one stays, as the provider may have it
+            if let (false, Some(before)) = (e.may_have_happened(), row.bid_per_hour) {
+                ledger::restore_bid(&self.db, &changed, before).await?;
+            }
+            self.forget_status(&row).await;
+            return Err(upstream_error(p, &e));
+        }
+        self.forget_status(&row).await;
+        self.refresh(changed).await
     }
 
     /// An instance of the caller's (404 for anyone else's), its status refreshed from the
@@ -207,9 +228,10 @@ impl Rentals {
     }
 
     /// A start or stop asked through passthrough (`{"state": "running"|"stopped"}` on the
-    /// caller's instance `provider_instance_id`), checked before it is forwarded: a start must
-    /// fit the budget (the instance bills in full again). Returns the row, for
-    /// [`Rentals::record_state_change`] once the provider has done it.
+    /// caller's instance `provider_instance_id`), checked before it is forwarded: a start is
+    /// begun ([`Rentals::begin_start`]: checked against the budget and recorded under the
+    /// account's lock). Returns the row as it was, for [`Rentals::settle_state_change`] once the
+    /// provider has answered.
     pub async fn check_state_change(
         &self,
         account_id: i64,
@@ -233,15 +255,77 @@ impl Rentals {
                 )
             })?;
         if state == "running" {
-            self.start_fits_budget(&row).await?;
+            self.begin_start(&row, "through passthrough").await?;
         }
         Ok(row)
     }
 
-    /// A start bills the instance in full again: it must fit the budget first.
-    pub(super) async fn start_fits_budget(&self, row: &InstanceRow) -> Result<()> {
-        self.fits_budget(row, row.price_per_hour, Some(&row.id))
-            .await
+    /// What the provider made of a state change begun by [`Rentals::check_state_change`] (`row`
+    /// as it was then): a stop it did is recorded; a start it did not do is undone; one whose
+    /// outcome is unknown stays begun (billed in full) until a status sync reads the provider.
+    pub async fn settle_state_change(
+        &self,
+        row: &InstanceRow,
+        state: &str,
+        outcome: Outcome,
+        how: &str,
+    ) -> Result<()> {
+        match (state, outcome) {
+            ("running", Outcome::NotDone(why)) => self.start_failed(row, &why).await?,
+            ("running", _) => self.forget_status(row).await,
+            (_, Outcome::Done) => self.record_state_change(row, state, how).await?,
+            (_, _) => self.forget_status(row).await,
+        }
+        Ok(())
+    }
+
+    /// A start bills the instance in full again: checked against every budget and recorded
+    /// (`row` moves to `provisioning`) in one transaction under the account's lock, before the
+    /// provider is asked. Concurrent starts of one account are checked one after another, each
+    /// against the others already begun, and a start the budget refuses never reaches the
+    /// provider; [`Rentals::start_failed`] undoes one the provider did not do. A row that moved
+    /// meanwhile (another start or a stop) is a 409.
+    pub(super) async fn begin_start(&self, row: &InstanceRow, how: &str) -> Result<InstanceRow> {
+        let spend = ledger::Spend {
+            account_id: row.account_id,
+            key_id: row.api_key_id,
+            window_hours: self.config.rentals.budget_window_hours.get(),
+            extra_per_hour: row.price_per_hour,
+            new_instance: false,
+            replacing: Some(&row.id),
+        };
+        let from = [row.status];
+        let t = Transition::new(&from, Status::Provisioning, "started").detail(how);
+        let begun = self
+            .db
+            .transaction(async |tx| {
+                ledger::budget_check(tx, &spend).await?;
+                ledger::transition_in(tx, &row.id, t).await
+            })
+            .await?;
+        begun.ok_or_else(|| {
+            Error::refused(
+                Refusal::InstanceNotOpen,
+                "the instance changed while it was being started (another start or stop): \
+                 read it and try again",
+                Some(json!({"instance_id": row.id})),
+            )
+        })
+    }
+
+    /// A start begun with [`Rentals::begin_start`] that the provider did not do: `row` (as it
+    /// was before) goes back to its status, the attempt noted.
+    pub(super) async fn start_failed(&self, row: &InstanceRow, why: &str) -> Result<()> {
+        let t = Transition::new(&[Status::Provisioning], row.status, "start_failed").detail(why);
+        ledger::transition(&self.db, &row.id, t).await?;
+        self.forget_status(row).await;
+        Ok(())
+    }
+
+    async fn forget_status(&self, row: &InstanceRow) {
+        if let Some(pid) = &row.provider_instance_id {
+            self.status.forget(&format!("{}:{pid}", row.provider)).await;
+        }
     }
 
     /// Checks that `extra_per_hour` more for `row` (replacing its current rate, or on top of
@@ -333,10 +417,18 @@ impl Rentals {
         let (row, pid, p, provider) = self
             .live(account_id, id, "it cannot be stopped or started now")
             .await?;
+        let how = "asked through the API";
         if running {
-            self.start_fits_budget(&row).await?;
+            self.begin_start(&row, how).await?;
         }
-        match provider.set_running(&pid, running).await {
+        let state = if running { "running" } else { "stopped" };
+        let done = provider.set_running(&pid, running).await;
+        let outcome = match &done {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::of(e),
+        };
+        self.settle_state_change(&row, state, outcome, how).await?;
+        match done {
             Ok(()) => {}
             Err(UpstreamError::Disabled(why)) => {
                 return Err(Error::refused(
@@ -347,9 +439,6 @@ impl Rentals {
             }
             Err(e) => return Err(upstream_error(p, &e)),
         }
-        let state = if running { "running" } else { "stopped" };
-        self.record_state_change(&row, state, "asked through the API")
-            .await?;
         Ok(ledger::get(&self.db, account_id, id).await?.unwrap_or(row))
     }
 

@@ -22,6 +22,7 @@ use crate::error::{Error, Kind, Refusal, Result, Side};
 use crate::metrics::UPSTREAM_REQUESTS_TOTAL;
 use crate::providers::{Provider, UpstreamError};
 use crate::rentals::ledger;
+use crate::rentals::lifecycle::Outcome;
 use crate::state::AppState;
 use crate::types::{ProviderId, passthrough};
 
@@ -159,26 +160,13 @@ impl Approved<'_> {
             .rule
             .check_body(&body)
             .map_err(|why| forbidden(why, Some(&allowed.rule.text)))?;
-        // a start or stop: checked and then recorded, so the ledger bills what the provider does
-        let state_change = match (&allowed.instance, &allowed.rule.body_keys) {
+        // the instance and the state a start or stop asks for
+        let wanted = match (&allowed.instance, &allowed.rule.body_keys) {
             (Some(instance), Some(keys)) if keys.iter().any(|k| k == "state") => {
-                match serde_json::from_slice::<serde_json::Value>(&body)
+                serde_json::from_slice::<serde_json::Value>(&body)
                     .ok()
                     .and_then(|v| v.get("state").cloned())
-                {
-                    Some(s) => {
-                        let s = s.as_str().unwrap_or("").to_owned();
-                        let r = app
-                            .rentals
-                            .as_ref()
-                            .ok_or_else(|| super::needs_database("state changes"))?;
-                        let row = r
-                            .check_state_change(p.account_id(), pid.as_str(), instance, &s)
-                            .await?;
-                        Some((r.clone(), row, s))
-                    }
-                    None => None,
-                }
+                    .map(|s| (instance, s.as_str().unwrap_or("").to_owned()))
             }
             _ => None,
         };
@@ -199,6 +187,21 @@ impl Approved<'_> {
             h.insert(ACCEPT, a);
         }
         h.insert(auth_name, auth_value);
+        // a start or stop: checked (a start begun) last before the call, so the ledger bills
+        // what the provider does
+        let state_change = match wanted {
+            Some((instance, s)) => {
+                let r = app
+                    .rentals
+                    .as_ref()
+                    .ok_or_else(|| super::needs_database("state changes"))?;
+                let row = r
+                    .check_state_change(p.account_id(), pid.as_str(), instance, &s)
+                    .await?;
+                Some((r.clone(), row, s))
+            }
+            None => None,
+        };
         // one attempt (a passthrough call may not be idempotent), through the breaker and
         // back-off; a 429 or 5xx counts against the provider and answers as our own upstream
         // error
@@ -232,14 +235,19 @@ impl Approved<'_> {
                     Ok(resp)
                 }
             })
-            .await
-            .map_err(|e| crate::providers::upstream_error(pid, &e))?;
-        if let Some((r, row, s)) = state_change
-            && resp.status().is_success()
-        {
-            r.record_state_change(&row, &s, "through passthrough")
+            .await;
+        // a start was begun before the call (checked and recorded under the account's lock):
+        // settled by the answer; a stop is recorded when done
+        if let Some((r, row, s)) = state_change {
+            let outcome = match &resp {
+                Ok(a) if a.status().is_success() => Outcome::Done,
+                Ok(a) => Outcome::NotDone(format!("the provider answered {}", a.status().as_u16())),
+                Err(e) => Outcome::of(e),
+            };
+            r.settle_state_change(&row, &s, outcome, "through passthrough")
                 .await?;
         }
+        let resp = resp.map_err(|e| crate::providers::upstream_error(pid, &e))?;
         counter!(UPSTREAM_REQUESTS_TOTAL, "provider" => pid.as_str(), "op" => "passthrough",
                  "status" => crate::metrics::status_label(resp.status().as_u16()))
         .increment(1);

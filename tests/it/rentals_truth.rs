@@ -1050,3 +1050,85 @@ async fn extend_buys_io_net_hours_within_the_budget_and_moves_the_expiry() {
         .unwrap();
     assert!(ev["detail"].as_str().unwrap().contains("+20 h"), "{ev}");
 }
+
+/// Bid raises race no more (issue 27): two interruptible instances and a budget with room for
+/// one raise, not both; two concurrent raises give one 200 and one 402, and the refused raise
+/// never reaches the provider: its bid there is the one it had. Each change is checked and
+/// recorded under the account's lock before the provider is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_bid_raises_with_a_budget_for_one_change_one() {
+    let Stack { db, sb, d } = Stack::start(
+        "truth_bids",
+        &["--provision-time", "300ms"],
+        &["rentals.status_cache_ms=100"],
+    )
+    .await;
+    let token = account(&db, "bidder", 10_000.0, 5);
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/offers?providers=vastai&limit=2&sort=price&interruptible=true",
+        "",
+        None,
+    )
+    .await;
+    let offers = r.json()["offers"].as_array().unwrap().clone();
+    assert_eq!(offers.len(), 2, "{:?}", r.json());
+    let mut insts = Vec::new();
+    for o in &offers {
+        let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
+        assert_eq!(r.status, 201, "{:?}", r.json());
+        let id = r.json()["id"].as_str().unwrap().to_owned();
+        insts.push(until(&d, &token, &id, "running", |v| v["status"] == "running").await);
+    }
+    let bid = |v: &Value| v["bid_per_hour"].as_f64().unwrap();
+    let price = |v: &Value| v["price_per_hour"].as_f64().unwrap();
+    // each raise triples a bid (adds twice it); room for the larger raise and half the smaller
+    let base: f64 = insts.iter().map(price).sum();
+    let (r0, r1) = (2.0 * bid(&insts[0]), 2.0 * bid(&insts[1]));
+    let budget = 24.0 * (base + r0.max(r1) + 0.5 * r0.min(r1));
+    db.cli(&[
+        "accounts",
+        "update",
+        "bidder",
+        "--daily-budget-usd",
+        &format!("{budget:.4}"),
+    ]);
+    let calls_before = sb.calls("vastai", "set_bid").await;
+    let answers = futures_util::future::join_all(insts.iter().map(|v| {
+        let (d, token) = (&d, &token);
+        let path = format!("/v1/instances/{}/bid", v["id"].as_str().unwrap());
+        let body = json!({"bid_per_hour": (bid(v) * 3.0 * 1e4).round() / 1e4}).to_string();
+        async move { call(d, token, "PUT", &path, &body, None).await }
+    }))
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert!(
+        statuses == [200, 402] || statuses == [402, 200],
+        "{statuses:?}: {:?}",
+        answers.iter().map(|r| r.json()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sb.calls("vastai", "set_bid").await - calls_before,
+        1,
+        "the refused raise never reached the provider"
+    );
+    for (v, r) in insts.iter().zip(&answers) {
+        let pid = v["provider_instance_id"].as_str().unwrap();
+        let at_vast = vast_instance(&sb, pid).await["bid"].as_f64().unwrap();
+        let id = v["id"].as_str().unwrap();
+        let now = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .json();
+        assert_eq!(
+            now["bid_per_hour"].as_f64(),
+            Some(at_vast),
+            "ledger and provider agree"
+        );
+        if r.status == 402 {
+            assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+            assert_eq!(at_vast, bid(v), "the refused instance keeps its bid");
+        }
+    }
+}

@@ -1020,3 +1020,83 @@ async fn bad_input_to_the_lifecycle_and_budget_endpoints_names_the_field_and_cha
     .await;
     assert_eq!(r.status, 403);
 }
+
+/// Starts race no more (issue 27): three stopped instances and a budget with room for one of
+/// them running; three concurrent `start`s give one 200 and two 402, and only one start reaches
+/// the provider. Each start is checked and recorded under the account's lock before the
+/// provider is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_with_a_budget_for_one_start_one() {
+    let Stack { db, sb, d } = Stack::start(
+        "spend_starts",
+        &["--provision-time", "300ms"],
+        &["rentals.status_cache_ms=100"],
+    )
+    .await;
+    let token = account(&db, "starter", 10_000.0, 5);
+    let offers = dear_offers(&d, &token, 3).await;
+    let mut ids = Vec::new();
+    let (mut price, mut storage) = (0.0f64, 0.0f64);
+    for o in &offers {
+        let v = rent_running(&d, &token, o).await;
+        price = price.max(v["price_per_hour"].as_f64().unwrap());
+        storage = storage.max(v["storage_per_hour"].as_f64().unwrap());
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let r = call(
+            &d,
+            &token,
+            "POST",
+            &format!("/v1/instances/{id}/stop"),
+            "",
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{:?}", r.json());
+    }
+    // room for one running beside two stopped, not for two: (3 storage + 1.5 price) × 24 h
+    assert!(price > 4.0 * storage, "price {price}, storage {storage}");
+    let budget = (3.0 * storage + 1.5 * price) * 24.0;
+    db.cli(&[
+        "accounts",
+        "update",
+        "starter",
+        "--daily-budget-usd",
+        &format!("{budget:.4}"),
+    ]);
+    let starts_before = sb.calls("vastai", "manage").await;
+    let answers = futures_util::future::join_all(ids.iter().map(|id| {
+        let (d, token, path) = (&d, &token, format!("/v1/instances/{id}/start"));
+        async move { call(d, token, "POST", &path, "", None).await }
+    }))
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    for r in answers.iter().filter(|r| r.status != 200) {
+        assert_eq!(r.status, 402, "{:?}", r.json());
+        assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    }
+    assert_eq!(
+        sb.calls("vastai", "manage").await - starts_before,
+        1,
+        "a refused start never reaches the provider"
+    );
+    // the ledger agrees: one provisioning or running, two stopped
+    let mut running = 0;
+    for id in &ids {
+        let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+            .await
+            .json();
+        match v["status"].as_str().unwrap() {
+            "provisioning" | "running" => running += 1,
+            "stopped" => {}
+            s => panic!("{id} is {s}"),
+        }
+    }
+    assert_eq!(running, 1);
+}

@@ -13,21 +13,39 @@ use crate::events;
 
 /// A changed bid: the new bid and price (bid + storage), checked against the budget first.
 pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64, window_hours: u32) -> Result<InstanceRow> {
+    record_bid(db, r, bid, Some(window_hours), &format!("bid {bid} USD/h")).await
+}
+
+/// Puts `r`'s bid back to `bid` (what it was) when the provider did not take a change already
+/// recorded: no budget check (it is what was paid for before).
+pub async fn restore_bid(db: &Db, r: &InstanceRow, bid: f64) -> Result<InstanceRow> {
+    let detail = format!("bid {bid} USD/h again: the provider did not take the change");
+    record_bid(db, r, bid, None, &detail).await
+}
+
+/// The bid and its rate in one transaction, checked against the budgets (under the account's
+/// lock) when `window_hours` is given.
+async fn record_bid(
+    db: &Db,
+    r: &InstanceRow,
+    bid: f64,
+    window_hours: Option<u32>,
+    detail: &str,
+) -> Result<InstanceRow> {
     let price = bid + r.storage_per_hour;
     db.transaction(async |tx| {
         // while outbid it bills storage only; the raised bid bills in full once it runs again
-        budget_check(
-            tx,
-            &Spend {
+        if let Some(window_hours) = window_hours {
+            let spend = Spend {
                 account_id: r.account_id,
                 key_id: r.api_key_id,
                 window_hours,
                 extra_per_hour: price,
                 new_instance: false,
                 replacing: Some(&r.id),
-            },
-        )
-        .await?;
+            };
+            budget_check(tx, &spend).await?;
+        }
         let rows = tx
             .query_typed(
                 &format!(
@@ -47,7 +65,6 @@ pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64, window_hours: u32) -> R
             .map(row)
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such instance"))?;
         let billed = n.status.rate(n.price_per_hour, n.storage_per_hour);
-        let detail = format!("bid {bid} USD/h");
         event_tx(
             tx,
             &n.id,
@@ -55,7 +72,7 @@ pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64, window_hours: u32) -> R
             Some(n.status.as_str()),
             n.price_per_hour,
             billed,
-            Some(&detail),
+            Some(detail),
         )
         .await?;
         Ok(n)

@@ -358,6 +358,17 @@ pub(super) fn db_err(e: tokio_postgres::Error) -> Error {
 /// `terminated_at` when it ends. Returns the row after, or `None` when it was not in `from`
 /// (someone else moved it).
 pub async fn transition(db: &Db, id: &str, t: Transition<'_>) -> Result<Option<InstanceRow>> {
+    db.transaction(async |tx| transition_in(tx, id, t).await)
+        .await
+}
+
+/// [`transition`] inside `tx` (with what else must commit with it: a budget check under the
+/// account's lock, say).
+pub async fn transition_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    t: Transition<'_>,
+) -> Result<Option<InstanceRow>> {
     let from: Vec<&str> = t.from.iter().map(|s| s.as_str()).collect();
     let status = t.to.as_str();
     let (kind, provider_instance_id, ssh, detail) =
@@ -371,7 +382,7 @@ pub async fn transition(db: &Db, id: &str, t: Transition<'_>) -> Result<Option<I
         None => (None, None, None),
     };
     let failure = (t.to == Status::Failed).then_some(detail).flatten();
-    db.transaction(async |tx| {
+    {
         let rows = tx
             .query_typed(
                 &format!(
@@ -415,8 +426,7 @@ pub async fn transition(db: &Db, id: &str, t: Transition<'_>) -> Result<Option<I
             charge_minimum(tx, id).await?;
         }
         Ok(Some(r))
-    })
-    .await
+    }
 }
 
 pub async fn get(db: &Db, account_id: i64, id: &str) -> Result<Option<InstanceRow>> {
