@@ -9,6 +9,23 @@ use super::ledger::{InstanceRow, Status, Transition};
 use super::request::check_bid;
 use super::{RemoteView, Rentals, ledger, upstream_error};
 
+/// How often a destroy the provider has not finished is looked at again.
+const CONFIRM_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The provider's answer says the instance is gone (no such instance, or ended).
+fn is_gone(
+    answer: &std::result::Result<Option<crate::providers::RemoteInstance>, UpstreamError>,
+) -> bool {
+    matches!(
+        answer,
+        Ok(None)
+            | Ok(Some(crate::providers::RemoteInstance {
+                status: InstanceStatus::Terminated,
+                ..
+            }))
+    )
+}
+
 /// What the provider made of a start or stop it was asked for.
 #[derive(Debug)]
 pub enum Outcome {
@@ -167,7 +184,7 @@ impl Rentals {
     }
 
     /// Destroys an instance of the caller's. Destroying one already ended answers its state.
-    pub async fn destroy(&self, account_id: i64, id: &str) -> Result<InstanceRow> {
+    pub async fn destroy(self: &Arc<Self>, account_id: i64, id: &str) -> Result<InstanceRow> {
         let row = ledger::get(&self.db, account_id, id)
             .await?
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
@@ -196,14 +213,7 @@ impl Rentals {
             .destroy(&pid)
             .await
             .map_err(|e| upstream_error(p, &e))?;
-        let gone = matches!(
-            provider.instance(&pid).await,
-            Ok(None)
-                | Ok(Some(crate::providers::RemoteInstance {
-                    status: InstanceStatus::Terminated,
-                    ..
-                }))
-        );
+        let gone = is_gone(&provider.instance(&pid).await);
         self.status.forget(&format!("{}:{pid}", row.provider)).await;
         if gone {
             Ok(ledger::transition(
@@ -214,8 +224,39 @@ impl Rentals {
             .await?
             .unwrap_or(row))
         } else {
+            self.confirm_destroy(row.clone(), pid, provider);
             Ok(row)
         }
+    }
+
+    /// After a destroy the provider has not finished (io.net's `termination requested`): asks
+    /// it every [`CONFIRM_EVERY`] whether the instance is gone, for up to a reconciler round
+    /// (`rentals.reconcile_interval_ms`, whose round takes over after that), and ends it in the
+    /// ledger as soon as it is. A terminating instance bills in full until it ends: without
+    /// this, until the next round (a 90 s rental billed a third more).
+    fn confirm_destroy(
+        self: &Arc<Self>,
+        row: InstanceRow,
+        pid: String,
+        provider: Arc<dyn Provider>,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + me.config.rentals.reconcile_interval_ms.get();
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(CONFIRM_EVERY).await;
+                if !is_gone(&provider.instance(&pid).await) {
+                    continue;
+                }
+                let t = Transition::new(&[Status::Terminating], Status::Terminated, "terminated")
+                    .detail("the provider confirmed the destroy");
+                if let Err(e) = ledger::transition(&me.db, &row.id, t).await {
+                    tracing::warn!(instance = %row.id, error = %e, "could not record a confirmed destroy; the reconciler will");
+                }
+                me.status.forget(&format!("{}:{pid}", row.provider)).await;
+                return;
+            }
+        });
     }
 
     pub async fn list(

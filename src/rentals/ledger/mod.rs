@@ -419,7 +419,14 @@ pub async fn transition_in(
         let Some(r) = rows.first().map(row) else {
             return Ok(None);
         };
-        let billed = t.to.rate(r.price_per_hour, r.storage_per_hour);
+        // an instance destroyed while stopped (or outbid) bills its disk until it ends, not
+        // the GPU it is not running
+        let billed = match t.from {
+            [from @ (Status::Stopped | Status::Interrupted)] if t.to == Status::Terminating => {
+                from.rate(r.price_per_hour, r.storage_per_hour)
+            }
+            _ => t.to.rate(r.price_per_hour, r.storage_per_hour),
+        };
         event_tx(tx, id, kind, Some(status), r.price_per_hour, billed, detail).await?;
         events::append_for_instance(tx, r.account_id, id, kind, Some(status), detail).await?;
         if t.to == Status::Terminated {
