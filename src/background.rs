@@ -117,6 +117,11 @@ pub fn services(state: &Arc<AppState>) -> Vec<Service> {
             }
         }));
         let rr = r.clone();
+        list.push(Service::new("expiry", Duration::from_secs(1), move || {
+            let r = rr.clone();
+            async move { crate::rentals::expiry::round(&r).await }
+        }));
+        let rr = r.clone();
         list.push(Service::new("budgets", every, move || {
             let r = rr.clone();
             async move {

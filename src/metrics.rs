@@ -146,7 +146,7 @@ catalog! {
     WEBHOOKS_DISABLED_TOTAL = "gpuproxy_webhooks_disabled_total", Counter, [],
         "Webhooks disabled after failing for webhooks.disable_after_ms with webhooks.disable_after_failures failed attempts in a row.";
     BACKGROUND_ROUNDS_TOTAL = "gpuproxy_background_rounds_total", Counter, ["service", "result"],
-        "Rounds of the daemon's background services, by service (reconcile, budgets, sweeps, billing, database_health, redis_health, ratelimit_sweep) and result (ok, error).";
+        "Rounds of the daemon's background services, by service (reconcile, expiry, budgets, sweeps, billing, database_health, redis_health, ratelimit_sweep) and result (ok, error).";
     BACKGROUND_ROUND_DURATION_MS = "gpuproxy_background_round_duration_milliseconds", Histogram, ["service"],
         "Duration of one background round, in milliseconds.";
     BACKGROUND_LAST_SUCCESS = "gpuproxy_background_last_success_timestamp_seconds", Gauge, ["service"],

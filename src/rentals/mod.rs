@@ -25,6 +25,7 @@
 pub mod audit;
 pub mod billing;
 pub mod budget;
+pub mod expiry;
 pub mod failover;
 pub mod idempotency;
 pub mod keys;

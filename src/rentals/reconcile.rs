@@ -358,7 +358,12 @@ async fn same_account(r: &Rentals, p: &dyn Provider) -> Result<bool> {
 
 /// Destroys an instance whose lifetime is over and marks it terminated (`expired`): it stops
 /// billing there. Left for the next round when the provider refuses the destroy.
-async fn expire(r: &Rentals, p: &dyn Provider, row: &ledger::InstanceRow, pid: &str) -> Result<()> {
+pub(super) async fn expire(
+    r: &Rentals,
+    p: &dyn Provider,
+    row: &ledger::InstanceRow,
+    pid: &str,
+) -> Result<()> {
     if let Err(e) = p.destroy(pid).await {
         tracing::warn!(instance = %row.id, error = %e, "could not destroy an expired instance; next round retries");
         return Ok(());

@@ -1230,3 +1230,41 @@ async fn a_stopped_instance_being_destroyed_bills_its_disk() {
     assert_eq!(req["rate_per_hour"], v["storage_per_hour"], "{v:#}");
     assert!(v["storage_per_hour"].as_f64().unwrap() < v["price_per_hour"].as_f64().unwrap());
 }
+
+/// Lifetimes end on time (issue 27): a rental of a few seconds is ended within about a second
+/// of its `expires_at`, with the reconciler a minute away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lifetime_ends_on_time_not_at_the_next_reconciler_round() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "truth_lifetime",
+        &["--provision-time", "300ms"],
+        &["rentals.reconcile_interval_ms=60000"],
+    )
+    .await;
+    let token = account(&db, "brief", 10_000.0, 5);
+    let o = cheapest(&d, &token, "vastai", "").await;
+    let mut body: Value = serde_json::from_str(&rent_body(o["id"].as_str().unwrap())).unwrap();
+    // 7.2 s
+    body["max_duration_hours"] = json!(0.002);
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let client = db.client().await;
+    let late = support::eventually("the lifetime to end", || async {
+        let row = client
+            .query_one(
+                "SELECT status, extract(epoch FROM terminated_at - expires_at)::float8 \
+                 FROM instances WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, String>(0) == "terminated").then(|| row.get::<_, f64>(1))
+    })
+    .await;
+    assert!((0.0..3.0).contains(&late), "ended {late} s after its end");
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert!(kinds(&v).contains(&"expired".to_owned()), "{v:#}");
+}

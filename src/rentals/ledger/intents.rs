@@ -110,6 +110,22 @@ pub async fn open_of(db: &Db, account_id: i64, key: Option<i64>) -> Result<Vec<I
     Ok(rows.iter().map(row).collect())
 }
 
+/// Open instances whose lifetime is over (`expires_at` passed), soonest first, at most `limit`.
+pub async fn due_to_expire(db: &Db, limit: i64) -> Result<Vec<InstanceRow>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {COLS} FROM instances WHERE expires_at <= now() \
+                   AND expires_at IS NOT NULL AND status NOT IN ('failed', 'terminated') \
+                   AND status NOT IN ('pending', 'terminating') \
+                   AND provider_instance_id IS NOT NULL ORDER BY expires_at LIMIT $1"
+            ),
+            &[(&limit, Type::INT8)],
+        )
+        .await?;
+    Ok(rows.iter().map(row).collect())
+}
+
 /// The tries of a rental by spec, in order.
 pub async fn tries(db: &Db, request_id: &str) -> Result<Vec<InstanceRow>> {
     let rows = db
