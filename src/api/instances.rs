@@ -74,29 +74,31 @@ pub async fn destroy(c: Call) -> Result<Response<Body>> {
 pub async fn extend(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("instance id")?;
     let p = c.principal()?.clone();
+    let key = idempotency_key(&c.req)?;
     let b: Extend = body::json(c.req, &c.api.config.server)
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body {\"hours\": <1 to 8760>} is required"))?;
-    let v = instances::extend(&c.api, &p, &id, b).await?;
-    Ok(respond::json(StatusCode::OK, &v))
+    Ok(answered(instances::extend(&c.api, &p, &id, b, key).await?))
 }
 
 /// `POST /v1/instances/{id}/stop` and `/start`.
 pub async fn set_running(c: Call, running: bool) -> Result<Response<Body>> {
     let id = c.decoded_param("instance id")?;
-    let v = instances::set_running(&c.api, c.principal()?, &id, running).await?;
-    Ok(respond::json(StatusCode::OK, &v))
+    let key = idempotency_key(&c.req)?;
+    Ok(answered(
+        instances::set_running(&c.api, c.principal()?, &id, running, key).await?,
+    ))
 }
 
 /// `PUT /v1/instances/{id}/bid` `{"bid_per_hour": x}`.
 pub async fn bid(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("instance id")?;
     let p = c.principal()?.clone();
+    let key = idempotency_key(&c.req)?;
     let b: Bid = body::json(c.req, &c.api.config.server)
         .await?
         .ok_or_else(|| Error::bad_request("a JSON body {\"bid_per_hour\": <USD/h>} is required"))?;
-    let v = instances::set_bid(&c.api, &p, &id, b).await?;
-    Ok(respond::json(StatusCode::OK, &v))
+    Ok(answered(instances::set_bid(&c.api, &p, &id, b, key).await?))
 }
 
 // The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
@@ -106,6 +108,7 @@ const THE_INSTANCE: &[Answer] = &[json(200, "The instance", schema::<InstanceVie
 
 /// What stopping and starting refuse.
 const STOP_START_REFUSALS: &[Answer] = &[
+    error(422, "idempotency_key_reused"),
     error(402, "budget_exceeded (start)"),
     error(
         409,
@@ -115,7 +118,8 @@ const STOP_START_REFUSALS: &[Answer] = &[
     error(504, "provider_error: timed out"),
 ];
 
-/// The `Idempotency-Key` header of renting and destroying.
+/// The `Idempotency-Key` header of the operations that change an instance (rent, destroy,
+/// extend, stop, start, bid).
 const IDEMPOTENCY: Header = Header {
     name: "Idempotency-Key",
     description: "The same key and body replay the first answer (header `Idempotent-Replayed: true`); the same key with another body gets 422 `idempotency_key_reused`. Kept `rentals.idempotency_ttl_ms`.",
@@ -204,8 +208,10 @@ pub const CHANGE_BID: Op = Op {
     tag: "instances",
     summary: "Change an interruptible instance's bid (Vast `bid_price`); an outbid instance resumes once its bid is high enough",
     body: Some(schema::<crate::service::instances::Bid>),
+    headers: &[IDEMPOTENCY],
     answers: THE_INSTANCE,
     errors: &[
+        error(422, "idempotency_key_reused"),
         error(402, "budget_exceeded: the new bid does not fit the budget"),
         error(409, "not_interruptible, instance_not_open"),
         error(502, "provider_error"),
@@ -218,6 +224,7 @@ pub const STOP_INSTANCE: Op = Op {
     id: "stopInstance",
     tag: "instances",
     summary: "Stop an instance (Vast): it bills its disk only until started",
+    headers: &[IDEMPOTENCY],
     answers: THE_INSTANCE,
     errors: STOP_START_REFUSALS,
     ..Op::NONE
@@ -227,7 +234,8 @@ pub const STOP_INSTANCE: Op = Op {
 pub const START_INSTANCE: Op = Op {
     id: "startInstance",
     tag: "instances",
-    summary: "Start a stopped instance (Vast); checked against the budget first",
+    summary: "Start a stopped instance (Vast); checked against the budget and recorded before the provider is asked",
+    headers: &[IDEMPOTENCY],
     answers: THE_INSTANCE,
     errors: STOP_START_REFUSALS,
     ..Op::NONE
@@ -239,8 +247,10 @@ pub const EXTEND_INSTANCE: Op = Op {
     tag: "instances",
     summary: "Extend an instance's life: moves its expiry; on io.net buys the hours (the spend is checked against the budget first and recorded)",
     body: Some(schema::<crate::service::instances::Extend>),
+    headers: &[IDEMPOTENCY],
     answers: THE_INSTANCE,
     errors: &[
+        error(422, "idempotency_key_reused"),
         error(402, "budget_exceeded"),
         error(409, "instance_not_open (ended, or no lifetime to extend)"),
         error(415, "unsupported_media_type"),

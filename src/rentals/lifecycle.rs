@@ -9,6 +9,21 @@ use super::ledger::{InstanceRow, Status, Transition};
 use super::request::check_bid;
 use super::{RemoteView, Rentals, ledger, upstream_error};
 
+/// A provider call that changes an instance failed. When it may have been done anyway (no
+/// answer, a 5xx) the error names the instance (`details.instance_id`, `details.outcome:
+/// "unknown"`): under an `Idempotency-Key` such an answer is kept and replayed, so a client's
+/// retry does not make the change (buy the hours) a second time.
+fn change_failed(p: ProviderId, e: &UpstreamError, instance_id: &str) -> Error {
+    let mut err = upstream_error(p, e);
+    if e.may_have_happened()
+        && let Some(d) = err.details.as_mut().and_then(|d| d.as_object_mut())
+    {
+        d.insert("instance_id".into(), json!(instance_id));
+        d.insert("outcome".into(), json!("unknown"));
+    }
+    err
+}
+
 /// How often a destroy the provider has not finished is looked at again.
 const CONFIRM_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -91,7 +106,7 @@ impl Rentals {
                 ledger::restore_bid(&self.db, &changed, before).await?;
             }
             self.forget_status(&row).await;
-            return Err(upstream_error(p, &e));
+            return Err(change_failed(p, &e, &row.id));
         }
         self.forget_status(&row).await;
         self.refresh(changed).await
@@ -434,7 +449,7 @@ impl Rentals {
             provider
                 .extend(&pid, hours)
                 .await
-                .map_err(|e| upstream_error(p, &e))?;
+                .map_err(|e| change_failed(p, &e, &row.id))?;
             ledger::extend(&self.db, &row, hours, cost).await
         } else if row.expires_at.is_some() {
             ledger::extend(&self.db, &row, hours, 0.0).await
@@ -478,7 +493,7 @@ impl Rentals {
                     Some(json!({"instance_id": id, "provider": row.provider})),
                 ));
             }
-            Err(e) => return Err(upstream_error(p, &e)),
+            Err(e) => return Err(change_failed(p, &e, &row.id)),
         }
         Ok(ledger::get(&self.db, account_id, id).await?.unwrap_or(row))
     }

@@ -276,31 +276,60 @@ pub async fn destroy(
     .await
 }
 
-/// Moves the expiry by `hours` (on io.net, buys them).
-pub async fn extend(app: &AppState, p: &Principal, id: &str, b: Extend) -> Result<InstanceView> {
-    let row = rentals(app)?.extend(p.account_id(), id, b.hours).await?;
-    Ok(InstanceView::of(&row))
+/// Moves the expiry by `hours` (on io.net, buys them), under the caller's `Idempotency-Key`
+/// when it has one: a retry after a lost answer replays it instead of buying the hours again.
+pub async fn extend(
+    app: &AppState,
+    p: &Principal,
+    id: &str,
+    b: Extend,
+    key: Option<String>,
+) -> Result<Answer> {
+    let (r, account, owned) = (rentals(app)?.clone(), p.account_id(), id.to_owned());
+    let request = format!("POST /v1/instances/{id}/extend");
+    let body = format!("{{\"hours\":{}}}", b.hours);
+    idempotent(app, p, key, &request, body.as_bytes(), async move {
+        let row = r.extend(account, &owned, b.hours).await?;
+        Ok((200, InstanceView::of(&row)))
+    })
+    .await
 }
 
-/// Stops (`running: false`) or starts an instance.
+/// Stops (`running: false`) or starts an instance, under the caller's `Idempotency-Key` when it
+/// has one.
 pub async fn set_running(
     app: &AppState,
     p: &Principal,
     id: &str,
     running: bool,
-) -> Result<InstanceView> {
-    let row = rentals(app)?
-        .set_running(p.account_id(), id, running)
-        .await?;
-    Ok(InstanceView::of(&row))
+    key: Option<String>,
+) -> Result<Answer> {
+    let (r, account, owned) = (rentals(app)?.clone(), p.account_id(), id.to_owned());
+    let what = if running { "start" } else { "stop" };
+    let request = format!("POST /v1/instances/{id}/{what}");
+    idempotent(app, p, key, &request, b"", async move {
+        let row = r.set_running(account, &owned, running).await?;
+        Ok((200, InstanceView::of(&row)))
+    })
+    .await
 }
 
-/// Changes a bid instance's bid.
-pub async fn set_bid(app: &AppState, p: &Principal, id: &str, b: Bid) -> Result<InstanceView> {
-    let row = rentals(app)?
-        .set_bid(p.account_id(), id, b.bid_per_hour)
-        .await?;
-    Ok(InstanceView::of(&row))
+/// Changes a bid instance's bid, under the caller's `Idempotency-Key` when it has one.
+pub async fn set_bid(
+    app: &AppState,
+    p: &Principal,
+    id: &str,
+    b: Bid,
+    key: Option<String>,
+) -> Result<Answer> {
+    let (r, account, owned) = (rentals(app)?.clone(), p.account_id(), id.to_owned());
+    let request = format!("PUT /v1/instances/{id}/bid");
+    let body = format!("{{\"bid_per_hour\":{}}}", b.bid_per_hour);
+    idempotent(app, p, key, &request, body.as_bytes(), async move {
+        let row = r.set_bid(account, &owned, b.bid_per_hour).await?;
+        Ok((200, InstanceView::of(&row)))
+    })
+    .await
 }
 
 /// An error as the body a replay gives back.

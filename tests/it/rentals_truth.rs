@@ -1268,3 +1268,47 @@ async fn a_lifetime_ends_on_time_not_at_the_next_reconciler_round() {
         .json();
     assert!(kinds(&v).contains(&"expired".to_owned()), "{v:#}");
 }
+
+/// One key, one outcome for an extend (issue 27): io.net takes the hours but its answer comes
+/// after the daemon's time-out; the client's retry with the same `Idempotency-Key` replays the
+/// first outcome instead of buying the hours again. The same key with other hours is 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extend_retried_with_its_key_after_a_time_out_buys_once() {
+    let Stack { db, sb, d } = Stack::start(
+        "truth_extend_key",
+        &["--provision-time", "300ms"],
+        &[
+            "providers.request_timeout_ms=1000",
+            "providers.total_timeout_ms=1500",
+        ],
+    )
+    .await;
+    let token = account(&db, "extender", 10_000.0, 5);
+    let o = cheapest(&d, &token, "ionet", "").await;
+    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    sb.control(
+        "ionet",
+        "POST",
+        "/_sandbox/faults",
+        &json!({"ops": ["extend"], "answer_delay_ms": 3000}).to_string(),
+    )
+    .await;
+    let path = format!("/v1/instances/{id}/extend");
+    let key = Some("extend-once-1");
+    let first = call(&d, &token, "POST", &path, r#"{"hours": 2}"#, key).await;
+    assert!(first.status >= 500, "{:?}", first.json());
+    let retry = call(&d, &token, "POST", &path, r#"{"hours": 2}"#, key).await;
+    assert_eq!(retry.status, first.status, "{:?}", retry.json());
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        sb.calls("ionet", "extend").await,
+        1,
+        "the hours were bought once"
+    );
+    let other = call(&d, &token, "POST", &path, r#"{"hours": 3}"#, key).await;
+    assert_eq!(other.status, 422, "{:?}", other.json());
+    assert_eq!(other.json()["error"]["code"], "idempotency_key_reused");
+}
