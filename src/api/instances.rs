@@ -34,7 +34,7 @@ fn answered(a: instances::Answer) -> Response<Body> {
     );
     if a.replayed {
         resp.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            .insert(respond::REPLAYED, HeaderValue::from_static("true"));
     }
     resp
 }

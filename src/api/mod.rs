@@ -137,6 +137,9 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
         }
         Err(e) => respond::error_response(&e, &request_id),
     };
+    if resp.status().as_u16() >= 400 && resp.headers().contains_key(respond::REPLAYED) {
+        resp = respond::replayed_error(resp, &request_id).await;
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert(REQUEST_ID, v);
     }

@@ -50,6 +50,28 @@ struct ErrorDetail<'a> {
     details: Option<&'a serde_json::Value>,
 }
 
+/// The header of an answer an `Idempotency-Key` replays.
+pub const REPLAYED: &str = "idempotent-replayed";
+
+/// A replayed error (the answer an `Idempotency-Key` recorded) gets this request's id, as every
+/// error body has one; the rest is the recorded answer. Replays are rare: the body is read back
+/// and written again.
+pub async fn replayed_error(resp: Response<Body>, request_id: &str) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if let Some(e) = v.get_mut("error").and_then(|e| e.as_object_mut()) {
+        e.insert("request_id".into(), serde_json::json!(request_id));
+    }
+    let body = serde_json::to_vec(&v).map_or(bytes, Bytes::from);
+    Response::from_parts(parts, full(body))
+}
+
 /// Maps an error to its status and JSON body `{"error":{"code","message","request_id"}}`, adds the
 /// headers its kind calls for, and logs faults that are not the client's.
 pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {

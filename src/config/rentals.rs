@@ -84,6 +84,10 @@ pub struct RentalsConfig {
     /// `upstream_budget_exceeded` with `Retry-After`. One tenant cannot spend the shared
     /// provider key's rate limits for all.
     pub account_upstream_calls_per_minute: NonZeroU32,
+    /// One account's changes that may cost money (rent, extend, start, stop, bid) running at
+    /// once in a daemon; more wait their turn holding no database connection, so one account's
+    /// burst cannot take the connection pool from the others.
+    pub max_concurrent_changes_per_account: NonZeroU32,
     /// A rental by `spec` tries at most this many matching offers, cheapest first.
     pub max_offers_tried: NonZeroU32,
     /// A rental by `spec` waits this long for each try to be `running` (a try the provider
@@ -127,6 +131,7 @@ impl Default for RentalsConfig {
             billing_reconcile_interval_ms: Millis(86_400_000),
             billing_drift_alert_usd: 5.0,
             account_upstream_calls_per_minute: nz32(120),
+            max_concurrent_changes_per_account: nz32(4),
             max_offers_tried: nz32(5),
             failover_wait_ms: Millis(90_000),
         }

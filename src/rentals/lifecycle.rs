@@ -70,6 +70,7 @@ impl Rentals {
     /// bid is high enough again.
     pub async fn set_bid(&self, account_id: i64, id: &str, bid: f64) -> Result<InstanceRow> {
         check_bid("bid_per_hour", bid, None)?;
+        let _turn = self.slots.acquire(account_id).await;
         let row = ledger::get(&self.db, account_id, id)
             .await?
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, format!("no instance {id}")))?;
@@ -439,6 +440,7 @@ impl Rentals {
         if !(1..=8760).contains(&hours) {
             return Err(Error::bad_request("invalid `hours`: 1 to 8760"));
         }
+        let _turn = self.slots.acquire(account_id).await;
         let (row, pid, p, provider) = self.live(account_id, id, "it cannot be extended").await?;
         let window = self.config.rentals.budget_window_hours.get();
         let cost = row.price_per_hour * f64::from(hours);
@@ -470,6 +472,7 @@ impl Rentals {
         id: &str,
         running: bool,
     ) -> Result<InstanceRow> {
+        let _turn = self.slots.acquire(account_id).await;
         let (row, pid, p, provider) = self
             .live(account_id, id, "it cannot be stopped or started now")
             .await?;

@@ -5,7 +5,7 @@
 //!
 //! Order of a rental (`rent`): input and SSH keys checked → the offer claimed (one rental of a
 //! Vast offer at a time, across daemons: `ledger::claim_offer`) → quote (uncached) → price and
-//! bid checks → `ledger::reserve` (budget and instance limit under the account's row lock,
+//! bid checks → `ledger::reserve` (budget and instance limit under the account's budget lock,
 //! intent row `pending`) → provider create (never retried) → `committed` (status `provisioning`)
 //! or `failed` → claim released; a rented Vast offer leaves the offers cache at once. When the
 //! provider's answer is lost (timeout, reset), the provider's instance list is searched for our
@@ -34,6 +34,7 @@ pub mod lifecycle;
 pub mod reconcile;
 pub mod renting;
 pub mod request;
+pub mod slots;
 pub mod sshkeys;
 pub mod usage;
 pub mod watches;
@@ -86,6 +87,9 @@ pub struct Rentals {
     uncommitted: std::sync::Mutex<Vec<(String, String)>>,
     /// Provider calls per account (`rentals.account_upstream_calls_per_minute`).
     upstream_calls: crate::ratelimit::keyed::KeyedLimiter<i64>,
+    /// Turns for one account's changes that may cost money
+    /// (`rentals.max_concurrent_changes_per_account`).
+    pub(crate) slots: slots::Slots,
 }
 
 /// A rental whose outcome is not known (the provider's answer, or our record of it, was lost),
@@ -148,6 +152,8 @@ impl Rentals {
             watches::Caps::of(&config.rentals),
             &offers,
         );
+        let slots =
+            slots::Slots::new(config.rentals.max_concurrent_changes_per_account.get() as usize);
         Arc::new(Rentals {
             status: SwrCache::new(
                 "instance-status",
@@ -166,6 +172,7 @@ impl Rentals {
             idempotency: Arc::default(),
             uncommitted: Default::default(),
             upstream_calls,
+            slots,
         })
     }
 

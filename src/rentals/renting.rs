@@ -1,5 +1,5 @@
 //! Renting one offer: the offer claimed, the quote, price and bid checks, the ledger intent
-//! (budget and instance limit under the account's row lock), the provider call, and the intent
+//! (budget and instance limit under the account's budget lock), the provider call, and the intent
 //! committed or failed (see the order in `rentals`).
 
 use std::sync::Arc;
@@ -30,6 +30,7 @@ impl Rentals {
 
     /// `POST /v1/instances`: one offer (`offer_id`), or the offers matching a `spec` in turn.
     pub async fn rent(&self, who: Renter, body: &RentBody) -> Result<InstanceRow> {
+        let _turn = self.slots.acquire(who.account_id).await;
         match (&body.spec, body.offer_id.is_empty()) {
             (Some(spec), true) => self.rent_by_spec(who, body, spec).await,
             (None, false) => self.rent_offer(who, body, &new_id(), None).await,

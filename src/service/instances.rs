@@ -396,10 +396,12 @@ where
                         let out = Outcome {
                             status: e.kind.status().as_u16(),
                             body: error_body(&e),
+                            // kept for replay: a change the provider may have made (an
+                            // `outcome: "unknown"` answer); a refusal runs again on a retry
                             outcome_unknown: e
                                 .details
                                 .as_ref()
-                                .is_some_and(|d| d.get("instance_id").is_some()),
+                                .is_some_and(|d| d.get("outcome").is_some_and(|o| o == "unknown")),
                         };
                         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         out

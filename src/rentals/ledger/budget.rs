@@ -1,6 +1,6 @@
 //! Budgets in the ledger: spend over a window from the event segments ([`SPENT`]), the
 //! figures of every budget of an account or key ([`Budgets`]), and the check a change makes
-//! under the account's row lock ([`budget_check`]).
+//! under the account's budget lock ([`budget_check`]).
 
 use serde::Serialize;
 use serde_json::json;
@@ -102,7 +102,7 @@ impl Budgets {
     }
 
     /// The check of a change against these figures (no database: [`budget_check`] reads them
-    /// under the account's row lock first): the account is active, a new instance fits the
+    /// under the account's budget lock first): the account is active, a new instance fits the
     /// instance limit, and every budget that applies fits `spent + (open + new rate) × window`.
     pub fn check(&self, s: &Spend<'_>) -> Result<()> {
         if self.status != "active" {
@@ -159,9 +159,16 @@ impl Budgets {
     }
 }
 
-/// Reads an account's budgets (locking its row `FOR UPDATE` when `lock`, so the checks of one
-/// account run one after the other). `key`: the key whose cap applies; `replacing`: an instance
-/// whose current rate a change replaces (a changed bid, a start).
+/// Reads an account's budgets; with `lock`, first takes the account's budget lock (a
+/// transaction-scoped advisory lock), so the checks of one account run one after the other,
+/// each seeing what the ones before it recorded. `key`: the key whose cap applies; `replacing`:
+/// an instance whose current rate a change replaces (a changed bid, a start).
+///
+/// Not the account's row `FOR UPDATE`, as it was: the row is also locked by every event append
+/// (`event_seq`) and key-share locked by every insert that references it (instances, events),
+/// and a `FOR UPDATE` waiting behind those key-share locks queued the event appends of the
+/// transactions holding them behind itself: 40 concurrent rentals of one account deadlocked
+/// (17-19 answered 503). The lock order is in docs/design.md, "Lock order".
 pub async fn budgets(
     tx: &tokio_postgres::Transaction<'_>,
     account_id: i64,
@@ -170,15 +177,20 @@ pub async fn budgets(
     replacing: Option<&str>,
     lock: bool,
 ) -> Result<Budgets> {
+    if lock {
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock(hashtextextended('rentals.budget', $1))",
+            &[(&account_id, Type::INT8)],
+        )
+        .await
+        .map_err(db_err)?;
+    }
     let acct = tx
         .query_typed(
-            &format!(
-                "SELECT daily_budget_usd::float8, max_instances, status, \
-                   monthly_budget_usd::float8, on_budget_exhausted, \
-                   (SELECT spend_limit_usd::float8 FROM api_keys WHERE id = $2 AND account_id = $1) \
-                 FROM accounts WHERE id = $1{}",
-                if lock { " FOR UPDATE" } else { "" }
-            ),
+            "SELECT daily_budget_usd::float8, max_instances, status, \
+               monthly_budget_usd::float8, on_budget_exhausted, \
+               (SELECT spend_limit_usd::float8 FROM api_keys WHERE id = $2 AND account_id = $1) \
+             FROM accounts WHERE id = $1",
             &[(&account_id, Type::INT8), (&key, Type::INT8)],
         )
         .await
@@ -252,7 +264,7 @@ pub struct Spend<'a> {
 
 /// Checks, inside `tx`, that the account is active, below its instance limit (for a new
 /// instance), and that every budget that applies (the rolling window's, the month's, the key's)
-/// fits: spent + (open + the new rate) × window ≤ limit. Locks the account row, so checks of
+/// fits: spent + (open + the new rate) × window ≤ limit. Takes the account's budget lock, so checks of
 /// one account run one after the other.
 pub async fn budget_check(tx: &tokio_postgres::Transaction<'_>, s: &Spend<'_>) -> Result<()> {
     budgets(

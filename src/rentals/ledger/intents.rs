@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::events;
 
 /// Checks the budget and the instance limit and writes the intent (status `pending`) and the
-/// keys the instance must get, in one transaction under the account's row lock.
+/// keys the instance must get, in one transaction under the account's budget lock.
 pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
     db.transaction(async |tx| {
         budget_check(

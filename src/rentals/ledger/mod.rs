@@ -9,7 +9,7 @@
 //! segment inside the window; pending intents and failed or ended rows bill nothing.
 //!
 //! Budget (checked in `reserve`, `set_bid` and passthrough starts, atomically with the change: the
-//! account row is locked `FOR UPDATE`, so two changes of one account are checked one after the
+//! account's budget lock is held, so two changes of one account are checked one after the
 //! other), over a rolling window of W = `rentals.budget_window_hours` (24):
 //!
 //! ```text
