@@ -265,14 +265,16 @@ pub async fn destroy(
     id: &str,
     key: Option<String>,
 ) -> Result<Answer> {
-    let r = rentals(app)?.clone();
-    let account = p.account_id();
     let request = format!("DELETE /v1/instances/{id}");
-    let owned = id.to_owned();
-    idempotent(app, p, key, &request, b"", async move {
-        let row = r.destroy(account, &owned).await?;
-        Ok((200, InstanceView::of(&row)))
-    })
+    change(
+        app,
+        p,
+        key,
+        &request,
+        b"",
+        id,
+        |r, account, id| async move { r.destroy(account, &id).await },
+    )
     .await
 }
 
@@ -285,13 +287,17 @@ pub async fn extend(
     b: Extend,
     key: Option<String>,
 ) -> Result<Answer> {
-    let (r, account, owned) = (rentals(app)?.clone(), p.account_id(), id.to_owned());
     let request = format!("POST /v1/instances/{id}/extend");
     let body = format!("{{\"hours\":{}}}", b.hours);
-    idempotent(app, p, key, &request, body.as_bytes(), async move {
-        let row = r.extend(account, &owned, b.hours).await?;
-        Ok((200, InstanceView::of(&row)))
-    })
+    change(
+        app,
+        p,
+        key,
+        &request,
+        body.as_bytes(),
+        id,
+        move |r, account, id| async move { r.extend(account, &id, b.hours).await },
+    )
     .await
 }
 
@@ -304,13 +310,17 @@ pub async fn set_running(
     running: bool,
     key: Option<String>,
 ) -> Result<Answer> {
-    let (r, account, owned) = (rentals(app)?.clone(), p.account_id(), id.to_owned());
     let what = if running { "start" } else { "stop" };
     let request = format!("POST /v1/instances/{id}/{what}");
-    idempotent(app, p, key, &request, b"", async move {
-        let row = r.set_running(account, &owned, running).await?;
-        Ok((200, InstanceView::of(&row)))
-    })
+    change(
+        app,
+        p,
+        key,
+        &request,
+        b"",
+        id,
+        move |r, account, id| async move { r.set_running(account, &id, running).await },
+    )
     .await
 }
 
@@ -322,12 +332,39 @@ pub async fn set_bid(
     b: Bid,
     key: Option<String>,
 ) -> Result<Answer> {
-    let (r, account, owned) = (rentals(app)?.clone(), p.account_id(), id.to_owned());
     let request = format!("PUT /v1/instances/{id}/bid");
     let body = format!("{{\"bid_per_hour\":{}}}", b.bid_per_hour);
-    idempotent(app, p, key, &request, body.as_bytes(), async move {
-        let row = r.set_bid(account, &owned, b.bid_per_hour).await?;
-        Ok((200, InstanceView::of(&row)))
+    change(
+        app,
+        p,
+        key,
+        &request,
+        body.as_bytes(),
+        id,
+        move |r, account, id| async move { r.set_bid(account, &id, b.bid_per_hour).await },
+    )
+    .await
+}
+
+/// One change of the caller's instance `id` (`f` with the rentals, the caller's account and the
+/// id), under the caller's `Idempotency-Key` (`request` and `body` are what the key is bound
+/// to); answers the instance.
+async fn change<F, Fut>(
+    app: &AppState,
+    p: &Principal,
+    key: Option<String>,
+    request: &str,
+    body: &[u8],
+    id: &str,
+    f: F,
+) -> Result<Answer>
+where
+    F: FnOnce(Arc<Rentals>, i64, String) -> Fut,
+    Fut: Future<Output = Result<InstanceRow>> + Send + 'static,
+{
+    let op = f(rentals(app)?.clone(), p.account_id(), id.to_owned());
+    idempotent(app, p, key, request, body, async move {
+        Ok((200, InstanceView::of(&op.await?)))
     })
     .await
 }

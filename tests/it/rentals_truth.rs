@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use support::rentals::{
-    KEY_A, KEY_B, KEY_C, account, call, cheapest, kinds, message, post, rent_body, spawn_post,
-    until,
+    KEY_A, KEY_B, KEY_C, account, call, cheapest, kinds, message, post, rent_body,
+    rent_cheapest_running, spawn_post, until,
 };
 use support::sandbox::Sandbox;
 
@@ -1146,11 +1146,7 @@ async fn a_destroy_stops_billing_when_the_provider_confirms_it() {
     )
     .await;
     let token = account(&db, "destroyer", 10_000.0, 5);
-    let o = cheapest(&d, &token, "ionet", "").await;
-    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
-    assert_eq!(r.status, 201, "{:?}", r.json());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
-    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    let id = rent_cheapest_running(&d, &token, "ionet").await;
     let r = call(
         &d,
         &token,
@@ -1194,11 +1190,7 @@ async fn a_stopped_instance_being_destroyed_bills_its_disk() {
     )
     .await;
     let token = account(&db, "tidy", 10_000.0, 5);
-    let o = cheapest(&d, &token, "vastai", "").await;
-    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
-    assert_eq!(r.status, 201, "{:?}", r.json());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
-    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    let id = rent_cheapest_running(&d, &token, "vastai").await;
     let r = call(
         &d,
         &token,
@@ -1284,11 +1276,7 @@ async fn an_extend_retried_with_its_key_after_a_time_out_buys_once() {
     )
     .await;
     let token = account(&db, "extender", 10_000.0, 5);
-    let o = cheapest(&d, &token, "ionet", "").await;
-    let r = post(&d, &token, &rent_body(o["id"].as_str().unwrap())).await;
-    assert_eq!(r.status, 201, "{:?}", r.json());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
-    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    let id = rent_cheapest_running(&d, &token, "ionet").await;
     sb.control(
         "ionet",
         "POST",

@@ -75,12 +75,24 @@ pub fn image_for(offer_id: &str) -> &'static str {
     }
 }
 
-/// Rents the cheapest on-demand Vast offer and destroys it; returns the instance id.
-pub async fn rent_and_destroy(d: &DaemonProc, token: &str) -> String {
-    let offer = cheapest(d, token, "vastai", "").await;
+/// Rents the cheapest on-demand offer of `provider`; returns the instance id.
+pub async fn rent_cheapest(d: &DaemonProc, token: &str, provider: &str) -> String {
+    let offer = cheapest(d, token, provider, "").await;
     let r = post(d, token, &rent_body(offer["id"].as_str().unwrap())).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
-    let id = r.json()["id"].as_str().unwrap().to_owned();
+    r.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// [`rent_cheapest`], then waits until it runs; returns the instance id.
+pub async fn rent_cheapest_running(d: &DaemonProc, token: &str, provider: &str) -> String {
+    let id = rent_cheapest(d, token, provider).await;
+    until(d, token, &id, "running", |v| v["status"] == "running").await;
+    id
+}
+
+/// Rents the cheapest on-demand Vast offer and destroys it; returns the instance id.
+pub async fn rent_and_destroy(d: &DaemonProc, token: &str) -> String {
+    let id = rent_cheapest(d, token, "vastai").await;
     let r = call(d, token, "DELETE", &format!("/v1/instances/{id}"), "", None).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
     id
