@@ -1254,7 +1254,8 @@ async fn a_lifetime_ends_on_time_not_at_the_next_reconciler_round() {
         (row.get::<_, String>(0) == "terminated").then(|| row.get::<_, f64>(1))
     })
     .await;
-    assert!((0.0..3.0).contains(&late), "ended {late} s after its end");
+    // a round a second, plus the destroy; the reconciler alone would take up to a minute
+    assert!((0.0..6.0).contains(&late), "ended {late} s after its end");
     let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
         .await
         .json();
