@@ -118,7 +118,7 @@ catalog! {
     CACHE_MISSES_TOTAL = "gpuproxy_cache_misses_total", Counter, [],
         "Provider answers fetched upstream (one per fetch, not per waiting request).";
     RENTALS_TOTAL = "gpuproxy_rentals_total", Counter, ["provider", "result"],
-        "Rentals, by provider and result (created, refused, failed, unknown).";
+        "Rentals, by provider and result (created, refused, unknown: a lost answer, the intent kept pending).";
     INSTANCES_RUNNING = "gpuproxy_instances_running", Gauge, ["provider"],
         "Instances the ledger has as running (each reconciler round).";
     SPEND_USD_PER_HOUR = "gpuproxy_spend_usd_per_hour", Gauge, [],

@@ -127,6 +127,7 @@ fn remote(v: &Value) -> Option<RemoteInstance> {
         status,
         ssh,
         dead: None,
+        paid: None,
     })
 }
 

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use super::api::{JsonApi, KeyHeader};
 use super::http::HttpClient;
 use super::model::{
-    InstanceStatus, Offer, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag, id_string,
-    location, micros, num, round_to, text,
+    InstanceStatus, Offer, Paid, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag,
+    id_string, location, micros, num, round_to, text,
 };
 use super::resilience::Gate;
 use super::{BoxFuture, Provider, SearchQuery, TimeQuote, UpstreamError, gpu};
@@ -298,10 +298,11 @@ impl Provider for Ionet {
         &'a self,
         provider_id: &'a str,
         hours: u32,
-    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+    ) -> BoxFuture<'a, Result<Option<Paid>, UpstreamError>> {
         Box::pin(async move {
             // spends money: never retried (a lost answer is settled by reading the deployment)
-            self.api
+            let v = self
+                .api
                 .call(
                     "extend",
                     false,
@@ -309,8 +310,9 @@ impl Provider for Ionet {
                     &format!("{VMAAS}/deployment/{provider_id}/extend"),
                     Some(json!({ "duration_hours": hours })),
                 )
-                .await
-                .map(|_| ())
+                .await?;
+            // the answer is the deployment's details (extend-cluster): what it has paid in all
+            Ok(v.get("data").and_then(paid_of))
         })
     }
 
@@ -456,6 +458,22 @@ pub fn remote_deployment(d: &Value) -> Option<RemoteInstance> {
         status,
         ssh: None,
         dead: None,
+        paid: paid_of(d),
+    })
+}
+
+/// What a deployment's details say it paid in all (`amount_paid`, USD) and for how long
+/// (`compute_minutes_served` + `compute_minutes_remaining`): get-deployment-details.
+pub fn paid_of(d: &Value) -> Option<Paid> {
+    let micros = micros(d.get("amount_paid"))?;
+    let minutes = ["compute_minutes_served", "compute_minutes_remaining"]
+        .iter()
+        .map(|k| d.get(*k).and_then(Value::as_f64))
+        .sum::<Option<f64>>()?;
+    let hours = (minutes / 60.0).round();
+    (hours >= 1.0 && hours <= f64::from(u32::MAX)).then_some(Paid {
+        micros,
+        hours: hours as u32,
     })
 }
 

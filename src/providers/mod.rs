@@ -21,8 +21,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use model::{
-    Charge, InstanceStatus, Offer, OfferFilter, ProviderId, Quote, RemoteInstance, RentRequest,
-    Ssh, TimeQuote,
+    Charge, InstanceStatus, Offer, OfferFilter, Paid, ProviderId, Quote, RemoteInstance,
+    RentRequest, Ssh, TimeQuote,
 };
 
 use crate::config::{Config, ProviderKind};
@@ -166,12 +166,13 @@ pub trait Provider: Send + Sync {
         Box::pin(async { Ok(None) })
     }
 
-    /// Buys `hours` more of a deployment that runs for a paid time (see `sells_time`).
+    /// Buys `hours` more of a deployment that runs for a paid time (see `sells_time`); answers
+    /// what it cost in all since, when the provider says.
     fn extend<'a>(
         &'a self,
         _provider_id: &'a str,
         _hours: u32,
-    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+    ) -> BoxFuture<'a, Result<Option<Paid>, UpstreamError>> {
         Box::pin(async { Err(UpstreamError::Disabled("this provider sells no paid time")) })
     }
 

@@ -300,6 +300,16 @@ pub struct RemoteInstance {
     /// The provider reports a state that never reaches `running` (Vast: exited, offline,
     /// unknown, a failed container create): why, as the provider put it.
     pub dead: Option<String>,
+    /// Paid up front (io.net deployment details): what it cost in all so far.
+    pub paid: Option<Paid>,
+}
+
+/// What the provider says an instance paid up front cost in all (io.net `amount_paid`, in
+/// micro-dollars) and for how many hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Paid {
+    pub micros: i64,
+    pub hours: u32,
 }
 
 impl Quote {

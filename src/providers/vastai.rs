@@ -584,6 +584,7 @@ pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
         status,
         ssh,
         dead,
+        paid: None,
     })
 }
 

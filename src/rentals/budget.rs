@@ -6,7 +6,8 @@
 //!
 //! - spent ≥ `rentals.budget_warn_ratio` × limit: a `budget.warning` event, once per period;
 //! - spent ≥ limit: a `budget.exhausted` event (once per period), then the account's
-//!   `on_budget_exhausted` policy on the open instances the budget covers, each action a
+//!   `on_budget_exhausted` policy on the open instances the budget covers (a key's: those it
+//!   pays for), each action a
 //!   `budget.action` event and an instance event: `stop` stops those billing in full where the
 //!   provider can (Vast; io.net deployments cannot be stopped: recorded as `not_stoppable`, once
 //!   per period), `destroy` destroys every open one, `alert` only records and counts.
@@ -117,10 +118,11 @@ pub async fn enforce(r: &Rentals) -> Result<()> {
     let window = r.config.rentals.budget_window_hours.get();
     let owners =
         r.db.query(
-            "SELECT i.account_id, i.api_key_id, k.spend_limit_usd IS NOT NULL \
-             FROM instances i LEFT JOIN api_keys k ON k.id = i.api_key_id \
+            "SELECT i.account_id, k.id, k.spend_limit_usd IS NOT NULL \
+             FROM instances i \
+               LEFT JOIN api_keys k ON k.id = coalesce(i.payer_key_id, i.api_key_id) \
              WHERE i.status NOT IN ('failed', 'terminated') \
-             GROUP BY i.account_id, i.api_key_id, k.spend_limit_usd \
+             GROUP BY i.account_id, k.id, k.spend_limit_usd \
              ORDER BY i.account_id",
             &[],
         )

@@ -220,6 +220,7 @@ impl Rentals {
         who: Renter,
         body: &RentBody,
         spec: &Spec,
+        request_id: &str,
     ) -> Result<InstanceRow> {
         let enabled: Vec<ProviderId> = self.providers.list.iter().map(|p| p.id()).collect();
         let (filter, providers) = spec.check(&enabled)?;
@@ -247,7 +248,6 @@ impl Rentals {
                 Some(json!({"offers_matching": 0})),
             ));
         }
-        let request_id = new_id();
         for (n, offer) in candidates.iter().enumerate() {
             let index = n as i32 + 1;
             let id = new_id();
@@ -266,7 +266,7 @@ impl Rentals {
             .flatten()
             .reduce(f64::min);
             match self
-                .rent_offer(who, &b, &id, Some((&request_id, index)))
+                .rent_offer(who, &b, &id, Some((request_id, index)))
                 .await
             {
                 Ok(row) => match self.watch(row).await? {
@@ -295,10 +295,11 @@ impl Rentals {
                                 ssh_keys: &[],
                                 budget_window_hours: self.config.rentals.budget_window_hours.get(),
                                 expires_at: None,
-                                request: Some((&request_id, index)),
+                                request: Some((request_id, index)),
                                 api_key_id: who.key_id,
                                 terms: None,
                                 minimum_hours: None,
+                                prepaid: None,
                             },
                             &format!("{}: {}", e.kind.code(), e.message),
                         )
@@ -308,7 +309,7 @@ impl Rentals {
                 Err(e) => return Err(e),
             }
         }
-        let tries = ledger::tries(&self.db, &request_id).await?;
+        let tries = ledger::tries(&self.db, request_id).await?;
         Err(Error::refused(
             Refusal::OfferUnavailable,
             format!(
@@ -401,11 +402,7 @@ impl Rentals {
                 // the provider is failing: ask again
                 Err(_) => continue,
             };
-            let view = RemoteView {
-                status: remote.status,
-                ssh: remote.ssh.clone(),
-                dead: remote.dead.clone(),
-            };
+            let view = RemoteView::of(&remote);
             row = self.apply(row, &view, "status").await?;
             let row_now = ledger::get(&self.db, row.account_id, &row.id)
                 .await?

@@ -13,6 +13,12 @@
 //! - Only answers worth replaying are kept: successes, and failures whose outcome is unknown
 //!   (they name the instance: a retry must never rent twice). Anything else drops the record,
 //!   so a retry runs again (a refusal is not stored a thousand times).
+//! - A rental's key is bound to what it rents (`subject`: the instance id, or a rental by spec's
+//!   request id) before any provider call. A request that takes the key over (its daemon died)
+//!   or finds a kept unknown outcome (a 5xx naming the instance) reopens it and gets
+//!   `Begin::Run { before: Some(subject) }`: the rental resolves that subject first (rented:
+//!   its instance is the answer; failed: it runs again, [`rebind`]ing the key; still unknown: 502
+//!   again), so one key never starts two rentals.
 //! - The reconciler deletes expired records ([`sweep`]); they live
 //!   `rentals.idempotency_ttl_ms`.
 
@@ -29,8 +35,9 @@ use crate::config::RentalsConfig;
 use crate::error::{Error, Refusal, Result};
 
 pub enum Begin {
-    /// This request runs: hand its operation to [`Local::run`].
-    Run,
+    /// This request runs: hand its operation to [`Local::run`]. `before`: the subject of an
+    /// earlier run under this key whose outcome is not known (taken over, or reopened).
+    Run { before: Option<String> },
     /// An earlier request with this key answered this.
     Replay { status: u16, body: String },
 }
@@ -105,6 +112,8 @@ pub struct Request<'a> {
     /// `"POST /v1/instances"`, `"DELETE /v1/instances/<id>"`: one key serves one request.
     pub request: &'a str,
     pub digest: &'a [u8],
+    /// What this run is about (a rental's id), recorded with the key before it runs.
+    pub subject: Option<&'a str>,
 }
 
 impl Local {
@@ -146,14 +155,14 @@ impl Local {
         loop {
             if claim {
                 if claimed(db, cfg, r).await? {
-                    return Ok(Begin::Run);
+                    return Ok(Begin::Run { before: None });
                 }
                 claim = false;
             }
             let row = db
                 .query_opt(
                     "SELECT request, body_sha256, status, response, expires_at < now(), \
-                       coalesce(lease_until, created_at + interval '60 seconds') < now() \
+                       coalesce(lease_until, created_at + interval '60 seconds') < now(), subject \
                      FROM idempotency_keys WHERE account_id = $1 AND key = $2",
                     &[(&r.account_id, Type::INT8), (&r.key, Type::TEXT)],
                 )
@@ -163,21 +172,10 @@ impl Local {
                 claim = true;
                 continue;
             };
-            let (req, h, status, response, expired, lease_over): (
-                String,
-                Vec<u8>,
-                Option<i32>,
-                Option<String>,
-                bool,
-                bool,
-            ) = (
-                row.get(0),
-                row.get(1),
-                row.get(2),
-                row.get(3),
-                row.get(4),
-                row.get(5),
-            );
+            let (req, h): (String, Vec<u8>) = (row.get(0), row.get(1));
+            let (status, response): (Option<i32>, Option<String>) = (row.get(2), row.get(3));
+            let (expired, lease_over): (bool, bool) = (row.get(4), row.get(5));
+            let subject: Option<String> = row.get(6);
             if expired {
                 db.query(
                     "DELETE FROM idempotency_keys WHERE account_id = $1 AND key = $2 \
@@ -195,6 +193,15 @@ impl Local {
                     None,
                 ));
             }
+            // a kept unknown outcome of a rental: what became of it is asked again
+            if let (Some(s), Some(_)) = (status, &subject)
+                && s >= 500
+            {
+                if reopened(db, cfg, r, s).await? {
+                    return Ok(Begin::Run { before: subject });
+                }
+                continue;
+            }
             if let (Some(status), Some(body)) = (status, response) {
                 return Ok(Begin::Replay {
                     status: status as u16,
@@ -206,7 +213,7 @@ impl Local {
                     account = r.account_id,
                     "took over an Idempotency-Key whose request stopped renewing its lease"
                 );
-                return Ok(Begin::Run);
+                return Ok(Begin::Run { before: subject });
             }
             if Instant::now() >= deadline {
                 return Err(in_progress());
@@ -296,9 +303,9 @@ async fn claimed(db: &Db, cfg: &RentalsConfig, r: &Request<'_>) -> Result<bool> 
     Ok(!db
         .query(
             "INSERT INTO idempotency_keys (account_id, key, request, body_sha256, expires_at, \
-               lease_until) \
+               lease_until, subject) \
              VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), \
-               now() + make_interval(secs => $6)) \
+               now() + make_interval(secs => $6), $7) \
              ON CONFLICT (account_id, key) DO NOTHING RETURNING 1",
             &[
                 (&r.account_id, Type::INT8),
@@ -307,6 +314,7 @@ async fn claimed(db: &Db, cfg: &RentalsConfig, r: &Request<'_>) -> Result<bool> 
                 (&r.digest, Type::BYTEA),
                 (&ttl, Type::FLOAT8),
                 (&lease, Type::FLOAT8),
+                (&r.subject, Type::TEXT),
             ],
         )
         .await?
@@ -330,6 +338,39 @@ async fn took_over(db: &Db, cfg: &RentalsConfig, r: &Request<'_>) -> Result<bool
         )
         .await?
         .is_empty())
+}
+
+/// Reopens a kept unknown outcome (`status`) for this request to resolve (one request wins).
+async fn reopened(db: &Db, cfg: &RentalsConfig, r: &Request<'_>, status: i32) -> Result<bool> {
+    let lease = cfg.idempotency_lease_ms.get().as_secs_f64();
+    Ok(!db
+        .query(
+            "UPDATE idempotency_keys SET status = NULL, response = NULL, \
+               lease_until = now() + make_interval(secs => $3) \
+             WHERE account_id = $1 AND key = $2 AND status = $4 RETURNING 1",
+            &[
+                (&r.account_id, Type::INT8),
+                (&r.key, Type::TEXT),
+                (&lease, Type::FLOAT8),
+                (&status, Type::INT4),
+            ],
+        )
+        .await?
+        .is_empty())
+}
+
+/// Binds the key to a new subject: the earlier one failed and this request runs again.
+pub async fn rebind(db: &Db, account_id: i64, key: &str, subject: &str) -> Result<()> {
+    db.query(
+        "UPDATE idempotency_keys SET subject = $3 WHERE account_id = $1 AND key = $2",
+        &[
+            (&account_id, Type::INT8),
+            (&key, Type::TEXT),
+            (&subject, Type::TEXT),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Deletes expired records (a batch per call); returns how many.

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::ledger::{InstanceRow, Status, Transition};
 use super::request::check_bid;
-use super::{RemoteView, Rentals, ledger, upstream_error};
+use super::{RemoteView, Rentals, Renter, ledger, upstream_error};
 
 /// A provider call that changes an instance failed. When it may have been done anyway (no
 /// answer, a 5xx) the error names the instance (`details.instance_id`, `details.outcome:
@@ -68,8 +68,9 @@ impl Rentals {
     /// `PUT /v1/instances/{id}/bid`: raises (or lowers) an interruptible instance's bid at the
     /// provider, then in the ledger (budget checked first); an outbid instance resumes once its
     /// bid is high enough again.
-    pub async fn set_bid(&self, account_id: i64, id: &str, bid: f64) -> Result<InstanceRow> {
+    pub async fn set_bid(&self, who: Renter, id: &str, bid: f64) -> Result<InstanceRow> {
         check_bid("bid_per_hour", bid, None)?;
+        let account_id = who.account_id;
         let _turn = self.slots.acquire(account_id).await;
         let row = ledger::get(&self.db, account_id, id)
             .await?
@@ -99,7 +100,7 @@ impl Rentals {
         // account cannot pay never reaches it, and concurrent changes are checked against each
         // other's
         let window = self.config.rentals.budget_window_hours.get();
-        let changed = ledger::set_bid(&self.db, &row, bid, window).await?;
+        let changed = ledger::set_bid(&self.db, &row, bid, window, who.key_id).await?;
         if let Err(e) = provider.set_bid(&pid, bid).await {
             // not taken: the ledger's bid goes back to what the provider has; when it may have
             // been taken (no answer, a 5xx) the new one stays, as the provider may have it
@@ -142,11 +143,7 @@ impl Rentals {
         let view = match self
             .status
             .get(&key, move || async move {
-                Ok(p.instance(&fetch_pid).await?.map(|r| RemoteView {
-                    status: r.status,
-                    ssh: r.ssh,
-                    dead: r.dead,
-                }))
+                Ok(p.instance(&fetch_pid).await?.as_ref().map(RemoteView::of))
             })
             .await
         {
@@ -175,6 +172,13 @@ impl Rentals {
     ) -> Result<InstanceRow> {
         if view.dead != row.dead_reason && view.status.is_open() {
             ledger::set_dead(&self.db, &row, view.dead.as_deref()).await?;
+        }
+        // time paid up front: the provider's `amount_paid` is what was paid
+        if let (Some(paid), Some(_)) = (view.paid, row.paid_hours)
+            && view.status.is_open()
+            && ledger::reconcile_paid(&self.db, &row, paid).await?
+        {
+            tracing::info!(instance = %row.id, paid_micros = paid.micros, hours = paid.hours, "the ledger took the provider's amount paid");
         }
         let status = match view.status {
             InstanceStatus::Interrupted if row.status == Status::Stopped => InstanceStatus::Stopped,
@@ -291,7 +295,7 @@ impl Rentals {
     /// provider has answered.
     pub async fn check_state_change(
         &self,
-        account_id: i64,
+        who: Renter,
         provider: &str,
         provider_instance_id: &str,
         state: &str,
@@ -301,7 +305,7 @@ impl Rentals {
                 "invalid `state`: `running` or `stopped`",
             ));
         }
-        let row = ledger::by_provider_id(&self.db, account_id, provider, provider_instance_id)
+        let row = ledger::by_provider_id(&self.db, who.account_id, provider, provider_instance_id)
             .await?
             .filter(InstanceRow::is_open)
             .ok_or_else(|| {
@@ -312,7 +316,8 @@ impl Rentals {
                 )
             })?;
         if state == "running" {
-            self.begin_start(&row, "through passthrough").await?;
+            self.begin_start(&row, who.key_id, "through passthrough")
+                .await?;
         }
         Ok(row)
     }
@@ -341,13 +346,20 @@ impl Rentals {
     /// provider is asked. Concurrent starts of one account are checked one after another, each
     /// against the others already begun, and a start the budget refuses never reaches the
     /// provider; [`Rentals::start_failed`] undoes one the provider did not do. A row that moved
-    /// meanwhile (another start or a stop) is a 409.
-    pub(super) async fn begin_start(&self, row: &InstanceRow, how: &str) -> Result<InstanceRow> {
+    /// meanwhile (another start or a stop) is a 409. The caller's key (`payer`) pays for it from
+    /// now on: its cap is checked, whoever rented the instance.
+    pub(super) async fn begin_start(
+        &self,
+        row: &InstanceRow,
+        payer: Option<i64>,
+        how: &str,
+    ) -> Result<InstanceRow> {
         let spend = ledger::Spend {
             account_id: row.account_id,
-            key_id: row.api_key_id,
+            key_id: payer.or(row.payer_key_id),
             window_hours: self.config.rentals.budget_window_hours.get(),
-            extra_per_hour: row.price_per_hour,
+            extra_per_hour: row.rate(Status::Running),
+            extra_micros: 0,
             new_instance: false,
             replacing: Some(&row.id),
         };
@@ -357,6 +369,7 @@ impl Rentals {
             .db
             .transaction(async |tx| {
                 ledger::budget_check(tx, &spend).await?;
+                ledger::set_payer(tx, &row.id, payer).await?;
                 ledger::transition_in(tx, &row.id, t).await
             })
             .await?;
@@ -383,27 +396,6 @@ impl Rentals {
         if let Some(pid) = &row.provider_instance_id {
             self.status.forget(&format!("{}:{pid}", row.provider)).await;
         }
-    }
-
-    /// Checks that `extra_per_hour` more for `row` (replacing its current rate, or on top of
-    /// it) fits every budget of its account and of the key that rented it.
-    pub(super) async fn fits_budget(
-        &self,
-        row: &InstanceRow,
-        extra_per_hour: f64,
-        replacing: Option<&str>,
-    ) -> Result<()> {
-        let spend = ledger::Spend {
-            account_id: row.account_id,
-            key_id: row.api_key_id,
-            window_hours: self.config.rentals.budget_window_hours.get(),
-            extra_per_hour,
-            new_instance: false,
-            replacing,
-        };
-        self.db
-            .transaction(async |tx| ledger::budget_check(tx, &spend).await)
-            .await
     }
 
     /// The caller's instance while the provider holds it (not pending, not ending), with its
@@ -434,51 +426,70 @@ impl Rentals {
     }
 
     /// `POST /v1/instances/{id}/extend {"hours"}`: moves the expiry (when the rental has one) and,
-    /// where the provider sells paid time (io.net), buys the hours: that spend is checked against
-    /// the budget before the provider is asked, and recorded.
-    pub async fn extend(&self, account_id: i64, id: &str, hours: u32) -> Result<InstanceRow> {
+    /// where the provider sells paid time (io.net), buys the hours: the price is quoted, checked
+    /// against every budget of the account and of the caller's key and recorded under the
+    /// account's lock before the provider is asked (`ledger::lumps`), then settled with what the
+    /// provider says was paid.
+    pub async fn extend(&self, who: Renter, id: &str, hours: u32) -> Result<InstanceRow> {
         if !(1..=8760).contains(&hours) {
             return Err(Error::bad_request("invalid `hours`: 1 to 8760"));
         }
-        let _turn = self.slots.acquire(account_id).await;
-        let (row, pid, p, provider) = self.live(account_id, id, "it cannot be extended").await?;
-        let window = self.config.rentals.budget_window_hours.get();
-        let cost = row.price_per_hour * f64::from(hours);
-        // the spend must fit the budget before the provider is asked for it
-        if provider.sells_time() {
-            self.fits_budget(&row, cost / f64::from(window), None)
-                .await?;
-            provider
-                .extend(&pid, hours)
-                .await
-                .map_err(|e| change_failed(p, &e, &row.id))?;
-            ledger::extend(&self.db, &row, hours, cost).await
-        } else if row.expires_at.is_some() {
-            ledger::extend(&self.db, &row, hours, 0.0).await
-        } else {
-            Err(Error::refused(
-                Refusal::InstanceNotOpen,
-                "the instance has no lifetime to extend (it runs until destroyed)",
-                Some(json!({"instance_id": id})),
-            ))
+        let _turn = self.slots.acquire(who.account_id).await;
+        let (row, pid, p, provider) = self
+            .live(who.account_id, id, "it cannot be extended")
+            .await?;
+        if !provider.sells_time() {
+            if row.expires_at.is_none() {
+                return Err(Error::refused(
+                    Refusal::InstanceNotOpen,
+                    "the instance has no lifetime to extend (it runs until destroyed)",
+                    Some(json!({"instance_id": id})),
+                ));
+            }
+            return ledger::extend(&self.db, &row, hours).await;
+        }
+        // the provider's price for the hours (fees included), else the rental's hourly price
+        let local = row
+            .offer_id
+            .split_once(':')
+            .map_or(row.offer_id.as_str(), |x| x.1);
+        let quoted = match provider.quote_time(local, hours).await {
+            Ok(Some(t)) => t.total_micros,
+            Ok(None) => (row.price_per_hour * f64::from(hours) * 1e6).round() as i64,
+            Err(e) => return Err(upstream_error(p, &e)),
+        };
+        let spend = ledger::Spend {
+            account_id: row.account_id,
+            key_id: who.key_id.or(row.payer_key_id),
+            window_hours: self.config.rentals.budget_window_hours.get(),
+            extra_per_hour: 0.0,
+            extra_micros: quoted,
+            new_instance: false,
+            replacing: None,
+        };
+        let intent = ledger::begin_extend(&self.db, &row, &spend, hours).await?;
+        match provider.extend(&pid, hours).await {
+            Ok(paid) => ledger::settle_extend(&self.db, &row, intent, hours, paid).await,
+            Err(e) if !e.may_have_happened() => {
+                ledger::extend_failed(&self.db, &row, intent, &e.to_string()).await?;
+                Err(upstream_error(p, &e))
+            }
+            // still counted: the provider's `amount_paid` settles it (`ledger::reconcile_paid`)
+            Err(e) => Err(change_failed(p, &e, &row.id)),
         }
     }
 
     /// `POST /v1/instances/{id}/stop|start`: through the provider and the ledger (a stopped
     /// instance bills its storage only; a start is checked against the budget first).
-    pub async fn set_running(
-        &self,
-        account_id: i64,
-        id: &str,
-        running: bool,
-    ) -> Result<InstanceRow> {
+    pub async fn set_running(&self, who: Renter, id: &str, running: bool) -> Result<InstanceRow> {
+        let account_id = who.account_id;
         let _turn = self.slots.acquire(account_id).await;
         let (row, pid, p, provider) = self
             .live(account_id, id, "it cannot be stopped or started now")
             .await?;
         let how = "asked through the API";
         if running {
-            self.begin_start(&row, how).await?;
+            self.begin_start(&row, who.key_id, how).await?;
         }
         let state = if running { "running" } else { "stopped" };
         let done = provider.set_running(&pid, running).await;

@@ -17,7 +17,7 @@
 //!
 //! The parts, one concern a file: `request` (what a rental asks for, checked), `renting` (one
 //! rental), `failover` (a rental by spec over several offers), `lifecycle` (status, destroy,
-//! stop/start, bids, extend), `ledger` (rows, events, budgets, claims in PostgreSQL), `budget`
+//! stop/start, bids, extend), `resume` (what a retried key's rental became), `ledger` (rows, events, budgets, claims in PostgreSQL), `budget`
 //! (budget policies between rentals), `reconcile` (settling with the providers), `billing`
 //! (their charges), `idempotency`, `keys`/`sshkeys`, `usage`, `watches`, `audit`. This file holds
 //! the [`Rentals`] service itself and what its parts share.
@@ -34,6 +34,7 @@ pub mod lifecycle;
 pub mod reconcile;
 pub mod renting;
 pub mod request;
+pub mod resume;
 pub mod slots;
 pub mod sshkeys;
 pub mod usage;
@@ -69,6 +70,20 @@ pub struct RemoteView {
     pub ssh: Option<Ssh>,
     #[serde(default)]
     pub dead: Option<String>,
+    /// Paid up front: what the provider says it cost in all (`ledger::reconcile_paid`).
+    #[serde(default)]
+    pub paid: Option<crate::providers::Paid>,
+}
+
+impl RemoteView {
+    pub fn of(r: &crate::providers::RemoteInstance) -> RemoteView {
+        RemoteView {
+            status: r.status,
+            ssh: r.ssh.clone(),
+            dead: r.dead.clone(),
+            paid: r.paid,
+        }
+    }
 }
 
 pub struct Rentals {
@@ -134,7 +149,7 @@ impl Rentals {
     ) -> Arc<Rentals> {
         // the series alerts and dashboards read exist before the first rental
         for p in &providers.list {
-            for result in ["created", "refused", "failed", "unknown"] {
+            for result in ["created", "refused", "unknown"] {
                 counter!(RENTALS_TOTAL, "provider" => p.id().as_str(), "result" => result)
                     .absolute(0);
             }

@@ -16,6 +16,8 @@
 //!   `loading`); one whose host goes `offline`/`unknown` gets `instance.unreachable`, and after
 //!   `rentals.unreachable_grace_ms` the `rentals.unreachable_policy` (`keep`, or `destroy`:
 //!   `unreachable_destroyed`);
+//! - settles paid extensions whose answer was lost with the provider's `amount_paid`
+//!   (`paid_settled`; `ledger::lumps`);
 //! - retries SSH keys not yet attached (providers that take them per instance);
 //! - deletes expired `Idempotency-Key` records;
 //! - enforces the budgets (`budget`): warnings, and the account's policy once one is spent;
@@ -75,6 +77,7 @@ pub fn register_metrics() {
         "stuck_destroyed",
         "unreachable_destroyed",
         "expired",
+        "paid_settled",
     ] {
         counter!(RECONCILER_ACTIONS_TOTAL, "action" => a).absolute(0);
     }
@@ -220,11 +223,7 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                     }
                 },
             };
-            let view = super::RemoteView {
-                status: i.status,
-                ssh: i.ssh.clone(),
-                dead: i.dead.clone(),
-            };
+            let view = super::RemoteView::of(i);
             let after = r.apply((*row).clone(), &view, "status").await?;
             if after.status != row.status || i.dead != row.dead_reason {
                 act("status_synced");
@@ -275,6 +274,19 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                 t - now() <= r.config.events.expiring_notice_ms.get().as_secs_f64()
             }) {
                 notify_expiring(r, &after).await?;
+            }
+        }
+
+        // extensions whose answer was lost: the provider's `amount_paid` settles them
+        if p.sells_time() {
+            for row in ledger::extends_in_doubt(&db, name).await? {
+                let Some(pid) = row.provider_instance_id.clone() else {
+                    continue;
+                };
+                if let Ok(Some(i)) = p.instance(&pid).await {
+                    r.apply(row, &super::RemoteView::of(&i), "status").await?;
+                    act("paid_settled");
+                }
             }
         }
 
@@ -456,9 +468,5 @@ fn publish_gauges(providers: &crate::providers::Providers, rows: &[ledger::Insta
             .count();
         gauge!(INSTANCES_RUNNING, "provider" => p.as_str()).set(running as f64);
     }
-    gauge!(SPEND_USD_PER_HOUR).set(
-        open()
-            .map(|x| x.status.rate(x.price_per_hour, x.storage_per_hour))
-            .sum::<f64>(),
-    );
+    gauge!(SPEND_USD_PER_HOUR).set(open().map(|x| x.rate(x.status)).sum::<f64>());
 }

@@ -30,10 +30,16 @@ impl Rentals {
 
     /// `POST /v1/instances`: one offer (`offer_id`), or the offers matching a `spec` in turn.
     pub async fn rent(&self, who: Renter, body: &RentBody) -> Result<InstanceRow> {
+        self.rent_as(who, body, &new_id()).await
+    }
+
+    /// [`Rentals::rent`] under our id `id`: the instance's (one offer), or the rental by spec's
+    /// request id (an `Idempotency-Key` is bound to it before anything runs: `resume`).
+    pub async fn rent_as(&self, who: Renter, body: &RentBody, id: &str) -> Result<InstanceRow> {
         let _turn = self.slots.acquire(who.account_id).await;
         match (&body.spec, body.offer_id.is_empty()) {
-            (Some(spec), true) => self.rent_by_spec(who, body, spec).await,
-            (None, false) => self.rent_offer(who, body, &new_id(), None).await,
+            (Some(spec), true) => self.rent_by_spec(who, body, spec, id).await,
+            (None, false) => self.rent_offer(who, body, id, None).await,
             (Some(_), false) => Err(Error::bad_request(
                 "invalid `spec`: give either `offer_id` or `spec`, not both",
             )),
@@ -79,32 +85,31 @@ impl Rentals {
         // the budget and the instance limit before any provider call (the quote is upstream
         // work: a spent account or one at its limit costs none), at the price it was shown;
         // `reserve` checks again, atomically, at the quoted price
+        // (time sold up front is paid at once: the shown price over the hours asked)
+        let shown = self.shown_price(&body.offer_id).unwrap_or(0.0);
+        let prepaid_hours = provider.sells_time().then(|| self.paid_hours(body));
         let spend = ledger::Spend {
             account_id,
             key_id: who.key_id,
             window_hours: self.config.rentals.budget_window_hours.get(),
-            extra_per_hour: self.shown_price(&body.offer_id).unwrap_or(0.0),
+            extra_per_hour: if prepaid_hours.is_some() { 0.0 } else { shown },
+            extra_micros: prepaid_hours.map_or(0, |h| (shown * f64::from(h) * 1e6) as i64),
             new_instance: true,
             replacing: None,
         };
         self.db
             .transaction(async |tx| ledger::budget_check(tx, &spend).await)
             .await?;
-        // one rental of an exclusive offer at a time, whichever daemon takes it
+        // one rental of an exclusive offer at a time, whichever daemon takes it; the claim is
+        // held on a lease this rental renews, so a daemon that dies lets go of it within the lease
+        let lease = self.config.rentals.idempotency_lease_ms.ms();
         let claim = provider.exclusive_offers().then(|| {
             local
                 .strip_suffix(crate::providers::vastai::BID_SUFFIX)
                 .unwrap_or(local)
         });
         if let Some(offer) = claim
-            && !ledger::claim_offer(
-                &self.db,
-                pid.as_str(),
-                offer,
-                id,
-                self.config.rentals.intent_timeout_ms.ms(),
-            )
-            .await?
+            && !ledger::claim_offer(&self.db, pid.as_str(), offer, id, lease).await?
         {
             counter!(RENTALS_TOTAL, "provider" => pid.as_str(), "result" => "refused").increment(1);
             return Err(Error::refused(
@@ -116,21 +121,23 @@ impl Rentals {
                 Some(json!({"offer_id": body.offer_id})),
             ));
         }
-        let out = self
-            .rent_claimed(
-                body,
-                Intent {
-                    who,
-                    id,
-                    request,
-                    expires_at,
-                },
-                pid,
-                local,
-                &provider,
-                &keys,
-            )
-            .await;
+        let work = self.rent_claimed(
+            body,
+            Intent {
+                who,
+                id,
+                request,
+                expires_at,
+            },
+            pid,
+            local,
+            &provider,
+            &keys,
+        );
+        let out = match claim {
+            Some(offer) => self.holding_claim(pid, offer, id, lease, work).await,
+            None => work.await,
+        };
         if let Some(offer) = claim {
             if let Err(e) = ledger::release_offer(&self.db, pid.as_str(), offer, id).await {
                 tracing::warn!(offer, error = %e, "offer claim not released; it expires by itself");
@@ -149,6 +156,36 @@ impl Rentals {
             }
         }
         Ok(row)
+    }
+
+    /// Runs `work` while renewing the offer claim of rental `id` every third of its lease.
+    async fn holding_claim<T>(
+        &self,
+        pid: ProviderId,
+        offer: &str,
+        id: &str,
+        lease_ms: u64,
+        work: impl Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        let mut renew = tokio::time::interval(std::time::Duration::from_millis(lease_ms / 3));
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = renew.tick() => {
+                    if let Err(e) = ledger::renew_offer(&self.db, pid.as_str(), offer, id, lease_ms).await {
+                        tracing::warn!(offer, error = %e, "offer claim not renewed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The hours a rental from a provider that sells paid time buys (`duration_hours`).
+    fn paid_hours(&self, body: &RentBody) -> u32 {
+        body.duration_hours
+            .unwrap_or(self.config.rentals.default_duration_hours.get())
     }
 
     /// Takes a rented (exclusive) offer out of every cached answer, on demand and bid alike, in
@@ -194,19 +231,25 @@ impl Rentals {
             })?;
         // a provider that sells paid time prices the whole of it, fees included (io.net): that
         // is the rental's price, budgeted and recorded, not the catalogue's hourly list price
-        let hours = body
-            .duration_hours
-            .unwrap_or(self.config.rentals.default_duration_hours.get());
+        let hours = self.paid_hours(body);
         let mut quote = quote;
         let mut priced = None;
-        if provider.sells_time()
-            && let Some(t) = provider
+        let mut prepaid = None;
+        if provider.sells_time() {
+            // paid at once: the provider's total for the hours, else the list price over them
+            prepaid = Some((
+                hours,
+                (quote.price_per_hour * f64::from(hours) * 1e6).round() as i64,
+            ));
+            if let Some(t) = provider
                 .quote_time(local, hours)
                 .await
                 .map_err(|e| upstream_error(pid, &e))?
-        {
-            quote.price_per_hour = t.per_hour();
-            priced = Some(t.describe());
+            {
+                quote.price_per_hour = t.per_hour();
+                priced = Some(t.describe());
+                prepaid = Some((hours, t.total_micros));
+            }
         }
         let (bid, price) = self.terms(body, &quote).inspect_err(|_| count("refused"))?;
         let row = ledger::reserve(
@@ -231,6 +274,7 @@ impl Rentals {
                 api_key_id: who.key_id,
                 terms: priced.as_deref(),
                 minimum_hours: provider.minimum_billed_hours(),
+                prepaid,
             },
         )
         .await?;
@@ -299,12 +343,11 @@ impl Rentals {
                                 outcome_unknown(id, "ledger_unavailable", &e.message)
                             })
                     }
-                    Ok(None) => {
-                        count("failed");
-                        self.fail_intent(id, &e).await?;
-                        Err(upstream_error(pid, &e))
-                    }
-                    Err(_) => {
+                    // not listed yet is not "not created": a create may show up late (io.net
+                    // deploys asynchronously). The intent stays pending (counted) and the answer
+                    // names it; the reconciler settles it from the provider's list once it is
+                    // older than `rentals.intent_timeout_ms`
+                    Ok(None) | Err(_) => {
                         count("unknown");
                         Err(outcome_unknown(
                             id,

@@ -6,9 +6,11 @@
 //! running, stopped, interrupted, frozen, unknown, terminating); GPU-hours count GPUs × hours of
 //! the segments billing the full price. Bandwidth (Vast charge items `bwu`/`bwd`) is known only
 //! from the provider's charges: once they arrive (`rentals.billing_reconcile_interval_ms`) it is
-//! `bandwidth_usd`, counted in `usd` on the day its charge period ends. One-time amounts (the
-//! unrefunded rest of io.net's first hour) count in `usd` on the day they were charged. The
-//! totals are the sums of the groups, and equal the spend the budgets see over the same span.
+//! `bandwidth_usd`, counted in `usd` on the day its charge period ends. Time paid up front
+//! (io.net) counts in `usd` on the day it was paid, its refunds on the day of the payment they
+//! return (`ledger::lumps`). By key, each amount and segment goes to the key that paid it (the
+//! caller's key pays). The totals are the sums of the groups, and equal the spend the budgets
+//! see over the same span.
 
 use serde::Serialize;
 use tokio_postgres::types::Type;
@@ -137,7 +139,7 @@ const REPORT: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
         coalesce(e.rate_per_hour, 0) AS rate, e.status, e.at AS s0, \
         least(coalesce(lead(e.at) OVER (PARTITION BY e.instance_id ORDER BY e.id), now()), now()) AS s1 \
       FROM instance_events e JOIN instances i ON i.id = e.instance_id \
-        LEFT JOIN api_keys k ON k.id = i.api_key_id, span \
+        LEFT JOIN api_keys k ON k.id = coalesce(e.paid_by, i.api_key_id), span \
       WHERE i.account_id = $1 AND i.created_at < span.t1 \
         AND coalesce(i.terminated_at, now()) > span.t0), \
     billed AS (SELECT * FROM seg WHERE status NOT IN ('pending', 'failed', 'terminated')), \
@@ -159,8 +161,9 @@ const SPAN: &str = "SELECT extract(epoch from coalesce(to_timestamp($1), \
 
 /// What an account's instances were billed apart from their event segments, by group over
 /// `span` (same bounds as [`REPORT`]), in micro-dollars: bandwidth (provider charge items
-/// `bwu`/`bwd`, on the day each charge period ends), and one-time amounts of their events (the
-/// unrefunded rest of a minimum paid time, on the day of the event).
+/// `bwu`/`bwd`, on the day each charge period ends), and the amounts of their events (time paid
+/// up front on the day it was paid, its refunds on the day of what they return; the unrefunded
+/// rest of a minimum paid time, on the day of the event).
 const EXTRAS: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
       (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')) AS t0, \
       least(coalesce(to_timestamp($3), now()), now()) AS t1), \
@@ -174,10 +177,12 @@ const EXTRAS: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
       WHERE i.account_id = $1 AND c.item IN ('bwu', 'bwd') \
         AND coalesce(c.period_end, c.at) > span.t0 AND coalesce(c.period_end, c.at) <= span.t1 \
       UNION ALL \
-      SELECT i.id, i.provider, k.public_id, (e.at AT TIME ZONE 'UTC'), e.lump_micros, false \
+      SELECT i.id, i.provider, k.public_id, (coalesce(e.counts_at, e.at) AT TIME ZONE 'UTC'), \
+        e.lump_micros, false \
       FROM instance_events e JOIN instances i ON i.id = e.instance_id \
-        LEFT JOIN api_keys k ON k.id = i.api_key_id, span \
-      WHERE i.account_id = $1 AND e.lump_micros <> 0 AND e.at > span.t0 AND e.at <= span.t1) \
+        LEFT JOIN api_keys k ON k.id = coalesce(e.paid_by, i.api_key_id), span \
+      WHERE i.account_id = $1 AND e.lump_micros <> 0 AND coalesce(e.counts_at, e.at) > span.t0 \
+        AND coalesce(e.counts_at, e.at) <= span.t1) \
     SELECT {group}::text, coalesce(sum(m) FILTER (WHERE bandwidth), 0)::int8, \
       coalesce(sum(m) FILTER (WHERE NOT bandwidth), 0)::int8 FROM x GROUP BY 1 ORDER BY 1";
 

@@ -250,11 +250,32 @@ pub async fn rent(
         account_id: p.account_id(),
         key_id: Some(p.key.key_id),
     };
-    idempotent(app, p, key, "POST /v1/instances", raw, async move {
-        let row = r.rent(who, &b).await?;
-        let v = InstanceView::of(&row).with_tries(&r, &row).await?;
-        Ok((201, v))
-    })
+    // the key is bound to this rental's id before anything runs: a retry that finds the run
+    // died, or its outcome unknown, asks what became of it before renting anything
+    let id = crate::rentals::new_id();
+    let (subject, key_name) = (id.clone(), key.clone());
+    idempotent(
+        app,
+        p,
+        key,
+        "POST /v1/instances",
+        raw,
+        Some(&subject),
+        move |before| async move {
+            if let Some(old) = before {
+                if let Some(row) = r.resume(who.account_id, &old).await? {
+                    let v = InstanceView::of(&row).with_tries(&r, &row).await?;
+                    return Ok((201, v));
+                }
+                if let Some(k) = &key_name {
+                    idempotency::rebind(r.db(), who.account_id, k, &id).await?;
+                }
+            }
+            let row = r.rent_as(who, &b, &id).await?;
+            let v = InstanceView::of(&row).with_tries(&r, &row).await?;
+            Ok((201, v))
+        },
+    )
     .await
 }
 
@@ -273,7 +294,7 @@ pub async fn destroy(
         &request,
         b"",
         id,
-        |r, account, id| async move { r.destroy(account, &id).await },
+        |r, who: Renter, id| async move { r.destroy(who.account_id, &id).await },
     )
     .await
 }
@@ -296,7 +317,7 @@ pub async fn extend(
         &request,
         body.as_bytes(),
         id,
-        move |r, account, id| async move { r.extend(account, &id, b.hours).await },
+        move |r, who, id| async move { r.extend(who, &id, b.hours).await },
     )
     .await
 }
@@ -319,7 +340,7 @@ pub async fn set_running(
         &request,
         b"",
         id,
-        move |r, account, id| async move { r.set_running(account, &id, running).await },
+        move |r, who, id| async move { r.set_running(who, &id, running).await },
     )
     .await
 }
@@ -341,13 +362,13 @@ pub async fn set_bid(
         &request,
         body.as_bytes(),
         id,
-        move |r, account, id| async move { r.set_bid(account, &id, b.bid_per_hour).await },
+        move |r, who, id| async move { r.set_bid(who, &id, b.bid_per_hour).await },
     )
     .await
 }
 
-/// One change of the caller's instance `id` (`f` with the rentals, the caller's account and the
-/// id), under the caller's `Idempotency-Key` (`request` and `body` are what the key is bound
+/// One change of the caller's instance `id` (`f` with the rentals, the caller (account and
+/// key: the key pays for what it does) and the id), under the caller's `Idempotency-Key` (`request` and `body` are what the key is bound
 /// to); answers the instance.
 async fn change<F, Fut>(
     app: &AppState,
@@ -359,11 +380,15 @@ async fn change<F, Fut>(
     f: F,
 ) -> Result<Answer>
 where
-    F: FnOnce(Arc<Rentals>, i64, String) -> Fut,
+    F: FnOnce(Arc<Rentals>, Renter, String) -> Fut,
     Fut: Future<Output = Result<InstanceRow>> + Send + 'static,
 {
-    let op = f(rentals(app)?.clone(), p.account_id(), id.to_owned());
-    idempotent(app, p, key, request, body, async move {
+    let who = Renter {
+        account_id: p.account_id(),
+        key_id: Some(p.key.key_id),
+    };
+    let op = f(rentals(app)?.clone(), who, id.to_owned());
+    idempotent(app, p, key, request, body, None, |_| async move {
         Ok((200, InstanceView::of(&op.await?)))
     })
     .await
@@ -376,21 +401,25 @@ fn error_body(e: &Error) -> String {
 }
 
 /// Runs `op` under the caller's `Idempotency-Key`, when it has one: in a task of its own that
-/// records the answer whatever becomes of the request (`rentals::idempotency`).
-async fn idempotent<F>(
+/// records the answer whatever becomes of the request (`rentals::idempotency`). `subject`: what
+/// the key is bound to before the run (a rental's id); `op` is given the subject of an earlier
+/// run whose outcome is not known, to resolve first.
+async fn idempotent<O, F>(
     app: &AppState,
     p: &Principal,
     key: Option<String>,
     request: &str,
     body: &[u8],
-    op: F,
+    subject: Option<&str>,
+    op: O,
 ) -> Result<Answer>
 where
+    O: FnOnce(Option<String>) -> F,
     F: Future<Output = Result<(u16, InstanceView)>> + Send + 'static,
 {
     let text = |v: &InstanceView| serde_json::to_string(v).map_err(Error::internal);
     let Some(key) = key else {
-        let (status, v) = op.await?;
+        let (status, v) = op(None).await?;
         return Ok(Answer {
             status,
             body: text(&v)?,
@@ -407,6 +436,7 @@ where
         key: &key,
         request,
         digest: &digest,
+        subject,
     };
     match r.idempotency().begin(r.db(), cfg, &claim).await? {
         Begin::Replay { status, body } => Ok(Answer {
@@ -414,10 +444,11 @@ where
             body,
             replayed: true,
         }),
-        Begin::Run => {
+        Begin::Run { before } => {
             // the error itself comes back through a slot: the task keeps only what it records
             let failure = Arc::new(std::sync::Mutex::new(None));
             let slot = failure.clone();
+            let op = op(before);
             let op = async move {
                 let run = match op.await {
                     Ok((status, v)) => text(&v).map(|body| (status, body)),

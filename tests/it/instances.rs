@@ -12,7 +12,7 @@ use support::accounts::TestDb;
 use support::client::{Conn, Resp, request};
 use support::daemon::DaemonProc;
 use support::eventually;
-use support::rentals::{account, call, cheapest, message, post, rent_body, spawn_post};
+use support::rentals::{account, call, cheapest, message, post, rent_body, spawn_post, try_post};
 use support::sandbox::Sandbox;
 use support::services;
 
@@ -328,15 +328,7 @@ async fn a_crash_between_provider_and_ledger_is_reconciled_at_start() {
         .await;
     let body = rent_body(o["id"].as_str().unwrap());
     let (https, t2) = (d.https, token.clone());
-    let pending = tokio::spawn(async move {
-        let mut c = Conn::tls(https, &[b"http/1.1"]).await.unwrap();
-        let mut req = request("POST", "/v1/instances", Bytes::from(body));
-        req.headers_mut()
-            .insert("authorization", format!("Bearer {t2}").parse().unwrap());
-        req.headers_mut()
-            .insert("content-type", "application/json".parse().unwrap());
-        c.send(req).await
-    });
+    let pending = tokio::spawn(async move { try_post(https, &t2, body, None).await });
     eventually("the provider to have the instance", || async {
         (sb.calls("vastai", "create").await == 1).then_some(())
     })
@@ -381,6 +373,125 @@ async fn a_crash_between_provider_and_ledger_is_reconciled_at_start() {
     // and it can be destroyed like any other
     let r = destroy(&d, &token, id).await;
     assert_eq!(r.status, 200, "{:?}", r.json());
+}
+
+/// One key, one outcome across a crash (issue 27): the provider takes the rental but its answer
+/// is late, the daemon is killed meanwhile, and the client retries with its `Idempotency-Key`
+/// against the restarted daemon. The retry takes the key over and first resolves the rental the
+/// key was bound to: it answers that instance (201), and nothing is rented twice (io.net used to
+/// deploy again; Vast answered 409 `offer_unavailable` for the dead daemon's offer claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_a_lost_answer_then_a_retry_with_its_key_rents_once() {
+    let lease = "rentals.idempotency_lease_ms=1000";
+    let Stack { db, sb, mut d } = Stack::start("rent_crash_key", &[], &[lease]).await;
+    let token = account(&db, "crashy", 10_000.0, 5);
+    for (provider, op) in [("ionet", "deploy"), ("vastai", "create")] {
+        let o = offer(&d, &token, provider).await;
+        let body = rent_body(o["id"].as_str().unwrap());
+        let faults = format!(r#"{{"ops": ["{op}"], "answer_delay_ms": 30000}}"#);
+        sb.faults(provider, &faults).await;
+        let key = format!("crash-{provider}");
+        let (https, t2, b2, k2) = (d.https, token.clone(), body.clone(), key.clone());
+        let pending = tokio::spawn(async move { try_post(https, &t2, b2, Some(&k2)).await });
+        eventually("the provider to have the rental", || async {
+            (sb.calls(provider, op).await == 1).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        d.signal(libc::SIGKILL);
+        assert!(
+            pending.await.unwrap().is_err(),
+            "the client saw the connection die"
+        );
+        sb.heal(provider).await;
+        drop(d);
+        d = daemon(&db, &sb, &[lease]).await;
+
+        let r = call(&d, &token, "POST", "/v1/instances", &body, Some(&key)).await;
+        assert_eq!(r.status, 201, "{provider}: {:?}", r.json());
+        let id = r.json()["id"].as_str().unwrap().to_owned();
+        assert!(
+            r.json()["provider_instance_id"].is_string(),
+            "{:?}",
+            r.json()
+        );
+        let again = call(&d, &token, "POST", "/v1/instances", &body, Some(&key)).await;
+        assert_eq!(again.status, 201);
+        assert_eq!(again.json()["id"], id.as_str(), "the key names one rental");
+        assert_eq!(sb.calls(provider, op).await, 1, "{provider}: rented once");
+        let list = call(&d, &token, "GET", "/v1/instances", "", None)
+            .await
+            .json();
+        let ours: Vec<&Value> = list["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["provider"] == provider)
+            .collect();
+        assert_eq!(
+            ours.len(),
+            1,
+            "{provider}: one row, the retry's answer: {list}"
+        );
+        assert_eq!(ours[0]["id"], id.as_str());
+    }
+}
+
+/// A create whose answer is lost and that the provider does not list (yet) is not "failed"
+/// (issue 27: a retry used to rent again while io.net might still deploy it): the intent stays
+/// pending, still counted, the answer is 502 `outcome_unknown` naming it, and so is every retry
+/// with the key, until the reconciler settles it from the provider's list. Then the key runs
+/// again; the paid hours the failed intent held are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_is_lost_stays_unknown_until_the_list_settles_it() {
+    let Stack { db, sb, d } = Stack::start(
+        "rent_lost_unknown",
+        &[],
+        &[
+            "rentals.intent_timeout_ms=1500",
+            "rentals.reconcile_interval_ms=300",
+        ],
+    )
+    .await;
+    let token = account(&db, "unsure", 10_000.0, 5);
+    let o = offer(&d, &token, "ionet").await;
+    let body = rent_body(o["id"].as_str().unwrap());
+    sb.faults("ionet", r#"{"ops": ["deploy"], "error_rate": 1.0}"#)
+        .await;
+    let r = call(&d, &token, "POST", "/v1/instances", &body, Some("lost-1")).await;
+    assert_eq!(r.status, 502, "{:?}", r.json());
+    let e = r.json()["error"].clone();
+    assert_eq!(e["code"], "outcome_unknown", "{e}");
+    let id = e["details"]["instance_id"].as_str().unwrap().to_owned();
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "provisioning", "not failed: {v}");
+    assert!(
+        support::rentals::spent(&db, "unsure").await > 0.0,
+        "its paid hours still count"
+    );
+    let again = call(&d, &token, "POST", "/v1/instances", &body, Some("lost-1")).await;
+    assert_eq!(again.status, 502, "{:?}", again.json());
+    assert_eq!(again.json()["error"]["details"]["instance_id"], id.as_str());
+    sb.heal("ionet").await;
+    let v = support::rentals::until(&d, &token, &id, "settled", |v| v["status"] == "failed").await;
+    assert!(
+        support::rentals::kinds(&v).contains(&"abandoned".to_owned()),
+        "{v}"
+    );
+    assert!(
+        support::rentals::spent(&db, "unsure").await.abs() < 1e-9,
+        "nothing was deployed: nothing is spent"
+    );
+    let r = call(&d, &token, "POST", "/v1/instances", &body, Some("lost-1")).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_ne!(
+        r.json()["id"],
+        id.as_str(),
+        "a new rental: the first one failed"
+    );
+    assert_eq!(sb.ionet_deployments().await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

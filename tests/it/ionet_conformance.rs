@@ -291,18 +291,26 @@ async fn a_deployment_destroyed_in_its_first_hour_is_charged_the_hour_as_io_net_
     assert_eq!(r.status, 201, "{:?}", r.json());
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let price = r.json()["price_per_hour"].as_f64().unwrap();
-    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    let v = until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    // the three hours are paid at once: spend the moment they are bought, what io.net has paid
+    let dep = sb.ionet_deployment(&v["provider_instance_id"]).await;
+    let paid = dep["amount_paid"].as_f64().unwrap();
+    let committed = support::rentals::spent(&db, "renter").await;
+    assert!(
+        (committed - paid).abs() < 1e-4 && (paid - 3.0 * price).abs() < 1e-3,
+        "the ledger counts the {paid} USD paid for 3 h at once: {committed}"
+    );
     let v = support::rentals::destroy_until_ended(&d, &token, &id).await;
-    let charge = v["events"]
+    let refund = v["events"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["kind"] == "minimum_charge")
-        .unwrap_or_else(|| panic!("the rest of the first hour is charged: {v}"))
+        .find(|e| e["kind"] == "refund")
+        .unwrap_or_else(|| panic!("the unused hours come back, the first hour kept: {v}"))
         .clone();
     assert!(
-        charge["detail"].as_str().unwrap().contains("first 1 h"),
-        "{charge}"
+        refund["detail"].as_str().unwrap().contains("first 1 h"),
+        "{refund}"
     );
     let dep = sb.ionet_deployment(&v["provider_instance_id"]).await;
     let charged = dep["charged_usd"].as_f64().unwrap();

@@ -6,6 +6,7 @@
 mod support;
 
 mod auth;
+mod commitments;
 mod connections;
 mod docs;
 mod events;

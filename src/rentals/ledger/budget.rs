@@ -11,13 +11,15 @@ use crate::error::{Error, Kind, Refusal, Result, Side};
 
 /// An account's spend (USD) by budget, from the event segments (module header) plus the
 /// bandwidth its instances were billed (provider charge items `bwu`/`bwd`, counted when their
-/// period ends; they arrive with the charges, so they lag) and the one-time amounts of its events
-/// (the unrefunded rest of a minimum paid time): over the last `$3` hours; since the start of
-/// the UTC month; over the last `$3` hours by the instances key `$2` rented.
+/// period ends; they arrive with the charges, so they lag) and the amounts of its events (time
+/// paid up front, counted when paid, its refunds at the time of what they return: `lumps`; the
+/// unrefunded rest of a minimum paid time): over the last `$3` hours; since the start of the UTC
+/// month; over the last `$3` hours charged to key `$2` (each segment and amount to the key
+/// that paid it: `paid_by`, else the renting key).
 pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS win, \
       (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS mon), \
     seg AS ( \
-      SELECT i.api_key_id AS key, e.rate_per_hour AS rate, e.status, e.at AS t0, \
+      SELECT coalesce(e.paid_by, i.api_key_id) AS key, e.rate_per_hour AS rate, e.status, e.at AS t0, \
         coalesce(lead(e.at) OVER (PARTITION BY e.instance_id ORDER BY e.id), now()) AS t1 \
       FROM instance_events e JOIN instances i ON i.id = e.instance_id, t \
       WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > least(t.win, t.mon)), \
@@ -29,7 +31,7 @@ pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS
         AND i.provider_instance_id = c.provider_instance_id \
       WHERE i.account_id = $1 AND c.item IN ('bwu', 'bwd') \
       UNION ALL \
-      SELECT i.api_key_id, e.lump_micros / 1e6, e.at \
+      SELECT coalesce(e.paid_by, i.api_key_id), e.lump_micros / 1e6, coalesce(e.counts_at, e.at) \
       FROM instance_events e JOIN instances i ON i.id = e.instance_id \
       WHERE i.account_id = $1 AND e.lump_micros <> 0), \
     bws AS (SELECT coalesce(sum(usd) FILTER (WHERE ended > t.win), 0)::float8 AS win, \
@@ -127,7 +129,8 @@ impl Budgets {
         for f in self.figures() {
             // what was spent, plus what everything open (and the new rate) would cost over the next
             // window: the hour of the day does not matter
-            let projected = f.spent + (f.open_per_hour + s.extra_per_hour) * hours;
+            let now = s.extra_micros as f64 / 1e6;
+            let projected = f.spent + now + (f.open_per_hour + s.extra_per_hour) * hours;
             if projected > f.limit {
                 let r2 = |x: f64| (x * 10_000.0).round() / 10_000.0;
                 let (what, since) = match f.budget {
@@ -135,11 +138,16 @@ impl Budgets {
                     "key" => ("this key's spend limit", "in the window"),
                     _ => ("the budget", "in the window"),
                 };
+                let more = if s.extra_micros != 0 {
+                    format!("{now:.4} USD paid now")
+                } else {
+                    format!("{:.4} USD/h more", s.extra_per_hour)
+                };
                 return Err(Error::refused(
                     Refusal::BudgetExceeded,
                     format!(
-                        "{:.4} USD/h more would bring the projected spend ({:.2} USD spent {since}, plus {} h of everything open) to {:.2} USD, over {what} of {:.2} USD",
-                        s.extra_per_hour, f.spent, s.window_hours, projected, f.limit
+                        "{more} would bring the projected spend ({:.2} USD spent {since}, plus {} h of everything open) to {:.2} USD, over {what} of {:.2} USD",
+                        f.spent, s.window_hours, projected, f.limit
                     ),
                     Some(json!({
                         "budget": f.budget,
@@ -150,6 +158,7 @@ impl Budgets {
                         "spent_in_window_usd": r2(self.spent_in_window),
                         "open_instances_usd_per_hour": r2(f.open_per_hour),
                         "price_per_hour": r2(s.extra_per_hour),
+                        "paid_now_usd": r2(now),
                         "projected_spend_usd": r2(projected),
                     })),
                 ));
@@ -157,6 +166,17 @@ impl Budgets {
         }
         Ok(())
     }
+}
+
+/// Takes the account's budget lock (transaction-scoped; see [`budgets`]).
+pub async fn lock_budget(tx: &tokio_postgres::Transaction<'_>, account_id: i64) -> Result<()> {
+    tx.query_typed(
+        "SELECT pg_advisory_xact_lock(hashtextextended('rentals.budget', $1))",
+        &[(&account_id, Type::INT8)],
+    )
+    .await
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// Reads an account's budgets; with `lock`, first takes the account's budget lock (a
@@ -178,12 +198,7 @@ pub async fn budgets(
     lock: bool,
 ) -> Result<Budgets> {
     if lock {
-        tx.query_typed(
-            "SELECT pg_advisory_xact_lock(hashtextextended('rentals.budget', $1))",
-            &[(&account_id, Type::INT8)],
-        )
-        .await
-        .map_err(db_err)?;
+        lock_budget(tx, account_id).await?;
     }
     let acct = tx
         .query_typed(
@@ -198,17 +213,20 @@ pub async fn budgets(
     let acct = acct
         .first()
         .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such account"))?;
+    // the rates of what is open (time paid up front bills none: it is counted as paid), the
+    // key's share being what it pays for
     let sums = tx
         .query_typed(
             "SELECT count(*) FILTER (WHERE status NOT IN ('failed', 'terminated'))::int8, \
                coalesce(sum(CASE WHEN status IN ('stopped', 'interrupted') THEN storage_per_hour \
                    ELSE price_per_hour END) \
-                 FILTER (WHERE status NOT IN ('failed', 'terminated') \
+                 FILTER (WHERE status NOT IN ('failed', 'terminated') AND paid_hours IS NULL \
                    AND id IS DISTINCT FROM $2), 0)::float8, \
                coalesce(sum(CASE WHEN status IN ('stopped', 'interrupted') THEN storage_per_hour \
                    ELSE price_per_hour END) \
-                 FILTER (WHERE status NOT IN ('failed', 'terminated') \
-                   AND id IS DISTINCT FROM $2 AND api_key_id = $3), 0)::float8 \
+                 FILTER (WHERE status NOT IN ('failed', 'terminated') AND paid_hours IS NULL \
+                   AND id IS DISTINCT FROM $2 \
+                   AND coalesce(payer_key_id, api_key_id) = $3), 0)::float8 \
              FROM instances WHERE account_id = $1",
             &[
                 (&account_id, Type::INT8),
@@ -252,11 +270,13 @@ pub async fn budgets(
 #[derive(Debug, Clone, Copy)]
 pub struct Spend<'a> {
     pub account_id: i64,
-    /// The key the instance is charged to (its `spend_limit_usd`).
+    /// The key that pays for the change (its `spend_limit_usd`): the caller's.
     pub key_id: Option<i64>,
     pub window_hours: u32,
     /// The rate (USD/h) the change adds.
     pub extra_per_hour: f64,
+    /// What the change pays at once (time bought up front), in micro-dollars.
+    pub extra_micros: i64,
     /// A new instance (the instance limit applies).
     pub new_instance: bool,
     pub replacing: Option<&'a str>,
@@ -307,6 +327,7 @@ mod tests {
             key_id: Some(1),
             window_hours: 24,
             extra_per_hour: per_hour,
+            extra_micros: 0,
             new_instance: true,
             replacing: None,
         }
@@ -362,5 +383,19 @@ mod tests {
             ..spend(0.0)
         };
         assert!(b.check(&s).is_ok());
+    }
+
+    /// Time paid up front counts in full at once: 10 + 66 + 1 × 24 = 100 fits, a micro-dollar
+    /// more does not, although it adds no rate.
+    #[test]
+    fn a_payment_up_front_counts_in_full_at_once() {
+        let b = budgets();
+        let s = |micros| Spend {
+            extra_micros: micros,
+            ..spend(0.0)
+        };
+        assert!(b.check(&s(66_000_000)).is_ok(), "10 + 66 + 24 = 100");
+        let e = b.check(&s(66_000_001)).unwrap_err();
+        assert_eq!(e.details.unwrap()["paid_now_usd"], 66.0);
     }
 }

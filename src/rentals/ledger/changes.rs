@@ -11,9 +11,35 @@ use crate::accounts::Db;
 use crate::error::{Error, Kind, Result, Side};
 use crate::events;
 
-/// A changed bid: the new bid and price (bid + storage), checked against the budget first.
-pub async fn set_bid(db: &Db, r: &InstanceRow, bid: f64, window_hours: u32) -> Result<InstanceRow> {
-    record_bid(db, r, bid, Some(window_hours), &format!("bid {bid} USD/h")).await
+/// A changed bid: the new bid and price (bid + storage), checked against the budgets of the
+/// account and of `payer` (the caller's key, which pays for the instance from now on) first.
+pub async fn set_bid(
+    db: &Db,
+    r: &InstanceRow,
+    bid: f64,
+    window_hours: u32,
+    payer: Option<i64>,
+) -> Result<InstanceRow> {
+    let detail = format!("bid {bid} USD/h");
+    record_bid(db, r, bid, Some((window_hours, payer)), &detail).await
+}
+
+/// From now on `key` pays for instance `id` (its rate counts against that key's cap): the
+/// caller's key pays for what it does, whoever rented the instance.
+pub async fn set_payer(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    key: Option<i64>,
+) -> Result<()> {
+    if key.is_some() {
+        tx.query_typed(
+            "UPDATE instances SET payer_key_id = $2 WHERE id = $1",
+            &[(&id, Type::TEXT), (&key, Type::INT8)],
+        )
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Puts `r`'s bid back to `bid` (what it was) when the provider did not take a change already
@@ -24,27 +50,29 @@ pub async fn restore_bid(db: &Db, r: &InstanceRow, bid: f64) -> Result<InstanceR
 }
 
 /// The bid and its rate in one transaction, checked against the budgets (under the account's
-/// lock) when `window_hours` is given.
+/// lock) when `check` (the window, the paying key) is given.
 async fn record_bid(
     db: &Db,
     r: &InstanceRow,
     bid: f64,
-    window_hours: Option<u32>,
+    check: Option<(u32, Option<i64>)>,
     detail: &str,
 ) -> Result<InstanceRow> {
     let price = bid + r.storage_per_hour;
     db.transaction(async |tx| {
         // while outbid it bills storage only; the raised bid bills in full once it runs again
-        if let Some(window_hours) = window_hours {
+        if let Some((window_hours, payer)) = check {
             let spend = Spend {
                 account_id: r.account_id,
-                key_id: r.api_key_id,
+                key_id: payer.or(r.payer_key_id),
                 window_hours,
                 extra_per_hour: price,
+                extra_micros: 0,
                 new_instance: false,
                 replacing: Some(&r.id),
             };
             budget_check(tx, &spend).await?;
+            set_payer(tx, &r.id, payer).await?;
         }
         let rows = tx
             .query_typed(
@@ -64,7 +92,7 @@ async fn record_bid(
             .first()
             .map(row)
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such instance"))?;
-        let billed = n.status.rate(n.price_per_hour, n.storage_per_hour);
+        let billed = n.rate(n.status);
         event_tx(
             tx,
             &n.id,
@@ -80,15 +108,9 @@ async fn record_bid(
     .await
 }
 
-/// Records an extension: `hours` more of the instance's life (the expiry moves, when it has one),
-/// and `committed_usd` the provider charged for them (0 where it sells no paid time), as an
-/// `extended` event. The budget was checked before the provider was asked.
-pub async fn extend(
-    db: &Db,
-    r: &InstanceRow,
-    hours: u32,
-    committed_usd: f64,
-) -> Result<InstanceRow> {
+/// Records a longer lifetime: `hours` more of the instance's life (the expiry moves), as an
+/// `extended` event. Where the provider sells paid time, `lumps` records what it cost.
+pub async fn extend(db: &Db, r: &InstanceRow, hours: u32) -> Result<InstanceRow> {
     let h = f64::from(hours);
     db.transaction(async |tx| {
         let rows = tx
@@ -106,18 +128,14 @@ pub async fn extend(
             .first()
             .map(row)
             .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such instance"))?;
-        let detail = if committed_usd > 0.0 {
-            format!("+{hours} h, {committed_usd:.4} USD committed")
-        } else {
-            format!("+{hours} h")
-        };
+        let detail = format!("+{hours} h");
         event_tx(
             tx,
             &n.id,
             "extended",
             Some(n.status.as_str()),
             n.price_per_hour,
-            n.status.rate(n.price_per_hour, n.storage_per_hour),
+            n.rate(n.status),
             Some(&detail),
         )
         .await?;

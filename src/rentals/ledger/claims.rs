@@ -37,6 +37,40 @@ pub async fn claim_offer(
         .is_empty())
 }
 
+/// Drops every offer claim the rental `instance` holds (its run is over: it died, or failed).
+pub async fn release_claims_of(db: &Db, instance: &str) -> Result<()> {
+    db.query(
+        "DELETE FROM offer_claims WHERE instance_id = $1",
+        &[(&instance, Type::TEXT)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Keeps the claim of a running rental alive for `ttl_ms` more (its lease, renewed while it runs:
+/// the claim of a daemon that dies ends with the lease).
+pub async fn renew_offer(
+    db: &Db,
+    provider: &str,
+    offer: &str,
+    instance: &str,
+    ttl_ms: u64,
+) -> Result<()> {
+    let key = format!("{provider}:{offer}");
+    let ttl = ttl_ms as f64 / 1000.0;
+    db.query(
+        "UPDATE offer_claims SET expires_at = now() + make_interval(secs => $3) \
+         WHERE offer_id = $1 AND instance_id = $2",
+        &[
+            (&key, Type::TEXT),
+            (&instance, Type::TEXT),
+            (&ttl, Type::FLOAT8),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn release_offer(db: &Db, provider: &str, offer: &str, instance: &str) -> Result<()> {
     let key = format!("{provider}:{offer}");
     db.query(

@@ -17,9 +17,12 @@ pub(super) async fn event_tx(
     rate: f64,
     detail: Option<&str>,
 ) -> Result<()> {
+    // the key that pays from this event on: the instance's payer (`lumps` names its own)
     tx.query_typed(
-        "INSERT INTO instance_events (instance_id, kind, status, price_per_hour, rate_per_hour, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO instance_events (instance_id, kind, status, price_per_hour, rate_per_hour, \
+           detail, paid_by) \
+         SELECT $1, $2, $3, $4, $5, $6, coalesce(payer_key_id, api_key_id) \
+         FROM instances WHERE id = $1",
         &[
             (&id, Type::TEXT),
             (&kind, Type::TEXT),
@@ -48,7 +51,7 @@ pub async fn note(db: &Db, id: &str, kind: &str, detail: &str) -> Result<()> {
         let Some(r) = rows.first().map(row) else {
             return Ok(());
         };
-        let billed = r.status.rate(r.price_per_hour, r.storage_per_hour);
+        let billed = r.rate(r.status);
         event_tx(
             tx,
             id,

@@ -21,7 +21,13 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
                 account_id: n.account_id,
                 key_id: n.api_key_id,
                 window_hours: n.budget_window_hours,
-                extra_per_hour: n.price_per_hour,
+                // time paid up front is paid now, and bills no rate
+                extra_per_hour: if n.prepaid.is_some() {
+                    0.0
+                } else {
+                    n.price_per_hour
+                },
+                extra_micros: n.prepaid.map_or(0, |p| p.1),
                 new_instance: true,
                 replacing: None,
             },
@@ -46,19 +52,32 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
             .bid_per_hour
             .map(|b| format!("interruptible at a bid of {b} USD/h"))
             .or_else(|| n.terms.map(str::to_owned));
-        event_tx(
-            tx,
-            n.id,
-            "intent",
-            Some("pending"),
-            n.price_per_hour,
-            0.0,
-            detail.as_deref(),
-        )
-        .await?;
+        let r = row(&rows[0]);
+        match n.prepaid {
+            Some((hours, micros)) => {
+                let detail = format!(
+                    "{hours} h paid up front: {} USD ({})",
+                    micros as f64 / 1e6,
+                    detail.as_deref().unwrap_or("the provider's price")
+                );
+                super::lumps::lump_tx(tx, &r, "intent", micros, None, None, &detail).await?;
+            }
+            None => {
+                event_tx(
+                    tx,
+                    n.id,
+                    "intent",
+                    Some("pending"),
+                    n.price_per_hour,
+                    0.0,
+                    detail.as_deref(),
+                )
+                .await?;
+            }
+        }
         events::append_for_instance(tx, n.account_id, n.id, "intent", Some("pending"), None)
             .await?;
-        Ok(row(&rows[0]))
+        Ok(r)
     })
     .await
 }
@@ -95,13 +114,13 @@ pub async fn failed_try(db: &Db, n: &NewInstance<'_>, why: &str) -> Result<()> {
     .await
 }
 
-/// An account's open instances (only those `key` rented, when given), oldest first.
+/// An account's open instances (only those `key` pays for, when given), oldest first.
 pub async fn open_of(db: &Db, account_id: i64, key: Option<i64>) -> Result<Vec<InstanceRow>> {
     let rows = db
         .query(
             &format!(
                 "SELECT {COLS} FROM instances WHERE account_id = $1 \
-                   AND ($2::int8 IS NULL OR api_key_id = $2) \
+                   AND ($2::int8 IS NULL OR coalesce(payer_key_id, api_key_id) = $2) \
                    AND status NOT IN ('failed', 'terminated') ORDER BY created_at"
             ),
             &[(&account_id, Type::INT8), (&key, Type::INT8)],
@@ -121,6 +140,21 @@ pub async fn due_to_expire(db: &Db, limit: i64) -> Result<Vec<InstanceRow>> {
                    AND provider_instance_id IS NOT NULL ORDER BY expires_at LIMIT $1"
             ),
             &[(&limit, Type::INT8)],
+        )
+        .await?;
+    Ok(rows.iter().map(row).collect())
+}
+
+/// The rows of the rental `subject` of an account: the instance of that id, or the tries of the
+/// rental by spec of that request id, oldest first.
+pub async fn of_rental(db: &Db, account_id: i64, subject: &str) -> Result<Vec<InstanceRow>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {COLS} FROM instances WHERE account_id = $1 \
+                   AND (id = $2 OR rental_request_id = $2) ORDER BY created_at, try_index"
+            ),
+            &[(&account_id, Type::INT8), (&subject, Type::TEXT)],
         )
         .await?;
     Ok(rows.iter().map(row).collect())
@@ -153,9 +187,9 @@ pub(super) async fn insert_instance(
             "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, \
                gpu_count, price_per_hour, image, disk_gb, label, status, bid_per_hour, \
                storage_per_hour, expires_at, rental_request_id, try_index, api_key_id, failure, \
-               minimum_hours) \
+               minimum_hours, paid_hours) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-               to_timestamp($14), $15, $16, $17, $18, $19) \
+               to_timestamp($14), $15, $16, $17, $18, $19, $20) \
              RETURNING {COLS}"
         ),
         &[
@@ -178,6 +212,7 @@ pub(super) async fn insert_instance(
             (&n.api_key_id, Type::INT8),
             (&failure, Type::TEXT),
             (&n.minimum_hours, Type::FLOAT8),
+            (&n.prepaid.map(|p| p.0 as i32), Type::INT4),
         ],
     )
     .await
@@ -186,7 +221,8 @@ pub(super) async fn insert_instance(
 
 /// When `id` has just ended (`terminated`) sooner than the paid time its provider never refunds
 /// (`minimum_hours`, from its start), charges the rest of that time at its price in one amount:
-/// a `minimum_charge` event with `lump_micros`, once.
+/// a `minimum_charge` event with `lump_micros`, once. Rows from before time paid up front was
+/// recorded as paid (`lumps` settles those).
 pub(super) async fn charge_minimum(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Result<()> {
     tx.query_typed(
         "INSERT INTO instance_events (instance_id, kind, status, price_per_hour, rate_per_hour, \
@@ -198,6 +234,7 @@ pub(super) async fn charge_minimum(tx: &tokio_postgres::Transaction<'_>, id: &st
          FROM instances i, LATERAL (SELECT i.minimum_hours - extract(epoch from \
              (i.terminated_at - i.started_at))::float8 / 3600.0 AS left_h) x \
          WHERE i.id = $1 AND i.status = 'terminated' AND i.minimum_hours IS NOT NULL \
+           AND i.paid_hours IS NULL \
            AND i.started_at IS NOT NULL AND x.left_h > 0 \
            AND NOT EXISTS (SELECT 1 FROM instance_events m WHERE m.instance_id = i.id \
              AND m.kind = 'minimum_charge')",

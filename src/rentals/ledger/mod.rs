@@ -35,6 +35,7 @@ mod claims;
 mod history;
 mod intents;
 mod keys;
+mod lumps;
 
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -51,6 +52,7 @@ pub use claims::*;
 pub use history::*;
 pub use intents::*;
 pub use keys::*;
+pub use lumps::*;
 
 /// An instance as the ledger has it.
 #[derive(Debug, Clone, Serialize)]
@@ -98,12 +100,28 @@ pub struct InstanceRow {
     /// A rental by spec: the request all its tries share, and which try this is (1, 2, ...).
     pub rental_request_id: Option<String>,
     pub try_index: Option<i32>,
-    /// The key that rented it (per-key spend caps, usage by key).
+    /// The key that rented it.
     #[serde(skip)]
     pub api_key_id: Option<i64>,
+    /// The key its rate is charged to from now on (per-key spend caps, usage by key): the
+    /// renting key until another key starts it or changes its bid (the caller's key pays).
+    #[serde(skip)]
+    pub payer_key_id: Option<i64>,
+    /// Paid up front (io.net): the hours bought so far. Such an instance bills no rate: its
+    /// payments are amounts in the ledger, and unused hours come back when it ends (`lumps`).
+    pub paid_hours: Option<i32>,
 }
 
 impl InstanceRow {
+    /// The rate (USD/h) it bills in `status`: see the module header; none when paid up front.
+    pub fn rate(&self, status: Status) -> f64 {
+        if self.paid_hours.is_some() {
+            0.0
+        } else {
+            status.rate(self.price_per_hour, self.storage_per_hour)
+        }
+    }
+
     /// Still costs money (or may again).
     pub fn is_open(&self) -> bool {
         self.status.is_open()
@@ -273,7 +291,8 @@ pub(super) const COLS: &str = "id, account_id, provider, provider_instance_id, o
     extract(epoch from terminated_at)::float8, bid_per_hour, storage_per_hour, \
     extract(epoch from dead_since)::float8, dead_reason, extract(epoch from expires_at)::float8, \
     rental_request_id, try_index, api_key_id, extract(epoch from restarted_at)::float8, \
-    extract(epoch from ran_at)::float8, extract(epoch from updated_at)::float8";
+    extract(epoch from ran_at)::float8, extract(epoch from updated_at)::float8, \
+    coalesce(payer_key_id, api_key_id), paid_hours";
 
 pub(super) fn row(r: &Row) -> InstanceRow {
     let ssh = match (r.get::<_, Option<String>>(12), r.get::<_, Option<i32>>(13)) {
@@ -315,6 +334,8 @@ pub(super) fn row(r: &Row) -> InstanceRow {
         restarted_at: r.get(27),
         ran_at: r.get(28),
         updated_at: r.get(29),
+        payer_key_id: r.get(30),
+        paid_hours: r.get(31),
     }
 }
 
@@ -345,6 +366,9 @@ pub struct NewInstance<'a> {
     pub terms: Option<&'a str>,
     /// Paid time the provider never refunds (io.net: 1 h): charged in full when it ends sooner.
     pub minimum_hours: Option<f64>,
+    /// Paid up front (io.net): the hours bought and what they cost, in micro-dollars: committed
+    /// with the intent, counted by every budget from then on.
+    pub prepaid: Option<(u32, i64)>,
 }
 
 pub(super) fn db_err(e: tokio_postgres::Error) -> Error {
@@ -423,14 +447,21 @@ pub async fn transition_in(
         // the GPU it is not running
         let billed = match t.from {
             [from @ (Status::Stopped | Status::Interrupted)] if t.to == Status::Terminating => {
-                from.rate(r.price_per_hour, r.storage_per_hour)
+                r.rate(*from)
             }
-            _ => t.to.rate(r.price_per_hour, r.storage_per_hour),
+            _ => r.rate(t.to),
         };
         event_tx(tx, id, kind, Some(status), r.price_per_hour, billed, detail).await?;
         events::append_for_instance(tx, r.account_id, id, kind, Some(status), detail).await?;
-        if t.to == Status::Terminated {
-            charge_minimum(tx, id).await?;
+        match t.to {
+            Status::Terminated | Status::Failed if r.paid_hours.is_some() => {
+                lumps::settle_end(tx, &r).await?;
+            }
+            Status::Provisioning if r.paid_hours.is_some() => {
+                lumps::restore_released(tx, &r).await?;
+            }
+            Status::Terminated => charge_minimum(tx, id).await?,
+            _ => {}
         }
         Ok(Some(r))
     }

@@ -150,26 +150,50 @@ pub async fn post(d: &DaemonProc, token: &str, body: &str) -> Resp {
     call(d, token, "POST", "/v1/instances", body, None).await
 }
 
-/// `POST /v1/instances` on a connection of its own, in a task (for rentals that overlap).
+/// `POST /v1/instances` on a connection of its own; an error when the connection dies first (a
+/// daemon killed mid-request).
+pub async fn try_post(
+    https: std::net::SocketAddr,
+    token: &str,
+    body: String,
+    idem: Option<&str>,
+) -> Result<Resp, hyper::Error> {
+    let mut c = super::client::Conn::tls(https, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let mut req = super::client::request("POST", "/v1/instances", bytes::Bytes::from(body));
+    let h = req.headers_mut();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    h.insert("content-type", "application/json".parse().unwrap());
+    if let Some(k) = idem {
+        h.insert("idempotency-key", k.parse().unwrap());
+    }
+    c.send(req).await
+}
+
+/// [`try_post`] in a task (for rentals that overlap); it must be answered.
 pub fn spawn_post(
     https: std::net::SocketAddr,
     token: String,
     body: String,
     idem: Option<&'static str>,
 ) -> tokio::task::JoinHandle<Resp> {
-    tokio::spawn(async move {
-        let mut c = super::client::Conn::tls(https, &[b"http/1.1"])
-            .await
-            .unwrap();
-        let mut req = super::client::request("POST", "/v1/instances", bytes::Bytes::from(body));
-        let h = req.headers_mut();
-        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        h.insert("content-type", "application/json".parse().unwrap());
-        if let Some(k) = idem {
-            h.insert("idempotency-key", k.parse().unwrap());
-        }
-        c.send(req).await.unwrap()
-    })
+    tokio::spawn(async move { try_post(https, &token, body, idem).await.unwrap() })
+}
+
+/// Concurrent changes with a budget for one: exactly one answered `ok`, every other 402
+/// `budget_exceeded`.
+pub fn one_passed_the_rest_over_budget(answers: &[Resp], ok: u16) {
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == ok).count(),
+        1,
+        "{statuses:?}"
+    );
+    for r in answers.iter().filter(|r| r.status != ok) {
+        assert_eq!(r.status, 402, "{:?}", r.json());
+        assert_eq!(r.json()["error"]["code"], "budget_exceeded");
+    }
 }
 
 /// The error message of an answer (empty when it has none).
