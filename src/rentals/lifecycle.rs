@@ -176,7 +176,7 @@ impl Rentals {
         // time paid up front: the provider's `amount_paid` is what was paid
         if let (Some(paid), Some(_)) = (view.paid, row.paid_hours)
             && view.status.is_open()
-            && ledger::reconcile_paid(&self.db, &row, paid).await?
+            && ledger::reconcile_paid(&self.db, &row, paid, self.extend_in_flight_secs()).await?
         {
             tracing::info!(instance = %row.id, paid_micros = paid.micros, hours = paid.hours, "the ledger took the provider's amount paid");
         }
@@ -396,6 +396,12 @@ impl Rentals {
         if let Some(pid) = &row.provider_instance_id {
             self.status.forget(&format!("{}:{pid}", row.provider)).await;
         }
+    }
+
+    /// How long a paid extension may be in flight: twice the longest a provider call may take
+    /// (`providers.total_timeout_ms`); after that its outcome is read from the provider.
+    pub(super) fn extend_in_flight_secs(&self) -> f64 {
+        2.0 * self.config.providers.total_timeout_ms.get().as_secs_f64()
     }
 
     /// The caller's instance while the provider holds it (not pending, not ending), with its

@@ -16,8 +16,8 @@
 //!   `loading`); one whose host goes `offline`/`unknown` gets `instance.unreachable`, and after
 //!   `rentals.unreachable_grace_ms` the `rentals.unreachable_policy` (`keep`, or `destroy`:
 //!   `unreachable_destroyed`);
-//! - settles paid extensions whose answer was lost with the provider's `amount_paid`
-//!   (`paid_settled`; `ledger::lumps`);
+//! - settles paid extensions whose answer was lost with the provider's `amount_paid`, once they
+//!   are older than twice `providers.total_timeout_ms` (`paid_settled`; `ledger::lumps`);
 //! - retries SSH keys not yet attached (providers that take them per instance);
 //! - deletes expired `Idempotency-Key` records;
 //! - enforces the budgets (`budget`): warnings, and the account's policy once one is spent;
@@ -279,7 +279,7 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
 
         // extensions whose answer was lost: the provider's `amount_paid` settles them
         if p.sells_time() {
-            for row in ledger::extends_in_doubt(&db, name).await? {
+            for row in ledger::extends_in_doubt(&db, name, r.extend_in_flight_secs()).await? {
                 let Some(pid) = row.provider_instance_id.clone() else {
                     continue;
                 };

@@ -1275,6 +1275,7 @@ async fn an_extend_retried_with_its_key_after_a_time_out_buys_once() {
         &[
             "providers.request_timeout_ms=1000",
             "providers.total_timeout_ms=1500",
+            "rentals.reconcile_interval_ms=300",
         ],
     )
     .await;
@@ -1302,4 +1303,16 @@ async fn an_extend_retried_with_its_key_after_a_time_out_buys_once() {
     let other = call(&d, &token, "POST", &path, r#"{"hours": 3}"#, key).await;
     assert_eq!(other.status, 422, "{:?}", other.json());
     assert_eq!(other.json()["error"]["code"], "idempotency_key_reused");
+    // the hours whose answer was lost stay counted at their quote, then the reconciler reads
+    // what io.net says was paid (24 h + 2 h, at the discount the 2 h alone did not get)
+    sb.heal("ionet").await;
+    let v = until(&d, &token, &id, "amount_paid settled", |v| {
+        kinds(v).contains(&"paid_adjusted".to_owned())
+    })
+    .await;
+    let dep = sb.ionet_deployment(&v["provider_instance_id"]).await;
+    assert_eq!(dep["duration_hours"], 26, "{dep}");
+    let spent = support::rentals::spent(&db, "extender").await;
+    let paid = dep["amount_paid"].as_f64().unwrap();
+    assert!((spent - paid).abs() < 1e-6, "{spent} vs {paid}");
 }

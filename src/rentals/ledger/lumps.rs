@@ -30,9 +30,6 @@ use crate::providers::Paid;
 /// The kinds of event that give money back; every other amount is a payment.
 const RETURNS: &str = "('refund', 'released', 'restored')";
 
-/// How long an extension may stay in flight before the provider's `amount_paid` settles it.
-const EXTEND_IN_FLIGHT_SECS: f64 = 120.0;
-
 /// What a deployment paid `paid_micros` for `paid_hours` costs once it ends after
 /// `used_hours`: the time used, never less than the first `minimum_hours`, never more than was
 /// paid for, pro rata (io.net, destroy-deployment: docs/providers.md).
@@ -319,9 +316,13 @@ pub async fn extend_failed(db: &Db, r: &InstanceRow, intent: i64, why: &str) -> 
     .await
 }
 
-/// Open instances of `provider` with an extension in flight for longer than any answer takes:
-/// its outcome is read from the provider ([`reconcile_paid`]).
-pub async fn extends_in_doubt(db: &Db, provider: &str) -> Result<Vec<InstanceRow>> {
+/// Open instances of `provider` with an extension in flight for longer than any answer takes
+/// (`in_flight_secs`): its outcome is read from the provider ([`reconcile_paid`]).
+pub async fn extends_in_doubt(
+    db: &Db,
+    provider: &str,
+    in_flight_secs: f64,
+) -> Result<Vec<InstanceRow>> {
     let rows = db
         .query(
             &format!(
@@ -330,10 +331,7 @@ pub async fn extends_in_doubt(db: &Db, provider: &str) -> Result<Vec<InstanceRow
                    AND status NOT IN ('failed', 'terminated', 'terminating')",
                 super::COLS
             ),
-            &[
-                (&provider, Type::TEXT),
-                (&EXTEND_IN_FLIGHT_SECS, Type::FLOAT8),
-            ],
+            &[(&provider, Type::TEXT), (&in_flight_secs, Type::FLOAT8)],
         )
         .await?;
     Ok(rows.iter().map(super::row).collect())
@@ -341,9 +339,25 @@ pub async fn extends_in_doubt(db: &Db, provider: &str) -> Result<Vec<InstanceRow
 
 /// What the provider says `r` cost in all (`amount_paid`, the hours bought): where the ledger
 /// differs (a quote that was not the price, an extension whose answer was lost), the ledger takes
-/// the provider's figure (`paid_adjusted`). Not while an extension is in flight; under the
-/// account's budget lock, so an extension cannot start in between. Returns whether it changed.
-pub async fn reconcile_paid(db: &Db, r: &InstanceRow, paid: Paid) -> Result<bool> {
+/// the provider's figure (`paid_adjusted`). Not while an extension is in flight (begun less than
+/// `in_flight_secs` ago: longer than any provider call takes); under the account's budget lock,
+/// so an extension cannot start in between. Returns whether it changed.
+pub async fn reconcile_paid(
+    db: &Db,
+    r: &InstanceRow,
+    paid: Paid,
+    in_flight_secs: f64,
+) -> Result<bool> {
+    // every status read of a deployment comes here: the lock only when the figures differ
+    let agrees = db
+        .transaction(async |tx| {
+            let (_, so_far) = amounts(tx, &r.id).await?;
+            Ok(so_far == paid.micros && r.paid_hours == Some(paid.hours as i32))
+        })
+        .await?;
+    if agrees {
+        return Ok(false);
+    }
     db.transaction(async |tx| {
         lock_budget(tx, r.account_id).await?;
         let rows = tx
@@ -352,7 +366,7 @@ pub async fn reconcile_paid(db: &Db, r: &InstanceRow, paid: Paid) -> Result<bool
                    AND status NOT IN ('failed', 'terminated', 'terminating') \
                    AND (extending_since IS NULL \
                      OR extending_since < now() - make_interval(secs => $2))",
-                &[(&r.id, Type::TEXT), (&EXTEND_IN_FLIGHT_SECS, Type::FLOAT8)],
+                &[(&r.id, Type::TEXT), (&in_flight_secs, Type::FLOAT8)],
             )
             .await
             .map_err(db_err)?;
