@@ -11,6 +11,7 @@
 pub mod apikey;
 pub mod event_log;
 pub mod migrate;
+pub mod policy;
 pub mod store;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@ use tokio_postgres::types::Type;
 
 use super::Db;
 use super::apikey;
+use super::policy::{KeyPolicy, PolicyFields};
 use crate::error::{Error, Kind, Side};
 use crate::types::schema::{MaybeTime, NO_NUL, Time};
 
@@ -44,13 +45,15 @@ pub struct Account {
 pub struct KeyInfo {
     pub public_id: String,
     pub account_id: i64,
-    #[schemars(extend("items" = {"enum": ["user", "admin"]}))]
+    #[schemars(extend("items" = {"enum": ["user", "admin", "read"]}))]
     pub scopes: Vec<String>,
     pub label: Option<String>,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_burst: Option<i32>,
     /// USD per rolling window the instances this key rented may spend (none when null).
     pub spend_limit_usd: Option<f64>,
+    /// What this key may rent (`accounts::policy`); fields left out do not apply.
+    pub policy: PolicyFields,
     #[serde(serialize_with = "rfc3339")]
     #[schemars(with = "Time")]
     pub created_at: SystemTime,
@@ -83,6 +86,16 @@ pub struct KeyRecord {
     pub account_max_instances: i32,
     pub account_rate_limit: Option<(u32, Option<u32>)>,
     pub key_rate_limit: Option<(u32, Option<u32>)>,
+    /// What the key may rent (`accounts::policy`).
+    #[serde(default)]
+    pub policy: KeyPolicy,
+}
+
+impl KeyRecord {
+    /// Only reads: its one scope is `read`.
+    pub fn read_only(&self) -> bool {
+        !self.scopes.iter().any(|s| s == "user" || s == "admin")
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +116,7 @@ impl KeyRecord {
             account_max_instances: 5,
             account_rate_limit: None,
             key_rate_limit: None,
+            policy: KeyPolicy::default(),
         }
     }
 }
@@ -153,7 +167,8 @@ pub struct AccountChange {
     pub max_instances: Option<i32>,
 }
 
-/// A change to a key's spend cap: `spend_limit_usd: null` removes it.
+/// A change to a key: its spend cap (`spend_limit_usd: null` removes it) and its policies
+/// (`policy` replaces them all; `{}` clears them).
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[schemars(transform = crate::types::schema::request_body)]
 #[serde(deny_unknown_fields)]
@@ -162,6 +177,7 @@ pub struct KeyChange {
     #[serde(default, deserialize_with = "present")]
     #[schemars(with = "Option<f64>", range(min = 0, max = 1e9))]
     pub spend_limit_usd: Option<Option<f64>>,
+    pub policy: Option<PolicyFields>,
 }
 
 /// A field that may be given as `null` (Some(None)) or left out (None).
@@ -200,8 +216,9 @@ fn check_policy(p: Option<&str>) -> Result<(), Error> {
 #[schemars(rename = "NewKey")]
 #[schemars(extend("dependentRequired" = {"rate_limit_burst": ["rate_limit_per_minute"]}))]
 pub struct NewKeySpec {
+    /// `user` (the default), `admin`, or `read` alone (search, list and read; no change).
     #[serde(default)]
-    #[schemars(extend("items" = {"enum": ["user", "admin"]}, "default" = ["user"]))]
+    #[schemars(extend("items" = {"enum": ["user", "admin", "read"]}, "default" = ["user"]))]
     pub scopes: Vec<String>,
     /// At most 200 characters.
     #[schemars(length(max = 200), pattern(NO_NUL))]
@@ -215,6 +232,8 @@ pub struct NewKeySpec {
     /// USD per rolling window for the instances this key rents; null or left out: none.
     #[schemars(range(min = 0, max = 1e9))]
     pub spend_limit_usd: Option<f64>,
+    /// What this key may rent (`accounts::policy`).
+    pub policy: Option<PolicyFields>,
 }
 
 macro_rules! account_cols {
@@ -226,7 +245,9 @@ macro_rules! account_cols {
 macro_rules! key_cols {
     () => {
         "public_id, account_id, scopes, label, rate_limit_per_minute, rate_limit_burst, \
-         created_at, expires_at, revoked_at, last_used_at, spend_limit_usd::float8"
+         created_at, expires_at, revoked_at, last_used_at, spend_limit_usd::float8, \
+         max_price_micros_per_hour, allowed_providers, allowed_gpu_models, \
+         require_max_duration_hours, key_max_instances"
     };
 }
 
@@ -263,7 +284,38 @@ fn key_info(row: &Row) -> Result<KeyInfo, Error> {
         revoked_at: get(row, 8)?,
         last_used_at: get(row, 9)?,
         spend_limit_usd: get(row, 10)?,
+        policy: policy_at(row, 11)?.fields(),
     })
+}
+
+/// The policy columns from `at` on (in `key_cols!` order).
+fn policy_at(row: &Row, at: usize) -> Result<KeyPolicy, Error> {
+    Ok(KeyPolicy {
+        max_price_micros_per_hour: get(row, at)?,
+        allowed_providers: get(row, at + 1)?,
+        allowed_gpu_models: get(row, at + 2)?,
+        require_max_duration_hours: get(row, at + 3)?,
+        max_instances: get(row, at + 4)?,
+    })
+}
+
+/// Writes a key's policy columns.
+async fn set_policy(db: &Db, public_id: &str, p: &KeyPolicy) -> Result<(), Error> {
+    db.query(
+        "UPDATE api_keys SET max_price_micros_per_hour = $2, allowed_providers = $3, \
+           allowed_gpu_models = $4, require_max_duration_hours = $5, key_max_instances = $6 \
+         WHERE public_id = $1",
+        &[
+            (&public_id, Type::TEXT),
+            (&p.max_price_micros_per_hour, Type::INT8),
+            (&p.allowed_providers, Type::TEXT_ARRAY),
+            (&p.allowed_gpu_models, Type::TEXT_ARRAY),
+            (&p.require_max_duration_hours, Type::FLOAT8),
+            (&p.max_instances, Type::INT4),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// How an account is named on the command line and in admin URLs: its id, or its name.
@@ -409,8 +461,14 @@ async fn account_key_ids(db: &Db, account_id: i64) -> Result<Vec<String>, Error>
     .collect()
 }
 
-/// Sets or removes a key's spend cap.
+/// Sets or removes a key's spend cap, and replaces its policies when given. Cached records carry
+/// the policies: `auth::admin::update_key` drops them everywhere.
 pub async fn update_key(db: &Db, public_id: &str, c: &KeyChange) -> Result<KeyInfo, Error> {
+    if let Some(p) = &c.policy {
+        let policy = p.to_policy()?;
+        get_key(db, public_id).await?;
+        set_policy(db, public_id, &policy).await?;
+    }
     let Some(limit) = c.spend_limit_usd else {
         return get_key(db, public_id).await;
     };
@@ -463,14 +521,28 @@ pub async fn create_key(
     if scopes.is_empty() {
         scopes.push("user".into());
     }
-    if let Some(bad) = scopes.iter().find(|s| *s != "user" && *s != "admin") {
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| !["user", "admin", "read"].contains(&s.as_str()))
+    {
         return Err(Error::bad_request(format!(
-            "unknown scope `{}` (scopes are `user` and `admin`)",
+            "unknown scope `{}` (scopes are `user`, `admin` and `read`)",
             crate::error::truncate(bad, 40)
         )));
     }
     scopes.sort();
     scopes.dedup();
+    if scopes.len() > 1 && scopes.iter().any(|s| s == "read") {
+        return Err(Error::bad_request(
+            "invalid `scopes`: `read` stands alone (a key that may change things is `user`)",
+        ));
+    }
+    let policy = spec
+        .policy
+        .as_ref()
+        .map(PolicyFields::to_policy)
+        .transpose()?
+        .unwrap_or_default();
     if spec.label.as_ref().is_some_and(|l| l.chars().count() > 200) {
         return Err(Error::bad_request("`label` must be at most 200 characters"));
     }
@@ -508,7 +580,12 @@ pub async fn create_key(
             ],
         )
         .await?;
-    Ok((key_info(rows.first().ok_or_else(no_row)?)?, k.token))
+    let key = key_info(rows.first().ok_or_else(no_row)?)?;
+    if policy.is_empty() {
+        return Ok((key, k.token));
+    }
+    set_policy(db, &key.public_id, &policy).await?;
+    Ok((get_key(db, &key.public_id).await?, k.token))
 }
 
 pub async fn list_keys(db: &Db, r: &AccountRef<'_>) -> Result<Vec<KeyInfo>, Error> {
@@ -587,7 +664,9 @@ pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, E
                     extract(epoch FROM k.expires_at)::int8, k.revoked_at IS NOT NULL, \
                     a.id, a.status = 'active', a.rate_limit_per_minute, a.rate_limit_burst, \
                     k.rate_limit_per_minute, k.rate_limit_burst, \
-                    a.name, a.daily_budget_usd::float8, a.max_instances \
+                    a.name, a.daily_budget_usd::float8, a.max_instances, \
+                    k.max_price_micros_per_hour, k.allowed_providers, k.allowed_gpu_models, \
+                    k.require_max_duration_hours, k.key_max_instances \
              FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.public_id = $1",
             &[(&public_id, Type::TEXT)],
         )
@@ -610,6 +689,7 @@ pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, E
         account_max_instances: get(&row, 14)?,
         account_rate_limit: limit(get(&row, 8)?, get(&row, 9)?),
         key_rate_limit: limit(get(&row, 10)?, get(&row, 11)?),
+        policy: policy_at(&row, 15)?,
     }))
 }
 

@@ -275,9 +275,9 @@ pub const ADMIN_GET_USAGE: Op = Op {
     tag: "admin",
     summary: "An account's usage (admin)",
     query: Some(schema::<crate::service::usage::UsageQuery>),
-    answers: &[json(
+    answers: &[super::openapi::op::json_or_csv(
         200,
-        "The usage report",
+        "The usage report (CSV with `format=csv` or `Accept: text/csv`)",
         schema::<crate::rentals::usage::ReportView>,
     )],
     ..Op::NONE

@@ -229,6 +229,9 @@ async fn dispatch(
                     "this endpoint needs a key with the `admin` scope",
                 ));
             }
+            if route.changes(method) {
+                p.may_change()?;
+            }
             let v = state.limits.check_caller(&p.key);
             if let Some(v) = v.filter(|v| matches!(v.decision, Decision::Limited { .. })) {
                 return Err(Error::rate_limited(v));

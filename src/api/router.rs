@@ -31,6 +31,16 @@ pub struct Route {
     pub methods: &'static [(Method, Handler, Op)],
 }
 
+impl Route {
+    /// `method` here may change something, so a `read` key is refused it: every method but GET
+    /// and HEAD, except the token exchange (it changes nothing) and MCP (each tool is checked:
+    /// `api::mcp`).
+    pub fn changes(&self, method: &Method) -> bool {
+        !matches!(*method, Method::GET | Method::HEAD)
+            && !matches!(self.pattern, "/v1/auth/token" | "/mcp")
+    }
+}
+
 macro_rules! later {
     ($c:ident => $body:expr) => {
         |$c: Call| Reply::Later(Box::pin(async move { $body }))

@@ -61,6 +61,20 @@ pub async fn revoke_key(
     Ok((key, p))
 }
 
+/// Changes a key's spend cap or policies, and drops its cached record (it carries the policies)
+/// here and, through Redis, in every daemon.
+pub async fn update_key(
+    db: &Db,
+    local: Option<&Auth>,
+    redis: Option<&Redis>,
+    public_id: &str,
+    change: &store::KeyChange,
+) -> Result<(KeyInfo, Propagation), Error> {
+    let key = store::update_key(db, public_id, change).await?;
+    let p = propagate(local, redis, std::slice::from_ref(&key.public_id)).await;
+    Ok((key, p))
+}
+
 /// Changes an account's spending terms, and drops its keys' cached records (they carry the budget
 /// `GET /v1/account` shows) here and, through Redis, in every daemon.
 pub async fn update_account(

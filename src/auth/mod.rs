@@ -67,6 +67,18 @@ impl Principal {
     pub fn is_admin(&self) -> bool {
         self.key.scopes.iter().any(|s| s == "admin")
     }
+
+    /// 403 `insufficient_scope` for a `read` key asked to change something (REST write methods,
+    /// MCP tools that are not read-only): `accounts::policy`.
+    pub fn may_change(&self) -> Result<(), Error> {
+        if self.key.read_only() {
+            return Err(Error::forbidden(
+                "insufficient_scope",
+                "this key has the `read` scope: it can search, list and read, not change anything",
+            ));
+        }
+        Ok(())
+    }
 }
 
 pub struct Auth {

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::accounts::policy::PolicyFields;
 use crate::accounts::store::{
     self, Account, AccountChange, AccountRef, KeyChange, KeyInfo, NewAccount, NewKeySpec,
 };
@@ -104,7 +105,8 @@ pub enum KeysCmd {
         /// Account id or name.
         #[arg(long)]
         account: String,
-        /// `user` (default) or `admin`; repeatable.
+        /// `user` (default), `admin`, or `read` alone (search, list, read: no change);
+        /// repeatable.
         #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
         #[arg(long)]
@@ -119,14 +121,22 @@ pub enum KeysCmd {
         /// USD per rolling window the instances this key rents may spend (default: no cap).
         #[arg(long)]
         spend_limit_usd: Option<f64>,
+        #[command(flatten)]
+        policy: PolicyArgs,
         #[arg(long)]
         json: bool,
     },
-    /// Set (USD per window) or remove (`none`) a key's spend cap.
+    /// Set (USD per window) or remove (`none`) a key's spend cap; set its policies (the ones
+    /// given; `--clear-policy` removes the others first).
     Update {
         public_id: String,
         #[arg(long, value_parser = money_or_none)]
         spend_limit_usd: Option<MoneyOrNone>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Remove every policy before applying the ones given.
+        #[arg(long)]
+        clear_policy: bool,
         #[arg(long)]
         json: bool,
     },
@@ -145,6 +155,49 @@ pub enum KeysCmd {
     },
 }
 
+/// A key's policies on the command line (`accounts::policy`).
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// No rental above this USD/h (the bid for interruptible offers).
+    #[arg(long)]
+    max_price_per_hour: Option<f64>,
+    /// Providers the key may rent from, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    allowed_providers: Option<Vec<String>>,
+    /// GPU models the key may rent, comma-separated (as GET /v1/offers names them).
+    #[arg(long, value_delimiter = ',')]
+    allowed_gpu_models: Option<Vec<String>>,
+    /// Every rental by the key must end within this many hours.
+    #[arg(long)]
+    require_max_duration_hours: Option<f64>,
+    /// Open instances the key may have rented at once.
+    #[arg(long = "key-max-instances")]
+    max_instances: Option<i32>,
+}
+
+impl PolicyArgs {
+    fn given(&self) -> bool {
+        self.max_price_per_hour.is_some()
+            || self.allowed_providers.is_some()
+            || self.allowed_gpu_models.is_some()
+            || self.require_max_duration_hours.is_some()
+            || self.max_instances.is_some()
+    }
+
+    /// `base` with the policies given here set.
+    fn over(&self, base: PolicyFields) -> PolicyFields {
+        PolicyFields {
+            max_price_per_hour: self.max_price_per_hour.or(base.max_price_per_hour),
+            allowed_providers: self.allowed_providers.clone().or(base.allowed_providers),
+            allowed_gpu_models: self.allowed_gpu_models.clone().or(base.allowed_gpu_models),
+            require_max_duration_hours: self
+                .require_max_duration_hours
+                .or(base.require_max_duration_hours),
+            max_instances: self.max_instances.or(base.max_instances),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct UsageArgs {
     /// Account id or name.
@@ -156,11 +209,14 @@ pub struct UsageArgs {
     /// End: RFC 3339 or a date; default now.
     #[arg(long)]
     pub to: Option<String>,
-    /// day, instance, key or provider.
+    /// day, instance, key, provider or instance_day.
     #[arg(long, default_value = "day")]
     pub group_by: String,
     #[arg(long)]
     pub json: bool,
+    /// CSV (one row per group), as `GET /v1/usage?format=csv` writes it.
+    #[arg(long, conflicts_with = "json")]
+    pub csv: bool,
 }
 
 /// `gpuproxyd usage`: the report `GET /v1/usage` serves, for any account.
@@ -170,7 +226,7 @@ pub fn usage(a: UsageArgs) -> i32 {
         let db = db()?;
         let e = |e: crate::error::Error| e.message.to_string();
         let group_by = GroupBy::parse(&a.group_by)
-            .ok_or("invalid `--group-by`: day, instance, key or provider")?;
+            .ok_or("invalid `--group-by`: day, instance, key, provider or instance_day")?;
         let span = Span {
             from: a
                 .from
@@ -193,6 +249,10 @@ pub fn usage(a: UsageArgs) -> i32 {
             .map_err(e)?;
         if a.json {
             print_json(&usage::ReportView::of(&account.name, &r));
+            return Ok(());
+        }
+        if a.csv {
+            print!("{}", r.to_csv());
             return Ok(());
         }
         let t = |x: f64| {
@@ -489,6 +549,7 @@ pub fn keys(cmd: KeysCmd) -> i32 {
                 rate_limit_per_minute,
                 rate_limit_burst,
                 spend_limit_usd,
+                policy,
                 json,
             } => {
                 let spec = NewKeySpec {
@@ -498,6 +559,7 @@ pub fn keys(cmd: KeysCmd) -> i32 {
                     rate_limit_per_minute,
                     rate_limit_burst,
                     spend_limit_usd,
+                    policy: policy.given().then(|| policy.over(PolicyFields::default())),
                 };
                 let (key, token) = store::create_key(&db, &AccountRef::parse(&account), &spec)
                     .await
@@ -512,18 +574,34 @@ pub fn keys(cmd: KeysCmd) -> i32 {
             KeysCmd::Update {
                 public_id,
                 spend_limit_usd,
+                policy,
+                clear_policy,
                 json,
             } => {
-                let key = store::update_key(
-                    &db,
-                    &public_id,
-                    &KeyChange {
-                        spend_limit_usd: spend_limit_usd.map(|m| m.0),
-                    },
-                )
-                .await
-                .map_err(e)?;
-                print_keys(&[key], json);
+                let policy = if policy.given() || clear_policy {
+                    let base = if clear_policy {
+                        PolicyFields::default()
+                    } else {
+                        store::get_key(&db, &public_id).await.map_err(e)?.policy
+                    };
+                    Some(policy.over(base))
+                } else {
+                    None
+                };
+                let change = KeyChange {
+                    spend_limit_usd: spend_limit_usd.map(|m| m.0),
+                    policy,
+                };
+                let redis = redis().await?;
+                let (key, p) = admin::update_key(&db, None, redis.as_ref(), &public_id, &change)
+                    .await
+                    .map_err(e)?;
+                if json {
+                    print_keys(&[key], true);
+                } else {
+                    print_keys(&[key], false);
+                    print_propagation(&p);
+                }
             }
             KeysCmd::List { account, json } => {
                 let list = store::list_keys(&db, &AccountRef::parse(&account))

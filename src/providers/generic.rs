@@ -175,8 +175,9 @@ impl Provider for Generic {
                 .iter()
                 .map(|(n, k)| (n.clone(), json!(k)))
                 .collect();
-            let body = json!({"offer": req.offer, "image": req.image, "disk_gb": req.disk_gb,
-                              "label": req.our_id, "env": req.env, "ssh_keys": keys});
+            let body = json!({"offer": req.offer, "image": req.launch.image,
+                              "disk_gb": req.disk_gb, "label": req.our_id,
+                              "env": req.launch.env, "ssh_keys": keys});
             let v = self
                 .api
                 .call("create", false, Method::POST, "/instances", Some(body))

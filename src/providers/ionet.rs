@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::api::{JsonApi, KeyHeader};
 use super::http::HttpClient;
 use super::model::{
-    InstanceStatus, Offer, Paid, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag,
+    InstanceStatus, Launch, Offer, Paid, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, flag,
     id_string, location, micros, num, round_to, text,
 };
 use super::resilience::Gate;
@@ -140,7 +140,7 @@ impl Provider for Ionet {
                 "gpus_per_vm": cards,
                 "hardware_id": hardware_id,
                 "location_ids": [self.location_for(hw, cards, loc).await?],
-                "vm_image_type": req.image,
+                "vm_image_type": req.launch.image,
             });
             if !req.ssh_keys.is_empty() {
                 let keys: serde_json::Map<String, Value> = req
@@ -319,12 +319,14 @@ impl Provider for Ionet {
     /// A VM deployment takes no container image and no environment (the deploy body has neither:
     /// docs/providers.md, io.net); its image is one of io.net's VM image types, sent as
     /// `vm_image_type`.
-    fn launch_refusal(
-        &self,
-        image: &str,
-        env: &std::collections::BTreeMap<String, String>,
-    ) -> Option<(&'static str, String)> {
-        if !VM_IMAGE_TYPES.contains(&image) {
+    fn launch_refusal(&self, launch: &Launch) -> Option<(&'static str, String)> {
+        if let Some(field) = launch.vast_only_field() {
+            return Some((
+                field,
+                format!("io.net VM deployments take no `{field}` (deploy-vms has no such field)"),
+            ));
+        }
+        if !VM_IMAGE_TYPES.contains(&launch.image.as_str()) {
             return Some((
                 "image",
                 format!(
@@ -332,7 +334,7 @@ impl Provider for Ionet {
                 ),
             ));
         }
-        if !env.is_empty() {
+        if !launch.env.is_empty() {
             return Some((
                 "env",
                 "io.net VM deployments take no environment variables".to_owned(),

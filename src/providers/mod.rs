@@ -21,8 +21,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use model::{
-    Charge, InstanceStatus, Offer, OfferFilter, Paid, ProviderId, Quote, RemoteInstance,
-    RentRequest, Ssh, TimeQuote,
+    Charge, InstanceStatus, Launch, ONSTART_MAX, Offer, OfferFilter, Paid, ProviderId, Quote,
+    RemoteInstance, RentRequest, Ssh, TimeQuote,
 };
 
 use crate::config::{Config, ProviderKind};
@@ -107,12 +107,18 @@ pub trait Provider: Send + Sync {
     /// Why this provider cannot honour a rental's launch spec: the field and why (a 400 naming
     /// it, before anything is reserved; a rental by spec skips this provider's offers). A field
     /// is sent the provider's documented way or refused, never dropped.
-    fn launch_refusal(
-        &self,
-        _image: &str,
-        _env: &std::collections::BTreeMap<String, String>,
-    ) -> Option<(&'static str, String)> {
-        None
+    /// By default a provider takes an image and an environment and none of Vast's launch fields
+    /// (a start script, the image's entrypoint, a template).
+    fn launch_refusal(&self, launch: &Launch) -> Option<(&'static str, String)> {
+        launch.vast_only_field().map(|field| {
+            (
+                field,
+                format!(
+                    "{} takes no `{field}` (a start script, an entrypoint launch and templates are Vast's)",
+                    self.id().as_str()
+                ),
+            )
+        })
     }
 
     /// One offer is one machine that only one renter can hold (Vast): a rented offer leaves the

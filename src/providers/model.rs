@@ -388,9 +388,9 @@ pub struct RentRequest {
     pub our_id: String,
     /// The provider's part of the offer id (`vastai:<this>`, `ionet:<this>`).
     pub offer: String,
-    pub image: String,
+    /// What to run (image, environment, start script, entrypoint).
+    pub launch: Launch,
     pub disk_gb: u32,
-    pub env: std::collections::BTreeMap<String, String>,
     /// (name, OpenSSH public key): io.net takes them in the deploy body; Vast attaches them per
     /// instance after create (`Provider::attach_ssh_key`).
     pub ssh_keys: Vec<(String, String)>,
@@ -399,6 +399,41 @@ pub struct RentRequest {
     /// io.net deployments run for a fixed time.
     pub duration_hours: u32,
     pub gpu_count: u32,
+}
+
+/// What an instance runs when it starts, as the renter asked for it. A provider sends each field
+/// its documented way or refuses it by name (`Provider::launch_refusal`), never drops it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Launch {
+    pub image: String,
+    pub env: std::collections::BTreeMap<String, String>,
+    /// A script run when the instance starts (Vast `onstart`, at most [`ONSTART_MAX`] chars).
+    pub onstart: Option<String>,
+    /// Keep the image's entrypoint and pass it these arguments (Vast runtype `args`); `None`: the
+    /// SSH launch (Vast runtype `ssh`: the entrypoint is replaced, an SSH server runs).
+    pub entrypoint_args: Option<Vec<String>>,
+    /// A Vast template (its `hash_id`): the image, launch mode and settings it holds, `image` and
+    /// the fields above applied over them.
+    pub template_hash_id: Option<String>,
+}
+
+/// Vast's limit on an `onstart` script (docs/providers.md, "Vast.ai").
+pub const ONSTART_MAX: usize = 4048;
+
+impl Launch {
+    /// The first launch field this provider takes none of, by name: `onstart`, `args` (and an
+    /// `entrypoint` launch), `template_hash_id`.
+    pub fn vast_only_field(&self) -> Option<&'static str> {
+        if self.onstart.is_some() {
+            Some("onstart")
+        } else if self.entrypoint_args.is_some() {
+            Some("launch_mode")
+        } else if self.template_hash_id.is_some() {
+            Some("template_hash_id")
+        } else {
+            None
+        }
+    }
 }
 
 /// A number that may arrive as a JSON number or as a numeric string; `None` for null, absent,

@@ -189,22 +189,46 @@ impl Provider for Vastai {
         })
     }
 
+    /// Vast takes every launch field (`build_create_instance_payload` in the official client).
+    fn launch_refusal(&self, _launch: &super::Launch) -> Option<(&'static str, String)> {
+        None
+    }
+
     fn create<'a>(&'a self, req: &'a RentRequest) -> BoxFuture<'a, Result<String, UpstreamError>> {
         Box::pin(async move {
+            let launch = &req.launch;
             let mut env = serde_json::Map::new();
-            for (k, v) in &req.env {
+            for (k, v) in &launch.env {
                 env.insert(k.clone(), json!(v));
             }
             // keys are attached per instance once it exists (`attach_ssh_key`), never as env
             let mut body = json!({
                 "client_id": "me",
-                "image": req.image,
+                "image": launch.image,
                 "disk": req.disk_gb,
                 "label": req.our_id,
                 "env": env,
-                "runtype": "ssh",
                 "cancel_unavail": true,
             });
+            // as the official client builds it (`build_create_instance_payload`): `args` keeps
+            // the image's entrypoint (runtype `args`), `ssh` replaces it; a template brings its
+            // own launch mode unless one is asked for
+            match (&launch.entrypoint_args, &launch.template_hash_id) {
+                (Some(args), _) => {
+                    body["runtype"] = json!("args");
+                    if !args.is_empty() {
+                        body["args"] = json!(args);
+                    }
+                }
+                (None, None) => body["runtype"] = json!("ssh"),
+                (None, Some(_)) => {}
+            }
+            if let Some(script) = &launch.onstart {
+                body["onstart"] = json!(script);
+            }
+            if let Some(hash) = &launch.template_hash_id {
+                body["template_hash_id"] = json!(hash);
+            }
             // without `price` Vast rents on demand at the full price and does not say so
             // (docs/providers.md, "Offers and other quirks"): an interruptible rental always sends its bid
             let ask = match (req.offer.strip_suffix(BID_SUFFIX), req.bid_per_hour) {

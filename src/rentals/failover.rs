@@ -232,15 +232,24 @@ impl Rentals {
         }
         // a provider that cannot honour the launch spec (io.net: no container image) is not
         // tried, rather than failed over into
+        let launch = body.launch()?;
         let providers: Vec<ProviderId> = providers
             .into_iter()
             .filter(|p| {
                 self.providers
                     .get(*p)
-                    .is_some_and(|p| p.launch_refusal(&body.image, &body.env).is_none())
+                    .is_some_and(|p| p.launch_refusal(&launch).is_none())
             })
             .collect();
-        let candidates = self.candidates(&filter, &providers, body.disk_gb).await?;
+        // only what the key may rent (`accounts::policy`): its providers, GPU models and price
+        let providers: Vec<ProviderId> = providers
+            .into_iter()
+            .filter(|p| who.policy.provider(p.as_str()).is_ok())
+            .collect();
+        let mut candidates = self.candidates(&filter, &providers, body.disk_gb).await?;
+        candidates.retain(|o| {
+            who.policy.gpu_model(&o.gpu_model).is_ok() && who.policy.price(o.price_per_hour).is_ok()
+        });
         if candidates.is_empty() {
             return Err(Error::refused(
                 Refusal::OfferUnavailable,
@@ -266,7 +275,7 @@ impl Rentals {
             .flatten()
             .reduce(f64::min);
             match self
-                .rent_offer(who, &b, &id, Some((request_id, index)))
+                .rent_offer(who.clone(), &b, &id, Some((request_id, index)))
                 .await
             {
                 Ok(row) => match self.watch(row).await? {
@@ -300,6 +309,7 @@ impl Rentals {
                                 terms: None,
                                 minimum_hours: None,
                                 prepaid: None,
+                                key_max_instances: None,
                             },
                             &format!("{}: {}", e.kind.code(), e.message),
                         )

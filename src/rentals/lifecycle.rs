@@ -70,6 +70,7 @@ impl Rentals {
     /// bid is high enough again.
     pub async fn set_bid(&self, who: Renter, id: &str, bid: f64) -> Result<InstanceRow> {
         check_bid("bid_per_hour", bid, None)?;
+        who.policy.price(bid)?;
         let account_id = who.account_id;
         let _turn = self.slots.acquire(account_id).await;
         let row = ledger::get(&self.db, account_id, id)
@@ -361,6 +362,7 @@ impl Rentals {
             extra_per_hour: row.rate(Status::Running),
             extra_micros: 0,
             new_instance: false,
+            key_max_instances: None,
             replacing: Some(&row.id),
         };
         let from = [row.status];
@@ -444,6 +446,14 @@ impl Rentals {
         let (row, pid, p, provider) = self
             .live(who.account_id, id, "it cannot be extended")
             .await?;
+        // a key that must keep rentals short cannot make one longer than its cap
+        if who.policy.require_max_duration_hours.is_some()
+            && let Some(at) = row.expires_at
+        {
+            let now = super::reconcile::now();
+            let end = at.max(now) + f64::from(hours) * 3600.0;
+            who.policy.lifetime(Some((end - now) / 3600.0))?;
+        }
         if !provider.sells_time() {
             if row.expires_at.is_none() {
                 return Err(Error::refused(
@@ -471,6 +481,7 @@ impl Rentals {
             extra_per_hour: 0.0,
             extra_micros: quoted,
             new_instance: false,
+            key_max_instances: None,
             replacing: None,
         };
         let intent = ledger::begin_extend(&self.db, &row, &spend, hours).await?;

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::accounts::Db;
+use crate::accounts::policy::KeyPolicy;
 use crate::cache::swr::{SwrCache, Windows};
 use crate::config::Config;
 use crate::error::{Error, Kind, Refusal, Result, Side};
@@ -56,11 +57,24 @@ use crate::providers::{InstanceStatus, Provider, ProviderId, Providers, Ssh};
 use ledger::{Status, Transition};
 pub use request::{MAX_BID, RentBody, check_bid};
 
-/// Who rents: the account, and the API key (per-key spend caps and usage by key).
-#[derive(Debug, Clone, Copy)]
+/// Who rents: the account, the API key (per-key spend caps and usage by key) and what the key
+/// may rent (`accounts::policy`).
+#[derive(Debug, Clone)]
 pub struct Renter {
     pub account_id: i64,
     pub key_id: Option<i64>,
+    pub policy: Arc<KeyPolicy>,
+}
+
+impl Renter {
+    /// The caller of a request: its account, its key and the key's policies.
+    pub fn of(p: &crate::auth::Principal) -> Renter {
+        Renter {
+            account_id: p.account_id(),
+            key_id: Some(p.key.key_id),
+            policy: Arc::new(p.key.policy.clone()),
+        }
+    }
 }
 
 /// The provider's view of an instance, as cached for status reads.

@@ -20,12 +20,13 @@ use crate::providers::{Provider, ProviderId, RentRequest, UpstreamError};
 impl Rentals {
     /// The price the caller was shown for `offer_id`, from the in-process offers cache.
     pub(super) fn shown_price(&self, offer_id: &str) -> Option<f64> {
-        self.offers.find(|offers| {
-            offers
-                .iter()
-                .find(|o| o.id == offer_id)
-                .map(|o| o.price_per_hour)
-        })
+        self.shown_offer(offer_id).map(|o| o.price_per_hour)
+    }
+
+    /// The offer as the caller was shown it, from the in-process offers cache.
+    pub(super) fn shown_offer(&self, offer_id: &str) -> Option<crate::providers::Offer> {
+        self.offers
+            .find(|offers| offers.iter().find(|o| o.id == offer_id).cloned())
     }
 
     /// `POST /v1/instances`: one offer (`offer_id`), or the offers matching a `spec` in turn.
@@ -69,7 +70,21 @@ impl Rentals {
         provider
             .check_offer_id(local)
             .map_err(|why| Error::bad_request(format!("invalid `offer_id`: {why}")))?;
-        if let Some((field, why)) = provider.launch_refusal(&body.image, &body.env) {
+        // what the key may rent, before anything is asked of anyone (`accounts::policy`): the
+        // offer as `GET /v1/offers` showed it; the quote is checked again
+        who.policy.provider(pid.as_str())?;
+        who.policy
+            .lifetime(expires_at.map(|t| (t - now) / 3600.0))?;
+        if let Some(o) = self.shown_offer(&body.offer_id) {
+            who.policy.gpu_model(&o.gpu_model)?;
+            who.policy
+                .price(body.bid_per_hour.unwrap_or(o.price_per_hour))?;
+        }
+        if let Some(bid) = body.bid_per_hour {
+            who.policy.price(bid)?;
+        }
+        let launch = body.launch()?;
+        if let Some((field, why)) = provider.launch_refusal(&launch) {
             return Err(Error::bad_request(format!(
                 "invalid `{field}`: {}: {why}",
                 pid.as_str()
@@ -95,6 +110,7 @@ impl Rentals {
             extra_per_hour: if prepaid_hours.is_some() { 0.0 } else { shown },
             extra_micros: prepaid_hours.map_or(0, |h| (shown * f64::from(h) * 1e6) as i64),
             new_instance: true,
+            key_max_instances: who.policy.max_instances,
             replacing: None,
         };
         self.db
@@ -252,6 +268,9 @@ impl Rentals {
             }
         }
         let (bid, price) = self.terms(body, &quote).inspect_err(|_| count("refused"))?;
+        // the key's policy against the terms now, before anything is reserved or rented
+        who.policy.gpu_model(&quote.gpu_model)?;
+        who.policy.price(bid.unwrap_or(price))?;
         let row = ledger::reserve(
             &self.db,
             &ledger::NewInstance {
@@ -275,15 +294,15 @@ impl Rentals {
                 terms: priced.as_deref(),
                 minimum_hours: provider.minimum_billed_hours(),
                 prepaid,
+                key_max_instances: who.policy.max_instances,
             },
         )
         .await?;
         let req = RentRequest {
             our_id: id.to_owned(),
             offer: local.to_owned(),
-            image: body.image.clone(),
+            launch: body.launch()?,
             disk_gb: body.disk_gb,
-            env: body.env.clone(),
             ssh_keys: keys
                 .iter()
                 .map(|(n, k, _)| (n.clone(), k.clone()))

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{failover, sshkeys};
 use crate::error::{Error, Result};
-use crate::providers::ProviderId;
+use crate::providers::{Launch, ONSTART_MAX, ProviderId};
 use crate::types::schema::NO_NUL;
 
 /// `POST /v1/instances` body. Give `offer_id` (one offer) or `spec` (the matching offers are
@@ -46,6 +46,23 @@ pub struct RentBody {
                       "maxProperties" = 64,
                       "propertyNames" = {"minLength": 1, "maxLength": 128, "pattern": NO_NUL}))]
     pub env: BTreeMap<String, String>,
+    /// A script run when the instance starts, at most 4,048 characters (Vast's `onstart`). Vast
+    /// only: refused with a 400 elsewhere.
+    #[schemars(length(min = 1, max = 4048), pattern(NO_NUL))]
+    pub onstart: Option<String>,
+    /// `ssh` (the default; Vast replaces the image's entrypoint with an SSH server) or
+    /// `entrypoint` (the image runs as built, its entrypoint kept, given `args`; no SSH unless the
+    /// image runs one). With a `template_hash_id` and no `launch_mode`, the template's. Vast only
+    /// for `entrypoint`.
+    pub launch_mode: Option<LaunchMode>,
+    /// Arguments to the image's entrypoint (`launch_mode: entrypoint`, which they imply).
+    #[schemars(length(max = 64))]
+    #[schemars(extend("items" = {"type": "string", "maxLength": 4096, "pattern": NO_NUL}))]
+    pub args: Option<Vec<String>>,
+    /// A Vast template's hash (32 hexadecimal characters): its settings, with `image` and the
+    /// fields above applied over them. Vast only.
+    #[schemars(pattern(r"^[0-9a-f]{32}$"))]
+    pub template_hash_id: Option<String>,
     /// One OpenSSH public key (ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa of 2048 bits
     /// or more), not stored. io.net gets it in the deploy body, Vast attaches it to this
     /// instance once it exists (never account-wide).
@@ -73,6 +90,16 @@ pub struct RentBody {
     /// `max_duration_hours`.
     #[schemars(extend("format" = "date-time"))]
     pub expires_at: Option<String>,
+}
+
+/// How a rented container starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LaunchMode {
+    /// An SSH server instead of the image's entrypoint (Vast runtype `ssh`).
+    Ssh,
+    /// The image's own entrypoint, with `args` (Vast runtype `args`).
+    Entrypoint,
 }
 
 /// The longest lifetime a rental may ask for (a year).
@@ -111,6 +138,55 @@ impl RentBody {
         }
         let hours = self.max_duration_hours.unwrap_or(default_hours);
         Ok((hours > 0.0).then_some(now + hours * 3600.0))
+    }
+
+    /// What the instance runs, checked: `onstart` within Vast's limit, `args` only with the
+    /// entrypoint launch.
+    pub(super) fn launch(&self) -> Result<Launch> {
+        let bad = |field: &str, why: &str| Error::bad_request(format!("invalid `{field}`: {why}"));
+        if let Some(s) = &self.onstart
+            && (s.is_empty() || s.chars().count() > ONSTART_MAX || s.contains('\0'))
+        {
+            return Err(bad(
+                "onstart",
+                &format!("a script of 1 to {ONSTART_MAX} characters (Vast's limit)"),
+            ));
+        }
+        let entrypoint_args = match (self.launch_mode, &self.args) {
+            (Some(LaunchMode::Ssh), Some(_)) => {
+                return Err(bad(
+                    "args",
+                    "arguments go to the image's entrypoint: `launch_mode` `entrypoint`, not `ssh`",
+                ));
+            }
+            (_, Some(a))
+                if a.len() > 64
+                    || a.iter()
+                        .any(|x| x.chars().count() > 4096 || x.contains('\0')) =>
+            {
+                return Err(bad("args", "at most 64 arguments of up to 4096 characters"));
+            }
+            (_, Some(a)) => Some(a.clone()),
+            (Some(LaunchMode::Entrypoint), None) => Some(Vec::new()),
+            _ => None,
+        };
+        if let Some(h) = &self.template_hash_id
+            && !(h.len() == 32
+                && h.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            return Err(bad(
+                "template_hash_id",
+                "a Vast template hash: 32 hexadecimal characters",
+            ));
+        }
+        Ok(Launch {
+            image: self.image.clone(),
+            env: self.env.clone(),
+            onstart: self.onstart.clone(),
+            entrypoint_args,
+            template_hash_id: self.template_hash_id.clone(),
+        })
     }
 
     /// The offer's provider and the provider's part of its id, the rest of the body checked.
@@ -166,6 +242,7 @@ impl RentBody {
                 "at most 64 variables, names of 1 to 128 and values up to 4096 characters",
             ));
         }
+        self.launch()?;
         if let Some(k) = &self.ssh_public_key {
             sshkeys::parse(k).map_err(|why| bad("ssh_public_key", &why))?;
         }

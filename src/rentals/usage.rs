@@ -29,6 +29,9 @@ pub enum GroupBy {
     Instance,
     Key,
     Provider,
+    /// One group per instance and UTC day (`YYYY-MM-DD <instance id>`): the CSV export's rows.
+    #[serde(rename = "instance_day")]
+    InstanceDay,
 }
 
 impl GroupBy {
@@ -38,6 +41,7 @@ impl GroupBy {
             "instance" => Some(GroupBy::Instance),
             "key" => Some(GroupBy::Key),
             "provider" => Some(GroupBy::Provider),
+            "instance_day" => Some(GroupBy::InstanceDay),
             _ => None,
         }
     }
@@ -49,6 +53,18 @@ impl GroupBy {
             GroupBy::Instance => "instance",
             GroupBy::Key => "coalesce(public_id, '-')",
             GroupBy::Provider => "provider",
+            GroupBy::InstanceDay => "to_char(day, 'YYYY-MM-DD') || ' ' || instance",
+        }
+    }
+
+    /// The name of the group column in a CSV export (`instance_day` is two: day, instance).
+    fn csv_columns(self) -> &'static str {
+        match self {
+            GroupBy::Day => "day",
+            GroupBy::Instance => "instance_id",
+            GroupBy::Key => "key",
+            GroupBy::Provider => "provider",
+            GroupBy::InstanceDay => "day,instance_id",
         }
     }
 }
@@ -109,6 +125,8 @@ pub struct Figures {
     /// The part of `usd` that is bandwidth, from the provider's charges (lags by up to
     /// `rentals.billing_reconcile_interval_ms`).
     pub bandwidth_usd: f64,
+    /// The part of `usd` billed while stopped or interrupted: the disk alone.
+    pub storage_usd: f64,
     pub gpu_hours: f64,
     pub instance_hours: f64,
 }
@@ -151,6 +169,7 @@ const REPORT: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
         - greatest(b.s0, days.d0, span.t0))) / 3600.0 AS h \
       FROM billed b JOIN days ON b.s0 < days.d1 AND b.s1 > days.d0, span) \
     SELECT {group}::text, coalesce(sum(rate * h), 0)::float8, \
+      coalesce(sum(rate * h) FILTER (WHERE status IN ('stopped', 'interrupted')), 0)::float8, \
       coalesce(sum(gpu_count * h) FILTER (WHERE status IN ('provisioning', 'running', 'frozen', 'unknown', 'terminating')), 0)::float8, \
       coalesce(sum(h), 0)::float8 \
     FROM parts WHERE h > 0 GROUP BY 1 ORDER BY 1";
@@ -216,9 +235,10 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
                 r.get(0),
                 Figures {
                     usd: r.get(1),
+                    storage_usd: r.get(2),
                     bandwidth_usd: 0.0,
-                    gpu_hours: r.get(2),
-                    instance_hours: r.get(3),
+                    gpu_hours: r.get(3),
+                    instance_hours: r.get(4),
                 },
             )
         })
@@ -249,6 +269,7 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
     let totals = Figures {
         usd: round(groups.iter().map(|g| g.figures.usd).sum()),
         bandwidth_usd: round(groups.iter().map(|g| g.figures.bandwidth_usd).sum()),
+        storage_usd: round(groups.iter().map(|g| g.figures.storage_usd).sum()),
         gpu_hours: round(groups.iter().map(|g| g.figures.gpu_hours).sum()),
         instance_hours: round(groups.iter().map(|g| g.figures.instance_hours).sum()),
     };
@@ -265,12 +286,54 @@ pub async fn report(db: &Db, account_id: i64, span: Span, group_by: GroupBy) -> 
                 figures: Figures {
                     usd: round(g.figures.usd),
                     bandwidth_usd: round(g.figures.bandwidth_usd),
+                    storage_usd: round(g.figures.storage_usd),
                     gpu_hours: round(g.figures.gpu_hours),
                     instance_hours: round(g.figures.instance_hours),
                 },
             })
             .collect(),
     })
+}
+
+impl Report {
+    /// The report as CSV (RFC 4180): a header, then one row per group (with `instance_day`, one
+    /// per instance and UTC day); the figures as in JSON. The rows add up to the totals.
+    pub fn to_csv(&self) -> String {
+        let mut out = format!(
+            "{},usd,storage_usd,bandwidth_usd,gpu_hours,instance_hours\r\n",
+            self.group_by.csv_columns()
+        );
+        for g in &self.groups {
+            let key = match self.group_by {
+                GroupBy::InstanceDay => {
+                    let (day, instance) = g.key.split_once(' ').unwrap_or((&g.key, ""));
+                    format!("{},{}", csv_field(day), csv_field(instance))
+                }
+                _ => csv_field(&g.key),
+            };
+            let f = &g.figures;
+            out.push_str(&format!(
+                "{key},{:.6},{:.6},{:.6},{:.6},{:.6}\r\n",
+                f.usd, f.storage_usd, f.bandwidth_usd, f.gpu_hours, f.instance_hours
+            ));
+        }
+        out
+    }
+}
+
+/// One CSV field: quoted when it holds a comma, a quote or a line break (quotes doubled); a
+/// leading `=`, `+`, `-` or `@` is prefixed with `'` so a spreadsheet does not run it.
+fn csv_field(s: &str) -> String {
+    let s = if s.len() > 1 && s.starts_with(['=', '+', '-', '@']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s
+    }
 }
 
 /// A report as `GET /v1/usage`, the MCP tool `get_usage` and `gpuproxyd usage --json` show it

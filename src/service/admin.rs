@@ -184,7 +184,16 @@ pub async fn get_key(app: &AppState, id: &str) -> Result<KeyInfo> {
 }
 
 pub async fn update_key(app: &AppState, id: &str, change: KeyChange) -> Result<KeyInfo> {
-    store::update_key(&*db(app, "keys")?, public_id(id)?, &change).await
+    let db = db(app, "keys")?;
+    let (key, _) = admin::update_key(
+        &db,
+        Some(&app.auth),
+        app.redis.as_ref(),
+        public_id(id)?,
+        &change,
+    )
+    .await?;
+    Ok(key)
 }
 
 pub async fn revoke_key(app: &AppState, id: &str) -> Result<KeyRevoked> {

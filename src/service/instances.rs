@@ -246,10 +246,7 @@ pub async fn rent(
     let r = rentals(app)?.clone();
     let b: RentBody =
         super::body::parse(raw)?.ok_or_else(|| Error::bad_request("a JSON body is required"))?;
-    let who = Renter {
-        account_id: p.account_id(),
-        key_id: Some(p.key.key_id),
-    };
+    let who = Renter::of(p);
     // the key is bound to this rental's id before anything runs: a retry that finds the run
     // died, or its outcome unknown, asks what became of it before renting anything
     let id = crate::rentals::new_id();
@@ -383,10 +380,7 @@ where
     F: FnOnce(Arc<Rentals>, Renter, String) -> Fut,
     Fut: Future<Output = Result<InstanceRow>> + Send + 'static,
 {
-    let who = Renter {
-        account_id: p.account_id(),
-        key_id: Some(p.key.key_id),
-    };
+    let who = Renter::of(p);
     let op = f(rentals(app)?.clone(), who, id.to_owned());
     idempotent(app, p, key, request, body, None, |_| async move {
         Ok((200, InstanceView::of(&op.await?)))

@@ -196,15 +196,7 @@ impl Approved<'_> {
                     .as_ref()
                     .ok_or_else(|| super::needs_database("state changes"))?;
                 let row = r
-                    .check_state_change(
-                        crate::rentals::Renter {
-                            account_id: p.account_id(),
-                            key_id: Some(p.key.key_id),
-                        },
-                        pid.as_str(),
-                        instance,
-                        &s,
-                    )
+                    .check_state_change(crate::rentals::Renter::of(p), pid.as_str(), instance, &s)
                     .await?;
                 Some((r.clone(), row, s))
             }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer};
 use crate::accounts::store::{self, AccountRef};
 use crate::auth::Principal;
 use crate::error::Result;
-use crate::rentals::usage::{self, GroupBy, ReportView, Span};
+use crate::rentals::usage::{self, GroupBy, Report, ReportView, Span};
 use crate::state::AppState;
 
 /// `GET /v1/usage`'s query (and the MCP tool `get_usage`'s arguments).
@@ -18,9 +18,19 @@ pub struct UsageQuery {
     pub from: Option<UsageTime>,
     /// RFC 3339 or a date; default (and at most) now.
     pub to: Option<UsageTime>,
-    /// How the figures are grouped.
-    #[schemars(extend("default" = "day"))]
+    /// How the figures are grouped (default `day`; `instance_day` in CSV).
     pub group_by: Option<GroupBy>,
+    /// `json` (the default) or `csv` (also chosen by `Accept: text/csv`): one row per group, by
+    /// default per instance and UTC day.
+    pub format: Option<UsageFormat>,
+}
+
+/// How a usage report is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageFormat {
+    Json,
+    Csv,
 }
 
 /// A report's `from` or `to` (epoch seconds), read from RFC 3339 or a date.
@@ -45,27 +55,38 @@ fn span(q: &UsageQuery) -> Result<(Span, GroupBy)> {
         to: q.to.map(|t| t.0),
     };
     span.check()?;
-    Ok((span, q.group_by.unwrap_or(GroupBy::Day)))
+    let default = if q.format == Some(UsageFormat::Csv) {
+        GroupBy::InstanceDay
+    } else {
+        GroupBy::Day
+    };
+    Ok((span, q.group_by.unwrap_or(default)))
 }
 
-/// The caller's account's usage.
+/// The caller's account's usage: the report and the account's name (`ReportView::of` writes it
+/// as JSON, `Report::to_csv` as CSV).
+pub async fn mine_report(
+    app: &AppState,
+    p: &Principal,
+    q: &UsageQuery,
+) -> Result<(String, Report)> {
+    let (span, group_by) = span(q)?;
+    let db = super::db(app, "usage reports")?;
+    let r = usage::report(&db, p.account_id(), span, group_by).await?;
+    Ok((p.key.account_name.clone(), r))
+}
+
+/// The caller's account's usage, as JSON.
 pub async fn mine(app: &AppState, p: &Principal, q: UsageQuery) -> Result<ReportView> {
-    let (span, group_by) = span(&q)?;
-    let r = usage::report(
-        &*super::db(app, "usage reports")?,
-        p.account_id(),
-        span,
-        group_by,
-    )
-    .await?;
-    Ok(ReportView::of(&p.key.account_name, &r))
+    let (name, r) = mine_report(app, p, &q).await?;
+    Ok(ReportView::of(&name, &r))
 }
 
-/// Any account's usage (admin keys), by id or name.
-pub async fn of_account(app: &AppState, account: &str, q: UsageQuery) -> Result<ReportView> {
-    let (span, group_by) = span(&q)?;
+/// Any account's usage (admin keys), by id or name: the report and the account's name.
+pub async fn of_account(app: &AppState, account: &str, q: &UsageQuery) -> Result<(String, Report)> {
+    let (span, group_by) = span(q)?;
     let db = super::db(app, "usage reports")?;
     let account = store::get_account(&db, &AccountRef::parse(account)).await?;
     let r = usage::report(&db, account.id, span, group_by).await?;
-    Ok(ReportView::of(&account.name, &r))
+    Ok((account.name, r))
 }

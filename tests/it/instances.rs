@@ -316,6 +316,28 @@ async fn a_moved_price_is_refused_and_nothing_is_rented() {
     assert!(message(&r).contains("`offer_id`"));
     let r = post(&d, &token, r#"{"offer_id": "vastai:1", "image": "x"}"#).await;
     assert_eq!(r.status, 400);
+    // a launch spec that cannot be run is named and rents nothing
+    let long = "x".repeat(4049);
+    for (extra, field) in [
+        (json!({ "onstart": long }), "`onstart`"),
+        (json!({"onstart": ""}), "`onstart`"),
+        (json!({"launch_mode": "ssh", "args": ["a"]}), "`args`"),
+        (json!({"launch_mode": "jupyter"}), "launch_mode"),
+        (json!({"args": "python -m x"}), "args"),
+        (
+            json!({"template_hash_id": "not-a-hash"}),
+            "`template_hash_id`",
+        ),
+    ] {
+        let mut body: Value = serde_json::from_str(&rent_body(id)).unwrap();
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let r = post(&d, &token, &body.to_string()).await;
+        assert_eq!(r.status, 400, "{extra}: {:?}", r.json());
+        assert!(message(&r).contains(field), "{extra}: {}", message(&r));
+    }
+    assert_eq!(sb.calls("vastai", "create").await, 0, "nothing rented");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

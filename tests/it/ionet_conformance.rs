@@ -243,6 +243,13 @@ async fn what_io_net_cannot_take_is_refused_by_name_never_dropped() {
         (json!({"image": "pytorch/pytorch:latest"}), "`image`"),
         (json!({"env": {"HF_TOKEN": "x"}}), "`env`"),
         (json!({"disk_gb": 90_000}), "`disk_gb`"),
+        (json!({"onstart": "nvidia-smi"}), "`onstart`"),
+        (json!({"args": ["--port", "8000"]}), "`launch_mode`"),
+        (json!({"launch_mode": "entrypoint"}), "`launch_mode`"),
+        (
+            json!({"template_hash_id": "661d064bbda1f2a133816b6d55da07c3"}),
+            "`template_hash_id`",
+        ),
     ] {
         let mut body: Value = serde_json::from_str(&rent_body(id)).unwrap();
         for (k, v) in extra.as_object().unwrap() {
@@ -271,6 +278,13 @@ async fn what_io_net_cannot_take_is_refused_by_name_never_dropped() {
     let spec = json!({"spec": {"providers": ["ionet"], "gpu": o["gpu_model"],
                                "max_price_per_hour": 1000.0},
                       "image": "pytorch/pytorch:latest", "disk_gb": 20});
+    let r = post(&d, &token, &spec.to_string()).await;
+    assert_eq!(r.status, 409, "{:?}", r.json());
+    assert_eq!(sb.calls("ionet", "deploy").await, 1);
+    // nor one with a start script io.net cannot run
+    let spec = json!({"spec": {"providers": ["ionet"], "gpu": o["gpu_model"],
+                               "max_price_per_hour": 1000.0},
+                      "image": "general", "disk_gb": 20, "onstart": "nvidia-smi"});
     let r = post(&d, &token, &spec.to_string()).await;
     assert_eq!(r.status, 409, "{:?}", r.json());
     assert_eq!(sb.calls("ionet", "deploy").await, 1);

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod agent_keys;
 mod auth;
 mod commitments;
 mod connections;

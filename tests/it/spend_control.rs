@@ -719,6 +719,96 @@ async fn the_usage_report_adds_up_to_the_ledger_and_the_providers_charges() {
         "{table}"
     );
 
+    // CSV, one row per instance and UTC day: the rows add up to the JSON report's totals, by
+    // `format=csv`, by `Accept: text/csv`, for an admin and from the command
+    let q = format!("from={from}&to={to}");
+    let json_day = call(
+        &d,
+        &token,
+        "GET",
+        &format!("/v1/usage?{q}&group_by=instance_day"),
+        "",
+        None,
+    )
+    .await
+    .json();
+    let sums = |csv: &str| -> (usize, f64, f64, f64) {
+        let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
+        assert_eq!(
+            lines.next(),
+            Some("day,instance_id,usd,storage_usd,bandwidth_usd,gpu_hours,instance_hours")
+        );
+        let rows: Vec<Vec<f64>> = lines
+            .map(|l| l.split(',').skip(2).map(|x| x.parse().unwrap()).collect())
+            .collect();
+        let col = |i: usize| rows.iter().map(|r| r[i]).sum::<f64>();
+        (rows.len(), col(0), col(3), col(4))
+    };
+    let by_query = call(
+        &d,
+        &token,
+        "GET",
+        &format!("/v1/usage?{q}&format=csv"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(by_query.status, 200);
+    assert_eq!(
+        by_query.header("content-type"),
+        Some("text/csv; charset=utf-8")
+    );
+    let by_accept = support::client::authed(
+        d.https,
+        &token,
+        "GET",
+        &format!("/v1/usage?{q}"),
+        "",
+        &[("accept", "text/csv")],
+    )
+    .await;
+    let by_admin = call(
+        &d,
+        &admin,
+        "GET",
+        &format!("/v1/admin/accounts/user/usage?{q}&format=csv"),
+        "",
+        None,
+    )
+    .await;
+    let by_cli = support::accounts::gpuproxyd(
+        &[
+            "usage",
+            "--account",
+            "user",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--group-by",
+            "instance_day",
+            "--csv",
+        ],
+        &db.env(),
+    );
+    for csv in [
+        by_query.text(),
+        by_accept.text(),
+        by_admin.text(),
+        String::from_utf8_lossy(&by_cli.stdout).into_owned(),
+    ] {
+        let (n, usd, gpu_h, inst_h) = sums(&csv);
+        assert_eq!(n, json_day["groups"].as_array().unwrap().len(), "{csv}");
+        let t = &json_day["totals"];
+        assert!(
+            (usd - totals[0]).abs() < 1e-5 * n as f64,
+            "{usd} vs {}: {csv}",
+            totals[0]
+        );
+        assert!((gpu_h - t["gpu_hours"].as_f64().unwrap()).abs() < 1e-5 * n as f64);
+        assert!((inst_h - t["instance_hours"].as_f64().unwrap()).abs() < 1e-5 * n as f64);
+    }
+
     // the ended instance against what the provider charged: the ledger bills the full price
     // from the provider's acceptance, Vast the GPU from `running` (storage before), so they
     // differ by at most the provisioning time at the compute price
@@ -744,6 +834,7 @@ async fn the_usage_report_adds_up_to_the_ledger_and_the_providers_charges() {
         ("/v1/usage?group_by=week".to_owned(), "group_by"),
         ("/v1/usage?from=yesterday".to_owned(), "from"),
         ("/v1/usage?account=ops".to_owned(), "account"),
+        ("/v1/usage?format=xlsx".to_owned(), "format"),
     ] {
         let r = call(&d, &token, "GET", &path, "", None).await;
         assert_eq!(r.status, 400, "{path}: {:?}", r.json());

@@ -67,10 +67,11 @@ impl Official {
         stdout
     }
 
-    /// The same with `--raw`, parsed (the CLI prints Python reprs for a few commands).
+    /// The same with `--raw` (before the command: `--args` takes everything after it), parsed
+    /// (the CLI prints Python reprs for a few commands).
     fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--raw");
+        let mut all = vec!["--raw"];
+        all.extend_from_slice(args);
         let text = self.run(&all);
         serde_json::from_str(&text)
             .or_else(|_| serde_json::from_str(&python_repr_to_json(&text)))
@@ -289,9 +290,36 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
         "--ssh",
     ]);
     let bid_id = bid["new_contract"].to_string();
+    // a workload launched at start: a script, the image's entrypoint with arguments, env
+    let launched = vast.json(&[
+        "create",
+        "instance",
+        &offers[1]["id"].to_string(),
+        "--image",
+        "vllm/vllm-openai:latest",
+        "--disk",
+        "30",
+        "--label",
+        "official-3",
+        "--env",
+        "-e HF_HOME=/workspace",
+        "--onstart-cmd",
+        "echo started >> /var/log/onstart.log",
+        "--args",
+        "--model",
+        "facebook/opt-125m",
+    ]);
+    assert_eq!(launched["success"], true, "{launched}");
+    let shown = vast.json(&["show", "instance", &launched["new_contract"].to_string()]);
+    assert_eq!(shown["image_runtype"], "args", "{shown}");
+    assert_eq!(shown["image_args"], json!(["--model", "facebook/opt-125m"]));
     // enough instances for the v1 list (25 a page) and the charges (100 a page, as gpuproxyd
     // asks for them) to page, through the official SDK
-    let taken = [offers[0]["id"].to_string(), bids[0]["id"].to_string()];
+    let taken = [
+        offers[0]["id"].to_string(),
+        offers[1]["id"].to_string(),
+        bids[0]["id"].to_string(),
+    ];
     let more_offers = vast.json(&["search", "offers", "num_gpus>=1", "--limit", "150"]);
     let ids: Vec<String> = more_offers
         .as_array()
@@ -398,6 +426,14 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
     assert_eq!(r.status, 201, "{:?}", r.json());
     let bid_inst = r.json();
     let bid_ours = bid_inst["id"].as_str().unwrap().to_owned();
+    // the same workload through gpuproxyd: the same create body as the official client's
+    let w = cheapest(&d, &token, "vastai", "&disk_gb=30").await;
+    let launch = json!({"offer_id": w["id"], "image": "vllm/vllm-openai:latest", "disk_gb": 30,
+                        "env": {"HF_HOME": "/workspace"},
+                        "onstart": "echo started >> /var/log/onstart.log",
+                        "args": ["--model", "facebook/opt-125m"]});
+    let r = post(&d, &token, &launch.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
     let v = until(&d, &token, &id, "running with its key", |v| {
         v["status"] == "running" && v["ssh_keys"][0]["state"] == "attached"
     })
@@ -442,7 +478,23 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
     })
     .await;
 
-    // 3. operation by operation
+    // 3. the launched workload: the values too, not only the shape
+    let body_of = |reqs: &[Value], image: &str| -> Value {
+        reqs.iter()
+            .map(|r| r["body"].clone())
+            .find(|b| b["image"] == image)
+            .unwrap_or_else(|| panic!("no create of {image}"))
+    };
+    let (theirs, mine) = (
+        body_of(&official["create"], "vllm/vllm-openai:latest"),
+        body_of(&ours["create"], "vllm/vllm-openai:latest"),
+    );
+    for k in ["image", "env", "onstart", "runtype", "args"] {
+        assert_eq!(mine[k], theirs[k], "`{k}`: ours {mine}, theirs {theirs}");
+    }
+    assert_eq!(mine["disk"].as_f64(), theirs["disk"].as_f64());
+
+    // operation by operation
     let mut problems = Vec::new();
     for (op, reqs) in &ours {
         let Some(theirs) = official.get(op) else {

@@ -224,7 +224,7 @@ pub async fn post(c: Call) -> Result<Response<Body>> {
         "initialize" => Ok(initialize(&params)),
         "server/discover" => Ok(discover()),
         "ping" => Ok(json!({})),
-        "tools/list" => Ok(json!({"tools": api.mcp_tools})),
+        "tools/list" => Ok(json!({"tools": tools::allowed(&api.mcp_tools, &p)})),
         "tools/call" => call_tool(&api, &p, &params).await,
         _ => Err(rpc(
             METHOD_NOT_FOUND,

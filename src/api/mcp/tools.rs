@@ -65,6 +65,19 @@ pub fn list(doc: &Value) -> Vec<Value> {
     ]
 }
 
+/// The tools `p` may use: a `read` key sees only the read-only ones.
+pub fn allowed(tools: &[Value], p: &Principal) -> Vec<Value> {
+    tools
+        .iter()
+        .filter(|t| !p.key.read_only() || read_only(t))
+        .cloned()
+        .collect()
+}
+
+fn read_only(tool: &Value) -> bool {
+    tool["annotations"]["readOnlyHint"] == true
+}
+
 fn tool(name: &str, description: &str, input: Value, read_only: bool) -> Value {
     json!({"name": name, "description": description, "inputSchema": input,
            "annotations": {"readOnlyHint": read_only, "destructiveHint": !read_only && name == "destroy_instance",
@@ -168,6 +181,15 @@ pub async fn call(
     name: &str,
     mut args: Map<String, Value>,
 ) -> Option<Result<Value>> {
+    // a tool that changes something is the REST write it calls: a `read` key may not
+    if api
+        .mcp_tools
+        .iter()
+        .any(|t| t["name"] == name && !read_only(t))
+        && let Err(e) = p.may_change()
+    {
+        return Some(Err(e));
+    }
     Some(match name {
         "search_offers" => match offer_arguments(args)
             .and_then(|q| offers::Filters::from_query(q, &api.config.offers))

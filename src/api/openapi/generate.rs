@@ -341,6 +341,11 @@ fn answer(g: &mut SchemaGenerator, a: &Answer) -> Value {
     let mut v = json!({ "description": a.description });
     let content = match a.content {
         Content::Json(f) => Some(("application/json", f(g).to_value())),
+        Content::JsonOrCsv(f) => {
+            v["content"] = json!({"application/json": {"schema": f(g).to_value()},
+                                  "text/csv": {"schema": {"type": "string"}}});
+            None
+        }
         Content::EventStream(f) => Some(("text/event-stream", f(g).to_value())),
         Content::Error => Some((
             "application/json",

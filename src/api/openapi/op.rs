@@ -79,6 +79,8 @@ pub struct Answer {
 
 pub enum Content {
     Json(SchemaFn),
+    /// JSON (the schema), or `text/csv` when asked for.
+    JsonOrCsv(SchemaFn),
     /// `text/event-stream`, each event described by the schema.
     EventStream(SchemaFn),
     /// The error body (`{"error": {code, message, request_id}}`).
@@ -94,6 +96,16 @@ pub const fn json(status: u16, description: &'static str, schema: SchemaFn) -> A
         status,
         description,
         content: Content::Json(schema),
+        headers: &[],
+    }
+}
+
+/// A JSON answer that can also be written as CSV.
+pub const fn json_or_csv(status: u16, description: &'static str, schema: SchemaFn) -> Answer {
+    Answer {
+        status,
+        description,
+        content: Content::JsonOrCsv(schema),
         headers: &[],
     }
 }

@@ -67,6 +67,12 @@ struct Instance {
     down_gb: f64,
     /// Environment given at create (`extra_env` on the instance, as `[name, value]` pairs).
     env: Vec<(String, String)>,
+    /// The launch given at create, shown as the instance's `onstart`, `image_runtype` and
+    /// `image_args`; the template it was made from.
+    onstart: Option<String>,
+    runtype: String,
+    args: Vec<String>,
+    template: Option<String>,
     /// A scripted end: a state that never runs, or `stuck` in loading.
     doom: Option<String>,
     /// Bought while another create of the offer held it: fails soon after.
@@ -252,8 +258,10 @@ impl Vast {
             "status_msg": msg,
             "image_uuid": i.image,
             "extra_env": i.env.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
-            "onstart": Value::Null,
-            "image_runtype": "ssh",
+            "onstart": i.onstart,
+            "image_runtype": i.runtype,
+            "image_args": i.args,
+            "template_hash_id": i.template,
             "gpu_util": if running { json!(37.5) } else { Value::Null },
             "inet_up_cost": o["inet_up_cost"],
             "inet_down_cost": o["inet_down_cost"],
@@ -499,6 +507,36 @@ impl Vast {
         if disk < 8.0 {
             return fail(400, "invalid_args", "disk must be at least 8 GB");
         }
+        let onstart = body.get("onstart").and_then(Value::as_str);
+        if onstart.is_some_and(|s| s.chars().count() > 4048) {
+            return fail(400, "invalid_args", "onstart is limited to 4048 characters");
+        }
+        let template = body.get("template_hash_id").and_then(Value::as_str);
+        let runtype = match body.get("runtype").and_then(Value::as_str) {
+            Some(
+                r @ ("ssh"
+                | "ssh_direct"
+                | "ssh_proxy"
+                | "ssh_direc ssh_proxy"
+                | "jupyter"
+                | "jupyter_direct"
+                | "jupyter_proxy"
+                | "jupyter_proxy ssh_proxy"
+                | "jupyter_direc ssh_direc ssh_proxy"
+                | "args"),
+            ) => r.to_owned(),
+            Some(other) => return fail(400, "invalid_args", &format!("unknown runtype {other}")),
+            // the SDK leaves it out unless asked (a template brings its own): Vast's default
+            None => "ssh".to_owned(),
+        };
+        let args: Vec<String> = match body.get("args") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) if runtype == "args" => a
+                .iter()
+                .map(|x| x.as_str().unwrap_or_default().to_owned())
+                .collect(),
+            Some(_) => return fail(400, "invalid_args", "args is a list, for runtype args"),
+        };
         // without `price` Vast rents on demand at the full price, whatever was meant
         let bid = match body.get("price") {
             None | Some(Value::Null) => None,
@@ -552,6 +590,10 @@ impl Vast {
                             .collect()
                     })
                     .unwrap_or_default(),
+                onstart: onstart.map(str::to_owned),
+                runtype,
+                args,
+                template: template.map(str::to_owned),
                 restarted: None,
                 offline: false,
                 frozen: false,

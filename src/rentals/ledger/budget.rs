@@ -57,6 +57,8 @@ pub struct Budgets {
     pub open_per_hour: f64,
     /// Of which the instances the key rented.
     pub key_open_per_hour: f64,
+    /// Open instances the key rented.
+    pub key_open_instances: i64,
     pub window_hours: u32,
     pub window_budget: f64,
     pub spent_in_window: f64,
@@ -123,6 +125,19 @@ impl Budgets {
                 Some(
                     json!({"open_instances": self.open_instances, "max_instances": self.max_instances}),
                 ),
+            ));
+        }
+        if s.new_instance
+            && let Some(max) = s.key_max_instances
+            && self.key_open_instances >= i64::from(max)
+        {
+            return Err(crate::accounts::policy::refused(
+                "max_instances",
+                format!(
+                    "this key already has {} open instances (its policy allows {max})",
+                    self.key_open_instances
+                ),
+                json!({"open_instances": self.key_open_instances, "max_instances": max}),
             ));
         }
         let hours = f64::from(s.window_hours);
@@ -226,7 +241,9 @@ pub async fn budgets(
                    ELSE price_per_hour END) \
                  FILTER (WHERE status NOT IN ('failed', 'terminated') AND paid_hours IS NULL \
                    AND id IS DISTINCT FROM $2 \
-                   AND coalesce(payer_key_id, api_key_id) = $3), 0)::float8 \
+                   AND coalesce(payer_key_id, api_key_id) = $3), 0)::float8, \
+               count(*) FILTER (WHERE status NOT IN ('failed', 'terminated') \
+                 AND api_key_id = $3)::int8 \
              FROM instances WHERE account_id = $1",
             &[
                 (&account_id, Type::INT8),
@@ -259,6 +276,7 @@ pub async fn budgets(
         open_instances: s.get(0),
         open_per_hour: s.get(1),
         key_open_per_hour: s.get(2),
+        key_open_instances: s.get(3),
         window_hours,
         spent_in_window: sp.get(0),
         spent_this_month: sp.get(1),
@@ -277,8 +295,10 @@ pub struct Spend<'a> {
     pub extra_per_hour: f64,
     /// What the change pays at once (time bought up front), in micro-dollars.
     pub extra_micros: i64,
-    /// A new instance (the instance limit applies).
+    /// A new instance (the instance limit applies, and the paying key's `max_instances`).
     pub new_instance: bool,
+    /// The caller's key's own instance limit (`accounts::policy`).
+    pub key_max_instances: Option<i32>,
     pub replacing: Option<&'a str>,
 }
 
@@ -310,6 +330,7 @@ mod tests {
             open_instances: 1,
             open_per_hour: 1.0,
             key_open_per_hour: 0.5,
+            key_open_instances: 1,
             window_hours: 24,
             window_budget: 100.0,
             spent_in_window: 10.0,
@@ -329,6 +350,7 @@ mod tests {
             extra_per_hour: per_hour,
             extra_micros: 0,
             new_instance: true,
+            key_max_instances: None,
             replacing: None,
         }
     }

@@ -69,6 +69,7 @@ async fn record_bid(
                 extra_per_hour: price,
                 extra_micros: 0,
                 new_instance: false,
+            key_max_instances: None,
                 replacing: Some(&r.id),
             };
             budget_check(tx, &spend).await?;

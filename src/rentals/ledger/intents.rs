@@ -29,6 +29,7 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
                 },
                 extra_micros: n.prepaid.map_or(0, |p| p.1),
                 new_instance: true,
+                key_max_instances: n.key_max_instances,
                 replacing: None,
             },
         )

@@ -369,6 +369,8 @@ pub struct NewInstance<'a> {
     /// Paid up front (io.net): the hours bought and what they cost, in micro-dollars: committed
     /// with the intent, counted by every budget from then on.
     pub prepaid: Option<(u32, i64)>,
+    /// The renting key's own instance limit (`accounts::policy`), checked with the budget.
+    pub key_max_instances: Option<i32>,
 }
 
 pub(super) fn db_err(e: tokio_postgres::Error) -> Error {
