@@ -101,6 +101,18 @@ pub fn services(state: &Arc<AppState>) -> Vec<Service> {
             },
         ));
     }
+    {
+        gauge!(crate::metrics::PROVIDER_CREDIT_ALERT_USD).set(cfg.providers.credit_alert_usd);
+        let s = state.clone();
+        list.push(Service::new(
+            "provider_credit",
+            cfg.providers.credit_interval_ms.get(),
+            move || {
+                let s = s.clone();
+                async move { crate::providers::credit_round(&s.providers).await }
+            },
+        ));
+    }
     if let Some(r) = state.rentals.clone() {
         crate::rentals::reconcile::register_metrics();
         crate::rentals::budget::register_metrics();

@@ -125,6 +125,10 @@ catalog! {
         "USD per hour the open instances bill now (the full price while provisioning, running or terminating; the storage price while stopped or interrupted).";
     BILLING_DRIFT_USD = "gpuproxy_billing_drift_usd", Gauge, ["provider"],
         "Sum over instances of |provider billed - ledger| at the last reconciliation with the provider's charges, USD.";
+    PROVIDER_CREDIT_USD = "gpuproxy_provider_credit_usd", Gauge, ["provider"],
+        "The provider account's credit (Vast users/current `credit`), USD, read every providers.credit_interval_ms.";
+    PROVIDER_CREDIT_ALERT_USD = "gpuproxy_provider_credit_alert_usd", Gauge, [],
+        "providers.credit_alert_usd, for the alert rule to compare the credit with.";
     BILLING_DRIFT_ALERT_USD = "gpuproxy_billing_drift_alert_usd", Gauge, [],
         "rentals.billing_drift_alert_usd, for the alert rule to compare the drift with.";
     BILLING_RECONCILED_AT = "gpuproxy_billing_reconciled_timestamp_seconds", Gauge, ["provider"],

@@ -130,6 +130,12 @@ pub struct ProvidersConfig {
     pub breaker_open_ms: MillisOrZero,
     /// Largest upstream body read (a provider answering more is treated as failing).
     pub max_body_bytes: NonZeroU64,
+    /// How often each provider account's credit is read (Vast `GET /api/v0/users/current/`
+    /// `credit`) into `gpuproxy_provider_credit_usd`.
+    pub credit_interval_ms: Millis,
+    /// A provider account's credit below this many USD fires `GpuproxyProviderCreditLow`
+    /// (`gpuproxy_provider_credit_alert_usd`).
+    pub credit_alert_usd: f64,
     /// `[providers.<id>]`: every provider by id (the table's name, which prefixes its offer ids
     /// and labels its metrics).
     #[serde(flatten)]
@@ -203,6 +209,8 @@ impl Default for ProvidersConfig {
             breaker_window: nz32(20),
             breaker_open_ms: MillisOrZero(10_000),
             max_body_bytes: nz64(32 * 1024 * 1024),
+            credit_interval_ms: Millis(300_000),
+            credit_alert_usd: 50.0,
         }
     }
 }
@@ -295,6 +303,9 @@ impl ProvidersConfig {
         }
         if !(self.breaker_error_rate > 0.0 && self.breaker_error_rate <= 1.0) {
             return Err(err("providers.breaker_error_rate", "must be in (0, 1]"));
+        }
+        if !(self.credit_alert_usd.is_finite() && self.credit_alert_usd >= 0.0) {
+            return Err(err("providers.credit_alert_usd", "USD, 0 or more"));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! upstream error carries the provider's status and a short, redacted excerpt of its body.
 
 pub mod api;
+pub mod credit;
 pub mod generic;
 pub mod gpu;
 pub mod http;
@@ -20,6 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use credit::credit_round;
 pub use model::{
     Charge, InstanceStatus, Launch, ONSTART_MAX, Offer, OfferFilter, Paid, ProviderId, Quote,
     RemoteInstance, RentRequest, Ssh, TimeQuote,
@@ -147,6 +149,12 @@ pub trait Provider: Send + Sync {
     /// until destroyed.
     fn sells_time(&self) -> bool {
         false
+    }
+
+    /// The provider account's credit, in micro-dollars, where the provider publishes it (Vast:
+    /// `GET /api/v0/users/current/` `credit`); `None` otherwise.
+    fn credit(&self) -> BoxFuture<'_, Result<Option<i64>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
     }
 
     /// Which provider account the key belongs to (Vast: the user id), where the provider says;

@@ -368,6 +368,18 @@ impl Provider for Vastai {
         })
     }
 
+    /// `GET /api/v0/users/current/` `credit` (a user field the official client shows:
+    /// `vastai/cli/display.py` `user_fields`).
+    fn credit(&self) -> BoxFuture<'_, Result<Option<i64>, UpstreamError>> {
+        Box::pin(async move {
+            let v = self
+                .api
+                .call("user", true, Method::GET, "/api/v0/users/current/", None)
+                .await?;
+            Ok(super::model::micros(v.get("credit")))
+        })
+    }
+
     fn publishes_charges(&self) -> bool {
         true
     }

@@ -527,10 +527,15 @@ async fn serve_h1_active(
     };
     match result {
         Err(e) => {
+            tracing::debug!(client = %ctx.peer, error = %e, "HTTP/1 connection error");
             if e.is_timeout() {
                 state.conns.count_close(CloseReason::HeaderTimeout);
+                return Served::Done;
             }
-            tracing::debug!(client = %ctx.peer, error = %e, "HTTP/1 connection error");
+            // a request hyper could not parse got its 400: close gently, or the rest of what
+            // the client is still sending makes the kernel answer with a reset that can reach
+            // the client before the 400 does
+            linger_close(conn.into_parts().io.into_inner()).await;
             Served::Done
         }
         Ok(()) => {
@@ -564,6 +569,29 @@ async fn serve_h1_active(
             Served::Parked(io)
         }
     }
+}
+
+/// The most a refused connection is read (and dropped) after its answer, and for how long.
+const LINGER_BYTES: usize = 256 * 1024;
+const LINGER_FOR: Duration = Duration::from_secs(2);
+
+/// Closes a connection after an error answer the way servers avoid losing it (nginx's
+/// lingering close): the write side is shut (TLS `close_notify`, then FIN), then what the client
+/// still sends is read and dropped until it closes too, `LINGER_BYTES` or `LINGER_FOR`.
+async fn linger_close(mut io: Tracked) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(LINGER_FOR, async {
+        let _ = io.shutdown().await;
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Runs an event stream's session (a WebSocket, or an HTTP/1.1 SSE stream written without hyper)

@@ -884,3 +884,52 @@ async fn parallel_creates_never_pass_a_cap() {
         assert_eq!(stored, cap, "{path}: {list:#}");
     }
 }
+
+/// A request hyper cannot parse (a control character in a header, as schemathesis's coverage
+/// phase sends) whose body follows a moment later: the client reads the whole 400 and a TLS
+/// `close_notify`, never a reset. The connection used to be dropped at once, so the late body
+/// hit a closed socket and the kernel's reset could reach the client before the 400 (the
+/// schemathesis "EOF occurred in violation of protocol" of earlier full runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unparsable_request_with_a_late_body_gets_its_400_and_a_clean_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = support::daemon::DaemonProc::start(support::daemon::Opts {
+        set: vec!["ratelimit.enabled=false".into()],
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..5 {
+        let connector = tokio_rustls::TlsConnector::from(support::testkit::insecure_client_config(
+            &[b"http/1.1"],
+            rustls::DEFAULT_VERSIONS,
+        ));
+        let tcp = tokio::net::TcpStream::connect(d.https).await.unwrap();
+        let mut tls = connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let body = vec![b'x'; 256 * 1024];
+        tls.write_all(
+            format!(
+                "POST /v1/instances/x/extend HTTP/1.1\r\nhost: a\r\nidempotency-key: a\x01b\r\n\
+                 content-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // the body, sent after the server has answered (its writes may fail: it closed its side)
+        let _ = tls.write_all(&body).await;
+        let mut answer = Vec::new();
+        let read = tls.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text:?} ({read:?})");
+        assert!(read.is_ok(), "a clean close after the 400, not {read:?}");
+    }
+}

@@ -247,12 +247,20 @@ async fn every_metric_an_alert_uses_is_exported() {
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     assert_eq!(c.send(req).await.unwrap().status, 200);
-    let page = eventually("the database gauges", || async {
+    let page = eventually("the database gauges and the provider credit", || async {
         let p = d.scrape().await;
-        (p.contains("gpuproxy_db_connections_active") && p.contains("gpuproxy_spend_usd_per_hour"))
-            .then_some(p)
+        (p.contains("gpuproxy_db_connections_active")
+            && p.contains("gpuproxy_spend_usd_per_hour")
+            && p.contains("gpuproxy_provider_credit_usd{"))
+        .then_some(p)
     })
     .await;
+    // the sandbox's Vast account holds 1000 USD of credit (users/current `credit`)
+    assert!(
+        page.lines()
+            .any(|l| l.starts_with("gpuproxy_provider_credit_usd{provider=\"vastai\"} 1000")),
+        "{page}"
+    );
     let rules = std::fs::read_to_string(repo("config/prometheus/alerts.yml")).unwrap();
     let exprs: String = rules
         .split("expr: |")
