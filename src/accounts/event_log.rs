@@ -14,6 +14,8 @@ pub const INTERRUPTED: &str = "instance.interrupted";
 /// A running instance whose host the provider reports offline/unknown (it is kept, and billed).
 pub const UNREACHABLE: &str = "instance.unreachable";
 pub const EXPIRING: &str = "instance.expiring";
+/// An instance's exposed ports got (or changed) their public address and port.
+pub const ENDPOINTS_READY: &str = "instance.endpoints_ready";
 pub const EXPIRED: &str = "instance.expired";
 pub const FAILED_OVER: &str = "rental.failed_over";
 pub const BUDGET_WARNING: &str = "budget.warning";
@@ -24,10 +26,11 @@ pub const WATCH_MATCHED: &str = "offer.watch_matched";
 pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
 
 /// The event types a client can ask for (`types=`), as they appear in the stream.
-pub const TYPES: [&str; 11] = [
+pub const TYPES: [&str; 12] = [
     STATUS_CHANGED,
     INTERRUPTED,
     UNREACHABLE,
+    ENDPOINTS_READY,
     EXPIRING,
     EXPIRED,
     FAILED_OVER,

@@ -21,8 +21,8 @@ use crate::accounts::Db;
 use crate::error::Result;
 
 pub use crate::accounts::event_log::{
-    BUDGET_EXHAUSTED, BUDGET_WARNING, EXPIRED, EXPIRING, FAILED_OVER, INTERRUPTED, KEY_REVOKED,
-    STATUS_CHANGED, TYPES, UNREACHABLE, WATCH_MATCHED, WEBHOOK_DISABLED, append,
+    BUDGET_EXHAUSTED, BUDGET_WARNING, ENDPOINTS_READY, EXPIRED, EXPIRING, FAILED_OVER, INTERRUPTED,
+    KEY_REVOKED, STATUS_CHANGED, TYPES, UNREACHABLE, WATCH_MATCHED, WEBHOOK_DISABLED, append,
 };
 
 /// An event type's name, as streams, webhooks and watches carry it (one of [`TYPES`]).

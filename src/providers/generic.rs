@@ -128,6 +128,7 @@ fn remote(v: &Value) -> Option<RemoteInstance> {
         ssh,
         dead: None,
         paid: None,
+        endpoints: Vec::new(),
     })
 }
 

@@ -142,6 +142,22 @@ impl Provider for Ionet {
                 "location_ids": [self.location_for(hw, cards, loc).await?],
                 "vm_image_type": req.launch.image,
             });
+            // an exposed port is a network service (deploy-vms: port, protocol, a CIDR whitelist)
+            if !req.launch.ports.is_empty() {
+                let services: serde_json::Map<String, Value> = req
+                    .launch
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        (
+                            format!("{}-{}", p.protocol.as_str(), p.port),
+                            json!({"port": p.port, "protocol": p.protocol.as_str(),
+                                   "whitelist": ["0.0.0.0/0"]}),
+                        )
+                    })
+                    .collect();
+                body["network_services"] = Value::Object(services);
+            }
             if !req.ssh_keys.is_empty() {
                 let keys: serde_json::Map<String, Value> = req
                     .ssh_keys
@@ -208,16 +224,17 @@ impl Provider for Ionet {
                         None,
                     )
                     .await?;
-                inst.ssh = vms
+                let workers = vms
                     .pointer("/data/workers")
                     .and_then(Value::as_array)
-                    .and_then(|w| {
-                        w.iter().find_map(|w| {
-                            w.get("ssh_access")
-                                .and_then(Value::as_str)
-                                .and_then(parse_ssh)
-                        })
-                    });
+                    .cloned()
+                    .unwrap_or_default();
+                inst.ssh = workers.iter().find_map(|w| {
+                    w.get("ssh_access")
+                        .and_then(Value::as_str)
+                        .and_then(parse_ssh)
+                });
+                inst.endpoints = workers.iter().flat_map(services).collect();
             }
             Ok(Some(inst))
         })
@@ -461,6 +478,7 @@ pub fn remote_deployment(d: &Value) -> Option<RemoteInstance> {
         ssh: None,
         dead: None,
         paid: paid_of(d),
+        endpoints: Vec::new(),
     })
 }
 
@@ -477,6 +495,32 @@ pub fn paid_of(d: &Value) -> Option<Paid> {
         micros,
         hours: hours as u32,
     })
+}
+
+/// A VM's exposed ports (`network_services`: `{name: {port, protocol, public_port, public_ip}}`,
+/// get-deployment-vms), SSH's left out.
+fn services(worker: &Value) -> Vec<crate::providers::Endpoint> {
+    let Some(map) = worker.get("network_services").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut out: Vec<crate::providers::Endpoint> = map
+        .iter()
+        .filter(|(name, _)| name.as_str() != "ssh")
+        .filter_map(|(_, s)| {
+            let n = |k: &str| num(s.get(k)).filter(|p| (1.0..=65535.0).contains(p));
+            Some(crate::providers::Endpoint {
+                port: n("port")? as u16,
+                protocol: match s.get("protocol").and_then(Value::as_str) {
+                    Some("udp") => crate::providers::Protocol::Udp,
+                    _ => crate::providers::Protocol::Tcp,
+                },
+                public_ip: text(s.get("public_ip"))?,
+                public_port: n("public_port")? as u16,
+            })
+        })
+        .collect();
+    out.sort_by_key(|e| (e.port, e.protocol.as_str()));
+    out
 }
 
 /// The io.net part of an offer id, `<cards>x<deploy id>@<location>`: (cards, deploy id,

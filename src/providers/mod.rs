@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 pub use credit::credit_round;
 pub use model::{
-    Charge, InstanceStatus, Launch, ONSTART_MAX, Offer, OfferFilter, Paid, ProviderId, Quote,
-    RemoteInstance, RentRequest, Ssh, TimeQuote,
+    Charge, Endpoint, InstanceStatus, Launch, ONSTART_MAX, Offer, OfferFilter, Paid, PortSpec,
+    Protocol, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, TimeQuote,
 };
 
 use crate::config::{Config, ProviderKind};
@@ -112,11 +112,20 @@ pub trait Provider: Send + Sync {
     /// By default a provider takes an image and an environment and none of Vast's launch fields
     /// (a start script, the image's entrypoint, a template).
     fn launch_refusal(&self, launch: &Launch) -> Option<(&'static str, String)> {
-        launch.vast_only_field().map(|field| {
-            (
+        if let Some(field) = launch.vast_only_field() {
+            return Some((
                 field,
                 format!(
                     "{} takes no `{field}` (a start script, an entrypoint launch and templates are Vast's)",
+                    self.id().as_str()
+                ),
+            ));
+        }
+        (!launch.ports.is_empty()).then(|| {
+            (
+                "ports",
+                format!(
+                    "{} exposes no ports (Vast and io.net do)",
                     self.id().as_str()
                 ),
             )

@@ -302,6 +302,8 @@ pub struct RemoteInstance {
     pub dead: Option<String>,
     /// Paid up front (io.net deployment details): what it cost in all so far.
     pub paid: Option<Paid>,
+    /// The exposed ports as the provider maps them (SSH's own port left out).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// What the provider says an instance paid up front cost in all (io.net `amount_paid`, in
@@ -415,6 +417,47 @@ pub struct Launch {
     /// A Vast template (its `hash_id`): the image, launch mode and settings it holds, `image` and
     /// the fields above applied over them.
     pub template_hash_id: Option<String>,
+    /// Ports of the instance to reach from outside (Vast `-p` mappings, io.net
+    /// `network_services`).
+    pub ports: Vec<PortSpec>,
+}
+
+/// A port to expose: the instance's port and its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// How an exposed port is reached: the provider's public address and port for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Endpoint {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub public_ip: String,
+    pub public_port: u16,
 }
 
 /// Vast's limit on an `onstart` script (docs/providers.md, "Vast.ai").

@@ -201,6 +201,15 @@ impl Provider for Vastai {
             for (k, v) in &launch.env {
                 env.insert(k.clone(), json!(v));
             }
+            // a port mapping is an env key `-p H:C` (docs/providers.md, "Create instance")
+            for p in &launch.ports {
+                let suffix = if p.protocol == super::Protocol::Udp {
+                    "/udp"
+                } else {
+                    ""
+                };
+                env.insert(format!("-p {0}:{0}{suffix}", p.port), json!("1"));
+            }
             // keys are attached per instance once it exists (`attach_ssh_key`), never as env
             let mut body = json!({
                 "client_id": "me",
@@ -621,7 +630,46 @@ pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
         ssh,
         dead,
         paid: None,
+        endpoints: endpoints(v),
     })
+}
+
+/// The mapped ports of an instance: `ports` is a docker-style map (`{"8000/tcp": [{"HostIp":
+/// "0.0.0.0", "HostPort": "41685"}]}`, the host port a string) and `public_ipaddr` the address
+/// (may end in whitespace: docs/providers.md, "Show instance"). SSH's 22 is left out.
+fn endpoints(v: &Value) -> Vec<super::Endpoint> {
+    let Some(ip) = text(v.get("public_ipaddr")).map(|s| s.trim().to_owned()) else {
+        return Vec::new();
+    };
+    let Some(ports) = v.get("ports").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut out: Vec<super::Endpoint> = ports
+        .iter()
+        .filter_map(|(k, maps)| {
+            let (port, proto) = k.split_once('/').unwrap_or((k, "tcp"));
+            let port: u16 = port.parse().ok()?;
+            let protocol = match proto {
+                "udp" => super::Protocol::Udp,
+                _ => super::Protocol::Tcp,
+            };
+            if port == 22 && protocol == super::Protocol::Tcp {
+                return None;
+            }
+            let host = maps.as_array()?.first()?.get("HostPort")?;
+            let public_port = num(Some(host))?;
+            (1.0..=65535.0)
+                .contains(&public_port)
+                .then(|| super::Endpoint {
+                    port,
+                    protocol,
+                    public_ip: ip.clone(),
+                    public_port: public_port as u16,
+                })
+        })
+        .collect();
+    out.sort_by_key(|e| (e.port, e.protocol.as_str()));
+    out
 }
 
 /// An offer's storage price for `disk_gb` GB, per hour (Vast prices it per GB-month).

@@ -167,10 +167,18 @@ impl Rentals {
     /// instance the renter stopped stays `stopped`, not `interrupted`), new SSH details.
     pub async fn apply(
         &self,
-        row: InstanceRow,
+        mut row: InstanceRow,
         view: &RemoteView,
         kind: &str,
     ) -> Result<InstanceRow> {
+        // the exposed ports' public address, once the provider maps them
+        if !view.endpoints.is_empty()
+            && view.endpoints != row.endpoints
+            && view.status.is_open()
+            && ledger::set_endpoints(&self.db, &row, &view.endpoints).await?
+        {
+            row.endpoints = view.endpoints.clone();
+        }
         if view.dead != row.dead_reason && view.status.is_open() {
             ledger::set_dead(&self.db, &row, view.dead.as_deref()).await?;
         }

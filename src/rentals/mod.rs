@@ -87,6 +87,9 @@ pub struct RemoteView {
     /// Paid up front: what the provider says it cost in all (`ledger::reconcile_paid`).
     #[serde(default)]
     pub paid: Option<crate::providers::Paid>,
+    /// The exposed ports as mapped (`ledger::set_endpoints`).
+    #[serde(default)]
+    pub endpoints: Vec<crate::providers::Endpoint>,
 }
 
 impl RemoteView {
@@ -96,6 +99,7 @@ impl RemoteView {
             ssh: r.ssh.clone(),
             dead: r.dead.clone(),
             paid: r.paid,
+            endpoints: r.endpoints.clone(),
         }
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{failover, sshkeys};
 use crate::error::{Error, Result};
-use crate::providers::{Launch, ONSTART_MAX, ProviderId};
+use crate::providers::{Launch, ONSTART_MAX, PortSpec, ProviderId};
 use crate::types::schema::NO_NUL;
 
 /// `POST /v1/instances` body. Give `offer_id` (one offer) or `spec` (the matching offers are
@@ -63,6 +63,12 @@ pub struct RentBody {
     /// fields above applied over them. Vast only.
     #[schemars(pattern(r"^[0-9a-f]{32}$"))]
     pub template_hash_id: Option<String>,
+    /// Ports of the instance to reach from outside (at most 16, each once): Vast maps them
+    /// (`-p`), io.net exposes them as network services. The instance shows `endpoints` (public
+    /// address and port) once the provider reports them.
+    #[serde(default)]
+    #[schemars(length(max = 16))]
+    pub ports: Vec<PortSpec>,
     /// One OpenSSH public key (ssh-ed25519, ecdsa-sha2-nistp256/384/521, ssh-rsa of 2048 bits
     /// or more), not stored. io.net gets it in the deploy body, Vast attaches it to this
     /// instance once it exists (never account-wide).
@@ -180,12 +186,25 @@ impl RentBody {
                 "a Vast template hash: 32 hexadecimal characters",
             ));
         }
+        let mut seen = std::collections::BTreeSet::new();
+        if self.ports.len() > 16
+            || self
+                .ports
+                .iter()
+                .any(|p| p.port == 0 || !seen.insert((p.port, p.protocol.as_str())))
+        {
+            return Err(bad(
+                "ports",
+                "at most 16 ports from 1 to 65535, each port and protocol once",
+            ));
+        }
         Ok(Launch {
             image: self.image.clone(),
             env: self.env.clone(),
             onstart: self.onstart.clone(),
             entrypoint_args,
             template_hash_id: self.template_hash_id.clone(),
+            ports: self.ports.clone(),
         })
     }
 

@@ -35,6 +35,8 @@ pub struct InstanceView {
     pub ssh: Option<Ssh>,
     /// What to paste into a terminal, once the provider gives host and port.
     pub ssh_command: Option<String>,
+    /// How the rental's `ports` are reached from outside, once the provider maps them.
+    pub endpoints: Vec<crate::providers::Endpoint>,
     pub interruptible: bool,
     pub bid_per_hour: Option<f64>,
     pub storage_per_hour: f64,
@@ -84,6 +86,7 @@ impl InstanceView {
             price_per_hour: r.price_per_hour,
             status: r.status.shown(),
             ssh: r.ssh.clone(),
+            endpoints: r.endpoints.clone(),
             ssh_command: r
                 .ssh
                 .as_ref()

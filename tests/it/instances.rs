@@ -711,3 +711,96 @@ async fn idempotency_keys_expire() {
     let r = call(&d, &token, "POST", "/v1/instances", &body, Some("bad key")).await;
     assert_eq!(r.status, 400);
 }
+
+/// Ports and endpoints (issue 30): a rental's `ports` go to Vast as `-p` mappings and to io.net
+/// as network services; once the provider maps them the instance shows `endpoints` (public
+/// address and port), with an `endpoints_ready` event and `instance.endpoints_ready` for the
+/// account. Bad ports are named and rent nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_are_exposed_and_their_endpoints_appear_with_an_event() {
+    let Stack { db, sb, d } = Stack::start(
+        "rent_ports",
+        &["--provision-time", "300ms"],
+        &["rentals.status_cache_ms=100", "ratelimit.enabled=false"],
+    )
+    .await;
+    let token = account(&db, "porter", 10_000.0, 5);
+    let ports = json!([{"port": 8000}, {"port": 9000, "protocol": "udp"}]);
+    for provider in ["vastai", "ionet"] {
+        let o = offer(&d, &token, provider).await;
+        let mut body: Value = serde_json::from_str(&rent_body(o["id"].as_str().unwrap())).unwrap();
+        for (bad, why) in [
+            (json!([{"port": 8000}, {"port": 8000}]), "ports"),
+            (json!([{"port": 0}]), "ports"),
+            (json!([{"port": 70000}]), "ports"),
+            (json!([{"port": 80, "protocol": "sctp"}]), "ports"),
+        ] {
+            body["ports"] = bad.clone();
+            let r = post(&d, &token, &body.to_string()).await;
+            assert_eq!(r.status, 400, "{bad}: {:?}", r.json());
+            assert!(message(&r).contains(why), "{bad}: {}", message(&r));
+        }
+        body["ports"] = ports.clone();
+        let r = post(&d, &token, &body.to_string()).await;
+        assert_eq!(r.status, 201, "{provider}: {:?}", r.json());
+        let id = r.json()["id"].as_str().unwrap().to_owned();
+        let v = support::rentals::until(&d, &token, &id, "endpoints", |v| {
+            v["endpoints"].as_array().is_some_and(|e| e.len() == 2)
+        })
+        .await;
+        let e = &v["endpoints"];
+        assert_eq!(e[0]["port"], 8000, "{v}");
+        assert_eq!(e[0]["protocol"], "tcp");
+        assert_eq!(e[1]["port"], 9000);
+        assert_eq!(e[1]["protocol"], "udp");
+        assert!(e[0]["public_port"].as_u64().unwrap() > 0);
+        let ip = if provider == "vastai" {
+            "203.0.113.7"
+        } else {
+            "198.51.100.9"
+        };
+        assert_eq!(e[0]["public_ip"], ip, "trimmed: {v}");
+        assert!(
+            support::rentals::kinds(&v).contains(&"endpoints_ready".to_owned()),
+            "{v}"
+        );
+        let n: i64 = db
+            .client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM account_events WHERE type = 'instance.endpoints_ready' \
+                   AND instance_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "one event for one mapping, however often it is read");
+    }
+    // what the providers were asked: Vast's `-p` env keys, io.net's network services
+    let log = |p: &'static str| {
+        let sb = &sb;
+        async move { sb.control(p, "GET", "/_sandbox/requests", "").await["requests"].clone() }
+    };
+    let vast = log("vastai").await;
+    let create = vast
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["op"] == "create")
+        .unwrap();
+    assert_eq!(create["body"]["env"]["-p 8000:8000"], "1", "{create}");
+    assert_eq!(create["body"]["env"]["-p 9000:9000/udp"], "1", "{create}");
+    let io = log("ionet").await;
+    let deploy = io
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["op"] == "deploy")
+        .unwrap();
+    assert_eq!(
+        deploy["body"]["network_services"]["udp-9000"],
+        json!({"port": 9000, "protocol": "udp", "whitelist": ["0.0.0.0/0"]}),
+        "{deploy}"
+    );
+}

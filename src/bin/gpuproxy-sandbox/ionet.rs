@@ -32,6 +32,8 @@ struct Deployment {
     price: f64,
     /// `{name: public key}` from the deploy body.
     ssh_keys: Value,
+    /// `network_services` from the deploy body: `{name: {port, protocol, whitelist}}`.
+    services: serde_json::Map<String, Value>,
     duration_hours: u64,
     created: Instant,
     created_at: String,
@@ -208,6 +210,10 @@ impl Ionet {
             hardware: hw,
             gpus_per_vm: gpus,
             ssh_keys,
+            services: body["network_services"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             location: loc,
             duration_hours: hours,
             created: Instant::now(),
@@ -386,13 +392,22 @@ impl Api for Ionet {
                     "show" => Answer::json(200, json!({"data": self.details(d)})),
                     "vms" => {
                         let running = self.status(d) == "running";
+                        // each service asked for is published on a port of the VM's address
+                        let mut services = serde_json::Map::new();
+                        services.insert("ssh".into(), json!({"port": 22, "protocol": "tcp", "whitelist": ["0.0.0.0/0"], "public_port": 30022, "public_ip": "198.51.100.9", "srv_record": format!("_ssh._tcp.{}.vm.example.net", &d.id[..8])}));
+                        for (i, (name, s)) in d.services.iter().enumerate() {
+                            let mut s = s.clone();
+                            s["public_port"] = json!(31000 + i);
+                            s["public_ip"] = json!("198.51.100.9");
+                            services.insert(name.clone(), s);
+                        }
                         let workers = if running {
                             vec![json!({
                                 "device_id": d.id, "vm_id": format!("vm-{}", &d.id[..8]),
                                 "hardware": d.hardware["name"], "brand_name": "NVIDIA",
                                 "created_at": d.created_at, "uptime_percent": 100, "gpus_per_vm": d.gpus_per_vm,
                                 "status": "running", "vm_events": [],
-                                "network_services": {"ssh": {"port": 22, "protocol": "tcp", "whitelist": ["0.0.0.0/0"], "public_port": 30022, "public_ip": "198.51.100.9", "srv_record": format!("_ssh._tcp.{}.vm.example.net", &d.id[..8])}},
+                                "network_services": services,
                                 "ssh_access": "ubuntu@198.51.100.9 -p 30022",
                                 "is_external": false
                             })]

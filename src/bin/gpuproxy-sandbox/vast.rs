@@ -70,6 +70,8 @@ struct Instance {
     /// The launch given at create, shown as the instance's `onstart`, `image_runtype` and
     /// `image_args`; the template it was made from.
     onstart: Option<String>,
+    /// Container ports mapped at create (`-p H:C[/udp]` env keys), as `8000/tcp`.
+    mapped: Vec<String>,
     runtype: String,
     args: Vec<String>,
     template: Option<String>,
@@ -280,7 +282,14 @@ impl Vast {
             "ssh_host": if running { json!(format!("ssh{}.vast.ai", i.id % 10)) } else { Value::Null },
             "ssh_port": if running { json!(20_000 + i.id % 10_000) } else { Value::Null },
             "public_ipaddr": if running { json!("203.0.113.7\n") } else { Value::Null },
-            "ports": if running { json!({"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": (41_000 + i.id % 1000).to_string()}]}) } else { json!({}) },
+            "ports": if running {
+                let mut m = serde_json::Map::new();
+                m.insert("22/tcp".into(), json!([{"HostIp": "0.0.0.0", "HostPort": (41_000 + i.id % 1000).to_string()}]));
+                for (n, p) in i.mapped.iter().enumerate() {
+                    m.insert(p.clone(), json!([{"HostIp": "0.0.0.0", "HostPort": (42_000 + (i.id % 1000) * 16 + n as u64).to_string()}]));
+                }
+                Value::Object(m)
+            } else { json!({}) },
             "direct_port_start": -1,
             "direct_port_end": -1,
             "geolocation": o["geolocation"],
@@ -591,6 +600,20 @@ impl Vast {
                     })
                     .unwrap_or_default(),
                 onstart: onstart.map(str::to_owned),
+                mapped: body
+                    .get("env")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.keys()
+                            .filter_map(|k| k.strip_prefix("-p "))
+                            .filter_map(|p| {
+                                let (_, c) = p.split_once(':')?;
+                                let (port, proto) = c.split_once('/').unwrap_or((c, "tcp"));
+                                Some(format!("{}/{proto}", port.parse::<u16>().ok()?))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 runtype,
                 args,
                 template: template.map(str::to_owned),

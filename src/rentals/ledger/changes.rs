@@ -145,6 +145,56 @@ pub async fn extend(db: &Db, r: &InstanceRow, hours: u32) -> Result<InstanceRow>
     .await
 }
 
+/// Records how `row`'s exposed ports are reached when the provider's mapping is new or changed:
+/// an `endpoints_ready` event, and `instance.endpoints_ready` for the account. Returns whether it
+/// changed.
+pub async fn set_endpoints(
+    db: &Db,
+    row: &InstanceRow,
+    endpoints: &[crate::providers::Endpoint],
+) -> Result<bool> {
+    let value = serde_json::to_value(endpoints).map_err(Error::internal)?;
+    db.transaction(async |tx| {
+        let changed = tx
+            .query_typed(
+                "UPDATE instances SET endpoints = $2, updated_at = now()                  WHERE id = $1 AND endpoints IS DISTINCT FROM $2 RETURNING 1",
+                &[(&row.id, Type::TEXT), (&value, Type::JSONB)],
+            )
+            .await
+            .map_err(db_err)?;
+        if changed.is_empty() {
+            return Ok(false);
+        }
+        let detail = endpoints
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}/{} at {}:{}",
+                    e.port,
+                    e.protocol.as_str(),
+                    e.public_ip,
+                    e.public_port
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        event_tx(
+            tx,
+            &row.id,
+            "endpoints_ready",
+            Some(row.status.as_str()),
+            row.price_per_hour,
+            row.rate(row.status),
+            Some(&detail),
+        )
+        .await?;
+        let data = json!({"endpoints": endpoints});
+        events::append(tx, row.account_id, events::ENDPOINTS_READY, Some(&row.id), &data).await?;
+        Ok(true)
+    })
+    .await
+}
+
 /// Marks (or clears, with `None`) the dead state the provider reports. Returns whether this is
 /// the first sighting (an event is written then): for an instance that has run (`has_run`) it is
 /// unreachable, not dead, and its account gets `instance.unreachable`.

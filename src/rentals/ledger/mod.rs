@@ -110,6 +110,8 @@ pub struct InstanceRow {
     /// Paid up front (io.net): the hours bought so far. Such an instance bills no rate: its
     /// payments are amounts in the ledger, and unused hours come back when it ends (`lumps`).
     pub paid_hours: Option<i32>,
+    /// How its exposed ports are reached, as the provider last reported them.
+    pub endpoints: Vec<crate::providers::Endpoint>,
 }
 
 impl InstanceRow {
@@ -292,7 +294,7 @@ pub(super) const COLS: &str = "id, account_id, provider, provider_instance_id, o
     extract(epoch from dead_since)::float8, dead_reason, extract(epoch from expires_at)::float8, \
     rental_request_id, try_index, api_key_id, extract(epoch from restarted_at)::float8, \
     extract(epoch from ran_at)::float8, extract(epoch from updated_at)::float8, \
-    coalesce(payer_key_id, api_key_id), paid_hours";
+    coalesce(payer_key_id, api_key_id), paid_hours, endpoints";
 
 pub(super) fn row(r: &Row) -> InstanceRow {
     let ssh = match (r.get::<_, Option<String>>(12), r.get::<_, Option<i32>>(13)) {
@@ -336,6 +338,10 @@ pub(super) fn row(r: &Row) -> InstanceRow {
         updated_at: r.get(29),
         payer_key_id: r.get(30),
         paid_hours: r.get(31),
+        endpoints: r
+            .get::<_, Option<serde_json::Value>>(32)
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
     }
 }
 
