@@ -152,7 +152,8 @@ impl Provider for Ionet {
                         (
                             format!("{}-{}", p.protocol.as_str(), p.port),
                             json!({"port": p.port, "protocol": p.protocol.as_str(),
-                                   "whitelist": ["0.0.0.0/0"]}),
+                                   "whitelist": p.allow_from.clone()
+                                       .unwrap_or_else(|| vec!["0.0.0.0/0".into()])}),
                         )
                     })
                     .collect();

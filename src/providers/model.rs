@@ -423,13 +423,19 @@ pub struct Launch {
 }
 
 /// A port to expose: the instance's port and its protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Only these sources may reach it (IPv4 CIDRs, at most 16; io.net's `whitelist`). Left
+    /// out: anyone. Vast maps ports publicly and refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("items" = {"type": "string", "pattern": CIDR4}))]
+    pub allow_from: Option<Vec<String>>,
 }
 
 #[derive(
@@ -449,6 +455,25 @@ impl Protocol {
             Protocol::Udp => "udp",
         }
     }
+}
+
+/// An IPv4 CIDR block, as the API takes them (no leading zeros; prefix 0 to 32).
+pub const CIDR4: &str = r"^((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$";
+
+/// Whether `s` is a [`CIDR4`] block.
+pub fn is_cidr4(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    let octets_plain = addr
+        .split('.')
+        .all(|o| !o.is_empty() && (o == "0" || !o.starts_with('0')));
+    let len_plain = len == "0" || !len.starts_with('0');
+    octets_plain
+        && len_plain
+        && addr.parse::<std::net::Ipv4Addr>().is_ok()
+        && len.bytes().all(|b| b.is_ascii_digit())
+        && len.parse::<u8>().is_ok_and(|l| l <= 32)
 }
 
 /// How an exposed port is reached: the provider's public address and port for it.
@@ -609,6 +634,33 @@ fn country_code(name: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    /// The check takes exactly what the schema's pattern describes (schemathesis sends anything
+    /// the pattern allows).
+    #[test]
+    fn ipv4_cidrs_are_taken_as_the_pattern_says() {
+        for ok in [
+            "0.0.0.0/0",
+            "203.0.113.0/24",
+            "255.255.255.255/32",
+            "10.1.2.3/8",
+        ] {
+            assert!(is_cidr4(ok), "{ok}");
+        }
+        for bad in [
+            "256.0.0.0/8",
+            "01.2.3.4/8",
+            "1.2.3.4/33",
+            "1.2.3.4/08",
+            "1.2.3/8",
+            "1.2.3.4",
+            "::/0",
+            "1.2.3.4/",
+            "1.2.3.4/+8",
+        ] {
+            assert!(!is_cidr4(bad), "{bad}");
+        }
+    }
+
     use super::*;
     use serde_json::json;
 

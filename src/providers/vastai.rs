@@ -189,9 +189,19 @@ impl Provider for Vastai {
         })
     }
 
-    /// Vast takes every launch field (`build_create_instance_payload` in the official client).
-    fn launch_refusal(&self, _launch: &super::Launch) -> Option<(&'static str, String)> {
-        None
+    /// Vast takes every launch field (`build_create_instance_payload` in the official client);
+    /// it maps ports publicly, with no allow-list.
+    fn launch_refusal(&self, launch: &super::Launch) -> Option<(&'static str, String)> {
+        launch
+            .ports
+            .iter()
+            .any(|p| p.allow_from.is_some())
+            .then(|| {
+                (
+                    "ports",
+                    "Vast maps ports publicly: it takes no `allow_from`".to_owned(),
+                )
+            })
     }
 
     fn create<'a>(&'a self, req: &'a RentRequest) -> BoxFuture<'a, Result<String, UpstreamError>> {

@@ -186,6 +186,21 @@ impl RentBody {
                 "a Vast template hash: 32 hexadecimal characters",
             ));
         }
+        for p in &self.ports {
+            if let Some(l) = &p.allow_from
+                && (l.is_empty()
+                    || l.len() > 16
+                    || l.iter().any(|c| !crate::providers::model::is_cidr4(c)))
+            {
+                return Err(bad(
+                    "ports",
+                    &format!(
+                        "`allow_from` of port {}: 1 to 16 IPv4 CIDRs such as 203.0.113.0/24",
+                        p.port
+                    ),
+                ));
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         if self.ports.len() > 16
             || self

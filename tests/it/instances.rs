@@ -803,4 +803,33 @@ async fn ports_are_exposed_and_their_endpoints_appear_with_an_event() {
         json!({"port": 9000, "protocol": "udp", "whitelist": ["0.0.0.0/0"]}),
         "{deploy}"
     );
+    // an allow-list: io.net's whitelist; Vast, which maps publicly, refuses it by name
+    let allow = json!([{"port": 8080, "allow_from": ["203.0.113.0/24", "198.51.100.7/32"]}]);
+    let o = offer(&d, &token, "ionet").await;
+    let mut body: Value = serde_json::from_str(&rent_body(o["id"].as_str().unwrap())).unwrap();
+    body["ports"] = allow.clone();
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let io = log("ionet").await;
+    let last = io
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["op"] == "deploy")
+        .unwrap();
+    assert_eq!(
+        last["body"]["network_services"]["tcp-8080"]["whitelist"],
+        json!(["203.0.113.0/24", "198.51.100.7/32"]),
+        "{last}"
+    );
+    let o = offer(&d, &token, "vastai").await;
+    let mut body: Value = serde_json::from_str(&rent_body(o["id"].as_str().unwrap())).unwrap();
+    body["ports"] = allow;
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
+    assert!(message(&r).contains("allow_from"), "{}", message(&r));
+    body["ports"] = json!([{"port": 8080, "allow_from": ["not-a-cidr"]}]);
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
 }
