@@ -102,6 +102,7 @@ pub fn normalize(pid: ProviderId, o: &Value) -> Option<Offer> {
         upload_usd_per_gb: None,
         download_usd_per_gb: None,
         available: flag(o.get("available")).unwrap_or(true),
+        direct_ports: None,
     })
 }
 

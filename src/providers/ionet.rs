@@ -607,6 +607,7 @@ pub fn normalize(pid: ProviderId, it: &Value) -> Option<Offer> {
         upload_usd_per_gb: None,
         download_usd_per_gb: None,
         available: !flag(it.get("sold_out")).unwrap_or(false),
+        direct_ports: None,
     })
 }
 

@@ -50,6 +50,10 @@ pub struct Offer {
     #[serde(default)]
     pub download_usd_per_gb: Option<f64>,
     pub available: bool,
+    /// Ports the machine can map to the instance directly (Vast `direct_port_count`); not
+    /// published elsewhere.
+    #[serde(default)]
+    pub direct_ports: Option<u32>,
 }
 
 /// What an offer must be: the filters of `GET /v1/offers` and of a rental by `spec`, in one
@@ -70,6 +74,8 @@ pub struct OfferFilter {
     pub include_unavailable: bool,
     /// 0–1; an offer without a figure (io.net) does not pass a minimum.
     pub min_reliability: Option<f64>,
+    /// Direct ports the offer can map; an offer without a figure (io.net) does not pass.
+    pub min_direct_ports: Option<u32>,
 }
 
 impl OfferFilter {
@@ -97,6 +103,9 @@ impl OfferFilter {
             && self
                 .min_reliability
                 .is_none_or(|m| o.reliability.is_some_and(|r| r >= m))
+            && self
+                .min_direct_ports
+                .is_none_or(|m| o.direct_ports.is_some_and(|d| d >= m))
     }
 }
 
@@ -216,6 +225,7 @@ impl Offer {
             upload_usd_per_gb: None,
             download_usd_per_gb: None,
             available: true,
+            direct_ports: None,
         }
     }
 

@@ -774,6 +774,9 @@ pub fn normalize(pid: ProviderId, o: &Value, disk_gb: f64, interruptible: bool) 
         upload_usd_per_gb: num(o.get("inet_up_cost")).filter(|c| *c >= 0.0),
         download_usd_per_gb: num(o.get("inet_down_cost")).filter(|c| *c >= 0.0),
         available,
+        direct_ports: num(o.get("direct_port_count"))
+            .filter(|n| (0.0..=65535.0).contains(n))
+            .map(|n| n as u32),
     })
 }
 

@@ -58,6 +58,10 @@ pub struct Spec {
     /// 0–1; providers that publish no reliability (io.net) do not pass a minimum.
     #[schemars(range(min = 0, max = 1))]
     pub min_reliability: Option<f64>,
+    /// Ports the machine can map directly (Vast `direct_port_count`); providers that publish
+    /// none (io.net) do not pass a minimum.
+    #[schemars(range(min = 1, max = 65535))]
+    pub min_direct_ports: Option<u32>,
 }
 
 fn bad(field: &str, why: impl std::fmt::Display) -> Error {
@@ -165,6 +169,12 @@ impl Spec {
                 interruptible: self.interruptible,
                 include_unavailable: false,
                 min_reliability: self.min_reliability,
+                min_direct_ports: match self.min_direct_ports {
+                    Some(n) if !(1..=65535).contains(&n) => {
+                        return Err(bad("min_direct_ports", "1 to 65535"));
+                    }
+                    n => n,
+                },
             },
             providers,
         ))

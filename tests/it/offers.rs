@@ -33,6 +33,41 @@ fn ids(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Offers filtered by the ports they can map directly (issue 30): counted from the sandbox's raw
+/// Vast payloads (`direct_port_count`); io.net publishes none, so none of its offers pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_filter_by_the_ports_they_can_map() {
+    let Stack { db, sb, d } = Stack::start("offers_ports", &[], &[]).await;
+    let (_, token) = db.account_with_key("porter", &[]);
+    let (vast, _) = sb.raw_inventory().await;
+    let want = vast
+        .iter()
+        .filter(|o| o["direct_port_count"].as_u64().unwrap_or(0) >= 16)
+        .filter(|o| o["rentable"] != false && o["rented"] != true)
+        .count();
+    assert!(
+        want > 0 && want < vast.len(),
+        "the seeded inventory has both kinds"
+    );
+    let r = offers(&d, &token, "?min_direct_ports=16&limit=200").await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let got = r.json()["offers"].as_array().unwrap().clone();
+    assert!(!got.is_empty());
+    assert!(
+        got.iter()
+            .all(|o| o["provider"] == "vastai" && o["direct_ports"].as_u64().unwrap() >= 16),
+        "{got:?}"
+    );
+    let r = offers(&d, &token, "?min_direct_ports=0").await;
+    assert_eq!(r.status, 400, "{:?}", r.json());
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("min_direct_ports")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_filtered_sorted_and_paged() {
     let Stack { db, sb, d } = Stack::start("offers_merge", &[], &[]).await;

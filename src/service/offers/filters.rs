@@ -67,6 +67,9 @@ pub struct OffersQuery {
     /// Also list offers marked rented or sold out.
     #[schemars(extend("default" = false))]
     pub include_unavailable: Option<Flag>,
+    /// At least this many ports the machine can map directly (Vast `direct_port_count`; offers
+    /// that publish none, io.net's, do not pass).
+    pub min_direct_ports: Option<Bounded<1, 65535>>,
     /// Disk to price Vast.ai storage for (default `offers.default_disk_gb`).
     pub disk_gb: Option<Bounded<1, 100_000>>,
     /// Cheapest first, cheapest per GPU first, or most reliable first; ties by id.
@@ -149,6 +152,7 @@ impl Filters {
             f.offer.gpu = Some(gpu::canonical(v, None));
         }
         f.offer.min_gpus = q.min_gpus.map(|n| n.0 as u32);
+        f.offer.min_direct_ports = q.min_direct_ports.map(|n| n.0 as u32);
         f.offer.max_gpus = q.max_gpus.map(|n| n.0 as u32);
         f.offer.min_gpu_memory_gb = q.min_gpu_memory_gb.map(|x| x.0);
         f.offer.max_price = q.max_price.map(|x| x.0);
@@ -228,7 +232,7 @@ impl Filters {
         let mut s = String::new();
         let _ = write!(
             s,
-            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{}",
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{:?}|{}|{:?}",
             self.offer.gpu,
             self.offer.min_gpus,
             self.offer.max_gpus,
@@ -241,7 +245,8 @@ impl Filters {
             self.offer.include_unavailable,
             self.disk_gb,
             self.sort,
-            self.limit
+            self.limit,
+            self.offer.min_direct_ports
         );
         foldhash::fast::FixedState::with_seed(0x6770_7864).hash_one(&s)
     }
