@@ -414,6 +414,10 @@ async fn serve_h1(
             Wake::Readable => {}
             Wake::Close(reason) => {
                 state.conns.count_close(reason);
+                // an idle connection closed politely (TLS close_notify, then FIN), so a client
+                // about to reuse it sees it end rather than a protocol violation
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(Duration::from_millis(200), io.shutdown()).await;
                 return;
             }
             Wake::Gone => return,

@@ -178,19 +178,19 @@ async fn a_keys_policies_refuse_by_name_before_any_provider_call() {
     let agent = k["token"].as_str().unwrap().to_owned();
     let io = support::rentals::cheapest(&d, &token, "ionet", "").await;
     let quotes = || async {
-        let log = sb.control("vastai", "GET", "/_sandbox/requests", "").await;
-        log["requests"]
-            .as_array()
-            .unwrap()
+        let searches = sb.requests("vastai", "search").await;
+        searches
             .iter()
-            .filter(|r| r["op"] == "search" && r["body"].get("id").is_some())
+            .filter(|r| r["body"].get("id").is_some())
             .count()
     };
     let quoted = quotes().await;
     let with_life = |o: &Value, hours: f64| {
-        let mut b: Value = serde_json::from_str(&rent_body(o["id"].as_str().unwrap())).unwrap();
-        b["max_duration_hours"] = json!(hours);
-        b.to_string()
+        support::rentals::rent_body_with(
+            o["id"].as_str().unwrap(),
+            &json!({ "max_duration_hours": hours }),
+        )
+        .to_string()
     };
     for (body, policy) in [
         (with_life(&io, 1.0), "allowed_providers"),

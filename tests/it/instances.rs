@@ -329,10 +329,7 @@ async fn a_moved_price_is_refused_and_nothing_is_rented() {
             "`template_hash_id`",
         ),
     ] {
-        let mut body: Value = serde_json::from_str(&rent_body(id)).unwrap();
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
+        let body = support::rentals::rent_body_with(id, &extra);
         let r = post(&d, &token, &body.to_string()).await;
         assert_eq!(r.status, 400, "{extra}: {:?}", r.json());
         assert!(message(&r).contains(field), "{extra}: {}", message(&r));
@@ -728,7 +725,7 @@ async fn ports_are_exposed_and_their_endpoints_appear_with_an_event() {
     let ports = json!([{"port": 8000}, {"port": 9000, "protocol": "udp"}]);
     for provider in ["vastai", "ionet"] {
         let o = offer(&d, &token, provider).await;
-        let mut body: Value = serde_json::from_str(&rent_body(o["id"].as_str().unwrap())).unwrap();
+        let mut body = support::rentals::rent_body_with(o["id"].as_str().unwrap(), &json!({}));
         for (bad, why) in [
             (json!([{"port": 8000}, {"port": 8000}]), "ports"),
             (json!([{"port": 0}]), "ports"),
@@ -778,26 +775,10 @@ async fn ports_are_exposed_and_their_endpoints_appear_with_an_event() {
         assert_eq!(n, 1, "one event for one mapping, however often it is read");
     }
     // what the providers were asked: Vast's `-p` env keys, io.net's network services
-    let log = |p: &'static str| {
-        let sb = &sb;
-        async move { sb.control(p, "GET", "/_sandbox/requests", "").await["requests"].clone() }
-    };
-    let vast = log("vastai").await;
-    let create = vast
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["op"] == "create")
-        .unwrap();
+    let create = &sb.requests("vastai", "create").await[0];
     assert_eq!(create["body"]["env"]["-p 8000:8000"], "1", "{create}");
     assert_eq!(create["body"]["env"]["-p 9000:9000/udp"], "1", "{create}");
-    let io = log("ionet").await;
-    let deploy = io
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["op"] == "deploy")
-        .unwrap();
+    let deploy = &sb.requests("ionet", "deploy").await[0];
     assert_eq!(
         deploy["body"]["network_services"]["udp-9000"],
         json!({"port": 9000, "protocol": "udp", "whitelist": ["0.0.0.0/0"]}),
@@ -806,26 +787,20 @@ async fn ports_are_exposed_and_their_endpoints_appear_with_an_event() {
     // an allow-list: io.net's whitelist; Vast, which maps publicly, refuses it by name
     let allow = json!([{"port": 8080, "allow_from": ["203.0.113.0/24", "198.51.100.7/32"]}]);
     let o = offer(&d, &token, "ionet").await;
-    let mut body: Value = serde_json::from_str(&rent_body(o["id"].as_str().unwrap())).unwrap();
-    body["ports"] = allow.clone();
+    let body =
+        support::rentals::rent_body_with(o["id"].as_str().unwrap(), &json!({"ports": allow}));
     let r = post(&d, &token, &body.to_string()).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
-    let io = log("ionet").await;
-    let last = io
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|r| r["op"] == "deploy")
-        .unwrap();
+    let deploys = sb.requests("ionet", "deploy").await;
+    let last = deploys.last().unwrap();
     assert_eq!(
         last["body"]["network_services"]["tcp-8080"]["whitelist"],
         json!(["203.0.113.0/24", "198.51.100.7/32"]),
         "{last}"
     );
     let o = offer(&d, &token, "vastai").await;
-    let mut body: Value = serde_json::from_str(&rent_body(o["id"].as_str().unwrap())).unwrap();
-    body["ports"] = allow;
+    let mut body =
+        support::rentals::rent_body_with(o["id"].as_str().unwrap(), &json!({"ports": allow}));
     let r = post(&d, &token, &body.to_string()).await;
     assert_eq!(r.status, 400, "{:?}", r.json());
     assert!(message(&r).contains("allow_from"), "{}", message(&r));

@@ -17,7 +17,7 @@ use crate::support::stack::Stack;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::rentals::{account, call, cheapest, post, rent_body, until};
+use support::rentals::{account, call, cheapest, post, until};
 use support::sandbox::IONET_KEY;
 
 /// The JSON Schema validator, pinned.
@@ -251,10 +251,7 @@ async fn what_io_net_cannot_take_is_refused_by_name_never_dropped() {
             "`template_hash_id`",
         ),
     ] {
-        let mut body: Value = serde_json::from_str(&rent_body(id)).unwrap();
-        for (k, v) in extra.as_object().unwrap() {
-            body[k] = v.clone();
-        }
+        let body = support::rentals::rent_body_with(id, &extra);
         let r = post(&d, &token, &body.to_string()).await;
         assert_eq!(r.status, 400, "{extra}: {:?}", r.json());
         let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();

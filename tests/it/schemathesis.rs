@@ -158,6 +158,11 @@ async fn the_openapi_document_holds_for_generated_requests() {
                 "webhooks.paused=true",
                 // a connection that ends without an answer says why in the log
                 "log.level=\"info,gpuproxyd::server=debug\"",
+                // no idle reaping while it runs: a keep-alive connection the daemon closes after
+                // its idle minute just as the client's pool reuses it for a POST is HTTP/1.1's
+                // inherent race (RFC 9112 9.6), which the client cannot retry (two full runs
+                // failed so, each with one `idle_timeout` close)
+                "connections.idle_timeout_ms=600000",
             ],
         )
         .await;

@@ -66,6 +66,15 @@ pub fn rent_body(offer_id: &str) -> String {
     .to_string()
 }
 
+/// [`rent_body`] with `extra`'s fields set over it (a launch spec, ports, a lifetime, ...).
+pub fn rent_body_with(offer_id: &str, extra: &Value) -> Value {
+    let mut body: Value = serde_json::from_str(&rent_body(offer_id)).unwrap();
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        body[k] = v.clone();
+    }
+    body
+}
+
 /// The image a test rents `offer_id` with.
 pub fn image_for(offer_id: &str) -> &'static str {
     if offer_id.starts_with("ionet:") {

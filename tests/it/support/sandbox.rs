@@ -134,6 +134,18 @@ impl Sandbox {
         v["calls"][op].as_u64().unwrap_or(0)
     }
 
+    /// The requests of operation `op` one provider's sandbox recorded, oldest first (method,
+    /// path, query, body).
+    pub async fn requests(&self, provider: &str, op: &str) -> Vec<Value> {
+        let log = self
+            .control(provider, "GET", "/_sandbox/requests", "")
+            .await;
+        log["requests"]
+            .as_array()
+            .map(|r| r.iter().filter(|r| r["op"] == op).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// A sandbox control call (`/_sandbox/...`) on one provider's listener.
     pub async fn control(&self, provider: &str, method: &str, path: &str, body: &str) -> Value {
         raw_call(self.base(provider), method, path, body, None).await
