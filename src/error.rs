@@ -92,6 +92,10 @@ pub enum Refusal {
     TargetNotAllowed,
     /// `watches.max_per_account` offer watches exist for the account.
     WatchLimit,
+    /// A volume an open instance uses (it cannot be deleted, or attached to another, now).
+    VolumeInUse,
+    /// A volume not ready to be used (still being created, or ended).
+    VolumeNotReady,
 }
 
 impl Refusal {
@@ -117,6 +121,8 @@ impl Refusal {
             Refusal::WebhookLimit => "webhook_limit",
             Refusal::TargetNotAllowed => "target_not_allowed",
             Refusal::WatchLimit => "watch_limit",
+            Refusal::VolumeInUse => "volume_in_use",
+            Refusal::VolumeNotReady => "volume_not_ready",
         }
     }
 
@@ -137,6 +143,8 @@ impl Refusal {
             | Refusal::IdempotencyInProgress
             | Refusal::SshKeyExists
             | Refusal::SshKeyLimit
+            | Refusal::VolumeInUse
+            | Refusal::VolumeNotReady
             | Refusal::WebhookLimit
             | Refusal::WatchLimit
             | Refusal::NotStoppable => StatusCode::CONFLICT,

@@ -17,7 +17,18 @@ pub const EXPIRING: &str = "instance.expiring";
 /// An instance's exposed ports got (or changed) their public address and port.
 pub const ENDPOINTS_READY: &str = "instance.endpoints_ready";
 pub const EXPIRED: &str = "instance.expired";
+/// An instance's GPUs have been idle by its idle policy: stopped or destroyed soon (`phase`
+/// `warning`), or now (`stopped` / `destroyed`).
+pub const IDLE: &str = "instance.idle";
+/// An outbid instance's interruption policy acted (`rebid`, `destroyed`, `failed_over`) or could
+/// not (`refused`, with why).
+pub const INTERRUPT_HANDLED: &str = "instance.interrupt_handled";
+/// A host asked for more (Vast's pending price increases), and what `rentals` decided.
+pub const PRICE_INCREASE: &str = "instance.price_increase";
 pub const FAILED_OVER: &str = "rental.failed_over";
+/// A volume was asked for (`data.volume_id`; it bills from now), or ended (`volume.deleted`).
+pub const VOLUME_CREATED: &str = "volume.created";
+pub const VOLUME_DELETED: &str = "volume.deleted";
 pub const BUDGET_WARNING: &str = "budget.warning";
 pub const BUDGET_EXHAUSTED: &str = "budget.exhausted";
 pub const KEY_REVOKED: &str = "key.revoked";
@@ -26,14 +37,19 @@ pub const WATCH_MATCHED: &str = "offer.watch_matched";
 pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
 
 /// The event types a client can ask for (`types=`), as they appear in the stream.
-pub const TYPES: [&str; 12] = [
+pub const TYPES: [&str; 17] = [
     STATUS_CHANGED,
     INTERRUPTED,
+    INTERRUPT_HANDLED,
+    IDLE,
+    PRICE_INCREASE,
     UNREACHABLE,
     ENDPOINTS_READY,
     EXPIRING,
     EXPIRED,
     FAILED_OVER,
+    VOLUME_CREATED,
+    VOLUME_DELETED,
     BUDGET_WARNING,
     BUDGET_EXHAUSTED,
     KEY_REVOKED,

@@ -299,6 +299,20 @@ fn policy_at(row: &Row, at: usize) -> Result<KeyPolicy, Error> {
     })
 }
 
+/// What key `key_id` may rent now (for work done on its behalf later: a failover rents as the
+/// key that rented). A key since deleted rents nothing: its policy is the narrowest.
+pub async fn policy_of_key(db: &Db, key_id: i64) -> Result<Option<KeyPolicy>, Error> {
+    let row = db
+        .query_opt(
+            "SELECT max_price_micros_per_hour, allowed_providers, allowed_gpu_models, \
+               require_max_duration_hours, key_max_instances FROM api_keys \
+             WHERE id = $1 AND revoked_at IS NULL",
+            &[(&key_id, Type::INT8)],
+        )
+        .await?;
+    row.map(|r| policy_at(&r, 0)).transpose()
+}
+
 /// Writes a key's policy columns.
 async fn set_policy(db: &Db, public_id: &str, p: &KeyPolicy) -> Result<(), Error> {
     db.query(

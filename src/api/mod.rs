@@ -18,6 +18,7 @@ pub mod respond;
 pub mod router;
 pub mod sshkeys;
 pub mod usage;
+pub mod volumes;
 pub mod watches;
 pub mod webhooks;
 pub mod websocket;

@@ -13,8 +13,8 @@ use hyper::Method;
 pub use super::call::{Access, Call, Handler, Reply};
 use super::openapi::op::Op;
 use super::{
-    account, admin, events, health, instances, mcp, offers, passthrough, sshkeys, usage, watches,
-    webhooks,
+    account, admin, events, health, instances, mcp, offers, passthrough, sshkeys, usage, volumes,
+    watches, webhooks,
 };
 
 /// One route.
@@ -363,6 +363,47 @@ pub static ROUTES: &[Route] = &[
                 Method::DELETE,
                 later!(c => sshkeys::delete(c).await),
                 sshkeys::DELETE_SSH_KEY,
+            ),
+        ],
+    ),
+    route(
+        "/v1/volume-offers",
+        User,
+        &[(
+            Method::GET,
+            later!(c => volumes::offers(c).await),
+            volumes::LIST_VOLUME_OFFERS,
+        )],
+    ),
+    route(
+        "/v1/volumes",
+        User,
+        &[
+            (
+                Method::GET,
+                later!(c => volumes::list(c).await),
+                volumes::LIST_VOLUMES,
+            ),
+            (
+                Method::POST,
+                later!(c => volumes::create(c).await),
+                volumes::CREATE_VOLUME,
+            ),
+        ],
+    ),
+    route(
+        "/v1/volumes/{id}",
+        User,
+        &[
+            (
+                Method::GET,
+                later!(c => volumes::show(c).await),
+                volumes::GET_VOLUME,
+            ),
+            (
+                Method::DELETE,
+                later!(c => volumes::delete(c).await),
+                volumes::DELETE_VOLUME,
             ),
         ],
     ),

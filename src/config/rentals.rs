@@ -70,6 +70,13 @@ pub struct RentalsConfig {
     /// billed, until its renter or its lifetime ends it: the renter's data is on it) or
     /// `destroy` (destroyed and marked failed, action `unreachable_destroyed`).
     pub unreachable_policy: UnreachablePolicy,
+    /// An instance with an idle policy gets `instance.idle` this long before the policy stops or
+    /// destroys it (at once when its idle span is shorter).
+    pub idle_notice_ms: Millis,
+    /// A host's price increase on a running contract (Vast's pending price increases) is
+    /// rejected when it raises any part of the price by more than this percentage, accepted
+    /// otherwise (the new price applies after the contract's current end). 0 rejects every one.
+    pub price_increase_reject_above_pct: f64,
     /// Each reconciler round records a `budget.warning` (once per budget period) for an account
     /// or key that has spent this fraction of a budget.
     pub budget_warn_ratio: f64,
@@ -127,6 +134,8 @@ impl Default for RentalsConfig {
             provisioning_timeout_ms: Millis(600_000),
             unreachable_grace_ms: Millis(1_800_000),
             unreachable_policy: UnreachablePolicy::Keep,
+            idle_notice_ms: Millis(300_000),
+            price_increase_reject_above_pct: 10.0,
             budget_warn_ratio: 0.8,
             billing_reconcile_interval_ms: Millis(86_400_000),
             billing_drift_alert_usd: 5.0,
@@ -154,6 +163,14 @@ impl RentalsConfig {
             return Err(err(
                 "rentals.budget_warn_ratio",
                 "a fraction above 0 and at most 1 (e.g. 0.8 = 80%)",
+            ));
+        }
+        if !(self.price_increase_reject_above_pct.is_finite()
+            && (0.0..=1000.0).contains(&self.price_increase_reject_above_pct))
+        {
+            return Err(err(
+                "rentals.price_increase_reject_above_pct",
+                "a percentage from 0 (reject every increase) to 1000",
             ));
         }
         if !(self.price_tolerance >= 0.0 && self.price_tolerance < 10.0) {

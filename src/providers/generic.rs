@@ -103,6 +103,7 @@ pub fn normalize(pid: ProviderId, o: &Value) -> Option<Offer> {
         download_usd_per_gb: None,
         available: flag(o.get("available")).unwrap_or(true),
         direct_ports: None,
+        machine_id: None,
     })
 }
 
@@ -130,6 +131,7 @@ fn remote(v: &Value) -> Option<RemoteInstance> {
         dead: None,
         paid: None,
         endpoints: Vec::new(),
+        gpu_util: None,
     })
 }
 

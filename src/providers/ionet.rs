@@ -480,6 +480,7 @@ pub fn remote_deployment(d: &Value) -> Option<RemoteInstance> {
         dead: None,
         paid: paid_of(d),
         endpoints: Vec::new(),
+        gpu_util: None,
     })
 }
 
@@ -608,6 +609,7 @@ pub fn normalize(pid: ProviderId, it: &Value) -> Option<Offer> {
         download_usd_per_gb: None,
         available: !flag(it.get("sold_out")).unwrap_or(false),
         direct_ports: None,
+        machine_id: None,
     })
 }
 

@@ -24,7 +24,8 @@ use std::sync::Arc;
 pub use credit::credit_round;
 pub use model::{
     Charge, Endpoint, InstanceStatus, Launch, ONSTART_MAX, Offer, OfferFilter, Paid, PortSpec,
-    Protocol, ProviderId, Quote, RemoteInstance, RentRequest, Ssh, TimeQuote,
+    PriceIncrease, Protocol, ProviderId, Quote, RemoteInstance, RemoteVolume, RentRequest, Ssh,
+    TimeQuote, VolumeMount, VolumeOffer,
 };
 
 use crate::config::{Config, ProviderKind};
@@ -104,6 +105,74 @@ pub trait Provider: Send + Sync {
     /// anything is asked of the provider); the error says what one looks like.
     fn check_offer_id(&self, _local: &str) -> Result<(), &'static str> {
         Ok(())
+    }
+
+    /// The current minimum bid (compute USD/h) for an interruptible offer, rented or not (what an
+    /// outbid instance must bid again to run); `None` where the provider has no bids or shows
+    /// none now.
+    fn current_min_bid<'a>(
+        &'a self,
+        _offer: &'a str,
+    ) -> BoxFuture<'a, Result<Option<f64>, UpstreamError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Whether the provider has volumes: disk that outlives instances (Vast). io.net documents
+    /// none: volume requests are refused there.
+    fn has_volumes(&self) -> bool {
+        false
+    }
+
+    /// Volume offers with at least `size_gb` free (cheapest first).
+    fn volume_offers(
+        &self,
+        _size_gb: u32,
+    ) -> BoxFuture<'_, Result<Vec<VolumeOffer>, UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::Disabled("no volumes")) })
+    }
+
+    /// Creates a volume of `size_gb` from volume offer `offer` (the provider's part of its id),
+    /// named `name` (our volume id, to find it again). Not idempotent: a lost answer is settled by
+    /// listing the volumes by name.
+    fn create_volume<'a>(
+        &'a self,
+        _offer: &'a str,
+        _size_gb: u32,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::Disabled("no volumes")) })
+    }
+
+    /// Every volume of the provider account.
+    fn list_volumes(&self) -> BoxFuture<'_, Result<Vec<RemoteVolume>, UpstreamError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Deletes a volume; `Ok(false)` when the provider no longer has it.
+    fn delete_volume<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<bool, UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::Disabled("no volumes")) })
+    }
+
+    /// Hosts' pending price increases on this account's running contracts (Vast); none where the
+    /// provider has no such thing.
+    fn pending_price_increases(&self) -> BoxFuture<'_, Result<Vec<PriceIncrease>, UpstreamError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Accepts or rejects one pending price increase (its provider id). `Ok(false)` when it is
+    /// no longer pending (answered elsewhere, or withdrawn).
+    fn answer_price_increase<'a>(
+        &'a self,
+        _id: &'a str,
+        _accept: bool,
+    ) -> BoxFuture<'a, Result<bool, UpstreamError>> {
+        Box::pin(async { Err(UpstreamError::Disabled("no price increases to answer")) })
+    }
+
+    /// Whether the provider reports each instance's GPU utilisation (what an idle policy judges
+    /// by): Vast's `gpu_util`; io.net documents none.
+    fn reports_gpu_util(&self) -> bool {
+        false
     }
 
     /// Why this provider cannot honour a rental's launch spec: the field and why (a 400 naming

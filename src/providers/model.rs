@@ -54,6 +54,10 @@ pub struct Offer {
     /// published elsewhere.
     #[serde(default)]
     pub direct_ports: Option<u32>,
+    /// The host machine (Vast `machine_id`): a volume lives on one machine, and only offers on
+    /// it can attach it. Not published elsewhere.
+    #[serde(default)]
+    pub machine_id: Option<String>,
 }
 
 /// What an offer must be: the filters of `GET /v1/offers` and of a rental by `spec`, in one
@@ -226,6 +230,7 @@ impl Offer {
             download_usd_per_gb: None,
             available: true,
             direct_ports: None,
+            machine_id: None,
         }
     }
 
@@ -314,6 +319,9 @@ pub struct RemoteInstance {
     pub paid: Option<Paid>,
     /// The exposed ports as the provider maps them (SSH's own port left out).
     pub endpoints: Vec<Endpoint>,
+    /// GPU utilisation (percent) as the provider last reported it (Vast `gpu_util`): what an
+    /// idle policy reads. None where the provider reports none, or not now.
+    pub gpu_util: Option<f64>,
 }
 
 /// What the provider says an instance paid up front cost in all (io.net `amount_paid`, in
@@ -336,6 +344,7 @@ impl Quote {
             gpu_count: o.gpu_count,
             available: o.available,
             disk_gb: o.disk_gb,
+            machine_id: o.machine_id,
         }
     }
 }
@@ -356,6 +365,8 @@ pub struct Quote {
     /// The most disk the offer can give (GB), when the provider says: a rental asking more is
     /// refused (400 naming `disk_gb`), never silently given less.
     pub disk_gb: Option<f64>,
+    /// The host machine (Vast `machine_id`), where the provider says.
+    pub machine_id: Option<String>,
 }
 
 /// A provider's price for a whole paid time (io.net `GET /vmaas/price`: the total for the asked
@@ -411,6 +422,43 @@ pub struct RentRequest {
     /// io.net deployments run for a fixed time.
     pub duration_hours: u32,
     pub gpu_count: u32,
+    /// A volume to attach (Vast `volume_info`): its provider id and where it is mounted.
+    pub volume: Option<VolumeMount>,
+}
+
+/// A volume attached at create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeMount {
+    pub provider_volume_id: String,
+    pub mount_path: String,
+}
+
+/// A volume offer: disk on one machine, priced by the GB-month (Vast `search volumes`).
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct VolumeOffer {
+    /// `vastai:<volume offer id>`.
+    pub id: String,
+    pub provider: ProviderId,
+    /// The machine it lives on (offers with this `machine_id` can attach it).
+    pub machine_id: String,
+    /// Free disk (GB).
+    pub free_gb: f64,
+    /// USD per GB-month (a month being 720 hours, as Vast prices storage).
+    pub price_per_gb_month: f64,
+    pub country: Option<String>,
+    pub reliability: Option<f64>,
+}
+
+/// A volume as the provider lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteVolume {
+    pub provider_id: String,
+    /// The name it was given (ours: our volume id).
+    pub name: Option<String>,
+    pub machine_id: Option<String>,
+    pub size_gb: f64,
+    /// Provider ids of the instances using it.
+    pub instances: Vec<String>,
 }
 
 /// What an instance runs when it starts, as the renter asked for it. A provider sends each field
@@ -484,6 +532,34 @@ pub fn is_cidr4(s: &str) -> bool {
         && addr.parse::<std::net::Ipv4Addr>().is_ok()
         && len.bytes().all(|b| b.is_ascii_digit())
         && len.parse::<u8>().is_ok_and(|l| l <= 32)
+}
+
+/// A host's pending price increase on a running contract (Vast's pending price increases:
+/// `vastai/api/price_increase.py`): each part of the price as a multiple of what it is now
+/// (`None`: that part does not change), and when the new prices would apply (the contract's
+/// current end; the time until then bills at the old prices).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceIncrease {
+    /// The provider's id of the pending row (what accepting or rejecting names).
+    pub id: String,
+    pub provider_instance_id: String,
+    pub gpu: Option<f64>,
+    pub storage: Option<f64>,
+    pub upload: Option<f64>,
+    pub download: Option<f64>,
+    /// Epoch seconds.
+    pub applies_at: Option<f64>,
+}
+
+impl PriceIncrease {
+    /// The largest increase among its parts, in percent (0 when none rises).
+    pub fn max_increase_pct(&self) -> f64 {
+        [self.gpu, self.storage, self.upload, self.download]
+            .into_iter()
+            .flatten()
+            .map(|m| (m - 1.0) * 100.0)
+            .fold(0.0, f64::max)
+    }
 }
 
 /// How an exposed port is reached: the provider's public address and port for it.

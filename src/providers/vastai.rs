@@ -31,7 +31,14 @@ pub const BID_SUFFIX: &str = ":bid";
 /// Vast's own not-found codes (docs/providers.md, "Errors"): `no_such_instance` and `not_found`
 /// for an instance, `no_such_ask` for an offer. Any other 404 (`auth_error`, an expired
 /// session, a bare 404) is a refused key, never "gone".
-pub const GONE_CODES: &[&str] = &["no_such_instance", "not_found", "no_such_ask"];
+/// `no_pending_price_increase` is its answer for a price increase no longer pending.
+pub const GONE_CODES: &[&str] = &[
+    "no_such_volume",
+    "no_such_instance",
+    "not_found",
+    "no_such_ask",
+    "no_pending_price_increase",
+];
 
 pub struct Vastai {
     id: ProviderId,
@@ -184,9 +191,243 @@ impl Provider for Vastai {
                         gpu_count: n.gpu_count,
                         available: n.available,
                         disk_gb: n.disk_gb,
+                        machine_id: n.machine_id,
                     })
                 }))
         })
+    }
+
+    /// The offer's `min_bid` from a search that leaves out the `rentable`/`rented` filters (the
+    /// official client's `rented=any` drops them), so a machine rented by the bid that outbid us
+    /// is still found.
+    fn current_min_bid<'a>(
+        &'a self,
+        offer: &'a str,
+    ) -> BoxFuture<'a, Result<Option<f64>, UpstreamError>> {
+        Box::pin(async move {
+            let raw = offer.strip_suffix(BID_SUFFIX).unwrap_or(offer);
+            let Ok(id) = raw.parse::<u64>() else {
+                return Ok(None);
+            };
+            let body = json!({"id": {"eq": id}, "limit": 1, "type": "bid"});
+            let v = self
+                .api
+                .call(
+                    "min_bid",
+                    true,
+                    Method::POST,
+                    "/api/v0/bundles/",
+                    Some(body),
+                )
+                .await?;
+            Ok(v.get("offers")
+                .and_then(Value::as_array)
+                .and_then(|a| {
+                    a.iter()
+                        .find(|o| o.get("id").and_then(Value::as_u64) == Some(id))
+                })
+                .and_then(|o| num(o.get("min_bid")))
+                .filter(|b| b.is_finite() && *b > 0.0))
+        })
+    }
+
+    fn has_volumes(&self) -> bool {
+        true
+    }
+
+    /// `POST /api/v0/volumes/search/` as the official client's `search_volumes` sends it (its
+    /// default filters, `disk_space` at least the size, cheapest storage first).
+    fn volume_offers(
+        &self,
+        size_gb: u32,
+    ) -> BoxFuture<'_, Result<Vec<super::VolumeOffer>, UpstreamError>> {
+        Box::pin(async move {
+            let body = json!({
+                "verified": {"eq": true},
+                "external": {"eq": false},
+                "disk_space": {"gte": size_gb.max(1)},
+                "order": [["storage_cost", "asc"]],
+                "limit": 64,
+                "allocated_storage": size_gb.max(1),
+            });
+            let v = self
+                .api
+                .call(
+                    "volume_search",
+                    true,
+                    Method::POST,
+                    "/api/v0/volumes/search/",
+                    Some(body),
+                )
+                .await?;
+            Ok(v.get("offers")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|o| volume_offer(self.id, o)).collect())
+                .unwrap_or_default())
+        })
+    }
+
+    /// `PUT /api/v0/volumes/ {"size": int, "id": int, "name"}` (`vastai/api/storage.py`
+    /// `create_volume`). The answer's shape is unpublished: the volume is found by its name.
+    fn create_volume<'a>(
+        &'a self,
+        offer: &'a str,
+        size_gb: u32,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(async move {
+            let Ok(id) = offer.parse::<u64>() else {
+                return Err(UpstreamError::Status {
+                    status: 404,
+                    detail: "no_such_ask".into(),
+                });
+            };
+            self.api
+                .call(
+                    "volume_create",
+                    false,
+                    Method::PUT,
+                    "/api/v0/volumes/",
+                    Some(json!({"size": size_gb, "id": id, "name": name})),
+                )
+                .await
+                .map(|_| ())
+        })
+    }
+
+    /// `GET /api/v0/volumes?owner=me&type=all_volume` (`show_volumes`).
+    fn list_volumes(&self) -> BoxFuture<'_, Result<Vec<super::RemoteVolume>, UpstreamError>> {
+        Box::pin(async move {
+            let v = self
+                .api
+                .call(
+                    "volume_list",
+                    true,
+                    Method::GET,
+                    "/api/v0/volumes?owner=me&type=all_volume",
+                    None,
+                )
+                .await?;
+            Ok(v.get("volumes")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| {
+                            Some(super::RemoteVolume {
+                                provider_id: r.get("id")?.as_u64()?.to_string(),
+                                name: text(r.get("label")),
+                                machine_id: r
+                                    .get("machine_id")
+                                    .and_then(Value::as_u64)
+                                    .map(|m| m.to_string()),
+                                size_gb: num(r.get("disk_space")).unwrap_or(0.0),
+                                instances: r
+                                    .get("instances")
+                                    .and_then(Value::as_array)
+                                    .map(|i| {
+                                        i.iter()
+                                            .filter_map(|x| x.as_u64().map(|n| n.to_string()))
+                                            .collect()
+                                    })
+                                    .unwrap_or_default(),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default())
+        })
+    }
+
+    /// `DELETE /api/v0/volumes/?id=N` (`delete_volume`: "all instances using the volume must be
+    /// destroyed before deletion").
+    fn delete_volume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, UpstreamError>> {
+        Box::pin(async move {
+            let Ok(n) = id.parse::<u64>() else {
+                return Ok(false);
+            };
+            let path = format!("/api/v0/volumes/?id={n}");
+            match self
+                .api
+                .call("volume_delete", false, Method::DELETE, &path, None)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// `GET /api/v0/instances/pending-price-increases/` (`vastai/api/price_increase.py`
+    /// `list_pending`): per-second rates old and new, `null` for a part that does not change.
+    fn pending_price_increases(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<super::PriceIncrease>, UpstreamError>> {
+        Box::pin(async move {
+            let v = self
+                .api
+                .call(
+                    "pending_price_increases",
+                    true,
+                    Method::GET,
+                    "/api/v0/instances/pending-price-increases/",
+                    None,
+                )
+                .await?;
+            let rows = v
+                .get("pending_price_increases")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            Ok(rows.iter().filter_map(price_increase).collect())
+        })
+    }
+
+    /// `PUT /api/v0/instances/{accept,reject}-price-increase/` with exactly
+    /// `{"pending_price_increase_id": int}`; a stale row is 404 `no_pending_price_increase` (or,
+    /// from older backends, 409).
+    fn answer_price_increase<'a>(
+        &'a self,
+        id: &'a str,
+        accept: bool,
+    ) -> BoxFuture<'a, Result<bool, UpstreamError>> {
+        Box::pin(async move {
+            let Ok(n) = id.parse::<u64>() else {
+                return Ok(false);
+            };
+            let (op, path) = if accept {
+                (
+                    "accept_price_increase",
+                    "/api/v0/instances/accept-price-increase/",
+                )
+            } else {
+                (
+                    "reject_price_increase",
+                    "/api/v0/instances/reject-price-increase/",
+                )
+            };
+            match self
+                .api
+                .call(
+                    op,
+                    false,
+                    Method::PUT,
+                    path,
+                    Some(json!({"pending_price_increase_id": n})),
+                )
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if is_not_found(&e) => Ok(false),
+                Err(UpstreamError::Status { status: 409, .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// `gpu_util` on every instance (`vastai/data/instance.py`).
+    fn reports_gpu_util(&self) -> bool {
+        true
     }
 
     /// Vast takes every launch field (`build_create_instance_payload` in the official client);
@@ -247,6 +488,15 @@ impl Provider for Vastai {
             }
             if let Some(hash) = &launch.template_hash_id {
                 body["template_hash_id"] = json!(hash);
+            }
+            // an existing volume, linked (`build_volume_info` with `link_volume`)
+            if let Some(v) = &req.volume {
+                let id: u64 = v
+                    .provider_volume_id
+                    .parse()
+                    .map_err(|_| UpstreamError::Disabled("the volume has no provider id yet"))?;
+                body["volume_info"] = json!({"mount_path": v.mount_path, "create_new": false,
+                                             "volume_id": id});
             }
             // without `price` Vast rents on demand at the full price and does not say so
             // (docs/providers.md, "Offers and other quirks"): an interruptible rental always sends its bid
@@ -406,7 +656,7 @@ impl Provider for Vastai {
     /// `GET /api/v0/charges/` (docs/providers.md, "Charges"), with the official client's query
     /// keys (`select_filters`, `latest_first`, `limit`, `format`, then `after_token` = the last
     /// answer's `next_token`, sent raw), 100 lines a page. Each line names what it bills in
-    /// `source` (`instance-<id>`; volume lines are skipped) and nests its parts in `items`.
+    /// `source` (`instance-<id>`, `volume-<id>`) and nests its parts in `items`.
     fn charges<'a>(
         &'a self,
         from: f64,
@@ -414,7 +664,7 @@ impl Provider for Vastai {
     ) -> BoxFuture<'a, Result<Option<Vec<Charge>>, UpstreamError>> {
         Box::pin(async move {
             let filters = json!({"day": {"gte": from.floor() as i64, "lte": to.ceil() as i64},
-                "type": {"in": ["instance"]}});
+                "type": {"in": ["instance", "volume"]}});
             let filters = crate::types::text::percent_encode(&filters.to_string());
             let mut out = Vec::new();
             let mut after: Option<String> = None;
@@ -501,16 +751,20 @@ impl Provider for Vastai {
 }
 
 /// One charge line's parts: a line for `instance-<id>` becomes one [`Charge`] per item (or one
-/// `total` when it has none); lines for anything else (volumes) none.
+/// `total` when it has none), for provider instance `<id>`; a line for `volume-<id>` likewise,
+/// for `volume-<id>` (volumes and instances have ids of their own); lines for anything else none.
 pub fn charge_items(line: &Value) -> Vec<Charge> {
-    let Some(pid) = line
-        .get("source")
-        .and_then(Value::as_str)
-        .and_then(|s| s.strip_prefix("instance-"))
-        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-    else {
-        return Vec::new();
+    let digits = |id: &&str| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit());
+    let source = line.get("source").and_then(Value::as_str).unwrap_or("");
+    let pid = match (
+        source.strip_prefix("instance-"),
+        source.strip_prefix("volume-"),
+    ) {
+        (Some(id), _) if digits(&id) => id.to_owned(),
+        (_, Some(id)) if digits(&id) => format!("volume-{id}"),
+        _ => return Vec::new(),
     };
+    let pid = pid.as_str();
     let period = |v: &Value, dflt: (f64, f64)| {
         (
             num(v.get("start")).unwrap_or(dflt.0),
@@ -641,6 +895,40 @@ pub fn remote_instance(v: &Value) -> Option<RemoteInstance> {
         dead,
         paid: None,
         endpoints: endpoints(v),
+        // reported while it runs; a number outside 0..=100 is not a reading
+        gpu_util: num(v.get("gpu_util")).filter(|u| (0.0..=100.0).contains(u)),
+    })
+}
+
+/// A volume offer row (`search volumes`: `id`, `machine_id`, `disk_space`, `storage_cost` in
+/// USD per GB-month, `geolocation`, `reliability`).
+fn volume_offer(provider: ProviderId, o: &Value) -> Option<super::VolumeOffer> {
+    Some(super::VolumeOffer {
+        id: format!("{}:{}", provider.as_str(), o.get("id")?.as_u64()?),
+        provider,
+        machine_id: o.get("machine_id")?.as_u64()?.to_string(),
+        free_gb: num(o.get("disk_space")).filter(|d| *d >= 0.0)?,
+        price_per_gb_month: num(o.get("storage_cost")).filter(|c| c.is_finite() && *c >= 0.0)?,
+        country: location(o.get("geolocation").and_then(Value::as_str)).0,
+        reliability: num(o.get("reliability")).filter(|r| (0.0..=1.0).contains(r)),
+    })
+}
+
+/// One pending row: each part's new rate over its old one (a part whose new rate is `null`, or
+/// whose old one is unknown or 0, does not count as changing).
+fn price_increase(r: &Value) -> Option<super::PriceIncrease> {
+    let ratio = |new: &str, old: &str| {
+        let (n, o) = (num(r.get(new))?, num(r.get(old))?);
+        (n.is_finite() && o.is_finite() && o > 0.0).then_some(n / o)
+    };
+    Some(super::PriceIncrease {
+        id: r.get("pending_price_increase_id")?.as_u64()?.to_string(),
+        provider_instance_id: r.get("contract_id")?.as_u64()?.to_string(),
+        gpu: ratio("new_gpu_costpersec", "old_gpu_costpersec"),
+        storage: ratio("new_disk_ram_costpersec", "old_disk_ram_costpersec"),
+        upload: ratio("new_bwu_cost", "old_bwu_cost"),
+        download: ratio("new_bwd_cost", "old_bwd_cost"),
+        applies_at: num(r.get("contract_end_date")),
     })
 }
 
@@ -777,6 +1065,10 @@ pub fn normalize(pid: ProviderId, o: &Value, disk_gb: f64, interruptible: bool) 
         direct_ports: num(o.get("direct_port_count"))
             .filter(|n| (0.0..=65535.0).contains(n))
             .map(|n| n as u32),
+        machine_id: o
+            .get("machine_id")
+            .and_then(Value::as_u64)
+            .map(|m| m.to_string()),
     })
 }
 
@@ -967,8 +1259,18 @@ mod tests {
         assert_eq!(crate::providers::Charge::kind(&c[2].item), "bandwidth");
         let total = json!({"source": "instance-7", "amount": 0.5, "start": 1.0, "end": 2.0});
         assert_eq!(charge_items(&total)[0].item, "total");
+        // a volume's line is its own, apart from every instance's
+        let vol = json!({"type": "volume", "source": "volume-9", "amount": 1.0,
+            "items": [{"type": "disk", "amount": 1.0}]});
+        let v = charge_items(&vol);
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (v[0].provider_instance_id.as_str(), v[0].item.as_str()),
+            ("volume-9", "disk")
+        );
         for other in [
-            json!({"source": "volume-9", "amount": 1.0, "items": []}),
+            json!({"source": "volume-", "amount": 1.0, "items": []}),
+            json!({"source": "template-9", "amount": 1.0}),
             json!({"instance_id": 9, "timestamp": 1.0, "amount": 1.0}),
             json!({"source": "instance-", "amount": 1.0}),
         ] {

@@ -4,6 +4,9 @@
 //! [`LOOKBACK_DAYS`]; they are stored in `provider_charges` (a line read again replaces its
 //! amount) and compared, per instance, with the ledger's spend up to the moment they were read.
 //!
+//! Volumes are compared too, as `volume-<id>` (all of a volume's bill is disk; the ledger's is
+//! its storage rate from creation to deletion).
+//!
 //! Vast itemises each line (docs/providers.md, "Charges"): the parts are compared by kind: `gpu`
 //! (the ledger's full-price time minus its storage), `disk` (the storage price over every open
 //! segment), `bandwidth` (`bwu`/`bwd`: the ledger cannot know it, so the bill is taken as it is
@@ -115,9 +118,10 @@ pub struct PartDrift {
 /// One instance's bill against its ledger spend.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct InstanceDrift {
+    /// The provider's instance id, or `volume-<id>` for a volume.
     pub provider_instance_id: String,
-    /// Ours; `None` for an instance the ledger does not know (billed to the shared key by
-    /// something other than this proxy).
+    /// Ours (an instance's or a volume's id); `None` for one the ledger does not know (billed to
+    /// the shared key by something other than this proxy).
     pub instance_id: Option<String>,
     pub account_id: Option<i64>,
     pub billed_usd: f64,
@@ -204,8 +208,24 @@ pub async fn report(db: &Db, provider: &str) -> Result<ProviderReport> {
             ],
         )
         .await?;
+    // volumes: their storage rate from creation to deletion, all of it disk (`volume-<id>`)
+    let volumes = db
+        .query(
+            "SELECT v.id, 'volume-' || v.provider_volume_id, v.account_id, 0::int8, \
+               round(v.rate_per_hour * greatest(extract(epoch from \
+                 (least(coalesce(v.deleted_at, now()), to_timestamp($3)) - v.created_at)), 0) \
+                 / 3600.0 * 1e6)::int8 \
+             FROM volumes v WHERE v.provider = $1 AND v.provider_volume_id IS NOT NULL \
+               AND v.status <> 'failed' AND v.created_at > now() - make_interval(days => $2)",
+            &[
+                (&provider, Type::TEXT),
+                (&LOOKBACK_DAYS, Type::INT4),
+                (&until, Type::FLOAT8),
+            ],
+        )
+        .await?;
     let mut by_pid: BTreeMap<String, Sums> = BTreeMap::new();
-    for r in &ledger {
+    for r in ledger.iter().chain(volumes.iter()) {
         let s = by_pid.entry(r.get(1)).or_default();
         s.instance_id = Some(r.get(0));
         s.account_id = Some(r.get(2));

@@ -231,6 +231,7 @@ impl Rentals {
         body: &RentBody,
         spec: &Spec,
         request_id: &str,
+        exclude: &[String],
     ) -> Result<InstanceRow> {
         let enabled: Vec<ProviderId> = self.providers.list.iter().map(|p| p.id()).collect();
         let (filter, providers) = spec.check(&enabled)?;
@@ -255,11 +256,29 @@ impl Rentals {
         let providers: Vec<ProviderId> = providers
             .into_iter()
             .filter(|p| who.policy.provider(p.as_str()).is_ok())
+            .filter(|p| {
+                body.idle.is_none() || self.providers.get(*p).is_some_and(|p| p.reports_gpu_util())
+            })
             .collect();
         let mut candidates = self.candidates(&filter, &providers, body.disk_gb).await?;
+        // a volume lives on one machine: only offers there
+        if let Some(a) = &body.volume {
+            let v = ledger::get_volume(&self.db, who.account_id, &a.id)
+                .await
+                .map_err(|_| Error::bad_request("invalid `volume.id`: no such volume of yours"))?;
+            candidates.retain(|o| {
+                o.provider.as_str() == v.provider
+                    && o.machine_id.as_deref() == Some(v.machine_id.as_str())
+            });
+        }
         candidates.retain(|o| {
-            who.policy.gpu_model(&o.gpu_model).is_ok() && who.policy.price(o.price_per_hour).is_ok()
+            who.policy.gpu_model(&o.gpu_model).is_ok()
+                && who.policy.price(o.price_per_hour).is_ok()
+                && !exclude.contains(&o.id)
         });
+        // the tries: the best of what this rental may take (the key's policy, the volume's
+        // machine, the offers a failover leaves out), not of everything matching
+        candidates.truncate(self.config.rentals.max_offers_tried.get() as usize);
         if candidates.is_empty() {
             return Err(Error::refused(
                 Refusal::OfferUnavailable,
@@ -320,6 +339,9 @@ impl Rentals {
                                 minimum_hours: None,
                                 prepaid: None,
                                 key_max_instances: None,
+                                policies: None,
+                                relaunch: None,
+                                volume: None,
                             },
                             &format!("{}: {}", e.kind.code(), e.message),
                         )
@@ -389,7 +411,6 @@ impl Rentals {
             }
         }
         rank(&mut all);
-        all.truncate(self.config.rentals.max_offers_tried.get() as usize);
         Ok(all)
     }
 

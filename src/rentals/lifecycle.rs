@@ -507,12 +507,23 @@ impl Rentals {
     /// `POST /v1/instances/{id}/stop|start`: through the provider and the ledger (a stopped
     /// instance bills its storage only; a start is checked against the budget first).
     pub async fn set_running(&self, who: Renter, id: &str, running: bool) -> Result<InstanceRow> {
+        self.set_running_for(who, id, running, "asked through the API")
+            .await
+    }
+
+    /// [`Rentals::set_running`], recording `how` it was asked (the API, an idle policy).
+    pub(super) async fn set_running_for(
+        &self,
+        who: Renter,
+        id: &str,
+        running: bool,
+        how: &str,
+    ) -> Result<InstanceRow> {
         let account_id = who.account_id;
         let _turn = self.slots.acquire(account_id).await;
         let (row, pid, p, provider) = self
             .live(account_id, id, "it cannot be stopped or started now")
             .await?;
-        let how = "asked through the API";
         if running {
             self.begin_start(&row, who.key_id, how).await?;
         }

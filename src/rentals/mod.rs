@@ -25,19 +25,25 @@
 pub mod audit;
 pub mod billing;
 pub mod budget;
+pub mod ending;
 pub mod expiry;
 pub mod failover;
 pub mod idempotency;
 pub mod keys;
 pub mod ledger;
 pub mod lifecycle;
+pub mod mounts;
+pub mod policies;
 pub mod reconcile;
 pub mod renting;
+pub mod repricing;
 pub mod request;
 pub mod resume;
 pub mod slots;
 pub mod sshkeys;
+pub mod upkeep;
 pub mod usage;
+pub mod volumes;
 pub mod watches;
 
 use std::sync::Arc;
@@ -90,6 +96,9 @@ pub struct RemoteView {
     /// The exposed ports as mapped (`ledger::set_endpoints`).
     #[serde(default)]
     pub endpoints: Vec<crate::providers::Endpoint>,
+    /// GPU utilisation (percent), where the provider reports it: the idle policy's reading.
+    #[serde(default)]
+    pub gpu_util: Option<f64>,
 }
 
 impl RemoteView {
@@ -100,6 +109,7 @@ impl RemoteView {
             dead: r.dead.clone(),
             paid: r.paid,
             endpoints: r.endpoints.clone(),
+            gpu_util: r.gpu_util,
         }
     }
 }
@@ -123,6 +133,8 @@ pub struct Rentals {
     /// Turns for one account's changes that may cost money
     /// (`rentals.max_concurrent_changes_per_account`).
     pub(crate) slots: slots::Slots,
+    /// Failovers after an interruption running in this daemon, by request id (`upkeep`).
+    failovers: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A rental whose outcome is not known (the provider's answer, or our record of it, was lost),
@@ -204,6 +216,7 @@ impl Rentals {
             offers,
             idempotency: Arc::default(),
             uncommitted: Default::default(),
+            failovers: Default::default(),
             upstream_calls,
             slots,
         })

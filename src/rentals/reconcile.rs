@@ -16,6 +16,8 @@
 //!   `loading`); one whose host goes `offline`/`unknown` gets `instance.unreachable`, and after
 //!   `rentals.unreachable_grace_ms` the `rentals.unreachable_policy` (`keep`, or `destroy`:
 //!   `unreachable_destroyed`);
+//! - applies each rental's own policies (`upkeep`: idle, interrupted) and answers hosts' price
+//!   increases (`repricing`);
 //! - settles paid extensions whose answer was lost with the provider's `amount_paid`, once they
 //!   are older than twice `providers.total_timeout_ms` (`paid_settled`; `ledger::lumps`);
 //! - retries SSH keys not yet attached (providers that take them per instance);
@@ -27,11 +29,13 @@
 
 use std::collections::HashMap;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use metrics::{counter, gauge};
 
 use super::Rentals;
+pub use super::ending::now;
+use super::ending::{act, act_n, end};
 use super::ledger::{self, Status, Transition};
 use crate::config::UnreachablePolicy;
 use crate::error::Result;
@@ -49,21 +53,6 @@ pub async fn find_ours(
         .find(|r| r.our_id.as_deref() == Some(our_id)))
 }
 
-pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-fn act(action: &'static str) {
-    act_n(action, 1);
-}
-
-fn act_n(action: &'static str, n: usize) {
-    counter!(RECONCILER_ACTIONS_TOTAL, "action" => action).increment(n as u64);
-}
-
 /// Runs at once, then every `interval`, until dropped.
 /// The reconciler's series, at 0 from the start (the alerts and dashboards divide by them).
 pub fn register_metrics() {
@@ -78,18 +67,29 @@ pub fn register_metrics() {
         "unreachable_destroyed",
         "expired",
         "paid_settled",
+        "idle_warned",
+        "idle_stopped",
+        "idle_destroyed",
+        "rebid",
+        "rebid_refused",
+        "interrupt_destroyed",
+        "interrupt_failed_over",
+        "interrupt_failover_failed",
+        "price_increase_accepted",
+        "price_increase_rejected",
     ] {
         counter!(RECONCILER_ACTIONS_TOTAL, "action" => a).absolute(0);
     }
 }
 
 /// One round over every provider.
-pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
+pub async fn once(r: &std::sync::Arc<Rentals>, process_start: f64) -> Result<()> {
     // rentals the ledger missed while it was down, first: no need to wait for the intent timeout
     let recorded = r.commit_missed().await;
     if recorded > 0 {
         act_n("adopted", recorded);
     }
+    super::upkeep::resume_failovers(r).await?;
     let timeout = r.config.rentals.intent_timeout_ms.ms() as f64 / 1000.0;
     let db = r.db.clone();
     let rows = ledger::for_reconciler(&db, 7.0 * 86_400.0).await?;
@@ -105,8 +105,10 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
         .collect();
     for p in &r.providers.list {
         let name = p.id().as_str();
-        // nothing of ours there: no call
-        if !rows.iter().any(|x| x.provider == name) {
+        // nothing of ours there (no instance, no volume): no call
+        if !rows.iter().any(|x| x.provider == name)
+            && (!p.has_volumes() || ledger::live_volumes(&db, name).await?.is_empty())
+        {
             continue;
         }
         if !same_account(r, p.as_ref()).await? {
@@ -270,11 +272,28 @@ pub async fn once(r: &Rentals, process_start: f64) -> Result<()> {
                 destroy_failed(r, p.as_ref(), &after, pid, action, &detail).await?;
             } else if after.expires_at.is_some_and(|t| t <= now()) {
                 expire(r, p.as_ref(), &after, pid).await?;
-            } else if after.expires_at.is_some_and(|t| {
-                t - now() <= r.config.events.expiring_notice_ms.get().as_secs_f64()
-            }) {
-                notify_expiring(r, &after).await?;
+            } else {
+                if after.expires_at.is_some_and(|t| {
+                    t - now() <= r.config.events.expiring_notice_ms.get().as_secs_f64()
+                }) {
+                    notify_expiring(r, &after).await?;
+                }
+                // the rental's own policies: idle, interrupted
+                super::upkeep::run(r, p.as_ref(), &after, i, pid).await?;
             }
+        }
+
+        // volumes being created are found by name; none is ever deleted here (`volumes`)
+        r.reconcile_volumes(p.as_ref()).await?;
+
+        // hosts' price increases on our running contracts (`repricing`)
+        let ours_open: Vec<&ledger::InstanceRow> = open
+            .iter()
+            .filter(|x| x.provider == name)
+            .copied()
+            .collect();
+        if !ours_open.is_empty() {
+            super::repricing::round(r, p.as_ref(), &ours_open).await?;
         }
 
         // extensions whose answer was lost: the provider's `amount_paid` settles them
@@ -376,23 +395,8 @@ pub(super) async fn expire(
     row: &ledger::InstanceRow,
     pid: &str,
 ) -> Result<()> {
-    if let Err(e) = p.destroy(pid).await {
-        tracing::warn!(instance = %row.id, error = %e, "could not destroy an expired instance; next round retries");
-        return Ok(());
-    }
-    r.status.forget(&format!("{}:{pid}", row.provider)).await;
     let detail = "its lifetime ended (max_duration_hours / expires_at)";
-    if ledger::transition(
-        &r.db,
-        &row.id,
-        Transition::new(&[row.status], Status::Terminated, "expired").detail(detail),
-    )
-    .await?
-    .is_some()
-    {
-        act("expired");
-    }
-    Ok(())
+    end(r, p, row, pid, "expired", detail).await.map(|_| ())
 }
 
 /// `instance.expiring` for an instance whose end is within `events.expiring_notice_ms`, once per

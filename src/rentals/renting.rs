@@ -37,9 +37,14 @@ impl Rentals {
     /// [`Rentals::rent`] under our id `id`: the instance's (one offer), or the rental by spec's
     /// request id (an `Idempotency-Key` is bound to it before anything runs: `resume`).
     pub async fn rent_as(&self, who: Renter, body: &RentBody, id: &str) -> Result<InstanceRow> {
+        let relaunch = body.check_policies()?;
         let _turn = self.slots.acquire(who.account_id).await;
         match (&body.spec, body.offer_id.is_empty()) {
-            (Some(spec), true) => self.rent_by_spec(who, body, spec, id).await,
+            (Some(spec), true) => {
+                let mut body = body.clone();
+                body.relaunch = relaunch;
+                self.rent_by_spec(who, &body, spec, id, &[]).await
+            }
             (None, false) => self.rent_offer(who, body, id, None).await,
             (Some(_), false) => Err(Error::bad_request(
                 "invalid `spec`: give either `offer_id` or `spec`, not both",
@@ -87,6 +92,12 @@ impl Rentals {
         if let Some((field, why)) = provider.launch_refusal(&launch) {
             return Err(Error::bad_request(format!(
                 "invalid `{field}`: {}: {why}",
+                pid.as_str()
+            )));
+        }
+        if body.idle.is_some() && !provider.reports_gpu_util() {
+            return Err(Error::bad_request(format!(
+                "invalid `idle`: {} reports no GPU utilisation to judge idleness by",
                 pid.as_str()
             )));
         }
@@ -268,6 +279,28 @@ impl Rentals {
             }
         }
         let (bid, price) = self.terms(body, &quote).inspect_err(|_| count("refused"))?;
+        // a volume lives on one machine: only an offer there can attach it
+        let volume = match &body.volume {
+            Some(a) => {
+                let v = self.volume_for_rental(who.account_id, a, pid).await?;
+                if quote
+                    .machine_id
+                    .as_deref()
+                    .is_some_and(|m| m != v.machine_id)
+                {
+                    count("refused");
+                    return Err(Error::bad_request(format!(
+                        "invalid `volume`: volume {} lives on machine {}; offer {} is on machine {} (GET /v1/offers shows each offer's `machine_id`)",
+                        v.id,
+                        v.machine_id,
+                        body.offer_id,
+                        quote.machine_id.as_deref().unwrap_or("?")
+                    )));
+                }
+                Some((v.clone(), Self::mount(&v, a)))
+            }
+            None => None,
+        };
         // the key's policy against the terms now, before anything is reserved or rented
         who.policy.gpu_model(&quote.gpu_model)?;
         who.policy.price(bid.unwrap_or(price))?;
@@ -295,6 +328,11 @@ impl Rentals {
                 minimum_hours: provider.minimum_billed_hours(),
                 prepaid,
                 key_max_instances: who.policy.max_instances,
+                policies: body.policies().stored().as_ref(),
+                relaunch: body.relaunch.as_ref(),
+                volume: volume
+                    .as_ref()
+                    .map(|(v, m)| (v.id.as_str(), m.mount_path.as_str())),
             },
         )
         .await?;
@@ -310,6 +348,7 @@ impl Rentals {
             bid_per_hour: bid,
             duration_hours: hours,
             gpu_count: quote.gpu_count,
+            volume: volume.map(|(_, m)| m),
         };
         match provider.create(&req).await {
             Ok(provider_id) => {

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{failover, sshkeys};
+use super::policies::{IdlePolicy, InterruptAction, OnInterrupt, Policies};
+use super::{failover, policies, sshkeys};
 use crate::error::{Error, Result};
 use crate::providers::{Launch, ONSTART_MAX, PortSpec, ProviderId};
 use crate::types::schema::NO_NUL;
@@ -96,6 +97,23 @@ pub struct RentBody {
     /// `max_duration_hours`.
     #[schemars(extend("format" = "date-time"))]
     pub expires_at: Option<String>,
+    /// Interruptible rentals: what the reconciler does when the provider reports the instance
+    /// outbid (`wait`, the default; `rebid` up to `max_bid_per_hour`; `failover`, by spec only;
+    /// `destroy`).
+    pub on_interrupt: Option<OnInterrupt>,
+    /// Stop or destroy the instance once its GPUs have been idle a while, by the utilisation the
+    /// provider reports (Vast's `gpu_util`; io.net reports none: refused there with a 400, and a
+    /// rental by spec skips it).
+    pub idle: Option<IdlePolicy>,
+    /// A volume of yours to attach (`POST /v1/volumes`; Vast only): the offer must be on the
+    /// volume's machine (a rental by spec tries only offers there), and no other open instance
+    /// may use it.
+    pub volume: Option<super::volumes::VolumeAttach>,
+    /// What a failover rents by again: the rental's own body, set for the tries of a rental by
+    /// spec with `on_interrupt: failover`; never read from a request.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub relaunch: Option<serde_json::Value>,
 }
 
 /// How a rented container starts.
@@ -221,6 +239,47 @@ impl RentBody {
             template_hash_id: self.template_hash_id.clone(),
             ports: self.ports.clone(),
         })
+    }
+
+    /// The rental's policies as the ledger keeps them.
+    pub fn policies(&self) -> Policies {
+        Policies {
+            on_interrupt: self.on_interrupt.clone(),
+            idle: self.idle.clone(),
+        }
+    }
+
+    /// The policies checked against the rest of the rental (a policy that contradicts it is a
+    /// 400 naming the field), and what a failover would rent by again.
+    pub(super) fn check_policies(&self) -> Result<Option<serde_json::Value>> {
+        if let Some(idle) = &self.idle {
+            idle.check()?;
+        }
+        let Some(on) = &self.on_interrupt else {
+            return Ok(None);
+        };
+        let by_spec = self.spec.is_some();
+        on.check(&policies::Rental {
+            interruptible: match &self.spec {
+                Some(s) => s.interruptible,
+                None => self
+                    .offer_id
+                    .ends_with(crate::providers::vastai::BID_SUFFIX),
+            },
+            by_spec,
+            bid: self.bid_per_hour,
+            inline_ssh_key: self.ssh_public_key.is_some(),
+            max_price: self
+                .max_price_per_hour
+                .or(self.spec.as_ref().and_then(|s| s.max_price_per_hour)),
+        })?;
+        if on.action != InterruptAction::Failover {
+            return Ok(None);
+        }
+        let mut again = self.clone();
+        again.relaunch = None;
+        again.ssh_public_key = None;
+        Ok(serde_json::to_value(&again).ok())
     }
 
     /// The offer's provider and the provider's part of its id, the rest of the body checked.

@@ -125,7 +125,8 @@ pub struct Figures {
     /// The part of `usd` that is bandwidth, from the provider's charges (lags by up to
     /// `rentals.billing_reconcile_interval_ms`).
     pub bandwidth_usd: f64,
-    /// The part of `usd` billed while stopped or interrupted: the disk alone.
+    /// The part of `usd` that is storage alone: instances stopped or interrupted (their disk),
+    /// and volumes (a volume is a group of its own with `group_by=instance`, keyed by its id).
     pub storage_usd: f64,
     pub gpu_hours: f64,
     pub instance_hours: f64,
@@ -159,7 +160,13 @@ const REPORT: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
       FROM instance_events e JOIN instances i ON i.id = e.instance_id \
         LEFT JOIN api_keys k ON k.id = coalesce(e.paid_by, i.api_key_id), span \
       WHERE i.account_id = $1 AND i.created_at < span.t1 \
-        AND coalesce(i.terminated_at, now()) > span.t0), \
+        AND coalesce(i.terminated_at, now()) > span.t0 \
+      UNION ALL \
+      SELECT v.id, v.provider, k.public_id, 0, v.rate_per_hour, 'volume', v.created_at, \
+        least(coalesce(v.deleted_at, now()), now()) \
+      FROM volumes v LEFT JOIN api_keys k ON k.id = v.api_key_id, span \
+      WHERE v.account_id = $1 AND v.status <> 'failed' AND v.created_at < span.t1 \
+        AND coalesce(v.deleted_at, now()) > span.t0), \
     billed AS (SELECT * FROM seg WHERE status NOT IN ('pending', 'failed', 'terminated')), \
     days AS (SELECT (d AT TIME ZONE 'UTC') AS d0, ((d + interval '1 day') AT TIME ZONE 'UTC') AS d1 \
       FROM span, generate_series(date_trunc('day', span.t0 AT TIME ZONE 'UTC'), \
@@ -169,9 +176,9 @@ const REPORT: &str = "WITH span AS (SELECT coalesce(to_timestamp($2), \
         - greatest(b.s0, days.d0, span.t0))) / 3600.0 AS h \
       FROM billed b JOIN days ON b.s0 < days.d1 AND b.s1 > days.d0, span) \
     SELECT {group}::text, coalesce(sum(rate * h), 0)::float8, \
-      coalesce(sum(rate * h) FILTER (WHERE status IN ('stopped', 'interrupted')), 0)::float8, \
+      coalesce(sum(rate * h) FILTER (WHERE status IN ('stopped', 'interrupted', 'volume')), 0)::float8, \
       coalesce(sum(gpu_count * h) FILTER (WHERE status IN ('provisioning', 'running', 'frozen', 'unknown', 'terminating')), 0)::float8, \
-      coalesce(sum(h), 0)::float8 \
+      coalesce(sum(h) FILTER (WHERE status <> 'volume'), 0)::float8 \
     FROM parts WHERE h > 0 GROUP BY 1 ORDER BY 1";
 
 const SPAN: &str = "SELECT extract(epoch from coalesce(to_timestamp($1), \

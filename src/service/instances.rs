@@ -50,6 +50,18 @@ pub struct InstanceView {
     /// The provider reports a state that never reaches running (destroyed after a grace).
     pub dead_state: Option<String>,
     pub expires_at: Option<String>,
+    /// What the reconciler does when it is outbid (the rental's `on_interrupt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_interrupt: Option<crate::rentals::policies::OnInterrupt>,
+    /// When its GPUs count as idle, and what then (the rental's `idle`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<crate::rentals::policies::IdlePolicy>,
+    /// The rental an `on_interrupt: failover` made in its place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaced_by: Option<String>,
+    /// The volume it was rented with (`POST /v1/volumes`), and where it is mounted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<crate::rentals::volumes::VolumeAttach>,
     /// One instance only: its ledger events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<EventView>>,
@@ -103,6 +115,10 @@ impl InstanceView {
             terminated_at: time(r.terminated_at),
             dead_state: r.dead_reason.clone(),
             expires_at: time(r.expires_at),
+            on_interrupt: r.policies.on_interrupt.clone(),
+            idle: r.policies.idle.clone(),
+            replaced_by: r.replaced_by.clone(),
+            volume: r.volume.clone(),
             events: None,
             ssh_keys: None,
             rental_request_id: None,

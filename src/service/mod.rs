@@ -24,11 +24,11 @@ pub mod passthrough;
 pub mod query;
 pub mod sshkeys;
 pub mod usage;
+pub mod volumes;
 pub mod watches;
 pub mod webhooks;
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use crate::accounts::Db;
 use crate::error::{Error, Kind, Result, Side};
@@ -50,7 +50,5 @@ pub fn needs_database(what: &str) -> Error {
 
 /// A time as the API shows it: RFC 3339 with milliseconds, `null` when unknown.
 pub fn time(epoch: Option<f64>) -> Option<String> {
-    epoch.filter(|e| e.is_finite() && *e >= 0.0).map(|e| {
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_secs_f64(e)).to_string()
-    })
+    crate::types::text::rfc3339_of(epoch)
 }

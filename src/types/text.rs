@@ -53,6 +53,16 @@ pub fn iso_country(c: &str) -> Option<String> {
     (c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic())).then(|| c.to_ascii_uppercase())
 }
 
+/// A time as the API shows it: RFC 3339 in UTC with milliseconds, `None` when unknown.
+pub fn rfc3339_of(epoch: Option<f64>) -> Option<String> {
+    epoch.filter(|e| e.is_finite() && *e >= 0.0).map(|e| {
+        humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(e),
+        )
+        .to_string()
+    })
+}
+
 /// Seconds since the epoch of an RFC 3339 time: `2026-12-24T18:00:00Z` or with an offset
 /// (`…T20:00:00+02:00`), fractions of a second allowed. A time without a zone is refused: whose
 /// clock it means is not known.

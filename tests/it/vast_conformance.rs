@@ -6,7 +6,8 @@
 //! 1. runs the official client with `--url` against the sandbox for every operation gpuproxyd
 //!    performs (search, create on demand and with a bid, show, the v1 list over several pages,
 //!    start/stop, reboot, change bid, per-instance SSH attach/detach, charges over several pages,
-//!    destroy), through the CLI's own output formatting as well as `--raw`: the sandbox's answers
+//!    hosts' pending price increases listed, accepted and rejected, volumes searched, created,
+//!    shown, linked at create and deleted, destroy), through the CLI's own output formatting as well as `--raw`: the sandbox's answers
 //!    must parse without error;
 //! 2. runs gpuproxyd against the same sandbox doing the same operations;
 //! 3. compares, operation by operation, what the sandbox recorded of each: gpuproxyd's request
@@ -318,6 +319,7 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
     let taken = [
         offers[0]["id"].to_string(),
         offers[1]["id"].to_string(),
+        offers[2]["id"].to_string(),
         bids[0]["id"].to_string(),
     ];
     let more_offers = vast.json(&["search", "offers", "num_gpus>=1", "--limit", "150"]);
@@ -388,6 +390,72 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
         "tree",
     ]);
     vast.run(&["show", "invoices-v1", "--charges"]);
+    // volumes: searched, created on an offer's machine, shown, linked at create, deleted
+    let machine = offers[2]["machine_id"].to_string();
+    let vol_offers = vast.json(&["search", "volumes", &format!("machine_id={machine}")]);
+    let vol_offer = vol_offers[0]["id"].to_string();
+    vast.run(&["search", "volumes", "--storage", "20", "--limit", "64"]);
+    vast.run(&[
+        "create",
+        "volume",
+        &vol_offer,
+        "-s",
+        "20",
+        "-n",
+        "official-vol",
+    ]);
+    let vols = vast.json(&["show", "volumes"]);
+    let vol = vols
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["label"] == "official-vol")
+        .unwrap_or_else(|| panic!("the volume by its name: {vols}"))["id"]
+        .to_string();
+    vast.run(&["show", "volumes"]);
+    let linked = vast.json(&[
+        "create",
+        "instance",
+        &offers[2]["id"].to_string(),
+        "--image",
+        "ubuntu:22.04",
+        "--disk",
+        "10",
+        "--ssh",
+        "--link-volume",
+        &vol,
+        "--mount-path",
+        "/data",
+    ]);
+    assert_eq!(linked["success"], true, "{linked}");
+    vast.run(&[
+        "destroy",
+        "instance",
+        &linked["new_contract"].to_string(),
+        "-y",
+    ]);
+    vast.run(&["delete", "volume", &vol]);
+
+    // hosts' price increases: listed, accepted for one instance, rejected for another
+    let launched_id = launched["new_contract"].to_string();
+    for pid in [&od, &launched_id] {
+        sb.control(
+            "vastai",
+            "POST",
+            "/_sandbox/vast/price_increase",
+            &json!({"id": pid.parse::<u64>().unwrap(), "gpu_factor": 1.2}).to_string(),
+        )
+        .await;
+    }
+    let pending = vast.json(&["show", "pending-price-increases"]);
+    assert_eq!(
+        pending["pending_price_increases"].as_array().map(Vec::len),
+        Some(2),
+        "{pending}"
+    );
+    vast.run(&["show", "pending-price-increases"]);
+    vast.run(&["accept", "price-increase", &od, "--yes"]);
+    vast.run(&["reject", "price-increase", &launched_id, "--yes"]);
     vast.run(&["destroy", "instance", &bid_id, "-y"]);
     let user = vast.json(&["show", "user"]);
     assert!(user["id"].is_number(), "{user}");
@@ -434,6 +502,23 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
                         "args": ["--model", "facebook/opt-125m"]});
     let r = post(&d, &token, &launch.to_string()).await;
     assert_eq!(r.status, 201, "{:?}", r.json());
+    let launched_ours = r.json()["provider_instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // a small increase (accepted) and a large one (rejected) on gpuproxyd's instances
+    for (pid, factor) in [
+        (inst["provider_instance_id"].as_str().unwrap(), 1.05),
+        (launched_ours.as_str(), 1.5),
+    ] {
+        sb.control(
+            "vastai",
+            "POST",
+            "/_sandbox/vast/price_increase",
+            &json!({"id": pid.parse::<u64>().unwrap(), "gpu_factor": factor}).to_string(),
+        )
+        .await;
+    }
     let v = until(&d, &token, &id, "running with its key", |v| {
         v["status"] == "running" && v["ssh_keys"][0]["state"] == "attached"
     })
@@ -467,6 +552,61 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.json());
+    // a volume: offers, created, attached at rent, deleted once its instance is gone
+    let vo = call(&d, &token, "GET", "/v1/volume-offers?size_gb=20", "", None)
+        .await
+        .json();
+    let all = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/offers?providers=vastai&limit=200&sort=price",
+        "",
+        None,
+    )
+    .await
+    .json();
+    let (vol_offer, host) = vo["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| {
+            let o = all["offers"].as_array().unwrap().iter().find(|o| {
+                o["machine_id"] == v["machine_id"]
+                    && o["id"] != inst["offer_id"]
+                    && o["id"] != w["id"]
+            })?;
+            Some((v["id"].clone(), o["id"].clone()))
+        })
+        .expect("a volume offer on the machine of a listed offer");
+    let r = call(
+        &d,
+        &token,
+        "POST",
+        "/v1/volumes",
+        &json!({"offer_id": vol_offer, "size_gb": 20}).to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let vol_ours = r.json()["id"].as_str().unwrap().to_owned();
+    let mut body: Value = serde_json::from_str(&rent_body(host.as_str().unwrap())).unwrap();
+    body["volume"] = json!({"id": vol_ours, "mount_path": "/data"});
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let on_vol = r.json()["id"].as_str().unwrap().to_owned();
+    support::rentals::destroy_until_ended(&d, &token, &on_vol).await;
+    let r = call(
+        &d,
+        &token,
+        "DELETE",
+        &format!("/v1/volumes/{vol_ours}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+
     // the reconciler pages the v1 list and the billing run pages the charges
     let ours = support::eventually("the list paged and the charges read", || async {
         let ours = by_op(&requests(&sb).await);
@@ -474,7 +614,11 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
             ours.get(op)
                 .is_some_and(|rs| rs.iter().any(|r| r["query"].get("after_token").is_some()))
         };
-        (paged("list") && paged("charges")).then_some(ours)
+        (paged("list")
+            && paged("charges")
+            && ours.contains_key("accept_price_increase")
+            && ours.contains_key("reject_price_increase"))
+        .then_some(ours)
     })
     .await;
 
@@ -530,6 +674,13 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
         "ssh_attach",
         "destroy",
         "charges",
+        "pending_price_increases",
+        "accept_price_increase",
+        "reject_price_increase",
+        "volume_search",
+        "volume_create",
+        "volume_list",
+        "volume_delete",
     ] {
         assert!(
             performed.contains(op),

@@ -20,6 +20,10 @@ pub const TAGS: &[(&str, &str)] = &[
     ("instances", "Renting GPU instances"),
     ("passthrough", "Allow-listed provider API calls"),
     ("ssh-keys", ""),
+    (
+        "volumes",
+        "Disk that outlives instances (Vast), billed by the GB-month",
+    ),
     ("events", ""),
     ("rentals", "Usage and spend of the account's rentals"),
     ("webhooks", "Signed webhooks for the account's events"),

@@ -24,7 +24,17 @@
 //!   GPU (`POST /_sandbox/vast/freeze {"id", "frozen"}`); traffic
 //!   (`POST /_sandbox/vast/traffic {"id", "up_gb", "down_gb"}`) is billed per GB; charges are
 //!   lines `{type, source: "instance-<id>", amount, start, end, items: [gpu, disk, bwu, bwd]}`;
-//!   paging tokens are opaque strings taken back raw (a JSON-quoted one is 400 `invalid_token`).
+//!   paging tokens are opaque strings taken back raw (a JSON-quoted one is 400 `invalid_token`);
+//!   a running instance reports `gpu_util` (37.5 until `POST /_sandbox/vast/gpu_util {"id",
+//!   "util"}` sets it); an outbid raises the offer's `min_bid` to the competing bid;
+//! - a host's price increase on a running contract (`POST /_sandbox/vast/price_increase {"id",
+//!   "gpu_factor", "disk_factor"?, "cutover_in_s"?}`) is listed by
+//!   `GET /api/v0/instances/pending-price-increases/` until accepted or rejected
+//!   (`PUT /api/v0/instances/{accept,reject}-price-increase/`, body exactly
+//!   `{"pending_price_increase_id"}`; a stale row is 404 `no_pending_price_increase`); accepted,
+//!   the new prices bill from the contract's end (`vastai/api/price_increase.py`);
+//! - volumes (`vast/volumes.rs`): volume offers, create, list, delete, attach at create, billed
+//!   by the GB-month as charge lines of their own.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -33,6 +43,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hyper::Method;
 use hyper::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
+
+mod volumes;
 
 use crate::Args;
 use crate::inventory;
@@ -50,6 +62,13 @@ struct Instance {
     bid: Option<f64>,
     /// Outbid: stopped until a bid of at least this comes.
     outbid_below: Option<f64>,
+    /// The GPU utilisation the host reports while it runs (`POST /_sandbox/vast/gpu_util`).
+    gpu_util: f64,
+    /// An accepted host price increase: from this time (epoch seconds, the contract's end) the
+    /// GPU and the disk bill at these multiples of the offer's prices.
+    repriced: Option<(f64, f64, f64)>,
+    /// The volume attached at create (`volume_info`) and where it is mounted.
+    volume: Option<(u64, String)>,
     /// Stopped by the renter (`PUT /api/v0/instances/{id}/ {"state": "stopped"}`).
     stopped: bool,
     /// The latest start after a stop, or a reboot (`PUT /api/v0/instances/reboot/{id}/`): the
@@ -100,6 +119,12 @@ struct World {
     /// Extra charge lines (`POST /_sandbox/vast/surcharge`): a bill that differs from the
     /// billing-by-state model, as a real one may.
     surcharges: Vec<Value>,
+    /// Hosts' price increases on running contracts (`POST /_sandbox/vast/price_increase`), with
+    /// their `status` (pending, accepted, rejected) and the multiples asked.
+    price_increases: Vec<Value>,
+    /// Volumes (`volumes`), live and deleted (deleted ones keep their bill).
+    volumes: BTreeMap<u64, volumes::Volume>,
+    gone_volumes: Vec<volumes::Volume>,
 }
 
 pub struct Vast {
@@ -133,6 +158,9 @@ impl Vast {
                 next_key_id: 700,
                 script: Default::default(),
                 surcharges: Vec::new(),
+                price_increases: Vec::new(),
+                volumes: BTreeMap::new(),
+                gone_volumes: Vec::new(),
             }),
         }
     }
@@ -211,14 +239,93 @@ impl Vast {
         (json!("running"), "success, running", "running")
     }
 
-    fn storage_per_hour(i: &Instance) -> f64 {
-        i.offer["storage_cost"].as_f64().unwrap_or(0.0) * i.disk / 720.0
+    /// The multiples of the offer's (GPU, disk) prices in force: an accepted increase from the
+    /// contract's end on.
+    fn multiples(i: &Instance) -> (f64, f64) {
+        match i.repriced {
+            Some((at, gpu, disk)) if unix_now() >= at => (gpu, disk),
+            _ => (1.0, 1.0),
+        }
     }
 
-    /// Compute price per hour: the bid, or the on-demand price.
+    fn storage_per_hour(i: &Instance) -> f64 {
+        i.offer["storage_cost"].as_f64().unwrap_or(0.0) * i.disk / 720.0 * Self::multiples(i).1
+    }
+
+    /// Compute price per hour: the bid (a host's increase does not move it), or the on-demand
+    /// price.
     fn compute_per_hour(i: &Instance) -> f64 {
         i.bid
-            .unwrap_or_else(|| i.offer["dph_base"].as_f64().unwrap_or(0.0))
+            .unwrap_or_else(|| i.offer["dph_base"].as_f64().unwrap_or(0.0) * Self::multiples(i).0)
+    }
+
+    /// `GET /api/v0/instances/pending-price-increases/`: the envelope of the official client's
+    /// `vastai/api/price_increase.py` (`list_pending`), pending rows only.
+    fn pending_price_increases(&self) -> Answer {
+        let world = self.world.lock().unwrap();
+        let rows: Vec<Value> = world
+            .price_increases
+            .iter()
+            .filter(|r| r["status"] == "pending")
+            .map(|r| {
+                let mut r = r.clone();
+                if let Some(m) = r.as_object_mut() {
+                    for k in ["status", "gpu_factor", "disk_factor"] {
+                        m.remove(k);
+                    }
+                }
+                r
+            })
+            .collect();
+        Answer::json(
+            200,
+            json!({"success": true, "count": rows.len(), "truncated": false,
+                   "pending_price_increases": rows}),
+        )
+    }
+
+    /// `PUT /api/v0/instances/{accept,reject}-price-increase/`: the body is exactly
+    /// `{"pending_price_increase_id": int}` (any other key is a 400: the backend forbids extra
+    /// fields); a row that is not pending is 404 `no_pending_price_increase`. An accepted
+    /// increase applies from the contract's current end; a rejected one is tombstoned.
+    fn answer_price_increase(&self, accept: bool, call: &Call) -> Answer {
+        let body: Value = serde_json::from_slice(&call.body).unwrap_or(Value::Null);
+        let id = match body.as_object() {
+            Some(m) if m.len() == 1 => m.get("pending_price_increase_id").and_then(Value::as_u64),
+            _ => None,
+        };
+        let Some(id) = id else {
+            return fail(
+                400,
+                "invalid_args",
+                "the body is exactly {\"pending_price_increase_id\": <int>}",
+            );
+        };
+        let mut world = self.world.lock().unwrap();
+        let Some(row) = world.price_increases.iter_mut().find(|r| {
+            r["pending_price_increase_id"].as_u64() == Some(id) && r["status"] == "pending"
+        }) else {
+            return fail(
+                404,
+                "no_pending_price_increase",
+                "no such pending price increase",
+            );
+        };
+        row["status"] = json!(if accept { "accepted" } else { "rejected" });
+        let contract = row["contract_id"].as_u64().unwrap_or(0);
+        let change = (
+            row["contract_end_date"].as_f64().unwrap_or(0.0),
+            row["gpu_factor"].as_f64().unwrap_or(1.0),
+            row["disk_factor"].as_f64().unwrap_or(1.0),
+        );
+        if accept && let Some(i) = world.instances.get_mut(&contract) {
+            self.settle(i);
+            i.repriced = Some(change);
+        }
+        Answer::json(
+            200,
+            json!({"success": true, "pending_price_increase_id": id, "contract_id": contract}),
+        )
     }
 
     /// Adds the charges since the last settlement, at the rate of the state now: storage
@@ -238,6 +345,9 @@ impl Vast {
         let mut world = self.world.lock().unwrap();
         for i in world.instances.values_mut() {
             self.settle(i);
+        }
+        for v in world.volumes.values_mut() {
+            v.settle();
         }
     }
 
@@ -264,7 +374,7 @@ impl Vast {
             "image_runtype": i.runtype,
             "image_args": i.args,
             "template_hash_id": i.template,
-            "gpu_util": if running { json!(37.5) } else { Value::Null },
+            "gpu_util": if running { json!(i.gpu_util) } else { Value::Null },
             "inet_up_cost": o["inet_up_cost"],
             "inet_down_cost": o["inet_down_cost"],
             "num_gpus": o["num_gpus"],
@@ -572,6 +682,11 @@ impl Vast {
                 &format!("error 404/3603: ask {ask} not found"),
             );
         };
+        let volume =
+            match world.attach_volume(&offer, body.get("volume_info").unwrap_or(&Value::Null)) {
+                Ok(v) => v,
+                Err(refused) => return refused,
+            };
         let doom = world.script.pop_front();
         if doom.as_deref() == Some("refused") {
             return fail(
@@ -628,6 +743,9 @@ impl Vast {
                 created_unix: unix_now(),
                 bid,
                 outbid_below: None,
+                gpu_util: 37.5,
+                repriced: None,
+                volume,
                 stopped: false,
                 doom,
                 lost_race: taken,
@@ -849,6 +967,13 @@ impl Vast {
                 })
             })
             .chain(world.surcharges.iter().cloned())
+            .chain(
+                world
+                    .volumes
+                    .values()
+                    .chain(world.gone_volumes.iter())
+                    .map(|v| v.charge_line(now)),
+            )
             .filter(|l| {
                 let (start, end) = (
                     l["start"].as_f64().unwrap_or(0.0),
@@ -938,6 +1063,19 @@ impl Api for Vast {
             Method::DELETE if p.starts_with("/api/v0/instances/") && p.contains("/ssh/") => {
                 "ssh_detach"
             }
+            Method::POST if p == "/api/v0/volumes/search" => "volume_search",
+            Method::PUT if p == "/api/v0/volumes" => "volume_create",
+            Method::GET if p == "/api/v0/volumes" => "volume_list",
+            Method::DELETE if p == "/api/v0/volumes" => "volume_delete",
+            Method::GET if p == "/api/v0/instances/pending-price-increases" => {
+                "pending_price_increases"
+            }
+            Method::PUT if p == "/api/v0/instances/accept-price-increase" => {
+                "accept_price_increase"
+            }
+            Method::PUT if p == "/api/v0/instances/reject-price-increase" => {
+                "reject_price_increase"
+            }
             Method::PUT if p.starts_with("/api/v0/instances/bid_price/") => "set_bid",
             Method::PUT if p.starts_with("/api/v0/instances/reboot/") => "reboot",
             Method::PUT if p.starts_with("/api/v0/instances/") => "manage",
@@ -967,6 +1105,13 @@ impl Api for Vast {
             "charges" => self.charges(call),
             "manage" => self.manage(call),
             "set_bid" => self.set_bid(call),
+            "pending_price_increases" => self.pending_price_increases(),
+            "volume_search" => self.volume_search(call),
+            "volume_create" => self.volume_create(call),
+            "volume_list" => self.volume_list(call),
+            "volume_delete" => self.volume_delete(call),
+            "accept_price_increase" => self.answer_price_increase(true, call),
+            "reject_price_increase" => self.answer_price_increase(false, call),
             "reboot" => {
                 let mut world = self.world.lock().unwrap();
                 let Some(i) = id_in(&call.path, "/api/v0/instances/reboot/")
@@ -1045,11 +1190,22 @@ impl Api for Vast {
                 let mut world = self.world.lock().unwrap();
                 let want = body.get("id").and_then(Value::as_u64);
                 let mut n = 0;
+                let mut asks = Vec::new();
                 for i in world.instances.values_mut() {
                     if let (Some(bid), true) = (i.bid, want.is_none_or(|w| w == i.id)) {
                         self.settle(i);
-                        i.outbid_below = Some(bid * 1.25);
+                        // a competing bid a quarter higher: the machine's minimum bid now
+                        let competing = inventory::round(bid * 1.25, 4);
+                        i.outbid_below = Some(competing);
+                        asks.push((i.offer["id"].as_u64(), competing));
                         n += 1;
+                    }
+                }
+                for (ask, competing) in asks {
+                    for o in world.offers.iter_mut().filter(|o| o["id"].as_u64() == ask) {
+                        if o["min_bid"].as_f64().is_none_or(|m| m < competing) {
+                            o["min_bid"] = json!(competing);
+                        }
                     }
                 }
                 Answer::json(200, json!({"ok": true, "outbid": n}))
@@ -1095,7 +1251,10 @@ impl Api for Vast {
             }
             (
                 &Method::POST,
-                "/_sandbox/vast/host" | "/_sandbox/vast/freeze" | "/_sandbox/vast/traffic",
+                "/_sandbox/vast/host"
+                | "/_sandbox/vast/freeze"
+                | "/_sandbox/vast/traffic"
+                | "/_sandbox/vast/gpu_util",
             ) => {
                 let Some(id) = body.get("id").and_then(Value::as_u64) else {
                     return Some(Answer::json(400, json!({"error": "`id`: an instance id"})));
@@ -1117,12 +1276,86 @@ impl Api for Vast {
                     "/_sandbox/vast/freeze" => {
                         i.frozen = body.get("frozen").and_then(Value::as_bool).unwrap_or(true);
                     }
+                    "/_sandbox/vast/gpu_util" => match body.get("util").and_then(Value::as_f64) {
+                        Some(u) if (0.0..=100.0).contains(&u) => i.gpu_util = u,
+                        _ => {
+                            return Some(Answer::json(
+                                400,
+                                json!({"error": "`util`: a percentage from 0 to 100"}),
+                            ));
+                        }
+                    },
                     _ => {
                         i.up_gb += body.get("up_gb").and_then(Value::as_f64).unwrap_or(0.0);
                         i.down_gb += body.get("down_gb").and_then(Value::as_f64).unwrap_or(0.0);
                     }
                 }
                 Answer::json(200, json!({"ok": true}))
+            }
+            (&Method::GET, "/_sandbox/vast/volumes") => {
+                self.settle_all();
+                let world = self.world.lock().unwrap();
+                let all: Vec<Value> = world
+                    .volumes
+                    .values()
+                    .chain(world.gone_volumes.iter())
+                    .map(|v| v.ledger_json())
+                    .collect();
+                Answer::json(200, json!({"volumes": all}))
+            }
+            (&Method::GET, "/_sandbox/vast/price_increases") => {
+                let world = self.world.lock().unwrap();
+                Answer::json(200, json!({"price_increases": world.price_increases}))
+            }
+            (&Method::POST, "/_sandbox/vast/price_increase") => {
+                let (Some(id), Some(gpu)) = (
+                    body.get("id").and_then(Value::as_u64),
+                    body.get("gpu_factor").and_then(Value::as_f64),
+                ) else {
+                    return Some(Answer::json(
+                        400,
+                        json!({"error": "`id` (an instance), `gpu_factor` (e.g. 1.2), optional `disk_factor`, `cutover_in_s`"}),
+                    ));
+                };
+                let disk = body.get("disk_factor").and_then(Value::as_f64);
+                let cutover = body
+                    .get("cutover_in_s")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(3600.0);
+                let mut world = self.world.lock().unwrap();
+                let Some(i) = world.instances.get(&id) else {
+                    return Some(Answer::json(404, json!({"error": "no such instance"})));
+                };
+                // the backend's rates are per second (`vastai/cli/commands/price_increase.py`
+                // shows them ×3600 per hour and ×3600×24×30 per month)
+                let gpu_old = i.offer["dph_base"].as_f64().unwrap_or(0.0) / 3600.0;
+                let disk_old = Self::storage_per_hour(i) / 3600.0;
+                let host = i.offer["host_id"].clone();
+                let now = unix_now();
+                let n = world.price_increases.len() as u64 + 7001;
+                let row = json!({
+                    "pending_price_increase_id": n,
+                    "contract_id": id,
+                    "host_id": host,
+                    "new_gpu_costpersec": gpu_old * gpu,
+                    "new_disk_ram_costpersec": disk.map(|d| disk_old * d),
+                    "new_bwu_cost": null,
+                    "new_bwd_cost": null,
+                    "new_platform_fee": null,
+                    "old_gpu_costpersec": gpu_old,
+                    "old_disk_ram_costpersec": disk_old,
+                    "old_bwu_cost": i.offer["inet_up_cost"],
+                    "old_bwd_cost": i.offer["inet_down_cost"],
+                    "old_platform_fee": null,
+                    "contract_end_date": now + cutover,
+                    "ask_end_date": now + 30.0 * 86_400.0,
+                    "created_at": now,
+                    "status": "pending",
+                    "gpu_factor": gpu,
+                    "disk_factor": disk.unwrap_or(1.0),
+                });
+                world.price_increases.push(row);
+                Answer::json(200, json!({"ok": true, "pending_price_increase_id": n}))
             }
             (&Method::POST, "/_sandbox/vast/withdraw") => {
                 let Some(ask) = body.get("id").and_then(Value::as_u64) else {

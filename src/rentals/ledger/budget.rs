@@ -22,7 +22,11 @@ pub const SPENT: &str = "WITH t AS (SELECT now() - make_interval(hours => $3) AS
       SELECT coalesce(e.paid_by, i.api_key_id) AS key, e.rate_per_hour AS rate, e.status, e.at AS t0, \
         coalesce(lead(e.at) OVER (PARTITION BY e.instance_id ORDER BY e.id), now()) AS t1 \
       FROM instance_events e JOIN instances i ON i.id = e.instance_id, t \
-      WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > least(t.win, t.mon)), \
+      WHERE i.account_id = $1 AND coalesce(i.terminated_at, now()) > least(t.win, t.mon) \
+      UNION ALL \
+      SELECT v.api_key_id, v.rate_per_hour, 'volume', v.created_at, coalesce(v.deleted_at, now()) \
+      FROM volumes v, t WHERE v.account_id = $1 AND v.status <> 'failed' \
+        AND coalesce(v.deleted_at, now()) > least(t.win, t.mon)), \
     b AS (SELECT key, coalesce(rate, 0) AS rate, t0, least(t1, now()) AS t1 FROM seg \
       WHERE status NOT IN ('pending', 'failed', 'terminated')), \
     bw AS (SELECT i.api_key_id AS key, c.amount_micros / 1e6 AS usd, \
@@ -229,7 +233,18 @@ pub async fn budgets(
         .first()
         .ok_or_else(|| Error::new(Kind::NotFound, Side::Client, "no such account"))?;
     // the rates of what is open (time paid up front bills none: it is counted as paid), the
-    // key's share being what it pays for
+    // key's share being what it pays for; volumes bill their storage until deleted
+    let volumes = tx
+        .query_typed(
+            "SELECT coalesce(sum(rate_per_hour), 0)::float8, \
+               coalesce(sum(rate_per_hour) FILTER (WHERE api_key_id = $2), 0)::float8 \
+             FROM volumes WHERE account_id = $1 AND status IN ('creating', 'available')",
+            &[(&account_id, Type::INT8), (&key, Type::INT8)],
+        )
+        .await
+        .map_err(db_err)?;
+    let (volumes_per_hour, key_volumes_per_hour): (f64, f64) =
+        (volumes[0].get(0), volumes[0].get(1));
     let sums = tx
         .query_typed(
             "SELECT count(*) FILTER (WHERE status NOT IN ('failed', 'terminated'))::int8, \
@@ -274,8 +289,8 @@ pub async fn budgets(
         on_exhausted: acct.get(4),
         key_limit: acct.get(5),
         open_instances: s.get(0),
-        open_per_hour: s.get(1),
-        key_open_per_hour: s.get(2),
+        open_per_hour: s.get::<_, f64>(1) + volumes_per_hour,
+        key_open_per_hour: s.get::<_, f64>(2) + key_volumes_per_hour,
         key_open_instances: s.get(3),
         window_hours,
         spent_in_window: sp.get(0),

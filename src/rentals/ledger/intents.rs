@@ -34,6 +34,9 @@ pub async fn reserve(db: &Db, n: &NewInstance<'_>) -> Result<InstanceRow> {
             },
         )
         .await?;
+        if let Some((volume, _)) = n.volume {
+            super::volume_free(tx, volume).await?;
+        }
         let rows = insert_instance(tx, n, Status::Pending, None).await?;
         for (name, key, fingerprint) in n.ssh_keys {
             tx.query_typed(
@@ -188,9 +191,9 @@ pub(super) async fn insert_instance(
             "INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, \
                gpu_count, price_per_hour, image, disk_gb, label, status, bid_per_hour, \
                storage_per_hour, expires_at, rental_request_id, try_index, api_key_id, failure, \
-               minimum_hours, paid_hours) \
+               minimum_hours, paid_hours, policies, relaunch, volume_id, volume_mount) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-               to_timestamp($14), $15, $16, $17, $18, $19, $20) \
+               to_timestamp($14), $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
              RETURNING {COLS}"
         ),
         &[
@@ -214,6 +217,10 @@ pub(super) async fn insert_instance(
             (&failure, Type::TEXT),
             (&n.minimum_hours, Type::FLOAT8),
             (&n.prepaid.map(|p| p.0 as i32), Type::INT4),
+            (&n.policies, Type::JSONB),
+            (&n.relaunch, Type::JSONB),
+            (&n.volume.map(|v| v.0), Type::TEXT),
+            (&n.volume.map(|v| v.1), Type::TEXT),
         ],
     )
     .await

@@ -36,6 +36,9 @@ mod history;
 mod intents;
 mod keys;
 mod lumps;
+mod repricing;
+mod upkeep;
+mod volumes;
 
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -53,6 +56,9 @@ pub use history::*;
 pub use intents::*;
 pub use keys::*;
 pub use lumps::*;
+pub use repricing::*;
+pub use upkeep::*;
+pub use volumes::*;
 
 /// An instance as the ledger has it.
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +118,20 @@ pub struct InstanceRow {
     pub paid_hours: Option<i32>,
     /// How its exposed ports are reached, as the provider last reported them.
     pub endpoints: Vec<crate::providers::Endpoint>,
+    /// What the reconciler does when it is outbid or idle (`rentals::policies`).
+    pub policies: crate::rentals::policies::Policies,
+    /// Since when its GPUs have been idle by its idle policy, and whether it was warned.
+    #[serde(skip)]
+    pub idle_since: Option<f64>,
+    #[serde(skip)]
+    pub idle_warned: bool,
+    /// What its interruption policy last did or could not do.
+    #[serde(skip)]
+    pub upkeep_note: Option<String>,
+    /// The rental its interruption policy's failover made in its place.
+    pub replaced_by: Option<String>,
+    /// The volume it was rented with, and where it is mounted.
+    pub volume: Option<crate::rentals::mounts::VolumeAttach>,
 }
 
 impl InstanceRow {
@@ -294,7 +314,9 @@ pub(super) const COLS: &str = "id, account_id, provider, provider_instance_id, o
     extract(epoch from dead_since)::float8, dead_reason, extract(epoch from expires_at)::float8, \
     rental_request_id, try_index, api_key_id, extract(epoch from restarted_at)::float8, \
     extract(epoch from ran_at)::float8, extract(epoch from updated_at)::float8, \
-    coalesce(payer_key_id, api_key_id), paid_hours, endpoints";
+    coalesce(payer_key_id, api_key_id), paid_hours, endpoints, policies, \
+    extract(epoch from idle_since)::float8, idle_warned, upkeep_note, replaced_by, volume_id, \
+    volume_mount";
 
 pub(super) fn row(r: &Row) -> InstanceRow {
     let ssh = match (r.get::<_, Option<String>>(12), r.get::<_, Option<i32>>(13)) {
@@ -342,6 +364,23 @@ pub(super) fn row(r: &Row) -> InstanceRow {
             .get::<_, Option<serde_json::Value>>(32)
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default(),
+        policies: r
+            .get::<_, Option<serde_json::Value>>(33)
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default(),
+        idle_since: r.get(34),
+        idle_warned: r.get(35),
+        upkeep_note: r.get(36),
+        replaced_by: r.get(37),
+        volume: match (
+            r.get::<_, Option<String>>(38),
+            r.get::<_, Option<String>>(39),
+        ) {
+            (Some(id), Some(mount_path)) => {
+                Some(crate::rentals::mounts::VolumeAttach { id, mount_path })
+            }
+            _ => None,
+        },
     }
 }
 
@@ -377,6 +416,11 @@ pub struct NewInstance<'a> {
     pub prepaid: Option<(u32, i64)>,
     /// The renting key's own instance limit (`accounts::policy`), checked with the budget.
     pub key_max_instances: Option<i32>,
+    /// Its interruption and idle policies, and what a failover rents by again.
+    pub policies: Option<&'a serde_json::Value>,
+    pub relaunch: Option<&'a serde_json::Value>,
+    /// A volume to attach: (volume id, mount path); checked free under the budget lock.
+    pub volume: Option<(&'a str, &'a str)>,
 }
 
 pub(super) fn db_err(e: tokio_postgres::Error) -> Error {
