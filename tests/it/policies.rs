@@ -574,3 +574,64 @@ async fn a_hosts_price_increase_is_accepted_within_the_limit_and_rejected_above_
     assert_eq!(sb.calls("vastai", "reject_price_increase").await, 1);
     assert_eq!(told(a.0.clone()).await.len(), 1);
 }
+
+/// A failover with nothing to rent instead: the outbid instance is still destroyed (its policy
+/// asked for that), the renter is told why (`outcome: failed`), and the operator's counter (the
+/// `GpuproxyInterruptFailoverFailed` alert's) rises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_with_no_other_offer_says_so() {
+    let Stack { db, sb, d } =
+        Stack::start("policy_failover_none", &["--provision-time", "300ms"], FAST).await;
+    let token = account(&db, "stranded", 10_000.0, 5);
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        "/v1/offers?providers=vastai&interruptible=true&limit=2&sort=price",
+        "",
+        None,
+    )
+    .await;
+    let two = r.json()["offers"].as_array().unwrap().clone();
+    let (a, b) = (&two[0], &two[1]);
+    let (pa, pb) = (
+        a["price_per_hour"].as_f64().unwrap(),
+        b["price_per_hour"].as_f64().unwrap(),
+    );
+    assert!(
+        pa < pb,
+        "the cheapest bid offer is alone at its price: {two:?}"
+    );
+    // a ceiling only the cheapest passes
+    let spec = json!({"max_price_per_hour": pa, "interruptible": true, "providers": ["vastai"]});
+    let body = json!({"spec": spec, "image": "pytorch/pytorch:latest", "disk_gb": 20,
+                      "on_interrupt": {"action": "failover"}});
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(r.json()["offer_id"], a["id"]);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let pid = pid_of(&r.json());
+    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    outbid(&sb, &pid).await;
+    let failed = support::eventually("the failover's failure", || async {
+        account_events(&db, &id)
+            .await
+            .into_iter()
+            .find(|(t, d)| t == "instance.interrupt_handled" && d["outcome"] == "failed")
+            .map(|(_, d)| d)
+    })
+    .await;
+    assert_eq!(failed["error"]["code"], "offer_unavailable", "{failed}");
+    assert_eq!(sandbox_instance(&sb, &pid).await["destroyed"], true);
+    let page = d.scrape().await;
+    assert_eq!(
+        support::metrics::value(
+            &page,
+            "gpuproxy_reconciler_actions_total{action=\"interrupt_failover_failed\"}"
+        ),
+        1.0
+    );
+    // no second attempt: the request has no try, but the outcome is recorded
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(sb.calls("vastai", "create").await, 1);
+}

@@ -303,7 +303,7 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
         "--label",
         "official-3",
         "--env",
-        "-e HF_HOME=/workspace",
+        "-e HF_HOME=/workspace -p 8000:8000 -p 9000:9000/udp",
         "--onstart-cmd",
         "echo started >> /var/log/onstart.log",
         "--args",
@@ -498,6 +498,7 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
     let w = cheapest(&d, &token, "vastai", "&disk_gb=30").await;
     let launch = json!({"offer_id": w["id"], "image": "vllm/vllm-openai:latest", "disk_gb": 30,
                         "env": {"HF_HOME": "/workspace"},
+                        "ports": [{"port": 8000}, {"port": 9000, "protocol": "udp"}],
                         "onstart": "echo started >> /var/log/onstart.log",
                         "args": ["--model", "facebook/opt-125m"]});
     let r = post(&d, &token, &launch.to_string()).await;
@@ -622,7 +623,8 @@ async fn gpuproxyd_asks_vast_what_the_official_client_asks_and_the_sandbox_answe
     })
     .await;
 
-    // 3. the launched workload: the values too, not only the shape
+    // 3. the launched workload (a script, arguments to the entrypoint, env and ports): the values
+    // too, not only the shape
     let body_of = |reqs: &[Value], image: &str| -> Value {
         reqs.iter()
             .map(|r| r["body"].clone())
