@@ -22,9 +22,10 @@ REDIS_PORT="${DEMO_REDIS_PORT:-56379}"
 mkdir -p "$DEMO_DIR/certs"
 
 echo "==> building gpuproxyd and gpuproxy-sandbox (release)"
-cargo build --release --locked --bin gpuproxyd --bin gpuproxy-sandbox
+cargo build --release --locked --bin gpuproxyd --bin gpuproxy-sandbox --bin gpx
 BIN="$CARGO_TARGET_DIR/release/gpuproxyd"
 SANDBOX_BIN="$CARGO_TARGET_DIR/release/gpuproxy-sandbox"
+GPX="$CARGO_TARGET_DIR/release/gpx"
 VAST_PORT="${DEMO_VAST_PORT:-18081}"
 IONET_PORT="${DEMO_IONET_PORT:-18082}"
 
@@ -87,6 +88,14 @@ Try, from another terminal:
   curl --cacert demo-data/certs/server.crt -H "Authorization: Bearer $API_KEY" "https://localhost:8443/v1/usage?group_by=instance"
   curl --cacert demo-data/certs/server.crt https://localhost:8443/ready
   curl -s http://127.0.0.1:9090/metrics | grep gpuproxy_
+
+Or with gpx, the tenant CLI (docs/cli.md):
+
+  $GPX --url https://localhost:8443 --cacert demo-data/certs/server.crt login --key $API_KEY
+  $GPX offers --gpu "RTX 4090" --limit 5
+  $GPX rent --gpu "RTX 4090" --max-price 2 --hours 1 --wait
+  $GPX ls
+  $GPX events --follow
 
 Accounts and keys: DATABASE_URL=$DATABASE_URL $BIN keys list --account demo
 

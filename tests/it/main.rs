@@ -11,6 +11,7 @@ mod commitments;
 mod connections;
 mod docs;
 mod events;
+mod gpx;
 mod hardening;
 mod harness;
 mod instances;
