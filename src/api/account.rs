@@ -24,7 +24,22 @@ pub fn token(api: &Arc<Api>, p: &Principal) -> Result<Response<Body>> {
     Ok(respond::json(StatusCode::OK, &account::token(api, p)?))
 }
 
+/// `GET /v1/account/keys`.
+pub async fn keys(c: super::call::Call) -> Result<Response<Body>> {
+    let v = account::keys(&c.api, c.principal()?).await?;
+    Ok(respond::json(StatusCode::OK, &v))
+}
+
 // The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
+
+/// `GET /v1/account/keys`.
+pub const LIST_OWN_KEYS: Op = Op {
+    id: "listOwnKeys",
+    tag: "auth",
+    summary: "The API keys of the caller's account (public ids, scopes, limits and policies; never a secret)",
+    answers: &[json(200, "Keys", schema::<crate::service::admin::KeyList>)],
+    ..Op::NONE
+};
 
 /// `POST /v1/auth/token`.
 pub const CREATE_TOKEN: Op = Op {

@@ -135,6 +135,15 @@ pub static ROUTES: &[Route] = &[
         )],
     ),
     route(
+        "/v1/account/keys",
+        User,
+        &[(
+            Method::GET,
+            later!(c => account::keys(c).await),
+            account::LIST_OWN_KEYS,
+        )],
+    ),
+    route(
         "/v1/admin/accounts",
         Admin,
         &[

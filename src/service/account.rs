@@ -199,6 +199,18 @@ pub fn token(app: &AppState, p: &Principal) -> Result<TokenView, Error> {
     })
 }
 
+/// `GET /v1/account/keys`: the keys of the caller's account (never their secrets), as an
+/// operator sees them with `GET /v1/admin/accounts/{account}/keys`.
+pub async fn keys(app: &AppState, p: &Principal) -> Result<super::admin::KeyList, Error> {
+    let db = super::db(app, "keys")?;
+    let keys = crate::accounts::store::list_keys(
+        &db,
+        &crate::accounts::store::AccountRef::Id(p.account_id()),
+    )
+    .await?;
+    Ok(super::admin::KeyList { keys })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -147,6 +147,13 @@ async fn gpx_logs_in_rents_lists_follows_and_destroys() {
     let (code, _, _) = gpx(h, &["ls"], &[("GPX_API_KEY", "gpx_bad_bad")]);
     assert_eq!(code, 77);
 
+    // the account's own keys, never a secret
+    let (code, out, err) = gpx(h, &["keys", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let keys: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keys["keys"].as_array().map(Vec::len), Some(1), "{keys}");
+    assert!(!out.contains(&token), "the secret never comes back");
+
     let (code, out, err) = gpx(h, &["destroy", &id], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id), "{out}");

@@ -635,3 +635,51 @@ async fn a_failover_with_no_other_offer_says_so() {
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert_eq!(sb.calls("vastai", "create").await, 1);
 }
+
+/// A busy reading ends an idle span: an instance warned, then busy again, is not stopped when
+/// the first span would have run out; idle again, it is warned anew before it is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_reading_ends_the_idle_span_and_a_new_one_warns_again() {
+    let mut cfg = FAST.to_vec();
+    cfg.push("rentals.idle_notice_ms=5000");
+    let Stack { db, sb, d } =
+        Stack::start("policy_idle_reset", &["--provision-time", "300ms"], &cfg).await;
+    let token = account(&db, "fidget", 10_000.0, 5);
+    let o = cheapest(&d, &token, "vastai", "").await;
+    // 6 s below 5%, warned 5 s ahead (after 1 s idle)
+    let idle = json!({"gpu_util_below": 5, "for_minutes": 0.1, "action": "stop"});
+    let body = rent_body_with(o["id"].as_str().unwrap(), &json!({"idle": idle}));
+    let r = post(&d, &token, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let pid = pid_of(&r.json());
+    until(&d, &token, &id, "running", |v| v["status"] == "running").await;
+    set_util(&sb, &pid, 1.0).await;
+    support::eventually("the first warning", || async {
+        let n = account_events(&db, &id)
+            .await
+            .iter()
+            .filter(|(t, d)| t == "instance.idle" && d["phase"] == "warning")
+            .count();
+        (n == 1).then_some(())
+    })
+    .await;
+    set_util(&sb, &pid, 60.0).await;
+    // past the end of the first span: still running, never stopped
+    tokio::time::sleep(std::time::Duration::from_millis(7000)).await;
+    let v = call(&d, &token, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(sb.calls("vastai", "manage").await, 0);
+    // idle again: a new warning, then the stop
+    set_util(&sb, &pid, 1.0).await;
+    until(&d, &token, &id, "stopped", |v| v["status"] == "stopped").await;
+    let phases: Vec<String> = account_events(&db, &id)
+        .await
+        .into_iter()
+        .filter(|(t, _)| t == "instance.idle")
+        .map(|(_, d)| d["phase"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(phases, ["warning", "warning", "stopped"], "{phases:?}");
+}

@@ -480,3 +480,35 @@ pub async fn usage(api: &Api, a: UsageArgs) -> Outcome<()> {
     );
     Ok(())
 }
+
+pub async fn keys(api: &Api, json: bool) -> Outcome<()> {
+    let v = api.call(Method::GET, "/v1/account/keys", None).await?;
+    if json {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = v["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            let scopes = k["scopes"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            vec![
+                s(&k["public_id"]),
+                s(&k["label"]),
+                scopes,
+                s(&k["created_at"]),
+                s(&k["last_used_at"]),
+                s(&k["revoked_at"]),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "LABEL", "SCOPES", "CREATED", "LAST_USED", "REVOKED"],
+        &rows,
+    );
+    Ok(())
+}

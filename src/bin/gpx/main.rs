@@ -73,6 +73,11 @@ enum Command {
     Events(commands::EventsArgs),
     /// Usage and spend (`--csv` for one row per instance and day).
     Usage(commands::UsageArgs),
+    /// The API keys of your account (never their secrets).
+    Keys {
+        #[arg(long)]
+        json: bool,
+    },
     /// Shell completions for bash, zsh, fish, elvish or powershell.
     Completions { shell: clap_complete::Shell },
 }
@@ -151,6 +156,7 @@ async fn run(cli: Cli) -> client::Outcome<()> {
         Command::Destroy { id } => commands::destroy(&api, &id).await,
         Command::Events(a) => commands::events(&api, a).await,
         Command::Usage(a) => commands::usage(&api, a).await,
+        Command::Keys { json } => commands::keys(&api, json).await,
         Command::Login { .. } | Command::Completions { .. } => Ok(()),
     }
 }
