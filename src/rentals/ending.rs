@@ -41,6 +41,19 @@ pub(super) async fn end(
     action: &'static str,
     detail: &str,
 ) -> Result<bool> {
+    end_as(r, p, row, pid, Status::Terminated, action, detail).await
+}
+
+/// [`end`], marking the row `to` (`terminated`, or `failed` for one that will never run).
+pub(super) async fn end_as(
+    r: &Rentals,
+    p: &dyn Provider,
+    row: &ledger::InstanceRow,
+    pid: &str,
+    to: Status,
+    action: &'static str,
+    detail: &str,
+) -> Result<bool> {
     if let Err(e) = p.destroy(pid).await {
         tracing::warn!(instance = %row.id, error = %e, action, "could not destroy; next round retries");
         return Ok(false);
@@ -49,7 +62,7 @@ pub(super) async fn end(
     if ledger::transition(
         &r.db,
         &row.id,
-        Transition::new(&[row.status], Status::Terminated, action).detail(detail),
+        Transition::new(&[row.status], to, action).detail(detail),
     )
     .await?
     .is_some()

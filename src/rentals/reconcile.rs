@@ -443,21 +443,8 @@ async fn destroy_failed(
     action: &'static str,
     detail: &str,
 ) -> Result<()> {
-    if let Err(e) = p.destroy(pid).await {
-        tracing::warn!(instance = %row.id, error = %e, action, "could not destroy; next round retries");
-        return Ok(());
-    }
-    tracing::warn!(instance = %row.id, provider_id = pid, action, detail, "destroyed an instance that will not run");
-    r.status.forget(&format!("{}:{pid}", row.provider)).await;
-    if ledger::transition(
-        &r.db,
-        &row.id,
-        Transition::new(&[row.status], Status::Failed, action).detail(detail),
-    )
-    .await?
-    .is_some()
-    {
-        act(action);
+    if super::ending::end_as(r, p, row, pid, Status::Failed, action, detail).await? {
+        tracing::warn!(instance = %row.id, provider_id = pid, action, detail, "destroyed an instance that will not run");
     }
     Ok(())
 }
