@@ -29,10 +29,18 @@ GPX="$CARGO_TARGET_DIR/release/gpx"
 VAST_PORT="${DEMO_VAST_PORT:-18081}"
 IONET_PORT="${DEMO_IONET_PORT:-18082}"
 
+# a self-signed end-entity certificate (not a CA: rustls clients such as gpx refuse a CA
+# certificate presented as the server's own); one from an earlier demo that is a CA is replaced
+if [ -s "$DEMO_DIR/certs/server.crt" ] &&
+   openssl x509 -in "$DEMO_DIR/certs/server.crt" -noout -ext basicConstraints 2>/dev/null | grep -q "CA:TRUE"; then
+  rm -f "$DEMO_DIR/certs/server.crt" "$DEMO_DIR/certs/server.key"
+fi
 if [ ! -s "$DEMO_DIR/certs/server.crt" ]; then
   echo "==> generating a self-signed certificate for localhost"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 365 \
     -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" -addext "keyUsage=critical,digitalSignature" \
+    -addext "extendedKeyUsage=serverAuth" \
     -keyout "$DEMO_DIR/certs/server.key" -out "$DEMO_DIR/certs/server.crt" 2>/dev/null
 fi
 
