@@ -154,6 +154,66 @@ async fn gpx_logs_in_rents_lists_follows_and_destroys() {
     assert_eq!(keys["keys"].as_array().map(Vec::len), Some(1), "{keys}");
     assert!(!out.contains(&token), "the secret never comes back");
 
+    // a volume and an idle policy through gpx: created, attached at rent, refused while in use
+    let (code, out, err) = gpx(h, &["volumes", "offers", "--size-gb", "10", "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let vo: Value = serde_json::from_str(&out).unwrap();
+    let all = offers["offers"].as_array().unwrap();
+    let (vol_offer, host) = vo["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| {
+            let o = all
+                .iter()
+                .find(|o| o["machine_id"] == v["machine_id"] && o["id"] != offer.as_str())?;
+            Some((v["id"].as_str()?.to_owned(), o["id"].as_str()?.to_owned()))
+        })
+        .expect("a volume offer on a listed offer's machine");
+    let (code, out, err) = gpx(
+        h,
+        &[
+            "volumes",
+            "create",
+            "--offer",
+            &vol_offer,
+            "--size-gb",
+            "10",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let vid = out.split_whitespace().next().unwrap().to_owned();
+    assert!(out.contains("available"), "{out}");
+    let (code, out, err) = gpx(
+        h,
+        &[
+            "rent",
+            "--offer",
+            &host,
+            "--volume",
+            &vid,
+            "--idle-below",
+            "5",
+            "--idle-minutes",
+            "30",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let on_vol: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(on_vol["volume"]["id"], vid.as_str(), "{on_vol}");
+    assert_eq!(on_vol["idle"]["action"], "stop");
+    let (code, _, err) = gpx(h, &["volumes", "rm", &vid], &[]);
+    assert_eq!(code, 65, "in use: {err}");
+    assert!(err.contains("volume_in_use"), "{err}");
+    let (code, out, _) = gpx(h, &["volumes", "ls"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&vid), "{out}");
+    let (code, _, err) = gpx(h, &["destroy", on_vol["id"].as_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+
     let (code, out, err) = gpx(h, &["destroy", &id], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(&id), "{out}");

@@ -137,6 +137,28 @@ pub struct RentArgs {
     /// An OpenSSH public key file to give the instance.
     #[arg(long)]
     ssh_key_file: Option<String>,
+    /// A volume of yours to attach (`gpx volumes`), mounted at `--mount` (default /data).
+    #[arg(long)]
+    volume: Option<String>,
+    #[arg(long, default_value = "/data", requires = "volume")]
+    mount: String,
+    /// Stop (or `--idle-action destroy`) the instance once its GPU utilisation has stayed below
+    /// this percentage for `--idle-minutes`.
+    #[arg(long, requires = "idle_minutes")]
+    idle_below: Option<f64>,
+    #[arg(long, requires = "idle_below")]
+    idle_minutes: Option<f64>,
+    #[arg(long, default_value = "stop", requires = "idle_below")]
+    idle_action: String,
+    /// What to do when outbid: wait, rebid (with `--max-bid`), failover (by spec) or destroy.
+    #[arg(long)]
+    on_interrupt: Option<String>,
+    /// The highest bid `--on-interrupt rebid` may place (USD/h).
+    #[arg(long, requires = "on_interrupt")]
+    max_bid: Option<f64>,
+    /// Interruptible offers only (rent by spec).
+    #[arg(long)]
+    interruptible: bool,
     /// Makes a retry of this command safe: the same key rents once.
     #[arg(long)]
     idempotency_key: Option<String>,
@@ -158,6 +180,9 @@ pub async fn rent(api: &Api, a: RentArgs) -> Outcome<()> {
             }
             if let Some(p) = &a.providers {
                 spec["providers"] = json!(p.split(',').map(str::trim).collect::<Vec<_>>());
+            }
+            if a.interruptible {
+                spec["interruptible"] = json!(true);
             }
             body["spec"] = spec;
         }
@@ -187,6 +212,20 @@ pub async fn rent(api: &Api, a: RentArgs) -> Outcome<()> {
     }
     if !a.ssh_key_ids.is_empty() {
         body["ssh_key_ids"] = json!(a.ssh_key_ids);
+    }
+    if let Some(v) = &a.volume {
+        body["volume"] = json!({"id": v, "mount_path": a.mount});
+    }
+    if let (Some(below), Some(minutes)) = (a.idle_below, a.idle_minutes) {
+        body["idle"] =
+            json!({"gpu_util_below": below, "for_minutes": minutes, "action": a.idle_action});
+    }
+    if let Some(action) = &a.on_interrupt {
+        let mut on = json!({"action": action});
+        if let Some(max) = a.max_bid {
+            on["max_bid_per_hour"] = json!(max);
+        }
+        body["on_interrupt"] = on;
     }
     if let Some(f) = &a.ssh_key_file {
         let k = std::fs::read_to_string(f)
@@ -510,5 +549,118 @@ pub async fn keys(api: &Api, json: bool) -> Outcome<()> {
         &["ID", "LABEL", "SCOPES", "CREATED", "LAST_USED", "REVOKED"],
         &rows,
     );
+    Ok(())
+}
+
+#[derive(clap::Subcommand)]
+pub enum VolumesCmd {
+    /// Your volumes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Machines with room for a volume, cheapest storage first.
+    Offers {
+        #[arg(long, default_value_t = 10)]
+        size_gb: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a volume from a volume offer (it bills until deleted).
+    Create {
+        #[arg(long)]
+        offer: String,
+        #[arg(long)]
+        size_gb: u32,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete a volume (refused while an instance uses it).
+    Rm { id: String },
+}
+
+pub async fn volumes(api: &Api, cmd: VolumesCmd) -> Outcome<()> {
+    match cmd {
+        VolumesCmd::Ls { json } => {
+            let v = api.call(Method::GET, "/v1/volumes", None).await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = v["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| {
+                    vec![
+                        s(&x["id"]),
+                        s(&x["status"]),
+                        s(&x["size_gb"]),
+                        s(&x["machine_id"]),
+                        s(&x["price_per_hour"]),
+                        s(&x["attached_to"]),
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "STATUS", "GB", "MACHINE", "USD/H", "ATTACHED_TO"],
+                &rows,
+            );
+        }
+        VolumesCmd::Offers { size_gb, json } => {
+            let v = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/volume-offers?size_gb={size_gb}"),
+                    None,
+                )
+                .await?;
+            if json {
+                print_json(&v);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = v["offers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|o| {
+                    vec![
+                        s(&o["id"]),
+                        s(&o["machine_id"]),
+                        s(&o["free_gb"]),
+                        s(&o["price_per_gb_month"]),
+                        s(&o["country"]),
+                    ]
+                })
+                .collect();
+            table(
+                &["ID", "MACHINE", "FREE_GB", "USD/GB-MONTH", "COUNTRY"],
+                &rows,
+            );
+        }
+        VolumesCmd::Create {
+            offer,
+            size_gb,
+            name,
+        } => {
+            let mut body = json!({"offer_id": offer, "size_gb": size_gb});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            let v = api.call(Method::POST, "/v1/volumes", Some(&body)).await?;
+            println!(
+                "{} {} machine {}",
+                s(&v["id"]),
+                s(&v["status"]),
+                s(&v["machine_id"])
+            );
+        }
+        VolumesCmd::Rm { id } => {
+            let v = api
+                .call(Method::DELETE, &format!("/v1/volumes/{id}"), None)
+                .await?;
+            println!("{} {}", s(&v["id"]), s(&v["status"]));
+        }
+    }
     Ok(())
 }

@@ -39,7 +39,7 @@ enum Command {
     /// Offers, cheapest first.
     Offers(commands::OffersArgs),
     /// Rent an offer, or the best offer matching a spec.
-    Rent(commands::RentArgs),
+    Rent(Box<commands::RentArgs>),
     /// Your instances.
     Ls {
         #[arg(long)]
@@ -73,6 +73,9 @@ enum Command {
     Events(commands::EventsArgs),
     /// Usage and spend (`--csv` for one row per instance and day).
     Usage(commands::UsageArgs),
+    /// Volumes: disk on one machine that outlives instances (Vast).
+    #[command(subcommand)]
+    Volumes(commands::VolumesCmd),
     /// The API keys of your account (never their secrets).
     Keys {
         #[arg(long)]
@@ -146,7 +149,7 @@ async fn run(cli: Cli) -> client::Outcome<()> {
     let api = client::Api::new(&url, &key, cacert.as_deref())?;
     match cli.command {
         Command::Offers(a) => commands::offers(&api, a).await,
-        Command::Rent(a) => commands::rent(&api, a).await,
+        Command::Rent(a) => commands::rent(&api, *a).await,
         Command::Ls { json } => commands::ls(&api, json).await,
         Command::Show { id, json } => commands::show(&api, &id, json).await,
         Command::Ssh { id, args } => commands::ssh(&api, &id, &args).await,
@@ -157,6 +160,7 @@ async fn run(cli: Cli) -> client::Outcome<()> {
         Command::Events(a) => commands::events(&api, a).await,
         Command::Usage(a) => commands::usage(&api, a).await,
         Command::Keys { json } => commands::keys(&api, json).await,
+        Command::Volumes(c) => commands::volumes(&api, c).await,
         Command::Login { .. } | Command::Completions { .. } => Ok(()),
     }
 }
