@@ -20,6 +20,17 @@ fn table(head: &[&str], rows: &[Vec<String>]) {
     gpuproxyd::cli::table::print(head, rows, 48);
 }
 
+/// The objects of the JSON array `items` as a table, one column per field.
+fn items_table(items: &Value, head: &[&str], fields: &[&str]) {
+    let rows: Vec<Vec<String>> = items
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| fields.iter().map(|f| s(&o[*f])).collect())
+        .collect();
+    table(head, &rows);
+}
+
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -79,24 +90,17 @@ pub async fn offers(api: &Api, a: OffersArgs) -> Outcome<()> {
         print_json(&v);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = v["offers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|o| {
-            vec![
-                s(&o["id"]),
-                s(&o["gpu_model"]),
-                s(&o["gpu_count"]),
-                s(&o["price_per_hour"]),
-                s(&o["country"]),
-                s(&o["reliability"]),
-            ]
-        })
-        .collect();
-    table(
+    items_table(
+        &v["offers"],
         &["ID", "GPU", "N", "USD/H", "COUNTRY", "RELIABILITY"],
-        &rows,
+        &[
+            "id",
+            "gpu_model",
+            "gpu_count",
+            "price_per_hour",
+            "country",
+            "reliability",
+        ],
     );
     Ok(())
 }
@@ -288,24 +292,17 @@ pub async fn ls(api: &Api, json: bool) -> Outcome<()> {
         print_json(&v);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = v["instances"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| {
-            vec![
-                s(&i["id"]),
-                s(&i["provider"]),
-                s(&i["gpu_model"]),
-                s(&i["status"]),
-                s(&i["price_per_hour"]),
-                s(&i["created_at"]),
-            ]
-        })
-        .collect();
-    table(
+    items_table(
+        &v["instances"],
         &["ID", "PROVIDER", "GPU", "STATUS", "USD/H", "CREATED"],
-        &rows,
+        &[
+            "id",
+            "provider",
+            "gpu_model",
+            "status",
+            "price_per_hour",
+            "created_at",
+        ],
     );
     Ok(())
 }
@@ -587,24 +584,17 @@ pub async fn volumes(api: &Api, cmd: VolumesCmd) -> Outcome<()> {
                 print_json(&v);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = v["volumes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|x| {
-                    vec![
-                        s(&x["id"]),
-                        s(&x["status"]),
-                        s(&x["size_gb"]),
-                        s(&x["machine_id"]),
-                        s(&x["price_per_hour"]),
-                        s(&x["attached_to"]),
-                    ]
-                })
-                .collect();
-            table(
+            items_table(
+                &v["volumes"],
                 &["ID", "STATUS", "GB", "MACHINE", "USD/H", "ATTACHED_TO"],
-                &rows,
+                &[
+                    "id",
+                    "status",
+                    "size_gb",
+                    "machine_id",
+                    "price_per_hour",
+                    "attached_to",
+                ],
             );
         }
         VolumesCmd::Offers { size_gb, json } => {
@@ -619,23 +609,16 @@ pub async fn volumes(api: &Api, cmd: VolumesCmd) -> Outcome<()> {
                 print_json(&v);
                 return Ok(());
             }
-            let rows: Vec<Vec<String>> = v["offers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|o| {
-                    vec![
-                        s(&o["id"]),
-                        s(&o["machine_id"]),
-                        s(&o["free_gb"]),
-                        s(&o["price_per_gb_month"]),
-                        s(&o["country"]),
-                    ]
-                })
-                .collect();
-            table(
+            items_table(
+                &v["offers"],
                 &["ID", "MACHINE", "FREE_GB", "USD/GB-MONTH", "COUNTRY"],
-                &rows,
+                &[
+                    "id",
+                    "machine_id",
+                    "free_gb",
+                    "price_per_gb_month",
+                    "country",
+                ],
             );
         }
         VolumesCmd::Create {
