@@ -203,15 +203,22 @@ pub async fn once(r: &std::sync::Arc<Rentals>, process_start: f64) -> Result<()>
                 Some(i) => *i,
                 None => match p.instance(pid).await {
                     Ok(None) => {
+                        // gone past its lifetime: it ended because of it (the expiry service's
+                        // destroy, racing this round, or one whose record a crash lost)
+                        let why = if row.expires_at.is_some_and(|t| t <= now()) {
+                            "expired"
+                        } else {
+                            "vanished"
+                        };
                         if ledger::transition(
                             &db,
                             &row.id,
-                            Transition::new(&[row.status], Status::Terminated, "vanished"),
+                            Transition::new(&[row.status], Status::Terminated, why),
                         )
                         .await?
                         .is_some()
                         {
-                            act("vanished");
+                            act(why);
                         }
                         continue;
                     }

@@ -307,10 +307,11 @@ async fn failover(
     key: Option<i64>,
     request: &str,
 ) -> Result<InstanceRow> {
-    let body = ledger::relaunch_of(&r.db, old).await?.ok_or_else(|| {
+    let kept = ledger::relaunch_of(&r.db, old).await?.ok_or_else(|| {
         crate::error::Error::bad_request("the rental kept no spec to fail over by")
     })?;
-    let body: RentBody = serde_json::from_value(body).map_err(crate::error::Error::internal)?;
+    let body: RentBody =
+        serde_json::from_value(kept.clone()).map_err(crate::error::Error::internal)?;
     let spec = body.spec.clone().ok_or_else(|| {
         crate::error::Error::bad_request("the rental kept no spec to fail over by")
     })?;
@@ -336,8 +337,9 @@ async fn failover(
         .await?
         .map(|row| vec![row.offer_id])
         .unwrap_or_default();
-    let mut again = body.clone();
-    again.relaunch = ledger::relaunch_of(&r.db, old).await?;
+    let mut again = body;
+    // the replacement keeps what a later failover rents by
+    again.relaunch = Some(kept);
     let _turn = r.slots.acquire(account_id).await;
     r.rent_by_spec(who, &again, &spec, request, &lost).await
 }
