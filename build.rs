@@ -1,11 +1,22 @@
-//! Lists the schema migrations from their folder (`src/accounts/migrations/NNNN_name.sql`, in
-//! name order) into `$OUT_DIR/migrations.rs`, so a new migration is one new file and nothing
-//! else. Refuses a name without a four-digit version, a repeated version and a gap.
+//! Two generated inputs of the crate:
+//!
+//! - the schema migrations, listed from their folder (`src/accounts/migrations/NNNN_name.sql`,
+//!   in name order) into `$OUT_DIR/migrations.rs`, so a new migration is one new file and
+//!   nothing else (a name without a four-digit version, a repeated version and a gap are
+//!   refused);
+//! - the gRPC protos (`proto/gpuproxy/v1`), compiled into their messages and service traits
+//!   (`api::grpc::pb`) and a file descriptor set for server reflection. protox parses them in
+//!   Rust, so building needs no `protoc`.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
+    migrations();
+    protos().expect("compile the protos in proto/");
+}
+
+fn migrations() {
     // read when the script runs, not when it is compiled: a compiled build script is reused by
     // every checkout sharing a target directory (CARGO_TARGET_DIR), each in its own place
     let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
@@ -43,4 +54,27 @@ fn main() {
     out += "];\n";
     let dest = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("migrations.rs");
     std::fs::write(dest, out).expect("write migrations.rs");
+}
+
+/// The gRPC API's protos, in `proto/` (a buf module: `buf lint`, `buf breaking`).
+const PROTOS: &[&str] = &[
+    "gpuproxy/v1/offers.proto",
+    "gpuproxy/v1/instances.proto",
+    "gpuproxy/v1/events.proto",
+    "gpuproxy/v1/account.proto",
+    "gpuproxy/v1/usage.proto",
+];
+
+fn protos() -> Result<(), Box<dyn std::error::Error>> {
+    let root = Path::new(&std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let files: Vec<_> = PROTOS.iter().map(|f| root.join(f)).collect();
+    let fds = protox::compile(&files, [&root])?;
+    let out = Path::new(&std::env::var("OUT_DIR")?).join("gpuproxy_v1_descriptor.bin");
+    std::fs::write(out, prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_transport(false)
+        .compile_fds(fds)?;
+    Ok(())
 }

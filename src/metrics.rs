@@ -138,7 +138,11 @@ catalog! {
     RECONCILER_ACTIONS_TOTAL = "gpuproxy_reconciler_actions_total", Counter, ["action"],
         "What the reconciler did, by action (adopted, abandoned, orphan_destroyed, status_synced, vanished, dead_destroyed, stuck_destroyed, unreachable_destroyed, expired, paid_settled; a rental's own policies: idle_warned, idle_stopped, idle_destroyed, rebid, rebid_refused, interrupt_destroyed, interrupt_failed_over, interrupt_failover_failed; hosts' price increases: price_increase_accepted, price_increase_rejected).";
     EVENT_STREAMS = "gpuproxy_event_streams", Gauge, [],
-        "GET /v1/events streams (SSE and WebSocket) open on this daemon.";
+        "Event streams (SSE, WebSocket and gRPC StreamEvents) open on this daemon.";
+    GRPC_CALLS_IN_FLIGHT = "gpuproxy_grpc_calls_in_flight", Gauge, [],
+        "gRPC calls running until their answer's head (a call past its grpc-timeout deadline is dropped, and leaves this at once).";
+    GRPC_DEADLINES_EXCEEDED_TOTAL = "gpuproxy_grpc_deadlines_exceeded_total", Counter, [],
+        "gRPC calls and streams ended DEADLINE_EXCEEDED by their grpc-timeout.";
     EVENT_STREAMS_CLOSED_TOTAL = "gpuproxy_event_streams_closed_total", Counter, ["reason"],
         "Event streams ended, by reason (client, slow_consumer, draining, unavailable, ping_timeout).";
     EVENT_STREAMS_CUT_TOTAL = "gpuproxy_event_streams_cut_total", Counter, [],

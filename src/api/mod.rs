@@ -8,6 +8,7 @@ pub mod body;
 pub mod call;
 pub mod events;
 pub mod feed_query;
+pub mod grpc;
 pub mod health;
 pub mod instances;
 pub mod mcp;
@@ -70,12 +71,19 @@ pub struct Api {
     pub openapi: openapi::Document,
     /// MCP's `tools/list` answer, its input schemas taken from the document.
     pub mcp_tools: Vec<serde_json::Value>,
+    /// The gRPC services (`grpc`), and their request metrics (by method).
+    pub grpc: grpc::Registry,
+    pub grpc_metrics: RequestMetrics,
 }
 
 impl Api {
     pub fn new(app: Arc<AppState>) -> Arc<Api> {
         let document = openapi::Document::new();
+        let grpc = grpc::Registry::new(app.config.server.max_body_bytes.get() as usize);
+        grpc.follow_phase(&app);
         Arc::new(Api {
+            grpc,
+            grpc_metrics: RequestMetrics::new(&grpc::metric_labels()),
             offer_pages: crate::service::offers::PageCache::new(
                 app.config.offers.cache_max_entries.get(),
             ),
@@ -102,6 +110,9 @@ pub async fn handle(state: Arc<Api>, ctx: ConnCtx, req: Request<Incoming>) -> Re
     let start = Instant::now();
     let request_id = client_request_id(&req).unwrap_or_else(|| state.next_request_id());
     state.conns.count_request(ctx.proto);
+    if grpc::is_grpc(&req) {
+        return Box::pin(grpc::handle(state, ctx, req, request_id)).await;
+    }
     let matched = Route::of(req.uri().path())
         .filter(|(_, r, _)| !r.debug_only || state.config.server.debug_routes)
         .map(|(i, r, p)| (i, r, p.map(str::to_owned)));

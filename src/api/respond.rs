@@ -75,11 +75,7 @@ pub async fn replayed_error(resp: Response<Body>, request_id: &str) -> Response<
 /// Maps an error to its status and JSON body `{"error":{"code","message","request_id"}}`, adds the
 /// headers its kind calls for, and logs faults that are not the client's.
 pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
-    match err.side {
-        Side::Client => tracing::debug!(request_id, error = %err, "client error"),
-        Side::Upstream => tracing::warn!(request_id, error = %err, "upstream error"),
-        Side::Internal => tracing::error!(request_id, error = %err, "internal error"),
-    }
+    log(err, request_id);
     let mut resp = json(
         err.kind.status(),
         &ErrorBody {
@@ -91,28 +87,12 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
             },
         },
     );
-    if let Kind::RateLimited(v) = &err.kind {
-        if let crate::ratelimit::gcra::Decision::Limited { retry_after } = v.decision {
-            resp.headers_mut().insert(
-                RETRY_AFTER,
-                HeaderValue::from(crate::ratelimit::ceil_secs(retry_after)),
-            );
-        }
-        set_ratelimit_headers(&mut resp, v);
-    }
-    if matches!(
-        err.kind,
-        Kind::Refused(crate::error::Refusal::IdempotencyInProgress) | Kind::AuthBusy
-    ) {
-        resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(2u32));
-    }
-    if let (Kind::Refused(crate::error::Refusal::UpstreamBudget), Some(d)) =
-        (&err.kind, &err.details)
-    {
-        let secs = d["retry_after_s"].as_u64().unwrap_or(1);
+    if let Some(secs) = retry_after_secs(err) {
         resp.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Kind::RateLimited(v) = &err.kind {
+        set_ratelimit_headers(&mut resp, v);
     }
     if let Kind::Unauthorized(code) = &err.kind {
         let v = format!(
@@ -135,6 +115,110 @@ pub fn error_response(err: &Error, request_id: &str) -> Response<Body> {
     }
     resp
 }
+
+/// Logs a fault that is not the client's (a client's at debug level).
+fn log(err: &Error, request_id: &str) {
+    match err.side {
+        Side::Client => tracing::debug!(request_id, error = %err, "client error"),
+        Side::Upstream => tracing::warn!(request_id, error = %err, "upstream error"),
+        Side::Internal => tracing::error!(request_id, error = %err, "internal error"),
+    }
+}
+
+/// When the same request may be tried again (seconds), for the errors that say: a rate limit,
+/// a provider-call budget, an idempotent run still in progress, a busy key cache.
+fn retry_after_secs(err: &Error) -> Option<u64> {
+    match (&err.kind, &err.details) {
+        (Kind::RateLimited(v), _) => match v.decision {
+            crate::ratelimit::gcra::Decision::Limited { retry_after } => {
+                Some(crate::ratelimit::ceil_secs(retry_after))
+            }
+            _ => None,
+        },
+        (Kind::Refused(crate::error::Refusal::IdempotencyInProgress) | Kind::AuthBusy, _) => {
+            Some(2)
+        }
+        (Kind::Refused(crate::error::Refusal::UpstreamBudget), Some(d)) => {
+            Some(d["retry_after_s"].as_u64().unwrap_or(1))
+        }
+        _ => None,
+    }
+}
+
+/// The gRPC status code of an error: from its HTTP status, with 409's split by what it means
+/// (docs/grpc.md, "Errors"). `code` is the error's code (`Kind::code`), so a replayed error
+/// (an `Idempotency-Key`'s recorded answer: status and body) maps the same as a live one.
+pub fn grpc_code(status: u16, code: &str) -> tonic::Code {
+    use tonic::Code;
+    match status {
+        400 | 415 | 422 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        402 => Code::FailedPrecondition,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        405 | 501 => Code::Unimplemented,
+        408 => Code::DeadlineExceeded,
+        409 => match code {
+            "idempotency_in_progress" => Code::Aborted,
+            "conflict" | "ssh_key_exists" => Code::AlreadyExists,
+            "instance_limit" => Code::ResourceExhausted,
+            _ => Code::FailedPrecondition,
+        },
+        413 | 429 => Code::ResourceExhausted,
+        502..=504 => Code::Unavailable,
+        _ => Code::Internal,
+    }
+}
+
+/// The gRPC status of an error (the gRPC carrier's one way to answer one, as
+/// [`error_response`] is REST's): its code, its message, and `google.rpc.ErrorInfo` with our
+/// code as `reason` and the request id and the details' scalar figures as metadata; with
+/// `google.rpc.RetryInfo` when the request may be tried again later. Logged as REST's are.
+pub fn grpc_status(err: &Error, request_id: &str) -> tonic::Status {
+    log(err, request_id);
+    status_with_info(
+        grpc_code(err.kind.status().as_u16(), err.kind.code()),
+        &err.message,
+        err.kind.code(),
+        request_id,
+        err.details.as_deref(),
+        retry_after_secs(err),
+    )
+}
+
+/// A gRPC status from its parts (`details`: a JSON object whose scalar members become
+/// `ErrorInfo` metadata).
+pub fn status_with_info(
+    code: tonic::Code,
+    message: &str,
+    reason: &str,
+    request_id: &str,
+    details: Option<&serde_json::Value>,
+    retry_after: Option<u64>,
+) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("request_id".to_owned(), request_id.to_owned());
+    if let Some(serde_json::Value::Object(m)) = details {
+        for (k, v) in m {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => continue,
+            };
+            meta.insert(k.clone(), text);
+        }
+    }
+    let mut d = ErrorDetails::with_error_info(reason, GRPC_ERROR_DOMAIN, meta);
+    if let Some(secs) = retry_after {
+        d.set_retry_info(Some(std::time::Duration::from_secs(secs)));
+    }
+    tonic::Status::with_error_details(code, message, d)
+}
+
+/// `google.rpc.ErrorInfo.domain` of every error gpuproxyd sends.
+pub const GRPC_ERROR_DOMAIN: &str = "gpuproxyd";
 
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");

@@ -12,6 +12,7 @@ mod connections;
 mod docs;
 mod events;
 mod gpx;
+mod grpc;
 mod hardening;
 mod harness;
 mod instances;

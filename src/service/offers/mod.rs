@@ -32,6 +32,14 @@ enum Outcome {
     Skipped(&'static str),
 }
 
+/// One provider's part in an answer, for carriers (`OffersPage::reports`).
+pub struct ProviderPart<'a> {
+    pub provider: &'static str,
+    pub status: &'static str,
+    pub offers: Option<usize>,
+    pub error: Option<(&'static str, &'a str)>,
+}
+
 /// One provider's part in an answer.
 #[derive(Serialize, schemars::JsonSchema)]
 struct ProviderReport {
@@ -110,6 +118,30 @@ impl schemars::JsonSchema for OffersPage {
 }
 
 impl OffersPage {
+    /// The page's offers (what `to_json` writes as `offers`).
+    pub fn offers(&self) -> &[Offer] {
+        &self.page.offers
+    }
+
+    /// Matching offers over all pages.
+    pub fn total(&self) -> usize {
+        self.page.total
+    }
+
+    pub fn next_cursor(&self) -> Option<&str> {
+        self.page.next_cursor.as_deref()
+    }
+
+    /// Each provider's part: (provider, status, matching offers, error code and message).
+    pub fn reports(&self) -> impl Iterator<Item = ProviderPart<'_>> {
+        self.providers.iter().map(|(name, r)| ProviderPart {
+            provider: name,
+            status: r.status,
+            offers: r.offers,
+            error: r.error.as_ref().map(|e| (e.code, e.message.as_str())),
+        })
+    }
+
     /// The answer as JSON: `status`, `stale`, the page (`offers`, `count`, `total`,
     /// `next_cursor`) and `providers`, written from the rendered page without serializing the
     /// offers again.

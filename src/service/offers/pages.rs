@@ -23,6 +23,10 @@ pub struct RenderedPage {
     versions: Vec<u64>,
     pub(super) fragment: bytes::Bytes,
     pub(super) matching: Vec<usize>,
+    /// The page's offers themselves, for carriers that write their own encoding (gRPC).
+    pub(super) offers: Vec<Offer>,
+    pub(super) total: usize,
+    pub(super) next_cursor: Option<String>,
 }
 
 impl PageCache {
@@ -89,11 +93,13 @@ pub(super) fn render(f: &Filters, entries: &[Arc<Entry<Vec<Offer>>>]) -> Rendere
         .get(f.offset.min(total)..end)
         .unwrap_or_default()
         .to_vec();
+    let next_cursor = (end < total).then(|| format!("{end}.{:x}", f.fingerprint()));
+    let offers: Vec<Offer> = page.iter().map(|o| (*o).clone()).collect();
     let json = serde_json::to_vec(&PageFragment {
         count: page.len(),
         offers: page,
         total,
-        next_cursor: (end < total).then(|| format!("{end}.{:x}", f.fingerprint())),
+        next_cursor: next_cursor.clone(),
     })
     .expect("offers serialize");
     RenderedPage {
@@ -101,6 +107,9 @@ pub(super) fn render(f: &Filters, entries: &[Arc<Entry<Vec<Offer>>>]) -> Rendere
         // the object's members without its braces, to splice into the answer
         fragment: bytes::Bytes::from(json[1..json.len() - 1].to_vec()),
         matching: matching_per,
+        offers,
+        total,
+        next_cursor,
     }
 }
 

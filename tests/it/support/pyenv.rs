@@ -7,11 +7,17 @@ use std::process::Command;
 
 /// The `bin/` directory of a virtual environment holding `requirement` (`name==version`).
 pub fn venv(requirement: &str) -> PathBuf {
+    venv_of(&[requirement])
+}
+
+/// The same for several requirements, installed together (named after the first).
+pub fn venv_of(requirements: &[&str]) -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-    let name = requirement.split("==").next().unwrap_or(requirement);
+    let first = requirements[0];
+    let name = first.split("==").next().unwrap_or(first);
     let venv = home
         .join(format!(".cache/gpuproxyd-{name}"))
-        .join(requirement.replace("==", "-"));
+        .join(requirements.join("+").replace("==", "-"));
     let bin = venv.join("bin");
     // written last: a half-made environment (an install cut off) is made again, never used
     let done = venv.join("installed");
@@ -29,12 +35,9 @@ pub fn venv(requirement: &str) -> PathBuf {
     };
     let _ = std::fs::remove_dir_all(&venv);
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
-    run(Command::new(bin.join("pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        requirement,
-    ]));
-    std::fs::write(&done, requirement).unwrap();
+    run(Command::new(bin.join("pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(requirements));
+    std::fs::write(&done, requirements.join("\n")).unwrap();
     bin
 }

@@ -1,0 +1,224 @@
+//! gRPC beside REST on the same listeners (docs/grpc.md). A request with `content-type:
+//! application/grpc…` on an HTTP/2 connection comes here from `api::handle` instead of the route
+//! table, and takes REST's steps in REST's order: the per-IP tier; the method's entry in
+//! [`METHODS`] (who may call it); authentication from the `authorization` metadata (an API key
+//! or a token, as REST's header); the key's scope and the caller's rate limit; then the call,
+//! under the `grpc-timeout` deadline (`deadline`). Metrics and the access log are REST's, with
+//! the method's path as the route. Errors become statuses in one place (`respond::grpc_status`).
+//!
+//! - `pb`: the messages and service traits generated from `proto/gpuproxy/v1` (build.rs).
+//! - `registry`: which server answers which gRPC service (ours, health, reflection).
+//! - `services`: Offers, Instances, Account and Usage over the typed services (`service::*`).
+//! - `events`: the event stream over `service::events`.
+//! - `convert`: the services' views as messages, and request messages as the services' input.
+//! - `deadline`: `grpc-timeout`, and a tonic body as the API's body, ended at the deadline.
+
+mod convert;
+mod deadline;
+mod events;
+pub mod pb;
+mod registry;
+mod services;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, Response};
+
+use super::call::Access;
+use super::{Api, Body, ConnCtx, respond};
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::ratelimit::gcra::Decision;
+use crate::types::ip::IpKey;
+
+pub use registry::Registry;
+
+/// One gRPC method: its path (also its `route` metric label), who may call it, and whether it
+/// changes something (a `read` key is refused it).
+pub struct Method {
+    pub path: &'static str,
+    pub access: Access,
+    pub changes: bool,
+    /// The per-IP tier applies (not to health checks, like REST's probes).
+    pub rate_limited: bool,
+}
+
+const fn user(path: &'static str, changes: bool) -> Method {
+    Method {
+        path,
+        access: Access::User,
+        changes,
+        rate_limited: true,
+    }
+}
+
+const fn public(path: &'static str, rate_limited: bool) -> Method {
+    Method {
+        path,
+        access: Access::Public,
+        changes: false,
+        rate_limited,
+    }
+}
+
+/// Every gRPC method served, declared once: the docs' table and the metric labels come from it.
+pub static METHODS: &[Method] = &[
+    user("/gpuproxy.v1.OffersService/SearchOffers", false),
+    user("/gpuproxy.v1.InstancesService/RentInstance", true),
+    user("/gpuproxy.v1.InstancesService/GetInstance", false),
+    user("/gpuproxy.v1.InstancesService/ListInstances", false),
+    user("/gpuproxy.v1.InstancesService/DestroyInstance", true),
+    user("/gpuproxy.v1.InstancesService/ExtendInstance", true),
+    user("/gpuproxy.v1.InstancesService/StopInstance", true),
+    user("/gpuproxy.v1.InstancesService/StartInstance", true),
+    user("/gpuproxy.v1.EventsService/StreamEvents", false),
+    user("/gpuproxy.v1.AccountService/GetAccount", false),
+    user("/gpuproxy.v1.UsageService/GetUsage", false),
+    public("/grpc.health.v1.Health/Check", false),
+    public("/grpc.health.v1.Health/Watch", false),
+    public("/grpc.health.v1.Health/List", false),
+    public(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        true,
+    ),
+    public(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        true,
+    ),
+];
+
+/// The `route` labels of the gRPC request metrics: each method, then one for unknown methods.
+pub fn metric_labels() -> Vec<&'static str> {
+    let mut v: Vec<_> = METHODS.iter().map(|m| m.path).collect();
+    v.push("grpc_unmatched");
+    v
+}
+
+/// A gRPC request: HTTP/2 with a gRPC content type (`application/grpc`, `+proto`, …).
+pub fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.version() == hyper::Version::HTTP_2
+        && req
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// What a service method finds in its request's extensions: the API and the caller (`None` on
+/// public methods), put there once the request is admitted.
+#[derive(Clone)]
+pub struct Caller {
+    pub api: Arc<Api>,
+    pub principal: Option<Principal>,
+    pub request_id: String,
+}
+
+/// Serves one gRPC request (see the module header).
+pub async fn handle(
+    state: Arc<Api>,
+    ctx: ConnCtx,
+    mut req: Request<Incoming>,
+    request_id: String,
+) -> Response<Body> {
+    let start = Instant::now();
+    let slot = METHODS.iter().position(|m| m.path == req.uri().path());
+    let access_path = state
+        .config
+        .log
+        .access_log
+        .then(|| req.uri().path().to_owned());
+    let admitted = match slot {
+        None => Err(tonic::Status::unimplemented(format!(
+            "no such method: {}",
+            crate::error::truncate(req.uri().path(), 128)
+        ))),
+        Some(i) => admit(&state, ctx, &METHODS[i], &req)
+            .await
+            .and_then(|p| deadline::of(req.headers()).map(|d| (p, d)))
+            .map_err(|e| respond::grpc_status(&e, &request_id)),
+    };
+    let resp = match admitted {
+        Err(status) => deadline::status_response(status),
+        Ok((principal, deadline)) => {
+            req.extensions_mut().insert(Caller {
+                api: state.clone(),
+                principal,
+                request_id: request_id.clone(),
+            });
+            state.grpc.call(req, deadline).await
+        }
+    };
+    let code = deadline::head_code(&resp);
+    let status = http_status_of(code);
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    state
+        .grpc_metrics
+        .record(slot.unwrap_or(METHODS.len()), status, ms);
+    if let Some(path) = access_path {
+        tracing::info!(
+            target: "access",
+            request_id = %request_id,
+            method = "POST",
+            path = %path,
+            status = status,
+            grpc_status = code as i32,
+            duration_ms = ms,
+            client = %ctx.peer,
+            proto = ctx.proto.as_str(),
+        );
+    }
+    resp
+}
+
+/// REST's admission steps for one method: the per-IP tier, credentials, scope, the caller's
+/// rate limit. The caller, on methods that are not public.
+async fn admit(
+    state: &Api,
+    ctx: ConnCtx,
+    m: &Method,
+    req: &Request<Incoming>,
+) -> Result<Option<Principal>> {
+    if m.rate_limited {
+        let key = IpKey::new(ctx.peer.ip(), state.config.connections.ipv6_prefix_len);
+        if let Some(v) = state.limits.check_ip(key)
+            && matches!(v.decision, Decision::Limited { .. })
+        {
+            return Err(Error::rate_limited(v));
+        }
+    }
+    if m.access == Access::Public {
+        return Ok(None);
+    }
+    let p = state.auth.authenticate(req.headers()).await?;
+    if m.changes {
+        p.may_change()?;
+    }
+    if let Some(v) = state.limits.check_caller(&p.key)
+        && matches!(v.decision, Decision::Limited { .. })
+    {
+        return Err(Error::rate_limited(v));
+    }
+    Ok(Some(p))
+}
+
+/// The HTTP status a gRPC code stands for in the request metrics and the access log (the
+/// inverse of `respond::grpc_code`), so REST's dashboards and alerts count gRPC failures too.
+fn http_status_of(code: tonic::Code) -> u16 {
+    use tonic::Code;
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::InvalidArgument | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => 409,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
+}

@@ -1,0 +1,254 @@
+//! The gRPC services over the typed services (`service::*`): each method reads its message into
+//! the service's input (`convert`), calls the operation with the caller admitted by
+//! `grpc::handle` (found in the request's extensions), and writes the view back as a message.
+//! An idempotent operation's answer is the recorded one, so a replayed refusal comes back as
+//! the status it was.
+
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb;
+use super::{Caller, respond};
+use crate::auth::{Principal, Via};
+use crate::error::Error;
+use crate::service::instances::{self, Answer, Extend};
+use crate::service::offers::{self, Filters};
+
+/// The one implementation of every generated service trait (zero-sized: what a call needs
+/// comes in its request, [`Caller`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Carrier;
+
+/// The admitted caller of a request.
+fn caller<T>(r: &Request<T>) -> Result<(Caller, Principal), Status> {
+    let c = r
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("a call that was not admitted"))?;
+    let p = c
+        .principal
+        .clone()
+        .ok_or_else(|| Status::internal("a method without a caller"))?;
+    Ok((c, p))
+}
+
+impl Caller {
+    /// An error as this call's status.
+    pub fn status(&self, e: &Error) -> Status {
+        respond::grpc_status(e, &self.request_id)
+    }
+
+    /// An idempotent operation's recorded answer: the instance and whether it was replayed, or
+    /// the refusal it recorded.
+    fn answered(&self, a: &Answer) -> Result<(pb::Instance, bool), Status> {
+        let v: Value =
+            serde_json::from_str(&a.body).map_err(|e| self.status(&Error::internal(e)))?;
+        if a.status >= 400 {
+            let e = &v["error"];
+            let code = e["code"].as_str().unwrap_or("internal");
+            return Err(respond::status_with_info(
+                respond::grpc_code(a.status, code),
+                e["message"].as_str().unwrap_or(""),
+                code,
+                &self.request_id,
+                e.get("details"),
+                None,
+            ));
+        }
+        Ok((convert::instance(&v), a.replayed))
+    }
+}
+
+fn key(k: &Option<String>) -> Option<String> {
+    k.clone()
+}
+
+#[tonic::async_trait]
+impl pb::offers_service_server::OffersService for Carrier {
+    async fn search_offers(
+        &self,
+        req: Request<pb::SearchOffersRequest>,
+    ) -> Result<Response<pb::SearchOffersResponse>, Status> {
+        let (c, _) = caller(&req)?;
+        let api = &c.api;
+        let q = convert::offers_query(req.get_ref()).map_err(|e| c.status(&e))?;
+        let f = Filters::parse(Some(&q), &api.config.offers).map_err(|e| c.status(&e))?;
+        let page = offers::search(api, &api.offer_pages, f)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(convert::offers_page(&page)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::instances_service_server::InstancesService for Carrier {
+    async fn rent_instance(
+        &self,
+        req: Request<pb::RentInstanceRequest>,
+    ) -> Result<Response<pb::RentInstanceResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let body = convert::rent_body(r).map_err(|e| c.status(&e))?;
+        let a = instances::rent(&c.api, &p, key(&r.idempotency_key), &body)
+            .await
+            .map_err(|e| c.status(&e))?;
+        let (instance, replayed) = c.answered(&a)?;
+        Ok(Response::new(pb::RentInstanceResponse {
+            instance: Some(instance),
+            replayed,
+        }))
+    }
+
+    async fn get_instance(
+        &self,
+        req: Request<pb::GetInstanceRequest>,
+    ) -> Result<Response<pb::GetInstanceResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = instances::get(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        let instance = convert::instance_of(&v).map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::GetInstanceResponse {
+            instance: Some(instance),
+        }))
+    }
+
+    async fn list_instances(
+        &self,
+        req: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let q = crate::service::query::query(Some(&convert::list_query(r)))
+            .map_err(|e| c.status(&e))?;
+        let page = instances::list(&c.api, &p, q)
+            .await
+            .map_err(|e| c.status(&e))?;
+        let instances = page
+            .instances
+            .iter()
+            .map(convert::instance_of)
+            .collect::<crate::error::Result<Vec<_>>>()
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::ListInstancesResponse {
+            instances,
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    async fn destroy_instance(
+        &self,
+        req: Request<pb::DestroyInstanceRequest>,
+    ) -> Result<Response<pb::DestroyInstanceResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let a = instances::destroy(&c.api, &p, &r.id, key(&r.idempotency_key))
+            .await
+            .map_err(|e| c.status(&e))?;
+        let (instance, replayed) = c.answered(&a)?;
+        Ok(Response::new(pb::DestroyInstanceResponse {
+            instance: Some(instance),
+            replayed,
+        }))
+    }
+
+    async fn extend_instance(
+        &self,
+        req: Request<pb::ExtendInstanceRequest>,
+    ) -> Result<Response<pb::ExtendInstanceResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        if !(1..=8760).contains(&r.hours) {
+            return Err(c.status(&Error::bad_request("invalid `hours`: 1 to 8760")));
+        }
+        let b = Extend { hours: r.hours };
+        let a = instances::extend(&c.api, &p, &r.id, b, key(&r.idempotency_key))
+            .await
+            .map_err(|e| c.status(&e))?;
+        let (instance, replayed) = c.answered(&a)?;
+        Ok(Response::new(pb::ExtendInstanceResponse {
+            instance: Some(instance),
+            replayed,
+        }))
+    }
+
+    async fn stop_instance(
+        &self,
+        req: Request<pb::StopInstanceRequest>,
+    ) -> Result<Response<pb::StopInstanceResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let a = instances::set_running(&c.api, &p, &r.id, false, key(&r.idempotency_key))
+            .await
+            .map_err(|e| c.status(&e))?;
+        let (instance, replayed) = c.answered(&a)?;
+        Ok(Response::new(pb::StopInstanceResponse {
+            instance: Some(instance),
+            replayed,
+        }))
+    }
+
+    async fn start_instance(
+        &self,
+        req: Request<pb::StartInstanceRequest>,
+    ) -> Result<Response<pb::StartInstanceResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let a = instances::set_running(&c.api, &p, &r.id, true, key(&r.idempotency_key))
+            .await
+            .map_err(|e| c.status(&e))?;
+        let (instance, replayed) = c.answered(&a)?;
+        Ok(Response::new(pb::StartInstanceResponse {
+            instance: Some(instance),
+            replayed,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::account_service_server::AccountService for Carrier {
+    async fn get_account(
+        &self,
+        req: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let (_, p) = caller(&req)?;
+        let k = &p.key;
+        Ok(Response::new(pb::GetAccountResponse {
+            account_id: k.account_id,
+            name: k.account_name.clone(),
+            status: if k.account_active {
+                "active"
+            } else {
+                "suspended"
+            }
+            .to_owned(),
+            daily_budget_usd: convert::usd(k.account_daily_budget_usd),
+            max_instances: k.account_max_instances,
+            key_public_id: k.public_id.clone(),
+            scopes: k.scopes.clone(),
+            via: match p.via {
+                Via::ApiKey => "api_key",
+                Via::Jwt => "jwt",
+            }
+            .to_owned(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::usage_service_server::UsageService for Carrier {
+    async fn get_usage(
+        &self,
+        req: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let q = convert::usage_query(req.get_ref());
+        let q = crate::service::query::query(Some(&q)).map_err(|e| c.status(&e))?;
+        let r = crate::service::usage::mine(&c.api, &p, q)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(convert::usage(&r)))
+    }
+}
