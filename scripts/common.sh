@@ -48,3 +48,19 @@ ensure_cargo() {
   # One build cache outside the checkout, so fresh clones build incrementally.
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gpuproxyd-target}"
 }
+
+# buf (lint and breaking-change checks of proto/), from npm at a pinned version, cached under
+# ~/.cache; prints the binary's path. npm comes with Debian's nodejs/npm when it is missing.
+BUF_VERSION=1.75.0
+ensure_buf() {
+  local dir="$HOME/.cache/gpuproxyd-buf/$BUF_VERSION"
+  if [ ! -x "$dir/node_modules/.bin/buf" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      local DEBIAN_PACKAGES=(nodejs npm)
+      install_debian_packages >&2
+    fi
+    mkdir -p "$dir"
+    npm install --silent --no-audit --no-fund --prefix "$dir" "@bufbuild/buf@$BUF_VERSION" >&2
+  fi
+  echo "$dir/node_modules/.bin/buf"
+}

@@ -18,6 +18,19 @@ ensure_cargo
 echo "==> module layers and file cycles (scripts/modgraph.py)"
 python3 scripts/modgraph.py src
 python3 scripts/modgraph.py --files src
+echo "==> buf lint and buf breaking (proto/)"
+buf=$(ensure_buf)
+"$buf" lint proto
+# no change may break what was published: the protos as first committed, and as of the commit
+# before this one (a clone without that history skips the comparison it cannot make)
+first=$(git log --diff-filter=A --format=%H -- proto/buf.yaml 2>/dev/null | tail -1)
+for ref in $first HEAD~1; do
+  if git cat-file -e "$ref:proto/buf.yaml" 2>/dev/null; then
+    "$buf" breaking proto --against ".git#ref=$(git rev-parse "$ref"),subdir=proto"
+  else
+    echo "(no protos at $ref to compare with)"
+  fi
+done
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

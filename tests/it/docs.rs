@@ -1,5 +1,5 @@
 //! The generated parts of the docs are what the code and the shipped files say: the metrics
-//! table (from `metrics::CATALOG`), the configuration reference (from config/gpuproxyd.toml and
+//! table (from `metrics::CATALOG`), the gRPC methods (from `api::grpc::METHODS`), the configuration reference (from config/gpuproxyd.toml and
 //! the built-in defaults), the API reference (from openapi/openapi.json), and a runbook entry
 //! for every alert rule. Each generator fails on an undocumented metric, key or route.
 //! `GPUPROXY_BLESS=1 cargo test --test it docs::` writes the generated parts in place.
@@ -47,6 +47,15 @@ fn the_metrics_reference_lists_every_metric() {
         "docs/metrics.md",
         "metrics",
         &gpuproxyd::metrics::docs_table(),
+    );
+}
+
+#[test]
+fn the_grpc_page_lists_every_method() {
+    check(
+        "docs/grpc.md",
+        "grpc-methods",
+        &gpuproxyd::api::grpc::docs_table(),
     );
 }
 

@@ -40,24 +40,28 @@ pub use registry::Registry;
 /// changes something (a `read` key is refused it).
 pub struct Method {
     pub path: &'static str,
+    /// What it is in REST (the docs' table).
+    pub rest: &'static str,
     pub access: Access,
     pub changes: bool,
     /// The per-IP tier applies (not to health checks, like REST's probes).
     pub rate_limited: bool,
 }
 
-const fn user(path: &'static str, changes: bool) -> Method {
+const fn user(path: &'static str, rest: &'static str, changes: bool) -> Method {
     Method {
         path,
+        rest,
         access: Access::User,
         changes,
         rate_limited: true,
     }
 }
 
-const fn public(path: &'static str, rate_limited: bool) -> Method {
+const fn public(path: &'static str, rest: &'static str, rate_limited: bool) -> Method {
     Method {
         path,
+        rest,
         access: Access::Public,
         changes: false,
         rate_limited,
@@ -66,29 +70,92 @@ const fn public(path: &'static str, rate_limited: bool) -> Method {
 
 /// Every gRPC method served, declared once: the docs' table and the metric labels come from it.
 pub static METHODS: &[Method] = &[
-    user("/gpuproxy.v1.OffersService/SearchOffers", false),
-    user("/gpuproxy.v1.InstancesService/RentInstance", true),
-    user("/gpuproxy.v1.InstancesService/GetInstance", false),
-    user("/gpuproxy.v1.InstancesService/ListInstances", false),
-    user("/gpuproxy.v1.InstancesService/DestroyInstance", true),
-    user("/gpuproxy.v1.InstancesService/ExtendInstance", true),
-    user("/gpuproxy.v1.InstancesService/StopInstance", true),
-    user("/gpuproxy.v1.InstancesService/StartInstance", true),
-    user("/gpuproxy.v1.EventsService/StreamEvents", false),
-    user("/gpuproxy.v1.AccountService/GetAccount", false),
-    user("/gpuproxy.v1.UsageService/GetUsage", false),
-    public("/grpc.health.v1.Health/Check", false),
-    public("/grpc.health.v1.Health/Watch", false),
-    public("/grpc.health.v1.Health/List", false),
+    user(
+        "/gpuproxy.v1.OffersService/SearchOffers",
+        "GET /v1/offers",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.InstancesService/RentInstance",
+        "POST /v1/instances",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.InstancesService/GetInstance",
+        "GET /v1/instances/{id}",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.InstancesService/ListInstances",
+        "GET /v1/instances",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.InstancesService/DestroyInstance",
+        "DELETE /v1/instances/{id}",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.InstancesService/ExtendInstance",
+        "POST /v1/instances/{id}/extend",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.InstancesService/StopInstance",
+        "POST /v1/instances/{id}/stop",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.InstancesService/StartInstance",
+        "POST /v1/instances/{id}/start",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.EventsService/StreamEvents",
+        "GET /v1/events",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.AccountService/GetAccount",
+        "GET /v1/account",
+        false,
+    ),
+    user("/gpuproxy.v1.UsageService/GetUsage", "GET /v1/usage", false),
+    public("/grpc.health.v1.Health/Check", "GET /ready", false),
+    public("/grpc.health.v1.Health/Watch", "GET /ready", false),
+    public("/grpc.health.v1.Health/List", "GET /ready", false),
     public(
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "GET /openapi.json",
         true,
     ),
     public(
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "GET /openapi.json",
         true,
     ),
 ];
+
+/// docs/grpc.md's table of methods, from [`METHODS`].
+pub fn docs_table() -> String {
+    let mut out = String::from(
+        "| Method | REST | Credentials | A `read` key |\n|---|---|---|---|\n",
+    );
+    for m in METHODS {
+        let creds = match m.access {
+            Access::Public if m.rate_limited => "none (per-IP limit)",
+            Access::Public => "none",
+            _ => "API key or token",
+        };
+        let read = match (m.access, m.changes) {
+            (Access::Public, _) => "",
+            (_, true) => "PERMISSION_DENIED",
+            (_, false) => "allowed",
+        };
+        out += &format!("| `{}` | `{}` | {creds} | {read} |\n", m.path, m.rest);
+    }
+    out
+}
 
 /// The `route` labels of the gRPC request metrics: each method, then one for unknown methods.
 pub fn metric_labels() -> Vec<&'static str> {
