@@ -75,6 +75,13 @@ fn protos() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_transport(false)
+        // prost's codec with smaller buffers (`api::grpc::codec`)
+        .codec_path("crate::api::grpc::codec::Codec")
+        // written by hand: its offers are encoded once per rendered page
+        .extern_path(
+            ".gpuproxy.v1.SearchOffersResponse",
+            "crate::api::grpc::offers_page::SearchOffersResponse",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

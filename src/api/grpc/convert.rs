@@ -9,6 +9,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::offers_page::SearchOffersResponse;
 use super::pb;
 use crate::error::{Error, Result};
 use crate::events::Event;
@@ -120,11 +121,13 @@ pub fn offer(o: &Offer) -> pb::Offer {
     }
 }
 
-pub fn offers_page(p: &OffersPage) -> pb::SearchOffersResponse {
-    pb::SearchOffersResponse {
+pub fn offers_page(p: &OffersPage) -> SearchOffersResponse {
+    SearchOffersResponse {
         status: p.status.to_owned(),
         stale: p.stale,
-        offers: p.offers().iter().map(offer).collect(),
+        offers: p.offers_encoded(|offers| {
+            super::offers_page::encode_offers(&offers.iter().map(offer).collect::<Vec<_>>())
+        }),
         total: p.total() as u64,
         next_cursor: p.next_cursor().map(str::to_owned),
         providers: p

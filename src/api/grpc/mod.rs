@@ -9,13 +9,17 @@
 //! - `pb`: the messages and service traits generated from `proto/gpuproxy/v1` (build.rs).
 //! - `registry`: which server answers which gRPC service (ours, health, reflection).
 //! - `services`: Offers, Instances, Account and Usage over the typed services (`service::*`).
+//! - `offers_page`: `SearchOffersResponse` with its offers encoded once per rendered page.
 //! - `events`: the event stream over `service::events`.
+//! - `codec`: prost's codec with smaller per-call buffers.
 //! - `convert`: the services' views as messages, and request messages as the services' input.
 //! - `deadline`: `grpc-timeout`, and a tonic body as the API's body, ended at the deadline.
 
+mod codec;
 mod convert;
 mod deadline;
 mod events;
+mod offers_page;
 pub mod pb;
 mod registry;
 mod services;
@@ -138,9 +142,8 @@ pub static METHODS: &[Method] = &[
 
 /// docs/grpc.md's table of methods, from [`METHODS`].
 pub fn docs_table() -> String {
-    let mut out = String::from(
-        "| Method | REST | Credentials | A `read` key |\n|---|---|---|---|\n",
-    );
+    let mut out =
+        String::from("| Method | REST | Credentials | A `read` key |\n|---|---|---|---|\n");
     for m in METHODS {
         let creds = match m.access {
             Access::Public if m.rate_limited => "none (per-IP limit)",

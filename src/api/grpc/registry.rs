@@ -141,19 +141,21 @@ impl Registry {
 }
 
 /// A call counted in `gpuproxy_grpc_calls_in_flight` until dropped (answered, or cut at its
-/// deadline).
-struct InFlight;
+/// deadline). The gauge's handle is looked up once (a `gauge!` per call is a registry lookup).
+struct InFlight(&'static metrics::Gauge);
 
 impl InFlight {
     fn start() -> InFlight {
-        metrics::gauge!(GRPC_CALLS_IN_FLIGHT).increment(1.0);
-        InFlight
+        static GAUGE: std::sync::OnceLock<metrics::Gauge> = std::sync::OnceLock::new();
+        let g = GAUGE.get_or_init(|| metrics::gauge!(GRPC_CALLS_IN_FLIGHT));
+        g.increment(1.0);
+        InFlight(g)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!(GRPC_CALLS_IN_FLIGHT).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 

@@ -70,7 +70,7 @@ impl pb::offers_service_server::OffersService for Carrier {
     async fn search_offers(
         &self,
         req: Request<pb::SearchOffersRequest>,
-    ) -> Result<Response<pb::SearchOffersResponse>, Status> {
+    ) -> Result<Response<super::offers_page::SearchOffersResponse>, Status> {
         let (c, _) = caller(&req)?;
         let api = &c.api;
         let q = convert::offers_query(req.get_ref()).map_err(|e| c.status(&e))?;

@@ -123,6 +123,16 @@ impl OffersPage {
         &self.page.offers
     }
 
+    /// The page's offers as `encode` writes them, made once per rendered page (by its first
+    /// caller) and shared by every caller after: a carrier with its own encoding (gRPC) then
+    /// costs what the JSON fragment costs REST.
+    pub fn offers_encoded(&self, encode: impl FnOnce(&[Offer]) -> bytes::Bytes) -> bytes::Bytes {
+        self.page
+            .encoded
+            .get_or_init(|| encode(&self.page.offers))
+            .clone()
+    }
+
     /// Matching offers over all pages.
     pub fn total(&self) -> usize {
         self.page.total

@@ -27,6 +27,8 @@ pub struct RenderedPage {
     pub(super) offers: Vec<Offer>,
     pub(super) total: usize,
     pub(super) next_cursor: Option<String>,
+    /// The offers in another carrier's encoding (gRPC's), made on its first use of the page.
+    pub(super) encoded: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl PageCache {
@@ -110,6 +112,7 @@ pub(super) fn render(f: &Filters, entries: &[Arc<Entry<Vec<Offer>>>]) -> Rendere
         offers,
         total,
         next_cursor,
+        encoded: std::sync::OnceLock::new(),
     }
 }
 
