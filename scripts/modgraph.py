@@ -27,7 +27,7 @@ LAYERS = [
     ["types"],
     ["error", "metrics", "config", "alloc", "logging"],
     ["providers", "accounts", "cache", "ratelimit", "conn"],
-    ["rentals", "auth", "events"],
+    ["rentals", "auth", "events", "agents"],
     ["state", "background"],
     ["service"],
     ["api"],

@@ -44,6 +44,7 @@
 //! accept-any-certificate verifier never ships in the daemon.)
 
 pub mod accounts;
+pub mod agents;
 pub mod alloc;
 pub mod api;
 pub mod auth;

@@ -139,6 +139,12 @@ catalog! {
         "What the reconciler did, by action (adopted, abandoned, orphan_destroyed, status_synced, vanished, dead_destroyed, stuck_destroyed, unreachable_destroyed, expired, paid_settled; a rental's own policies: idle_warned, idle_stopped, idle_destroyed, rebid, rebid_refused, interrupt_destroyed, interrupt_failed_over, interrupt_failover_failed; hosts' price increases: price_increase_accepted, price_increase_rejected).";
     EVENT_STREAMS = "gpuproxy_event_streams", Gauge, [],
         "Event streams (SSE, WebSocket and gRPC StreamEvents) open on this daemon.";
+    AGENTS_CONNECTED = "gpuproxy_agents_connected", Gauge, [],
+        "Instance agents holding their channel (/v1/agent) on this daemon, counted from their hello.";
+    AGENT_MESSAGES_TOTAL = "gpuproxy_agent_messages_total", Counter, ["direction", "result"],
+        "Agent channel messages, by direction (in: from agents, out: to them) and result (ok; invalid: refused, closing the channel with 1008).";
+    AGENT_CHANNELS_CLOSED_TOTAL = "gpuproxy_agent_channels_closed_total", Counter, ["reason"],
+        "Agent channels ended, by reason (disconnected, draining, ping_timeout, no_hello, invalid_message, message_too_big, protocol_error).";
     GRPC_CALLS_IN_FLIGHT = "gpuproxy_grpc_calls_in_flight", Gauge, [],
         "gRPC calls running until their answer's head (a call past its grpc-timeout deadline is dropped, and leaves this at once).";
     GRPC_DEADLINES_EXCEEDED_TOTAL = "gpuproxy_grpc_deadlines_exceeded_total", Counter, [],

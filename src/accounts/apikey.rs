@@ -89,7 +89,7 @@ pub fn verify(secret: &str, stored: &[u8]) -> bool {
 }
 
 /// Uniform base-62 characters by rejection sampling of OS random bytes.
-fn random_base62(n: usize) -> String {
+pub fn random_base62(n: usize) -> String {
     let mut out = String::with_capacity(n);
     let mut buf = [0u8; 64];
     while out.len() < n {

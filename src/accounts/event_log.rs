@@ -25,6 +25,10 @@ pub const IDLE: &str = "instance.idle";
 pub const INTERRUPT_HANDLED: &str = "instance.interrupt_handled";
 /// A host asked for more (Vast's pending price increases), and what `rentals` decided.
 pub const PRICE_INCREASE: &str = "instance.price_increase";
+/// An instance's agent opened its channel (`data`: its version, GPUs, host, the daemon holding
+/// it), or the channel ended (`data.reason`).
+pub const AGENT_CONNECTED: &str = "instance.agent_connected";
+pub const AGENT_LOST: &str = "instance.agent_lost";
 pub const FAILED_OVER: &str = "rental.failed_over";
 /// A volume was asked for (`data.volume_id`; it bills from now), or ended (`volume.deleted`).
 pub const VOLUME_CREATED: &str = "volume.created";
@@ -37,7 +41,7 @@ pub const WATCH_MATCHED: &str = "offer.watch_matched";
 pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
 
 /// The event types a client can ask for (`types=`), as they appear in the stream.
-pub const TYPES: [&str; 17] = [
+pub const TYPES: [&str; 19] = [
     STATUS_CHANGED,
     INTERRUPTED,
     INTERRUPT_HANDLED,
@@ -45,6 +49,8 @@ pub const TYPES: [&str; 17] = [
     PRICE_INCREASE,
     UNREACHABLE,
     ENDPOINTS_READY,
+    AGENT_CONNECTED,
+    AGENT_LOST,
     EXPIRING,
     EXPIRED,
     FAILED_OVER,

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod agents;
 pub mod body;
 pub mod call;
 pub mod events;

@@ -13,8 +13,8 @@ use hyper::Method;
 pub use super::call::{Access, Call, Handler, Reply};
 use super::openapi::op::Op;
 use super::{
-    account, admin, events, health, instances, mcp, offers, passthrough, sshkeys, usage, volumes,
-    watches, webhooks,
+    account, admin, agents, events, health, instances, mcp, offers, passthrough, sshkeys, usage,
+    volumes, watches, webhooks,
 };
 
 /// One route.
@@ -323,6 +323,24 @@ pub static ROUTES: &[Route] = &[
             Method::POST,
             later!(c => instances::extend(c).await),
             instances::EXTEND_INSTANCE,
+        )],
+    ),
+    route(
+        "/v1/instances/{id}/agent-token",
+        User,
+        &[(
+            Method::POST,
+            later!(c => agents::mint(c).await),
+            agents::MINT_AGENT_TOKEN,
+        )],
+    ),
+    route(
+        "/v1/agent",
+        Public,
+        &[(
+            Method::GET,
+            later!(c => agents::channel(c).await),
+            agents::AGENT_CHANNEL,
         )],
     ),
     route(

@@ -10,6 +10,7 @@
 //! The sections live in this module's files (`server`, `ratelimit`, `storage`, `providers`,
 //! `rentals`, `secrets`); this file loads, merges and validates them.
 
+mod agents;
 mod events;
 mod mcp;
 mod millis;
@@ -21,6 +22,7 @@ mod secrets;
 mod server;
 mod storage;
 
+pub use agents::AgentsConfig;
 pub use events::{EventsConfig, WebhooksConfig};
 pub use mcp::McpConfig;
 pub use millis::{Millis, MillisOrZero};
@@ -85,6 +87,7 @@ pub struct Config {
     pub rentals: RentalsConfig,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
+    pub agents: AgentsConfig,
     pub mcp: McpConfig,
     pub passthrough: PassthroughConfig,
     pub log: LogConfig,

@@ -247,6 +247,12 @@ impl Hub {
             .sum()
     }
 
+    /// Cancelled when the daemon drains: what else holds long-lived channels (agents) ends them
+    /// then too.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
+    }
+
     /// Every stream ends (SSE: `retry:` and a `draining` close), so clients reconnect elsewhere.
     pub fn drain(&self) {
         self.draining.cancel();

@@ -6,6 +6,7 @@
 mod support;
 
 mod agent_keys;
+mod agents;
 mod auth;
 mod commitments;
 mod connections;

@@ -25,6 +25,7 @@ pub const TAGS: &[(&str, &str)] = &[
         "Disk that outlives instances (Vast), billed by the GB-month",
     ),
     ("events", ""),
+    ("agents", "Instance agents: a channel to the rented machine"),
     ("rentals", "Usage and spend of the account's rentals"),
     ("webhooks", "Signed webhooks for the account's events"),
     (

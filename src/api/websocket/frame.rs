@@ -2,8 +2,10 @@
 //! pong, close; never masked, never fragmented) and a reader of what clients send, which keeps
 //! no buffer between reads.
 //!
-//! Clients send pongs, pings, a close and perhaps messages nobody reads here, so the reader
-//! keeps only a control frame's payload (at most 125 bytes) and skips everything else, checking
+//! Event-stream clients send pongs, pings, a close and perhaps messages nobody reads, so by
+//! default the reader keeps only a control frame's payload (at most 125 bytes) and skips
+//! messages; a channel that reads messages (an agent's) asks for them ([`Reader::messages`]),
+//! and gets each whole, unmasked, once its last fragment is in. Either way it checks
 //! the rules a server must enforce (RFC 6455 §5): client frames masked, no reserved bits (no
 //! extension is negotiated), control frames final and short, continuations only inside a
 //! fragmented message, a message no longer than the limit. A library codec (tungstenite) holds a
@@ -65,6 +67,12 @@ pub enum Incoming {
     Close(Option<u16>),
     /// The client broke the protocol: close with this code and end.
     Fail(u16, &'static str),
+    /// A whole message (only from a reader that keeps them: [`Reader::messages`]): whether it
+    /// was text, and its payload, unmasked.
+    Message {
+        text: bool,
+        data: Vec<u8>,
+    },
 }
 
 /// Where the reader is within a frame.
@@ -95,6 +103,13 @@ pub struct Reader {
     max_message: u64,
     /// A protocol error broke the framing: whatever follows is dropped unread.
     broken: bool,
+    /// Messages are kept ([`Reader::messages`]), and the one being read: text or binary, and its
+    /// payload so far.
+    keep: bool,
+    message_text: bool,
+    message: Vec<u8>,
+    /// The rest of a frame past the limit is being skipped.
+    skipping: bool,
 }
 
 impl Reader {
@@ -113,6 +128,19 @@ impl Reader {
             message_len: 0,
             max_message: max_message as u64,
             broken: false,
+            keep: false,
+            message_text: false,
+            message: Vec::new(),
+            skipping: false,
+        }
+    }
+
+    /// A reader that gives each message whole ([`Incoming::Message`]), up to `max_message`
+    /// bytes (a longer one fails with 1009 and is skipped, as by [`Reader::new`]).
+    pub fn messages(max_message: usize) -> Reader {
+        Reader {
+            keep: true,
+            ..Reader::new(max_message)
         }
     }
 
@@ -162,10 +190,17 @@ impl Reader {
                     }
                     let n =
                         (buf.len() - used).min(usize::try_from(self.left).unwrap_or(usize::MAX));
-                    if self.opcode >= CLOSE {
+                    let into = if self.opcode >= CLOSE {
+                        Some(&mut self.control)
+                    } else if self.keep && !self.skipping {
+                        Some(&mut self.message)
+                    } else {
+                        None
+                    };
+                    if let Some(into) = into {
                         for (i, b) in buf[used..used + n].iter().enumerate() {
                             let k = (self.seen as usize + i) % 4;
-                            self.control.push(b ^ self.mask[k]);
+                            into.push(b ^ self.mask[k]);
                         }
                     }
                     self.seen += n as u64;
@@ -248,7 +283,13 @@ impl Reader {
                     self.seen = 0;
                     self.opcode = BINARY;
                     self.part = Part::Payload;
+                    self.skipping = true;
+                    self.message = Vec::new();
                     return Err(Incoming::Fail(TOO_BIG, "message too big"));
+                }
+                if self.opcode != CONTINUATION {
+                    self.message_text = self.opcode == TEXT;
+                    self.message.clear();
                 }
                 self.in_message = !fin;
             }
@@ -276,6 +317,12 @@ impl Reader {
                     control[0], control[1],
                 ])))),
             },
+            _ if std::mem::take(&mut self.skipping) => None,
+            // a message's last fragment: whole, when messages are kept
+            _ if self.keep && !self.in_message => Some(Incoming::Message {
+                text: self.message_text,
+                data: std::mem::take(&mut self.message),
+            }),
             // a message's content means nothing here
             _ => None,
         }
@@ -410,6 +457,60 @@ mod tests {
             r.read(&big).1,
             Some(Incoming::Fail(TOO_BIG, "message too big"))
         );
+    }
+
+    #[test]
+    fn a_reader_of_messages_gives_each_whole_and_unmasked() {
+        let mut bytes = client(TEXT, false, b"{\"type\":", [1, 2, 3, 4]);
+        // a ping between the fragments is answered first
+        bytes.extend(client(PING, true, b"p", [9, 8, 7, 6]));
+        bytes.extend(client(CONTINUATION, false, b"\"hel", [5, 6, 7, 8]));
+        bytes.extend(client(CONTINUATION, true, b"lo\"}", [0, 0, 1, 1]));
+        bytes.extend(client(BINARY, true, &[0xFF, 0], [3, 3, 3, 3]));
+        bytes.extend(client(TEXT, true, &[b'x'; 300], [1, 2, 3, 4]));
+        let want = vec![
+            Incoming::Ping(b"p".to_vec()),
+            Incoming::Message {
+                text: true,
+                data: b"{\"type\":\"hello\"}".to_vec(),
+            },
+            Incoming::Message {
+                text: false,
+                data: vec![0xFF, 0],
+            },
+            Incoming::Message {
+                text: true,
+                data: vec![b'x'; 300],
+            },
+        ];
+        for step in [1, 3, 7, bytes.len()] {
+            let mut r = Reader::messages(1000);
+            assert_eq!(all(&mut r, &bytes, step), want, "in pieces of {step}");
+        }
+        // past the limit: refused, skipped, and the next message read whole
+        let mut r = Reader::messages(10);
+        let mut bytes = client(TEXT, false, b"0123456", [1, 1, 1, 1]);
+        bytes.extend(client(CONTINUATION, true, b"789ab", [2, 2, 2, 2]));
+        bytes.extend(client(TEXT, true, b"ok", [3, 3, 3, 3]));
+        let (mut at, mut got) = (0, Vec::new());
+        while at < bytes.len() {
+            let (n, g) = r.read(&bytes[at..]);
+            at += n;
+            got.extend(g);
+        }
+        assert_eq!(
+            got,
+            vec![
+                Incoming::Fail(TOO_BIG, "message too big"),
+                Incoming::Message {
+                    text: true,
+                    data: b"ok".to_vec()
+                }
+            ]
+        );
+        // a reader of events keeps none
+        let mut r = Reader::new(1000);
+        assert_eq!(all(&mut r, &client(TEXT, true, b"hi", [0; 4]), 1), vec![]);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! the frames. (tungstenite is used for the handshake's `Sec-WebSocket-Accept` only: its codec
 //! keeps buffers for a connection's life, and the test clients use it.)
 
+mod agent;
 mod frame;
 mod session;
 
@@ -97,7 +98,16 @@ pub fn extended_connect(req: &hyper::Request<hyper::body::Incoming>) -> bool {
 /// Client frames are small (pongs, a close): a message bigger than this closes the stream (1009).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
-pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>> {
+/// A checked WebSocket opening: over HTTP/2 (an extended CONNECT) or HTTP/1.1 with the
+/// answer's `Sec-WebSocket-Accept`.
+pub(super) struct Opening {
+    h2: bool,
+    accept: Option<String>,
+}
+
+/// Checks that `c` opens a WebSocket as RFC 6455 (HTTP/1.1) or RFC 8441 (HTTP/2) says: a 400
+/// naming what is wrong otherwise.
+pub(super) fn opening(c: &Call) -> Result<Opening> {
     let h2 = extended_connect(&c.req);
     let h = c.req.headers();
     if !h2 && c.req.version() != Version::HTTP_11 {
@@ -130,6 +140,56 @@ pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>
             .ok_or_else(|| Error::bad_request("`Sec-WebSocket-Key` must be 16 bytes in base64"))?;
         Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key))
     };
+    Ok(Opening { h2, accept })
+}
+
+/// The answer that opens the WebSocket (101, or 200 over HTTP/2), carrying `session` for the
+/// connection to run (and `protocol`, the subprotocol selected, if any).
+pub(super) fn opened(
+    c: &mut Call,
+    o: Opening,
+    protocol: Option<&'static str>,
+    session: Session,
+) -> Result<Response<Body>> {
+    let on_h2 = o.h2.then(|| hyper::upgrade::on(&mut c.req));
+    let mut r = Response::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+    let h = r.headers_mut();
+    if let Some(accept) = o.accept {
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_str(&accept).map_err(Error::internal)?,
+        );
+    }
+    if let Some(p) = protocol {
+        h.insert("sec-websocket-protocol", HeaderValue::from_static(p));
+    }
+    *r.status_mut() = if o.h2 {
+        StatusCode::OK
+    } else {
+        StatusCode::SWITCHING_PROTOCOLS
+    };
+    r.extensions_mut().insert(Upgrade(
+        Arc::new(Mutex::new(Some(session))),
+        Arc::new(Mutex::new(on_h2)),
+    ));
+    Ok(r)
+}
+
+/// The agent channel of `id` (its token checked): the session is `agent::run`.
+pub(super) fn accept_agent(
+    mut c: Call,
+    id: crate::agents::tokens::AgentIdentity,
+) -> Result<Response<Body>> {
+    let o = opening(&c)?;
+    let api = c.api.clone();
+    let session: Session = Box::new(move |io| Box::pin(agent::run(io, api, id)));
+    opened(&mut c, o, None, session)
+}
+
+pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>> {
+    let o = opening(&c)?;
     let ours = offered_protocols(&c.req).any(|p| p == PROTOCOL);
     if !ours && offered_protocols(&c.req).any(|p| p.starts_with(BEARER_PROTOCOL)) {
         return Err(Error::bad_request(
@@ -149,31 +209,8 @@ pub(super) async fn accept(mut c: Call, q: FeedRequest) -> Result<Response<Body>
             MAX_CLIENT_MESSAGE,
         ))
     });
-
-    let on_h2 = h2.then(|| hyper::upgrade::on(&mut c.req));
-    let mut r = Response::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
-    let h = r.headers_mut();
-    if let Some(accept) = accept {
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(
-            "sec-websocket-accept",
-            HeaderValue::from_str(&accept).map_err(Error::internal)?,
-        );
-    }
-    if ours {
-        h.insert("sec-websocket-protocol", HeaderValue::from_static(PROTOCOL));
-    }
-    *r.status_mut() = if h2 {
-        StatusCode::OK
-    } else {
-        StatusCode::SWITCHING_PROTOCOLS
-    };
+    let mut r = opened(&mut c, o, ours.then_some(PROTOCOL), session)?;
     r.extensions_mut().insert(cut);
-    r.extensions_mut().insert(Upgrade(
-        Arc::new(Mutex::new(Some(session))),
-        Arc::new(Mutex::new(on_h2)),
-    ));
     Ok(r)
 }
 

@@ -129,6 +129,8 @@ impl Session {
                         self.close = Some(frame::close(code, why));
                     }
                     Some(Incoming::Fail(..)) => {}
+                    // this reader keeps no messages (`Reader::new`)
+                    Some(Incoming::Message { .. }) => {}
                 }
             }
         }

@@ -1,0 +1,110 @@
+//! Which daemon holds which agent, and what an agent's coming and going tells its renter.
+//!
+//! - Presence: Redis key `agent:<instance id>` = the holding daemon's id, set at `hello` and
+//!   refreshed by each heartbeat (TTL `agents.presence_ttl_ms`, so a daemon that dies leaves no
+//!   agent listed for long), deleted when the channel ends (only if still this daemon's: the
+//!   agent may already be back on another).
+//! - Events: `instance.agent_connected` (the hello's facts) and `instance.agent_lost` (why the
+//!   channel ended), in the account's event log, delivered to its streams and webhooks.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::protocol::{AgentMessage, GpuInfo, HostInfo};
+use super::tokens::AgentIdentity;
+use crate::accounts::Db;
+use crate::cache::Redis;
+use crate::error::Result;
+use crate::events::{AGENT_CONNECTED, AGENT_LOST};
+
+/// This daemon's id in presence records: host name, process id and a random part (a restarted
+/// process is another holder).
+pub fn daemon_id() -> &'static str {
+    static ID: OnceLock<String> = OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "daemon".into());
+        let mut r = [0u8; 4];
+        getrandom::fill(&mut r).expect("the OS random source works");
+        format!(
+            "{host}-{}-{:08x}",
+            std::process::id(),
+            u32::from_be_bytes(r)
+        )
+    })
+}
+
+fn key(redis: &Redis, instance_id: &str) -> String {
+    redis.key(&format!("agent:{instance_id}"))
+}
+
+/// Records this daemon as the holder of `id`'s agent (or refreshes it).
+pub async fn hold(redis: Option<&Redis>, id: &AgentIdentity, ttl: Duration) {
+    if let Some(r) = redis {
+        r.set_ex(&key(r, &id.instance_id), daemon_id().to_owned(), ttl)
+            .await;
+    }
+}
+
+/// The daemon holding `instance_id`'s agent, if one does.
+pub async fn holder(redis: &Redis, instance_id: &str) -> Option<String> {
+    redis.get(&key(redis, instance_id)).await
+}
+
+/// The agent's hello: presence and `instance.agent_connected`.
+pub async fn connected(
+    db: &Db,
+    redis: Option<&Redis>,
+    id: &AgentIdentity,
+    hello: &AgentMessage,
+    ttl: Duration,
+) -> Result<()> {
+    hold(redis, id, ttl).await;
+    let data = match hello {
+        AgentMessage::Hello {
+            agent_version,
+            gpus,
+            host,
+            ..
+        } => facts(agent_version, gpus, host),
+        AgentMessage::Heartbeat { .. } => json!({}),
+    };
+    event(db, id, AGENT_CONNECTED, &data).await
+}
+
+fn facts(version: &str, gpus: &[GpuInfo], host: &HostInfo) -> serde_json::Value {
+    json!({
+        "agent_version": version,
+        "daemon": daemon_id(),
+        "gpus": gpus,
+        "host": host,
+    })
+}
+
+/// The channel ended (`reason`): presence dropped if still ours, and `instance.agent_lost`.
+pub async fn lost(db: &Db, redis: Option<&Redis>, id: &AgentIdentity, reason: &str) -> Result<()> {
+    if let Some(r) = redis
+        && holder(r, &id.instance_id).await.as_deref() == Some(daemon_id())
+    {
+        let _ = r.del(vec![key(r, &id.instance_id)]).await;
+    }
+    event(
+        db,
+        id,
+        AGENT_LOST,
+        &json!({"reason": reason, "daemon": daemon_id()}),
+    )
+    .await
+}
+
+async fn event(db: &Db, id: &AgentIdentity, kind: &str, data: &serde_json::Value) -> Result<()> {
+    let (account, instance) = (id.account_id, id.instance_id.clone());
+    db.transaction(async |tx| {
+        crate::events::append(tx, account, kind, Some(&instance), data).await?;
+        Ok(())
+    })
+    .await
+}

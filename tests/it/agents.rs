@@ -1,0 +1,215 @@
+//! The agent channel (issue 31, first step), against a real stack: the renter mints an
+//! instance's agent token; an agent client (tokio-tungstenite) opens `/v1/agent` with it, says
+//! hello, is welcomed, sends heartbeats; its coming and going are events and a gauge. Refused:
+//! an API key, a hello naming another instance, a malformed message, one over the size cap, a
+//! missed pong, the token once the instance has ended.
+
+use crate::support;
+use crate::support::stack::Stack;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::rentals::{account, call, rent_cheapest_running};
+use support::ws::{Ws, open};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn hello(instance: &str) -> Message {
+    Message::text(
+        json!({"type": "hello", "instance_id": instance, "agent_version": "test",
+               "gpus": [{"index": 0, "name": "NVIDIA GeForce RTX 4090", "memory_mb": 24564}],
+               "host": {"hostname": "box", "os": "linux", "cpus": 8, "memory_mb": 32000}})
+        .to_string(),
+    )
+}
+
+/// The next text message (pings are answered by the client as it reads).
+async fn next_text(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("the channel open")
+            .expect("a frame");
+        if let Message::Text(t) = m {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// Reads until the server's close: its code and reason.
+async fn closed(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a close within 10 s")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return (0, String::new()),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn mint(d: &support::daemon::DaemonProc, key: &str, instance: &str) -> String {
+    let r = call(
+        d,
+        key,
+        "POST",
+        &format!("/v1/instances/{instance}/agent-token"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let t = r.json()["token"].as_str().unwrap().to_owned();
+    assert!(t.starts_with("gpa_"), "{t}");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_says_hello_beats_and_its_end_is_an_event() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "agents",
+        &["--provision-time", "300ms"],
+        &[
+            "rentals.status_cache_ms=100",
+            "ratelimit.enabled=false",
+            "agents.ping_interval_ms=300",
+            "agents.pong_timeout_ms=300",
+            "agents.max_message_bytes=4096",
+        ],
+    )
+    .await;
+    let key = account(&db, "agent_owner", 10_000.0, 5);
+    let id = rent_cheapest_running(&d, &key, "vastai").await;
+    let other = rent_cheapest_running(&d, &key, "vastai").await;
+    let token = mint(&d, &key, &id).await;
+
+    // an API key opens no agent channel; an agent token is no API key
+    let (status, body) = open(d.https, &key, "/v1/agent", &[]).await.unwrap_err();
+    assert_eq!(status, 401, "{body}");
+    let r = call(&d, &token, "GET", "/v1/account", "", None).await;
+    assert_eq!(r.status, 401);
+    // not a WebSocket
+    let r = call(&d, &token, "GET", "/v1/agent", "", None).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // hello, welcome, heartbeats (the client answers the pings as it reads)
+    let mut ws = open(d.https, &token, "/v1/agent", &[]).await.unwrap();
+    ws.send(hello(&id)).await.unwrap();
+    let w = next_text(&mut ws).await;
+    assert_eq!(w["type"], "welcome");
+    assert_eq!(w["instance_id"], id.as_str());
+    assert!(w["heartbeat_s"].as_u64().unwrap() >= 1);
+    for util in [12.5, 80.0] {
+        ws.send(Message::text(
+            json!({"type": "heartbeat", "gpus": [{"index": 0, "util_pct": util, "memory_used_mb": 900}]})
+                .to_string(),
+        ))
+        .await
+        .unwrap();
+    }
+    let connected = db
+        .events_of("agent_owner", "instance.agent_connected")
+        .await;
+    assert_eq!(connected.len(), 1);
+    assert_eq!(connected[0]["host"]["hostname"], "box");
+    assert_eq!(connected[0]["gpus"][0]["name"], "NVIDIA GeForce RTX 4090");
+    // still open across several ping rounds, because the client reads (and so answers)
+    let until = std::time::Instant::now() + Duration::from_millis(1000);
+    while std::time::Instant::now() < until {
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(50), ws.next()).await {
+            assert!(matches!(m, Some(Ok(Message::Ping(_)))), "{m:?}");
+        }
+    }
+    ws.send(Message::text(r#"{"type":"heartbeat","gpus":[]}"#))
+        .await
+        .unwrap();
+    let page = d.scrape().await;
+    assert_eq!(
+        support::metrics::value(&page, "gpuproxy_agents_connected"),
+        1.0,
+        "{page}"
+    );
+    ws.close(None).await.unwrap();
+    let lost = support::eventually("agent_lost", || async {
+        let v = db.events_of("agent_owner", "instance.agent_lost").await;
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    assert_eq!(lost[0]["reason"], "disconnected");
+
+    // refusals close 1008 with the reason
+    let cases: Vec<(Vec<Message>, &str)> = vec![
+        (vec![hello(&other)], "not the token's instance"),
+        (
+            vec![Message::text("{\"type\":\"heartbeat\",\"gpus\":[]}")],
+            "`hello` first",
+        ),
+        (
+            vec![hello(&id), Message::text("{\"type\":\"nope\"}")],
+            "unknown variant",
+        ),
+        (
+            vec![hello(&id), Message::text("not json")],
+            "invalid message",
+        ),
+        (
+            vec![hello(&id), Message::binary(vec![1, 2, 3])],
+            "text messages only",
+        ),
+        (
+            vec![hello(&id), Message::text("x".repeat(5000))],
+            "message_too_big",
+        ),
+    ];
+    for (msgs, says) in cases {
+        let mut ws = open(d.https, &token, "/v1/agent", &[]).await.unwrap();
+        for m in msgs {
+            let _ = ws.send(m).await;
+        }
+        let (code, reason) = closed(&mut ws).await;
+        assert_eq!(code, u16::from(CloseCode::Policy), "{says}: {reason}");
+        assert!(reason.contains(says), "{says}: {reason}");
+    }
+
+    // a missed pong: the client stops reading after its welcome, so it answers no ping
+    let mut ws = open(d.https, &token, "/v1/agent", &[]).await.unwrap();
+    ws.send(hello(&id)).await.unwrap();
+    support::eventually("ping_timeout", || async {
+        let page = d.scrape().await;
+        (support::metrics::value(
+            &page,
+            "gpuproxy_agent_channels_closed_total{reason=\"ping_timeout\"}",
+        ) >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1008, "ping_timeout"));
+
+    // minting again replaces the token; an ended instance's token opens nothing
+    let again = mint(&d, &key, &id).await;
+    assert_eq!(
+        open(d.https, &token, "/v1/agent", &[]).await.unwrap_err().0,
+        401
+    );
+    support::rentals::destroy_until_ended(&d, &key, &id).await;
+    assert_eq!(
+        open(d.https, &again, "/v1/agent", &[]).await.unwrap_err().0,
+        401
+    );
+    let r = call(
+        &d,
+        &key,
+        "POST",
+        &format!("/v1/instances/{id}/agent-token"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 409, "{}", r.text());
+}
