@@ -213,3 +213,115 @@ async fn an_agent_says_hello_beats_and_its_end_is_an_event() {
     .await;
     assert_eq!(r.status, 409, "{}", r.text());
 }
+
+/// The real `gpuproxy-agent` against a real stack: it says hello with the GPUs `nvidia-smi`
+/// lists (a stand-in script here) and the host's facts, sends heartbeats at the welcome's
+/// interval, reconnects by itself when its daemon restarts (SIGTERM, a new daemon on the same
+/// address), and stops with status 77 once its token is refused (the instance destroyed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_binary_holds_its_channel_across_a_restart_and_stops_when_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = support::accounts::TestDb::new(support::services::shared(), "agent_bin");
+    let sb = support::sandbox::Sandbox::start(&["--provision-time", "300ms"]);
+    let set = [
+        "rentals.status_cache_ms=100",
+        "ratelimit.enabled=false",
+        "agents.heartbeat_interval_ms=1000",
+    ];
+    let mut d1 = sb.daemon(&db, &set).await;
+    let port = d1.https.port();
+    let (cert, key_pem) = (
+        std::fs::read_to_string(d1.dir.join("server.crt")).unwrap(),
+        std::fs::read_to_string(d1.dir.join("server.key")).unwrap(),
+    );
+    let key = account(&db, "agent_bin", 10_000.0, 5);
+    let id = rent_cheapest_running(&d1, &key, "vastai").await;
+    let token = mint(&d1, &key, &id).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert).unwrap();
+    let smi = dir.path().join("nvidia-smi");
+    std::fs::write(
+        &smi,
+        "#!/bin/sh\ncase \"$1\" in\n  *memory.total*) echo '0, NVIDIA GeForce RTX 4090, 24564' ;;\n  *) echo '0, 42, 1000' ;;\nesac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&smi, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_gpuproxy-agent"))
+        .args(["--max-backoff-s", "1"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GPUPROXY_URL", format!("https://localhost:{port}"))
+        .env("GPUPROXY_INSTANCE_ID", &id)
+        .env("GPUPROXY_AGENT_TOKEN", &token)
+        .env("GPUPROXY_CACERT", &ca)
+        .env("GPUPROXY_NVIDIA_SMI", &smi)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let connected = |n: usize| {
+        let db = &db;
+        async move {
+            support::eventually("instance.agent_connected", || async {
+                let v = db.events_of("agent_bin", "instance.agent_connected").await;
+                (v.len() >= n).then_some(v)
+            })
+            .await
+        }
+    };
+    let first = connected(1).await;
+    assert_eq!(first[0]["gpus"][0]["name"], "NVIDIA GeForce RTX 4090");
+    assert_eq!(first[0]["gpus"][0]["memory_mb"], 24564);
+    assert_eq!(first[0]["host"]["os"], "linux");
+    // heartbeats at the welcome's interval (1 s): hello plus two beats at least
+    support::eventually("heartbeats", || async {
+        let page = d1.scrape().await;
+        (support::metrics::value(
+            &page,
+            "gpuproxy_agent_messages_total{direction=\"in\",result=\"ok\"}",
+        ) >= 3.0)
+            .then_some(())
+    })
+    .await;
+
+    // the daemon restarts: the channel ends `draining`, the agent comes back by itself
+    d1.signal(libc::SIGTERM);
+    d1.wait_exit(Duration::from_secs(30)).await;
+    let mut opts = sb.daemon_opts(&db, &set, &[]);
+    opts.https_port = Some(port);
+    let mut d2 = support::daemon::DaemonProc::start(opts).await;
+    support::daemon::replace_cert(&d2, &cert, &key_pem);
+    d2.signal(libc::SIGHUP);
+    connected(2).await;
+    let lost = db.events_of("agent_bin", "instance.agent_lost").await;
+    assert_eq!(lost[0]["reason"], "draining", "{lost:?}");
+
+    // the instance ends; at its next connection the agent's token is refused and it stops
+    support::rentals::destroy_until_ended(&d2, &key, &id).await;
+    d2.signal(libc::SIGTERM);
+    d2.wait_exit(Duration::from_secs(30)).await;
+    let mut opts = sb.daemon_opts(&db, &set, &[]);
+    opts.https_port = Some(port);
+    let d3 = support::daemon::DaemonProc::start(opts).await;
+    support::daemon::replace_cert(&d3, &cert, &key_pem);
+    d3.signal(libc::SIGHUP);
+    let status = tokio::time::timeout(Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the agent stops within 30 s")
+        .unwrap();
+    assert_eq!(status.code(), Some(77));
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    agent
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(err.contains("refused the agent token"), "{err}");
+    assert!(!err.contains(&token), "the token is never printed");
+}

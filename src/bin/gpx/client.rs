@@ -109,34 +109,10 @@ pub struct Api {
     http: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
-/// The certificates of a PEM file (`-----BEGIN CERTIFICATE-----` blocks).
+/// The certificates of a PEM file (`--cacert`).
 fn pem_certs(path: &str) -> Outcome<Vec<rustls_pki_types::CertificateDer<'static>>> {
-    use base64::Engine;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new(EX_USAGE, format!("--cacert {path}: {e}")))?;
-    let mut out = Vec::new();
-    let mut cur: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        match (line, cur.as_mut()) {
-            ("-----BEGIN CERTIFICATE-----", _) => cur = Some(String::new()),
-            ("-----END CERTIFICATE-----", Some(b64)) => {
-                let der = base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .map_err(|e| Failure::new(EX_USAGE, format!("--cacert {path}: {e}")))?;
-                out.push(der.into());
-                cur = None;
-            }
-            (l, Some(b64)) => b64.push_str(l),
-            _ => {}
-        }
-    }
-    if out.is_empty() {
-        return Err(Failure::new(
-            EX_USAGE,
-            format!("--cacert {path}: no certificate in it"),
-        ));
-    }
-    Ok(out)
+    gpuproxyd::types::pem::certificates(path)
+        .map_err(|e| Failure::new(EX_USAGE, format!("--cacert {e}")))
 }
 
 impl Api {
