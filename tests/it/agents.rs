@@ -230,10 +230,7 @@ async fn the_agent_binary_holds_its_channel_across_a_restart_and_stops_when_refu
     ];
     let mut d1 = sb.daemon(&db, &set).await;
     let port = d1.https.port();
-    let (cert, key_pem) = (
-        std::fs::read_to_string(d1.dir.join("server.crt")).unwrap(),
-        std::fs::read_to_string(d1.dir.join("server.key")).unwrap(),
-    );
+    let cert = std::fs::read_to_string(d1.dir.join("server.crt")).unwrap();
     let key = account(&db, "agent_bin", 10_000.0, 5);
     let id = rent_cheapest_running(&d1, &key, "vastai").await;
     let token = mint(&d1, &key, &id).await;
@@ -288,26 +285,14 @@ async fn the_agent_binary_holds_its_channel_across_a_restart_and_stops_when_refu
     .await;
 
     // the daemon restarts: the channel ends `draining`, the agent comes back by itself
-    d1.signal(libc::SIGTERM);
-    d1.wait_exit(Duration::from_secs(30)).await;
-    let mut opts = sb.daemon_opts(&db, &set, &[]);
-    opts.https_port = Some(port);
-    let mut d2 = support::daemon::DaemonProc::start(opts).await;
-    support::daemon::replace_cert(&d2, &cert, &key_pem);
-    d2.signal(libc::SIGHUP);
+    let mut d2 = sb.restart_in_place(&db, &set, &mut d1).await;
     connected(2).await;
     let lost = db.events_of("agent_bin", "instance.agent_lost").await;
     assert_eq!(lost[0]["reason"], "draining", "{lost:?}");
 
     // the instance ends; at its next connection the agent's token is refused and it stops
     support::rentals::destroy_until_ended(&d2, &key, &id).await;
-    d2.signal(libc::SIGTERM);
-    d2.wait_exit(Duration::from_secs(30)).await;
-    let mut opts = sb.daemon_opts(&db, &set, &[]);
-    opts.https_port = Some(port);
-    let d3 = support::daemon::DaemonProc::start(opts).await;
-    support::daemon::replace_cert(&d3, &cert, &key_pem);
-    d3.signal(libc::SIGHUP);
+    let _d3 = sb.restart_in_place(&db, &set, &mut d2).await;
     let status = tokio::time::timeout(Duration::from_secs(30), agent.wait())
         .await
         .expect("the agent stops within 30 s")

@@ -235,10 +235,7 @@ async fn gpx_events_follow_resumes_across_a_restart_without_gap_or_duplicate() {
     let token = account(&db, "follower", 10_000.0, 5);
     let home = tempfile::tempdir().unwrap();
     let ca = d1.dir.join("server.crt");
-    let (cert, key) = (
-        std::fs::read_to_string(&ca).unwrap(),
-        std::fs::read_to_string(d1.dir.join("server.key")).unwrap(),
-    );
+    let cert = std::fs::read_to_string(&ca).unwrap();
     let ca_copy = home.path().join("ca.pem");
     std::fs::write(&ca_copy, &cert).unwrap();
     let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_gpx"))
@@ -269,26 +266,10 @@ async fn gpx_events_follow_resumes_across_a_restart_without_gap_or_duplicate() {
     // events before the restart: a rental's
     let id = support::rentals::rent_cheapest_running(&d1, &token, "vastai").await;
     read_until(&mut ids, 3).await;
-    d1.signal(libc::SIGTERM);
-    d1.wait_exit(std::time::Duration::from_secs(30)).await;
-    let mut opts = sb.daemon_opts(&db, &set, &[]);
-    opts.https_port = Some(port);
-    let d2 = support::daemon::DaemonProc::start(opts).await;
-    support::daemon::replace_cert(&d2, &cert, &key);
-    d2.signal(libc::SIGHUP);
+    let d2 = sb.restart_in_place(&db, &set, &mut d1).await;
     // events after it: the destroy's
     support::rentals::destroy_until_ended(&d2, &token, &id).await;
-    let total: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM account_events e JOIN accounts a ON a.id = e.account_id \
-             WHERE a.name = 'follower'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let total = db.event_count("follower").await;
     read_until(&mut ids, total as usize).await;
     let want: Vec<i64> = (1..=total).collect();
     assert_eq!(ids, want, "every event once, in order, across the restart");

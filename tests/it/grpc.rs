@@ -188,10 +188,7 @@ async fn grpc_event_stream_resumes_across_a_restart_without_gap_or_duplicate() {
     let port = d1.https.port();
     let token = account(&db, "grpc_follower", 10_000.0, 5);
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (
-        std::fs::read_to_string(d1.dir.join("server.crt")).unwrap(),
-        std::fs::read_to_string(d1.dir.join("server.key")).unwrap(),
-    );
+    let cert = std::fs::read_to_string(d1.dir.join("server.crt")).unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &cert).unwrap();
     let stub_dir = dir.path().join("stubs");
@@ -224,25 +221,9 @@ async fn grpc_event_stream_resumes_across_a_restart_without_gap_or_duplicate() {
 
     let id = support::rentals::rent_cheapest_running(&d1, &token, "vastai").await;
     read_until(&mut ids, &mut ends, 3).await;
-    d1.signal(libc::SIGTERM);
-    d1.wait_exit(std::time::Duration::from_secs(30)).await;
-    let mut opts = sb.daemon_opts(&db, &set, &[]);
-    opts.https_port = Some(port);
-    let d2 = support::daemon::DaemonProc::start(opts).await;
-    support::daemon::replace_cert(&d2, &cert, &key);
-    d2.signal(libc::SIGHUP);
+    let d2 = sb.restart_in_place(&db, &set, &mut d1).await;
     support::rentals::destroy_until_ended(&d2, &token, &id).await;
-    let total: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM account_events e JOIN accounts a ON a.id = e.account_id \
-             WHERE a.name = 'grpc_follower'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let total = db.event_count("grpc_follower").await;
     read_until(&mut ids, &mut ends, total as usize).await;
     let want: Vec<i64> = (1..=total).collect();
     assert_eq!(ids, want, "every event once, in order, across the restart");

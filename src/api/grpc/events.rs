@@ -28,15 +28,7 @@ impl pb::events_service_server::EventsService for Carrier {
         &self,
         req: Request<pb::StreamEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let c = req
-            .extensions()
-            .get::<super::Caller>()
-            .cloned()
-            .ok_or_else(|| Status::internal("a call that was not admitted"))?;
-        let p = c
-            .principal
-            .clone()
-            .ok_or_else(|| Status::internal("a method without a caller"))?;
+        let (c, p) = super::services::caller(&req)?;
         let r = req.get_ref();
         let want = crate::service::query::query(Some(&convert::feed_query(r)))
             .and_then(|params| FeedRequest::new(params, None))

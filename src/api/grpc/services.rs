@@ -20,8 +20,8 @@ use crate::service::offers::{self, Filters};
 #[derive(Debug, Clone, Copy)]
 pub struct Carrier;
 
-/// The admitted caller of a request.
-fn caller<T>(r: &Request<T>) -> Result<(Caller, Principal), Status> {
+/// The admitted caller of a request, and its principal.
+pub(super) fn caller<T>(r: &Request<T>) -> Result<(Caller, Principal), Status> {
     let c = r
         .extensions()
         .get::<Caller>()

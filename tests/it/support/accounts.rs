@@ -35,6 +35,20 @@ impl<'a> TestDb<'a> {
             .collect()
     }
 
+    /// How many events `account`'s log holds.
+    pub async fn event_count(&self, account: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM account_events e JOIN accounts a ON a.id = e.account_id \
+                 WHERE a.name = $1",
+                &[&account],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// Writes `n` `budget.warning` events to `account`'s log the way a writer does (the next
     /// seqs, in one transaction), each padded with `pad` bytes: a burst no client reads as
     /// fast as it comes, or events for webhooks to deliver.

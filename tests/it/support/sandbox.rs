@@ -66,6 +66,26 @@ impl Sandbox {
         super::daemon::DaemonProc::start(self.daemon_opts(db, set, extra_env)).await
     }
 
+    /// Restarts `old` in place: SIGTERM (its drain), then a new daemon with the `set` overrides
+    /// on the same HTTPS address with the same certificate (what clients that reconnect see).
+    pub async fn restart_in_place(
+        &self,
+        db: &super::accounts::TestDb<'_>,
+        set: &[&str],
+        old: &mut super::daemon::DaemonProc,
+    ) -> super::daemon::DaemonProc {
+        let cert = std::fs::read_to_string(old.dir.join("server.crt")).unwrap();
+        let key = std::fs::read_to_string(old.dir.join("server.key")).unwrap();
+        old.signal(libc::SIGTERM);
+        old.wait_exit(std::time::Duration::from_secs(30)).await;
+        let mut opts = self.daemon_opts(db, set, &[]);
+        opts.https_port = Some(old.https.port());
+        let new = super::daemon::DaemonProc::start(opts).await;
+        super::daemon::replace_cert(&new, &cert, &key);
+        new.signal(libc::SIGHUP);
+        new
+    }
+
     /// What [`Sandbox::daemon_with_env`] starts a daemon with, for callers that add options
     /// (a fixed port).
     pub fn daemon_opts(
