@@ -1,9 +1,11 @@
 //! Which daemon holds which agent, and what an agent's coming and going tells its renter.
 //!
-//! - Presence: Redis key `agent:<instance id>` = the holding daemon's id, set at `hello` and
-//!   refreshed by each heartbeat (TTL `agents.presence_ttl_ms`, so a daemon that dies leaves no
-//!   agent listed for long), deleted when the channel ends (only if still this daemon's: the
-//!   agent may already be back on another).
+//! - Presence: Redis key `agent:<instance id>` = the holding daemon's id and the GPU
+//!   utilisation of the last heartbeat (its busiest GPU, percent; `-` before one), set at `hello`
+//!   and refreshed by each heartbeat (TTL `agents.presence_ttl_ms`, so a daemon that dies leaves
+//!   no agent listed for long), deleted when the channel ends (only if still this daemon's: the
+//!   agent may already be back on another). The idle policy reads the utilisation
+//!   (`rentals::upkeep`) before the provider's.
 //! - Events: `instance.agent_connected` (the hello's facts) and `instance.agent_lost` (why the
 //!   channel ended), in the account's event log, delivered to its streams and webhooks.
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::protocol::{AgentMessage, GpuInfo, HostInfo};
+use super::protocol::{AgentMessage, GpuInfo, GpuSample, HostInfo};
 use super::tokens::AgentIdentity;
 use crate::accounts::Db;
 use crate::cache::Redis;
@@ -41,17 +43,37 @@ fn key(redis: &Redis, instance_id: &str) -> String {
     redis.key(&format!("agent:{instance_id}"))
 }
 
-/// Records this daemon as the holder of `id`'s agent (or refreshes it).
-pub async fn hold(redis: Option<&Redis>, id: &AgentIdentity, ttl: Duration) {
+/// Records this daemon as the holder of `id`'s agent (or refreshes it), with the GPUs'
+/// utilisation of a heartbeat (its busiest GPU's; `None`: none reported).
+pub async fn hold(redis: Option<&Redis>, id: &AgentIdentity, ttl: Duration, gpus: &[GpuSample]) {
     if let Some(r) = redis {
-        r.set_ex(&key(r, &id.instance_id), daemon_id().to_owned(), ttl)
-            .await;
+        let util = gpus
+            .iter()
+            .map(|g| g.util_pct)
+            .fold(None, |m: Option<f64>, u| Some(m.map_or(u, |m| m.max(u))));
+        let value = match util {
+            Some(u) => format!("{} {u}", daemon_id()),
+            None => format!("{} -", daemon_id()),
+        };
+        r.set_ex(&key(r, &id.instance_id), value, ttl).await;
     }
+}
+
+/// The presence record of `instance_id`'s agent: (holding daemon, utilisation).
+async fn record(redis: &Redis, instance_id: &str) -> Option<(String, Option<f64>)> {
+    let v = redis.get(&key(redis, instance_id)).await?;
+    let (daemon, util) = v.split_once(' ').unwrap_or((&v, "-"));
+    Some((daemon.to_owned(), util.parse::<f64>().ok()))
 }
 
 /// The daemon holding `instance_id`'s agent, if one does.
 pub async fn holder(redis: &Redis, instance_id: &str) -> Option<String> {
-    redis.get(&key(redis, instance_id)).await
+    record(redis, instance_id).await.map(|r| r.0)
+}
+
+/// The GPU utilisation (percent, busiest GPU) the live agent of `instance_id` last reported.
+pub async fn gpu_util(redis: &Redis, instance_id: &str) -> Option<f64> {
+    record(redis, instance_id).await?.1
 }
 
 /// The agent's hello: presence and `instance.agent_connected`.
@@ -62,7 +84,7 @@ pub async fn connected(
     hello: &AgentMessage,
     ttl: Duration,
 ) -> Result<()> {
-    hold(redis, id, ttl).await;
+    hold(redis, id, ttl, &[]).await;
     let data = match hello {
         AgentMessage::Hello {
             agent_version,

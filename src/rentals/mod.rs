@@ -135,6 +135,9 @@ pub struct Rentals {
     pub(crate) slots: slots::Slots,
     /// Failovers after an interruption running in this daemon, by request id (`upkeep`).
     failovers: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Where instance agents' readings are (their presence in Redis): the idle policy reads a
+    /// live agent's GPU utilisation before the provider's.
+    agents: Option<crate::cache::Redis>,
 }
 
 /// A rental whose outcome is not known (the provider's answer, or our record of it, was lost),
@@ -200,6 +203,7 @@ impl Rentals {
         let slots =
             slots::Slots::new(config.rentals.max_concurrent_changes_per_account.get() as usize);
         Arc::new(Rentals {
+            agents: redis.clone(),
             status: SwrCache::new(
                 "instance-status",
                 redis,
@@ -220,6 +224,11 @@ impl Rentals {
             upstream_calls,
             slots,
         })
+    }
+
+    /// The GPU utilisation a live agent of `id` last reported (percent, its busiest GPU).
+    pub(crate) async fn agent_gpu_util(&self, id: &str) -> Option<f64> {
+        crate::agents::presence::gpu_util(self.agents.as_ref()?, id).await
     }
 
     pub fn db(&self) -> &Arc<Db> {

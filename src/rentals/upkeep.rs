@@ -64,7 +64,12 @@ async fn idle(
     let Some(policy) = &row.policies.idle else {
         return Ok(());
     };
-    let reading = i.gpu_util.filter(|_| row.status == Status::Running);
+    // a live agent's reading first (it reports what the GPUs do now, every heartbeat), else
+    // the provider's
+    let agent = r.agent_gpu_util(&row.id).await;
+    let reading = agent
+        .or(i.gpu_util)
+        .filter(|_| row.status == Status::Running);
     let Some(util) = reading.filter(|u| *u < policy.gpu_util_below) else {
         // busy, not running, or no reading: no idle span
         if row.idle_since.is_some() {

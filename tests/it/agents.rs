@@ -310,3 +310,60 @@ async fn the_agent_binary_holds_its_channel_across_a_restart_and_stops_when_refu
     assert!(err.contains("refused the agent token"), "{err}");
     assert!(!err.contains(&token), "the token is never printed");
 }
+
+/// A live agent's reading drives the idle policy: the provider (the sandbox's Vast) reports the
+/// GPU busy, the agent reports it idle, and the instance is warned and stopped as idle; before
+/// the agent spoke, the provider's busy reading kept it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_policy_reads_a_live_agent_before_the_provider() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "agent_idle",
+        &["--provision-time", "300ms"],
+        &[
+            "rentals.status_cache_ms=100",
+            "rentals.reconcile_interval_ms=200",
+            "rentals.idle_notice_ms=1500",
+            "ratelimit.enabled=false",
+        ],
+    )
+    .await;
+    let key = account(&db, "agent_idler", 10_000.0, 5);
+    let offer = support::rentals::cheapest(&d, &key, "vastai", "").await;
+    let body = support::rentals::rent_body_with(
+        offer["id"].as_str().unwrap(),
+        &json!({"idle": {"gpu_util_below": 5, "for_minutes": 0.05, "action": "stop"}}),
+    );
+    let r = support::rentals::post(&d, &key, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    support::rentals::until(&d, &key, &id, "running", |v| v["status"] == "running").await;
+    // the sandbox reports the GPU busy (37.5%): rounds pass with no idle span
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        db.events_of("agent_idler", "instance.idle")
+            .await
+            .is_empty()
+    );
+
+    let token = mint(&d, &key, &id).await;
+    let mut ws = open(d.https, &token, "/v1/agent", &[]).await.unwrap();
+    ws.send(hello(&id)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await["type"], "welcome");
+    let beat = json!({"type": "heartbeat", "gpus": [
+        {"index": 0, "util_pct": 1.0, "memory_used_mb": 10},
+        {"index": 1, "util_pct": 2.5, "memory_used_mb": 10}]});
+    ws.send(Message::text(beat.to_string())).await.unwrap();
+    let v = support::rentals::until(&d, &key, &id, "stopped as idle", |v| {
+        v["status"] == "stopped"
+    })
+    .await;
+    let idle = db.events_of("agent_idler", "instance.idle").await;
+    assert_eq!(idle.len(), 2, "{idle:?}");
+    assert_eq!(idle[0]["phase"], "warning");
+    assert_eq!(
+        idle[0]["gpu_util"], 2.5,
+        "the busiest GPU's reading: {idle:?}"
+    );
+    assert_eq!(idle[1]["phase"], "stopped");
+    assert!(v["events"].to_string().contains("idle policy"), "{v}");
+}

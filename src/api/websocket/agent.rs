@@ -147,8 +147,8 @@ pub async fn run(io: Box<dyn SessionIo>, api: Arc<Api>, id: AgentIdentity) {
                                 (AgentMessage::Heartbeat { .. }, false) => {
                                     break 'channel Some(End::policy("invalid message: `hello` first", "invalid_message"));
                                 }
-                                (AgentMessage::Heartbeat { .. }, true) => {
-                                    presence::hold(api.redis.as_ref(), &id, ttl).await;
+                                (AgentMessage::Heartbeat { gpus }, true) => {
+                                    presence::hold(api.redis.as_ref(), &id, ttl, gpus).await;
                                 }
                             }
                         }
