@@ -129,8 +129,8 @@ impl Registry {
                 };
                 drop(app);
                 if last != Some(status) {
-                    for name in SERVICES {
-                        reporter.set_service_status(*name, status).await;
+                    for name in health_names() {
+                        reporter.set_service_status(name, status).await;
                     }
                     last = Some(status);
                 }
@@ -159,12 +159,20 @@ impl Drop for InFlight {
     }
 }
 
-/// The names the health service answers for: the whole server (`""`) and each of ours.
-const SERVICES: &[&str] = &[
-    "",
-    "gpuproxy.v1.OffersService",
-    "gpuproxy.v1.InstancesService",
-    "gpuproxy.v1.EventsService",
-    "gpuproxy.v1.AccountService",
-    "gpuproxy.v1.UsageService",
-];
+/// The names the health service answers for: the whole server (`""`) and each of our services,
+/// taken from the method table (`grpc::METHODS`).
+fn health_names() -> Vec<&'static str> {
+    let mut names = vec![""];
+    for m in super::METHODS {
+        let service = m
+            .path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if service.starts_with("gpuproxy.") && !names.contains(&service) {
+            names.push(service);
+        }
+    }
+    names
+}
