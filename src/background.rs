@@ -113,6 +113,17 @@ pub fn services(state: &Arc<AppState>) -> Vec<Service> {
             },
         ));
     }
+    if let Some(db) = state.db.clone() {
+        let (agents, grace) = (state.agents.clone(), cfg.agents.command_grace_ms.get());
+        list.push(Service::new(
+            "agent_sweep",
+            cfg.agents.sweep_interval_ms.get(),
+            move || {
+                let (agents, db) = (agents.clone(), db.clone());
+                async move { agents.sweep(&db, grace).await.map_err(|e| e.to_string()) }
+            },
+        ));
+    }
     if let Some(r) = state.rentals.clone() {
         crate::rentals::reconcile::register_metrics();
         crate::rentals::budget::register_metrics();

@@ -144,7 +144,13 @@ catalog! {
     AGENT_MESSAGES_TOTAL = "gpuproxy_agent_messages_total", Counter, ["direction", "result"],
         "Agent channel messages, by direction (in: from agents, out: to them) and result (ok; invalid: refused, closing the channel with 1008).";
     AGENT_CHANNELS_CLOSED_TOTAL = "gpuproxy_agent_channels_closed_total", Counter, ["reason"],
-        "Agent channels ended, by reason (disconnected, draining, ping_timeout, no_hello, invalid_message, message_too_big, protocol_error).";
+        "Agent channels ended, by reason (disconnected, draining, ping_timeout, no_hello, invalid_message, message_too_big, protocol_error, rate_limited, slow_consumer, instance_ended, replaced, unavailable).";
+    AGENT_CONNECT_SECONDS = "gpuproxy_agent_connect_seconds", Histogram, [],
+        "Time from an agent's channel request to its welcome (token check, WebSocket upgrade, hello, presence and event written), in seconds.";
+    AGENT_COMMAND_SECONDS = "gpuproxy_agent_command_seconds", Histogram, ["stage"],
+        "Commands through agents, from accepted (POST) to a stage, in seconds: routed (written to the agent's channel; only commands accepted while their agent was connected) and result (the agent's answer, run time included).";
+    AGENT_COMMANDS_TOTAL = "gpuproxy_agent_commands_total", Counter, ["status"],
+        "Commands through agents that ended, by status (exited, timed_out, start_failed, expired, lost).";
     GRPC_CALLS_IN_FLIGHT = "gpuproxy_grpc_calls_in_flight", Gauge, [],
         "gRPC calls running until their answer's head (a call past its grpc-timeout deadline is dropped, and leaves this at once).";
     GRPC_DEADLINES_EXCEEDED_TOTAL = "gpuproxy_grpc_deadlines_exceeded_total", Counter, [],
@@ -169,6 +175,12 @@ catalog! {
         "Build identity (version, commit); always 1.";
 }
 
+/// Buckets of the `_seconds` histograms (agent connections and commands): 1 ms to an hour.
+pub const SECONDS_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 1800.0, 3600.0,
+];
+
 /// Request-duration buckets in milliseconds: 0.1 ms to 10 s, roughly ×2.5 per step.
 pub const DURATION_BUCKETS_MS: [f64; 16] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
@@ -187,6 +199,8 @@ pub fn install() -> PrometheusHandle {
                     Matcher::Suffix("_milliseconds".into()),
                     &DURATION_BUCKETS_MS,
                 )
+                .expect("buckets are non-empty")
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
                 .expect("buckets are non-empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");

@@ -46,6 +46,8 @@ pub struct AppState {
     pub rentals: Option<Arc<crate::rentals::Rentals>>,
     /// The event streams' fan-out (needs the database); `None` without `DATABASE_URL`.
     pub events: Option<Arc<crate::events::hub::Hub>>,
+    /// The instance agents' channels this daemon holds, and commands' routing to them.
+    pub agents: Arc<crate::agents::channels::Channels>,
     phase: AtomicU8,
     /// Random per process, so request ids from several daemons behind one balancer do not collide.
     id_prefix: u32,
@@ -88,6 +90,7 @@ impl AppState {
             .map(|db| crate::events::hub::Hub::new(db, redis.clone(), &config.events));
         Arc::new(AppState {
             events,
+            agents: crate::agents::channels::Channels::new(redis.clone()),
             auth: crate::auth::Auth::new(&config, db.clone(), read_db, redis.clone()),
             providers,
             offers_cache,

@@ -29,6 +29,12 @@ pub const PRICE_INCREASE: &str = "instance.price_increase";
 /// it), or the channel ended (`data.reason`).
 pub const AGENT_CONNECTED: &str = "instance.agent_connected";
 pub const AGENT_LOST: &str = "instance.agent_lost";
+/// A command sent to an instance's agent (`data`: the command, and the key that sent it: the
+/// audit trail), a piece of its output (`data.stream`, `data.data`), and its end (`data.status`,
+/// `data.exit_code`).
+pub const COMMAND_CREATED: &str = "command.created";
+pub const COMMAND_OUTPUT: &str = "command.output";
+pub const COMMAND_FINISHED: &str = "command.finished";
 pub const FAILED_OVER: &str = "rental.failed_over";
 /// A volume was asked for (`data.volume_id`; it bills from now), or ended (`volume.deleted`).
 pub const VOLUME_CREATED: &str = "volume.created";
@@ -41,7 +47,7 @@ pub const WATCH_MATCHED: &str = "offer.watch_matched";
 pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
 
 /// The event types a client can ask for (`types=`), as they appear in the stream.
-pub const TYPES: [&str; 19] = [
+pub const TYPES: [&str; 22] = [
     STATUS_CHANGED,
     INTERRUPTED,
     INTERRUPT_HANDLED,
@@ -51,6 +57,9 @@ pub const TYPES: [&str; 19] = [
     ENDPOINTS_READY,
     AGENT_CONNECTED,
     AGENT_LOST,
+    COMMAND_CREATED,
+    COMMAND_OUTPUT,
+    COMMAND_FINISHED,
     EXPIRING,
     EXPIRED,
     FAILED_OVER,

@@ -13,6 +13,10 @@
 //! - `max_instances`: at most this many open instances rented by the key (checked under the
 //!   account's budget lock, with the account's own limit).
 //!
+//! - `allow_exec`: the key may run commands on its account's instances through their agents
+//!   (`POST /v1/instances/{id}/commands`), if the account allows it too (`agent_exec`). Unlike
+//!   the others this one grants: left out, the key may not.
+//!
 //! A refusal is 403 `key_policy` naming the policy (`details.policy`), before any provider call.
 
 use schemars::JsonSchema;
@@ -34,6 +38,8 @@ pub struct KeyPolicy {
     pub require_max_duration_hours: Option<f64>,
     #[serde(default)]
     pub max_instances: Option<i32>,
+    #[serde(default)]
+    pub allow_exec: Option<bool>,
 }
 
 /// The policies as the API shows and takes them (`max_price_per_hour` in USD).
@@ -64,6 +70,10 @@ pub struct PolicyFields {
     #[schemars(range(min = 0, max = 100000))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_instances: Option<i32>,
+    /// This key may run commands on the account's instances through their agents (when the
+    /// account allows it too: `agent_exec`). Left out: it may not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_exec: Option<bool>,
 }
 
 impl PolicyFields {
@@ -125,6 +135,7 @@ impl PolicyFields {
             allowed_gpu_models: models,
             require_max_duration_hours: self.require_max_duration_hours,
             max_instances: self.max_instances,
+            allow_exec: self.allow_exec,
         })
     }
 }
@@ -137,6 +148,7 @@ impl KeyPolicy {
             allowed_gpu_models: self.allowed_gpu_models.clone(),
             require_max_duration_hours: self.require_max_duration_hours,
             max_instances: self.max_instances,
+            allow_exec: self.allow_exec,
         }
     }
 
@@ -209,6 +221,35 @@ impl KeyPolicy {
     }
 }
 
+impl KeyPolicy {
+    /// Whether the key may run commands through agents (`allow_exec`), given whether its account
+    /// may (`agent_exec`): 403 `exec_not_allowed` saying which one does not.
+    pub fn exec(&self, account_allows: bool) -> Result<()> {
+        let refuse = |who: &str, how: &str| {
+            let mut e = Error::forbidden(
+                "exec_not_allowed",
+                format!("commands through instance agents are off for this {who}: {how}"),
+            );
+            e.details = Some(Box::new(json!({"account_agent_exec": account_allows,
+                "key_allow_exec": self.allow_exec == Some(true)})));
+            e
+        };
+        if !account_allows {
+            return Err(refuse(
+                "account",
+                "an administrator turns them on (`agent_exec` on the account)",
+            ));
+        }
+        if self.allow_exec != Some(true) {
+            return Err(refuse(
+                "key",
+                "give the key the `allow_exec` policy (`PATCH /v1/admin/keys/{public_id}`)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// 403 `key_policy` naming the policy.
 pub fn refused(policy: &'static str, message: String, details: serde_json::Value) -> Error {
     let mut e = Error::forbidden("key_policy", message);
@@ -262,9 +303,22 @@ mod tests {
             allowed_gpu_models: Some(vec!["RTX 4090".into()]),
             require_max_duration_hours: Some(2.0),
             max_instances: None,
+            allow_exec: None,
         }
         .to_policy()
         .unwrap();
+        let exec = |account: bool, key: Option<bool>| {
+            KeyPolicy {
+                allow_exec: key,
+                ..KeyPolicy::default()
+            }
+            .exec(account)
+            .map_err(|e| (e.kind.code(), e.message.contains("account")))
+        };
+        assert_eq!(exec(false, Some(true)), Err(("exec_not_allowed", true)));
+        assert_eq!(exec(true, None), Err(("exec_not_allowed", false)));
+        assert_eq!(exec(true, Some(false)), Err(("exec_not_allowed", false)));
+        assert_eq!(exec(true, Some(true)), Ok(()));
         let name = |r: Result<()>| r.unwrap_err().details.unwrap()["policy"].clone();
         assert_eq!(name(p.provider("ionet")), "allowed_providers");
         assert!(p.provider("vastai").is_ok());

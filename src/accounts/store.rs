@@ -31,6 +31,9 @@ pub struct Account {
     pub max_instances: i32,
     pub rate_limit_per_minute: Option<i32>,
     pub rate_limit_burst: Option<i32>,
+    /// Keys of this account with the `allow_exec` policy may run commands on its instances
+    /// through their agents (docs/agents.md).
+    pub agent_exec: bool,
     #[serde(serialize_with = "rfc3339")]
     #[schemars(with = "Time")]
     pub created_at: SystemTime,
@@ -89,6 +92,9 @@ pub struct KeyRecord {
     /// What the key may rent (`accounts::policy`).
     #[serde(default)]
     pub policy: KeyPolicy,
+    /// The account allows commands through instance agents (`accounts.agent_exec`).
+    #[serde(default)]
+    pub account_agent_exec: bool,
 }
 
 impl KeyRecord {
@@ -117,6 +123,7 @@ impl KeyRecord {
             account_rate_limit: None,
             key_rate_limit: None,
             policy: KeyPolicy::default(),
+            account_agent_exec: false,
         }
     }
 }
@@ -165,6 +172,8 @@ pub struct AccountChange {
     pub on_budget_exhausted: Option<String>,
     #[schemars(range(min = 0, max = 2147483647))]
     pub max_instances: Option<i32>,
+    /// Keys with the `allow_exec` policy may run commands through instance agents.
+    pub agent_exec: Option<bool>,
 }
 
 /// A change to a key: its spend cap (`spend_limit_usd: null` removes it) and its policies
@@ -239,7 +248,8 @@ pub struct NewKeySpec {
 macro_rules! account_cols {
     () => {
         "id, name, status, daily_budget_usd::float8, max_instances, rate_limit_per_minute, \
-         rate_limit_burst, created_at, updated_at, monthly_budget_usd::float8, on_budget_exhausted"
+         rate_limit_burst, created_at, updated_at, monthly_budget_usd::float8, on_budget_exhausted, \
+         agent_exec"
     };
 }
 macro_rules! key_cols {
@@ -247,7 +257,7 @@ macro_rules! key_cols {
         "public_id, account_id, scopes, label, rate_limit_per_minute, rate_limit_burst, \
          created_at, expires_at, revoked_at, last_used_at, spend_limit_usd::float8, \
          max_price_micros_per_hour, allowed_providers, allowed_gpu_models, \
-         require_max_duration_hours, key_max_instances"
+         require_max_duration_hours, key_max_instances, allow_exec"
     };
 }
 
@@ -268,6 +278,7 @@ fn account(row: &Row) -> Result<Account, Error> {
         updated_at: get(row, 8)?,
         monthly_budget_usd: get(row, 9)?,
         on_budget_exhausted: get(row, 10)?,
+        agent_exec: get(row, 11)?,
     })
 }
 
@@ -296,6 +307,7 @@ fn policy_at(row: &Row, at: usize) -> Result<KeyPolicy, Error> {
         allowed_gpu_models: get(row, at + 2)?,
         require_max_duration_hours: get(row, at + 3)?,
         max_instances: get(row, at + 4)?,
+        allow_exec: get(row, at + 5)?,
     })
 }
 
@@ -317,7 +329,8 @@ pub async fn policy_of_key(db: &Db, key_id: i64) -> Result<Option<KeyPolicy>, Er
 async fn set_policy(db: &Db, public_id: &str, p: &KeyPolicy) -> Result<(), Error> {
     db.query(
         "UPDATE api_keys SET max_price_micros_per_hour = $2, allowed_providers = $3, \
-           allowed_gpu_models = $4, require_max_duration_hours = $5, key_max_instances = $6 \
+           allowed_gpu_models = $4, require_max_duration_hours = $5, key_max_instances = $6, \
+           allow_exec = $7 \
          WHERE public_id = $1",
         &[
             (&public_id, Type::TEXT),
@@ -326,6 +339,7 @@ async fn set_policy(db: &Db, public_id: &str, p: &KeyPolicy) -> Result<(), Error
             (&p.allowed_gpu_models, Type::TEXT_ARRAY),
             (&p.require_max_duration_hours, Type::FLOAT8),
             (&p.max_instances, Type::INT4),
+            (&p.allow_exec, Type::BOOL),
         ],
     )
     .await?;
@@ -446,7 +460,8 @@ pub async fn update_account(
                    monthly_budget_usd = CASE WHEN $3 THEN $4::float8::numeric \
                      ELSE monthly_budget_usd END, \
                    on_budget_exhausted = COALESCE($5, on_budget_exhausted), \
-                   max_instances = COALESCE($6, max_instances), updated_at = now() \
+                   max_instances = COALESCE($6, max_instances), \
+                   agent_exec = COALESCE($7, agent_exec), updated_at = now() \
                  WHERE id = $1 RETURNING ",
                 account_cols!()
             ),
@@ -457,6 +472,7 @@ pub async fn update_account(
                 (&monthly, Type::FLOAT8),
                 (&c.on_budget_exhausted, Type::TEXT),
                 (&c.max_instances, Type::INT4),
+                (&c.agent_exec, Type::BOOL),
             ],
         )
         .await?
@@ -680,7 +696,8 @@ pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, E
                     k.rate_limit_per_minute, k.rate_limit_burst, \
                     a.name, a.daily_budget_usd::float8, a.max_instances, \
                     k.max_price_micros_per_hour, k.allowed_providers, k.allowed_gpu_models, \
-                    k.require_max_duration_hours, k.key_max_instances \
+                    k.require_max_duration_hours, k.key_max_instances, k.allow_exec, \
+                    a.agent_exec \
              FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.public_id = $1",
             &[(&public_id, Type::TEXT)],
         )
@@ -704,6 +721,7 @@ pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, E
         account_rate_limit: limit(get(&row, 8)?, get(&row, 9)?),
         key_rate_limit: limit(get(&row, 10)?, get(&row, 11)?),
         policy: policy_at(&row, 15)?,
+        account_agent_exec: get(&row, 21)?,
     }))
 }
 

@@ -1,11 +1,15 @@
 //! Instance agents (docs/agents.md): a small program on a rented machine that holds a WebSocket
 //! to the daemon (`/v1/agent`), says what the machine has, and reports its GPUs' use.
 //!
+//! - `channels`: the channels this daemon holds, and routing commands to them from any daemon.
+//! - `commands`: commands run through agents, recorded in PostgreSQL before anything else.
 //! - `presence`: which daemon holds which agent (Redis), and the events of its coming and going.
 //! - `protocol`: the channel's messages and their validation.
 //! - `tokens`: the per-instance agent token: minted for the instance's renter, kept as a hash,
 //!   revoked when the instance ends.
 
+pub mod channels;
+pub mod commands;
 pub mod presence;
 pub mod protocol;
 pub mod tokens;

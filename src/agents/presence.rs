@@ -92,7 +92,7 @@ pub async fn connected(
             host,
             ..
         } => facts(agent_version, gpus, host),
-        AgentMessage::Heartbeat { .. } => json!({}),
+        _ => json!({}),
     };
     event(db, id, AGENT_CONNECTED, &data).await
 }
@@ -106,9 +106,11 @@ fn facts(version: &str, gpus: &[GpuInfo], host: &HostInfo) -> serde_json::Value 
     })
 }
 
-/// The channel ended (`reason`): presence dropped if still ours, and `instance.agent_lost`.
+/// The channel ended (`reason`): presence dropped if still ours (not when a newer channel here
+/// `replaced` it: that one holds it now), and `instance.agent_lost`.
 pub async fn lost(db: &Db, redis: Option<&Redis>, id: &AgentIdentity, reason: &str) -> Result<()> {
     if let Some(r) = redis
+        && reason != "replaced"
         && holder(r, &id.instance_id).await.as_deref() == Some(daemon_id())
     {
         let _ = r.del(vec![key(r, &id.instance_id)]).await;

@@ -3,8 +3,9 @@
 //! type or field, a missing field, a value out of its range or text with a NUL is refused, and
 //! the channel closes with 1008 and the reason ([`parse`]).
 //!
-//! Agent → daemon: `hello` (first, once), `heartbeat`. Daemon → agent: `welcome` (the answer to
-//! `hello`: how often to send heartbeats).
+//! Agent → daemon: `hello` (first, once), `heartbeat`, and for each command: `started`, `output`
+//! (pieces of stdout and stderr), `finished`. Daemon → agent: `welcome` (the answer to `hello`:
+//! how often to send heartbeats), `exec` (a command to run).
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,10 @@ use serde::{Deserialize, Serialize};
 const MAX_GPUS: usize = 64;
 /// The longest text field.
 const MAX_TEXT: usize = 256;
+/// The largest piece of output in one `output` message (the agent sends more messages).
+pub const MAX_OUTPUT_PIECE: usize = 64 << 10;
+/// The longest `error` of a `finished`.
+const MAX_ERROR: usize = 1024;
 
 /// What an agent sends.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -31,6 +36,45 @@ pub enum AgentMessage {
         #[serde(default)]
         gpus: Vec<GpuSample>,
     },
+    /// A command (`exec`'s `id`) has started.
+    Started { id: String },
+    /// A piece of a command's output, as it came (at most [`MAX_OUTPUT_PIECE`] bytes).
+    Output {
+        id: String,
+        stream: OutputStream,
+        data: String,
+    },
+    /// A command ended: its exit code (none when a signal ended it), whether the agent killed it
+    /// at its timeout, or why it could not start (`error`).
+    Finished {
+        id: String,
+        #[serde(default)]
+        exit_code: Option<i32>,
+        #[serde(default)]
+        timed_out: bool,
+        #[serde(default)]
+        error: Option<String>,
+        /// All the output it produced, when the agent forwarded only part of it.
+        #[serde(default)]
+        output_bytes: Option<u64>,
+    },
+}
+
+/// Which of a command's outputs a piece comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
 }
 
 /// One GPU as `nvidia-smi` names it.
@@ -71,6 +115,13 @@ pub enum DaemonMessage {
         instance_id: String,
         /// Send a heartbeat this often.
         heartbeat_s: u32,
+    },
+    /// Run `argv` (no shell); kill it after `timeout_s`. Answered with `started`, `output`s and
+    /// `finished`, each naming `id`.
+    Exec {
+        id: String,
+        argv: Vec<String>,
+        timeout_s: u32,
     },
 }
 
@@ -135,6 +186,24 @@ fn check(m: &AgentMessage) -> Result<(), Invalid> {
                 )));
             }
         }
+        AgentMessage::Started { id } => text("id", id)?,
+        AgentMessage::Output { id, data, .. } => {
+            text("id", id)?;
+            if data.len() > MAX_OUTPUT_PIECE {
+                return Err(Invalid(format!(
+                    "invalid `data`: at most {MAX_OUTPUT_PIECE} bytes per message"
+                )));
+            }
+        }
+        AgentMessage::Finished { id, error, .. } => {
+            text("id", id)?;
+            if error
+                .as_ref()
+                .is_some_and(|e| e.is_empty() || e.len() > MAX_ERROR)
+            {
+                return Err(Invalid(format!("invalid `error`: 1 to {MAX_ERROR} bytes")));
+            }
+        }
     }
     Ok(())
 }
@@ -175,10 +244,31 @@ mod tests {
             ),
             (br#"{"type":"hello","instance_id":"i"}"#, "missing field"),
             (br#"{"gpus":[]}"#, "type"),
+            (br#"{"type":"started","id":""}"#, "`id`"),
+            (
+                br#"{"type":"output","id":"cmd_1","stream":"stdin","data":""}"#,
+                "unknown variant",
+            ),
+            (br#"{"type":"finished","id":"cmd_1","error":""}"#, "`error`"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.0.contains(says), "{}: {}", String::from_utf8_lossy(bad), e.0);
             assert!(!e.0.contains("line"), "{}", e.0);
         }
+        let big = format!(
+            r#"{{"type":"output","id":"cmd_1","stream":"stdout","data":"{}"}}"#,
+            "x".repeat(MAX_OUTPUT_PIECE + 1)
+        );
+        assert!(parse(big.as_bytes()).unwrap_err().0.contains("`data`"));
+        assert_eq!(
+            parse(br#"{"type":"finished","id":"cmd_1","exit_code":3}"#).unwrap(),
+            AgentMessage::Finished {
+                id: "cmd_1".into(),
+                exit_code: Some(3),
+                timed_out: false,
+                error: None,
+                output_bytes: None
+            }
+        );
     }
 }

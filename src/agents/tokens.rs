@@ -25,6 +25,8 @@ const RANDOM_LEN: usize = 43;
 pub struct AgentIdentity {
     pub instance_id: String,
     pub account_id: i64,
+    /// The token's SHA-256: the channel ends when it is no longer the instance's (`channels`).
+    pub token_hash: [u8; 32],
 }
 
 /// Mints the agent token of the caller's open instance `instance_id`, replacing any earlier one.
@@ -86,7 +88,8 @@ pub async fn authenticate(db: &Db, token: &str) -> Result<AgentIdentity> {
     if !looks_like_token(token) {
         return Err(refused());
     }
-    let hash = crate::accounts::apikey::hash(token).to_vec();
+    let token_hash = crate::accounts::apikey::hash(token);
+    let hash = token_hash.to_vec();
     let row = db
         .query_opt(
             "SELECT t.instance_id, t.account_id FROM agent_tokens t \
@@ -100,7 +103,30 @@ pub async fn authenticate(db: &Db, token: &str) -> Result<AgentIdentity> {
     Ok(AgentIdentity {
         instance_id: row.get(0),
         account_id: row.get(1),
+        token_hash,
     })
+}
+
+/// Of these channels (instance, token hash), those whose token no longer opens one: the
+/// instance ended, or a newer token replaced it.
+pub async fn no_longer_valid(db: &Db, held: &[(String, [u8; 32])]) -> Result<Vec<String>> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = held.iter().map(|h| h.0.as_str()).collect();
+    let hashes: Vec<&[u8]> = held.iter().map(|h| &h.1[..]).collect();
+    Ok(db
+        .query(
+            "SELECT u.id FROM unnest($1::text[], $2::bytea[]) AS u(id, h) \
+             WHERE NOT EXISTS (SELECT 1 FROM agent_tokens t JOIN instances i ON i.id = t.instance_id \
+               WHERE t.instance_id = u.id AND t.token_hash = u.h AND t.revoked_at IS NULL \
+                 AND i.status NOT IN ('terminated', 'failed'))",
+            &[(&ids, Type::TEXT_ARRAY), (&hashes, Type::BYTEA_ARRAY)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 #[cfg(test)]

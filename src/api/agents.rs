@@ -41,6 +41,7 @@ pub async fn mint(c: Call) -> Result<Response<Body>> {
 
 /// `GET /v1/agent`: the agent token in `Authorization: Bearer gpa_…`, then the channel.
 pub async fn channel(c: Call) -> Result<Response<Body>> {
+    let opened = tokio::time::Instant::now();
     if !websocket::requested(&c.req) {
         return Err(Error::bad_request(
             "the agent channel is a WebSocket (`Upgrade: websocket`)",
@@ -62,7 +63,7 @@ pub async fn channel(c: Call) -> Result<Response<Body>> {
         .to_owned();
     let db = c.db("agents")?;
     let id = tokens::authenticate(&db, &token).await?;
-    websocket::accept_agent(c, id)
+    websocket::accept_agent(c, id, opened)
 }
 
 // The operations of this file's routes, for the OpenAPI document (`openapi::generate`).

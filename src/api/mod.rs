@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agents;
 pub mod body;
 pub mod call;
+pub mod commands;
 pub mod events;
 pub mod feed_query;
 pub mod grpc;

@@ -13,8 +13,8 @@ use hyper::Method;
 pub use super::call::{Access, Call, Handler, Reply};
 use super::openapi::op::Op;
 use super::{
-    account, admin, agents, events, health, instances, mcp, offers, passthrough, sshkeys, usage,
-    volumes, watches, webhooks,
+    account, admin, agents, commands, events, health, instances, mcp, offers, passthrough, sshkeys,
+    usage, volumes, watches, webhooks,
 };
 
 /// One route.
@@ -332,6 +332,31 @@ pub static ROUTES: &[Route] = &[
             Method::POST,
             later!(c => agents::mint(c).await),
             agents::MINT_AGENT_TOKEN,
+        )],
+    ),
+    route(
+        "/v1/instances/{id}/commands",
+        User,
+        &[
+            (
+                Method::GET,
+                later!(c => commands::list(c).await),
+                commands::LIST_COMMANDS,
+            ),
+            (
+                Method::POST,
+                later!(c => commands::create(c).await),
+                commands::CREATE_COMMAND,
+            ),
+        ],
+    ),
+    route(
+        "/v1/instances/{id}/commands/{command_id}",
+        User,
+        &[(
+            Method::GET,
+            later!(c => commands::show(c).await),
+            commands::GET_COMMAND,
         )],
     ),
     route(

@@ -81,6 +81,9 @@ pub enum AccountsCmd {
         on_budget_exhausted: Option<String>,
         #[arg(long)]
         max_instances: Option<i32>,
+        /// true: keys with the allow-exec policy may run commands through instance agents.
+        #[arg(long)]
+        agent_exec: Option<bool>,
         #[arg(long)]
         json: bool,
     },
@@ -173,6 +176,9 @@ pub struct PolicyArgs {
     /// Open instances the key may have rented at once.
     #[arg(long = "key-max-instances")]
     max_instances: Option<i32>,
+    /// true: the key may run commands through instance agents (if its account allows them).
+    #[arg(long)]
+    allow_exec: Option<bool>,
 }
 
 impl PolicyArgs {
@@ -182,6 +188,7 @@ impl PolicyArgs {
             || self.allowed_gpu_models.is_some()
             || self.require_max_duration_hours.is_some()
             || self.max_instances.is_some()
+            || self.allow_exec.is_some()
     }
 
     /// `base` with the policies given here set.
@@ -194,6 +201,7 @@ impl PolicyArgs {
                 .require_max_duration_hours
                 .or(base.require_max_duration_hours),
             max_instances: self.max_instances.or(base.max_instances),
+            allow_exec: self.allow_exec.or(base.allow_exec),
         }
     }
 }
@@ -480,6 +488,7 @@ pub fn accounts(cmd: AccountsCmd) -> i32 {
                 monthly_budget_usd,
                 on_budget_exhausted,
                 max_instances,
+                agent_exec,
                 json,
             } => {
                 let change = AccountChange {
@@ -487,6 +496,7 @@ pub fn accounts(cmd: AccountsCmd) -> i32 {
                     monthly_budget_usd: monthly_budget_usd.map(|m| m.0),
                     on_budget_exhausted,
                     max_instances,
+                    agent_exec,
                 };
                 let redis = redis().await?;
                 let (a, p) = admin::update_account(

@@ -22,6 +22,24 @@ pub struct AgentsConfig {
     pub max_message_bytes: NonZeroU64,
     /// Which daemon holds an agent is kept in Redis this long after its last heartbeat.
     pub presence_ttl_ms: Millis,
+    /// Messages an agent may send per minute, sustained (GCRA), and at once; past them the
+    /// channel is closed (1008 `rate_limited`).
+    pub messages_per_minute: NonZeroU64,
+    pub message_burst: NonZeroU64,
+    /// Messages waiting to be written to one agent; one more and the agent is too slow: its
+    /// channel is closed (1013 `slow_consumer`), as an event stream's is.
+    pub max_queued_messages: NonZeroU64,
+    /// Output kept per command (bytes of stdout and stderr together); the rest is counted, not
+    /// kept.
+    pub command_output_bytes: NonZeroU64,
+    /// A command no agent has taken this long after it was sent is `expired`.
+    pub command_queue_ttl_ms: Millis,
+    /// A command sent to an agent that has not answered this long after its own timeout is
+    /// `lost` (its agent or daemon went away while it ran).
+    pub command_grace_ms: Millis,
+    /// How often each daemon expires and finds lost commands, wakes channels with commands
+    /// waiting, and closes the channels of ended instances (and replaced tokens).
+    pub sweep_interval_ms: Millis,
 }
 
 impl Default for AgentsConfig {
@@ -33,6 +51,13 @@ impl Default for AgentsConfig {
             heartbeat_interval_ms: Millis(15_000),
             max_message_bytes: nz64(10 << 20),
             presence_ttl_ms: Millis(60_000),
+            messages_per_minute: nz64(1200),
+            message_burst: nz64(200),
+            max_queued_messages: nz64(100),
+            command_output_bytes: nz64(64 << 10),
+            command_queue_ttl_ms: Millis(600_000),
+            command_grace_ms: Millis(30_000),
+            sweep_interval_ms: Millis(5_000),
         }
     }
 }

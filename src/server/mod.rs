@@ -218,6 +218,7 @@ impl Daemon {
             cfg.connections.reap_interval_ms.get(),
         ));
         let mut background = state.auth.spawn_tasks(&cfg);
+        background.extend(state.agents.listen());
         if let Some(hub) = &state.events {
             background.extend(hub.spawn());
             background.push(tokio::spawn(

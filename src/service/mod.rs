@@ -6,6 +6,7 @@
 //! - `account`: the caller's account view and tokens for its API key.
 //! - `admin`: accounts, keys and billing reconciliation for admin keys.
 //! - `body`: JSON bodies into structs, with a 400 naming the field at fault.
+//! - `commands`: commands run on the caller's instances through their agents.
 //! - `events`: the caller's event feed (what it resumes from and keeps), opened for a carrier.
 //! - `query`: query strings into structs, with a 400 naming the parameter for every refusal.
 //! - `offers`: offer search across providers, through the offers cache and rendered pages.
@@ -17,6 +18,7 @@
 pub mod account;
 pub mod admin;
 pub mod body;
+pub mod commands;
 pub mod events;
 pub mod instances;
 pub mod offers;

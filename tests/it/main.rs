@@ -5,6 +5,7 @@
 
 mod support;
 
+mod agent_commands;
 mod agent_keys;
 mod agents;
 mod auth;

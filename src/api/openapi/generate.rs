@@ -99,6 +99,11 @@ const PATH_PARAMS: &[(&str, &str, SchemaFn)] = &[
         schema::<PathText>,
     ),
     (
+        "command_id",
+        "The command's id (`cmd_…`), as its creation answered.",
+        schema::<PathText>,
+    ),
+    (
         "account",
         "Account id, or its name (percent-encoded).",
         schema::<PathText>,

@@ -181,10 +181,11 @@ pub(super) fn opened(
 pub(super) fn accept_agent(
     mut c: Call,
     id: crate::agents::tokens::AgentIdentity,
+    since: tokio::time::Instant,
 ) -> Result<Response<Body>> {
     let o = opening(&c)?;
     let api = c.api.clone();
-    let session: Session = Box::new(move |io| Box::pin(agent::run(io, api, id)));
+    let session: Session = Box::new(move |io| Box::pin(agent::run(io, api, id, since)));
     opened(&mut c, o, None, session)
 }
 

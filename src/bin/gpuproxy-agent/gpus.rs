@@ -2,7 +2,7 @@
 //! `GPUPROXY_NVIDIA_SMI` when set, else `nvidia-smi` on the PATH; none found: no GPUs), and the
 //! host's facts from /proc.
 
-use serde_json::{Value, json};
+use gpuproxyd::agents::protocol::{GpuInfo, GpuSample, HostInfo};
 
 fn nvidia_smi(query: &str) -> Vec<Vec<String>> {
     let program = std::env::var("GPUPROXY_NVIDIA_SMI").unwrap_or_else(|_| "nvidia-smi".into());
@@ -26,35 +26,43 @@ fn nvidia_smi(query: &str) -> Vec<Vec<String>> {
 }
 
 /// The GPUs (index, name, memory in MiB), for the hello.
-pub fn inventory() -> Vec<Value> {
+pub fn inventory() -> Vec<GpuInfo> {
     nvidia_smi("index,name,memory.total")
         .into_iter()
         .filter_map(|f| {
-            Some(json!({
-                "index": f.first()?.parse::<u32>().ok()?,
-                "name": f.get(1)?.chars().take(256).collect::<String>(),
-                "memory_mb": f.get(2)?.parse::<u64>().ok()?,
-            }))
+            Some(GpuInfo {
+                index: f.first()?.parse::<u32>().ok()?,
+                name: f.get(1)?.chars().take(64).collect::<String>(),
+                memory_mb: f.get(2)?.parse::<u64>().ok()?,
+            })
         })
+        .filter(|g| !g.name.is_empty())
+        .take(64)
         .collect()
 }
 
 /// Each GPU's utilisation (percent) and memory in use (MiB), for a heartbeat.
-pub fn samples() -> Vec<Value> {
+pub fn samples() -> Vec<GpuSample> {
     nvidia_smi("index,utilization.gpu,memory.used")
         .into_iter()
         .filter_map(|f| {
-            Some(json!({
-                "index": f.first()?.parse::<u32>().ok()?,
-                "util_pct": f.get(1)?.parse::<f64>().ok()?.clamp(0.0, 100.0),
-                "memory_used_mb": f.get(2)?.parse::<u64>().ok()?,
-            }))
+            Some(GpuSample {
+                index: f.first()?.parse::<u32>().ok()?,
+                util_pct: f
+                    .get(1)?
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|u| u.is_finite())?
+                    .clamp(0.0, 100.0),
+                memory_used_mb: f.get(2)?.parse::<u64>().ok()?,
+            })
         })
+        .take(64)
         .collect()
 }
 
 /// Host name, OS, CPUs and memory (MiB).
-pub fn host() -> Value {
+pub fn host() -> HostInfo {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -69,10 +77,10 @@ pub fn host() -> Value {
                 .and_then(|k| k.parse::<u64>().ok())
         })
         .map_or(0, |kib| kib / 1024);
-    json!({
-        "hostname": hostname.chars().take(256).collect::<String>(),
-        "os": std::env::consts::OS,
-        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        "memory_mb": memory_mb,
-    })
+    HostInfo {
+        hostname: hostname.chars().take(64).collect::<String>(),
+        os: std::env::consts::OS.into(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_mb,
+    }
 }

@@ -3,20 +3,26 @@
 //! the environment only: `GPUPROXY_AGENT_TOKEN`, never a flag or a log line), says hello (the
 //! instance, its version, the GPUs `nvidia-smi` lists, the host's facts), sends a heartbeat
 //! with each GPU's utilisation and memory every `heartbeat_s` the welcome names, answers pings,
-//! and reconnects after any loss with jittered exponential back-off (so agents do not all come
-//! back at once after a daemon restart). A refused token (401: the instance ended, or a new
-//! token was minted) ends it with status 77.
+//! runs the commands the daemon sends (`exec`), and reconnects after any loss with jittered
+//! exponential back-off (so agents do not all come back at once after a daemon restart). A
+//! refused token (401: the instance ended, or a new token was minted) ends it with status 77.
+//!
+//! The messages are the daemon's own definitions (`gpuproxyd::agents::protocol`).
 
+mod exec;
 mod gpus;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use gpuproxyd::agents::protocol::{AgentMessage, DaemonMessage};
 use rustls_pki_types::ServerName;
-use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -44,6 +50,41 @@ struct Args {
     max_backoff_s: u64,
 }
 
+/// Messages of running commands waiting for a connection.
+const OUTBOX: usize = 256;
+
+/// What outlives one connection: the commands' messages waiting to be sent (and the one whose
+/// sending failed, sent first on the next connection), and the commands running.
+struct Work {
+    tx: mpsc::Sender<AgentMessage>,
+    rx: mpsc::Receiver<AgentMessage>,
+    unsent: Option<AgentMessage>,
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Work {
+    /// Starts command `id` unless it already runs (a command is run at most once).
+    fn exec(&self, id: String, argv: Vec<String>, timeout_s: u32) {
+        if argv.is_empty()
+            || !self
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone())
+        {
+            return;
+        }
+        let (tx, running) = (self.tx.clone(), self.running.clone());
+        tokio::spawn(async move {
+            exec::run(id.clone(), argv, timeout_s, tx).await;
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+    }
+}
+
 /// Why a connection ended.
 enum Lost {
     /// The daemon refused the token: stop.
@@ -67,8 +108,15 @@ async fn main() {
         }
     };
     let mut failures: u32 = 0;
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    let mut work = Work {
+        tx,
+        rx,
+        unsent: None,
+        running: Arc::default(),
+    };
     loop {
-        match session(&args, &token, tls.clone(), &mut failures).await {
+        match session(&args, &token, tls.clone(), &mut failures, &mut work).await {
             Lost::Refused(why) => {
                 eprintln!("gpuproxy-agent: the daemon refused the agent token ({why}); stopping");
                 std::process::exit(EX_NOPERM);
@@ -123,6 +171,7 @@ async fn session(
     token: &str,
     tls: Arc<rustls::ClientConfig>,
     failures: &mut u32,
+    work: &mut Work,
 ) -> Lost {
     let url = args.url.trim_end_matches('/');
     let Some(rest) = url.strip_prefix("https://") else {
@@ -164,35 +213,51 @@ async fn session(
         }
         Err(e) => return Lost::Retry(format!("handshake: {e}")),
     };
-    let hello = json!({
-        "type": "hello",
-        "instance_id": args.instance,
-        "agent_version": env!("CARGO_PKG_VERSION"),
-        "gpus": gpus::inventory(),
-        "host": gpus::host(),
-    });
-    if let Err(e) = ws.send(Message::text(hello.to_string())).await {
+    let hello = AgentMessage::Hello {
+        instance_id: args.instance.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        gpus: gpus::inventory(),
+        host: gpus::host(),
+    };
+    if let Err(e) = ws.send(text(&hello)).await {
         return Lost::Retry(format!("hello: {e}"));
     }
     let mut every = None;
+    let mut next_beat: Option<Instant> = None;
     loop {
         let tick = async {
+            match next_beat {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        // once welcomed: the message whose sending failed last time, then commands' messages
+        if every.is_some()
+            && let Some(m) = work.unsent.take()
+            && let Err(e) = ws.send(text(&m)).await
+        {
+            work.unsent = Some(m);
+            return Lost::Retry(format!("send: {e}"));
+        }
+        let outgoing = async {
             match every {
-                Some(d) => tokio::time::sleep(d).await,
+                Some(_) => work.rx.recv().await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).unwrap_or_default();
-                    if v["type"] == "welcome" {
-                        let s = v["heartbeat_s"].as_u64().unwrap_or(15).max(1);
-                        every = Some(Duration::from_secs(s));
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<DaemonMessage>(&t) {
+                    Ok(DaemonMessage::Welcome { heartbeat_s, .. }) => {
+                        let d = Duration::from_secs(u64::from(heartbeat_s.max(1)));
+                        every = Some(d);
+                        next_beat = Some(Instant::now() + d);
                         *failures = 0;
-                        eprintln!("gpuproxy-agent: connected; heartbeat every {s} s");
+                        eprintln!("gpuproxy-agent: connected; heartbeat every {heartbeat_s} s");
                     }
-                }
+                    Ok(DaemonMessage::Exec { id, argv, timeout_s }) => work.exec(id, argv, timeout_s),
+                    Err(e) => eprintln!("gpuproxy-agent: a message it does not know ({e}); ignored"),
+                },
                 Some(Ok(Message::Close(f))) => {
                     let why = f.map_or_else(|| "closed".to_owned(), |f| format!("{} {}", u16::from(f.code), f.reason));
                     return Lost::Retry(why);
@@ -202,12 +267,24 @@ async fn session(
                 Some(Err(e)) => return Lost::Retry(e.to_string()),
                 None => return Lost::Retry("closed".into()),
             },
+            m = outgoing => {
+                let Some(m) = m else { continue };
+                if let Err(e) = ws.send(text(&m)).await {
+                    work.unsent = Some(m);
+                    return Lost::Retry(format!("send: {e}"));
+                }
+            }
             _ = tick => {
-                let beat = json!({"type": "heartbeat", "gpus": gpus::samples()});
-                if let Err(e) = ws.send(Message::text(beat.to_string())).await {
+                next_beat = every.map(|d| Instant::now() + d);
+                let beat = AgentMessage::Heartbeat { gpus: gpus::samples() };
+                if let Err(e) = ws.send(text(&beat)).await {
                     return Lost::Retry(format!("heartbeat: {e}"));
                 }
             }
         }
     }
+}
+
+fn text(m: &AgentMessage) -> Message {
+    Message::text(serde_json::to_string(m).expect("messages serialize"))
 }

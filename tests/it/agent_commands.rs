@@ -1,0 +1,411 @@
+//! Commands through instance agents (issue 31), against a real stack: exec refused without the
+//! account's and the key's policy; the real `gpuproxy-agent` running commands (output and exit
+//! code to the API and the event feed, a timeout, a program that cannot start); a command sent
+//! while the agent is offline, delivered when it reconnects; a command entering daemon B for an
+//! agent held by daemon A; expiry; the channel of a destroyed instance ended, and its queued
+//! commands expired; an agent over its message rate cut.
+
+use crate::support;
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use support::accounts::{TestDb, public_id};
+use support::agents::{closed, hello, mint, next_text};
+use support::daemon::DaemonProc;
+use support::rentals::{account, call, rent_cheapest_running};
+use support::sandbox::Sandbox;
+use support::ws::open;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Runs an admin command that reaches the sandbox's daemons (their cached keys are dropped).
+fn admin(db: &TestDb<'_>, sb: &Sandbox, args: &[&str]) -> Value {
+    let prefix = sb.redis_prefix();
+    db.cli_env(args, &[("GPUPROXY_REDIS_KEY_PREFIX", prefix.as_str())])
+}
+
+/// Turns exec on for the account and its key.
+fn allow_exec(db: &TestDb<'_>, sb: &Sandbox, name: &str, key: &str) {
+    admin(
+        db,
+        sb,
+        &["accounts", "update", name, "--agent-exec", "true"],
+    );
+    admin(
+        db,
+        sb,
+        &["keys", "update", public_id(key), "--allow-exec", "true"],
+    );
+}
+
+/// POSTs a command; its 202 view.
+async fn send(d: &DaemonProc, key: &str, instance: &str, body: &Value) -> Value {
+    let r = call(
+        d,
+        key,
+        "POST",
+        &format!("/v1/instances/{instance}/commands"),
+        &body.to_string(),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["status"], "queued", "{v}");
+    let loc = r.headers.get("location").unwrap().to_str().unwrap();
+    assert_eq!(
+        loc,
+        format!(
+            "/v1/instances/{instance}/commands/{}",
+            v["id"].as_str().unwrap()
+        )
+    );
+    v
+}
+
+async fn show(d: &DaemonProc, key: &str, instance: &str, id: &str) -> Value {
+    let r = call(
+        d,
+        key,
+        "GET",
+        &format!("/v1/instances/{instance}/commands/{id}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Waits until the command has a final status; its view.
+async fn finished(d: &DaemonProc, key: &str, instance: &str, id: &str) -> Value {
+    support::eventually("command finished", || async {
+        let v = show(d, key, instance, id).await;
+        let s = v["status"].as_str().unwrap().to_owned();
+        ["exited", "timed_out", "start_failed", "expired", "lost"]
+            .contains(&s.as_str())
+            .then_some(v)
+    })
+    .await
+}
+
+fn agent_process(
+    d: &DaemonProc,
+    dir: &std::path::Path,
+    instance: &str,
+    token: &str,
+) -> tokio::process::Child {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, std::fs::read(d.dir.join("server.crt")).unwrap()).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_gpuproxy-agent"))
+        .args(["--max-backoff-s", "1"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "GPUPROXY_URL",
+            format!("https://localhost:{}", d.https.port()),
+        )
+        .env("GPUPROXY_INSTANCE_ID", instance)
+        .env("GPUPROXY_AGENT_TOKEN", token)
+        .env("GPUPROXY_CACERT", &ca)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn connected_count(db: &TestDb<'_>, account: &str, n: usize) {
+    support::eventually("instance.agent_connected", || async {
+        let v = db.events_of(account, "instance.agent_connected").await;
+        (v.len() >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_runs_commands_for_the_renter_when_allowed() {
+    let db = TestDb::new(support::services::shared(), "agent_exec");
+    let sb = Sandbox::start(&["--provision-time", "300ms"]);
+    let d = sb
+        .daemon(
+            &db,
+            &[
+                "rentals.status_cache_ms=100",
+                "ratelimit.enabled=false",
+                "agents.sweep_interval_ms=200",
+                "agents.command_output_bytes=64",
+            ],
+        )
+        .await;
+    let key = account(&db, "execer", 10_000.0, 5);
+    let id = rent_cheapest_running(&d, &key, "vastai").await;
+    let echo = json!({"kind": "exec", "argv": ["sh", "-c", "echo hello; echo oops >&2; exit 3"]});
+    let path = format!("/v1/instances/{id}/commands");
+
+    // off unless the account and the key allow it; a read key changes nothing
+    let r = call(&d, &key, "POST", &path, &echo.to_string(), None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "exec_not_allowed");
+    assert!(r.text().contains("account"), "{}", r.text());
+    admin(
+        &db,
+        &sb,
+        &["accounts", "update", "execer", "--agent-exec", "true"],
+    );
+    let r = call(&d, &key, "POST", &path, &echo.to_string(), None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("allow_exec"), "{}", r.text());
+    allow_exec(&db, &sb, "execer", &key);
+    let reader = db.cli(&["keys", "create", "--account", "execer", "--scope", "read"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = call(&d, &reader, "POST", &path, &echo.to_string(), None).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // bad input: 400 naming the field, nothing recorded
+    for (bad, field) in [
+        (json!({"kind": "shell", "argv": ["true"]}), "kind"),
+        (json!({"kind": "exec", "argv": []}), "argv"),
+        (
+            json!({"kind": "exec", "argv": ["true"], "timeout_s": 0}),
+            "timeout_s",
+        ),
+        (
+            json!({"kind": "exec", "argv": ["true"], "extra": 1}),
+            "extra",
+        ),
+    ] {
+        let r = call(&d, &key, "POST", &path, &bad.to_string(), None).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+        assert!(r.text().contains(field), "{bad}: {}", r.text());
+    }
+    let r = call(&d, &key, "GET", &path, "", None).await;
+    assert_eq!(r.json()["commands"].as_array().unwrap().len(), 0);
+
+    // the agent is not running yet: the command waits, queued
+    let first = send(&d, &key, &id, &echo).await;
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(show(&d, &key, &id, &first_id).await["status"], "queued");
+
+    // the agent comes: it gets the command at its hello and runs it
+    let token = mint(&d, &key, &id).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent_process(&d, dir.path(), &id, &token);
+    let v = finished(&d, &key, &id, &first_id).await;
+    assert_eq!(v["status"], "exited", "{v}");
+    assert_eq!(v["exit_code"], 3);
+    let out = v["output"].as_str().unwrap();
+    assert!(out.contains("hello") && out.contains("oops"), "{v}");
+    assert_eq!(v["key"], public_id(&key));
+    assert!(
+        v["started_at"].is_string() && v["finished_at"].is_string(),
+        "{v}"
+    );
+
+    // the audit event names the key; output and the end are on the feed
+    let created = db.events_of("execer", "command.created").await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!(created[0]["key"], public_id(&key));
+    assert_eq!(created[0]["argv"][0], "sh");
+    let output = db.events_of("execer", "command.output").await;
+    let joined: String = output.iter().map(|o| o["data"].as_str().unwrap()).collect();
+    assert!(
+        joined.contains("hello") && joined.contains("oops"),
+        "{output:?}"
+    );
+    let ended = db.events_of("execer", "command.finished").await;
+    assert_eq!(ended[0]["status"], "exited");
+    assert_eq!(ended[0]["exit_code"], 3);
+
+    // output past agents.command_output_bytes is counted, not kept
+    let long = send(
+        &d,
+        &key,
+        &id,
+        &json!({"kind": "exec", "argv": ["sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x"]}),
+    )
+    .await;
+    let v = finished(&d, &key, &id, long["id"].as_str().unwrap()).await;
+    assert_eq!(v["exit_code"], 0, "{v}");
+    assert_eq!(v["output"].as_str().unwrap().len(), 64);
+    assert_eq!(v["output_bytes"], 5000);
+    assert_eq!(v["output_truncated"], true);
+
+    // killed at its timeout; a program that cannot start
+    let slow = send(
+        &d,
+        &key,
+        &id,
+        &json!({"kind": "exec", "argv": ["sleep", "30"], "timeout_s": 1}),
+    )
+    .await;
+    let missing = send(
+        &d,
+        &key,
+        &id,
+        &json!({"kind": "exec", "argv": ["/no/such/program"]}),
+    )
+    .await;
+    let v = finished(&d, &key, &id, slow["id"].as_str().unwrap()).await;
+    assert_eq!(v["status"], "timed_out", "{v}");
+    let v = finished(&d, &key, &id, missing["id"].as_str().unwrap()).await;
+    assert_eq!(v["status"], "start_failed", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("/no/such/program"),
+        "{v}"
+    );
+
+    // listed newest first, paged
+    let r = call(&d, &key, "GET", &format!("{path}?limit=2"), "", None).await;
+    let page = r.json();
+    assert_eq!(page["commands"].as_array().unwrap().len(), 2, "{page}");
+    assert_eq!(page["commands"][0]["id"], missing["id"]);
+    let before = page["next_before"].as_str().unwrap();
+    let r = call(
+        &d,
+        &key,
+        "GET",
+        &format!("{path}?limit=10&before={before}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["commands"].as_array().unwrap().len(), 2);
+    let page = d.scrape().await;
+    assert!(
+        support::metrics::value(
+            &page,
+            "gpuproxy_agent_command_seconds_count{stage=\"result\"}"
+        ) >= 4.0,
+        "{page}"
+    );
+    assert!(support::metrics::value(&page, "gpuproxy_agent_connect_seconds_count") >= 1.0);
+
+    // the instance ends: its live channel is closed within a sweep, the agent's token is
+    // refused at its reconnection (it stops, 77), and a command still queued is expired
+    let r = call(&d, &key, "GET", &format!("/v1/instances/{id}"), "", None).await;
+    assert_eq!(r.status, 200);
+    support::rentals::destroy_until_ended(&d, &key, &id).await;
+    let lost = support::eventually("agent_lost", || async {
+        let v = db.events_of("execer", "instance.agent_lost").await;
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    assert_eq!(lost[0]["reason"], "instance_ended", "{lost:?}");
+    let status = tokio::time::timeout(Duration::from_secs(30), agent.wait())
+        .await
+        .expect("the agent stops within 30 s")
+        .unwrap();
+    assert_eq!(status.code(), Some(77));
+    let r = call(&d, &key, "POST", &path, &echo.to_string(), None).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "instance_not_open");
+}
+
+/// An agent client (tokio-tungstenite) on daemon A; commands posted to daemon B reach it through
+/// its presence and A's notice channel, and its answers are visible from B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_entering_another_daemon_reaches_the_agent() {
+    let db = TestDb::new(support::services::shared(), "agent_route");
+    let sb = Sandbox::start(&["--provision-time", "300ms"]);
+    let set = [
+        "rentals.status_cache_ms=100",
+        "ratelimit.enabled=false",
+        "agents.sweep_interval_ms=200",
+        "agents.command_queue_ttl_ms=800",
+        "agents.messages_per_minute=60",
+        "agents.message_burst=8",
+    ];
+    let a = sb.daemon(&db, &set).await;
+    let b = sb.daemon(&db, &set).await;
+    let key = account(&db, "router", 10_000.0, 5);
+    allow_exec(&db, &sb, "router", &key);
+    let id = rent_cheapest_running(&a, &key, "vastai").await;
+    let idle = rent_cheapest_running(&a, &key, "vastai").await;
+    let token = mint(&a, &key, &id).await;
+
+    let mut ws = open(a.https, &token, "/v1/agent", &[]).await.unwrap();
+    ws.send(hello(&id)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await["type"], "welcome");
+    connected_count(&db, "router", 1).await;
+
+    let c = send(
+        &b,
+        &key,
+        &id,
+        &json!({"kind": "exec", "argv": ["uname", "-a"], "timeout_s": 5}),
+    )
+    .await;
+    let exec = next_text(&mut ws).await;
+    assert_eq!(exec["type"], "exec", "{exec}");
+    assert_eq!(exec["id"], c["id"]);
+    assert_eq!(exec["argv"], json!(["uname", "-a"]));
+    assert_eq!(exec["timeout_s"], 5);
+    let cid = c["id"].as_str().unwrap();
+    for m in [
+        json!({"type": "started", "id": cid}),
+        json!({"type": "output", "id": cid, "stream": "stdout", "data": "Linux box\n"}),
+        json!({"type": "finished", "id": cid, "exit_code": 0}),
+    ] {
+        ws.send(Message::text(m.to_string())).await.unwrap();
+    }
+    let v = finished(&b, &key, &id, cid).await;
+    assert_eq!(
+        (v["status"].as_str(), v["exit_code"].as_i64()),
+        (Some("exited"), Some(0))
+    );
+    assert_eq!(v["output"], "Linux box\n");
+    let page = a.scrape().await;
+    assert_eq!(
+        support::metrics::value(
+            &page,
+            "gpuproxy_agent_command_seconds_count{stage=\"routed\"}"
+        ),
+        1.0,
+        "{page}"
+    );
+
+    // the agent goes away; a command sent meanwhile waits, and is delivered when it is back
+    ws.close(None).await.unwrap();
+    support::eventually("agent_lost", || async {
+        let v = db.events_of("router", "instance.agent_lost").await;
+        (!v.is_empty()).then_some(())
+    })
+    .await;
+    let c = send(&b, &key, &id, &json!({"kind": "exec", "argv": ["true"]})).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        show(&b, &key, &id, c["id"].as_str().unwrap()).await["status"],
+        "queued"
+    );
+    let mut ws = open(b.https, &token, "/v1/agent", &[]).await.unwrap();
+    ws.send(hello(&id)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await["type"], "welcome");
+    let exec = next_text(&mut ws).await;
+    assert_eq!((&exec["type"], &exec["id"]), (&json!("exec"), &c["id"]));
+    assert_eq!(
+        show(&a, &key, &id, c["id"].as_str().unwrap()).await["status"],
+        "sent"
+    );
+
+    // an instance with no agent: its command expires (agents.command_queue_ttl_ms)
+    let c = send(&b, &key, &idle, &json!({"kind": "exec", "argv": ["true"]})).await;
+    let v = finished(&b, &key, &idle, c["id"].as_str().unwrap()).await;
+    assert_eq!(v["status"], "expired", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+
+    // an agent over its message rate (burst 8) is cut: 1008 rate_limited
+    for _ in 0..20 {
+        if ws
+            .send(Message::text(r#"{"type":"heartbeat","gpus":[]}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1008, "rate_limited"));
+}
