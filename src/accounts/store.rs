@@ -252,12 +252,21 @@ macro_rules! account_cols {
          agent_exec"
     };
 }
+/// A key's policy columns, in the order `policy_at` reads them (names only `api_keys` has, so
+/// they need no table prefix in a join with `accounts`).
+macro_rules! policy_cols {
+    () => {
+        "max_price_micros_per_hour, allowed_providers, allowed_gpu_models, \
+         require_max_duration_hours, key_max_instances, allow_exec"
+    };
+}
 macro_rules! key_cols {
     () => {
-        "public_id, account_id, scopes, label, rate_limit_per_minute, rate_limit_burst, \
-         created_at, expires_at, revoked_at, last_used_at, spend_limit_usd::float8, \
-         max_price_micros_per_hour, allowed_providers, allowed_gpu_models, \
-         require_max_duration_hours, key_max_instances, allow_exec"
+        concat!(
+            "public_id, account_id, scopes, label, rate_limit_per_minute, rate_limit_burst, \
+             created_at, expires_at, revoked_at, last_used_at, spend_limit_usd::float8, ",
+            policy_cols!()
+        )
     };
 }
 
@@ -316,9 +325,11 @@ fn policy_at(row: &Row, at: usize) -> Result<KeyPolicy, Error> {
 pub async fn policy_of_key(db: &Db, key_id: i64) -> Result<Option<KeyPolicy>, Error> {
     let row = db
         .query_opt(
-            "SELECT max_price_micros_per_hour, allowed_providers, allowed_gpu_models, \
-               require_max_duration_hours, key_max_instances FROM api_keys \
-             WHERE id = $1 AND revoked_at IS NULL",
+            concat!(
+                "SELECT ",
+                policy_cols!(),
+                " FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
+            ),
             &[(&key_id, Type::INT8)],
         )
         .await?;
@@ -690,15 +701,15 @@ pub async fn revoke_key(db: &Db, public_id: &str) -> Result<KeyInfo, Error> {
 pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, Error> {
     let row = db
         .query_opt(
-            "SELECT k.id, k.public_id, k.secret_hash, k.scopes, \
+            concat!(
+                "SELECT k.id, k.public_id, k.secret_hash, k.scopes, \
                     extract(epoch FROM k.expires_at)::int8, k.revoked_at IS NOT NULL, \
                     a.id, a.status = 'active', a.rate_limit_per_minute, a.rate_limit_burst, \
                     k.rate_limit_per_minute, k.rate_limit_burst, \
-                    a.name, a.daily_budget_usd::float8, a.max_instances, \
-                    k.max_price_micros_per_hour, k.allowed_providers, k.allowed_gpu_models, \
-                    k.require_max_duration_hours, k.key_max_instances, k.allow_exec, \
-                    a.agent_exec \
-             FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.public_id = $1",
+                    a.name, a.daily_budget_usd::float8, a.max_instances, a.agent_exec, ",
+                policy_cols!(),
+                " FROM api_keys k JOIN accounts a ON a.id = k.account_id WHERE k.public_id = $1"
+            ),
             &[(&public_id, Type::TEXT)],
         )
         .await?;
@@ -720,8 +731,8 @@ pub async fn key_record(db: &Db, public_id: &str) -> Result<Option<KeyRecord>, E
         account_max_instances: get(&row, 14)?,
         account_rate_limit: limit(get(&row, 8)?, get(&row, 9)?),
         key_rate_limit: limit(get(&row, 10)?, get(&row, 11)?),
-        policy: policy_at(&row, 15)?,
-        account_agent_exec: get(&row, 21)?,
+        account_agent_exec: get(&row, 15)?,
+        policy: policy_at(&row, 16)?,
     }))
 }
 
