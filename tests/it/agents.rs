@@ -301,7 +301,7 @@ async fn the_idle_policy_reads_a_live_agent_before_the_provider() {
         {"index": 0, "util_pct": 1.0, "memory_used_mb": 10},
         {"index": 1, "util_pct": 2.5, "memory_used_mb": 10}]});
     ws.send(Message::text(beat.to_string())).await.unwrap();
-    let v = support::rentals::until(&d, &key, &id, "stopped as idle", |v| {
+    support::rentals::until(&d, &key, &id, "stopped as idle", |v| {
         v["status"] == "stopped"
     })
     .await;
@@ -312,6 +312,7 @@ async fn the_idle_policy_reads_a_live_agent_before_the_provider() {
         idle[0]["gpu_util"], 2.5,
         "the busiest GPU's reading: {idle:?}"
     );
+    // the policy stopped it (the status change itself may be recorded first by a read of the
+    // provider's status, without the policy's detail)
     assert_eq!(idle[1]["phase"], "stopped");
-    assert!(v["events"].to_string().contains("idle policy"), "{v}");
 }
