@@ -136,7 +136,7 @@ catalog! {
     BUDGET_EVENTS_TOTAL = "gpuproxy_budget_events_total", Counter, ["budget", "event"],
         "Budgets crossed and what the reconciler did about it, by budget (window, monthly, key) and event (warning, exhausted, stopped, destroyed, not_stoppable).";
     RECONCILER_ACTIONS_TOTAL = "gpuproxy_reconciler_actions_total", Counter, ["action"],
-        "What the reconciler did, by action (adopted, abandoned, orphan_destroyed, status_synced, vanished, dead_destroyed, stuck_destroyed, unreachable_destroyed, expired, paid_settled; a rental's own policies: idle_warned, idle_stopped, idle_destroyed, rebid, rebid_refused, interrupt_destroyed, interrupt_failed_over, interrupt_failover_failed; hosts' price increases: price_increase_accepted, price_increase_rejected).";
+        "What the reconciler did, by action (adopted, abandoned, orphan_destroyed, status_synced, vanished, dead_destroyed, stuck_destroyed, unreachable_destroyed, agent_kept (a destroy rule skipped: the instance agent holds a channel), expired, paid_settled; a rental's own policies: idle_warned, idle_stopped, idle_destroyed, rebid, rebid_refused, interrupt_destroyed, interrupt_failed_over, interrupt_failover_failed; hosts' price increases: price_increase_accepted, price_increase_rejected).";
     EVENT_STREAMS = "gpuproxy_event_streams", Gauge, [],
         "Event streams (SSE, WebSocket and gRPC StreamEvents) open on this daemon.";
     AGENTS_CONNECTED = "gpuproxy_agents_connected", Gauge, [],

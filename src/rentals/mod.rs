@@ -226,6 +226,14 @@ impl Rentals {
         })
     }
 
+    /// Whether an agent of `id` holds a channel to some daemon (its presence in Redis).
+    pub(crate) async fn agent_live(&self, id: &str) -> bool {
+        match self.agents.as_ref() {
+            Some(r) => crate::agents::presence::holder(r, id).await.is_some(),
+            None => false,
+        }
+    }
+
     /// The GPU utilisation a live agent of `id` last reported (percent, its busiest GPU).
     pub(crate) async fn agent_gpu_util(&self, id: &str) -> Option<f64> {
         crate::agents::presence::gpu_util(self.agents.as_ref()?, id).await

@@ -15,7 +15,8 @@
 //!   ever run is never destroyed for either (a stop→start, a reboot, a host restart pass through
 //!   `loading`); one whose host goes `offline`/`unknown` gets `instance.unreachable`, and after
 //!   `rentals.unreachable_grace_ms` the `rentals.unreachable_policy` (`keep`, or `destroy`:
-//!   `unreachable_destroyed`);
+//!   `unreachable_destroyed`); none of these is destroyed while its instance agent holds a
+//!   channel (`agent_kept`: the machine is up whatever the provider says);
 //! - applies each rental's own policies (`upkeep`: idle, interrupted) and answers hosts' price
 //!   increases (`repricing`);
 //! - settles paid extensions whose answer was lost with the provider's `amount_paid`, once they
@@ -65,6 +66,7 @@ pub fn register_metrics() {
         "dead_destroyed",
         "stuck_destroyed",
         "unreachable_destroyed",
+        "agent_kept",
         "expired",
         "paid_settled",
         "idle_warned",
@@ -274,6 +276,16 @@ pub async fn once(r: &std::sync::Arc<Rentals>, process_start: f64) -> Result<()>
                     ))
                 }
                 _ => None,
+            };
+            // a live agent on the machine outweighs the provider's word that it is dead,
+            // offline or not up yet: the renter's work is running there
+            let why = match why {
+                Some((action, _)) if r.agent_live(&row.id).await => {
+                    tracing::info!(instance = %row.id, action, "kept: its agent holds a channel");
+                    act("agent_kept");
+                    None
+                }
+                w => w,
             };
             if let Some((action, detail)) = why {
                 destroy_failed(r, p.as_ref(), &after, pid, action, &detail).await?;

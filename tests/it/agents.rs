@@ -316,3 +316,68 @@ async fn the_idle_policy_reads_a_live_agent_before_the_provider() {
     // provider's status, without the policy's detail)
     assert_eq!(idle[1]["phase"], "stopped");
 }
+
+/// A live agent outweighs the provider's `offline`: with `unreachable_policy = destroy`, an
+/// instance whose host Vast reports offline past the grace is kept while its agent holds a
+/// channel (`agent_kept`), and destroyed once the agent is gone too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_agent_keeps_an_instance_the_provider_calls_offline() {
+    let Stack { db, sb, d } = Stack::start(
+        "agent_offline",
+        &["--provision-time", "300ms"],
+        &[
+            "rentals.status_cache_ms=100",
+            "rentals.reconcile_interval_ms=200",
+            "rentals.unreachable_grace_ms=1000",
+            "rentals.unreachable_policy=\"destroy\"",
+            "ratelimit.enabled=false",
+        ],
+    )
+    .await;
+    let key = account(&db, "agent_offline", 10_000.0, 5);
+    let id = rent_cheapest_running(&d, &key, "vastai").await;
+    let v = call(&d, &key, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    let pid = v["provider_instance_id"].as_str().unwrap().to_owned();
+    let token = mint(&d, &key, &id).await;
+    let mut ws = open(d.https, &token, "/v1/agent", &[]).await.unwrap();
+    ws.send(hello(&id)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await["type"], "welcome");
+
+    sb.control(
+        "vastai",
+        "POST",
+        "/_sandbox/vast/host",
+        &json!({"id": pid.parse::<u64>().unwrap(), "offline": true}).to_string(),
+    )
+    .await;
+    support::rentals::until(&d, &key, &id, "unreachable", |v| v["status"] == "unknown").await;
+    // past the grace, round after round: kept, because the agent is there
+    support::eventually("agent_kept", || async {
+        let page = d.scrape().await;
+        (support::metrics::value(
+            &page,
+            "gpuproxy_reconciler_actions_total{action=\"agent_kept\"}",
+        ) >= 3.0)
+            .then_some(())
+    })
+    .await;
+    let v = call(&d, &key, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["status"], "unknown", "kept while the agent is there: {v}");
+
+    // the agent goes too: nothing outweighs the provider any more
+    ws.close(None).await.unwrap();
+    let v = support::rentals::until(&d, &key, &id, "destroyed", |v| {
+        v["status"] == "failed" || v["status"] == "terminated"
+    })
+    .await;
+    assert!(
+        support::rentals::kinds(&v)
+            .iter()
+            .any(|k| k == "unreachable_destroyed"),
+        "{v}"
+    );
+}
