@@ -3,6 +3,8 @@
 //!
 //! - `channels`: the channels this daemon holds, and routing commands to them from any daemon.
 //! - `commands`: commands run through agents, recorded in PostgreSQL before anything else.
+//! - `install`: the agent program handed out, its install script, and a rental's launch set up
+//!   to run it.
 //! - `presence`: which daemon holds which agent (Redis), and the events of its coming and going.
 //! - `protocol`: the channel's messages and their validation.
 //! - `tokens`: the per-instance agent token: minted for the instance's renter, kept as a hash,
@@ -10,6 +12,7 @@
 
 pub mod channels;
 pub mod commands;
+pub mod install;
 pub mod presence;
 pub mod protocol;
 pub mod tokens;

@@ -1,6 +1,8 @@
 //! Instance agents' routes (docs/agents.md): the renter mints its instance's agent token
-//! (`POST /v1/instances/{id}/agent-token`), and the agent opens its channel with it
-//! (`GET /v1/agent`, a WebSocket; the session is `websocket::agent`).
+//! (`POST /v1/instances/{id}/agent-token`), the machine downloads the agent
+//! (`GET /v1/agent/download`, `GET /v1/agent/install.sh`; `agents::install`), and the agent
+//! opens its channel with its token (`GET /v1/agent`, a WebSocket; the session is
+//! `websocket::agent`).
 
 use hyper::header::AUTHORIZATION;
 use hyper::{Response, StatusCode};
@@ -66,6 +68,54 @@ pub async fn channel(c: Call) -> Result<Response<Body>> {
     websocket::accept_agent(c, id, opened)
 }
 
+fn not_here(why: &str) -> Error {
+    Error::new(
+        crate::error::Kind::NotFound,
+        crate::error::Side::Client,
+        format!("this daemon hands out no agent: {why}"),
+    )
+}
+
+/// `GET /v1/agent/download`: the agent program, with its SHA-256 (`x-checksum-sha256`, and the
+/// `ETag`; `If-None-Match` with it answers 304).
+pub fn download(c: &Call) -> Result<Response<Body>> {
+    let b = crate::agents::install::binary(&c.api.config.agents)
+        .ok_or_else(|| not_here("no agent program (`agents.binary_path`)"))?;
+    let etag = format!("\"sha256:{}\"", b.sha256);
+    let fresh = c
+        .req
+        .headers()
+        .get(hyper::header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let mut r = Response::builder()
+        .header(hyper::header::ETAG, &etag)
+        .header("x-checksum-sha256", &b.sha256)
+        .header(hyper::header::CACHE_CONTROL, "no-cache");
+    if fresh {
+        r = r.status(StatusCode::NOT_MODIFIED);
+        return r
+            .body(respond::full(bytes::Bytes::new()))
+            .map_err(Error::internal);
+    }
+    r.header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+        .body(respond::full(b.bytes.clone()))
+        .map_err(Error::internal)
+}
+
+/// `GET /v1/agent/install.sh`: the install script (downloads the agent from this daemon,
+/// checks its SHA-256, starts it in the background).
+pub fn install_script(c: &Call) -> Result<Response<Body>> {
+    let inst = crate::agents::install::Installer::of(&c.api.config.agents)
+        .map_err(|e| not_here(e.message.trim_start_matches("invalid `agent`: ")))?;
+    Response::builder()
+        .header(
+            hyper::header::CONTENT_TYPE,
+            "text/x-shellscript; charset=utf-8",
+        )
+        .body(respond::full(inst.script()))
+        .map_err(Error::internal)
+}
+
 // The operations of this file's routes, for the OpenAPI document (`openapi::generate`).
 
 /// `POST /v1/instances/{id}/agent-token`.
@@ -104,5 +154,37 @@ pub const AGENT_CHANNEL: Op = Op {
             "missing_credentials, invalid_credentials: no agent token, or not one of an open instance",
         ),
     ],
+    ..Op::NONE
+};
+
+/// `GET /v1/agent/download`.
+pub const AGENT_DOWNLOAD: Op = Op {
+    id: "downloadAgent",
+    tag: "agents",
+    summary: "The agent program (gpuproxy-agent, Linux x86-64)",
+    description: "The `gpuproxy-agent` this daemon was built with (`agents.binary_path`), as the install script fetches it. `x-checksum-sha256` and the `ETag` carry its SHA-256; `If-None-Match` with the ETag answers 304. No credentials: the program is no secret. 404 when this daemon hands out none.",
+    answers: &[Answer {
+        status: 200,
+        description: "The program.",
+        content: Content::Binary("application/octet-stream"),
+        headers: &[("x-checksum-sha256", "The program's SHA-256 (hex).")],
+    }],
+    errors: &[error(404, "not_found: this daemon hands out no agent")],
+    ..Op::NONE
+};
+
+/// `GET /v1/agent/install.sh`.
+pub const AGENT_INSTALL_SCRIPT: Op = Op {
+    id: "agentInstallScript",
+    tag: "agents",
+    summary: "The agent's install script (POSIX sh)",
+    description: "Downloads the agent from `agents.public_url`, checks it against the SHA-256 written into the script, installs it (`GPUPROXY_AGENT_DIR`, default /usr/local/bin) and starts it in the background. It reads `GPUPROXY_INSTANCE_ID` and `GPUPROXY_AGENT_TOKEN` from the environment; the token is never an argument. 404 when this daemon hands out no agent (no `agents.public_url` or no program).",
+    answers: &[Answer {
+        status: 200,
+        description: "The script.",
+        content: Content::Binary("text/x-shellscript"),
+        headers: &[],
+    }],
+    errors: &[error(404, "not_found: this daemon hands out no agent")],
     ..Op::NONE
 };

@@ -360,6 +360,24 @@ pub static ROUTES: &[Route] = &[
         )],
     ),
     route(
+        "/v1/agent/download",
+        Public,
+        &[(
+            Method::GET,
+            now!(c => agents::download(&c)),
+            agents::AGENT_DOWNLOAD,
+        )],
+    ),
+    route(
+        "/v1/agent/install.sh",
+        Public,
+        &[(
+            Method::GET,
+            now!(c => agents::install_script(&c)),
+            agents::AGENT_INSTALL_SCRIPT,
+        )],
+    ),
+    route(
         "/v1/agent",
         Public,
         &[(

@@ -40,6 +40,13 @@ pub struct AgentsConfig {
     /// How often each daemon expires and finds lost commands, wakes channels with commands
     /// waiting, and closes the channels of ended instances (and replaced tokens).
     pub sweep_interval_ms: Millis,
+    /// Where agents reach this daemon (`https://gpu.example.com`): what a rental with
+    /// `agent: true` tells its agent, and where the install script downloads it from. Empty:
+    /// this daemon installs no agent.
+    pub public_url: String,
+    /// The agent program handed out at `/v1/agent/download`. Empty: `gpuproxy-agent` next to
+    /// the daemon's own executable.
+    pub binary_path: String,
 }
 
 impl Default for AgentsConfig {
@@ -58,6 +65,48 @@ impl Default for AgentsConfig {
             command_queue_ttl_ms: Millis(600_000),
             command_grace_ms: Millis(30_000),
             sweep_interval_ms: Millis(5_000),
+            public_url: String::new(),
+            binary_path: String::new(),
+        }
+    }
+}
+
+impl AgentsConfig {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        let u = self.public_url.trim_end_matches('/');
+        // it is written into a shell script: nothing a shell would read specially
+        let special = |c: char| c.is_whitespace() || "\"'$`\\".contains(c);
+        let fine = u.is_empty()
+            || (u.len() > "https://".len() && u.starts_with("https://") && !u.contains(special));
+        if !fine {
+            return Err(super::err(
+                "agents.public_url",
+                "an https:// URL without spaces, quotes, `$`, backquotes or backslashes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_url_is_https_and_safe_in_a_script() {
+        let with = |u: &str| AgentsConfig {
+            public_url: u.into(),
+            ..AgentsConfig::default()
+        };
+        assert!(with("").validate().is_ok());
+        assert!(with("https://gpu.example.com/").validate().is_ok());
+        for bad in [
+            "http://gpu.example.com",
+            "https://",
+            "https://a b",
+            "https://x$(id)",
+        ] {
+            assert!(with(bad).validate().is_err(), "{bad}");
         }
     }
 }

@@ -248,6 +248,7 @@ fn validate(config: &Config) -> Result<(), ConfigError> {
     config.offers.validate()?;
     config.webhooks.validate()?;
     config.rentals.validate()?;
+    config.agents.validate()?;
     tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .map_err(|e| err("log.level", format!("not a valid filter: {e}")))?;
     Ok(())

@@ -89,6 +89,14 @@ impl Rentals {
             who.policy.price(bid)?;
         }
         let launch = body.launch()?;
+        // checked before anything is reserved: this daemon can hand an agent out, and the
+        // renter's own start script leaves room for its install
+        if body.agent {
+            let inst = crate::agents::install::Installer::of(&self.config.agents)?;
+            if has_start_hook(provider.as_ref()) {
+                inst.fits(&launch)?;
+            }
+        }
         if let Some((field, why)) = provider.launch_refusal(&launch) {
             return Err(Error::bad_request(format!(
                 "invalid `{field}`: {}: {why}",
@@ -336,10 +344,15 @@ impl Rentals {
             },
         )
         .await?;
+        let mut launch = body.launch()?;
+        if body.agent {
+            self.install_agent(provider.as_ref(), who.account_id, id, &mut launch)
+                .await?;
+        }
         let req = RentRequest {
             our_id: id.to_owned(),
             offer: local.to_owned(),
-            launch: body.launch()?,
+            launch,
             disk_gb: body.disk_gb,
             ssh_keys: keys
                 .iter()
@@ -490,6 +503,25 @@ impl Rentals {
         Ok((bid, price))
     }
 
+    /// A rental with `agent: true` on a provider with a start hook: a token minted for the
+    /// instance (its intent is recorded) and the launch set up to install the agent with it
+    /// (`agents::install`). A provider without one gets nothing here: the instance shows the
+    /// install line instead.
+    async fn install_agent(
+        &self,
+        provider: &dyn crate::providers::Provider,
+        account_id: i64,
+        id: &str,
+        launch: &mut crate::providers::Launch,
+    ) -> Result<()> {
+        if !has_start_hook(provider) {
+            return Ok(());
+        }
+        let inst = crate::agents::install::Installer::of(&self.config.agents)?;
+        let token = crate::agents::tokens::mint(&self.db, account_id, id).await?;
+        crate::agents::install::attach(&inst, id, &token, launch)
+    }
+
     /// Marks a pending intent failed: the provider created nothing for it.
     pub(super) async fn fail_intent(&self, id: &str, why: &UpstreamError) -> Result<()> {
         let why = why.to_string();
@@ -523,4 +555,14 @@ impl Rentals {
         .await?
         .ok_or_else(|| Error::internal(std::io::Error::other("intent vanished before commit")))
     }
+}
+
+/// Whether the provider runs a script when an instance starts (Vast's `onstart`): it does not
+/// refuse one.
+fn has_start_hook(provider: &dyn crate::providers::Provider) -> bool {
+    let hook = crate::providers::Launch {
+        onstart: Some("true".into()),
+        ..Default::default()
+    };
+    provider.launch_refusal(&hook).is_none()
 }

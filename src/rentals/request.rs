@@ -105,6 +105,12 @@ pub struct RentBody {
     /// provider reports (Vast's `gpu_util`; io.net reports none: refused there with a 400, and a
     /// rental by spec skips it).
     pub idle: Option<IdlePolicy>,
+    /// Install and start the instance agent (docs/agents.md): on Vast an agent token is
+    /// minted and the install script runs first in `onstart` (which must then leave it room);
+    /// where a provider starts no script (io.net), `GET /v1/instances/{id}` shows the line to
+    /// run on the machine. Needs the daemon's `agents.public_url`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
     /// A volume of yours to attach (`POST /v1/volumes`; Vast only): the offer must be on the
     /// volume's machine (a rental by spec tries only offers there), and no other open instance
     /// may use it.

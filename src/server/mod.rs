@@ -218,6 +218,10 @@ impl Daemon {
             cfg.connections.reap_interval_ms.get(),
         ));
         let mut background = state.auth.spawn_tasks(&cfg);
+        if !cfg.agents.public_url.is_empty() {
+            // read (and hashed) now, not on the first download's request path
+            crate::agents::install::binary(&cfg.agents);
+        }
         background.extend(state.agents.listen());
         if let Some(hub) = &state.events {
             background.extend(hub.spawn());

@@ -73,6 +73,19 @@ pub struct InstanceView {
     pub rental_request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tries: Option<Vec<TryView>>,
+    /// One open instance only: its agent (docs/agents.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentView>,
+}
+
+/// An instance's agent: whether one holds a channel now, and how to install one.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct AgentView {
+    pub connected: bool,
+    /// The line to run on the machine (with `GPUPROXY_AGENT_TOKEN` in the environment, from
+    /// `POST /v1/instances/{id}/agent-token`): for providers that start no script, and for
+    /// rentals made without `agent: true`. None when this daemon installs no agent.
+    pub install: Option<String>,
 }
 
 /// One ledger event of an instance.
@@ -123,6 +136,7 @@ impl InstanceView {
             ssh_keys: None,
             rental_request_id: None,
             tries: None,
+            agent: None,
         }
     }
 
@@ -249,10 +263,22 @@ pub async fn get(app: &AppState, p: &Principal, id: &str) -> Result<InstanceView
     let row = r.get(p.account_id(), id).await?;
     let events = ledger::events(r.db(), &row.id).await?;
     let keys = ledger::instance_keys(r.db(), &row.id).await?;
-    InstanceView::of(&row)
+    let mut v = InstanceView::of(&row)
         .with_detail(events, keys)
         .with_tries(r, &row)
-        .await
+        .await?;
+    if !matches!(
+        row.status,
+        ledger::Status::Terminated | ledger::Status::Failed
+    ) {
+        v.agent = Some(AgentView {
+            connected: app.agents.online(&row.id).await,
+            install: crate::agents::install::Installer::of(&app.config.agents)
+                .ok()
+                .map(|i| i.one_liner(&row.id)),
+        });
+    }
+    Ok(v)
 }
 
 /// Rents from a JSON body (`raw`: hashed for the idempotency key as it came).

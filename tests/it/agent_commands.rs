@@ -2,8 +2,8 @@
 //! account's and the key's policy; the real `gpuproxy-agent` running commands (output and exit
 //! code to the API and the event feed, a timeout, a program that cannot start); a command sent
 //! while the agent is offline, delivered when it reconnects; a command entering daemon B for an
-//! agent held by daemon A; expiry; the channel of a destroyed instance ended, and its queued
-//! commands expired; an agent over its message rate cut.
+//! agent held by daemon A; expiry; the channel of a destroyed instance ended; an agent over its
+//! message rate cut; and a rental with `agent: true` installing the agent through `onstart`.
 
 use crate::support;
 
@@ -408,4 +408,150 @@ async fn a_command_entering_another_daemon_reaches_the_agent() {
     }
     let (code, reason) = closed(&mut ws).await;
     assert_eq!((code, reason.as_str()), (1008, "rate_limited"));
+}
+
+/// `agent: true` on Vast: a token is minted, the environment carries it (and never the start
+/// script), and the script at the head of `onstart` downloads the agent from the daemon, checks
+/// its SHA-256 and starts it: run here as Vast would run it, the agent connects. A tampered
+/// checksum installs nothing. io.net (no start hook) shows the install line instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rental_with_agent_installs_it_through_onstart() {
+    use sha2::Digest;
+    let db = TestDb::new(support::services::shared(), "agent_install");
+    let sb = Sandbox::start(&["--provision-time", "300ms"]);
+    let mut first = sb.daemon(&db, &[]).await;
+    let url = format!("https://localhost:{}", first.https.port());
+    let public = format!("agents.public_url={url:?}");
+    let set = [
+        "rentals.status_cache_ms=100",
+        "ratelimit.enabled=false",
+        public.as_str(),
+    ];
+    let d = sb.restart_in_place(&db, &set, &mut first).await;
+    let key = account(&db, "installer", 10_000.0, 5);
+
+    // the program and the script, as the machine fetches them
+    let program = std::fs::read(env!("CARGO_BIN_EXE_gpuproxy-agent")).unwrap();
+    let sha = hex(&sha2::Sha256::digest(&program));
+    let r = support::client::get(d.https, "/v1/agent/download").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-checksum-sha256"), Some(sha.as_str()));
+    assert_eq!(r.body.len(), program.len());
+    let etag = r.header("etag").unwrap().to_owned();
+    let again = support::client::authed(
+        d.https,
+        "",
+        "GET",
+        "/v1/agent/download",
+        "",
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(again.status, 304);
+    let script = support::client::get(d.https, "/v1/agent/install.sh").await;
+    assert_eq!(script.status, 200);
+    assert!(script.text().contains(&sha), "{}", script.text());
+
+    // too long an onstart of its own leaves no room: 400 before anything is rented
+    let offer = support::rentals::cheapest(&d, &key, "vastai", "").await;
+    let offer_id = offer["id"].as_str().unwrap();
+    let long = support::rentals::rent_body_with(
+        offer_id,
+        &json!({"agent": true, "onstart": "x".repeat(4000)}),
+    );
+    let r = support::rentals::post(&d, &key, &long.to_string()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("onstart"), "{}", r.text());
+
+    let body = support::rentals::rent_body_with(
+        offer_id,
+        &json!({"agent": true, "onstart": "echo mine > /dev/null"}),
+    );
+    let r = support::rentals::post(&d, &key, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = r.json();
+    let id = v["id"].as_str().unwrap().to_owned();
+    let pid = v["provider_instance_id"].as_str().unwrap().to_owned();
+    let at_vast = sb
+        .vast_api("GET", &format!("/api/v0/instances/{pid}/"), "")
+        .await["instances"]
+        .clone();
+    let onstart = at_vast["onstart"].as_str().unwrap().to_owned();
+    let env: std::collections::BTreeMap<String, String> = at_vast["extra_env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect();
+    let token = env["GPUPROXY_AGENT_TOKEN"].clone();
+    assert!(token.starts_with("gpa_"), "{env:?}");
+    assert_eq!(env["GPUPROXY_INSTANCE_ID"], id);
+    assert_eq!(env["GPUPROXY_URL"], url);
+    assert!(onstart.starts_with("# gpuproxy agent"), "{onstart}");
+    assert!(onstart.ends_with("echo mine > /dev/null"), "{onstart}");
+    assert!(
+        onstart.contains(&sha) && !onstart.contains(&token),
+        "{onstart}"
+    );
+    assert!(!d.log().contains(&token), "the token is never logged");
+
+    // Vast runs it: a tampered checksum installs nothing; the real one starts the agent
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, std::fs::read(d.dir.join("server.crt")).unwrap()).unwrap();
+    let run = |script: String, sub: &str| {
+        let bin = dir.path().join(sub);
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c")
+            .arg(script)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&env)
+            .env("GPUPROXY_CACERT", &ca)
+            .env("GPUPROXY_AGENT_DIR", &bin)
+            .env("GPUPROXY_AGENT_LOG", dir.path().join(format!("{sub}.log")));
+        assert!(c.status().unwrap().success());
+        bin.join("gpuproxy-agent")
+    };
+    let tampered = run(onstart.replace(&sha, &"0".repeat(64)), "tampered");
+    let real = run(onstart.clone(), "real");
+    support::eventually("the installed agent connects", || async {
+        let v = db.events_of("installer", "instance.agent_connected").await;
+        (!v.is_empty()).then_some(())
+    })
+    .await;
+    assert!(!tampered.exists(), "a mismatched download is not installed");
+    assert!(real.exists());
+    let v = call(&d, &key, "GET", &format!("/v1/instances/{id}"), "", None)
+        .await
+        .json();
+    assert_eq!(v["agent"]["connected"], true, "{v}");
+    // stop the agent this test started (it runs detached)
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", real.to_str().unwrap()])
+        .status();
+
+    // io.net starts no script: the instance shows the line to run, and no token
+    let ionet = support::rentals::cheapest(&d, &key, "ionet", "").await;
+    let body = support::rentals::rent_body_with(
+        ionet["id"].as_str().unwrap(),
+        &json!({"agent": true, "duration_hours": 1}),
+    );
+    let r = support::rentals::post(&d, &key, &body.to_string()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let io = r.json()["id"].as_str().unwrap().to_owned();
+    let v = call(&d, &key, "GET", &format!("/v1/instances/{io}"), "", None)
+        .await
+        .json();
+    let line = v["agent"]["install"].as_str().unwrap();
+    assert!(
+        line.starts_with(&format!("curl -fsSL {url}/v1/agent/install.sh |")),
+        "{line}"
+    );
+    assert!(line.contains(&io) && !line.contains("gpa_"), "{line}");
+    assert_eq!(v["agent"]["connected"], false);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -193,6 +193,9 @@ pub fn rent_body(r: &pb::RentInstanceRequest) -> Result<Vec<u8>> {
     }
     put("image", json!(r.image));
     put("disk_gb", json!(r.disk_gb));
+    if r.agent {
+        put("agent", json!(true));
+    }
     let opt = |v: &Option<String>| v.as_ref().map(|v| json!(v));
     for (k, v) in [
         ("label", opt(&r.label)),

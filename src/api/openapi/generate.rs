@@ -362,6 +362,7 @@ fn answer(g: &mut SchemaGenerator, a: &Answer) -> Value {
             g.subschema_for::<crate::api::respond::ErrorBody<'static>>()
                 .to_value(),
         )),
+        Content::Binary(media) => Some((media, json!({"type": "string", "format": "binary"}))),
         Content::Any | Content::None => None,
     };
     if let Some((media, s)) = content {

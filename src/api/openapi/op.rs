@@ -87,6 +87,8 @@ pub enum Content {
     Error,
     /// Whatever the provider answered (passthrough).
     Any,
+    /// Bytes of this media type (a program, a script).
+    Binary(&'static str),
     None,
 }
 
