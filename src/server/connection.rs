@@ -539,7 +539,8 @@ async fn serve_h1_active(
             // a request hyper could not parse got its 400: close gently, or the rest of what
             // the client is still sending makes the kernel answer with a reset that can reach
             // the client before the 400 does
-            linger_close(conn.into_parts().io.into_inner()).await;
+            let most = linger_bytes(cfg.server.max_body_bytes.get());
+            linger_close(conn.into_parts().io.into_inner(), most).await;
             Served::Done
         }
         Ok(()) => {
@@ -563,7 +564,13 @@ async fn serve_h1_active(
                 return Served::Done;
             }
             if !parking || shared.wants_close() {
-                return Served::Done; // the client closed, or asked for `Connection: close`
+                // the client closed, asked for `Connection: close`, or its request's body was
+                // left unread (a 413 from its length, a refusal before the body): a lingering
+                // close, so a client still sending reads its answer and a TLS close_notify, not
+                // a reset (a closed client ends it at once)
+                let most = linger_bytes(cfg.server.max_body_bytes.get());
+                linger_close(conn.into_parts().io.into_inner(), most).await;
+                return Served::Done;
             }
             let parts = conn.into_parts();
             let mut io = parts.io.into_inner().io;
@@ -575,20 +582,28 @@ async fn serve_h1_active(
     }
 }
 
-/// The most a refused connection is read (and dropped) after its answer, and for how long.
+/// How long a refused connection is read (and dropped) after its answer, and at least how much
+/// (more when bodies may be larger: [`linger_bytes`]).
 const LINGER_BYTES: usize = 256 * 1024;
 const LINGER_FOR: Duration = Duration::from_secs(2);
 
+/// The most a refused connection is read after its answer: what a client may still be sending,
+/// a request body up to four times `server.max_body_bytes` (a body over the limit is refused
+/// too, and its sender is still writing it), bounded in time by `LINGER_FOR` anyway.
+fn linger_bytes(max_body: u64) -> usize {
+    (max_body.saturating_mul(4) as usize).max(LINGER_BYTES)
+}
+
 /// Closes a connection after an error answer the way servers avoid losing it (nginx's
 /// lingering close): the write side is shut (TLS `close_notify`, then FIN), then what the client
-/// still sends is read and dropped until it closes too, `LINGER_BYTES` or `LINGER_FOR`.
-async fn linger_close(mut io: Tracked) {
+/// still sends is read and dropped until it closes too, `most` bytes or `LINGER_FOR`.
+async fn linger_close(mut io: Tracked, most: usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = tokio::time::timeout(LINGER_FOR, async {
         let _ = io.shutdown().await;
         let mut buf = [0u8; 4096];
         let mut read = 0;
-        while read < LINGER_BYTES {
+        while read < most {
             match io.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => read += n,

@@ -933,3 +933,47 @@ async fn an_unparsable_request_with_a_late_body_gets_its_400_and_a_clean_close()
         assert!(read.is_ok(), "a clean close after the 400, not {read:?}");
     }
 }
+
+/// A body over `server.max_body_bytes` is refused from its `Content-Length` (413) before it is
+/// read; the client, still sending it, reads the whole 413 and a clean close, never a reset (a
+/// generated rental or command body can be that large: schemathesis's "EOF occurred in
+/// violation of protocol").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_its_413_and_a_clean_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = support::daemon::DaemonProc::start(support::daemon::Opts {
+        set: vec!["ratelimit.enabled=false".into()],
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let connector = tokio_rustls::TlsConnector::from(support::testkit::insecure_client_config(
+            &[b"http/1.1"],
+            rustls::DEFAULT_VERSIONS,
+        ));
+        let tcp = tokio::net::TcpStream::connect(d.https).await.unwrap();
+        let mut tls = connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let body = vec![b'x'; 3 << 20];
+        let head = format!(
+            "POST /v1/instances HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut all = head.into_bytes();
+        all.extend_from_slice(&body);
+        // the whole request in one go, as an HTTP client writes it (the writes may fail once
+        // the server has answered)
+        let _ = tls.write_all(&all).await;
+        let mut answer = Vec::new();
+        let read = tls.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text:?} ({read:?})");
+        assert!(read.is_ok(), "a clean close after the 413, not {read:?}");
+    }
+}
