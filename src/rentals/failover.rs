@@ -257,7 +257,9 @@ impl Rentals {
             .into_iter()
             .filter(|p| who.policy.provider(p.as_str()).is_ok())
             .filter(|p| {
-                body.idle.is_none() || self.providers.get(*p).is_some_and(|p| p.reports_gpu_util())
+                body.idle.is_none()
+                    || body.agent
+                    || self.providers.get(*p).is_some_and(|p| p.reports_gpu_util())
             })
             .collect();
         let mut candidates = self.candidates(&filter, &providers, body.disk_gb).await?;

@@ -103,9 +103,10 @@ impl Rentals {
                 pid.as_str()
             )));
         }
-        if body.idle.is_some() && !provider.reports_gpu_util() {
+        // the agent's heartbeats carry the utilisation where the provider reports none
+        if body.idle.is_some() && !provider.reports_gpu_util() && !body.agent {
             return Err(Error::bad_request(format!(
-                "invalid `idle`: {} reports no GPU utilisation to judge idleness by",
+                "invalid `idle`: {} reports no GPU utilisation to judge idleness by (`agent: true` would: its agent reports it)",
                 pid.as_str()
             )));
         }

@@ -101,9 +101,10 @@ pub struct RentBody {
     /// outbid (`wait`, the default; `rebid` up to `max_bid_per_hour`; `failover`, by spec only;
     /// `destroy`).
     pub on_interrupt: Option<OnInterrupt>,
-    /// Stop or destroy the instance once its GPUs have been idle a while, by the utilisation the
-    /// provider reports (Vast's `gpu_util`; io.net reports none: refused there with a 400, and a
-    /// rental by spec skips it).
+    /// Stop or destroy the instance once its GPUs have been idle a while, by the utilisation its
+    /// agent reports when one holds a channel, else the provider's (Vast's `gpu_util`; io.net
+    /// reports none: refused there with a 400 unless `agent` is set, and a rental by spec skips
+    /// it).
     pub idle: Option<IdlePolicy>,
     /// Install and start the instance agent (docs/agents.md): on Vast an agent token is
     /// minted and the install script runs first in `onstart` (which must then leave it room);

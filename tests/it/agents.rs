@@ -381,3 +381,55 @@ async fn a_live_agent_keeps_an_instance_the_provider_calls_offline() {
         "{v}"
     );
 }
+
+/// io.net reports no GPU utilisation: an idle policy is refused there, unless the rental has an
+/// agent to report it; then the agent's reading drives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ionet_rental_takes_an_idle_policy_with_an_agent() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "agent_ionet_idle",
+        &["--provision-time", "300ms"],
+        &[
+            "rentals.status_cache_ms=100",
+            "rentals.reconcile_interval_ms=200",
+            "rentals.idle_notice_ms=1000",
+            "ratelimit.enabled=false",
+            // io.net starts no script: the URL only goes into the install line
+            "agents.public_url=\"https://gpu.example.com\"",
+        ],
+    )
+    .await;
+    let key = account(&db, "ionet_idler", 10_000.0, 5);
+    let offer = support::rentals::cheapest(&d, &key, "ionet", "").await;
+    let idle = json!({"gpu_util_below": 5, "for_minutes": 0.05, "action": "destroy"});
+    let without = support::rentals::rent_body_with(
+        offer["id"].as_str().unwrap(),
+        &json!({"idle": idle, "duration_hours": 1}),
+    );
+    let r = support::rentals::post(&d, &key, &without.to_string()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("agent: true"), "{}", r.text());
+    let with = support::rentals::rent_body_with(
+        offer["id"].as_str().unwrap(),
+        &json!({"idle": idle, "duration_hours": 1, "agent": true}),
+    );
+    let r = support::rentals::post(&d, &key, &with.to_string()).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    support::rentals::until(&d, &key, &id, "running", |v| v["status"] == "running").await;
+
+    let token = mint(&d, &key, &id).await;
+    let mut ws = open(d.https, &token, "/v1/agent", &[]).await.unwrap();
+    ws.send(hello(&id)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await["type"], "welcome");
+    let beat =
+        json!({"type": "heartbeat", "gpus": [{"index": 0, "util_pct": 0.5, "memory_used_mb": 1}]});
+    ws.send(Message::text(beat.to_string())).await.unwrap();
+    support::rentals::until(&d, &key, &id, "destroyed as idle", |v| {
+        v["status"] == "terminated"
+    })
+    .await;
+    let idle = db.events_of("ionet_idler", "instance.idle").await;
+    assert_eq!(idle.last().unwrap()["phase"], "destroyed", "{idle:?}");
+    assert_eq!(idle[0]["gpu_util"], 0.5, "{idle:?}");
+}
