@@ -113,6 +113,7 @@ pub fn services(state: &Arc<AppState>) -> Vec<Service> {
             },
         ));
     }
+    crate::agents::channels::register_metrics();
     if let Some(db) = state.db.clone() {
         let (agents, grace) = (state.agents.clone(), cfg.agents.command_grace_ms.get());
         list.push(Service::new(

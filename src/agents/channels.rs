@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use metrics::counter;
+use metrics::{counter, gauge, histogram};
 use tokio::sync::Notify;
 
 use super::commands;
@@ -25,7 +25,23 @@ use super::presence::{daemon_id, holder};
 use super::tokens::{self, AgentIdentity};
 use crate::accounts::Db;
 use crate::cache::Redis;
-use crate::metrics::AGENT_COMMANDS_TOTAL;
+use crate::metrics::{
+    AGENT_CHANNELS_CLOSED_TOTAL, AGENT_COMMAND_SECONDS, AGENT_COMMANDS_TOTAL, AGENTS_CONNECTED,
+};
+
+/// The agents' series, there from the start (the alerts divide by them).
+pub fn register_metrics() {
+    gauge!(AGENTS_CONNECTED).increment(0.0);
+    for reason in ["disconnected", "draining", "ping_timeout"] {
+        counter!(AGENT_CHANNELS_CLOSED_TOTAL, "reason" => reason).increment(0);
+    }
+    for status in commands::FINAL {
+        counter!(AGENT_COMMANDS_TOTAL, "status" => status).increment(0);
+    }
+    for stage in ["routed", "result"] {
+        let _ = histogram!(AGENT_COMMAND_SECONDS, "stage" => stage);
+    }
+}
 
 /// Why a registered channel is told to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
