@@ -332,7 +332,7 @@ async fn warm_caches_send_no_query_and_unknown_ids_are_cached_negatively() {
     let db = TestDb::new(s, "warm");
     let (_, token) = db.account_with_key("warmco", &[]);
     // the background readers that query on a timer (the webhook sender, the event log's
-    // fallback poll) and the caches' expiry are pushed out of the counted window: on a loaded
+    // fallback poll, the agents' sweep) and the caches' expiry are pushed out of the counted window: on a loaded
     // machine the 400 requests can take longer than a second, and their queries are not the
     // requests'
     let d = daemon(
@@ -342,6 +342,7 @@ async fn warm_caches_send_no_query_and_unknown_ids_are_cached_negatively() {
             "ratelimit.ip_burst=10000",
             "webhooks.poll_interval_ms=600000",
             "events.poll_fallback_ms=600000",
+            "agents.sweep_interval_ms=600000",
             "auth.cache_ttl_ms=600000",
             "auth.negative_ttl_ms=600000",
         ],
