@@ -125,6 +125,20 @@ pub enum DaemonMessage {
     },
 }
 
+/// How long an agent waits before reconnecting after `failures` failed attempts: full-jitter
+/// exponential back-off, a random time up to min(`max`, 0.5 s × 2^failures) (at least 50 ms),
+/// so agents do not all return at once after a daemon restart. `gpuproxy-agent` and the load
+/// tool's swarm both wait this.
+pub fn reconnect_backoff(failures: u32, max: std::time::Duration) -> std::time::Duration {
+    let cap = std::time::Duration::from_millis(500)
+        .saturating_mul(1u32 << failures.min(16))
+        .min(max);
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).expect("the OS random source works");
+    let frac = (u64::from_be_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
+    cap.mul_f64(frac).max(std::time::Duration::from_millis(50))
+}
+
 /// A message refused: the reason the channel closes with (1008).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid(pub String);

@@ -190,16 +190,6 @@ async fn serve(ws: &mut Ws, arrivals: &Mutex<HashMap<String, f64>>) {
     }
 }
 
-fn backoff(failures: u32, max: Duration) -> Duration {
-    let cap = Duration::from_millis(500)
-        .saturating_mul(1u32 << failures.min(16))
-        .min(max);
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).expect("the OS random source works");
-    let frac = (u64::from_be_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
-    cap.mul_f64(frac).max(Duration::from_millis(50))
-}
-
 #[derive(Default)]
 struct Tally {
     arrivals: Mutex<HashMap<String, f64>>,
@@ -235,7 +225,7 @@ async fn run_worker(args: Args, first: usize, n: usize) {
                     Ok(ws) => break Ok(ws),
                     Err(e) if Instant::now() < deadline => {
                         first_error.get_or_insert(e);
-                        tokio::time::sleep(backoff(
+                        tokio::time::sleep(gpuproxyd::agents::protocol::reconnect_backoff(
                             failures,
                             Duration::from_secs(args.max_backoff_s),
                         ))
@@ -269,8 +259,11 @@ async fn run_worker(args: Args, first: usize, n: usize) {
                 tally.lost.fetch_add(1, Relaxed);
                 let mut failures = 0;
                 ws = loop {
-                    tokio::time::sleep(backoff(failures, Duration::from_secs(args.max_backoff_s)))
-                        .await;
+                    tokio::time::sleep(gpuproxyd::agents::protocol::reconnect_backoff(
+                        failures,
+                        Duration::from_secs(args.max_backoff_s),
+                    ))
+                    .await;
                     if Instant::now() >= deadline {
                         return;
                     }

@@ -123,7 +123,10 @@ async fn main() {
             }
             Lost::Retry(why) => {
                 failures = failures.saturating_add(1);
-                let wait = backoff(failures, Duration::from_secs(args.max_backoff_s));
+                let wait = gpuproxyd::agents::protocol::reconnect_backoff(
+                    failures,
+                    Duration::from_secs(args.max_backoff_s),
+                );
                 eprintln!(
                     "gpuproxy-agent: channel lost ({why}); reconnecting in {} ms",
                     wait.as_millis()
@@ -132,17 +135,6 @@ async fn main() {
             }
         }
     }
-}
-
-/// Full-jitter exponential back-off: a random wait up to min(max, 0.5 s × 2^failures).
-fn backoff(failures: u32, max: Duration) -> Duration {
-    let cap = Duration::from_millis(500)
-        .saturating_mul(1u32 << failures.min(16))
-        .min(max);
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).expect("the OS random source works");
-    let frac = (u64::from_be_bytes(r) >> 11) as f64 / (1u64 << 53) as f64;
-    cap.mul_f64(frac).max(Duration::from_millis(50))
 }
 
 fn tls_config(cacert: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
