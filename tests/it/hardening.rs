@@ -899,18 +899,8 @@ async fn an_unparsable_request_with_a_late_body_gets_its_400_and_a_clean_close()
     })
     .await;
     for _ in 0..5 {
-        let connector = tokio_rustls::TlsConnector::from(support::testkit::insecure_client_config(
-            &[b"http/1.1"],
-            rustls::DEFAULT_VERSIONS,
-        ));
         let tcp = tokio::net::TcpStream::connect(d.https).await.unwrap();
-        let mut tls = connector
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        let mut tls = support::ws::tls_http1(tcp).await;
         let body = vec![b'x'; 256 * 1024];
         tls.write_all(
             format!(
@@ -947,18 +937,8 @@ async fn an_oversized_body_gets_its_413_and_a_clean_close() {
     })
     .await;
     for _ in 0..3 {
-        let connector = tokio_rustls::TlsConnector::from(support::testkit::insecure_client_config(
-            &[b"http/1.1"],
-            rustls::DEFAULT_VERSIONS,
-        ));
         let tcp = tokio::net::TcpStream::connect(d.https).await.unwrap();
-        let mut tls = connector
-            .connect(
-                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-                tcp,
-            )
-            .await
-            .unwrap();
+        let mut tls = support::ws::tls_http1(tcp).await;
         let body = vec![b'x'; 3 << 20];
         let head = format!(
             "POST /v1/instances HTTP/1.1\r\nhost: a\r\ncontent-type: application/json\r\n\
