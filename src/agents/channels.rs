@@ -7,6 +7,8 @@
 //!   found from the agent's presence), which wakes the channel there. A woken channel claims the
 //!   commands queued in PostgreSQL (`commands::claim`); the notice carries nothing else, so a lost
 //!   one loses nothing.
+//! - A draining daemon ends every channel (`drain`: 1001 `draining`, the agents reconnect
+//!   elsewhere), and any registering after.
 //! - The sweep (`sweep`, every `agents.sweep_interval_ms`) covers what notices may miss, and ends
 //!   what nobody will answer: it ends commands (`commands::sweep`), wakes the channels here with
 //!   commands queued, and closes the channels whose token no longer opens one (the instance ended,
@@ -14,11 +16,12 @@
 //!   here is woken (notices sent meanwhile are lost).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::Context;
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use metrics::{counter, gauge, histogram};
-use tokio::sync::Notify;
 
 use super::commands;
 use super::presence::{daemon_id, holder};
@@ -51,6 +54,8 @@ pub enum EndReason {
     Replaced = 1,
     /// Its instance ended, or its token was replaced.
     InstanceEnded = 2,
+    /// The daemon drains.
+    Draining = 3,
 }
 
 impl EndReason {
@@ -58,31 +63,45 @@ impl EndReason {
         match self {
             EndReason::Replaced => "replaced",
             EndReason::InstanceEnded => "instance_ended",
+            EndReason::Draining => "draining",
         }
     }
 }
 
-/// What one registered channel is told: commands are waiting, or it must end.
+/// What one registered channel is told: commands are waiting, or it must end. Flags and the
+/// waker of the task polling the channel (no future is held per channel for them).
 pub struct Handle {
-    pub wake: Notify,
-    pub end: Notify,
+    waker: AtomicWaker,
+    woken: AtomicBool,
     end_reason: AtomicU8,
     token_hash: [u8; 32],
 }
 
 impl Handle {
-    /// Why it must end, once told.
-    pub fn end_reason(&self) -> Option<EndReason> {
-        match self.end_reason.load(Ordering::Acquire) {
+    /// What the channel was told since it last asked: why it must end (if it must), and whether
+    /// commands are waiting. Its task is woken when it is told more.
+    pub fn told(&self, cx: &mut Context<'_>) -> (Option<EndReason>, bool) {
+        self.waker.register(cx.waker());
+        let end = match self.end_reason.load(Ordering::Acquire) {
             1 => Some(EndReason::Replaced),
             2 => Some(EndReason::InstanceEnded),
+            3 => Some(EndReason::Draining),
             _ => None,
-        }
+        };
+        (end, self.woken.swap(false, Ordering::AcqRel))
+    }
+
+    fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     fn end(&self, why: EndReason) {
-        self.end_reason.store(why as u8, Ordering::Release);
-        self.end.notify_one();
+        // the first reason stays
+        let _ = self
+            .end_reason
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.waker.wake();
     }
 }
 
@@ -90,6 +109,7 @@ impl Handle {
 pub struct Channels {
     held: papaya::HashMap<Box<str>, Arc<Handle>, foldhash::fast::RandomState>,
     redis: Option<Redis>,
+    draining: AtomicBool,
 }
 
 impl Channels {
@@ -99,18 +119,30 @@ impl Channels {
                 .hasher(foldhash::fast::RandomState::default())
                 .build(),
             redis,
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// Ends every channel here, and those registering from now on (1001 `draining`).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        for h in self.held.pin().values() {
+            h.end(EndReason::Draining);
+        }
     }
 
     /// Registers the channel of `id` (after its hello); an earlier one of the instance is told
     /// to end (`replaced`).
     pub fn register(&self, id: &AgentIdentity) -> Arc<Handle> {
         let h = Arc::new(Handle {
-            wake: Notify::new(),
-            end: Notify::new(),
+            waker: AtomicWaker::new(),
+            woken: AtomicBool::new(false),
             end_reason: AtomicU8::new(0),
             token_hash: id.token_hash,
         });
+        if self.draining.load(Ordering::Acquire) {
+            h.end(EndReason::Draining);
+        }
         if let Some(old) = self
             .held
             .pin()
@@ -142,7 +174,7 @@ impl Channels {
     pub fn wake(&self, instance_id: &str) -> bool {
         match self.held.pin().get(instance_id) {
             Some(h) => {
-                h.wake.notify_one();
+                h.wake();
                 true
             }
             None => false,
@@ -151,7 +183,7 @@ impl Channels {
 
     fn wake_all(&self) {
         for h in self.held.pin().values() {
-            h.wake.notify_one();
+            h.wake();
         }
     }
 

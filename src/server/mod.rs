@@ -300,6 +300,8 @@ impl Daemon {
         if let Some(hub) = &state.events {
             hub.drain();
         }
+        // so do agent channels (1001 `draining`: the agents reconnect elsewhere)
+        state.agents.drain();
         cancel.cancel();
         for t in accept_tasks {
             let _ = t.await;

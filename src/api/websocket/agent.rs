@@ -1,5 +1,9 @@
 //! An agent's channel (`GET /v1/agent` as a WebSocket, docs/agents.md), once its token has
-//! named its instance.
+//! named its instance: a state machine polled by its connection's task, as the event streams'
+//! session is (`session.rs`). Between polls it holds the socket, the frame reader's state, one
+//! timer, its registration and GCRA state; a read buffer only on the stack of a poll, and the
+//! work of a message (a query, a Redis write) only while it runs, so an idle agent costs what
+//! an idle event stream does.
 //!
 //! - The agent's first message is `hello` (within `agents.hello_timeout_ms`), naming the
 //!   token's instance; the daemon records it as the holder (`agents::presence`), writes
@@ -8,7 +12,8 @@
 //!   the presence.
 //! - Commands: woken by `agents::channels`, the channel claims queued commands
 //!   (`agents::commands::claim`) and writes each as an `exec`; the agent's `started`, `output`
-//!   and `finished` are recorded as they come.
+//!   and `finished` are recorded as they come, one message at a time (reading waits while one
+//!   is being recorded).
 //! - Writes go through a queue of at most `agents.max_queued_messages`; an agent that does not
 //!   read is closed 1013 `slow_consumer` once it would overflow (commands are claimed only
 //!   while there is room, so they wait in PostgreSQL instead). Claimed commands never written
@@ -19,25 +24,30 @@
 //!   1008 `ping_timeout`. The agent's pings are answered.
 //! - Every message is checked whole (`agents::protocol`); a bad one closes the channel 1008 with
 //!   the reason, a message over `agents.max_message_bytes` 1008 `message_too_big`, a binary one
-//!   1008 too. A draining daemon closes 1001 `draining` (the agent reconnects elsewhere); an
+//!   1008 too. A draining daemon closes 1001 `draining` (`Channels::drain`; the agent
+//!   reconnects elsewhere); an
 //!   ended instance or replaced token 1008 `instance_ended`; a newer channel of the same
 //!   instance 1008 `replaced`.
-//! - When it ends after a hello: the presence is dropped and `instance.agent_lost` written with
-//!   the reason.
+//! - When it ends after a hello (however: closed, or its task dropped): the presence is dropped
+//!   and `instance.agent_lost` written with the reason, the claimed commands never written put
+//!   back, and a message's work still running finished (by a task of its own).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, WriteHalf};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use super::SessionIo;
 use super::frame::{self, Incoming, Reader};
 use crate::agents::channels::Handle;
-use crate::agents::commands::{self, Outcome};
+use crate::agents::commands::{self, Claimed, Outcome};
 use crate::agents::presence;
 use crate::agents::protocol::{self, AgentMessage, DaemonMessage};
 use crate::agents::tokens::AgentIdentity;
@@ -48,8 +58,11 @@ use crate::metrics::{
 };
 use crate::ratelimit::gcra::{Decision, Gcra, Quota};
 
-/// Bytes read from the socket at once.
+/// Bytes read from the socket at once (on the stack of a poll, not kept).
 const READ_CHUNK: usize = 4096;
+
+/// How long the agent has to read our close before the socket goes.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How a channel ends: the close frame's code and reason, and the metric label.
 struct End(u16, String, &'static str);
@@ -58,15 +71,17 @@ impl End {
     fn policy(reason: impl Into<String>, label: &'static str) -> End {
         End(1008, reason.into(), label)
     }
-}
 
-type Writer = WriteHalf<Box<dyn SessionIo>>;
+    fn unavailable() -> End {
+        End(1011, "unavailable".into(), "unavailable")
+    }
+}
 
 /// A frame waiting to be written (from `at` on), and the command it carries.
 struct Out {
     bytes: Vec<u8>,
     at: usize,
-    command: Option<commands::Claimed>,
+    command: Option<Claimed>,
 }
 
 /// The writing side: frames queue here and are written as the agent reads.
@@ -78,7 +93,7 @@ struct Outbox {
 
 impl Outbox {
     /// Queues a frame; `Err` when the agent is too slow (the queue is full).
-    fn push(&mut self, bytes: Vec<u8>, command: Option<commands::Claimed>) -> Result<(), End> {
+    fn push(&mut self, bytes: Vec<u8>, command: Option<Claimed>) -> Result<(), End> {
         if self.queue.len() >= self.max {
             return Err(End(1013, "slow_consumer".into(), "slow_consumer"));
         }
@@ -90,11 +105,7 @@ impl Outbox {
         Ok(())
     }
 
-    fn message(
-        &mut self,
-        m: &DaemonMessage,
-        command: Option<commands::Claimed>,
-    ) -> Result<(), End> {
+    fn message(&mut self, m: &DaemonMessage, command: Option<Claimed>) -> Result<(), End> {
         let text = serde_json::to_string(m).expect("messages serialize");
         counter!(AGENT_MESSAGES_TOTAL, "direction" => "out", "result" => "ok").increment(1);
         self.push(frame::encode(frame::TEXT, text.as_bytes()), command)
@@ -121,209 +132,360 @@ impl Outbox {
         }
     }
 
-    /// The claimed commands still waiting to be written (the agent never saw them).
-    fn unwritten(&self) -> Vec<String> {
+    /// Takes the claimed commands still waiting to be written (the agent never saw them), and
+    /// every frame not begun: only a frame cut in the middle stays (the close goes after it).
+    fn cut(&mut self) -> Vec<String> {
+        let keep = usize::from(self.queue.front().is_some_and(|f| f.at > 0));
         self.queue
-            .iter()
-            .filter(|o| o.at == 0)
-            .filter_map(|o| o.command.as_ref().map(|c| c.id.clone()))
+            .drain(keep..)
+            .filter_map(|o| o.command.map(|c| c.id))
             .collect()
     }
 }
 
-/// What the writing side did: wrote bytes of the front frame, or flushed.
-enum Wrote {
-    Bytes(usize),
-    Flushed,
+/// What a message's work (a query, a Redis write) found, for the channel to act on.
+enum Done {
+    Nothing,
+    /// The hello is recorded: the channel registers and answers `welcome`.
+    Hello,
+    /// Commands claimed for this channel, to write as `exec`s.
+    Claimed(Vec<Claimed>),
 }
 
-/// Writes some of the front frame; with nothing queued, flushes what was written, if anything.
-/// Cancel-safe: a `write` that did not complete wrote nothing.
-async fn write_some(wr: &mut Writer, out: &Outbox) -> std::io::Result<Wrote> {
-    match out.queue.front() {
-        Some(f) => match wr.write(&f.bytes[f.at..]).await? {
-            0 => Err(std::io::ErrorKind::WriteZero.into()),
-            n => Ok(Wrote::Bytes(n)),
-        },
-        None if out.unflushed => wr.flush().await.map(|()| Wrote::Flushed),
-        None => std::future::pending().await,
-    }
-}
-
-async fn woken(h: Option<&Arc<Handle>>) {
-    match h {
-        Some(h) => h.wake.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn told_to_end(h: Option<&Arc<Handle>>) {
-    match h {
-        Some(h) => h.end.notified().await,
-        None => std::future::pending().await,
-    }
-}
+type Work = Pin<Box<dyn Future<Output = Result<Done, End>> + Send>>;
 
 fn invalid() {
     counter!(AGENT_MESSAGES_TOTAL, "direction" => "in", "result" => "invalid").increment(1);
 }
 
-/// Runs the channel of the agent `id` on `io` until it ends; `opened`: when its request came
-/// (the connect latency runs from there to the welcome).
-pub async fn run(io: Box<dyn SessionIo>, api: Arc<Api>, id: AgentIdentity, opened: Instant) {
-    let mut ch = Channel {
-        cfg: api.config.agents.clone(),
+/// The channel of the agent `id` on `io`; `opened`: when its request came (the connect latency
+/// runs from there to the welcome).
+pub fn session(
+    io: Box<dyn SessionIo>,
+    api: Arc<Api>,
+    id: AgentIdentity,
+    opened: Instant,
+) -> Channel {
+    let cfg = &api.config.agents;
+    let now = Instant::now();
+    let hello_due = now + cfg.hello_timeout_ms.get();
+    Channel {
+        reader: Reader::messages(cfg.max_message_bytes.get() as usize),
+        out: Outbox {
+            queue: VecDeque::new(),
+            max: cfg.max_queued_messages.get() as usize,
+            unflushed: false,
+        },
+        gcra: Gcra::new(Quota::per_minute(
+            cfg.messages_per_minute.get(),
+            cfg.message_burst.get(),
+        )),
+        tat: AtomicU64::new(0),
+        timer: Box::pin(tokio::time::sleep_until(hello_due)),
+        hello_due: Some(hello_due),
+        next_ping: now + cfg.ping_interval_ms.get(),
+        pong_due: None,
+        io,
         api,
         id,
         handle: None,
-        out: Outbox {
-            queue: VecDeque::new(),
-            max: 0,
-            unflushed: false,
-        },
+        work: None,
+        unread: Vec::new(),
         want_claim: false,
-        gcra: Gcra::new(Quota::per_minute(1, 1)),
-        tat: AtomicU64::new(0),
-        epoch: Instant::now(),
+        ending: None,
+        client_closed: false,
         opened,
-    };
-    ch.out.max = ch.cfg.max_queued_messages.get() as usize;
-    ch.gcra = Gcra::new(Quota::per_minute(
-        ch.cfg.messages_per_minute.get(),
-        ch.cfg.message_burst.get(),
-    ));
-    let (rd, mut wr) = tokio::io::split(io);
-    let end = ch.serve(rd, &mut wr).await;
-    ch.finish(end, &mut wr).await;
+    }
 }
 
-/// One channel's state.
-struct Channel {
+/// One channel's state (see the module header).
+pub struct Channel {
+    io: Box<dyn SessionIo>,
     api: Arc<Api>,
-    cfg: crate::config::AgentsConfig,
     id: AgentIdentity,
-    /// Registered at hello (`agents::channels`): how commands and the order to end reach it.
-    handle: Option<Arc<Handle>>,
+    reader: Reader,
     out: Outbox,
-    /// Woken while the queue was full: claim once it has room.
+    /// Bytes read past a message whose work runs: given to the reader once it is done.
+    unread: Vec<u8>,
+    /// Registered once the hello is recorded (`agents::channels`): how commands and the order
+    /// to end reach it.
+    handle: Option<Arc<Handle>>,
+    /// The work of the message being handled, or of a claim.
+    work: Option<Work>,
+    /// Commands wait (woken, or a claim filled the room it had): claim once it can.
     want_claim: bool,
     gcra: Gcra,
     tat: AtomicU64,
-    epoch: Instant,
+    /// The deadline for the hello (until one comes), the next ping, the pong awaited; while
+    /// closing, the timer is the end of the wait for the agent to read the close.
+    timer: Pin<Box<Sleep>>,
+    hello_due: Option<Instant>,
+    next_ping: Instant,
+    pong_due: Option<Instant>,
+    /// Ending: the label (the close frame is queued after what was cut in the middle).
+    ending: Option<&'static str>,
+    /// The agent closed or left: nothing more is read.
+    client_closed: bool,
     opened: Instant,
 }
 
+/// What a side of the socket did in one poll.
+enum Step {
+    /// Something happened: look again.
+    Moved,
+    /// Waiting (its waker is registered).
+    Waiting,
+    /// The session is over.
+    Over,
+}
+
 impl Channel {
-    async fn serve(
-        &mut self,
-        mut rd: tokio::io::ReadHalf<Box<dyn SessionIo>>,
-        wr: &mut Writer,
-    ) -> Option<End> {
-        let (every, pong_wait) = (
-            self.cfg.ping_interval_ms.get(),
-            self.cfg.pong_timeout_ms.get(),
-        );
-        let draining = self
-            .api
-            .events
-            .as_ref()
-            .map(|h| h.draining())
-            .unwrap_or_default();
-        let mut reader = Reader::messages(self.cfg.max_message_bytes.get() as usize);
-        let mut chunk = vec![0u8; READ_CHUNK];
-        let hello_due = Instant::now() + self.cfg.hello_timeout_ms.get();
-        let mut next_ping = Instant::now() + every;
-        let mut pong_due: Option<Instant> = None;
-        loop {
-            let wake = match (self.handle.is_some(), pong_due) {
-                (false, _) => hello_due.min(pong_due.unwrap_or(next_ping)),
-                (true, Some(p)) => p,
-                (true, None) => next_ping,
-            };
-            tokio::select! {
-                r = rd.read(&mut chunk) => {
-                    let n = match r {
-                        Ok(0) | Err(_) => return None,
-                        Ok(n) => n,
-                    };
-                    let mut data = &chunk[..n];
-                    while !data.is_empty() {
-                        let (used, got) = reader.read(data);
-                        data = &data[used..];
-                        let Some(got) = got else { continue };
-                        match got {
-                            Incoming::Ping(p) => {
-                                if let Err(e) = self.out.push(frame::encode(frame::PONG, &p), None) {
-                                    return Some(e);
-                                }
-                            }
-                            Incoming::Pong => {
-                                if pong_due.take().is_some() {
-                                    next_ping = Instant::now() + every;
-                                }
-                            }
-                            Incoming::Close(code) => {
-                                return Some(End(code.unwrap_or(frame::NORMAL), String::new(), "disconnected"));
-                            }
-                            Incoming::Fail(frame::TOO_BIG, _) => {
-                                invalid();
-                                return Some(End::policy("message_too_big", "message_too_big"));
-                            }
-                            Incoming::Fail(code, why) => return Some(End(code, why.into(), "protocol_error")),
-                            Incoming::Message { text: false, .. } => {
-                                invalid();
-                                return Some(End::policy("invalid message: text messages only", "invalid_message"));
-                            }
-                            Incoming::Message { text: true, data: m } => {
-                                if let Err(e) = self.message(&m).await {
-                                    return Some(e);
-                                }
-                            }
-                        }
-                    }
-                }
-                w = write_some(wr, &self.out) => match w {
-                    Err(_) => return None,
-                    Ok(Wrote::Flushed) => self.out.unflushed = false,
-                    Ok(Wrote::Bytes(n)) => {
-                        self.out.wrote(n);
-                        if self.out.queue.is_empty() && self.want_claim && let Err(e) = self.claim().await {
-                            return Some(e);
-                        }
-                    }
-                },
-                _ = woken(self.handle.as_ref()) => {
-                    if let Err(e) = self.claim().await {
-                        return Some(e);
-                    }
-                }
-                _ = told_to_end(self.handle.as_ref()) => {
-                    let why = self.handle.as_ref().and_then(|h| h.end_reason()).map_or("replaced", |r| r.as_str());
-                    return Some(End::policy(why, why));
-                }
-                _ = tokio::time::sleep_until(wake) => {
-                    let now = Instant::now();
-                    if self.handle.is_none() && now >= hello_due {
-                        return Some(End::policy("no_hello", "no_hello"));
-                    }
-                    if pong_due.is_some_and(|p| now >= p) {
-                        return Some(End::policy("ping_timeout", "ping_timeout"));
-                    }
-                    if pong_due.is_none() && now >= next_ping {
-                        if let Err(e) = self.out.push(frame::encode(frame::PING, &[]), None) {
-                            return Some(e);
-                        }
-                        pong_due = Some(now + pong_wait);
-                    }
-                }
-                _ = draining.cancelled() => return Some(End(1001, "draining".into(), "draining")),
+    /// Ends the channel with `e`: the claimed commands never written go back to `queued`, the
+    /// close frame is queued, and the agent has [`CLOSE_WAIT`] to read it.
+    fn end(&mut self, e: End) {
+        if self.ending.is_some() {
+            return;
+        }
+        let End(code, reason, label) = e;
+        self.ending = Some(label);
+        let unwritten = self.out.cut();
+        self.requeue(unwritten);
+        self.out.queue.push_back(Out {
+            bytes: frame::close(code, &reason),
+            at: 0,
+            command: None,
+        });
+        if let Some(w) = self.work.take() {
+            self.finish_apart(w, label);
+        }
+        self.timer.as_mut().reset(Instant::now() + CLOSE_WAIT);
+    }
+
+    /// Puts the commands `ids` (claimed, never written) back for the next channel.
+    fn requeue(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let Some(db) = self.api.db.clone() else {
+            return;
+        };
+        let instance = self.id.instance_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = commands::requeue(&db, &ids).await {
+                tracing::warn!(instance = %instance, error = %e, "claimed commands not put back; the sweep ends them as lost");
             }
+        });
+    }
+
+    /// Work still running when the channel ends is finished by a task of its own (an agent's
+    /// `finished` is recorded): commands it claims go back to `queued`, a hello it records is
+    /// followed by `instance.agent_lost` (`label`).
+    fn finish_apart(&self, w: Work, label: &'static str) {
+        let Some(db) = self.api.db.clone() else {
+            return;
+        };
+        let (redis, id) = (self.api.redis.clone(), self.id.clone());
+        tokio::spawn(async move {
+            match w.await {
+                Ok(Done::Claimed(c)) => {
+                    let ids: Vec<String> = c.into_iter().map(|c| c.id).collect();
+                    let _ = commands::requeue(&db, &ids).await;
+                }
+                Ok(Done::Hello) => lost(&db, redis.as_ref(), &id, label).await,
+                _ => {}
+            }
+        });
+    }
+
+    /// What the registration says: the order to end, commands waiting.
+    fn told(&mut self, cx: &mut Context<'_>) {
+        let Some(h) = &self.handle else { return };
+        let (end, woken) = h.told(cx);
+        self.want_claim |= woken;
+        if let Some(why) = end {
+            let code = if why.as_str() == "draining" {
+                1001
+            } else {
+                1008
+            };
+            self.end(End(code, why.as_str().into(), why.as_str()));
         }
     }
 
-    /// One whole text message from the agent.
-    async fn message(&mut self, m: &[u8]) -> Result<(), End> {
-        let now = self.epoch.elapsed().as_nanos() as u64 + 1;
+    /// Polls the running work; acts on what it found.
+    fn poll_work(&mut self, cx: &mut Context<'_>) -> Step {
+        let Some(w) = &mut self.work else {
+            return Step::Waiting;
+        };
+        let Poll::Ready(r) = w.as_mut().poll(cx) else {
+            return Step::Waiting;
+        };
+        self.work = None;
+        if let Err(e) = r.and_then(|d| self.done(d)) {
+            self.end(e);
+        }
+        Step::Moved
+    }
+
+    fn done(&mut self, d: Done) -> Result<(), End> {
+        match d {
+            Done::Nothing => {}
+            Done::Hello => {
+                self.handle = Some(self.api.agents.register(&self.id));
+                gauge!(AGENTS_CONNECTED).increment(1.0);
+                let cfg = &self.api.config.agents;
+                let welcome = DaemonMessage::Welcome {
+                    instance_id: self.id.instance_id.clone(),
+                    heartbeat_s: cfg.heartbeat_interval_ms.get().as_secs().max(1) as u32,
+                };
+                self.out.message(&welcome, None)?;
+                histogram!(AGENT_CONNECT_SECONDS).record(self.opened.elapsed().as_secs_f64());
+                // what was sent while it was away
+                self.want_claim = true;
+            }
+            Done::Claimed(claimed) => {
+                if claimed.len() >= self.out.room() {
+                    // there may be more: claim again once these are written
+                    self.want_claim = true;
+                }
+                for c in claimed {
+                    let m = DaemonMessage::Exec {
+                        id: c.id.clone(),
+                        argv: c.argv.clone(),
+                        timeout_s: c.timeout_s as u32,
+                    };
+                    self.out.message(&m, Some(c))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a claim when commands wait, nothing else runs and the queue has room.
+    fn start_claim(&mut self) -> Step {
+        if !self.want_claim || self.work.is_some() || self.ending.is_some() {
+            return Step::Waiting;
+        }
+        let room = self.out.room();
+        if room == 0 || self.handle.is_none() {
+            return Step::Waiting;
+        }
+        self.want_claim = false;
+        let Some(db) = self.api.db.clone() else {
+            return Step::Waiting;
+        };
+        let instance = self.id.instance_id.clone();
+        self.work = Some(Box::pin(async move {
+            match commands::claim(&db, &instance, presence::daemon_id(), room as i64).await {
+                Ok(c) => Ok(Done::Claimed(c)),
+                Err(e) => {
+                    // the sweep wakes the channel again (agents.sweep_interval_ms)
+                    tracing::warn!(instance = %instance, error = %e, "commands not claimed");
+                    Ok(Done::Nothing)
+                }
+            }
+        }));
+        Step::Moved
+    }
+
+    /// Reads what the agent sent, while no message's work runs.
+    fn read(&mut self, cx: &mut Context<'_>) -> Step {
+        let mut moved = false;
+        if !self.unread.is_empty() && self.work.is_none() {
+            let unread = std::mem::take(&mut self.unread);
+            if let Some(over) = self.take(&unread) {
+                return over;
+            }
+            moved = true;
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        while self.work.is_none() && !self.client_closed {
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Step::Over,
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Step::Over,
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = buf.filled().len();
+            if let Some(over) = self.take(&chunk[..n]) {
+                return over;
+            }
+            moved = true;
+        }
+        if moved { Step::Moved } else { Step::Waiting }
+    }
+
+    /// Gives `data` to the frame reader and acts on each frame; what is left when a message's
+    /// work starts waits in `unread`. `Some` when the session is over.
+    fn take(&mut self, mut data: &[u8]) -> Option<Step> {
+        while !data.is_empty() {
+            if self.client_closed {
+                return None;
+            }
+            if self.work.is_some() {
+                self.unread.extend_from_slice(data);
+                return None;
+            }
+            let (used, got) = self.reader.read(data);
+            data = &data[used..];
+            let Some(got) = got else { continue };
+            if let Err(e) = self.incoming(got) {
+                if e.2 == "client_closed" {
+                    return Some(Step::Over);
+                }
+                self.end(e);
+            }
+        }
+        None
+    }
+
+    /// One frame from the agent.
+    fn incoming(&mut self, got: Incoming) -> Result<(), End> {
+        let closing = self.ending.is_some();
+        match got {
+            Incoming::Ping(p) if !closing => self.out.push(frame::encode(frame::PONG, &p), None),
+            Incoming::Pong => {
+                if self.pong_due.take().is_some() {
+                    self.next_ping = Instant::now() + self.api.config.agents.ping_interval_ms.get();
+                }
+                Ok(())
+            }
+            Incoming::Close(_) if closing => {
+                // the answer to ours
+                self.client_closed = true;
+                Err(End(0, String::new(), "client_closed"))
+            }
+            Incoming::Close(code) => {
+                self.client_closed = true;
+                Err(End(
+                    code.unwrap_or(frame::NORMAL),
+                    String::new(),
+                    "disconnected",
+                ))
+            }
+            // closing: what the agent still sends is read and dropped
+            _ if closing => Ok(()),
+            Incoming::Ping(_) => Ok(()),
+            Incoming::Fail(frame::TOO_BIG, _) => {
+                invalid();
+                Err(End::policy("message_too_big", "message_too_big"))
+            }
+            Incoming::Fail(code, why) => Err(End(code, why.into(), "protocol_error")),
+            Incoming::Message { text: false, .. } => {
+                invalid();
+                Err(End::policy(
+                    "invalid message: text messages only",
+                    "invalid_message",
+                ))
+            }
+            Incoming::Message { text: true, data } => self.message(&data),
+        }
+    }
+
+    /// One whole text message from the agent: checked, then its work started.
+    fn message(&mut self, m: &[u8]) -> Result<(), End> {
+        let now = self.opened.elapsed().as_nanos() as u64 + 1;
         if let Decision::Limited { .. } = self.gcra.check(&self.tat, now) {
             invalid();
             return Err(End::policy("rate_limited", "rate_limited"));
@@ -333,34 +495,29 @@ impl Channel {
             End::policy(e.0, "invalid_message")
         })?;
         counter!(AGENT_MESSAGES_TOTAL, "direction" => "in", "result" => "ok").increment(1);
-        let unavailable = || End(1011, "unavailable".into(), "unavailable");
         let Some(db) = self.api.db.clone() else {
-            return Err(unavailable());
+            return Err(End::unavailable());
         };
-        let hello = self.handle.is_some();
-        match (&m, hello) {
-            (AgentMessage::Hello { instance_id, .. }, false) => {
-                if *instance_id != self.id.instance_id {
+        let hello = self.handle.is_some() || self.hello_due.is_none();
+        let (api, id) = (self.api.clone(), self.id.clone());
+        let ttl = self.api.config.agents.presence_ttl_ms.get();
+        let work: Work = match (m, hello) {
+            (m @ AgentMessage::Hello { .. }, false) => {
+                if !matches!(&m, AgentMessage::Hello { instance_id, .. } if *instance_id == self.id.instance_id)
+                {
                     invalid();
                     return Err(End::policy(
                         "invalid message: `instance_id` is not the token's instance",
                         "invalid_message",
                     ));
                 }
-                let ttl = self.cfg.presence_ttl_ms.get();
-                presence::connected(&db, self.api.redis.as_ref(), &self.id, &m, ttl)
-                    .await
-                    .map_err(|_| unavailable())?;
-                self.handle = Some(self.api.agents.register(&self.id));
-                gauge!(AGENTS_CONNECTED).increment(1.0);
-                let welcome = DaemonMessage::Welcome {
-                    instance_id: self.id.instance_id.clone(),
-                    heartbeat_s: self.cfg.heartbeat_interval_ms.get().as_secs().max(1) as u32,
-                };
-                self.out.message(&welcome, None)?;
-                histogram!(AGENT_CONNECT_SECONDS).record(self.opened.elapsed().as_secs_f64());
-                // what was sent while it was away
-                self.claim().await?;
+                self.hello_due = None;
+                Box::pin(async move {
+                    presence::connected(&db, api.redis.as_ref(), &id, &m, ttl)
+                        .await
+                        .map_err(|_| End::unavailable())?;
+                    Ok(Done::Hello)
+                })
             }
             (AgentMessage::Hello { .. }, true) => {
                 invalid();
@@ -376,122 +533,192 @@ impl Channel {
                     "invalid_message",
                 ));
             }
-            (AgentMessage::Heartbeat { gpus }, true) => {
-                let ttl = self.cfg.presence_ttl_ms.get();
-                presence::hold(self.api.redis.as_ref(), &self.id, ttl, gpus).await;
-            }
-            (AgentMessage::Started { id }, true) => {
-                commands::started(&db, &self.id.instance_id, id)
+            (AgentMessage::Heartbeat { gpus }, true) => Box::pin(async move {
+                presence::hold(api.redis.as_ref(), &id, ttl, &gpus).await;
+                Ok(Done::Nothing)
+            }),
+            (AgentMessage::Started { id: cid }, true) => Box::pin(async move {
+                commands::started(&db, &id.instance_id, &cid)
                     .await
-                    .map_err(|_| unavailable())?;
-            }
-            (AgentMessage::Output { id, stream, data }, true) => {
-                let keep = self.cfg.command_output_bytes.get() as usize;
-                commands::output(&db, &self.id.instance_id, id, stream.as_str(), data, keep)
-                    .await
-                    .map_err(|_| unavailable())?;
+                    .map_err(|_| End::unavailable())?;
+                Ok(Done::Nothing)
+            }),
+            (
+                AgentMessage::Output {
+                    id: cid,
+                    stream,
+                    data,
+                },
+                true,
+            ) => {
+                let keep = self.api.config.agents.command_output_bytes.get() as usize;
+                Box::pin(async move {
+                    commands::output(&db, &id.instance_id, &cid, stream.as_str(), &data, keep)
+                        .await
+                        .map_err(|_| End::unavailable())?;
+                    Ok(Done::Nothing)
+                })
             }
             (
                 AgentMessage::Finished {
-                    id,
+                    id: cid,
                     exit_code,
                     timed_out,
                     error,
                     output_bytes,
                 },
                 true,
-            ) => {
+            ) => Box::pin(async move {
                 let o = Outcome {
-                    exit_code: *exit_code,
-                    timed_out: *timed_out,
-                    error: error.clone(),
-                    output_bytes: *output_bytes,
+                    exit_code,
+                    timed_out,
+                    error,
+                    output_bytes,
                 };
-                if let Some((status, after)) = commands::finished(&db, &self.id.instance_id, id, &o)
+                if let Some((status, after)) = commands::finished(&db, &id.instance_id, &cid, &o)
                     .await
-                    .map_err(|_| unavailable())?
+                    .map_err(|_| End::unavailable())?
                 {
                     histogram!(AGENT_COMMAND_SECONDS, "stage" => "result").record(after);
                     counter!(AGENT_COMMANDS_TOTAL, "status" => status).increment(1);
                 }
-            }
-        }
+                Ok(Done::Nothing)
+            }),
+        };
+        self.work = Some(work);
         Ok(())
     }
 
-    /// Claims as many queued commands as the queue has room for, and queues them as `exec`s.
-    async fn claim(&mut self) -> Result<(), End> {
-        let room = self.out.room();
-        if room == 0 {
-            self.want_claim = true;
-            return Ok(());
-        }
-        self.want_claim = false;
-        let Some(db) = self.api.db.clone() else {
-            return Ok(());
-        };
-        let claimed = match commands::claim(
-            &db,
-            &self.id.instance_id,
-            presence::daemon_id(),
-            room as i64,
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                // the sweep wakes the channel again (agents.sweep_interval_ms)
-                tracing::warn!(instance = %self.id.instance_id, error = %e, "commands not claimed");
-                return Ok(());
+    /// Writes what is queued, then flushes.
+    fn write(&mut self, cx: &mut Context<'_>) -> Step {
+        let mut moved = false;
+        while let Some(f) = self.out.queue.front() {
+            match Pin::new(&mut self.io).poll_write(cx, &f.bytes[f.at..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Step::Over,
+                Poll::Ready(Ok(n)) => {
+                    self.out.wrote(n);
+                    moved = true;
+                }
+                Poll::Pending => break,
             }
-        };
-        if claimed.len() == room {
-            // there may be more: claim again once these are written
-            self.want_claim = true;
         }
-        for c in claimed {
-            let m = DaemonMessage::Exec {
-                id: c.id.clone(),
-                argv: c.argv.clone(),
-                timeout_s: c.timeout_s as u32,
-            };
-            self.out.message(&m, Some(c))?;
+        if self.out.unflushed {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.out.unflushed = false,
+                Poll::Ready(Err(_)) => return Step::Over,
+                Poll::Pending => {}
+            }
         }
-        Ok(())
+        if self.ending.is_some() && self.out.queue.is_empty() && !self.out.unflushed {
+            // the close is written: the agent's answer (or its leaving) ends it, or the timer
+            if self.client_closed {
+                return Step::Over;
+            }
+        }
+        if moved { Step::Moved } else { Step::Waiting }
     }
 
-    /// After the loop: the close frame, the metrics, the registration and presence dropped,
-    /// `instance.agent_lost`, and the claimed commands never written put back.
-    async fn finish(&mut self, end: Option<End>, wr: &mut Writer) {
-        let label = match &end {
-            Some(End(code, reason, label)) => {
-                let close = async {
-                    // a frame cut in the middle would garble the close after it
-                    if let Some(f) = self.out.queue.front()
-                        && f.at > 0
-                    {
-                        wr.write_all(&f.bytes[f.at..]).await?;
-                    }
-                    wr.write_all(&frame::close(*code, reason)).await?;
-                    wr.flush().await
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
-                *label
+    /// The next deadline: the end of the close wait while ending, else the hello's, the pong's
+    /// or the next ping.
+    fn deadline(&self) -> Instant {
+        let beat = self.pong_due.unwrap_or(self.next_ping);
+        self.hello_due.map_or(beat, |h| h.min(beat))
+    }
+
+    /// The timer fired (a deadline passed).
+    fn timed(&mut self) -> Step {
+        if self.ending.is_some() {
+            // the agent did not read our close in time
+            return Step::Over;
+        }
+        let now = Instant::now();
+        if self.hello_due.is_some_and(|h| now >= h) {
+            self.end(End::policy("no_hello", "no_hello"));
+        } else if self.pong_due.is_some_and(|p| now >= p) {
+            self.end(End::policy("ping_timeout", "ping_timeout"));
+        } else if self.pong_due.is_none() && now >= self.next_ping {
+            match self.out.push(frame::encode(frame::PING, &[]), None) {
+                Ok(()) => self.pong_due = Some(now + self.api.config.agents.pong_timeout_ms.get()),
+                Err(e) => self.end(e),
             }
-            None => "disconnected",
-        };
+        }
+        if self.ending.is_none() {
+            let d = self.deadline();
+            self.timer.as_mut().reset(d);
+        }
+        Step::Moved
+    }
+}
+
+impl Future for Channel {
+    type Output = ();
+
+    /// The registration, the running work, a claim, reading, writing, then the timer, until all
+    /// of them wait (the timer is polled last, after whatever reset it, so its waker is always
+    /// registered).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let me = &mut *self;
+        loop {
+            me.told(cx);
+            let mut moved = false;
+            for step in [me.poll_work(cx), me.start_claim()] {
+                moved |= matches!(step, Step::Moved);
+            }
+            for side in [Channel::read, Channel::write] {
+                match side(me, cx) {
+                    Step::Over => return Poll::Ready(()),
+                    Step::Moved => moved = true,
+                    Step::Waiting => {}
+                }
+            }
+            if me.ending.is_none() && me.timer.deadline() != me.deadline() {
+                let d = me.deadline();
+                me.timer.as_mut().reset(d);
+            }
+            if me.timer.as_mut().poll(cx).is_ready() {
+                match me.timed() {
+                    Step::Over => return Poll::Ready(()),
+                    _ => moved = true,
+                }
+            }
+            if !moved {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl Drop for Channel {
+    /// However it ended: the metrics, the registration and presence dropped,
+    /// `instance.agent_lost`, the claimed commands never written put back, running work
+    /// finished apart.
+    fn drop(&mut self) {
+        let label = self.ending.unwrap_or("disconnected");
         counter!(AGENT_CHANNELS_CLOSED_TOTAL, "reason" => label).increment(1);
+        if let Some(w) = self.work.take() {
+            self.finish_apart(w, label);
+        }
         let Some(h) = self.handle.take() else { return };
         self.api.agents.unregister(&self.id.instance_id, &h);
         gauge!(AGENTS_CONNECTED).decrement(1.0);
-        let Some(db) = self.api.db.as_deref() else {
+        let unwritten = self.out.cut();
+        self.requeue(unwritten);
+        let Some(db) = self.api.db.clone() else {
             return;
         };
-        if let Err(e) = commands::requeue(db, &self.out.unwritten()).await {
-            tracing::warn!(instance = %self.id.instance_id, error = %e, "claimed commands not put back; the sweep ends them as lost");
-        }
-        if let Err(e) = presence::lost(db, self.api.redis.as_ref(), &self.id, label).await {
-            tracing::warn!(instance = %self.id.instance_id, error = %e, "agent_lost not recorded");
-        }
+        let (redis, id) = (self.api.redis.clone(), self.id.clone());
+        tokio::spawn(async move { lost(&db, redis.as_ref(), &id, label).await });
+    }
+}
+
+/// The presence dropped and `instance.agent_lost` written (`reason`).
+async fn lost(
+    db: &crate::accounts::Db,
+    redis: Option<&crate::cache::Redis>,
+    id: &AgentIdentity,
+    reason: &str,
+) {
+    if let Err(e) = presence::lost(db, redis, id, reason).await {
+        tracing::warn!(instance = %id.instance_id, error = %e, "agent_lost not recorded");
     }
 }

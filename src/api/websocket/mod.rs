@@ -177,7 +177,7 @@ pub(super) fn opened(
     Ok(r)
 }
 
-/// The agent channel of `id` (its token checked): the session is `agent::run`.
+/// The agent channel of `id` (its token checked): the session is `agent::Channel`.
 pub(super) fn accept_agent(
     mut c: Call,
     id: crate::agents::tokens::AgentIdentity,
@@ -185,7 +185,7 @@ pub(super) fn accept_agent(
 ) -> Result<Response<Body>> {
     let o = opening(&c)?;
     let api = c.api.clone();
-    let session: Session = Box::new(move |io| Box::pin(agent::run(io, api, id, since)));
+    let session: Session = Box::new(move |io| Box::pin(agent::session(io, api, id, since)));
     opened(&mut c, o, None, session)
 }
 
