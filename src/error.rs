@@ -326,6 +326,15 @@ impl Error {
         }
     }
 
+    /// 503 `over_capacity` for work admitted a few at a time (`message` says which), to be
+    /// retried (`Retry-After`).
+    pub fn busy(message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            retryable: true,
+            ..Error::new(Kind::OverCapacity, Side::Client, message)
+        }
+    }
+
     pub fn rate_limited(v: crate::types::limits::Verdict) -> Self {
         let wait = match v.decision {
             crate::types::limits::Decision::Limited { retry_after } => {

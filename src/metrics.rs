@@ -144,7 +144,7 @@ catalog! {
     AGENT_MESSAGES_TOTAL = "gpuproxy_agent_messages_total", Counter, ["direction", "result"],
         "Agent channel messages, by direction (in: from agents, out: to them) and result (ok; invalid: refused, closing the channel with 1008).";
     AGENT_CHANNELS_CLOSED_TOTAL = "gpuproxy_agent_channels_closed_total", Counter, ["reason"],
-        "Agent channels ended, by reason (disconnected, draining, ping_timeout, no_hello, invalid_message, message_too_big, protocol_error, rate_limited, slow_consumer, instance_ended, replaced, unavailable).";
+        "Agent channels ended, by reason (disconnected, draining, ping_timeout, no_hello, invalid_message, message_too_big, protocol_error, rate_limited, slow_consumer, instance_ended, replaced, unavailable; not_admitted: refused 503 before opening, agents.max_opening).";
     AGENT_CONNECT_SECONDS = "gpuproxy_agent_connect_seconds", Histogram, [],
         "Time from an agent's channel request to its welcome (token check, WebSocket upgrade, hello, presence and event written), in seconds.";
     AGENT_COMMAND_SECONDS = "gpuproxy_agent_command_seconds", Histogram, ["stage"],

@@ -90,7 +90,11 @@ impl AppState {
             .map(|db| crate::events::hub::Hub::new(db, redis.clone(), &config.events));
         Arc::new(AppState {
             events,
-            agents: crate::agents::channels::Channels::new(redis.clone()),
+            agents: crate::agents::channels::Channels::new(
+                redis.clone(),
+                db.clone(),
+                &config.agents,
+            ),
             auth: crate::auth::Auth::new(&config, db.clone(), read_db, redis.clone()),
             providers,
             offers_cache,

@@ -100,3 +100,38 @@ pub async fn append(
     events_written(account_id);
     Ok(rows.first().map_or(0, |r| r.get(0)))
 }
+
+/// Appends several events for `account_id` in `tx` at once (one statement, one lock of the
+/// account's row), in their order; `events`: (type, instance, data). For writers of many small
+/// events (agents' comings and goings), so a storm of them is a few statements.
+pub async fn append_many(
+    tx: &tokio_postgres::Transaction<'_>,
+    account_id: i64,
+    events: &[(&str, Option<&str>, Value)],
+) -> Result<(), Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len() as i64;
+    let kinds: Vec<&str> = events.iter().map(|e| e.0).collect();
+    let instances: Vec<Option<&str>> = events.iter().map(|e| e.1).collect();
+    let data: Vec<&Value> = events.iter().map(|e| &e.2).collect();
+    tx.query_typed(
+        "WITH a AS (UPDATE accounts SET event_seq = event_seq + $2 WHERE id = $1 \
+                    RETURNING id, event_seq) \
+         INSERT INTO account_events (account_id, seq, type, instance_id, data) \
+         SELECT a.id, a.event_seq - $2 + u.n, u.t, u.i, u.d \
+         FROM a, unnest($3::text[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS u(t, i, d, n)",
+        &[
+            (&account_id, Type::INT8),
+            (&n, Type::INT8),
+            (&kinds, Type::TEXT_ARRAY),
+            (&instances, Type::TEXT_ARRAY),
+            (&data, Type::JSONB_ARRAY),
+        ],
+    )
+    .await
+    .map_err(classify)?;
+    events_written(account_id);
+    Ok(())
+}

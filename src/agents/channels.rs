@@ -7,6 +7,8 @@
 //!   found from the agent's presence), which wakes the channel there. A woken channel claims the
 //!   commands queued in PostgreSQL (`commands::claim`); the notice carries nothing else, so a lost
 //!   one loses nothing.
+//! - Admission (`admit`): at most `agents.max_opening` channels check their token at once, so a
+//!   storm of agents opening leaves the database pool to API requests.
 //! - A draining daemon ends every channel (`drain`: 1001 `draining`, the agents reconnect
 //!   elsewhere), and any registering after.
 //! - The sweep (`sweep`, every `agents.sweep_interval_ms`) covers what notices may miss, and ends
@@ -24,13 +26,16 @@ use futures_util::task::AtomicWaker;
 use metrics::{counter, gauge, histogram};
 
 use super::commands;
+use super::journal::Journal;
 use super::presence::{daemon_id, holder};
 use super::tokens::{self, AgentIdentity};
 use crate::accounts::Db;
 use crate::cache::Redis;
+use crate::config::AgentsConfig;
 use crate::metrics::{
     AGENT_CHANNELS_CLOSED_TOTAL, AGENT_COMMAND_SECONDS, AGENT_COMMANDS_TOTAL, AGENTS_CONNECTED,
 };
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// The agents' series, there from the start (the alerts divide by them).
 pub fn register_metrics() {
@@ -110,17 +115,43 @@ pub struct Channels {
     held: papaya::HashMap<Box<str>, Arc<Handle>, foldhash::fast::RandomState>,
     redis: Option<Redis>,
     draining: AtomicBool,
+    /// The agents' comings and goings, written in batches.
+    pub journal: Journal,
+    opening: Semaphore,
+    opening_wait: Duration,
 }
 
 impl Channels {
-    pub fn new(redis: Option<Redis>) -> Arc<Channels> {
+    pub fn new(redis: Option<Redis>, db: Option<Arc<Db>>, cfg: &AgentsConfig) -> Arc<Channels> {
         Arc::new(Channels {
             held: papaya::HashMap::builder()
                 .hasher(foldhash::fast::RandomState::default())
                 .build(),
             redis,
             draining: AtomicBool::new(false),
+            journal: Journal::new(db),
+            opening: Semaphore::new(
+                cfg.max_opening.get().min(Semaphore::MAX_PERMITS as u64) as usize
+            ),
+            opening_wait: cfg.opening_wait_ms.get(),
         })
+    }
+
+    /// A place among the channels opening (held while the token is checked); 503 when none
+    /// frees up within `agents.opening_wait_ms`.
+    pub async fn admit(&self) -> crate::error::Result<SemaphorePermit<'_>> {
+        let busy = || {
+            crate::error::Error::busy(
+                "too many agent channels opening at once (agents.max_opening); retry after a back-off",
+            )
+        };
+        match tokio::time::timeout(self.opening_wait, self.opening.acquire()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => {
+                counter!(AGENT_CHANNELS_CLOSED_TOTAL, "reason" => "not_admitted").increment(1);
+                Err(busy())
+            }
+        }
     }
 
     /// Ends every channel here, and those registering from now on (1001 `draining`).

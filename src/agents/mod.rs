@@ -3,6 +3,7 @@
 //!
 //! - `channels`: the channels this daemon holds, and routing commands to them from any daemon.
 //! - `commands`: commands run through agents, recorded in PostgreSQL before anything else.
+//! - `journal`: the agents' comings and goings written to the event log in batches.
 //! - `install`: the agent program handed out, its install script, and a rental's launch set up
 //!   to run it.
 //! - `presence`: which daemon holds which agent (Redis), and the events of its coming and going.
@@ -13,6 +14,7 @@
 pub mod channels;
 pub mod commands;
 pub mod install;
+pub mod journal;
 pub mod presence;
 pub mod protocol;
 pub mod tokens;

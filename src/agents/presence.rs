@@ -7,16 +7,17 @@
 //!   agent may already be back on another). The idle policy reads the utilisation
 //!   (`rentals::upkeep`) before the provider's.
 //! - Events: `instance.agent_connected` (the hello's facts) and `instance.agent_lost` (why the
-//!   channel ended), in the account's event log, delivered to its streams and webhooks.
+//!   channel ended), in the account's event log (written in batches: `journal`), delivered to
+//!   its streams and webhooks.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::json;
 
+use super::journal::Journal;
 use super::protocol::{AgentMessage, GpuInfo, GpuSample, HostInfo};
 use super::tokens::AgentIdentity;
-use crate::accounts::Db;
 use crate::cache::Redis;
 use crate::error::Result;
 use crate::events::{AGENT_CONNECTED, AGENT_LOST};
@@ -76,14 +77,15 @@ pub async fn gpu_util(redis: &Redis, instance_id: &str) -> Option<f64> {
     record(redis, instance_id).await?.1
 }
 
-/// The agent's hello: presence and `instance.agent_connected`.
+/// The agent's hello: presence and `instance.agent_connected` (committed when this returns);
+/// whether commands are queued for the instance.
 pub async fn connected(
-    db: &Db,
+    journal: &Journal,
     redis: Option<&Redis>,
     id: &AgentIdentity,
     hello: &AgentMessage,
     ttl: Duration,
-) -> Result<()> {
+) -> Result<bool> {
     hold(redis, id, ttl, &[]).await;
     let data = match hello {
         AgentMessage::Hello {
@@ -94,7 +96,9 @@ pub async fn connected(
         } => facts(agent_version, gpus, host),
         _ => json!({}),
     };
-    event(db, id, AGENT_CONNECTED, &data).await
+    journal
+        .record(id.account_id, &id.instance_id, AGENT_CONNECTED, data)
+        .await
 }
 
 fn facts(version: &str, gpus: &[GpuInfo], host: &HostInfo) -> serde_json::Value {
@@ -106,29 +110,26 @@ fn facts(version: &str, gpus: &[GpuInfo], host: &HostInfo) -> serde_json::Value 
     })
 }
 
-/// The channel ended (`reason`): presence dropped if still ours (not when a newer channel here
-/// `replaced` it: that one holds it now), and `instance.agent_lost`.
-pub async fn lost(db: &Db, redis: Option<&Redis>, id: &AgentIdentity, reason: &str) -> Result<()> {
-    if let Some(r) = redis
-        && reason != "replaced"
-        && holder(r, &id.instance_id).await.as_deref() == Some(daemon_id())
-    {
-        let _ = r.del(vec![key(r, &id.instance_id)]).await;
-    }
-    event(
-        db,
-        id,
+/// The channel ended (`reason`): `instance.agent_lost` handed to the journal's next batch now
+/// (a shutdown's `Journal::flush` writes it), and the presence dropped if still ours (not when
+/// a newer channel here `replaced` it: that one holds it now), by a task of its own.
+pub fn lost(journal: &Journal, redis: Option<&Redis>, id: &AgentIdentity, reason: &str) {
+    journal.record_later(
+        id.account_id,
+        &id.instance_id,
         AGENT_LOST,
-        &json!({"reason": reason, "daemon": daemon_id()}),
-    )
-    .await
-}
-
-async fn event(db: &Db, id: &AgentIdentity, kind: &str, data: &serde_json::Value) -> Result<()> {
-    let (account, instance) = (id.account_id, id.instance_id.clone());
-    db.transaction(async |tx| {
-        crate::events::append(tx, account, kind, Some(&instance), data).await?;
-        Ok(())
-    })
-    .await
+        json!({"reason": reason, "daemon": daemon_id()}),
+    );
+    let Some(r) = redis.filter(|_| reason != "replaced").cloned() else {
+        return;
+    };
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return; // the runtime is going: the presence's TTL ends it
+    };
+    let instance = id.instance_id.clone();
+    rt.spawn(async move {
+        if holder(&r, &instance).await.as_deref() == Some(daemon_id()) {
+            let _ = r.del(vec![key(&r, &instance)]).await;
+        }
+    });
 }

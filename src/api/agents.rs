@@ -64,7 +64,10 @@ pub async fn channel(c: Call) -> Result<Response<Body>> {
         })?
         .to_owned();
     let db = c.db("agents")?;
-    let id = tokens::authenticate(&db, &token).await?;
+    let id = {
+        let _admitted = c.api.agents.admit().await?;
+        tokens::authenticate(&db, &token).await?
+    };
     websocket::accept_agent(c, id, opened)
 }
 
@@ -152,6 +155,10 @@ pub const AGENT_CHANNEL: Op = Op {
         error(
             401,
             "missing_credentials, invalid_credentials: no agent token, or not one of an open instance",
+        ),
+        error(
+            503,
+            "over_capacity: too many channels opening at once (`agents.max_opening`); retry after `Retry-After`",
         ),
     ],
     ..Op::NONE

@@ -126,7 +126,8 @@ fn log(err: &Error, request_id: &str) {
 }
 
 /// When the same request may be tried again (seconds), for the errors that say: a rate limit,
-/// a provider-call budget, an idempotent run still in progress, a busy key cache.
+/// a provider-call budget, an idempotent run still in progress, a busy key cache, a capacity
+/// reached.
 fn retry_after_secs(err: &Error) -> Option<u64> {
     match (&err.kind, &err.details) {
         (Kind::RateLimited(v), _) => match v.decision {
@@ -138,6 +139,7 @@ fn retry_after_secs(err: &Error) -> Option<u64> {
         (Kind::Refused(crate::error::Refusal::IdempotencyInProgress) | Kind::AuthBusy, _) => {
             Some(2)
         }
+        (Kind::OverCapacity, _) => Some(1),
         (Kind::Refused(crate::error::Refusal::UpstreamBudget), Some(d)) => {
             Some(d["retry_after_s"].as_u64().unwrap_or(1))
         }

@@ -40,6 +40,12 @@ pub struct AgentsConfig {
     /// How often each daemon expires and finds lost commands, wakes channels with commands
     /// waiting, and closes the channels of ended instances (and replaced tokens).
     pub sweep_interval_ms: Millis,
+    /// Agent channels opening at once (their token checked in PostgreSQL); the next wait up to
+    /// `opening_wait_ms`, then get 503 `over_capacity` with `Retry-After` (the agent retries
+    /// after its back-off). Keep it well below `storage.pool_size`: a storm of agents opening (a
+    /// daemon restarted under thousands) then leaves the pool to API requests.
+    pub max_opening: NonZeroU64,
+    pub opening_wait_ms: Millis,
     /// Where agents reach this daemon (`https://gpu.example.com`): what a rental with
     /// `agent: true` tells its agent, and where the install script downloads it from. Empty:
     /// this daemon installs no agent.
@@ -65,6 +71,8 @@ impl Default for AgentsConfig {
             command_queue_ttl_ms: Millis(600_000),
             command_grace_ms: Millis(30_000),
             sweep_interval_ms: Millis(5_000),
+            max_opening: nz64(8),
+            opening_wait_ms: Millis(2_000),
             public_url: String::new(),
             binary_path: String::new(),
         }

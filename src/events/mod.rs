@@ -25,6 +25,7 @@ pub use crate::accounts::event_log::{
     COMMAND_FINISHED, COMMAND_OUTPUT, ENDPOINTS_READY, EXPIRED, EXPIRING, FAILED_OVER, IDLE,
     INTERRUPT_HANDLED, INTERRUPTED, KEY_REVOKED, PRICE_INCREASE, STATUS_CHANGED, TYPES,
     UNREACHABLE, VOLUME_CREATED, VOLUME_DELETED, WATCH_MATCHED, WEBHOOK_DISABLED, append,
+    append_many,
 };
 
 /// An event type's name, as streams, webhooks and watches carry it (one of [`TYPES`]).

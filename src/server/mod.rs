@@ -317,8 +317,9 @@ impl Daemon {
         } else {
             tracing::info!("all connections drained");
         }
-        // last uses seen during the drain are written before exit
+        // last uses seen during the drain are written before exit, and the agents' goings
         state.auth.flush_last_used().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), state.agents.journal.flush()).await;
         reaper.abort();
         if let Some(w) = watchdog {
             w.abort();

@@ -15,6 +15,7 @@ use support::agents::{closed, hello, mint, next_text};
 use support::rentals::{account, call, rent_cheapest_running};
 use support::ws::open;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,4 +433,118 @@ async fn an_ionet_rental_takes_an_idle_policy_with_an_agent() {
     let idle = db.events_of("ionet_idler", "instance.idle").await;
     assert_eq!(idle.last().unwrap()["phase"], "destroyed", "{idle:?}");
     assert_eq!(idle[0]["gpu_util"], 0.5, "{idle:?}");
+}
+
+/// Admission: with `agents.max_opening = 1`, a channel whose token check waits (the token table
+/// locked) holds the one place; a second agent opening meanwhile gets 503 `over_capacity` with
+/// `Retry-After` after `agents.opening_wait_ms`, and the API keeps answering. Once the lock goes
+/// both open, and their comings and goings are in the event log in order (written in batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_open_a_few_at_a_time_and_the_rest_are_told_to_come_back() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "agents_admission",
+        &["--provision-time", "300ms"],
+        &[
+            "ratelimit.enabled=false",
+            "agents.max_opening=1",
+            "agents.opening_wait_ms=300",
+        ],
+    )
+    .await;
+    let key = account(&db, "agent_admission", 10_000.0, 5);
+    let a = rent_cheapest_running(&d, &key, "vastai").await;
+    let b = rent_cheapest_running(&d, &key, "vastai").await;
+    let (ta, tb) = (mint(&d, &key, &a).await, mint(&d, &key, &b).await);
+
+    let s = support::services::shared();
+    let (locker, conn) = tokio_postgres::connect(&s.postgres_url(&db.name), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE agent_tokens IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let https = d.https;
+    let first = tokio::spawn(async move { open(https, &ta, "/v1/agent", &[]).await });
+    support::eventually("the first token check to wait on the lock", || async {
+        let n: i64 = locker
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'agent_tokens'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    })
+    .await;
+    let (status, body) = open(d.https, &tb, "/v1/agent", &[]).await.unwrap_err();
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "over_capacity", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("agents.max_opening"),
+        "{body}"
+    );
+    // it says when to come back
+    let tls = support::ws::tls_http1(tokio::net::TcpStream::connect(d.https).await.unwrap()).await;
+    let mut req = "wss://localhost/v1/agent".into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {tb}").parse().unwrap());
+    match tokio_tungstenite::client_async(req, tls).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 503);
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        other => panic!("{:?}", other.map(|r| r.1)),
+    }
+    let r = call(&d, &key, "GET", "/v1/account", "", None).await;
+    assert_eq!(r.status, 200, "the API answers meanwhile: {}", r.text());
+
+    locker.batch_execute("COMMIT").await.unwrap();
+    let mut wa = first.await.unwrap().expect("the first channel opens");
+    wa.send(hello(&a)).await.unwrap();
+    assert_eq!(next_text(&mut wa).await["type"], "welcome");
+    let mut wb = open(d.https, &tb, "/v1/agent", &[]).await.unwrap();
+    wb.send(hello(&b)).await.unwrap();
+    assert_eq!(next_text(&mut wb).await["type"], "welcome");
+    wa.close(None).await.unwrap();
+    wb.close(None).await.unwrap();
+    let lost = support::eventually("both agent_lost", || async {
+        let v = db.events_of("agent_admission", "instance.agent_lost").await;
+        (v.len() == 2).then_some(v)
+    })
+    .await;
+    assert!(
+        lost.iter().all(|l| l["reason"] == "disconnected"),
+        "{lost:?}"
+    );
+    // each account's events keep one gapless sequence, batched or not
+    let seqs: Vec<i64> = db
+        .client()
+        .await
+        .query(
+            "SELECT e.seq FROM account_events e JOIN accounts a ON a.id = e.account_id \
+             WHERE a.name = 'agent_admission' ORDER BY e.seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let page = d.scrape().await;
+    assert_eq!(
+        support::metrics::value(
+            &page,
+            "gpuproxy_agent_channels_closed_total{reason=\"not_admitted\"}"
+        ),
+        2.0,
+        "{page}"
+    );
 }

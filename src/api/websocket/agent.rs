@@ -146,8 +146,11 @@ impl Outbox {
 /// What a message's work (a query, a Redis write) found, for the channel to act on.
 enum Done {
     Nothing,
-    /// The hello is recorded: the channel registers and answers `welcome`.
-    Hello,
+    /// The hello is recorded: the channel registers and answers `welcome` (and claims when
+    /// commands are `queued`).
+    Hello {
+        queued: bool,
+    },
     /// Commands claimed for this channel, to write as `exec`s.
     Claimed(Vec<Claimed>),
 }
@@ -270,7 +273,7 @@ impl Channel {
             return;
         };
         let instance = self.id.instance_id.clone();
-        tokio::spawn(async move {
+        spawn(async move {
             if let Err(e) = commands::requeue(&db, &ids).await {
                 tracing::warn!(instance = %instance, error = %e, "claimed commands not put back; the sweep ends them as lost");
             }
@@ -284,14 +287,16 @@ impl Channel {
         let Some(db) = self.api.db.clone() else {
             return;
         };
-        let (redis, id) = (self.api.redis.clone(), self.id.clone());
-        tokio::spawn(async move {
+        let (api, id) = (self.api.clone(), self.id.clone());
+        spawn(async move {
             match w.await {
                 Ok(Done::Claimed(c)) => {
                     let ids: Vec<String> = c.into_iter().map(|c| c.id).collect();
                     let _ = commands::requeue(&db, &ids).await;
                 }
-                Ok(Done::Hello) => lost(&db, redis.as_ref(), &id, label).await,
+                Ok(Done::Hello { .. }) => {
+                    presence::lost(&api.agents.journal, api.redis.as_ref(), &id, label)
+                }
                 _ => {}
             }
         });
@@ -330,7 +335,7 @@ impl Channel {
     fn done(&mut self, d: Done) -> Result<(), End> {
         match d {
             Done::Nothing => {}
-            Done::Hello => {
+            Done::Hello { queued } => {
                 self.handle = Some(self.api.agents.register(&self.id));
                 gauge!(AGENTS_CONNECTED).increment(1.0);
                 let cfg = &self.api.config.agents;
@@ -341,7 +346,7 @@ impl Channel {
                 self.out.message(&welcome, None)?;
                 histogram!(AGENT_CONNECT_SECONDS).record(self.opened.elapsed().as_secs_f64());
                 // what was sent while it was away
-                self.want_claim = true;
+                self.want_claim |= queued;
             }
             Done::Claimed(claimed) => {
                 if claimed.len() >= self.out.room() {
@@ -513,10 +518,11 @@ impl Channel {
                 }
                 self.hello_due = None;
                 Box::pin(async move {
-                    presence::connected(&db, api.redis.as_ref(), &id, &m, ttl)
-                        .await
-                        .map_err(|_| End::unavailable())?;
-                    Ok(Done::Hello)
+                    let queued =
+                        presence::connected(&api.agents.journal, api.redis.as_ref(), &id, &m, ttl)
+                            .await
+                            .map_err(|_| End::unavailable())?;
+                    Ok(Done::Hello { queued })
                 })
             }
             (AgentMessage::Hello { .. }, true) => {
@@ -703,22 +709,19 @@ impl Drop for Channel {
         gauge!(AGENTS_CONNECTED).decrement(1.0);
         let unwritten = self.out.cut();
         self.requeue(unwritten);
-        let Some(db) = self.api.db.clone() else {
-            return;
-        };
-        let (redis, id) = (self.api.redis.clone(), self.id.clone());
-        tokio::spawn(async move { lost(&db, redis.as_ref(), &id, label).await });
+        presence::lost(
+            &self.api.agents.journal,
+            self.api.redis.as_ref(),
+            &self.id,
+            label,
+        );
     }
 }
 
-/// The presence dropped and `instance.agent_lost` written (`reason`).
-async fn lost(
-    db: &crate::accounts::Db,
-    redis: Option<&crate::cache::Redis>,
-    id: &AgentIdentity,
-    reason: &str,
-) {
-    if let Err(e) = presence::lost(db, redis, id, reason).await {
-        tracing::warn!(instance = %id.instance_id, error = %e, "agent_lost not recorded");
+/// Runs `f` by a task of its own, while the runtime runs (a channel dropped as it shuts down
+/// leaves the rest to the sweep).
+fn spawn(f: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(f);
     }
 }
