@@ -14,7 +14,8 @@
 #    from each POST to its exec at the agent (the swarm's clock), and from acceptance to the
 #    recorded result (PostgreSQL's: finished_at - created_at);
 # 3. restarts the daemon (SIGTERM, a new one on the same address): the time until every agent is
-#    back (gpuproxy_agents_connected), and the handshakes per second meanwhile.
+#    back (gpuproxy_agents_connected), the handshakes per second meanwhile, and what an API
+#    request (GET /v1/account, one every quarter second) got during the storm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -84,12 +85,17 @@ T0=$(date +%s.%N)
 serve
 LAST=0
 for _ in $(seq ${RESTART_WAIT_TICKS:-480}); do
+  curl -sk -o /dev/null -w '%{http_code} %{time_total}\n' -H "Authorization: Bearer $KEY" \
+    https://127.0.0.1:18743/v1/account >>"$WORK/api.txt" || true
   NOW=$(metric gpuproxy_agents_connected); NOW=${NOW:-0}
   [ "${NOW%.*}" -ge "$N" ] && break
   sleep 0.25
 done
 T1=$(date +%s.%N)
 NOW=$(metric gpuproxy_agents_connected)
+sort -n -k2 "$WORK/api.txt" | awk '{ n++; if ($1 != 200) bad++; t[n] = $2 } END {
+  printf "API during the restart: %d requests, %d not 200; latency p50 %.1f ms, max %.1f ms\n",
+    n, bad, 1000 * t[int((n + 1) / 2)], 1000 * t[n] }'
 awk -v a="$T0" -v b="$T1" -v n="$NOW" -v want="$N" 'BEGIN {
   printf "restart: %d of %d agents back %.1f s after the new daemon started: %.0f handshakes/s\n", n, want, b-a, n/(b-a) }'
 [ "${NOW%.*}" -ge "$N" ] || { echo "daemon log:"; tail -5 "$WORK/daemon.log"; tail -3 "$WORK/swarm.txt"; }

@@ -139,6 +139,9 @@ async fn open(args: &Args, i: usize) -> Result<Ws, &'static str> {
     sock.bind(SocketAddr::new(source_ip(i, args.sources), 0))
         .map_err(|_| "bind")?;
     let tcp = sock.connect(args.target).await.map_err(|_| "connect")?;
+    // as gpuproxy-agent does: an answer's two messages (`started`, `finished`) go at once, not
+    // the second after the first's delayed ACK (40 ms)
+    let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = tls_connector()
         .connect(name, tcp)
