@@ -24,6 +24,16 @@ pub fn venv_of(requirements: &[&str]) -> PathBuf {
     if done.exists() {
         return bin;
     }
+    // one maker at a time, across the tests' threads and processes (two tests making the same
+    // environment at once removed each other's half-made one); the lock goes with the file
+    std::fs::create_dir_all(venv.parent().unwrap()).unwrap();
+    let lock = std::fs::File::create(venv.with_extension("lock")).unwrap();
+    // SAFETY: flock on a descriptor this function owns for the rest of its run
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock {venv:?}");
+    if done.exists() {
+        return bin;
+    }
     let run = |cmd: &mut Command| {
         let out = cmd.output().expect("spawn");
         assert!(
