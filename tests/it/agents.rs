@@ -438,7 +438,8 @@ async fn an_ionet_rental_takes_an_idle_policy_with_an_agent() {
 /// Admission: with `agents.max_opening = 1`, a channel whose token check waits (the token table
 /// locked) holds the one place; a second agent opening meanwhile gets 503 `over_capacity` with
 /// `Retry-After` after `agents.opening_wait_ms`, and the API keeps answering. Once the lock goes
-/// both open, and their comings and goings are in the event log in order (written in batches).
+/// both open; a second channel of one instance replaces the first (1008 `replaced`); their
+/// comings and goings are in the event log in order (written in batches).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_open_a_few_at_a_time_and_the_rest_are_told_to_come_back() {
     let Stack { db, sb: _sb, d } = Stack::start(
@@ -466,7 +467,8 @@ async fn agents_open_a_few_at_a_time_and_the_rest_are_told_to_come_back() {
         .await
         .unwrap();
     let https = d.https;
-    let first = tokio::spawn(async move { open(https, &ta, "/v1/agent", &[]).await });
+    let ta2 = ta.clone();
+    let first = tokio::spawn(async move { open(https, &ta2, "/v1/agent", &[]).await });
     support::eventually("the first token check to wait on the lock", || async {
         let n: i64 = locker
             .query_one(
