@@ -116,12 +116,18 @@ pub fn services(state: &Arc<AppState>) -> Vec<Service> {
     crate::agents::channels::register_metrics();
     if let Some(db) = state.db.clone() {
         let (agents, grace) = (state.agents.clone(), cfg.agents.command_grace_ms.get());
+        let keys_ttl = cfg.rentals.idempotency_ttl_ms.get();
         list.push(Service::new(
             "agent_sweep",
             cfg.agents.sweep_interval_ms.get(),
             move || {
                 let (agents, db) = (agents.clone(), db.clone());
-                async move { agents.sweep(&db, grace).await.map_err(|e| e.to_string()) }
+                async move {
+                    agents
+                        .sweep(&db, grace, keys_ttl)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
             },
         ));
     }

@@ -272,8 +272,14 @@ impl Channels {
     }
 
     /// One sweep (see the module header).
-    pub async fn sweep(&self, db: &Db, grace: Duration) -> crate::error::Result<()> {
-        for (status, n) in commands::sweep(db, grace.as_secs_f64()).await? {
+    pub async fn sweep(
+        &self,
+        db: &Db,
+        grace: Duration,
+        idempotency_ttl: Duration,
+    ) -> crate::error::Result<()> {
+        let sweep = commands::sweep(db, grace.as_secs_f64(), idempotency_ttl.as_secs_f64());
+        for (status, n) in sweep.await? {
             if n > 0 {
                 counter!(AGENT_COMMANDS_TOTAL, "status" => status).increment(n);
             }

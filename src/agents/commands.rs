@@ -156,8 +156,17 @@ fn not_found(what: &str, id: &str) -> Error {
     )
 }
 
+/// A command's `Idempotency-Key`, and the SHA-256 of the request line and body it came with.
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub digest: &'a [u8],
+}
+
 /// Records a command for the caller's open instance, with its audit event, in one transaction.
-/// `agent_online`: its agent holds a channel now (only these time the routing).
+/// `agent_online`: its agent holds a channel now (only these time the routing). With an
+/// `Idempotency-Key` already used for this request and body, nothing is recorded: the command
+/// it recorded is the answer (`true`: replayed); used for another, 422 `idempotency_key_reused`.
+#[allow(clippy::too_many_arguments)]
 pub async fn create(
     db: &Db,
     account_id: i64,
@@ -166,10 +175,19 @@ pub async fn create(
     new: &NewCommand,
     queue_ttl_s: f64,
     agent_online: bool,
-) -> Result<Command> {
+    idem: Option<&Idempotency<'_>>,
+) -> Result<(Command, bool)> {
     let timeout_s = new.check()? as i32;
+    if let Some(i) = idem {
+        crate::rentals::idempotency::check_key(i.key)?;
+    }
     let id = format!("cmd_{}", crate::accounts::apikey::random_base62(22));
     db.transaction(async |tx| {
+        if let Some(i) = idem
+            && let Some(c) = recorded(tx, account_id, i).await?
+        {
+            return Ok((c, true));
+        }
         let status = tx
             .query_typed(
                 "SELECT status FROM instances WHERE id = $1 AND account_id = $2 FOR SHARE",
@@ -187,12 +205,16 @@ pub async fn create(
                 None,
             ));
         }
+        let (key, digest) = (idem.map(|i| i.key), idem.map(|i| i.digest));
         let rows = tx
             .query_typed(
                 &format!(
                     "INSERT INTO agent_commands (id, account_id, instance_id, key_public_id, kind, \
-                       argv, timeout_s, expires_at, agent_online) \
-                     VALUES ($1, $2, $3, $4, 'exec', $5, $6, now() + make_interval(secs => $7), $8) \
+                       argv, timeout_s, expires_at, agent_online, idempotency_key, request_digest) \
+                     VALUES ($1, $2, $3, $4, 'exec', $5, $6, now() + make_interval(secs => $7), $8, \
+                       $9, $10) \
+                     ON CONFLICT (account_id, idempotency_key) WHERE idempotency_key IS NOT NULL \
+                       DO NOTHING \
                      RETURNING {COLS}"
                 ),
                 &[
@@ -204,19 +226,58 @@ pub async fn create(
                     (&timeout_s, Type::INT4),
                     (&queue_ttl_s, Type::FLOAT8),
                     (&agent_online, Type::BOOL),
+                    (&key, Type::TEXT),
+                    (&digest, Type::BYTEA),
                 ],
             )
             .await
             .map_err(crate::accounts::classify)?;
-        let c = command(rows.first().ok_or_else(|| {
-            Error::new(Kind::Internal, Side::Internal, "the insert returned no row")
-        })?);
+        let Some(row) = rows.first() else {
+            // a request with the same key committed first
+            let c = match idem {
+                Some(i) => recorded(tx, account_id, i).await?,
+                None => None,
+            };
+            return c.map(|c| (c, true)).ok_or_else(|| {
+                Error::new(Kind::Internal, Side::Internal, "the insert returned no row")
+            });
+        };
+        let c = command(row);
         let data = json!({"command_id": c.id, "kind": c.kind, "argv": c.argv,
             "timeout_s": c.timeout_s, "key": key_public_id});
         crate::events::append(tx, account_id, COMMAND_CREATED, Some(instance_id), &data).await?;
-        Ok(c)
+        Ok((c, false))
     })
     .await
+}
+
+/// The command an `Idempotency-Key` recorded, if any; 422 when it came with another request.
+async fn recorded(
+    tx: &tokio_postgres::Transaction<'_>,
+    account_id: i64,
+    i: &Idempotency<'_>,
+) -> Result<Option<Command>> {
+    let rows = tx
+        .query_typed(
+            &format!(
+                "SELECT {COLS}, request_digest FROM agent_commands \
+                 WHERE account_id = $1 AND idempotency_key = $2"
+            ),
+            &[(&account_id, Type::INT8), (&i.key, Type::TEXT)],
+        )
+        .await
+        .map_err(crate::accounts::classify)?;
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    if r.get::<_, Option<Vec<u8>>>(17).as_deref() != Some(i.digest) {
+        return Err(Error::refused(
+            crate::error::Refusal::IdempotencyKeyReused,
+            "this Idempotency-Key was used for a different request or body",
+            None,
+        ));
+    }
+    Ok(Some(command(r)))
 }
 
 /// One of the caller's commands on its instance `instance_id` (404 for anything else).
@@ -474,8 +535,20 @@ pub async fn finished(
 }
 
 /// Ends the commands nobody will answer (see the module header), each with `command.finished`;
-/// returns how many ended, by status.
-pub async fn sweep(db: &Db, grace_s: f64) -> Result<Vec<(&'static str, u64)>> {
+/// returns how many ended, by status. Releases the `Idempotency-Key`s older than
+/// `idempotency_ttl_s`.
+pub async fn sweep(
+    db: &Db,
+    grace_s: f64,
+    idempotency_ttl_s: f64,
+) -> Result<Vec<(&'static str, u64)>> {
+    db.query(
+        "UPDATE agent_commands SET idempotency_key = NULL, request_digest = NULL \
+         WHERE id IN (SELECT id FROM agent_commands WHERE idempotency_key IS NOT NULL \
+                      AND created_at < now() - make_interval(secs => $1) LIMIT 1000)",
+        &[(&idempotency_ttl_s, Type::FLOAT8)],
+    )
+    .await?;
     let mut ended = Vec::new();
     for (status, sql) in [
         (

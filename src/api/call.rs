@@ -15,6 +15,17 @@ use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::types::text::percent_decode;
 
+/// The request's `Idempotency-Key` header, if it has one (its form is checked where it is used).
+pub fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>> {
+    match req.headers().get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.to_owned()))
+            .map_err(|_| Error::bad_request("invalid `Idempotency-Key`: visible ASCII only")),
+    }
+}
+
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

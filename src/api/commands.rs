@@ -3,10 +3,10 @@
 
 use hyper::{Response, StatusCode};
 
-use super::call::Call;
-use super::openapi::op::{Op, error, json, schema};
+use super::call::{Call, idempotency_key};
+use super::openapi::op::{Header, Op, error, json, schema};
 use super::{Body, body, respond};
-use crate::agents::commands::NewCommand;
+use crate::agents::commands::{Idempotency, NewCommand};
 use crate::error::{Error, Result};
 use crate::service::commands;
 use crate::service::query::query;
@@ -28,20 +28,33 @@ fn ids(c: &Call) -> Result<(String, String)> {
     ))
 }
 
-/// `POST /v1/instances/{id}/commands`.
+/// `POST /v1/instances/{id}/commands` (with an `Idempotency-Key`, once per key).
 pub async fn create(c: Call) -> Result<Response<Body>> {
     let id = c.decoded_param("instance id")?;
     let (api, p) = (c.api.clone(), c.principal()?.clone());
-    let new: NewCommand = body::json(c.req, &api.config.server)
-        .await?
-        .ok_or_else(|| {
-            Error::bad_request("a JSON body {\"kind\": \"exec\", \"argv\": [...]} is required")
-        })?;
-    let v = commands::create(&api, &p, &id, new).await?;
+    let key = idempotency_key(&c.req)?;
+    let raw = body::read(c.req, &api.config.server).await?;
+    let new: NewCommand = crate::service::body::parse(&raw)?.ok_or_else(|| {
+        Error::bad_request("a JSON body {\"kind\": \"exec\", \"argv\": [...]} is required")
+    })?;
+    let digest = key.as_ref().map(|_| {
+        crate::rentals::idempotency::hash(&format!("POST /v1/instances/{id}/commands"), &raw)
+    });
+    let idem = key
+        .as_deref()
+        .zip(digest.as_deref())
+        .map(|(key, digest)| Idempotency { key, digest });
+    let (v, replayed) = commands::create(&api, &p, &id, new, idem.as_ref()).await?;
     let mut r = respond::json(StatusCode::ACCEPTED, &v);
     let loc = format!("/v1/instances/{}/commands/{}", percent_encode(&id), v.id);
     if let Ok(loc) = loc.parse() {
         r.headers_mut().insert(hyper::header::LOCATION, loc);
+    }
+    if replayed {
+        r.headers_mut().insert(
+            respond::REPLAYED,
+            hyper::header::HeaderValue::from_static("true"),
+        );
     }
     Ok(r)
 }
@@ -81,7 +94,13 @@ pub const CREATE_COMMAND: Op = Op {
             "exec_not_allowed: the account or the key does not allow commands; insufficient_scope: a `read` key",
         ),
         error(409, "instance_not_open: the instance has ended"),
+        error(422, "idempotency_key_reused"),
     ],
+    headers: &[Header {
+        name: "Idempotency-Key",
+        description: "The command is recorded once per key: the same key and body answer the command it recorded, as it is now (header `Idempotent-Replayed: true`; nothing is run again); the same key with another instance or body gets 422 `idempotency_key_reused`. Kept `rentals.idempotency_ttl_ms`.",
+        schema: schema::<crate::rentals::idempotency::KeyForm>,
+    }],
     links: &["getCommand"],
     ..Op::NONE
 };

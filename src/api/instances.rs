@@ -3,28 +3,15 @@
 //! the service's types and write its view back; `Idempotency-Key` is a header here.
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 
-use super::call::Call;
+use super::call::{Call, idempotency_key};
 use super::openapi::op::{Answer, Header, Op, error, json, schema};
 use super::{Body, body, respond};
 use crate::error::{Error, Result};
 use crate::service::instances::{self, Bid, Extend, InstanceView};
 use crate::service::query::query;
-
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>> {
-    match req.headers().get(IDEMPOTENCY_KEY) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.to_owned()))
-            .map_err(|_| Error::bad_request("invalid `Idempotency-Key`: visible ASCII only")),
-    }
-}
 
 /// An idempotent operation's answer as it was recorded; a replay says so in a header.
 fn answered(a: instances::Answer) -> Response<Body> {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::query::Bounded;
 use super::{db, time};
-use crate::agents::commands::{self, Command, NewCommand};
+use crate::agents::commands::{self, Command, Idempotency, NewCommand};
 use crate::auth::Principal;
 use crate::error::Result;
 use crate::state::AppState;
@@ -90,19 +90,22 @@ pub struct CommandList {
 }
 
 /// Records a command for the caller's instance and routes it to its agent: the view answers at
-/// once (`queued`); the agent's answers follow on the command and on the event feed.
+/// once (`queued`); the agent's answers follow on the command and on the event feed. With an
+/// `Idempotency-Key` (and the SHA-256 of the request it came with) used before, the command it
+/// recorded, as it is now (`true`: replayed; nothing new is recorded or sent).
 pub async fn create(
     app: &AppState,
     p: &Principal,
     instance_id: &str,
     new: NewCommand,
-) -> Result<CommandView> {
+    idem: Option<&Idempotency<'_>>,
+) -> Result<(CommandView, bool)> {
     p.may_change()?;
     p.key.policy.exec(p.key.account_agent_exec)?;
     let db = db(app, "commands")?;
     let online = app.agents.online(instance_id).await;
     let ttl = app.config.agents.command_queue_ttl_ms.get().as_secs_f64();
-    let c = commands::create(
+    let (c, replayed) = commands::create(
         &db,
         p.account_id(),
         &p.key.public_id,
@@ -110,10 +113,13 @@ pub async fn create(
         &new,
         ttl,
         online,
+        idem,
     )
     .await?;
-    app.agents.route(instance_id).await;
-    Ok(CommandView::of(c))
+    if !replayed {
+        app.agents.route(instance_id).await;
+    }
+    Ok((CommandView::of(c), replayed))
 }
 
 pub async fn get(

@@ -219,6 +219,72 @@ async fn the_agent_runs_commands_for_the_renter_when_allowed() {
     assert_eq!(ended[0]["status"], "exited");
     assert_eq!(ended[0]["exit_code"], 3);
 
+    // an Idempotency-Key records and runs a command once: the same key and body answer the
+    // command it recorded, as it is now; another body with it is 422, a malformed key 400
+    let once = json!({"kind": "exec", "argv": ["sh", "-c", "echo once"]});
+    let r1 = call(
+        &d,
+        &key,
+        "POST",
+        &path,
+        &once.to_string(),
+        Some("cmd-once-1"),
+    )
+    .await;
+    assert_eq!(r1.status, 202, "{}", r1.text());
+    assert!(r1.headers.get("idempotent-replayed").is_none());
+    let once_id = r1.json()["id"].as_str().unwrap().to_owned();
+    let r2 = call(
+        &d,
+        &key,
+        "POST",
+        &path,
+        &once.to_string(),
+        Some("cmd-once-1"),
+    )
+    .await;
+    assert_eq!(r2.status, 202, "{}", r2.text());
+    assert_eq!(r2.headers["idempotent-replayed"], "true");
+    assert_eq!(r2.json()["id"], once_id.as_str());
+    let v = finished(&d, &key, &id, &once_id).await;
+    assert_eq!(
+        (v["status"].as_str(), v["output"].as_str()),
+        (Some("exited"), Some("once\n"))
+    );
+    let r3 = call(
+        &d,
+        &key,
+        "POST",
+        &path,
+        &once.to_string(),
+        Some("cmd-once-1"),
+    )
+    .await;
+    assert_eq!(r3.headers["idempotent-replayed"], "true");
+    assert_eq!(r3.json()["status"], "exited", "the command as it is now");
+    let r = call(
+        &d,
+        &key,
+        "POST",
+        &path,
+        &echo.to_string(),
+        Some("cmd-once-1"),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "idempotency_key_reused");
+    let r = call(&d, &key, "POST", &path, &once.to_string(), Some("a b")).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("Idempotency-Key"), "{}", r.text());
+    let created = db.events_of("execer", "command.created").await;
+    assert_eq!(
+        created.len(),
+        2,
+        "one more command, recorded once: {created:?}"
+    );
+    let ended = db.events_of("execer", "command.finished").await;
+    assert_eq!(ended.len(), 2, "run once: {ended:?}");
+
     // output past agents.command_output_bytes is counted, not kept
     let long = send(
         &d,
@@ -272,7 +338,8 @@ async fn the_agent_runs_commands_for_the_renter_when_allowed() {
         None,
     )
     .await;
-    assert_eq!(r.json()["commands"].as_array().unwrap().len(), 2);
+    // the first, the idempotent one, the long one
+    assert_eq!(r.json()["commands"].as_array().unwrap().len(), 3);
     let page = d.scrape().await;
     assert!(
         support::metrics::value(
