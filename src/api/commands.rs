@@ -6,7 +6,6 @@ use hyper::{Response, StatusCode};
 use super::call::{Call, idempotency_key};
 use super::openapi::op::{Header, Op, error, json, schema};
 use super::{Body, body, respond};
-use crate::agents::commands::{Idempotency, NewCommand};
 use crate::error::{Error, Result};
 use crate::service::commands;
 use crate::service::query::query;
@@ -34,17 +33,7 @@ pub async fn create(c: Call) -> Result<Response<Body>> {
     let (api, p) = (c.api.clone(), c.principal()?.clone());
     let key = idempotency_key(&c.req)?;
     let raw = body::read(c.req, &api.config.server).await?;
-    let new: NewCommand = crate::service::body::parse(&raw)?.ok_or_else(|| {
-        Error::bad_request("a JSON body {\"kind\": \"exec\", \"argv\": [...]} is required")
-    })?;
-    let digest = key.as_ref().map(|_| {
-        crate::rentals::idempotency::hash(&format!("POST /v1/instances/{id}/commands"), &raw)
-    });
-    let idem = key
-        .as_deref()
-        .zip(digest.as_deref())
-        .map(|(key, digest)| Idempotency { key, digest });
-    let (v, replayed) = commands::create(&api, &p, &id, new, idem.as_ref()).await?;
+    let (v, replayed) = commands::create(&api, &p, &id, key.as_deref(), &raw).await?;
     let mut r = respond::json(StatusCode::ACCEPTED, &v);
     let loc = format!("/v1/instances/{}/commands/{}", percent_encode(&id), v.id);
     if let Ok(loc) = loc.parse() {
@@ -82,7 +71,7 @@ pub const CREATE_COMMAND: Op = Op {
     tag: "agents",
     summary: "Run a command on the instance through its agent",
     description: "Recorded before anything else (`queued`, with a `command.created` audit event naming the key), then routed to the daemon holding the instance's agent; an agent that is offline gets it when it reconnects, or it `expired`s after `agents.command_queue_ttl_ms`. Follow it with `GET …/commands/{command_id}` or on the event feed (`command.output`, `command.finished`). Exec is at most once. Needs the account's `agent_exec` and the key's `allow_exec` policy (403 `exec_not_allowed`).",
-    body: Some(schema::<NewCommand>),
+    body: Some(schema::<crate::agents::commands::NewCommand>),
     answers: &[json(
         202,
         "The command, queued",

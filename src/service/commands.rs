@@ -8,7 +8,7 @@ use super::query::Bounded;
 use super::{db, time};
 use crate::agents::commands::{self, Command, Idempotency, NewCommand};
 use crate::auth::Principal;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::state::AppState;
 
 /// A command as the API shows it.
@@ -89,19 +89,32 @@ pub struct CommandList {
     pub next_before: Option<String>,
 }
 
-/// Records a command for the caller's instance and routes it to its agent: the view answers at
-/// once (`queued`); the agent's answers follow on the command and on the event feed. With an
-/// `Idempotency-Key` (and the SHA-256 of the request it came with) used before, the command it
-/// recorded, as it is now (`true`: replayed; nothing new is recorded or sent).
+/// Records a command for the caller's instance (`raw`: the JSON body, a `NewCommand`) and
+/// routes it to its agent: the view answers at once (`queued`); the agent's answers follow on
+/// the command and on the event feed. With an `Idempotency-Key` used before for this instance
+/// and body, the command it recorded, as it is now (`true`: replayed; nothing new is recorded or
+/// sent); used for another, 422 `idempotency_key_reused`.
 pub async fn create(
     app: &AppState,
     p: &Principal,
     instance_id: &str,
-    new: NewCommand,
-    idem: Option<&Idempotency<'_>>,
+    key: Option<&str>,
+    raw: &[u8],
 ) -> Result<(CommandView, bool)> {
     p.may_change()?;
     p.key.policy.exec(p.key.account_agent_exec)?;
+    let new: NewCommand = super::body::parse(raw)?.ok_or_else(|| {
+        Error::bad_request("a JSON body {\"kind\": \"exec\", \"argv\": [...]} is required")
+    })?;
+    let digest = key.map(|_| {
+        crate::rentals::idempotency::hash(
+            &format!("POST /v1/instances/{instance_id}/commands"),
+            raw,
+        )
+    });
+    let idem = key
+        .zip(digest.as_deref())
+        .map(|(key, digest)| Idempotency { key, digest });
     let db = db(app, "commands")?;
     let online = app.agents.online(instance_id).await;
     let ttl = app.config.agents.command_queue_ttl_ms.get().as_secs_f64();
@@ -113,7 +126,7 @@ pub async fn create(
         &new,
         ttl,
         online,
-        idem,
+        idem.as_ref(),
     )
     .await?;
     if !replayed {
@@ -144,7 +157,7 @@ pub async fn list(
             && b.strip_prefix("cmd_")
                 .is_some_and(|r| !r.is_empty() && r.bytes().all(|c| c.is_ascii_alphanumeric())))
     {
-        return Err(crate::error::Error::bad_request(
+        return Err(Error::bad_request(
             "invalid `before`: a command id (`cmd_…`), as `next_before` gave it",
         ));
     }

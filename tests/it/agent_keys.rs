@@ -78,9 +78,12 @@ async fn a_read_key_searches_and_reads_but_changes_nothing_over_rest_or_mcp() {
         .collect();
     assert!(names.contains(&"search_offers"), "{names:?}");
     assert!(
-        !names.contains(&"rent_instance") && !names.contains(&"destroy_instance"),
+        !names.contains(&"rent_instance")
+            && !names.contains(&"destroy_instance")
+            && !names.contains(&"run_command"),
         "{names:?}"
     );
+    assert!(names.contains(&"get_command"), "{names:?}");
     let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
                       "params": {"name": "rent_instance",
                                  "arguments": {"offer_id": offer, "image": "ubuntu:22.04", "disk_gb": 20}}});

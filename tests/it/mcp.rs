@@ -45,13 +45,25 @@ async fn the_official_sdk_lists_the_tools_searches_rents_and_destroys_in_both_er
         d,
     } = Stack::start("mcp1", &[], &["ratelimit.enabled=false"]).await;
     let token = account(&db, "agentic", 1000.0, 5);
+    // commands need the account's and the key's exec policy (set before the key is first used)
+    db.cli(&["accounts", "update", "agentic", "--agent-exec", "true"]);
+    db.cli(&[
+        "keys",
+        "update",
+        support::accounts::public_id(&token),
+        "--allow-exec",
+        "true",
+    ]);
     let url = format!("https://{}/mcp", d.https);
     let tools = [
         "destroy_instance",
+        "get_command",
         "get_instance",
         "get_usage",
+        "list_commands",
         "list_instances",
         "rent_instance",
+        "run_command",
         "search_offers",
     ];
     for (mode, version) in [("auto", "2026-07-28"), ("legacy", "2025-11-25")] {
@@ -67,6 +79,25 @@ async fn the_official_sdk_lists_the_tools_searches_rents_and_destroys_in_both_er
         );
         let id = report["rented"].as_str().unwrap();
         assert!(report["listed"].as_array().unwrap().iter().any(|x| x == id));
+        // one idempotency key, one command; no agent there, so it waits
+        assert_eq!(
+            report["command"], report["command_again"],
+            "{mode}: {report:#}"
+        );
+        assert_eq!(report["command_status"], "queued", "{report:#}");
+        assert_eq!(report["command_argv"], json!(["nvidia-smi", "-L"]));
+        assert_eq!(report["commands_listed"], json!([report["command"]]));
+        assert_eq!(
+            report["command_bad_error"]["code"], "bad_request",
+            "{report:#}"
+        );
+        assert!(
+            report["command_bad_error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("kind"),
+            "{report:#}"
+        );
         assert_eq!(report["destroyed_status"], "terminated", "{report:#}");
         assert!(report["usage_keys"].as_array().unwrap().len() > 1);
         // a bad call is a tool error the model can read, with the REST error's code
@@ -128,7 +159,7 @@ async fn the_transport_checks_origin_versions_headers_and_input() {
     let r = post(&d, &token, list, &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/json"));
-    assert_eq!(r.json()["result"]["tools"].as_array().unwrap().len(), 6);
+    assert_eq!(r.json()["result"]["tools"].as_array().unwrap().len(), 9);
     assert!(r.header("mcp-session-id").is_none(), "stateless");
     // Origin: listed passes, any other is 403 with a JSON error
     let ok = post(

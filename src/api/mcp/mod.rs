@@ -466,7 +466,7 @@ impl schemars::JsonSchema for RpcRefusal {
 pub const MCP: Op = Op {
     id: "mcp",
     tag: "mcp",
-    summary: "Model Context Protocol (Streamable HTTP): tools search_offers, rent_instance, list_instances, get_instance, destroy_instance, get_usage",
+    summary: "Model Context Protocol (Streamable HTTP): tools search_offers, rent_instance, list_instances, get_instance, destroy_instance, run_command, get_command, list_commands, get_usage",
     description: "Stateless (no `Mcp-Session-Id`); every answer is one `application/json` JSON-RPC message; no server-initiated stream (GET is 405). Tools run the REST routes' code with the caller's key: the same rate limits, budgets and `Idempotency-Key` rules (`idempotency_key` argument). An `Origin` header must be listed in `mcp.allowed_origins`.",
     body: Some(schema::<RpcMessage>),
     answers: &[

@@ -11,7 +11,7 @@ use super::super::Api;
 use crate::auth::Principal;
 use crate::error::{Error, Kind, Result, Side};
 use crate::service::query::arguments;
-use crate::service::{instances, offers, usage};
+use crate::service::{commands, instances, offers, usage};
 
 /// The tools, as `tools/list` shows them, their input schemas taken from the OpenAPI document
 /// `doc` (built once, `Api::mcp_tools`).
@@ -24,7 +24,21 @@ pub fn list(doc: &Value) -> Vec<Value> {
     let mut rent = inline(doc, &doc["components"]["schemas"]["RentRequest"]);
     rent["properties"]["idempotency_key"] = idem.clone();
     let mut destroy = id.clone();
-    destroy["properties"]["idempotency_key"] = idem;
+    destroy["properties"]["idempotency_key"] = idem.clone();
+    let instance = json!({"type": "string", "minLength": 1, "maxLength": 128,
+        "description": "The instance id (from rent_instance or list_instances)."});
+    let mut run = inline(doc, &doc["components"]["schemas"]["NewCommand"]);
+    run["properties"]["instance_id"] = instance.clone();
+    run["properties"]["idempotency_key"] = idem;
+    push_required(&mut run, "instance_id");
+    let mut commands = query_schema(doc, "/v1/instances/{id}/commands");
+    commands["properties"]["instance_id"] = instance.clone();
+    push_required(&mut commands, "instance_id");
+    let command = json!({"type": "object", "additionalProperties": false,
+        "required": ["instance_id", "command_id"],
+        "properties": {"instance_id": instance, "command_id": {"type": "string",
+            "minLength": 5, "maxLength": 64, "pattern": "^cmd_[0-9A-Za-z]+$",
+            "description": "The command id (from run_command or list_commands)."}}});
     vec![
         tool(
             "search_offers",
@@ -55,6 +69,24 @@ pub fn list(doc: &Value) -> Vec<Value> {
             "Destroy an instance (it stops billing). Pass `idempotency_key` so a retry is answered, not repeated.",
             destroy,
             false,
+        ),
+        tool(
+            "run_command",
+            "Run a program on an instance through its agent (no shell: `argv` is the program and its arguments). Answers at once with the command `queued`; follow it with get_command (status, exit code, output). Needs the account's and the key's exec policy. Pass `idempotency_key` so a retry cannot run it twice.",
+            run,
+            false,
+        ),
+        tool(
+            "get_command",
+            "A command run through an instance's agent: its status (queued, sent, running, exited, timed_out, start_failed, expired, lost), exit code and the first part of its output.",
+            command,
+            true,
+        ),
+        tool(
+            "list_commands",
+            "The commands run on an instance, newest first.",
+            commands,
+            true,
         ),
         tool(
             "get_usage",
@@ -103,6 +135,14 @@ fn inline(doc: &Value, v: &Value) -> Value {
         }
         Value::Array(a) => Value::Array(a.iter().map(|x| inline(doc, x)).collect()),
         other => other.clone(),
+    }
+}
+
+/// Adds `name` to an object schema's `required`.
+fn push_required(schema: &mut Value, name: &str) {
+    match schema["required"].as_array_mut() {
+        Some(r) => r.push(json!(name)),
+        None => schema["required"] = json!([name]),
     }
 }
 
@@ -173,7 +213,8 @@ fn answer(a: instances::Answer) -> Result<Value> {
 }
 
 /// What a tool call gave: the view the service answered, or its error. Each tool calls the
-/// same service the REST route does (`service::instances`, `service::usage`), with the
+/// same service the REST route does (`service::instances`, `service::commands`,
+/// `service::usage`), with the
 /// arguments read into the route's own input type.
 pub async fn call(
     api: &Arc<Api>,
@@ -229,6 +270,44 @@ pub async fn call(
                 (Err(e), _) | (_, Err(e)) => Err(e),
             }
         }
+        "run_command" => {
+            let key = take_string(&mut args, "idempotency_key");
+            match (take_string(&mut args, "instance_id"), key) {
+                (Ok(Some(id)), Ok(key)) => {
+                    let raw = Value::Object(args).to_string();
+                    commands::create(api, p, &id, key.as_deref(), raw.as_bytes())
+                        .await
+                        .and_then(|(v, _)| value(&v))
+                }
+                (Ok(None), _) => Err(bad_args("`instance_id` is required")),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        "get_command" => {
+            let cid = take_string(&mut args, "command_id");
+            match (take_string(&mut args, "instance_id"), cid) {
+                (Ok(Some(id)), Ok(Some(cid))) if args.is_empty() => {
+                    commands::get(api, p, &id, &cid)
+                        .await
+                        .and_then(|v| value(&v))
+                }
+                (Ok(Some(_)), Ok(Some(_))) => Err(bad_args(
+                    "get_command takes only `instance_id` and `command_id`",
+                )),
+                (Ok(None), _) | (_, Ok(None)) => {
+                    Err(bad_args("`instance_id` and `command_id` are required"))
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        "list_commands" => match take_string(&mut args, "instance_id") {
+            Ok(Some(id)) => match arguments(args) {
+                Ok(q) => commands::list(api, p, &id, q).await.and_then(|v| value(&v)),
+                Err(e) => Err(e),
+            },
+            Ok(None) => Err(bad_args("`instance_id` is required")),
+            Err(e) => Err(e),
+        },
         "rent_instance" => match take_string(&mut args, "idempotency_key") {
             Ok(key) => {
                 let raw = Value::Object(args).to_string();

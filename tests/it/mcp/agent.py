@@ -3,7 +3,9 @@
 usage: agent.py URL TOKEN MODE SSH_PUBLIC_KEY   (MODE: auto | legacy)
 
 Lists the tools, searches offers, rents the cheapest on-demand one (twice with one idempotency
-key: one instance), reads it, lists instances, destroys it, reads usage, and makes one bad call.
+key: one instance), reads it, runs a command on it (twice with one idempotency key: one command;
+no agent runs there, so it stays queued), reads and lists its commands, lists instances,
+destroys it, reads usage, and makes one bad call.
 Prints one JSON object with what it saw; tests/mcp.rs checks it. Any protocol failure raises.
 """
 
@@ -62,6 +64,29 @@ async def main(url, token, mode, ssh_key):
             got = await client.call_tool("get_instance", {"id": instance["id"]})
             assert not got.is_error, got
             out["status"] = structured(got)["status"]
+
+            run_args = {
+                "instance_id": instance["id"],
+                "kind": "exec",
+                "argv": ["nvidia-smi", "-L"],
+                "timeout_s": 30,
+                "idempotency_key": f"mcp-agent-command-{mode}",
+            }
+            ran = await client.call_tool("run_command", run_args)
+            assert not ran.is_error, ran
+            ran_again = await client.call_tool("run_command", run_args)
+            assert not ran_again.is_error, ran_again
+            out["command"] = structured(ran)["id"]
+            out["command_again"] = structured(ran_again)["id"]
+            got = await client.call_tool("get_command", {"instance_id": instance["id"], "command_id": out["command"]})
+            assert not got.is_error, got
+            out["command_status"] = structured(got)["status"]
+            out["command_argv"] = structured(got)["argv"]
+            cmds = await client.call_tool("list_commands", {"instance_id": instance["id"], "limit": 5})
+            assert not cmds.is_error, cmds
+            out["commands_listed"] = [c["id"] for c in structured(cmds)["commands"]]
+            shell = await client.call_tool("run_command", {"instance_id": instance["id"], "kind": "shell", "argv": ["true"]})
+            out["command_bad_error"] = structured(shell)["error"] if shell.is_error else None
 
             listed = await client.call_tool("list_instances", {"limit": 10})
             out["listed"] = [i["id"] for i in structured(listed)["instances"]]
