@@ -106,6 +106,9 @@ pub async fn create(
     let new: NewCommand = super::body::parse(raw)?.ok_or_else(|| {
         Error::bad_request("a JSON body {\"kind\": \"exec\", \"argv\": [...]} is required")
     })?;
+    if let Some(k) = key {
+        crate::rentals::idempotency::check_key(k)?;
+    }
     let digest = key.map(|_| {
         crate::rentals::idempotency::hash(
             &format!("POST /v1/instances/{instance_id}/commands"),
