@@ -63,6 +63,7 @@ const PROTOS: &[&str] = &[
     "gpuproxy/v1/events.proto",
     "gpuproxy/v1/account.proto",
     "gpuproxy/v1/usage.proto",
+    "gpuproxy/v1/commands.proto",
 ];
 
 fn protos() -> Result<(), Box<dyn std::error::Error>> {

@@ -71,6 +71,15 @@ async fn grpc_serves_rents_maps_errors_and_honours_deadlines() {
     )
     .await;
     let token = account(&db, "grpc", 10_000.0, 5);
+    // commands need the account's and the key's exec policy (set before the key is first used)
+    db.cli(&["accounts", "update", "grpc", "--agent-exec", "true"]);
+    db.cli(&[
+        "keys",
+        "update",
+        support::accounts::public_id(&token),
+        "--allow-exec",
+        "true",
+    ]);
     let poor = account(&db, "grpc_poor", 0.01, 5);
     let (_, read) = db.account_with_key("grpc_reader", &["read"]);
     db.cli(&[
@@ -133,6 +142,20 @@ async fn grpc_serves_rents_maps_errors_and_honours_deadlines() {
         "money as decimal text, the same figure"
     );
     assert_eq!(out["destroyed_status"], shown.json()["status"]);
+    // the command gRPC ran is REST's
+    let cmd = out["command"].as_str().unwrap();
+    let r = call(
+        &d,
+        &token,
+        "GET",
+        &format!("/v1/instances/{id}/commands/{cmd}"),
+        "",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["argv"], json!(["nvidia-smi", "-L"]));
+    assert_eq!(db.events_of("grpc", "command.created").await.len(), 1);
     assert_eq!(out["daily_budget_usd"], "10000");
 
     // each error kind

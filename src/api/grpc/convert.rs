@@ -496,6 +496,51 @@ fn value(v: &Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
+/// A `RunCommand` as REST's body (`NewCommand`), so the service reads and hashes one form.
+pub fn command_body(r: &pb::RunCommandRequest) -> Vec<u8> {
+    let mut b = serde_json::json!({"kind": r.kind, "argv": r.argv});
+    if let Some(t) = r.timeout_s {
+        b["timeout_s"] = t.into();
+    }
+    b.to_string().into_bytes()
+}
+
+/// A `ListCommands`'s page arguments, as REST's query.
+pub fn commands_page(r: &pb::ListCommandsRequest) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(b) = &r.before {
+        m.insert("before".into(), b.clone().into());
+    }
+    if let Some(l) = r.limit {
+        m.insert("limit".into(), l.into());
+    }
+    m
+}
+
+/// A command's view as its message.
+pub fn command(v: &crate::service::commands::CommandView) -> pb::Command {
+    let t = |x: &Option<String>| x.as_deref().and_then(timestamp);
+    pb::Command {
+        id: v.id.clone(),
+        instance_id: v.instance_id.clone(),
+        kind: v.kind.clone(),
+        argv: v.argv.clone(),
+        timeout_s: v.timeout_s,
+        status: v.status.clone(),
+        exit_code: v.exit_code,
+        error: v.error.clone(),
+        output: v.output.clone(),
+        output_bytes: v.output_bytes,
+        output_truncated: v.output_truncated,
+        key: v.key.clone(),
+        created_at: t(&v.created_at),
+        expires_at: t(&v.expires_at),
+        sent_at: t(&v.sent_at),
+        started_at: t(&v.started_at),
+        finished_at: t(&v.finished_at),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,6 +125,21 @@ pub static METHODS: &[Method] = &[
         false,
     ),
     user("/gpuproxy.v1.UsageService/GetUsage", "GET /v1/usage", false),
+    user(
+        "/gpuproxy.v1.CommandsService/RunCommand",
+        "POST /v1/instances/{id}/commands",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.CommandsService/GetCommand",
+        "GET /v1/instances/{id}/commands/{command_id}",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.CommandsService/ListCommands",
+        "GET /v1/instances/{id}/commands",
+        false,
+    ),
     public("/grpc.health.v1.Health/Check", "GET /ready", false),
     public("/grpc.health.v1.Health/Watch", "GET /ready", false),
     public("/grpc.health.v1.Health/List", "GET /ready", false),

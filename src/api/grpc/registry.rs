@@ -20,6 +20,7 @@ use tonic_health::server::HealthReporter;
 
 use super::super::Body;
 use super::pb::account_service_server::AccountServiceServer;
+use super::pb::commands_service_server::CommandsServiceServer;
 use super::pb::events_service_server::EventsServiceServer;
 use super::pb::instances_service_server::InstancesServiceServer;
 use super::pb::offers_service_server::OffersServiceServer;
@@ -78,6 +79,7 @@ impl Registry {
                 entry(EventsServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(AccountServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(UsageServiceServer::new(Carrier).max_decoding_message_size(max_message)),
+                entry(CommandsServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(health_server),
                 entry(v1),
                 entry(v1alpha),

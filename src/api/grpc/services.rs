@@ -12,6 +12,7 @@ use super::pb;
 use super::{Caller, respond};
 use crate::auth::{Principal, Via};
 use crate::error::Error;
+use crate::service::commands;
 use crate::service::instances::{self, Answer, Extend};
 use crate::service::offers::{self, Filters};
 
@@ -250,5 +251,61 @@ impl pb::usage_service_server::UsageService for Carrier {
             .await
             .map_err(|e| c.status(&e))?;
         Ok(Response::new(convert::usage(&r)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::commands_service_server::CommandsService for Carrier {
+    async fn run_command(
+        &self,
+        req: Request<pb::RunCommandRequest>,
+    ) -> Result<Response<pb::RunCommandResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let body = convert::command_body(r);
+        let (v, replayed) = commands::create(
+            &c.api,
+            &p,
+            &r.instance_id,
+            r.idempotency_key.as_deref(),
+            &body,
+        )
+        .await
+        .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::RunCommandResponse {
+            command: Some(convert::command(&v)),
+            replayed,
+        }))
+    }
+
+    async fn get_command(
+        &self,
+        req: Request<pb::GetCommandRequest>,
+    ) -> Result<Response<pb::GetCommandResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let v = commands::get(&c.api, &p, &r.instance_id, &r.command_id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::GetCommandResponse {
+            command: Some(convert::command(&v)),
+        }))
+    }
+
+    async fn list_commands(
+        &self,
+        req: Request<pb::ListCommandsRequest>,
+    ) -> Result<Response<pb::ListCommandsResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let q = crate::service::query::arguments(convert::commands_page(r))
+            .map_err(|e| c.status(&e))?;
+        let page = commands::list(&c.api, &p, &r.instance_id, q)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::ListCommandsResponse {
+            commands: page.commands.iter().map(convert::command).collect(),
+            next_before: page.next_before,
+        }))
     }
 }

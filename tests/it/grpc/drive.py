@@ -150,6 +150,29 @@ def calls(cfg):
     listed = inst.ListInstances(instances_pb2.ListInstancesRequest(limit=10), metadata=md)
     assert iid in [i.id for i in listed.instances], listed
 
+    # a command on it, twice with one idempotency key: one command (no agent runs there: queued)
+    from gpuproxy.v1 import commands_pb2, commands_pb2_grpc
+    cmds = commands_pb2_grpc.CommandsServiceStub(ch)
+    run = commands_pb2.RunCommandRequest(instance_id=iid, kind="exec", argv=["nvidia-smi", "-L"],
+                                         timeout_s=30, idempotency_key="grpc-command-1")
+    c1 = cmds.RunCommand(run, metadata=md)
+    c2 = cmds.RunCommand(run, metadata=md)
+    assert not c1.replayed and c2.replayed, (c1.replayed, c2.replayed)
+    assert c1.command.id == c2.command.id and c1.command.status == "queued", (c1, c2)
+    assert list(c1.command.argv) == ["nvidia-smi", "-L"] and c1.command.timeout_s == 30, c1
+    assert c1.command.created_at.seconds > 0 and not c1.command.HasField("exit_code"), c1
+    got = cmds.GetCommand(commands_pb2.GetCommandRequest(instance_id=iid, command_id=c1.command.id), metadata=md)
+    assert got.command.id == c1.command.id and got.command.key == c1.command.key, got
+    page = cmds.ListCommands(commands_pb2.ListCommandsRequest(instance_id=iid, limit=5), metadata=md)
+    assert [c.id for c in page.commands] == [c1.command.id] and not page.HasField("next_before"), page
+    e, _, _ = expect(grpc.StatusCode.INVALID_ARGUMENT, "bad_request", cmds.RunCommand,
+                     commands_pb2.RunCommandRequest(instance_id=iid, kind="shell", argv=["true"]), metadata=md)
+    assert "kind" in e.details(), e.details()
+    e, _, _ = expect(grpc.StatusCode.INVALID_ARGUMENT, "bad_request", cmds.ListCommands,
+                     commands_pb2.ListCommandsRequest(instance_id=iid, limit=0), metadata=md)
+    assert "limit" in e.details(), e.details()
+    out["command"] = c1.command.id
+
     # account and usage
     acct = account_pb2_grpc.AccountServiceStub(ch).GetAccount(account_pb2.GetAccountRequest(), metadata=md)
     assert acct.name == cfg["account"] and acct.via == "api_key", acct
@@ -182,6 +205,10 @@ def errors(cfg):
     # 403: a read key may not rent
     expect(C.PERMISSION_DENIED, "insufficient_scope", inst.RentInstance,
            instances_pb2.RentInstanceRequest(offer_id="vastai:1", image="x", disk_gb=20), metadata=auth(cfg["read_token"]))
+    from gpuproxy.v1 import commands_pb2, commands_pb2_grpc
+    expect(C.PERMISSION_DENIED, "insufficient_scope", commands_pb2_grpc.CommandsServiceStub(ch).RunCommand,
+           commands_pb2.RunCommandRequest(instance_id="i-any", kind="exec", argv=["true"]),
+           metadata=auth(cfg["read_token"]))
     # 400: a filter out of range, named
     e, _, _ = expect(C.INVALID_ARGUMENT, "bad_request", offers.SearchOffers,
                      offers_pb2.SearchOffersRequest(min_gpus=0), metadata=auth(cfg["token"]))
