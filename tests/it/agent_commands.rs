@@ -384,6 +384,7 @@ async fn a_command_entering_another_daemon_reaches_the_agent() {
         "agents.command_queue_ttl_ms=800",
         "agents.messages_per_minute=60",
         "agents.message_burst=8",
+        "rentals.idempotency_ttl_ms=1000",
     ];
     let a = sb.daemon(&db, &set).await;
     let b = sb.daemon(&db, &set).await;
@@ -457,11 +458,30 @@ async fn a_command_entering_another_daemon_reaches_the_agent() {
         "sent"
     );
 
-    // an instance with no agent: its command expires (agents.command_queue_ttl_ms)
-    let c = send(&b, &key, &idle, &json!({"kind": "exec", "argv": ["true"]})).await;
+    // an instance with no agent: its command expires (agents.command_queue_ttl_ms). Sent with
+    // an Idempotency-Key: the same key through the other daemon answers the same command; once
+    // the key is released (rentals.idempotency_ttl_ms, by the sweep) it records a new one
+    let body = json!({"kind": "exec", "argv": ["true"]}).to_string();
+    let path = format!("/v1/instances/{idle}/commands");
+    let r = call(&b, &key, "POST", &path, &body, Some("route-idle-1")).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    let c = r.json();
+    let r = call(&a, &key, "POST", &path, &body, Some("route-idle-1")).await;
+    assert_eq!(r.headers["idempotent-replayed"], "true");
+    assert_eq!(r.json()["id"], c["id"]);
     let v = finished(&b, &key, &idle, c["id"].as_str().unwrap()).await;
     assert_eq!(v["status"], "expired", "{v}");
     assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
+    let again = support::eventually("the key released", || async {
+        let r = call(&a, &key, "POST", &path, &body, Some("route-idle-1")).await;
+        assert_eq!(r.status, 202, "{}", r.text());
+        r.headers
+            .get("idempotent-replayed")
+            .is_none()
+            .then(|| r.json())
+    })
+    .await;
+    assert_ne!(again["id"], c["id"]);
 
     // an agent over its message rate (burst 8) is cut: 1008 rate_limited
     for _ in 0..20 {
