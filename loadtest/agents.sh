@@ -29,17 +29,7 @@ cargo build --release --locked --bin gpuproxyd --bin gpuproxy-agentswarm >/dev/n
 BIN="$CARGO_TARGET_DIR/release"
 load_setup agents 25732 26732 26679 "$BIN/gpuproxyd"
 KEY=$(load_key "$BIN/gpuproxyd" swarm)
-"$BIN/gpuproxyd" accounts update swarm --agent-exec true --json >/dev/null
-"$BIN/gpuproxyd" keys update "${KEY:4:12}" --allow-exec true --json >/dev/null
-psql -q "$MIGRATE_DATABASE_URL" <<SQL
-INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, gpu_count, price_per_hour,
-                       image, disk_gb, status, started_at)
-SELECT 'swarm-' || i, a.id, 'vastai', 'vastai:' || i, 'swarm', 1, 0, 'swarm', 8, 'running', now()
-FROM generate_series(0, $N - 1) i, accounts a WHERE a.name = 'swarm';
-INSERT INTO agent_tokens (instance_id, account_id, token_hash)
-SELECT 'swarm-' || i, a.id, sha256(convert_to('gpa_' || lpad(i::text, 43, '0'), 'UTF8'))
-FROM generate_series(0, $N - 1) i, accounts a WHERE a.name = 'swarm';
-SQL
+swarm_rows "$BIN/gpuproxyd" swarm "$KEY" "$N"
 
 serve() {
   taskset -c 1 "$BIN/gpuproxyd" serve --https-listen 127.0.0.1:18743 --metrics-listen 127.0.0.1:19390 --http-listen off \

@@ -24,21 +24,8 @@ CLUSTER_DAEMON_ARGS=(--set ratelimit.enabled=false --set connections.max_per_ip=
 cluster_start 3
 cargo build --release --locked --bin gpuproxy-agentswarm >/dev/null
 BIN="$CARGO_TARGET_DIR/release"
-export PGPASSWORD="${PGPASSWORD:-}"
-"$BIN/gpuproxyd" accounts update demo --agent-exec true --json >/dev/null
-"$BIN/gpuproxyd" keys update "${API_KEY:4:12}" --allow-exec true --json >/dev/null
-psql -q "$MIGRATE_DATABASE_URL" <<SQL
-DELETE FROM agent_commands WHERE instance_id LIKE 'swarm-%';
-DELETE FROM agent_tokens WHERE instance_id LIKE 'swarm-%';
-DELETE FROM instances WHERE id LIKE 'swarm-%';
-INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, gpu_count, price_per_hour,
-                       image, disk_gb, status, started_at)
-SELECT 'swarm-' || i, a.id, 'vastai', 'vastai:' || i, 'swarm', 1, 0, 'swarm', 8, 'running', now()
-FROM generate_series(0, $N - 1) i, accounts a WHERE a.name = 'demo';
-INSERT INTO agent_tokens (instance_id, account_id, token_hash)
-SELECT 'swarm-' || i, a.id, sha256(convert_to('gpa_' || lpad(i::text, 43, '0'), 'UTF8'))
-FROM generate_series(0, $N - 1) i, accounts a WHERE a.name = 'demo';
-SQL
+. loadtest/setup.sh
+swarm_rows "$BIN/gpuproxyd" demo "$API_KEY" "$N"
 
 taskset -c 0 "$BIN/gpuproxy-agentswarm" --target "127.0.0.1:$CLUSTER_FRONT" --agents "$N" \
   --hold-secs 120 --sources 200 --per-process 9000 --max-backoff-s 10 \

@@ -9,6 +9,12 @@
 #   load_key <gpuproxyd binary> <account>
 #
 # Creates the account and prints the token of a new key of it.
+#
+#   swarm_rows <gpuproxyd binary> <account> <key> <agents>
+#
+# For gpuproxy-agentswarm: exec allowed for the account and the key; `agents` running instances
+# of the account (swarm-<i>), each with its agent token (gpa_<i, 43 digits>), inserted directly
+# (any earlier swarm's rows removed first).
 load_setup() {
   WORK=$(mktemp -d "/tmp/gpuproxyd-$1.XXXXXX")
   chmod 755 "$WORK"
@@ -23,4 +29,21 @@ load_setup() {
 load_key() {
   "$1" accounts create --name "$2" --json >/dev/null
   "$1" keys create --account "$2" --json | sed -n 's/^  "token": "\(gpx_[A-Za-z0-9_]*\)".*/\1/p'
+}
+
+swarm_rows() {
+  "$1" accounts update "$2" --agent-exec true --json >/dev/null
+  "$1" keys update "${3:4:12}" --allow-exec true --json >/dev/null
+  psql -q "$MIGRATE_DATABASE_URL" <<SQL
+DELETE FROM agent_commands WHERE instance_id LIKE 'swarm-%';
+DELETE FROM agent_tokens WHERE instance_id LIKE 'swarm-%';
+DELETE FROM instances WHERE id LIKE 'swarm-%';
+INSERT INTO instances (id, account_id, provider, offer_id, gpu_model, gpu_count, price_per_hour,
+                       image, disk_gb, status, started_at)
+SELECT 'swarm-' || i, a.id, 'vastai', 'vastai:' || i, 'swarm', 1, 0, 'swarm', 8, 'running', now()
+FROM generate_series(0, $4 - 1) i, accounts a WHERE a.name = '$2';
+INSERT INTO agent_tokens (instance_id, account_id, token_hash)
+SELECT 'swarm-' || i, a.id, sha256(convert_to('gpa_' || lpad(i::text, 43, '0'), 'UTF8'))
+FROM generate_series(0, $4 - 1) i, accounts a WHERE a.name = '$2';
+SQL
 }

@@ -25,18 +25,23 @@ fn admin(db: &TestDb<'_>, sb: &Sandbox, args: &[&str]) -> Value {
     db.cli_env(args, &[("GPUPROXY_REDIS_KEY_PREFIX", prefix.as_str())])
 }
 
-/// Turns exec on for the account and its key.
+/// Turns exec on for the account and its key (the sandbox's daemons drop their cached keys).
 fn allow_exec(db: &TestDb<'_>, sb: &Sandbox, name: &str, key: &str) {
-    admin(
-        db,
-        sb,
-        &["accounts", "update", name, "--agent-exec", "true"],
-    );
-    admin(
-        db,
-        sb,
-        &["keys", "update", public_id(key), "--allow-exec", "true"],
-    );
+    let prefix = sb.redis_prefix();
+    db.allow_exec(name, key, &[("GPUPROXY_REDIS_KEY_PREFIX", prefix.as_str())]);
+}
+
+/// POSTs `body` to `path` with an `Idempotency-Key`; its 202.
+async fn post_keyed(
+    d: &DaemonProc,
+    key: &str,
+    path: &str,
+    body: &Value,
+    idem: &str,
+) -> support::client::Resp {
+    let r = call(d, key, "POST", path, &body.to_string(), Some(idem)).await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    r
 }
 
 /// POSTs a command; its 202 view.
@@ -222,28 +227,10 @@ async fn the_agent_runs_commands_for_the_renter_when_allowed() {
     // an Idempotency-Key records and runs a command once: the same key and body answer the
     // command it recorded, as it is now; another body with it is 422, a malformed key 400
     let once = json!({"kind": "exec", "argv": ["sh", "-c", "echo once"]});
-    let r1 = call(
-        &d,
-        &key,
-        "POST",
-        &path,
-        &once.to_string(),
-        Some("cmd-once-1"),
-    )
-    .await;
-    assert_eq!(r1.status, 202, "{}", r1.text());
+    let r1 = post_keyed(&d, &key, &path, &once, "cmd-once-1").await;
     assert!(r1.headers.get("idempotent-replayed").is_none());
     let once_id = r1.json()["id"].as_str().unwrap().to_owned();
-    let r2 = call(
-        &d,
-        &key,
-        "POST",
-        &path,
-        &once.to_string(),
-        Some("cmd-once-1"),
-    )
-    .await;
-    assert_eq!(r2.status, 202, "{}", r2.text());
+    let r2 = post_keyed(&d, &key, &path, &once, "cmd-once-1").await;
     assert_eq!(r2.headers["idempotent-replayed"], "true");
     assert_eq!(r2.json()["id"], once_id.as_str());
     let v = finished(&d, &key, &id, &once_id).await;
@@ -251,15 +238,7 @@ async fn the_agent_runs_commands_for_the_renter_when_allowed() {
         (v["status"].as_str(), v["output"].as_str()),
         (Some("exited"), Some("once\n"))
     );
-    let r3 = call(
-        &d,
-        &key,
-        "POST",
-        &path,
-        &once.to_string(),
-        Some("cmd-once-1"),
-    )
-    .await;
+    let r3 = post_keyed(&d, &key, &path, &once, "cmd-once-1").await;
     assert_eq!(r3.headers["idempotent-replayed"], "true");
     assert_eq!(r3.json()["status"], "exited", "the command as it is now");
     let r = call(
@@ -461,20 +440,19 @@ async fn a_command_entering_another_daemon_reaches_the_agent() {
     // an instance with no agent: its command expires (agents.command_queue_ttl_ms). Sent with
     // an Idempotency-Key: the same key through the other daemon answers the same command; once
     // the key is released (rentals.idempotency_ttl_ms, by the sweep) it records a new one
-    let body = json!({"kind": "exec", "argv": ["true"]}).to_string();
+    let body = json!({"kind": "exec", "argv": ["true"]});
     let path = format!("/v1/instances/{idle}/commands");
-    let r = call(&b, &key, "POST", &path, &body, Some("route-idle-1")).await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    let c = r.json();
-    let r = call(&a, &key, "POST", &path, &body, Some("route-idle-1")).await;
+    let c = post_keyed(&b, &key, &path, &body, "route-idle-1")
+        .await
+        .json();
+    let r = post_keyed(&a, &key, &path, &body, "route-idle-1").await;
     assert_eq!(r.headers["idempotent-replayed"], "true");
     assert_eq!(r.json()["id"], c["id"]);
     let v = finished(&b, &key, &idle, c["id"].as_str().unwrap()).await;
     assert_eq!(v["status"], "expired", "{v}");
     assert!(v["error"].as_str().unwrap().contains("expired"), "{v}");
     let again = support::eventually("the key released", || async {
-        let r = call(&a, &key, "POST", &path, &body, Some("route-idle-1")).await;
-        assert_eq!(r.status, 202, "{}", r.text());
+        let r = post_keyed(&a, &key, &path, &body, "route-idle-1").await;
         r.headers
             .get("idempotent-replayed")
             .is_none()

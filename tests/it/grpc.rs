@@ -72,14 +72,7 @@ async fn grpc_serves_rents_maps_errors_and_honours_deadlines() {
     .await;
     let token = account(&db, "grpc", 10_000.0, 5);
     // commands need the account's and the key's exec policy (set before the key is first used)
-    db.cli(&["accounts", "update", "grpc", "--agent-exec", "true"]);
-    db.cli(&[
-        "keys",
-        "update",
-        support::accounts::public_id(&token),
-        "--allow-exec",
-        "true",
-    ]);
+    db.allow_exec("grpc", &token, &[]);
     let poor = account(&db, "grpc_poor", 0.01, 5);
     let (_, read) = db.account_with_key("grpc_reader", &["read"]);
     db.cli(&[

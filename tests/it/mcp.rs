@@ -46,14 +46,7 @@ async fn the_official_sdk_lists_the_tools_searches_rents_and_destroys_in_both_er
     } = Stack::start("mcp1", &[], &["ratelimit.enabled=false"]).await;
     let token = account(&db, "agentic", 1000.0, 5);
     // commands need the account's and the key's exec policy (set before the key is first used)
-    db.cli(&["accounts", "update", "agentic", "--agent-exec", "true"]);
-    db.cli(&[
-        "keys",
-        "update",
-        support::accounts::public_id(&token),
-        "--allow-exec",
-        "true",
-    ]);
+    db.allow_exec("agentic", &token, &[]);
     let url = format!("https://{}/mcp", d.https);
     let tools = [
         "destroy_instance",

@@ -107,6 +107,19 @@ impl<'a> TestDb<'a> {
         client
     }
 
+    /// Turns exec on (docs/agents.md) for `account` and its key `token`; `env`: more of the
+    /// CLI's environment (a sandbox's key prefix, so its daemons drop their cached keys).
+    pub fn allow_exec(&self, account: &str, token: &str, env: &[(&str, &str)]) {
+        self.cli_env(
+            &["accounts", "update", account, "--agent-exec", "true"],
+            env,
+        );
+        self.cli_env(
+            &["keys", "update", public_id(token), "--allow-exec", "true"],
+            env,
+        );
+    }
+
     /// Runs `gpuproxyd <args> --json` against this database and returns its JSON output.
     pub fn cli(&self, args: &[&str]) -> serde_json::Value {
         self.cli_env(args, &[])
