@@ -64,6 +64,7 @@ const PROTOS: &[&str] = &[
     "gpuproxy/v1/account.proto",
     "gpuproxy/v1/usage.proto",
     "gpuproxy/v1/commands.proto",
+    "gpuproxy/v1/ssh_keys.proto",
 ];
 
 fn protos() -> Result<(), Box<dyn std::error::Error>> {

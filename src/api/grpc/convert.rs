@@ -541,6 +541,17 @@ pub fn command(v: &crate::service::commands::CommandView) -> pb::Command {
     }
 }
 
+/// An SSH key's view as its message.
+pub fn ssh_key(v: &crate::service::sshkeys::SshKeyView) -> pb::SshKey {
+    pb::SshKey {
+        id: v.id.clone(),
+        name: v.name.clone(),
+        public_key: v.public_key.clone(),
+        fingerprint: v.fingerprint.clone(),
+        created_at: v.created_at.as_deref().and_then(timestamp),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,6 +140,26 @@ pub static METHODS: &[Method] = &[
         "GET /v1/instances/{id}/commands",
         false,
     ),
+    user(
+        "/gpuproxy.v1.SshKeysService/CreateSshKey",
+        "POST /v1/ssh-keys",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.SshKeysService/ListSshKeys",
+        "GET /v1/ssh-keys",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.SshKeysService/GetSshKey",
+        "GET /v1/ssh-keys/{id}",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.SshKeysService/DeleteSshKey",
+        "DELETE /v1/ssh-keys/{id}",
+        true,
+    ),
     public("/grpc.health.v1.Health/Check", "GET /ready", false),
     public("/grpc.health.v1.Health/Watch", "GET /ready", false),
     public("/grpc.health.v1.Health/List", "GET /ready", false),

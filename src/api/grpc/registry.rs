@@ -24,6 +24,7 @@ use super::pb::commands_service_server::CommandsServiceServer;
 use super::pb::events_service_server::EventsServiceServer;
 use super::pb::instances_service_server::InstancesServiceServer;
 use super::pb::offers_service_server::OffersServiceServer;
+use super::pb::ssh_keys_service_server::SshKeysServiceServer;
 use super::pb::usage_service_server::UsageServiceServer;
 use super::services::Carrier;
 use crate::metrics::GRPC_CALLS_IN_FLIGHT;
@@ -80,6 +81,7 @@ impl Registry {
                 entry(AccountServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(UsageServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(CommandsServiceServer::new(Carrier).max_decoding_message_size(max_message)),
+                entry(SshKeysServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(health_server),
                 entry(v1),
                 entry(v1alpha),

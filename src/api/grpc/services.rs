@@ -12,9 +12,9 @@ use super::pb;
 use super::{Caller, respond};
 use crate::auth::{Principal, Via};
 use crate::error::Error;
-use crate::service::commands;
 use crate::service::instances::{self, Answer, Extend};
 use crate::service::offers::{self, Filters};
+use crate::service::{commands, sshkeys};
 
 /// The one implementation of every generated service trait (zero-sized: what a call needs
 /// comes in its request, [`Caller`]).
@@ -306,6 +306,64 @@ impl pb::commands_service_server::CommandsService for Carrier {
         Ok(Response::new(pb::ListCommandsResponse {
             commands: page.commands.iter().map(convert::command).collect(),
             next_before: page.next_before,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ssh_keys_service_server::SshKeysService for Carrier {
+    async fn create_ssh_key(
+        &self,
+        req: Request<pb::CreateSshKeyRequest>,
+    ) -> Result<Response<pb::CreateSshKeyResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.into_inner();
+        let k = crate::rentals::sshkeys::NewKey {
+            name: r.name,
+            public_key: r.public_key,
+        };
+        let v = sshkeys::create(&c.api, &p, k)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::CreateSshKeyResponse {
+            ssh_key: Some(convert::ssh_key(&v)),
+        }))
+    }
+
+    async fn list_ssh_keys(
+        &self,
+        req: Request<pb::ListSshKeysRequest>,
+    ) -> Result<Response<pb::ListSshKeysResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = sshkeys::list(&c.api, &p).await.map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::ListSshKeysResponse {
+            ssh_keys: v.ssh_keys.iter().map(convert::ssh_key).collect(),
+        }))
+    }
+
+    async fn get_ssh_key(
+        &self,
+        req: Request<pb::GetSshKeyRequest>,
+    ) -> Result<Response<pb::GetSshKeyResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = sshkeys::get(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::GetSshKeyResponse {
+            ssh_key: Some(convert::ssh_key(&v)),
+        }))
+    }
+
+    async fn delete_ssh_key(
+        &self,
+        req: Request<pb::DeleteSshKeyRequest>,
+    ) -> Result<Response<pb::DeleteSshKeyResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = sshkeys::delete(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::DeleteSshKeyResponse {
+            ssh_key: Some(convert::ssh_key(&v)),
         }))
     }
 }

@@ -173,6 +173,23 @@ def calls(cfg):
     assert "limit" in e.details(), e.details()
     out["command"] = c1.command.id
 
+    # SSH keys: create, list, get, delete; a malformed key named; the same key twice
+    from gpuproxy.v1 import ssh_keys_pb2, ssh_keys_pb2_grpc
+    keys = ssh_keys_pb2_grpc.SshKeysServiceStub(ch)
+    k = keys.CreateSshKey(ssh_keys_pb2.CreateSshKeyRequest(name="laptop", public_key=cfg["ssh_key"]), metadata=md).ssh_key
+    assert k.id.startswith("sshk_") and k.fingerprint.startswith("SHA256:") and k.created_at.seconds > 0, k
+    assert [x.id for x in keys.ListSshKeys(ssh_keys_pb2.ListSshKeysRequest(), metadata=md).ssh_keys] == [k.id]
+    assert keys.GetSshKey(ssh_keys_pb2.GetSshKeyRequest(id=k.id), metadata=md).ssh_key.name == "laptop"
+    e, _, _ = expect(grpc.StatusCode.INVALID_ARGUMENT, "bad_request", keys.CreateSshKey,
+                     ssh_keys_pb2.CreateSshKeyRequest(name="bad", public_key="ssh-ed25519 nope"), metadata=md)
+    assert "public_key" in e.details(), e.details()
+    expect(grpc.StatusCode.ALREADY_EXISTS, "ssh_key_exists", keys.CreateSshKey,
+           ssh_keys_pb2.CreateSshKeyRequest(name="again", public_key=cfg["ssh_key"]), metadata=md)
+    out["ssh_key"] = k.id
+    gone = keys.DeleteSshKey(ssh_keys_pb2.DeleteSshKeyRequest(id=k.id), metadata=md).ssh_key
+    assert gone.id == k.id, gone
+    expect(grpc.StatusCode.NOT_FOUND, "not_found", keys.GetSshKey, ssh_keys_pb2.GetSshKeyRequest(id=k.id), metadata=md)
+
     # account and usage
     acct = account_pb2_grpc.AccountServiceStub(ch).GetAccount(account_pb2.GetAccountRequest(), metadata=md)
     assert acct.name == cfg["account"] and acct.via == "api_key", acct
@@ -205,7 +222,9 @@ def errors(cfg):
     # 403: a read key may not rent
     expect(C.PERMISSION_DENIED, "insufficient_scope", inst.RentInstance,
            instances_pb2.RentInstanceRequest(offer_id="vastai:1", image="x", disk_gb=20), metadata=auth(cfg["read_token"]))
-    from gpuproxy.v1 import commands_pb2, commands_pb2_grpc
+    from gpuproxy.v1 import commands_pb2, commands_pb2_grpc, ssh_keys_pb2, ssh_keys_pb2_grpc
+    expect(C.PERMISSION_DENIED, "insufficient_scope", ssh_keys_pb2_grpc.SshKeysServiceStub(ch).CreateSshKey,
+           ssh_keys_pb2.CreateSshKeyRequest(name="x", public_key=cfg["ssh_key"]), metadata=auth(cfg["read_token"]))
     expect(C.PERMISSION_DENIED, "insufficient_scope", commands_pb2_grpc.CommandsServiceStub(ch).RunCommand,
            commands_pb2.RunCommandRequest(instance_id="i-any", kind="exec", argv=["true"]),
            metadata=auth(cfg["read_token"]))
