@@ -65,6 +65,7 @@ const PROTOS: &[&str] = &[
     "gpuproxy/v1/usage.proto",
     "gpuproxy/v1/commands.proto",
     "gpuproxy/v1/ssh_keys.proto",
+    "gpuproxy/v1/volumes.proto",
 ];
 
 fn protos() -> Result<(), Box<dyn std::error::Error>> {

@@ -135,6 +135,12 @@ async fn grpc_serves_rents_maps_errors_and_honours_deadlines() {
         "money as decimal text, the same figure"
     );
     assert_eq!(out["destroyed_status"], shown.json()["status"]);
+    // the volume gRPC made is REST's, deleted
+    let vol = out["volume"].as_str().unwrap();
+    let r = call(&d, &token, "GET", &format!("/v1/volumes/{vol}"), "", None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], out["volume_deleted"]);
+    assert_eq!(r.json()["size_gb"], 10);
     // the command gRPC ran is REST's
     let cmd = out["command"].as_str().unwrap();
     let r = call(

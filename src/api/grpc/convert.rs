@@ -552,6 +552,40 @@ pub fn ssh_key(v: &crate::service::sshkeys::SshKeyView) -> pb::SshKey {
     }
 }
 
+/// A provider's volume offer as its message.
+pub fn volume_offer(o: &crate::providers::VolumeOffer) -> pb::VolumeOffer {
+    pb::VolumeOffer {
+        id: o.id.clone(),
+        provider: o.provider.as_str().to_owned(),
+        machine_id: o.machine_id.clone(),
+        free_gb: o.free_gb,
+        price_per_gb_month: usd(o.price_per_gb_month),
+        country: o.country.clone(),
+        reliability: o.reliability,
+    }
+}
+
+/// A volume's view as its message.
+pub fn volume(v: &crate::service::volumes::VolumeView) -> pb::Volume {
+    let t = |x: &Option<String>| x.as_deref().and_then(timestamp);
+    pb::Volume {
+        id: v.id.clone(),
+        provider: v.provider.clone(),
+        provider_volume_id: v.provider_volume_id.clone(),
+        offer_id: v.offer_id.clone(),
+        machine_id: v.machine_id.clone(),
+        name: v.name.clone(),
+        size_gb: v.size_gb,
+        price_per_gb_month: usd(v.price_per_gb_month),
+        price_per_hour: usd(v.price_per_hour),
+        status: v.status.clone(),
+        failure: v.failure.clone(),
+        created_at: t(&v.created_at),
+        deleted_at: t(&v.deleted_at),
+        attached_to: v.attached_to.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

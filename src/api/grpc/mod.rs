@@ -160,6 +160,31 @@ pub static METHODS: &[Method] = &[
         "DELETE /v1/ssh-keys/{id}",
         true,
     ),
+    user(
+        "/gpuproxy.v1.VolumesService/ListVolumeOffers",
+        "GET /v1/volume-offers",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.VolumesService/CreateVolume",
+        "POST /v1/volumes",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.VolumesService/ListVolumes",
+        "GET /v1/volumes",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.VolumesService/GetVolume",
+        "GET /v1/volumes/{id}",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.VolumesService/DeleteVolume",
+        "DELETE /v1/volumes/{id}",
+        true,
+    ),
     public("/grpc.health.v1.Health/Check", "GET /ready", false),
     public("/grpc.health.v1.Health/Watch", "GET /ready", false),
     public("/grpc.health.v1.Health/List", "GET /ready", false),

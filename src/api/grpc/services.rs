@@ -14,7 +14,7 @@ use crate::auth::{Principal, Via};
 use crate::error::Error;
 use crate::service::instances::{self, Answer, Extend};
 use crate::service::offers::{self, Filters};
-use crate::service::{commands, sshkeys};
+use crate::service::{commands, sshkeys, volumes};
 
 /// The one implementation of every generated service trait (zero-sized: what a call needs
 /// comes in its request, [`Caller`]).
@@ -364,6 +364,83 @@ impl pb::ssh_keys_service_server::SshKeysService for Carrier {
             .map_err(|e| c.status(&e))?;
         Ok(Response::new(pb::DeleteSshKeyResponse {
             ssh_key: Some(convert::ssh_key(&v)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::volumes_service_server::VolumesService for Carrier {
+    async fn list_volume_offers(
+        &self,
+        req: Request<pb::ListVolumeOffersRequest>,
+    ) -> Result<Response<pb::ListVolumeOffersResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.into_inner();
+        let q = volumes::VolumeOffersQuery {
+            provider: r.provider,
+            size_gb: r.size_gb,
+        };
+        let v = volumes::offers(&c.api, &p, q)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::ListVolumeOffersResponse {
+            offers: v.offers.iter().map(convert::volume_offer).collect(),
+        }))
+    }
+
+    async fn create_volume(
+        &self,
+        req: Request<pb::CreateVolumeRequest>,
+    ) -> Result<Response<pb::CreateVolumeResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.into_inner();
+        let body = crate::rentals::volumes::NewVolume {
+            offer_id: r.offer_id,
+            size_gb: r.size_gb,
+            name: r.name,
+        };
+        let v = volumes::create(&c.api, &p, body)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::CreateVolumeResponse {
+            volume: Some(convert::volume(&v)),
+        }))
+    }
+
+    async fn list_volumes(
+        &self,
+        req: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = volumes::list(&c.api, &p).await.map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::ListVolumesResponse {
+            volumes: v.volumes.iter().map(convert::volume).collect(),
+        }))
+    }
+
+    async fn get_volume(
+        &self,
+        req: Request<pb::GetVolumeRequest>,
+    ) -> Result<Response<pb::GetVolumeResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = volumes::get(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::GetVolumeResponse {
+            volume: Some(convert::volume(&v)),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = volumes::delete(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::DeleteVolumeResponse {
+            volume: Some(convert::volume(&v)),
         }))
     }
 }

@@ -190,6 +190,24 @@ def calls(cfg):
     assert gone.id == k.id, gone
     expect(grpc.StatusCode.NOT_FOUND, "not_found", keys.GetSshKey, ssh_keys_pb2.GetSshKeyRequest(id=k.id), metadata=md)
 
+    # volumes: an offer, created, listed, read, deleted; a size out of range named
+    from gpuproxy.v1 import volumes_pb2, volumes_pb2_grpc
+    vols = volumes_pb2_grpc.VolumesServiceStub(ch)
+    voffers = vols.ListVolumeOffers(volumes_pb2.ListVolumeOffersRequest(size_gb=10), metadata=md).offers
+    assert voffers and all(o.free_gb >= 10 and o.id.startswith("vastai:") for o in voffers), voffers
+    float(voffers[0].price_per_gb_month)
+    v = vols.CreateVolume(volumes_pb2.CreateVolumeRequest(offer_id=voffers[0].id, size_gb=10, name="data"),
+                          metadata=md).volume
+    assert v.id and v.size_gb == 10 and v.machine_id == voffers[0].machine_id and v.name == "data", v
+    assert v.created_at.seconds > 0 and float(v.price_per_hour) > 0, v
+    assert v.id in [x.id for x in vols.ListVolumes(volumes_pb2.ListVolumesRequest(), metadata=md).volumes]
+    assert vols.GetVolume(volumes_pb2.GetVolumeRequest(id=v.id), metadata=md).volume.offer_id == voffers[0].id
+    e, _, _ = expect(grpc.StatusCode.INVALID_ARGUMENT, "bad_request", vols.CreateVolume,
+                     volumes_pb2.CreateVolumeRequest(offer_id=voffers[0].id, size_gb=0), metadata=md)
+    assert "size_gb" in e.details(), e.details()
+    out["volume"] = v.id
+    out["volume_deleted"] = vols.DeleteVolume(volumes_pb2.DeleteVolumeRequest(id=v.id), metadata=md).volume.status
+
     # account and usage
     acct = account_pb2_grpc.AccountServiceStub(ch).GetAccount(account_pb2.GetAccountRequest(), metadata=md)
     assert acct.name == cfg["account"] and acct.via == "api_key", acct
