@@ -438,7 +438,8 @@ async fn an_ionet_rental_takes_an_idle_policy_with_an_agent() {
 /// Admission: with `agents.max_opening = 1`, a channel whose token check waits (the token table
 /// locked) holds the one place; a second agent opening meanwhile gets 503 `over_capacity` with
 /// `Retry-After` after `agents.opening_wait_ms`, and the API keeps answering. Once the lock goes
-/// both open; a second channel of one instance replaces the first (1008 `replaced`); their
+/// both open; a second channel of one instance replaces the first (1008 `replaced`), over
+/// HTTP/1.1 and over HTTP/2 (RFC 8441); their
 /// comings and goings are in the event log in order (written in batches).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_open_a_few_at_a_time_and_the_rest_are_told_to_come_back() {
@@ -514,15 +515,36 @@ async fn agents_open_a_few_at_a_time_and_the_rest_are_told_to_come_back() {
     let mut wb = open(d.https, &tb, "/v1/agent", &[]).await.unwrap();
     wb.send(hello(&b)).await.unwrap();
     assert_eq!(next_text(&mut wb).await["type"], "welcome");
-    wa.close(None).await.unwrap();
-    wb.close(None).await.unwrap();
-    let lost = support::eventually("both agent_lost", || async {
+    // a second channel of the same instance replaces the first
+    let mut wa2 = open(d.https, &ta, "/v1/agent", &[]).await.unwrap();
+    wa2.send(hello(&a)).await.unwrap();
+    assert_eq!(next_text(&mut wa2).await["type"], "welcome");
+    assert_eq!(closed(&mut wa).await, (1008, "replaced".to_owned()));
+    // the channel over HTTP/2 too (an extended CONNECT, RFC 8441): it replaces b's
+    let (mut wh2, _conn) = support::ws::open_h2(d.https, &tb, "/v1/agent")
+        .await
+        .unwrap();
+    wh2.send(hello(&b)).await.unwrap();
+    let w = support::ws::next(&mut wh2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(w["type"], "welcome", "{w}");
+    wh2.send(Message::text(r#"{"type":"heartbeat","gpus":[]}"#))
+        .await
+        .unwrap();
+    assert_eq!(closed(&mut wb).await, (1008, "replaced".to_owned()));
+    wa2.close(None).await.unwrap();
+    wh2.close(None).await.unwrap();
+    let lost = support::eventually("four agent_lost", || async {
         let v = db.events_of("agent_admission", "instance.agent_lost").await;
-        (v.len() == 2).then_some(v)
+        (v.len() == 4).then_some(v)
     })
     .await;
-    assert!(
-        lost.iter().all(|l| l["reason"] == "disconnected"),
+    let mut reasons: Vec<&str> = lost.iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        ["disconnected", "disconnected", "replaced", "replaced"],
         "{lost:?}"
     );
     // each account's events keep one gapless sequence, batched or not
