@@ -66,6 +66,7 @@ const PROTOS: &[&str] = &[
     "gpuproxy/v1/commands.proto",
     "gpuproxy/v1/ssh_keys.proto",
     "gpuproxy/v1/volumes.proto",
+    "gpuproxy/v1/webhooks.proto",
 ];
 
 fn protos() -> Result<(), Box<dyn std::error::Error>> {

@@ -586,6 +586,48 @@ pub fn volume(v: &crate::service::volumes::VolumeView) -> pb::Volume {
     }
 }
 
+/// A webhook's view as its message.
+pub fn webhook(v: &crate::service::webhooks::WebhookView) -> pb::Webhook {
+    pb::Webhook {
+        id: v.id.clone(),
+        url: v.url.clone(),
+        types: v.types.clone(),
+        enabled: v.enabled,
+        disabled_reason: v.disabled_reason.clone(),
+        consecutive_failures: v.consecutive_failures,
+        created_at: v.created_at.as_deref().and_then(timestamp),
+        secret: v.secret.clone(),
+    }
+}
+
+/// A webhook delivery's view as its message.
+pub fn delivery(v: &crate::service::webhooks::DeliveryView) -> pb::WebhookDelivery {
+    pb::WebhookDelivery {
+        id: v.id,
+        event_id: v.event_id,
+        event_type: v.event_type.clone(),
+        state: v.state.clone(),
+        attempts: v.attempts,
+        next_attempt_at: v.next_attempt_at.as_deref().and_then(timestamp),
+        last_status: v.last_status,
+        last_error: v.last_error.clone(),
+        attempt_log: Some(value(&v.attempt_log)),
+        created_at: v.created_at.as_deref().and_then(timestamp),
+    }
+}
+
+/// A `ListWebhookDeliveries`'s page arguments, as REST's query.
+pub fn deliveries_page(r: &pb::ListWebhookDeliveriesRequest) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(l) = r.limit {
+        m.insert("limit".into(), l.into());
+    }
+    if let Some(b) = r.before {
+        m.insert("before".into(), b.into());
+    }
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

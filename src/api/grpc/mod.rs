@@ -185,6 +185,36 @@ pub static METHODS: &[Method] = &[
         "DELETE /v1/volumes/{id}",
         true,
     ),
+    user(
+        "/gpuproxy.v1.WebhooksService/CreateWebhook",
+        "POST /v1/webhooks",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.WebhooksService/ListWebhooks",
+        "GET /v1/webhooks",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.WebhooksService/GetWebhook",
+        "GET /v1/webhooks/{id}",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.WebhooksService/DeleteWebhook",
+        "DELETE /v1/webhooks/{id}",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.WebhooksService/EnableWebhook",
+        "POST /v1/webhooks/{id}/enable",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.WebhooksService/ListWebhookDeliveries",
+        "GET /v1/webhooks/{id}/deliveries",
+        false,
+    ),
     public("/grpc.health.v1.Health/Check", "GET /ready", false),
     public("/grpc.health.v1.Health/Watch", "GET /ready", false),
     public("/grpc.health.v1.Health/List", "GET /ready", false),

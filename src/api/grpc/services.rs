@@ -14,7 +14,7 @@ use crate::auth::{Principal, Via};
 use crate::error::Error;
 use crate::service::instances::{self, Answer, Extend};
 use crate::service::offers::{self, Filters};
-use crate::service::{commands, sshkeys, volumes};
+use crate::service::{commands, sshkeys, volumes, webhooks};
 
 /// The one implementation of every generated service trait (zero-sized: what a call needs
 /// comes in its request, [`Caller`]).
@@ -441,6 +441,94 @@ impl pb::volumes_service_server::VolumesService for Carrier {
             .map_err(|e| c.status(&e))?;
         Ok(Response::new(pb::DeleteVolumeResponse {
             volume: Some(convert::volume(&v)),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::webhooks_service_server::WebhooksService for Carrier {
+    async fn create_webhook(
+        &self,
+        req: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::CreateWebhookResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.into_inner();
+        let new = crate::events::webhook::NewWebhook {
+            url: r.url,
+            types: r.types,
+        };
+        let v = webhooks::create(&c.api, &p, new)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::CreateWebhookResponse {
+            webhook: Some(convert::webhook(&v)),
+        }))
+    }
+
+    async fn list_webhooks(
+        &self,
+        req: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = webhooks::list(&c.api, &p).await.map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::ListWebhooksResponse {
+            webhooks: v.webhooks.iter().map(convert::webhook).collect(),
+        }))
+    }
+
+    async fn get_webhook(
+        &self,
+        req: Request<pb::GetWebhookRequest>,
+    ) -> Result<Response<pb::GetWebhookResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = webhooks::get(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::GetWebhookResponse {
+            webhook: Some(convert::webhook(&v)),
+        }))
+    }
+
+    async fn delete_webhook(
+        &self,
+        req: Request<pb::DeleteWebhookRequest>,
+    ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = webhooks::delete(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::DeleteWebhookResponse {
+            webhook: Some(convert::webhook(&v)),
+        }))
+    }
+
+    async fn enable_webhook(
+        &self,
+        req: Request<pb::EnableWebhookRequest>,
+    ) -> Result<Response<pb::EnableWebhookResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = webhooks::enable(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::EnableWebhookResponse {
+            webhook: Some(convert::webhook(&v)),
+        }))
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        req: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let r = req.get_ref();
+        let q = crate::service::query::arguments(convert::deliveries_page(r))
+            .map_err(|e| c.status(&e))?;
+        let page = webhooks::deliveries(&c.api, &p, &r.id, q)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::ListWebhookDeliveriesResponse {
+            deliveries: page.deliveries.iter().map(convert::delivery).collect(),
+            next_before: page.next_before,
         }))
     }
 }

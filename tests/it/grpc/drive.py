@@ -208,6 +208,30 @@ def calls(cfg):
     out["volume"] = v.id
     out["volume_deleted"] = vols.DeleteVolume(volumes_pb2.DeleteVolumeRequest(id=v.id), metadata=md).volume.status
 
+    # webhooks: created (its secret once), listed, read, enabled, its deliveries, deleted; a
+    # private target and an unknown type refused (no delivery is made: key.revoked only)
+    from gpuproxy.v1 import webhooks_pb2, webhooks_pb2_grpc
+    hooks = webhooks_pb2_grpc.WebhooksServiceStub(ch)
+    w = hooks.CreateWebhook(webhooks_pb2.CreateWebhookRequest(url="https://hooks.invalid/gpuproxy",
+                                                              types=["key.revoked"]), metadata=md).webhook
+    assert w.id.startswith("wh_") and w.HasField("secret") and w.enabled, w
+    listed_hooks = hooks.ListWebhooks(webhooks_pb2.ListWebhooksRequest(), metadata=md).webhooks
+    assert [x.id for x in listed_hooks] == [w.id] and not listed_hooks[0].HasField("secret"), listed_hooks
+    got_hook = hooks.GetWebhook(webhooks_pb2.GetWebhookRequest(id=w.id), metadata=md).webhook
+    assert list(got_hook.types) == ["key.revoked"] and not got_hook.HasField("secret"), got_hook
+    assert hooks.EnableWebhook(webhooks_pb2.EnableWebhookRequest(id=w.id), metadata=md).webhook.enabled
+    dl = hooks.ListWebhookDeliveries(webhooks_pb2.ListWebhookDeliveriesRequest(id=w.id, limit=10), metadata=md)
+    assert len(dl.deliveries) == 0 and not dl.HasField("next_before"), dl
+    expect(grpc.StatusCode.INVALID_ARGUMENT, "target_not_allowed", hooks.CreateWebhook,
+           webhooks_pb2.CreateWebhookRequest(url="https://127.0.0.1/hook"), metadata=md)
+    e, _, _ = expect(grpc.StatusCode.INVALID_ARGUMENT, "bad_request", hooks.CreateWebhook,
+                     webhooks_pb2.CreateWebhookRequest(url="https://hooks.invalid/x", types=["nope"]), metadata=md)
+    assert "types" in e.details(), e.details()
+    assert hooks.DeleteWebhook(webhooks_pb2.DeleteWebhookRequest(id=w.id), metadata=md).webhook.id == w.id
+    expect(grpc.StatusCode.NOT_FOUND, "not_found", hooks.GetWebhook, webhooks_pb2.GetWebhookRequest(id=w.id),
+           metadata=md)
+    out["webhook"] = w.id
+
     # account and usage
     acct = account_pb2_grpc.AccountServiceStub(ch).GetAccount(account_pb2.GetAccountRequest(), metadata=md)
     assert acct.name == cfg["account"] and acct.via == "api_key", acct
