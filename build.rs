@@ -67,6 +67,7 @@ const PROTOS: &[&str] = &[
     "gpuproxy/v1/ssh_keys.proto",
     "gpuproxy/v1/volumes.proto",
     "gpuproxy/v1/webhooks.proto",
+    "gpuproxy/v1/watches.proto",
 ];
 
 fn protos() -> Result<(), Box<dyn std::error::Error>> {

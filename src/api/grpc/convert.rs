@@ -157,39 +157,7 @@ pub fn rent_body(r: &pb::RentInstanceRequest) -> Result<Vec<u8>> {
         put("offer_id", json!(r.offer_id));
     }
     if let Some(s) = &r.spec {
-        let mut m = Map::new();
-        let mut add = |k: &str, v: Option<Value>| {
-            if let Some(v) = v {
-                m.insert(k.to_owned(), v);
-            }
-        };
-        add("gpu", s.gpu.as_ref().map(|v| json!(v)));
-        add("min_gpus", s.min_gpus.map(|v| json!(v)));
-        add("max_gpus", s.max_gpus.map(|v| json!(v)));
-        add("min_gpu_memory_gb", s.min_gpu_memory_gb.map(|v| json!(v)));
-        for (k, v) in [
-            ("max_price_per_hour", &s.max_price_per_hour),
-            ("max_price_per_gpu", &s.max_price_per_gpu),
-        ] {
-            add(
-                k,
-                v.as_deref()
-                    .map(|t| decimal(&format!("spec.{k}"), t))
-                    .transpose()?,
-            );
-        }
-        add(
-            "providers",
-            (!s.providers.is_empty()).then(|| json!(s.providers)),
-        );
-        add(
-            "countries",
-            (!s.countries.is_empty()).then(|| json!(s.countries)),
-        );
-        add("interruptible", s.interruptible.then_some(json!(true)));
-        add("min_reliability", s.min_reliability.map(|v| json!(v)));
-        add("min_direct_ports", s.min_direct_ports.map(|v| json!(v)));
-        put("spec", Value::Object(m));
+        put("spec", spec(s)?);
     }
     put("image", json!(r.image));
     put("disk_gb", json!(r.disk_gb));
@@ -494,6 +462,67 @@ fn value(v: &Value) -> prost_types::Value {
         Value::Object(m) => Kind::StructValue(structure(m)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// A `RentSpec` as REST's `spec` object (prices checked as decimals, named `spec.<field>`).
+fn spec(s: &pb::RentSpec) -> Result<Value> {
+    let mut m = Map::new();
+    let mut add = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), v);
+        }
+    };
+    add("gpu", s.gpu.as_ref().map(|v| json!(v)));
+    add("min_gpus", s.min_gpus.map(|v| json!(v)));
+    add("max_gpus", s.max_gpus.map(|v| json!(v)));
+    add("min_gpu_memory_gb", s.min_gpu_memory_gb.map(|v| json!(v)));
+    for (k, v) in [
+        ("max_price_per_hour", &s.max_price_per_hour),
+        ("max_price_per_gpu", &s.max_price_per_gpu),
+    ] {
+        add(
+            k,
+            v.as_deref()
+                .map(|t| decimal(&format!("spec.{k}"), t))
+                .transpose()?,
+        );
+    }
+    add(
+        "providers",
+        (!s.providers.is_empty()).then(|| json!(s.providers)),
+    );
+    add(
+        "countries",
+        (!s.countries.is_empty()).then(|| json!(s.countries)),
+    );
+    add("interruptible", s.interruptible.then_some(json!(true)));
+    add("min_reliability", s.min_reliability.map(|v| json!(v)));
+    add("min_direct_ports", s.min_direct_ports.map(|v| json!(v)));
+    Ok(Value::Object(m))
+}
+
+/// A `CreateWatch` as REST's body (`NewWatch`).
+pub fn watch_body(r: &pb::CreateWatchRequest) -> Result<Vec<u8>> {
+    let spec = match &r.spec {
+        Some(s) => spec(s)?,
+        None => json!({}),
+    };
+    let price = decimal("max_price_per_gpu", &r.max_price_per_gpu)?;
+    Ok(json!({"spec": spec, "max_price_per_gpu": price})
+        .to_string()
+        .into_bytes())
+}
+
+/// A watch's view as its message.
+pub fn watch(v: &crate::service::watches::WatchView) -> pb::Watch {
+    pb::Watch {
+        id: v.id.clone(),
+        spec: v.spec.as_object().map(structure),
+        max_price_per_gpu: usd(v.max_price_per_gpu),
+        matches: v.matches,
+        last_matched_at: v.last_matched_at.as_deref().and_then(timestamp),
+        created_at: v.created_at.as_deref().and_then(timestamp),
+    }
 }
 
 /// A `RunCommand` as REST's body (`NewCommand`), so the service reads and hashes one form.

@@ -215,6 +215,26 @@ pub static METHODS: &[Method] = &[
         "GET /v1/webhooks/{id}/deliveries",
         false,
     ),
+    user(
+        "/gpuproxy.v1.WatchesService/CreateWatch",
+        "POST /v1/watches",
+        true,
+    ),
+    user(
+        "/gpuproxy.v1.WatchesService/ListWatches",
+        "GET /v1/watches",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.WatchesService/GetWatch",
+        "GET /v1/watches/{id}",
+        false,
+    ),
+    user(
+        "/gpuproxy.v1.WatchesService/DeleteWatch",
+        "DELETE /v1/watches/{id}",
+        true,
+    ),
     public("/grpc.health.v1.Health/Check", "GET /ready", false),
     public("/grpc.health.v1.Health/Watch", "GET /ready", false),
     public("/grpc.health.v1.Health/List", "GET /ready", false),

@@ -27,6 +27,7 @@ use super::pb::offers_service_server::OffersServiceServer;
 use super::pb::ssh_keys_service_server::SshKeysServiceServer;
 use super::pb::usage_service_server::UsageServiceServer;
 use super::pb::volumes_service_server::VolumesServiceServer;
+use super::pb::watches_service_server::WatchesServiceServer;
 use super::pb::webhooks_service_server::WebhooksServiceServer;
 use super::services::Carrier;
 use crate::metrics::GRPC_CALLS_IN_FLIGHT;
@@ -86,6 +87,7 @@ impl Registry {
                 entry(SshKeysServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(VolumesServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(WebhooksServiceServer::new(Carrier).max_decoding_message_size(max_message)),
+                entry(WatchesServiceServer::new(Carrier).max_decoding_message_size(max_message)),
                 entry(health_server),
                 entry(v1),
                 entry(v1alpha),

@@ -14,7 +14,7 @@ use crate::auth::{Principal, Via};
 use crate::error::Error;
 use crate::service::instances::{self, Answer, Extend};
 use crate::service::offers::{self, Filters};
-use crate::service::{commands, sshkeys, volumes, webhooks};
+use crate::service::{commands, sshkeys, volumes, watches, webhooks};
 
 /// The one implementation of every generated service trait (zero-sized: what a call needs
 /// comes in its request, [`Caller`]).
@@ -529,6 +529,63 @@ impl pb::webhooks_service_server::WebhooksService for Carrier {
         Ok(Response::new(pb::ListWebhookDeliveriesResponse {
             deliveries: page.deliveries.iter().map(convert::delivery).collect(),
             next_before: page.next_before,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::watches_service_server::WatchesService for Carrier {
+    async fn create_watch(
+        &self,
+        req: Request<pb::CreateWatchRequest>,
+    ) -> Result<Response<pb::CreateWatchResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let new = convert::watch_body(req.get_ref())
+            .and_then(|b| crate::service::body::parse(&b))
+            .map_err(|e| c.status(&e))?
+            .ok_or_else(|| Status::internal("an empty watch"))?;
+        let v = watches::create(&c.api, &p, new)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::CreateWatchResponse {
+            watch: Some(convert::watch(&v)),
+        }))
+    }
+
+    async fn list_watches(
+        &self,
+        req: Request<pb::ListWatchesRequest>,
+    ) -> Result<Response<pb::ListWatchesResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = watches::list(&c.api, &p).await.map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::ListWatchesResponse {
+            watches: v.watches.iter().map(convert::watch).collect(),
+        }))
+    }
+
+    async fn get_watch(
+        &self,
+        req: Request<pb::GetWatchRequest>,
+    ) -> Result<Response<pb::GetWatchResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = watches::get(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::GetWatchResponse {
+            watch: Some(convert::watch(&v)),
+        }))
+    }
+
+    async fn delete_watch(
+        &self,
+        req: Request<pb::DeleteWatchRequest>,
+    ) -> Result<Response<pb::DeleteWatchResponse>, Status> {
+        let (c, p) = caller(&req)?;
+        let v = watches::delete(&c.api, &p, &req.get_ref().id)
+            .await
+            .map_err(|e| c.status(&e))?;
+        Ok(Response::new(pb::DeleteWatchResponse {
+            watch: Some(convert::watch(&v)),
         }))
     }
 }

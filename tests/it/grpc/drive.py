@@ -232,6 +232,23 @@ def calls(cfg):
            metadata=md)
     out["webhook"] = w.id
 
+    # watches: created, listed, read, deleted; a price that is no decimal named
+    from gpuproxy.v1 import watches_pb2, watches_pb2_grpc
+    watches = watches_pb2_grpc.WatchesServiceStub(ch)
+    wreq = watches_pb2.CreateWatchRequest(spec=instances_pb2.RentSpec(gpu="RTX 4090", min_gpus=1),
+                                          max_price_per_gpu="0.01")
+    wt = watches.CreateWatch(wreq, metadata=md).watch
+    assert wt.id and wt.spec["gpu"] == "RTX 4090" and wt.max_price_per_gpu == "0.01", wt
+    assert [x.id for x in watches.ListWatches(watches_pb2.ListWatchesRequest(), metadata=md).watches] == [wt.id]
+    assert watches.GetWatch(watches_pb2.GetWatchRequest(id=wt.id), metadata=md).watch.created_at.seconds > 0
+    e, _, _ = expect(grpc.StatusCode.INVALID_ARGUMENT, "bad_request", watches.CreateWatch,
+                     watches_pb2.CreateWatchRequest(spec=instances_pb2.RentSpec(gpu="x"), max_price_per_gpu="cheap"),
+                     metadata=md)
+    assert "max_price_per_gpu" in e.details(), e.details()
+    assert watches.DeleteWatch(watches_pb2.DeleteWatchRequest(id=wt.id), metadata=md).watch.id == wt.id
+    expect(grpc.StatusCode.NOT_FOUND, "not_found", watches.GetWatch, watches_pb2.GetWatchRequest(id=wt.id), metadata=md)
+    out["watch"] = wt.id
+
     # account and usage
     acct = account_pb2_grpc.AccountServiceStub(ch).GetAccount(account_pb2.GetAccountRequest(), metadata=md)
     assert acct.name == cfg["account"] and acct.via == "api_key", acct
