@@ -349,6 +349,20 @@ async fn warm_caches_send_no_query_and_unknown_ids_are_cached_negatively() {
     )
     .await;
     assert_eq!(account(&d, &token).await.status, 200);
+    // the background services' first rounds (at start) are done before the count begins
+    support::eventually("the background services' first rounds", || async {
+        let page = d.scrape().await;
+        ["agent_sweep", "reconcile", "budgets", "sweeps"]
+            .iter()
+            .all(|s| {
+                support::metrics::value(
+                    &page,
+                    &format!("gpuproxy_background_rounds_total{{service=\"{s}\",result=\"ok\"}}"),
+                ) >= 1.0
+            })
+            .then_some(())
+    })
+    .await;
     let before = support::metrics::sum(&d.scrape().await, "gpuproxy_db_queries_total");
     let mut c = Conn::tls(d.https, &[b"h2"]).await.unwrap();
     for _ in 0..200 {
