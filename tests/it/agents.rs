@@ -572,3 +572,53 @@ async fn agents_open_a_few_at_a_time_and_the_rest_are_told_to_come_back() {
         "{page}"
     );
 }
+
+/// A slow agent: one that sends pings and reads nothing. Their pongs fill the socket, then the
+/// channel's write queue (`agents.max_queued_messages`), and the channel is cut (1013
+/// `slow_consumer`); its end is an `instance.agent_lost` saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_reads_nothing_is_cut_as_a_slow_consumer() {
+    let Stack { db, sb: _sb, d } = Stack::start(
+        "agents_slow",
+        &["--provision-time", "300ms"],
+        &["ratelimit.enabled=false", "agents.max_queued_messages=10"],
+    )
+    .await;
+    let key = account(&db, "agent_slow", 10_000.0, 5);
+    let id = rent_cheapest_running(&d, &key, "vastai").await;
+    let token = mint(&d, &key, &id).await;
+    let mut ws = open(d.https, &token, "/v1/agent", &[]).await.unwrap();
+    ws.send(hello(&id)).await.unwrap();
+    assert_eq!(next_text(&mut ws).await["type"], "welcome");
+    // 125-byte pings, never reading the pongs, until the channel is cut (the kernel's buffers
+    // on both sides take some MB first)
+    let payload = vec![b'p'; 125];
+    'flood: for _ in 0..300 {
+        for _ in 0..1000 {
+            if ws
+                .feed(Message::Ping(payload.clone().into()))
+                .await
+                .is_err()
+            {
+                break 'flood;
+            }
+        }
+        if ws.flush().await.is_err() {
+            break;
+        }
+        let page = d.scrape().await;
+        if support::metrics::value(
+            &page,
+            "gpuproxy_agent_channels_closed_total{reason=\"slow_consumer\"}",
+        ) >= 1.0
+        {
+            break;
+        }
+    }
+    let lost = support::eventually("agent_lost slow_consumer", || async {
+        let v = db.events_of("agent_slow", "instance.agent_lost").await;
+        (!v.is_empty()).then_some(v)
+    })
+    .await;
+    assert_eq!(lost[0]["reason"], "slow_consumer", "{lost:?}");
+}
