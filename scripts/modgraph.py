@@ -17,7 +17,7 @@ Layers, lowest first (docs/design.md, "Layers"):
   6 api                                          routes, handlers, render caches, respond
   7 server                                       listeners, TLS, serving, drain
   8 cli                                          the binary's commands
-(src/testkit.rs is not a module of the library: load tools and tests include it by path.)
+(src/testkit.rs and src/loadkit.rs are not modules of the library: load tools and tests include them by path.)
 """
 import os
 import re
@@ -55,7 +55,7 @@ def strip_tests(text):
 def graph(src):
     mods = set()
     for n in os.listdir(src):
-        if n.endswith(".rs") and n not in ("lib.rs", "main.rs", "testkit.rs"):
+        if n.endswith(".rs") and n not in ("lib.rs", "main.rs", "testkit.rs", "loadkit.rs"):
             mods.add(n[:-3])
         elif os.path.isdir(os.path.join(src, n)) and n != "bin":
             mods.add(n)
@@ -116,7 +116,7 @@ def file_modules(src):
         if parts[:1] == ["bin"]:
             continue
         for n in names:
-            if not n.endswith(".rs") or (not parts and n in ("main.rs", "testkit.rs")):
+            if not n.endswith(".rs") or (not parts and n in ("main.rs", "testkit.rs", "loadkit.rs")):
                 continue
             mp = tuple(parts) if n in ("mod.rs", "lib.rs") else tuple(parts + [n[:-3]])
             out[mp] = os.path.relpath(os.path.join(root, n), src)

@@ -13,12 +13,13 @@
 //! `{"event":"commands",...}` with the routing latencies (POST sent → `exec` at the agent);
 //! `{"event":"done",...}` at the end, with how many channels were lost and regained.
 
+#[path = "../loadkit.rs"]
+mod loadkit;
 #[path = "../testkit.rs"]
 mod testkit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -118,13 +119,6 @@ fn source_ip(i: usize, sources: usize) -> IpAddr {
     ))
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    let cfg = CONFIG
-        .get_or_init(|| testkit::insecure_client_config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS));
-    tokio_rustls::TlsConnector::from(cfg.clone())
-}
-
 /// Agent `i`'s token (the load script hashes the same text).
 fn token(i: usize) -> String {
     format!("gpa_{i:043}")
@@ -143,7 +137,7 @@ async fn open(args: &Args, i: usize) -> Result<Ws, &'static str> {
     // the second after the first's delayed ACK (40 ms)
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tls_connector()
+    let tls = loadkit::tls_connector()
         .connect(name, tcp)
         .await
         .map_err(|_| "tls")?;
@@ -333,7 +327,10 @@ impl Api {
             .await
             .expect("connect");
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tls_connector().connect(name, tcp).await.expect("TLS");
+        let tls = loadkit::tls_connector()
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
         Api {
             conn: BufReader::new(tls),
             key: key.into(),
@@ -406,41 +403,19 @@ fn percentiles(r: &mut Report, mut l: Vec<f64>) {
 async fn main() {
     let args = Args::parse();
     if args.child_index.is_some() {
-        // a child dies with its parent
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        }
+        loadkit::die_with_parent();
         let (first, n) = (args.first, args.agents);
         run_worker(args, first, n).await;
         return;
     }
     let procs = args.agents.div_ceil(args.per_process.max(1)).max(1);
-    let exe = std::env::current_exe().expect("own path");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
-    let mut children = Vec::new();
-    let mut first = args.first;
-    for c in 0..procs {
-        let n = args.agents / procs + usize::from(c < args.agents % procs);
-        let mut child = tokio::process::Command::new(&exe)
-            .args(child_args(&args, first, n, c))
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn child");
-        first += n;
-        let out = child.stdout.take().unwrap();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                if let Ok(r) = serde_json::from_str::<Report>(&l) {
-                    let _ = tx.send(r);
-                }
-            }
-        });
-        children.push(child);
-    }
-    drop(tx);
+    let (_children, mut rx) = loadkit::fan_out::<Report, _>(procs, |c| {
+        let first = args.first
+            + (0..c)
+                .map(|k| loadkit::share(args.agents, procs, k))
+                .sum::<usize>();
+        child_args(&args, first, loadkit::share(args.agents, procs, c), c)
+    });
     let mut held = Report {
         event: "held".into(),
         ..Default::default()

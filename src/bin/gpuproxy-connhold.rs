@@ -12,12 +12,13 @@
 //! Output: JSON lines on stdout. `{"event":"held",...}` once every connection is open (or failed),
 //! `{"event":"poke",...}` after each periodic round, `{"event":"done",...}` at the end.
 
+#[path = "../loadkit.rs"]
+mod loadkit;
 #[path = "../testkit.rs"]
 mod testkit;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,14 +118,6 @@ fn source_ip(child: usize, i: usize, sources: usize) -> IpAddr {
         1 + (n / 250) as u8,
         1 + (n % 250) as u8,
     ))
-}
-
-/// One client configuration for every connection of this process.
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
-    let cfg = CONFIG
-        .get_or_init(|| testkit::insecure_client_config(&[b"http/1.1"], rustls::DEFAULT_VERSIONS));
-    tokio_rustls::TlsConnector::from(cfg.clone())
 }
 
 /// The request head: `path`, and the `--header`s (and a WebSocket upgrade's when `ws`).
@@ -235,10 +228,13 @@ async fn connect_one(args: &Args, child: usize, i: usize) -> Result<Box<dyn Stre
     Ok(if args.tls {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         Box::new(
-            tokio::time::timeout(Duration::from_secs(10), tls_connector().connect(name, tcp))
-                .await
-                .map_err(|_| "tls_timeout")?
-                .map_err(|_| "tls")?,
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                loadkit::tls_connector().connect(name, tcp),
+            )
+            .await
+            .map_err(|_| "tls_timeout")?
+            .map_err(|_| "tls")?,
         )
     } else {
         Box::new(tcp)
@@ -478,38 +474,14 @@ fn child_args(a: &Args, n: usize, c: usize) -> Vec<String> {
 async fn main() {
     let args = Args::parse();
     if let Some(child) = args.child_index {
-        // a child dies with its parent
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        }
+        loadkit::die_with_parent();
         run_worker(args, child).await;
         return;
     }
     let procs = args.connections.div_ceil(args.per_process.max(1)).max(1);
-    let exe = std::env::current_exe().expect("own path");
-    let mut children = Vec::new();
-    for c in 0..procs {
-        let n = args.connections / procs + usize::from(c < args.connections % procs);
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.args(child_args(&args, n, c))
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        children.push(cmd.spawn().expect("spawn child"));
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Report>();
-    for child in &mut children {
-        let out = child.stdout.take().unwrap();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(out).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                if let Ok(r) = serde_json::from_str::<Report>(&l) {
-                    let _ = tx.send(r);
-                }
-            }
-        });
-    }
-    drop(tx);
+    let (_children, mut rx) = loadkit::fan_out::<Report, _>(procs, |c| {
+        child_args(&args, loadkit::share(args.connections, procs, c), c)
+    });
     let mut held = Report {
         event: "held".into(),
         ..Default::default()
